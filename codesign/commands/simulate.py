@@ -1,0 +1,15 @@
+"""`codesign simulate` (under construction)."""
+
+from __future__ import annotations
+
+import argparse
+
+from codesign.errors import CodesignError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    return sub.add_parser("simulate", help="(under construction)")
+
+
+def run(args: argparse.Namespace) -> int:
+    raise CodesignError("'simulate' is not available yet")

@@ -1,0 +1,160 @@
+"""Hardware specification: the architecture half of codesign's inputs.
+
+One YAML file per chip or system in `hw_specs/`, validated into `HardwareSpec`. Quantities are
+written with units ("4.8 TB/s", "141 GB", "989 TFLOPS", "3 us") and stored as SI floats (bytes,
+bytes/s, FLOP/s, seconds, watts). Unknown keys are errors. The spec says what the machine *is*; it
+knows nothing of models or parallel plans. Dotted paths into this tree ("chip.hbm.bandwidth") are
+what sweeps override.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from codesign.units import parse_quantity
+
+
+def _quantity(kind: str):
+    def parse(v):
+        return parse_quantity(v, kind)
+
+    def positive(v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be positive, found {v}")
+        return v
+
+    return [BeforeValidator(parse), AfterValidator(positive)]
+
+
+Bytes = Annotated[float, *_quantity("bytes")]
+Bandwidth = Annotated[float, *_quantity("bandwidth")]
+Flops = Annotated[float, *_quantity("flops")]
+Seconds = Annotated[float, BeforeValidator(lambda v: parse_quantity(v, "time")), Field(ge=0)]
+Watts = Annotated[float, *_quantity("power")]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+Dtype = Literal["fp4", "fp8", "int8", "bf16", "fp16", "fp32"]
+BYTES_PER_ELEMENT: dict[str, float] = {"fp4": 0.5, "fp8": 1.0, "int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatrixUnit(_Strict):
+    """Dense matrix-engine peak throughput per dtype (no structured sparsity) and its tile shape."""
+
+    bf16: Flops
+    fp32: Flops | None = None
+    fp16: Flops | None = None
+    fp8: Flops | None = None
+    int8: Flops | None = None
+    fp4: Flops | None = None
+    # Unit work shape (M, N): GEMM dims are padded up to multiples of it (tile quantisation).
+    tile: tuple[int, int] = (64, 128)
+
+    def peak(self, dtype: str) -> float:
+        """Peak FLOP/s for `dtype`, falling back to the next wider format the unit supports
+        (fp4 runs as fp8, fp8 as bf16, as on chips without the narrower path)."""
+        order = ["fp4", "fp8", "bf16", "fp32"]
+        alias = {"int8": "fp8", "fp16": "bf16"}
+        d = dtype if getattr(self, dtype, None) is not None else alias.get(dtype, dtype)
+        for name in order[order.index(d) if d in order else 2 :]:
+            v = getattr(self, name)
+            if v is not None:
+                return v
+        return self.bf16
+
+
+class VectorUnit(_Strict):
+    """Vector/SIMD throughput for element-wise work (norms, activations, softmax, recurrences)."""
+
+    fp32: Flops
+    bf16: Flops | None = None
+
+
+class MemoryLevel(_Strict):
+    capacity: Bytes
+    bandwidth: Bandwidth
+
+
+class Chip(_Strict):
+    matrix: MatrixUnit
+    vector: VectorUnit
+    sram: MemoryLevel  # on-chip SRAM / last-level cache usable by kernels
+    hbm: MemoryLevel
+    host: MemoryLevel | None = None  # optional off-package tier (PCIe/CXL host memory)
+
+
+class Efficiency(_Strict):
+    """Achievable fractions of peak, per op class. Named assumptions: documented in docs/cost-model.md
+    and calibrated from kernel-level anchors (FlashAttention-3, cuBLAS, NCCL, DeepEP)."""
+
+    gemm: Fraction = 0.70  # large GEMMs on the matrix unit
+    attention: Fraction = 0.60  # fused attention kernels
+    memory: Fraction = 0.85  # achieved / peak HBM bandwidth for streaming ops
+    vector: Fraction = 0.50  # element-wise work on the vector unit
+    collective: Fraction = 0.80  # achieved bus bandwidth / link peak
+    small_m_half: int = Field(default=64, gt=0)  # GEMM rows at which matrix efficiency is half of `gemm`'s ramp
+
+
+class ScaleUp(_Strict):
+    """The scale-up domain (NVLink, Infinity Fabric, ICI, ...), as a networkx topology."""
+
+    topology: Literal["switch", "full_mesh", "ring", "torus2d", "torus3d"]
+    size: int = Field(gt=0)  # chips in one domain
+    links: int = Field(gt=0)  # links per chip
+    link_bandwidth: Bandwidth  # per link, per direction
+    latency: Seconds
+    dims: tuple[int, ...] | None = None  # torus dimensions (product = size)
+
+    @model_validator(mode="after")
+    def _dims(self) -> "ScaleUp":
+        if self.topology.startswith("torus"):
+            want = 2 if self.topology == "torus2d" else 3
+            if self.dims is None or len(self.dims) != want:
+                raise ValueError(f"{self.topology} needs dims with {want} entries")
+            prod = 1
+            for d in self.dims:
+                prod *= d
+            if prod != self.size:
+                raise ValueError(f"dims {self.dims} multiply to {prod}, expected size={self.size}")
+        return self
+
+    @property
+    def chip_bandwidth(self) -> float:
+        """All links of one chip, one direction (bytes/s)."""
+        return self.links * self.link_bandwidth
+
+
+class ScaleOut(_Strict):
+    nic_bandwidth: Bandwidth  # per chip, per direction
+    latency: Seconds
+
+
+class System(_Strict):
+    chips: int = Field(gt=0)  # chips in the deployment this file describes (default system size)
+    scale_up: ScaleUp
+    scale_out: ScaleOut | None = None
+
+
+class Power(_Strict):
+    tdp: Watts
+
+
+class Cost(_Strict):
+    per_hour: float = Field(gt=0)  # USD per chip-hour
+    source: str  # where the price comes from, or "assumed: ..."
+
+
+class HardwareSpec(_Strict):
+    name: str
+    sources: list[str] = Field(min_length=1)
+    notes: list[str] = []
+    chip: Chip
+    efficiency: Efficiency = Efficiency()
+    system: System
+    power: Power
+    cost: Cost

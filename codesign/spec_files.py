@@ -1,0 +1,69 @@
+"""Finding and reading the project's YAML inputs (hardware specs, model configs, scenarios).
+
+A name resolves in the project's folder for that input (`hw_specs/`, `model_graphs/`); a path is
+read as given. Every failure is a `CodesignError` with one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from codesign.errors import CodesignError, format_validation_error
+
+ROOT = Path(__file__).resolve().parent.parent  # the project checkout (editable install)
+T = TypeVar("T", bound=BaseModel)
+
+
+def folder(kind: str) -> Path:
+    return ROOT / kind
+
+
+def available(kind: str) -> list[str]:
+    """Names of the YAML files in `kind` (e.g. 'hw_specs'), sorted."""
+    return sorted(p.stem for p in folder(kind).glob("*.yaml"))
+
+
+def resolve(name_or_path: str | Path, kind: str, what: str) -> Path:
+    """A path to an existing file, or the file `<kind>/<name>.yaml`; else an error listing the names."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
+        if not p.exists():
+            raise CodesignError(f"{p}: no such {what} file")
+        return p
+    cand = folder(kind) / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    names = ", ".join(available(kind))
+    raise CodesignError(f"unknown {what} {str(name_or_path)!r}; available: {names}")
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise CodesignError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CodesignError(f"{path}:{where}: malformed YAML: {problem}") from None
+
+
+def validate(cls: type[T], data: Any, source: str) -> T:
+    if not isinstance(data, dict):
+        raise CodesignError(f"{source}: expected a mapping of fields, found {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise CodesignError(format_validation_error(source, e)) from None
+
+
+def load(cls: type[T], name_or_path: str | Path, kind: str, what: str) -> T:
+    path = resolve(name_or_path, kind, what)
+    return validate(cls, read_yaml(path), str(path))
