@@ -1,15 +1,94 @@
-"""`codesign trace` (under construction)."""
+"""`codesign trace`: trace a model into its op graph, print a summary, export it."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from codesign.errors import CodesignError
+from codesign.units import parse_tokens
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    return sub.add_parser("trace", help="(under construction)")
+    p = sub.add_parser(
+        "trace",
+        help="trace a model on the meta device into an op graph",
+        description="Trace a model (no weights) into its op graph and summarise it per layer type.",
+    )
+    p.add_argument("--model", default="qwen3.5-397b-a17b", help="name in model_graphs/ or a YAML/config.json path")
+    p.add_argument("--phase", choices=["decode", "prefill"], default="decode")
+    p.add_argument("--batch", type=int, default=1, help="sequences in the step (default 1)")
+    p.add_argument("--context", default="32k",
+                   help="decode: tokens already cached; prefill: prompt tokens (default 32k)")
+    p.add_argument("--offset", default="0", help="prefill only: tokens already cached before the prompt")
+    p.add_argument("--router", default="uniform", help="MoE routing model: uniform, zipf or zipf:ALPHA")
+    p.add_argument("--seed", type=int, default=0, help="seed of the routing draw")
+    p.add_argument("--mtp", action="store_true", help="include the multi-token-prediction head(s)")
+    p.add_argument("--out", type=Path, help="write the graph as node-link JSON to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object of headline figures")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk trace cache")
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    raise CodesignError("'trace' is not available yet")
+    from codesign.graph import cache_bytes, trace
+    from codesign.graph.summary import export_json, headline, summary_table
+    from codesign.models import load_model
+
+    try:
+        context = parse_tokens(args.context)
+        offset = parse_tokens(args.offset) if args.offset not in ("0", 0) else 0
+    except ValueError as e:
+        raise CodesignError(f"--context/--offset: {e}") from None
+    if args.batch < 1:
+        raise CodesignError(f"--batch must be at least 1, found {args.batch}")
+    config = load_model(args.model)
+    try:
+        if args.phase == "decode":
+            g = trace(config, "decode", batch=args.batch, context=context, router=args.router, seed=args.seed,
+                      include_mtp=args.mtp, disk_cache=not args.no_cache)
+        else:
+            g = trace(config, "prefill", batch=args.batch, tokens=context, context=offset, router=args.router,
+                      seed=args.seed, include_mtp=args.mtp, disk_cache=not args.no_cache)
+    except ValueError as e:
+        raise CodesignError(str(e)) from None
+    head = headline(g, cache_bytes(config))
+    if args.out:
+        try:
+            export_json(g, args.out)
+        except OSError as e:
+            raise CodesignError(f"{args.out}: cannot write ({e.strerror})") from None
+    if args.json:
+        json.dump(head, sys.stdout, indent=2)
+        print()
+        return 0
+    _print(config, g, head, summary_table(g), args.out)
+    return 0
+
+
+def _print(config, g, head, table, out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{config.name}: {g.graph['phase']} batch={g.graph['batch']} tokens={g.graph['tokens']} "
+              f"context={g.graph['context']} ({g.graph['router']})")
+    for col in ["layer type", "layers", "ops", "GFLOPs", "weight GB", "activation GB", "kv_cache GB", "state GB"]:
+        t.add_column(col, justify="left" if col == "layer type" else "right")
+    for _, r in table.iterrows():
+        t.add_row(str(r["layer_type"]), f"{int(r['layers'])}", f"{int(r['ops'])}", f"{r['gflops']:,.1f}",
+                  f"{r['weight_gb']:,.3f}", f"{r['activation_gb']:,.3f}", f"{r['kv_cache_gb']:,.3f}",
+                  f"{r['state_gb']:,.3f}")
+    console.print(t)
+    console.print(
+        f"params: {head['params_total'] / 1e9:,.2f}B total, {head['params_active'] / 1e9:,.2f}B active"
+        + (f", MTP {head['params_mtp'] / 1e9:,.2f}B apart" if head["params_mtp"] else "")
+        + f" | {head['flops_per_token'] / 1e9:,.2f} GFLOP per new token"
+        + f" | KV {head['kv_cache_bytes_per_token'] / 1024:,.1f} KiB/token (bf16)"
+        + f" | state {head['state_bytes_per_sequence'] / 2**20:,.1f} MiB/sequence"
+        + f" | traced in {head['trace_s']:.3f} s"
+    )
+    if out:
+        console.print(f"graph written to {out}")

@@ -1,0 +1,136 @@
+"""Router models: how many tokens each expert receives when the model is traced.
+
+On the meta device the router's scores have no values, so the traced graph takes per-expert token
+counts from a router model instead. Three are offered, each seeded so that the same inputs give the
+same graph bit for bit:
+
+* `UniformRouter` -- every token picks `top_k` distinct experts uniformly at random (the default; the
+  design brief's E*(1-(1-k/E)^B) experts touched per layer is its expectation).
+* `ZipfRouter(alpha)` -- expert popularity follows a Zipf law with exponent `alpha` over a seeded,
+  per-layer random ranking of experts (routing skew as measured in production MoE serving).
+* `HistogramRouter(counts)` -- a recorded histogram of tokens per expert (one list for all layers or
+  one per layer), rescaled to the traced number of routed slots.
+
+Exact sampling without replacement costs N x E per layer; above `exact_limit` routed tokens the
+counts are drawn from the multinomial with the same per-slot probabilities (the difference is the
+at-most-once-per-token constraint, negligible at that size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def _rng(seed: int, layer: int) -> np.random.Generator:
+    return np.random.default_rng([seed, layer])
+
+
+def _sample_without_replacement(rng: np.random.Generator, n_tokens: int, top_k: int, logp: np.ndarray) -> np.ndarray:
+    """Counts per expert when each of n_tokens picks top_k distinct experts with log-weights logp
+    (Gumbel top-k: exact sampling without replacement)."""
+    E = logp.shape[0]
+    counts = np.zeros(E, dtype=np.int64)
+    block = max(1, 65536 // E)
+    for start in range(0, n_tokens, block):
+        n = min(block, n_tokens - start)
+        keys = logp[None, :] + rng.gumbel(size=(n, E))
+        picks = np.argpartition(-keys, top_k - 1, axis=1)[:, :top_k]
+        counts += np.bincount(picks.ravel(), minlength=E)
+    return counts
+
+
+@dataclass(frozen=True)
+class RouterModel:
+    """Base: `tokens_per_expert(layer, n_tokens, num_experts, top_k)` -> counts summing to n_tokens*top_k."""
+
+    seed: int = 0
+    exact_limit: int = 16_384  # routed tokens above which the multinomial draw is used
+
+    def probabilities(self, layer: int, num_experts: int) -> np.ndarray:
+        return np.full(num_experts, 1.0 / num_experts)
+
+    def tokens_per_expert(self, layer: int, n_tokens: int, num_experts: int, top_k: int) -> np.ndarray:
+        p = self.probabilities(layer, num_experts)
+        rng = _rng(self.seed, layer)
+        if n_tokens <= self.exact_limit:
+            return _sample_without_replacement(rng, n_tokens, top_k, np.log(p))
+        return rng.multinomial(n_tokens * top_k, p).astype(np.int64)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"
+
+
+@dataclass(frozen=True)
+class UniformRouter(RouterModel):
+    pass
+
+
+@dataclass(frozen=True)
+class ZipfRouter(RouterModel):
+    alpha: float = 1.0  # popularity of the r-th most popular expert ~ 1 / r**alpha
+
+    def probabilities(self, layer: int, num_experts: int) -> np.ndarray:
+        ranks = np.arange(1, num_experts + 1, dtype=np.float64)
+        w = ranks ** (-self.alpha)
+        perm = np.random.default_rng([self.seed, layer, 1]).permutation(num_experts)
+        p = np.empty(num_experts)
+        p[perm] = w / w.sum()
+        return p
+
+    def describe(self) -> str:
+        return f"ZipfRouter(alpha={self.alpha}, seed={self.seed})"
+
+
+@dataclass(frozen=True)
+class HistogramRouter(RouterModel):
+    """Recorded tokens-per-expert histogram(s): `counts` is one list, or one list per MoE layer."""
+
+    counts: tuple = field(default=())
+
+    def _hist(self, layer: int, num_experts: int) -> np.ndarray:
+        c = self.counts
+        rows = c if c and isinstance(c[0], (list, tuple)) else [c]
+        h = np.asarray(rows[layer % len(rows)], dtype=np.float64)
+        if h.shape != (num_experts,):
+            raise ValueError(f"histogram has {h.shape[0]} experts, the model has {num_experts}")
+        if h.sum() <= 0:
+            raise ValueError("histogram counts must not all be zero")
+        return h
+
+    def probabilities(self, layer: int, num_experts: int) -> np.ndarray:
+        h = self._hist(layer, num_experts)
+        return h / h.sum()
+
+    def tokens_per_expert(self, layer: int, n_tokens: int, num_experts: int, top_k: int) -> np.ndarray:
+        # Deterministic rescaling by largest remainder: the recorded shape, the traced volume.
+        p = self.probabilities(layer, num_experts)
+        total = n_tokens * top_k
+        exact = p * total
+        counts = np.floor(exact).astype(np.int64)
+        short = total - int(counts.sum())
+        if short:
+            order = np.argsort(-(exact - counts), kind="stable")
+            counts[order[:short]] += 1
+        return counts
+
+    def describe(self) -> str:
+        return f"HistogramRouter({len(self.counts)} entries)"
+
+
+def expected_experts_touched(num_experts: int, top_k: int, n_tokens: int) -> float:
+    """E * (1 - (1 - k/E)^B): the expected distinct experts a uniform router touches."""
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** n_tokens)
+
+
+def make_router(spec: str | RouterModel | None, seed: int = 0) -> RouterModel:
+    """'uniform', 'zipf' or 'zipf:1.2' -> a router model; None -> uniform."""
+    if isinstance(spec, RouterModel):
+        return spec
+    if spec is None or spec == "uniform":
+        return UniformRouter(seed=seed)
+    if spec.startswith("zipf"):
+        alpha = float(spec.split(":", 1)[1]) if ":" in spec else 1.0
+        return ZipfRouter(seed=seed, alpha=alpha)
+    raise ValueError(f"unknown router {spec!r}; use uniform, zipf or zipf:ALPHA")

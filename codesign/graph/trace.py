@@ -1,0 +1,302 @@
+"""Trace a model into an op graph: `trace(config, phase, batch, tokens, context)`.
+
+The model (`codesign.models.build_model`) is built on the meta device: no weights are allocated, at
+any size. Each distinct layer kind ("linear_attention+moe", "full_attention+moe", ...) is recorded
+once (codesign.graph.tracer) and replicated over the layers of that kind; recorded segments are
+cached in memory and on disk by the config hash and the phase's shape, so a second trace of the same
+model and shape skips torch entirely. MoE expert ops are re-drawn per layer from the router model.
+
+Phases:
+* decode: `batch` sequences each add one token after `context` cached tokens.
+* prefill: `batch` sequences each add `tokens` tokens after `context` cached tokens (context=0 is a
+  fresh prompt). Only the last position goes through the LM head, as serving engines do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import time
+from pathlib import Path
+
+import networkx as nx
+import torch
+
+from codesign.errors import CodesignError
+from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.graph.router import RouterModel, make_router
+from codesign.graph.tracer import INPUT, Segment, record
+from codesign.models import ModelConfig, build_model, load_model
+
+TRACE_VERSION = 1  # bump when the recorded op format changes (invalidates the disk cache)
+_MEMO: dict[str, Segment] = {}
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def cache_dir() -> Path:
+    """Where recorded segments are kept: $CODESIGN_CACHE_DIR, else ~/.cache/codesign/traces."""
+    env = os.environ.get("CODESIGN_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "codesign" / "traces"
+
+
+def _meta_model(config: ModelConfig) -> torch.nn.Module:
+    key = config.config_hash()
+    model = _MODELS.get(key)
+    if model is None:
+        with torch.device("meta"):
+            model = build_model(config, dtype=torch.bfloat16, device="meta")
+        model.eval()
+        _MODELS[key] = model
+    return model
+
+
+def _tensors_of(obj) -> list[torch.Tensor]:
+    """Tensors held by a cache object (a tensor, a dataclass, a tuple/list/dict, or plain attributes)."""
+    if obj is None:
+        return []
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors_of(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors_of(o)]
+    if hasattr(obj, "__dict__") or hasattr(obj, "__slots__"):
+        fields = vars(obj) if hasattr(obj, "__dict__") else {s: getattr(obj, s) for s in obj.__slots__ if hasattr(obj, s)}
+        return [t for v in fields.values() for t in _tensors_of(v)]
+    return []
+
+
+def _layer_cache(model: torch.nn.Module, config: ModelConfig, i: int, batch: int, max_len: int):
+    layer = model.layers[i]
+    if hasattr(layer, "make_cache"):
+        return layer.make_cache(batch, max_len, device="meta", dtype=torch.bfloat16)
+    mixer = getattr(layer, "linear_attn", None) or getattr(layer, "self_attn")
+    return mixer.make_cache(batch, max_len, device="meta", dtype=torch.bfloat16)
+
+
+def _cache_class(config: ModelConfig, i: int) -> str:
+    return "state" if config.layer_types[i] == "linear_attention" else "kv_cache"
+
+
+def _record_segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int, context: int) -> Segment:
+    model = _meta_model(config)
+    H = config.hidden_size
+    t0 = time.perf_counter()
+    classes: dict[int, str] = {}
+    for p in model.parameters():
+        classes[id(p)] = "weight"
+    for b in model.buffers():
+        classes[id(b)] = "weight"
+    if seg == "embed":
+        ids = torch.zeros(batch, tokens, dtype=torch.long, device="meta")
+        s = record(lambda: model.embed_tokens(ids), model.embed_tokens, [ids], classes, phase)
+    elif seg == "head":
+        rows = 1 if phase == "prefill" else tokens
+        x = torch.empty(batch, rows, H, dtype=torch.bfloat16, device="meta")
+        head = torch.nn.ModuleDict({"norm": model.norm, "lm_head": model.lm_head})
+        s = record(lambda: model.lm_head(model.norm(x)), head, [x], classes, phase)
+    elif seg.startswith("mtp"):
+        j = int(seg[3:])
+        mtp = model.mtp[j]
+        x = torch.empty(batch, tokens, H, dtype=torch.bfloat16, device="meta")
+        e = torch.empty(batch, tokens, H, dtype=torch.bfloat16, device="meta")
+        cache = mtp.make_cache(batch, context + tokens, device="meta", dtype=torch.bfloat16) if hasattr(mtp, "make_cache") else None
+        for t in _tensors_of(cache):
+            classes[id(t)] = "kv_cache"
+        s = record(lambda: mtp(x, e, context, cache), mtp, [x, e], classes, phase)
+    else:
+        i = int(seg)
+        layer = model.layers[i]
+        x = torch.empty(batch, tokens, H, dtype=torch.bfloat16, device="meta")
+        cache = _layer_cache(model, config, i, batch, context + tokens)
+        for t in _tensors_of(cache):
+            classes[id(t)] = _cache_class(config, i)
+        s = record(lambda: layer(x, context, cache), layer, [x], classes, phase)
+    s.wall_s = time.perf_counter() - t0
+    return s
+
+
+def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int, context: int, use_disk: bool) -> Segment:
+    kind = seg if not seg.isdigit() else config.layer_kind(int(seg))
+    key_src = f"{TRACE_VERSION}|{torch.__version__}|{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}"
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit
+    path = cache_dir() / f"{key}.pkl"
+    if use_disk and path.exists():
+        try:
+            with path.open("rb") as f:
+                hit = pickle.load(f)
+        except Exception:  # a corrupt or stale cache entry is re-traced, never fatal
+            hit = None
+    if hit is None:
+        hit = _record_segment(config, seg, phase, batch, tokens, context)
+        if use_disk:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                with tmp.open("wb") as f:
+                    pickle.dump(hit, f, protocol=pickle.HIGHEST_PROTOCOL)
+                tmp.replace(path)
+            except OSError:
+                pass  # a read-only home is no reason to fail a trace
+    _MEMO[key] = hit
+    return hit
+
+
+def count_params(config: ModelConfig) -> dict[str, float]:
+    """Parameters of the text decoder (embeddings and LM head included; MTP apart), from the modules."""
+    model = _meta_model(config)
+    total = experts = mtp = 0.0
+    expert_ids: set[int] = set()
+    for m in model.modules():
+        if getattr(m, "block", None) == "moe_experts":
+            expert_ids.update(id(p) for p in m.parameters())
+    mtp_ids = {id(p) for p in model.mtp.parameters()} if hasattr(model, "mtp") else set()
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in mtp_ids:
+            mtp += p.numel()
+            continue
+        total += p.numel()
+        if id(p) in expert_ids:
+            experts += p.numel()
+    active = total
+    if config.moe is not None and experts:
+        active = total - experts * (1.0 - config.moe.top_k / config.moe.num_experts)
+    return {"params_total": total, "params_active": active, "params_experts": experts, "params_mtp": mtp}
+
+
+def cache_bytes(config: ModelConfig) -> dict[str, float]:
+    """KV bytes per token (bf16) and recurrent-state bytes per sequence, from the models' cache buffers."""
+    model = _meta_model(config)
+    kv_per_token = 0.0
+    state_per_seq = 0.0
+    probe_len = 16
+    for i in range(config.num_layers):
+        cache = _layer_cache(model, config, i, 1, probe_len)
+        size = sum(t.numel() * t.element_size() for t in _tensors_of(cache))
+        if _cache_class(config, i) == "state":
+            state_per_seq += size
+        elif config.layer_types[i] == "sliding_attention":
+            kv_per_token += 0.0  # bounded by the window: counted apart
+        else:
+            kv_per_token += size / probe_len
+    window_bytes = 0.0
+    for i in range(config.num_layers):
+        if config.layer_types[i] == "sliding_attention":
+            cache = _layer_cache(model, config, i, 1, probe_len)
+            window_bytes += sum(t.numel() * t.element_size() for t in _tensors_of(cache)) / probe_len * (
+                config.attention.sliding_window)
+    return {"kv_cache_bytes_per_token": kv_per_token, "state_bytes_per_sequence": state_per_seq,
+            "sliding_kv_bytes_per_sequence": window_bytes}
+
+
+def _rescale_experts(op: Op, counts) -> Op:
+    """The grouped expert op with this layer's per-expert token counts (same routed total)."""
+    counts = tuple(int(c) for c in counts)
+    touched = sum(1 for c in counts if c)
+    rd = dict(op.bytes_read)
+    rd["weight"] = touched * op.expert_weight_bytes
+    return dataclasses.replace(op, tokens_per_expert=counts, flops=sum(counts) * op.expert_flops_per_token, bytes_read=rd)
+
+
+def trace(
+    config: ModelConfig | str,
+    phase: str = "decode",
+    batch: int = 1,
+    tokens: int | None = None,
+    context: int = 0,
+    router: RouterModel | str | None = None,
+    seed: int = 0,
+    include_mtp: bool = False,
+    disk_cache: bool = True,
+) -> nx.DiGraph:
+    """The op graph of one forward step of `config` (see the module docstring for the phases)."""
+    t0 = time.perf_counter()
+    config = load_model(config)
+    if phase not in ("decode", "prefill"):
+        raise CodesignError(f"phase must be 'decode' or 'prefill', found {phase!r}")
+    if tokens is None:
+        tokens = 1 if phase == "decode" else max(context, 1)
+        if phase == "prefill":
+            context = 0
+    if phase == "decode" and tokens != 1:
+        raise CodesignError(f"decode adds one token per sequence, found tokens={tokens}")
+    if batch < 1 or tokens < 1 or context < 0:
+        raise CodesignError(f"batch and tokens must be positive and context non-negative, found batch={batch}, "
+                            f"tokens={tokens}, context={context}")
+    if context + tokens > config.max_position_embeddings:
+        raise CodesignError(
+            f"{config.name}: context {context + tokens} exceeds the model's maximum of "
+            f"{config.max_position_embeddings} tokens")
+    router_model = make_router(router, seed)
+
+    segments: list[tuple[str, int, str]] = [("embed", -1, "embed")]
+    representative: dict[str, int] = {}
+    for i in range(config.num_layers):
+        representative.setdefault(config.layer_kind(i), i)
+        segments.append((str(representative[config.layer_kind(i)]), i, config.layer_kind(i)))
+    segments.append(("head", config.num_layers, "head"))
+    if include_mtp:
+        for j in range(config.mtp_layers):
+            segments.append((f"mtp{j}", config.num_layers + 1 + j, "mtp"))
+
+    g = nx.DiGraph()
+    prev_exit: int | None = None
+    next_id = 0
+    moe_index = 0
+    routed_tokens = batch * tokens
+    for seg, layer, layer_type in segments:
+        s = _segment(config, seg, phase, batch, tokens, context, disk_cache)
+        prefix = f"layers.{layer}." if layer_type not in ("embed", "head", "mtp") else (
+            f"mtp.{layer - config.num_layers - 1}." if layer_type == "mtp" else "")
+        base = next_id
+        counts = None
+        for op in s.ops:
+            if op.kind == "grouped_gemm" and config.moe is not None:
+                if counts is None:
+                    counts = router_model.tokens_per_expert(moe_index if layer_type != "mtp" else 10_000 + layer,
+                                                            routed_tokens, config.moe.num_experts, config.moe.top_k)
+                    moe_index += 1
+                op = _rescale_experts(op, counts)
+            g.add_node(next_id, op=dataclasses.replace(op, layer=layer, layer_type=layer_type, name=prefix + op.name))
+            next_id += 1
+        g.add_edges_from((base + a, base + b) for a, b in s.edges)
+        if prev_exit is not None:
+            g.add_edges_from((prev_exit, base + e) for e in s.entries)
+        if s.exit != INPUT:
+            prev_exit = base + s.exit
+
+    params = count_params(config)
+    g.graph.update(
+        model=config.name,
+        config_hash=config.config_hash(),
+        phase=phase,
+        batch=batch,
+        tokens=tokens,
+        context=context,
+        router=router_model.describe(),
+        **params,
+        trace_s=time.perf_counter() - t0,
+    )
+    return g
+
+
+def totals(g: nx.DiGraph, layer_types: set[str] | None = None) -> dict[str, float]:
+    """FLOPs and bytes read/written by class over the graph (optionally only some layer types)."""
+    out = {"flops": 0.0, **{f"read_{c}": 0.0 for c in BYTE_CLASSES}, **{f"written_{c}": 0.0 for c in BYTE_CLASSES}}
+    for _, op in g.nodes(data="op"):
+        if layer_types is not None and op.layer_type not in layer_types:
+            continue
+        out["flops"] += op.flops
+        for c in BYTE_CLASSES:
+            out[f"read_{c}"] += op.bytes_read[c]
+            out[f"written_{c}"] += op.bytes_written[c]
+    return out

@@ -1,0 +1,51 @@
+"""Router models: counts sum to the routed slots, uniform matches its expectation, seeds are honoured."""
+
+import numpy as np
+import pytest
+
+from codesign.graph.router import HistogramRouter, UniformRouter, ZipfRouter, expected_experts_touched, make_router
+
+
+def test_uniform_counts_and_expected_experts_touched():
+    r = UniformRouter(seed=0)
+    touched = [int((r.tokens_per_expert(layer, 64, 512, 10) > 0).sum()) for layer in range(40)]
+    for layer in range(3):
+        c = r.tokens_per_expert(layer, 64, 512, 10)
+        assert c.sum() == 640 and c.max() <= 64  # top-k experts are distinct per token
+    # E * (1 - (1 - k/E)^B) = 367.1 for E=512, k=10, B=64
+    assert abs(np.mean(touched) - expected_experts_touched(512, 10, 64)) < 3
+
+
+def test_same_seed_same_counts_other_seed_other_counts():
+    a = UniformRouter(seed=1).tokens_per_expert(5, 100, 128, 8)
+    b = UniformRouter(seed=1).tokens_per_expert(5, 100, 128, 8)
+    c = UniformRouter(seed=2).tokens_per_expert(5, 100, 128, 8)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_large_batches_use_the_multinomial_and_keep_the_total():
+    c = UniformRouter().tokens_per_expert(0, 32768, 512, 10)
+    assert c.sum() == 327680
+    assert abs(c.mean() - 640) < 1e-9 and c.std() < 60  # ~ sqrt(640)
+
+
+def test_zipf_skews_load():
+    u = UniformRouter(seed=0).tokens_per_expert(0, 4096, 128, 8)
+    z = ZipfRouter(seed=0, alpha=1.2).tokens_per_expert(0, 4096, 128, 8)
+    assert z.sum() == u.sum()
+    assert z.max() > 2 * u.max()
+
+
+def test_histogram_rescales_exactly():
+    h = HistogramRouter(counts=(3, 1, 0, 4))
+    c = h.tokens_per_expert(0, 10, 4, 2)
+    assert c.tolist() == [8, 2, 0, 10]  # 20 slots in proportion 3:1:0:4 (7.5, 2.5, 0, 10 -> largest remainder)
+    with pytest.raises(ValueError, match="3 experts"):
+        HistogramRouter(counts=(1, 2, 3)).tokens_per_expert(0, 10, 4, 2)
+
+
+def test_make_router():
+    assert isinstance(make_router(None), UniformRouter)
+    assert make_router("zipf:1.5").alpha == 1.5
+    with pytest.raises(ValueError, match="unknown router"):
+        make_router("hot")
