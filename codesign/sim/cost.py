@@ -1,0 +1,256 @@
+"""Cost of one op on one chip: seconds and the resource that limits it.
+
+The rule is a roofline with the corrections that matter for MoE serving (each one a named,
+overridable field of `CostOptions`, documented in docs/cost-model.md):
+
+* **Matrix ops** (`gemm`, `grouped_gemm`): time = padded FLOPs / (peak(compute dtype) x
+  efficiency.gemm x ramp(M)). GEMM dims are padded up to the matrix unit's tile
+  (`hw.chip.matrix.tile` = (M, N)): a decode GEMM with 8 rows costs a full 64-row tile.
+  `ramp(M) = M / (M + efficiency.small_m_half)` at the padded M: small-M GEMMs cannot fill the chip
+  (few thread blocks, pipeline fill), as cuBLAS shows for decode shapes. Grouped expert GEMMs are
+  padded and ramped per expert from `Op.tokens_per_expert`.
+* **Attention**: FLOPs / (peak x efficiency.attention) (FlashAttention-3 reaches ~75% of H100
+  bf16 peak: accelerators.md anchor 40).
+* **Vector ops**: FLOPs / (vector peak x efficiency.vector).
+* **Memory**: bytes / (HBM bandwidth x efficiency.memory); bytes that are SRAM-resident (activations
+  small enough to stay on chip between producer and consumer; the recurrent state or weights when a
+  whole step's worth fits, if enabled) are served at SRAM bandwidth instead.
+* op time = max(compute, memory) + launch overhead (per kernel; element-wise ops are assumed fused
+  into their neighbours' kernels and pay none, see `fuse_elementwise`).
+* **Collectives**: `codesign.mapping.collective_time(op.collective, hw)` (topology-aware, owned by
+  the mapping).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, fields, replace
+from typing import Callable
+
+from codesign.errors import CodesignError
+from codesign.graph.op import Op
+from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
+
+# Torch dtype names (as the tracer writes them) -> spec dtype names.
+_TORCH_DTYPES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "float32": "fp32",
+    "float8_e4m3fn": "fp8",
+    "float8_e5m2": "fp8",
+    "int8": "int8",
+}
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    """Named modelling assumptions of the cost model; every one overridable (`replace(opts, ...)`
+    or `simulate(..., cost={...})`)."""
+
+    # Per-kernel launch + tail overhead, seconds. 2 us: CUDA-graph launch plus the kernel's
+    # ramp-up/tail on H100-class GPUs (gpt-fast / vLLM decode profiles show 1-4 us per kernel).
+    launch_overhead_s: float = 2e-6
+    # Element-wise/vector and pure data-movement ops are fused into the adjacent GEMM/attention
+    # kernel (prologue/epilogue) in production engines: their bytes and FLOPs are charged, their
+    # launch overhead is not.
+    fuse_elementwise: bool = True
+    # Pad GEMM M and N to the matrix unit tile (hw.chip.matrix.tile).
+    tile_quantisation: bool = True
+    # Small-M efficiency ramp M / (M + efficiency.small_m_half) on the padded M.
+    small_m_ramp: bool = True
+    # Fraction of on-chip SRAM that kernels can use to keep data resident (the rest holds
+    # kernel working sets: tiles, pipelines buffers).
+    sram_fraction: float = 0.5
+    # Activation bytes of one op that fit in sram_fraction x SRAM are served from SRAM: the
+    # producer's output is still in L2/SRAM when the consumer reads it.
+    sram_activations: bool = True
+    # The recurrent state (GatedDeltaNet) is kept in SRAM across steps when a whole step's state
+    # for this chip fits in sram_fraction x SRAM (decided per step by the engine).
+    sram_state: bool = True
+    # Weights are kept in SRAM across steps when all of this chip's weight bytes touched in a step
+    # fit (after the state); off by default: on GPUs weights never fit, on SRAM-only designs they must.
+    sram_weights: bool = False
+    # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
+    attention_dtype: str = "auto"
+
+    @classmethod
+    def from_dict(cls, data: dict | None, source: str = "cost") -> "CostOptions":
+        """Options from a mapping of overrides; unknown names are errors naming the field."""
+        if not data:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        for k in data:
+            if k not in known:
+                raise CodesignError(f"{source}.{k}: unknown cost-model option; expected one of {', '.join(sorted(known))}")
+        return replace(cls(), **data)
+
+
+@dataclass(frozen=True)
+class Residency:
+    """Which byte classes a step keeps SRAM-resident (decided once per step by the engine)."""
+
+    state: bool = False
+    weights: bool = False
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Seconds of one op and what limits it: "matrix" | "vector" | "hbm" | "sram" | "link" | "overhead"."""
+
+    time_s: float
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+    bottleneck: str
+
+
+def spec_dtype(name: str) -> str:
+    """A spec dtype name ('bf16', 'fp8', ...) from either a spec or a torch dtype name."""
+    if name in BYTES_PER_ELEMENT:
+        return name
+    return _TORCH_DTYPES.get(name, "bf16")
+
+
+def wider(a: str, b: str) -> str:
+    """The wider of two spec dtypes (the one a mixed-precision op computes in)."""
+    return a if BYTES_PER_ELEMENT[a] >= BYTES_PER_ELEMENT[b] else b
+
+
+def _pad(x: int, tile: int) -> int:
+    return int(math.ceil(x / tile) * tile) if x > 0 else 0
+
+
+class CostModel:
+    """Op -> OpCost for one chip. `matrix_dtype` and `attention_dtype` come from the deployment's
+    precision; `collective_fn(collective, hw) -> seconds` defaults to the mapping's."""
+
+    def __init__(
+        self,
+        hw: HardwareSpec,
+        matrix_dtype: str = "bf16",
+        attention_dtype: str = "bf16",
+        options: CostOptions | None = None,
+        collective_fn: Callable[[dict, HardwareSpec], float] | None = None,
+    ) -> None:
+        self.hw = hw
+        self.opts = options or CostOptions()
+        self.matrix_dtype = spec_dtype(matrix_dtype)
+        self.attention_dtype = spec_dtype(attention_dtype)
+        self._collective_fn = collective_fn
+        eff = hw.efficiency
+        chip = hw.chip
+        self.matrix_rate = chip.matrix.peak(self.matrix_dtype) * eff.gemm
+        self.attention_rate = chip.matrix.peak(self.attention_dtype) * eff.attention
+        vec_peak = chip.vector.bf16 or chip.vector.fp32
+        self.vector_rate = vec_peak * eff.vector
+        self.hbm_bw = chip.hbm.bandwidth * eff.memory
+        # SRAM streams at its own peak; efficiency.memory applies to it too (same access patterns).
+        self.sram_bw = chip.sram.bandwidth * eff.memory
+        self.sram_budget = chip.sram.capacity * self.opts.sram_fraction
+        self.tile_m, self.tile_n = chip.matrix.tile
+        self.half = eff.small_m_half
+
+    # -- compute ----------------------------------------------------------------------------
+    def _ramp(self, m_padded: float) -> float:
+        if not self.opts.small_m_ramp:
+            return 1.0
+        return m_padded / (m_padded + self.half)
+
+    def gemm_time(self, op: Op) -> float:
+        """Matrix-unit seconds of a dense GEMM, with tile padding and the small-M ramp."""
+        if op.gemm is None:
+            return op.flops / (self.matrix_rate * self._ramp(float(self.tile_m)))
+        b, m, n, k = op.gemm
+        if self.opts.tile_quantisation:
+            mp, np_ = _pad(m, self.tile_m), _pad(n, self.tile_n)
+        else:
+            mp, np_ = m, n
+        # Padded problem FLOPs relative to the op's own count (the tracer's FLOPs may include
+        # a bias or repeat; scale them rather than recompute).
+        useful = 2.0 * b * m * n * k
+        padded = 2.0 * b * mp * np_ * k
+        flops = op.flops * (padded / useful) if useful > 0 else op.flops
+        return flops / (self.matrix_rate * self._ramp(mp))
+
+    def grouped_gemm_time(self, op: Op) -> float:
+        """Expert FFNs: per expert, its tokens padded to the tile and ramped; summed (one grouped
+        kernel walks the experts' tiles)."""
+        tpe = op.tokens_per_expert
+        if not tpe or op.expert_flops_per_token <= 0:
+            return op.flops / (self.matrix_rate * self._ramp(float(self.tile_m)))
+        total = 0.0
+        tokens_routed = 0
+        for t, n_experts in Counter(tpe).items():  # few distinct counts: cheap even for 512 experts
+            if t <= 0:
+                continue
+            tokens_routed += t * n_experts
+            mp = _pad(t, self.tile_m) if self.opts.tile_quantisation else t
+            total += n_experts * op.expert_flops_per_token * mp / self._ramp(mp)
+        # The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
+        # tokens_per_expert to this chip's share); keep the padding/ramp factor only.
+        nominal = op.expert_flops_per_token * tokens_routed
+        factor = total / nominal if nominal > 0 else 1.0
+        return op.flops * factor / self.matrix_rate
+
+    def compute_time(self, op: Op) -> tuple[float, str]:
+        if op.kind == "gemm":
+            return self.gemm_time(op), "matrix"
+        if op.kind == "grouped_gemm":
+            return self.grouped_gemm_time(op), "matrix"
+        if op.kind == "attention":
+            return op.flops / self.attention_rate, "matrix"
+        if op.kind == "vector":
+            return op.flops / self.vector_rate, "vector"
+        return 0.0, "vector"
+
+    # -- memory -----------------------------------------------------------------------------
+    def memory_time(self, op: Op, residency: Residency = Residency()) -> tuple[float, str]:
+        """Seconds moving the op's bytes, split between SRAM-resident and HBM bytes."""
+        hbm = 0.0
+        sram = 0.0
+        for cls in ("weight", "activation", "kv_cache", "state"):
+            nbytes = op.bytes_read.get(cls, 0.0) + op.bytes_written.get(cls, 0.0)
+            if nbytes <= 0:
+                continue
+            if cls == "activation" and self.opts.sram_activations and nbytes <= self.sram_budget:
+                sram += nbytes
+            elif cls == "state" and residency.state:
+                sram += nbytes
+            elif cls == "weight" and residency.weights:
+                sram += nbytes
+            else:
+                hbm += nbytes
+        t_hbm = hbm / self.hbm_bw
+        t_sram = sram / self.sram_bw
+        # HBM and SRAM stream concurrently; the slower one rules.
+        return (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
+
+    # -- whole op -----------------------------------------------------------------------------
+    def overhead(self, op: Op) -> float:
+        if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
+            return 0.0
+        return self.opts.launch_overhead_s
+
+    def collective_time(self, op: Op) -> float:
+        if not op.collective:
+            return 0.0
+        fn = self._collective_fn
+        if fn is None:
+            from codesign.mapping import collective_time as fn  # the mapping owns topology costs
+        return float(fn(op.collective, self.hw))
+
+    def cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
+        if op.kind == "collective":
+            t = self.collective_time(op)
+            return OpCost(t, 0.0, 0.0, 0.0, "link")
+        c, unit = self.compute_time(op)
+        m, level = self.memory_time(op, residency)
+        o = self.overhead(op)
+        if c >= m:
+            bound = unit if c > 0 else level
+        else:
+            bound = level
+        if o > max(c, m):
+            bound = "overhead"
+        return OpCost(max(c, m) + o, c, m, o, bound)

@@ -1,0 +1,108 @@
+"""Cost model: each rule against an independent hand calculation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.sim.cost import CostModel, CostOptions, Residency
+from tests.sim.helpers import make_hw, op, simple_collective_time
+
+HW = make_hw()
+PEAK_BF16 = 989e12
+PEAK_FP8 = 1979e12
+HBM = 4.8e12 * 0.85
+
+
+def model(**kw) -> CostModel:
+    return CostModel(HW, "bf16", "bf16", CostOptions(**kw), simple_collective_time)
+
+
+def test_large_gemm_is_compute_bound_at_gemm_efficiency():
+    m = n = k = 8192
+    o = op("g", "gemm", flops=2.0 * m * n * k, w=n * k * 2, a=m * k * 2, gemm=(1, m, n, k))
+    c = model().cost(o)
+    ramp = m / (m + 64)
+    assert c.compute_s == pytest.approx(2.0 * m * n * k / (PEAK_BF16 * 0.7 * ramp), rel=1e-12)
+    assert c.bottleneck == "matrix"
+    assert c.time_s == pytest.approx(c.compute_s + 2e-6, rel=1e-12)
+
+
+def test_tile_quantisation_pads_m_and_n():
+    # M=10 pads to 64, N=200 pads to 256 (tile 64x128).
+    o = op("g", "gemm", flops=2.0 * 10 * 200 * 4096, gemm=(1, 10, 200, 4096))
+    c = model().compute_time(o)[0]
+    want = 2.0 * 64 * 256 * 4096 / (PEAK_BF16 * 0.7 * (64 / 128))
+    assert c == pytest.approx(want, rel=1e-12)
+    off = model(tile_quantisation=False, small_m_ramp=False).compute_time(o)[0]
+    assert off == pytest.approx(2.0 * 10 * 200 * 4096 / (PEAK_BF16 * 0.7), rel=1e-12)
+
+
+def test_fp8_doubles_matrix_rate():
+    o = op("g", "gemm", flops=2.0 * 4096**3, gemm=(1, 4096, 4096, 4096))
+    bf = CostModel(HW, "bf16", "bf16").compute_time(o)[0]
+    f8 = CostModel(HW, "fp8", "bf16").compute_time(o)[0]
+    assert bf / f8 == pytest.approx(PEAK_FP8 / PEAK_BF16, rel=1e-12)
+
+
+def test_decode_gemm_is_memory_bound():
+    o = op("g", "gemm", flops=2.0 * 8 * 4096 * 4096, w=4096 * 4096 * 2, a=8 * 4096 * 2, gemm=(1, 8, 4096, 4096))
+    c = model().cost(o)
+    assert c.bottleneck == "hbm"
+    # activations (64 KiB) come from SRAM; weights from HBM
+    assert c.memory_s == pytest.approx(4096 * 4096 * 2 / HBM, rel=1e-12)
+
+
+def test_grouped_gemm_pads_each_expert():
+    efpt = 2 * 3 * 4096 * 1536
+    tpe = (1, 1, 3, 0, 70)
+    o = op("e", "grouped_gemm", flops=efpt * sum(tpe), tpe=tpe, efpt=efpt)
+    got = model().compute_time(o)[0]
+    want = sum(efpt * mp / (mp / (mp + 64)) for mp in (64, 64, 64, 128)) / (PEAK_BF16 * 0.7)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_vector_and_memory_ops_fused_pay_no_launch():
+    v = op("v", "vector", flops=1e9, a=1e3)
+    c = model().cost(v)
+    assert c.overhead_s == 0.0
+    assert c.compute_s == pytest.approx(1e9 / (67e12 * 0.5), rel=1e-12)
+    assert model(fuse_elementwise=False).cost(v).overhead_s == 2e-6
+
+
+def test_sram_activation_threshold():
+    small = op("m", "memory", a=1e6)
+    big = op("m", "memory", a=1e9)
+    assert model().memory_time(small) == (pytest.approx(1e6 / (12e12 * 0.85), rel=1e-12), "sram")
+    assert model().memory_time(big) == (pytest.approx(1e9 / HBM, rel=1e-12), "hbm")
+    assert model(sram_activations=False).memory_time(small)[1] == "hbm"
+
+
+def test_state_residency_serves_state_from_sram():
+    o = op("s", "vector", state=4 * 2**20)
+    hbm = model().memory_time(o, Residency())[0]
+    sram = model().memory_time(o, Residency(state=True))[0]
+    assert hbm / sram == pytest.approx(12e12 / 4.8e12, rel=1e-12)
+
+
+def test_collective_uses_given_function():
+    o = op("c", "collective", collective={"type": "all_to_all", "bytes": 1e6})
+    c = model().cost(o)
+    assert c.bottleneck == "link"
+    assert c.time_s == pytest.approx(3e-6 + 1e6 / (18 * 25e9 * 0.8), rel=1e-12)
+
+
+def test_unknown_option_names_field():
+    with pytest.raises(CodesignError, match=r"^scenario.yaml: cost.launch: unknown cost-model option"):
+        CostOptions.from_dict({"launch": 1}, "scenario.yaml: cost")
+
+
+def test_never_faster_than_roofline():
+    for m in (1, 7, 64, 300, 5000):
+        o = op("g", "gemm", flops=2.0 * m * 2048 * 4096, w=2048 * 4096 * 2, a=m * 4096 * 2, gemm=(1, m, 2048, 4096))
+        c = model().cost(o)
+        floor = max(o.flops / PEAK_BF16, o.bytes_read["weight"] / 4.8e12)
+        assert c.time_s >= floor
+        assert math.isfinite(c.time_s)
