@@ -1,0 +1,311 @@
+"""The shipped model configs: they load, and their parameter, KV and state sizes match published figures.
+
+Parameter counts here are written from first principles (module shapes of the HF checkpoints), not
+taken from `codesign.graph`, so they check the YAML numbers independently of the tracer.
+
+Convention for `active`: everything a token's forward pass uses -- all non-expert weights including
+the input-embedding table and the LM head, the router, the shared expert and `top_k` routed
+experts. MTP heads and vision encoders are excluded everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.models import available_models, load_model
+from codesign.models.config import ModelConfig
+
+KIB = 1024
+MIB = 1024**2
+BF16 = 2  # bytes per KV element
+FP32 = 4  # bytes per recurrent-state element
+
+SHIPPED = [
+    "deepseek-v3",
+    "gpt-oss-120b",
+    "llama-2-70b",
+    "llama-3.1-405b",
+    "llama-3.1-70b",
+    "mixtral-8x7b",
+    "qwen3-235b-a22b",
+    "qwen3-32b",
+    "qwen3-8b",
+    "qwen3-max-proxy",
+    "qwen3-next-80b-a3b",
+    "qwen3.5-35b-a3b",
+    "qwen3.5-397b-a17b",
+]
+
+# Published figures printed coarser than 1% ("A3B"), or counted with another convention than ours.
+# For these the count, in the publisher's convention, must round to the figure as printed:
+# (model, which) -> (half a unit of the last printed digit, what the publisher counts).
+#   "all": our convention; "no_input_embed": without the input-embedding table (a token reads one
+#   row of it); "non_embedding": without the embedding table and without the LM head.
+PUBLISHED_AS = {
+    ("qwen3.5-397b-a17b", "active"): (0.5e9, "all"),  # "A17B": 17.35B (16.33B without the table)
+    ("qwen3.5-35b-a3b", "active"): (0.5e9, "all"),  # "A3B": 3.46B
+    ("qwen3-next-80b-a3b", "active"): (0.5e9, "non_embedding"),  # "A3B": 3.25B; 3.87B with both tables
+    ("deepseek-v3", "active"): (0.5e9, "no_input_embed"),  # "37B": 36.63B; 37.55B with the table
+}
+
+
+# ---- independent analytic counts -----------------------------------------------------------------
+def attention_params(c: ModelConfig) -> int:
+    """GQA attention: q (x2 with output gate), k, v, o projections, optional biases, q/k norms, sinks."""
+    a = c.attention
+    h, q, kv = c.hidden_size, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    q_out = 2 * q if a.output_gate else q  # gate rides along in q_proj
+    n = h * q_out + 2 * h * kv + q * h
+    if a.bias:
+        n += q_out + 2 * kv + h
+    if a.qk_norm:
+        n += 2 * a.head_dim
+    if a.sinks:
+        n += a.num_heads
+    return n
+
+
+def mla_params(c: ModelConfig) -> int:
+    """DeepSeek MLA: q down/up with a norm, kv down (latent + rope key) with a norm, kv up, o."""
+    m, h = c.mla, c.hidden_size
+    qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+    if m.q_lora_rank:
+        q = h * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * m.num_heads * qk
+    else:
+        q = h * m.num_heads * qk
+    kv_a = h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
+    kv_b = m.kv_lora_rank * m.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
+    o = m.num_heads * m.v_head_dim * h
+    return q + kv_a + kv_b + o
+
+
+def gdn_params(c: ModelConfig) -> int:
+    """Gated DeltaNet: in_proj q,k,v,z + b,a; depthwise conv over q,k,v; A_log, dt_bias; gated norm; out."""
+    g, h = c.linear_attention, c.hidden_size
+    kd, vd = g.num_key_heads * g.key_head_dim, g.num_value_heads * g.value_head_dim
+    in_proj = h * (2 * kd + 2 * vd) + h * 2 * g.num_value_heads
+    conv = (2 * kd + vd) * g.conv_kernel
+    return in_proj + conv + 2 * g.num_value_heads + g.value_head_dim + vd * h
+
+
+def swiglu_params(h: int, i: int, bias: bool) -> int:
+    return 3 * h * i + ((2 * i + h) if bias else 0)
+
+
+def moe_params(c: ModelConfig) -> tuple[int, int]:
+    """(total, active) of one MoE block: router, routed experts, shared expert and its gate."""
+    m, h = c.moe, c.hidden_size
+    router = m.num_experts * h + (m.num_experts if m.bias else 0)
+    router += m.num_experts if m.score_correction_bias else 0
+    expert = swiglu_params(h, m.intermediate_size, m.bias)
+    shared = swiglu_params(h, m.shared_expert_intermediate_size, False) if m.shared_expert_intermediate_size else 0
+    shared += h if m.shared_expert_gate else 0
+    return router + shared + m.num_experts * expert, router + shared + m.top_k * expert
+
+
+def param_counts(c: ModelConfig) -> dict[str, int]:
+    """Total and active parameters of the text decoder (MTP excluded), plus the embedding table size."""
+    embed = c.vocab_size * c.hidden_size
+    total = active = embed + (0 if c.tie_word_embeddings else embed) + c.hidden_size  # + final norm
+    mixers = {"full_attention": attention_params, "sliding_attention": attention_params,
+              "mla": mla_params, "linear_attention": gdn_params}
+    for lt, mt in zip(c.layer_types, c.mlp_types):
+        layer = 2 * c.hidden_size + mixers[lt](c)  # two RMSNorms + token mixer
+        if mt == "dense":
+            ffn_t = ffn_a = swiglu_params(c.hidden_size, c.intermediate_size, c.mlp_bias)
+        else:
+            ffn_t, ffn_a = moe_params(c)
+        total += layer + ffn_t
+        active += layer + ffn_a
+    return {"total": total, "active": active, "embed": embed}
+
+
+def kv_bytes_per_token(c: ModelConfig) -> int:
+    """bf16 KV cache bytes per token of context, over the layers whose cache grows with context.
+
+    Sliding-window layers hold at most `sliding_window` tokens, so they are left out here.
+    """
+    n = 0
+    for lt in c.layer_types:
+        if lt == "full_attention":
+            n += 2 * c.attention.num_kv_heads * c.attention.head_dim * BF16
+        elif lt == "mla":  # cached: the compressed latent and the shared RoPE key
+            n += (c.mla.kv_lora_rank + c.mla.qk_rope_head_dim) * BF16
+    return n
+
+
+def state_bytes_per_sequence(c: ModelConfig) -> int:
+    """fp32 Gated DeltaNet recurrent state per sequence (value heads x dk x dv per layer)."""
+    if c.linear_attention is None:
+        return 0
+    g = c.linear_attention
+    per_layer = g.num_value_heads * g.key_head_dim * g.value_head_dim * FP32
+    return per_layer * c.layer_types.count("linear_attention")
+
+
+# ---- the shipped configs -------------------------------------------------------------------------
+def test_available_models_are_exactly_the_shipped_set() -> None:
+    assert available_models() == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_config_loads_with_matching_name_and_sources(name: str) -> None:
+    c = load_model(name)
+    assert c.name == name
+    assert c.sources and all(s.strip() for s in c.sources)
+    assert c.total_params_reference and c.active_params_reference
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("which", ["total", "active"])
+def test_param_count_matches_published(name: str, which: str) -> None:
+    c = load_model(name)
+    ref = c.total_params_reference if which == "total" else c.active_params_reference
+    counts = param_counts(c)
+    half_unit, convention = PUBLISHED_AS.get((name, which), (0.01 * ref, "all"))
+    got = counts[which]
+    if convention in ("no_input_embed", "non_embedding"):
+        got -= counts["embed"]
+    if convention == "non_embedding" and not c.tie_word_embeddings:
+        got -= counts["embed"]  # the LM head
+    assert abs(got - ref) <= half_unit, f"{name} {which}: counted {got / 1e9:.3f}B, published {ref / 1e9:.3f}B"
+
+
+@pytest.mark.parametrize(
+    ("name", "total", "active"),
+    [
+        # Exact counts of the checkpoints' tensor shapes (independently known figures).
+        ("llama-2-70b", 68_976_648_192, 68_976_648_192),
+        ("llama-3.1-70b", 70_553_706_496, 70_553_706_496),
+        ("llama-3.1-405b", 405_853_388_800, 405_853_388_800),
+    ],
+)
+def test_dense_param_count_exact(name: str, total: int, active: int) -> None:
+    counts = param_counts(load_model(name))
+    assert (counts["total"], counts["active"]) == (total, active)
+
+
+def test_qwen35_active_definitions() -> None:
+    """The reference's 16.3B for Qwen3.5-397B is our active count without the input-embedding table."""
+    counts = param_counts(load_model("qwen3.5-397b-a17b"))
+    assert counts["active"] - counts["embed"] == pytest.approx(16.3e9, rel=0.01)
+    assert counts["total"] == pytest.approx(396.35e9, rel=0.001)
+
+
+def test_gpt_oss_active_matches_model_card_convention() -> None:
+    """OpenAI's 5.13B active counts the unembedding but not the embedding table."""
+    counts = param_counts(load_model("gpt-oss-120b"))
+    assert counts["active"] - counts["embed"] == pytest.approx(5.13e9, rel=0.005)
+
+
+@pytest.mark.parametrize(
+    ("name", "kv_per_token", "state_per_seq"),
+    [
+        ("qwen3.5-397b-a17b", 30 * KIB, 180 * MIB),  # 15 full layers x 2 KV heads x 256; 45 x 4 MiB
+        ("qwen3-235b-a22b", 188 * KIB, 0),  # 94 layers x 4 KV heads x 128 x 2 (K, V) x 2 B
+        ("deepseek-v3", int(68.625 * KIB), 0),  # 61 x (512 latent + 64 rope) x 2 B
+        ("qwen3-max-proxy", 480 * KIB, 0),  # 120 x 8 x 128 x 2 x 2 B: 2.55x Qwen3-235B
+    ],
+)
+def test_kv_and_state_bytes(name: str, kv_per_token: int, state_per_seq: int) -> None:
+    c = load_model(name)
+    assert kv_bytes_per_token(c) == kv_per_token
+    assert state_bytes_per_sequence(c) == state_per_seq
+
+
+def test_qwen35_gdn_state_is_4mib_per_layer() -> None:
+    c = load_model("qwen3.5-397b-a17b")
+    assert c.linear_attention.state_elements * FP32 == 4 * MIB
+    assert c.layer_types.count("linear_attention") == 45
+
+
+def test_qwen3_max_proxy_meets_public_constraints() -> None:
+    """The proxy's sizes follow from the public claims (see its notes)."""
+    proxy, q235, q35 = (load_model(n) for n in ("qwen3-max-proxy", "qwen3-235b-a22b", "qwen3.5-397b-a17b"))
+    p, b, s = param_counts(proxy), param_counts(q235), param_counts(q35)
+    assert p["total"] > 1e12  # "over 1 trillion"
+    assert 2.4 <= kv_bytes_per_token(proxy) / kv_bytes_per_token(q235) <= 2.7  # 19/7.2 = 2.64 at 256K
+    assert 2.4 <= p["active"] / b["active"] <= 2.7  # 8.6/3.5 = 2.46 at 32K
+    assert 0.55 <= 1 - s["total"] / p["total"] <= 0.65  # "-60% deployment memory"
+    assert any("PROXY" in n for n in proxy.notes)
+
+
+def test_layouts() -> None:
+    q = load_model("qwen3.5-397b-a17b")
+    assert [q.layer_kind(i) for i in range(4)] == ["linear_attention+moe"] * 3 + ["full_attention+moe"]
+    d = load_model("deepseek-v3")
+    assert d.mlp_types[:3] == ["dense"] * 3 and d.mlp_types.count("moe") == 58
+    g = load_model("gpt-oss-120b")
+    assert g.layer_types[:2] == ["sliding_attention", "full_attention"]
+    assert g.layer_types.count("sliding_attention") == 18
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+MINIMAL = """\
+name: tiny
+sources: ["test"]
+hidden_size: 64
+num_layers: 2
+vocab_size: 100
+max_position_embeddings: 128
+intermediate_size: 128
+attention: {num_heads: 4, num_kv_heads: 2, head_dim: 16}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_file_loads(tmp_path: Path) -> None:
+    c = load_model(_write(tmp_path, MINIMAL))
+    assert c.layer_types == ["full_attention"] * 2 and c.mlp_types == ["dense"] * 2
+
+
+def test_unknown_name_lists_available() -> None:
+    with pytest.raises(CodesignError) as e:
+        load_model("nope")
+    msg = str(e.value)
+    assert msg.startswith("unknown model 'nope'; available: ")
+    assert all(n in msg for n in SHIPPED)
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(CodesignError) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(path))
+    return msg
+
+
+def test_malformed_yaml(tmp_path: Path) -> None:
+    p = _write(tmp_path, MINIMAL + "attention: {num_heads: 4\n")
+    assert "malformed YAML" in _one_line_error(p)
+
+
+def test_missing_field(tmp_path: Path) -> None:
+    p = _write(tmp_path, MINIMAL.replace("vocab_size: 100\n", ""))
+    assert _one_line_error(p) == f"{p}: vocab_size: Field required"
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    p = _write(tmp_path, MINIMAL.replace("hidden_size: 64", "hidden_size: wide"))
+    msg = _one_line_error(p)
+    assert msg.startswith(f"{p}: hidden_size: ") and "(found: 'wide')" in msg
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    p = _write(tmp_path, MINIMAL.replace("attention: {", "attention: {num_kv_head: 2, "))
+    msg = _one_line_error(p)
+    assert msg.startswith(f"{p}: attention.num_kv_head: Extra inputs are not permitted")
+
+
+def test_inconsistent_layout(tmp_path: Path) -> None:
+    p = _write(tmp_path, MINIMAL + "layer_types: [full_attention]\n")
+    assert "layer_types has 1 entries, expected num_layers=2" in _one_line_error(p)
