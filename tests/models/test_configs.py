@@ -10,6 +10,7 @@ experts. MTP heads and vision encoders are excluded everywhere.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from codesign.errors import CodesignError
 from codesign.models import available_models, load_model
 from codesign.models.config import ModelConfig
+from codesign.models.hf import config_from_hf_json
 
 KIB = 1024
 MIB = 1024**2
@@ -309,3 +311,169 @@ def test_unknown_key(tmp_path: Path) -> None:
 def test_inconsistent_layout(tmp_path: Path) -> None:
     p = _write(tmp_path, MINIMAL + "layer_types: [full_attention]\n")
     assert "layer_types has 1 entries, expected num_layers=2" in _one_line_error(p)
+
+
+# ---- HF config.json import -------------------------------------------------------------------------
+# Key subsets of the public config.json files, as shipped (older files keep rope_theta at the top
+# level, transformers-5 files nest it in rope_parameters; Qwen3.5 nests the language model in
+# text_config). Each must import to exactly the shapes of the matching model_graphs/ file.
+HF_FILES: dict[str, dict] = {
+    "qwen3.5-397b-a17b": {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "model_type": "qwen3_5_moe",
+        "tie_word_embeddings": False,
+        "text_config": {
+            "model_type": "qwen3_5_moe_text", "hidden_size": 4096, "num_hidden_layers": 60,
+            "vocab_size": 248320, "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
+            "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 256, "attn_output_gate": True,
+            "full_attention_interval": 4, "linear_num_key_heads": 16, "linear_num_value_heads": 64,
+            "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
+            "num_experts": 512, "num_experts_per_tok": 10, "moe_intermediate_size": 1024,
+            "shared_expert_intermediate_size": 1024, "mtp_num_hidden_layers": 1,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25,
+                                "mrope_interleaved": True, "mrope_section": [11, 11, 10]},
+        },
+        "vision_config": {"depth": 27, "hidden_size": 1152},
+    },
+    "qwen3-next-80b-a3b": {
+        "model_type": "qwen3_next", "hidden_size": 2048, "num_hidden_layers": 48, "vocab_size": 151936,
+        "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "rope_theta": 10000000,
+        "partial_rotary_factor": 0.25, "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256,
+        "full_attention_interval": 4, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+        "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
+        "decoder_sparse_step": 1, "mlp_only_layers": [], "intermediate_size": 5120, "num_experts": 512,
+        "num_experts_per_tok": 10, "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+        "norm_topk_prob": True, "tie_word_embeddings": False, "mtp_num_hidden_layers": 1,
+    },
+    "qwen3-235b-a22b": {
+        "model_type": "qwen3_moe", "hidden_size": 4096, "num_hidden_layers": 94, "vocab_size": 151936,
+        "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "rope_theta": 5000000,
+        "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 12288,
+        "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 1536, "norm_topk_prob": True,
+        "decoder_sparse_step": 1, "mlp_only_layers": [], "use_sliding_window": False, "sliding_window": None,
+        "tie_word_embeddings": False,
+    },
+    "qwen3-8b": {
+        "model_type": "qwen3", "hidden_size": 4096, "num_hidden_layers": 36, "vocab_size": 151936,
+        "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288,
+        "tie_word_embeddings": False,
+    },
+    "deepseek-v3": {
+        "model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61, "vocab_size": 129280,
+        "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000,
+        "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096},
+        "num_attention_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64, "v_head_dim": 128, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+        "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 8,
+        "topk_group": 4, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5, "first_k_dense_replace": 3, "moe_layer_freq": 1,
+        "num_nextn_predict_layers": 1, "tie_word_embeddings": False,
+    },
+    "gpt-oss-120b": {
+        "model_type": "gpt_oss", "hidden_size": 2880, "num_hidden_layers": 36, "vocab_size": 201088,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 150000,
+        "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096},
+        "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64, "attention_bias": True,
+        "sliding_window": 128, "layer_types": ["sliding_attention", "full_attention"] * 18,
+        "num_local_experts": 128, "experts_per_token": 4, "intermediate_size": 2880, "swiglu_limit": 7.0,
+        "tie_word_embeddings": False,
+    },
+    "mixtral-8x7b": {
+        "model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32000,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+        "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": None, "tie_word_embeddings": False,
+    },
+    "llama-3.1-70b": {
+        "model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80, "vocab_size": 128256,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672,
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+    },
+}
+# layer_pattern is only a shorthand that expands into layer_types, which is compared.
+SHAPE_ONLY = {"name", "sources", "notes", "total_params_reference", "active_params_reference", "layer_pattern"}
+
+
+def _write_json(tmp_path: Path, data: dict, folder: str = "model") -> Path:
+    d = tmp_path / folder
+    d.mkdir(exist_ok=True)
+    p = d / "config.json"
+    p.write_text(json.dumps(data))
+    return p
+
+
+@pytest.mark.parametrize("name", sorted(HF_FILES))
+def test_hf_import_matches_shipped_yaml(tmp_path: Path, name: str) -> None:
+    imported = load_model(_write_json(tmp_path, HF_FILES[name], folder=name))  # load_model routes .json
+    shipped = load_model(name)
+    assert imported.model_dump(exclude=SHAPE_ONLY) == shipped.model_dump(exclude=SHAPE_ONLY)
+    assert imported.name == name
+
+
+def test_hf_import_records_unmodelled_rope_scaling(tmp_path: Path) -> None:
+    c = config_from_hf_json(_write_json(tmp_path, HF_FILES["llama-3.1-70b"]))
+    assert c.notes == ["rope scaling 'llama3' in rope_scaling is not modelled (cost-neutral); only rope_theta is used"]
+
+
+def test_hf_import_small_qwen35_nested(tmp_path: Path) -> None:
+    """A small Qwen3.5-style file: layout from full_attention_interval, rope keys in rope_parameters."""
+    data = {"model_type": "qwen3_5_moe", "text_config": {
+        "hidden_size": 64, "num_hidden_layers": 6, "vocab_size": 256, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "full_attention_interval": 3,
+        "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8, "num_experts": 8, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32,
+        "rope_parameters": {"rope_theta": 1000.0, "partial_rotary_factor": 0.5}}}
+    c = config_from_hf_json(_write_json(tmp_path, data, folder="Tiny-Qwen3.5"))
+    assert c.name == "tiny-qwen3.5"
+    assert c.layer_types == ["linear_attention", "linear_attention", "full_attention"] * 2
+    assert (c.attention.rope_theta, c.attention.rotary_dim, c.attention.output_gate) == (1000.0, 8, True)
+    assert c.moe.shared_expert_gate and c.norm_offset and c.mtp_layers == 0
+    assert c.linear_attention.state_elements == 4 * 8 * 8
+
+
+def test_hf_unknown_model_type(tmp_path: Path) -> None:
+    p = _write_json(tmp_path, {"model_type": "bert", "hidden_size": 8})
+    with pytest.raises(CodesignError) as e:
+        config_from_hf_json(p)
+    assert str(e.value).startswith(f"{p}: model_type: unsupported 'bert' (expected one of deepseek_v3, gpt_oss, llama,")
+
+
+def test_hf_missing_key(tmp_path: Path) -> None:
+    data = {k: v for k, v in HF_FILES["deepseek-v3"].items() if k != "kv_lora_rank"}
+    p = _write_json(tmp_path, data)
+    with pytest.raises(CodesignError) as e:
+        config_from_hf_json(p)
+    assert str(e.value) == f"{p}: kv_lora_rank: missing (required for model_type 'deepseek_v3')"
+
+
+def test_hf_missing_nested_key(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(HF_FILES["qwen3.5-397b-a17b"]))
+    del data["text_config"]["linear_num_value_heads"]
+    p = _write_json(tmp_path, data)
+    with pytest.raises(CodesignError) as e:
+        config_from_hf_json(p)
+    assert str(e.value) == f"{p}: text_config.linear_num_value_heads: missing (required for model_type 'qwen3_5_moe')"
+
+
+def test_hf_missing_text_config_and_bad_json(tmp_path: Path) -> None:
+    p = _write_json(tmp_path, {"model_type": "qwen3_5_moe"})
+    with pytest.raises(CodesignError, match=r"text_config: missing"):
+        config_from_hf_json(p)
+    p.write_text('{"model_type": "llama",')
+    with pytest.raises(CodesignError) as e:
+        config_from_hf_json(p)
+    assert str(e.value).startswith(f"{p}: line 1: malformed JSON: ")
+
+
+def test_hf_wrong_value_names_field(tmp_path: Path) -> None:
+    data = {**HF_FILES["qwen3-8b"], "num_key_value_heads": 5}  # 32 heads not a multiple of 5
+    p = _write_json(tmp_path, data)
+    with pytest.raises(CodesignError) as e:
+        config_from_hf_json(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: attention: ") and "num_heads (32) must be a multiple of num_kv_heads (5)" in msg
