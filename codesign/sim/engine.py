@@ -254,7 +254,8 @@ def precision_dtypes(precision: Any, attention: str = "auto") -> tuple[str, str]
     w = spec_dtype(getattr(precision, "weights", "bf16"))
     a = spec_dtype(getattr(precision, "activations", "bf16"))
     kv = spec_dtype(getattr(precision, "kv_cache", "bf16"))
-    matrix = wider(w, a)
+    compute = getattr(precision, "compute", None)
+    matrix = spec_dtype(compute) if compute else wider(w, a)
     attn = wider(a, kv) if attention == "auto" else spec_dtype(attention)
     return matrix, attn
 

@@ -1,0 +1,277 @@
+"""`simulate(hw, model, ...)`: one design point (or a plan search) -> `Result` rows, one per context.
+
+Pipeline per step: `codesign.graph.trace` (the model's own torch code on the meta device) ->
+`codesign.mapping.map_step` (per-chip graph, collectives inserted) -> `engine.simulate_step`
+(SimPy). Workload modes (`workload.py`) turn step times into throughput and latency; memory fit and
+the largest batch come from `codesign.mapping.memory_per_chip` / `max_batch`.
+
+Defaults (named; see docs/simulator.md):
+* ``DEFAULT_MODEL`` qwen3.5-397b-a17b, ``DEFAULT_CONTEXTS`` 32K and 256K.
+* ``DEFAULT_PRECISION``: fp8 weights and activations, bf16 KV cache (fp32 GatedDeltaNet state):
+  how these MoE models are served on H100/H200-class GPUs (Qwen's FP8 checkpoints; SGLang/vLLM keep
+  KV in bf16 unless asked).
+* ``DEFAULT_WORKLOAD``: steady-state decode (`mode: decode`) at input = context tokens of KV, 1K
+  output tokens per request: the decode-dominated long-context serving the Qwen3.5 claims are about.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from codesign.errors import CodesignError
+from codesign.hw import HardwareSpec, load_hw
+from codesign.models import ModelConfig, load_model
+from codesign.results import Result, infeasible
+from codesign.scenario import SLO, Scenario, Workload
+from codesign.sim.cost import CostOptions
+from codesign.sim.engine import StepResult, simulate_step
+from codesign.sim.workload import ModeResult, decode_mode, prefill_mode, serving_mode
+from codesign.units import GiB, parse_tokens
+
+DEFAULT_MODEL = "qwen3.5-397b-a17b"
+DEFAULT_CONTEXTS = (32_768, 262_144)
+DEFAULT_PRECISION = {"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"}
+DEFAULT_OUTPUT_TOKENS = 1024
+SERVER_UNSUPPORTED = "server mode not yet supported"
+
+
+def _mapping():
+    # Imported late: the simulator sits below the mapping in the data flow and only needs it here.
+    from codesign import mapping
+
+    return mapping
+
+
+def _plan_dict(plan: Any) -> dict[str, int]:
+    return {k: int(getattr(plan, k, 1)) for k in ("tp", "ep", "pp", "dp", "attention_dp")}
+
+
+def _ctx_label(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+@dataclass
+class _Point:
+    """One (hardware, model, plan, precision) with memoised step simulations."""
+
+    hw: HardwareSpec
+    config: ModelConfig
+    plan: Any
+    precision: Any
+    cost: CostOptions
+    router: Any = None
+
+    def __post_init__(self) -> None:
+        self._steps: dict[tuple, StepResult] = {}
+
+    def step(self, phase: str, batch: int, context: int, tokens: int) -> StepResult:
+        """One step for `batch` sequences of the whole deployment (each of dp replicas runs its share
+        at the same time, so the step time is one replica's)."""
+        per_replica = max(1, math.ceil(batch / self.plan.dp))
+        key = (phase, per_replica, context, tokens)
+        hit = self._steps.get(key)
+        if hit is None:
+            from codesign.graph import trace
+
+            m = _mapping()
+            g = trace(self.config, phase=phase, batch=per_replica, tokens=tokens, context=context, router=self.router)
+            mapped = m.map_step(g, self.config, self.hw, self.plan, self.precision)
+            hit = simulate_step(mapped, self.hw, self.cost)
+            self._steps[key] = hit
+        return hit
+
+    def memory(self, batch: int, context: int, tokens_per_seq: int = 1):
+        return _mapping().memory_per_chip(self.config, None, self.hw, self.plan, self.precision, batch, context,
+                                          tokens_per_seq=tokens_per_seq)
+
+    def max_batch(self, context: int) -> int:
+        return _mapping().max_batch(self.config, None, self.hw, self.plan, self.precision, context)
+
+
+def _run_mode(pt: _Point, workload: Workload, context: int, slo: SLO | None) -> tuple[ModeResult | None, str | None, int]:
+    """(metrics, reason if infeasible, KV length memory was fitted at)."""
+    mode = workload.mode
+    out_tokens = workload.output_mean
+    tpot_slo = slo.tpot_s if slo else None
+    if mode == "decode":
+        fit_ctx = context
+        mb = pt.max_batch(fit_ctx)
+        if mb == 0:
+            return None, None, fit_ctx
+        return decode_mode(pt.step, mb, context, context, tpot_slo), None, fit_ctx
+    if mode == "prefill":
+        mb = pt.max_batch(context)
+        if mb == 0:
+            return None, None, context
+        return prefill_mode(pt.step, mb, context), None, context
+    fit_ctx = context + out_tokens // 2
+    mb = pt.max_batch(fit_ctx)
+    if mb == 0:
+        return None, None, fit_ctx
+    if mode == "batch":
+        want = workload.concurrency or 1
+        if want > mb:
+            short = pt.memory(want, fit_ctx).short_by / GiB
+            return None, f"concurrency {want} does not fit: short by {short:.2f} GiB per chip (largest batch {mb})", fit_ctx
+        return serving_mode(pt.step, want, context, out_tokens, None), None, fit_ctx
+    return serving_mode(pt.step, mb, context, out_tokens, tpot_slo, max_batch=mb), None, fit_ctx
+
+
+def _short_reason(pt: _Point, context: int) -> str:
+    m = pt.memory(1, context)
+    return (f"does not fit: short by {m.short_by / GiB:.2f} GiB per chip at batch 1 "
+            f"(weights {m.weights / GiB:.2f} + kv {m.kv_cache / GiB:.2f} + state {m.state / GiB:.2f} "
+            f"+ activations {m.activations / GiB:.2f} + reserve {m.reserve / GiB:.2f} > "
+            f"capacity {m.capacity / GiB:.2f} GiB)")
+
+
+def _evaluate(pt: _Point, workload: Workload, context: int, slo: SLO | None) -> tuple[ModeResult | None, str | None, int]:
+    mr, reason, fit_ctx = _run_mode(pt, workload, context, slo)
+    if mr is None and reason is None:
+        reason = _short_reason(pt, fit_ctx)
+    return mr, reason, fit_ctx
+
+
+def _score(mode: str, mr: ModeResult) -> float:
+    return mr.input_tokens_per_s if mode == "prefill" else mr.output_tokens_per_s
+
+
+def _to_result(name: str, pt: _Point, chips: int, mr: ModeResult, fit_ctx: int, context: int, mode: str,
+               slo: SLO | None, wall: float) -> Result:
+    mem = pt.memory(mr.batch, fit_ctx).gib()
+    feasible, reason = True, None
+    if slo and slo.tpot_s and mr.tpot_s is not None and mr.tpot_s > slo.tpot_s:
+        feasible, reason = False, f"TPOT {mr.tpot_s:.4g} s misses slo.tpot_s {slo.tpot_s:g} s even at batch {mr.batch}"
+    step = mr.decode or mr.prefill
+    return Result(
+        name=name, feasible=feasible, reason=reason, hardware=pt.hw.name, model=pt.config.name, chips=chips,
+        plan=_plan_dict(pt.plan), output_tokens_per_s=mr.output_tokens_per_s, input_tokens_per_s=mr.input_tokens_per_s,
+        output_tokens_per_s_per_chip=mr.output_tokens_per_s / chips,
+        ttft_s={"mean": mr.ttft_s, "p50": mr.ttft_s, "p99": mr.ttft_s},
+        tpot_s={"mean": mr.tpot_s, "p50": mr.tpot_s, "p99": mr.tpot_s},
+        concurrency=mr.batch, memory_per_chip_gib=mem, bottleneck=mr.bottleneck, sim_wall_s=wall,
+        context=context, mode=mode, breakdown=step.breakdown if step else {},
+    )
+
+
+def _as_workload(workload: Workload | dict | None) -> Workload:
+    if workload is None:
+        return Workload(mode="decode", output_tokens=DEFAULT_OUTPUT_TOKENS)
+    if isinstance(workload, Workload):
+        return workload
+    from codesign.scenario import parse_scenarios  # reuse the scenario validation for one-line errors
+
+    s = parse_scenarios({"name": "api", "hardware": "-", "model": "-", "workload": workload}, "workload")[0]
+    return s.workload
+
+
+def _contexts(context: int | str | Iterable | None, workload: Workload, explicit_workload: bool) -> list[int]:
+    if context is None:
+        return [workload.input_mean] if explicit_workload else list(DEFAULT_CONTEXTS)
+    if isinstance(context, (int, str)):
+        context = [context]
+    try:
+        return [parse_tokens(c) for c in context]
+    except ValueError as e:
+        raise CodesignError(f"context: {e}") from None
+
+
+def simulate(
+    hw: HardwareSpec | str,
+    model: ModelConfig | str = DEFAULT_MODEL,
+    context: int | str | Iterable[int | str] | None = None,
+    chips: int | None = None,
+    plan: str | dict | Any = "auto",
+    precision: dict | Any | None = None,
+    workload: Workload | dict | None = None,
+    slo: SLO | dict | None = None,
+    name: str | None = None,
+    cost: CostOptions | dict | None = None,
+    router: Any = None,
+) -> list[Result]:
+    """Simulate `model` on `hw`: one `Result` per context (default 32K and 256K).
+
+    `plan`: "auto" (every candidate plan; the highest-throughput one that fits is kept), a
+    `ParallelPlan` or a dict such as {"tp": 8}. `precision`: a `Precision` or dict (default
+    fp8/fp8/bf16 KV). `workload`: a scenario `workload:` mapping (default steady-state decode at
+    input = context). `context` overrides the workload's input_tokens (the KV length).
+    """
+    m = _mapping()
+    hw = load_hw(hw)
+    config = load_model(model)
+    chips = int(chips or hw.system.chips)
+    prec = precision if (precision is not None and not isinstance(precision, dict)) else m.Precision.from_dict(
+        DEFAULT_PRECISION if precision is None else precision)
+    opts = cost if isinstance(cost, CostOptions) else CostOptions.from_dict(cost)
+    explicit = workload is not None
+    wl = _as_workload(workload)
+    slo_m = SLO.model_validate(slo) if isinstance(slo, dict) else slo
+    contexts = _contexts(context, wl, explicit)
+    base = name or f"{hw.name}-{config.name}-{chips}x"
+
+    if isinstance(plan, str):
+        if plan != "auto":
+            raise CodesignError(f"parallel: expected 'auto' or a mapping such as {{tp: 8}}, found {plan!r}")
+        plans = m.candidate_plans(config, chips, max_tp=hw.system.scale_up.size)
+        if not plans:
+            plans = m.candidate_plans(config, chips)
+    elif isinstance(plan, dict):
+        plans = [m.ParallelPlan.from_dict(plan)]
+    else:
+        plans = [plan]
+
+    results: list[Result] = []
+    for ctx in contexts:
+        t0 = time.perf_counter()
+        row_name = f"{base}-{_ctx_label(ctx)}" if (len(contexts) > 1 or name is None) else base
+        if wl.mode == "server":
+            results.append(infeasible(row_name, SERVER_UNSUPPORTED, hw.name, config.name, chips,
+                                      _plan_dict(plans[0]) if plans else None, context=ctx, mode=wl.mode))
+            continue
+        if not plans:
+            results.append(infeasible(row_name, f"no parallel plan of {config.name} divides {chips} chips", hw.name,
+                                      config.name, chips, context=ctx, mode=wl.mode))
+            continue
+        best: tuple[float, _Point, ModeResult, int] | None = None
+        first_reason: tuple[str, _Point, int] | None = None
+        for p in plans:
+            why = m.check_plan(config, p, chips)
+            pt = _Point(hw, config, p, prec, opts, router)
+            if why is not None:
+                first_reason = first_reason or (why, pt, ctx)
+                continue
+            mr, reason, fit_ctx = _evaluate(pt, wl, ctx, slo_m)
+            if mr is None:
+                first_reason = first_reason or (reason, pt, fit_ctx)
+                continue
+            score = _score(wl.mode, mr)
+            if best is None or score > best[0]:
+                best = (score, pt, mr, fit_ctx)
+        wall = time.perf_counter() - t0
+        if best is None:
+            reason, pt, fit_ctx = first_reason
+            mem = None
+            try:
+                mem = pt.memory(1, fit_ctx).gib()
+            except CodesignError:
+                pass
+            results.append(infeasible(row_name, reason, hw.name, config.name, chips, _plan_dict(pt.plan), mem,
+                                      context=ctx, mode=wl.mode, sim_wall_s=wall))
+            continue
+        _, pt, mr, fit_ctx = best
+        results.append(_to_result(row_name, pt, chips, mr, fit_ctx, ctx, wl.mode, slo_m, wall))
+    return results
+
+
+def simulate_scenario(s: Scenario) -> list[Result]:
+    """A scenario file entry -> its result rows (one; the context is the workload's input_tokens)."""
+    return simulate(
+        s.hardware, s.model, context=None, chips=s.chips, plan=s.parallel, precision=s.precision or None,
+        workload=s.workload, slo=s.slo, name=s.name, cost=s.cost or None,
+    )
+
+
+__all__ = ["simulate", "simulate_scenario", "DEFAULT_MODEL", "DEFAULT_CONTEXTS", "DEFAULT_PRECISION"]

@@ -1,0 +1,109 @@
+"""Workload modes: from step times to serving metrics.
+
+A mode turns a `StepFn` (phase, batch, context, tokens -> StepResult, batch being the whole
+deployment's concurrent sequences) and a fit function (batch, context -> bool) into throughput and
+latency. All modes are steady-state (no arrival process): every latency's mean, p50 and p99 are the
+same value.
+
+* ``decode``  -- steady-state decode at ``input_tokens`` of context. Batch = the largest that fits,
+  or (with ``slo.tpot_s``) the largest that meets it. TTFT = prefill of one request alone.
+* ``offline`` -- maximum throughput with prefill and decode interleaved continuously (continuous
+  batching): batch = the largest that fits at the mean context ``input + output / 2``; a batch of
+  requests costs one prefill of all their prompts plus ``output`` decode steps at the mean
+  context; TPOT is that time per output token (prefill interference included).
+* ``batch``   -- as offline with the batch fixed at ``concurrency``.
+* ``prefill`` -- prompts only: ``PREFILL_TOKENS_PER_STEP`` prompt tokens per step.
+* ``server``  -- Poisson arrivals with SLOs: not supported yet (an infeasible row says so).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from codesign.sim.engine import StepResult
+
+# Prompt tokens batched into one prefill step in `prefill` mode and for TTFT: vLLM's and SGLang's
+# default chunked-prefill budgets are 8-16K tokens per step (max_num_batched_tokens /
+# chunked_prefill_size); named assumption, overridable per call.
+PREFILL_TOKENS_PER_STEP = 16_384
+
+StepFn = Callable[[str, int, int, int], StepResult]
+FitFn = Callable[[int, int], bool]
+
+
+@dataclass
+class ModeResult:
+    """Metrics of one workload mode at one design point (before they become a `Result` row)."""
+
+    batch: int
+    context: int  # KV length the decode step was simulated at
+    output_tokens_per_s: float
+    input_tokens_per_s: float
+    ttft_s: float | None
+    tpot_s: float | None
+    bottleneck: str
+    decode: StepResult | None
+    prefill: StepResult | None
+
+
+def largest_fitting(fits: Callable[[int], bool], hi: int) -> int:
+    """Largest b in [1, hi] with fits(b) (fits monotone: true then false); 0 when none."""
+    if hi < 1 or not fits(1):
+        return 0
+    if fits(hi):
+        return hi
+    lo = 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def decode_mode(step: StepFn, max_batch: int, context: int, input_tokens: int, tpot_slo: float | None) -> ModeResult:
+    """Steady-state decode at `context` tokens of KV per sequence."""
+    batch = max_batch
+    if tpot_slo is not None:
+        batch = largest_fitting(lambda b: step("decode", b, context, 1).time_s <= tpot_slo, max_batch)
+        if batch == 0:
+            batch = 1  # report the smallest batch and let the caller flag the missed SLO
+    d = step("decode", batch, context, 1)
+    ttft = step("prefill", 1, 0, input_tokens).time_s
+    return ModeResult(batch, context, batch / d.time_s, 0.0, ttft, d.time_s, d.bottleneck, d, None)
+
+
+def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int, tpot_slo: float | None,
+                 max_batch: int | None = None) -> ModeResult:
+    """Offline (batch = the largest that fits) or fixed-concurrency serving with continuous batching."""
+    mean_ctx = input_tokens + output_tokens // 2
+
+    def costs(b: int) -> tuple[StepResult, StepResult, float]:
+        d = step("decode", b, mean_ctx, 1)
+        p = step("prefill", b, 0, input_tokens)
+        total = p.time_s + output_tokens * d.time_s
+        return d, p, total
+
+    if tpot_slo is not None and max_batch:
+        batch = largest_fitting(lambda b: costs(b)[2] / output_tokens <= tpot_slo, max_batch) or 1
+    d, p, total = costs(batch)
+    out_rate = batch * output_tokens / total
+    in_rate = batch * input_tokens / total
+    # TTFT: one chunked-prefill step's worth of prompts ahead of a request's first token.
+    per_chunk = max(1, min(batch, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1)))
+    ttft = p.time_s * per_chunk / batch
+    bottleneck = d.bottleneck if output_tokens * d.time_s >= p.time_s else p.bottleneck
+    return ModeResult(batch, mean_ctx, out_rate, in_rate, ttft, total / output_tokens, bottleneck, d, p)
+
+
+def prefill_mode(step: StepFn, max_batch: int, input_tokens: int) -> ModeResult:
+    """Prompt processing only: as many whole prompts per step as the chunk budget allows."""
+    batch = max(1, min(max_batch, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1)))
+    p = step("prefill", batch, 0, input_tokens)
+    return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / p.time_s, p.time_s, None, p.bottleneck, None, p)
+
+
+__all__ = ["ModeResult", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]

@@ -1,0 +1,59 @@
+"""Workload modes on a synthetic step-time function (independent of tracer and mapping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from codesign.sim.engine import StepResult
+from codesign.sim.workload import PREFILL_TOKENS_PER_STEP, decode_mode, largest_fitting, prefill_mode, serving_mode
+
+W = 0.010  # weight streaming per step, s
+KV = 1e-7  # s per token of KV read per sequence
+
+
+def step(phase: str, batch: int, context: int, tokens: int) -> StepResult:
+    if phase == "decode":
+        t = W + batch * context * KV
+    else:
+        t = W + batch * tokens * 2e-6
+    return StepResult(time_s=t, bottleneck="hbm", breakdown={})
+
+
+def test_largest_fitting_bisection():
+    for limit in (0, 1, 2, 37, 1000):
+        assert largest_fitting(lambda b: b <= limit, 1000) == limit
+    assert largest_fitting(lambda b: True, 64) == 64
+
+
+def test_decode_at_max_batch():
+    r = decode_mode(step, 100, 8192, 8192, None)
+    tpot = W + 100 * 8192 * KV
+    assert r.batch == 100
+    assert r.tpot_s == pytest.approx(tpot)
+    assert r.output_tokens_per_s == pytest.approx(100 / tpot)
+    assert r.ttft_s == pytest.approx(W + 8192 * 2e-6)
+
+
+def test_decode_tpot_slo_picks_largest_batch_meeting_it():
+    slo = 0.02
+    r = decode_mode(step, 1000, 8192, 8192, slo)
+    # W + b*ctx*KV <= slo  <=>  b <= (slo - W) / (ctx*KV)
+    assert r.batch == int((slo - W) / (8192 * KV))
+    assert r.tpot_s <= slo
+
+
+def test_serving_interleaves_prefill_and_decode():
+    r = serving_mode(step, 64, 300, 200, None)
+    d = W + 64 * (300 + 100) * KV
+    p = W + 64 * 300 * 2e-6
+    total = p + 200 * d
+    assert r.output_tokens_per_s == pytest.approx(64 * 200 / total)
+    assert r.input_tokens_per_s == pytest.approx(64 * 300 / total)
+    assert r.tpot_s == pytest.approx(total / 200)
+
+
+def test_prefill_mode_uses_chunk_budget():
+    r = prefill_mode(step, 1000, 1000)
+    b = PREFILL_TOKENS_PER_STEP // 1000
+    assert r.batch == b
+    assert r.input_tokens_per_s == pytest.approx(b * 1000 / (W + b * 1000 * 2e-6))
