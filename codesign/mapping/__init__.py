@@ -1,0 +1,25 @@
+"""Mapping: parallel plans, precision, memory fit, collectives and the per-chip step graph.
+
+The third independent input of a simulation (after the model config and the hardware spec): a
+`ParallelPlan` and a `Precision` join the two by name. See docs/mapping.md.
+"""
+
+from codesign.mapping.collectives import collective_time, make_collective
+from codesign.mapping.memory import (
+    MemoryBreakdown,
+    kv_bytes_per_sequence,
+    max_batch,
+    memory_per_chip,
+    model_params,
+    state_bytes_per_sequence,
+)
+from codesign.mapping.plan import ParallelPlan, Precision, candidate_plans, check_plan
+from codesign.mapping.step import MappedStep, expert_placement, map_step, rank_loads, slowest_rank
+
+__all__ = [
+    "ParallelPlan", "Precision", "check_plan", "candidate_plans",
+    "MemoryBreakdown", "memory_per_chip", "max_batch", "model_params", "kv_bytes_per_sequence",
+    "state_bytes_per_sequence",
+    "collective_time", "make_collective",
+    "MappedStep", "map_step", "expert_placement", "rank_loads", "slowest_rank",
+]

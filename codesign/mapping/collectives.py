@@ -1,0 +1,191 @@
+"""Collectives costed on the interconnect topology, each with a named algorithm.
+
+A collective is the dict the mapping puts in `Op.collective`:
+
+    {"type": "all_reduce" | "reduce_scatter" | "all_gather" | "all_to_all" | "send_recv",
+     "group": (rank, ...),         # chip ids taking part (global ids; domain = id // scale_up.size)
+     "size": n,                    # len(group)
+     "bytes": payload,             # per rank: the full buffer (all_reduce / reduce_scatter input /
+                                   # all_gather output), everything one rank sends (all_to_all,
+                                   # its own share included), or the message (send_recv)
+     "scope": "scale_up" | "scale_out",
+     "algorithm": "auto" | "ring" | "two_shot" | "one_shot" | "nvls" | "hierarchical" | "direct"
+                  | "low_latency" | "p2p",
+     "imbalance": 1.0}             # all_to_all: slowest rank's load / mean (the slowest rank rules)
+
+Cost rules (bandwidths per direction, times `hw.efficiency.collective`; alpha = scale-up latency):
+
+* ring all-reduce: 2(n-1)/n * bytes / B_ring + 2(n-1) alpha. reduce-scatter and all-gather are
+  each half of it. B_ring from `hw.topology.ring_bandwidth` over the group: on a switch one ring
+  saturates each chip's links; on rings and tori two counter-rotating rings run at once; on a full
+  mesh several rings over different orders use all of the group's links (as RCCL does), i.e. the
+  chip's injection bandwidth towards the group.
+* two_shot (direct reduce-scatter + all-gather, every peer at once, as TensorRT-LLM's custom
+  all-reduce): 2(n-1)/n * bytes / B_a2a + 2 alpha; one_shot (each rank reads all peers' buffers):
+  (n-1) * bytes / B_a2a + alpha. ``auto`` (the default for all-reduce) takes the fastest of ring,
+  two_shot and one_shot, as NCCL's and TensorRT-LLM's tuners pick by message size: small decode
+  messages are latency-bound, where a ring's 2(n-1) steps cost most.
+* nvls (switch only; NVLink SHARP in-switch reduction): the ring time divided by ``NVLS_GAIN`` =
+  480 / 370, NCCL's measured all-reduce bus bandwidth with and without NVLS on 8xH100
+  (accelerators.md anchor 44), plus 2 alpha.
+* all-to-all (direct): bytes (n-1)/n / B_a2a * imbalance + alpha, with B_a2a from
+  `hw.topology.all_to_all_bandwidth` (injection, bisection and path-length bounds).
+  ``low_latency`` runs the same traffic at ``LOW_LATENCY_EFFICIENCY`` instead of
+  efficiency.collective: DeepEP's low-latency kernels use few SMs and per-token messages
+  (dispatch EP8, 128 tokens x 7168 x top-8 fp8: 77 us, anchor 42).
+* scale_out (the group spans scale-up domains; NIC bandwidth ``scale_out.nic_bandwidth``):
+  hierarchical all-reduce = intra-domain reduce-scatter + inter-domain ring all-reduce of
+  bytes/d over the NICs + intra-domain all-gather (d = group chips per domain); all-to-all sends
+  (n-d)/n of its bytes over the NIC and (d-1)/n inside the domain, the slower rules.
+* send_recv (pipeline stages): bytes / the chips' direct bandwidth + latency.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from codesign.errors import CodesignError
+from codesign.hw import topology
+from codesign.hw.spec import HardwareSpec, ScaleUp
+
+# NCCL 8xH100: NVLS all-reduce busBw ~480 GB/s vs ~370 GB/s for ring (accelerators.md anchor 44).
+NVLS_GAIN = 480.0 / 370.0
+# DeepEP low-latency dispatch, EP8 on H800 (200 GB/s NVLink per direction), 128 tokens x 7168 x
+# top-8 FP8 = 7.34 MB sent per rank in 77 us (anchor 42): 7.34e6 * 7/8 / (77 us - 3 us) / 200 GB/s.
+LOW_LATENCY_EFFICIENCY = 0.43
+
+TYPES = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send_recv")
+ALGORITHMS = ("auto", "ring", "two_shot", "one_shot", "nvls", "hierarchical", "direct", "low_latency", "p2p")
+
+
+@lru_cache(maxsize=256)
+def _domain_bandwidths(scale_up: ScaleUp, n: int) -> tuple[float, float, float]:
+    """(ring bandwidth, all-to-all per-chip bandwidth, point-to-point bandwidth) of a group of the
+    first n chips of one scale-up domain, bytes/s per direction, before efficiency."""
+    if n < 2:
+        return math.inf, math.inf, math.inf
+    g = topology.scale_up_graph(scale_up)
+    members = list(range(n))
+    ring = topology.ring_bandwidth(g, members)
+    # injection of chip 0 towards the group (its edges on routes to the other members)
+    inject = 0.0
+    seen = set()
+    for m in members[1:]:
+        p = topology.path(g, 0, m)
+        if p[1] not in seen:
+            seen.add(p[1])
+            inject += g.edges[0, p[1]]["bandwidth"]
+    if scale_up.topology == "full_mesh":
+        ring = inject  # several rings over different orders use every link to the group
+    elif scale_up.topology != "switch":
+        ring = min(2 * ring, inject)  # two counter-rotating rings
+    a2a = topology.all_to_all_bandwidth(g, members)
+    p = topology.path(g, 0, 1)
+    p2p = min(g.edges[u, v]["bandwidth"] for u, v in zip(p, p[1:]))
+    return ring, a2a, p2p
+
+
+def _size(c: dict) -> int:
+    if "size" in c:
+        return int(c["size"])
+    group = c.get("group")
+    if isinstance(group, int):
+        return group
+    if group is None:
+        raise CodesignError("collective.group: expected the ranks taking part, found none")
+    return len(group)
+
+
+def _domains(c: dict, size_up: int, n: int) -> tuple[int, int]:
+    """(chips of the group per domain, domains spanned)."""
+    group = c.get("group")
+    if isinstance(group, (list, tuple)) and group:
+        per: dict[int, int] = {}
+        for r in group:
+            per[int(r) // size_up] = per.get(int(r) // size_up, 0) + 1
+        return max(per.values()), len(per)
+    d = min(n, size_up)
+    return d, math.ceil(n / d)
+
+
+def _ring_allreduce(nbytes: float, n: int, bw: float, alpha: float) -> float:
+    if n < 2:
+        return 0.0
+    return 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * alpha
+
+
+def collective_time(collective: dict, hw: HardwareSpec) -> float:
+    """Seconds one collective takes on `hw` (see module docstring for the rules)."""
+    c = collective
+    kind = c.get("type")
+    if kind not in TYPES:
+        raise CodesignError(f"collective.type: expected one of {', '.join(TYPES)}, found {kind!r}")
+    algo = c.get("algorithm") or ("direct" if kind == "all_to_all" else "p2p" if kind == "send_recv" else "auto")
+    if algo not in ALGORITHMS:
+        raise CodesignError(f"collective.algorithm: expected one of {', '.join(ALGORITHMS)}, found {algo!r}")
+    n = _size(c)
+    nbytes = float(c.get("bytes", 0.0))
+    if n < 2 and kind != "send_recv" or nbytes <= 0:
+        return 0.0
+    eff = hw.efficiency.collective
+    su = hw.system.scale_up
+    alpha = su.latency
+    d, m = _domains(c, su.size, n)
+    scope = c.get("scope") or ("scale_out" if m > 1 else "scale_up")
+    if scope == "scale_out" and m == 1:
+        m, d = max(2, math.ceil(n / su.size)), min(n, su.size)  # caller says it spans domains
+    imbalance = float(c.get("imbalance", 1.0) or 1.0)
+
+    ring_bw, a2a_bw, p2p_bw = _domain_bandwidths(su, max(d, 2) if kind == "send_recv" else d)
+    if scope == "scale_out":
+        so = hw.system.scale_out
+        if so is None:
+            raise CodesignError(f"system.scale_out: a {kind} over {n} chips spans scale-up domains "
+                                f"of {su.size}, but the spec has no scale_out section")
+        nic, beta = so.nic_bandwidth * eff, so.latency
+        if kind == "send_recv":
+            return nbytes / nic + beta
+        if kind == "all_to_all":
+            out_t = nbytes * (n - d) / n / nic
+            in_t = nbytes * (d - 1) / n / (a2a_bw * eff) if d > 1 else 0.0
+            lat = beta + (alpha if d > 1 else 0.0)
+            return max(out_t, in_t) * imbalance + lat
+        # hierarchical: reduce-scatter in the domain, all-reduce across domains, all-gather back
+        intra = _ring_allreduce(nbytes, d, ring_bw * eff, alpha) if d > 1 else 0.0
+        inter = _ring_allreduce(nbytes / d, m, nic, beta)
+        t = intra + inter
+        return t / 2 if kind in ("reduce_scatter", "all_gather") else t
+
+    if kind == "send_recv":
+        return nbytes / (p2p_bw * eff) + alpha
+    if kind == "all_to_all":
+        e = LOW_LATENCY_EFFICIENCY if algo == "low_latency" else eff
+        return nbytes * (n - 1) / n / (a2a_bw * e) * imbalance + alpha
+    ring = _ring_allreduce(nbytes, n, ring_bw * eff, alpha)
+    two_shot = 2 * (n - 1) / n * nbytes / (a2a_bw * eff) + 2 * alpha
+    one_shot = (n - 1) * nbytes / (a2a_bw * eff) + alpha
+    t = {"ring": ring, "two_shot": two_shot, "one_shot": one_shot}.get(algo, min(ring, two_shot, one_shot))
+    if kind in ("reduce_scatter", "all_gather") and algo in ("auto", "two_shot", "one_shot"):
+        t = min(ring, two_shot)  # one phase of either: halved below
+    if algo == "nvls":
+        if su.topology != "switch":
+            raise CodesignError(f"collective.algorithm: nvls needs a switched scale-up domain, "
+                                f"found topology {su.topology!r}")
+        t = 2 * (n - 1) / n * nbytes / (ring_bw * eff * NVLS_GAIN) + 2 * alpha
+    return t / 2 if kind in ("reduce_scatter", "all_gather") else t
+
+
+def make_collective(kind: str, group: tuple[int, ...], nbytes: float, scale_up_size: int,
+                    algorithm: str | None = None, imbalance: float = 1.0, **extra) -> dict:
+    """A collective dict for `Op.collective` with scope derived from the group's domains."""
+    domains = {r // scale_up_size for r in group}
+    scope = "scale_out" if len(domains) > 1 else "scale_up"
+    if algorithm is None:
+        algorithm = {"all_to_all": "direct", "send_recv": "p2p"}.get(kind, "hierarchical" if scope == "scale_out" else "auto")
+    out = {"type": kind, "group": tuple(group), "size": len(group), "bytes": float(nbytes), "scope": scope,
+           "algorithm": algorithm}
+    if kind == "all_to_all":
+        out["imbalance"] = float(imbalance)
+    out.update(extra)
+    return out

@@ -1,0 +1,389 @@
+"""The per-chip step graph: a traced model step split over a parallel plan, collectives inserted.
+
+`map_step(graph, config, hw, plan, precision)` turns the traced graph of one step of the whole
+deployment (batch = all concurrent sequences; bytes at the traced dtypes) into what one chip runs:
+
+* **Tokens.** Sequences split over ``dp`` replicas and ``attention_dp`` groups; the busiest chip
+  gets ``ceil(batch / (dp * attention_dp))`` of them.
+* **Tensor parallel blocks** (attention, mla, linear_attention, mlp, moe_shared, embed, lm_head):
+  FLOPs, activation and state bytes divided by ``tp``; weight bytes by ``tp`` (each attention-DP
+  group reads its own full set, so weights are *not* divided by attention_dp); GQA KV bytes by
+  ``min(tp, num_kv_heads)`` (KV heads replicate beyond that); MLA's latent cache is read whole by
+  every TP rank. Other blocks (norms, router, glue) are replicated over tp.
+* **Routed experts** are placed on ``ep`` ranks (``contiguous`` by default: rank r holds experts
+  [r E/ep, (r+1) E/ep); ``round_robin`` puts expert e on rank e mod ep; or an explicit list giving
+  each expert's rank). Each rank's tokens are the sum of its experts' ``tokens_per_expert``; the
+  slowest rank (largest roofline time of its tokens' FLOPs and its touched experts' weight bytes)
+  is the one mapped; its FLOPs and weight bytes are recomputed from ``expert_flops_per_token`` and
+  ``expert_weight_bytes`` and divided by the expert tensor-parallel width ``moe_tp``.
+* **Precision.** Bytes of each class times ``Precision.scale``.
+* **Collectives** (``Op(kind="collective")``), placed in the dependency graph:
+  - TP all-reduce after the exit op of each TP block (attention output projection, MLP down
+    projection, shared expert, GatedDeltaNet out_proj) when tp > 1;
+  - EP: all-to-all dispatch before the grouped expert op (FP8 payload when activations are fp8 or
+    ``dispatch_fp8``) and combine (BF16) after it; within an expert rank of moe_tp > 1 chips, an
+    all-gather of the received tokens and a reduce-scatter of the partial outputs;
+  - experts without EP but with attention_dp > 1: all-gather of the attention groups' tokens
+    before the experts and a reduce-scatter after (the attention-DP boundary); pure TP experts:
+    an all-reduce after;
+  - PP: a send/recv on every edge that crosses a stage boundary;
+  - LM head: a vocab-parallel all-gather of the logits when tp > 1.
+
+Deviation noted for the simulator: the graph holds the per-chip ops of **every** pipeline stage
+(each layer's ops as a chip of its stage runs them) so that the simulator can sum stage latencies;
+``stage_layers`` lists each stage's decoder layers and ``stage`` names the most loaded one
+(``stage_graph(s)`` extracts one stage). With pp = 1 the graph is exactly one chip's step.
+
+Named assumptions: reductions (all-reduce, reduce-scatter, EP combine, logits gather) carry
+``reduce_dtype`` = bf16; FP8 dispatch adds one fp32 scale per 128 values (DeepEP's layout, +3.1%);
+dispatch sends each token once per distinct destination rank (``dispatch_dedup``; expected count
+under uniform routing); chip ids are ((replica * pp + stage) * attention_dp + group) * tp + rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import networkx as nx
+
+from codesign.errors import CodesignError
+from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
+from codesign.mapping.collectives import collective_time, make_collective
+from codesign.mapping.memory import TP_BLOCKS, stage_layers as _stage_layers
+from codesign.mapping.plan import ParallelPlan, Precision, check_plan
+from codesign.models.config import ModelConfig
+
+FP8_SCALE_OVERHEAD = 4.0 / 128  # one fp32 scale per 128 fp8 values (DeepEP dispatch layout)
+_ROW_PARALLEL = ("o_proj", "down_proj", "out_proj")  # weight split along K (input) under TP
+
+
+@dataclass
+class MappedStep:
+    """One step as the chips of a plan run it (see module docstring)."""
+
+    graph: nx.DiGraph
+    plan: ParallelPlan
+    precision: Precision
+    chips: int
+    stage_layers: list[list[int]]
+    stage: int = 0  # the most loaded pipeline stage
+    expert_ranks: dict[int, int] = field(default_factory=dict)  # MoE layer -> slowest EP rank mapped
+
+    def stage_graph(self, s: int) -> nx.DiGraph:
+        """The subgraph of pipeline stage `s` (embedding with the first, head and MTP with the last)."""
+        layers = set(self.stage_layers[s])
+        first, last = min(self.stage_layers[0]), max(self.stage_layers[-1])
+        keep = [n for n, op in self.graph.nodes(data="op")
+                if op.layer in layers or (s == 0 and op.layer < first)
+                or (s == len(self.stage_layers) - 1 and op.layer > last)]
+        return self.graph.subgraph(keep).copy()
+
+
+# ---- expert placement -----------------------------------------------------------------------------
+
+def expert_placement(num_experts: int, ep: int, placement: str | Sequence[int] = "contiguous") -> list[int]:
+    """Rank of each expert."""
+    if isinstance(placement, str):
+        if placement == "contiguous":
+            per = num_experts // ep
+            return [e // per for e in range(num_experts)]
+        if placement == "round_robin":
+            return [e % ep for e in range(num_experts)]
+        raise CodesignError(f"placement: expected 'contiguous', 'round_robin' or a rank per expert, found {placement!r}")
+    ranks = [int(r) for r in placement]
+    if len(ranks) != num_experts or any(r < 0 or r >= ep for r in ranks):
+        raise CodesignError(f"placement: expected {num_experts} ranks in 0..{ep - 1}, found {len(ranks)} entries")
+    return ranks
+
+
+def rank_loads(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int) -> list[tuple[int, int]]:
+    """(tokens, distinct experts touched) per EP rank."""
+    tok = [0] * ep
+    touched = [0] * ep
+    for c, r in zip(tokens_per_expert, ranks):
+        tok[r] += int(c)
+        touched[r] += 1 if c else 0
+    return list(zip(tok, touched))
+
+
+def slowest_rank(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int, flops_per_token: float,
+                 weight_bytes: float, flop_rate: float, byte_rate: float) -> int:
+    """The EP rank with the largest roofline time max(tokens x FLOPs/token / flop_rate,
+    touched experts x weight bytes / byte_rate); ties go to the lowest rank."""
+    best, best_t = 0, -1.0
+    for r, (t, k) in enumerate(rank_loads(tokens_per_expert, ranks, ep)):
+        time = max(t * flops_per_token / flop_rate, k * weight_bytes / byte_rate)
+        if time > best_t:
+            best, best_t = r, time
+    return best
+
+
+def dispatch_fanout(num_experts: int, top_k: int, ep: int) -> float:
+    """Expected distinct EP ranks a token's top_k experts fall on (uniform routing, contiguous
+    equal groups): ep * (1 - C(E - E/ep, k) / C(E, k))."""
+    per = num_experts // ep
+    if num_experts - per < top_k:
+        return float(ep)
+    miss = math.comb(num_experts - per, top_k) / math.comb(num_experts, top_k)
+    return ep * (1.0 - miss)
+
+
+# ---- op scaling -----------------------------------------------------------------------------------
+
+def _scaled(op: Op, flops_f: float, f: dict[str, float], prec: Precision) -> Op:
+    rd = {c: op.bytes_read.get(c, 0.0) * f[c] * prec.scale(c) for c in BYTE_CLASSES}
+    wr = {c: op.bytes_written.get(c, 0.0) * f[c] * prec.scale(c) for c in BYTE_CLASSES}
+    return dataclasses.replace(op, flops=op.flops * flops_f, bytes_read=rd, bytes_written=wr)
+
+
+def _gemm_shape(op: Op, tok: float, tp: int) -> tuple[int, int, int, int] | None:
+    if op.gemm is None:
+        return None
+    b, m, n, k = op.gemm
+    if b > 1:  # batched GEMM over heads x sequences: both split
+        return (max(1, math.ceil(b * tok / tp)), m, n, k)
+    m = max(1, math.ceil(m * tok))
+    if tp > 1:
+        if any(op.name.split("/")[0].endswith(s) for s in _ROW_PARALLEL):
+            k = max(1, k // tp)
+        else:
+            n = max(1, n // tp)
+    return (b, m, n, k)
+
+
+def _kv_split(config: ModelConfig, op: Op, tp: int) -> float:
+    if op.block == "mla":
+        return 1.0
+    if config.attention is not None and op.block == "attention":
+        return float(min(tp, config.attention.num_kv_heads))
+    return float(tp)
+
+
+def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
+             precision: Precision, *, placement: str | Sequence[int] = "contiguous",
+             dispatch_fp8: bool | None = None, dispatch_dedup: bool = True,
+             allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16") -> MappedStep:
+    """The per-chip step of `graph` under `plan` and `precision` (see module docstring)."""
+    reason = check_plan(config, plan, plan.chips)
+    if reason:
+        raise CodesignError(f"parallel: {reason}")
+    tp, adp, dp, ep = plan.tp, plan.attention_dp, plan.dp, plan.ep
+    moe_tp = plan.moe_tp
+    B = int(graph.graph.get("batch", 1) or 1)
+    tokens_per_seq = int(graph.graph.get("tokens", 1) or 1)
+    seq_att = math.ceil(B / (dp * adp))
+    tok_att = seq_att / B  # share of the step's tokens on one attention chip
+    T_att = seq_att * tokens_per_seq
+    H = config.hidden_size
+    act_b = precision.bytes_per_element(precision.activations)
+    red_b = BYTES_PER_ELEMENT[reduce_dtype]
+    matrix_rate = hw.chip.matrix.peak(precision.matrix_dtype) * hw.efficiency.gemm
+    hbm_rate = hw.chip.hbm.bandwidth * hw.efficiency.memory
+    su_size = hw.system.scale_up.size
+    stages = _stage_layers(config, plan.pp)
+    layer_stage = {i: s for s, ls in enumerate(stages) for i in ls}
+
+    def stage_of(layer: int) -> int:
+        if layer < 0:
+            return 0
+        return layer_stage.get(layer, plan.pp - 1)
+
+    def base(stage: int) -> int:
+        return stage * plan.stage_chips  # replica 0, attention group 0
+
+    def group_tp(stage: int) -> tuple[int, ...]:
+        return tuple(range(base(stage), base(stage) + tp))
+
+    def group_stage(stage: int) -> tuple[int, ...]:
+        return tuple(range(base(stage), base(stage) + plan.stage_chips))
+
+    def group_ep(stage: int) -> tuple[int, ...]:
+        return tuple(base(stage) + r * moe_tp for r in range(ep))
+
+    def group_moe_tp(stage: int) -> tuple[int, ...]:
+        return tuple(range(base(stage), base(stage) + moe_tp))
+
+    def group_adp(stage: int) -> tuple[int, ...]:
+        return tuple(base(stage) + a * tp for a in range(adp))
+
+    # -- 1. shard every op ------------------------------------------------------------------------
+    out = nx.DiGraph()
+    out.graph.update(graph.graph)
+    out.graph.update(plan=plan.to_dict(), precision=precision.to_dict(), chips=plan.chips, mapped=True)
+    expert_ranks: dict[int, int] = {}
+    moe_imbalance: dict[int, float] = {}
+    for n, op in graph.nodes(data="op"):
+        if op.kind == "grouped_gemm" and op.block == "moe_experts" and config.moe is not None:
+            new, rank, imb = _map_experts(op, config, plan, precision, placement, dp, matrix_rate, hbm_rate)
+            expert_ranks[op.layer] = rank
+            moe_imbalance[op.layer] = imb
+        elif op.block in TP_BLOCKS:
+            f = {"weight": 1.0 / tp, "activation": tok_att / tp, "state": tok_att / tp,
+                 "kv_cache": tok_att / _kv_split(config, op, tp)}
+            new = _scaled(op, tok_att / tp, f, precision)
+            new = dataclasses.replace(new, gemm=_gemm_shape(op, tok_att, tp))
+        else:  # replicated over tp: norms, router, residual glue
+            f = {"weight": 1.0, "activation": tok_att, "state": tok_att, "kv_cache": tok_att}
+            new = _scaled(op, tok_att, f, precision)
+            new = dataclasses.replace(new, gemm=_gemm_shape(op, tok_att, 1))
+        out.add_node(n, op=new)
+    out.add_edges_from(graph.edges)
+
+    next_id = [max(graph.nodes, default=-1) + 1]
+
+    def coll_node(anchor: Op, block: str, kind: str, group: tuple[int, ...], nbytes: float, dtype: str,
+                  algorithm: str | None = None, **extra) -> int:
+        c = make_collective(kind, group, nbytes, su_size, algorithm, **extra)
+        prefix = anchor.name.split("/")[0]
+        node = next_id[0]
+        next_id[0] += 1
+        out.add_node(node, op=Op(
+            name=f"{prefix}/{kind}", target=f"codesign.collective.{kind}", kind="collective", block=block,
+            layer=anchor.layer, layer_type=anchor.layer_type, phase=anchor.phase, in_shapes=(), out_shapes=(),
+            dtype=dtype, collective=c))
+        return node
+
+    def insert_after(u: int, c: int) -> None:
+        succ = list(out.successors(u))
+        for s in succ:
+            out.remove_edge(u, s)
+            out.add_edge(c, s)
+        out.add_edge(u, c)
+
+    def insert_before(v: int, c: int) -> None:
+        pred = list(out.predecessors(v))
+        for p in pred:
+            out.remove_edge(p, v)
+            out.add_edge(p, c)
+        out.add_edge(c, v)
+
+    ar_algo = allreduce_algorithm
+    # -- 2. TP all-reduces after each TP block's exit op, and the logits gather ----------------------
+    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for n, op in graph.nodes(data="op"):
+        groups[(op.layer, op.block)].append(n)
+    topo_index = {n: i for i, n in enumerate(nx.topological_sort(graph))}
+    for (layer, block), nodes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if block not in TP_BLOCKS or block == "embed" or tp == 1:
+            continue
+        members = set(nodes)
+        exits = [n for n in nodes if not any(s in members for s in graph.successors(n))]
+        if not exits:
+            continue
+        wide = [n for n in exits if graph.nodes[n]["op"].out_shapes and
+                graph.nodes[n]["op"].out_shapes[0][-1:] == ((config.vocab_size,) if block == "lm_head" else (H,))]
+        exit_ = max(wide or exits, key=lambda n: topo_index[n])
+        anchor = graph.nodes[exit_]["op"]
+        st = stage_of(layer)
+        if block == "lm_head":
+            c = coll_node(anchor, block, "all_gather", group_tp(st), T_att * config.vocab_size * red_b, reduce_dtype)
+        else:
+            c = coll_node(anchor, block, "all_reduce", group_tp(st), T_att * H * red_b, reduce_dtype, ar_algo)
+        insert_after(exit_, c)
+
+    # -- 3. MoE: dispatch/combine or attention-DP boundary --------------------------------------------
+    if config.moe is not None:
+        moe = config.moe
+        disp_fp8 = dispatch_fp8 if dispatch_fp8 is not None else precision.activations in ("fp8", "fp4")
+        disp_b = (1.0 + FP8_SCALE_OVERHEAD) if disp_fp8 else act_b
+        fanout = dispatch_fanout(moe.num_experts, moe.top_k, ep) if dispatch_dedup else float(moe.top_k)
+        T_disp = math.ceil(T_att / tp)  # a TP group's ranks each dispatch a slice of its tokens
+        for n, op in list(graph.nodes(data="op")):
+            if not (op.kind == "grouped_gemm" and op.block == "moe_experts"):
+                continue
+            st = stage_of(op.layer)
+            if ep > 1:
+                imb = moe_imbalance.get(op.layer, 1.0)
+                d = coll_node(op, "moe_experts", "all_to_all", group_ep(st), T_disp * fanout * H * disp_b,
+                              "fp8" if disp_fp8 else precision.activations, imbalance=imb, role="dispatch")
+                insert_before(n, d)
+                cb = coll_node(op, "moe_experts", "all_to_all", group_ep(st), T_disp * fanout * H * red_b,
+                               reduce_dtype, imbalance=imb, role="combine")
+                if moe_tp > 1:
+                    recv = T_disp * fanout * H  # received token copies (mean rank)
+                    ag = coll_node(op, "moe_experts", "all_gather", group_moe_tp(st), recv * moe_tp * disp_b,
+                                   "fp8" if disp_fp8 else precision.activations)
+                    insert_before(n, ag)
+                    rs = coll_node(op, "moe_experts", "reduce_scatter", group_moe_tp(st), recv * moe_tp * red_b,
+                                   reduce_dtype)
+                    insert_after(n, rs)
+                    insert_after(rs, cb)
+                else:
+                    insert_after(n, cb)
+            elif adp > 1:
+                T_rep = math.ceil(B / dp) * tokens_per_seq
+                ag = coll_node(op, "moe_experts", "all_gather", group_adp(st), T_rep * H * act_b, precision.activations)
+                insert_before(n, ag)
+                rs = coll_node(op, "moe_experts", "reduce_scatter", group_stage(st), T_rep * H * red_b, reduce_dtype)
+                insert_after(n, rs)
+            elif tp > 1:
+                c = coll_node(op, "moe_experts", "all_reduce", group_tp(st), T_att * H * red_b, reduce_dtype, ar_algo)
+                insert_after(n, c)
+
+    # -- 4. pipeline boundaries ---------------------------------------------------------------------
+    if plan.pp > 1:
+        crossing: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for u, v in list(out.edges):
+            su_, sv = stage_of(out.nodes[u]["op"].layer), stage_of(out.nodes[v]["op"].layer)
+            if sv > su_:
+                crossing[su_].append((u, v))
+        for s, edges in sorted(crossing.items()):
+            last = max(edges, key=lambda e: out.nodes[e[0]]["op"].layer)[0]
+            anchor = out.nodes[last]["op"]
+            c = coll_node(anchor, "other", "send_recv", (base(s), base(s + 1)), T_att * H * act_b,
+                          precision.activations)
+            for u, v in edges:
+                out.remove_edge(u, v)
+                out.add_edge(u, c)
+                out.add_edge(c, v)
+
+    # -- 5. the most loaded stage ---------------------------------------------------------------------
+    load = [0.0] * plan.pp
+    for _, op in out.nodes(data="op"):
+        s = stage_of(op.layer)
+        if op.kind == "collective":
+            load[s] += collective_time(op.collective, hw)
+        else:
+            load[s] += max(op.flops / matrix_rate, op.bytes_total / hbm_rate)
+    stage = max(range(plan.pp), key=lambda s: (load[s], -s))
+    out.graph["stage"] = stage
+    return MappedStep(out, plan, precision, plan.chips, stages, stage, expert_ranks)
+
+
+def _map_experts(op: Op, config: ModelConfig, plan: ParallelPlan, prec: Precision,
+                 placement: str | Sequence[int], dp: int, flop_rate: float,
+                 byte_rate: float) -> tuple[Op, int, float]:
+    """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
+    mean rank tokens)."""
+    E = config.moe.num_experts
+    ep, moe_tp = plan.ep, plan.moe_tp
+    wscale = prec.scale("weight")
+    tpe = op.tokens_per_expert
+    if not tpe:  # no routing detail: an even share
+        f = {"weight": 1.0 / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0, "kv_cache": 1.0}
+        return _scaled(op, 1.0 / (dp * ep * moe_tp), f, prec), 0, 1.0
+    counts = [math.ceil(c / dp) for c in tpe]  # the busiest replica's share
+    ranks = expert_placement(E, ep, placement)
+    ewb = op.expert_weight_bytes * wscale
+    rank = slowest_rank(counts, ranks, ep, op.expert_flops_per_token / moe_tp, ewb / moe_tp, flop_rate, byte_rate)
+    mine = tuple(c for c, r in zip(counts, ranks) if r == rank)
+    tokens = sum(mine)
+    touched = sum(1 for c in mine if c)
+    routed = float(sum(tpe)) or 1.0
+    loads = rank_loads(counts, ranks, ep)
+    mean = sum(t for t, _ in loads) / ep
+    imbalance = max(t for t, _ in loads) / mean if mean > 0 else 1.0
+    share = tokens / routed
+    rd = {c: op.bytes_read.get(c, 0.0) * share * prec.scale(c) for c in BYTE_CLASSES}
+    wr = {c: op.bytes_written.get(c, 0.0) * share * prec.scale(c) for c in BYTE_CLASSES}
+    rd["weight"] = touched * ewb / moe_tp
+    new = dataclasses.replace(
+        op, flops=tokens * op.expert_flops_per_token / moe_tp, bytes_read=rd, bytes_written=wr,
+        tokens_per_expert=mine, expert_flops_per_token=op.expert_flops_per_token / moe_tp,
+        expert_weight_bytes=ewb / moe_tp)
+    return new, rank, imbalance
