@@ -477,3 +477,21 @@ def test_hf_wrong_value_names_field(tmp_path: Path) -> None:
         config_from_hf_json(p)
     msg = str(e.value)
     assert msg.startswith(f"{p}: attention: ") and "num_heads (32) must be a multiple of num_kv_heads (5)" in msg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_torch_module_has_the_analytic_parameter_count(name: str) -> None:
+    """The real nn.Module, built on the meta device, holds exactly the counted parameters (MTP apart).
+
+    DeepSeek's selection bias is a checkpoint tensor but a buffer in the module (it is not trained
+    by gradient), so buffers of that name are counted too.
+    """
+    import torch
+
+    from codesign.models import build_model
+
+    model = build_model(load_model(name), device=torch.device("meta"))
+    n = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("mtp"))
+    n += sum(b.numel() for k, b in model.named_buffers() if k.endswith("e_score_correction_bias") and not k.startswith("mtp"))
+    assert n == param_counts(load_model(name))["total"]
