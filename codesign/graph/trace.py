@@ -7,13 +7,16 @@ cached in memory and on disk by the config hash and the phase's shape, so a seco
 model and shape skips torch entirely. MoE expert ops are re-drawn per layer from the router model.
 
 Phases:
-* decode: `batch` sequences each add one token after `context` cached tokens.
+* decode at context L: `batch` sequences each generate their L-th token; the step attends over L
+  tokens (L-1 cached plus the new one), so decode at the model's maximum context is allowed.
 * prefill: `batch` sequences each add `tokens` tokens after `context` cached tokens (context=0 is a
   fresh prompt). Only the last position goes through the LM head, as serving engines do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import os
@@ -28,7 +31,7 @@ from codesign.errors import CodesignError
 from codesign.graph.op import BYTE_CLASSES, Op
 from codesign.graph.router import RouterModel, make_router
 from codesign.graph.tracer import INPUT, Segment, record
-from codesign.models import ModelConfig, build_model, load_model
+from codesign.models import ModelConfig, load_model
 
 TRACE_VERSION = 1  # bump when the recorded op format changes (invalidates the disk cache)
 _MEMO: dict[str, Segment] = {}
@@ -41,12 +44,60 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "codesign" / "traces"
 
 
-def _meta_model(config: ModelConfig) -> torch.nn.Module:
+@contextlib.contextmanager
+def _no_init():
+    """Skip weight initialisation: meta tensors have no values to fill, and some of torch's meta
+    initialisers import its compiler stack (seconds) for nothing. As transformers' no_init_weights."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+class _Pieces(torch.nn.Module):
+    """The parts of a CausalLM that a trace needs, on the meta device: the embedding, ONE decoder
+    layer per distinct layer kind (the representative, at its own layer index), the final norm, the
+    LM head and the MTP layers. Building all 60 layers of a 512-expert model would cost seconds."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        from codesign.models.decoder import DecoderLayer, Embedding, LMHead
+        from codesign.models.norms import BlockNorm
+
+        self.representative: dict[str, int] = {}
+        for i in range(config.num_layers):
+            self.representative.setdefault(config.layer_kind(i), i)
+        self.layer_count = {k: sum(1 for i in range(config.num_layers) if config.layer_kind(i) == k)
+                            for k in self.representative}
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = torch.nn.ModuleDict({str(i): DecoderLayer(config, i) for i in self.representative.values()})
+        self.norm = BlockNorm(config.hidden_size, config.rms_norm_eps, config.norm_offset)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.mtp = torch.nn.ModuleList()
+        if config.mtp_layers:
+            from codesign.models.mtp import MTPLayer
+
+            self.mtp.extend(MTPLayer(config, j) for j in range(config.mtp_layers))
+
+
+def _meta_model(config: ModelConfig) -> _Pieces:
     key = config.config_hash()
     model = _MODELS.get(key)
     if model is None:
-        with torch.device("meta"):
-            model = build_model(config, dtype=torch.bfloat16, device="meta")
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device("meta"), _no_init():
+                model = _Pieces(config)
+        finally:
+            torch.set_default_dtype(prev)
         model.eval()
         _MODELS[key] = model
     return model
@@ -68,8 +119,8 @@ def _tensors_of(obj) -> list[torch.Tensor]:
     return []
 
 
-def _layer_cache(model: torch.nn.Module, config: ModelConfig, i: int, batch: int, max_len: int):
-    layer = model.layers[i]
+def _layer_cache(model: _Pieces, config: ModelConfig, i: int, batch: int, max_len: int):
+    layer = model.layers[str(model.representative[config.layer_kind(i)])]
     if hasattr(layer, "make_cache"):
         return layer.make_cache(batch, max_len, device="meta", dtype=torch.bfloat16)
     mixer = getattr(layer, "linear_attn", None) or getattr(layer, "self_attn")
@@ -81,6 +132,7 @@ def _cache_class(config: ModelConfig, i: int) -> str:
 
 
 def _record_segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int, context: int) -> Segment:
+    """Record one segment. `context` is the number of tokens already cached before the step."""
     model = _meta_model(config)
     H = config.hidden_size
     t0 = time.perf_counter()
@@ -108,7 +160,7 @@ def _record_segment(config: ModelConfig, seg: str, phase: str, batch: int, token
         s = record(lambda: mtp(x, e, context, cache), mtp, [x, e], classes, phase)
     else:
         i = int(seg)
-        layer = model.layers[i]
+        layer = model.layers[seg]
         x = torch.empty(batch, tokens, H, dtype=torch.bfloat16, device="meta")
         cache = _layer_cache(model, config, i, batch, context + tokens)
         for t in _tensors_of(cache):
@@ -148,28 +200,38 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
 
 
 def count_params(config: ModelConfig) -> dict[str, float]:
-    """Parameters of the text decoder (embeddings and LM head included; MTP apart), from the modules."""
+    """Parameters from the modules themselves (each representative layer times its layer count).
+
+    params_total: the text decoder with embeddings and LM head (MTP apart, in params_mtp).
+    params_active: per token: everything but the embedding table (a lookup reads one row) and the
+    routed experts not chosen (top_k of num_experts are), as model cards count "active".
+    """
     model = _meta_model(config)
-    total = experts = mtp = 0.0
-    expert_ids: set[int] = set()
-    for m in model.modules():
-        if getattr(m, "block", None) == "moe_experts":
-            expert_ids.update(id(p) for p in m.parameters())
-    mtp_ids = {id(p) for p in model.mtp.parameters()} if hasattr(model, "mtp") else set()
-    seen: set[int] = set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if id(p) in mtp_ids:
-            mtp += p.numel()
-            continue
-        total += p.numel()
-        if id(p) in expert_ids:
-            experts += p.numel()
-    active = total
+
+    def numel(m: torch.nn.Module, skip: set[int] = frozenset()) -> tuple[float, float]:
+        experts = {id(p) for sub in m.modules() if getattr(sub, "block", None) == "moe_experts" for p in sub.parameters()}
+        total = ex = 0.0
+        for p in m.parameters():
+            if id(p) in skip:
+                continue
+            total += p.numel()
+            ex += p.numel() if id(p) in experts else 0.0
+        return total, ex
+
+    total = experts = 0.0
+    for kind, i in model.representative.items():
+        t, e = numel(model.layers[str(i)])
+        total += t * model.layer_count[kind]
+        experts += e * model.layer_count[kind]
+    embed = float(model.embed_tokens.weight.numel())
+    head_norm, _ = numel(torch.nn.ModuleList([model.norm, model.lm_head]), skip={id(model.embed_tokens.weight)})
+    total += embed + head_norm
+    mtp, _ = numel(model.mtp, skip={id(model.embed_tokens.weight), id(model.lm_head.weight)})
+    active = total - embed
+    if config.tie_word_embeddings:
+        active += embed  # the tied table is read whole as the LM head
     if config.moe is not None and experts:
-        active = total - experts * (1.0 - config.moe.top_k / config.moe.num_experts)
+        active -= experts * (1.0 - config.moe.top_k / config.moe.num_experts)
     return {"params_total": total, "params_active": active, "params_experts": experts, "params_mtp": mtp}
 
 
@@ -229,13 +291,15 @@ def trace(
             context = 0
     if phase == "decode" and tokens != 1:
         raise CodesignError(f"decode adds one token per sequence, found tokens={tokens}")
-    if batch < 1 or tokens < 1 or context < 0:
-        raise CodesignError(f"batch and tokens must be positive and context non-negative, found batch={batch}, "
+    if batch < 1 or tokens < 1 or context < (1 if phase == "decode" else 0):
+        raise CodesignError(f"batch, tokens and decode context must be positive, found batch={batch}, "
                             f"tokens={tokens}, context={context}")
-    if context + tokens > config.max_position_embeddings:
+    length = context if phase == "decode" else context + tokens  # tokens attended by the last position
+    if length > config.max_position_embeddings:
         raise CodesignError(
-            f"{config.name}: context {context + tokens} exceeds the model's maximum of "
+            f"{config.name}: context {length} exceeds the model's maximum of "
             f"{config.max_position_embeddings} tokens")
+    cached = context - 1 if phase == "decode" else context  # tokens in the cache before the step
     router_model = make_router(router, seed)
 
     segments: list[tuple[str, int, str]] = [("embed", -1, "embed")]
@@ -254,7 +318,7 @@ def trace(
     moe_index = 0
     routed_tokens = batch * tokens
     for seg, layer, layer_type in segments:
-        s = _segment(config, seg, phase, batch, tokens, context, disk_cache)
+        s = _segment(config, seg, phase, batch, tokens, cached, disk_cache)
         prefix = f"layers.{layer}." if layer_type not in ("embed", "head", "mtp") else (
             f"mtp.{layer - config.num_layers - 1}." if layer_type == "mtp" else "")
         base = next_id
@@ -266,7 +330,9 @@ def trace(
                                                             routed_tokens, config.moe.num_experts, config.moe.top_k)
                     moe_index += 1
                 op = _rescale_experts(op, counts)
-            g.add_node(next_id, op=dataclasses.replace(op, layer=layer, layer_type=layer_type, name=prefix + op.name))
+            op = copy.copy(op)
+            op.layer, op.layer_type, op.name = layer, layer_type, prefix + op.name
+            g.add_node(next_id, op=op)
             next_id += 1
         g.add_edges_from((base + a, base + b) for a, b in s.edges)
         if prev_exit is not None:

@@ -115,6 +115,12 @@ class Recorder(TorchDispatchMode):
         self._repeat = 1
         self._expert_counts = expert_counts
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Recording never runs under torch.compile. Without this, torch wraps __torch_dispatch__ in a
+        # guard whose first call imports its whole compiler stack (over a second) for nothing.
+        return False
+
     # ---- module context (forward hooks) --------------------------------------------------------
     def push(self, module: torch.nn.Module) -> None:
         entry = self._module_names.get(id(module))

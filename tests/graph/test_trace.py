@@ -1,0 +1,176 @@
+"""Traced graphs against independent, analytical counts (the analytical formulas live only here)."""
+
+import json
+
+import networkx as nx
+import pytest
+
+import codesign as cs
+from codesign.errors import CodesignError
+from codesign.graph import cache_bytes, totals, trace
+from codesign.graph.router import ZipfRouter
+
+GiB, MiB, KiB = 2**30, 2**20, 2**10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch_module=None):
+    import os
+
+    old = os.environ.get("CODESIGN_CACHE_DIR")
+    os.environ["CODESIGN_CACHE_DIR"] = str(tmp_path_factory.mktemp("traces"))
+    yield
+    if old is None:
+        os.environ.pop("CODESIGN_CACHE_DIR")
+    else:
+        os.environ["CODESIGN_CACHE_DIR"] = old
+
+
+# Published parameter counts of the text decoder, and what "active" counts on each model card.
+# Qwen3.5-397B-A17B: 396.35B / 16.3B active without the embedding table (reference table).
+# Qwen3-235B-A22B: 235B / 22B activated counting the embedding table (Qwen3 technical report).
+# DeepSeek-V3: 671B (MTP's 14B apart) / 37B activated (technical report; "37B" is rounded to whole
+# billions, so the active check allows 1.5%).
+PUBLISHED = [
+    ("qwen3.5-397b-a17b", 396.35e9, 16.3e9, False, 0.01),
+    ("qwen3-235b-a22b", 235e9, 22e9, True, 0.01),
+    ("deepseek-v3", 671e9, 37e9, False, 0.015),
+    ("llama-2-70b", 69e9, 69e9, True, 0.01),
+]
+
+
+@pytest.mark.parametrize("name,total,active,with_embedding,tol", PUBLISHED)
+def test_parameter_counts_match_published(name, total, active, with_embedding, tol):
+    cfg = cs.load_model(name)
+    g = trace(cfg, "decode", batch=1, context=1024)
+    assert g.graph["params_total"] == pytest.approx(total, rel=0.01)
+    got = g.graph["params_active"] + (cfg.vocab_size * cfg.hidden_size if with_embedding and not cfg.tie_word_embeddings else 0)
+    assert got == pytest.approx(active, rel=tol)
+
+
+def _dense_decode_flops(cfg, L):
+    """2 FLOPs per weight per token, plus attention 2*(d_qk + d_v) per (query, key) pair per head."""
+    a = cfg.attention
+    H, hd = cfg.hidden_size, a.head_dim
+    proj = H * a.num_heads * hd * 2 + 2 * H * a.num_kv_heads * hd
+    mlp = 3 * H * cfg.intermediate_size
+    attn = 2 * a.num_heads * L * (2 * hd)
+    return cfg.num_layers * (2 * (proj + mlp) + attn) + 2 * H * cfg.vocab_size
+
+
+def test_dense_decode_flops_match_analytical():
+    cfg = cs.load_model("llama-2-70b")
+    for L in (1024, 4096):
+        g = trace(cfg, "decode", batch=4, context=L)
+        assert totals(g)["flops"] / 4 == pytest.approx(_dense_decode_flops(cfg, L), rel=0.02)
+
+
+def test_moe_decode_flops_match_analytical():
+    """Qwen3-235B-A22B: every token runs top_k of 128 experts; router 2*H*E; no shared expert."""
+    cfg = cs.load_model("qwen3-235b-a22b")
+    L, B = 32768, 16
+    a, m = cfg.attention, cfg.moe
+    H, hd = cfg.hidden_size, a.head_dim
+    proj = H * a.num_heads * hd * 2 + 2 * H * a.num_kv_heads * hd
+    experts = m.top_k * 3 * H * m.intermediate_size
+    per_token = cfg.num_layers * (2 * (proj + experts + H * m.num_experts) + 2 * a.num_heads * L * 2 * hd) \
+        + 2 * H * cfg.vocab_size
+    g = trace(cfg, "decode", batch=B, context=L)
+    assert totals(g)["flops"] / B == pytest.approx(per_token, rel=0.02)
+
+
+def test_prefill_attention_is_causal():
+    """Prefill of T tokens: T(T+1)/2 (query, key) pairs per head, not T^2."""
+    cfg = cs.load_model("qwen3-8b")
+    T = 2048
+    g = trace(cfg, "prefill", batch=1, tokens=T, context=0)
+    att = sum(op.flops for _, op in g.nodes(data="op") if op.kind == "attention")
+    a = cfg.attention
+    assert att == pytest.approx(cfg.num_layers * a.num_heads * T * (T + 1) / 2 * 2 * 2 * a.head_dim, rel=1e-9)
+
+
+def test_qwen35_kv_and_state_bytes():
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    c = cache_bytes(cfg)
+    # 15 full-attention layers x 2 KV heads x 256 dims x (K and V) x 2 bytes = 30 KiB per token
+    assert c["kv_cache_bytes_per_token"] == 30 * KiB
+    # 45 GatedDeltaNet layers x 64 value heads x 128 x 128 x 4 bytes = 180 MiB, plus the conv state
+    la = cfg.linear_attention
+    conv = 45 * la.conv_dim * (la.conv_kernel - 1) * 2  # conv state in the activation dtype (bf16)
+    assert c["state_bytes_per_sequence"] == pytest.approx(180 * MiB + conv, rel=0.01)
+    assert c["state_bytes_per_sequence"] >= 180 * MiB
+
+
+def test_context_scaling_kv_linear_state_constant():
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    g1 = trace(cfg, "decode", batch=8, context=32768)
+    g2 = trace(cfg, "decode", batch=8, context=65536)
+    full = {"full_attention+moe"}
+    gdn = {"linear_attention+moe"}
+    kv1, kv2 = totals(g1, full)["read_kv_cache"], totals(g2, full)["read_kv_cache"]
+    assert kv2 / kv1 == pytest.approx(2.0, rel=1e-3)  # KV reads grow linearly with context
+    # each decode step reads 8 x 32768 x 30 KiB of KV cache
+    assert kv1 == pytest.approx(8 * 32768 * 30 * KiB, rel=1e-3)
+    s1, s2 = totals(g1, gdn)["read_state"], totals(g2, gdn)["read_state"]
+    assert s1 == s2 and s1 >= 8 * 180 * MiB  # the recurrent state is read whole, whatever the context
+    assert totals(g1, gdn)["read_kv_cache"] == 0
+
+
+def test_expert_weight_bytes_follow_the_router():
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    g = trace(cfg, "decode", batch=64, context=4096)
+    per_expert = 3 * cfg.hidden_size * cfg.moe.intermediate_size * 2  # bf16
+    for _, op in g.nodes(data="op"):
+        if op.kind == "grouped_gemm":
+            assert sum(op.tokens_per_expert) == 64 * cfg.moe.top_k
+            touched = sum(1 for c in op.tokens_per_expert if c)
+            assert op.bytes_read["weight"] == pytest.approx(touched * per_expert)
+    zipf = trace(cfg, "decode", batch=64, context=4096, router=ZipfRouter(alpha=1.2))
+    w_u = totals(g, {"linear_attention+moe"})["read_weight"]
+    w_z = totals(zipf, {"linear_attention+moe"})["read_weight"]
+    assert w_z < w_u  # skewed routing concentrates on fewer experts
+
+
+def test_trace_is_deterministic_and_cached():
+    cfg = cs.load_model("qwen3-next-80b-a3b")
+    a = trace(cfg, "decode", batch=32, context=8192, seed=3)
+    b = trace(cfg, "decode", batch=32, context=8192, seed=3)
+    assert [op.to_dict() for _, op in a.nodes(data="op")] == [op.to_dict() for _, op in b.nodes(data="op")]
+    assert list(a.edges) == list(b.edges)
+    c = trace(cfg, "decode", batch=32, context=8192, seed=4)
+    assert [op.tokens_per_expert for _, op in a.nodes(data="op")] != [op.tokens_per_expert for _, op in c.nodes(data="op")]
+
+
+def test_graph_is_a_connected_dag_from_embedding_to_head():
+    g = trace(cs.load_model("qwen3.5-35b-a3b"), "prefill", batch=1, tokens=256)
+    assert nx.is_directed_acyclic_graph(g)
+    assert nx.is_weakly_connected(g)
+    first = next(iter(nx.topological_sort(g)))
+    assert g.nodes[first]["op"].layer_type == "embed"
+    sinks = [g.nodes[n]["op"] for n in g if g.out_degree(n) == 0]
+    # what nothing in the step reads again: the logits, and the write-back of caches and states
+    assert {op.layer_type for op in sinks if op.bytes_written["state"] + op.bytes_written["kv_cache"] == 0} == {"head"}
+
+
+def test_context_beyond_the_maximum_is_refused():
+    with pytest.raises(CodesignError, match="exceeds the model's maximum of 4096"):
+        trace(cs.load_model("llama-2-70b"), "decode", batch=1, context=8192)
+
+
+def test_cli_trace_json(capsys):
+    from codesign.cli import main
+
+    assert main(["trace", "--model", "qwen3.5-397b-a17b", "--batch", "64", "--context", "32k", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("params_total", "params_active", "flops_per_token", "kv_cache_bytes_per_token",
+                "state_bytes_per_sequence", "trace_s"):
+        assert key in out
+    assert out["kv_cache_bytes_per_token"] == 30 * KiB
+
+
+def test_cli_unknown_model_lists_names(capsys):
+    from codesign.cli import main
+
+    assert main(["trace", "--model", "gpt-9"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'gpt-9'" in err and "qwen3.5-397b-a17b" in err and "\n" == err[-1] and err.count("\n") == 1
