@@ -56,3 +56,13 @@ def config_of() -> Callable[[str], ModelConfig]:
 @pytest.fixture
 def jitter_params() -> Callable[..., None]:
     return jitter
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: the tensors here are tiny, and on a shared 2-core machine
+    intra-op threads mostly wait on each other. Restores the previous count."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

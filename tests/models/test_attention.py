@@ -11,6 +11,8 @@ import torch
 from codesign.models.attention import Attention
 from tests.conftest import jitter, make_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATTN_FAMILIES = ["llama", "qwen3", "qwen3.5-gated", "gpt-oss"]
 
 

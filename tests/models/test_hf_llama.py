@@ -10,6 +10,8 @@ from codesign.models.config import ModelConfig
 from codesign.models.decoder import CausalLM
 from tests.conftest import jitter
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def hf_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF causal-LM names -> CausalLM names: only the `model.` prefix differs."""

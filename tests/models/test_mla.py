@@ -12,6 +12,8 @@ from codesign.models.decoder import CausalLM
 from codesign.models.mla import MLA
 from tests.conftest import jitter, make_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _mla(family: str = "deepseek-mla", seed: int = 0) -> MLA:
     torch.manual_seed(seed)

@@ -1,0 +1,169 @@
+"""Run a model natively in torch: seeded random weights, prefill, then token-by-token greedy decode.
+
+In the style of gpt-fast's generate.py: `prefill` and `decode_one_token` are small free functions on
+a CausalLM with fixed-shape caches; timed regions are bracketed by a device sync and preceded by a
+discarded warm-up. After decoding, one full forward over the generated sequence re-computes every
+decode step's logits; the largest difference says the cached path (KV, latent or GDN state) is exact.
+Weights are random (seeded): this measures speed and checks consistency, not model quality.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from codesign.errors import CodesignError
+from codesign.models.config import ModelConfig
+from codesign.models.decoder import CausalLM
+
+# A full-size model runs natively only if its weights and caches take at most this share of the
+# device's memory (the rest: activations, the full-forward check, the OS). An assumption, overridable.
+MEMORY_FRACTION = 0.5
+
+
+@dataclass
+class NativeRun:
+    """What one native run measured (seconds, tokens/s, logits difference)."""
+
+    model: str
+    device: str
+    dtype: str
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    params: int
+    prefill_s: float
+    decode_s: float
+    prefill_tokens_per_s: float  # batch * prompt_tokens / prefill_s
+    decode_tokens_per_s: float  # batch * decode steps / decode_s
+    max_abs_diff: float  # cached decode logits vs one full forward
+    max_abs_logit: float  # scale of the logits, to read max_abs_diff against
+    threads: int  # torch intra-op threads (tiny models run fastest on one)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def prefill(model: CausalLM, input_ids: torch.Tensor, caches: list) -> torch.Tensor:
+    """Fill the caches with the prompt (B, T); return the last position's logits (B, V)."""
+    return model(input_ids, 0, caches)[:, -1]
+
+
+@torch.no_grad()
+def decode_one_token(model: CausalLM, token: torch.Tensor, pos: int, caches: list) -> torch.Tensor:
+    """One decode step for token (B, 1) at position pos; return its logits (B, V)."""
+    return model(token, pos, caches)[:, -1]
+
+
+@torch.no_grad()
+def generate(model: CausalLM, prompt: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Greedy decode: (tokens (B, P+new_tokens), step logits (B, new_tokens, V), prefill_s, decode_s).
+
+    Step i's logits are those that chose token P+i (step 0 comes from prefill).
+    """
+    B, P = prompt.shape
+    device = prompt.device
+    caches = model.make_caches(B, P + new_tokens)
+    _sync(device)
+    t0 = time.perf_counter()
+    logits = prefill(model, prompt, caches)
+    _sync(device)
+    t1 = time.perf_counter()
+    step_logits = [logits]
+    tokens = [prompt, logits.argmax(-1, keepdim=True)]
+    for i in range(new_tokens - 1):
+        logits = decode_one_token(model, tokens[-1], P + i, caches)
+        step_logits.append(logits)
+        tokens.append(logits.argmax(-1, keepdim=True))
+    _sync(device)
+    t2 = time.perf_counter()
+    return torch.cat(tokens, 1), torch.stack(step_logits, 1), t1 - t0, t2 - t1
+
+
+def build_native(config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu") -> CausalLM:
+    """CausalLM with seeded random weights (torch's default initialisation), in eval mode."""
+    torch.manual_seed(seed)
+    return CausalLM(config, dtype=dtype, device=device).eval()
+
+
+def footprint_bytes(config: ModelConfig, dtype: torch.dtype, batch: int, max_len: int) -> int:
+    """Weights plus caches of a native run, counted on the meta device (nothing allocated)."""
+    model = CausalLM(config, dtype=dtype, device="meta")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    caches = model.make_caches(batch, max_len, device="meta", dtype=dtype)
+    cache = sum(b.numel() * b.element_size() for c in caches for b in c.buffers())
+    return weights + cache
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]  # free bytes
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device, batch: int, max_len: int) -> None:
+    """Refuse (CodesignError) a model whose weights and caches exceed MEMORY_FRACTION of the device."""
+    need = footprint_bytes(config, dtype, batch, max_len)
+    have = device_memory_bytes(device)
+    if need > MEMORY_FRACTION * have:
+        raise CodesignError(
+            f"model {config.name}: weights and caches need {need / 2**30:.1f} GiB at {str(dtype).replace('torch.', '')}, "
+            f"more than {MEMORY_FRACTION:.0%} of the {have / 2**30:.1f} GiB of {device.type} memory; use --tiny"
+        )
+
+
+def run_native(
+    config: ModelConfig,
+    prompt_tokens: int = 32,
+    new_tokens: int = 32,
+    batch: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    warmup: bool = True,
+) -> NativeRun:
+    """Build `config` with seeded random weights, run prefill + greedy decode, check and time it.
+
+    The caller picks the config (a tiny one, or a full one that `check_fits`).
+    """
+    if prompt_tokens < 1 or new_tokens < 1 or batch < 1:
+        raise CodesignError(
+            f"run: prompt tokens, new tokens and batch must be >= 1 (found {prompt_tokens}, {new_tokens}, {batch})"
+        )
+    dev = torch.device(device)
+    model = build_native(config, seed, dtype, device)
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, config.vocab_size, (batch, prompt_tokens), generator=g).to(dev)
+    if warmup:  # first calls pay for allocation and kernel selection; discarded
+        generate(model, prompt[:, : min(prompt_tokens, 4)], 2)
+    tokens, step_logits, prefill_s, decode_s = generate(model, prompt, new_tokens)
+    with torch.no_grad():
+        full = model(tokens[:, :-1])  # (B, P+N-1, V): position P-1+i predicts token P+i
+    ref = full[:, prompt_tokens - 1 :]
+    diff = (step_logits.float() - ref.float()).abs().max().item()
+    steps = new_tokens - 1  # decode calls after the prefill's first token
+    return NativeRun(
+        model=config.name,
+        device=str(dev),
+        dtype=str(dtype).replace("torch.", ""),
+        batch=batch,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        params=sum(p.numel() for p in model.parameters()),
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        prefill_tokens_per_s=batch * prompt_tokens / prefill_s if prefill_s > 0 else float("inf"),
+        decode_tokens_per_s=batch * steps / decode_s if steps and decode_s > 0 else float("nan"),
+        max_abs_diff=diff,
+        max_abs_logit=ref.float().abs().max().item(),
+        threads=torch.get_num_threads(),
+    )
