@@ -170,10 +170,9 @@ def _record_segment(config: ModelConfig, seg: str, phase: str, batch: int, token
     return s
 
 
-def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int, context: int, use_disk: bool) -> Segment:
-    kind = seg if not seg.isdigit() else config.layer_kind(int(seg))
-    key_src = f"{TRACE_VERSION}|{torch.__version__}|{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}"
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+def _cached(key_src: str, compute, use_disk: bool):
+    """compute() memoised in this process and, if use_disk, in cache_dir() across processes."""
+    key = hashlib.sha256(f"{TRACE_VERSION}|{torch.__version__}|{key_src}".encode()).hexdigest()[:24]
     hit = _MEMO.get(key)
     if hit is not None:
         return hit
@@ -182,10 +181,10 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
         try:
             with path.open("rb") as f:
                 hit = pickle.load(f)
-        except Exception:  # a corrupt or stale cache entry is re-traced, never fatal
+        except Exception:  # a corrupt or stale cache entry is recomputed, never fatal
             hit = None
     if hit is None:
-        hit = _record_segment(config, seg, phase, batch, tokens, context)
+        hit = compute()
         if use_disk:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +198,23 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
     return hit
 
 
-def count_params(config: ModelConfig) -> dict[str, float]:
+def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int, context: int, use_disk: bool) -> Segment:
+    kind = seg if not seg.isdigit() else config.layer_kind(int(seg))
+    return _cached(f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}",
+                   lambda: _record_segment(config, seg, phase, batch, tokens, context), use_disk)
+
+
+def count_params(config: ModelConfig, disk_cache: bool = True) -> dict[str, float]:
+    """See `_count_params`; cached with the traces so a cached trace builds no module."""
+    return _cached(f"{config.config_hash()}|params", lambda: _count_params(config), disk_cache)
+
+
+def cache_bytes(config: ModelConfig, disk_cache: bool = True) -> dict[str, float]:
+    """See `_cache_bytes`; cached with the traces."""
+    return _cached(f"{config.config_hash()}|cache_bytes", lambda: _cache_bytes(config), disk_cache)
+
+
+def _count_params(config: ModelConfig) -> dict[str, float]:
     """Parameters from the modules themselves (each representative layer times its layer count).
 
     params_total: the text decoder with embeddings and LM head (MTP apart, in params_mtp).
@@ -235,7 +250,7 @@ def count_params(config: ModelConfig) -> dict[str, float]:
     return {"params_total": total, "params_active": active, "params_experts": experts, "params_mtp": mtp}
 
 
-def cache_bytes(config: ModelConfig) -> dict[str, float]:
+def _cache_bytes(config: ModelConfig) -> dict[str, float]:
     """KV bytes per token (bf16) and recurrent-state bytes per sequence, from the models' cache buffers."""
     model = _meta_model(config)
     kv_per_token = 0.0
@@ -340,7 +355,7 @@ def trace(
         if s.exit != INPUT:
             prev_exit = base + s.exit
 
-    params = count_params(config)
+    params = count_params(config, disk_cache)
     g.graph.update(
         model=config.name,
         config_hash=config.config_hash(),
