@@ -80,19 +80,50 @@ def _half(op: Op) -> Op:
     return replace(op, flops=op.flops / 2, bytes_read=br, bytes_written=bw, gemm=gemm, tokens_per_expert=tpe)
 
 
+# Op kinds whose work differs between layers of one kind (per-layer expert routing).
+_VARYING = ("grouped_gemm", "collective")
+
+
 def _signature(op: Op) -> tuple:
     coll = None
     if op.collective:
-        coll = tuple(sorted((k, v) for k, v in op.collective.items() if isinstance(v, (int, float, str))))
+        coll = tuple((k, v) for k, v in op.collective.items() if isinstance(v, (int, float, str)))
     return (
         op.kind,
         op.flops,
-        tuple(sorted(op.bytes_read.items())),
-        tuple(sorted(op.bytes_written.items())),
+        tuple(op.bytes_read.items()),
+        tuple(op.bytes_written.items()),
         op.gemm,
         op.tokens_per_expert,
         coll,
     )
+
+
+def _topological(g: nx.DiGraph, nodes: list) -> list:
+    """`nodes` in a topological order of their induced subgraph; ties keep insertion order
+    (Kahn's algorithm on the subgraph; cheaper than a networkx subgraph view)."""
+    node_set = set(nodes)
+    indeg = {n: 0 for n in nodes}
+    succ: dict[Any, list] = {n: [] for n in nodes}
+    for n in nodes:
+        for s in g.successors(n):
+            if s in node_set:
+                indeg[s] += 1
+                succ[n].append(s)
+    pos = {n: i for i, n in enumerate(nodes)}
+    import heapq
+
+    ready = [(pos[n], n) for n in nodes if indeg[n] == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        out.append(n)
+        for s in succ[n]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(ready, (pos[s], s))
+    return out
 
 
 class _Sim:
@@ -103,12 +134,12 @@ class _Sim:
         self.res = {name: simpy.PriorityResource(self.env, capacity=1) for name in ("matrix", "vector", "hbm", "link")}
         self.done: dict[Any, simpy.Event] = {}
 
-    def _op(self, key, kind: str, seconds: float, preds: list, prio: int):
+    def _op(self, key, units: tuple[str, ...], seconds: float, preds: list, prio: int):
         if preds:
             yield simpy.AllOf(self.env, [self.done[p] for p in preds])
         reqs = []
         try:
-            for unit in _UNITS.get(kind, ("hbm",)):
+            for unit in units:
                 req = self.res[unit].request(priority=prio)
                 reqs.append((unit, req))
                 yield req
@@ -119,32 +150,72 @@ class _Sim:
         self.done[key].succeed()
 
     def run(self, items: list[tuple[Any, str, float, list]]) -> float:
-        for prio, (key, kind, seconds, preds) in enumerate(items):
+        """Makespan of `items` = (key, op kind, seconds, predecessor keys), in topological order."""
+        merged = _contract(items)
+        for key, units, seconds, preds in merged:
             self.done[key] = self.env.event()
-        for prio, (key, kind, seconds, preds) in enumerate(items):
-            self.env.process(self._op(key, kind, seconds, preds, prio))
+        for prio, (key, units, seconds, preds) in enumerate(merged):
+            self.env.process(self._op(key, units, seconds, preds, prio))
         self.env.run()
         return float(self.env.now)
 
 
-class StepSimulator:
-    """Simulates mapped steps on one hardware spec with one cost model."""
+_UNIT_ORDER = ("matrix", "vector", "hbm", "link")
 
-    def __init__(self, hw: HardwareSpec, cost: CostModel, two_batch_overlap: bool = False) -> None:
+
+def _contract(items: list[tuple[Any, str, float, list]]) -> list[tuple[Any, tuple[str, ...], float, list]]:
+    """Merge chains of compute ops (an op whose only predecessor is a compute op with no other
+    successor) into one process holding the union of their units for the summed time. Exact: every
+    compute op holds the HBM channel, so a chain's ops never interleave with other compute; it
+    cuts the SimPy events of a layer from ~100 ops to the handful of branch points."""
+    nsucc: dict[Any, int] = defaultdict(int)
+    for _, _, _, preds in items:
+        for p in preds:
+            nsucc[p] += 1
+    head: dict[Any, Any] = {}
+    out: dict[Any, list] = {}
+    for key, kind, seconds, preds in items:
+        units = _UNITS.get(kind, ("hbm",))
+        if kind != "collective" and len(preds) == 1:
+            p = preds[0]
+            h = head[p]
+            if nsucc[p] == 1 and "link" not in out[h][1]:
+                head[key] = h
+                item = out[h]
+                item[1] = tuple(u for u in _UNIT_ORDER if u in item[1] or u in units)
+                item[2] += seconds
+                continue
+        head[key] = key
+        hp = []
+        for p in preds:
+            if head[p] not in hp:
+                hp.append(head[p])
+        out[key] = [key, units, seconds, hp]
+    return [tuple(v) for v in out.values()]
+
+
+class StepSimulator:
+    """Simulates mapped steps on one hardware spec with one cost model.
+
+    `two_batch_overlap`: True, False, or None for "auto": per distinct layer kind, the overlapped
+    schedule is simulated only when it could win (its compute alone, with weights streamed once per
+    micro-batch, is shorter than the plain layer) and kept when faster. Serving engines switch it on
+    where it pays: it hides communication but streams the weights twice."""
+
+    def __init__(self, hw: HardwareSpec, cost: CostModel, two_batch_overlap: bool | None = False) -> None:
         self.hw = hw
         self.cost = cost
         self.tbo = two_batch_overlap
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
-    def _group_time(self, g: nx.DiGraph, nodes: list, costs: dict, residency: Residency) -> float:
-        """Makespan of `nodes` (topological order) run once, or, with two-batch overlap, the
-        steady-state time per layer of two half micro-batches (marginal time of a second copy)."""
+    def _plain_time(self, g: nx.DiGraph, nodes: list, preds: dict, costs: dict) -> float:
+        items = [(n, g.nodes[n]["op"].kind, costs[n].time_s, preds[n]) for n in nodes]
+        return _Sim().run(items)
+
+    def _tbo_time(self, g: nx.DiGraph, nodes: list, preds: dict, half: dict) -> float:
+        """Steady-state time per layer of two half micro-batches: the marginal time of a second
+        copy of the layer (so the fill and drain of the pipeline are not charged to every layer)."""
         node_set = set(nodes)
-        preds = {n: [p for p in g.predecessors(n) if p in node_set] for n in nodes}
-        if not self.tbo or not any(g.nodes[n]["op"].kind == "collective" for n in nodes):
-            items = [(n, g.nodes[n]["op"].kind, costs[n].time_s, preds[n]) for n in nodes]
-            return _Sim().run(items)
-        half = {n: self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s for n in nodes}
         sources = [n for n in nodes if not preds[n]]
         sinks = [n for n in nodes if not any(s in node_set for s in g.successors(n))]
 
@@ -159,17 +230,36 @@ class StepSimulator:
                         items.append(((r, mb, n), g.nodes[n]["op"].kind, half[n], p))
             return items
 
-        one = _Sim().run(build(1))
-        two = _Sim().run(build(2))
-        return two - one
+        return _Sim().run(build(2)) - _Sim().run(build(1))
+
+    def _group_time(self, g: nx.DiGraph, nodes: list, costs: dict, residency: Residency) -> tuple[float, bool]:
+        """(seconds, two-batch overlap used) for one group of ops in topological order."""
+        node_set = set(nodes)
+        preds = {n: [p for p in g.predecessors(n) if p in node_set] for n in nodes}
+        plain = self._plain_time(g, nodes, preds, costs)
+        has_a2a = any((g.nodes[n]["op"].collective or {}).get("type") == "all_to_all" for n in nodes)
+        if self.tbo is False or not has_a2a:
+            return plain, False
+        half = {n: self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s for n in nodes}
+        if self.tbo is None:
+            # Lower bound of the overlapped layer: both micro-batches' compute, serialised.
+            bound = 2 * sum(half[n] for n in nodes if g.nodes[n]["op"].kind != "collective")
+            if bound >= plain:
+                return plain, False
+        t = self._tbo_time(g, nodes, preds, half)
+        if self.tbo is None and t >= plain:
+            return plain, False
+        return t, True
 
     # -- the whole step ---------------------------------------------------------------------------
     def residency(self, g: nx.DiGraph) -> Residency:
         """State (then weights) stay SRAM-resident when a whole step's worth fits this chip's budget."""
         opts = self.cost.opts
         budget = self.cost.sram_budget
-        state = sum(g.nodes[n]["op"].bytes_read.get("state", 0.0) for n in g)
-        weights = sum(g.nodes[n]["op"].bytes_read.get("weight", 0.0) for n in g)
+        state = weights = 0.0
+        for _, o in g.nodes(data="op"):
+            state += o.bytes_read.get("state", 0.0)
+            weights += o.bytes_read.get("weight", 0.0)
         res_state = bool(opts.sram_state and 0 < state <= budget)
         left = budget - (state if res_state else 0.0)
         res_w = bool(opts.sram_weights and 0 < weights <= left)
@@ -177,47 +267,60 @@ class StepSimulator:
 
     def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None) -> StepResult:
         residency = self.residency(g)
-        order = list(nx.lexicographical_topological_sort(g, key=lambda n: (g.nodes[n]["op"].layer, str(n))))
+        # Group by layer in insertion order: the tracer and the mapping build every layer of a kind
+        # the same way, so position i of two such layers is the same op (checked by signature).
         by_layer: dict[int, list] = defaultdict(list)
-        for n in order:
-            by_layer[g.nodes[n]["op"].layer].append(n)
+        for n, o in g.nodes(data="op"):
+            by_layer[o.layer].append(n)
         costs: dict[Any, OpCost] = {}
+        op_of = {n: o for n, o in g.nodes(data="op")}
 
         def cost_of(n) -> OpCost:
             c = costs.get(n)
             if c is None:
-                c = costs[n] = self.cost.cost(g.nodes[n]["op"], residency)
+                c = costs[n] = self.cost.cost(op_of[n], residency)
             return c
 
-        # Representative per (layer_type, op count) signature; others add their op-cost deltas.
-        reps: dict[tuple, tuple[int, list, float, list]] = {}
+        # One representative per (layer_type, op kinds); other layers of the kind differ only in
+        # their MoE expert ops and collectives (per-layer routing): those add their cost deltas.
+        reps: dict[tuple, tuple[list, float, list]] = {}
         layer_time: dict[int, float] = {}
         simulated = 0
+        tbo_used = False
         breakdown_block: dict[str, float] = defaultdict(float)
         breakdown_res: dict[str, float] = defaultdict(float)
+
+        def account(n, o, sign: float = 1.0) -> None:
+            c = costs[n]
+            breakdown_block[o.block] += sign * c.time_s
+            breakdown_res[BOTTLENECK_NAMES[c.bottleneck]] += sign * c.time_s
+
         for layer, nodes in sorted(by_layer.items()):
-            ops = [g.nodes[n]["op"] for n in nodes]
+            ops = [op_of[n] for n in nodes]
             key = (ops[0].layer_type, tuple(o.kind for o in ops))
             rep = reps.get(key)
             if rep is None:
                 for n in nodes:
                     cost_of(n)
-                t = self._group_time(g, nodes, costs, residency)
-                reps[key] = (layer, nodes, t, [_signature(o) for o in ops])
+                t, used = self._group_time(g, _topological(g, nodes), costs, residency)
+                tbo_used |= used
+                varying = [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING]
+                reps[key] = (nodes, t, varying)
                 simulated += 1
+                for n, o in zip(nodes, ops):
+                    account(n, o)
             else:
-                _, rnodes, rt, rsigs = rep
-                t = rt
-                for n, rn, o, rs in zip(nodes, rnodes, ops, rsigs):
-                    if _signature(o) == rs:
-                        costs[n] = cost_of(rn)
-                    else:
-                        t += cost_of(n).time_s - cost_of(rn).time_s
+                rnodes, t, varying = rep
+                for i, sig in varying:
+                    o = ops[i]
+                    if _signature(o) != sig:
+                        n, rn = nodes[i], rnodes[i]
+                        t += cost_of(n).time_s - costs[rn].time_s
+                        account(n, o)
+                        account(rn, op_of[rn], -1.0)
+                for n, o in zip(rnodes, (op_of[r] for r in rnodes)):
+                    account(n, o)
             layer_time[layer] = t
-            for n, o in zip(nodes, ops):
-                c = costs[n]
-                breakdown_block[o.block] += c.time_s
-                breakdown_res[BOTTLENECK_NAMES[c.bottleneck]] += c.time_s
 
         # Pipeline stages: layers per stage; embedding (layer < 0) joins the first stage, the head
         # and MTP (layers beyond the last decoder layer) the last.
@@ -244,7 +347,7 @@ class StepSimulator:
             stage_times_s=stage_times,
             residency={"state": residency.state, "weights": residency.weights},
             layers_simulated=simulated,
-            two_batch_overlap=self.tbo,
+            two_batch_overlap=tbo_used,
         )
 
 
@@ -265,24 +368,15 @@ def simulate_step(mapped: Any, hw: HardwareSpec, options: CostOptions | None = N
     """Simulate one mapped step (`codesign.mapping.MappedStep`: graph, plan, precision, chips,
     stage_layers) on `hw`.
 
-    Two-batch overlap: as given, else as the plan says (`plan.two_batch_overlap`), else "auto": when
-    the step has all-to-alls, both ways are simulated and the faster kept (serving engines enable it
-    only where it pays: it hides communication but streams the weights twice)."""
+    Two-batch overlap: as given, else as the plan says (`plan.two_batch_overlap`), else "auto"
+    (see `StepSimulator`)."""
     opts = options or CostOptions()
     matrix, attn = precision_dtypes(mapped.precision, opts.attention_dtype)
     cm = CostModel(hw, matrix, attn, opts, collective_fn)
     if two_batch_overlap is None:
         two_batch_overlap = getattr(mapped.plan, "two_batch_overlap", None)
     stages = getattr(mapped, "stage_layers", None)
-    g = mapped.graph
-    if two_batch_overlap is None:
-        has_a2a = any((g.nodes[n]["op"].collective or {}).get("type") == "all_to_all" for n in g)
-        if not has_a2a:
-            return StepSimulator(hw, cm, False).simulate(g, stages)
-        plain = StepSimulator(hw, cm, False).simulate(g, stages)
-        tbo = StepSimulator(hw, cm, True).simulate(g, stages)
-        return tbo if tbo.time_s < plain.time_s else plain
-    return StepSimulator(hw, cm, bool(two_batch_overlap)).simulate(g, stages)
+    return StepSimulator(hw, cm, two_batch_overlap).simulate(mapped.graph, stages)
 
 
 __all__ = ["StepResult", "StepSimulator", "simulate_step", "precision_dtypes"]

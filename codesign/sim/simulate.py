@@ -68,16 +68,15 @@ class _Point:
         self._steps: dict[tuple, StepResult] = {}
 
     def step(self, phase: str, batch: int, context: int, tokens: int) -> StepResult:
-        """One step for `batch` sequences of the whole deployment (each of dp replicas runs its share
-        at the same time, so the step time is one replica's)."""
-        per_replica = max(1, math.ceil(batch / self.plan.dp))
-        key = (phase, per_replica, context, tokens)
+        """One step for `batch` sequences of the whole deployment (the mapping gives the busiest
+        chip its share; replicas run at the same time, so the step time is one chip's)."""
+        key = (phase, batch, context, tokens)
         hit = self._steps.get(key)
         if hit is None:
             from codesign.graph import trace
 
             m = _mapping()
-            g = trace(self.config, phase=phase, batch=per_replica, tokens=tokens, context=context, router=self.router)
+            g = trace(self.config, phase=phase, batch=batch, tokens=tokens, context=context, router=self.router)
             mapped = m.map_step(g, self.config, self.hw, self.plan, self.precision)
             hit = simulate_step(mapped, self.hw, self.cost)
             self._steps[key] = hit
