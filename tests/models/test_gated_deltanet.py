@@ -81,6 +81,7 @@ def test_chunked_equals_recurrent_and_definition(T: int, with_state: bool) -> No
     assert sc.dtype == torch.float32 and oc.shape == (2, T, 4, 6)
 
 
+@pytest.mark.slow  # imports transformers' modeling code (seconds on two cores)
 def test_chunked_matches_transformers_reference() -> None:
     mod = pytest.importorskip("transformers.models.qwen3_5_moe.modeling_qwen3_5_moe")
     q, k, v, g, beta, s0 = _inputs(1, 21, seed=3)
@@ -153,6 +154,7 @@ def test_chunk_loop_traces_one_iteration() -> None:
     assert seen == [3] and out.shape == (1, 20, 4, 6)
 
 
+@pytest.mark.slow  # imports transformers' modeling code (seconds on two cores)
 def test_qwen3_next_layout_conversion() -> None:
     """The fused Qwen3-Next projections give the same q, k, v, z, b, a as transformers' split."""
     mod = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
@@ -181,3 +183,19 @@ def test_missing_section_is_a_user_error() -> None:
     )
     with pytest.raises(CodesignError, match="linear_attention: expected a section for layer 0, found none"):
         GatedDeltaNet(cfg, 0)
+
+
+def test_bf16_layer_keeps_fp32_state_and_tracks_fp32() -> None:
+    torch.manual_seed(4)
+    layer = GatedDeltaNet(_config(chunk_size=4), 0)
+    x = torch.randn(1, 9, 32)
+    with torch.no_grad():
+        ref = layer(x, 0, None)
+        half = GatedDeltaNet(_config(chunk_size=4), 0).to(torch.bfloat16)
+        half.load_state_dict(layer.state_dict())
+        cache = half.make_cache(1, 16)
+        y = torch.cat([half(x[:, :8].bfloat16(), 0, cache), half(x[:, 8:].bfloat16(), 8, cache)], dim=1)
+    assert y.dtype == torch.bfloat16 and cache.conv_state.dtype == torch.bfloat16
+    assert cache.recurrent_state.dtype == torch.float32
+    # bf16 weights and activations: agreement to bf16 precision
+    torch.testing.assert_close(y.float(), ref, atol=3e-2, rtol=3e-2)

@@ -171,6 +171,7 @@ def test_gpt_oss_experts_with_biases() -> None:
         torch.testing.assert_close(moe(x), _per_token_reference(moe, x, gpt_oss=True), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # imports transformers' modeling code (seconds on two cores)
 def test_gpt_oss_state_conversion_matches_transformers() -> None:
     mod = pytest.importorskip("transformers.models.gpt_oss.modeling_gpt_oss")
     cfg_mod = pytest.importorskip("transformers.models.gpt_oss.configuration_gpt_oss")
