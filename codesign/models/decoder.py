@@ -80,11 +80,6 @@ class DecoderLayer(nn.Module):
 class Embedding(nn.Embedding):
     block = "embed"
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # The aten op directly: F.embedding's wrapper imports torch's compiler stack on first use
-        # (over a second), which a trace on the meta device does not need.
-        return torch.ops.aten.embedding.default(self.weight, input_ids)
-
 
 class LMHead(nn.Linear):
     block = "lm_head"
@@ -143,11 +138,20 @@ class CausalLM(nn.Module):
     def mtp_forward(
         self, hidden: torch.Tensor, next_ids: torch.Tensor, start_pos: int = 0, caches: list | None = None
     ) -> list[torch.Tensor]:
-        """Logits of each MTP depth. Depth j combines the previous depth's hidden state (B, T, H) with
-        the embeddings of the tokens j+1 ahead (`next_ids[:, j]` is (B, T)) and shares embed/lm_head
-        (DeepSeek-V3 report, section 2.2). next_ids: (B, mtp_layers, T)."""
+        """Logits (B, T, V) of each MTP depth, through the shared lm_head.
+
+        hidden: the main model's last hidden state after the final norm, (B, T, H) (the convention of
+        vLLM's qwen3_next_mtp / deepseek_mtp: `self.norm(self.hidden_states(...))`). next_ids:
+        (B, mtp_layers, T), row j holding the tokens j+1 ahead of each position (DeepSeek-V3 report,
+        section 2.2). Each depth consumes the previous depth's normed output. caches: one per depth
+        (from `make_mtp_caches`) or None.
+        """
         out = []
         for j, layer in enumerate(self.mtp):
             hidden = layer(hidden, self.embed_tokens(next_ids[:, j]), start_pos, None if caches is None else caches[j])
-            out.append(self.lm_head(self.norm(hidden)))
+            out.append(self.lm_head(hidden))
         return out
+
+    def make_mtp_caches(self, batch: int, max_len: int, device=None, dtype=None) -> list:
+        """One cache per MTP depth (each depth holds one decoder layer)."""
+        return [layer.make_cache(batch, max_len, device, dtype) for layer in self.mtp]

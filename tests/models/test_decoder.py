@@ -133,3 +133,21 @@ def test_cli_run_full_config_that_fits(tmp_path, capsys: pytest.CaptureFixture) 
 def test_cli_run_rejects_bad_counts(capsys: pytest.CaptureFixture) -> None:
     assert main(["run", "--model", "llama-3.1-70b", "--tiny", "--new-tokens", "0"]) == 2
     assert "must be >= 1 (found 32, 0, 1)" in capsys.readouterr().err
+
+
+def test_mtp_head_cached_matches_full() -> None:
+    cfg = make_config("deepseek-mla").model_copy(update={"mtp_layers": 1})
+    torch.manual_seed(0)
+    model = CausalLM(cfg, dtype=torch.float32).eval()
+    jitter(model, 1)
+    assert len(model.mtp) == 1
+    ids = torch.randint(0, cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        hidden = model.norm(model.hidden_states(ids[:, :9]))  # (2, 9, H)
+        nxt = ids[:, 1:].unsqueeze(1)  # (2, 1, 9): the token after each position
+        (full,) = model.mtp_forward(hidden, nxt)
+        caches = model.make_mtp_caches(2, 12)
+        parts = [model.mtp_forward(hidden[:, :4], nxt[..., :4], 0, caches)[0]]
+        parts += [model.mtp_forward(hidden[:, t : t + 1], nxt[..., t : t + 1], t, caches)[0] for t in range(4, 9)]
+    assert full.shape == (2, 9, cfg.vocab_size)
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
