@@ -137,3 +137,25 @@ def test_matches_transformers_qwen3_next_attention() -> None:
         want, _ = hf(x, position_embeddings=(cos, sin), attention_mask=mask)
         got = ours(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_qwen3_model_matches_transformers() -> None:
+    # q/k RMSNorm per head with plain (non-offset) weights, through transformers' whole Qwen3 model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from codesign.models.decoder import CausalLM
+
+    cfg = make_config("qwen3")
+    a = cfg.attention
+    hf_cfg = Qwen3Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=a.num_heads, num_key_value_heads=a.num_kv_heads,
+                         head_dim=a.head_dim, rms_norm_eps=cfg.rms_norm_eps, rope_theta=a.rope_theta, tie_word_embeddings=False)
+    hf_cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = Qwen3ForCausalLM(hf_cfg).eval()
+    jitter(hf, 2)
+    ours = CausalLM(cfg, dtype=torch.float32).eval()
+    ours.load_state_dict({k.removeprefix("model."): v for k, v in hf.state_dict().items()})
+    ids = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
