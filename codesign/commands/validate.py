@@ -1,15 +1,99 @@
-"""`codesign validate` (under construction)."""
+"""`codesign validate FILE`: predicted vs measured for every scenario of a validation file, and the
+mean absolute percentage error (MAPE) over the scenarios the simulator supports.
+
+    codesign validate benchmarks/validation/public.yaml [--json]
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import dataclass
 
-from codesign.errors import CodesignError
+
+# The measured quantity compared, in order of preference.
+METRICS = ("output_tokens_per_s", "input_tokens_per_s", "tpot_s", "ttft_s")
+
+
+@dataclass
+class Row:
+    name: str
+    metric: str | None
+    measured: float | None
+    predicted: float | None
+    status: str  # "ok" | "not supported" | "infeasible" | "no measurement"
+
+    @property
+    def error(self) -> float | None:
+        if self.measured is None or self.predicted is None:
+            return None
+        return (self.predicted - self.measured) / self.measured
+
+
+def _predicted(result, metric: str) -> float | None:
+    v = getattr(result, metric)
+    return v["mean"] if isinstance(v, dict) else v
+
+
+def validate_file(path: str) -> list[Row]:
+    """Simulate every scenario of `path` and pair its prediction with its measurement."""
+    from codesign.scenario import load_scenarios
+    from codesign.sim import simulate_scenario
+
+    rows = []
+    for s in load_scenarios(path):
+        measured = s.measured.model_dump() if s.measured else {}
+        metric = next((m for m in METRICS if measured.get(m) is not None), None)
+        if s.workload.mode == "server":
+            rows.append(Row(s.name, metric, measured.get(metric) if metric else None, None, "not supported"))
+            continue
+        (r,) = simulate_scenario(s)
+        if metric is None:
+            rows.append(Row(s.name, None, None, None, "no measurement"))
+            continue
+        if r.output_tokens_per_s is None:
+            rows.append(Row(s.name, metric, measured[metric], None, f"infeasible: {r.reason}"))
+            continue
+        rows.append(Row(s.name, metric, measured[metric], _predicted(r, metric), "ok"))
+    return rows
+
+
+def mape(rows: list[Row]) -> float | None:
+    errs = [abs(r.error) for r in rows if r.status == "ok" and r.error is not None]
+    return sum(errs) / len(errs) if errs else None
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    return sub.add_parser("validate", help="(under construction)")
+    p = sub.add_parser("validate", help="predicted vs measured over a validation file, with MAPE",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="validation YAML (scenarios with `measured:`)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    raise CodesignError("'validate' is not available yet")
+    rows = validate_file(args.file)
+    m = mape(rows)
+    if args.json:
+        print(json.dumps({"rows": [{**r.__dict__, "error": r.error} for r in rows], "mape": m}, indent=2))
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"codesign validate {args.file}")
+    for col in ("scenario", "metric", "measured", "predicted", "error", "status"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r.name, r.metric or "-", "-" if r.measured is None else f"{r.measured:.4g}",
+                  "-" if r.predicted is None else f"{r.predicted:.4g}",
+                  "-" if r.error is None else f"{r.error:+.1%}", r.status)
+    from codesign.commands.simulate import console
+
+    c = console()
+    c.print(t)
+    n = sum(1 for r in rows if r.status == "ok")
+    worst = max((abs(r.error) for r in rows if r.status == "ok" and r.error is not None), default=None)
+    if m is None:
+        c.print("MAPE: no supported scenario with a measurement")
+    else:
+        c.print(f"MAPE over {n} supported scenarios: {m:.1%} (worst {worst:.1%})")
+    return 0
