@@ -76,6 +76,9 @@ _FACTORIES = {"aten.zeros", "aten.empty", "aten.full", "aten.ones", "aten.arange
               "aten.scalar_tensor", "aten.empty_strided", "aten.eye", "aten.tril", "aten.triu", "aten.randn", "aten.rand"}
 # Ops that write only their source's elements into a larger destination.
 _INDEXED_WRITES = {"aten.index_copy_", "aten.index_put_", "aten.scatter_", "aten.slice_scatter"}
+# Gathers read only the rows they gather from their first input (an embedding lookup reads B*T rows
+# of the table, not the table).
+_GATHERS = {"aten.embedding", "aten.index_select", "aten.index", "aten.gather"}
 _REDUCTIONS = {"aten.sum", "aten.mean", "aten.amax", "aten.max", "aten.var_mean", "aten.var", "aten.norm",
                "aten.linalg_vector_norm", "aten.cumsum", "aten.logsumexp", "aten.prod", "aten.min", "aten.amin"}
 
@@ -240,7 +243,11 @@ class Recorder(TorchDispatchMode):
             rd["activation"] += nbytes(args[1]) + nbytes(args[2])
         else:
             kind = "memory" if (packet in _MEMORY or packet in _FACTORIES) else "vector"
-            if packet not in _FACTORIES:
+            if packet in _GATHERS and flat_in and flat_out:
+                rd[self.cls(flat_in[0])] += nbytes(flat_out[0])
+                for t in flat_in[1:]:
+                    rd[self.cls(t)] += nbytes(t)
+            elif packet not in _FACTORIES:
                 srcs = flat_in[1:] if (mutates_self and packet in _INDEXED_WRITES | {"aten.copy_"}) else flat_in
                 for t in srcs:
                     rd[self.cls(t)] += nbytes(t)

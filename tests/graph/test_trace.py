@@ -174,3 +174,11 @@ def test_cli_unknown_model_lists_names(capsys):
     assert main(["trace", "--model", "gpt-9"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'gpt-9'" in err and "qwen3.5-397b-a17b" in err and "\n" == err[-1] and err.count("\n") == 1
+
+
+def test_embedding_lookup_reads_only_its_rows():
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    g = trace(cfg, "decode", batch=64, context=4096)
+    embed = [op for _, op in g.nodes(data="op") if op.layer_type == "embed"]
+    assert len(embed) == 1
+    assert embed[0].bytes_read["weight"] == 64 * cfg.hidden_size * 2  # 64 rows of bf16, not the table
