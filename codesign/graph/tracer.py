@@ -197,7 +197,18 @@ class Recorder(TorchDispatchMode):
         expert_bytes = 0.0
         expert_fpt = 0.0
 
-        if packet in _GEMMS:
+        if packet == "aten.linalg_solve_triangular":
+            # Triangular solve A X = B with A (.., n, n), B (.., n, k): n^2 k multiply-adds per matrix
+            # (n^2 k FLOPs: half of a dense n x n by n x k product), as used by GatedDeltaNet's chunk form.
+            kind = "gemm"
+            a, b = args[0], args[1]
+            n, k = a.shape[-1], b.shape[-1]
+            batch = max(1, b.numel() // (n * k))
+            flops = float(batch * n * n * k)
+            gemm = (batch, n, k, n)
+            for t in flat_in:
+                rd[self.cls(t)] += nbytes(t)
+        elif packet in _GEMMS:
             kind = "gemm"
             flops = float(flop_registry[func._overloadpacket](*args, **kwargs, out_val=out))
             a, b = (args[1], args[2]) if packet in {"aten.addmm", "aten.baddbmm"} else (args[0], args[1])
@@ -218,7 +229,8 @@ class Recorder(TorchDispatchMode):
             touched = min(S, window + T - 1) if window > 0 else S  # a windowed kernel reads the window only
             rd[self.cls(q)] += nbytes(q)
             rd[self.cls(k)] += nbytes(k) * touched / S
-            rd[self.cls(v)] += nbytes(v) * touched / S
+            if self._rootid(v) != self._rootid(k):  # MLA: v is a slice of the same latent rows as k
+                rd[self.cls(v)] += nbytes(v) * touched / S
             for t in flat_in[3:]:
                 rd[self.cls(t)] += nbytes(t)
         elif packet == "codesign.moe_experts":

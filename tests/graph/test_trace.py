@@ -182,3 +182,12 @@ def test_embedding_lookup_reads_only_its_rows():
     embed = [op for _, op in g.nodes(data="op") if op.layer_type == "embed"]
     assert len(embed) == 1
     assert embed[0].bytes_read["weight"] == 64 * cfg.hidden_size * 2  # 64 rows of bf16, not the table
+
+
+def test_mla_decode_reads_the_latent_cache_once():
+    """DeepSeek-V3 absorbed decode attends over (kv_lora 512 + rope 64) bf16 values per token per layer;
+    k and v are two views of the same latent rows and must not be counted twice."""
+    cfg = cs.load_model("deepseek-v3")
+    g = trace(cfg, "decode", batch=8, context=4096)
+    per_token_layer = (cfg.mla.kv_lora_rank + cfg.mla.qk_rope_head_dim) * 2
+    assert totals(g)["read_kv_cache"] == pytest.approx(8 * 4096 * cfg.num_layers * per_token_layer, rel=1e-6)
