@@ -55,6 +55,11 @@ class CostOptions:
     # kernel (prologue/epilogue) in production engines: their bytes and FLOPs are charged, their
     # launch overhead is not.
     fuse_elementwise: bool = True
+    # The fused element-wise kernels keep intermediate activations on chip: activation bytes of
+    # vector and memory ops move at SRAM bandwidth (the producing GEMM/attention's write and the
+    # consuming one's read are charged to those ops). The traced graph is eager torch (an RMSNorm
+    # is ~8 ops each reading and writing the activations); production kernels do it in one pass.
+    fused_activations_on_chip: bool = True
     # Pad GEMM M and N to the matrix unit tile (hw.chip.matrix.tile).
     tile_quantisation: bool = True
     # Small-M efficiency ramp M / (M + efficiency.small_m_half) on the padded M.
@@ -209,11 +214,14 @@ class CostModel:
         """Seconds moving the op's bytes, split between SRAM-resident and HBM bytes."""
         hbm = 0.0
         sram = 0.0
+        fused = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise and op.kind in ("vector", "memory")
         for cls in ("weight", "activation", "kv_cache", "state"):
             nbytes = op.bytes_read.get(cls, 0.0) + op.bytes_written.get(cls, 0.0)
             if nbytes <= 0:
                 continue
-            if cls == "activation" and self.opts.sram_activations and nbytes <= self.sram_budget:
+            if cls == "activation" and fused and nbytes > 0:
+                sram += nbytes
+            elif cls == "activation" and self.opts.sram_activations and nbytes <= self.sram_budget:
                 sram += nbytes
             elif cls == "state" and residency.state:
                 sram += nbytes

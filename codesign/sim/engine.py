@@ -237,8 +237,8 @@ class StepSimulator:
         node_set = set(nodes)
         preds = {n: [p for p in g.predecessors(n) if p in node_set] for n in nodes}
         plain = self._plain_time(g, nodes, preds, costs)
-        has_a2a = any((g.nodes[n]["op"].collective or {}).get("type") == "all_to_all" for n in nodes)
-        if self.tbo is False or not has_a2a:
+        has_comm = any(g.nodes[n]["op"].kind == "collective" for n in nodes)
+        if self.tbo is False or not has_comm:
             return plain, False
         half = {n: self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s for n in nodes}
         if self.tbo is None:

@@ -73,11 +73,16 @@ def test_vector_and_memory_ops_fused_pay_no_launch():
 
 
 def test_sram_activation_threshold():
-    small = op("m", "memory", a=1e6)
-    big = op("m", "memory", a=1e9)
+    # a GEMM's activation operand: SRAM when it fits the budget (25 MB), else HBM
+    small = op("m", "gemm", a=1e6)
+    big = op("m", "gemm", a=1e9)
     assert model().memory_time(small) == (pytest.approx(1e6 / (12e12 * 0.85), rel=1e-12), "sram")
     assert model().memory_time(big) == (pytest.approx(1e9 / HBM, rel=1e-12), "hbm")
     assert model(sram_activations=False).memory_time(small)[1] == "hbm"
+    # fused element-wise ops keep activations on chip whatever their size
+    fused = op("v", "vector", a=1e9)
+    assert model().memory_time(fused) == (pytest.approx(1e9 / (12e12 * 0.85), rel=1e-12), "sram")
+    assert model(fused_activations_on_chip=False).memory_time(fused)[1] == "hbm"
 
 
 def test_state_residency_serves_state_from_sram():
