@@ -58,6 +58,9 @@ class MatrixUnit(_Strict):
     def peak(self, dtype: str) -> float:
         """Peak FLOP/s for `dtype`, falling back to the next wider format the unit supports
         (fp4 runs as fp8, fp8 as bf16, as on chips without the narrower path)."""
+        own = getattr(self, dtype, None)
+        if isinstance(own, float):  # the unit has this format's own path (int8, fp16 included)
+            return own
         order = ["fp4", "fp8", "bf16", "fp32"]
         alias = {"int8": "fp8", "fp16": "bf16"}
         d = dtype if getattr(self, dtype, None) is not None else alias.get(dtype, dtype)

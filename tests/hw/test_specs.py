@@ -1,0 +1,176 @@
+"""Every shipped hardware spec loads, is sourced, and agrees with its datasheet; bad specs fail in one line."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from codesign.errors import CodesignError
+from codesign.hw import available_hw, load_hw
+from codesign.spec_files import folder
+
+EXPECTED = {
+    "a100", "h100", "h800", "h20", "h200", "b200", "gb200-nvl72", "mi300x", "mi325x", "mi355x",
+    "tpu-v5p", "tpu-v6e", "trainium2", "gaudi3", "ascend-910c", "moe-concept", "cpu-host",
+}
+NAMES = available_hw()
+
+
+def test_all_expected_specs_ship():
+    assert EXPECTED <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_loads_and_is_sourced(name: str):
+    spec = load_hw(name)
+    assert spec.name == name  # file name = name:
+    assert spec.sources and all(s.strip() for s in spec.sources)
+    assert spec.cost.source.strip()
+    assert spec.system.chips >= 1
+    # every quantity with a unit carries a comment: a source tag or "assumed: why"
+    text = (folder("hw_specs") / f"{name}.yaml").read_text()
+    for line in text.splitlines():
+        if re.search(r':\s*"[-\d.]+\s*[A-Za-z/]+"', line.split("#")[0]):
+            assert "#" in line, f"{name}: unsourced quantity: {line.strip()}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_is_self_consistent(name: str):
+    spec = load_hw(name)
+    m = spec.chip.matrix
+    su = spec.system.scale_up
+    assert spec.chip.sram.capacity < spec.chip.hbm.capacity
+    assert m.peak("fp8") >= m.peak("bf16") >= spec.efficiency.gemm * 0  # falls back, never below bf16
+    if m.fp4 is not None:
+        assert m.fp8 is not None and m.fp4 >= m.fp8
+    if su.topology.startswith("torus"):
+        assert su.dims is not None and len(su.dims) == (2 if su.topology == "torus2d" else 3)
+    if spec.system.chips > su.size:
+        assert spec.system.scale_out is not None
+
+
+@pytest.mark.parametrize("name", ["h100", "h200", "h800", "h20", "b200", "gb200-nvl72", "mi300x",
+                                  "mi325x", "mi355x", "trainium2"])
+def test_fp8_is_twice_bf16_where_datasheet_says(name: str):
+    m = load_hw(name).chip.matrix
+    assert m.fp8 == pytest.approx(2 * m.bf16, rel=0.03)  # Trainium2: 1299 vs 2x667 = 1334
+
+
+def test_gaudi3_fp8_equals_bf16():
+    m = load_hw("gaudi3").chip.matrix
+    assert m.fp8 == m.bf16 == 1835e12
+
+
+def test_datasheet_figures():
+    h200 = load_hw("h200")
+    assert h200.chip.hbm.capacity == 141e9
+    assert h200.chip.hbm.bandwidth == 4.8e12
+    assert h200.chip.matrix.bf16 == 989e12
+    h100 = load_hw("h100")
+    # 18 NVLink4 links x 25 GB/s = 450 GB/s per direction = 900 GB/s bidirectional
+    assert h100.system.scale_up.chip_bandwidth == 450e9
+    # H800: 400 GB/s bidirectional NVLink; one 400 Gb/s NIC per GPU
+    h800 = load_hw("h800")
+    assert 2 * h800.system.scale_up.chip_bandwidth == 400e9
+    assert h800.system.scale_out.nic_bandwidth == 400e9 / 8
+    gb = load_hw("gb200-nvl72")
+    assert gb.system.scale_up.size == 72 and gb.system.chips == 72
+    assert gb.system.scale_up.topology == "switch"
+    assert 2 * gb.system.scale_up.chip_bandwidth == 1.8e12
+    mi = load_hw("mi300x").system.scale_up
+    assert (mi.topology, mi.size, mi.links) == ("full_mesh", 8, 7)
+    assert load_hw("tpu-v5p").system.scale_up.topology == "torus3d"
+    assert load_hw("tpu-v6e").system.scale_up.topology == "torus2d"
+    assert load_hw("tpu-v5p").chip.matrix.tile == (128, 128)
+    assert load_hw("tpu-v6e").chip.matrix.tile == (256, 256)
+    assert load_hw("h100").chip.matrix.tile == (64, 256)
+    cpu = load_hw("cpu-host")
+    assert cpu.chip.hbm.capacity == 24e9 and cpu.system.scale_up.size == 1
+
+
+def test_peak_uses_own_path_then_falls_back():
+    v5p = load_hw("tpu-v5p").chip.matrix
+    assert v5p.peak("int8") == 918e12  # its own int8 path
+    assert v5p.peak("fp8") == v5p.peak("fp4") == 459e12  # no fp8/fp4: runs as bf16
+    h100 = load_hw("h100").chip.matrix
+    assert h100.peak("fp4") == 1979e12  # no fp4 on Hopper: runs as fp8
+
+
+def test_efficiency_calibration():
+    # docs/hardware.md: each factor is a kernel anchor over the datasheet peak
+    h100 = load_hw("h100").efficiency
+    assert h100.attention == pytest.approx(740 / 989, abs=0.01)
+    assert h100.collective == pytest.approx(370 / 450, abs=0.01)
+    assert h100.gemm == pytest.approx(1530 / 1979, abs=0.01)
+    assert h100.memory == pytest.approx(4.9 / 7.2, abs=0.01)
+    gb = load_hw("gb200-nvl72").efficiency
+    assert gb.memory == pytest.approx(7.35 / 8.0, abs=0.01)
+    assert gb.gemm == pytest.approx(2744 / 5000, abs=0.01)
+    # constants per family: every Hopper file carries the same factors
+    for n in ("h200", "h800", "h20"):
+        assert load_hw(n).efficiency == h100
+
+
+# --- bad input: one line naming the file and the field ---------------------------------------
+
+BASE = yaml.safe_load((folder("hw_specs") / "h200.yaml").read_text())
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _load_error(tmp_path: Path, edit) -> str:
+    data = copy.deepcopy(BASE)
+    edit(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(CodesignError) as e:
+        load_hw(path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(path))
+    return msg
+
+
+def test_missing_field(tmp_path):
+    msg = _load_error(tmp_path, lambda d: d["chip"]["hbm"].pop("bandwidth"))
+    assert "chip.hbm.bandwidth: Field required" in msg
+
+
+def test_negative_value(tmp_path):
+    msg = _load_error(tmp_path, lambda d: d["chip"]["hbm"].update(bandwidth="-1 TB/s"))
+    assert "chip.hbm.bandwidth" in msg and "must be positive" in msg and "'-1 TB/s'" in msg
+
+
+@pytest.mark.parametrize("value", ["4.8 TB", "fast"])
+def test_mistyped_unit(tmp_path, value):
+    msg = _load_error(tmp_path, lambda d: d["chip"]["hbm"].update(bandwidth=value))
+    assert "chip.hbm.bandwidth" in msg
+    assert "expected a bandwidth quantity such as '4.8 TB/s'" in msg and repr(value) in msg
+
+
+def test_unknown_key(tmp_path):
+    msg = _load_error(tmp_path, lambda d: d["chip"]["hbm"].update(bandwith="4.8 TB/s"))
+    assert "chip.hbm.bandwith: Extra inputs are not permitted" in msg
+
+
+def test_torus_dims_must_match_size(tmp_path):
+    def edit(d):
+        d["system"]["scale_up"].update(topology="torus2d", size=8, dims=[3, 3])
+    msg = _load_error(tmp_path, edit)
+    assert "system.scale_up" in msg and "multiply to 9, expected size=8" in msg
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(CodesignError) as e:
+        load_hw("h2000")
+    msg = str(e.value)
+    assert msg.startswith("unknown hardware spec 'h2000'; available: ")
+    for n in EXPECTED:
+        assert n in msg
