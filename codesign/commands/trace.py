@@ -72,7 +72,7 @@ def _print(config, g, head, table, out) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # the table needs 120 columns even when piped
     t = Table(title=f"{config.name}: {g.graph['phase']} batch={g.graph['batch']} tokens={g.graph['tokens']} "
               f"context={g.graph['context']} ({g.graph['router']})")
     for col in ["layer type", "layers", "ops", "GFLOPs", "weight GB", "activation GB", "kv_cache GB", "state GB"]:

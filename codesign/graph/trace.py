@@ -33,7 +33,7 @@ from codesign.graph.router import RouterModel, make_router
 from codesign.graph.tracer import INPUT, Segment, record
 from codesign.models import ModelConfig, load_model
 
-TRACE_VERSION = 3  # bump when the recorded op format changes (invalidates the disk cache)
+TRACE_VERSION = 5  # bump when the recorded op format changes (invalidates the disk cache)
 _MEMO: dict[str, Segment] = {}
 _MODELS: dict[str, torch.nn.Module] = {}
 

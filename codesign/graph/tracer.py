@@ -179,7 +179,11 @@ class Recorder(TorchDispatchMode):
                     self._root[id(o)] = root
             return out
 
-        if packet in {"aten.sym_size", "aten.sym_stride"}:
+        if packet == "aten._to_copy" and flat_in and self.cls(flat_in[0]) == "weight":
+            # A dtype cast of a weight (a router or norm weight used in fp32): a deployment stores the
+            # weight in the dtype it computes with, so the cast moves nothing and the result is weight.
+            for o in flat_out:
+                self._class[id(o)] = "weight"
             return out
 
         self._record(func, packet, args, kwargs, out, flat_in, flat_out)
@@ -208,6 +212,20 @@ class Recorder(TorchDispatchMode):
             gemm = (batch, n, k, n)
             for t in flat_in:
                 rd[self.cls(t)] += nbytes(t)
+        elif packet == "codesign.gated_delta_rule_step":
+            # Fused recurrent GatedDeltaNet step, per head and token: decay (dk dv), k^T S (2 dk dv),
+            # rank-1 update (2 dk dv), q^T S (2 dk dv) = 7 dk dv FLOPs; the state is read and written once.
+            kind = "vector"
+            q, v, state = args[0], args[2], args[5]
+            B, T, Hv, dv = v.shape
+            dk = q.shape[-1]
+            flops = float(B * T * Hv * 7 * dk * dv)
+            for t in flat_in:
+                rd[self.cls(t)] += nbytes(t)
+            wr["state"] += nbytes(state)
+            wr["activation"] += sum(nbytes(o) for o in flat_out)
+            mutates_self = False
+            self._producer[self._rootid(state)] = len(self.ops)
         elif packet in _GEMMS:
             kind = "gemm"
             flops = float(flop_registry[func._overloadpacket](*args, **kwargs, out_val=out))
@@ -268,7 +286,9 @@ class Recorder(TorchDispatchMode):
                 flops = float(base.numel()) if base is not None and base.is_floating_point() else 0.0
 
         # Writes: into the mutated tensor's class, else new activations.
-        if mutates_self and flat_in:
+        if packet == "codesign.gated_delta_rule_step":
+            pass  # counted above
+        elif mutates_self and flat_in:
             dst = flat_in[0]
             if packet in _INDEXED_WRITES:
                 src = next((t for t in flat_in[1:] if t.is_floating_point()), None)

@@ -157,6 +157,28 @@ def recurrent_gated_delta_rule(
     return out.transpose(1, 2).to(out_dtype), state
 
 
+@torch.library.custom_op("codesign::gated_delta_rule_step", mutates_args=("state",))
+def gated_delta_rule_step(
+    q: torch.Tensor,  # (B, T, Hk, dk)
+    k: torch.Tensor,  # (B, T, Hk, dk)
+    v: torch.Tensor,  # (B, T, Hv, dv)
+    g: torch.Tensor,  # (B, T, Hv)
+    beta: torch.Tensor,  # (B, T, Hv)
+    state: torch.Tensor,  # (B, Hv, dk, dv) fp32, updated in place
+) -> torch.Tensor:  # (B, T, Hv, dv)
+    """The decode step as ONE fused kernel (as FLA's fused_recurrent_gated_delta_rule): the state is
+    read once and written once in place; the per-token intermediates (decayed state, outer product)
+    never reach memory. Traced as a single op so its bytes are the state's, not the intermediates'."""
+    out, new_state = recurrent_gated_delta_rule(q, k, v, g, beta, state)
+    state.copy_(new_state)
+    return out
+
+
+@gated_delta_rule_step.register_fake
+def _gated_delta_rule_step_fake(q, k, v, g, beta, state):
+    return q.new_empty((*v.shape[:-1], v.shape[-1]))
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm of the delta-rule output times SiLU(z), per value head (`Qwen3_5MoeRMSNormGated`).
 
@@ -255,13 +277,13 @@ class GatedDeltaNet(nn.Module):
         # fp32: in half precision exp(A_log) may overflow
         g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())
 
-        initial = cache.recurrent_state if (cache is not None and start_pos > 0) else None
-        if cache is not None and T == 1:
-            o, state = recurrent_gated_delta_rule(q, k, v, g, beta, initial)
+        if cache is not None and T == 1 and start_pos > 0:
+            o = gated_delta_rule_step(q, k, v, g, beta, cache.recurrent_state)  # in place on the state
         else:
+            initial = cache.recurrent_state if (cache is not None and start_pos > 0) else None
             o, state = chunk_gated_delta_rule(q, k, v, g, beta, initial, self.chunk_size)
-        if cache is not None:
-            cache.recurrent_state.copy_(state)
+            if cache is not None:
+                cache.recurrent_state.copy_(state)
 
         z = self.in_proj_z(x).reshape(B, T, self.num_v_heads, self.head_v_dim)
         o = self.norm(o.to(x.dtype), z)
