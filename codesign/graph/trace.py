@@ -214,6 +214,42 @@ def cache_bytes(config: ModelConfig, disk_cache: bool = True) -> dict[str, float
     return _cached(f"{config.config_hash()}|cache_bytes", lambda: _cache_bytes(config), disk_cache)
 
 
+def _block_bytes(module: torch.nn.Module, skip: set[int] = frozenset()) -> dict[str, float]:
+    """Parameter bytes of `module` by block tag (each parameter under its innermost tagged module)."""
+    out: dict[str, float] = {}
+
+    def walk(m: torch.nn.Module, block: str) -> None:
+        block = getattr(m, "block", None) or block
+        for p in m.parameters(recurse=False):
+            if id(p) not in skip:
+                out[block] = out.get(block, 0.0) + p.numel() * p.element_size()
+        for child in m.children():
+            walk(child, block)
+
+    walk(module, "other")
+    return out
+
+
+def weight_bytes_by_layer(config: ModelConfig, disk_cache: bool = True) -> dict[int, dict[str, float]]:
+    """Resident weight bytes (traced bf16) per layer and block: -1 embedding, 0..L-1 decoder layers,
+    L final norm + LM head (a tied head holds nothing of its own), L+1+j MTP layer j. Routed experts
+    are counted whole: every expert is resident even if a step touches few."""
+
+    def compute() -> dict[int, dict[str, float]]:
+        model = _meta_model(config)
+        per_kind = {kind: _block_bytes(model.layers[str(i)]) for kind, i in model.representative.items()}
+        out: dict[int, dict[str, float]] = {-1: _block_bytes(model.embed_tokens)}
+        for i in range(config.num_layers):
+            out[i] = dict(per_kind[config.layer_kind(i)])
+        tied = {id(model.embed_tokens.weight)}
+        out[config.num_layers] = _block_bytes(torch.nn.ModuleList([model.norm, model.lm_head]), skip=tied)
+        for j, m in enumerate(model.mtp):
+            out[config.num_layers + 1 + j] = _block_bytes(m, skip=tied | {id(model.lm_head.weight)})
+        return out
+
+    return _cached(f"{config.config_hash()}|weight_bytes", compute, disk_cache)
+
+
 def _count_params(config: ModelConfig) -> dict[str, float]:
     """Parameters from the modules themselves (each representative layer times its layer count).
 
@@ -365,6 +401,7 @@ def trace(
         context=context,
         router=router_model.describe(),
         **params,
+        weight_bytes=weight_bytes_by_layer(config, disk_cache),
         trace_s=time.perf_counter() - t0,
     )
     return g

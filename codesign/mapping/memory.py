@@ -154,6 +154,9 @@ def _graph_layer_weights(graph: nx.DiGraph) -> dict[int, dict[str, float]]:
 
     A tied LM head re-reads the embedding table; it is counted once, under `embed`.
     """
+    resident = graph.graph.get("weight_bytes")
+    if resident is not None:  # the tracer's per-layer, per-block parameter bytes (from the modules)
+        return {layer: dict(blocks) for layer, blocks in resident.items()}
     out: dict[int, dict[str, float]] = {}
     for _, data in graph.nodes(data=True):
         op = data["op"]

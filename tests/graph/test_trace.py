@@ -206,3 +206,15 @@ def test_gdn_decode_moves_the_state_once_each_way():
     assert t["read_state"] == pytest.approx(state + conv, rel=1e-9)
     assert t["written_state"] == pytest.approx(state + conv, rel=1e-9)
     assert t["read_activation"] + t["written_activation"] < 0.5 * t["read_state"]
+
+
+def test_resident_weight_bytes_by_layer_add_up_to_the_parameters():
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    g = trace(cfg, "decode", batch=1, context=1024)
+    wb = g.graph["weight_bytes"]
+    decoder = sum(sum(b.values()) for layer, b in wb.items() if layer <= cfg.num_layers)
+    assert decoder == pytest.approx(2 * g.graph["params_total"], rel=1e-12)  # bf16
+    mtp = sum(sum(b.values()) for layer, b in wb.items() if layer > cfg.num_layers)
+    assert mtp == pytest.approx(2 * g.graph["params_mtp"], rel=1e-12)
+    experts = wb[0]["moe_experts"]
+    assert experts == 512 * 3 * cfg.hidden_size * cfg.moe.intermediate_size * 2
