@@ -11,6 +11,8 @@ Named assumptions (each overridable by keyword):
 * ``reserve_fraction`` = 0.05 of HBM capacity for the runtime, CUDA-graph pools and allocator
   fragmentation (vLLM's default ``gpu_memory_utilization`` 0.9 leaves 10% including activations;
   we count activations separately).
+* Redundant expert copies (``plan.redundant_experts``) are held in full: a rank stores
+  ``(E + r) / ep`` experts.
 * KV cache is stored for ``context`` tokens per sequence (sliding layers capped at their window);
   MLA stores the latent plus the shared RoPE key, replicated on every TP rank.
 * The GatedDeltaNet conv state is kept in the model dtype (bf16, as `GatedDeltaNetCache` allocates
@@ -231,6 +233,10 @@ def _weights_per_chip(config: ModelConfig, source: nx.DiGraph | dict | None, pla
     """Weight bytes on one chip of the stage holding `layers`."""
     wscale = precision.scale("weight")
     moe_div = plan.ep * plan.moe_tp if plan.moe_tp else plan.stage_chips
+    if config.moe is not None:
+        # redundant expert copies: each rank holds (E + r) / ep expert slots, not E / ep
+        E = config.moe.num_experts
+        moe_div /= (E + plan.redundant(E)) / E
     traced = _graph_layer_weights(source) if isinstance(source, nx.DiGraph) and source.number_of_nodes() else None
 
     def shard(block: str, nbytes: float) -> float:

@@ -15,8 +15,16 @@ Plan semantics (one stage of one replica, most to least coarse):
   LM head are tensor-parallel over ``tp`` (heads / intermediate / vocab split) and data-parallel
   over ``attention_dp`` (each attention-DP group holds a full copy of those weights and serves
   ``1 / attention_dp`` of the replica's sequences, as DP-attention + EP deployments run).
-* routed experts are expert-parallel over ``ep`` ranks (``num_experts / ep`` experts each); each
-  expert is tensor-parallel over ``moe_tp = tp * attention_dp / ep`` chips of its rank.
+* routed experts are expert-parallel over ``ep`` ranks (``(num_experts + r) / ep`` expert slots
+  each, r = ``redundant_experts``); each expert is tensor-parallel over
+  ``moe_tp = tp * attention_dp / ep`` chips of its rank.
+* ``redundant_experts`` -- extra copies of hot experts (DeepSeek-V3 report, arXiv 2412.19437,
+  section 3.4; DeepSeek's inference-system overview, Feb 2025: 256 routed experts + 32 redundant =
+  288 slots, 2 per GPU, on the 144-GPU decode unit). ``"auto"`` (the default) adds the fewest
+  copies that make ``num_experts + r`` divisible by ``ep``: 0 whenever ep divides the experts (so
+  every such plan is unchanged), 32 for 256 experts on ep = 144. A plan that asks for an EP width
+  the experts do not divide can only run with copies, so auto is what such a request means; set
+  ``0`` to forbid copies or a number to add more (any r with (E + r) divisible by ep).
 
 chips = dp * pp * tp * attention_dp.  Examples: ``{tp: 8}`` on 8 chips (Llama-2-70B MLPerf);
 ``{ep: 144, attention_dp: 144}`` on 144 chips (DeepSeek-V3's decode unit); ``{tp: 8}`` for Mixtral
@@ -27,9 +35,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from typing import TYPE_CHECKING
+
 from codesign.errors import CodesignError
 from codesign.hw.spec import BYTES_PER_ELEMENT
 from codesign.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from codesign.hw.spec import HardwareSpec
 
 # Byte classes of the op graph and the dtype each was traced at (docs/architecture.md: bf16
 # weights/activations/KV, fp32 recurrent state).
@@ -45,11 +58,15 @@ class ParallelPlan:
     pp: int = 1
     dp: int = 1
     attention_dp: int = 1
+    redundant_experts: int | str = "auto"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if f.name == "redundant_experts":
+                if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                    raise CodesignError(f"parallel.redundant_experts: expected 'auto' or an integer >= 0, found {v!r}")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise CodesignError(f"parallel.{f.name}: expected a positive integer, found {v!r}")
 
     @classmethod
@@ -79,11 +96,24 @@ class ParallelPlan:
         """Tensor-parallel width of each routed expert (0 when ep does not divide the stage)."""
         return self.stage_chips // self.ep if self.stage_chips % self.ep == 0 else 0
 
-    def to_dict(self) -> dict[str, int]:
+    def redundant(self, num_experts: int) -> int:
+        """Extra expert copies r for a model of `num_experts` routed experts ("auto" resolved:
+        the fewest that make num_experts + r divisible by ep)."""
+        if self.redundant_experts == "auto":
+            return -num_experts % self.ep
+        return int(self.redundant_experts)
+
+    def expert_slots(self, num_experts: int) -> int:
+        """Expert slots per EP rank, (E + r) / ep (0 when ep does not divide E + r)."""
+        n = num_experts + self.redundant(num_experts)
+        return n // self.ep if n % self.ep == 0 else 0
+
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
     def __str__(self) -> str:
-        parts = [f"{k}={v}" for k, v in asdict(self).items() if v != 1]
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                 if getattr(self, f.name) != f.default]
         return ", ".join(parts) or "single chip"
 
 
@@ -204,8 +234,16 @@ def check_plan(config: ModelConfig, plan: ParallelPlan, chips: int) -> str | Non
         if plan.stage_chips % plan.ep:
             return (f"ep ({plan.ep}) does not divide the chips of a stage, tp*attention_dp = "
                     f"{plan.stage_chips}")
-        if moe.num_experts % plan.ep:
-            return f"moe.num_experts ({moe.num_experts}) is not divisible by ep ({plan.ep})"
+        E, r = moe.num_experts, plan.redundant(moe.num_experts)
+        if (E + r) % plan.ep:
+            if r == 0:
+                return (f"moe.num_experts ({E}) is not divisible by ep ({plan.ep}) and redundant_experts is 0 "
+                        f"('auto' would add {-E % plan.ep} copies)")
+            return (f"moe.num_experts + redundant_experts ({E} + {r} = {E + r}) is not divisible by "
+                    f"ep ({plan.ep})")
+        if r > E * (plan.ep - 1):
+            return (f"redundant_experts ({r}) exceeds num_experts x (ep - 1) = {E * (plan.ep - 1)}: "
+                    "a rank would hold two copies of one expert")
         if moe.intermediate_size % plan.moe_tp:
             return (f"moe.intermediate_size ({moe.intermediate_size}) is not divisible by the expert "
                     f"tensor-parallel width tp*attention_dp/ep = {plan.moe_tp}")
@@ -214,6 +252,8 @@ def check_plan(config: ModelConfig, plan: ParallelPlan, chips: int) -> str | Non
                     f"is not divisible by tp ({tp})")
     elif plan.ep > 1:
         return f"ep ({plan.ep}) > 1 but {config.name} has no MoE layers"
+    elif plan.redundant_experts not in ("auto", 0):
+        return f"redundant_experts ({plan.redundant_experts}) > 0 but {config.name} has no MoE layers"
     return None
 
 
@@ -223,33 +263,82 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def candidate_plans(config: ModelConfig, chips: int, max_tp: int | None = None,
-                    max_pp: int | None = None) -> list[ParallelPlan]:
-    """Valid plans for `parallel: auto`, in a deterministic order (fewest pipeline stages, then
-    widest tp). Only enumerates; the simulator evaluates.
+# Candidate search: the largest share of redundant expert slots a candidate may add, r / E
+# (DeepSeek's decode unit adds 32 to 256 = 12.5%; twice that is still a plausible EPLB budget).
+MAX_CANDIDATE_REDUNDANCY = 0.25
 
-    Pruning rules (named, so that the space stays in the tens, not thousands):
-    * dense models: tp * pp * dp = chips, attention_dp = ep = 1.
-    * MoE models: additionally attention_dp > 1 only together with full expert parallelism
-      (ep = tp * attention_dp, the DP-attention + EP layout), and ep in {1, tp * attention_dp}
-      otherwise (pure-TP experts or one expert group per stage chip).
-    * ``max_tp`` (e.g. the scale-up domain size) and ``max_pp`` bound tp and pp when given.
+
+def candidate_plans(config: ModelConfig, chips: int, max_tp: int | None = None, max_pp: int | None = None, *,
+                    hw: "HardwareSpec | None" = None, precision: Precision | None = None,
+                    max_redundancy: float = MAX_CANDIDATE_REDUNDANCY) -> list[ParallelPlan]:
+    """Valid plans for `parallel: auto`, in a deterministic order (fewest pipeline stages, then
+    widest tp, then fewest attention-DP groups). Only enumerates; the simulator evaluates.
+
+    Pruning rules (named, so that the space stays around twenty plans even at 144+ chips):
+
+    * ``max_tp`` (pass the scale-up domain size) and ``max_pp`` bound tp and pp.
+    * **Domain alignment** (when ``max_tp`` is given): a stage of tp x attention_dp chips either
+      divides the domain size or is a whole number of domains, so no EP / TP group straddles a
+      domain boundary partly.
+    * **Pipeline last**: pp > 1 only with the widest valid tp and no attention-DP (TP fills the
+      scale-up domain first and pipeline stages span domains: Narayanan et al., SC'21, "Efficient
+      large-scale language model training on GPU clusters using Megatron-LM", takeaway 1).
+    * dense models: attention_dp = ep = 1.
+    * MoE models: attention_dp > 1 only with full expert parallelism (ep = tp x attention_dp, the
+      DP-attention + EP layout) and then tp in {1, widest valid}; without attention-DP, ep in
+      {1, tp} (TP experts or one expert group per chip).
+    * **Redundant experts**: ep <= num_experts, and the copies ``"auto"`` adds are at most
+      ``max_redundancy`` x num_experts (default 0.25).
+    * **Weights fit** (when ``hw`` is given): plans whose chips cannot hold the weights and one
+      sequence (``memory_per_chip`` at batch 1, context 1, ``precision`` or bf16) are dropped; they
+      would be infeasible rows anyway; and pp > 1 only when the same (tp, ep) does not fit with
+      fewer stages (deeper pipelines then only add stage hops).
     """
+    fits = None
+    if hw is not None:
+        from codesign.mapping.memory import memory_per_chip  # memory imports this module
+
+        prec = precision or Precision()
+
+        def fits(p: ParallelPlan) -> bool:
+            return memory_per_chip(config, None, hw, p, prec, 1, 1).fits
+
+    def aligned(stage: int) -> bool:
+        return max_tp is None or max_tp % stage == 0 or stage % max_tp == 0
+
+    def experts_ok(ep: int) -> bool:
+        if not config.is_moe or ep == 1:
+            return True
+        E = config.moe.num_experts
+        return ep <= E and (-E % ep) <= max_redundancy * E
+
+    tps = [tp for tp in sorted(_divisors(chips), reverse=True)
+           if (max_tp is None or tp <= max_tp) and check_plan(config, ParallelPlan(tp=tp), tp) is None]
+    widest = tps[0] if tps else 1
+    fitted: set[tuple[int, int, int]] = set()  # (tp, ep, attention_dp) that fit at fewer stages
     out: list[ParallelPlan] = []
     for pp in _divisors(chips):
-        if max_pp is not None and pp > max_pp:
+        if (max_pp is not None and pp > max_pp) or config.num_layers % pp:
             continue
-        for tp in sorted(_divisors(chips // pp), reverse=True):
-            if max_tp is not None and tp > max_tp:
+        for tp in tps:
+            if (chips // pp) % tp or (pp > 1 and tp != widest):
                 continue
             rest = chips // (pp * tp)
-            adps = _divisors(rest) if config.is_moe else [1]
+            adps = [a for a in _divisors(rest) if a == 1 or (config.is_moe and pp == 1 and tp in (1, widest))]
             for adp in adps:
-                dp = rest // adp
                 stage = tp * adp
-                eps = [stage] if adp > 1 else sorted({1, stage})
-                for ep in eps if config.is_moe else [1]:
-                    plan = ParallelPlan(tp=tp, ep=ep, pp=pp, dp=dp, attention_dp=adp)
-                    if check_plan(config, plan, chips) is None:
-                        out.append(plan)
+                if not aligned(stage):
+                    continue
+                eps = [stage] if adp > 1 else sorted({1, stage}) if config.is_moe else [1]
+                for ep in eps:
+                    if not experts_ok(ep):
+                        continue
+                    plan = ParallelPlan(tp=tp, ep=ep, pp=pp, dp=rest // adp, attention_dp=adp)
+                    if check_plan(config, plan, chips) is not None:
+                        continue
+                    if fits is not None:
+                        if not fits(plan) or (pp > 1 and (tp, ep, adp) in fitted):
+                            continue
+                        fitted.add((tp, ep, adp))
+                    out.append(plan)
     return out

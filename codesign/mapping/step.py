@@ -16,6 +16,14 @@ deployment (batch = all concurrent sequences; bytes at the traced dtypes) into w
   slowest rank (largest roofline time of its tokens' FLOPs and its touched experts' weight bytes)
   is the one mapped; its FLOPs and weight bytes are recomputed from ``expert_flops_per_token`` and
   ``expert_weight_bytes`` and divided by the expert tensor-parallel width ``moe_tp``.
+* **Redundant experts** (``plan.redundant_experts`` = r > 0; DeepSeek-V3 report section 3.4): each
+  rank has (E + r) / ep slots. The originals keep the placement above (``contiguous`` spreads
+  E over ep ranks as evenly as it can when ep does not divide E); the r copies go, one at a time,
+  to the expert with the largest load per copy (a hot expert may get several, as DeepSeek's EPLB
+  replicates), and are placed heaviest first on the least loaded rank that has a free slot and
+  does not hold that expert yet. An expert's tokens split evenly over its copies. Loads come from
+  ``expert_loads`` (EPLB's history statistics) or, by default, the step's own counts: a named,
+  optimistic assumption (placement tuned to exactly this routing; EPLB re-balances on history).
 * **Precision.** Bytes of each class times ``Precision.scale``.
 * **Collectives** (``Op(kind="collective")``), placed in the dependency graph:
   - TP all-reduce after the exit op of each TP block (attention output projection, MLP down
@@ -43,6 +51,7 @@ under uniform routing); chip ids are ((replica * pp + stage) * attention_dp + gr
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -87,11 +96,11 @@ class MappedStep:
 # ---- expert placement -----------------------------------------------------------------------------
 
 def expert_placement(num_experts: int, ep: int, placement: str | Sequence[int] = "contiguous") -> list[int]:
-    """Rank of each expert."""
+    """Rank of each expert. ``contiguous``: rank r holds [r E/ep, (r+1) E/ep) (floor(e ep / E), so
+    ranks differ by at most one expert when ep does not divide E)."""
     if isinstance(placement, str):
         if placement == "contiguous":
-            per = num_experts // ep
-            return [e // per for e in range(num_experts)]
+            return [e * ep // num_experts for e in range(num_experts)]
         if placement == "round_robin":
             return [e % ep for e in range(num_experts)]
         raise CodesignError(f"placement: expected 'contiguous', 'round_robin' or a rank per expert, found {placement!r}")
@@ -99,6 +108,61 @@ def expert_placement(num_experts: int, ep: int, placement: str | Sequence[int] =
     if len(ranks) != num_experts or any(r < 0 or r >= ep for r in ranks):
         raise CodesignError(f"placement: expected {num_experts} ranks in 0..{ep - 1}, found {len(ranks)} entries")
     return ranks
+
+
+def replicate_experts(tokens_per_expert: Sequence[int], ep: int, redundant: int,
+                      placement: str | Sequence[int] = "contiguous",
+                      loads: Sequence[float] | None = None) -> list[tuple[int, int, int]]:
+    """Expert slots ``(expert, rank, tokens)`` of one MoE layer with `redundant` extra copies
+    (see module docstring: copies to the hottest experts by load per copy, each placed on the least
+    loaded rank with a free slot; tokens split evenly over an expert's copies, the remainder to the
+    earlier copies, the original first). With redundant = 0: one slot per expert at `placement`.
+
+    `loads`: per-expert load used to choose and place copies (default: `tokens_per_expert`).
+    """
+    E = len(tokens_per_expert)
+    base = expert_placement(E, ep, placement)
+    if redundant == 0:
+        return [(e, base[e], int(c)) for e, c in enumerate(tokens_per_expert)]
+    if (E + redundant) % ep:
+        raise CodesignError(f"parallel.redundant_experts: expected num_experts + redundant_experts divisible by "
+                            f"ep ({ep}), found {E} + {redundant}")
+    slots = (E + redundant) // ep
+    load = [float(x) for x in (tokens_per_expert if loads is None else loads)]
+    if len(load) != E:
+        raise CodesignError(f"expert_loads: expected {E} values (one per expert), found {len(load)}")
+    # originals where `placement` puts them
+    held: list[set[int]] = [set() for _ in range(ep)]
+    owners: list[list[int]] = [[] for _ in range(E)]
+    for e, r in enumerate(base):
+        held[r].add(e)
+        owners[e].append(r)
+    full = [r for r in range(ep) if len(held[r]) > slots]
+    if full:
+        raise CodesignError(f"placement: rank {full[0]} holds {len(held[full[0]])} experts, more than its "
+                            f"{slots} slots ((num_experts + redundant_experts) / ep)")
+
+    def rank_load(r: int) -> float:
+        return sum(load[e] / len(owners[e]) for e in held[r])
+
+    # copies one at a time: the expert with the largest load per copy that some rank can still take
+    # (EPLB's rule), on the least loaded rank with a free slot that does not hold it yet
+    for _ in range(redundant):
+        free = [r for r in range(ep) if len(held[r]) < slots]
+        for e in sorted(range(E), key=lambda e: (-load[e] / len(owners[e]), e)):
+            hosts = [r for r in free if e not in held[r]]
+            if hosts:
+                break
+        else:
+            raise CodesignError("parallel.redundant_experts: no rank has a free slot for another expert copy")
+        r = min(hosts, key=lambda r: (rank_load(r), r))
+        held[r].add(e)
+        owners[e].append(r)
+    out = []
+    for e, ranks in enumerate(owners):
+        c, n = int(tokens_per_expert[e]), len(ranks)
+        out += [(e, r, c // n + (1 if i < c % n else 0)) for i, r in enumerate(ranks)]
+    return sorted(out, key=lambda x: (x[1], x[0]))
 
 
 def rank_loads(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int) -> list[tuple[int, int]]:
@@ -125,7 +189,8 @@ def slowest_rank(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int
 
 def dispatch_fanout(num_experts: int, top_k: int, ep: int) -> float:
     """Expected distinct EP ranks a token's top_k experts fall on (uniform routing, contiguous
-    equal groups): ep * (1 - C(E - E/ep, k) / C(E, k))."""
+    equal groups): ep * (1 - C(E - E/ep, k) / C(E, k)). With redundant copies pass the slot count
+    E + r (copies treated as distinct experts: an approximation, a token never picks two copies)."""
     per = num_experts // ep
     if num_experts - per < top_k:
         return float(ep)
@@ -167,8 +232,11 @@ def _kv_split(config: ModelConfig, op: Op, tp: int) -> float:
 def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
              precision: Precision, *, placement: str | Sequence[int] = "contiguous",
              dispatch_fp8: bool | None = None, dispatch_dedup: bool = True,
-             allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16") -> MappedStep:
-    """The per-chip step of `graph` under `plan` and `precision` (see module docstring)."""
+             allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16",
+             expert_loads: Sequence[float] | None = None) -> MappedStep:
+    """The per-chip step of `graph` under `plan` and `precision` (see module docstring).
+    `expert_loads`: per-expert load statistics that choose and place redundant copies (default:
+    each layer's own routed counts)."""
     reason = check_plan(config, plan, plan.chips)
     if reason:
         raise CodesignError(f"parallel: {reason}")
@@ -219,7 +287,8 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
     moe_imbalance: dict[int, float] = {}
     for n, op in graph.nodes(data="op"):
         if op.kind == "grouped_gemm" and op.block == "moe_experts" and config.moe is not None:
-            new, rank, imb = _map_experts(op, config, plan, precision, placement, dp, matrix_rate, hbm_rate)
+            new, rank, imb = _map_experts(op, config, plan, precision, placement, dp, matrix_rate, hbm_rate,
+                                          expert_loads)
             expert_ranks[op.layer] = rank
             moe_imbalance[op.layer] = imb
         elif op.block in TP_BLOCKS:
@@ -291,7 +360,8 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
         moe = config.moe
         disp_fp8 = dispatch_fp8 if dispatch_fp8 is not None else precision.activations in ("fp8", "fp4")
         disp_b = (1.0 + FP8_SCALE_OVERHEAD) if disp_fp8 else act_b
-        fanout = dispatch_fanout(moe.num_experts, moe.top_k, ep) if dispatch_dedup else float(moe.top_k)
+        slots_total = moe.num_experts + plan.redundant(moe.num_experts)
+        fanout = dispatch_fanout(slots_total, moe.top_k, ep) if dispatch_dedup else float(moe.top_k)
         T_disp = math.ceil(T_att / tp)  # a TP group's ranks each dispatch a slice of its tokens
         for n, op in list(graph.nodes(data="op")):
             if not (op.kind == "grouped_gemm" and op.block == "moe_experts"):
@@ -357,18 +427,22 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
 
 def _map_experts(op: Op, config: ModelConfig, plan: ParallelPlan, prec: Precision,
                  placement: str | Sequence[int], dp: int, flop_rate: float,
-                 byte_rate: float) -> tuple[Op, int, float]:
+                 byte_rate: float, expert_loads: Sequence[float] | None = None) -> tuple[Op, int, float]:
     """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
     mean rank tokens)."""
     E = config.moe.num_experts
     ep, moe_tp = plan.ep, plan.moe_tp
+    r_extra = plan.redundant(E)
     wscale = prec.scale("weight")
     tpe = op.tokens_per_expert
-    if not tpe:  # no routing detail: an even share
-        f = {"weight": 1.0 / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0, "kv_cache": 1.0}
+    if not tpe:  # no routing detail: an even share (a rank holds (E + r) / ep of the E experts' weights)
+        f = {"weight": (E + r_extra) / E / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0,
+             "kv_cache": 1.0}
         return _scaled(op, 1.0 / (dp * ep * moe_tp), f, prec), 0, 1.0
     counts = [math.ceil(c / dp) for c in tpe]  # the busiest replica's share
-    ranks = expert_placement(E, ep, placement)
+    slots = replicate_experts(counts, ep, r_extra, placement, expert_loads)
+    counts = [t for _, _, t in slots]
+    ranks = [r for _, r, _ in slots]
     ewb = op.expert_weight_bytes * wscale
     rank = slowest_rank(counts, ranks, ep, op.expert_flops_per_token / moe_tp, ewb / moe_tp, flop_rate, byte_rate)
     mine = tuple(c for c, r in zip(counts, ranks) if r == rank)

@@ -47,3 +47,16 @@ def mixtral() -> ModelConfig:
         hidden_size=4096, num_layers=32, vocab_size=32000, max_position_embeddings=32768,
         attention={"num_heads": 32, "num_kv_heads": 8, "head_dim": 128},
         moe={"num_experts": 8, "top_k": 2, "intermediate_size": 14336, "softmax_order": "topk_then_softmax"})
+
+
+def deepseek_v3() -> ModelConfig:
+    """DeepSeek-V3's shapes (HF deepseek-ai/DeepSeek-V3 config.json): MLA, 3 dense + 58 MoE layers,
+    256 routed experts top-8 + 1 shared."""
+    return ModelConfig(
+        name="deepseek-v3-like", sources=["HF deepseek-ai/DeepSeek-V3 config.json"],
+        hidden_size=7168, num_layers=61, vocab_size=129280, max_position_embeddings=163840,
+        intermediate_size=18432, first_dense_layers=3,
+        mla={"num_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+             "qk_rope_head_dim": 64, "v_head_dim": 128},
+        moe={"num_experts": 256, "top_k": 8, "intermediate_size": 2048, "shared_expert_intermediate_size": 2048,
+             "scoring": "sigmoid", "n_group": 8, "topk_group": 4, "score_correction_bias": True})

@@ -21,7 +21,8 @@ def test_invalid_plan_messages():
     assert check_plan(llama2_70b(), ParallelPlan(tp=3), 3) == "attention.num_heads (64) is not divisible by tp (3)"
     assert check_plan(llama2_70b(), ParallelPlan(pp=3), 3) == "num_layers (80) is not divisible by pp (3)"
     assert check_plan(llama2_70b(), ParallelPlan(ep=2, attention_dp=2), 2) == "ep (2) > 1 but llama-2-70b-like has no MoE layers"
-    assert check_plan(mixtral(), ParallelPlan(ep=16, attention_dp=16), 16) == "moe.num_experts (8) is not divisible by ep (16)"
+    assert check_plan(mixtral(), ParallelPlan(ep=16, attention_dp=16, redundant_experts=0), 16) == (
+        "moe.num_experts (8) is not divisible by ep (16) and redundant_experts is 0 ('auto' would add 8 copies)")
     assert check_plan(mixtral(), ParallelPlan(tp=2, ep=4), 2) == (
         "ep (4) does not divide the chips of a stage, tp*attention_dp = 2")
 
