@@ -11,9 +11,10 @@ same graph bit for bit:
 * `HistogramRouter(counts)` -- a recorded histogram of tokens per expert (one list for all layers or
   one per layer), rescaled to the traced number of routed slots.
 
-Exact sampling without replacement costs N x E per layer; above `exact_limit` routed tokens the
-counts are drawn from the multinomial with the same per-slot probabilities (the difference is the
-at-most-once-per-token constraint, negligible at that size).
+Exact sampling without replacement costs N x E random draws per layer; above `exact_limit` draws
+(N x E) the counts come from the multinomial with the same per-slot probabilities. The difference
+is the at-most-once-per-token constraint: it lowers each expert's count variance by a factor of
+about (1 - k/E), which matters only when k/E is large and N small, where the exact draw is used.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class RouterModel:
     """Base: `tokens_per_expert(layer, n_tokens, num_experts, top_k)` -> counts summing to n_tokens*top_k."""
 
     seed: int = 0
-    exact_limit: int = 16_384  # routed tokens above which the multinomial draw is used
+    exact_limit: int = 65_536  # N x E draws above which the multinomial draw is used
 
     def probabilities(self, layer: int, num_experts: int) -> np.ndarray:
         return np.full(num_experts, 1.0 / num_experts)
@@ -54,7 +55,7 @@ class RouterModel:
     def tokens_per_expert(self, layer: int, n_tokens: int, num_experts: int, top_k: int) -> np.ndarray:
         p = self.probabilities(layer, num_experts)
         rng = _rng(self.seed, layer)
-        if n_tokens <= self.exact_limit:
+        if n_tokens * num_experts <= self.exact_limit:
             return _sample_without_replacement(rng, n_tokens, top_k, np.log(p))
         return rng.multinomial(n_tokens * top_k, p).astype(np.int64)
 

@@ -102,8 +102,7 @@ class Segment:
 class Recorder(TorchDispatchMode):
     """A dispatch mode that records ops (see module docstring). Use through `record()`."""
 
-    def __init__(self, classes: dict[int, str], module_names: dict[int, tuple[str, str | None]], phase: str,
-                 expert_counts: Callable[[int, int, int], list[int]] | None = None):
+    def __init__(self, classes: dict[int, str], module_names: dict[int, tuple[str, str | None]], phase: str):
         super().__init__()
         self.phase = phase
         self.ops: list[Op] = []
@@ -116,7 +115,6 @@ class Recorder(TorchDispatchMode):
         self._module_names = module_names
         self._stack: list[tuple[str, str | None]] = []
         self._repeat = 1
-        self._expert_counts = expert_counts
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -258,17 +256,16 @@ class Recorder(TorchDispatchMode):
             b_d = args[6] if len(args) > 6 else kwargs.get("b_down")
             N, k = topk_ids.shape
             E, two_i, H = w_gu.shape
-            counts = self._expert_counts(N, E, k) if self._expert_counts else [N * k // E] * E
-            tokens_per_expert = tuple(int(c) for c in counts)
+            # Which experts get how many tokens is not knowable on the meta device: the counts (and
+            # with them the FLOPs and expert weight bytes) are filled per layer from a router model
+            # when the segment is placed in the graph (codesign.graph.trace).
             expert_bytes = (nbytes(w_gu) + nbytes(w_d)) / E
             for bias in (b_gu, b_d):
                 if isinstance(bias, torch.Tensor):
                     expert_bytes += nbytes(bias) / E
             expert_fpt = 2.0 * H * two_i + 2.0 * (two_i // 2) * H
-            routed = float(sum(tokens_per_expert))
-            touched = sum(1 for c in tokens_per_expert if c)
+            routed = float(N * k)
             flops = routed * expert_fpt
-            rd["weight"] += touched * expert_bytes
             rd[self.cls(x)] += routed * H * x.element_size()  # each routed slot gathers its token
             rd["activation"] += nbytes(args[1]) + nbytes(args[2])
         else:
@@ -353,14 +350,13 @@ def record(
     inputs: list[torch.Tensor],
     classes: dict[int, str],
     phase: str,
-    expert_counts: Callable[[int, int, int], list[int]] | None = None,
 ) -> Segment:
     """Run `fn()` under a Recorder. `modules` supplies names and block tags; `inputs` are the
     segment's inputs (their consumers become entry points); `classes` tags tensors by id."""
     names: dict[int, tuple[str, str | None]] = {}
     for qual, m in modules.named_modules():
         names[id(m)] = (qual, getattr(m, "block", None))
-    rec = Recorder(classes, names, phase, expert_counts)
+    rec = Recorder(classes, names, phase)
     for t in inputs:
         rec.mark_input(t)
     pre = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: rec.push(m))
