@@ -238,7 +238,7 @@ def _extrapolate(s1: Segment, s2: Segment, batch: int) -> Segment | None:
         if a.target != b.target or len(a.in_shapes) != len(b.in_shapes) or len(a.out_shapes) != len(b.out_shapes) \
                 or (a.gemm is None) != (b.gemm is None) or a.repeat != b.repeat:
             return None
-        op = copy.copy(a)
+        op = a.clone()
         op.in_shapes = _lerp(a.in_shapes, b.in_shapes, t)
         op.out_shapes = _lerp(a.out_shapes, b.out_shapes, t)
         op.flops = _lerp(a.flops, b.flops, t)
@@ -428,7 +428,7 @@ def trace(
                                                             routed_tokens, config.moe.num_experts, config.moe.top_k)
                     moe_index += 1
                 op = _rescale_experts(op, counts)
-            op = copy.copy(op)
+            op = op.clone()
             op.layer, op.layer_type, op.name = layer, layer_type, prefix + op.name
             g.add_node(next_id, op=op)
             next_id += 1

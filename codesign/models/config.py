@@ -8,6 +8,7 @@ transformers, rather than in subclasses. Fields that can be derived are derived 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Literal
@@ -208,10 +209,17 @@ class ModelConfig(_Strict):
     def is_moe(self) -> bool:
         return "moe" in self.mlp_types
 
+    @functools.cached_property
+    def _hash(self) -> str:
+        # layer_pattern is only a shorthand for layer_types: the same model written either way
+        # hashes alike.
+        payload = self.model_dump(exclude={"sources", "notes", "total_params_reference", "active_params_reference",
+                                           "layer_pattern"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
     def config_hash(self) -> str:
         """Stable hash of everything that changes the traced graph (sources and notes excluded)."""
-        payload = self.model_dump(exclude={"sources", "notes", "total_params_reference", "active_params_reference"})
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hash
 
     def tiny(self) -> "ModelConfig":
         """A small config of the same family for native CPU runs and tests (same layer kinds)."""
