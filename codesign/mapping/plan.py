@@ -312,8 +312,11 @@ def candidate_plans(config: ModelConfig, chips: int, max_tp: int | None = None, 
         E = config.moe.num_experts
         return ep <= E and (-E % ep) <= max_redundancy * E
 
+    # tp widths valid for the attention / dense parts (experts checked per plan below: with ep = tp
+    # they are not tensor-split, so their intermediate size must not veto a tp width here)
     tps = [tp for tp in sorted(_divisors(chips), reverse=True)
-           if (max_tp is None or tp <= max_tp) and check_plan(config, ParallelPlan(tp=tp), tp) is None]
+           if (max_tp is None or tp <= max_tp)
+           and check_plan(config, ParallelPlan(tp=tp, ep=tp if config.is_moe else 1), tp) is None]
     widest = tps[0] if tps else 1
     fitted: set[tuple[int, int, int]] = set()  # (tp, ep, attention_dp) that fit at fewer stages
     out: list[ParallelPlan] = []
