@@ -106,7 +106,7 @@ def test_efficiency_calibration():
     assert h100.attention == pytest.approx(740 / 989, abs=0.01)
     assert h100.collective == pytest.approx(370 / 450, abs=0.01)
     assert h100.gemm == pytest.approx(1530 / 1979, abs=0.01)
-    assert h100.memory == pytest.approx(4.9 / 7.2, abs=0.01)
+    assert h100.memory == pytest.approx(0.90)  # raw streaming; the 4.9 / 7.2 ms decode gap is CostOptions.launch_overhead_s (docs/cost-model.md "Calibration")
     gb = load_hw("gb200-nvl72").efficiency
     assert gb.memory == pytest.approx(7.35 / 8.0, abs=0.01)
     assert gb.gemm == pytest.approx(2744 / 5000, abs=0.01)
