@@ -20,7 +20,7 @@ def format_validation_error(source: str, exc: Exception) -> str:
     parts = []
     for err in errors():
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-        msg = err.get("msg", "invalid")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ").removeprefix("Assertion failed, ")
         found = err.get("input")
         found_s = "" if isinstance(found, dict) else f" (found: {found!r})"
         parts.append(f"{loc}: {msg}{found_s}")

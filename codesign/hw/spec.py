@@ -22,7 +22,7 @@ def _quantity(kind: str):
 
     def positive(v: float) -> float:
         if v <= 0:
-            raise ValueError(f"must be positive, found {v}")
+            raise ValueError("must be positive")
         return v
 
     return [BeforeValidator(parse), AfterValidator(positive)]
