@@ -1,0 +1,13 @@
+"""The example inputs shipped with the project stay valid."""
+
+from pathlib import Path
+
+from codesign.scenario import load_scenarios
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_scenarios_load():
+    scenarios = load_scenarios(ROOT / "examples" / "scenario.yaml")
+    assert [s.name for s in scenarios] == ["8xh200-qwen3.5-397b-decode-32k", "8xh200-llama2-70b-offline"]
+    assert scenarios[0].workload.input_tokens == 32768
