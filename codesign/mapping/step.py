@@ -46,16 +46,22 @@ Named assumptions: reductions (all-reduce, reduce-scatter, EP combine, logits ga
 ``reduce_dtype`` = bf16; FP8 dispatch adds one fp32 scale per 128 values (DeepEP's layout, +3.1%);
 dispatch sends each token once per distinct destination rank (``dispatch_dedup``; expected count
 under uniform routing); chip ids are ((replica * pp + stage) * attention_dp + group) * tp + rank.
+
+Speed (the numbers are unchanged by it): scale factors are built once per call and per block, not
+per op; ops that share their traced byte dicts (every layer of one kind) share their scaled ones;
+what expert mapping needs beyond a layer's routing is computed once per call; the topological
+order is computed only when a block has several candidate exits, and stage loads only when pp > 1;
+the cyclic garbage collector is paused while the graph is built (`gc_paused`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
+import gc
 import math
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import networkx as nx
 
@@ -179,8 +185,14 @@ def slowest_rank(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int
                  weight_bytes: float, flop_rate: float, byte_rate: float) -> int:
     """The EP rank with the largest roofline time max(tokens x FLOPs/token / flop_rate,
     touched experts x weight bytes / byte_rate); ties go to the lowest rank."""
+    return _slowest(rank_loads(tokens_per_expert, ranks, ep), flops_per_token, weight_bytes, flop_rate, byte_rate)
+
+
+def _slowest(loads: Sequence[tuple[int, int]], flops_per_token: float, weight_bytes: float, flop_rate: float,
+             byte_rate: float) -> int:
+    """`slowest_rank` on precomputed `rank_loads`."""
     best, best_t = 0, -1.0
-    for r, (t, k) in enumerate(rank_loads(tokens_per_expert, ranks, ep)):
+    for r, (t, k) in enumerate(loads):
         time = max(t * flops_per_token / flop_rate, k * weight_bytes / byte_rate)
         if time > best_t:
             best, best_t = r, time
@@ -201,9 +213,42 @@ def dispatch_fanout(num_experts: int, top_k: int, ep: int) -> float:
 # ---- op scaling -----------------------------------------------------------------------------------
 
 def _scaled(op: Op, flops_f: float, f: dict[str, float], prec: Precision) -> Op:
-    rd = {c: op.bytes_read.get(c, 0.0) * f[c] * prec.scale(c) for c in BYTE_CLASSES}
-    wr = {c: op.bytes_written.get(c, 0.0) * f[c] * prec.scale(c) for c in BYTE_CLASSES}
-    return dataclasses.replace(op, flops=op.flops * flops_f, bytes_read=rd, bytes_written=wr)
+    return _Scaler(prec).op(op, flops_f, f)
+
+
+class _Scaler:
+    """Scales ops' byte dicts by per-class factors times the precision's scale, for one map_step.
+
+    Speed: ``Precision.scale`` is evaluated once per class, not per op. And layers of one kind
+    share their traced byte dicts (the tracer clones one segment's ops per layer, sharing the
+    dicts), so each distinct (dict, factors) pair is scaled once and the result is shared the same
+    way: ops are never mutated in place (the engine and cost model build new dicts). The memo is
+    keyed by object identity and holds a reference to each source dict, so an id is never reused
+    while the memo lives (one map_step call).
+    Arithmetic is exactly ``bytes * f[class] * scale(class)`` in that order, as before."""
+
+    def __init__(self, prec: Precision) -> None:
+        self.scale = {c: prec.scale(c) for c in BYTE_CLASSES}
+        self._memo: dict[tuple[int, int], tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
+
+    def bytes(self, d: dict[str, float], f: dict[str, float]) -> dict[str, float]:
+        key = (id(d), id(f))
+        hit = self._memo.get(key)
+        if hit is None:
+            s = self.scale
+            hit = self._memo[key] = ({c: d.get(c, 0.0) * f[c] * s[c] for c in BYTE_CLASSES}, d, f)
+        return hit[0]
+
+    def op(self, op: Op, flops_f: float, f: dict[str, float],
+           gemm: tuple[int, int, int, int] | None | bool = False) -> Op:
+        """`op` with FLOPs x flops_f and bytes scaled; `gemm` replaces the GEMM shape unless False."""
+        new = op.clone()  # a shallow copy: far cheaper than dataclasses.replace on ~5,000 ops
+        new.flops = op.flops * flops_f
+        new.bytes_read = self.bytes(op.bytes_read, f)
+        new.bytes_written = self.bytes(op.bytes_written, f)
+        if gemm is not False:
+            new.gemm = gemm
+        return new
 
 
 def _gemm_shape(op: Op, tok: float, tp: int) -> tuple[int, int, int, int] | None:
@@ -229,6 +274,24 @@ def _kv_split(config: ModelConfig, op: Op, tp: int) -> float:
     return float(tp)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for the duration (restored as it was; nests).
+
+    Why: mapping and simulating a step allocate ~10^4 short-lived, acyclic objects (ops, byte
+    dicts, SimPy events) next to large long-lived traced graphs; each allocation burst triggers
+    generational collections that traverse those graphs, which measured at about half of
+    map_step's time. Reference counting still frees everything at once; any cycle is collected
+    by the next collection after the pause."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
              precision: Precision, *, placement: str | Sequence[int] = "contiguous",
              dispatch_fp8: bool | None = None, dispatch_dedup: bool = True,
@@ -237,6 +300,15 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
     """The per-chip step of `graph` under `plan` and `precision` (see module docstring).
     `expert_loads`: per-expert load statistics that choose and place redundant copies (default:
     each layer's own routed counts)."""
+    with gc_paused():
+        return _map_step(graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
+                         allreduce_algorithm, reduce_dtype, expert_loads)
+
+
+def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
+              precision: Precision, placement: str | Sequence[int], dispatch_fp8: bool | None,
+              dispatch_dedup: bool, allreduce_algorithm: str | None, reduce_dtype: str,
+              expert_loads: Sequence[float] | None) -> MappedStep:
     reason = check_plan(config, plan, plan.chips)
     if reason:
         raise CodesignError(f"parallel: {reason}")
@@ -285,22 +357,29 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
     out.graph.update(plan=plan.to_dict(), precision=precision.to_dict(), chips=plan.chips, mapped=True)
     expert_ranks: dict[int, int] = {}
     moe_imbalance: dict[int, float] = {}
+    scaler = _Scaler(precision)
+    # Factors per byte class: one dict per TP block (the KV split depends on the block) and one for
+    # replicated ops, built once per call (they were rebuilt per op).
+    f_rep = {"weight": 1.0, "activation": tok_att, "state": tok_att, "kv_cache": tok_att}
+    f_tp: dict[str, dict[str, float]] = {}
+    flops_tp = tok_att / tp
+    expert_ctx = _ExpertContext(config, plan, precision, placement, dp, matrix_rate, hbm_rate, expert_loads)
+    nodes = []
     for n, op in graph.nodes(data="op"):
         if op.kind == "grouped_gemm" and op.block == "moe_experts" and config.moe is not None:
-            new, rank, imb = _map_experts(op, config, plan, precision, placement, dp, matrix_rate, hbm_rate,
-                                          expert_loads)
+            new, rank, imb = expert_ctx.map(op)
             expert_ranks[op.layer] = rank
             moe_imbalance[op.layer] = imb
         elif op.block in TP_BLOCKS:
-            f = {"weight": 1.0 / tp, "activation": tok_att / tp, "state": tok_att / tp,
-                 "kv_cache": tok_att / _kv_split(config, op, tp)}
-            new = _scaled(op, tok_att / tp, f, precision)
-            new = dataclasses.replace(new, gemm=_gemm_shape(op, tok_att, tp))
+            f = f_tp.get(op.block)
+            if f is None:
+                f = f_tp[op.block] = {"weight": 1.0 / tp, "activation": tok_att / tp, "state": tok_att / tp,
+                                      "kv_cache": tok_att / _kv_split(config, op, tp)}
+            new = scaler.op(op, flops_tp, f, _gemm_shape(op, tok_att, tp))
         else:  # replicated over tp: norms, router, residual glue
-            f = {"weight": 1.0, "activation": tok_att, "state": tok_att, "kv_cache": tok_att}
-            new = _scaled(op, tok_att, f, precision)
-            new = dataclasses.replace(new, gemm=_gemm_shape(op, tok_att, 1))
-        out.add_node(n, op=new)
+            new = scaler.op(op, tok_att, f_rep, _gemm_shape(op, tok_att, 1))
+        nodes.append((n, {"op": new}))
+    out.add_nodes_from(nodes)
     out.add_edges_from(graph.edges)
 
     next_id = [max(graph.nodes, default=-1) + 1]
@@ -336,7 +415,7 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
     for n, op in graph.nodes(data="op"):
         groups[(op.layer, op.block)].append(n)
-    topo_index = {n: i for i, n in enumerate(nx.topological_sort(graph))}
+    topo_index: dict[int, int] = {}  # built only when a block has several candidate exits
     for (layer, block), nodes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if block not in TP_BLOCKS or block == "embed" or tp == 1:
             continue
@@ -346,7 +425,10 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
             continue
         wide = [n for n in exits if graph.nodes[n]["op"].out_shapes and
                 graph.nodes[n]["op"].out_shapes[0][-1:] == ((config.vocab_size,) if block == "lm_head" else (H,))]
-        exit_ = max(wide or exits, key=lambda n: topo_index[n])
+        candidates = wide or exits
+        if len(candidates) > 1 and not topo_index:
+            topo_index = {n: i for i, n in enumerate(nx.topological_sort(graph))}
+        exit_ = candidates[0] if len(candidates) == 1 else max(candidates, key=lambda n: topo_index[n])
         anchor = graph.nodes[exit_]["op"]
         st = stage_of(layer)
         if block == "lm_head":
@@ -412,17 +494,77 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
                 out.add_edge(u, c)
                 out.add_edge(c, v)
 
-    # -- 5. the most loaded stage ---------------------------------------------------------------------
-    load = [0.0] * plan.pp
-    for _, op in out.nodes(data="op"):
-        s = stage_of(op.layer)
-        if op.kind == "collective":
-            load[s] += collective_time(op.collective, hw)
-        else:
-            load[s] += max(op.flops / matrix_rate, op.bytes_total / hbm_rate)
-    stage = max(range(plan.pp), key=lambda s: (load[s], -s))
+    # -- 5. the most loaded stage (with one stage there is nothing to compare) ----------------------
+    stage = 0
+    if plan.pp > 1:
+        load = [0.0] * plan.pp
+        for _, op in out.nodes(data="op"):
+            s = stage_of(op.layer)
+            if op.kind == "collective":
+                load[s] += collective_time(op.collective, hw)
+            else:
+                load[s] += max(op.flops / matrix_rate, op.bytes_total / hbm_rate)
+        stage = max(range(plan.pp), key=lambda s: (load[s], -s))
     out.graph["stage"] = stage
     return MappedStep(out, plan, precision, plan.chips, stages, stage, expert_ranks)
+
+
+class _ExpertContext:
+    """Maps the grouped expert op of each MoE layer for one map_step: what does not depend on the
+    layer (slot layout without copies, scale factors, rates) is computed once per call."""
+
+    def __init__(self, config: ModelConfig, plan: ParallelPlan, prec: Precision,
+                 placement: str | Sequence[int], dp: int, flop_rate: float, byte_rate: float,
+                 expert_loads: Sequence[float] | None = None) -> None:
+        self.E = config.moe.num_experts if config.moe is not None else 0
+        self.plan, self.prec, self.placement, self.dp = plan, prec, placement, dp
+        self.flop_rate, self.byte_rate, self.expert_loads = flop_rate, byte_rate, expert_loads
+        self.r_extra = plan.redundant(self.E) if self.E else 0
+        self.scaler = _Scaler(prec)
+        self._base: list[int] | None = None  # expert -> rank without copies (validated once)
+
+    def map(self, op: Op) -> tuple[Op, int, float]:
+        """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
+        mean rank tokens)."""
+        E, prec, dp = self.E, self.prec, self.dp
+        ep, moe_tp = self.plan.ep, self.plan.moe_tp
+        r_extra = self.r_extra
+        tpe = op.tokens_per_expert
+        if not tpe:  # no routing detail: an even share (a rank holds (E + r) / ep of the E experts' weights)
+            f = {"weight": (E + r_extra) / E / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0,
+                 "kv_cache": 1.0}
+            return _scaled(op, 1.0 / (dp * ep * moe_tp), f, prec), 0, 1.0
+        counts = [math.ceil(c / dp) for c in tpe]  # the busiest replica's share
+        if r_extra == 0 and len(counts) == E:
+            # replicate_experts without copies: one slot per expert at its placement rank
+            if self._base is None:
+                self._base = expert_placement(E, ep, self.placement)
+            ranks = self._base
+        else:
+            slots = replicate_experts(counts, ep, r_extra, self.placement, self.expert_loads)
+            counts = [t for _, _, t in slots]
+            ranks = [r for _, r, _ in slots]
+        scale = self.scaler.scale
+        ewb = op.expert_weight_bytes * scale["weight"]
+        loads = rank_loads(counts, ranks, ep)
+        rank = _slowest(loads, op.expert_flops_per_token / moe_tp, ewb / moe_tp, self.flop_rate, self.byte_rate)
+        mine = tuple(c for c, r in zip(counts, ranks) if r == rank)
+        tokens = sum(mine)
+        touched = sum(1 for c in mine if c)
+        routed = float(sum(tpe)) or 1.0
+        mean = sum(t for t, _ in loads) / ep
+        imbalance = max(t for t, _ in loads) / mean if mean > 0 else 1.0
+        share = tokens / routed
+        rd = {c: op.bytes_read.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
+        wr = {c: op.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
+        rd["weight"] = touched * ewb / moe_tp
+        new = op.clone()
+        new.flops = tokens * op.expert_flops_per_token / moe_tp
+        new.bytes_read, new.bytes_written = rd, wr
+        new.tokens_per_expert = mine
+        new.expert_flops_per_token = op.expert_flops_per_token / moe_tp
+        new.expert_weight_bytes = ewb / moe_tp
+        return new, rank, imbalance
 
 
 def _map_experts(op: Op, config: ModelConfig, plan: ParallelPlan, prec: Precision,
@@ -430,34 +572,4 @@ def _map_experts(op: Op, config: ModelConfig, plan: ParallelPlan, prec: Precisio
                  byte_rate: float, expert_loads: Sequence[float] | None = None) -> tuple[Op, int, float]:
     """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
     mean rank tokens)."""
-    E = config.moe.num_experts
-    ep, moe_tp = plan.ep, plan.moe_tp
-    r_extra = plan.redundant(E)
-    wscale = prec.scale("weight")
-    tpe = op.tokens_per_expert
-    if not tpe:  # no routing detail: an even share (a rank holds (E + r) / ep of the E experts' weights)
-        f = {"weight": (E + r_extra) / E / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0,
-             "kv_cache": 1.0}
-        return _scaled(op, 1.0 / (dp * ep * moe_tp), f, prec), 0, 1.0
-    counts = [math.ceil(c / dp) for c in tpe]  # the busiest replica's share
-    slots = replicate_experts(counts, ep, r_extra, placement, expert_loads)
-    counts = [t for _, _, t in slots]
-    ranks = [r for _, r, _ in slots]
-    ewb = op.expert_weight_bytes * wscale
-    rank = slowest_rank(counts, ranks, ep, op.expert_flops_per_token / moe_tp, ewb / moe_tp, flop_rate, byte_rate)
-    mine = tuple(c for c, r in zip(counts, ranks) if r == rank)
-    tokens = sum(mine)
-    touched = sum(1 for c in mine if c)
-    routed = float(sum(tpe)) or 1.0
-    loads = rank_loads(counts, ranks, ep)
-    mean = sum(t for t, _ in loads) / ep
-    imbalance = max(t for t, _ in loads) / mean if mean > 0 else 1.0
-    share = tokens / routed
-    rd = {c: op.bytes_read.get(c, 0.0) * share * prec.scale(c) for c in BYTE_CLASSES}
-    wr = {c: op.bytes_written.get(c, 0.0) * share * prec.scale(c) for c in BYTE_CLASSES}
-    rd["weight"] = touched * ewb / moe_tp
-    new = dataclasses.replace(
-        op, flops=tokens * op.expert_flops_per_token / moe_tp, bytes_read=rd, bytes_written=wr,
-        tokens_per_expert=mine, expert_flops_per_token=op.expert_flops_per_token / moe_tp,
-        expert_weight_bytes=ewb / moe_tp)
-    return new, rank, imbalance
+    return _ExpertContext(config, plan, prec, placement, dp, flop_rate, byte_rate, expert_loads).map(op)
