@@ -16,10 +16,13 @@ Defaults (named; see docs/simulator.md):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 from codesign.errors import CodesignError
 from codesign.hw import HardwareSpec, load_hw
@@ -53,9 +56,88 @@ def _ctx_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
+# ---- memoised steps ------------------------------------------------------------------------------
+
+class BoundedCache:
+    """A least-recently-used mapping with at most `size` entries, and hit/miss counts."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = name, size
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable) -> Any:
+        value = self._data.get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def info(self) -> dict[str, int]:
+        return {"entries": len(self._data), "size": self.size, "hits": self.hits, "misses": self.misses}
+
+
+# Step results, keyed by everything a step depends on: hardware (its full spec), model (config
+# hash), plan, precision, cost options, router, phase, batch, tokens and context. A StepResult is a
+# few small dicts, so thousands are cheap; they make batch and plan searches, the TTFT step shared
+# by every plan, and repeated calls (a sweep, a notebook re-run) reuse earlier simulations.
+STEP_CACHE = BoundedCache("steps", 4096)
+# Traced graphs by (config hash, phase, batch, tokens, context, router): a trace does not depend on
+# the plan, so every candidate plan of a search maps the same one. Graphs are large (5-7k ops,
+# several MB each for a 60-layer MoE model), hence few. The mapping never modifies its input graph.
+TRACE_CACHE = BoundedCache("traces", 8)
+
+
+def clear_caches() -> None:
+    """Forget memoised steps and traces (e.g. after editing a cost model or tracer in place)."""
+    STEP_CACHE.clear()
+    TRACE_CACHE.clear()
+
+
+def cache_info() -> dict[str, dict[str, int]]:
+    """Entries, bound, hits and misses of the step and trace caches."""
+    return {c.name: c.info() for c in (STEP_CACHE, TRACE_CACHE)}
+
+
+def _router_key(router: Any) -> Hashable | None:
+    """A cache key part for `router`, or None when it cannot be keyed safely (unhashable)."""
+    if router is None or isinstance(router, str):
+        return ("router", router)
+    try:
+        hash(router)
+    except TypeError:
+        return None
+    return router  # frozen dataclasses compare by value
+
+
+def _hw_key(hw: HardwareSpec) -> str:
+    """The full spec's digest: two specs with the same name but other numbers never share steps."""
+    return hashlib.sha256(hw.model_dump_json().encode()).hexdigest()
+
+
+# Stands in for a prefill step a decode-mode plan search does not need (see `simulate`).
+_DEFERRED = StepResult(time_s=math.nan, bottleneck="deferred", breakdown={})
+
+
 @dataclass
 class _Point:
-    """One (hardware, model, plan, precision) with memoised step simulations."""
+    """One (hardware, model, plan, precision) whose step simulations are memoised (`STEP_CACHE`
+    unless `cache` is False)."""
 
     hw: HardwareSpec
     config: ModelConfig
@@ -63,24 +145,60 @@ class _Point:
     precision: Any
     cost: CostOptions
     router: Any = None
+    cache: bool = True
+    hw_key: str | None = None
+    # During a plan search in decode mode: prefill steps (TTFT only) answer `_DEFERRED` unsimulated.
+    defer_prefill: bool = False
 
     def __post_init__(self) -> None:
         self._steps: dict[tuple, StepResult] = {}
+        router = _router_key(self.router)
+        self._key: tuple | None = None
+        if self.cache and router is not None:
+            try:
+                hash((self.plan, self.precision, self.cost))
+            except TypeError:
+                return
+            self._key = (self.hw_key or _hw_key(self.hw), self.config.config_hash(), self.plan, self.precision,
+                         self.cost, router)
+            self._trace_key = (self.config.config_hash(), router)
 
     def step(self, phase: str, batch: int, context: int, tokens: int) -> StepResult:
         """One step for `batch` sequences of the whole deployment (the mapping gives the busiest
         chip its share; replicas run at the same time, so the step time is one chip's)."""
+        if self.defer_prefill and phase == "prefill":
+            return _DEFERRED
         key = (phase, batch, context, tokens)
         hit = self._steps.get(key)
         if hit is None:
-            from codesign.graph import trace
-
-            m = _mapping()
-            g = trace(self.config, phase=phase, batch=batch, tokens=tokens, context=context, router=self.router)
-            mapped = m.map_step(g, self.config, self.hw, self.plan, self.precision)
-            hit = simulate_step(mapped, self.hw, self.cost)
+            gkey = None if self._key is None else self._key + key
+            hit = STEP_CACHE.get(gkey) if gkey is not None else None
+            if hit is None:
+                hit = self._simulate(phase, batch, context, tokens)
+                if gkey is not None:
+                    STEP_CACHE.put(gkey, hit)
             self._steps[key] = hit
         return hit
+
+    def _trace(self, phase: str, batch: int, context: int, tokens: int):
+        from codesign.graph import trace
+
+        tkey = None if self._key is None else self._trace_key + (phase, batch, tokens, context)
+        g = TRACE_CACHE.get(tkey) if tkey is not None else None
+        if g is None:
+            g = trace(self.config, phase=phase, batch=batch, tokens=tokens, context=context, router=self.router)
+            if tkey is not None:
+                TRACE_CACHE.put(tkey, g)
+        return g
+
+    def _simulate(self, phase: str, batch: int, context: int, tokens: int) -> StepResult:
+        from codesign.mapping.step import gc_paused  # see its docstring: half the mapping time was GC
+
+        m = _mapping()
+        with gc_paused():
+            g = self._trace(phase, batch, context, tokens)
+            mapped = m.map_step(g, self.config, self.hw, self.plan, self.precision)
+            return simulate_step(mapped, self.hw, self.cost)
 
     def memory(self, batch: int, context: int, tokens_per_seq: int = 1):
         return _mapping().memory_per_chip(self.config, None, self.hw, self.plan, self.precision, batch, context,
@@ -88,6 +206,94 @@ class _Point:
 
     def max_batch(self, context: int) -> int:
         return _mapping().max_batch(self.config, None, self.hw, self.plan, self.precision, context)
+
+
+# ---- progress --------------------------------------------------------------------------------------
+
+# A run shows a progress bar only once it has taken this long (short runs stay silent).
+PROGRESS_DELAY_S = 2.0
+
+
+class _ProgressReporter:
+    """Counts plan evaluations; draws a transient rich bar on stderr (terminals only) once the
+    run has lasted `PROGRESS_DELAY_S`. A timer starts the bar, so a single slow evaluation shows it
+    too."""
+
+    def __init__(self, description: str, delay_s: float) -> None:
+        import threading
+
+        from rich.console import Console
+
+        self.description = description
+        self.total = self.done = 0
+        self.label = description
+        self._bar: Any = None
+        self._task: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._console = Console(stderr=True)
+        self._timer = threading.Timer(delay_s, self._start) if self._console.is_terminal else None
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _start(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with self._lock:
+            if self._closed:
+                return
+            self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self._console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total or None, completed=self.done)
+
+    def add(self, n: int) -> None:
+        """`n` more evaluations are to come."""
+        with self._lock:
+            self.total += n
+            self._update()
+
+    def advance(self, label: str) -> None:
+        """One more evaluation starts (counted as done: the bar reads "n of total under way"); `label`
+        names it."""
+        with self._lock:
+            self.done += 1
+            self.label = f"{self.description}: {label}"
+            self._update()
+
+    def _update(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total or None, completed=self.done, description=self.label)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._bar is not None:
+                self._bar.stop()
+
+
+_REPORTERS: list[_ProgressReporter] = []
+
+
+@contextmanager
+def progress(description: str = "simulating", delay_s: float | None = None) -> Iterator[None]:
+    """Within this block `simulate()` reports its plan evaluations to one shared progress bar
+    (rich, on stderr, terminals only), shown once the block has run `delay_s` (default
+    `PROGRESS_DELAY_S`). The library is silent outside such a block; the CLI opens one."""
+    rep = _ProgressReporter(description, PROGRESS_DELAY_S if delay_s is None else delay_s)
+    _REPORTERS.append(rep)
+    try:
+        yield
+    finally:
+        _REPORTERS.remove(rep)
+        rep.close()
+
+
+def _reporter() -> _ProgressReporter | None:
+    return _REPORTERS[-1] if _REPORTERS else None
 
 
 def _run_mode(pt: _Point, workload: Workload, context: int, slo: SLO | None) -> tuple[ModeResult | None, str | None, int]:
@@ -152,7 +358,9 @@ def _to_result(name: str, pt: _Point, chips: int, mr: ModeResult, fit_ctx: int, 
         ttft_s={"mean": mr.ttft_s, "p50": mr.ttft_s, "p99": mr.ttft_s},
         tpot_s={"mean": mr.tpot_s, "p50": mr.tpot_s, "p99": mr.tpot_s},
         concurrency=mr.batch, memory_per_chip_gib=mem, bottleneck=mr.bottleneck, sim_wall_s=wall,
-        context=context, mode=mode, breakdown=step.breakdown if step else {},
+        context=context, mode=mode,
+        # a copy: the StepResult may be memoised and shared by later results
+        breakdown={k: dict(v) for k, v in step.breakdown.items()} if step else {},
     )
 
 
@@ -178,6 +386,32 @@ def _contexts(context: int | str | Iterable | None, workload: Workload, explicit
         raise CodesignError(f"context: {e}") from None
 
 
+def _search(points: list[_Point], wl: Workload, ctx: int, slo: SLO | None, chips: int,
+            rep: _ProgressReporter | None, label: str, defer_prefill: bool
+            ) -> tuple[tuple[float, _Point, ModeResult, int] | None, tuple[str, _Point, int] | None]:
+    """The highest-scoring feasible point (score, point, metrics, KV length fitted) and the first
+    reason a point was infeasible; ties keep the earlier plan."""
+    m = _mapping()
+    best: tuple[float, _Point, ModeResult, int] | None = None
+    first_reason: tuple[str, _Point, int] | None = None
+    for pt in points:
+        if rep is not None:
+            rep.advance(f"{label}, plan {{{pt.plan}}}")
+        why = m.check_plan(pt.config, pt.plan, chips)
+        if why is not None:
+            first_reason = first_reason or (why, pt, ctx)
+            continue
+        pt.defer_prefill = defer_prefill
+        mr, reason, fit_ctx = _evaluate(pt, wl, ctx, slo)
+        if mr is None:
+            first_reason = first_reason or (reason, pt, fit_ctx)
+            continue
+        score = _score(wl.mode, mr)
+        if best is None or score > best[0]:
+            best = (score, pt, mr, fit_ctx)
+    return best, first_reason
+
+
 def simulate(
     hw: HardwareSpec | str,
     model: ModelConfig | str = DEFAULT_MODEL,
@@ -190,6 +424,7 @@ def simulate(
     name: str | None = None,
     cost: CostOptions | dict | None = None,
     router: Any = None,
+    cache: bool = True,
 ) -> list[Result]:
     """Simulate `model` on `hw`: one `Result` per context (default 32K and 256K).
 
@@ -197,6 +432,8 @@ def simulate(
     `ParallelPlan` or a dict such as {"tp": 8}. `precision`: a `Precision` or dict (default
     fp8/fp8/bf16 KV). `workload`: a scenario `workload:` mapping (default steady-state decode at
     input = context). `context` overrides the workload's input_tokens (the KV length).
+    `cache`: reuse and keep step simulations and traces (`STEP_CACHE`, `TRACE_CACHE`); the results
+    are identical either way.
     """
     m = _mapping()
     hw = load_hw(hw)
@@ -222,6 +459,10 @@ def simulate(
     else:
         plans = [plan]
 
+    hw_key = _hw_key(hw) if cache else None
+    rep = _reporter()
+    if rep is not None:
+        rep.add(len(contexts) * max(1, len(plans)))
     results: list[Result] = []
     for ctx in contexts:
         t0 = time.perf_counter()
@@ -234,21 +475,23 @@ def simulate(
             results.append(infeasible(row_name, f"no parallel plan of {config.name} divides {chips} chips", hw.name,
                                       config.name, chips, context=ctx, mode=wl.mode))
             continue
-        best: tuple[float, _Point, ModeResult, int] | None = None
-        first_reason: tuple[str, _Point, int] | None = None
-        for p in plans:
-            why = m.check_plan(config, p, chips)
-            pt = _Point(hw, config, p, prec, opts, router)
-            if why is not None:
-                first_reason = first_reason or (why, pt, ctx)
-                continue
-            mr, reason, fit_ctx = _evaluate(pt, wl, ctx, slo_m)
-            if mr is None:
-                first_reason = first_reason or (reason, pt, fit_ctx)
-                continue
-            score = _score(wl.mode, mr)
-            if best is None or score > best[0]:
+        points = [_Point(hw, config, p, prec, opts, router, cache, hw_key) for p in plans]
+        label = f"{hw.name} {config.name} {_ctx_label(ctx)}"
+        # Decode mode ranks plans by decode throughput alone; the prefill step (TTFT) is simulated
+        # for the winner only. Checked: the winner re-evaluated in full must score the same, else
+        # the search runs again with every step (so a mode whose score used TTFT stays exact).
+        defer = wl.mode == "decode" and len(points) > 1
+        best, first_reason = _search(points, wl, ctx, slo_m, chips, rep, label, defer)
+        if defer and best is not None:
+            score, pt, _, _ = best
+            pt.defer_prefill = False
+            mr, _, fit_ctx = _evaluate(pt, wl, ctx, slo_m)
+            if mr is not None and _score(wl.mode, mr) == score:
                 best = (score, pt, mr, fit_ctx)
+            else:
+                for q in points:
+                    q.defer_prefill = False
+                best, first_reason = _search(points, wl, ctx, slo_m, chips, None, label, False)
         wall = time.perf_counter() - t0
         if best is None:
             reason, pt, fit_ctx = first_reason
@@ -273,4 +516,5 @@ def simulate_scenario(s: Scenario) -> list[Result]:
     )
 
 
-__all__ = ["simulate", "simulate_scenario", "DEFAULT_MODEL", "DEFAULT_CONTEXTS", "DEFAULT_PRECISION"]
+__all__ = ["simulate", "simulate_scenario", "progress", "clear_caches", "cache_info", "STEP_CACHE", "TRACE_CACHE",
+           "DEFAULT_MODEL", "DEFAULT_CONTEXTS", "DEFAULT_PRECISION"]
