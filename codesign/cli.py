@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        # long commands (plan searches, reproduce, validate) show one progress bar on a terminal
+        from codesign.sim.simulate import progress
+
+        with progress(f"codesign {args.command}"):
+            return int(args._run(args) or 0)
     except CodesignError as e:
         print(f"codesign: error: {e}", file=sys.stderr)
         return 2

@@ -216,8 +216,9 @@ PROGRESS_DELAY_S = 2.0
 
 class _ProgressReporter:
     """Counts plan evaluations; draws a transient rich bar on stderr (terminals only) once the
-    run has lasted `PROGRESS_DELAY_S`. A timer starts the bar, so a single slow evaluation shows it
-    too."""
+    block has lasted `delay_s`, and only while a `simulate()` call runs (so tables and JSON printed
+    between calls never interleave with it). A timer makes the bar appear during a single long
+    evaluation too."""
 
     def __init__(self, description: str, delay_s: float) -> None:
         import threading
@@ -230,36 +231,54 @@ class _ProgressReporter:
         self._bar: Any = None
         self._task: Any = None
         self._lock = threading.Lock()
-        self._closed = False
+        self._due = self._active = False
         self._console = Console(stderr=True)
-        self._timer = threading.Timer(delay_s, self._start) if self._console.is_terminal else None
+        self._timer = threading.Timer(delay_s, self._on_timer) if self._console.is_terminal else None
         if self._timer is not None:
             self._timer.daemon = True
             self._timer.start()
 
-    def _start(self) -> None:
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._due = True
+            if self._active:
+                self._show()
+
+    def _show(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        with self._lock:
-            if self._closed:
-                return
+        if self._bar is None:
             self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=self._console, transient=True)
+                                 TimeElapsedColumn(), console=self._console, transient=True,
+                                 redirect_stdout=False, redirect_stderr=False)
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total or None, completed=self.done)
 
-    def add(self, n: int) -> None:
-        """`n` more evaluations are to come."""
+    def _hide(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def enter(self, evaluations: int) -> None:
+        """A simulate() call starts with `evaluations` more plan evaluations to come."""
         with self._lock:
-            self.total += n
+            self._active = True
+            self.total += evaluations
+            if self._due:
+                self._show()
             self._update()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active = False
+            self._hide()
 
     def advance(self, label: str) -> None:
         """One more evaluation starts (counted as done: the bar reads "n of total under way"); `label`
         names it."""
         with self._lock:
             self.done += 1
-            self.label = f"{self.description}: {label}"
+            self.label = label
             self._update()
 
     def _update(self) -> None:
@@ -268,11 +287,10 @@ class _ProgressReporter:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
-            if self._bar is not None:
-                self._bar.stop()
+            self._active = False
+            self._hide()
 
 
 _REPORTERS: list[_ProgressReporter] = []
@@ -459,10 +477,23 @@ def simulate(
     else:
         plans = [plan]
 
-    hw_key = _hw_key(hw) if cache else None
     rep = _reporter()
-    if rep is not None:
-        rep.add(len(contexts) * max(1, len(plans)))
+    if rep is None:
+        return _simulate_contexts(hw, config, chips, plans, prec, opts, wl, slo_m, contexts, base, name, router,
+                                  cache, None)
+    rep.enter(len(contexts) * max(1, len(plans)))
+    try:
+        return _simulate_contexts(hw, config, chips, plans, prec, opts, wl, slo_m, contexts, base, name, router,
+                                  cache, rep)
+    finally:
+        rep.leave()
+
+
+def _simulate_contexts(hw: HardwareSpec, config: ModelConfig, chips: int, plans: list, prec: Any, opts: CostOptions,
+                       wl: Workload, slo_m: SLO | None, contexts: list[int], base: str, name: str | None,
+                       router: Any, cache: bool, rep: _ProgressReporter | None) -> list[Result]:
+    """`simulate`'s rows, one per context, once its inputs are resolved."""
+    hw_key = _hw_key(hw) if cache else None
     results: list[Result] = []
     for ctx in contexts:
         t0 = time.perf_counter()

@@ -105,3 +105,59 @@ def test_state_resident_when_it_fits():
     assert run(small).residency["state"] is True
     assert run(big).residency["state"] is False
     assert run(small, sram_state=False).residency["state"] is False
+
+
+# ---- speed machinery ------------------------------------------------------------------------------
+
+def test_op_fields_known():
+    # map_step builds ops positionally for speed; a new Op field must be added to step._OP_FIELDS
+    from codesign.mapping import step
+
+    assert step._OP_FIELDS_KNOWN
+
+
+def test_gc_state_restored_after_mapping_and_simulating():
+    import gc
+
+    import codesign as cs
+    from codesign.mapping import ParallelPlan, Precision, map_step
+
+    cfg = cs.load_model("qwen3-8b")
+    g = cs.trace(cfg, phase="decode", batch=4, tokens=1, context=1024)
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            m = map_step(g, cfg, HW, ParallelPlan(), Precision())
+            simulate_step(m, HW)
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+
+
+def test_mapped_bytes_equal_direct_scaling_though_layers_share_dicts():
+    # layers of one kind share their scaled byte dicts; each op's values must still be exactly
+    # traced bytes x token share / tp x precision scale (computed here op by op)
+    import codesign as cs
+    from codesign.graph.op import BYTE_CLASSES
+    from codesign.mapping import ParallelPlan, Precision, map_step
+    from codesign.mapping.memory import TP_BLOCKS
+
+    cfg = cs.load_model("qwen3-8b")
+    g = cs.trace(cfg, phase="decode", batch=8, tokens=1, context=2048)
+    prec = Precision(weights="fp8", activations="fp8", kv_cache="fp8")
+    m = map_step(g, cfg, HW, ParallelPlan(tp=2, dp=2), prec)
+    tok = 4 / 8  # ceil(8 / dp) of the 8 sequences
+    kv_split = min(2, cfg.attention.num_kv_heads)
+    checked = 0
+    for n, src in g.nodes(data="op"):
+        new = m.graph.nodes[n]["op"]
+        tp = src.block in TP_BLOCKS
+        f = {"weight": 1.0 / 2 if tp else 1.0, "activation": tok / 2 if tp else tok, "state": tok / 2 if tp else tok,
+             "kv_cache": tok / (kv_split if src.block == "attention" else 2) if tp else tok}
+        for c in BYTE_CLASSES:
+            assert new.bytes_read[c] == src.bytes_read.get(c, 0.0) * f[c] * prec.scale(c)
+            assert new.bytes_written[c] == src.bytes_written.get(c, 0.0) * f[c] * prec.scale(c)
+        assert new.flops == src.flops * (tok / 2 if tp else tok)
+        assert (new.name, new.layer, new.kind) == (src.name, src.layer, src.kind)
+        checked += 1
+    assert checked == g.number_of_nodes()

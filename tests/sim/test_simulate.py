@@ -72,3 +72,102 @@ def test_cli_simulate_json_and_bad_plan(capsys, tmp_path):
     assert d["model"] == "qwen3-8b" and d["context"] == 4096 and d["feasible"] is True
     assert main(["simulate", "--hw", str(p), "--plan", "tp:8"]) == 2
     assert "--plan: expected 'auto' or e.g. tp=8,ep=8, found 'tp:8'" in capsys.readouterr().err
+
+
+# ---- speed machinery: memoised steps and traces, deferred TTFT in plan searches, progress ----------
+
+def _rows(results):
+    out = []
+    for r in results:
+        d = r.to_dict()
+        d["sim_wall_s"] = 0.0
+        out.append(d)
+    return out
+
+
+def test_cached_and_uncached_results_identical():
+    from codesign.sim.simulate import cache_info, clear_caches
+
+    clear_caches()
+    kw = dict(model="qwen3-8b", chips=2, context=[2048, 8192])
+    uncached = _rows(cs.simulate(make_hw(**{"system.chips": 2}), cache=False, **kw))
+    assert cache_info()["steps"]["entries"] == 0 and cache_info()["traces"]["entries"] == 0
+    first = _rows(cs.simulate(make_hw(**{"system.chips": 2}), **kw))
+    filled = cache_info()["steps"]["entries"]
+    again = _rows(cs.simulate(make_hw(**{"system.chips": 2}), **kw))
+    assert uncached == first == again
+    assert filled > 0 and cache_info()["steps"]["hits"] >= filled  # the repeat simulated nothing new
+    assert cache_info()["steps"]["entries"] == filled
+
+
+def test_cache_key_is_the_whole_spec_not_its_name():
+    # same name, other HBM bandwidth: the memoised step of the first must not answer the second
+    slow = sim(make_hw(), context=4096)
+    fast = sim(make_hw(**{"chip.hbm.bandwidth": "9.6 TB/s"}), context=4096)
+    fresh = cs.simulate(make_hw(**{"chip.hbm.bandwidth": "9.6 TB/s"}), "qwen3-8b", chips=1, plan={"tp": 1},
+                        precision=BF16, context=4096, cache=False)[0]
+    assert fast.tpot_s["mean"] == fresh.tpot_s["mean"] < slow.tpot_s["mean"]
+
+
+def test_cost_options_and_router_are_part_of_the_key():
+    base = sim(make_hw(), context=4096)
+    slower = sim(make_hw(), context=4096, cost={"launch_overhead_s": 50e-6})
+    assert slower.tpot_s["mean"] > base.tpot_s["mean"]
+    moe = dict(model="qwen3.5-35b-a3b", chips=8, plan={"tp": 8, "ep": 8}, context=4096)
+    uni = cs.simulate(make_hw(), **moe)[0]
+    zipf = cs.simulate(make_hw(), router="zipf:1.2", **moe)[0]
+    zipf_fresh = cs.simulate(make_hw(), router="zipf:1.2", cache=False, **moe)[0]
+    assert zipf.tpot_s == zipf_fresh.tpot_s != uni.tpot_s
+
+
+def test_result_breakdown_is_a_copy_of_the_memoised_step():
+    a = sim(make_hw(), context=4096)
+    a.breakdown["block"]["attention"] = -1.0
+    b = sim(make_hw(), context=4096)
+    assert b.breakdown["block"]["attention"] > 0
+
+
+def test_auto_plan_equals_best_single_plan_with_its_own_ttft():
+    # the decode-mode search simulates TTFT for the winner only; it must pick and report exactly
+    # what evaluating every plan in full does
+    from codesign.mapping import candidate_plans
+
+    hw = make_hw(**{"system.chips": 4})
+    cfg = load_model("qwen3-8b")
+    plans = candidate_plans(cfg, 4, max_tp=8)
+    assert len(plans) > 1
+    auto = cs.simulate(hw, cfg, chips=4, context=8192, cache=False)[0].to_dict()
+    singles = [cs.simulate(hw, cfg, chips=4, plan=p, context=8192, cache=False)[0].to_dict() for p in plans]
+    best = max(singles, key=lambda d: d["output_tokens_per_s"])  # max keeps the first of ties, as the search
+    for d in (auto, best):
+        d["sim_wall_s"] = 0.0
+    assert auto == best
+    assert auto["ttft_s"]["mean"] > 0
+
+
+def test_bounded_cache_evicts_least_recently_used():
+    from codesign.sim.simulate import BoundedCache
+
+    c = BoundedCache("t", 2)
+    c.put("a", 1)
+    c.put("b", 2)
+    assert c.get("a") == 1  # a is now the most recent
+    c.put("c", 3)
+    assert (c.get("b"), c.get("a"), c.get("c"), len(c)) == (None, 1, 3, 2)
+    assert c.info() == {"entries": 2, "size": 2, "hits": 3, "misses": 1}
+
+
+def test_progress_counts_evaluations_and_prints_nothing_off_terminal(capsys):
+    import importlib
+
+    from codesign.mapping import candidate_plans
+
+    sim_mod = importlib.import_module("codesign.sim.simulate")
+    with sim_mod.progress("test", delay_s=0.0):
+        rows = cs.simulate(make_hw(**{"system.chips": 2}), "qwen3-8b", chips=2, context=[2048, 4096])
+        rep = sim_mod._reporter()
+        plans = len(candidate_plans(load_model("qwen3-8b"), 2, max_tp=8))
+        assert (rep.total, rep.done) == (2 * plans, 2 * plans)
+    assert sim_mod._reporter() is None and len(rows) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
