@@ -57,6 +57,7 @@ the cyclic garbage collector is paused while the graph is built (`gc_paused`).
 from __future__ import annotations
 
 import gc
+import heapq
 import math
 from collections import defaultdict
 from contextlib import contextmanager
@@ -149,22 +150,43 @@ def replicate_experts(tokens_per_expert: Sequence[int], ep: int, redundant: int,
         raise CodesignError(f"placement: rank {full[0]} holds {len(held[full[0]])} experts, more than its "
                             f"{slots} slots ((num_experts + redundant_experts) / ep)")
 
+    # Rank loads are memoised and recomputed (same expression, same set order) only when one of
+    # their inputs changed: the rank took a copy, or one of its experts gained a copy elsewhere.
+    loads_memo: dict[int, float] = {}
+
     def rank_load(r: int) -> float:
-        return sum(load[e] / len(owners[e]) for e in held[r])
+        v = loads_memo.get(r)
+        if v is None:
+            v = loads_memo[r] = sum(load[e] / len(owners[e]) for e in held[r])
+        return v
 
     # copies one at a time: the expert with the largest load per copy that some rank can still take
     # (EPLB's rule), on the least loaded rank with a free slot that does not hold it yet
+    # Candidates in order of (-load per copy, expert) from a heap rather than a sort per copy (same
+    # order, as keys are distinct; only the chosen expert's key changes, so only it is re-pushed).
+    heap = [(-load[e] / len(owners[e]), e) for e in range(E)]
+    heapq.heapify(heap)
+    free = [r for r in range(ep) if len(held[r]) < slots]  # in rank order, kept up to date
     for _ in range(redundant):
-        free = [r for r in range(ep) if len(held[r]) < slots]
-        for e in sorted(range(E), key=lambda e: (-load[e] / len(owners[e]), e)):
+        passed = []
+        while heap:
+            key, e = heapq.heappop(heap)
             hosts = [r for r in free if e not in held[r]]
             if hosts:
                 break
+            passed.append((key, e))
         else:
             raise CodesignError("parallel.redundant_experts: no rank has a free slot for another expert copy")
+        for item in passed:
+            heapq.heappush(heap, item)
         r = min(hosts, key=lambda r: (rank_load(r), r))
         held[r].add(e)
         owners[e].append(r)
+        heapq.heappush(heap, (-load[e] / len(owners[e]), e))
+        for q in owners[e]:  # e's load per copy changed on every rank holding it (r included)
+            loads_memo.pop(q, None)
+        if len(held[r]) >= slots:
+            free.remove(r)
     out = []
     for e, ranks in enumerate(owners):
         c, n = int(tokens_per_expert[e]), len(ranks)

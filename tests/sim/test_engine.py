@@ -161,3 +161,47 @@ def test_mapped_bytes_equal_direct_scaling_though_layers_share_dicts():
         assert (new.name, new.layer, new.kind) == (src.name, src.layer, src.kind)
         checked += 1
     assert checked == g.number_of_nodes()
+
+
+def _replicate_by_sorting(tpe, ep, redundant, loads=None):
+    """The copy rule as documented, written plainly (a full sort per copy): the reference for the
+    heap-based `replicate_experts`."""
+    from codesign.mapping import expert_placement
+
+    E = len(tpe)
+    slots = (E + redundant) // ep
+    load = [float(x) for x in (tpe if loads is None else loads)]
+    held = [set() for _ in range(ep)]
+    owners = [[] for _ in range(E)]
+    for e, r in enumerate(expert_placement(E, ep)):
+        held[r].add(e)
+        owners[e].append(r)
+    for _ in range(redundant):
+        free = [r for r in range(ep) if len(held[r]) < slots]
+        for e in sorted(range(E), key=lambda e: (-load[e] / len(owners[e]), e)):
+            hosts = [r for r in free if e not in held[r]]
+            if hosts:
+                break
+        r = min(hosts, key=lambda r: (sum(load[x] / len(owners[x]) for x in held[r]), r))
+        held[r].add(e)
+        owners[e].append(r)
+    out = []
+    for e, ranks in enumerate(owners):
+        c, n = int(tpe[e]), len(ranks)
+        out += [(e, r, c // n + (1 if i < c % n else 0)) for i, r in enumerate(ranks)]
+    return sorted(out, key=lambda x: (x[1], x[0]))
+
+
+def test_replicate_experts_matches_the_plain_rule():
+    import random
+
+    from codesign.mapping import replicate_experts
+
+    rng = random.Random(7)
+    for _ in range(60):
+        E = rng.choice([8, 64, 256])
+        ep = rng.choice([d for d in (4, 16, 48, 144) if d <= 2 * E])
+        r = -E % ep + ep * rng.randint(0, 1)
+        tpe = [rng.choice([0, rng.randint(0, 40), rng.randint(0, 4000)]) for _ in range(E)]
+        loads = None if rng.random() < 0.5 else [rng.choice([1.0, rng.random()]) for _ in range(E)]
+        assert replicate_experts(tpe, ep, r, "contiguous", loads) == _replicate_by_sorting(tpe, ep, r, loads)
