@@ -54,6 +54,10 @@ class Workload(_Strict):
     output_tokens: int | TokenDist = Field(default=1024)
     concurrency: int | None = Field(default=None, gt=0)  # batch mode
     rate_per_s: float | None = Field(default=None, gt=0)  # server mode
+    # Running-batch cap for the whole deployment (sequences in flight, summed over data-parallel
+    # replicas): serving engines bound it (TensorRT-LLM max_batch_size, MLPerf gpu_batch_size, vLLM
+    # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
+    max_batch: int | None = Field(default=None, gt=0)
     mtp: MTP | None = None
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
@@ -110,6 +114,8 @@ def _check_parts(s: Scenario, source: str) -> None:
     w = s.workload
     if w.mode == "batch" and w.concurrency is None:
         raise CodesignError(f"{source}: workload.concurrency: required for mode 'batch', found nothing")
+    if w.concurrency is not None and w.max_batch is not None and w.concurrency > w.max_batch:
+        raise CodesignError(f"{source}: workload.concurrency: expected at most workload.max_batch = {w.max_batch}, found {w.concurrency}")
 
 
 def parse_scenarios(data: Any, source: str) -> list[Scenario]:

@@ -101,6 +101,14 @@ class Efficiency(_Strict):
     vector: Fraction = 0.50  # element-wise work on the vector unit
     collective: Fraction = 0.80  # achieved bus bandwidth / link peak
     small_m_half: int = Field(default=64, gt=0)  # GEMM rows at which matrix efficiency is half of `gemm`'s ramp
+    # Grouped expert GEMMs (MoE `grouped_gemm` ops): their own fraction of peak, because production
+    # MoE kernels (token permutation/gather, per-expert tails, tile scheduling) reach less of peak
+    # than a dense GEMM of the same FLOPs. None: same as `gemm` (no evidence either way).
+    grouped_gemm: Fraction | None = None
+    # Compute/memory overlap inside one kernel: op time = (compute^p + memory^p)^(1/p). None: perfect
+    # overlap, max(compute, memory). A finite p >= 1 charges the prologue/epilogue and the contention
+    # that keep a kernel from hiding one term under the other when both are close (p = 1: no overlap).
+    overlap_exponent: float | None = Field(default=None, ge=1)
 
 
 class ScaleUp(_Strict):

@@ -8,15 +8,18 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   (`hw.chip.matrix.tile` = (M, N)): a decode GEMM with 8 rows costs a full 64-row tile.
   `ramp(M) = M / (M + efficiency.small_m_half)` at the padded M: small-M GEMMs cannot fill the chip
   (few thread blocks, pipeline fill), as cuBLAS shows for decode shapes. Grouped expert GEMMs are
-  padded and ramped per expert from `Op.tokens_per_expert`.
+  padded and ramped per expert from `Op.tokens_per_expert`, at `efficiency.grouped_gemm` (MoE
+  kernels' own fraction of peak; defaults to `efficiency.gemm`).
 * **Attention**: FLOPs / (peak x efficiency.attention) (FlashAttention-3 reaches ~75% of H100
   bf16 peak: accelerators.md anchor 40).
 * **Vector ops**: FLOPs / (vector peak x efficiency.vector).
 * **Memory**: bytes / (HBM bandwidth x efficiency.memory); bytes that are SRAM-resident (activations
   small enough to stay on chip between producer and consumer; the recurrent state or weights when a
   whole step's worth fits, if enabled) are served at SRAM bandwidth instead.
-* op time = max(compute, memory) + launch overhead (per kernel; element-wise ops are assumed fused
-  into their neighbours' kernels and pay none, see `fuse_elementwise`).
+* op time = overlap(compute, memory) + launch overhead (per kernel; element-wise ops are assumed
+  fused into their neighbours' kernels and pay none, see `fuse_elementwise`). `overlap` is
+  max(compute, memory) (perfect overlap) or, with `efficiency.overlap_exponent` = p, the p-norm
+  (compute^p + memory^p)^(1/p): never below the max, equal to it when one term dominates.
 * **Collectives**: `codesign.mapping.collective_time(op.collective, hw)` (topology-aware, owned by
   the mapping).
 """
@@ -152,6 +155,9 @@ class CostModel:
         eff = hw.efficiency
         chip = hw.chip
         self.matrix_rate = chip.matrix.peak(self.matrix_dtype) * eff.gemm
+        # Grouped expert GEMMs run at their own fraction of peak where the family declares one.
+        self.grouped_rate = chip.matrix.peak(self.matrix_dtype) * (eff.grouped_gemm or eff.gemm)
+        self.overlap_p = eff.overlap_exponent
         self.attention_rate = chip.matrix.peak(self.attention_dtype) * eff.attention
         vec_peak = chip.vector.bf16 or chip.vector.fp32
         self.vector_rate = vec_peak * eff.vector
@@ -189,7 +195,7 @@ class CostModel:
         kernel walks the experts' tiles)."""
         tpe = op.tokens_per_expert
         if not tpe or op.expert_flops_per_token <= 0:
-            return op.flops / (self.matrix_rate * self._ramp(float(self.tile_m)))
+            return op.flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
         total = 0.0
         tokens_routed = 0
         for t, n_experts in Counter(tpe).items():  # few distinct counts: cheap even for 512 experts
@@ -202,7 +208,7 @@ class CostModel:
         # tokens_per_expert to this chip's share); keep the padding/ramp factor only.
         nominal = op.expert_flops_per_token * tokens_routed
         factor = total / nominal if nominal > 0 else 1.0
-        return op.flops * factor / self.matrix_rate
+        return op.flops * factor / self.grouped_rate
 
     def compute_time(self, op: Op) -> tuple[float, str]:
         if op.kind == "gemm":
@@ -241,6 +247,16 @@ class CostModel:
         return (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
 
     # -- whole op -----------------------------------------------------------------------------
+    def overlap(self, compute_s: float, memory_s: float) -> float:
+        """Seconds of a kernel that both computes and moves data: max(compute, memory) with perfect
+        overlap, else the p-norm with p = efficiency.overlap_exponent (written as
+        max * (1 + (min/max)^p)^(1/p) so that large p cannot overflow)."""
+        hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
+        p = self.overlap_p
+        if p is None or lo <= 0.0:
+            return hi
+        return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+
     def overhead(self, op: Op) -> float:
         if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
             return 0.0
@@ -267,4 +283,4 @@ class CostModel:
             bound = level
         if o > max(c, m):
             bound = "overhead"
-        return OpCost(max(c, m) + o, c, m, o, bound)
+        return OpCost(self.overlap(c, m) + o, c, m, o, bound)

@@ -5,10 +5,12 @@ deployment's concurrent sequences) and a fit function (batch, context -> bool) i
 latency. All modes are steady-state (no arrival process): every latency's mean, p50 and p99 are the
 same value.
 
-* ``decode``  -- steady-state decode at ``input_tokens`` of context. Batch = the largest that fits,
-  or (with ``slo.tpot_s``) the largest that meets it. TTFT = prefill of one request alone.
+* ``decode``  -- steady-state decode at ``input_tokens`` of context. Batch = the largest that fits
+  (bounded by ``workload.max_batch``, `capped_batch`), or (with ``slo.tpot_s``) the largest that
+  meets it. TTFT = prefill of one request alone.
 * ``offline`` -- maximum throughput with prefill and decode interleaved continuously (continuous
-  batching): batch = the largest that fits at the mean context ``input + output / 2``; a batch of
+  batching): batch = the largest that fits at the mean context ``input + output / 2``, bounded by
+  ``workload.max_batch`` (`capped_batch`; the caller applies it to the fit); a batch of
   requests costs one prefill of all their prompts plus ``output`` decode steps at the mean
   context; TPOT is that time per output token (prefill interference included).
 * ``batch``   -- as offline with the batch fixed at ``concurrency``.
@@ -64,6 +66,14 @@ def largest_fitting(fits: Callable[[int], bool], hi: int) -> int:
     return lo
 
 
+def capped_batch(fits: int, cap: int | None) -> int:
+    """The running batch: the largest that fits, bounded by the workload's `max_batch` cap (the
+    engine's configured maximum; None = no cap). 0 (nothing fits) stays 0."""
+    if cap is None or fits <= 0:
+        return fits
+    return min(fits, cap)
+
+
 def decode_mode(step: StepFn, max_batch: int, context: int, input_tokens: int, tpot_slo: float | None) -> ModeResult:
     """Steady-state decode at `context` tokens of KV per sequence."""
     batch = max_batch
@@ -106,4 +116,4 @@ def prefill_mode(step: StepFn, max_batch: int, input_tokens: int) -> ModeResult:
     return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / p.time_s, p.time_s, None, p.bottleneck, None, p)
 
 
-__all__ = ["ModeResult", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]
+__all__ = ["ModeResult", "capped_batch", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]

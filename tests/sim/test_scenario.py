@@ -33,6 +33,13 @@ def test_public_validation_file_parses():
     assert {s.workload.mode for s in ss} >= {"offline", "server", "decode", "batch"}
     ds = next(s for s in ss if s.name == "deepseek-production-h800-decode")
     assert ds.parallel == {"ep": 144, "attention_dp": 144} and ds.slo.tpot_s == 0.05
+    # submitted running-batch caps: gpu_batch_size x engines (annotated in the file)
+    caps = {s.name: s.workload.max_batch for s in ss}
+    assert caps["mlperf-v4.1-8xh100-llama2-70b-offline"] == 896 * 4
+    assert caps["mlperf-v4.1-8xh100-mixtral-8x7b-offline"] == 896 * 8
+    assert caps["mlperf-v4.1-8xh200-llama2-70b-offline"] == 806 * 8
+    assert caps["mlperf-v5.0-8xb200-llama2-70b-offline"] == 2048 * 8
+    assert caps["h100-qwen3-8b-bf16-concurrency4-tpot"] is None
 
 
 def test_one_mapping_and_token_units(tmp_path):
@@ -52,6 +59,9 @@ def test_one_mapping_and_token_units(tmp_path):
         ("parallel: {tp: 8}", "parallel: {tp: 0}", r"s\.yaml: parallel\.tp: expected a positive integer, found 0"),
         ("input_tokens: 294", "input_tokens: lots", r"s\.yaml: workload\.input_tokens.*'lots'"),
         ("mode: offline", "mode: batch", r"s\.yaml: workload\.concurrency: required for mode 'batch'"),
+        ("output_tokens: 291}", "output_tokens: 291, max_batch: 0}", r"s\.yaml: workload\.max_batch: .*greater than 0"),
+        ("mode: offline,", "mode: batch, concurrency: 64, max_batch: 32,",
+         r"s\.yaml: workload\.concurrency: expected at most workload\.max_batch = 32, found 64"),
     ],
 )
 def test_bad_input_one_line(tmp_path, old, new, pattern):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from codesign.sim.engine import StepResult
-from codesign.sim.workload import PREFILL_TOKENS_PER_STEP, decode_mode, largest_fitting, prefill_mode, serving_mode
+from codesign.sim.workload import PREFILL_TOKENS_PER_STEP, capped_batch, decode_mode, largest_fitting, prefill_mode, serving_mode
 
 W = 0.010  # weight streaming per step, s
 KV = 1e-7  # s per token of KV read per sequence
@@ -57,3 +57,10 @@ def test_prefill_mode_uses_chunk_budget():
     b = PREFILL_TOKENS_PER_STEP // 1000
     assert r.batch == b
     assert r.input_tokens_per_s == pytest.approx(b * 1000 / (W + b * 1000 * 2e-6))
+
+
+def test_capped_batch_bounds_the_fit():
+    assert capped_batch(1152, 896) == 896  # engine cap below what memory allows
+    assert capped_batch(700, 896) == 700  # memory is the tighter bound
+    assert capped_batch(1152, None) == 1152  # no cap
+    assert capped_batch(0, 896) == 0  # nothing fits stays nothing
