@@ -1,5 +1,6 @@
 """Simulator speed: one design point (Qwen3.5-397B-A17B on 8x H200, 32K and 256K, decode and prefill),
-cold then warm, with the time split between tracing, mapping and the SimPy engine.
+cold, warm (memoised) and uncached in a warm process, with the time split between tracing, mapping
+and the SimPy engine.
 
     python benchmarks/sim_bench.py [--hw h200] [--plan tp=8,ep=8]
 """
@@ -22,10 +23,12 @@ def main() -> None:
     ap.add_argument("--plan", default="tp=8,ep=8")
     args = ap.parse_args()
     plan = parse_plan(args.plan)
-    for label in ("cold", "warm"):
+    # cold: first call in the process; warm: the same design point again (memoised steps);
+    # uncached: a warm process simulating every step again (cache=False), what a new design point costs
+    for label, cache in (("cold", True), ("warm", True), ("uncached", False)):
         t = time.perf_counter()
-        rs = cs.simulate(args.hw, args.model, plan=plan)
-        print(f"{label}: simulate() both contexts {time.perf_counter() - t:.3f} s "
+        rs = cs.simulate(args.hw, args.model, plan=plan, cache=cache)
+        print(f"{label:8s}: simulate() both contexts {time.perf_counter() - t:.3f} s "
               f"({', '.join(f'{r.context}: {r.output_tokens_per_s:,.0f} tok/s' for r in rs if r.feasible)})")
     hw, cfg = cs.load_hw(args.hw), cs.load_model(args.model)
     prec = Precision.from_dict(DEFAULT_PRECISION)
