@@ -31,7 +31,7 @@ from codesign.results import Result, infeasible
 from codesign.scenario import SLO, Scenario, Workload
 from codesign.sim.cost import CostOptions
 from codesign.sim.engine import StepResult, simulate_step
-from codesign.sim.workload import ModeResult, decode_mode, prefill_mode, serving_mode
+from codesign.sim.workload import ModeResult, capped_batch, decode_mode, prefill_mode, serving_mode
 from codesign.units import GiB, parse_tokens
 
 DEFAULT_MODEL = "qwen3.5-397b-a17b"
@@ -321,24 +321,25 @@ def _run_mode(pt: _Point, workload: Workload, context: int, slo: SLO | None) -> 
     tpot_slo = slo.tpot_s if slo else None
     if mode == "decode":
         fit_ctx = context
-        mb = pt.max_batch(fit_ctx)
+        mb = capped_batch(pt.max_batch(fit_ctx), workload.max_batch)
         if mb == 0:
             return None, None, fit_ctx
         return decode_mode(pt.step, mb, context, context, tpot_slo), None, fit_ctx
     if mode == "prefill":
-        mb = pt.max_batch(context)
+        mb = capped_batch(pt.max_batch(context), workload.max_batch)
         if mb == 0:
             return None, None, context
         return prefill_mode(pt.step, mb, context), None, context
     fit_ctx = context + out_tokens // 2
-    mb = pt.max_batch(fit_ctx)
+    fits = pt.max_batch(fit_ctx)
+    mb = capped_batch(fits, workload.max_batch)
     if mb == 0:
         return None, None, fit_ctx
     if mode == "batch":
         want = workload.concurrency or 1
-        if want > mb:
+        if want > fits:
             short = pt.memory(want, fit_ctx).short_by / GiB
-            return None, f"concurrency {want} does not fit: short by {short:.2f} GiB per chip (largest batch {mb})", fit_ctx
+            return None, f"concurrency {want} does not fit: short by {short:.2f} GiB per chip (largest batch {fits})", fit_ctx
         return serving_mode(pt.step, want, context, out_tokens, None), None, fit_ctx
     return serving_mode(pt.step, mb, context, out_tokens, tpot_slo, max_batch=mb), None, fit_ctx
 

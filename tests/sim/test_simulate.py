@@ -171,3 +171,15 @@ def test_progress_counts_evaluations_and_prints_nothing_off_terminal(capsys):
     assert sim_mod._reporter() is None and len(rows) == 2
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+def test_workload_max_batch_caps_the_running_batch():
+    """A serving engine's configured maximum batch bounds the batch even when more would fit."""
+    import codesign as cs
+
+    free = cs.simulate("h100", "qwen3-8b", chips=1, plan={"tp": 1}, workload={"mode": "decode", "input_tokens": 4096})
+    capped = cs.simulate("h100", "qwen3-8b", chips=1, plan={"tp": 1},
+                         workload={"mode": "decode", "input_tokens": 4096, "max_batch": 7})
+    assert free[0].concurrency > 7
+    assert capped[0].concurrency == 7
+    assert capped[0].output_tokens_per_s < free[0].output_tokens_per_s
