@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from codesign.errors import CodesignError, format_validation_error
 
 ROOT = Path(__file__).resolve().parent.parent  # the project checkout (editable install)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when built with it
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -47,7 +48,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as e:
         raise CodesignError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

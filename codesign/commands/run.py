@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from codesign.errors import CodesignError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name; torch is imported only when running
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -37,13 +35,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from codesign.models import load_model
     from codesign.native.run import check_fits, run_native
 
     config = load_model(args.model)
     if args.tiny:
         config = config.tiny()
-    dtype = DTYPES[args.dtype]
+    dtype = getattr(torch, args.dtype)
     try:
         device = torch.device(args.device)
     except RuntimeError:

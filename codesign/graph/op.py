@@ -11,7 +11,7 @@ over its `repeat` (a loop body recorded once and run `repeat` times in sequence)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 # Classes of bytes. Each maps to a distinct memory pool and scaling rule.
@@ -84,10 +84,7 @@ class Op:
 
     def clone(self) -> "Op":
         """A shallow copy (the byte dicts are shared until replaced), faster than copy.copy."""
-        new = Op.__new__(Op)
-        for name in _FIELDS:
-            setattr(new, name, getattr(self, name))
-        return new
-
-
-_FIELDS = tuple(f.name for f in fields(Op))
+        return Op(self.name, self.target, self.kind, self.block, self.layer, self.layer_type, self.phase,
+                  self.in_shapes, self.out_shapes, self.dtype, self.flops, self.bytes_read, self.bytes_written,
+                  self.repeat, self.gemm, self.tokens_per_expert, self.expert_weight_bytes,
+                  self.expert_flops_per_token, self.collective)

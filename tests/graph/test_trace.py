@@ -232,3 +232,12 @@ def test_batch_extrapolation_equals_a_direct_recording(name, phase, batch, token
         direct = tm._record_segment(cfg, seg, phase, batch, tokens, cached)
         assert [o.to_dict() for o in derived.ops] == [o.to_dict() for o in direct.ops]
         assert derived.edges == direct.edges
+
+
+def test_op_clone_copies_every_field():
+    import dataclasses
+
+    from codesign.graph.op import Op
+
+    op = Op(**{f.name: f"v{i}" if f.type == "str" else i + 1 for i, f in enumerate(dataclasses.fields(Op))})
+    assert op.clone().to_dict() == op.to_dict() and op.clone() is not op
