@@ -8,8 +8,10 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   (`hw.chip.matrix.tile` = (M, N)): a decode GEMM with 8 rows costs a full 64-row tile.
   `ramp(M) = M / (M + efficiency.small_m_half)` at the padded M: small-M GEMMs cannot fill the chip
   (few thread blocks, pipeline fill), as cuBLAS shows for decode shapes. Grouped expert GEMMs are
-  padded and ramped per expert from `Op.tokens_per_expert`, at `efficiency.grouped_gemm` (MoE
-  kernels' own fraction of peak; defaults to `efficiency.gemm`).
+  padded per expert from `Op.tokens_per_expert` (an expert with fewer tokens than the tile's M
+  puts them in N, swap-AB, padded to 8) and ramped once on the whole op (one kernel walks every
+  expert's tiles), at `efficiency.grouped_gemm` (MoE kernels' own fraction of peak; defaults to
+  `efficiency.gemm`).
 * **Attention**: FLOPs / (peak x efficiency.attention) (FlashAttention-3 reaches ~75% of H100
   bf16 peak: accelerators.md anchor 40).
 * **Vector ops**: FLOPs / (vector peak x efficiency.vector).
@@ -73,6 +75,9 @@ class CostOptions:
     tile_quantisation: bool = True
     # Small-M efficiency ramp M / (M + efficiency.small_m_half) on the padded M.
     small_m_ramp: bool = True
+    # Token granularity of an expert whose tokens are fewer than the tile's M (swap-AB: tokens in
+    # the N dimension; Hopper wgmma and Blackwell tcgen05 take N in steps of 8).
+    grouped_min_tokens: int = 8
     # Fraction of on-chip SRAM that kernels can use to keep data resident (the rest holds
     # kernel working sets: tiles, pipelines buffers).
     sram_fraction: float = 0.5
@@ -191,24 +196,34 @@ class CostModel:
         return flops / (self.matrix_rate * self._ramp(mp))
 
     def grouped_gemm_time(self, op: Op) -> float:
-        """Expert FFNs: per expert, its tokens padded to the tile and ramped; summed (one grouped
-        kernel walks the experts' tiles)."""
+        """Expert FFNs as one grouped kernel walking every expert's tiles.
+
+        * Padding per expert: its tokens fill whole tiles. An expert with fewer tokens than the
+          tile's M puts its tokens in the N dimension instead (swap-AB, as decode MoE kernels do:
+          the weight rows fill M), padded to `CostOptions.grouped_min_tokens` (the unit's N step).
+        * No small-M ramp per expert: the kernel fills the machine with all experts' tiles
+          together, so occupancy follows the whole op's tokens (ramped once, on their sum).
+        """
         tpe = op.tokens_per_expert
         if not tpe or op.expert_flops_per_token <= 0:
             return op.flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
-        total = 0.0
+        padded = 0.0
         tokens_routed = 0
         for t, n_experts in Counter(tpe).items():  # few distinct counts: cheap even for 512 experts
             if t <= 0:
                 continue
             tokens_routed += t * n_experts
-            mp = _pad(t, self.tile_m) if self.opts.tile_quantisation else t
-            total += n_experts * op.expert_flops_per_token * mp / self._ramp(mp)
+            if not self.opts.tile_quantisation:
+                mp = t
+            elif t < self.tile_m:
+                mp = _pad(t, self.opts.grouped_min_tokens)
+            else:
+                mp = _pad(t, self.tile_m)
+            padded += n_experts * mp
         # The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
         # tokens_per_expert to this chip's share); keep the padding/ramp factor only.
-        nominal = op.expert_flops_per_token * tokens_routed
-        factor = total / nominal if nominal > 0 else 1.0
-        return op.flops * factor / self.grouped_rate
+        factor = padded / tokens_routed if tokens_routed else 1.0
+        return op.flops * factor / (self.grouped_rate * self._ramp(padded))
 
     def compute_time(self, op: Op) -> tuple[float, str]:
         if op.kind == "gemm":
