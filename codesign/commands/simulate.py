@@ -46,7 +46,6 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
 
 
 def print_table(results: list[Result], title: str = "codesign simulate") -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title, show_lines=False)

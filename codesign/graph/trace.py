@@ -16,7 +16,6 @@ Phases:
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import os

@@ -24,6 +24,8 @@ Named assumptions (each overridable by keyword):
 
 from __future__ import annotations
 
+import bisect
+
 import math
 from dataclasses import asdict, dataclass
 
@@ -356,22 +358,9 @@ def max_batch(config: ModelConfig, params: nx.DiGraph | dict | None, hw: Hardwar
               precision: Precision, context: int, **options) -> int:
     """Largest batch (whole deployment) whose memory fits; 0 when even batch 1 does not fit (then
     `memory_per_chip(..., batch=1, ...).short_by` says by how much). Memory grows monotonically
-    with batch, so a doubling then bisection search is exact."""
+    with batch, so a bisection over [1, MAX_BATCH_LIMIT] is exact."""
 
     def fits(b: int) -> bool:
         return memory_per_chip(config, params, hw, plan, precision, b, context, **options).fits
 
-    if not fits(1):
-        return 0
-    lo, hi = 1, 2
-    while hi <= MAX_BATCH_LIMIT and fits(hi):
-        lo, hi = hi, hi * 2
-    if hi > MAX_BATCH_LIMIT:
-        return lo
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return bisect.bisect_left(range(1, MAX_BATCH_LIMIT + 1), True, key=lambda b: not fits(b))

@@ -56,18 +56,17 @@ the cyclic garbage collector is paused while the graph is built (`gc_paused`).
 
 from __future__ import annotations
 
-import gc
 import heapq
 import math
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import networkx as nx
 
 from codesign.errors import CodesignError
+from codesign.gc_pause import gc_paused
 from codesign.graph.op import BYTE_CLASSES, Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
 from codesign.mapping.collectives import collective_time, make_collective
@@ -311,24 +310,6 @@ def _kv_split(config: ModelConfig, op: Op, tp: int) -> float:
     if config.attention is not None and op.block == "attention":
         return float(min(tp, config.attention.num_kv_heads))
     return float(tp)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause CPython's cyclic garbage collector for the duration (restored as it was; nests).
-
-    Why: mapping and simulating a step allocate ~10^4 short-lived, acyclic objects (ops, byte
-    dicts, SimPy events) next to large long-lived traced graphs; each allocation burst triggers
-    generational collections that traverse those graphs, which measured at about half of
-    map_step's time. Reference counting still frees everything at once; any cycle is collected
-    by the next collection after the pause."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,

@@ -18,17 +18,16 @@ all-to-alls, whose per-layer token counts differ). A full Qwen3.5-397B step is ~
 
 from __future__ import annotations
 
-import gc
 import heapq
 import math
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import networkx as nx
 import simpy
 
+from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
@@ -377,23 +376,8 @@ def simulate_step(mapped: Any, hw: HardwareSpec, options: CostOptions | None = N
     if two_batch_overlap is None:
         two_batch_overlap = getattr(mapped.plan, "two_batch_overlap", None)
     stages = getattr(mapped, "stage_layers", None)
-    with _gc_paused():
+    with gc_paused():
         return StepSimulator(hw, cm, two_batch_overlap).simulate(mapped.graph, stages)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while SimPy allocates its events (restored as it was).
-    Why: thousands of short-lived events next to the large live op graphs trigger collections
-    that traverse those graphs; measured at up to half of a step's engine time. Same rationale as
-    `codesign.mapping.step.gc_paused` (not imported: the engine does not depend on the mapping)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 __all__ = ["StepResult", "StepSimulator", "simulate_step", "precision_dtypes"]

@@ -22,8 +22,9 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Any, Hashable, Iterable, Iterator
 
+from codesign.gc_pause import gc_paused
 from codesign.errors import CodesignError
 from codesign.hw import HardwareSpec, load_hw
 from codesign.models import ModelConfig, load_model
@@ -192,7 +193,6 @@ class _Point:
         return g
 
     def _simulate(self, phase: str, batch: int, context: int, tokens: int) -> StepResult:
-        from codesign.mapping.step import gc_paused  # see its docstring: half the mapping time was GC
 
         m = _mapping()
         with gc_paused():

@@ -20,7 +20,7 @@ same value.
 
 from __future__ import annotations
 
-import math
+import bisect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,19 +51,9 @@ class ModeResult:
 
 
 def largest_fitting(fits: Callable[[int], bool], hi: int) -> int:
-    """Largest b in [1, hi] with fits(b) (fits monotone: true then false); 0 when none."""
-    if hi < 1 or not fits(1):
-        return 0
-    if fits(hi):
-        return hi
-    lo = 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    """Largest b in [1, hi] with fits(b) (fits monotone: true then false); 0 when none.
+    Bisection over the range by the standard library (log2(hi) calls of `fits`)."""
+    return bisect.bisect_left(range(1, hi + 1), True, key=lambda b: not fits(b))
 
 
 def capped_batch(fits: int, cap: int | None) -> int:

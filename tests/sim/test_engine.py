@@ -6,7 +6,7 @@ import networkx as nx
 import pytest
 
 from codesign.sim.cost import CostModel, CostOptions
-from codesign.sim.engine import StepSimulator, simulate_step
+from codesign.sim.engine import simulate_step
 from tests.sim.helpers import FakeMapped, FakePlan, chain_graph, layer_ops, make_hw, op, simple_collective_time
 
 HW = make_hw()
