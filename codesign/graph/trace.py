@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import pickle
@@ -169,9 +170,22 @@ def _record_segment(config: ModelConfig, seg: str, phase: str, batch: int, token
     return s
 
 
+@functools.lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """Hash of the code a recording depends on (the models and the recorder): editing a model file
+    invalidates its cached traces without anyone remembering to bump TRACE_VERSION."""
+    here = Path(__file__).resolve().parent
+    files = sorted((here.parent / "models").glob("*.py")) + [here / "tracer.py", here / "op.py"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cached(key_src: str, compute, use_disk: bool):
     """compute() memoised in this process and, if use_disk, in cache_dir() across processes."""
-    key = hashlib.sha256(f"{TRACE_VERSION}|{torch.__version__}|{key_src}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{TRACE_VERSION}|{torch.__version__}|{_code_hash()}|{key_src}".encode()).hexdigest()[:24]
     hit = _MEMO.get(key)
     if hit is not None:
         return hit
