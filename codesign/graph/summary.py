@@ -45,6 +45,7 @@ def headline(g: nx.DiGraph, cache: dict[str, float]) -> dict:
         "ops": g.number_of_nodes(),
         "params_total": g.graph["params_total"],
         "params_active": g.graph["params_active"],
+        "params_active_with_embedding": g.graph["params_active_with_embedding"],
         "params_mtp": g.graph["params_mtp"],
         "flops_per_token": flops / new_tokens,
         "kv_cache_bytes_per_token": cache["kv_cache_bytes_per_token"],

@@ -266,7 +266,7 @@ def _extrapolate(s1: Segment, s2: Segment, batch: int) -> Segment | None:
 
 def count_params(config: ModelConfig, disk_cache: bool = True) -> dict[str, float]:
     """See `_count_params`; cached with the traces so a cached trace builds no module."""
-    return _cached(f"{config.config_hash()}|params", lambda: _count_params(config), disk_cache)
+    return _cached(f"{config.config_hash()}|params2", lambda: _count_params(config), disk_cache)
 
 
 def cache_bytes(config: ModelConfig, disk_cache: bool = True) -> dict[str, float]:
@@ -343,7 +343,11 @@ def _count_params(config: ModelConfig) -> dict[str, float]:
         active += embed  # the tied table is read whole as the LM head
     if config.moe is not None and experts:
         active -= experts * (1.0 - config.moe.top_k / config.moe.num_experts)
-    return {"params_total": total, "params_active": active, "params_experts": experts, "params_mtp": mtp}
+    # The convention of most model cards (and model_graphs/*.yaml's active_params_reference):
+    # the embedding table counted too.
+    with_embedding = active if config.tie_word_embeddings else active + embed
+    return {"params_total": total, "params_active": active, "params_active_with_embedding": with_embedding,
+            "params_experts": experts, "params_mtp": mtp}
 
 
 def _cache_bytes(config: ModelConfig) -> dict[str, float]:
