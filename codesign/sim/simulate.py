@@ -43,7 +43,8 @@ SERVER_UNSUPPORTED = "server mode not yet supported"
 
 
 def _mapping():
-    # Imported late: the simulator sits below the mapping in the data flow and only needs it here.
+    # Imported on first use: codesign.mapping pulls in codesign.graph and with it torch (seconds),
+    # which `codesign simulate --help` and scenario validation do not need.
     from codesign import mapping
 
     return mapping
