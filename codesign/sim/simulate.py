@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Iterator
 
+from codesign import mapping
 from codesign.gc_pause import gc_paused
 from codesign.errors import CodesignError
 from codesign.hw import HardwareSpec, load_hw
@@ -40,14 +41,6 @@ DEFAULT_CONTEXTS = (32_768, 262_144)
 DEFAULT_PRECISION = {"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"}
 DEFAULT_OUTPUT_TOKENS = 1024
 SERVER_UNSUPPORTED = "server mode not yet supported"
-
-
-def _mapping():
-    # Imported on first use: codesign.mapping pulls in codesign.graph and with it torch (seconds),
-    # which `codesign simulate --help` and scenario validation do not need.
-    from codesign import mapping
-
-    return mapping
 
 
 def _plan_dict(plan: Any) -> dict[str, int]:
@@ -195,18 +188,18 @@ class _Point:
 
     def _simulate(self, phase: str, batch: int, context: int, tokens: int) -> StepResult:
 
-        m = _mapping()
+        m = mapping
         with gc_paused():
             g = self._trace(phase, batch, context, tokens)
             mapped = m.map_step(g, self.config, self.hw, self.plan, self.precision)
             return simulate_step(mapped, self.hw, self.cost)
 
     def memory(self, batch: int, context: int, tokens_per_seq: int = 1):
-        return _mapping().memory_per_chip(self.config, None, self.hw, self.plan, self.precision, batch, context,
+        return mapping.memory_per_chip(self.config, None, self.hw, self.plan, self.precision, batch, context,
                                           tokens_per_seq=tokens_per_seq)
 
     def max_batch(self, context: int) -> int:
-        return _mapping().max_batch(self.config, None, self.hw, self.plan, self.precision, context)
+        return mapping.max_batch(self.config, None, self.hw, self.plan, self.precision, context)
 
 
 # ---- progress --------------------------------------------------------------------------------------
@@ -411,7 +404,7 @@ def _search(points: list[_Point], wl: Workload, ctx: int, slo: SLO | None, chips
             ) -> tuple[tuple[float, _Point, ModeResult, int] | None, tuple[str, _Point, int] | None]:
     """The highest-scoring feasible point (score, point, metrics, KV length fitted) and the first
     reason a point was infeasible; ties keep the earlier plan."""
-    m = _mapping()
+    m = mapping
     best: tuple[float, _Point, ModeResult, int] | None = None
     first_reason: tuple[str, _Point, int] | None = None
     for pt in points:
@@ -455,7 +448,7 @@ def simulate(
     `cache`: reuse and keep step simulations and traces (`STEP_CACHE`, `TRACE_CACHE`); the results
     are identical either way.
     """
-    m = _mapping()
+    m = mapping
     hw = load_hw(hw)
     config = load_model(model)
     chips = int(chips or hw.system.chips)

@@ -243,3 +243,13 @@ def test_op_clone_copies_every_field():
 
     op = Op(**{f.name: f"v{i}" if f.type == "str" else i + 1 for i, f in enumerate(dataclasses.fields(Op))})
     assert op.clone().to_dict() == op.to_dict() and op.clone() is not op
+
+
+def test_graph_package_imports_the_tracer_lazily():
+    """`codesign.graph.op` needs no torch: the mapping and the simulator import it cheaply."""
+    import subprocess
+    import sys
+
+    code = ("import sys, codesign.graph.op, codesign.mapping; assert 'torch' not in sys.modules; "
+            "from codesign.graph import cache_bytes; from codesign.graph import trace; assert callable(trace)")
+    subprocess.run([sys.executable, "-c", code], check=True)
