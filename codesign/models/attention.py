@@ -56,7 +56,6 @@ class Attention(nn.Module):
         self.output_gate = a.output_gate
         # window only on sliding layers; 0 = unlimited (the kernel's convention)
         self.window = a.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else 0
-        self.window = self.window or 0
         self.scale = kernels.default_scale(a.head_dim)
         H, D, Hkv = a.num_heads, a.head_dim, a.num_kv_heads
         # Qwen3-Next/3.5: q_proj emits query and gate per head, interleaved as (head, [q | gate])

@@ -50,6 +50,13 @@ def _expand_heads(q: torch.Tensor, k: torch.Tensor, num_v_heads: int) -> tuple[t
     return q, k
 
 
+def _start_state(initial: torch.Tensor | None, B: int, Hv: int, dk: int, dv: int, device) -> torch.Tensor:
+    """The fp32 recurrent state a kernel starts from: the given one, or zeros (B, Hv, dk, dv)."""
+    if initial is None:
+        return torch.zeros(B, Hv, dk, dv, dtype=torch.float32, device=device)
+    return initial.float()
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor,  # (B, T, Hk, dk)
     k: torch.Tensor,  # (B, T, Hk, dk)
@@ -110,10 +117,7 @@ def chunk_gated_delta_rule(
     chunk_decay = gcum[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
 
     # ---- inter-chunk: sequential state hand-over ------------------------------------------------
-    if initial_state is None:
-        state = torch.zeros(B, Hv, dk, dv, dtype=torch.float32, device=q.device)
-    else:
-        state = initial_state.float()
+    state = _start_state(initial_state, B, Hv, dk, dv, q.device)
     out = torch.empty(B, Hv, Tp, dv, dtype=torch.float32, device=q.device)
     for i in kernels.chunk_loop(N):
         s = i * C
@@ -142,10 +146,7 @@ def recurrent_gated_delta_rule(
     q, k, v = (x.transpose(1, 2).float() for x in (q, k, v))  # (B, H, T, .)
     g, beta = (x.transpose(1, 2).float() for x in (g, beta))  # (B, H, T)
     q = q * (dk**-0.5 if scale is None else scale)
-    if initial_state is None:
-        state = torch.zeros(B, Hv, dk, dv, dtype=torch.float32, device=q.device)
-    else:
-        state = initial_state.float()
+    state = _start_state(initial_state, B, Hv, dk, dv, q.device)
     out = torch.empty(B, Hv, T, dv, dtype=torch.float32, device=q.device)
     for t in kernels.chunk_loop(T):
         q_t, k_t, v_t = q[:, :, t], k[:, :, t], v[:, :, t]  # (B, H, d)
