@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # long commands (plan searches, reproduce, validate) show one progress bar on a terminal
-        from codesign.sim.simulate import progress
+        from codesign.commands.progress import progress_bar
 
-        with progress(f"codesign {args.command}"):
+        with progress_bar(f"codesign {args.command}"):
             return int(args._run(args) or 0)
     except CodesignError as e:
         print(f"codesign: error: {e}", file=sys.stderr)

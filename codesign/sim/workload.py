@@ -1,6 +1,6 @@
 """Workload modes: from step times to serving metrics.
 
-A mode turns a `StepFn` (phase, batch, context, tokens -> StepResult, batch being the whole
+A mode turns a `StepFn` (`StepShape` -> StepResult; a shape's sequences are the whole
 deployment's concurrent sequences) and a fit function (batch, context -> bool) into throughput and
 latency. All modes are steady-state (no arrival process): every latency's mean, p50 and p99 are the
 same value.
@@ -24,6 +24,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable
 
+from codesign.graph.shape import StepShape
 from codesign.sim.engine import StepResult
 
 # Prompt tokens batched into one prefill step in `prefill` mode and for TTFT: vLLM's and SGLang's
@@ -31,7 +32,7 @@ from codesign.sim.engine import StepResult
 # chunked_prefill_size); named assumption, overridable per call.
 PREFILL_TOKENS_PER_STEP = 16_384
 
-StepFn = Callable[[str, int, int, int], StepResult]
+StepFn = Callable[[StepShape], StepResult]
 FitFn = Callable[[int, int], bool]
 
 
@@ -68,11 +69,11 @@ def decode_mode(step: StepFn, max_batch: int, context: int, input_tokens: int, t
     """Steady-state decode at `context` tokens of KV per sequence."""
     batch = max_batch
     if tpot_slo is not None:
-        batch = largest_fitting(lambda b: step("decode", b, context, 1).time_s <= tpot_slo, max_batch)
+        batch = largest_fitting(lambda b: step(StepShape.decode(b, context)).time_s <= tpot_slo, max_batch)
         if batch == 0:
             batch = 1  # report the smallest batch and let the caller flag the missed SLO
-    d = step("decode", batch, context, 1)
-    ttft = step("prefill", 1, 0, input_tokens).time_s
+    d = step(StepShape.decode(batch, context))
+    ttft = step(StepShape.prefill(1, input_tokens)).time_s
     return ModeResult(batch, context, batch / d.time_s, 0.0, ttft, d.time_s, d.bottleneck, d, None)
 
 
@@ -82,8 +83,8 @@ def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int
     mean_ctx = input_tokens + output_tokens // 2
 
     def costs(b: int) -> tuple[StepResult, StepResult, float]:
-        d = step("decode", b, mean_ctx, 1)
-        p = step("prefill", b, 0, input_tokens)
+        d = step(StepShape.decode(b, mean_ctx))
+        p = step(StepShape.prefill(b, input_tokens))
         total = p.time_s + output_tokens * d.time_s
         return d, p, total
 
@@ -102,7 +103,7 @@ def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int
 def prefill_mode(step: StepFn, max_batch: int, input_tokens: int) -> ModeResult:
     """Prompt processing only: as many whole prompts per step as the chunk budget allows."""
     batch = max(1, min(max_batch, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1)))
-    p = step("prefill", batch, 0, input_tokens)
+    p = step(StepShape.prefill(batch, input_tokens))
     return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / p.time_s, p.time_s, None, p.bottleneck, None, p)
 
 

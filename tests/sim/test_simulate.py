@@ -158,17 +158,16 @@ def test_bounded_cache_evicts_least_recently_used():
 
 
 def test_progress_counts_evaluations_and_prints_nothing_off_terminal(capsys):
-    import importlib
-
+    from codesign import progress
+    from codesign.commands.progress import progress_bar
     from codesign.mapping import candidate_plans
 
-    sim_mod = importlib.import_module("codesign.sim.simulate")
-    with sim_mod.progress("test", delay_s=0.0):
+    with progress_bar("test", delay_s=0.0) as bar:
         rows = cs.simulate(make_hw(**{"system.chips": 2}), "qwen3-8b", chips=2, context=[2048, 4096])
-        rep = sim_mod._reporter()
+        assert progress.current() is bar
         plans = len(candidate_plans(load_model("qwen3-8b"), 2, max_tp=8))
-        assert (rep.total, rep.done) == (2 * plans, 2 * plans)
-    assert sim_mod._reporter() is None and len(rows) == 2
+        assert (bar.total, bar.done) == (2 * plans, 2 * plans)
+    assert progress.current() is None and len(rows) == 2
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
 
@@ -183,3 +182,23 @@ def test_workload_max_batch_caps_the_running_batch():
     assert free[0].concurrency > 7
     assert capped[0].concurrency == 7
     assert capped[0].output_tokens_per_s < free[0].output_tokens_per_s
+
+
+def test_mapping_options_act():
+    """Every mapping option reachable from simulate() changes what it models."""
+    moe = dict(model="qwen3.5-35b-a3b", chips=8, plan={"tp": 8, "ep": 8}, context=4096, cache=False)
+    base = cs.simulate(make_hw(), **moe)[0]
+    no_tbo = cs.simulate(make_hw(), mapping_options={"two_batch_overlap": False}, **moe)[0]
+    assert no_tbo.tpot_s["mean"] >= base.tpot_s["mean"]  # auto keeps overlap only where it is faster
+    bf16 = cs.simulate(make_hw(), precision=BF16, **moe)[0]
+    fp8 = cs.simulate(make_hw(), precision=BF16, mapping_options={"dispatch_fp8": True}, **moe)[0]
+    assert fp8.tpot_s["mean"] < bf16.tpot_s["mean"]  # half the dispatch bytes
+    ring = cs.simulate(make_hw(), mapping_options={"allreduce_algorithm": "ring"}, **moe)[0]
+    assert ring.tpot_s["mean"] >= base.tpot_s["mean"]  # auto takes the fastest algorithm
+    roomy = cs.simulate(make_hw(), mapping_options={"reserve_fraction": 0.0}, **moe)[0]
+    assert roomy.concurrency > base.concurrency
+
+
+def test_bad_mapping_option_is_one_line():
+    with pytest.raises(cs.CodesignError, match="mapping: allreduce_algorithm: expected one of"):
+        cs.simulate(make_hw(), "qwen3-8b", chips=1, plan={"tp": 1}, mapping_options={"allreduce_algorithm": "x"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from codesign.graph.shape import StepShape
 from codesign.sim.engine import StepResult
 from codesign.sim.workload import PREFILL_TOKENS_PER_STEP, capped_batch, decode_mode, largest_fitting, prefill_mode, serving_mode
 
@@ -11,11 +12,12 @@ W = 0.010  # weight streaming per step, s
 KV = 1e-7  # s per token of KV read per sequence
 
 
-def step(phase: str, batch: int, context: int, tokens: int) -> StepResult:
-    if phase == "decode":
-        t = W + batch * context * KV
+def step(shape: StepShape) -> StepResult:
+    (g,) = shape.groups
+    if g.phase == "decode":
+        t = W + g.seqs * g.kv_len * KV
     else:
-        t = W + batch * tokens * 2e-6
+        t = W + g.seqs * g.new_tokens * 2e-6
     return StepResult(time_s=t, bottleneck="hbm", breakdown={})
 
 

@@ -1,0 +1,64 @@
+"""Mapping options: the named knobs of how a plan runs, beyond the plan itself.
+
+Each field is a modelling assumption with a default that matches how production engines run
+(docs/mapping.md), reachable from a scenario's `mapping:` section and from `simulate(mapping=...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from codesign.mapping.collectives import ALGORITHMS
+
+
+class MappingOptions(BaseModel):
+    """How the mapping places experts, sends tokens and reduces partial results."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Two-batch overlap (each layer as two half micro-batches so that one's communication hides
+    # under the other's compute; SGLang's and DeepSeek's EP decode run it): True, False, or None =
+    # "auto" (per layer kind, used when it is faster; codesign/sim/engine.py).
+    two_batch_overlap: bool | None = None
+    # Expert placement over EP ranks: contiguous blocks, round robin, or an explicit rank per expert.
+    placement: Literal["contiguous", "round_robin"] | tuple[int, ...] = "contiguous"
+    # EP dispatch payload in FP8 (DeepEP's default with FP8 activations). None: FP8 when the
+    # activations are FP8 or FP4, else the activation dtype.
+    dispatch_fp8: bool | None = None
+    # Dispatch sends a token once per distinct destination rank (DeepEP), not once per expert.
+    dispatch_dedup: bool = True
+    # All-reduce algorithm: None / "auto" = the fastest of ring, two-shot and one-shot per message
+    # (NCCL's and TensorRT-LLM's tuners); or force one of codesign.mapping.collectives.ALGORITHMS.
+    allreduce_algorithm: str | None = None
+    # Dtype of reductions (all-reduce, reduce-scatter, EP combine, logits gather).
+    reduce_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # Fraction of HBM held back for the runtime, CUDA-graph pools and fragmentation.
+    reserve_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+
+    @field_validator("allreduce_algorithm")
+    @classmethod
+    def _algorithm(cls, algo: str | None) -> str | None:
+        if algo is not None and algo not in ALGORITHMS:
+            raise ValueError(f"expected one of {', '.join(ALGORITHMS)}")
+        return algo
+
+    @classmethod
+    def from_dict(cls, data: dict | None, source: str = "mapping") -> "MappingOptions":
+        """Options from a scenario's `mapping:` mapping; errors name the field."""
+        if data is None:
+            return cls()
+        if isinstance(data, MappingOptions):
+            return data
+        from codesign import spec_files
+
+        return spec_files.validate(cls, data, source)
+
+    def map_kwargs(self) -> dict:
+        """Keyword arguments of `codesign.mapping.map_step`."""
+        return {"placement": self.placement, "dispatch_fp8": self.dispatch_fp8, "dispatch_dedup": self.dispatch_dedup,
+                "allreduce_algorithm": self.allreduce_algorithm, "reduce_dtype": self.reduce_dtype}
+
+
+__all__ = ["MappingOptions"]

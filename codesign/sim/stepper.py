@@ -1,0 +1,192 @@
+"""Step evaluation at one design point: `Stepper(point parts).step(shape) -> StepResult`.
+
+A `Stepper` holds everything a step depends on except its shape: hardware spec, model config,
+plan, precision, cost options, mapping options and router. `step(shape)` traces the shape
+(`codesign.graph.trace`), maps it (`codesign.mapping.map_step`) and runs the engine
+(`codesign.sim.engine.simulate_step`); results are memoised per stepper and in `STEP_CACHE` across
+steppers, keyed by the full inputs, so plan searches, batch bisections and repeated calls reuse
+them. `memory(batch, kv_len)` and `max_batch(kv_len)` answer capacity questions for the same point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+from codesign import mapping
+from codesign.gc_pause import gc_paused
+from codesign.graph.shape import Group, StepShape
+from codesign.hw import HardwareSpec
+from codesign.mapping.options import MappingOptions
+from codesign.models import ModelConfig
+from codesign.sim.cost import CostOptions
+from codesign.sim.engine import StepResult, simulate_step
+
+
+class BoundedCache:
+    """A least-recently-used mapping with at most `size` entries, and hit/miss counts."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = name, size
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable) -> Any:
+        value = self._data.get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def info(self) -> dict[str, int]:
+        return {"entries": len(self._data), "size": self.size, "hits": self.hits, "misses": self.misses}
+
+
+# Step results, keyed by everything a step depends on: hardware (its full spec), model (config
+# hash), plan, precision, cost and mapping options, router and the step shape. A StepResult is a
+# few small dicts, so thousands are cheap.
+STEP_CACHE = BoundedCache("steps", 8192)
+# Traced graphs by (config hash, router, shape): a trace does not depend on the plan or the
+# hardware, so every candidate plan of a search maps the same one. Graphs are several MB each.
+TRACE_CACHE = BoundedCache("traces", 32)
+
+
+def clear_caches() -> None:
+    """Forget memoised steps and traces (e.g. after editing a cost model or tracer in place)."""
+    STEP_CACHE.clear()
+    TRACE_CACHE.clear()
+
+
+def cache_info() -> dict[str, dict[str, int]]:
+    """Entries, bound, hits and misses of the step and trace caches."""
+    return {c.name: c.info() for c in (STEP_CACHE, TRACE_CACHE)}
+
+
+def router_key(router: Any) -> Hashable | None:
+    """A cache key part for `router`, or None when it cannot be keyed safely (unhashable)."""
+    if router is None or isinstance(router, str):
+        return ("router", router)
+    try:
+        hash(router)
+    except TypeError:
+        return None
+    return router  # frozen dataclasses compare by value
+
+
+def hw_key(hw: HardwareSpec) -> str:
+    """The full spec's digest: two specs with the same name but other numbers never share steps."""
+    return hashlib.sha256(hw.model_dump_json().encode()).hexdigest()
+
+
+# Stands in for a prefill step a decode-mode plan search does not need (see codesign.sim.search).
+DEFERRED = StepResult(time_s=math.nan, bottleneck="deferred", breakdown={})
+
+
+def trace_group(config: ModelConfig, group: Group, router: Any):
+    """The traced graph of one group (the tracer's phase/context convention: a decode step is
+    traced at its KV length, a prefill at its cached prefix)."""
+    from codesign.graph import trace
+
+    if group.phase == "decode":
+        return trace(config, phase="decode", batch=group.seqs, tokens=1, context=group.kv_len, router=router)
+    return trace(config, phase="prefill", batch=group.seqs, tokens=group.new_tokens, context=group.cached_tokens,
+                 router=router)
+
+
+@dataclass
+class Stepper:
+    """One (hardware, model, plan, precision, cost, mapping, router) point's steps and memory."""
+
+    hw: HardwareSpec
+    config: ModelConfig
+    plan: mapping.ParallelPlan
+    precision: mapping.Precision
+    cost: CostOptions = field(default_factory=CostOptions)
+    options: MappingOptions = field(default_factory=MappingOptions)
+    router: Any = None
+    cache: bool = True
+    hw_digest: str | None = None
+    # During a plan search in decode mode: prefill steps (TTFT only) answer `DEFERRED` unsimulated.
+    defer_prefill: bool = False
+
+    def __post_init__(self) -> None:
+        self._steps: dict[StepShape, StepResult] = {}
+        self._fits: dict[tuple[int, int], int] = {}
+        rk = router_key(self.router)
+        self._key: tuple | None = None
+        if self.cache and rk is not None:
+            self._key = (self.hw_digest or hw_key(self.hw), self.config.config_hash(), self.plan, self.precision,
+                         self.cost, self.options, rk)
+            self._trace_key = (self.config.config_hash(), rk)
+
+    # -- steps -----------------------------------------------------------------------------------
+    def step(self, shape: StepShape) -> StepResult:
+        """One step of `shape` for the whole deployment (the mapping gives the busiest chip its
+        share; replicas run at the same time, so the step time is one chip's)."""
+        if self.defer_prefill and all(g.phase == "prefill" for g in shape.groups):
+            return DEFERRED
+        shape = shape.canonical()
+        hit = self._steps.get(shape)
+        if hit is None:
+            gkey = None if self._key is None else self._key + (shape,)
+            hit = STEP_CACHE.get(gkey) if gkey is not None else None
+            if hit is None:
+                hit = self._simulate(shape)
+                if gkey is not None:
+                    STEP_CACHE.put(gkey, hit)
+            self._steps[shape] = hit
+        return hit
+
+    def _trace(self, shape: StepShape):
+        if shape.is_mixed:
+            from codesign.errors import CodesignError
+
+            raise CodesignError(f"step shape {shape}: steps mixing groups are not yet supported")
+        tkey = None if self._key is None else self._trace_key + (shape,)
+        g = TRACE_CACHE.get(tkey) if tkey is not None else None
+        if g is None:
+            g = trace_group(self.config, shape.groups[0], self.router)
+            if tkey is not None:
+                TRACE_CACHE.put(tkey, g)
+        return g
+
+    def _simulate(self, shape: StepShape) -> StepResult:
+        with gc_paused():
+            g = self._trace(shape)
+            mapped = mapping.map_step(g, self.config, self.hw, self.plan, self.precision, **self.options.map_kwargs())
+            return simulate_step(mapped, self.hw, self.cost, two_batch_overlap=self.options.two_batch_overlap)
+
+    # -- capacity --------------------------------------------------------------------------------
+    def memory(self, batch: int, kv_len: int, tokens_per_seq: int = 1) -> mapping.MemoryBreakdown:
+        return mapping.memory_per_chip(self.config, None, self.hw, self.plan, self.precision, batch, kv_len,
+                                       tokens_per_seq=tokens_per_seq, reserve_fraction=self.options.reserve_fraction)
+
+    def max_batch(self, kv_len: int) -> int:
+        hit = self._fits.get((kv_len, 1))
+        if hit is None:
+            hit = self._fits[(kv_len, 1)] = mapping.max_batch(
+                self.config, None, self.hw, self.plan, self.precision, kv_len,
+                reserve_fraction=self.options.reserve_fraction)
+        return hit
+
+
+__all__ = ["Stepper", "StepShape", "Group", "STEP_CACHE", "TRACE_CACHE", "BoundedCache", "clear_caches", "cache_info",
+           "DEFERRED", "trace_group", "hw_key", "router_key"]
