@@ -29,7 +29,7 @@ import torch
 
 from codesign.errors import CodesignError
 from codesign.graph.op import BYTE_CLASSES, Op
-from codesign.graph.router import RouterModel, make_router
+from codesign.graph.router import RouterModel, make_router, routed_counts
 from codesign.graph.tracer import INPUT, Segment, record
 from codesign.models import ModelConfig, load_model
 
@@ -441,8 +441,8 @@ def trace(
         for op in s.ops:
             if op.kind == "grouped_gemm" and config.moe is not None:
                 if counts is None:
-                    counts = router_model.tokens_per_expert(moe_index if layer_type != "mtp" else 10_000 + layer,
-                                                            routed_tokens, config.moe.num_experts, config.moe.top_k)
+                    counts = routed_counts(router_model, moe_index if layer_type != "mtp" else 10_000 + layer,
+                                           routed_tokens, config.moe.num_experts, config.moe.top_k)
                     moe_index += 1
                 op = _rescale_experts(op, counts)
             op = op.clone()

@@ -23,6 +23,21 @@ def test_same_seed_same_counts_other_seed_other_counts():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_exact_draw_where_k_over_e_is_large():
+    # Mixtral-like 2 of 8: the exact draw never gives an expert more than one slot per token
+    for layer in range(20):
+        c = UniformRouter().tokens_per_expert(layer, 3, 8, 2)
+        assert c.sum() == 6 and c.max() <= 3
+
+
+def test_memoised_draws_equal_fresh_ones():
+    from codesign.graph.router import routed_counts
+
+    r = ZipfRouter(seed=3, alpha=1.1)
+    fresh = tuple(r.tokens_per_expert(7, 96, 512, 10).tolist())
+    assert routed_counts(r, 7, 96, 512, 10) == fresh == routed_counts(r, 7, 96, 512, 10)
+
+
 def test_large_batches_use_the_multinomial_and_keep_the_total():
     c = UniformRouter().tokens_per_expert(0, 32768, 512, 10)
     assert c.sum() == 327680
