@@ -14,7 +14,7 @@ step; ``kv_len`` = cached + new is what the step's last position attends over. A
 L" is ``kv_len = L``.
 
 Shapes are frozen and hashable (cache keys); `canonical()` merges groups of equal
-(new_tokens, cached_tokens) and sorts them, so two spellings of one step share a key.
+(new_tokens, cached_tokens, logits) and sorts them, so two spellings of one step share a key.
 """
 
 from __future__ import annotations
@@ -31,12 +31,17 @@ class Group:
     seqs: int
     new_tokens: int
     cached_tokens: int = 0
+    # Positions per sequence that go through the LM head: the last one for a decode or a prompt
+    # chunk, every one for a speculative verify (each drafted token is checked).
+    logits: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("seqs", "new_tokens", "cached_tokens"):
+        for name in ("seqs", "new_tokens", "cached_tokens", "logits"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise CodesignError(f"step shape: {name}: expected an integer, found {v!r}")
+        if not 1 <= self.logits <= self.new_tokens:
+            raise CodesignError(f"step shape: logits: expected 1 to new_tokens ({self.new_tokens}), found {self.logits}")
         if self.seqs < 1 or self.new_tokens < 1 or self.cached_tokens < 0:
             raise CodesignError(f"step shape: expected seqs >= 1, new_tokens >= 1 and cached_tokens >= 0, found "
                                 f"seqs={self.seqs}, new_tokens={self.new_tokens}, cached_tokens={self.cached_tokens}")
@@ -86,7 +91,7 @@ class StepShape:
     @classmethod
     def verify(cls, batch: int, cached: int, draft: int) -> "StepShape":
         """A speculative verify step: the last accepted token plus `draft` drafted ones per sequence."""
-        return cls((Group(batch, draft + 1, cached),))
+        return cls((Group(batch, draft + 1, cached, logits=draft + 1),))
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -103,11 +108,12 @@ class StepShape:
         return len(self.groups) > 1
 
     def canonical(self) -> "StepShape":
-        """Groups of equal (new_tokens, cached_tokens) merged, sorted by (new, cached)."""
-        merged: dict[tuple[int, int], int] = {}
+        """Groups of equal (new_tokens, cached_tokens, logits) merged, sorted by them."""
+        merged: dict[tuple[int, int, int], int] = {}
         for g in self.groups:
-            merged[(g.new_tokens, g.cached_tokens)] = merged.get((g.new_tokens, g.cached_tokens), 0) + g.seqs
-        return StepShape(tuple(Group(s, n, c) for (n, c), s in sorted(merged.items())))
+            key = (g.new_tokens, g.cached_tokens, g.logits)
+            merged[key] = merged.get(key, 0) + g.seqs
+        return StepShape(tuple(Group(s, n, c, lg) for (n, c, lg), s in sorted(merged.items())))
 
     def __str__(self) -> str:
         return " + ".join(f"{g.seqs}x(new {g.new_tokens}, cached {g.cached_tokens})" for g in self.groups)

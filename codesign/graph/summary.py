@@ -34,7 +34,7 @@ def headline(g: nx.DiGraph, cache: dict[str, float]) -> dict:
     """The figures `codesign trace --json` prints. FLOPs per token are per new token of the phase
     (decode: per sequence per step), MTP excluded."""
     flops = sum(op.flops for _, op in g.nodes(data="op") if op.layer_type != "mtp")
-    new_tokens = g.graph["batch"] * g.graph["tokens"]
+    new_tokens = g.graph["step_tokens"]
     return {
         "model": g.graph["model"],
         "phase": g.graph["phase"],

@@ -29,7 +29,9 @@ import torch
 
 from codesign.errors import CodesignError
 from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.graph.mixed import merge_segments
 from codesign.graph.router import RouterModel, make_router, routed_counts
+from codesign.graph.shape import StepShape
 from codesign.graph.tracer import INPUT, Segment, record
 from codesign.models import ModelConfig, load_model
 
@@ -211,30 +213,70 @@ def _cached(key_src: str, compute, use_disk: bool):
     return hit
 
 
+# Context extrapolation anchors: segments are recorded at CONTEXT_ANCHOR and CONTEXT_ANCHOR + 1
+# cached tokens and extrapolated to any larger cached length (integer steps, so exactly).
+CONTEXT_ANCHOR = 1
+
+
+def _recorded(config: ModelConfig, seg: str, kind: str, phase: str, batch: int, tokens: int, context: int,
+              use_disk: bool) -> Segment:
+    """One recording under torch, memoised in this process and on disk."""
+    return _cached(f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}",
+                   lambda: _record_segment(config, seg, phase, batch, tokens, context), use_disk)
+
+
+def _context_affine(config: ModelConfig, seg: str) -> bool:
+    """Whether the segment's ops are affine in the cached length: the embedding and head do not
+    read the cache; full attention, MLA and GatedDeltaNet layers read it in proportion (or not at
+    all); a sliding window makes (query, key) pairs piecewise in it, so those layers are recorded."""
+    if not seg.isdigit():
+        return not seg.startswith("mtp") or config.layer_types[-1] != "sliding_attention"
+    return config.layer_types[int(seg)] != "sliding_attention"
+
+
+def _at_context(config: ModelConfig, seg: str, kind: str, phase: str, batch: int, tokens: int, context: int,
+                use_disk: bool) -> Segment:
+    """The segment at `context` cached tokens: recorded at the two anchors and extrapolated (ops are
+    affine in the cached length: KV shapes, reads and attention pairs grow by one token's worth per
+    token), or recorded directly where that does not hold (small contexts, sliding windows)."""
+    if context <= CONTEXT_ANCHOR + 1 or not _context_affine(config, seg):
+        return _recorded(config, seg, kind, phase, batch, tokens, context, use_disk)
+    key = f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}|ctx-affine"
+    hit = _MEMO.get(key)
+    if hit is None:
+        a = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR, use_disk)
+        b = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR + 1, use_disk)
+        hit = _extrapolate(a, b, context - CONTEXT_ANCHOR)
+        if hit is None:  # the two recordings differ in structure: record this context directly
+            hit = _recorded(config, seg, kind, phase, batch, tokens, context, use_disk)
+        _MEMO[key] = hit
+    return hit
+
+
 def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int, context: int, use_disk: bool) -> Segment:
-    """The recorded segment at this shape. Every op's FLOPs, bytes and shapes are affine in the batch
-    (sequences are independent; weights do not grow), so only batches 1 and 2 are recorded under
-    torch and any other batch is extrapolated from them exactly (tests compare against recordings)."""
+    """The recorded segment at this shape (`context` = cached tokens before the step). Every op's
+    FLOPs, bytes and shapes are affine in the batch (sequences are independent; weights do not
+    grow) and, where `_context_affine`, in the cached length: only batches 1 and 2 at two anchor
+    contexts are recorded under torch, any other (batch, context) is extrapolated from them exactly
+    (tests compare against direct recordings op by op)."""
     kind = seg if not seg.isdigit() else config.layer_kind(int(seg))
-
-    def record_at(b: int) -> Segment:
-        return _cached(f"{config.config_hash()}|{kind}|{phase}|{b}|{tokens}|{context}",
-                       lambda: _record_segment(config, seg, phase, b, tokens, context), use_disk)
-
+    if seg in ("embed", "head"):
+        context = 0  # they never read the cache
     if batch <= 2:
-        return record_at(batch)
+        return _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
     key = f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}|affine"
     hit = _MEMO.get(key)
     if hit is None:
-        hit = _extrapolate(record_at(1), record_at(2), batch)
+        hit = _extrapolate(_at_context(config, seg, kind, phase, 1, tokens, context, use_disk),
+                           _at_context(config, seg, kind, phase, 2, tokens, context, use_disk), batch - 1)
         if hit is None:  # the two recordings differ in structure: record this batch directly
-            hit = record_at(batch)
+            hit = _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
         _MEMO[key] = hit
     return hit
 
 
 def _lerp(a, b, t: int):
-    """a + (b - a) * t over numbers, tuples and dicts of them (t = batch - 1)."""
+    """a + (b - a) * t over numbers, tuples and dicts of them."""
     if isinstance(a, dict):
         return {k: a[k] + (b[k] - a[k]) * t for k in a}
     if isinstance(a, tuple):
@@ -242,14 +284,17 @@ def _lerp(a, b, t: int):
     return a + (b - a) * t
 
 
-def _extrapolate(s1: Segment, s2: Segment, batch: int) -> Segment | None:
+def _extrapolate(s1: Segment, s2: Segment, t: int) -> Segment | None:
+    """s1 + (s2 - s1) * t for two recordings one step apart (in batch or in cached length), or None
+    when they differ in structure."""
     if len(s1.ops) != len(s2.ops) or s1.edges != s2.edges or s1.entries != s2.entries or s1.exit != s2.exit:
         return None
-    t = batch - 1
     ops = []
     for a, b in zip(s1.ops, s2.ops):
         if a.target != b.target or len(a.in_shapes) != len(b.in_shapes) or len(a.out_shapes) != len(b.out_shapes) \
-                or (a.gemm is None) != (b.gemm is None) or a.repeat != b.repeat:
+                or (a.gemm is None) != (b.gemm is None) or a.repeat != b.repeat \
+                or (a.tokens_per_expert is None) != (b.tokens_per_expert is None) \
+                or any(len(x) != len(y) for x, y in zip(a.in_shapes + a.out_shapes, b.in_shapes + b.out_shapes)):
             return None
         op = a.clone()
         op.in_shapes = _lerp(a.in_shapes, b.in_shapes, t)
@@ -259,6 +304,8 @@ def _extrapolate(s1: Segment, s2: Segment, batch: int) -> Segment | None:
         op.bytes_written = _lerp(a.bytes_written, b.bytes_written, t)
         op.gemm = None if a.gemm is None else _lerp(a.gemm, b.gemm, t)
         if a.tokens_per_expert is not None:
+            if len(a.tokens_per_expert) != len(b.tokens_per_expert):
+                return None
             op.tokens_per_expert = _lerp(a.tokens_per_expert, b.tokens_per_expert, t)
         ops.append(op)
     return Segment(ops=ops, edges=s1.edges, entries=s1.entries, exit=s1.exit, params=s1.params, wall_s=0.0)
@@ -384,20 +431,9 @@ def _rescale_experts(op: Op, counts) -> Op:
     return dataclasses.replace(op, tokens_per_expert=counts, flops=sum(counts) * op.expert_flops_per_token, bytes_read=rd)
 
 
-def trace(
-    config: ModelConfig | str,
-    phase: str = "decode",
-    batch: int = 1,
-    tokens: int | None = None,
-    context: int = 0,
-    router: RouterModel | str | None = None,
-    seed: int = 0,
-    include_mtp: bool = False,
-    disk_cache: bool = True,
-) -> nx.DiGraph:
-    """The op graph of one forward step of `config` (see the module docstring for the phases)."""
-    t0 = time.perf_counter()
-    config = load_model(config)
+def _legacy_shape(config: ModelConfig, phase: str, batch: int, tokens: int | None, context: int) -> StepShape:
+    """`trace`'s (phase, batch, tokens, context) arguments as a step shape (decode at KV length
+    `context`; prefill of `tokens` after `context` cached tokens)."""
     if phase not in ("decode", "prefill"):
         raise CodesignError(f"phase must be 'decode' or 'prefill', found {phase!r}")
     if tokens is None:
@@ -409,31 +445,106 @@ def trace(
     if batch < 1 or tokens < 1 or context < (1 if phase == "decode" else 0):
         raise CodesignError(f"batch, tokens and decode context must be positive, found batch={batch}, "
                             f"tokens={tokens}, context={context}")
-    length = context if phase == "decode" else context + tokens  # tokens attended by the last position
-    if length > config.max_position_embeddings:
-        raise CodesignError(
-            f"{config.name}: context {length} exceeds the model's maximum of "
-            f"{config.max_position_embeddings} tokens")
-    cached = context - 1 if phase == "decode" else context  # tokens in the cache before the step
-    router_model = make_router(router, seed)
+    if phase == "decode":
+        return StepShape.decode(batch, context)
+    return StepShape.prefill(batch, tokens, context)
 
-    segments: list[tuple[str, int, str]] = [("embed", -1, "embed")]
-    representative: dict[str, int] = {}
+
+def check_shape(config: ModelConfig, shape: StepShape) -> None:
+    """Every group must fit the model's maximum context."""
+    longest = max(g.kv_len for g in shape.groups)
+    if longest > config.max_position_embeddings:
+        raise CodesignError(f"{config.name}: context {longest} exceeds the model's maximum of "
+                            f"{config.max_position_embeddings} tokens")
+
+
+def _group_segment(config: ModelConfig, seg: str, shape: StepShape, use_disk: bool) -> Segment:
+    """Segment `seg` for the whole step: per group, merged when the step mixes groups. The
+    embedding and head are token-parallel: a mixed step records them over all its tokens (rows
+    needing logits, for the head) as one batch."""
+    groups = shape.groups
+    if seg in ("embed", "head"):
+        if len(groups) == 1 and groups[0].logits == 1:
+            g = groups[0]
+            return _segment(config, seg, g.phase, g.seqs, g.new_tokens, 0, use_disk)
+        rows = shape.tokens if seg == "embed" else sum(g.seqs * g.logits for g in groups)
+        return _segment(config, seg, "decode", rows, 1, 0, use_disk)
+    if len(groups) == 1:
+        g = groups[0]
+        return _segment(config, seg, g.phase, g.seqs, g.new_tokens, g.cached_tokens, use_disk)
+    parts, consts = [], []
+    for g in groups:
+        parts.append(_segment(config, seg, g.phase, g.seqs, g.new_tokens, g.cached_tokens, use_disk))
+        one = _segment(config, seg, g.phase, 1, g.new_tokens, g.cached_tokens, use_disk)
+        two = _segment(config, seg, g.phase, 2, g.new_tokens, g.cached_tokens, use_disk)
+        # the segment at zero sequences: its batch-independent part; where batches 1 and 2 record
+        # differently, only the weights are taken as batch-independent
+        const = _extrapolate(one, two, -1)
+        consts.append(const if const is not None and len(const.ops) == len(parts[-1].ops) else _weights_only(parts[-1]))
+    return merge_segments(parts, consts)
+
+
+def _weights_only(s: Segment) -> Segment:
+    """`s` with every op's work but its weight bytes set to zero."""
+    ops = []
+    for op in s.ops:
+        k = op.clone()
+        k.flops = 0.0
+        k.bytes_read = {c: (v if c == "weight" else 0.0) for c, v in op.bytes_read.items()}
+        k.bytes_written = {c: 0.0 for c in op.bytes_written}
+        ops.append(k)
+    return Segment(ops=ops, edges=s.edges, entries=s.entries, exit=s.exit, params=s.params)
+
+
+def step_segments(config: ModelConfig, shape: StepShape, include_mtp: bool = False,
+                  use_disk: bool = True) -> list[tuple[int, str, Segment]]:
+    """(layer, layer type, segment) of one step in order: embedding (layer -1), decoder layers
+    (layers of one kind share one segment object), head (num_layers), MTP heads (num_layers + 1 + j)."""
+    out: list[tuple[int, str, Segment]] = [(-1, "embed", _group_segment(config, "embed", shape, use_disk))]
+    by_kind: dict[str, Segment] = {}
     for i in range(config.num_layers):
-        representative.setdefault(config.layer_kind(i), i)
-        segments.append((str(representative[config.layer_kind(i)]), i, config.layer_kind(i)))
-    segments.append(("head", config.num_layers, "head"))
+        kind = config.layer_kind(i)
+        if kind not in by_kind:
+            by_kind[kind] = _group_segment(config, str(i), shape, use_disk)
+        out.append((i, kind, by_kind[kind]))
+    out.append((config.num_layers, "head", _group_segment(config, "head", shape, use_disk)))
     if include_mtp:
         for j in range(config.mtp_layers):
-            segments.append((f"mtp{j}", config.num_layers + 1 + j, "mtp"))
+            out.append((config.num_layers + 1 + j, "mtp", _group_segment(config, f"mtp{j}", shape, use_disk)))
+    return out
 
+
+def router_layers(config: ModelConfig, include_mtp: bool = False) -> dict[int, int]:
+    """Router draw index of each MoE layer: the n-th MoE decoder layer draws with index n; MTP head
+    layer L draws with 10_000 + L."""
+    out: dict[int, int] = {}
+    if config.moe is None:
+        return out
+    n = 0
+    for i in range(config.num_layers):
+        if config.mlp_types[i] == "moe":
+            out[i] = n
+            n += 1
+    if include_mtp and config.mlp_types[-1] == "moe":
+        for j in range(config.mtp_layers):
+            out[config.num_layers + 1 + j] = 10_000 + config.num_layers + 1 + j
+    return out
+
+
+def expert_counts(config: ModelConfig, shape: StepShape, router: RouterModel, layer: int,
+                  draw_index: int) -> tuple[int, ...]:
+    """Tokens per expert of one MoE layer for the whole step (all its new tokens are routed)."""
+    return routed_counts(router, draw_index, shape.tokens, config.moe.num_experts, config.moe.top_k)
+
+
+def assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment]], shape: StepShape, router: RouterModel,
+             include_mtp: bool = False) -> nx.DiGraph:
+    """The op graph of `pieces` chained in order, routed experts drawn per layer."""
     g = nx.DiGraph()
     prev_exit: int | None = None
     next_id = 0
-    moe_index = 0
-    routed_tokens = batch * tokens
-    for seg, layer, layer_type in segments:
-        s = _segment(config, seg, phase, batch, tokens, cached, disk_cache)
+    draws = router_layers(config, include_mtp)
+    for layer, layer_type, s in pieces:
         prefix = f"layers.{layer}." if layer_type not in ("embed", "head", "mtp") else (
             f"mtp.{layer - config.num_layers - 1}." if layer_type == "mtp" else "")
         base = next_id
@@ -441,9 +552,7 @@ def trace(
         for op in s.ops:
             if op.kind == "grouped_gemm" and config.moe is not None:
                 if counts is None:
-                    counts = routed_counts(router_model, moe_index if layer_type != "mtp" else 10_000 + layer,
-                                           routed_tokens, config.moe.num_experts, config.moe.top_k)
-                    moe_index += 1
+                    counts = expert_counts(config, shape, router, layer, draws[layer])
                 op = _rescale_experts(op, counts)
             op = op.clone()
             op.layer, op.layer_type, op.name = layer, layer_type, prefix + op.name
@@ -454,15 +563,48 @@ def trace(
             g.add_edges_from((prev_exit, base + e) for e in s.entries)
         if s.exit != INPUT:
             prev_exit = base + s.exit
+    return g
 
+
+def describe_shape(shape: StepShape) -> dict:
+    """Graph attributes naming the step: phase, batch, tokens, context in the tracer's convention
+    for one group (decode: context = KV length; prefill: context = cached prefix); a mixed step has
+    phase "mixed" and no single tokens/context. `step_tokens` = new tokens of the whole step."""
+    if shape.is_mixed:
+        return {"phase": "mixed", "batch": shape.seqs, "tokens": None, "context": None,
+                "step_tokens": shape.tokens, "shape": shape}
+    g = shape.groups[0]
+    context = g.kv_len if g.phase == "decode" else g.cached_tokens
+    return {"phase": g.phase, "batch": g.seqs, "tokens": g.new_tokens, "context": context,
+            "step_tokens": shape.tokens, "shape": shape}
+
+
+def trace(
+    config: ModelConfig | str,
+    phase: str = "decode",
+    batch: int = 1,
+    tokens: int | None = None,
+    context: int = 0,
+    router: RouterModel | str | None = None,
+    seed: int = 0,
+    include_mtp: bool = False,
+    disk_cache: bool = True,
+    shape: StepShape | None = None,
+) -> nx.DiGraph:
+    """The op graph of one forward step of `config`: of `shape` (a `StepShape`, possibly mixing
+    decodes and prefill chunks), else of (phase, batch, tokens, context) as the module docstring says."""
+    t0 = time.perf_counter()
+    config = load_model(config)
+    if shape is None:
+        shape = _legacy_shape(config, phase, batch, tokens, context)
+    check_shape(config, shape)
+    router_model = make_router(router, seed)
+    g = assemble(config, step_segments(config, shape, include_mtp, disk_cache), shape, router_model, include_mtp)
     params = count_params(config, disk_cache)
     g.graph.update(
         model=config.name,
         config_hash=config.config_hash(),
-        phase=phase,
-        batch=batch,
-        tokens=tokens,
-        context=context,
+        **describe_shape(shape),
         router=router_model.describe(),
         **params,
         weight_bytes=weight_bytes_by_layer(config, disk_cache),

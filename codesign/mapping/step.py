@@ -335,10 +335,11 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
     tp, adp, dp, ep = plan.tp, plan.attention_dp, plan.dp, plan.ep
     moe_tp = plan.moe_tp
     B = int(graph.graph.get("batch", 1) or 1)
-    tokens_per_seq = int(graph.graph.get("tokens", 1) or 1)
+    # new tokens of the whole step (a mixed step's groups have different tokens per sequence)
+    step_tokens = int(graph.graph.get("step_tokens") or B * int(graph.graph.get("tokens", 1) or 1))
     seq_att = math.ceil(B / (dp * adp))
-    tok_att = seq_att / B  # share of the step's tokens on one attention chip
-    T_att = seq_att * tokens_per_seq
+    tok_att = seq_att / B  # share of the step's sequences (and of each group's tokens) on one attention chip
+    T_att = -(-step_tokens * seq_att // B)  # tokens on that chip (ceil)
     H = config.hidden_size
     act_b = precision.bytes_per_element(precision.activations)
     red_b = BYTES_PER_ELEMENT[reduce_dtype]
@@ -488,7 +489,7 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
                 else:
                     insert_after(n, cb)
             elif adp > 1:
-                T_rep = math.ceil(B / dp) * tokens_per_seq
+                T_rep = -(-step_tokens * math.ceil(B / dp) // B)
                 ag = coll_node(op, "moe_experts", "all_gather", group_adp(st), T_rep * H * act_b, precision.activations)
                 insert_before(n, ag)
                 rs = coll_node(op, "moe_experts", "reduce_scatter", group_stage(st), T_rep * H * red_b, reduce_dtype)

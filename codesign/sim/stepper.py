@@ -100,17 +100,6 @@ def hw_key(hw: HardwareSpec) -> str:
 DEFERRED = StepResult(time_s=math.nan, bottleneck="deferred", breakdown={})
 
 
-def trace_group(config: ModelConfig, group: Group, router: Any):
-    """The traced graph of one group (the tracer's phase/context convention: a decode step is
-    traced at its KV length, a prefill at its cached prefix)."""
-    from codesign.graph import trace
-
-    if group.phase == "decode":
-        return trace(config, phase="decode", batch=group.seqs, tokens=1, context=group.kv_len, router=router)
-    return trace(config, phase="prefill", batch=group.seqs, tokens=group.new_tokens, context=group.cached_tokens,
-                 router=router)
-
-
 @dataclass
 class Stepper:
     """One (hardware, model, plan, precision, cost, mapping, router) point's steps and memory."""
@@ -156,14 +145,12 @@ class Stepper:
         return hit
 
     def _trace(self, shape: StepShape):
-        if shape.is_mixed:
-            from codesign.errors import CodesignError
+        from codesign.graph import trace  # imports torch: on first use only
 
-            raise CodesignError(f"step shape {shape}: steps mixing groups are not yet supported")
         tkey = None if self._key is None else self._trace_key + (shape,)
         g = TRACE_CACHE.get(tkey) if tkey is not None else None
         if g is None:
-            g = trace_group(self.config, shape.groups[0], self.router)
+            g = trace(self.config, shape=shape, router=self.router)
             if tkey is not None:
                 TRACE_CACHE.put(tkey, g)
         return g
@@ -189,4 +176,4 @@ class Stepper:
 
 
 __all__ = ["Stepper", "StepShape", "Group", "STEP_CACHE", "TRACE_CACHE", "BoundedCache", "clear_caches", "cache_info",
-           "DEFERRED", "trace_group", "hw_key", "router_key"]
+           "DEFERRED", "hw_key", "router_key"]

@@ -14,7 +14,7 @@ def test_constructors_spell_the_engine_steps():
     p = StepShape.prefill(2, 8192, cached=16_384)
     assert p.tokens == 16_384 and p.groups[0].kv_len == 24_576 and p.groups[0].phase == "prefill"
     v = StepShape.verify(8, cached=100, draft=3)
-    assert v.groups == (Group(8, 4, 100),) and v.tokens == 32
+    assert v.groups == (Group(8, 4, 100, logits=4),) and v.tokens == 32
 
 
 def test_mixed_step_counts_and_canonical_form():

@@ -223,12 +223,13 @@ def test_resident_weight_bytes_by_layer_add_up_to_the_parameters():
 
 
 @pytest.mark.parametrize("name", ["qwen3.5-397b-a17b", "deepseek-v3", "gpt-oss-120b", "mixtral-8x7b"])
-@pytest.mark.parametrize("phase,batch,tokens,context", [("decode", 37, 1, 5000), ("prefill", 3, 200, 64)])
-def test_batch_extrapolation_equals_a_direct_recording(name, phase, batch, tokens, context):
-    """Segments are recorded at batch 1 and 2 and extrapolated; a direct recording must agree exactly."""
+@pytest.mark.parametrize("phase,batch,tokens,cached", [("decode", 37, 1, 4999), ("prefill", 3, 200, 0),
+                                                      ("prefill", 2, 96, 3000), ("decode", 1, 1, 70_000)])
+def test_batch_and_context_extrapolation_equal_a_direct_recording(name, phase, batch, tokens, cached):
+    """Segments are recorded at batch 1 and 2 and two cached lengths and extrapolated; a direct
+    recording must agree exactly, op by op."""
     tm = __import__("sys").modules["codesign.graph.trace"]
     cfg = cs.load_model(name)
-    cached = 0 if phase == "prefill" else context - 1
     for seg in ["embed", "head", *{str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}]:
         derived = tm._segment(cfg, seg, phase, batch, tokens, cached, use_disk=False)
         direct = tm._record_segment(cfg, seg, phase, batch, tokens, cached)

@@ -202,3 +202,22 @@ def test_mapping_options_act():
 def test_bad_mapping_option_is_one_line():
     with pytest.raises(cs.CodesignError, match="mapping: allreduce_algorithm: expected one of"):
         cs.simulate(make_hw(), "qwen3-8b", chips=1, plan={"tp": 1}, mapping_options={"allreduce_algorithm": "x"})
+
+
+def test_mixed_steps_read_weights_once_and_merge_like_one_batch():
+    """A step mixing decodes and a prefill chunk costs less than the two apart (weights stream
+    once) and more than either; two decode groups cost what one group of both at their mean KV
+    length costs (every op is linear in the KV length)."""
+    from codesign.graph.shape import Group, StepShape
+    from codesign.mapping import ParallelPlan, Precision
+    from codesign.sim.stepper import Stepper
+
+    st = Stepper(make_hw(), load_model("qwen3.5-35b-a3b"), ParallelPlan(tp=8, ep=8), Precision(), cache=False)
+    dec = StepShape.decode(32, 8192)
+    pre = StepShape.prefill(1, 2048, cached=4096)
+    both = StepShape(dec.groups + pre.groups)
+    t_dec, t_pre, t_both = (st.step(s).time_s for s in (dec, pre, both))
+    assert max(t_dec, t_pre) < t_both < t_dec + t_pre
+    split = StepShape((Group(16, 1, 4000), Group(16, 1, 6000)))
+    pooled = StepShape((Group(32, 1, 5000),))
+    assert st.step(split).time_s == pytest.approx(st.step(pooled).time_s, rel=1e-12)

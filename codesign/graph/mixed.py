@@ -1,0 +1,103 @@
+"""One layer of a mixed step: the recorded segments of its groups merged into one.
+
+A continuous-batching engine runs the groups of a step (decodes, prefill chunks, verify steps)
+through each layer together: every projection, norm and expert GEMM is one kernel over all the
+step's tokens (weights are read once), and attention is one variable-length kernel over every
+sequence (FlashAttention's varlen path, FlashInfer's batch attention). So the merged segment takes
+the first group's op list and adds the other groups' work op by op:
+
+* ops are matched by aligning the groups' op sequences on (target, name) (difflib's longest
+  matching blocks): groups of one phase align completely; a decode group and a prefill group
+  differ where the model runs different kernels (GatedDeltaNet's fused recurrent step for decodes
+  vs its chunked path for prefills), and those unmatched ops stay separate ops (their own kernels),
+  wired to the matched ops around them;
+* a matched op's FLOPs and bytes are summed over the groups' per-sequence work, and its
+  batch-independent part counted once: each group's quantity is affine in its sequences,
+  q = c + s * seqs (the tracer records batches 1 and 2, so c = 2 q(1) - q(2) is known exactly),
+  and the merged op does max(c) + sum(q - c). Weight bytes are all c (read once per step); so are
+  small per-step ops on weights (a norm's 1 + w);
+* GEMM problems: rows (M) add up for token-parallel matmuls (batch 1); batched matmuls of one
+  per-instance shape add their batch counts; any other mix keeps the larger problem's shape with the
+  summed FLOPs (the cost model scales its padding by the FLOPs);
+* shapes are the first group's (the mapping reads only their last dimension), routed-expert token
+  counts are re-drawn for the whole step by the tracer.
+"""
+
+from __future__ import annotations
+
+from difflib import SequenceMatcher
+
+from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.graph.tracer import Segment
+
+
+def _combine(vals: list[float], consts: list[float]) -> float:
+    """max(c) + sum(q - c): per-sequence work summed, the batch-independent part once."""
+    return max(consts) + sum(v - c for v, c in zip(vals, consts))
+
+
+def _bytes(ops: list[Op], consts: list[Op], attr: str) -> dict[str, float]:
+    return {c: _combine([getattr(o, attr).get(c, 0.0) for o in ops], [getattr(k, attr).get(c, 0.0) for k in consts])
+            for c in BYTE_CLASSES}
+
+
+def _gemm(ops: list[Op]) -> tuple[int, int, int, int] | None:
+    shapes = [o.gemm for o in ops]
+    if any(s is None for s in shapes):
+        return None
+    b0, _, n0, k0 = shapes[0]
+    if all(s[0] == 1 and s[2] == n0 and s[3] == k0 for s in shapes):
+        return (1, sum(s[1] for s in shapes), n0, k0)
+    if all(s[1:] == shapes[0][1:] for s in shapes):
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+    return max(shapes, key=lambda s: s[0] * s[1] * s[2] * s[3])
+
+
+def merge_ops(ops: list[Op], consts: list[Op]) -> Op:
+    """Matched ops of several groups as one kernel; `consts` are their batch-independent parts
+    (see module docstring)."""
+    if len(ops) == 1:
+        return ops[0]
+    new = ops[0].clone()
+    new.flops = _combine([o.flops for o in ops], [k.flops for k in consts])
+    new.bytes_read = _bytes(ops, consts, "bytes_read")
+    new.bytes_written = _bytes(ops, consts, "bytes_written")
+    new.gemm = _gemm(ops)
+    new.repeat = max(o.repeat for o in ops)
+    if new.tokens_per_expert is not None:
+        new.tokens_per_expert = tuple(sum(t) for t in zip(*(o.tokens_per_expert for o in ops)))
+    return new
+
+
+def _key(op: Op) -> tuple[str, str]:
+    return (op.target, op.name)
+
+
+def merge_segments(segments: list[Segment], consts: list[Segment]) -> Segment:
+    """One segment doing the work of all `segments` (one layer kind, one group each); `consts[i]`
+    is segment i at zero sequences (its batch-independent part, op for op)."""
+    if len(segments) == 1:
+        return segments[0]
+    base = segments[0]
+    members: list[list[tuple[Op, Op]]] = [[(op, k)] for op, k in zip(base.ops, consts[0].ops)]
+    edges = set(base.edges)
+    entries = set(base.entries)
+    for seg, const in zip(segments[1:], consts[1:]):
+        index: dict[int, int] = {}  # op of seg -> merged op
+        sm = SequenceMatcher(None, [_key(o) for o in base.ops], [_key(o) for o in seg.ops], autojunk=False)
+        for block in sm.get_matching_blocks():
+            for j in range(block.size):
+                index[block.b + j] = block.a + j
+                members[block.a + j].append((seg.ops[block.b + j], const.ops[block.b + j]))
+        for j, op in enumerate(seg.ops):
+            if j not in index:  # a kernel only this group runs
+                index[j] = len(members)
+                members.append([(op, const.ops[j])])
+        edges.update((index[a], index[b]) for a, b in seg.edges if index[a] != index[b])
+        entries.update(index[e] for e in seg.entries)
+    ops = [merge_ops([o for o, _ in m], [k for _, k in m]) for m in members]
+    return Segment(ops=ops, edges=sorted(edges), entries=sorted(entries), exit=base.exit, params=base.params,
+                   wall_s=0.0)
+
+
+__all__ = ["merge_segments", "merge_ops"]
