@@ -17,9 +17,8 @@ _TRACE = {"trace", "totals", "count_params", "cache_bytes", "weight_bytes_by_lay
 
 def __getattr__(name: str):
     if name in _TRACE:
-        # import_module returns the submodule itself; once `trace` the function is bound here,
-        # the package attribute names the function, as before.
-        module = importlib.import_module("codesign.graph.trace")
+        # The tracer's module is `tracing`, so no submodule import can rebind `trace` here.
+        module = importlib.import_module("codesign.graph.tracing")
         globals().update({n: getattr(module, n) for n in _TRACE})  # all at once: `trace` is the function
         return globals()[name]
     raise AttributeError(f"module 'codesign.graph' has no attribute {name!r}")

@@ -258,7 +258,7 @@ class Recorder(TorchDispatchMode):
             E, two_i, H = w_gu.shape
             # Which experts get how many tokens is not knowable on the meta device: the counts (and
             # with them the FLOPs and expert weight bytes) are filled per layer from a router model
-            # when the segment is placed in the graph (codesign.graph.trace).
+            # when the segment is placed in the graph (codesign.graph.tracing).
             expert_bytes = (nbytes(w_gu) + nbytes(w_d)) / E
             for bias in (b_gu, b_d):
                 if isinstance(bias, torch.Tensor):

@@ -14,13 +14,14 @@ from codesign.mapping.memory import (
     state_bytes_per_sequence,
 )
 from codesign.mapping.plan import ParallelPlan, Precision, candidate_plans, check_plan
-from codesign.mapping.step import (MappedStep, expert_placement, map_step, rank_loads, replicate_experts,
-                                   slowest_rank)
+from codesign.mapping.experts import ExpertMapper, expert_placement, rank_loads, replicate_experts, slowest_rank
+from codesign.mapping.options import MappingOptions
+from codesign.mapping.step import MappedStep, map_step
 
 __all__ = [
     "ParallelPlan", "Precision", "check_plan", "candidate_plans",
     "MemoryBreakdown", "memory_per_chip", "max_batch", "model_params", "kv_bytes_per_sequence",
     "state_bytes_per_sequence",
     "collective_time", "make_collective",
-    "MappedStep", "map_step", "expert_placement", "replicate_experts", "rank_loads", "slowest_rank",
+    "MappedStep", "map_step", "MappingOptions", "ExpertMapper", "expert_placement", "replicate_experts", "rank_loads", "slowest_rank",
 ]

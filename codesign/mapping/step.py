@@ -56,22 +56,22 @@ the cyclic garbage collector is paused while the graph is built (`gc_paused`).
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from typing import Sequence
 
 import networkx as nx
 
 from codesign.errors import CodesignError
 from codesign.gc_pause import gc_paused
-from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
 from codesign.mapping.collectives import collective_time, make_collective
+from codesign.mapping.experts import ExpertMapper, dispatch_fanout
 from codesign.mapping.memory import TP_BLOCKS, stage_layers as _stage_layers
 from codesign.mapping.plan import ParallelPlan, Precision, check_plan
+from codesign.mapping.scaling import Scaler
 from codesign.models.config import ModelConfig
 
 FP8_SCALE_OVERHEAD = 4.0 / 128  # one fp32 scale per 128 fp8 values (DeepEP dispatch layout)
@@ -89,6 +89,7 @@ class MappedStep:
     stage_layers: list[list[int]]
     stage: int = 0  # the most loaded pipeline stage
     expert_ranks: dict[int, int] = field(default_factory=dict)  # MoE layer -> slowest EP rank mapped
+    experts: ExpertMapper | None = None  # what mapped the expert ops (maps other layers' routing alike)
 
     def stage_graph(self, s: int) -> nx.DiGraph:
         """The subgraph of pipeline stage `s` (embedding with the first, head and MTP with the last)."""
@@ -98,195 +99,6 @@ class MappedStep:
                 if op.layer in layers or (s == 0 and op.layer < first)
                 or (s == len(self.stage_layers) - 1 and op.layer > last)]
         return self.graph.subgraph(keep).copy()
-
-
-# ---- expert placement -----------------------------------------------------------------------------
-
-def expert_placement(num_experts: int, ep: int, placement: str | Sequence[int] = "contiguous") -> list[int]:
-    """Rank of each expert. ``contiguous``: rank r holds [r E/ep, (r+1) E/ep) (floor(e ep / E), so
-    ranks differ by at most one expert when ep does not divide E)."""
-    if isinstance(placement, str):
-        if placement == "contiguous":
-            return [e * ep // num_experts for e in range(num_experts)]
-        if placement == "round_robin":
-            return [e % ep for e in range(num_experts)]
-        raise CodesignError(f"placement: expected 'contiguous', 'round_robin' or a rank per expert, found {placement!r}")
-    ranks = [int(r) for r in placement]
-    if len(ranks) != num_experts or any(r < 0 or r >= ep for r in ranks):
-        raise CodesignError(f"placement: expected {num_experts} ranks in 0..{ep - 1}, found {len(ranks)} entries")
-    return ranks
-
-
-def replicate_experts(tokens_per_expert: Sequence[int], ep: int, redundant: int,
-                      placement: str | Sequence[int] = "contiguous",
-                      loads: Sequence[float] | None = None) -> list[tuple[int, int, int]]:
-    """Expert slots ``(expert, rank, tokens)`` of one MoE layer with `redundant` extra copies
-    (see module docstring: copies to the hottest experts by load per copy, each placed on the least
-    loaded rank with a free slot; tokens split evenly over an expert's copies, the remainder to the
-    earlier copies, the original first). With redundant = 0: one slot per expert at `placement`.
-
-    `loads`: per-expert load used to choose and place copies (default: `tokens_per_expert`).
-    """
-    E = len(tokens_per_expert)
-    base = expert_placement(E, ep, placement)
-    if redundant == 0:
-        return [(e, base[e], int(c)) for e, c in enumerate(tokens_per_expert)]
-    if (E + redundant) % ep:
-        raise CodesignError(f"parallel.redundant_experts: expected num_experts + redundant_experts divisible by "
-                            f"ep ({ep}), found {E} + {redundant}")
-    slots = (E + redundant) // ep
-    load = [float(x) for x in (tokens_per_expert if loads is None else loads)]
-    if len(load) != E:
-        raise CodesignError(f"expert_loads: expected {E} values (one per expert), found {len(load)}")
-    # originals where `placement` puts them
-    held: list[set[int]] = [set() for _ in range(ep)]
-    owners: list[list[int]] = [[] for _ in range(E)]
-    for e, r in enumerate(base):
-        held[r].add(e)
-        owners[e].append(r)
-    full = [r for r in range(ep) if len(held[r]) > slots]
-    if full:
-        raise CodesignError(f"placement: rank {full[0]} holds {len(held[full[0]])} experts, more than its "
-                            f"{slots} slots ((num_experts + redundant_experts) / ep)")
-
-    # Rank loads are memoised and recomputed (same expression, same set order) only when one of
-    # their inputs changed: the rank took a copy, or one of its experts gained a copy elsewhere.
-    loads_memo: dict[int, float] = {}
-
-    def rank_load(r: int) -> float:
-        v = loads_memo.get(r)
-        if v is None:
-            v = loads_memo[r] = sum(load[e] / len(owners[e]) for e in held[r])
-        return v
-
-    # copies one at a time: the expert with the largest load per copy that some rank can still take
-    # (EPLB's rule), on the least loaded rank with a free slot that does not hold it yet
-    # Candidates in order of (-load per copy, expert) from a heap rather than a sort per copy (same
-    # order, as keys are distinct; only the chosen expert's key changes, so only it is re-pushed).
-    heap = [(-load[e] / len(owners[e]), e) for e in range(E)]
-    heapq.heapify(heap)
-    free = [r for r in range(ep) if len(held[r]) < slots]  # in rank order, kept up to date
-    for _ in range(redundant):
-        passed = []
-        while heap:
-            key, e = heapq.heappop(heap)
-            hosts = [r for r in free if e not in held[r]]
-            if hosts:
-                break
-            passed.append((key, e))
-        else:
-            raise CodesignError("parallel.redundant_experts: no rank has a free slot for another expert copy")
-        for item in passed:
-            heapq.heappush(heap, item)
-        r = min(hosts, key=lambda r: (rank_load(r), r))
-        held[r].add(e)
-        owners[e].append(r)
-        heapq.heappush(heap, (-load[e] / len(owners[e]), e))
-        for q in owners[e]:  # e's load per copy changed on every rank holding it (r included)
-            loads_memo.pop(q, None)
-        if len(held[r]) >= slots:
-            free.remove(r)
-    out = []
-    for e, ranks in enumerate(owners):
-        c, n = int(tokens_per_expert[e]), len(ranks)
-        out += [(e, r, c // n + (1 if i < c % n else 0)) for i, r in enumerate(ranks)]
-    return sorted(out, key=lambda x: (x[1], x[0]))
-
-
-def rank_loads(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int) -> list[tuple[int, int]]:
-    """(tokens, distinct experts touched) per EP rank."""
-    tok = [0] * ep
-    touched = [0] * ep
-    for c, r in zip(tokens_per_expert, ranks):
-        tok[r] += int(c)
-        touched[r] += 1 if c else 0
-    return list(zip(tok, touched))
-
-
-def slowest_rank(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int, flops_per_token: float,
-                 weight_bytes: float, flop_rate: float, byte_rate: float) -> int:
-    """The EP rank with the largest roofline time max(tokens x FLOPs/token / flop_rate,
-    touched experts x weight bytes / byte_rate); ties go to the lowest rank."""
-    return _slowest(rank_loads(tokens_per_expert, ranks, ep), flops_per_token, weight_bytes, flop_rate, byte_rate)
-
-
-def _slowest(loads: Sequence[tuple[int, int]], flops_per_token: float, weight_bytes: float, flop_rate: float,
-             byte_rate: float) -> int:
-    """`slowest_rank` on precomputed `rank_loads`."""
-    best, best_t = 0, -1.0
-    for r, (t, k) in enumerate(loads):
-        time = max(t * flops_per_token / flop_rate, k * weight_bytes / byte_rate)
-        if time > best_t:
-            best, best_t = r, time
-    return best
-
-
-def dispatch_fanout(num_experts: int, top_k: int, ep: int) -> float:
-    """Expected distinct EP ranks a token's top_k experts fall on (uniform routing, contiguous
-    equal groups): ep * (1 - C(E - E/ep, k) / C(E, k)). With redundant copies pass the slot count
-    E + r (copies treated as distinct experts: an approximation, a token never picks two copies)."""
-    per = num_experts // ep
-    if num_experts - per < top_k:
-        return float(ep)
-    miss = math.comb(num_experts - per, top_k) / math.comb(num_experts, top_k)
-    return ep * (1.0 - miss)
-
-
-# ---- op scaling -----------------------------------------------------------------------------------
-
-def _scaled(op: Op, flops_f: float, f: dict[str, float], prec: Precision) -> Op:
-    return _Scaler(prec).op(op, flops_f, f)
-
-
-class _Scaler:
-    """Scales ops' byte dicts by per-class factors times the precision's scale, for one map_step.
-
-    Speed: ``Precision.scale`` is evaluated once per class, not per op. And layers of one kind
-    share their traced byte dicts (the tracer clones one segment's ops per layer, sharing the
-    dicts), so each distinct (dict, factors) pair is scaled once and the result is shared the same
-    way: ops are never mutated in place (the engine and cost model build new dicts). The memo is
-    keyed by object identity and holds a reference to each source dict, so an id is never reused
-    while the memo lives (one map_step call).
-    Arithmetic is exactly ``bytes * f[class] * scale(class)`` in that order, as before."""
-
-    def __init__(self, prec: Precision) -> None:
-        self.scale = {c: prec.scale(c) for c in BYTE_CLASSES}
-        self._memo: dict[tuple[int, int], tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
-
-    def bytes(self, d: dict[str, float], f: dict[str, float]) -> dict[str, float]:
-        key = (id(d), id(f))
-        hit = self._memo.get(key)
-        if hit is None:
-            s = self.scale
-            hit = self._memo[key] = ({c: d.get(c, 0.0) * f[c] * s[c] for c in BYTE_CLASSES}, d, f)
-        return hit[0]
-
-    def op(self, op: Op, flops_f: float, f: dict[str, float],
-           gemm: tuple[int, int, int, int] | None | bool = False) -> Op:
-        """`op` with FLOPs x flops_f and bytes scaled; `gemm` replaces the GEMM shape unless False."""
-        return _op_with(op, op.flops * flops_f, self.bytes(op.bytes_read, f), self.bytes(op.bytes_written, f),
-                        op.gemm if gemm is False else gemm)
-
-
-# Op's fields in order, for the positional constructor below; if Op changes, the slower generic
-# copy is used (and tests/sim/test_engine.py::test_op_fields_known says so).
-_OP_FIELDS = ("name", "target", "kind", "block", "layer", "layer_type", "phase", "in_shapes", "out_shapes", "dtype",
-              "flops", "bytes_read", "bytes_written", "repeat", "gemm", "tokens_per_expert", "expert_weight_bytes",
-              "expert_flops_per_token", "collective")
-_OP_FIELDS_KNOWN = tuple(f.name for f in dataclass_fields(Op)) == _OP_FIELDS
-
-
-def _op_with(op: Op, flops: float, bytes_read: dict[str, float], bytes_written: dict[str, float],
-             gemm: tuple[int, int, int, int] | None) -> Op:
-    """A new Op equal to `op` but for the four arguments. Positional construction: ~2.5x faster
-    than `Op.clone` plus assignments and ~10x faster than `dataclasses.replace` (~5,000 ops a step)."""
-    if not _OP_FIELDS_KNOWN:
-        new = op.clone()
-        new.flops, new.bytes_read, new.bytes_written, new.gemm = flops, bytes_read, bytes_written, gemm
-        return new
-    return Op(op.name, op.target, op.kind, op.block, op.layer, op.layer_type, op.phase, op.in_shapes, op.out_shapes,
-              op.dtype, flops, bytes_read, bytes_written, op.repeat, gemm, op.tokens_per_expert,
-              op.expert_weight_bytes, op.expert_flops_per_token, op.collective)
 
 
 def _gemm_shape(op: Op, tok: float, tp: int) -> tuple[int, int, int, int] | None:
@@ -316,19 +128,27 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
              precision: Precision, *, placement: str | Sequence[int] = "contiguous",
              dispatch_fp8: bool | None = None, dispatch_dedup: bool = True,
              allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16",
-             expert_loads: Sequence[float] | None = None) -> MappedStep:
+             expert_loads: Sequence[float] | None = None,
+             rates: tuple[float, float] | None = None) -> MappedStep:
     """The per-chip step of `graph` under `plan` and `precision` (see module docstring).
     `expert_loads`: per-expert load statistics that choose and place redundant copies (default:
-    each layer's own routed counts)."""
+    each layer's own routed counts). `rates`: (matrix FLOP/s, HBM bytes/s) at which the cost model
+    charges grouped expert GEMMs and memory, used to rank EP ranks and pipeline stages (the caller
+    asks the cost model, `CostModel.rank_rates()`; default: the same rule from the spec, peak x
+    efficiency.grouped_gemm or gemm, HBM x efficiency.memory)."""
+    if rates is None:
+        eff = hw.efficiency
+        rates = (hw.chip.matrix.peak(precision.matrix_dtype) * (eff.grouped_gemm or eff.gemm),
+                 hw.chip.hbm.bandwidth * eff.memory)
     with gc_paused():
         return _map_step(graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
-                         allreduce_algorithm, reduce_dtype, expert_loads)
+                         allreduce_algorithm, reduce_dtype, expert_loads, rates)
 
 
 def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
               precision: Precision, placement: str | Sequence[int], dispatch_fp8: bool | None,
               dispatch_dedup: bool, allreduce_algorithm: str | None, reduce_dtype: str,
-              expert_loads: Sequence[float] | None) -> MappedStep:
+              expert_loads: Sequence[float] | None, rates: tuple[float, float]) -> MappedStep:
     reason = check_plan(config, plan, plan.chips)
     if reason:
         raise CodesignError(f"parallel: {reason}")
@@ -343,8 +163,7 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
     H = config.hidden_size
     act_b = precision.bytes_per_element(precision.activations)
     red_b = BYTES_PER_ELEMENT[reduce_dtype]
-    matrix_rate = hw.chip.matrix.peak(precision.matrix_dtype) * hw.efficiency.gemm
-    hbm_rate = hw.chip.hbm.bandwidth * hw.efficiency.memory
+    matrix_rate, hbm_rate = rates
     su_size = hw.system.scale_up.size
     stages = _stage_layers(config, plan.pp)
     layer_stage = {i: s for s, ls in enumerate(stages) for i in ls}
@@ -378,13 +197,13 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
     out.graph.update(plan=plan.to_dict(), precision=precision.to_dict(), chips=plan.chips, mapped=True)
     expert_ranks: dict[int, int] = {}
     moe_imbalance: dict[int, float] = {}
-    scaler = _Scaler(precision)
+    scaler = Scaler(precision)
     # Factors per byte class: one dict per TP block (the KV split depends on the block) and one for
     # replicated ops, built once per call (they were rebuilt per op).
     f_rep = {"weight": 1.0, "activation": tok_att, "state": tok_att, "kv_cache": tok_att}
     f_tp: dict[str, dict[str, float]] = {}
     flops_tp = tok_att / tp
-    expert_ctx = _ExpertContext(config, plan, precision, placement, dp, matrix_rate, hbm_rate, expert_loads)
+    expert_ctx = ExpertMapper(config, plan, precision, placement, dp, matrix_rate, hbm_rate, expert_loads)
     nodes = []
     for n, op in graph.nodes(data="op"):
         if op.kind == "grouped_gemm" and op.block == "moe_experts" and config.moe is not None:
@@ -527,70 +346,4 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
                 load[s] += max(op.flops / matrix_rate, op.bytes_total / hbm_rate)
         stage = max(range(plan.pp), key=lambda s: (load[s], -s))
     out.graph["stage"] = stage
-    return MappedStep(out, plan, precision, plan.chips, stages, stage, expert_ranks)
-
-
-class _ExpertContext:
-    """Maps the grouped expert op of each MoE layer for one map_step: what does not depend on the
-    layer (slot layout without copies, scale factors, rates) is computed once per call."""
-
-    def __init__(self, config: ModelConfig, plan: ParallelPlan, prec: Precision,
-                 placement: str | Sequence[int], dp: int, flop_rate: float, byte_rate: float,
-                 expert_loads: Sequence[float] | None = None) -> None:
-        self.E = config.moe.num_experts if config.moe is not None else 0
-        self.plan, self.prec, self.placement, self.dp = plan, prec, placement, dp
-        self.flop_rate, self.byte_rate, self.expert_loads = flop_rate, byte_rate, expert_loads
-        self.r_extra = plan.redundant(self.E) if self.E else 0
-        self.scaler = _Scaler(prec)
-        self._base: list[int] | None = None  # expert -> rank without copies (validated once)
-
-    def map(self, op: Op) -> tuple[Op, int, float]:
-        """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
-        mean rank tokens)."""
-        E, prec, dp = self.E, self.prec, self.dp
-        ep, moe_tp = self.plan.ep, self.plan.moe_tp
-        r_extra = self.r_extra
-        tpe = op.tokens_per_expert
-        if not tpe:  # no routing detail: an even share (a rank holds (E + r) / ep of the E experts' weights)
-            f = {"weight": (E + r_extra) / E / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0,
-                 "kv_cache": 1.0}
-            return _scaled(op, 1.0 / (dp * ep * moe_tp), f, prec), 0, 1.0
-        counts = [math.ceil(c / dp) for c in tpe]  # the busiest replica's share
-        if r_extra == 0 and len(counts) == E:
-            # replicate_experts without copies: one slot per expert at its placement rank
-            if self._base is None:
-                self._base = expert_placement(E, ep, self.placement)
-            ranks = self._base
-        else:
-            slots = replicate_experts(counts, ep, r_extra, self.placement, self.expert_loads)
-            counts = [t for _, _, t in slots]
-            ranks = [r for _, r, _ in slots]
-        scale = self.scaler.scale
-        ewb = op.expert_weight_bytes * scale["weight"]
-        loads = rank_loads(counts, ranks, ep)
-        rank = _slowest(loads, op.expert_flops_per_token / moe_tp, ewb / moe_tp, self.flop_rate, self.byte_rate)
-        mine = tuple(c for c, r in zip(counts, ranks) if r == rank)
-        tokens = sum(mine)
-        touched = sum(1 for c in mine if c)
-        routed = float(sum(tpe)) or 1.0
-        mean = sum(t for t, _ in loads) / ep
-        imbalance = max(t for t, _ in loads) / mean if mean > 0 else 1.0
-        share = tokens / routed
-        rd = {c: op.bytes_read.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
-        wr = {c: op.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
-        rd["weight"] = touched * ewb / moe_tp
-        new = op.clone()
-        new.flops = tokens * op.expert_flops_per_token / moe_tp
-        new.bytes_read, new.bytes_written = rd, wr
-        new.tokens_per_expert = mine
-        new.expert_flops_per_token = op.expert_flops_per_token / moe_tp
-        new.expert_weight_bytes = ewb / moe_tp
-        return new, rank, imbalance
-
-
-def _map_experts(op: Op, config: ModelConfig, plan: ParallelPlan, prec: Precision,
-                 placement: str | Sequence[int], dp: int, flop_rate: float,
-                 byte_rate: float, expert_loads: Sequence[float] | None = None) -> tuple[Op, int, float]:
-    """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
-    mean rank tokens)."""
-    return _ExpertContext(config, plan, prec, placement, dp, flop_rate, byte_rate, expert_loads).map(op)
+    return MappedStep(out, plan, precision, plan.chips, stages, stage, expert_ranks, expert_ctx)

@@ -173,6 +173,11 @@ class CostModel:
         self.tile_m, self.tile_n = chip.matrix.tile
         self.half = eff.small_m_half
 
+    def rank_rates(self) -> tuple[float, float]:
+        """(FLOP/s, bytes/s) of grouped expert GEMMs and HBM: what the mapping ranks EP ranks and
+        pipeline stages by (`codesign.mapping.map_step(rates=...)`)."""
+        return self.grouped_rate, self.hbm_bw
+
     # -- compute ----------------------------------------------------------------------------
     def _ramp(self, m_padded: float) -> float:
         if not self.opts.small_m_ramp:

@@ -22,7 +22,7 @@ import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterable
 
 import networkx as nx
 import simpy
@@ -252,28 +252,72 @@ class StepSimulator:
         return t, True
 
     # -- the whole step ---------------------------------------------------------------------------
-    def residency(self, g: nx.DiGraph) -> Residency:
+    def residency(self, ops: Iterable[Op]) -> Residency:
         """State (then weights) stay SRAM-resident when a whole step's worth fits this chip's budget."""
-        opts = self.cost.opts
-        budget = self.cost.sram_budget
         state = weights = 0.0
-        for _, o in g.nodes(data="op"):
+        for o in ops:
             state += o.bytes_read.get("state", 0.0)
             weights += o.bytes_read.get("weight", 0.0)
+        return self._resident(state, weights)
+
+    def _residency(self, g: nx.DiGraph, by_layer: dict[int, list], virtual: dict[int, "VirtualLayer"]) -> Residency:
+        """`residency` of the whole step: the graph's ops, and each virtual layer as its template's
+        bytes plus its replaced ops' difference."""
+        if not virtual:
+            return self.residency(o for _, o in g.nodes(data="op"))
+        per_layer: dict[int, tuple[float, float]] = {}
+        state = weights = 0.0
+        for layer, nodes in by_layer.items():
+            if layer in virtual:
+                continue
+            s = w = 0.0
+            for n in nodes:
+                br = g.nodes[n]["op"].bytes_read
+                s += br.get("state", 0.0)
+                w += br.get("weight", 0.0)
+            per_layer[layer] = (s, w)
+            state, weights = state + s, weights + w
+        for layer, v in virtual.items():
+            s, w = per_layer[v.template]
+            tmpl = by_layer[v.template]
+            for i, op in v.replaced.items():
+                old = g.nodes[tmpl[i]]["op"].bytes_read
+                s += op.bytes_read.get("state", 0.0) - old.get("state", 0.0)
+                w += op.bytes_read.get("weight", 0.0) - old.get("weight", 0.0)
+            state, weights = state + s, weights + w
+        return self._resident(state, weights)
+
+    def _resident(self, state: float, weights: float) -> Residency:
+        opts = self.cost.opts
+        budget = self.cost.sram_budget
         res_state = bool(opts.sram_state and 0 < state <= budget)
         left = budget - (state if res_state else 0.0)
         res_w = bool(opts.sram_weights and 0 < weights <= left)
         return Residency(state=res_state, weights=res_w)
 
-    def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None) -> StepResult:
-        residency = self.residency(g)
+    def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None,
+                 virtual: dict[int, "VirtualLayer"] | None = None) -> StepResult:
+        """Simulate the per-chip step `g`. `virtual`: layers not in `g`, each a copy of a layer of
+        `g` of the same kind (its template) with some ops replaced (its own expert op and
+        all-to-alls): they are costed exactly as if they were in the graph (same representative,
+        same deltas), without building them (`codesign.sim.stepmodel`)."""
         # Group by layer in insertion order: the tracer and the mapping build every layer of a kind
         # the same way, so position i of two such layers is the same op (checked by signature).
         by_layer: dict[int, list] = defaultdict(list)
+        op_of: dict[Any, Op] = {}
         for n, o in g.nodes(data="op"):
             by_layer[o.layer].append(n)
+            op_of[n] = o
+        virtual = virtual or {}
+        for layer, v in virtual.items():
+            tmpl = by_layer[v.template]
+            keys = list(tmpl)
+            for i, op in v.replaced.items():
+                keys[i] = ("virtual", layer, i)
+                op_of[keys[i]] = op
+            by_layer[layer] = keys
+        residency = self._residency(g, by_layer, virtual)
         costs: dict[Any, OpCost] = {}
-        op_of = {n: o for n, o in g.nodes(data="op")}
 
         def cost_of(n) -> OpCost:
             c = costs.get(n)
@@ -283,72 +327,124 @@ class StepSimulator:
 
         # One representative per (layer_type, op kinds); other layers of the kind differ only in
         # their MoE expert ops and collectives (per-layer routing): those add their cost deltas.
-        reps: dict[tuple, tuple[list, float, list]] = {}
+        reps: dict[tuple, _Rep] = {}
         layer_time: dict[int, float] = {}
-        simulated = 0
         tbo_used = False
-        breakdown_block: dict[str, float] = defaultdict(float)
-        breakdown_res: dict[str, float] = defaultdict(float)
+        block_t: dict[str, float] = defaultdict(float)
+        res_t: dict[str, float] = defaultdict(float)
 
-        def account(n, o, sign: float = 1.0) -> None:
-            c = costs[n]
-            breakdown_block[o.block] += sign * c.time_s
-            breakdown_res[BOTTLENECK_NAMES[c.bottleneck]] += sign * c.time_s
-
+        keys: dict[int, tuple] = {}
+        sigs: dict[Any, tuple] = {}  # signatures of compared ops (a template's serve all its copies)
         for layer, nodes in sorted(by_layer.items()):
-            ops = [op_of[n] for n in nodes]
-            key = (ops[0].layer_type, tuple(o.kind for o in ops))
+            v = virtual.get(layer)
+            if v is not None:
+                key = keys[v.template]
+            else:
+                ops = [op_of[n] for n in nodes]
+                key = (ops[0].layer_type, tuple(o.kind for o in ops))
+            keys[layer] = key
             rep = reps.get(key)
             if rep is None:
+                if v is not None:
+                    raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
                 t, used = self._group_time(g, _topological(g, nodes), costs, residency)
                 tbo_used |= used
-                varying = [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING]
-                reps[key] = (nodes, t, varying)
-                simulated += 1
-                for n, o in zip(nodes, ops):
-                    account(n, o)
-            else:
-                rnodes, t, varying = rep
-                for i, sig in varying:
-                    o = ops[i]
-                    if _signature(o) != sig:
-                        n, rn = nodes[i], rnodes[i]
-                        t += cost_of(n).time_s - costs[rn].time_s
-                        account(n, o)
-                        account(rn, op_of[rn], -1.0)
-                for n, o in zip(rnodes, (op_of[r] for r in rnodes)):
-                    account(n, o)
+                rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
+                                       _totals((op_of[n], costs[n]) for n in nodes))
+            t = rep.time
+            for i, sig in rep.varying:
+                n, rn = nodes[i], rep.nodes[i]
+                if n == rn:
+                    continue
+                o = op_of[n]
+                s = sigs.get(n)
+                if s is None:
+                    s = sigs[n] = _signature(o)
+                if o is not op_of[rn] and s != sig:
+                    c, rc = cost_of(n), costs[rn]
+                    t += c.time_s - rc.time_s
+                    _account(block_t, res_t, o.block, c, 1.0)
+                    _account(block_t, res_t, o.block, rc, -1.0)
+            for k, v in rep.blocks.items():
+                block_t[k] += v
+            for k, v in rep.resources.items():
+                res_t[k] += v
             layer_time[layer] = t
 
-        # Pipeline stages: layers per stage; embedding (layer < 0) joins the first stage, the head
-        # and MTP (layers beyond the last decoder layer) the last.
-        if stage_layers and len(stage_layers) > 1:
-            first, last = min(stage_layers[0]), max(stage_layers[-1])
-            stage_times = []
-            for i, layers in enumerate(stage_layers):
-                s = set(layers)
-                t = sum(v for k, v in layer_time.items() if k in s)
-                if i == 0:
-                    t += sum(v for k, v in layer_time.items() if k < first)
-                if i == len(stage_layers) - 1:
-                    t += sum(v for k, v in layer_time.items() if k > last)
-                stage_times.append(t)
-        else:
-            stage_times = [sum(layer_time.values())]
-        total = sum(stage_times)
+        stage_times = _stage_times(layer_time, stage_layers)
         # The step's bottleneck: the resource class carrying the most op time.
-        bottleneck = max(sorted(breakdown_res), key=lambda k: breakdown_res[k]) if breakdown_res else "none"
+        bottleneck = max(sorted(res_t), key=lambda k: res_t[k]) if res_t else "none"
         return StepResult(
-            time_s=total,
+            time_s=sum(stage_times),
             bottleneck=bottleneck,
-            breakdown={"block": dict(sorted(breakdown_block.items())), "resource": dict(sorted(breakdown_res.items()))},
+            breakdown={"block": dict(sorted(block_t.items())), "resource": dict(sorted(res_t.items()))},
             stage_times_s=stage_times,
             residency={"state": residency.state, "weights": residency.weights},
-            layers_simulated=simulated,
+            layers_simulated=len(reps),
             two_batch_overlap=tbo_used,
         )
+
+
+@dataclass
+class VirtualLayer:
+    """A layer the step graph does not hold: layer `template` of the graph (same kind) with the ops
+    at some positions of its insertion order replaced (`replaced`: position -> op)."""
+
+    template: int
+    replaced: dict[int, Op]
+
+
+@dataclass
+class _Rep:
+    """A simulated representative layer: its nodes, time, varying ops' signatures and the time of
+    its ops by block and by resource (added once per layer of its kind)."""
+
+    nodes: list
+    time: float
+    varying: list[tuple[int, tuple]]
+    totals: tuple[dict[str, float], dict[str, float]]
+
+    @property
+    def blocks(self) -> dict[str, float]:
+        return self.totals[0]
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return self.totals[1]
+
+
+def _totals(pairs: Iterable[tuple[Op, OpCost]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds of (op, cost) pairs by block and by resource."""
+    block_t: dict[str, float] = defaultdict(float)
+    res_t: dict[str, float] = defaultdict(float)
+    for o, c in pairs:
+        _account(block_t, res_t, o.block, c, 1.0)
+    return dict(block_t), dict(res_t)
+
+
+def _account(block_t: dict, res_t: dict, block: str, c: OpCost, sign: float) -> None:
+    block_t[block] += sign * c.time_s
+    res_t[BOTTLENECK_NAMES[c.bottleneck]] += sign * c.time_s
+
+
+def _stage_times(layer_time: dict[int, float], stage_layers: list[list[int]] | None) -> list[float]:
+    """Seconds per pipeline stage: its layers; the embedding (layer < 0) joins the first stage, the
+    head and MTP (layers beyond the last decoder layer) the last."""
+    if not stage_layers or len(stage_layers) <= 1:
+        return [sum(layer_time.values())]
+    first, last = min(stage_layers[0]), max(stage_layers[-1])
+    out = []
+    for i, layers in enumerate(stage_layers):
+        members = set(layers)
+        t = sum(v for k, v in layer_time.items() if k in members)
+        if i == 0:
+            t += sum(v for k, v in layer_time.items() if k < first)
+        if i == len(stage_layers) - 1:
+            t += sum(v for k, v in layer_time.items() if k > last)
+        out.append(t)
+    return out
 
 
 def precision_dtypes(precision: Any, attention: str = "auto") -> tuple[str, str]:
@@ -380,4 +476,4 @@ def simulate_step(mapped: Any, hw: HardwareSpec, options: CostOptions | None = N
         return StepSimulator(hw, cm, two_batch_overlap).simulate(mapped.graph, stages)
 
 
-__all__ = ["StepResult", "StepSimulator", "simulate_step", "precision_dtypes"]
+__all__ = ["StepResult", "StepSimulator", "VirtualLayer", "simulate_step", "precision_dtypes"]

@@ -1,11 +1,12 @@
 """Step evaluation at one design point: `Stepper(point parts).step(shape) -> StepResult`.
 
 A `Stepper` holds everything a step depends on except its shape: hardware spec, model config,
-plan, precision, cost options, mapping options and router. `step(shape)` traces the shape
-(`codesign.graph.trace`), maps it (`codesign.mapping.map_step`) and runs the engine
-(`codesign.sim.engine.simulate_step`); results are memoised per stepper and in `STEP_CACHE` across
-steppers, keyed by the full inputs, so plan searches, batch bisections and repeated calls reuse
-them. `memory(batch, kv_len)` and `max_batch(kv_len)` answer capacity questions for the same point.
+plan, precision, cost options, mapping options and router. `step(shape)` evaluates the shape with
+the step-time model (`codesign.sim.stepmodel.StepModel`: layer segments, a skeleton graph mapped
+by `codesign.mapping.map_step`, the engine over it and the other layers' expert ops);
+`full_step(shape)` is the reference evaluation over the whole traced graph, equal to it. Results
+are memoised per stepper and in `STEP_CACHE` across steppers, keyed by the full inputs, so plan
+searches, batch bisections and repeated calls reuse them. `memory(batch, kv_len)` and `max_batch(kv_len)` answer capacity questions for the same point.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from codesign.mapping.options import MappingOptions
 from codesign.models import ModelConfig
 from codesign.sim.cost import CostOptions
 from codesign.sim.engine import StepResult, simulate_step
+from codesign.sim.stepmodel import StepModel
 
 
 class BoundedCache:
@@ -118,6 +120,7 @@ class Stepper:
 
     def __post_init__(self) -> None:
         self._steps: dict[StepShape, StepResult] = {}
+        self._model: StepModel | None = None
         self._fits: dict[tuple[int, int], int] = {}
         rk = router_key(self.router)
         self._key: tuple | None = None
@@ -156,10 +159,26 @@ class Stepper:
         return g
 
     def _simulate(self, shape: StepShape) -> StepResult:
+        if self._model is None:
+            self._model = StepModel(self.hw, self.config, self.plan, self.precision, self.cost, self.options,
+                                    self.router)
+        return self._model.step(shape)
+
+    def full_step(self, shape: StepShape) -> StepResult:
+        """The reference evaluation: the whole step traced into one graph, every op mapped, the
+        engine over all of it (what `step` equals; see codesign/sim/stepmodel.py). Not memoised."""
         with gc_paused():
             g = self._trace(shape)
-            mapped = mapping.map_step(g, self.config, self.hw, self.plan, self.precision, **self.options.map_kwargs())
+            mapped = mapping.map_step(g, self.config, self.hw, self.plan, self.precision, **self.options.map_kwargs(),
+                                      rates=self._rates())
             return simulate_step(mapped, self.hw, self.cost, two_batch_overlap=self.options.two_batch_overlap)
+
+    def _rates(self) -> tuple[float, float]:
+        from codesign.sim.cost import CostModel
+        from codesign.sim.engine import precision_dtypes
+
+        matrix, attn = precision_dtypes(self.precision, self.cost.attention_dtype)
+        return CostModel(self.hw, matrix, attn, self.cost).rank_rates()
 
     # -- capacity --------------------------------------------------------------------------------
     def memory(self, batch: int, kv_len: int, tokens_per_seq: int = 1) -> mapping.MemoryBreakdown:

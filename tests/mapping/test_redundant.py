@@ -11,7 +11,7 @@ import pytest
 
 from codesign.errors import CodesignError
 from codesign.mapping import ParallelPlan, Precision, check_plan, map_step, memory_per_chip, replicate_experts
-from codesign.mapping.step import dispatch_fanout
+from codesign.mapping.experts import dispatch_fanout
 from tests.mapping.helpers import deepseek_v3, make_hw, mixtral
 from tests.mapping.test_step import _moe_graph
 

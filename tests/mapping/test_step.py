@@ -9,7 +9,7 @@ import pytest
 from codesign.graph.op import Op
 from codesign.mapping import (ParallelPlan, Precision, collective_time, expert_placement, map_step, rank_loads,
                               slowest_rank)
-from codesign.mapping.step import dispatch_fanout
+from codesign.mapping.experts import dispatch_fanout
 from tests.mapping.helpers import llama2_70b, qwen35_397b
 
 B = 16  # sequences in the traced decode step

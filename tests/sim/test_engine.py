@@ -110,10 +110,10 @@ def test_state_resident_when_it_fits():
 # ---- speed machinery ------------------------------------------------------------------------------
 
 def test_op_fields_known():
-    # map_step builds ops positionally for speed; a new Op field must be added to step._OP_FIELDS
-    from codesign.mapping import step
+    # the mapping builds ops positionally for speed; a new Op field must be added to scaling.OP_FIELDS
+    from codesign.mapping import scaling
 
-    assert step._OP_FIELDS_KNOWN
+    assert scaling.OP_FIELDS_KNOWN
 
 
 def test_gc_state_restored_after_mapping_and_simulating():

@@ -424,11 +424,14 @@ def _cache_bytes(config: ModelConfig) -> dict[str, float]:
 
 def _rescale_experts(op: Op, counts) -> Op:
     """The grouped expert op with this layer's per-expert token counts (same routed total)."""
-    counts = tuple(int(c) for c in counts)
-    touched = sum(1 for c in counts if c)
+    if not isinstance(counts, tuple):
+        counts = tuple(int(c) for c in counts)
+    touched = len(counts) - counts.count(0)
     rd = dict(op.bytes_read)
     rd["weight"] = touched * op.expert_weight_bytes
-    return dataclasses.replace(op, tokens_per_expert=counts, flops=sum(counts) * op.expert_flops_per_token, bytes_read=rd)
+    new = op.clone()
+    new.tokens_per_expert, new.flops, new.bytes_read = counts, sum(counts) * op.expert_flops_per_token, rd
+    return new
 
 
 def _legacy_shape(config: ModelConfig, phase: str, batch: int, tokens: int | None, context: int) -> StepShape:

@@ -1,0 +1,128 @@
+"""The step-time model: a step shape's `StepResult` in milliseconds, without building the whole step.
+
+The full evaluation of a step (`Stepper.full_step`) traces every layer into one networkx graph
+(~6,000 ops for Qwen3.5-397B), maps every op onto the plan and runs the engine over it. But layers
+of one kind are recorded once and differ only in their routed-expert work, and the engine already
+simulates one representative layer per kind and adds the cost difference of the others' expert ops
+and collectives. `StepModel.step(shape)` does the same work directly:
+
+1. the layer segments of the shape (`codesign.graph.tracing.step_segments`: recorded at batches 1-2
+   and two cached lengths, extrapolated exactly to the shape; groups of a mixed step merged);
+2. a **skeleton** graph of the embedding, the head and one layer per kind (per pipeline stage,
+   plus each stage's last layer, which carries the stage hand-off), mapped by the same `map_step`;
+3. every other layer as a **virtual** op list: its kind's mapped ops with its own routed-expert op
+   (this layer's router draw, mapped by the same `ExpertMapper`) and its all-to-alls' load
+   imbalance, handed to the engine (`StepSimulator.simulate(virtual=...)`), which costs them
+   exactly as the full graph's layers.
+
+Exactness: the same ops reach the same cost model and engine in the same order, so the step time,
+bottleneck and breakdown equal the full evaluation's. Two sums run in another order (the SRAM
+residency test's byte totals and the breakdown's), which may move the last bits; the benchmark
+`benchmarks/step_bench.py` and `tests/sim/test_stepmodel.py` compare the two on a grid of shapes and
+plans and print the largest difference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codesign import mapping
+from codesign.gc_pause import gc_paused
+from codesign.graph.op import Op
+from codesign.graph.router import make_router
+from codesign.graph.shape import StepShape
+from codesign.hw import HardwareSpec
+from codesign.mapping.memory import stage_layers
+from codesign.mapping.options import MappingOptions
+from codesign.models import ModelConfig
+from codesign.sim.cost import CostModel, CostOptions
+from codesign.sim.engine import StepResult, StepSimulator, VirtualLayer, precision_dtypes
+
+
+def _skeleton(config: ModelConfig, pp: int) -> tuple[set[int], dict[int, int]]:
+    """(layers the skeleton graph holds, template layer of every other decoder layer)."""
+    keep = {-1, config.num_layers}
+    template: dict[int, int] = {}
+    stages = stage_layers(config, pp)
+    for s, layers in enumerate(stages):
+        boundary = layers[-1] if s < len(stages) - 1 else None  # carries the stage hand-off
+        if boundary is not None:
+            keep.add(boundary)
+        first: dict[str, int] = {}
+        for i in layers:
+            if i == boundary:
+                continue
+            kind = config.layer_kind(i)
+            if kind not in first:
+                first[kind] = i
+                keep.add(i)
+            else:
+                template[i] = first[kind]
+    return keep, template
+
+
+class StepModel:
+    """Step shapes -> StepResult at one (hardware, model, plan, precision, cost, mapping, router)."""
+
+    def __init__(self, hw: HardwareSpec, config: ModelConfig, plan: mapping.ParallelPlan,
+                 precision: mapping.Precision, cost: CostOptions | None = None,
+                 options: MappingOptions | None = None, router: Any = None) -> None:
+        from codesign.graph import tracing  # noqa: F401  (imports torch: on first use only)
+
+        self.hw, self.config, self.plan, self.precision = hw, config, plan, precision
+        self.options = options or MappingOptions()
+        matrix, attn = precision_dtypes(precision, (cost or CostOptions()).attention_dtype)
+        self.cost_model = CostModel(hw, matrix, attn, cost or CostOptions())
+        self.router = make_router(router)
+        self.keep, self.template = _skeleton(config, plan.pp)
+        self._simulator = StepSimulator(hw, self.cost_model, self.options.two_batch_overlap)
+
+    def step(self, shape: StepShape) -> StepResult:
+        from codesign.graph import tracing as tr
+
+        config = self.config
+        tr.check_shape(config, shape)
+        with gc_paused():
+            pieces = tr.step_segments(config, shape)
+            skeleton = tr.assemble(config, [p for p in pieces if p[0] in self.keep], shape, self.router)
+            skeleton.graph.update(tr.describe_shape(shape))
+            mapped = mapping.map_step(skeleton, config, self.hw, self.plan, self.precision,
+                                      **self.options.map_kwargs(), rates=self.cost_model.rank_rates())
+            virtual = self._virtual(mapped, pieces, shape)
+            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual)
+
+    def _virtual(self, mapped: mapping.MappedStep, pieces: list, shape: StepShape) -> dict[int, VirtualLayer]:
+        """The op list of every decoder layer the skeleton does not hold (see module docstring)."""
+        from codesign.graph import tracing as tr
+
+        by_layer: dict[int, list[Op]] = {}
+        for _, op in mapped.graph.nodes(data="op"):
+            by_layer.setdefault(op.layer, []).append(op)
+        draws = tr.router_layers(self.config)
+        out: dict[int, VirtualLayer] = {}
+        expert_pos: dict[int, tuple[int, list[int]]] = {}  # template -> (expert op index, all-to-all indices)
+        for layer, tmpl in self.template.items():
+            ops = by_layer[tmpl]
+            if layer not in draws:
+                out[layer] = VirtualLayer(tmpl, {})  # no routed experts: the template's ops as they are
+                continue
+            if tmpl not in expert_pos:
+                e = next(i for i, o in enumerate(ops) if o.kind == "grouped_gemm" and o.block == "moe_experts")
+                a2a = [i for i, o in enumerate(ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
+                expert_pos[tmpl] = (e, a2a)
+            e, a2a = expert_pos[tmpl]
+            traced = next(o for o in pieces[layer + 1][2].ops if o.kind == "grouped_gemm")
+            counts = tr.expert_counts(self.config, shape, self.router, layer, draws[layer])
+            op = tr._rescale_experts(traced, counts).clone()
+            op.layer, op.layer_type = layer, ops[e].layer_type
+            new, _, imbalance = mapped.experts.map(op)
+            replaced = {e: new}
+            for i in a2a:
+                c = ops[i].clone()
+                c.collective = {**c.collective, "imbalance": float(imbalance)}
+                replaced[i] = c
+            out[layer] = VirtualLayer(tmpl, replaced)
+        return out
+
+
+__all__ = ["StepModel"]

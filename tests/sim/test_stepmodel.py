@@ -1,0 +1,46 @@
+"""The step-time model (skeleton graph + virtual layers) against the full evaluation of the whole
+traced step: same time, bottleneck and breakdown, on a grid of shapes and plans."""
+
+from __future__ import annotations
+
+import pytest
+
+from codesign.graph.shape import Group, StepShape
+from codesign.mapping import ParallelPlan, Precision
+from codesign.models import load_model
+from codesign.sim.stepper import Stepper
+from tests.sim.helpers import make_hw
+
+FP8 = Precision(weights="fp8", activations="fp8")
+SHAPES = [
+    StepShape.decode(1, 4096),
+    StepShape.decode(37, 20_000),
+    StepShape.prefill(1, 512, cached=1024),
+    StepShape.verify(8, cached=3000, draft=2),
+    StepShape((Group(12, 1, 5000), Group(1, 256, 700))),
+]
+POINTS = [
+    ("qwen3.5-35b-a3b", 8, ParallelPlan(tp=8, ep=8)),
+    ("qwen3.5-35b-a3b", 8, ParallelPlan(ep=8, attention_dp=8)),
+    ("qwen3.5-35b-a3b", 8, ParallelPlan(tp=2, ep=1, pp=4)),
+    ("qwen3-8b", 4, ParallelPlan(tp=2, pp=2)),
+    ("deepseek-v3", 16, ParallelPlan(ep=16, attention_dp=16)),
+]
+
+
+def _same(a, b):
+    assert a.time_s == pytest.approx(b.time_s, rel=1e-12, abs=0)
+    assert a.bottleneck == b.bottleneck and a.two_batch_overlap == b.two_batch_overlap
+    assert a.stage_times_s == pytest.approx(b.stage_times_s, rel=1e-12)
+    for part in ("block", "resource"):
+        assert a.breakdown[part].keys() == b.breakdown[part].keys()
+        for k in a.breakdown[part]:
+            assert a.breakdown[part][k] == pytest.approx(b.breakdown[part][k], rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("model,chips,plan", POINTS, ids=lambda p: str(p))
+def test_step_model_equals_full_evaluation(model, chips, plan):
+    hw = make_hw(**{"system.chips": chips, "system.scale_up.size": max(8, chips)})
+    st = Stepper(hw, load_model(model), plan, FP8, cache=False)
+    for shape in SHAPES:
+        _same(st.step(shape), st.full_step(shape))
