@@ -345,7 +345,7 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
     matrix_rate = hw.chip.matrix.peak(precision.matrix_dtype) * hw.efficiency.gemm
     hbm_rate = hw.chip.hbm.bandwidth * hw.efficiency.memory
     su_size = hw.system.scale_up.size
-    stages = _stage_layers(config, plan.pp)
+    stages = _stage_layers(config, plan.pp, plan.layer_partition)
     layer_stage = {i: s for s, ls in enumerate(stages) for i in ls}
 
     def stage_of(layer: int) -> int:
