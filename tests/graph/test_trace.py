@@ -170,6 +170,18 @@ def test_cli_trace_json(capsys):
     assert out["kv_cache_bytes_per_token"] == 30 * KiB
 
 
+def test_cli_says_when_the_refused_context_was_the_default(capsys):
+    from codesign.cli import main
+
+    assert main(["trace", "--model", "llama-2-70b"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("codesign: error: llama-2-70b: the default context 32k (32768 tokens) exceeds the model's "
+                   "maximum of 4096 tokens; pass a shorter one, e.g. --context 4k\n")
+    assert main(["trace", "--model", "llama-2-70b", "--context", "8k"]) == 2  # asked for: no default named
+    assert capsys.readouterr().err == (
+        "codesign: error: llama-2-70b: context 8192 exceeds the model's maximum of 4096 tokens\n")
+
+
 def test_cli_unknown_model_lists_names(capsys):
     from codesign.cli import main
 
