@@ -93,12 +93,12 @@ def _print(config, g, head, table, out) -> None:
     console = Console(width=max(Console().width, 120))  # the table needs 120 columns even when piped
     t = Table(title=f"{config.name}: {g.graph['phase']} batch={g.graph['batch']} tokens={g.graph['tokens']} "
               f"context={g.graph['context']} ({g.graph['router']})")
-    for col in ["layer type", "layers", "ops", "GFLOPs", "weight GB", "activation GB", "kv_cache GB", "state GB"]:
+    for col in ["layer type", "layers", "ops", "GFLOPs", "weight GiB", "activation GiB", "kv_cache GiB", "state GiB"]:
         t.add_column(col, justify="left" if col == "layer type" else "right")
     for _, r in table.iterrows():
         t.add_row(str(r["layer_type"]), f"{int(r['layers'])}", f"{int(r['ops'])}", f"{r['gflops']:,.1f}",
-                  f"{r['weight_gb']:,.3f}", f"{r['activation_gb']:,.3f}", f"{r['kv_cache_gb']:,.3f}",
-                  f"{r['state_gb']:,.3f}")
+                  f"{r['weight_gib']:,.3f}", f"{r['activation_gib']:,.3f}", f"{r['kv_cache_gib']:,.3f}",
+                  f"{r['state_gib']:,.3f}")
     console.print(t)
     console.print(
         f"params: {head['params_total'] / 1e9:,.2f}B total, {head['params_active'] / 1e9:,.2f}B active"
