@@ -26,9 +26,8 @@ def summary_table(g: nx.DiGraph) -> pd.DataFrame:
             r[f"{c}_gib"] += (op.bytes_read[c] + op.bytes_written[c]) / 2**30
     df = pd.DataFrame(list(rows.values()))
     df.insert(1, "layers", [len(layers[t]) for t in df["layer_type"]])
-    total = df.drop(columns=["layer_type"]).sum(numeric_only=True)
-    total["layer_type"] = "total"
-    return pd.concat([df, total.to_frame().T], ignore_index=True)
+    total = {"layer_type": "total", **df.drop(columns=["layer_type"]).sum(numeric_only=True).to_dict()}
+    return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
 
 
 def headline(g: nx.DiGraph, cache: dict[str, float]) -> dict:
