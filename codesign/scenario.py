@@ -91,7 +91,7 @@ class Scenario(_Strict):
     chips: int | None = Field(default=None, gt=0)  # default: the spec's system size
     model: str  # name in model_graphs/ or a path
     precision: dict[str, Any] = {}  # codesign.mapping.Precision fields
-    parallel: Literal["auto"] | dict[str, int] = "auto"
+    parallel: Literal["auto"] | dict[str, int | str | list[int]] = "auto"  # ParallelPlan fields, checked there
     workload: Workload = Workload()
     slo: SLO | None = None
     measured: Measured | None = None

@@ -2,7 +2,8 @@
 
     codesign simulate --hw h200                       # qwen3.5-397b-a17b at 32K and 256K, best plan
     codesign simulate --hw h200 --model qwen3-235b-a22b --context 32k,256k --chips 8
-    codesign simulate --scenario scenario.yaml [--json]
+    codesign simulate --scenario examples/scenario.yaml
+    codesign simulate --hw h200 --wide                # every column; --json for every field
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from codesign.commands.result_table import console, print_table  # noqa: F401 (console: used by validate, reproduce)
 from codesign.errors import CodesignError
-from codesign.results import Result
 from codesign.units import parse_tokens
 
 
@@ -25,6 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--plan", default="auto", help="'auto' or e.g. tp=8,ep=8 (default auto: best plan found)")
     p.add_argument("--scenario", default=None, help="a scenario YAML file (one mapping or a list)")
     p.add_argument("--json", action="store_true", help="print JSON results instead of a table")
+    p.add_argument("--wide", action="store_true", help="a table with every column (the default one fits 100 columns)")
     return p
 
 
@@ -39,46 +41,6 @@ def parse_plan(text: str) -> str | dict[str, int]:
             raise CodesignError(f"--plan: expected 'auto' or e.g. tp=8,ep=8, found {text!r}")
         out[k.strip()] = int(v)
     return out
-
-
-def _fmt(x: float | None, spec: str = ".3g") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def print_table(results: list[Result], title: str = "codesign simulate") -> None:
-    from rich.table import Table
-
-    t = Table(title=title, show_lines=False)
-    for col in ("scenario", "context", "plan", "batch", "tok/s", "tok/s/chip", "TTFT s", "TPOT ms",
-                "weights GiB", "KV GiB", "state GiB", "act GiB", "total/cap GiB", "bottleneck"):
-        t.add_column(col, overflow="fold")
-    for r in results:
-        plan = ",".join(f"{k}{v}" for k, v in r.plan.items() if v != 1) or "1"
-        if not r.feasible and r.output_tokens_per_s is None:
-            t.add_row(r.name, str(r.context or "-"), plan, "-", "infeasible", "-", "-", "-", "-", "-", "-", "-", "-",
-                      f"{r.bottleneck or '-'}: {r.reason}")
-            continue
-        m = r.memory_per_chip_gib
-        tpot = r.tpot_s["mean"]
-        rate = r.output_tokens_per_s if r.mode != "prefill" else r.input_tokens_per_s
-        bott = r.bottleneck or "-"
-        if not r.feasible:
-            bott = f"{bott} ({r.reason})"
-        t.add_row(r.name, str(r.context), plan, str(r.concurrency), _fmt(rate, ",.0f"),
-                  _fmt(rate / r.chips if rate is not None else None, ",.1f"), _fmt(r.ttft_s["mean"], ".3g"),
-                  _fmt(tpot * 1e3 if tpot is not None else None, ".3g"), _fmt(m["weights"], ".1f"),
-                  _fmt(m["kv_cache"], ".1f"), _fmt(m["state"], ".2f"), _fmt(m["activations"], ".2f"),
-                  f"{_fmt(m['total'], '.1f')}/{_fmt(m['capacity'], '.1f')}", bott)
-    console().print(t)
-
-
-def console():
-    """A rich console; wide when output is not a terminal (pipes, CI logs) so tables do not fold."""
-    import sys
-
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
         payload = [r.to_dict() for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))
     else:
-        print_table(results)
+        print_table(results, wide=args.wide)
     return 0

@@ -10,6 +10,8 @@ from pathlib import Path
 from codesign.errors import CodesignError
 from codesign.units import parse_tokens
 
+DEFAULT_CONTEXT = "32k"
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -20,8 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default="qwen3.5-397b-a17b", help="name in model_graphs/ or a YAML/config.json path")
     p.add_argument("--phase", choices=["decode", "prefill"], default="decode")
     p.add_argument("--batch", type=int, default=1, help="sequences in the step (default 1)")
-    p.add_argument("--context", default="32k",
-                   help="decode: tokens already cached; prefill: prompt tokens (default 32k)")
+    p.add_argument("--context", default=None,
+                   help=f"decode: tokens already cached; prefill: prompt tokens (default {DEFAULT_CONTEXT})")
     p.add_argument("--offset", default="0", help="prefill only: tokens already cached before the prompt")
     p.add_argument("--router", default="uniform", help="MoE routing model: uniform, zipf or zipf:ALPHA")
     p.add_argument("--seed", type=int, default=0, help="seed of the routing draw")
@@ -37,14 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from codesign.graph.summary import export_json, headline, summary_table
     from codesign.models import load_model
 
+    defaulted = args.context is None
     try:
-        context = parse_tokens(args.context)
+        context = parse_tokens(DEFAULT_CONTEXT if defaulted else args.context)
         offset = parse_tokens(args.offset) if args.offset not in ("0", 0) else 0
     except ValueError as e:
         raise CodesignError(f"--context/--offset: {e}") from None
     if args.batch < 1:
         raise CodesignError(f"--batch must be at least 1, found {args.batch}")
     config = load_model(args.model)
+    if defaulted:
+        _check_default_context(config, args.phase, context, offset)
     try:
         if args.phase == "decode":
             g = trace(config, "decode", batch=args.batch, context=context, router=args.router, seed=args.seed,
@@ -68,6 +73,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_default_context(config, phase: str, context: int, offset: int) -> None:
+    """A model shorter than the default context gets a message that says the context was a default."""
+    length = context if phase == "decode" else context + offset
+    limit = config.max_position_embeddings
+    if length > limit:
+        hint = f"--context {limit // 1024}k" if limit % 1024 == 0 else f"--context {limit}"
+        if phase == "prefill" and offset:
+            hint = f"--context {limit - offset} or less"
+        raise CodesignError(
+            f"{config.name}: the default context {DEFAULT_CONTEXT} ({context} tokens) exceeds the model's "
+            f"maximum of {limit} tokens; pass a shorter one, e.g. {hint}")
+
+
 def _print(config, g, head, table, out) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -75,12 +93,12 @@ def _print(config, g, head, table, out) -> None:
     console = Console(width=max(Console().width, 120))  # the table needs 120 columns even when piped
     t = Table(title=f"{config.name}: {g.graph['phase']} batch={g.graph['batch']} tokens={g.graph['tokens']} "
               f"context={g.graph['context']} ({g.graph['router']})")
-    for col in ["layer type", "layers", "ops", "GFLOPs", "weight GB", "activation GB", "kv_cache GB", "state GB"]:
+    for col in ["layer type", "layers", "ops", "GFLOPs", "weight GiB", "activation GiB", "kv_cache GiB", "state GiB"]:
         t.add_column(col, justify="left" if col == "layer type" else "right")
     for _, r in table.iterrows():
         t.add_row(str(r["layer_type"]), f"{int(r['layers'])}", f"{int(r['ops'])}", f"{r['gflops']:,.1f}",
-                  f"{r['weight_gb']:,.3f}", f"{r['activation_gb']:,.3f}", f"{r['kv_cache_gb']:,.3f}",
-                  f"{r['state_gb']:,.3f}")
+                  f"{r['weight_gib']:,.3f}", f"{r['activation_gib']:,.3f}", f"{r['kv_cache_gib']:,.3f}",
+                  f"{r['state_gib']:,.3f}")
     console.print(t)
     console.print(
         f"params: {head['params_total'] / 1e9:,.2f}B total, {head['params_active'] / 1e9:,.2f}B active"

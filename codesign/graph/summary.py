@@ -12,22 +12,22 @@ from codesign.graph.op import BYTE_CLASSES
 
 
 def summary_table(g: nx.DiGraph) -> pd.DataFrame:
-    """One row per layer type: layers, ops, GFLOPs and GB moved (read + written) by byte class."""
+    """One row per layer type: layers, ops, GFLOPs and GiB moved (read + written; 2^30 bytes, the
+    unit `simulate` reports memory in) by byte class, as columns `<class>_gib`."""
     rows: dict[str, dict] = {}
     layers: dict[str, set[int]] = {}
     for _, op in g.nodes(data="op"):
         r = rows.setdefault(op.layer_type, {"layer_type": op.layer_type, "ops": 0, "gflops": 0.0,
-                                            **{f"{c}_gb": 0.0 for c in BYTE_CLASSES}})
+                                            **{f"{c}_gib": 0.0 for c in BYTE_CLASSES}})
         layers.setdefault(op.layer_type, set()).add(op.layer)
         r["ops"] += 1
         r["gflops"] += op.flops / 1e9
         for c in BYTE_CLASSES:
-            r[f"{c}_gb"] += (op.bytes_read[c] + op.bytes_written[c]) / 1e9
+            r[f"{c}_gib"] += (op.bytes_read[c] + op.bytes_written[c]) / 2**30
     df = pd.DataFrame(list(rows.values()))
     df.insert(1, "layers", [len(layers[t]) for t in df["layer_type"]])
-    total = df.drop(columns=["layer_type"]).sum(numeric_only=True)
-    total["layer_type"] = "total"
-    return pd.concat([df, total.to_frame().T], ignore_index=True)
+    total = {"layer_type": "total", **df.drop(columns=["layer_type"]).sum(numeric_only=True).to_dict()}
+    return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
 
 
 def headline(g: nx.DiGraph, cache: dict[str, float]) -> dict:

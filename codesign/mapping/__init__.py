@@ -11,15 +11,17 @@ from codesign.mapping.memory import (
     max_batch,
     memory_per_chip,
     model_params,
+    stage_layers,
     state_bytes_per_sequence,
 )
-from codesign.mapping.plan import ParallelPlan, Precision, candidate_plans, check_plan
 from codesign.mapping.experts import ExpertMapper, expert_placement, rank_loads, replicate_experts, slowest_rank
 from codesign.mapping.options import MappingOptions
+from codesign.mapping.plan import STAGE_SPLIT_RULE, ParallelPlan, Precision, candidate_plans, check_plan, partition_layers
 from codesign.mapping.step import MappedStep, map_step
 
 __all__ = [
-    "ParallelPlan", "Precision", "check_plan", "candidate_plans",
+    "ParallelPlan", "Precision", "check_plan", "candidate_plans", "partition_layers", "STAGE_SPLIT_RULE",
+    "stage_layers",
     "MemoryBreakdown", "memory_per_chip", "max_batch", "model_params", "kv_bytes_per_sequence",
     "state_bytes_per_sequence",
     "collective_time", "make_collective",

@@ -1,7 +1,8 @@
 """Memory fit per chip: weights, KV cache, recurrent state, activations and a runtime reserve.
 
-`memory_per_chip` answers "does this plan fit, and with how much room?" for the most loaded chip
-(the first pipeline stage when stages differ only by the embedding, else whichever holds most).
+`memory_per_chip` answers "does this plan fit, and with how much room?" for the most loaded chip:
+every pipeline stage is computed (stages may be uneven, see `stage_layers`) and the one with the
+largest total is reported.
 `max_batch` searches the largest batch that fits. Parameter counts per block come from the traced
 graph when one is given (the weight bytes its ops read), else from the config's shapes (the same
 formula the tracer's tests check, here only so that memory can be asked without a trace).
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass
 import networkx as nx
 
 from codesign.hw.spec import HardwareSpec
-from codesign.mapping.plan import ParallelPlan, Precision
+from codesign.mapping.plan import ParallelPlan, Precision, partition_layers
 from codesign.models.config import ModelConfig
 from codesign.units import GiB
 
@@ -224,10 +225,15 @@ def state_bytes_per_sequence(config: ModelConfig, layers: list[int] | None = Non
 
 # ---- stages ---------------------------------------------------------------------------------------
 
-def stage_layers(config: ModelConfig, pp: int) -> list[list[int]]:
-    """Decoder layer indices of each pipeline stage (contiguous, equal counts)."""
-    per = config.num_layers // pp
-    return [list(range(s * per, (s + 1) * per)) for s in range(pp)]
+def stage_layers(config: ModelConfig, pp: int, partition: tuple[int, ...] | None = None) -> list[list[int]]:
+    """Decoder layer indices of each pipeline stage: contiguous runs, as many layers per stage as
+    `partition_layers` says (equal when pp divides the layers; else vLLM's rule, or `partition`,
+    a plan's `layer_partition`)."""
+    out, start = [], 0
+    for n in partition_layers(config.num_layers, pp, partition):
+        out.append(list(range(start, start + n)))
+        start += n
+    return out
 
 
 def _weights_per_chip(config: ModelConfig, source: nx.DiGraph | dict | None, plan: ParallelPlan,
@@ -341,7 +347,7 @@ def memory_per_chip(config: ModelConfig, graph_or_params: nx.DiGraph | dict | No
     capacity = hw.chip.hbm.capacity
     reserve = reserve_fraction * capacity
     best: MemoryBreakdown | None = None
-    stages = stage_layers(config, plan.pp)
+    stages = stage_layers(config, plan.pp, plan.layer_partition)
     for s, layers in enumerate(stages):
         first, last = s == 0, s == plan.pp - 1
         w = _weights_per_chip(config, graph_or_params, plan, precision, layers, first, last, mtp)

@@ -9,8 +9,10 @@ mapper/model split.
 Plan semantics (one stage of one replica, most to least coarse):
 
 * ``dp`` -- whole-model replicas; each gets ``batch / dp`` of the sequences.
-* ``pp`` -- pipeline stages over decoder layers (contiguous, equal layer counts; the embedding goes
-  with the first stage, the final norm, LM head and MTP heads with the last).
+* ``pp`` -- pipeline stages over contiguous runs of decoder layers (the embedding goes with the first
+  stage, the final norm, LM head and MTP heads with the last). When pp does not divide the layers,
+  stages are uneven by the named rule of `partition_layers` (vLLM's), or as ``layer_partition``
+  says (layer counts per stage, as vLLM's ``VLLM_PP_LAYER_PARTITION``).
 * within a stage, ``tp * attention_dp`` chips. Attention, dense MLP, shared experts, embedding and
   LM head are tensor-parallel over ``tp`` (heads / intermediate / vocab split) and data-parallel
   over ``attention_dp`` (each attention-DP group holds a full copy of those weights and serves
@@ -59,15 +61,30 @@ class ParallelPlan:
     dp: int = 1
     attention_dp: int = 1
     redundant_experts: int | str = "auto"
+    layer_partition: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "redundant_experts":
+            if f.name == "layer_partition":
+                self._check_partition(v)
+            elif f.name == "redundant_experts":
                 if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                     raise CodesignError(f"parallel.redundant_experts: expected 'auto' or an integer >= 0, found {v!r}")
             elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise CodesignError(f"parallel.{f.name}: expected a positive integer, found {v!r}")
+
+    def _check_partition(self, v: object) -> None:
+        if v is None:
+            return
+        if not isinstance(v, (list, tuple)) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                                        for n in v):
+            raise CodesignError(f"parallel.layer_partition: expected a list of positive layer counts, one per "
+                                f"pipeline stage, found {v!r}")
+        if len(v) != self.pp:
+            raise CodesignError(f"parallel.layer_partition: expected {self.pp} layer counts (one per pipeline "
+                                f"stage, pp = {self.pp}), found {len(v)}: {list(v)}")
+        object.__setattr__(self, "layer_partition", tuple(v))  # hashable: plans key the caches
 
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "parallel") -> "ParallelPlan":
@@ -108,13 +125,52 @@ class ParallelPlan:
         n = num_experts + self.redundant(num_experts)
         return n // self.ep if n % self.ep == 0 else 0
 
-    def to_dict(self) -> dict[str, int | str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, int | str | list[int] | None]:
+        d = asdict(self)
+        if self.layer_partition is not None:
+            d["layer_partition"] = list(self.layer_partition)
+        return d
 
     def __str__(self) -> str:
-        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+        parts = [f"{f.name}={_show(getattr(self, f.name))}" for f in fields(self)
                  if getattr(self, f.name) != f.default]
         return ", ".join(parts) or "single chip"
+
+
+def _show(v: object) -> str:
+    return "[" + ",".join(map(str, v)) + "]" if isinstance(v, tuple) else str(v)
+
+
+# ---- pipeline stages ------------------------------------------------------------------------------
+
+# The named rule that splits decoder layers over pipeline stages when pp does not divide them.
+STAGE_SPLIT_RULE = "vllm"
+
+
+def partition_layers(num_layers: int, pp: int, partition: tuple[int, ...] | None = None) -> list[int]:
+    """Decoder layers per pipeline stage (contiguous stages, first to last).
+
+    With ``partition`` (``ParallelPlan.layer_partition``) the counts are as given. Otherwise every
+    stage gets ``num_layers // pp`` layers and the ``r = num_layers % pp`` remaining layers go one
+    each to the r stages just before the last one (stage pp - 2, then pp - 3, ...). This is vLLM's
+    rule (`vllm.distributed.utils.get_pp_indices`, vllm-project/vllm, the default when
+    ``VLLM_PP_LAYER_PARTITION`` is unset): the last stage is spared because it also runs the final
+    norm and LM head, and while r <= pp - 2 the first stage is spared too because it holds the
+    embedding, which lowers the most loaded stage's memory. Example: 94 layers (Qwen3-235B-A22B) on
+    pp = 8 -> [11, 12, 12, 12, 12, 12, 12, 11]. Named ``STAGE_SPLIT_RULE = "vllm"``; override per
+    plan with ``layer_partition``.
+    """
+    if partition is not None:
+        if len(partition) != pp or sum(partition) != num_layers:
+            raise CodesignError(f"parallel.layer_partition: expected {pp} layer counts summing to "
+                                f"num_layers ({num_layers}), found {list(partition)}")
+        return list(partition)
+    if not 1 <= pp <= num_layers:
+        raise CodesignError(f"parallel.pp: expected 1 to num_layers ({num_layers}) pipeline stages, found {pp}")
+    counts = [num_layers // pp] * pp
+    for i in range(num_layers % pp):
+        counts[pp - 2 - i] += 1
+    return counts
 
 
 def _check_dtype(field: str, v: str) -> None:
@@ -209,8 +265,11 @@ def check_plan(config: ModelConfig, plan: ParallelPlan, chips: int) -> str | Non
         return (f"plan {{{plan}}} uses dp*pp*tp*attention_dp = {plan.chips} chips, "
                 f"the deployment has {chips}")
     tp = plan.tp
-    if config.num_layers % plan.pp:
-        return f"num_layers ({config.num_layers}) is not divisible by pp ({plan.pp})"
+    if plan.pp > config.num_layers:
+        return f"pp ({plan.pp}) exceeds num_layers ({config.num_layers}): a pipeline stage would hold no layer"
+    if plan.layer_partition is not None and sum(plan.layer_partition) != config.num_layers:
+        return (f"layer_partition {list(plan.layer_partition)} sums to {sum(plan.layer_partition)} layers, "
+                f"the model has num_layers = {config.num_layers}")
     kinds = set(config.layer_types)
     if kinds & {"full_attention", "sliding_attention"}:
         a = config.attention
@@ -321,8 +380,8 @@ def candidate_plans(config: ModelConfig, chips: int, max_tp: int | None = None, 
     fitted: set[tuple[int, int, int]] = set()  # (tp, ep, attention_dp) that fit at fewer stages
     out: list[ParallelPlan] = []
     for pp in _divisors(chips):
-        if (max_pp is not None and pp > max_pp) or config.num_layers % pp:
-            continue
+        if (max_pp is not None and pp > max_pp) or pp > config.num_layers:
+            continue  # pp need not divide the layers: stages may be uneven (partition_layers)
         for tp in tps:
             if (chips // pp) % tp or (pp > 1 and tp != widest):
                 continue

@@ -165,7 +165,7 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
     red_b = BYTES_PER_ELEMENT[reduce_dtype]
     matrix_rate, hbm_rate = rates
     su_size = hw.system.scale_up.size
-    stages = _stage_layers(config, plan.pp)
+    stages = _stage_layers(config, plan.pp, plan.layer_partition)
     layer_stage = {i: s for s, ls in enumerate(stages) for i in ls}
 
     def stage_of(layer: int) -> int:

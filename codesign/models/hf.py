@@ -1,7 +1,10 @@
 """Import a Hugging Face `config.json` as a `ModelConfig`.
 
 Supported `model_type`s: llama, mistral, mixtral, qwen3, qwen3_moe, qwen3_next, qwen3_5_moe (its text
-part sits in `text_config`), deepseek_v3 and gpt_oss. The key names are those of the transformers
+part sits in `text_config`), deepseek_v3 and gpt_oss. A file whose `model_type` is none of these is
+resolved by its `architectures` list instead (the transformers model class the checkpoint runs
+with): Kimi K2's `model_type: kimi_k2` with `architectures: ["DeepseekV3ForCausalLM"]` imports as
+deepseek_v3, and the source line says so. The key names are those of the transformers
 configuration classes. Shape keys (hidden size, layers, heads, expert counts, ...) are required: a
 missing one is an error naming the file and the key, never a silently assumed default. Keys that
 only tune numerics (eps, rope theta, max positions, tied embeddings) fall back to the transformers
@@ -248,6 +251,41 @@ _FAMILIES: dict[str, Callable[[_Reader], dict[str, Any]]] = {
 }
 
 
+# transformers model classes (a config's `architectures`) and the family that reads their keys: the
+# causal-LM classes of transformers' auto mapping for each supported model_type.
+_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5MoeForConditionalGeneration": "qwen3_5_moe",
+    "Qwen3_5MoeForCausalLM": "qwen3_5_moe_text",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "GptOssForCausalLM": "gpt_oss",
+}
+
+
+def _family(data: dict[str, Any], source: str) -> tuple[str, str]:
+    """(the family that reads this config, how it was found): `model_type` when it names a supported
+    family, else the first supported class of `architectures`."""
+    model_type = data.get("model_type")
+    if model_type in _FAMILIES:
+        return model_type, f"model_type {model_type}"
+    archs = data.get("architectures")
+    if isinstance(archs, list):
+        for a in archs:
+            if isinstance(a, str) and a in _ARCHITECTURES:
+                return _ARCHITECTURES[a], f"model_type {model_type}, read as {_ARCHITECTURES[a]} by architectures {a}"
+    expected = (f"expected a model_type of {', '.join(sorted(_FAMILIES))}; or architectures naming one of "
+                f"{', '.join(sorted(_ARCHITECTURES))}")
+    found = "missing" if model_type is None else f"unsupported {model_type!r}"
+    if archs is None:
+        raise CodesignError(f"{source}: model_type: {found} ({expected})")
+    raise CodesignError(f"{source}: model_type: {found} and architectures {archs!r}: none supported ({expected})")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -267,11 +305,8 @@ def config_from_hf_json(path: str | Path, name: str | None = None) -> ModelConfi
     path = Path(path)
     data = _read_json(path)
     source = str(path)
-    model_type = data.get("model_type")
-    if model_type is None:
-        raise CodesignError(f"{source}: model_type: missing (expected one of {', '.join(sorted(_FAMILIES))})")
-    if model_type not in _FAMILIES:
-        raise CodesignError(f"{source}: model_type: unsupported {model_type!r} (expected one of {', '.join(sorted(_FAMILIES))})")
+    model_type, how = _family(data, source)
+    data = {**data, "model_type": model_type}  # the family's branches read the resolved type
     reader = _Reader(data, source)
     if model_type == "qwen3_5_moe":  # multimodal wrapper: the language model's keys are nested
         text = data.get("text_config")
@@ -282,7 +317,7 @@ def config_from_hf_json(path: str | Path, name: str | None = None) -> ModelConfi
         reader = _Reader(merged, source, prefix="text_config.")
     fields = _FAMILIES[model_type](reader)
     fields["name"] = name or (path.parent.name.lower() if path.parent.name else path.stem)
-    fields["sources"] = [f"HF config.json: {path.name} in {path.parent.name or '.'} (model_type {model_type})"]
+    fields["sources"] = [f"HF config.json: {path.name} in {path.parent.name or '.'} ({how})"]
     try:
         return ModelConfig.model_validate(fields)
     except ValidationError as e:

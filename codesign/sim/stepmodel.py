@@ -39,11 +39,11 @@ from codesign.sim.cost import CostModel, CostOptions
 from codesign.sim.engine import StepResult, StepSimulator, VirtualLayer, precision_dtypes
 
 
-def _skeleton(config: ModelConfig, pp: int) -> tuple[set[int], dict[int, int]]:
+def _skeleton(config: ModelConfig, plan: mapping.ParallelPlan) -> tuple[set[int], dict[int, int]]:
     """(layers the skeleton graph holds, template layer of every other decoder layer)."""
     keep = {-1, config.num_layers}
     template: dict[int, int] = {}
-    stages = stage_layers(config, pp)
+    stages = stage_layers(config, plan.pp, plan.layer_partition)
     for s, layers in enumerate(stages):
         boundary = layers[-1] if s < len(stages) - 1 else None  # carries the stage hand-off
         if boundary is not None:
@@ -74,7 +74,7 @@ class StepModel:
         matrix, attn = precision_dtypes(precision, (cost or CostOptions()).attention_dtype)
         self.cost_model = CostModel(hw, matrix, attn, cost or CostOptions())
         self.router = make_router(router)
-        self.keep, self.template = _skeleton(config, plan.pp)
+        self.keep, self.template = _skeleton(config, plan)
         self._simulator = StepSimulator(hw, self.cost_model, self.options.two_batch_overlap)
 
     def step(self, shape: StepShape) -> StepResult:

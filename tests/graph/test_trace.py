@@ -170,6 +170,36 @@ def test_cli_trace_json(capsys):
     assert out["kv_cache_bytes_per_token"] == 30 * KiB
 
 
+def test_cli_says_when_the_refused_context_was_the_default(capsys):
+    from codesign.cli import main
+
+    assert main(["trace", "--model", "llama-2-70b"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("codesign: error: llama-2-70b: the default context 32k (32768 tokens) exceeds the model's "
+                   "maximum of 4096 tokens; pass a shorter one, e.g. --context 4k\n")
+    assert main(["trace", "--model", "llama-2-70b", "--context", "8k"]) == 2  # asked for: no default named
+    assert capsys.readouterr().err == (
+        "codesign: error: llama-2-70b: context 8192 exceeds the model's maximum of 4096 tokens\n")
+
+
+def test_summary_table_reports_gib():
+    from codesign.graph.summary import summary_table
+
+    g = trace(cs.load_model("qwen3-8b"), "decode", batch=2, context=1024)
+    table = summary_table(g).set_index("layer_type")
+    weight = sum(op.bytes_read["weight"] + op.bytes_written["weight"] for _, op in g.nodes(data="op"))
+    assert table.loc["total", "weight_gib"] == pytest.approx(weight / 2**30, rel=1e-12)
+    assert not any(c.endswith("_gb") for c in table.columns)
+
+
+def test_cli_trace_table_labels_gib(capsys):
+    from codesign.cli import main
+
+    assert main(["trace", "--model", "qwen3-8b", "--context", "1k"]) == 0
+    out = capsys.readouterr().out
+    assert "weight GiB" in out and "kv_cache GiB" in out and " GB" not in out
+
+
 def test_cli_unknown_model_lists_names(capsys):
     from codesign.cli import main
 

@@ -60,3 +60,13 @@ def deepseek_v3() -> ModelConfig:
              "qk_rope_head_dim": 64, "v_head_dim": 128},
         moe={"num_experts": 256, "top_k": 8, "intermediate_size": 2048, "shared_expert_intermediate_size": 2048,
              "scoring": "sigmoid", "n_group": 8, "topk_group": 4, "score_correction_bias": True})
+
+
+def qwen3_235b() -> ModelConfig:
+    """Qwen3-235B-A22B's shapes (HF Qwen/Qwen3-235B-A22B-Instruct-2507 config.json): 94 layers of GQA
+    attention with q/k norm, 128 experts top-8, no shared expert."""
+    return ModelConfig(
+        name="qwen3-235b-a22b-like", sources=["HF Qwen/Qwen3-235B-A22B-Instruct-2507 config.json"],
+        hidden_size=4096, num_layers=94, vocab_size=151936, max_position_embeddings=262144,
+        attention={"num_heads": 64, "num_kv_heads": 4, "head_dim": 128, "qk_norm": True},
+        moe={"num_experts": 128, "top_k": 8, "intermediate_size": 1536})

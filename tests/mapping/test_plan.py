@@ -19,7 +19,7 @@ def test_invalid_plan_messages():
     assert check_plan(llama2_70b(), ParallelPlan(tp=8), 16) == (
         "plan {tp=8} uses dp*pp*tp*attention_dp = 8 chips, the deployment has 16")
     assert check_plan(llama2_70b(), ParallelPlan(tp=3), 3) == "attention.num_heads (64) is not divisible by tp (3)"
-    assert check_plan(llama2_70b(), ParallelPlan(pp=3), 3) == "num_layers (80) is not divisible by pp (3)"
+    assert check_plan(llama2_70b(), ParallelPlan(pp=3), 3) is None  # uneven stages (tests/mapping/test_stages.py)
     assert check_plan(llama2_70b(), ParallelPlan(ep=2, attention_dp=2), 2) == "ep (2) > 1 but llama-2-70b-like has no MoE layers"
     assert check_plan(mixtral(), ParallelPlan(ep=16, attention_dp=16, redundant_experts=0), 16) == (
         "moe.num_experts (8) is not divisible by ep (16) and redundant_experts is 0 ('auto' would add 8 copies)")

@@ -440,7 +440,51 @@ def test_hf_unknown_model_type(tmp_path: Path) -> None:
     p = _write_json(tmp_path, {"model_type": "bert", "hidden_size": 8})
     with pytest.raises(CodesignError) as e:
         config_from_hf_json(p)
-    assert str(e.value).startswith(f"{p}: model_type: unsupported 'bert' (expected one of deepseek_v3, gpt_oss, llama,")
+    assert str(e.value).startswith(f"{p}: model_type: unsupported 'bert' (expected a model_type of deepseek_v3, "
+                                   "gpt_oss, llama,")
+    assert "; or architectures naming one of DeepseekV3ForCausalLM, GptOssForCausalLM," in str(e.value)
+    p = _write_json(tmp_path, {"model_type": "bert", "architectures": ["BertModel"]})
+    with pytest.raises(CodesignError) as e:
+        config_from_hf_json(p)
+    assert str(e.value).startswith(
+        f"{p}: model_type: unsupported 'bert' and architectures ['BertModel']: none supported (expected ")
+
+
+# A small Kimi-K2-style file (the published moonshotai/Kimi-K2-Instruct config.json has model_type
+# kimi_k2 and architectures ["DeepseekV3ForCausalLM"]; shapes here are shrunk, keys are its keys).
+KIMI_LIKE = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "kimi_k2",
+    "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config"},
+    "hidden_size": 64, "num_hidden_layers": 3, "vocab_size": 512, "intermediate_size": 128,
+    "num_attention_heads": 4, "num_key_value_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 16,
+    "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8, "n_routed_experts": 12,
+    "num_experts_per_tok": 2, "moe_intermediate_size": 16, "n_shared_experts": 1, "first_k_dense_replace": 1,
+    "n_group": 1, "topk_group": 1, "routed_scaling_factor": 2.827, "scoring_func": "sigmoid",
+    "topk_method": "noaux_tc", "max_position_embeddings": 4096, "rope_theta": 50000.0,
+}
+
+
+def test_hf_derivative_model_type_resolved_by_architectures(tmp_path: Path) -> None:
+    c = config_from_hf_json(_write_json(tmp_path, KIMI_LIKE, folder="Kimi-Like"))
+    assert c.name == "kimi-like"
+    assert c.sources == ["HF config.json: config.json in Kimi-Like "
+                         "(model_type kimi_k2, read as deepseek_v3 by architectures DeepseekV3ForCausalLM)"]
+    assert c.layer_types == ["mla"] * 3 and c.mlp_types == ["dense", "moe", "moe"]
+    assert (c.mla.kv_lora_rank, c.mla.q_lora_rank, c.mla.rope_theta) == (16, 32, 50000.0)
+    assert (c.moe.num_experts, c.moe.top_k, c.moe.shared_expert_intermediate_size) == (12, 2, 16)
+    assert c.moe.routed_scaling_factor == 2.827 and c.moe.score_correction_bias
+    # the same keys under the family's own model_type give the same model
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    same = config_from_hf_json(_write_json(tmp_path / "b", {**KIMI_LIKE, "model_type": "deepseek_v3"},
+                                           folder="Kimi-Like"))
+    assert same.model_dump(exclude={"sources"}) == c.model_dump(exclude={"sources"})
+    # a missing key names the family it was read as
+    data = {k: v for k, v in KIMI_LIKE.items() if k != "kv_lora_rank"}
+    p = _write_json(tmp_path / "c", data)
+    with pytest.raises(CodesignError) as e:
+        config_from_hf_json(p)
+    assert str(e.value) == f"{p}: kv_lora_rank: missing (required for model_type 'deepseek_v3')"
 
 
 def test_hf_missing_key(tmp_path: Path) -> None:

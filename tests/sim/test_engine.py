@@ -86,6 +86,15 @@ def test_pipeline_stages_sum_to_step():
     assert sum(r.stage_times_s) == pytest.approx(run(g).time_s, rel=1e-12)
 
 
+def test_uneven_pipeline_stages_sum_their_own_layers():
+    layers = [layer_ops(i, 64, tpe_for(i)) for i in range(4)]
+    g = chain_graph(layers)
+    per_layer = run(g, stage_layers=[[0], [1], [2], [3]]).stage_times_s
+    r = run(g, stage_layers=[[0], [1, 2, 3]])
+    assert r.stage_times_s == pytest.approx([per_layer[0], sum(per_layer[1:])], rel=1e-12)
+    assert r.time_s == pytest.approx(sum(per_layer), rel=1e-12)
+
+
 def test_more_hbm_bandwidth_never_slower():
     g = chain_graph([layer_ops(i, 64, tpe_for(i)) for i in range(3)])
     slow = run(g).time_s

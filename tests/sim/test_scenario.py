@@ -47,6 +47,9 @@ def test_one_mapping_and_token_units(tmp_path):
     assert s.workload.input_mean == 32768 and s.parallel == {"tp": 8}
     (s,) = load_scenarios(write(tmp_path, GOOD.replace("parallel: {tp: 8}", "parallel: auto")))
     assert s.parallel == "auto"
+    (s,) = load_scenarios(write(tmp_path, GOOD.replace("parallel: {tp: 8}",
+                                                       "parallel: {pp: 2, layer_partition: [30, 50]}")))
+    assert s.parallel == {"pp": 2, "layer_partition": [30, 50]}
 
 
 @pytest.mark.parametrize(
@@ -57,6 +60,9 @@ def test_one_mapping_and_token_units(tmp_path):
         ("kv_cache: fp8}", "kv_cache: fp9}", r"s\.yaml: precision\.kv_cache: expected one of .*found 'fp9'"),
         ("parallel: {tp: 8}", "parallel: {tq: 8}", r"s\.yaml: parallel\.tq: unknown parallel dimension"),
         ("parallel: {tp: 8}", "parallel: {tp: 0}", r"s\.yaml: parallel\.tp: expected a positive integer, found 0"),
+        ("parallel: {tp: 8}", "parallel: {pp: 2, layer_partition: [80]}",
+         r"s\.yaml: parallel\.layer_partition: expected 2 layer counts \(one per pipeline stage, pp = 2\), found 1: \[80\]"),
+        ("parallel: {tp: 8}", "parallel: {tp: '8'}", r"s\.yaml: parallel\.tp: expected a positive integer, found '8'"),
         ("input_tokens: 294", "input_tokens: lots", r"s\.yaml: workload\.input_tokens.*'lots'"),
         ("mode: offline", "mode: batch", r"s\.yaml: workload\.concurrency: required for mode 'batch'"),
         ("output_tokens: 291}", "output_tokens: 291, max_batch: 0}", r"s\.yaml: workload\.max_batch: .*greater than 0"),

@@ -221,3 +221,15 @@ def test_mixed_steps_read_weights_once_and_merge_like_one_batch():
     split = StepShape((Group(16, 1, 4000), Group(16, 1, 6000)))
     pooled = StepShape((Group(32, 1, 5000),))
     assert st.step(split).time_s == pytest.approx(st.step(pooled).time_s, rel=1e-12)
+
+
+def test_qwen3_235b_runs_pp8_on_uneven_stages():
+    # 94 layers on 8 stages: [11, 12 x 6, 11] (vLLM's rule); memory is the most loaded stage's.
+    fp8 = {"weights": "fp8", "activations": "fp8", "kv_cache": "fp8"}
+    r = cs.simulate(make_hw(), "qwen3-235b-a22b", chips=8, plan={"pp": 8}, precision=fp8, context=4096)[0]
+    assert r.feasible and r.plan["pp"] == 8 and r.output_tokens_per_s > 0
+    from codesign.mapping import memory_per_chip
+
+    config = load_model("qwen3-235b-a22b")
+    m = memory_per_chip(config, None, make_hw(), ParallelPlan(pp=8), Precision(**fp8), 1, 4096)
+    assert r.memory_per_chip_gib["weights"] * 2**30 == pytest.approx(m.weights, rel=0.01)

@@ -24,6 +24,8 @@ POINTS = [
     ("qwen3.5-35b-a3b", 8, ParallelPlan(ep=8, attention_dp=8)),
     ("qwen3.5-35b-a3b", 8, ParallelPlan(tp=2, ep=1, pp=4)),
     ("qwen3-8b", 4, ParallelPlan(tp=2, pp=2)),
+    ("qwen3-8b", 3, ParallelPlan(pp=3)),  # 36 layers: 12 per stage
+    ("qwen3-8b", 5, ParallelPlan(pp=5)),  # uneven stages [7, 7, 7, 8, 7]
     ("deepseek-v3", 16, ParallelPlan(ep=16, attention_dp=16)),
 ]
 
