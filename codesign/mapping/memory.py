@@ -330,6 +330,34 @@ def _activations_per_chip(config: ModelConfig, plan: ParallelPlan, precision: Pr
     return peak
 
 
+_STAGE_BYTES: dict[tuple, list[tuple[float, float, float]]] = {}
+
+
+def _stage_bytes(config: ModelConfig, source: nx.DiGraph | dict | None, plan: ParallelPlan, precision: Precision,
+                 context: int, mtp: bool) -> list[tuple[float, float, float]]:
+    """Per pipeline stage: (weight bytes per chip, KV bytes and state bytes per sequence on a
+    chip). They do not depend on the batch, so a batch search computes them once (memoised when
+    the weights come from the config's shapes)."""
+    key = None
+    if source is None:
+        key = (config.config_hash(), plan, precision, context, mtp)
+        hit = _STAGE_BYTES.get(key)
+        if hit is not None:
+            return hit
+    kv_b = precision.bytes_per_element(precision.kv_cache)
+    st_b = precision.bytes_per_element(precision.state)
+    out = []
+    for s, layers in enumerate(stage_layers(config, plan.pp, plan.layer_partition)):
+        w = _weights_per_chip(config, source, plan, precision, layers, s == 0, s == plan.pp - 1, mtp)
+        out.append((w, kv_bytes_per_sequence(config, context, layers, kv_b, plan.tp),
+                    state_bytes_per_sequence(config, layers, st_b, 2.0, plan.tp)))
+    if key is not None:
+        if len(_STAGE_BYTES) > 4096:
+            _STAGE_BYTES.clear()
+        _STAGE_BYTES[key] = out
+    return out
+
+
 def memory_per_chip(config: ModelConfig, graph_or_params: nx.DiGraph | dict | None, hw: HardwareSpec,
                     plan: ParallelPlan, precision: Precision, batch: int, context: int, *,
                     tokens_per_seq: int = 1, reserve_fraction: float = RESERVE_FRACTION,
@@ -342,17 +370,13 @@ def memory_per_chip(config: ModelConfig, graph_or_params: nx.DiGraph | dict | No
     """
     seqs_replica = math.ceil(batch / plan.dp)
     seqs_chip = math.ceil(batch / (plan.dp * plan.attention_dp))
-    kv_b = precision.bytes_per_element(precision.kv_cache)
-    st_b = precision.bytes_per_element(precision.state)
     capacity = hw.chip.hbm.capacity
     reserve = reserve_fraction * capacity
     best: MemoryBreakdown | None = None
-    stages = stage_layers(config, plan.pp, plan.layer_partition)
-    for s, layers in enumerate(stages):
-        first, last = s == 0, s == plan.pp - 1
-        w = _weights_per_chip(config, graph_or_params, plan, precision, layers, first, last, mtp)
-        kv = seqs_chip * kv_bytes_per_sequence(config, context, layers, kv_b, plan.tp)
-        st = seqs_chip * state_bytes_per_sequence(config, layers, st_b, 2.0, plan.tp)
+    for s, (w, kv_seq, st_seq) in enumerate(_stage_bytes(config, graph_or_params, plan, precision, context, mtp)):
+        last = s == plan.pp - 1
+        kv = seqs_chip * kv_seq
+        st = seqs_chip * st_seq
         a = _activations_per_chip(config, plan, precision, seqs_chip, seqs_replica, tokens_per_seq, last)
         m = MemoryBreakdown(w, kv, st, a, reserve, w + kv + st + a + reserve, capacity)
         if best is None or m.total > best.total:
