@@ -58,6 +58,13 @@ class CostOptions:
     # the intercept of kernel time vs work fitted on kernel microbenchmarks (benchmarks/kernels/,
     # docs/cost-model.md "Kernel calibration"). No end-to-end row sets it.
     launch_overhead_s: float | None = None
+    # Small element-wise kernels a serving engine launches between the GEMM/attention kernels, per
+    # GEMM/attention kernel; each pays the per-kernel fixed time (its bytes are charged with the
+    # traced element-wise ops). 1.4 = 7 / 5 from a vLLM Qwen3/Llama-style decoder layer: fused
+    # add+RMSNorm twice, q-norm, k-norm, RoPE, KV-cache write and SiLU-and-mul (7) between QKV,
+    # attention, O, gate/up and down (5). A count of the engine's kernels, not a fit; 0 = every
+    # element-wise kernel fused into a GEMM epilogue. `codesign kernel` uses 0 (one kernel alone).
+    elementwise_kernels_per_matrix_kernel: float = 1.4
     # Element-wise/vector and pure data-movement ops are fused into the adjacent GEMM/attention
     # kernel (prologue/epilogue) in production engines: their bytes and FLOPs are charged, their
     # launch overhead is not.
@@ -302,7 +309,7 @@ class CostModel:
     def overhead(self, op: Op) -> float:
         if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
             return 0.0
-        return self.launch_s
+        return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def collective_time(self, op: Op) -> float:
         if not op.collective:
