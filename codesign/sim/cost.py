@@ -65,6 +65,12 @@ class CostOptions:
     # attention, O, gate/up and down (5). A count of the engine's kernels, not a fit; 0 = every
     # element-wise kernel fused into a GEMM epilogue. `codesign kernel` uses 0 (one kernel alone).
     elementwise_kernels_per_matrix_kernel: float = 1.4
+    # Kernels one traced MoE expert op (`grouped_gemm`: gate/up, activation, down over all experts)
+    # stands for, each paying the per-kernel fixed time: vLLM's fused_moe path runs token alignment
+    # / permutation (moe_align_block_size), the gate/up grouped GEMM, SiLU-and-mul, the down grouped
+    # GEMM and the weighted un-permute sum (moe_sum) = 5. The routing (gate GEMM, top-k softmax) is
+    # its own traced op. Their bytes are the op's own (gather of routed tokens, output write).
+    grouped_op_kernels: float = 5.0
     # Element-wise/vector and pure data-movement ops are fused into the adjacent GEMM/attention
     # kernel (prologue/epilogue) in production engines: their bytes and FLOPs are charged, their
     # launch overhead is not.
@@ -309,6 +315,8 @@ class CostModel:
     def overhead(self, op: Op) -> float:
         if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
             return 0.0
+        if op.kind == "grouped_gemm":
+            return self.launch_s * self.opts.grouped_op_kernels
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def collective_time(self, op: Op) -> float:

@@ -195,7 +195,7 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     op = build_op(s)
     dt = s.dtype
     # One kernel alone: no element-wise kernels of a serving engine around it.
-    opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0)
+    opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
     cm = CostModel(hw, dt, dt, opts)
     cost = cm.cost(op)
     return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s, cost.memory_s,

@@ -256,3 +256,12 @@ def test_no_family_carries_a_grouped_gemm_constant():
         assert load_hw(name).efficiency.grouped_gemm is None
     for name in FAMILIES["blackwell"] + FAMILIES["cdna"]:
         assert load_hw(name).efficiency.overlap_exponent is None
+
+
+def test_grouped_op_pays_the_fixed_time_of_its_moe_kernels():
+    # one traced expert op = align/permute, gate/up GEMM, activation, down GEMM, un-permute sum:
+    # 5 kernels at the chip's per-kernel fixed time (2 us on the fixture chip)
+    efpt = 2.0 * 3 * 4096 * 1536
+    g = op("e", "grouped_gemm", flops=efpt * 64, tpe=(8,) * 8, efpt=efpt)
+    assert model().cost(g).overhead_s == pytest.approx(5 * 2e-6)
+    assert model(grouped_op_kernels=2.0).cost(g).overhead_s == pytest.approx(2 * 2e-6)
