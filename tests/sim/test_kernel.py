@@ -110,3 +110,14 @@ def test_low_latency_rows_follow_a_bandwidth_latency_line():
         got = predict(KernelShape(op="all_to_all", hw="h800", dtype="fp8", ranks=ranks, tokens=128, hidden=7168,
                                   top_k=8, algorithm="low_latency"), hw)
         assert got.seconds == pytest.approx(t, rel=1e-9)
+
+
+def test_cli_validate_kernels_prints_every_row_and_the_mape(capsys):
+    assert main(["validate", "--kernels", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["rows"]
+    assert len(rows) == len(validate_kernels())
+    assert out["mape"] == pytest.approx(sum(abs(r["error"]) for r in rows) / len(rows))
+    assert out["worst"] == pytest.approx(max(abs(r["error"]) for r in rows))
+    assert main(["validate"]) == 2
+    assert "expected a validation file (or --kernels)" in capsys.readouterr().err
