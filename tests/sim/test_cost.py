@@ -265,3 +265,17 @@ def test_grouped_op_pays_the_fixed_time_of_its_moe_kernels():
     g = op("e", "grouped_gemm", flops=efpt * 64, tpe=(8,) * 8, efpt=efpt)
     assert model().cost(g).overhead_s == pytest.approx(5 * 2e-6)
     assert model(grouped_op_kernels=2.0).cost(g).overhead_s == pytest.approx(2 * 2e-6)
+
+
+def test_expert_ffn_k_ramp_is_the_time_weighted_mean_of_its_two_gemms():
+    # traced expert op shapes: x (T, H), ids, weights, w_gate_up (E, 2I, H), w_down (E, H, I);
+    # gate/up runs at K = H with 2/3 of the FLOPs, down at K = I with 1/3
+    from dataclasses import replace
+
+    hw = make_hw(**{"efficiency.gemm_k_half": 500})
+    cm = CostModel(hw, "bf16", "bf16")
+    h, i = 4096, 14336
+    o = replace(op("e", "grouped_gemm"), in_shapes=((4, h), (4, 2), (4, 2), (8, 2 * i, h), (8, h, i)))
+    r = lambda k: k / (k + 500)  # noqa: E731
+    assert cm._grouped_k_ramp(o) == pytest.approx(1.0 / ((2 / 3) / r(h) + (1 / 3) / r(i)), rel=1e-12)
+    assert CostModel(make_hw(), "bf16", "bf16")._grouped_k_ramp(o) == 1.0  # no K curve on this chip
