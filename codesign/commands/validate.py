@@ -2,6 +2,7 @@
 mean absolute percentage error (MAPE) over the scenarios the simulator supports.
 
     codesign validate benchmarks/validation/public.yaml [--json]
+    codesign validate --kernels [DIR] [--json]     # the kernel tables (benchmarks/kernels/)
 """
 
 from __future__ import annotations
@@ -66,12 +67,49 @@ def mape(rows: list[Row]) -> float | None:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="predicted vs measured over a validation file, with MAPE",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="validation YAML (scenarios with `measured:`)")
+    p.add_argument("file", nargs="?", help="validation YAML (scenarios with `measured:`); with --kernels, "
+                   "a folder of kernel tables (default benchmarks/kernels/)")
+    p.add_argument("--kernels", action="store_true",
+                   help="predicted vs measured for every row of the kernel tables, with MAPE")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
+def run_kernels(folder: str | None, as_json: bool) -> int:
+    from codesign.sim.kernel_table import kernel_mape, validate_kernels
+
+    results = validate_kernels(folder)
+    m = kernel_mape(results)
+    worst = max(results, key=lambda r: abs(r.error))
+    if as_json:
+        print(json.dumps({"rows": [{"file": r.file, "row": r.index, "kernel": r.label(), "metric": r.row.metric,
+                                    "measured": r.row.measured, "predicted": r.predicted_value, "error": r.error,
+                                    "bound": r.predicted.bound, "source": r.row.source} for r in results],
+                          "mape": m, "worst": abs(worst.error)}, indent=2))
+        return 0
+    from rich.table import Table
+
+    from codesign.commands.simulate import console
+
+    t = Table(title="codesign validate --kernels")
+    for col in ("table", "kernel", "metric", "measured", "predicted", "error", "bound"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        t.add_row(f"{r.file}:{r.index}", r.label(), r.row.metric, f"{r.row.measured:.4g}", f"{r.predicted_value:.4g}",
+                  f"{r.error:+.1%}", r.predicted.bound)
+    c = console()
+    c.print(t)
+    c.print(f"kernel MAPE over {len(results)} rows: {m:.1%} (worst {abs(worst.error):.1%}: {worst.label()})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.kernels:
+        return run_kernels(args.file, args.json)
+    if args.file is None:
+        from codesign.errors import CodesignError
+
+        raise CodesignError("validate: expected a validation file (or --kernels)")
     rows = validate_file(args.file)
     m = mape(rows)
     if args.json:

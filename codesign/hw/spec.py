@@ -109,6 +109,32 @@ class Efficiency(_Strict):
     # overlap, max(compute, memory). A finite p >= 1 charges the prologue/epilogue and the contention
     # that keep a kernel from hiding one term under the other when both are close (p = 1: no overlap).
     overlap_exponent: float | None = Field(default=None, ge=1)
+    # -- kernel-calibrated shape curves (docs/cost-model.md "Kernel calibration"; fitted on
+    # benchmarks/kernels/ rows only by benchmarks/kernels/fit.py). None = the curve is off and the
+    # older constant rule applies, the default for chips without kernel data.
+    # K-loop ramp K / (K + gemm_k_half): each output tile pays a fixed prologue/epilogue (pipeline
+    # fill, scale loads, the C write) worth gemm_k_half steps of K, so short-K GEMMs reach less of peak.
+    gemm_k_half: int | None = Field(default=None, gt=0)
+    # Achieved / peak HBM bandwidth of operand streaming inside GEMM and grouped-GEMM kernels
+    # (TMA tile loads competing with the MMA pipeline reach less than a pure copy kernel).
+    # None: `memory`.
+    matrix_memory: Fraction | None = None
+    # Fixed seconds per GEMM/attention/grouped kernel: pipeline fill and drain, the tail wave and the
+    # launch inside a CUDA graph; the intercept of kernel time vs work. A scenario's
+    # `cost: {launch_overhead_s: ...}` overrides it. Default 2 us: assumed for chips without kernel
+    # data, the order of the Hopper fit.
+    kernel_overhead: Seconds = 2e-6
+    # Fused attention in FP8 (FlashAttention-3 FP8): its own fraction of the FP8 peak. None: `attention`.
+    attention_fp8: Fraction | None = None
+    # Decode attention (one or a few query rows per sequence against a long KV cache, e.g. FlashMLA):
+    # its own fraction of peak for the compute term. None: `attention`.
+    attention_decode: Fraction | None = None
+    # All-to-all in low-latency mode (DeepEP low-latency kernels: few SMs, per-token messages, no
+    # CPU sync): achieved / peak link bandwidth and a fixed time per call, which replaces the link
+    # latency (None: the scale-up latency). 0.43 is the EP8 dispatch of DeepEP's README at the link
+    # latency (the rule before the kernel fit).
+    low_latency_collective: Fraction = 0.43
+    low_latency_overhead: Seconds | None = None
 
 
 class ScaleUp(_Strict):

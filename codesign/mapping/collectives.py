@@ -30,9 +30,10 @@ Cost rules (bandwidths per direction, times `hw.efficiency.collective`; alpha = 
   (accelerators.md anchor 44), plus 2 alpha.
 * all-to-all (direct): bytes (n-1)/n / B_a2a * imbalance + alpha, with B_a2a from
   `hw.topology.all_to_all_bandwidth` (injection, bisection and path-length bounds).
-  ``low_latency`` runs the same traffic at ``LOW_LATENCY_EFFICIENCY`` instead of
-  efficiency.collective: DeepEP's low-latency kernels use few SMs and per-token messages
-  (dispatch EP8, 128 tokens x 7168 x top-8 fp8: 77 us, anchor 42).
+  ``low_latency`` runs the same traffic at ``efficiency.low_latency_collective`` instead of
+  efficiency.collective and pays ``efficiency.low_latency_overhead`` (none = alpha) instead of the
+  link latency, inside a domain and across domains alike: DeepEP's low-latency kernels use few SMs
+  and per-token messages (both fitted on DeepEP's low-latency table, benchmarks/kernels/deepep.yaml).
 * scale_out (the group spans scale-up domains; NIC bandwidth ``scale_out.nic_bandwidth``):
   hierarchical all-reduce = intra-domain reduce-scatter + inter-domain ring all-reduce of
   bytes/d over the NICs + intra-domain all-gather (d = group chips per domain); all-to-all sends
@@ -51,9 +52,6 @@ from codesign.hw.spec import HardwareSpec, ScaleUp
 
 # NCCL 8xH100: NVLS all-reduce busBw ~480 GB/s vs ~370 GB/s for ring (accelerators.md anchor 44).
 NVLS_GAIN = 480.0 / 370.0
-# DeepEP low-latency dispatch, EP8 on H800 (200 GB/s NVLink per direction), 128 tokens x 7168 x
-# top-8 FP8 = 7.34 MB sent per rank in 77 us (anchor 42): 7.34e6 * 7/8 / (77 us - 3 us) / 200 GB/s.
-LOW_LATENCY_EFFICIENCY = 0.43
 
 TYPES = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send_recv")
 ALGORITHMS = ("auto", "ring", "two_shot", "one_shot", "nvls", "hierarchical", "direct", "low_latency", "p2p")
@@ -115,6 +113,13 @@ def _ring_allreduce(nbytes: float, n: int, bw: float, alpha: float) -> float:
     return 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * alpha
 
 
+def _low_latency(hw: HardwareSpec) -> tuple[float, float]:
+    """(bandwidth fraction, fixed seconds per call) of low-latency all-to-all kernels on `hw`."""
+    e = hw.efficiency
+    return e.low_latency_collective, (e.low_latency_overhead if e.low_latency_overhead is not None
+                                      else hw.system.scale_up.latency)
+
+
 def collective_time(collective: dict, hw: HardwareSpec) -> float:
     """Seconds one collective takes on `hw` (see module docstring for the rules)."""
     c = collective
@@ -147,9 +152,13 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
         if kind == "send_recv":
             return nbytes / nic + beta
         if kind == "all_to_all":
+            if algo == "low_latency":
+                e_ll, lat = _low_latency(hw)
+                nic, e_in = so.nic_bandwidth * e_ll, e_ll
+            else:
+                e_in, lat = eff, beta + (alpha if d > 1 else 0.0)
             out_t = nbytes * (n - d) / n / nic
-            in_t = nbytes * (d - 1) / n / (a2a_bw * eff) if d > 1 else 0.0
-            lat = beta + (alpha if d > 1 else 0.0)
+            in_t = nbytes * (d - 1) / n / (a2a_bw * e_in) if d > 1 else 0.0
             return max(out_t, in_t) * imbalance + lat
         # hierarchical: reduce-scatter in the domain, all-reduce across domains, all-gather back
         intra = _ring_allreduce(nbytes, d, ring_bw * eff, alpha) if d > 1 else 0.0
@@ -160,8 +169,10 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
     if kind == "send_recv":
         return nbytes / (p2p_bw * eff) + alpha
     if kind == "all_to_all":
-        e = LOW_LATENCY_EFFICIENCY if algo == "low_latency" else eff
-        return nbytes * (n - 1) / n / (a2a_bw * e) * imbalance + alpha
+        if algo == "low_latency":
+            e, lat = _low_latency(hw)
+            return nbytes * (n - 1) / n / (a2a_bw * e) * imbalance + lat
+        return nbytes * (n - 1) / n / (a2a_bw * eff) * imbalance + alpha
     ring = _ring_allreduce(nbytes, n, ring_bw * eff, alpha)
     two_shot = 2 * (n - 1) / n * nbytes / (a2a_bw * eff) + 2 * alpha
     one_shot = (n - 1) * nbytes / (a2a_bw * eff) + alpha

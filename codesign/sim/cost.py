@@ -53,15 +53,24 @@ class CostOptions:
     """Named modelling assumptions of the cost model; every one overridable (`replace(opts, ...)`
     or `simulate(..., cost={...})`)."""
 
-    # Per-kernel fixed cost, seconds, charged once per GEMM/attention/grouped kernel: the CUDA-graph
-    # launch, the kernel's pipeline fill and drain, and the small element-wise kernels between the
-    # GEMMs (norm, RoPE, cache write, activation) that `fuse_elementwise` does not charge one by
-    # one. Calibrated, not measured per kernel: with efficiency.memory at raw streaming (Hopper
-    # 0.90), Qwen3-8B BF16 decode on one H100 at concurrency 4 predicts 5.79 ms TPOT at 2 us per
-    # kernel, and each further us adds 0.29 ms (~290 kernels a step); the measured 7.38 ms (vLLM;
-    # SGLang 7.19, TensorRT-LLM 7.67) gives 2 + (7.38 - 5.79) / 0.29 = 7.5 us. The same constant
-    # serves every chip (no per-family launch anchor yet). docs/cost-model.md "Calibration".
-    launch_overhead_s: float = 7.5e-6
+    # Per-kernel fixed cost, seconds, charged once per GEMM/attention/grouped kernel (pipeline fill
+    # and drain, tail wave, launch inside a CUDA graph). None: the chip's `efficiency.kernel_overhead`,
+    # the intercept of kernel time vs work fitted on kernel microbenchmarks (benchmarks/kernels/,
+    # docs/cost-model.md "Kernel calibration"). No end-to-end row sets it.
+    launch_overhead_s: float | None = None
+    # Small element-wise kernels a serving engine launches between the GEMM/attention kernels, per
+    # GEMM/attention kernel; each pays the per-kernel fixed time (its bytes are charged with the
+    # traced element-wise ops). 1.4 = 7 / 5 from a vLLM Qwen3/Llama-style decoder layer: fused
+    # add+RMSNorm twice, q-norm, k-norm, RoPE, KV-cache write and SiLU-and-mul (7) between QKV,
+    # attention, O, gate/up and down (5). A count of the engine's kernels, not a fit; 0 = every
+    # element-wise kernel fused into a GEMM epilogue. `codesign kernel` uses 0 (one kernel alone).
+    elementwise_kernels_per_matrix_kernel: float = 1.4
+    # Kernels one traced MoE expert op (`grouped_gemm`: gate/up, activation, down over all experts)
+    # stands for, each paying the per-kernel fixed time: vLLM's fused_moe path runs token alignment
+    # / permutation (moe_align_block_size), the gate/up grouped GEMM, SiLU-and-mul, the down grouped
+    # GEMM and the weighted un-permute sum (moe_sum) = 5. The routing (gate GEMM, top-k softmax) is
+    # its own traced op. Their bytes are the op's own (gather of routed tokens, output write).
+    grouped_op_kernels: float = 5.0
     # Element-wise/vector and pure data-movement ops are fused into the adjacent GEMM/attention
     # kernel (prologue/epilogue) in production engines: their bytes and FLOPs are charged, their
     # launch overhead is not.
@@ -163,10 +172,18 @@ class CostModel:
         # Grouped expert GEMMs run at their own fraction of peak where the family declares one.
         self.grouped_rate = chip.matrix.peak(self.matrix_dtype) * (eff.grouped_gemm or eff.gemm)
         self.overlap_p = eff.overlap_exponent
-        self.attention_rate = chip.matrix.peak(self.attention_dtype) * eff.attention
+        # Attention: FP8 kernels and decode kernels have their own fractions where the chip has kernel data.
+        att = eff.attention_fp8 if (self.attention_dtype == "fp8" and eff.attention_fp8) else eff.attention
+        self.attention_rate = chip.matrix.peak(self.attention_dtype) * att
+        self.decode_attention_rate = chip.matrix.peak(self.attention_dtype) * (
+            eff.attention_decode * att / eff.attention if eff.attention_decode else att)
         vec_peak = chip.vector.bf16 or chip.vector.fp32
         self.vector_rate = vec_peak * eff.vector
         self.hbm_bw = chip.hbm.bandwidth * eff.memory
+        # Operand streaming inside matrix kernels (efficiency.matrix_memory; none = memory).
+        self.matrix_hbm_bw = chip.hbm.bandwidth * (eff.matrix_memory or eff.memory)
+        self.k_half = eff.gemm_k_half
+        self.launch_s = self.opts.launch_overhead_s if self.opts.launch_overhead_s is not None else eff.kernel_overhead
         # SRAM streams at its own peak; efficiency.memory applies to it too (same access patterns).
         self.sram_bw = chip.sram.bandwidth * eff.memory
         self.sram_budget = chip.sram.capacity * self.opts.sram_fraction
@@ -184,6 +201,28 @@ class CostModel:
             return 1.0
         return m_padded / (m_padded + self.half)
 
+    def _k_ramp(self, k: float) -> float:
+        """K-loop efficiency K / (K + efficiency.gemm_k_half); 1 where the chip has no K curve."""
+        if self.k_half is None or k <= 0:
+            return 1.0
+        return k / (k + self.k_half)
+
+    def _grouped_k_ramp(self, op: Op) -> float:
+        """K ramp of an expert FFN: the kernel command's single grouped GEMM carries `op.gemm`
+        (groups, M, N, K); a traced expert block is gate/up (K = hidden, 2/3 of the FLOPs) then
+        down (K = intermediate, 1/3), combined as a time-weighted (harmonic) mean."""
+        if self.k_half is None:
+            return 1.0
+        if op.gemm is not None:
+            return self._k_ramp(op.gemm[3])
+        shapes = op.in_shapes
+        if len(shapes) >= 5 and len(shapes[3]) == 3 and len(shapes[4]) == 3:
+            _, two_i, h = shapes[3]
+            _, _, i = shapes[4]
+            f_gu, f_d = 2.0 * h * two_i, 2.0 * i * h
+            return (f_gu + f_d) / (f_gu / self._k_ramp(h) + f_d / self._k_ramp(i))
+        return 1.0
+
     def gemm_time(self, op: Op) -> float:
         """Matrix-unit seconds of a dense GEMM, with tile padding and the small-M ramp."""
         if op.gemm is None:
@@ -198,7 +237,7 @@ class CostModel:
         useful = 2.0 * b * m * n * k
         padded = 2.0 * b * mp * np_ * k
         flops = op.flops * (padded / useful) if useful > 0 else op.flops
-        return flops / (self.matrix_rate * self._ramp(mp))
+        return flops / (self.matrix_rate * self._ramp(mp) * self._k_ramp(k))
 
     def grouped_gemm_time(self, op: Op) -> float:
         """Expert FFNs as one grouped kernel walking every expert's tiles.
@@ -228,7 +267,7 @@ class CostModel:
         # The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
         # tokens_per_expert to this chip's share); keep the padding/ramp factor only.
         factor = padded / tokens_routed if tokens_routed else 1.0
-        return op.flops * factor / (self.grouped_rate * self._ramp(padded))
+        return op.flops * factor / (self.grouped_rate * self._ramp(padded) * self._grouped_k_ramp(op))
 
     def compute_time(self, op: Op) -> tuple[float, str]:
         if op.kind == "gemm":
@@ -236,7 +275,8 @@ class CostModel:
         if op.kind == "grouped_gemm":
             return self.grouped_gemm_time(op), "matrix"
         if op.kind == "attention":
-            return op.flops / self.attention_rate, "matrix"
+            rate = self.decode_attention_rate if op.phase == "decode" else self.attention_rate
+            return op.flops / rate, "matrix"
         if op.kind == "vector":
             return op.flops / self.vector_rate, "vector"
         return 0.0, "vector"
@@ -261,7 +301,7 @@ class CostModel:
                 sram += nbytes
             else:
                 hbm += nbytes
-        t_hbm = hbm / self.hbm_bw
+        t_hbm = hbm / (self.matrix_hbm_bw if op.kind in ("gemm", "grouped_gemm") else self.hbm_bw)
         t_sram = sram / self.sram_bw
         # HBM and SRAM stream concurrently; the slower one rules.
         return (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
@@ -280,7 +320,9 @@ class CostModel:
     def overhead(self, op: Op) -> float:
         if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
             return 0.0
-        return self.opts.launch_overhead_s
+        if op.kind == "grouped_gemm":
+            return self.launch_s * self.opts.grouped_op_kernels
+        return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def collective_time(self, op: Op) -> float:
         if not op.collective:

@@ -4,7 +4,7 @@ import pytest
 
 from codesign.errors import CodesignError
 from codesign.mapping import collective_time
-from codesign.mapping.collectives import LOW_LATENCY_EFFICIENCY, NVLS_GAIN
+from codesign.mapping.collectives import NVLS_GAIN
 from tests.mapping.helpers import make_hw
 
 
@@ -42,11 +42,20 @@ def test_deepep_anchors():
     nbytes = 4096 * 8 * 7168
     t = collective_time({"type": "all_to_all", "size": 8, "bytes": nbytes}, h800)
     assert nbytes * 7 / 8 / t == pytest.approx(153e9, rel=0.1)
-    # low-latency dispatch EP8, 128 tokens: 77 us measured (anchor 42)
-    ll = collective_time({"type": "all_to_all", "size": 8, "bytes": 128 * 8 * 7168 * (1 + 4 / 128),
-                          "algorithm": "low_latency"}, h800)
-    assert ll == pytest.approx(77e-6, rel=0.1)
-    assert 0 < LOW_LATENCY_EFFICIENCY < h800.efficiency.collective
+    # low-latency mode: its own bandwidth fraction and fixed time replace efficiency.collective and
+    # the link latency (defaults: 0.43 and the scale-up latency, 3 us here)
+    ll_bytes = 128 * 8 * 7168 * (1 + 4 / 128)
+    ll = collective_time({"type": "all_to_all", "size": 8, "bytes": ll_bytes, "algorithm": "low_latency"}, h800)
+    assert ll == pytest.approx(ll_bytes * 7 / 8 / (200e9 * 0.43) + 3e-6, rel=1e-9)
+    tuned = h800.model_copy(update={"efficiency": h800.efficiency.model_copy(
+        update={"low_latency_collective": 0.92, "low_latency_overhead": 39e-6})})
+    ll = collective_time({"type": "all_to_all", "size": 8, "bytes": ll_bytes, "algorithm": "low_latency"}, tuned)
+    assert ll == pytest.approx(ll_bytes * 7 / 8 / (200e9 * 0.92) + 39e-6, rel=1e-9)
+    # across nodes (EP16 = 2 domains of 8): half the bytes leave the node over the 50 GB/s NIC
+    ll16 = collective_time({"type": "all_to_all", "group": tuple(range(16)), "bytes": ll_bytes,
+                            "algorithm": "low_latency"}, make_hw(links=8, chips=16).model_copy(
+                                update={"efficiency": tuned.efficiency}))
+    assert ll16 == pytest.approx(max(ll_bytes * 8 / 16 / (50e9 * 0.92), ll_bytes * 7 / 16 / (200e9 * 0.92)) + 39e-6)
 
 
 def test_imbalance_scales_all_to_all(hw):

@@ -36,6 +36,7 @@ SHIPPED = [
     "qwen3-32b",
     "qwen3-8b",
     "qwen3-max-proxy",
+    "qwen3-max-public-proxy",
     "qwen3-next-80b-a3b",
     "qwen3.5-35b-a3b",
     "qwen3.5-397b-a17b",
@@ -232,6 +233,24 @@ def test_qwen3_max_proxy_meets_public_constraints() -> None:
     assert 2.4 <= kv_bytes_per_token(proxy) / kv_bytes_per_token(q235) <= 2.7  # 19/7.2 = 2.64 at 256K
     assert 2.4 <= p["active"] / b["active"] <= 2.7  # 8.6/3.5 = 2.46 at 32K
     assert 0.55 <= 1 - s["total"] / p["total"] <= 0.65  # "-60% deployment memory"
+    assert any("PROXY" in n for n in proxy.notes)
+
+
+def test_qwen3_max_public_proxy_uses_public_facts_only() -> None:
+    """The second proxy: Qwen3-235B-A22B's per-layer shapes with experts grown past 1T (its notes);
+    nothing in it comes from the Qwen3.5 claims."""
+    proxy, q235 = load_model("qwen3-max-public-proxy"), load_model("qwen3-235b-a22b")
+    p, b = param_counts(proxy), param_counts(q235)
+    assert p["total"] > 1e12  # "over 1 trillion"
+    assert proxy.max_position_embeddings == 262_144
+    same = ("hidden_size", "num_layers", "vocab_size", "attention")
+    assert all(getattr(proxy, f) == getattr(q235, f) for f in same)
+    assert proxy.moe.top_k == q235.moe.top_k and proxy.moe.intermediate_size == q235.moe.intermediate_size
+    # the smallest multiple of 64 experts that passes 1T: 8.0B shared + E x 94 x 3 x 4096 x 1536
+    per_expert = 94 * 3 * 4096 * 1536
+    shared = b["total"] - 128 * per_expert
+    assert proxy.moe.num_experts == min(e for e in range(64, 2048, 64) if shared + e * per_expert > 1e12)
+    assert kv_bytes_per_token(proxy) == kv_bytes_per_token(q235)
     assert any("PROXY" in n for n in proxy.notes)
 
 

@@ -1,0 +1,89 @@
+"""`codesign kernel`: predict one kernel on one chip through the simulator's own cost path.
+
+    codesign kernel --hw h800 gemm --m 64 --n 2112 --k 7168 --dtype fp8 [--json]
+    codesign kernel --hw h800 grouped_gemm --groups 4 --m 256 --n 7168 --k 2048 --dtype fp8
+    codesign kernel --hw h100 attention --phase prefill --batch 1 --heads 8 --head-dim 256 \\
+        --seq-q 16384 --seq-kv 16384 --dtype fp16
+    codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
+        --algorithm low_latency
+    codesign kernel --hw h100 all_reduce --ranks 8 --bytes 1e9 --algorithm nvls
+
+Prints seconds, TFLOPS, GB/s (the kernel's HBM bytes, or for collectives the bytes over its
+slowest link tier) and the limiting resource. The op is the one the tracer and mapping build for
+that shape, costed by `CostModel` (collectives by `codesign.mapping.collective_time`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pydantic import ValidationError
+
+from codesign.errors import CodesignError, format_validation_error
+
+_SHAPE_ARGS = {
+    "gemm": ("m", "n", "k"),
+    "grouped_gemm": ("groups", "m", "n", "k"),
+    "attention": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q", "seq_kv"),
+    "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
+    "all_reduce": ("ranks",),
+}
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, collective) on one chip",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hw", required=True, help="hardware spec name (hw_specs/) or path")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    ops = p.add_subparsers(dest="op", required=True, metavar="OP")
+    for op, names in _SHAPE_ARGS.items():
+        q = ops.add_parser(op, help=f"{op} kernel")
+        for n in names:
+            q.add_argument(f"--{n.replace('_', '-')}", dest=n, type=int, required=n not in ("kv_heads", "head_dim_v"))
+        q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        q.add_argument("--dtype", default="bf16", help="fp4 | fp8 | int8 | bf16 | fp16 | fp32 (default bf16)")
+        if op == "grouped_gemm":
+            q.add_argument("--layout", choices=("contiguous", "masked"), default=None)
+        if op == "attention":
+            q.add_argument("--phase", choices=("prefill", "decode"), required=True)
+            q.add_argument("--causal", action="store_true")
+            q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
+        if op == "all_reduce":
+            q.add_argument("--bytes", type=float, required=True, help="message bytes per rank")
+        if op in ("all_to_all", "all_reduce"):
+            q.add_argument("--algorithm", default=None, help="collective algorithm (e.g. low_latency, nvls, ring)")
+    return p
+
+
+def shape_from_args(args: argparse.Namespace):
+    from codesign.sim.kernel import KernelShape
+
+    fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
+    for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm"):
+        v = getattr(args, n, None)
+        if v is not None:
+            fields[n] = v
+    try:
+        return KernelShape.model_validate(fields)
+    except ValidationError as e:
+        raise CodesignError(format_validation_error(f"kernel {args.op}", e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from codesign.hw import load_hw
+    from codesign.mapping.collectives import ALGORITHMS
+    from codesign.sim.kernel import predict
+
+    shape = shape_from_args(args)
+    if shape.algorithm is not None and shape.algorithm not in ALGORITHMS:
+        raise CodesignError(f"--algorithm: expected one of {', '.join(ALGORITHMS)}, found {shape.algorithm!r}")
+    hw = load_hw(args.hw)
+    p = predict(shape, hw)
+    if args.json:
+        print(json.dumps({"hw": hw.name, "shape": shape.model_dump(exclude_none=True), **p.to_dict()}, indent=2))
+        return 0
+    print(f"{shape.op} on {hw.name}: {p.seconds * 1e6:.2f} us, {p.tflops:.1f} TFLOPS, {p.gbps:.0f} GB/s, "
+          f"limited by {p.bound} (compute {p.compute_s * 1e6:.2f} us, memory {p.memory_s * 1e6:.2f} us, "
+          f"fixed {p.overhead_s * 1e6:.2f} us)")
+    return 0

@@ -1,0 +1,202 @@
+"""One kernel on one chip: the shape of a GEMM, grouped GEMM, attention or collective, the `Op` the
+tracer and mapping would build for it, and its predicted time through the simulator's own cost path
+(`CostModel.cost` for compute kernels, `codesign.mapping.collective_time` for collectives).
+
+Used by `codesign kernel` (predict one shape) and `codesign validate --kernels` (predict every row
+of the kernel tables in `benchmarks/kernels/` and compare with the published measurement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from codesign.errors import CodesignError
+from codesign.graph.op import Op
+from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
+from codesign.sim.cost import CostModel, CostOptions
+
+KernelOp = Literal["gemm", "grouped_gemm", "attention", "all_to_all", "all_reduce"]
+Positive = Field(default=None, gt=0)
+
+# Fields each op needs (the rest must stay unset or keep their defaults).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "gemm": ("m", "n", "k"),
+    "grouped_gemm": ("groups", "m", "n", "k"),
+    "attention": ("batch", "heads", "head_dim", "seq_q", "seq_kv", "phase"),
+    "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
+    "all_reduce": ("ranks", "bytes"),
+}
+# Output element size of matrix kernels: bf16 results for every input format (DeepGEMM, cuBLASLt FP8).
+OUT_BYTES = 2.0
+# Per-128-element FP32 scale of FP8 activations (DeepEP dispatch, DeepGEMM): 4 bytes per 128.
+FP8_SCALE_OVERHEAD = 4.0 / 128.0
+
+
+class KernelShape(BaseModel):
+    """The shape of one kernel. Which fields apply depends on `op` (`REQUIRED`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: KernelOp
+    hw: str  # spec name in hw_specs/ (or a path)
+    dtype: Dtype = "bf16"
+    # GEMM: C[M, N] = A[M, K] @ B[K, N]; grouped: `groups` GEMMs of M tokens each against their own B.
+    m: int | None = Positive
+    n: int | None = Positive
+    k: int | None = Positive
+    groups: int | None = Positive
+    layout: Literal["contiguous", "masked"] | None = None  # grouped GEMM token layout (informational)
+    # Attention: `batch` sequences, `seq_q` query rows each against `seq_kv` keys.
+    batch: int | None = Positive
+    heads: int | None = Positive
+    kv_heads: int | None = Positive  # none: = heads (MHA)
+    head_dim: int | None = Positive
+    head_dim_v: int | None = Positive  # none: = head_dim
+    seq_q: int | None = Positive
+    seq_kv: int | None = Positive
+    causal: bool = False
+    phase: Literal["prefill", "decode"] | None = None
+    latent: bool = False  # MLA absorbed: V is the first head_dim_v columns of the cached K latent
+    # Collectives.
+    ranks: int | None = Field(default=None, ge=2)
+    tokens: int | None = Positive  # all-to-all: tokens per rank
+    hidden: int | None = Positive
+    top_k: int | None = Positive  # all-to-all: copies of each token sent (experts per token)
+    bytes: float | None = Positive  # all-reduce: message bytes per rank
+    algorithm: str | None = None  # collective algorithm (codesign.mapping.collectives.ALGORITHMS)
+
+    @model_validator(mode="after")
+    def _fields_of_op(self) -> "KernelShape":
+        missing = [f for f in REQUIRED[self.op] if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"{self.op} needs {', '.join(missing)}")
+        if self.op == "attention" and self.seq_q > self.seq_kv:
+            raise ValueError(f"seq_q ({self.seq_q}) exceeds seq_kv ({self.seq_kv})")
+        return self
+
+
+@dataclass(frozen=True)
+class KernelPrediction:
+    seconds: float
+    flops: float
+    bytes: float  # HBM/link bytes the kernel moves (GEMM: A + B + C; collectives: bytes on the link)
+    bound: str  # limiting resource: matrix | hbm | sram | link | overhead
+    compute_s: float = 0.0
+    memory_s: float = 0.0
+    overhead_s: float = 0.0
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / self.seconds / 1e12 if self.seconds > 0 else 0.0
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"seconds": self.seconds, "tflops": self.tflops, "gbps": self.gbps, "bound": self.bound,
+                "flops": self.flops, "bytes": self.bytes, "compute_s": self.compute_s,
+                "memory_s": self.memory_s, "overhead_s": self.overhead_s}
+
+
+def _bytes_dict(**kw: float) -> dict[str, float]:
+    d = {"weight": 0.0, "activation": 0.0, "kv_cache": 0.0, "state": 0.0}
+    d.update(kw)
+    return d
+
+
+def check_dtype(shape: KernelShape, hw: HardwareSpec) -> None:
+    """A matrix kernel in a format the chip's matrix unit has no path for is refused (the simulator
+    would run it at the next wider format; a microbenchmark of that format cannot exist)."""
+    if shape.op in ("all_to_all", "all_reduce"):
+        return
+    if getattr(hw.chip.matrix, shape.dtype, None) is None:
+        have = [d for d in BYTES_PER_ELEMENT if getattr(hw.chip.matrix, d, None) is not None]
+        raise CodesignError(f"dtype: {hw.name} has no {shape.dtype} matrix path; it runs {', '.join(have)}")
+
+
+def _attention_pairs(s: KernelShape) -> float:
+    """(query, key) pairs per head and sequence: all of them, or the causal triangle with the
+    queries at the end of the keys (prefill of a chunk, or decode after a cache)."""
+    tq, skv = s.seq_q, s.seq_kv
+    if not s.causal:
+        return float(tq * skv)
+    start = skv - tq  # keys before the first query
+    return float(tq * start + tq * (tq + 1) / 2)
+
+
+def build_op(s: KernelShape) -> Op:
+    """The op the tracer (plus the mapping's rescaling to the deployment's precision) builds for a
+    compute kernel of this shape."""
+    e = BYTES_PER_ELEMENT[s.dtype]
+    common = dict(target=f"codesign.kernel.{s.op}", layer=0, layer_type="kernel", in_shapes=(),
+                  out_shapes=(), dtype=s.dtype)
+    if s.op == "gemm":
+        m, n, k = s.m, s.n, s.k
+        return Op(name="kernel/gemm", kind="gemm", block="mlp", phase="prefill", flops=2.0 * m * n * k,
+                  bytes_read=_bytes_dict(weight=n * k * e, activation=m * k * e),
+                  bytes_written=_bytes_dict(activation=m * n * OUT_BYTES), gemm=(1, m, n, k), **common)
+    if s.op == "grouped_gemm":
+        g, m, n, k = s.groups, s.m, s.n, s.k
+        return Op(name="kernel/grouped_gemm", kind="grouped_gemm", block="moe_experts", phase="prefill",
+                  flops=2.0 * g * m * n * k,
+                  bytes_read=_bytes_dict(weight=g * n * k * e, activation=g * m * k * e),
+                  bytes_written=_bytes_dict(activation=g * m * n * OUT_BYTES), gemm=(g, m, n, k),
+                  tokens_per_expert=(m,) * g, expert_weight_bytes=n * k * e, expert_flops_per_token=2.0 * n * k,
+                  **common)
+    if s.op == "attention":
+        d, dv = s.head_dim, s.head_dim_v or s.head_dim
+        hkv = s.kv_heads or s.heads
+        flops = 2.0 * s.batch * s.heads * _attention_pairs(s) * (d + dv)
+        q = s.batch * s.heads * s.seq_q * d * e
+        kv = s.batch * hkv * s.seq_kv * (d if s.latent else d + dv) * e
+        out = s.batch * s.heads * s.seq_q * dv * OUT_BYTES
+        return Op(name="kernel/attention", kind="attention", block="attention", phase=s.phase, flops=flops,
+                  bytes_read=_bytes_dict(activation=q, kv_cache=kv), bytes_written=_bytes_dict(activation=out),
+                  **common)
+    raise CodesignError(f"op: {s.op} is a collective, not a compute kernel")
+
+
+def build_collective(s: KernelShape, hw: HardwareSpec) -> dict:
+    """The collective dict the mapping puts in `Op.collective` for this shape."""
+    from codesign.mapping import make_collective
+
+    group = tuple(range(s.ranks))
+    if s.op == "all_to_all":
+        per_elem = BYTES_PER_ELEMENT[s.dtype] * ((1.0 + FP8_SCALE_OVERHEAD) if s.dtype == "fp8" else 1.0)
+        nbytes = s.tokens * s.top_k * s.hidden * per_elem
+        return make_collective("all_to_all", group, nbytes, hw.system.scale_up.size, s.algorithm)
+    return make_collective("all_reduce", group, float(s.bytes), hw.system.scale_up.size, s.algorithm)
+
+
+def link_bytes(c: dict, hw: HardwareSpec) -> float:
+    """Bytes one rank moves over its slowest tier: all-to-all, the share leaving the rank (scale-up)
+    or the domain (scale-out); all-reduce, the bus bytes 2(n-1)/n x message (NCCL's busBw)."""
+    n = c["size"]
+    if c["type"] == "all_reduce":
+        return 2.0 * (n - 1) / n * c["bytes"]
+    d = min(n, hw.system.scale_up.size)
+    share = (n - d) / n if c["scope"] == "scale_out" else (n - 1) / n
+    return c["bytes"] * share
+
+
+def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None) -> KernelPrediction:
+    """Predicted time of one kernel on `hw` through the simulator's cost path."""
+    check_dtype(s, hw)
+    if s.op in ("all_to_all", "all_reduce"):
+        from codesign.mapping import collective_time
+
+        c = build_collective(s, hw)
+        t = collective_time(c, hw)
+        return KernelPrediction(t, 0.0, link_bytes(c, hw), "link")
+    op = build_op(s)
+    dt = s.dtype
+    # One kernel alone: no element-wise kernels of a serving engine around it.
+    opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
+    cm = CostModel(hw, dt, dt, opts)
+    cost = cm.cost(op)
+    return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s, cost.memory_s,
+                            cost.overhead_s)

@@ -1,0 +1,123 @@
+"""Kernel tables (benchmarks/kernels/), the `codesign kernel` prediction path and its bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from codesign.cli import main
+from codesign.errors import CodesignError
+from codesign.hw import load_hw
+from codesign.sim.kernel import KernelShape, predict
+from codesign.sim.kernel_table import kernel_mape, load_table, table_files, validate_kernels
+
+
+def test_every_table_loads_and_every_row_is_sourced():
+    files = table_files()
+    assert {f.name for f in files} >= {"deepgemm.yaml", "deepep.yaml", "attention.yaml", "collectives.yaml"}
+    for f in files:
+        t = load_table(f)
+        for r in t.rows:
+            assert t.sources[r.source]
+
+
+def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
+    results = validate_kernels()
+    assert len(results) >= 50
+    bad = [(r.label(), round(r.error, 3)) for r in results if abs(r.error) > 0.30]
+    assert not bad
+    assert kernel_mape(results) <= 0.15
+
+
+def test_gemm_prediction_is_the_cost_model_rule():
+    # Independent calculation of DeepGEMM's 4096x7168x16384 FP8 on H800 from the Hopper fields:
+    # compute = 2MNK / (peak x gemm x M/(M+half) x K/(K+k_half)) (no padding: multiples of 64x256),
+    # memory = (A + B fp8, C bf16) / (HBM x matrix_memory), time = p-norm + fixed per kernel.
+    hw = load_hw("h800")
+    e = hw.efficiency
+    m, n, k = 4096, 7168, 16384
+    compute = 2 * m * n * k / (1979e12 * e.gemm * m / (m + e.small_m_half) * k / (k + e.gemm_k_half))
+    memory = (m * k + n * k + 2 * m * n) / (3.35e12 * e.matrix_memory)
+    p = e.overlap_exponent
+    expected = (compute ** p + memory ** p) ** (1 / p) + e.kernel_overhead
+    got = predict(KernelShape(op="gemm", hw="h800", dtype="fp8", m=m, n=n, k=k), hw)
+    assert got.seconds == pytest.approx(expected, rel=1e-9)
+    assert got.bound == "matrix"
+    assert got.tflops == pytest.approx(2 * m * n * k / expected / 1e12)
+
+
+def test_all_reduce_bus_bandwidth_is_the_ring_rule():
+    hw = load_hw("h100")
+    n, nbytes = 8, 1e9
+    t = 2 * (n - 1) / n * nbytes / (450e9 * hw.efficiency.collective) + 2 * (n - 1) * hw.system.scale_up.latency
+    got = predict(KernelShape(op="all_reduce", hw="h100", ranks=n, bytes=nbytes, algorithm="ring"), hw)
+    assert got.seconds == pytest.approx(t, rel=1e-9)
+    assert got.gbps == pytest.approx(2 * (n - 1) / n * nbytes / t / 1e9)
+
+
+def test_non_positive_shape_and_missing_fields_are_refused():
+    with pytest.raises(ValueError, match="greater than 0"):
+        KernelShape(op="gemm", hw="h800", m=0, n=1, k=1)
+    with pytest.raises(ValueError, match="gemm needs k"):
+        KernelShape(op="gemm", hw="h800", m=1, n=1)
+
+
+def test_dtype_the_chip_cannot_run_is_refused():
+    with pytest.raises(CodesignError, match="h100 has no fp4 matrix path"):
+        predict(KernelShape(op="gemm", hw="h100", dtype="fp4", m=64, n=64, k=64), load_hw("h100"))
+
+
+def test_cli_kernel_json_and_one_line_errors(capsys):
+    assert main(["kernel", "--hw", "h800", "gemm", "--m", "64", "--n", "2112", "--k", "7168", "--dtype", "fp8",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"seconds", "tflops", "gbps", "bound"} <= set(out)
+    assert out["tflops"] == pytest.approx(2 * 64 * 2112 * 7168 / out["seconds"] / 1e12)
+    assert main(["kernel", "--hw", "h800", "gemm", "--m", "-4", "--n", "2112", "--k", "7168"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m: Input should be greater than 0" in err[0]
+    assert main(["kernel", "--hw", "a100", "grouped_gemm", "--groups", "4", "--m", "256", "--n", "7168",
+                 "--k", "2048", "--dtype", "fp8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a100 has no fp8 matrix path" in err[0]
+
+
+def test_table_errors_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("description: x\nsources: {a: b}\nrows:\n"
+                   "  - {op: gemm, hw: h800, dtype: fp8, m: 64, n: 2112, k: 7168, tflops: 206, check_gbps: 1000, source: a}\n")
+    with pytest.raises(CodesignError, match=r"t.yaml: rows.0: check_gbps: expected about 1687"):
+        load_table(bad)
+    bad.write_text("description: x\nsources: {a: b}\nrows:\n  - {op: gemm, hw: h800, m: 1, n: 1, k: 1, source: a}\n")
+    with pytest.raises(CodesignError, match=r"t.yaml: rows.0: .*exactly one of seconds, tflops, gbps"):
+        load_table(bad)
+    bad.write_text("description: x\nsources: {a: b}\nrows:\n  - {op: gemm, hw: h800, m: 1, n: 1, k: 1, tflops: 1, source: z}\n")
+    with pytest.raises(CodesignError, match="unknown tag 'z'"):
+        load_table(bad)
+
+
+def test_low_latency_rows_follow_a_bandwidth_latency_line():
+    # DeepEP low-latency dispatch across nodes: time = fixed + RDMA bytes / (NIC x fraction); the
+    # fitted fixed time and fraction reproduce both ends of the README's table within 10%
+    hw = load_hw("h800")
+    e = hw.efficiency
+    nbytes = 128 * 8 * 7168 * (1 + 4 / 128)
+    for ranks, measured in ((16, 118e-6), (256, 194e-6)):
+        t = e.low_latency_overhead + nbytes * (ranks - 8) / ranks / (50e9 * e.low_latency_collective)
+        assert math.isclose(t, measured, rel_tol=0.10)
+        got = predict(KernelShape(op="all_to_all", hw="h800", dtype="fp8", ranks=ranks, tokens=128, hidden=7168,
+                                  top_k=8, algorithm="low_latency"), hw)
+        assert got.seconds == pytest.approx(t, rel=1e-9)
+
+
+def test_cli_validate_kernels_prints_every_row_and_the_mape(capsys):
+    assert main(["validate", "--kernels", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["rows"]
+    assert len(rows) == len(validate_kernels())
+    assert out["mape"] == pytest.approx(sum(abs(r["error"]) for r in rows) / len(rows))
+    assert out["worst"] == pytest.approx(max(abs(r["error"]) for r in rows))
+    assert main(["validate"]) == 2
+    assert "expected a validation file (or --kernels)" in capsys.readouterr().err
