@@ -30,6 +30,7 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
+from codesign.sim.schedule import list_schedule
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
 # Resource each op kind holds, in a fixed acquisition order (no deadlock between two-unit holders).
@@ -126,12 +127,16 @@ def _topological(g: nx.DiGraph, nodes: list) -> list:
     return out
 
 
-class _Sim:
-    """One SimPy run over a list of (op id, cost, predecessors) in topological order."""
+class _SimpySchedule:
+    """The reference of `codesign.sim.schedule.list_schedule`: one SimPy run over contracted items
+    (key, units, seconds, predecessor keys) in priority order. Each op is a process that waits for
+    its predecessors' completion events, requests its units (capacity-1 `PriorityResource`s, in
+    `_UNIT_ORDER`) at its topological priority in `with`-style request/release, holds them for its
+    seconds and signals completion. Used by the tests to check the list schedule bit for bit."""
 
     def __init__(self) -> None:
         self.env = simpy.Environment()
-        self.res = {name: simpy.PriorityResource(self.env, capacity=1) for name in ("matrix", "vector", "hbm", "link")}
+        self.res = {name: simpy.PriorityResource(self.env, capacity=1) for name in _UNIT_ORDER}
         self.done: dict[Any, simpy.Event] = {}
 
     def _op(self, key, units: tuple[str, ...], seconds: float, preds: list, prio: int):
@@ -149,15 +154,22 @@ class _Sim:
                 self.res[unit].release(req)
         self.done[key].succeed()
 
-    def run(self, items: list[tuple[Any, str, float, list]]) -> float:
-        """Makespan of `items` = (key, op kind, seconds, predecessor keys), in topological order."""
-        merged = _contract(items)
+    def run(self, merged: list[tuple[Any, tuple[str, ...], float, list]]) -> float:
         for key, units, seconds, preds in merged:
             self.done[key] = self.env.event()
         for prio, (key, units, seconds, preds) in enumerate(merged):
             self.env.process(self._op(key, units, seconds, preds, prio))
         self.env.run()
         return float(self.env.now)
+
+
+class _Sim:
+    """One layer's makespan: its ops contracted (`_contract`) and list-scheduled with SimPy's
+    semantics (`codesign.sim.schedule.list_schedule`, equal to `_SimpySchedule`)."""
+
+    def run(self, items: list[tuple[Any, str, float, list]]) -> float:
+        """Makespan of `items` = (key, op kind, seconds, predecessor keys), in topological order."""
+        return list_schedule(_contract(items))
 
 
 _UNIT_ORDER = ("matrix", "vector", "hbm", "link")
