@@ -22,7 +22,7 @@ import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import networkx as nx
 import simpy
@@ -127,12 +127,18 @@ def _topological(g: nx.DiGraph, nodes: list) -> list:
 
 
 class _Sim:
-    """One SimPy run over a list of (op id, cost, predecessors) in topological order."""
+    """One SimPy run over a list of (op id, cost, predecessors) in topological order.
 
-    def __init__(self) -> None:
+    `recorder` (optional, for timelines): called as `recorder(key, units, start_s, end_s)` when each
+    contracted process finishes; `members[key]` then lists the (op key, kind, seconds) of the ops
+    merged into that process, in order (see `_contract`). Without a recorder nothing is kept."""
+
+    def __init__(self, recorder: Callable[[Any, tuple[str, ...], float, float], None] | None = None) -> None:
         self.env = simpy.Environment()
         self.res = {name: simpy.PriorityResource(self.env, capacity=1) for name in ("matrix", "vector", "hbm", "link")}
         self.done: dict[Any, simpy.Event] = {}
+        self.recorder = recorder
+        self.members: dict[Any, list[tuple[Any, str, float]]] = {}
 
     def _op(self, key, units: tuple[str, ...], seconds: float, preds: list, prio: int):
         if preds:
@@ -143,15 +149,18 @@ class _Sim:
                 req = self.res[unit].request(priority=prio)
                 reqs.append((unit, req))
                 yield req
+            start = self.env.now
             yield self.env.timeout(seconds)
         finally:
             for unit, req in reqs:
                 self.res[unit].release(req)
+        if self.recorder is not None:
+            self.recorder(key, units, start, self.env.now)
         self.done[key].succeed()
 
     def run(self, items: list[tuple[Any, str, float, list]]) -> float:
         """Makespan of `items` = (key, op kind, seconds, predecessor keys), in topological order."""
-        merged = _contract(items)
+        merged = _contract(items, self.members if self.recorder is not None else None)
         for key, units, seconds, preds in merged:
             self.done[key] = self.env.event()
         for prio, (key, units, seconds, preds) in enumerate(merged):
@@ -163,11 +172,14 @@ class _Sim:
 _UNIT_ORDER = ("matrix", "vector", "hbm", "link")
 
 
-def _contract(items: list[tuple[Any, str, float, list]]) -> list[tuple[Any, tuple[str, ...], float, list]]:
+def _contract(items: list[tuple[Any, str, float, list]],
+              members: dict[Any, list[tuple[Any, str, float]]] | None = None
+              ) -> list[tuple[Any, tuple[str, ...], float, list]]:
     """Merge chains of compute ops (an op whose only predecessor is a compute op with no other
     successor) into one process holding the union of their units for the summed time. Exact: every
     compute op holds the HBM channel, so a chain's ops never interleave with other compute; it
-    cuts the SimPy events of a layer from ~100 ops to the handful of branch points."""
+    cuts the SimPy events of a layer from ~100 ops to the handful of branch points.
+    `members` (optional): filled with each process's merged (op key, kind, seconds), in order."""
     nsucc: dict[Any, int] = defaultdict(int)
     for _, _, _, preds in items:
         for p in preds:
@@ -184,8 +196,12 @@ def _contract(items: list[tuple[Any, str, float, list]]) -> list[tuple[Any, tupl
                 item = out[h]
                 item[1] = tuple(u for u in _UNIT_ORDER if u in item[1] or u in units)
                 item[2] += seconds
+                if members is not None:
+                    members[h].append((key, kind, seconds))
                 continue
         head[key] = key
+        if members is not None:
+            members[key] = [(key, kind, seconds)]
         hp = []
         for p in preds:
             if head[p] not in hp:
