@@ -29,27 +29,52 @@ def _log(progress: Callable[[str], None] | None, msg: str) -> None:
         progress(msg)
 
 
-def from_results(results: Sequence[Result], hw: Any = None, model: Any = None, precision: dict | None = None,
-                 cost: dict | None = None, title: str | None = None, command: str = "", curves: bool = True,
+def per_row(value: Any, n: int) -> list:
+    """`value` for each of `n` rows: a list of n values as is, anything else repeated."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise CodesignError(f"report: {len(value)} inputs for {n} result rows")
+        return value
+    return [value] * n
+
+
+def points_of(results: Sequence[Result], hw: Any = None, model: Any = None, precision: Any = None,
+              cost: Any = None) -> list:
+    """The design points of the feasible rows; hw, model, precision, cost: one value or one per row."""
+    n = len(results)
+    args = zip(results, per_row(hw, n), per_row(model, n), per_row(precision, n), per_row(cost, n))
+    return [point_from_result(r, h, m, p, c) for r, h, m, p, c in args if r.feasible and r.concurrency]
+
+
+def from_results(results: Sequence[Result], hw: Any = None, model: Any = None, precision: Any = None,
+                 cost: Any = None, title: str | None = None, command: str = "", curves: bool = True,
                  details: bool = True, progress: Callable[[str], None] | None = None) -> ReportData:
-    """Report data for `codesign.simulate` rows (one design point, several contexts)."""
+    """Report data for `codesign.simulate` rows (one design point, several contexts). `hw`, `model`,
+    `precision`, `cost`: the inputs the rows were simulated with (one value, or a list with one per
+    row); by default the rows' hardware and model names and the simulator's defaults."""
     results = list(results)
     if not results:
         raise CodesignError("report: no results to report")
     rows = with_costs(results_to_dataframe(results))
     data = ReportData(title=title or f"{results[0].model} on {results[0].chips}x {results[0].hardware}", rows=rows,
                       breakdowns={r.name: r.breakdown for r in results if r.breakdown}, command=command)
-    feasible = [r for r in results if r.feasible and r.concurrency]
-    if not feasible:
+    points = points_of(results, hw, model, precision, cost)
+    if not points:
         data.notes.append("No feasible row: no curve, roofline, heatmap or timeline to draw.")
         return data
     if curves:
-        _log(progress, "throughput against context")
-        data.curves = context_curve(point_from_result(feasible[0], hw, model, precision, cost))
+        seen, frames = set(), []
+        for p in points:  # one curve per (hardware, model, plan)
+            key = (p.hw.model_dump_json(), p.config.config_hash(), tuple(sorted(p.plan.items())), p.chips)
+            if key not in seen:
+                seen.add(key)
+                _log(progress, f"throughput against context for {p.label}")
+                frames.append(context_curve(p))
+        data.curves = pd.concat(frames, ignore_index=True)
     if details:
-        for r in feasible:
-            _log(progress, f"decode step of {r.name}")
-            data.details.append(step_detail(point_from_result(r, hw, model, precision, cost)))
+        for p in points:
+            _log(progress, f"decode step of {p.label}")
+            data.details.append(step_detail(p))
     return data
 
 
@@ -114,4 +139,4 @@ def from_frame(frame: pd.DataFrame, title: str = "design-space sweep", command: 
     return data
 
 
-__all__ = ["from_results", "from_frame"]
+__all__ = ["from_results", "from_frame", "points_of", "per_row"]

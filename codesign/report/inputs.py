@@ -195,6 +195,18 @@ def step_detail(point: DesignPoint) -> StepDetail:
                       matrix_dtype=spec_dtype(matrix))
 
 
+def decode_timeline(point: DesignPoint) -> Any:
+    """Only the timeline of the point's decode step (what `codesign simulate --trace` writes)."""
+    import codesign as cs
+    from codesign import mapping
+    from codesign.sim.timeline import step_timeline
+
+    plan, prec = point.mapping_inputs()
+    graph = cs.trace(point.config, phase="decode", batch=point.batch, context=point.context)
+    mapped = mapping.map_step(graph, point.config, point.hw, plan, prec)
+    return step_timeline(mapped, point.hw, _cost_options(point))
+
+
 def context_curve(point: DesignPoint, contexts: Iterable[int] = CURVE_CONTEXTS) -> pd.DataFrame:
     """Decode throughput per chip against context at the point's plan (`codesign.simulate`)."""
     import codesign as cs
@@ -229,4 +241,4 @@ class ReportData:
 
 
 __all__ = ["CURVE_CONTEXTS", "DesignPoint", "StepDetail", "ReportData", "point_from_row", "point_from_result",
-           "step_detail", "context_curve", "op_table", "expert_tokens", "set_dotted"]
+           "step_detail", "decode_timeline", "context_curve", "op_table", "expert_tokens", "set_dotted"]
