@@ -2,23 +2,25 @@
 from `codesign.report.inputs.ReportData`.
 
 SVGs are deterministic (fixed hash salt, no date) and their ids are prefixed per figure so that
-several can live in one HTML document. Figures with thousands of marks (the timeline, the heatmap)
+several can live in one HTML document. Figures are built with matplotlib's object API
+(`matplotlib.figure.Figure`) under a local style (`rc_context`): importing this module changes
+neither the pyplot backend nor global rcParams (a notebook keeps its inline plots). Figures with thousands of marks (the timeline, the heatmap)
 rasterise those marks inside the SVG (a PNG data URI), keeping the file small.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 GiB = 2**30
 _COUNTER = [0]
@@ -27,15 +29,29 @@ MEMORY_CLASSES = (("weights", "weights"), ("kv_cache", "KV cache"), ("state", "s
 MEMORY_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#E5E5E5")
 TRACK_ORDER = ("matrix", "vector", "hbm", "link:scale_up", "link:scale_out")
 
-plt.rcParams.update({"svg.hashsalt": "codesign", "svg.fonttype": "path", "font.size": 9,
-                     "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100})
+STYLE = {"svg.hashsalt": "codesign", "svg.fonttype": "path", "font.size": 9, "axes.spines.top": False,
+         "axes.spines.right": False, "figure.dpi": 100, "svg.image_inline": True}
+
+
+def _styled(fn: Callable[..., str]) -> Callable[..., str]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        with matplotlib.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 4)) -> tuple[Figure, Any]:
+    """`pyplot.subplots` on a backend-free Figure (nothing registered with pyplot)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def to_svg(fig: Any) -> str:
     """The figure as an inline `<svg>` element (prolog stripped, ids unique within the page)."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
-    plt.close(fig)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     _COUNTER[0] += 1
@@ -53,10 +69,11 @@ def reset_ids() -> None:
 
 
 def _block_colors(blocks: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab20")
+    cmap = matplotlib.colormaps["tab20"]
     return {b: cmap(i % 20) for i, b in enumerate(sorted(set(blocks)))}
 
 
+@_styled
 def memory_bars(rows: pd.DataFrame) -> str:
     """Stacked bars per result row: weights, KV, state, activations, reserve, free vs capacity (GiB)."""
     col = "memory_per_chip_gib."
@@ -66,7 +83,7 @@ def memory_bars(rows: pd.DataFrame) -> str:
     cap = rows[col + "capacity"].astype(float).fillna(0).to_numpy()
     parts["reserve"] = np.maximum(0.0, total - sum(parts.values()))
     parts["free"] = np.maximum(0.0, cap - total)
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    fig, ax = _subplots(figsize=(8, 0.45 * len(names) + 1.2))
     y = np.arange(len(names))
     left = np.zeros(len(names))
     for (key, label), color in zip(MEMORY_CLASSES, MEMORY_COLORS):
@@ -80,9 +97,10 @@ def memory_bars(rows: pd.DataFrame) -> str:
     return to_svg(fig)
 
 
+@_styled
 def context_curves(curves: pd.DataFrame) -> str:
     """Output tokens/s per chip against context, one line per series; infeasible contexts absent."""
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = _subplots(figsize=(8, 3.6))
     for series, d in curves.groupby("series", sort=True):
         d = d[d["feasible"].astype(bool)].sort_values("context")
         ax.plot(d["context"], d["output_tokens_per_s_per_chip"], marker="o", label=series)
@@ -97,11 +115,12 @@ def context_curves(curves: pd.DataFrame) -> str:
     return to_svg(fig)
 
 
+@_styled
 def roofline(ops: pd.DataFrame, matrix_peak: float, vector_peak: float, hbm_bw: float, title: str) -> str:
     """Ops at (FLOPs/byte, achieved FLOP/s) under the chip's compute and HBM roofs; marker area
     grows with how often the op runs in the step."""
     d = ops[(ops["flops"] > 0) & (ops["bytes"] > 0) & (ops["time_s"] > 0) & (ops["kind"] != "collective")]
-    fig, ax = plt.subplots(figsize=(8, 4.6))
+    fig, ax = _subplots(figsize=(8, 4.6))
     lo = max(1e-3, float(d["intensity"].min()) / 4) if len(d) else 1e-2
     hi = max(float(d["intensity"].max()) * 4, matrix_peak / hbm_bw * 8) if len(d) else 1e4
     x = np.logspace(np.log10(lo), np.log10(hi), 200)
@@ -125,11 +144,12 @@ def roofline(ops: pd.DataFrame, matrix_peak: float, vector_peak: float, hbm_bw: 
     return to_svg(fig)
 
 
+@_styled
 def block_times(breakdowns: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
     """Grouped horizontal bars: milliseconds per decode step by block (summed op time) per row."""
     names = list(breakdowns)
     blocks = sorted({b for bd in breakdowns.values() for b in bd.get("block", {})})
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(blocks) * max(1, len(names)) ** 0.5 + 1.2))
+    fig, ax = _subplots(figsize=(8, 0.32 * len(blocks) * max(1, len(names)) ** 0.5 + 1.2))
     h = 0.8 / max(1, len(names))
     y = np.arange(len(blocks))
     for i, n in enumerate(names):
@@ -142,6 +162,7 @@ def block_times(breakdowns: Mapping[str, Mapping[str, Mapping[str, float]]]) -> 
     return to_svg(fig)
 
 
+@_styled
 def layer_type_times(timeline: Any) -> str:
     """Milliseconds of the step by layer type (each layer's simulated makespan, summed)."""
     starts = sorted(timeline.layer_start_s.items())
@@ -153,7 +174,7 @@ def layer_type_times(timeline: Any) -> str:
         per[types.get(layer, "?")] += t1 - t0
         count[types.get(layer, "?")] += 1
     keys = sorted(per, key=lambda k: -per[k])
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(keys) + 1))
+    fig, ax = _subplots(figsize=(8, 0.35 * len(keys) + 1))
     ax.barh(range(len(keys)), [per[k] * 1e3 for k in keys], color="#4C72B0")
     ax.set_yticks(range(len(keys)), [f"{k} (x{count[k]})" for k in keys])
     ax.invert_yaxis()
@@ -161,9 +182,10 @@ def layer_type_times(timeline: Any) -> str:
     return to_svg(fig)
 
 
+@_styled
 def expert_heatmap(tokens: pd.DataFrame, title: str) -> str:
     """Tokens routed to each expert (columns) in each MoE layer (rows)."""
-    fig, ax = plt.subplots(figsize=(9, 0.06 * len(tokens) + 2.2))
+    fig, ax = _subplots(figsize=(9, 0.06 * len(tokens) + 2.2))
     im = ax.imshow(tokens.to_numpy(dtype=float), aspect="auto", interpolation="nearest", cmap="viridis")
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
@@ -186,11 +208,12 @@ def _draw_tracks(ax: Any, spans: Sequence[Any], tracks: Sequence[str], colors: d
     ax.invert_yaxis()
 
 
+@_styled
 def timeline(tl: Any, title: str) -> str:
     """The decode step on the chip's engines: the whole step, and its slowest layer enlarged."""
     tracks = [t for t in TRACK_ORDER if t in tl.tracks] + [t for t in tl.tracks if t not in TRACK_ORDER]
     colors = _block_colors([s.block for s in tl.spans])
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 0.5 * len(tracks) * 2 + 2.2))
+    fig, (a1, a2) = _subplots(2, 1, figsize=(10, 0.5 * len(tracks) * 2 + 2.2))
     _draw_tracks(a1, tl.spans, tracks, colors)
     a1.set_xlim(0, tl.time_s * 1e3)
     a1.set_xlabel("ms from the start of the step")
@@ -204,17 +227,18 @@ def timeline(tl: Any, title: str) -> str:
     a2.set_xlim(0, (ends[slow] - t0) * 1e3 if starts else 1)
     kind = sub[0].layer_type if sub else ""
     a2.set_xlabel(f"ms from the start of layer {layer} ({kind}, the slowest layer)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     fig.legend(handles, list(colors), ncol=6, loc="lower center", bbox_to_anchor=(0.5, -0.06), frameon=False,
                fontsize=7)
     fig.tight_layout()
     return to_svg(fig)
 
 
+@_styled
 def pareto_scatter(rows: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, color: str | None = None) -> str:
     """All feasible rows (`y` against `x`), the Pareto-front rows ringed and joined."""
     d = rows[rows["feasible"].astype(bool)].dropna(subset=[x, y])
-    fig, ax = plt.subplots(figsize=(6.2, 4))
+    fig, ax = _subplots(figsize=(6.2, 4))
     c = d[color].astype(float) if color and color in d.columns else None
     sc = ax.scatter(d[x], d[y], c=c, cmap="plasma", s=22, alpha=0.85, label="design points")
     if c is not None:
