@@ -157,9 +157,10 @@ def render(data: ReportData) -> str:
     if data.sweep and "pareto" in rows.columns:
         thr = "output_tokens_per_s_per_chip"
         pareto = [plots.pareto_scatter(rows, "usd_per_mtok", thr, "$ per million output tokens", "output tokens/s per chip",
-                                       color="power_w"),
-                  plots.pareto_scatter(rows, "power_w", thr, "deployment power (W, chips at TDP)",
-                                       "output tokens/s per chip", color="usd_per_mtok")]
+                                       color="power_w", color_label="deployment power (kW)", color_scale=1e-3),
+                  plots.pareto_scatter(rows, "power_w", thr, "deployment power (kW, chips at TDP)",
+                                       "output tokens/s per chip", color="usd_per_mtok", x_scale=1e-3,
+                                       color_label="$ per million output tokens")]
     env = jinja2.Environment(loader=jinja2.PackageLoader("codesign.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
@@ -173,8 +174,9 @@ def render(data: ReportData) -> str:
         blocks=plots.block_times(breakdowns) if breakdowns else "",
         details=[_detail_view(d) for d in data.details],
         pareto=pareto,
-        pareto_caption="Feasible design points; ringed: the Pareto front over (throughput per chip up, $/Mtok "
-                       "down, power down), computed by codesign.report.pareto.pareto_front.",
+        pareto_caption="Feasible design points. Ringed: the Pareto front over all three objectives (throughput "
+                       "per chip up, $/Mtok down, power down); staircase: the front of the plane drawn. Both from "
+                       "codesign.report.pareto.pareto_front.",
     )
 
 

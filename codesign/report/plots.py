@@ -202,7 +202,7 @@ def _draw_tracks(ax: Any, spans: Sequence[Any], tracks: Sequence[str], colors: d
         by[(s.track, s.block)].append((s.start_s - t0, s.end_s - s.start_s))
     for (track, block), bars in sorted(by.items()):
         coll = ax.broken_barh([(a * 1e3, w * 1e3) for a, w in bars], (tracks.index(track) - 0.4, 0.8),
-                              facecolors=colors[block], linewidth=0)
+                              facecolors=colors[block], edgecolors=colors[block], linewidth=0.4)
         coll.set_rasterized(len(spans) > 1500)
     ax.set_yticks(range(len(tracks)), tracks)
     ax.invert_yaxis()
@@ -235,17 +235,25 @@ def timeline(tl: Any, title: str) -> str:
 
 
 @_styled
-def pareto_scatter(rows: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, color: str | None = None) -> str:
-    """All feasible rows (`y` against `x`), the Pareto-front rows ringed and joined."""
+def pareto_scatter(rows: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, color: str | None = None,
+                   x_scale: float = 1.0, color_label: str = "", color_scale: float = 1.0) -> str:
+    """Feasible rows, `y` (up is better) against `x` (down is better): rows on the front of all
+    objectives (`pareto` column) ringed; the front of this plane drawn as a staircase."""
+    from codesign.report.pareto import pareto_front
+
     d = rows[rows["feasible"].astype(bool)].dropna(subset=[x, y])
     fig, ax = _subplots(figsize=(6.2, 4))
-    c = d[color].astype(float) if color and color in d.columns else None
-    sc = ax.scatter(d[x], d[y], c=c, cmap="plasma", s=22, alpha=0.85, label="design points")
+    c = d[color].astype(float) * color_scale if color and color in d.columns else None
+    sc = ax.scatter(d[x] * x_scale, d[y], c=c, cmap="viridis", s=24, alpha=0.9, label="design points", zorder=3)
     if c is not None:
-        fig.colorbar(sc, ax=ax, label=color, fraction=0.05)
-    f = d[d["pareto"].astype(bool)].sort_values(x) if "pareto" in d.columns else d.iloc[0:0]
-    ax.scatter(f[x], f[y], s=70, facecolors="none", edgecolors="red", linewidths=1.2, label="Pareto front")
-    ax.plot(f[x], f[y], color="red", lw=0.8, alpha=0.6)
+        fig.colorbar(sc, ax=ax, label=color_label or color, fraction=0.05)
+    ringed = d[d["pareto"].astype(bool)] if "pareto" in d.columns else d.iloc[0:0]
+    ax.scatter(ringed[x] * x_scale, ringed[y], s=80, facecolors="none", edgecolors="red", linewidths=1.2,
+               label="Pareto front (all objectives)", zorder=4)
+    plane = d[pareto_front(d, maximize=[y], minimize=[x])].sort_values(x)
+    if len(plane):
+        ax.step(plane[x] * x_scale, plane[y], where="post", color="red", lw=0.9, alpha=0.7,
+                label=f"front in this plane", zorder=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
