@@ -148,3 +148,16 @@ def test_cli_simulate_refuses_an_unwritable_report_before_simulating(tmp_path, c
     assert main(["simulate", "--hw", HW, "--report", str(tmp_path / "f" / "r.html")]) == 2
     err = capsys.readouterr()
     assert "is not a folder" in err.err and err.out == ""  # nothing simulated, nothing printed
+
+
+def test_rows_that_cannot_be_re_derived_get_a_note(point):
+    (r,), _ = point
+    df = results_to_dataframe([r]).assign(hardware="not-a-spec")
+    data = from_frame(df, curves=False)
+    assert data.details == [] and any("no detail sections" in n and "not-a-spec" in n for n in data.notes)
+    html = render(data)
+    assert "no detail sections" in html and ">Pareto fronts</h2>" in html
+    from codesign.errors import CodesignError
+
+    with pytest.raises(CodesignError, match="--detail: no row named 'nope'"):
+        from_frame(df, detail=["nope"])

@@ -174,3 +174,25 @@ def test_perfetto_trace_processor_loads_the_trace(tmp_path):
         assert got[track][1] == pytest.approx(sum(s.end_s - s.start_s for s in spans) * 1e9, abs=len(spans) + 1)
     assert {s.name for s in tl.spans} == names
     assert not math.isnan(tl.time_s)
+
+
+def test_two_batch_overlap_steps_are_flagged_and_shown_plain():
+    g = graph_of([branchy_layer(i) for i in range(2)])
+    m = FakeMapped(g, plan=FakePlan(two_batch_overlap=True))
+    tl = step_timeline(m, HW, CostOptions(), simple_collective_time)
+    plain = step_timeline(FakeMapped(g, plan=FakePlan(two_batch_overlap=False)), HW, CostOptions(),
+                          simple_collective_time)
+    assert tl.two_batch_overlap and not plain.two_batch_overlap
+    assert tl.step_time_s == simulate_step(m, HW, CostOptions(), simple_collective_time).time_s
+    assert tl.time_s == plain.time_s  # the plain schedule, whatever the step used
+    assert trace_events([tl])["metadata"]["steps"][0]["two_batch_overlap"] is True
+
+
+def test_pipeline_stages_are_laid_out_in_turn():
+    layers = [branchy_layer(i) for i in range(4)]
+    g = graph_of(layers)
+    m = FakeMapped(g, plan=FakePlan(two_batch_overlap=False, pp=2), stage_layers=[[0, 1], [2, 3]])
+    tl = step_timeline(m, HW, CostOptions(), simple_collective_time)
+    step = simulate_step(m, HW, CostOptions(), simple_collective_time)
+    assert tl.time_s == pytest.approx(step.time_s, rel=1e-12)
+    assert tl.layer_start_s[2] == pytest.approx(step.stage_times_s[0], rel=1e-12)
