@@ -13,7 +13,7 @@ from codesign.sim.cost import CostModel, CostOptions
 from codesign.sim.engine import _Sim, simulate_step
 from codesign.sim.timeline import step_timeline
 from tests.report.trace_schema import check_nesting, validate_trace
-from tests.sim.helpers import FakeMapped, FakePlan, chain_graph, layer_ops, make_hw, op, simple_collective_time
+from tests.sim.helpers import FakeMapped, FakePlan, layer_ops, make_hw, op, simple_collective_time
 
 HW = make_hw()
 
