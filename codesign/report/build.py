@@ -70,7 +70,9 @@ def from_results(results: Sequence[Result], hw: Any = None, model: Any = None, p
                 seen.add(key)
                 _log(progress, f"throughput against context for {p.label}")
                 frames.append(context_curve(p))
-        data.curves = pd.concat(frames, ignore_index=True)
+        frames = [f for f in frames if not f.empty]
+        if frames:
+            data.curves = pd.concat(frames, ignore_index=True)
     if details:
         for p in points:
             _log(progress, f"decode step of {p.label}")
@@ -128,7 +130,9 @@ def from_frame(frame: pd.DataFrame, title: str = "design-space sweep", command: 
             continue
         if curves:
             _log(progress, f"throughput against context for {r['name']}")
-            curve_frames.append(context_curve(point))
+            curve = context_curve(point)
+            if not curve.empty:
+                curve_frames.append(curve)
         if details:
             _log(progress, f"decode step of {r['name']}")
             data.details.append(step_detail(point))

@@ -120,7 +120,7 @@ def _detail_view(d: StepDetail) -> dict[str, Any]:
                    f"(timeline {tl.time_s * 1e3:.3g} ms, {len(tl.spans)} op spans on {len(tl.tracks)} tracks).",
         "batch": p.batch,
         "roofline": plots.roofline(d.ops, d.matrix_peak, d.vector_peak, d.hbm_bandwidth,
-                                   f"{p.hw.name}, matrix dtype {d.matrix_dtype}"),
+                                   f"{p.hw.name}, matrix dtype {d.matrix_dtype}", d.sram_bandwidth),
         "n_ops": int(len(d.ops)),
         "left_out": int(len(d.ops) - len(measurable)),
         "heatmap": plots.expert_heatmap(d.expert_tokens, f"{p.config.name}: tokens per expert, batch {p.batch}")

@@ -130,6 +130,7 @@ class StepDetail:
     vector_peak: float             # FLOP/s, fp32
     hbm_bandwidth: float           # bytes/s
     matrix_dtype: str = ""
+    sram_bandwidth: float = 0.0    # bytes/s
 
 
 def _cost_options(point: DesignPoint):
@@ -192,7 +193,7 @@ def step_detail(point: DesignPoint) -> StepDetail:
     return StepDetail(point=point, ops=op_table(mapped, point), expert_tokens=expert_tokens(graph),
                       timeline=step_timeline(mapped, point.hw, opts), matrix_peak=chip.matrix.peak(matrix),
                       vector_peak=chip.vector.fp32, hbm_bandwidth=chip.hbm.bandwidth,
-                      matrix_dtype=spec_dtype(matrix))
+                      matrix_dtype=spec_dtype(matrix), sram_bandwidth=chip.sram.bandwidth)
 
 
 def decode_timeline(point: DesignPoint) -> Any:
@@ -208,11 +209,15 @@ def decode_timeline(point: DesignPoint) -> Any:
 
 
 def context_curve(point: DesignPoint, contexts: Iterable[int] = CURVE_CONTEXTS) -> pd.DataFrame:
-    """Decode throughput per chip against context at the point's plan (`codesign.simulate`)."""
+    """Decode throughput per chip against context at the point's plan (`codesign.simulate`);
+    contexts beyond the model's maximum (`max_position_embeddings`) are left out."""
     import codesign as cs
     from codesign.results import results_to_dataframe
 
-    rs = cs.simulate(point.hw, point.config, context=list(contexts), chips=point.chips, plan=point.plan, precision=point.precision,
+    contexts = [c for c in contexts if c <= point.config.max_position_embeddings]
+    if not contexts:
+        return pd.DataFrame()
+    rs = cs.simulate(point.hw, point.config, context=contexts, chips=point.chips, plan=point.plan, precision=point.precision,
                      cost=point.cost, name=point.label)
     df = results_to_dataframe(rs)
     df["series"] = f"{point.config.name} on {point.hw.name} ({_plan_label(point.plan)})"

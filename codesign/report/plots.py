@@ -116,9 +116,10 @@ def context_curves(curves: pd.DataFrame) -> str:
 
 
 @_styled
-def roofline(ops: pd.DataFrame, matrix_peak: float, vector_peak: float, hbm_bw: float, title: str) -> str:
-    """Ops at (FLOPs/byte, achieved FLOP/s) under the chip's compute and HBM roofs; marker area
-    grows with how often the op runs in the step."""
+def roofline(ops: pd.DataFrame, matrix_peak: float, vector_peak: float, hbm_bw: float, title: str,
+             sram_bw: float = 0.0) -> str:
+    """Ops at (FLOPs/byte, achieved FLOP/s) under the chip's compute, HBM and SRAM roofs; marker
+    area grows with how often the op runs in the step."""
     d = ops[(ops["flops"] > 0) & (ops["bytes"] > 0) & (ops["time_s"] > 0) & (ops["kind"] != "collective")]
     fig, ax = _subplots(figsize=(8, 4.6))
     lo = max(1e-3, float(d["intensity"].min()) / 4) if len(d) else 1e-2
@@ -128,6 +129,9 @@ def roofline(ops: pd.DataFrame, matrix_peak: float, vector_peak: float, hbm_bw: 
             label=f"matrix peak {matrix_peak / 1e12:,.0f} TFLOP/s, HBM {hbm_bw / 1e12:.2f} TB/s")
     ax.plot(x, np.minimum(vector_peak, hbm_bw * x), color="grey", lw=1, ls="--",
             label=f"vector peak {vector_peak / 1e12:,.1f} TFLOP/s (fp32)")
+    if sram_bw > hbm_bw:
+        ax.plot(x, np.minimum(matrix_peak, sram_bw * x), color="black", lw=0.8, ls=":",
+                label=f"SRAM {sram_bw / 1e12:.3g} TB/s (bytes served on chip)")
     kinds = sorted(d["kind"].unique())
     markers = dict(zip(kinds, "os^DvP*X"))
     colors = _block_colors(d["block"].unique().tolist())
@@ -136,7 +140,7 @@ def roofline(ops: pd.DataFrame, matrix_peak: float, vector_peak: float, hbm_bw: 
                    color=colors[block], alpha=0.8, edgecolor="black", linewidth=0.3, label=f"{block} ({kind})")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOPs per HBM byte)")
+    ax.set_xlabel("arithmetic intensity (FLOPs per byte moved)")
     ax.set_ylabel("achieved FLOP/s (simulated)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
