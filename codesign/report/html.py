@@ -40,9 +40,27 @@ _COLUMNS = [  # (column, header, format)
 ]
 
 
+# Units of swept spec fields by the last part of their dotted path (values are SI after parsing).
+_SI_UNITS = {"bandwidth": "B/s", "link_bandwidth": "B/s", "chip_bandwidth": "B/s", "nic_bandwidth": "B/s",
+             "capacity": "B", "tdp": "W", "latency": "s"}
+
+
+def _si(v: float, unit: str) -> str:
+    """4.8e12, "B/s" -> "4.8 TB/s"; 2e-06, "s" -> "2 us"."""
+    if v == 0:
+        return f"0 {unit}"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"),
+                           (1e-6, "u"), (1e-9, "n")):
+        if abs(v) >= factor:
+            return f"{v / factor:.4g} {prefix}{unit}"
+    return f"{v:.4g} {unit}"
+
+
 def _fmt(v: Any, spec: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if spec.startswith("si:"):
+        return _si(float(v), spec[3:])
     if spec == "text":
         return str(v)
     if spec == "ctx":
@@ -75,7 +93,13 @@ def summary_table(rows: pd.DataFrame) -> dict[str, Any]:
     """Headers and formatted cells of the summary table (swept dotted-path columns included)."""
     swept = [c for c in rows.columns if c.startswith(HW_ROOTS) or c.startswith(MODEL_ROOT)]
     cols = [c for c in _COLUMNS if c[0].startswith("_") or c[0] in rows.columns]
-    cols = cols[:6] + [(c, c, ".4g" if pd.api.types.is_numeric_dtype(rows[c]) else "text") for c in swept] + cols[6:]
+    def swept_format(c: str) -> str:
+        if not pd.api.types.is_numeric_dtype(rows[c]):
+            return "text"
+        unit = _SI_UNITS.get(c.rsplit(".", 1)[-1])
+        return f"si:{unit}" if unit else ".4g"
+
+    cols = cols[:6] + [(c, c, swept_format(c)) for c in swept] + cols[6:]
     if "pareto" in rows.columns:
         cols.append(("pareto", "Pareto", "text"))
     cols.append(("reason", "note", "text"))

@@ -160,3 +160,25 @@ def test_rows_that_cannot_be_re_derived_get_a_note(point):
 
     with pytest.raises(CodesignError, match="--detail: no row named 'nope'"):
         from_frame(df, detail=["nope"])
+
+
+def test_swept_spec_values_are_shown_with_units():
+    from codesign.report.html import _si, summary_table
+
+    assert [_si(4.8e12, "B/s"), _si(1e9, "B"), _si(2e-6, "s"), _si(700.0, "W")] == ["4.8 TB/s", "1 GB", "2 us", "700 W"]
+    df = pd.DataFrame({"name": ["a"], "feasible": [True], "hardware": ["h200"], "model": ["m"], "chips": [8],
+                       "output_tokens_per_s": [1.0], "chip.hbm.bandwidth": [8e12], "efficiency.gemm": [0.7]})
+    t = summary_table(df)
+    labels = [h["label"] for h in t["headers"]]
+    cells = dict(zip(labels, (c["text"] for c in t["rows"][0]["cells"])))
+    assert cells["chip.hbm.bandwidth"] == "8 TB/s" and cells["efficiency.gemm"] == "0.7"
+
+
+def test_context_curve_stops_at_the_models_maximum():
+    from codesign.report.inputs import DesignPoint, context_curve
+
+    config = cs.load_model("qwen3-8b")  # 40960 tokens at most
+    p = DesignPoint(label="q", hw=cs.load_hw("h100"), config=config, plan={"tp": 1}, batch=1, context=8192, chips=1)
+    curve = context_curve(p, contexts=[16_384, 32_768, 65_536, 262_144])
+    assert curve["context"].tolist() == [16_384, 32_768]
+    assert context_curve(p, contexts=[65_536]).empty
