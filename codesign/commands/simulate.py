@@ -2,8 +2,9 @@
 
     codesign simulate --hw h200                       # qwen3.5-397b-a17b at 32K and 256K, best plan
     codesign simulate --hw h200 --model qwen3-235b-a22b --context 32k,256k --chips 8
-    codesign simulate --scenario examples/scenario.yaml
+    codesign simulate --scenario examples/scenario.yaml [--json]
     codesign simulate --hw h200 --wide                # every column; --json for every field
+    codesign simulate --hw h200 --report reports/h200.html --trace step.json
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--scenario", default=None, help="a scenario YAML file (one mapping or a list)")
     p.add_argument("--json", action="store_true", help="print JSON results instead of a table")
     p.add_argument("--wide", action="store_true", help="a table with every column (the default one fits 100 columns)")
+    p.add_argument("--report", metavar="FILE", default=None,
+                   help="also write a self-contained HTML report of the results (docs/report.md)")
+    p.add_argument("--trace", metavar="FILE", default=None,
+                   help="also write the simulated decode step(s) as Chrome/Perfetto trace JSON")
     return p
 
 
@@ -46,10 +51,21 @@ def parse_plan(text: str) -> str | dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     from codesign.sim import DEFAULT_MODEL, simulate, simulate_scenario
 
+    if args.report or args.trace:  # fail before the simulation, not after it
+        from codesign.commands.report import check_writable
+
+        for flag, path in (("--report", args.report), ("--trace", args.trace)):
+            if path:
+                check_writable(path, flag)
     if args.scenario:
         from codesign.scenario import load_scenarios
 
-        results = [r for s in load_scenarios(args.scenario) for r in simulate_scenario(s)]
+        scenarios = load_scenarios(args.scenario)
+        runs = [(s, simulate_scenario(s)) for s in scenarios]
+        results = [r for _, rs in runs for r in rs]
+        inputs = {"hw": [s.hardware for s, rs in runs for _ in rs], "model": [s.model for s, rs in runs for _ in rs],
+                  "precision": [s.precision or None for s, rs in runs for _ in rs],
+                  "cost": [s.cost or None for s, rs in runs for _ in rs]}
     else:
         if not args.hw:
             raise CodesignError("simulate: give --hw NAME_OR_PATH or --scenario FILE")
@@ -61,9 +77,14 @@ def run(args: argparse.Namespace) -> int:
                 raise CodesignError(f"--context: {e}") from None
         results = simulate(args.hw, args.model or DEFAULT_MODEL, context=ctx, chips=args.chips,
                            plan=parse_plan(args.plan))
+        inputs = {"hw": args.hw, "model": args.model or DEFAULT_MODEL}
     if args.json:
         payload = [r.to_dict() for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))
     else:
         print_table(results, wide=args.wide)
+    if args.report or args.trace:
+        from codesign.commands.report import write_simulate_outputs
+
+        write_simulate_outputs(results, inputs, args.report, args.trace)
     return 0

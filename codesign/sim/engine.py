@@ -22,7 +22,7 @@ import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import networkx as nx
 import simpy
@@ -128,16 +128,23 @@ def _topological(g: nx.DiGraph, nodes: list) -> list:
 
 
 class _SimpySchedule:
-    """The reference of `codesign.sim.schedule.list_schedule`: one SimPy run over contracted items
-    (key, units, seconds, predecessor keys) in priority order. Each op is a process that waits for
-    its predecessors' completion events, requests its units (capacity-1 `PriorityResource`s, in
+    """One SimPy run over contracted items (key, units, seconds, predecessor keys) in priority
+    order: the reference of `codesign.sim.schedule.list_schedule` (tests compare the two bit for
+    bit) and the timeline's source of per-op start times. Each op is a process that waits for its
+    predecessors' completion events, requests its units (capacity-1 `PriorityResource`s, in
     `_UNIT_ORDER`) at its topological priority in `with`-style request/release, holds them for its
-    seconds and signals completion. Used by the tests to check the list schedule bit for bit."""
+    seconds and signals completion.
 
-    def __init__(self) -> None:
+    `recorder` (optional, for timelines): called as `recorder(key, units, start_s, end_s)` when each
+    process finishes; `members` is there for `_contract(items, sim.members)` to fill with the
+    (op key, kind, seconds) of the ops merged into each process, in order."""
+
+    def __init__(self, recorder: Callable[[Any, tuple[str, ...], float, float], None] | None = None) -> None:
         self.env = simpy.Environment()
         self.res = {name: simpy.PriorityResource(self.env, capacity=1) for name in _UNIT_ORDER}
         self.done: dict[Any, simpy.Event] = {}
+        self.recorder = recorder
+        self.members: dict[Any, list[tuple[Any, str, float]]] = {}
 
     def _op(self, key, units: tuple[str, ...], seconds: float, preds: list, prio: int):
         if preds:
@@ -148,10 +155,13 @@ class _SimpySchedule:
                 req = self.res[unit].request(priority=prio)
                 reqs.append((unit, req))
                 yield req
+            start = self.env.now
             yield self.env.timeout(seconds)
         finally:
             for unit, req in reqs:
                 self.res[unit].release(req)
+        if self.recorder is not None:
+            self.recorder(key, units, start, self.env.now)
         self.done[key].succeed()
 
     def run(self, merged: list[tuple[Any, tuple[str, ...], float, list]]) -> float:
@@ -175,11 +185,14 @@ class _Sim:
 _UNIT_ORDER = ("matrix", "vector", "hbm", "link")
 
 
-def _contract(items: list[tuple[Any, str, float, list]]) -> list[tuple[Any, tuple[str, ...], float, list]]:
+def _contract(items: list[tuple[Any, str, float, list]],
+              members: dict[Any, list[tuple[Any, str, float]]] | None = None
+              ) -> list[tuple[Any, tuple[str, ...], float, list]]:
     """Merge chains of compute ops (an op whose only predecessor is a compute op with no other
     successor) into one process holding the union of their units for the summed time. Exact: every
     compute op holds the HBM channel, so a chain's ops never interleave with other compute; it
-    cuts the SimPy events of a layer from ~100 ops to the handful of branch points."""
+    cuts the SimPy events of a layer from ~100 ops to the handful of branch points.
+    `members` (optional): filled with each process's merged (op key, kind, seconds), in order."""
     nsucc: dict[Any, int] = defaultdict(int)
     for _, _, _, preds in items:
         for p in preds:
@@ -196,8 +209,12 @@ def _contract(items: list[tuple[Any, str, float, list]]) -> list[tuple[Any, tupl
                 item = out[h]
                 item[1] = tuple(u for u in _UNIT_ORDER if u in item[1] or u in units)
                 item[2] += seconds
+                if members is not None:
+                    members[h].append((key, kind, seconds))
                 continue
         head[key] = key
+        if members is not None:
+            members[key] = [(key, kind, seconds)]
         hp = []
         for p in preds:
             if head[p] not in hp:
@@ -264,10 +281,10 @@ class StepSimulator:
         return t, True
 
     # -- the whole step ---------------------------------------------------------------------------
-    def residency(self, ops: Iterable[Op]) -> Residency:
+    def residency(self, g: nx.DiGraph) -> Residency:
         """State (then weights) stay SRAM-resident when a whole step's worth fits this chip's budget."""
         state = weights = 0.0
-        for o in ops:
+        for _, o in g.nodes(data="op"):
             state += o.bytes_read.get("state", 0.0)
             weights += o.bytes_read.get("weight", 0.0)
         return self._resident(state, weights)
@@ -276,7 +293,7 @@ class StepSimulator:
         """`residency` of the whole step: the graph's ops, and each virtual layer as its template's
         bytes plus its replaced ops' difference."""
         if not virtual:
-            return self.residency(o for _, o in g.nodes(data="op"))
+            return self.residency(g)
         per_layer: dict[int, tuple[float, float]] = {}
         state = weights = 0.0
         for layer, nodes in by_layer.items():
