@@ -28,7 +28,7 @@ from __future__ import annotations
 from difflib import SequenceMatcher
 
 from codesign.graph.op import BYTE_CLASSES, Op
-from codesign.graph.tracer import Segment
+from codesign.graph.segment import Segment
 
 
 def _combine(vals: list[float], consts: list[float]) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -28,9 +27,9 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.graph.segment import INPUT, Segment
 from codesign.models import kernels
 
-INPUT = -1  # producer id of the segment's input tensors
 
 _GEMMS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten._scaled_mm"}
 # Ops that only reinterpret metadata (no data movement) although their schema is not a view.
@@ -85,18 +84,6 @@ _REDUCTIONS = {"aten.sum", "aten.mean", "aten.amax", "aten.max", "aten.var_mean"
 
 def nbytes(t: torch.Tensor) -> float:
     return float(t.numel() * t.element_size())
-
-
-@dataclass
-class Segment:
-    """One traced piece of a model (the embedding, one decoder layer, the head), ready to replicate."""
-
-    ops: list[Op]
-    edges: list[tuple[int, int]]
-    entries: list[int]  # ops that read the segment's input
-    exit: int  # op that produced the segment's output (INPUT if it returned its input)
-    params: dict[str, float] = field(default_factory=dict)  # total, experts, ...
-    wall_s: float = 0.0
 
 
 class Recorder(TorchDispatchMode):

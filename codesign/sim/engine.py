@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import networkx as nx
@@ -70,7 +70,9 @@ def _half(op: Op) -> Op:
         coll = dict(op.collective)
         if "bytes" in coll:
             coll["bytes"] = coll["bytes"] / 2
-        return replace(op, collective=coll)
+        new = op.clone()
+        new.collective = coll
+        return new
     br = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_read.items()}
     bw = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_written.items()}
     gemm = op.gemm
@@ -80,7 +82,9 @@ def _half(op: Op) -> Op:
     tpe = op.tokens_per_expert
     if tpe is not None:
         tpe = tuple((t + 1) // 2 for t in tpe)
-    return replace(op, flops=op.flops / 2, bytes_read=br, bytes_written=bw, gemm=gemm, tokens_per_expert=tpe)
+    new = op.clone()
+    new.flops, new.bytes_read, new.bytes_written, new.gemm, new.tokens_per_expert = op.flops / 2, br, bw, gemm, tpe
+    return new
 
 
 # Op kinds whose work differs between layers of one kind (per-layer expert routing).

@@ -258,11 +258,12 @@ def test_resident_weight_bytes_by_layer_add_up_to_the_parameters():
 def test_batch_and_context_extrapolation_equal_a_direct_recording(name, phase, batch, tokens, cached):
     """Segments are recorded at batch 1 and 2 and two cached lengths and extrapolated; a direct
     recording must agree exactly, op by op."""
-    tm = __import__("sys").modules["codesign.graph.tracing"]
+    from codesign.graph import recording, tracing as tm
+
     cfg = cs.load_model(name)
     for seg in ["embed", "head", *{str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}]:
         derived = tm._segment(cfg, seg, phase, batch, tokens, cached, use_disk=False)
-        direct = tm._record_segment(cfg, seg, phase, batch, tokens, cached)
+        direct = recording.record_segment(cfg, seg, phase, batch, tokens, cached)
         assert [o.to_dict() for o in derived.ops] == [o.to_dict() for o in direct.ops]
         assert derived.edges == direct.edges
 
@@ -281,7 +282,8 @@ def test_graph_package_imports_the_tracer_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, codesign.graph.op, codesign.mapping; assert 'torch' not in sys.modules; "
+    code = ("import sys, codesign.graph.op, codesign.mapping, codesign.graph.tracing, codesign.sim; "
+            "assert 'torch' not in sys.modules; "
             "from codesign.graph import cache_bytes; from codesign.graph import trace; assert callable(trace); "
             "import codesign.graph.tracing, codesign; from codesign.graph import trace as t2; assert callable(t2); "
             "assert callable(codesign.graph.trace)")
