@@ -4,6 +4,8 @@
     hw = cs.load_hw("h200"); model = cs.load_model("qwen3.5-397b-a17b")
     g = cs.trace(model, phase="decode", batch=64, context=32_768)
     r = cs.simulate(hw, model, context=[32_768, 262_144])
+    p = cs.override(cs.point("h200"), {"chip.hbm.bandwidth": "8 TB/s", "parallel": {"tp": 8, "ep": 8}})
+    rows = cs.evaluate(p); key = cs.point_hash(p)
 """
 
 from __future__ import annotations
@@ -27,4 +29,33 @@ def simulate(*args, **kwargs):
     return _simulate(*args, **kwargs)
 
 
-__all__ = ["CodesignError", "load_hw", "load_model", "trace", "simulate", "__version__"]
+def point(*args, **kwargs):
+    """A design point (`codesign.point.Point`) from names or objects and simulate()'s keyword arguments."""
+    from codesign.point import point as _point
+
+    return _point(*args, **kwargs)
+
+
+def override(p, changes):
+    """A new validated point with dotted-path overrides applied (`codesign.point.override`)."""
+    from codesign.point import override as _override
+
+    return _override(p, changes)
+
+
+def evaluate(p, **kwargs):
+    """A point's result rows, one per context (`codesign.point.evaluate`)."""
+    from codesign.point import evaluate as _evaluate
+
+    return _evaluate(p, **kwargs)
+
+
+def point_hash(p):
+    """The point's stable identity (`codesign.point.point_hash`)."""
+    from codesign.point import point_hash as _point_hash
+
+    return _point_hash(p)
+
+
+__all__ = ["CodesignError", "load_hw", "load_model", "trace", "simulate", "point", "override", "evaluate",
+           "point_hash", "__version__"]
