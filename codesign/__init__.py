@@ -4,7 +4,7 @@
     hw = cs.load_hw("h200"); model = cs.load_model("qwen3.5-397b-a17b")
     g = cs.trace(model, phase="decode", batch=64, context=32_768)
     r = cs.simulate(hw, model, context=[32_768, 262_144])
-    p = cs.override(cs.point("h200"), {"chip.hbm.bandwidth": "8 TB/s", "parallel": {"tp": 8, "ep": 8}})
+    p = cs.override(cs.design_point("h200"), {"chip.hbm.bandwidth": "8 TB/s", "parallel": {"tp": 8, "ep": 8}})
     rows = cs.evaluate(p); key = cs.point_hash(p)
 """
 
@@ -29,11 +29,21 @@ def simulate(*args, **kwargs):
     return _simulate(*args, **kwargs)
 
 
-def point(*args, **kwargs):
-    """A design point (`codesign.point.Point`) from names or objects and simulate()'s keyword arguments."""
-    from codesign.point import point as _point
+def design_point(*args, **kwargs):
+    """A design point (`codesign.point.Point`) from names or objects and simulate()'s keyword
+    arguments. (The module `codesign.point` holds the tree; this function is named apart from it so
+    that importing the module never hides the function.)"""
+    from codesign.point import design_point as _design_point
 
-    return _point(*args, **kwargs)
+    return _design_point(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "Point":
+        from codesign.point import Point
+
+        return Point
+    raise AttributeError(f"module 'codesign' has no attribute {name!r}")
 
 
 def override(p, changes):
@@ -57,5 +67,5 @@ def point_hash(p):
     return _point_hash(p)
 
 
-__all__ = ["CodesignError", "load_hw", "load_model", "trace", "simulate", "point", "override", "evaluate",
+__all__ = ["CodesignError", "load_hw", "load_model", "trace", "simulate", "design_point", "Point", "override", "evaluate",
            "point_hash", "__version__"]

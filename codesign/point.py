@@ -4,7 +4,7 @@ A `Point` is everything one evaluation depends on: the hardware spec, the model 
 count, the parallel plan (or "auto"), the precision, the workload, the SLO, the cost-model options
 and the mapping options. Every part validates through pydantic, as the files they come from do.
 Build one from a scenario (`Point.from_scenario`), from `simulate()`'s keyword arguments or names
-(`point(hw, model, ...)`); change it with `override(point, {"chip.hbm.bandwidth": "8 TB/s"})`;
+(`design_point(hw, model, ...)`); change it with `override(point, {"chip.hbm.bandwidth": "8 TB/s"})`;
 evaluate it with `evaluate(point)`; identify it with `point_hash(point)`.
 
 Dotted paths (docs/point.md lists them all; `leaf_paths(point)` gives a point's):
@@ -75,7 +75,6 @@ class Point(BaseModel):
     mapping: MappingOptions = MappingOptions()
 
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
-    _hash: str | None = PrivateAttr(default=None)
 
     @field_validator("context", mode="before")
     @classmethod
@@ -106,20 +105,10 @@ class Point(BaseModel):
     def _precision(cls, v: Any) -> Any:
         return Precision.from_dict(v) if isinstance(v, dict) or v is None else v
 
-    @field_validator("cost", mode="before")
+    @field_validator("slo", "cost", "mapping", mode="before")
     @classmethod
-    def _cost(cls, v: Any) -> Any:
-        return CostOptions.from_dict(v) if isinstance(v, dict) or v is None else v
-
-    @field_validator("mapping", mode="before")
-    @classmethod
-    def _mapping(cls, v: Any) -> Any:
-        return MappingOptions.from_dict(v) if isinstance(v, dict) or v is None else v
-
-    @field_validator("slo", mode="before")
-    @classmethod
-    def _slo(cls, v: Any) -> Any:
-        return SLO() if v is None else v
+    def _unset(cls, v: Any) -> Any:
+        return {} if v is None else v  # an unset section: its defaults
 
     @model_validator(mode="after")
     def _acts(self) -> "Point":
@@ -133,6 +122,12 @@ class Point(BaseModel):
             raise ValueError(f"workload.concurrency: expected at most workload.max_batch = {w.max_batch}, "
                              f"found {w.concurrency}")
         return self
+
+    def __eq__(self, other: object) -> bool:
+        """Equal inputs (the overrides history is not an input)."""
+        return isinstance(other, Point) and self.__dict__ == other.__dict__
+
+    __hash__ = BaseModel.__hash__
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -173,6 +168,8 @@ class Point(BaseModel):
             data["workload"] = workload
         return validate_point(data, "point")
 
+    from_names = from_kwargs
+
     @classmethod
     def from_scenario(cls, s: Scenario) -> "Point":
         """A scenario file entry's point (its context is the workload's input_tokens)."""
@@ -185,7 +182,7 @@ class Point(BaseModel):
         return validate_point(data, f"scenario {s.name}")
 
 
-def point(hw: HardwareSpec | str, model: ModelConfig | str = DEFAULT_MODEL, **kwargs: Any) -> Point:
+def design_point(hw: HardwareSpec | str, model: ModelConfig | str = DEFAULT_MODEL, **kwargs: Any) -> Point:
     """A point from names or objects and `simulate()`'s keyword arguments."""
     return Point.from_kwargs(hw, model, **kwargs)
 
@@ -294,8 +291,9 @@ def unknown_path(path: str) -> CodesignError:
     near = difflib.get_close_matches(path, valid, n=5, cutoff=0.6)
     if not near:
         head = path.split(".", 1)[0]
-        near = [v for v in valid if v.split(".", 1)[0] == head][:5] or difflib.get_close_matches(path, valid, n=5,
-                                                                                                  cutoff=0.3)
+        same_root = [v for v in valid if v.split(".", 1)[0] == head]
+        near = (difflib.get_close_matches(path, same_root, n=5, cutoff=0.0) if same_root
+                else sorted({v.split(".", 1)[0] for v in valid}))
     hint = ""
     rest = path.split(".", 1)[1] if "." in path else ""
     if path.startswith("cost.") and rest in ("per_hour", "source"):
@@ -406,15 +404,13 @@ def point_hash(p: Point) -> str:
     """A stable identity of the point: sha256 of its canonical JSON, `codesign.__version__` and the
     package's source hash. Equal inputs under equal code give the same hash in every process;
     any changed field, or changed code, gives another. Overrides history is not part of it."""
-    if p._hash is None:
-        from codesign import __version__
+    from codesign import __version__
 
-        h = hashlib.sha256()
-        for part in (canonical_json(p), __version__, source_hash()):
-            h.update(part.encode())
-            h.update(b"\0")
-        p._hash = h.hexdigest()
-    return p._hash
+    h = hashlib.sha256()
+    for part in (canonical_json(p), __version__, source_hash()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -431,5 +427,5 @@ def points(base: Point, variations: Iterable[Mapping[str, Any]]) -> list[Point]:
     return [override(base, v) for v in variations]
 
 
-__all__ = ["Point", "point", "override", "evaluate", "point_hash", "leaf_paths", "schema_paths", "get",
+__all__ = ["Point", "design_point", "override", "evaluate", "point_hash", "leaf_paths", "schema_paths", "get",
            "canonical_json", "source_hash", "validate_point", "short_path", "long_path", "ALIASES", "points"]
