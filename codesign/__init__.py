@@ -38,6 +38,31 @@ def design_point(*args, **kwargs):
     return _design_point(*args, **kwargs)
 
 
+def sweep(*args, **kwargs):
+    """A design-space sweep -> pandas DataFrame (`codesign.sweeps.run.sweep`, docs/sweep.md).
+    `codesign.sweep.pareto(df, maximize=[...], minimize=[...])` marks a Pareto front."""
+    from codesign.sweeps import sweep as _sweep
+
+    return _sweep(*args, **kwargs)
+
+
+def _pareto(*args, **kwargs):
+    from codesign.sweeps import pareto as _p
+
+    return _p(*args, **kwargs)
+
+
+def _pareto_mask(*args, **kwargs):
+    from codesign.sweeps import pareto_mask as _m
+
+    return _m(*args, **kwargs)
+
+
+_pareto.__doc__ = "A copy of a result table with a boolean `pareto` column (`codesign.sweeps.pareto.pareto`)."
+sweep.pareto = _pareto  # type: ignore[attr-defined]
+sweep.pareto_mask = _pareto_mask  # type: ignore[attr-defined]
+
+
 def __getattr__(name: str):
     if name == "Point":
         from codesign.point import Point
@@ -68,4 +93,4 @@ def point_hash(p):
 
 
 __all__ = ["CodesignError", "load_hw", "load_model", "trace", "simulate", "design_point", "Point", "override", "evaluate",
-           "point_hash", "__version__"]
+           "point_hash", "sweep", "__version__"]
