@@ -70,7 +70,13 @@ def _apply(df: pd.DataFrame, constraints: Sequence[str], stage: str, strict: boo
             kept = _query(df, expr)
         except pd.errors.UndefinedVariableError as e:
             if strict:
-                raise CodesignError(f"constraint {expr!r}: {e}; columns: {', '.join(map(str, df.columns))}") from None
+                import difflib
+
+                cols = [str(c) for c in df.columns]
+                word = str(e).split("'")[1] if "'" in str(e) else expr
+                near = difflib.get_close_matches(word, cols, n=5, cutoff=0.4) or cols
+                raise CodesignError(f"constraint {expr!r}: {e}; nearest columns: {', '.join(near)} "
+                                    "(write a column with dots in backticks: `chip.hbm.bandwidth`)") from None
             rest.append(expr)
             continue
         if kept.empty and not df.empty:

@@ -205,21 +205,52 @@ def _check(conn: sqlite3.Connection, path: Path) -> None:
                             "it was left as it is: give another --out folder")
 
 
+def _scan(conn: sqlite3.Connection) -> Iterable[tuple[list[str], tuple]]:
+    """(column names, row) of every `results` row that can still be read, skipping damaged pages:
+    rows are asked for one at a time by rowid, and a rowid whose page cannot be read is passed."""
+    try:
+        names = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
+    except sqlite3.DatabaseError:
+        return
+    if not names:
+        return
+    try:
+        top = conn.execute("SELECT max(rowid) FROM results").fetchone()[0] or 0
+    except sqlite3.DatabaseError:
+        top = int(conn.execute("PRAGMA page_count").fetchone()[0]) * 256  # at most this many rows fit
+    cols = ", ".join(_q(n) for n in names)
+    rowid = 0
+    while rowid < top:
+        try:
+            row = conn.execute(f"SELECT rowid, {cols} FROM results WHERE rowid > ? ORDER BY rowid LIMIT 1",
+                               (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            rowid += 1
+            continue
+        if row is None:
+            return
+        rowid = row[0]
+        yield names, row[1:]
+
+
+def _readonly(path: Path) -> sqlite3.Connection | None:
+    try:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+
+
 def readable_rows(path: Path) -> int:
     """How many rows of `results` can still be read from a damaged store (0 when none)."""
+    conn = _readonly(path)
+    if conn is None:
+        return 0
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        return sum(1 for _ in _scan(conn))
     except sqlite3.DatabaseError:
         return 0
-    n = 0
-    try:
-        for _ in conn.execute(f"SELECT {_q(KEY)} FROM results"):
-            n += 1
-    except sqlite3.DatabaseError:
-        pass
     finally:
         conn.close()
-    return n
 
 
 def corrupt(path: Path, why: Any) -> CodesignError:
@@ -241,19 +272,11 @@ def recover(folder: str | Path) -> tuple[Path, int]:
         raise CodesignError(f"{dest}: already exists; move it away first (it is never overwritten)")
     out = Store.open(dest)
     n = 0
+    conn = _readonly(src)
     try:
-        conn = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
-        cur = conn.execute("SELECT * FROM results")
-        names = [d[0] for d in cur.description]
-        while True:
-            try:
-                row = cur.fetchone()
-            except sqlite3.DatabaseError:
-                break
-            if row is None:
-                break
+        for names, row in _scan(conn) if conn is not None else ():
             d = dict(zip(names, row))
-            h, js = d.pop(KEY), d.pop(JSON_COLUMN, None)
+            h, js = d.pop(KEY, None), d.pop(JSON_COLUMN, None)
             if h is None or js is None:
                 continue
             out.ensure_columns(d)
@@ -263,6 +286,9 @@ def recover(folder: str | Path) -> tuple[Path, int]:
             n += 1
     except sqlite3.DatabaseError:
         pass
+    finally:
+        if conn is not None:
+            conn.close()
     out.close()
     return dest, n
 
