@@ -9,8 +9,9 @@ Executor names: "local" (default: a process per core, `os.cpu_count()`), "local:
 distributed scheduler; needs the `[dask]` extra), or an object: a `concurrent.futures.Executor` or a
 `distributed.Client`.
 
-Local processes start by fork on Linux (no re-import of torch per worker); the sweep's process
-never traces a model itself, so nothing but the point travels to a worker.
+Local processes start by fork on Linux (no re-import of torch per worker). The first point of a
+local sweep runs in the sweep's process before the workers fork, so they start with its traces
+cached (a hardware sweep shares every trace); a point travels to a worker as a pickled `Point`.
 """
 
 from __future__ import annotations
@@ -76,8 +77,16 @@ def _pool(points: Sequence[Any], pool: Executor, window: int) -> Iterator[tuple]
 
 
 def _local(points: Sequence[Any], workers: int) -> Iterator[tuple]:
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    fork = sys.platform.startswith("linux")
+    if fork:
+        # the first point runs here, so that forked workers start with its traces (the model's
+        # step graphs, shared by every hardware variant) already cached
+        yield evaluate_one(points[0])
+        points = points[1:]
+        if not points:
+            return
+    ctx = multiprocessing.get_context("fork" if fork else "spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(points)), mp_context=ctx)
     try:
         yield from _pool(points, pool, window=4 * workers)
     finally:
