@@ -39,12 +39,23 @@ class _Silent:
 
 
 def evaluate_one(p: Any) -> tuple[str, list[dict], float, str]:
-    """(point hash, result rows as dicts, wall seconds, worker id) of one point."""
+    """(point hash, result rows as dicts, wall seconds, worker id) of one point. A point whose
+    evaluation refuses its inputs (`CodesignError`) is an infeasible row with reason code
+    `unsupported` and that message, so one such point never stops a sweep."""
     from codesign.point import evaluate, point_hash
+    from codesign.results import infeasible
 
     t0 = time.perf_counter()
     with progress.observe(_Silent()):
-        rows = evaluate(p)
+        try:
+            rows = evaluate(p)
+        except CodesignError as e:
+            chips = p.resolved_chips
+            rows = [infeasible(p.name or f"{p.hw.name}-{p.model.name}-{chips}x", str(e), p.hw.name, p.model.name,
+                               chips, context=ctx, mode=p.workload.mode, reason_code="unsupported")
+                    for ctx in p.contexts]
+            for r in rows:
+                r.point_hash, r.overrides = point_hash(p), p.overrides
     wall = time.perf_counter() - t0
     worker = f"{os.uname().nodename}:{os.getpid()}:{threading.get_ident()}"
     return point_hash(p), [r.to_dict() for r in rows], wall, worker

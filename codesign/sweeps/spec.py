@@ -131,12 +131,26 @@ def _draw(rng: np.random.Generator, spec: list[Any] | Range, ends: tuple[Any, An
     return int(round(x)) if whole else float(x)
 
 
+def _values(path: str, v: Any, source: str) -> list[Any] | Range:
+    """A grid entry as a list of plain values (tuples, numpy arrays and scalars accepted) or a Range."""
+    if isinstance(v, Range):
+        return v
+    if isinstance(v, dict):
+        try:
+            return Range(**v)
+        except (TypeError, ValidationError) as e:
+            raise CodesignError(f"{source}: grid.{path}: expected {{low, high, log}}, found {v!r}") from None
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        raise CodesignError(f"{source}: grid.{path}: expected a list of values or {{low, high}}, found {v!r}")
+    return [x.item() if hasattr(x, "item") and not isinstance(x, (list, dict, str)) else x for x in v]
+
+
 def variations(base: Point, grid: dict[str, list[Any] | Range], samples: int | None, seed: int,
                source: str = "sweep") -> list[dict[str, Any]]:
     """The override mappings of a sweep (see module docstring), each path checked against the tree."""
     if not grid:
         raise CodesignError(f"{source}: empty grid: give at least one dotted path with a list of values")
-    grid = {p: (Range(**v) if isinstance(v, dict) else v) for p, v in grid.items()}
+    grid = {p: _values(p, v, source) for p, v in grid.items()}
     ends: dict[str, tuple[Any, Any]] = {}
     for path, spec in grid.items():
         if isinstance(spec, list):

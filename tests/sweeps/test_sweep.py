@@ -187,3 +187,26 @@ def test_bad_executor(base):
         run(base, grid=GRID, executor="cloud")
     with pytest.raises(CodesignError, match=r"executor: expected local:N with N >= 1"):
         run(base, grid=GRID, executor="local:0")
+
+
+def test_numpy_grids_and_tuples(base):
+    p = cs.Point.from_scenario(cs_scenario(base))
+    v = variations(p, {"chip.hbm.bandwidth": np.linspace(2e12, 4e12, 3), "workload.max_batch": (np.int64(8), 16)},
+                   samples=None, seed=0)
+    assert v[0] == {"chip.hbm.bandwidth": 2e12, "workload.max_batch": 8} and len(v) == 6
+    assert type(v[0]["workload.max_batch"]) is int
+    with pytest.raises(CodesignError, match=r"grid\.chip\.hbm\.bandwidth: expected a list of values"):
+        variations(p, {"chip.hbm.bandwidth": "8 TB/s"}, samples=None, seed=0)
+
+
+def test_a_refused_point_is_a_row(base, monkeypatch):
+    from codesign.sweeps import executors
+
+    def refuse(p, **kw):
+        raise CodesignError("step shape: not yet supported")
+
+    monkeypatch.setattr("codesign.point.evaluate", refuse)
+    df = run(base, grid={"price.per_hour": [1.0, 2.0]})
+    assert list(df["feasible"]) == [False, False] and set(df["reason_code"]) == {"unsupported"}
+    assert set(df["reason"]) == {"step shape: not yet supported"}
+    assert executors.evaluate_one  # the executor's own function caught it
