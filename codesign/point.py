@@ -149,7 +149,7 @@ class Point(BaseModel):
                     context: Any = None, chips: int | None = None, plan: Any = "auto", precision: Any = None,
                     workload: Workload | dict | None = None, slo: SLO | dict | None = None,
                     name: str | None = None, cost: CostOptions | dict | None = None,
-                    mapping_options: MappingOptions | dict | None = None) -> "Point":
+                    mapping_options: MappingOptions | dict | None = None, source: str = "point") -> "Point":
         """The point `codesign.simulate(...)` evaluates for these arguments (same defaults)."""
         from codesign.hw import load_hw
         from codesign.models import load_model
@@ -166,7 +166,7 @@ class Point(BaseModel):
                 "slo": slo, "cost": cost, "mapping": mapping_options}
         if workload is not None:
             data["workload"] = workload
-        return validate_point(data, "point")
+        return validate_point(data, source)
 
     from_names = from_kwargs
 

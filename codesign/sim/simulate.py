@@ -139,7 +139,8 @@ def simulate(
     from codesign.point import Point
 
     pt = Point.from_kwargs(hw, model, context=context, chips=chips, plan=plan, precision=precision,
-                           workload=workload, slo=slo, name=name, cost=cost, mapping_options=mapping_options)
+                           workload=workload, slo=slo, name=name, cost=cost, mapping_options=mapping_options,
+                           source="simulate")
     return simulate_point(pt, router=router, cache=cache)
 
 

@@ -108,6 +108,8 @@ def test_issue_examples_work_as_written(base):
 
 
 def test_values_go_through_the_file_validators(base):
+    # YAML reads 3.0e12 as text: a bare number in text is SI units, as a bare number is
+    assert override(base, {"chip.hbm.bandwidth": "3.0e12"}).hw.chip.hbm.bandwidth == 3e12
     with pytest.raises(CodesignError, match=r"chip\.hbm\.bandwidth: must be positive"):
         override(base, {"chip.hbm.bandwidth": "-1 TB/s"})
     with pytest.raises(CodesignError, match=r"chip\.hbm\.bandwidth: .*bandwidth quantity"):
