@@ -85,11 +85,29 @@ class Point(BaseModel):
             v = [v]
         try:
             out = tuple(parse_tokens(c) for c in v)
-        except (TypeError, ValueError) as e:
-            raise ValueError(str(e)) from None
+        except (TypeError, ValueError, ArithmeticError) as e:
+            raise ValueError(f"expected token counts such as 32k or 4096, found {v!r} ({e})") from None
         if not out:
             raise ValueError("expected at least one context length, found none")
         return out
+
+    @field_validator("hw", mode="before")
+    @classmethod
+    def _hw_by_name(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            from codesign.hw import load_hw
+
+            return load_hw(v)  # a name in hw_specs/ or a path, as --hw takes
+        return v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_by_name(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            from codesign.models import load_model
+
+            return load_model(v)  # a name in model_graphs/, a path or an HF config.json
+        return v
 
     @field_validator("parallel", mode="before")
     @classmethod
@@ -347,6 +365,19 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _section_by_name(path: str, value: Any) -> Any:
+    """A whole spec or model given by name, as the mapping its fields are set in."""
+    if long_path(path) == "hw" and isinstance(value, (str, Path)):
+        from codesign.hw import load_hw
+
+        return load_hw(value).model_dump()
+    if long_path(path) == "model" and isinstance(value, (str, Path)):
+        from codesign.models import load_model
+
+        return load_model(value).model_dump()
+    return value
+
+
 def override(p: Point, changes: Mapping[str, Any]) -> Point:
     """A new point with `changes` ({dotted path: value}) applied and validated as a file's values
     are (units parse, bounds apply). An unknown path is an error listing the nearest valid ones.
@@ -357,10 +388,12 @@ def override(p: Point, changes: Mapping[str, Any]) -> Point:
     tree = copy.deepcopy(_dump(p))
     before_model = copy.deepcopy(tree["model"])
     keys = [long_path(str(k)) for k in changes]
-    for path, value in changes.items():
+    for path in changes:
         if not isinstance(path, str) or short_path(long_path(path)) not in valid:
             raise unknown_path(str(path))
-        _set(tree, path, value)
+    # sections before the fields inside them ({"parallel": {...}, "parallel.ep": 8} in any order)
+    for path in sorted(changes, key=lambda k: long_path(k).count(".")):
+        _set(tree, path, _section_by_name(path, changes[path]))
     if any(k in _RELAYOUT for k in keys):
         _relayout(tree["model"], before_model)
     if "hw.system.chips" in keys and "chips" not in keys:
@@ -369,8 +402,16 @@ def override(p: Point, changes: Mapping[str, Any]) -> Point:
         tree["context"] = None
     names = ", ".join(str(k) for k in changes)
     new = validate_point(tree, f"override {names}" if changes else "override")
-    new._overrides = {**p._overrides, **{short_path(long_path(k)): _plain(get(new, k)) for k in changes}}
+    new._overrides = {**p._overrides, **{short_path(long_path(k)): _recorded(new, k, v) for k, v in changes.items()}}
     return new
+
+
+def _recorded(p: Point, path: str, given: Any) -> Any:
+    """The value an override is recorded as: the resolved leaf, or the name of a whole spec or
+    model given by name."""
+    if long_path(path) in ("hw", "model") and isinstance(given, (str, Path)):
+        return str(given)
+    return _plain(get(p, path))
 
 
 def _plain(v: Any) -> Any:

@@ -40,6 +40,9 @@ def input_columns(p: Point, paths: Sequence[str]) -> dict[str, Any]:
     chips = p.resolved_chips
     cols: dict[str, Any] = {}
     for path in paths:
+        if path in ("hw", "model"):  # a whole spec or model: its name
+            cols[path] = p.hw.name if path == "hw" else p.model.name
+            continue
         v = get(p, path)
         cols[path] = v[0] if path == "context" and isinstance(v, (list, tuple)) and len(v) == 1 else v
     cols.setdefault("chips", chips)

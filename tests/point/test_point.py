@@ -169,3 +169,17 @@ def test_hash_includes_the_code_version(base, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(point_mod, "source_hash", lambda: "0" * 64)
     assert point_hash(base.model_copy()) != h
+
+
+def test_whole_spec_and_model_by_name(base):
+    q = override(base, {"hw": "h100", "model": "qwen3-8b", "parallel": {"tp": 8}})
+    assert q.hw.name == "h100" and q.model.name == "qwen3-8b"
+    assert q.overrides["hw"] == "h100" and q.overrides["model"] == "qwen3-8b"
+    with pytest.raises(CodesignError, match=r"unknown hardware spec 'h999'"):
+        override(base, {"hw": "h999"})
+
+
+def test_bad_contexts_are_one_line(base):
+    for bad in ("inf", "1e400", ",", "0"):
+        with pytest.raises(CodesignError, match=r"context: .*expected"):
+            override(base, {"context": bad})

@@ -210,3 +210,8 @@ def test_a_refused_point_is_a_row(base, monkeypatch):
     assert list(df["feasible"]) == [False, False] and set(df["reason_code"]) == {"unsupported"}
     assert set(df["reason"]) == {"step shape: not yet supported"}
     assert executors.evaluate_one  # the executor's own function caught it
+
+
+def test_sweep_whole_specs_by_name(base, inputs):
+    df = run(base, grid={"hw": [inputs["hardware"], "h200"], "price.per_hour": [1.0]})
+    assert list(df["hw"]) == ["sweep-chip", "h200"] and list(df["hardware"]) == ["sweep-chip", "h200"]
