@@ -21,9 +21,9 @@ from typing import Any, Iterable
 
 from codesign import mapping, progress
 from codesign.errors import CodesignError
-from codesign.hw import HardwareSpec, load_hw
+from codesign.hw import HardwareSpec
 from codesign.mapping.options import MappingOptions
-from codesign.models import ModelConfig, load_model
+from codesign.models import ModelConfig
 from codesign.results import Distribution, Result, infeasible
 from codesign.scenario import SLO, Scenario, Workload
 from codesign.sim.cost import CostOptions
