@@ -28,13 +28,16 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
     """Another valid value for a leaf (None: no other value to try)."""
     special = {
         "parallel": {"tp": 8}, "context": [8192], "chips": 4, "name": "renamed",
-        "workload.mode": "offline", "workload.input_tokens": 4096, "workload.mtp": None,
-        "workload.concurrency": None, "workload.rate_per_s": None,
+        "workload.mode": "offline", "workload.input_tokens": 4096,
+        # refused in decode mode, each naming its field
+        "workload.mtp": {"tokens": 2}, "workload.concurrency": 4, "workload.rate_per_s": 2.0,
+        "model.moe.topk_group": 2, "chip.host": {"capacity": "1 TB", "bandwidth": "100 GB/s"},
+        "chip.matrix.fp4": 4e15, "model.attention.sliding_window": 4096, "parallel.redundant_experts": 0,
         "model.layer_types": ["full_attention"] * p.model.num_layers,
         "model.mlp_types": ["dense"] + ["moe"] * (p.model.num_layers - 1), "model.intermediate_size": 1024,
         "model.layer_pattern": ["linear_attention", "full_attention"],
         "model.num_layers": 20, "model.first_dense_layers": 1, "model.moe.top_k": 4, "model.moe.n_group": 2,
-        "model.moe.topk_group": 1, "model.attention.num_kv_heads": 1, "model.attention.num_heads": 32,
+        "model.attention.num_kv_heads": 1, "model.attention.num_heads": 32,
         "model.linear_attention.num_key_heads": 8, "model.linear_attention.num_value_heads": 16,
         "model.moe.num_experts": 128, "model.activation": "gpt_oss_swiglu", "model.moe.scoring": "sigmoid",
         "model.moe.softmax_order": "topk_then_softmax",
@@ -47,7 +50,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "efficiency.grouped_gemm": 0.5, "efficiency.overlap_exponent": 2.0,
         "mapping.two_batch_overlap": True, "mapping.dispatch_fp8": False, "model.mla": None,
         "model.total_params_reference": 1e9, "model.active_params_reference": 1e8,
-        "system.scale_out": None, "chip.host": None,
+        "system.scale_out": None,
     }
     if path in special:
         return special[path]
@@ -91,7 +94,7 @@ def test_every_leaf_takes_another_value_and_moves_the_hash(base):
         assert point_hash(q) != h, path
         assert q.overrides == {path: q.overrides[path]}
         changed += 1
-    assert changed >= 110 and refused <= 5, (changed, refused)
+    assert changed >= 115 and refused <= 8, (changed, refused)
 
 
 def test_issue_examples_work_as_written(base):
