@@ -215,3 +215,28 @@ def test_a_refused_point_is_a_row(base, monkeypatch):
 def test_sweep_whole_specs_by_name(base, inputs):
     df = run(base, grid={"hw": [inputs["hardware"], "h200"], "price.per_hour": [1.0]})
     assert list(df["hw"]) == ["sweep-chip", "h200"] and list(df["hardware"]) == ["sweep-chip", "h200"]
+
+
+def test_cli_bad_input_is_one_line(base, tmp_path, capsys):
+    from codesign.cli import main
+
+    assert main(["sweep", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"codesign: error: {tmp_path / 'missing.yaml'}: no such sweep file"
+    spec = write_sweep(tmp_path / "s.yaml", base, {"chip.hbm.bandwith": ["8 TB/s"]})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "chip.hbm.bandwith: unknown path; nearest valid: chip.hbm.bandwidth" in err[0]
+    assert main(["sweep", str(spec)]) == 2
+    assert "give a sweep file and --out DIR" in capsys.readouterr().err
+
+
+def test_cli_runs_and_resumes(base, tmp_path, capsys):
+    from codesign.cli import main
+
+    spec = write_sweep(tmp_path / "s.yaml", base, {"price.per_hour": [1.0, 2.0]})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--executor", "serial"]) == 0
+    out = capsys.readouterr()
+    assert "2 points meet the constraints, 2 feasible" in out.err and "codesign sweep" in out.out
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--executor", "serial"]) == 0
+    conn = sqlite3.connect(tmp_path / "o" / "results.sqlite")
+    assert conn.execute("select count(*) from computations").fetchone()[0] == 2
