@@ -43,6 +43,28 @@ def run(label: str, plan, n_hbm: int, executor: str) -> None:
           f"({int(df['feasible'].sum())} feasible; executor {executor}; {os.cpu_count()} cores)")
 
 
+def machinery(n: int = 200) -> None:
+    """Per-point cost of the sweep itself (override, hash, store commit), without evaluation."""
+    from codesign.results import flat_row
+    from codesign.sweeps.store import Store
+
+    base = cs.design_point("h200", "qwen3.5-397b-a17b", chips=8, plan={"tp": 8, "ep": 8})
+    row = cs.evaluate(cs.override(base, {"context": 32768}))[0]
+    with tempfile.TemporaryDirectory() as d:
+        store = Store.open(d)
+        t0 = time.perf_counter()
+        pts = [cs.override(base, {"chip.hbm.bandwidth": 3e12 + i * 1e9, "context": 32768}) for i in range(n)]
+        t1 = time.perf_counter()
+        hashes = [cs.point_hash(p) for p in pts]
+        t2 = time.perf_counter()
+        for h in hashes:
+            store.put(h, flat_row(row), row.to_dict())
+        t3 = time.perf_counter()
+        store.close()
+    print(f"sweep machinery per point: override {1e3 * (t1 - t0) / n:.2f} ms, hash {1e3 * (t2 - t1) / n:.2f} ms, "
+          f"store commit {1e3 * (t3 - t2) / n:.2f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hbm", type=int, default=6, help="HBM bandwidths at the fixed plan (points = 4x this; default 6)")
@@ -51,6 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     run("fixed plan tp=8,ep=8 (8x H200)", {"tp": 8, "ep": 8}, args.hbm, args.executor)
     run("parallel: auto (8x H200)", "auto", args.auto_hbm, args.executor)
+    machinery()
 
 
 if __name__ == "__main__":
