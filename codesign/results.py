@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import pandas as pd
 
@@ -29,31 +29,43 @@ REASON_CODES: tuple[str, ...] = ("capacity", "divisibility", "slo", "unsupported
 NONDETERMINISTIC_KEYS = ("sim_wall_s",)
 
 
-@dataclass
-class Distribution:
-    """A latency distribution in seconds: mean and percentiles. The steady-state modes give one
-    value for all of them (`Distribution.single`); request-level serving fills them apart.
-    Reads like the mapping it serialises to (`d["mean"]`)."""
+class Distribution(dict):
+    """A latency distribution in seconds: {mean, p50, p90, p99}. A dict (JSON and older readers
+    see the mapping they always did) with attribute access (`d.p99`). The steady-state modes give
+    one value for all four (`Distribution.single`); request-level serving fills them apart."""
 
-    mean: float | None = None
-    p50: float | None = None
-    p90: float | None = None
-    p99: float | None = None
+    KEYS = ("mean", "p50", "p90", "p99")
+
+    def __init__(self, mean: Any = None, p50: float | None = None, p90: float | None = None,
+                 p99: float | None = None) -> None:
+        if isinstance(mean, Mapping) or (mean is not None and not isinstance(mean, (int, float))):
+            pairs = dict(mean)  # from a mapping or (key, value) pairs, as dataclasses.asdict copies
+            unknown = set(pairs) - set(self.KEYS)
+            if unknown:
+                raise ValueError(f"Distribution: unknown keys {sorted(unknown)}; expected {', '.join(self.KEYS)}")
+            super().__init__((k, pairs.get(k)) for k in self.KEYS)
+        else:
+            super().__init__(mean=mean, p50=p50, p90=p90, p99=p99)
 
     @classmethod
     def single(cls, value: float | None) -> "Distribution":
         return cls(value, value, value, value)
 
-    def __getitem__(self, key: str) -> float | None:
-        if key not in ("mean", "p50", "p90", "p99"):
-            raise KeyError(key)
-        return getattr(self, key)
+    @property
+    def mean(self) -> float | None:
+        return self["mean"]
 
-    def keys(self) -> tuple[str, ...]:
-        return ("mean", "p50", "p90", "p99")
+    @property
+    def p50(self) -> float | None:
+        return self["p50"]
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
+    @property
+    def p90(self) -> float | None:
+        return self["p90"]
+
+    @property
+    def p99(self) -> float | None:
+        return self["p99"]
 
 
 def _stats(value: float | None = None) -> Distribution:
@@ -118,7 +130,7 @@ class Result:
         for k in ("ttft_s", "tpot_s"):
             v = d.get(k)
             if isinstance(v, dict):
-                d[k] = Distribution(v.get("mean"), v.get("p50"), v.get("p90"), v.get("p99"))
+                d[k] = Distribution(v)
         return cls(**d)
 
 

@@ -47,3 +47,13 @@ def test_round_trip_through_dict():
     r.ttft_s = Distribution(0.1, 0.1, 0.2, 0.3)
     back = Result.from_dict(json.loads(r.to_json()))
     assert back == r and back.ttft_s["p90"] == 0.2
+
+
+def test_distribution_is_the_mapping_it_always_was():
+    d = Distribution(0.1, 0.2, 0.3, 0.4)
+    assert isinstance(d, dict) and d == {"mean": 0.1, "p50": 0.2, "p90": 0.3, "p99": 0.4}
+    assert (d.mean, d.p50, d.p90, d.p99) == (0.1, 0.2, 0.3, 0.4) and d["p99"] == 0.4
+    assert Distribution({"mean": 1.0, "p50": 1.0, "p99": 2.0}).p90 is None
+    assert Distribution.single(0.5) == {"mean": 0.5, "p50": 0.5, "p90": 0.5, "p99": 0.5}
+    r = Result(name="x", feasible=True, reason=None, hardware="h200", model="m", chips=8, ttft_s=d)
+    assert type(r.to_dict()["ttft_s"]) is Distribution and r.to_dict()["ttft_s"] == d
