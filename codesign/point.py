@@ -121,7 +121,9 @@ class Point(BaseModel):
     @field_validator("precision", mode="before")
     @classmethod
     def _precision(cls, v: Any) -> Any:
-        return Precision.from_dict(v) if isinstance(v, dict) or v is None else v
+        if v is None or (isinstance(v, dict) and not v):  # unset: the deployment default, as simulate()
+            return Precision(**DEFAULT_PRECISION)
+        return Precision.from_dict(v) if isinstance(v, dict) else v
 
     @field_validator("slo", "cost", "mapping", mode="before")
     @classmethod

@@ -158,3 +158,12 @@ def test_simulate_and_evaluate_agree(base, row):
 def test_chips_zero_is_refused():
     with pytest.raises(CodesignError, match=r"chips: Input should be greater than 0"):
         cs.design_point("h200", "qwen3-8b", chips=0)
+
+
+def test_a_scenario_without_precision_gets_the_simulate_default(tmp_path):
+    (s,) = load_scenarios(scenario(tmp_path, "{mode: decode, input_tokens: 4096}"))
+    p = cs.Point.from_scenario(s)
+    assert (p.precision.weights, p.precision.activations, p.precision.kv_cache) == ("fp8", "fp8", "bf16")
+    assert cs.design_point("h200", "qwen3-8b").precision == p.precision
+    (s,) = load_scenarios(scenario(tmp_path, "{mode: decode}", "precision: {weights: bf16}\n"))
+    assert cs.Point.from_scenario(s).precision.activations == "bf16"  # a partial mapping: Precision's own defaults
