@@ -145,6 +145,8 @@ def _evaluate(store: Store, points: list[tuple[str, Point]], paths: list[str], e
               workers: int | None, name: str) -> None:
     done = store.hashes()
     todo = [(h, p) for h, p in points if h not in done]
+    # stored points reused by this sweep get this sweep's input columns where they lack them
+    store.fill({h: input_columns(p, paths) for h, p in points if h in done})
     by_hash = dict(todo)
     obs = progress.current()
     if obs is not None:

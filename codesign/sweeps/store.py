@@ -42,10 +42,10 @@ def _q(name: str) -> str:
 
 def _cell(v: Any) -> Any:
     """A value SQLite stores as is: numbers, text, None; lists and mappings as JSON text."""
-    if v is None or isinstance(v, (str, int)):
-        return v
     if isinstance(v, bool):
         return int(v)
+    if v is None or isinstance(v, (str, int)):
+        return v
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     return json.dumps(v, sort_keys=True, default=list)
@@ -136,6 +136,18 @@ class Store:
             self.conn.execute(f"INSERT INTO computations ({_q(KEY)}, worker, wall_s) VALUES (?, ?, ?)",
                               (point_hash, worker, float(wall_s)))
         return cur.rowcount == 1
+
+    def fill(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Set columns that stored rows lack (NULL), e.g. the swept paths of a later sweep that
+        reuses a stored point; one transaction for all of them."""
+        if not rows:
+            return
+        self.ensure_columns({c for cols in rows.values() for c in cols})
+        with self._write():
+            for h, cols in rows.items():
+                for c, v in cols.items():
+                    self.conn.execute(f"UPDATE results SET {_q(c)} = ? WHERE {_q(KEY)} = ? AND {_q(c)} IS NULL",
+                                      (_cell(v), h))
 
     # -- reading ---------------------------------------------------------------------------------
     def hashes(self) -> set[str]:

@@ -240,3 +240,11 @@ def test_cli_runs_and_resumes(base, tmp_path, capsys):
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--executor", "serial"]) == 0
     conn = sqlite3.connect(tmp_path / "o" / "results.sqlite")
     assert conn.execute("select count(*) from computations").fetchone()[0] == 2
+
+
+def test_a_later_sweep_reusing_stored_points_fills_its_columns(base, tmp_path):
+    run(base, grid={"chip.hbm.bandwidth": ["3 TB/s", "4.8 TB/s"]}, out=tmp_path)
+    df = run(base, grid={"chip.hbm.bandwidth": ["3 TB/s", "4.8 TB/s"], "price.per_hour": [3.5, 7.0]}, out=tmp_path)
+    assert len(df) == 4 and df["price.per_hour"].notna().all()  # 3.5 is the base price: two points reused
+    conn = sqlite3.connect(tmp_path / "results.sqlite")
+    assert conn.execute("select count(*) from computations").fetchone()[0] == 4
