@@ -11,7 +11,7 @@ import sys
 
 from codesign.errors import CodesignError
 
-COMMANDS = ["simulate", "trace", "run", "validate", "reproduce", "kernel", "report"]
+COMMANDS = ["simulate", "sweep", "trace", "run", "validate", "reproduce", "kernel", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,8 @@ def _tokens(v: Any) -> Any:
 
 
 class TokenDist(_Strict):
-    """A token count with a distribution; the steady-state simulator uses the mean."""
+    """A token count with a distribution. Steady-state modes take `dist: fixed` only (the mean);
+    other distributions are refused there (`unsupported`) and belong to server mode."""
 
     mean: int = Field(gt=0)
     dist: Literal["fixed", "uniform", "normal", "lognormal", "exponential"] = "fixed"
@@ -96,11 +97,53 @@ class Scenario(_Strict):
     slo: SLO | None = None
     measured: Measured | None = None
     cost: dict[str, Any] = {}  # cost-model overrides (codesign.sim.cost.CostOptions fields)
+    mapping: dict[str, Any] = {}  # mapping options (codesign.mapping.options.MappingOptions fields)
     notes: str | None = None
 
 
+STEADY_STATE_MODES = ("offline", "batch", "decode", "prefill")
+
+
+def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
+    """One line naming the first parsed field that the workload's mode does not act on, or None.
+
+    Steady-state modes (offline, batch, decode, prefill) have no arrival process and simulate the
+    mean token counts: multi-token prediction, token-count distributions and arrival rates belong
+    to server mode and are refused elsewhere, never silently dropped."""
+    mode = w.mode
+    if mode == "server":
+        return None
+    where = f"in steady-state mode {mode!r}"
+    if w.mtp is not None:
+        return f"workload.mtp: not yet supported {where} (multi-token prediction belongs to server mode)"
+    for name in ("input_tokens", "output_tokens"):
+        t = getattr(w, name)
+        if isinstance(t, TokenDist) and t.dist != "fixed":
+            return (f"workload.{name}.dist: not yet supported {where}: found {t.dist!r}, expected 'fixed' "
+                    "(length distributions belong to server mode)")
+    if w.rate_per_s is not None:
+        return f"workload.rate_per_s: not yet supported {where} (an arrival rate belongs to server mode)"
+    if w.concurrency is not None and mode != "batch":
+        return f"workload.concurrency: not yet supported {where} (a fixed concurrency is mode 'batch')"
+    if slo is not None and slo.tpot_s is not None and mode == "prefill":
+        return "slo.tpot_s: not yet supported in mode 'prefill' (prefill produces no output tokens)"
+    return None
+
+
+def check_workload(w: Workload, slo: SLO | None, source: str) -> None:
+    """The cross-field rules of a workload: `CodesignError` naming the field, else nothing."""
+    why = unsupported(w, slo)
+    if why is not None:
+        raise CodesignError(f"{source}: {why}")
+    if w.mode == "batch" and w.concurrency is None:
+        raise CodesignError(f"{source}: workload.concurrency: required for mode 'batch', found nothing")
+    if w.concurrency is not None and w.max_batch is not None and w.concurrency > w.max_batch:
+        raise CodesignError(f"{source}: workload.concurrency: expected at most workload.max_batch = {w.max_batch}, found {w.concurrency}")
+
+
 def _check_parts(s: Scenario, source: str) -> None:
-    """Precision, plan and cost-model fields are owned by their modules: validate through them."""
+    """Precision, plan, cost-model and mapping fields are owned by their modules: validate through them."""
+    from codesign.mapping.options import MappingOptions
     from codesign.mapping.plan import ParallelPlan, Precision
     from codesign.sim.cost import CostOptions
 
@@ -109,13 +152,12 @@ def _check_parts(s: Scenario, source: str) -> None:
         if isinstance(s.parallel, dict):
             ParallelPlan.from_dict(s.parallel)
         CostOptions.from_dict(s.cost or None)
+        MappingOptions.from_dict(s.mapping or None)
     except (CodesignError, TypeError) as e:
         raise CodesignError(f"{source}: {e}") from None
-    w = s.workload
-    if w.mode == "batch" and w.concurrency is None:
-        raise CodesignError(f"{source}: workload.concurrency: required for mode 'batch', found nothing")
-    if w.concurrency is not None and w.max_batch is not None and w.concurrency > w.max_batch:
-        raise CodesignError(f"{source}: workload.concurrency: expected at most workload.max_batch = {w.max_batch}, found {w.concurrency}")
+    check_workload(s.workload, s.slo, source)
+
+
 
 
 def parse_scenarios(data: Any, source: str) -> list[Scenario]:
@@ -153,4 +195,4 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
     return parse_scenarios(spec_files.read_yaml(p), str(p))
 
 
-__all__ = ["Scenario", "Workload", "SLO", "Measured", "MTP", "TokenDist", "load_scenarios", "parse_scenarios"]
+__all__ = ["unsupported", "check_workload", "STEADY_STATE_MODES", "Scenario", "Workload", "SLO", "Measured", "MTP", "TokenDist", "load_scenarios", "parse_scenarios"]

@@ -44,6 +44,8 @@ def parse_quantity(value: str | int | float, kind: str) -> float:
     if not m:
         raise ValueError(f"expected a {kind} quantity such as {example(kind)!r}, found {value!r}")
     number, unit = float(m.group(1)), m.group(2)
+    if unit == "":  # a bare number written as text (YAML reads 3.0e12 as a string): SI base units
+        return number
     if kind == "time":
         if unit in _KINDS["time"]:
             return number * _KINDS["time"][unit]

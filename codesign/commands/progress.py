@@ -41,11 +41,13 @@ class ProgressBar:
                 self._show()
 
     def _show(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
 
         if self._bar is None:
             self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=self._console, transient=True,
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self._console,
+                                 transient=True,
                                  redirect_stdout=False, redirect_stderr=False)
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total or None, completed=self.done)

@@ -4,6 +4,7 @@
     codesign simulate --hw h200 --model qwen3-235b-a22b --context 32k,256k --chips 8
     codesign simulate --scenario examples/scenario.yaml [--json]
     codesign simulate --hw h200 --wide                # every column; --json for every field
+    codesign simulate --hw h200 --set chip.hbm.bandwidth="8 TB/s" --set mapping.two_batch_overlap=true
     codesign simulate --hw h200 --report reports/h200.html --trace step.json
 """
 
@@ -26,6 +27,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--chips", type=int, default=None, help="chips in the deployment (default: the spec's system size)")
     p.add_argument("--plan", default="auto", help="'auto' or e.g. tp=8,ep=8 (default auto: best plan found)")
     p.add_argument("--scenario", default=None, help="a scenario YAML file (one mapping or a list)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override any input by its dotted path (docs/point.md), e.g. chip.hbm.bandwidth='8 TB/s'; "
+                        "VALUE is read as YAML (numbers, true/false, lists); repeatable")
     p.add_argument("--json", action="store_true", help="print JSON results instead of a table")
     p.add_argument("--wide", action="store_true", help="a table with every column (the default one fits 100 columns)")
     p.add_argument("--report", metavar="FILE", default=None,
@@ -33,6 +37,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="FILE", default=None,
                    help="also write the simulated decode step(s) as Chrome/Perfetto trace JSON")
     return p
+
+
+def parse_sets(items: list[str]) -> dict:
+    """--set PATH=VALUE arguments -> {path: value}, each VALUE read as a YAML scalar or list."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise CodesignError(f"--set: expected PATH=VALUE such as chip.hbm.bandwidth='8 TB/s', found {item!r}")
+        try:
+            out[path.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[path.strip()] = text
+    return out
 
 
 def parse_plan(text: str) -> str | dict[str, int]:
@@ -49,7 +69,9 @@ def parse_plan(text: str) -> str | dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from codesign.sim import DEFAULT_MODEL, simulate, simulate_scenario
+    from codesign.point import Point, override
+    from codesign.sim import DEFAULT_MODEL
+    from codesign.sim.simulate import simulate_point
 
     if args.report or args.trace:  # fail before the simulation, not after it
         from codesign.commands.report import check_writable
@@ -57,15 +79,16 @@ def run(args: argparse.Namespace) -> int:
         for flag, path in (("--report", args.report), ("--trace", args.trace)):
             if path:
                 check_writable(path, flag)
+    sets = parse_sets(args.set)
     if args.scenario:
         from codesign.scenario import load_scenarios
 
-        scenarios = load_scenarios(args.scenario)
-        runs = [(s, simulate_scenario(s)) for s in scenarios]
-        results = [r for _, rs in runs for r in rs]
-        inputs = {"hw": [s.hardware for s, rs in runs for _ in rs], "model": [s.model for s, rs in runs for _ in rs],
-                  "precision": [s.precision or None for s, rs in runs for _ in rs],
-                  "cost": [s.cost or None for s, rs in runs for _ in rs]}
+        given = [f"--{k}" for k in ("hw", "model", "context", "chips") if getattr(args, k) is not None]
+        given += ["--plan"] if args.plan != "auto" else []
+        if given:
+            raise CodesignError(f"--scenario takes its inputs from the file, found {', '.join(given)} as well; "
+                                "change a scenario's fields with --set PATH=VALUE (e.g. --set chips=16)")
+        points = [Point.from_scenario(s) for s in load_scenarios(args.scenario)]
     else:
         if not args.hw:
             raise CodesignError("simulate: give --hw NAME_OR_PATH or --scenario FILE")
@@ -75,9 +98,16 @@ def run(args: argparse.Namespace) -> int:
                 ctx = [parse_tokens(c) for c in args.context.split(",") if c.strip()]
             except ValueError as e:
                 raise CodesignError(f"--context: {e}") from None
-        results = simulate(args.hw, args.model or DEFAULT_MODEL, context=ctx, chips=args.chips,
-                           plan=parse_plan(args.plan))
-        inputs = {"hw": args.hw, "model": args.model or DEFAULT_MODEL}
+        points = [Point.from_kwargs(args.hw, args.model or DEFAULT_MODEL, context=ctx, chips=args.chips,
+                                    plan=parse_plan(args.plan), source="simulate")]
+    if sets:
+        points = [override(p, sets) for p in points]
+    runs = [(p, simulate_point(p)) for p in points]
+    results = [r for _, rs in runs for r in rs]
+    # what each row was simulated with, for the report's re-derived detail sections
+    inputs = {"hw": [p.hw for p, rs in runs for _ in rs], "model": [p.model for p, rs in runs for _ in rs],
+              "precision": [p.precision.to_dict() for p, rs in runs for _ in rs],
+              "cost": [p.cost for p, rs in runs for _ in rs]}
     if args.json:
         payload = [r.to_dict() for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))

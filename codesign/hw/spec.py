@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from codesign.units import parse_quantity
 
@@ -88,7 +88,16 @@ class Chip(_Strict):
     vector: VectorUnit
     sram: MemoryLevel  # on-chip SRAM / last-level cache usable by kernels
     hbm: MemoryLevel
-    host: MemoryLevel | None = None  # optional off-package tier (PCIe/CXL host memory)
+    # Off-package tier (PCIe/CXL host memory): not yet supported (no mapping offloads to it), so a
+    # spec that gives one is refused rather than silently ignored.
+    host: MemoryLevel | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _no_host(cls, v: MemoryLevel | None) -> None:
+        if v is not None:
+            raise ValueError("not yet supported: no off-package memory tier is modelled yet (remove chip.host)")
+        return v
 
 
 class Efficiency(_Strict):
@@ -179,10 +188,21 @@ class System(_Strict):
 
 class Power(_Strict):
     tdp: Watts
+    # Named assumption: the average power a chip draws while serving, as a fraction of `tdp`
+    # (1.0 = chips draw TDP while serving). Result rows' output_tokens_per_joule use
+    # tdp x utilisation x chips.
+    utilisation: Fraction = 1.0
+
+    @property
+    def serving_watts(self) -> float:
+        """Watts one chip draws while serving (the named utilisation assumption)."""
+        return self.tdp * self.utilisation
 
 
 class Cost(_Strict):
-    per_hour: float = Field(gt=0)  # USD per chip-hour
+    # USD per chip-hour; result rows' usd_per_million_output_tokens = per_hour x chips / output
+    # tokens per hour (the deployment rented by the hour and kept busy at the row's throughput).
+    per_hour: float = Field(gt=0, allow_inf_nan=False)
     source: str  # where the price comes from, or "assumed: ..."
 
 

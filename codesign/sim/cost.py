@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, fields, replace
-from typing import Callable
+from dataclasses import dataclass
+from typing import Annotated, Callable, Literal
 
-from codesign.errors import CodesignError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from codesign.errors import CodesignError, format_validation_error
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
+from codesign.units import parse_quantity
 
 # Torch dtype names (as the tracer writes them) -> spec dtype names.
 _TORCH_DTYPES = {
@@ -48,29 +51,36 @@ _TORCH_DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class CostOptions:
-    """Named modelling assumptions of the cost model; every one overridable (`replace(opts, ...)`
-    or `simulate(..., cost={...})`)."""
+# Seconds written as a number or with a unit ("5 us"), never negative.
+_Seconds = Annotated[float, BeforeValidator(lambda v: parse_quantity(v, "time")), Field(ge=0)]
+
+
+class CostOptions(BaseModel):
+    """Named modelling assumptions of the cost model; every one overridable
+    (`opts.model_copy(update=...)`, `simulate(..., cost={...})`, a scenario's `cost:` section or the
+    dotted path `cost.<field>`). Validated by pydantic like every other input: unknown names,
+    wrong types and out-of-range values are errors naming the field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Per-kernel fixed cost, seconds, charged once per GEMM/attention/grouped kernel (pipeline fill
     # and drain, tail wave, launch inside a CUDA graph). None: the chip's `efficiency.kernel_overhead`,
     # the intercept of kernel time vs work fitted on kernel microbenchmarks (benchmarks/kernels/,
     # docs/cost-model.md "Kernel calibration"). No end-to-end row sets it.
-    launch_overhead_s: float | None = None
+    launch_overhead_s: _Seconds | None = None
     # Small element-wise kernels a serving engine launches between the GEMM/attention kernels, per
     # GEMM/attention kernel; each pays the per-kernel fixed time (its bytes are charged with the
     # traced element-wise ops). 1.4 = 7 / 5 from a vLLM Qwen3/Llama-style decoder layer: fused
     # add+RMSNorm twice, q-norm, k-norm, RoPE, KV-cache write and SiLU-and-mul (7) between QKV,
     # attention, O, gate/up and down (5). A count of the engine's kernels, not a fit; 0 = every
     # element-wise kernel fused into a GEMM epilogue. `codesign kernel` uses 0 (one kernel alone).
-    elementwise_kernels_per_matrix_kernel: float = 1.4
+    elementwise_kernels_per_matrix_kernel: float = Field(default=1.4, ge=0.0)
     # Kernels one traced MoE expert op (`grouped_gemm`: gate/up, activation, down over all experts)
     # stands for, each paying the per-kernel fixed time: vLLM's fused_moe path runs token alignment
     # / permutation (moe_align_block_size), the gate/up grouped GEMM, SiLU-and-mul, the down grouped
     # GEMM and the weighted un-permute sum (moe_sum) = 5. The routing (gate GEMM, top-k softmax) is
     # its own traced op. Their bytes are the op's own (gather of routed tokens, output write).
-    grouped_op_kernels: float = 5.0
+    grouped_op_kernels: float = Field(default=5.0, ge=0.0)
     # Element-wise/vector and pure data-movement ops are fused into the adjacent GEMM/attention
     # kernel (prologue/epilogue) in production engines: their bytes and FLOPs are charged, their
     # launch overhead is not.
@@ -86,10 +96,10 @@ class CostOptions:
     small_m_ramp: bool = True
     # Token granularity of an expert whose tokens are fewer than the tile's M (swap-AB: tokens in
     # the N dimension; Hopper wgmma and Blackwell tcgen05 take N in steps of 8).
-    grouped_min_tokens: int = 8
+    grouped_min_tokens: int = Field(default=8, gt=0)
     # Fraction of on-chip SRAM that kernels can use to keep data resident (the rest holds
     # kernel working sets: tiles, pipelines buffers).
-    sram_fraction: float = 0.5
+    sram_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     # Activation bytes of one op that fit in sram_fraction x SRAM are served from SRAM: the
     # producer's output is still in L2/SRAM when the consumer reads it.
     sram_activations: bool = True
@@ -100,18 +110,25 @@ class CostOptions:
     # fit (after the state); off by default: on GPUs weights never fit, on SRAM-only designs they must.
     sram_weights: bool = False
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
-    attention_dtype: str = "auto"
+    attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"
 
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "cost") -> "CostOptions":
         """Options from a mapping of overrides; unknown names are errors naming the field."""
         if not data:
             return cls()
-        known = {f.name for f in fields(cls)}
+        if isinstance(data, CostOptions):
+            return data
+        if not isinstance(data, dict):
+            raise CodesignError(f"{source}: expected a mapping of cost-model options, found {type(data).__name__}")
+        known = set(cls.model_fields)
         for k in data:
             if k not in known:
                 raise CodesignError(f"{source}.{k}: unknown cost-model option; expected one of {', '.join(sorted(known))}")
-        return replace(cls(), **data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise CodesignError(format_validation_error(source, e)) from None
 
 
 @dataclass(frozen=True)

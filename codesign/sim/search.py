@@ -28,6 +28,8 @@ class Outcome:
     metrics: ModeResult | None
     reason: str | None
     fit_kv_len: int
+    # codesign.results.REASON_CODES entry of an infeasible outcome, set where the reason is made
+    reason_code: str | None = None
 
     @property
     def score(self) -> float:
@@ -75,11 +77,12 @@ def evaluate(st: Stepper, wl: Workload, context: int, slo: SLO | None, chips: in
     with its reason)."""
     why = mapping.check_plan(st.config, st.plan, chips)
     if why is not None:
-        return Outcome(st, None, why, context)
+        return Outcome(st, None, why, context, "divisibility")
     mr, reason, fit_ctx = _run_mode(st, wl, context, slo)
     if mr is None and reason is None:
         reason = _short_reason(st, fit_ctx)
-    return Outcome(st, mr, reason, fit_ctx)
+    # every infeasible outcome of a mode run is memory: nothing fits, or the concurrency does not
+    return Outcome(st, mr, reason, fit_ctx, "capacity" if mr is None else None)
 
 
 def _search(steppers: list[Stepper], wl: Workload, ctx: int, slo: SLO | None, chips: int, label: str,

@@ -21,15 +21,14 @@ from typing import Any, Iterable
 
 from codesign import mapping, progress
 from codesign.errors import CodesignError
-from codesign.hw import HardwareSpec, load_hw
+from codesign.hw import HardwareSpec
 from codesign.mapping.options import MappingOptions
-from codesign.models import ModelConfig, load_model
-from codesign.results import Result, infeasible
+from codesign.models import ModelConfig
+from codesign.results import Distribution, Result, infeasible
 from codesign.scenario import SLO, Scenario, Workload
 from codesign.sim.cost import CostOptions
 from codesign.sim.search import Outcome, best_plan
 from codesign.sim.stepper import STEP_CACHE, TRACE_CACHE, BoundedCache, Stepper, cache_info, clear_caches, hw_key
-from codesign.units import parse_tokens
 
 DEFAULT_MODEL = "qwen3.5-397b-a17b"
 DEFAULT_CONTEXTS = (32_768, 262_144)
@@ -46,21 +45,42 @@ def _ctx_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
+def _per_token_economics(hw: HardwareSpec, chips: int, out_rate: float | None) -> tuple[float | None, float | None]:
+    """(USD per million output tokens, output tokens per joule): the spec's `cost.per_hour` per chip
+    rented by the hour and kept busy at `out_rate`; `power.tdp` x `power.utilisation` per chip
+    (named assumptions, docs/point.md). None without output tokens."""
+    if not out_rate or out_rate <= 0:
+        return None, None
+    usd = hw.cost.per_hour * chips / (out_rate * 3600.0) * 1e6
+    per_joule = out_rate / (chips * hw.power.serving_watts)
+    return usd, per_joule
+
+
+def _slo_miss(mr: Any, slo: SLO | None) -> str | None:
+    """One line saying which SLO the row misses, or None."""
+    if slo is None:
+        return None
+    if slo.tpot_s and mr.tpot_s is not None and mr.tpot_s > slo.tpot_s:
+        return f"TPOT {mr.tpot_s:.4g} s misses slo.tpot_s {slo.tpot_s:g} s even at batch {mr.batch}"
+    if slo.ttft_s and mr.ttft_s is not None and mr.ttft_s > slo.ttft_s:
+        return f"TTFT {mr.ttft_s:.4g} s misses slo.ttft_s {slo.ttft_s:g} s at batch {mr.batch}"
+    return None
+
+
 def _to_result(name: str, out: Outcome, chips: int, context: int, mode: str, slo: SLO | None, wall: float) -> Result:
     st, mr = out.stepper, out.metrics
     mem = st.memory(mr.batch, out.fit_kv_len).gib()
-    feasible, reason = True, None
-    if slo and slo.tpot_s and mr.tpot_s is not None and mr.tpot_s > slo.tpot_s:
-        feasible, reason = False, f"TPOT {mr.tpot_s:.4g} s misses slo.tpot_s {slo.tpot_s:g} s even at batch {mr.batch}"
+    reason = _slo_miss(mr, slo)
     step = mr.decode or mr.prefill
+    usd, per_joule = _per_token_economics(st.hw, chips, mr.output_tokens_per_s)
     return Result(
-        name=name, feasible=feasible, reason=reason, hardware=st.hw.name, model=st.config.name, chips=chips,
+        name=name, feasible=reason is None, reason=reason, hardware=st.hw.name, model=st.config.name, chips=chips,
         plan=_plan_dict(st.plan), output_tokens_per_s=mr.output_tokens_per_s, input_tokens_per_s=mr.input_tokens_per_s,
         output_tokens_per_s_per_chip=mr.output_tokens_per_s / chips,
-        ttft_s={"mean": mr.ttft_s, "p50": mr.ttft_s, "p99": mr.ttft_s},
-        tpot_s={"mean": mr.tpot_s, "p50": mr.tpot_s, "p99": mr.tpot_s},
+        ttft_s=Distribution.single(mr.ttft_s), tpot_s=Distribution.single(mr.tpot_s),
         concurrency=mr.batch, memory_per_chip_gib=mem, bottleneck=mr.bottleneck, sim_wall_s=wall,
-        context=context, mode=mode,
+        context=context, mode=mode, reason_code=None if reason is None else "slo",
+        usd_per_million_output_tokens=usd, output_tokens_per_joule=per_joule,
         # a copy: the StepResult may be memoised and shared by later results
         breakdown={k: dict(v) for k, v in step.breakdown.items()} if step else {},
     )
@@ -74,29 +94,7 @@ def _infeasible_row(name: str, out: Outcome, chips: int, context: int, mode: str
     except CodesignError:
         pass
     return infeasible(name, out.reason, st.hw.name, st.config.name, chips, _plan_dict(st.plan), mem,
-                      context=context, mode=mode, sim_wall_s=wall)
-
-
-def _as_workload(workload: Workload | dict | None) -> Workload:
-    if workload is None:
-        return Workload(mode="decode", output_tokens=DEFAULT_OUTPUT_TOKENS)
-    if isinstance(workload, Workload):
-        return workload
-    from codesign.scenario import parse_scenarios  # reuse the scenario validation for one-line errors
-
-    s = parse_scenarios({"name": "api", "hardware": "-", "model": "-", "workload": workload}, "workload")[0]
-    return s.workload
-
-
-def _contexts(context: int | str | Iterable | None, workload: Workload, explicit_workload: bool) -> list[int]:
-    if context is None:
-        return [workload.input_mean] if explicit_workload else list(DEFAULT_CONTEXTS)
-    if isinstance(context, (int, str)):
-        context = [context]
-    try:
-        return [parse_tokens(c) for c in context]
-    except ValueError as e:
-        raise CodesignError(f"context: {e}") from None
+                      context=context, mode=mode, sim_wall_s=wall, reason_code=out.reason_code or "capacity")
 
 
 def _plans(config: ModelConfig, hw: HardwareSpec, chips: int, plan: str | dict | Any) -> list[mapping.ParallelPlan]:
@@ -134,32 +132,45 @@ def simulate(
     `mapping_options`: `MappingOptions` or a dict (two-batch overlap, placement, dispatch dtype,
     all-reduce algorithm, memory reserve). `cache`: reuse and keep step simulations and traces
     (`STEP_CACHE`, `TRACE_CACHE`); the results are identical either way.
+
+    The arguments resolve to one `codesign.point.Point` (validated like a file), evaluated by
+    `simulate_point`; rows carry its `point_hash`.
     """
-    hw = load_hw(hw)
-    config = load_model(model)
-    chips = int(chips or hw.system.chips)
-    prec = precision if (precision is not None and not isinstance(precision, dict)) else mapping.Precision.from_dict(
-        DEFAULT_PRECISION if precision is None else precision)
-    opts = cost if isinstance(cost, CostOptions) else CostOptions.from_dict(cost)
-    mopts = MappingOptions.from_dict(mapping_options)
-    explicit = workload is not None
-    wl = _as_workload(workload)
-    slo_m = SLO.model_validate(slo) if isinstance(slo, dict) else slo
-    contexts = _contexts(context, wl, explicit)
-    base = name or f"{hw.name}-{config.name}-{chips}x"
-    plans = _plans(config, hw, chips, plan)
+    from codesign.point import Point
+
+    pt = Point.from_kwargs(hw, model, context=context, chips=chips, plan=plan, precision=precision,
+                           workload=workload, slo=slo, name=name, cost=cost, mapping_options=mapping_options,
+                           source="simulate")
+    return simulate_point(pt, router=router, cache=cache)
+
+
+def simulate_point(pt: Any, router: Any = None, cache: bool = True) -> list[Result]:
+    """A `codesign.point.Point`'s rows, one per context, stamped with its hash and overrides
+    (no hash with a custom `router` object: it is not part of the point)."""
+    from codesign.point import point_hash
+
+    hw, config, chips = pt.hw, pt.model, pt.resolved_chips
+    contexts = pt.contexts
+    base = pt.name or f"{hw.name}-{config.name}-{chips}x"
+    plans = _plans(config, hw, chips, pt.parallel)
     digest = hw_key(hw) if cache else None
-    steppers = [Stepper(hw, config, p, prec, opts, mopts, router, cache, digest) for p in plans]
+    steppers = [Stepper(hw, config, p, pt.precision, pt.cost, pt.mapping, router, cache, digest) for p in plans]
+    slo = pt.slo if (pt.slo.ttft_s is not None or pt.slo.tpot_s is not None) else None
+    phash = point_hash(pt) if router is None else None
+    overrides = pt.overrides
 
     obs = progress.current()
     if obs is not None:
         obs.start(len(contexts) * max(1, len(plans)))
     try:
-        return [_simulate_context(steppers, wl, slo_m, ctx, _row_name(base, ctx, contexts, name), hw, config, chips)
-                for ctx in contexts]
+        rows = [_simulate_context(steppers, pt.workload, slo, ctx, _row_name(base, ctx, contexts, pt.name), hw, config,
+                                  chips) for ctx in contexts]
     finally:
         if obs is not None:
             obs.stop()
+    for r in rows:
+        r.point_hash, r.overrides = phash, dict(overrides)
+    return rows
 
 
 def _row_name(base: str, ctx: int, contexts: list[int], name: str | None) -> str:
@@ -172,10 +183,11 @@ def _simulate_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ct
     t0 = time.perf_counter()
     if wl.mode == "server":
         return infeasible(row_name, SERVER_UNSUPPORTED, hw.name, config.name, chips,
-                          _plan_dict(steppers[0].plan) if steppers else None, context=ctx, mode=wl.mode)
+                          _plan_dict(steppers[0].plan) if steppers else None, context=ctx, mode=wl.mode,
+                          reason_code="unsupported")
     if not steppers:
         return infeasible(row_name, f"no parallel plan of {config.name} divides {chips} chips", hw.name,
-                          config.name, chips, context=ctx, mode=wl.mode)
+                          config.name, chips, context=ctx, mode=wl.mode, reason_code="divisibility")
     best, first_bad = best_plan(steppers, wl, ctx, slo, chips, f"{hw.name} {config.name} {_ctx_label(ctx)}")
     wall = time.perf_counter() - t0
     if best is None:
@@ -185,11 +197,10 @@ def _simulate_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ct
 
 def simulate_scenario(s: Scenario) -> list[Result]:
     """A scenario file entry -> its result rows (one; the context is the workload's input_tokens)."""
-    return simulate(
-        s.hardware, s.model, context=None, chips=s.chips, plan=s.parallel, precision=s.precision or None,
-        workload=s.workload, slo=s.slo, name=s.name, cost=s.cost or None,
-    )
+    from codesign.point import Point
+
+    return simulate_point(Point.from_scenario(s))
 
 
-__all__ = ["simulate", "simulate_scenario", "clear_caches", "cache_info", "STEP_CACHE", "TRACE_CACHE", "BoundedCache",
+__all__ = ["simulate", "simulate_point", "simulate_scenario", "clear_caches", "cache_info", "STEP_CACHE", "TRACE_CACHE", "BoundedCache",
            "DEFAULT_MODEL", "DEFAULT_CONTEXTS", "DEFAULT_PRECISION"]

@@ -50,7 +50,7 @@ def test_prefill_rate_is_labelled_input_tokens():
 
 def test_rows_that_do_not_run_show_their_reason_under_the_table():
     bad = infeasible("x", "short by 12.3 GiB per chip at batch 1", "h200", "m", 8, {"tp": 8}, context=4096,
-                     mode="decode")
+                     mode="decode", reason_code="capacity")
     lines = compact_lines([row(), bad])
     assert "not run: x: short by 12.3 GiB per chip at batch 1" in lines
     assert lines[lines.index("x (decode)") + 1].split() == ["4k", "tp8", "-", "-", "-", "-", "-", "-", "capacity"]
