@@ -19,7 +19,10 @@ last dim); scalar operands are 2.0; the attention window and sinks are not repro
 decode already records only its window's keys); `moe_experts` runs the SiLU-gated activation.
 
 Timing (`time_fn`): fixed seeds for every tensor, `warmup` discarded calls, then `repeats` timed
-calls, each bracketed by `torch.cuda.synchronize` on CUDA; the median is reported. Ops recorded
+calls, each bracketed by `torch.cuda.synchronize` on CUDA; the median is reported. The clock
+(`clock`) is wall time, except on a CPU with one torch thread, where it is the calling thread's CPU
+time (`time.thread_time`): all of the work then runs on that thread, and on a shared machine wall
+time would also count the slices the scheduler gives other processes. Ops recorded
 once for a loop of `repeat` trips (the GatedDeltaNet chunk recurrence) are timed once and
 multiplied by `repeat`. CPU threads are torch's setting at the time of the call
 (`torch.set_num_threads`); the commands that replay set it explicitly and report it.
@@ -394,20 +397,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Thunk, device: torch.device, warmup: int = 2, repeats: int = 5, inner: int = 1) -> float:
+def clock(device: torch.device) -> Callable[[], float]:
+    """The clock timed regions use on `device` (see the module docstring)."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
+def clock_name(device: torch.device) -> str:
+    return "thread CPU time" if clock(device) is time.thread_time else "wall time"
+
+
+def time_fn(fn: Thunk, device: torch.device, warmup: int = 2, repeats: int = 5, inner: int = 1,
+            scrub: Thunk | None = None) -> float:
     """Median seconds of one call of `fn`: `warmup` calls discarded, then `repeats` timed regions of
-    `inner` calls each, bracketed by a device sync."""
+    `inner` calls each, bracketed by a device sync. `scrub`, if given, runs untimed before each
+    timed region (a cold-call benchmark, `codesign.native.microbench.Scrub`)."""
+    now = clock(device)
     with torch.no_grad():
         for _ in range(warmup):
             fn()
         _sync(device)
         times = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            if scrub is not None:
+                scrub()
+                _sync(device)
+            t0 = now()
             for _ in range(inner):
                 fn()
             _sync(device)
-            times.append((time.perf_counter() - t0) / inner)
+            times.append((now() - t0) / inner)
     return statistics.median(times)
 
 

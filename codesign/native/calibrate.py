@@ -1,0 +1,128 @@
+"""Calibrating a spec's efficiencies on the host device from microbenchmarks (`codesign calibrate`).
+
+Each overlay field comes from kernel-level measurements only (`codesign.native.microbench`), solved
+with the cost model's own formulas so that the model reproduces the benchmark it came from:
+
+| field | benchmark | derivation |
+| --- | --- | --- |
+| `cost.launch_overhead_s` | RMSNorm + SwiGLU MLP modules at one token (hidden 64) | seconds per aten dispatch of the call (views included) |
+| `efficiency.gemm` | fp32 matmul, M in (64, 256, 1024), N = K = 512 | median of 2MNK / ((t - overhead) x peak) |
+| `efficiency.small_m_half` | fp32 matmul, M in (1, 2, 4, 8), N = K = 512 | median h of t - overhead = 2 M N K (M + h) / (M peak eff) |
+| `efficiency.memory` | copy of 256 MiB | (read + write bytes) / t / spec HBM bandwidth |
+| `efficiency.vector` | element-wise mul of two 64 Ki-element vectors (L2-resident) | elements / (t - overhead) / spec vector peak |
+| `efficiency.attention` | `codesign::attention`, (T, S, heads, dim) in (128, 128, 4, 16), (256, 512, 4, 16), (512, 512, 4, 16) | median causal FLOPs / ((t - per-call) x peak) |
+| `eager.attention_s` | `codesign::attention` at T = 1, S = 16, 4 heads of 16 | t |
+| `eager.moe_experts_s`, `moe_expert_s` | `codesign::moe_experts`, 8 tokens top-1 over 1 and over 8 experts | per expert = (t8 - t1) / 7; per call = t1 - per expert |
+| `eager.gated_delta_rule_step_s` | the fused decode step, 4 heads of 16 x 16 | t |
+
+Efficiencies are capped at 1 (a benchmark faster than the spec's peak says the peak is wrong: the
+command says so). `cost` also records the eager-execution switches: `fused_activations_on_chip:
+false` (eager torch writes every intermediate). All timings at `threads` torch threads.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import torch
+
+from codesign.hw.spec import HardwareSpec
+from codesign.native import microbench as mb
+from codesign.native.overlay import Calibration, EagerCosts
+
+GEMM_LARGE = (64, 256, 1024)
+GEMM_SMALL = (1, 2, 4, 8)
+GEMM_NK = 512
+# Head dim 16 (the tiny configs' own): the eager kernel's efficiency depends on the head dim
+# (its softmax and masking scale with T x S x heads, not with the FLOPs), which one efficiency
+# cannot carry; the shapes vary the sequence lengths.
+ATTENTION_SHAPES = ((128, 128, 4, 16), (256, 512, 4, 16), (512, 512, 4, 16))
+STREAM_BYTES = 256 << 20
+VECTOR_ELEMENTS = 64 << 10
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _capped(name: str, value: float, notes: list[str]) -> float:
+    if value > 1.0:
+        notes.append(f"{name}: measured {value:.2f} of the spec's peak; capped at 1 (the peak is too low)")
+        return 1.0
+    return max(value, 1e-4)
+
+
+def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
+              step: Callable[[str], None] | None = None) -> tuple[Calibration, list[str]]:
+    """Run the microbenchmarks on `device` and derive the overlay for `hw` (name = its base).
+    `step(label)` is called before each benchmark (progress). Returns the overlay and notes."""
+    say = step or (lambda label: None)
+    f32 = torch.float32
+    peak = hw.chip.matrix.peak("fp32")
+    notes: list[str] = []
+    bench: dict[str, float] = {}
+
+    say("per-op overhead")
+    op_s, n_ops = mb.module_ops(64, 128, device, f32, repeats)
+    bench[f"module_ops_per_dispatch_s ({n_ops} dispatches)"] = op_s
+
+    say("GEMM")
+    effs = []
+    for m in GEMM_LARGE:
+        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, f32, repeats)
+        effs.append(2 * m * GEMM_NK * GEMM_NK / (max(t - op_s, 1e-9) * peak))
+    eff_gemm = _capped("gemm", statistics.median(effs), notes)
+    halves = []
+    for m in GEMM_SMALL:
+        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, f32, repeats)
+        halves.append(max(t - op_s, 1e-9) * peak * eff_gemm / (2 * GEMM_NK * GEMM_NK) - m)
+    half = max(1, round(statistics.median(halves)))
+
+    say("memory bandwidth")
+    t = bench["copy_256MiB_s"] = mb.stream_copy(STREAM_BYTES, device, max(3, repeats // 2))
+    eff_mem = _capped("memory", 2 * STREAM_BYTES / t / hw.chip.hbm.bandwidth, notes)
+
+    say("vector throughput")
+    t = bench["mul_64Ki_s"] = mb.vector_mul(VECTOR_ELEMENTS, device, repeats)
+    eff_vec = _capped("vector", VECTOR_ELEMENTS / max(t - op_s, 1e-9) / hw.chip.vector.fp32, notes)
+
+    say("attention")
+    attn_s = bench["attention_1x16_s"] = mb.attention(1, 16, 4, 16, device, f32, repeats)
+    effs = []
+    for T, S, H, D in ATTENTION_SHAPES:
+        t = bench[f"attention_{T}x{S}_h{H}_d{D}_s"] = mb.attention(T, S, H, D, device, f32, repeats)
+        pairs = T * (S - T) + T * (T + 1) // 2
+        effs.append(4 * H * D * pairs / (max(t - attn_s, 1e-9) * peak))
+    eff_attn = _capped("attention", statistics.median(effs), notes)
+
+    say("MoE experts")
+    t1 = bench["moe_experts_8tok_1expert_s"] = mb.moe_experts(8, 1, 8, 64, 32, device, f32, repeats)
+    t8 = bench["moe_experts_8tok_8experts_s"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats)
+    per_expert = max(0.0, (t8 - t1) / 7)
+
+    say("GatedDeltaNet step")
+    gdn_s = bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 4, 16, 16, device, f32, repeats)
+
+    cal = Calibration(
+        base=hw.name,
+        device=device.type,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__.split("+")[0],
+        measured=f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ} on {_cpu_name()}",
+        efficiency={"gemm": round(eff_gemm, 4), "small_m_half": half, "memory": round(eff_mem, 4),
+                    "vector": round(eff_vec, 4), "attention": round(eff_attn, 4)},
+        cost={"launch_overhead_s": float(f"{op_s:.4g}"), "fused_activations_on_chip": False},
+        eager=EagerCosts(attention_s=float(f"{attn_s:.4g}"), moe_experts_s=float(f"{max(0.0, t1 - per_expert):.4g}"),
+                         moe_expert_s=float(f"{per_expert:.4g}"), gated_delta_rule_step_s=float(f"{gdn_s:.4g}")),
+        benchmarks={k: float(f"{v:.4g}") for k, v in bench.items()},
+    )
+    return cal, notes
