@@ -11,7 +11,7 @@ import sys
 
 from codesign.errors import CodesignError
 
-COMMANDS = ["simulate", "trace", "run", "validate", "reproduce"]
+COMMANDS = ["simulate", "trace", "run", "validate", "reproduce", "calibrate", "native-check"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"codesign.commands.{name}")
+        module = importlib.import_module(f"codesign.commands.{name.replace('-', '_')}")
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
     return parser
