@@ -7,8 +7,8 @@ runs an equivalent native computation on the host device:
 | kind | native path |
 | --- | --- |
 | `gemm` | `torch.matmul` on the recorded `(batch, M, N, K)` (`addmm` adds its bias; the triangular solve runs `torch.linalg.solve_triangular` on a unit lower-triangular matrix) |
-| `grouped_gemm` | the project's own `codesign::moe_experts` kernel with expert ids that realise `tokens_per_expert` exactly |
-| `attention` | `torch.nn.functional.scaled_dot_product_attention` at the recorded (B, H, T, S, D), causal with the recorded offset (`impl="model"`: the project's own `codesign::attention`) |
+| `grouped_gemm` | the project's own `codesign::moe_experts` kernel with expert ids that realise `tokens_per_expert` exactly (`moe_impl="grouped"`: two `torch._grouped_mm` grouped GEMMs over the tokens sorted by expert) |
+| `attention` | `torch.nn.functional.scaled_dot_product_attention` at the recorded (B, H, T, S, D), causal with the recorded offset (`attention_impl="model"`: the project's own `codesign::attention`) |
 | `vector` | the same aten op where the tensors determine it (unary, binary with broadcasting, softmax over the last dim, reductions to the recorded output shape, top-k of the recorded k, depthwise convolution with the padding that gives the recorded length) |
 | `memory` | a copy, cast, concatenation, padding, gather, embedding lookup or fill of the recorded shapes |
 | GatedDeltaNet decode | the project's own `codesign::gated_delta_rule_step` on tensors of the recorded shapes |
@@ -52,7 +52,8 @@ class _Maker:
     def __init__(self, device: torch.device, float_dtype: torch.dtype, seed: int) -> None:
         self.device = device
         self.float_dtype = float_dtype
-        self.gen = torch.Generator().manual_seed(seed)
+        # drawn where they live: full-width expert weights are gigabytes
+        self.gen = torch.Generator(device=device).manual_seed(seed)
 
     def dtype(self, recorded: str) -> torch.dtype:
         if recorded == "float32":
@@ -60,14 +61,17 @@ class _Maker:
         return self.float_dtype
 
     def rand(self, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
-        t = torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32)
-        return t.to(device=self.device, dtype=dtype or self.float_dtype)
+        t = torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32, device=self.device)
+        return t.to(dtype or self.float_dtype)
+
+    def uniform(self, shape) -> torch.Tensor:
+        return torch.rand(tuple(shape), generator=self.gen, device=self.device)
 
     def ints(self, shape, high: int) -> torch.Tensor:
-        return torch.randint(0, max(1, high), tuple(shape), generator=self.gen).to(self.device)
+        return torch.randint(0, max(1, high), tuple(shape), generator=self.gen, device=self.device)
 
     def mask(self, shape) -> torch.Tensor:
-        return (torch.rand(tuple(shape), generator=self.gen) < 0.5).to(self.device)
+        return self.uniform(shape) < 0.5
 
 
 # -- matrix ops -------------------------------------------------------------------------------------
@@ -134,6 +138,38 @@ def _moe_experts(op: Op, mk: _Maker) -> Thunk:
     return lambda: kernels.moe_experts(x, ids, weights, wgu, wd, bgu, bd, "silu")
 
 
+def _moe_grouped(op: Op, mk: _Maker) -> Thunk:
+    """The routed experts as two grouped GEMMs (`torch._grouped_mm`: CUTLASS on Hopper) over the
+    tokens sorted by expert, with the SiLU gate between them: what a serving engine's MoE kernel
+    computes (the permute/unpermute around it is not included)."""
+    x_s, ids_s, _, wgu_s, wd_s = op.in_shapes[:5]
+    tokens, top_k = ids_s
+    experts, two_i, hidden = wgu_s
+    width = wd_s[2]
+    tpe = op.tokens_per_expert or tuple([tokens * top_k // experts] * experts)
+    counts = torch.bincount(expert_ids(tpe, tokens, top_k).reshape(-1), minlength=experts)
+    offs = torch.cumsum(counts, 0).to(device=mk.device, dtype=torch.int32)
+    xs = mk.rand((int(counts.sum()), hidden))
+    wgu = mk.rand((experts, hidden, two_i)) * 0.05
+    wd = mk.rand((experts, width, hidden)) * 0.05
+
+    def run() -> torch.Tensor:
+        gate, up = torch._grouped_mm(xs, wgu, offs=offs).chunk(2, dim=-1)
+        return torch._grouped_mm(F.silu(gate) * up, wd, offs=offs)
+
+    try:
+        run()
+    except RuntimeError:  # kernels that want the weights' K dimension contiguous (column-major B)
+        wgu = wgu.transpose(1, 2).contiguous().transpose(1, 2)
+        wd = wd.transpose(1, 2).contiguous().transpose(1, 2)
+        try:
+            run()
+        except RuntimeError as e:
+            raise CodesignError(f"replay: {op.name}: torch._grouped_mm refused the expert GEMMs: "
+                                f"{str(e).splitlines()[0]}") from None
+    return run
+
+
 def _attention_inputs(op: Op, mk: _Maker):
     q_s, k_s, v_s = op.in_shapes[:3]
     return mk.rand(q_s), mk.rand(k_s), mk.rand(v_s)
@@ -143,8 +179,13 @@ def _attention_sdpa(op: Op, mk: _Maker) -> Thunk:
     q, k, v = _attention_inputs(op, mk)
     T, S = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if T == 1:
-        return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    if T == 1:  # decode: every key visible; GQA packed as the decode kernels do (a group's heads as rows)
+        B, Hq, _, D = q.shape
+        Hkv = k.shape[1]
+        qp = q.reshape(B, Hkv, Hq // Hkv, D)
+        return lambda: F.scaled_dot_product_attention(qp, k, v).reshape(B, Hq, 1, v.shape[-1])
+    if T == S:  # a fresh prompt: plain causal (the flash kernels take no explicit mask)
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     qpos = torch.arange(S - T, S, device=mk.device)[:, None]
     mask = torch.arange(S, device=mk.device)[None, :] <= qpos  # causal after S - T cached keys
     return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
@@ -164,8 +205,8 @@ def _gdn_step(op: Op, mk: _Maker) -> Thunk:
 
     q_s, k_s, v_s, g_s, b_s, st_s = op.in_shapes[:6]
     q, k, v = mk.rand(q_s), mk.rand(k_s), mk.rand(v_s)
-    g = -torch.rand(tuple(g_s), generator=mk.gen).to(mk.device, mk.float_dtype)
-    beta = torch.rand(tuple(b_s), generator=mk.gen).to(mk.device, mk.float_dtype)
+    g = -mk.uniform(g_s).to(mk.float_dtype)
+    beta = mk.uniform(b_s).to(mk.float_dtype)
     state = mk.rand(st_s, torch.float32) * 0.01
     return lambda: torch.ops.codesign.gated_delta_rule_step(q, k, v, g, beta, state)
 
@@ -381,12 +422,22 @@ def native_path(target: str) -> Builder | None:
 
 
 def build(op: Op, device: torch.device, float_dtype: torch.dtype = torch.float32, seed: int = 0,
-          attention_impl: str = "sdpa") -> Thunk:
-    """A zero-argument callable that runs `op` natively with seeded tensors of its recorded shapes."""
+          attention_impl: str = "sdpa", moe_impl: str = "model") -> Thunk:
+    """A zero-argument callable that runs `op` natively with seeded tensors of its recorded shapes.
+
+    `attention_impl`: "sdpa" (torch's fused kernels) or "model" (the project's own kernel);
+    `moe_impl`: "model" (the project's `moe_experts`, a loop over experts) or "grouped"
+    (`torch._grouped_mm`)."""
     if op.kind == "collective":
         raise CodesignError(f"replay: {op.name}: collectives are inserted by the mapping; replay the traced graph")
-    builder = _attention_model if (attention_impl == "model" and op.target.startswith("codesign.attention")) \
-        else native_path(op.target)
+    if attention_impl not in ("sdpa", "model") or moe_impl not in ("model", "grouped"):
+        raise CodesignError(f"replay: unknown implementation {attention_impl!r} / {moe_impl!r}; "
+                            "expected attention sdpa|model and moe model|grouped")
+    builder = native_path(op.target)
+    if attention_impl == "model" and op.target.startswith("codesign.attention"):
+        builder = _attention_model
+    if moe_impl == "grouped" and op.target.startswith("codesign.moe_experts"):
+        builder = _moe_grouped
     if builder is None:
         raise CodesignError(f"replay: {op.name}: no native path for {op.target} (kind {op.kind})")
     return builder(op, _Maker(device, float_dtype, seed))
@@ -444,25 +495,34 @@ def _signature(op: Op) -> tuple:
     return (op.target, op.in_shapes, op.out_shapes, op.dtype, op.gemm, op.tokens_per_expert)
 
 
-def replay_graph(g: nx.DiGraph, device: str | torch.device = "cpu", float_dtype: torch.dtype = torch.float32,
-                 warmup: int = 2, repeats: int = 5, seed: int = 0, attention_impl: str = "sdpa",
-                 progress: Callable[[int, int], None] | None = None) -> list[ReplayedOp]:
-    """Time every op of a traced graph natively. Ops with the same target and shapes (the layers of
-    one kind) are timed once."""
+def replay_ops(ops: list[tuple[int, Op]], device: str | torch.device = "cpu", float_dtype: torch.dtype = torch.float32,
+               warmup: int = 2, repeats: int = 5, seed: int = 0, attention_impl: str = "sdpa", moe_impl: str = "model",
+               progress: Callable[[int, int], None] | None = None) -> list[ReplayedOp]:
+    """Time (node, op) pairs natively. Ops with the same target and shapes (the layers of one kind)
+    are timed once; each op's tensors are freed before the next is built."""
     dev = torch.device(device)
     seen: dict[tuple, float] = {}
     out: list[ReplayedOp] = []
-    nodes = list(g.nodes(data="op"))
+    nodes = list(ops)
     for i, (n, op) in enumerate(nodes):
         key = _signature(op)
         t = seen.get(key)
         if t is None:
-            fn = build(op, dev, float_dtype, seed, attention_impl)
+            fn = build(op, dev, float_dtype, seed, attention_impl, moe_impl)
             t = seen[key] = time_fn(fn, dev, warmup, repeats)
+            del fn
         out.append(ReplayedOp(n, op.name, op.target, op.kind, t * max(op.repeat, 1)))
         if progress:
             progress(i + 1, len(nodes))
     return out
+
+
+def replay_graph(g: nx.DiGraph, device: str | torch.device = "cpu", float_dtype: torch.dtype = torch.float32,
+                 warmup: int = 2, repeats: int = 5, seed: int = 0, attention_impl: str = "sdpa", moe_impl: str = "model",
+                 progress: Callable[[int, int], None] | None = None) -> list[ReplayedOp]:
+    """Time every op of a traced graph natively (`replay_ops` over its nodes)."""
+    return replay_ops(list(g.nodes(data="op")), device, float_dtype, warmup, repeats, seed, attention_impl, moe_impl,
+                      progress)
 
 
 def by_kind(replayed: list[ReplayedOp]) -> dict[str, float]:

@@ -90,3 +90,34 @@ def test_replay_graph_times_every_op_and_scales_loops():
     assert all(r.seconds > 0 for r in rows)
     assert set(by_kind(rows)) == {op.kind for _, op in g.nodes(data="op")}
     assert any(g.nodes[r.node]["op"].repeat > 1 for r in rows)  # the chunk loop is in the replay
+
+
+def test_decode_attention_packs_gqa_heads_exactly():
+    """Decode SDPA with a KV group's query heads as rows equals the project's kernel."""
+    op = Op("a/attn", "codesign.attention.default", "attention", "attention", 0, "full_attention+dense",
+            "decode", ((2, 8, 1, 16), (2, 2, 11, 16), (2, 2, 11, 16)), ((2, 8, 1, 16),), "float32")
+    a = build(op, torch.device("cpu"), seed=5)()
+    b = build(op, torch.device("cpu"), seed=5, attention_impl="model")()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_experts_equal_per_expert_matmuls():
+    """moe_impl='grouped' computes each expert's SiLU-gated FFN over its own tokens."""
+    import torch.nn.functional as F
+
+    tpe = (3, 0, 2, 3)  # 8 slots = 4 tokens x top-2
+    op = Op("e/experts", "codesign.moe_experts.default", "grouped_gemm", "moe_experts", 0, "full_attention+moe",
+            "prefill", ((4, 16), (4, 2), (4, 2), (4, 24, 16), (4, 16, 12)), ((4, 16),), "float32",
+            tokens_per_expert=tpe)
+    run = build(op, torch.device("cpu"), seed=2, moe_impl="grouped")
+    out = run()
+    assert out.shape == (8, 16)
+    rows = [0, 3, 3, 5, 8]
+    named = dict(zip(run.__code__.co_freevars, (c.cell_contents for c in run.__closure__)))
+    x, w1, w2 = named["xs"], named["wgu"], named["wd"]
+    ref = []
+    for e in range(4):
+        h = x[rows[e]:rows[e + 1]] @ w1[e]
+        g, u = h.chunk(2, -1)
+        ref.append((F.silu(g) * u) @ w2[e])
+    torch.testing.assert_close(out, torch.cat(ref), rtol=1e-4, atol=1e-5)
