@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from codesign.errors import CodesignError
 
@@ -23,6 +24,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="same family and layer kinds at toy sizes (codesign.models.tiny)")
     p.add_argument("--calibration", default=None,
                    help="calibration overlay (default: hw_specs/calibration/cpu-host.yaml, from `codesign calibrate`)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="run the calibration microbenchmarks first and write the overlay (a shared machine's speed "
+                   "drifts: calibrating just before measuring keeps both at the same load)")
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
@@ -58,6 +62,23 @@ def _check_fits(config, batch: int, max_len: int, device) -> None:
                         f"is {lo} tokens")
 
 
+def _recalibrate(path, device, threads: int) -> None:
+    """`codesign calibrate` for cpu-host into `path`, at `threads` threads."""
+    import torch
+
+    from codesign.hw import load_hw
+    from codesign.native.calibrate import calibrate
+    from codesign.native.overlay import write
+
+    if device.type != "cpu":
+        raise CodesignError("--recalibrate: only the host CPU (cpu-host) is calibrated by this command; "
+                            "run `codesign calibrate --device ... --hw ...`")
+    torch.set_num_threads(threads)
+    cal, _ = calibrate(load_hw("cpu-host"), device)
+    write(cal, Path(path), f"Calibration overlay for hw_specs/cpu-host.yaml, written by `codesign native-check "
+          f"--recalibrate` (threads {threads}).\nMicrobenchmarks only (codesign/native/calibrate.py); see docs/native.md.")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -67,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from codesign.native.overlay import default_path, load_calibrated
 
     device = device_or_error(args.device)
-    cal = load_calibrated(args.calibration or default_path("cpu-host"))
+    path = args.calibration or default_path("cpu-host")
+    if args.recalibrate:
+        _recalibrate(path, device, args.threads or 1)
+    cal = load_calibrated(path)
     if cal.calibration.device != device.type:
         raise CodesignError(f"{cal.path}: measured on {cal.calibration.device}, not on {device.type}; "
                             f"run `codesign calibrate --device {args.device}`")

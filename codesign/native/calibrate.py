@@ -11,9 +11,10 @@ with the cost model's own formulas so that the model reproduces the benchmark it
 | `efficiency.memory` | copy of 256 MiB | (read + write bytes) / t / spec HBM bandwidth |
 | `efficiency.vector` | element-wise mul of two 64 Ki-element vectors (L2-resident) | elements / (t - overhead) / spec vector peak |
 | `efficiency.attention` | `codesign::attention`, (T, S, heads, dim) in (128, 128, 4, 16), (256, 512, 4, 16), (512, 512, 4, 16) | median causal FLOPs / ((t - per-call) x peak) |
-| `eager.attention_s` | `codesign::attention` at T = 1, S = 16, 4 heads of 16 | t |
+| `eager.attention_s` | `codesign::attention` at T = 1, S = 16, 4 query heads of 16 over 2 KV heads | t |
 | `eager.moe_experts_s`, `moe_expert_s` | `codesign::moe_experts`, 8 tokens top-1 over 1 and over 8 experts | per expert = (t8 - t1) / 7; per call = t1 - per expert |
-| `eager.gated_delta_rule_step_s` | the fused decode step, 4 heads of 16 x 16 | t |
+| `eager.gated_delta_rule_step_s` | the fused decode step, 2 key heads and 4 value heads of 16 x 16 | t |
+| `eager.ops` | every aten target the tracer emits for the tiny configs, replayed (`codesign.native.replay`) cold at its smallest traced shape | t per target |
 
 Efficiencies are capped at 1 (a benchmark faster than the spec's peak says the peak is wrong: the
 command says so). `cost` also records the eager-execution switches: `fused_activations_on_chip:
@@ -61,11 +62,48 @@ def _capped(name: str, value: float, notes: list[str]) -> float:
     return max(value, 1e-4)
 
 
+def tiny_op_shapes() -> dict[str, object]:
+    """aten target -> its smallest traced op over every tiny config (prefill of 16 tokens, decode
+    at batch 1): the shapes the per-op costs are measured at."""
+    from codesign.graph import trace
+    from codesign.models import load_model
+    from codesign.spec_files import available
+
+    smallest: dict[str, object] = {}
+    for name in available("model_graphs"):
+        cfg = load_model(name).tiny()
+        for kw in (dict(phase="prefill", batch=1, tokens=16, context=0), dict(phase="decode", batch=1, context=17)):
+            for _, op in trace(cfg, **kw).nodes(data="op"):
+                if op.target.startswith("codesign."):
+                    continue
+                best = smallest.get(op.target)
+                if best is None or op.bytes_total / max(op.repeat, 1) < best.bytes_total / max(best.repeat, 1):
+                    smallest[op.target] = op
+    return smallest
+
+
+def per_target_costs(device: torch.device, repeats: int, shapes: dict | None = None) -> dict[str, float]:
+    """Cold seconds of one call of each aten target at its smallest tiny-config shape."""
+    from codesign.native.replay import build
+
+    out = {}
+    for target, op in sorted((shapes or tiny_op_shapes()).items()):
+        fn = build(op, device, torch.float32)
+        out[target] = mb.cold(fn, device, repeats)
+    return out
+
+
 def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
               step: Callable[[str], None] | None = None) -> tuple[Calibration, list[str]]:
     """Run the microbenchmarks on `device` and derive the overlay for `hw` (name = its base).
     `step(label)` is called before each benchmark (progress). Returns the overlay and notes."""
     say = step or (lambda label: None)
+
+    return _calibrate(hw, device, repeats, say, tiny_op_shapes())
+
+
+def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callable[[str], None],
+               shapes: dict) -> tuple[Calibration, list[str]]:
     f32 = torch.float32
     peak = hw.chip.matrix.peak("fp32")
     notes: list[str] = []
@@ -96,7 +134,7 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
     eff_vec = _capped("vector", VECTOR_ELEMENTS / max(t - op_s, 1e-9) / hw.chip.vector.fp32, notes)
 
     say("attention")
-    attn_s = bench["attention_1x16_s"] = mb.attention(1, 16, 4, 16, device, f32, repeats)
+    attn_s = bench["attention_1x16_gqa_s"] = mb.attention(1, 16, 4, 16, device, f32, repeats, kv_heads=2)
     effs = []
     for T, S, H, D in ATTENTION_SHAPES:
         t = bench[f"attention_{T}x{S}_h{H}_d{D}_s"] = mb.attention(T, S, H, D, device, f32, repeats)
@@ -109,8 +147,11 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
     t8 = bench["moe_experts_8tok_8experts_s"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats)
     per_expert = max(0.0, (t8 - t1) / 7)
 
+    say("per-op costs")
+    op_costs = per_target_costs(device, repeats, shapes)
+
     say("GatedDeltaNet step")
-    gdn_s = bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 4, 16, 16, device, f32, repeats)
+    gdn_s = bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats)
 
     cal = Calibration(
         base=hw.name,
@@ -122,7 +163,8 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
                     "vector": round(eff_vec, 4), "attention": round(eff_attn, 4)},
         cost={"launch_overhead_s": float(f"{op_s:.4g}"), "fused_activations_on_chip": False},
         eager=EagerCosts(attention_s=float(f"{attn_s:.4g}"), moe_experts_s=float(f"{max(0.0, t1 - per_expert):.4g}"),
-                         moe_expert_s=float(f"{per_expert:.4g}"), gated_delta_rule_step_s=float(f"{gdn_s:.4g}")),
+                         moe_expert_s=float(f"{per_expert:.4g}"), gated_delta_rule_step_s=float(f"{gdn_s:.4g}"),
+                         ops={k: float(f"{v:.4g}") for k, v in sorted(op_costs.items())}),
         benchmarks={k: float(f"{v:.4g}") for k, v in bench.items()},
     )
     return cal, notes

@@ -7,11 +7,14 @@ ops of many small kernels. `EagerCostModel` keeps the base model's compute and m
 replaces its per-kernel overhead by the eager one (each a named, calibrated assumption of the
 calibration overlay, `codesign.native.overlay`):
 
-* eager torch dispatches every op the tracer records, element-wise and data movement included, and
-  also the views and reshapes between them that it does not record; each dispatch costs
-  `CostOptions.launch_overhead_s` (dispatch, allocation, the Python between ops; calibrated per
-  dispatch on the project's RMSNorm + MLP modules at one token). A recorded aten op pays
-  `dispatch_ratio` dispatches: the step's aten dispatches counted on the meta device
+* eager torch dispatches every op the tracer records, element-wise and data movement included:
+  each pays its own per-call cost, `eager.ops[target]` (measured cold at a tiny shape, so a oneDNN
+  convolution or a triangular solve pays what it costs to set up), or `CostOptions.launch_overhead_s`
+  for a target not measured;
+* it also dispatches the views and reshapes between them that the tracer does not record: each
+  recorded aten op pays `dispatch_ratio - 1` further dispatches at `launch_overhead_s` (dispatch,
+  allocation, the Python between ops; calibrated per dispatch on the project's RMSNorm + MLP modules
+  at one token). `dispatch_ratio` is the step's aten dispatches counted on the meta device
   (`codesign.native.dispatch.count`) over its recorded aten ops (named assumption: the unrecorded
   views are spread evenly over the recorded ops);
 * `codesign::attention`, `codesign::gated_delta_rule_step` pay their measured per-call cost, and
@@ -48,7 +51,8 @@ class EagerCostModel(CostModel):
             active = sum(1 for t in (op.tokens_per_expert or ()) if t > 0)
             per_call = self.eager.moe_experts_s + active * self.eager.moe_expert_s
         else:
-            per_call = self.opts.launch_overhead_s * self.dispatch_ratio
+            launch = self.opts.launch_overhead_s
+            per_call = self.eager.ops.get(op.target, launch) + max(self.dispatch_ratio - 1.0, 0.0) * launch
         return per_call * max(op.repeat, 1)
 
 

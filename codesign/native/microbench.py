@@ -12,10 +12,12 @@ reference VM warm calls are ~1.5-2x faster than cold ones).
 * `gemm(m, n, k)` — `torch.matmul` (M, K) x (K, N);
 * `stream_copy(nbytes)` — a copy of a buffer far larger than the last-level cache (read + write);
 * `vector_mul(numel)` — element-wise `torch.mul` of two cache-resident vectors;
-* `attention(t, s, heads, dim)` — the project's own `codesign::attention` kernel (what native runs use);
+* `attention(t, s, heads, dim, kv_heads)` — the project's own `codesign::attention` kernel (what
+  native runs use), GQA when `kv_heads` < `heads` (its extra head expansion is part of the call);
 * `moe_experts(tokens, experts, ...)` — the project's `codesign::moe_experts` with a given number of
   active experts (its per-call and per-expert costs);
-* `gdn_step(...)` — the project's fused GatedDeltaNet decode step;
+* `gdn_step(...)` — the project's fused GatedDeltaNet decode step (more value than key heads, as
+  every GatedDeltaNet model has, so the head expansion is part of the call);
 * `module_ops(...)` — the project's RMSNorm and dense SwiGLU MLP at one token: seconds per aten
   dispatch (views included) of the call (eager torch's per-op cost: dispatch, allocation, the
   Python between ops).
@@ -55,6 +57,7 @@ class Scrub:
 
 
 def cold(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of single calls of `fn`, each after an untimed `Scrub`."""
     return time_fn(fn, device, warmup=3, repeats=repeats * COLD_REPEATS, scrub=Scrub(device))
 
 
@@ -82,12 +85,14 @@ def vector_mul(numel: int, device: torch.device, repeats: int) -> float:
     return time_fn(lambda: torch.mul(x, y, out=out), device, warmup=2, repeats=repeats, inner=20)
 
 
-def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype: torch.dtype, repeats: int,
+              kv_heads: int | None = None) -> float:
     from codesign.models import kernels
 
     g = torch.Generator().manual_seed(0)
     q = _rand(g, 1, heads, t, dim, device=device, dtype=dtype)
-    k, v = _rand(g, 1, heads, s, dim, device=device, dtype=dtype), _rand(g, 1, heads, s, dim, device=device, dtype=dtype)
+    hkv = kv_heads or heads
+    k, v = _rand(g, 1, hkv, s, dim, device=device, dtype=dtype), _rand(g, 1, hkv, s, dim, device=device, dtype=dtype)
     scale = kernels.default_scale(dim)
     call = lambda: kernels.attention(q, k, v, s - t, 0, scale, None)  # noqa: E731
     if t * s <= 4096:  # a tiny call: its per-call cost, timed cold
@@ -109,11 +114,14 @@ def moe_experts(tokens: int, active: int, experts: int, hidden: int, width: int,
     return cold(lambda: kernels.moe_experts(x, ids, w, wgu, wd, None, None, "silu"), device, repeats)
 
 
-def gdn_step(batch: int, heads: int, dk: int, dv: int, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+def gdn_step(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: torch.device, dtype: torch.dtype,
+             repeats: int) -> float:
+    """The fused decode step with `key_heads` query/key heads serving `heads` value heads."""
     from codesign.models import gated_deltanet  # noqa: F401  (registers the op)
 
     g = torch.Generator().manual_seed(0)
-    q, k = _rand(g, batch, 1, heads, dk, device=device, dtype=dtype), _rand(g, batch, 1, heads, dk, device=device, dtype=dtype)
+    q, k = (_rand(g, batch, 1, key_heads, dk, device=device, dtype=dtype),
+            _rand(g, batch, 1, key_heads, dk, device=device, dtype=dtype))
     v = _rand(g, batch, 1, heads, dv, device=device, dtype=dtype)
     decay = -torch.rand(batch, 1, heads, generator=g).to(device, dtype)
     beta = torch.rand(batch, 1, heads, generator=g).to(device, dtype)

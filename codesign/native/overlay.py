@@ -11,7 +11,8 @@ torch: 2.13.0
 measured: "2026-12-01T16:40Z on Intel(R) Xeon(R) Processor"
 efficiency: {gemm: 0.41, small_m_half: 2.6, memory: 0.49, vector: 0.02, attention: 0.05}
 cost: {launch_overhead_s: 4.7e-06, fused_activations_on_chip: false}   # codesign.sim.cost.CostOptions
-eager: {attention_s: 5.6e-05, moe_experts_s: 5.3e-05, moe_expert_s: 3.1e-05, gated_delta_rule_step_s: 1.4e-04}
+eager: {attention_s: 5.6e-05, moe_experts_s: 5.3e-05, moe_expert_s: 3.1e-05, gated_delta_rule_step_s: 1.4e-04,
+        ops: {aten.convolution.default: 8.1e-05, aten.mul.Tensor: 3.2e-06, ...}}
 benchmarks: {gemm_512x512x512_s: 0.0019, ...}   # the raw figures the fields were derived from
 ```
 
@@ -48,6 +49,10 @@ class EagerCosts(BaseModel):
     moe_experts_s: Seconds  # one codesign::moe_experts call (sort, bincount, output)...
     moe_expert_s: Seconds  # ...plus this per expert that received tokens
     gated_delta_rule_step_s: Seconds  # one codesign::gated_delta_rule_step call
+    # aten target -> seconds of one call at its smallest traced shape, timed cold: per-op costs that
+    # differ from the plain dispatch (a oneDNN convolution, a triangular solve, top-k); a target
+    # not listed costs cost.launch_overhead_s
+    ops: dict[str, Seconds] = {}
 
 
 class Calibration(BaseModel):
