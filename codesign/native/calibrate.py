@@ -103,69 +103,76 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
     return _calibrate(hw, device, repeats, say, tiny_op_shapes())
 
 
+def _gemm_fields(hw: HardwareSpec, device: torch.device, repeats: int, op_s: float, bench: dict,
+                 notes: list[str]) -> tuple[float, int]:
+    """(efficiency.gemm, efficiency.small_m_half) from fp32 matmuls, solved with the cost model's
+    time = overhead + 2MNK (M + h) / (M peak eff) (no row padding on this spec: tile M = 1)."""
+    peak = hw.chip.matrix.peak("fp32")
+    effs = []
+    for m in GEMM_LARGE:
+        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, torch.float32, repeats)
+        effs.append(2 * m * GEMM_NK * GEMM_NK / (max(t - op_s, 1e-9) * peak))
+    eff = _capped("gemm", statistics.median(effs), notes)
+    halves = []
+    for m in GEMM_SMALL:
+        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, torch.float32, repeats)
+        halves.append(max(t - op_s, 1e-9) * peak * eff / (2 * GEMM_NK * GEMM_NK) - m)
+    return eff, max(1, round(statistics.median(halves)))
+
+
+def _attention_fields(hw: HardwareSpec, device: torch.device, repeats: int, bench: dict,
+                      notes: list[str]) -> tuple[float, float]:
+    """(efficiency.attention, eager.attention_s): the per-call cost at a tiny GQA decode shape, then
+    causal FLOPs / ((t - per call) x peak) on fresh prompts."""
+    peak = hw.chip.matrix.peak("fp32")
+    per_call = bench["attention_1x16_gqa_s"] = mb.attention(1, 16, 4, 16, device, torch.float32, repeats, kv_heads=2)
+    effs = []
+    for T, S, H, D in ATTENTION_SHAPES:
+        t = bench[f"attention_{T}x{S}_h{H}_d{D}_s"] = mb.attention(T, S, H, D, device, torch.float32, repeats,
+                                                                  kv_heads=H // 2)
+        pairs = T * (S - T) + T * (T + 1) // 2
+        effs.append(4 * H * D * pairs / (max(t - per_call, 1e-9) * peak))
+    return _capped("attention", statistics.median(effs), notes), per_call
+
+
+def _g(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
 def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callable[[str], None],
                shapes: dict) -> tuple[Calibration, list[str]]:
     f32 = torch.float32
-    peak = hw.chip.matrix.peak("fp32")
     notes: list[str] = []
     bench: dict[str, float] = {}
-
     say("per-op overhead")
     op_s, n_ops = mb.module_ops(64, 128, device, f32, repeats)
     bench[f"module_ops_per_dispatch_s ({n_ops} dispatches)"] = op_s
-
     say("GEMM")
-    effs = []
-    for m in GEMM_LARGE:
-        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, f32, repeats)
-        effs.append(2 * m * GEMM_NK * GEMM_NK / (max(t - op_s, 1e-9) * peak))
-    eff_gemm = _capped("gemm", statistics.median(effs), notes)
-    halves = []
-    for m in GEMM_SMALL:
-        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, f32, repeats)
-        halves.append(max(t - op_s, 1e-9) * peak * eff_gemm / (2 * GEMM_NK * GEMM_NK) - m)
-    half = max(1, round(statistics.median(halves)))
-
+    eff_gemm, half = _gemm_fields(hw, device, repeats, op_s, bench, notes)
     say("memory bandwidth")
     t = bench["copy_256MiB_s"] = mb.stream_copy(STREAM_BYTES, device, max(3, repeats // 2))
     eff_mem = _capped("memory", 2 * STREAM_BYTES / t / hw.chip.hbm.bandwidth, notes)
-
     say("vector throughput")
     t = bench["mul_64Ki_s"] = mb.vector_mul(VECTOR_ELEMENTS, device, repeats)
     eff_vec = _capped("vector", VECTOR_ELEMENTS / max(t - op_s, 1e-9) / hw.chip.vector.fp32, notes)
-
     say("attention")
-    attn_s = bench["attention_1x16_gqa_s"] = mb.attention(1, 16, 4, 16, device, f32, repeats, kv_heads=2)
-    effs = []
-    for T, S, H, D in ATTENTION_SHAPES:
-        t = bench[f"attention_{T}x{S}_h{H}_d{D}_s"] = mb.attention(T, S, H, D, device, f32, repeats, kv_heads=H // 2)
-        pairs = T * (S - T) + T * (T + 1) // 2
-        effs.append(4 * H * D * pairs / (max(t - attn_s, 1e-9) * peak))
-    eff_attn = _capped("attention", statistics.median(effs), notes)
-
+    eff_attn, attn_s = _attention_fields(hw, device, repeats, bench, notes)
     say("MoE experts")
     t1 = bench["moe_experts_8tok_1expert_s"] = mb.moe_experts(8, 1, 8, 64, 32, device, f32, repeats)
     t8 = bench["moe_experts_8tok_8experts_s"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats)
     per_expert = max(0.0, (t8 - t1) / 7)
-
-    say("per-op costs")
-    op_costs = per_target_costs(device, repeats, shapes)
-
     say("GatedDeltaNet step")
     gdn_s = bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats)
-
+    say("per-op costs")
+    op_costs = per_target_costs(device, repeats, shapes)
     cal = Calibration(
-        base=hw.name,
-        device=device.type,
-        threads=torch.get_num_threads(),
-        torch=torch.__version__.split("+")[0],
+        base=hw.name, device=device.type, threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0],
         measured=f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ} on {_cpu_name()}",
         efficiency={"gemm": round(eff_gemm, 4), "small_m_half": half, "memory": round(eff_mem, 4),
                     "vector": round(eff_vec, 4), "attention": round(eff_attn, 4)},
-        cost={"launch_overhead_s": float(f"{op_s:.4g}"), "fused_activations_on_chip": False},
-        eager=EagerCosts(attention_s=float(f"{attn_s:.4g}"), moe_experts_s=float(f"{max(0.0, t1 - per_expert):.4g}"),
-                         moe_expert_s=float(f"{per_expert:.4g}"), gated_delta_rule_step_s=float(f"{gdn_s:.4g}"),
-                         ops={k: float(f"{v:.4g}") for k, v in sorted(op_costs.items())}),
-        benchmarks={k: float(f"{v:.4g}") for k, v in bench.items()},
+        cost={"launch_overhead_s": _g(op_s), "fused_activations_on_chip": False},
+        eager=EagerCosts(attention_s=_g(attn_s), moe_experts_s=_g(max(0.0, t1 - per_expert)), moe_expert_s=_g(per_expert),
+                         gated_delta_rule_step_s=_g(gdn_s), ops={k: _g(v) for k, v in sorted(op_costs.items())}),
+        benchmarks={k: _g(v) for k, v in bench.items()},
     )
     return cal, notes

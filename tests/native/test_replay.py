@@ -4,7 +4,6 @@ running it gives tensors of the recorded output shapes."""
 from __future__ import annotations
 
 import collections
-from dataclasses import replace
 
 import pytest
 import torch
