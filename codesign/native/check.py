@@ -143,6 +143,11 @@ def native_check(config: ModelConfig, cal: Calibrated, batch: int = 1, prompt_to
     if min(batch, prompt_tokens, decode_steps, repeats) < 1:
         raise CodesignError(f"native-check: batch, prompt tokens, decode steps and repeats must be >= 1 "
                             f"(found {batch}, {prompt_tokens}, {decode_steps}, {repeats})")
+    longest = prompt_tokens + decode_steps + 1
+    if longest > config.max_position_embeddings:
+        raise CodesignError(f"native-check: {prompt_tokens} prompt tokens + {decode_steps} decode steps exceed "
+                            f"{config.name}'s {config.max_position_embeddings} positions; the largest prompt that fits "
+                            f"is {config.max_position_embeddings - decode_steps - 1} tokens")
     config = without_mtp(config)
     dev = torch.device(device)
     meas = measure(config, batch, prompt_tokens, decode_steps, repeats, dev, seed)

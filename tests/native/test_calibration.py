@@ -156,3 +156,11 @@ def test_calibration_of_another_device_is_refused(tmp_path, capsys):
     path = _write(tmp_path, {**OVERLAY, "device": "cuda"})
     assert main(["native-check", "--tiny", "--calibration", str(path)]) == 2
     assert "measured on cuda, not on cpu" in capsys.readouterr().err
+
+
+def test_prompt_beyond_the_models_positions_is_refused_before_running(tmp_path, capsys):
+    path = _write(tmp_path, OVERLAY)
+    assert main(["native-check", "--model", "llama-3.1-70b", "--tiny", "--calibration", str(path),
+                 "--prompt-tokens", "5000", "--decode-steps", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the largest prompt that fits is 4091 tokens") and "\n" not in err
