@@ -4,10 +4,11 @@ efficiency overlay (`codesign.native.calibrate`). Nothing here runs a model end 
 Each benchmark returns seconds per call (median of `repeats` timed regions after a discarded
 warm-up, `codesign.native.replay.time_fn`), with seeded inputs. The per-call costs of small ops
 (`module_ops` and the fused kernels at tiny shapes) are timed **cold**: before each timed call a
-`Scrub` runs untimed — `SCRUB_DISPATCHES` dispatches of other small ops and a pass over
-`SCRUB_BYTES` of memory — because in a model every op follows different ops, and a call repeated
-back to back finds its code, branch history and data in the caches (a named assumption: on the
-reference VM warm calls are ~1.5-2x faster than cold ones).
+`Scrub` runs untimed — `SCRUB_OPS` other small ops (unary ops and views) and, if `SCRUB_BYTES`
+is set, a pass over that much memory — because in a model every op follows different ops, and a
+call repeated back to back finds its code and branch history in the caches (a named assumption:
+on the reference VM warm calls are ~1.5-2x faster than cold ones). No data pass by default: a tiny
+model's weights and caches stay in the L2 between its ops.
 
 * `gemm(m, n, k)` — `torch.matmul` (M, K) x (K, N);
 * `stream_copy(nbytes)` — a copy of a buffer far larger than the last-level cache (read + write);
@@ -30,8 +31,8 @@ import torch
 from codesign.native.replay import time_fn
 
 
-SCRUB_DISPATCHES = 200
-SCRUB_BYTES = 0  # no data pass: a tiny model's weights and caches stay in the L2 between its ops
+SCRUB_OPS = 100  # small unary ops and views, eight kinds
+SCRUB_BYTES = 0  # see the module docstring
 COLD_REPEATS = 5  # cold calls are timed one by one: this many times more repeats
 
 
@@ -47,7 +48,7 @@ class Scrub:
 
     def __call__(self) -> None:
         xs, fns = self.xs, self.fns
-        for i in range(SCRUB_DISPATCHES // 2):
+        for i in range(SCRUB_OPS):
             if i % 3:
                 fns[i % 8](xs[i % 8])
             else:
