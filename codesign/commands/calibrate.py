@@ -23,7 +23,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Microbenchmark the device (GEMM, small-M ramp, bandwidth, vector, attention, "
                        "per-op overhead) and write a calibration overlay for its hardware spec (docs/native.md).")
     p.add_argument("--device", default="cpu", help="torch device to measure (default: %(default)s)")
-    p.add_argument("--hw", default=None, help="the spec the overlay refines (default: cpu-host on a CPU; required otherwise)")
+    p.add_argument("--hw", default="cpu-host", help="the spec the overlay refines (default: %(default)s)")
     p.add_argument("--out", default=None, help="overlay file to write (default: hw_specs/calibration/<spec>.yaml)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per benchmark (median; default: %(default)s)")
@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from codesign.native.overlay import default_path, write
 
     device = device_or_error(args.device)
-    if args.hw is None and device.type != "cpu":
-        raise CodesignError(f"--hw: name the spec that describes {args.device} (cpu-host describes the host CPU)")
+    if device.type != "cpu":
+        raise CodesignError(f"--device {args.device}: not yet supported: calibrate measures the host CPU's fp32 eager "
+                            "kernels for cpu-host; GPU kernels are checked by benchmarks/gpu_validate.py")
     if args.threads < 1 or args.repeats < 1:
         raise CodesignError(f"--threads and --repeats: expected positive numbers, found {args.threads} and {args.repeats}")
-    hw = load_hw(args.hw or "cpu-host")
+    hw = load_hw(args.hw)
     out = Path(args.out) if args.out else default_path(hw.name)
     torch.set_num_threads(args.threads)
 

@@ -164,3 +164,9 @@ def test_prompt_beyond_the_models_positions_is_refused_before_running(tmp_path, 
                  "--prompt-tokens", "5000", "--decode-steps", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("the largest prompt that fits is 4091 tokens") and "\n" not in err
+
+
+def test_calibrating_a_gpu_is_not_yet_supported(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    assert main(["calibrate", "--device", "cuda"]) == 2
+    assert "not yet supported" in capsys.readouterr().err
