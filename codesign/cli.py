@@ -11,7 +11,8 @@ import sys
 
 from codesign.errors import CodesignError
 
-COMMANDS = ["simulate", "sweep", "trace", "run", "validate", "reproduce", "kernel", "report"]
+COMMANDS = ["simulate", "sweep", "trace", "run", "validate", "reproduce", "kernel", "report", "calibrate",
+            "native-check"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"codesign.commands.{name}")
+        module = importlib.import_module(f"codesign.commands.{name.replace('-', '_')}")
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
     return parser

@@ -1,0 +1,178 @@
+"""Calibrating a spec's efficiencies on the host device from microbenchmarks (`codesign calibrate`).
+
+Each overlay field comes from kernel-level measurements only (`codesign.native.microbench`), solved
+with the cost model's own formulas so that the model reproduces the benchmark it came from:
+
+| field | benchmark | derivation |
+| --- | --- | --- |
+| `cost.launch_overhead_s` | RMSNorm + SwiGLU MLP modules at one token (hidden 64) | seconds per aten dispatch of the call (views included) |
+| `efficiency.gemm` | fp32 matmul, M in (64, 256, 1024), N = K = 512 | median of 2MNK / ((t - overhead) x peak) |
+| `efficiency.small_m_half` | fp32 matmul, M in (1, 2, 4, 8), N = K = 512 | median h of t - overhead = 2 M N K (M + h) / (M peak eff) |
+| `efficiency.memory` | copy of 256 MiB | (read + write bytes) / t / spec HBM bandwidth |
+| `efficiency.vector` | element-wise mul of two 64 Ki-element vectors (L2-resident) | elements / (t - overhead) / spec vector peak |
+| `efficiency.attention` | `codesign::attention`, fresh prompts T = S in (128, 256, 512), 4 query heads over 2 KV heads of dim 16 | median causal FLOPs / ((t - per-call) x peak) |
+| `eager.attention_s` | `codesign::attention` at T = 1, S = 16, 4 query heads of 16 over 2 KV heads | t |
+| `eager.moe_experts_s`, `moe_expert_s` | `codesign::moe_experts`, 8 tokens top-1 over 1 and over 8 experts | per expert = (t8 - t1) / 7; per call = t1 - per expert |
+| `eager.gated_delta_rule_step_s` | the fused decode step, 2 key heads and 4 value heads of 16 x 16 | t |
+| `eager.ops` | every aten target the tracer emits for the tiny configs, replayed (`codesign.native.replay`) cold at its smallest traced shape | t per target |
+
+Efficiencies are capped at 1 (a benchmark faster than the spec's peak says the peak is wrong: the
+command says so). `cost` also records the eager-execution switches: `fused_activations_on_chip:
+false` (eager torch writes every intermediate). All timings at `threads` torch threads.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import torch
+
+from codesign.hw.spec import HardwareSpec
+from codesign.native import microbench as mb
+from codesign.native.overlay import Calibration, EagerCosts
+
+GEMM_LARGE = (64, 256, 1024)
+GEMM_SMALL = (1, 2, 4, 8)
+GEMM_NK = 512
+# Fresh prompts (T = S), 4 query heads over 2 KV heads of dim 16 (the tiny configs' own). The eager
+# kernel computes the whole T x S score matrix and its softmax and masking scale with T x S x heads,
+# not with the causal FLOPs the cost model counts: its efficiency depends on the head dim and on
+# S / T, which one efficiency cannot carry (a named limit, docs/native.md).
+ATTENTION_SHAPES = ((128, 128, 4, 16), (256, 256, 4, 16), (512, 512, 4, 16))
+STREAM_BYTES = 256 << 20
+VECTOR_ELEMENTS = 64 << 10
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _capped(name: str, value: float, notes: list[str]) -> float:
+    if value > 1.0:
+        notes.append(f"{name}: measured {value:.2f} of the spec's peak; capped at 1 (the peak is too low)")
+        return 1.0
+    return max(value, 1e-4)
+
+
+def tiny_op_shapes() -> dict[str, object]:
+    """aten target -> its smallest traced op over every tiny config (prefill of 16 tokens, decode
+    at batch 1): the shapes the per-op costs are measured at."""
+    from codesign.graph import trace
+    from codesign.models import load_model
+    from codesign.spec_files import available
+
+    smallest: dict[str, object] = {}
+    for name in available("model_graphs"):
+        cfg = load_model(name).tiny()
+        for kw in (dict(phase="prefill", batch=1, tokens=16, context=0), dict(phase="decode", batch=1, context=17)):
+            for _, op in trace(cfg, **kw).nodes(data="op"):
+                if op.target.startswith("codesign."):
+                    continue
+                best = smallest.get(op.target)
+                if best is None or op.bytes_total / max(op.repeat, 1) < best.bytes_total / max(best.repeat, 1):
+                    smallest[op.target] = op
+    return smallest
+
+
+def per_target_costs(device: torch.device, repeats: int, shapes: dict | None = None) -> dict[str, float]:
+    """Cold seconds of one call of each aten target at its smallest tiny-config shape."""
+    from codesign.native.replay import build
+
+    out = {}
+    for target, op in sorted((shapes or tiny_op_shapes()).items()):
+        fn = build(op, device, torch.float32)
+        out[target] = mb.cold(fn, device, repeats)
+    return out
+
+
+def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
+              step: Callable[[str], None] | None = None) -> tuple[Calibration, list[str]]:
+    """Run the microbenchmarks on `device` and derive the overlay for `hw` (name = its base).
+    `step(label)` is called before each benchmark (progress). Returns the overlay and notes."""
+    say = step or (lambda label: None)
+
+    return _calibrate(hw, device, repeats, say, tiny_op_shapes())
+
+
+def _gemm_fields(hw: HardwareSpec, device: torch.device, repeats: int, op_s: float, bench: dict,
+                 notes: list[str]) -> tuple[float, int]:
+    """(efficiency.gemm, efficiency.small_m_half) from fp32 matmuls, solved with the cost model's
+    time = overhead + 2MNK (M + h) / (M peak eff) (no row padding on this spec: tile M = 1)."""
+    peak = hw.chip.matrix.peak("fp32")
+    effs = []
+    for m in GEMM_LARGE:
+        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, torch.float32, repeats)
+        effs.append(2 * m * GEMM_NK * GEMM_NK / (max(t - op_s, 1e-9) * peak))
+    eff = _capped("gemm", statistics.median(effs), notes)
+    halves = []
+    for m in GEMM_SMALL:
+        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, torch.float32, repeats)
+        halves.append(max(t - op_s, 1e-9) * peak * eff / (2 * GEMM_NK * GEMM_NK) - m)
+    return eff, max(1, round(statistics.median(halves)))
+
+
+def _attention_fields(hw: HardwareSpec, device: torch.device, repeats: int, bench: dict,
+                      notes: list[str]) -> tuple[float, float]:
+    """(efficiency.attention, eager.attention_s): the per-call cost at a tiny GQA decode shape, then
+    causal FLOPs / ((t - per call) x peak) on fresh prompts."""
+    peak = hw.chip.matrix.peak("fp32")
+    per_call = bench["attention_1x16_gqa_s"] = mb.attention(1, 16, 4, 16, device, torch.float32, repeats, kv_heads=2)
+    effs = []
+    for T, S, H, D in ATTENTION_SHAPES:
+        t = bench[f"attention_{T}x{S}_h{H}_d{D}_s"] = mb.attention(T, S, H, D, device, torch.float32, repeats,
+                                                                  kv_heads=H // 2)
+        pairs = T * (S - T) + T * (T + 1) // 2
+        effs.append(4 * H * D * pairs / (max(t - per_call, 1e-9) * peak))
+    return _capped("attention", statistics.median(effs), notes), per_call
+
+
+def _g(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callable[[str], None],
+               shapes: dict) -> tuple[Calibration, list[str]]:
+    f32 = torch.float32
+    notes: list[str] = []
+    bench: dict[str, float] = {}
+    say("per-op overhead")
+    op_s, n_ops = mb.module_ops(64, 128, device, f32, repeats)
+    bench[f"module_ops_per_dispatch_s ({n_ops} dispatches)"] = op_s
+    say("GEMM")
+    eff_gemm, half = _gemm_fields(hw, device, repeats, op_s, bench, notes)
+    say("memory bandwidth")
+    t = bench["copy_256MiB_s"] = mb.stream_copy(STREAM_BYTES, device, max(3, repeats // 2))
+    eff_mem = _capped("memory", 2 * STREAM_BYTES / t / hw.chip.hbm.bandwidth, notes)
+    say("vector throughput")
+    t = bench["mul_64Ki_s"] = mb.vector_mul(VECTOR_ELEMENTS, device, repeats)
+    eff_vec = _capped("vector", VECTOR_ELEMENTS / max(t - op_s, 1e-9) / hw.chip.vector.fp32, notes)
+    say("attention")
+    eff_attn, attn_s = _attention_fields(hw, device, repeats, bench, notes)
+    say("MoE experts")
+    t1 = bench["moe_experts_8tok_1expert_s"] = mb.moe_experts(8, 1, 8, 64, 32, device, f32, repeats)
+    t8 = bench["moe_experts_8tok_8experts_s"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats)
+    per_expert = max(0.0, (t8 - t1) / 7)
+    say("GatedDeltaNet step")
+    gdn_s = bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats)
+    say("per-op costs")
+    op_costs = per_target_costs(device, repeats, shapes)
+    cal = Calibration(
+        base=hw.name, device=device.type, threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0],
+        measured=f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ} on {_cpu_name()}",
+        efficiency={"gemm": round(eff_gemm, 4), "small_m_half": half, "memory": round(eff_mem, 4),
+                    "vector": round(eff_vec, 4), "attention": round(eff_attn, 4)},
+        cost={"launch_overhead_s": _g(op_s), "fused_activations_on_chip": False},
+        eager=EagerCosts(attention_s=_g(attn_s), moe_experts_s=_g(max(0.0, t1 - per_expert)), moe_expert_s=_g(per_expert),
+                         gated_delta_rule_step_s=_g(gdn_s), ops={k: _g(v) for k, v in sorted(op_costs.items())}),
+        benchmarks={k: _g(v) for k, v in bench.items()},
+    )
+    return cal, notes

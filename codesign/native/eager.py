@@ -1,0 +1,65 @@
+"""The cost model of eager torch execution on the host device (what `codesign run` measures).
+
+Serving engines fuse element-wise work into GEMM epilogues and launch kernels from CUDA graphs, and
+`codesign.sim.cost.CostModel` charges them so. Eager torch on a CPU does neither: every op the
+tracer records is one dispatch, and the tracer's three fused kernels run natively as Python custom
+ops of many small kernels. `EagerCostModel` keeps the base model's compute and memory terms and
+replaces its per-kernel overhead by the eager one (each a named, calibrated assumption of the
+calibration overlay, `codesign.native.overlay`):
+
+* eager torch dispatches every op the tracer records, element-wise and data movement included:
+  each pays its own per-call cost, `eager.ops[target]` (measured cold at a tiny shape, so a oneDNN
+  convolution or a triangular solve pays what it costs to set up), or `CostOptions.launch_overhead_s`
+  for a target not measured;
+* it also dispatches the views and reshapes between them that the tracer does not record: each
+  recorded aten op pays `dispatch_ratio - 1` further dispatches at `launch_overhead_s` (dispatch,
+  allocation, the Python between ops; calibrated per dispatch on the project's RMSNorm + MLP modules
+  at one token). `dispatch_ratio` is the step's aten dispatches counted on the meta device
+  (`codesign.native.dispatch.count`) over its recorded aten ops (named assumption: the unrecorded
+  views are spread evenly over the recorded ops);
+* `codesign::attention`, `codesign::gated_delta_rule_step` pay their measured per-call cost, and
+  `codesign::moe_experts` its per-call cost plus a per-active-expert cost (its loop over experts);
+* a loop recorded once for `repeat` trips (the GatedDeltaNet chunk recurrence) pays its overhead
+  `repeat` times: eager torch dispatches the body on every trip.
+"""
+
+from __future__ import annotations
+
+from codesign.graph.op import Op
+from codesign.hw.spec import HardwareSpec
+from codesign.native.overlay import EagerCosts
+from codesign.sim.cost import CostModel, CostOptions
+
+
+class EagerCostModel(CostModel):
+    def __init__(self, hw: HardwareSpec, eager: EagerCosts, matrix_dtype: str = "fp32", attention_dtype: str = "fp32",
+                 options: CostOptions | None = None, dispatch_ratio: float = 1.0) -> None:
+        super().__init__(hw, matrix_dtype, attention_dtype, options)
+        self.eager = eager
+        self.dispatch_ratio = dispatch_ratio
+
+    def overhead(self, op: Op) -> float:
+        if op.kind == "collective":
+            return 0.0
+        target = op.target.split(".")[:2]
+        name = ".".join(target)
+        if name == "codesign.attention":
+            per_call = self.eager.attention_s
+        elif name == "codesign.gated_delta_rule_step":
+            per_call = self.eager.gated_delta_rule_step_s
+        elif name == "codesign.moe_experts":
+            active = sum(1 for t in (op.tokens_per_expert or ()) if t > 0)
+            per_call = self.eager.moe_experts_s + active * self.eager.moe_expert_s
+        else:
+            launch = self.launch_s  # the options value, else the chip's efficiency.kernel_overhead
+            per_call = self.eager.ops.get(op.target, launch) + max(self.dispatch_ratio - 1.0, 0.0) * launch
+        return per_call * max(op.repeat, 1)
+
+
+def is_fused(op: Op) -> bool:
+    return op.target.startswith("codesign.")
+
+
+def recorded_dispatches(ops) -> int:
+    """Aten dispatches the recorded ops stand for (loop bodies count once per trip)."""
+    return sum(max(op.repeat, 1) for op in ops if not is_fused(op) and op.kind != "collective")
