@@ -48,6 +48,9 @@ class Result:
     context: int | None = None
     mode: str | None = None
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Server-mode figures (codesign.sim.serving): ITL, end-to-end, queueing, goodput, the SLO
+    # search, concurrency and KV-use series, ... (docs/serving.md); empty for steady-state modes.
+    serving: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,11 +85,13 @@ def results_to_json(results: Iterable[Result], indent: int | None = 2) -> str:
 
 def results_to_dataframe(results: Iterable[Result]) -> pd.DataFrame:
     """One row per result; nested mappings flattened to `plan.tp`, `ttft_s.p99`,
-    `memory_per_chip_gib.total`, ... (the breakdown is left out: it is per-step detail)."""
+    `memory_per_chip_gib.total`, ... (the breakdown and the server-mode `serving` figures are left
+    out: per-step detail and series)."""
     rows = []
     for r in results:
         d = r.to_dict()
         d.pop("breakdown", None)
+        d.pop("serving", None)
         rows.append(d)
     if not rows:
         return pd.DataFrame()

@@ -1,0 +1,71 @@
+"""Serving configuration: the scheduler's policy knobs and the request stream, validated by pydantic.
+
+This module imports nothing from the simulator, so `codesign.scenario` can validate a scenario's
+`workload.scheduler` mapping through it (the pattern precision and cost options follow).
+
+Scheduler defaults are **vLLM V1's** for `vllm serve` (the OpenAI API server) on GPUs with at
+least 70 GiB of memory other than A100 (H100, H200, MI300X, B200), from
+`vllm/engine/arg_utils.py` (`EngineArgs.get_batch_defaults`, vLLM 0.9-0.11) and
+`vllm/config` (`CacheConfig.block_size`):
+
+* ``max_num_seqs`` = 1024 sequences in flight per engine;
+* ``max_num_batched_tokens`` = 8192 tokens per step per engine (the chunked-prefill budget; vLLM
+  V1 always chunks prefills);
+* ``block_size`` = 16 tokens per KV-cache page;
+* preemption by **recompute** (V1's only mode: a preempted request frees its blocks and is
+  prefilled again, prompt and generated tokens, when it is rescheduled);
+* scheduling FCFS; prefix caching on in vLLM, with a hit rate that depends on the prompts: here
+  ``prefix_cache_hit_rate`` = 0 (random prompts, as `vllm bench serve --dataset-name random`).
+
+Limits are **per engine** (one per data-parallel / attention-data-parallel replica, as vLLM runs
+one scheduler per DP rank); the simulator schedules the deployment as one engine with the limits
+multiplied by the replica count (named assumption: requests are balanced evenly over replicas).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from codesign.errors import CodesignError, format_validation_error
+
+ENGINE = "vllm-v1"  # whose defaults these are (see module docstring)
+
+
+class SchedulerConfig(BaseModel):
+    """Continuous batching with chunked prefill (`workload.scheduler:` in a scenario)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_num_seqs: int = Field(default=1024, gt=0)
+    max_num_batched_tokens: int = Field(default=8192, gt=0)
+    block_size: int = Field(default=16, gt=0)
+    preemption: Literal["recompute"] = "recompute"
+    prefix_cache_hit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _budget_covers_seqs(self) -> "SchedulerConfig":
+        # vLLM refuses the same (SchedulerConfig: max_num_batched_tokens must be >= max_num_seqs):
+        # every running sequence must be able to decode in one step.
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+                             f"max_num_seqs ({self.max_num_seqs})")
+        return self
+
+
+def scheduler_config(data: dict[str, Any] | SchedulerConfig | None, source: str = "workload.scheduler") -> SchedulerConfig:
+    """A validated `SchedulerConfig` (defaults for None / {}), errors naming `source` and the field."""
+    if isinstance(data, SchedulerConfig):
+        return data
+    try:
+        return SchedulerConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise CodesignError(format_validation_error(source, e)) from None
+
+
+# Requests of a server run when the workload names neither `requests` nor a trace: enough for
+# stable p99s at moderate load (MLPerf Server asks for far more; override with `requests:`).
+DEFAULT_REQUESTS = 2000
+
+__all__ = ["SchedulerConfig", "scheduler_config", "ENGINE", "DEFAULT_REQUESTS"]
