@@ -111,7 +111,9 @@ def summarise(rec: Recorder, input_tokens: np.ndarray, ttft_slo: float | None = 
               tpot_slo: float | None = None) -> ServingMetrics:
     """The metrics of a finished run (`input_tokens` per request, in request order)."""
     end = np.asarray(rec.step_end)
-    dt = np.asarray(rec.step_dt)
+    count = np.asarray(rec.step_count, dtype=float)
+    step_dt = np.asarray(rec.step_dt)
+    dt = step_dt * count  # each entry's duration
     duration = float(np.nanmax(rec.finish)) if len(rec.finish) else 0.0
     n = len(rec.finish)
     ttft = rec.first_token - rec.sent
@@ -120,8 +122,8 @@ def summarise(rec: Recorder, input_tokens: np.ndarray, ttft_slo: float | None = 
     tpot = np.where(multi, (rec.finish - rec.first_token) / np.maximum(out - 1, 1), np.nan)
     e2e = rec.finish - rec.sent
     queue = rec.admitted - rec.sent
-    itl_x = np.concatenate([dt, np.asarray(rec.resume_gaps)])
-    itl_w = np.concatenate([np.asarray(rec.step_decodes, dtype=float), np.ones(len(rec.resume_gaps))])
+    itl_x = np.concatenate([step_dt, np.asarray(rec.resume_gaps)])
+    itl_w = np.concatenate([np.asarray(rec.step_decodes, dtype=float) * count, np.ones(len(rec.resume_gaps))])
     in_sys = np.asarray(rec.step_in_system, dtype=float)
     running = np.asarray(rec.step_running, dtype=float)
     kv = np.asarray(rec.step_kv_use, dtype=float)
@@ -136,7 +138,7 @@ def summarise(rec: Recorder, input_tokens: np.ndarray, ttft_slo: float | None = 
         mean_in_system=mean_in_system, mean_running=_time_weighted(end, dt, running, duration),
         peak_running=int(running.max()) if len(running) else 0,
         mean_kv_use=_time_weighted(end, dt, kv, duration), peak_kv_use=float(kv.max()) if len(kv) else 0.0,
-        preemptions=int(rec.preemptions.sum()), steps=len(end),
+        preemptions=int(rec.preemptions.sum()), steps=int(count.sum()),
         series=_series(end, dt, {"running": running, "in_system": in_sys, "kv_use": kv}, duration),
     )
     if ttft_slo is not None or tpot_slo is not None:

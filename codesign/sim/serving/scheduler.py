@@ -48,6 +48,10 @@ from codesign.sim.serving.kv import KVCapacity, KVPool
 
 _EPS = 1e-9
 PROGRESS_STEPS = 2000
+# Decode-only stretches (see Engine._stretch): at most this relative move of the mean KV length,
+# and this many steps, per simulated stretch.
+STRETCH_DRIFT = 0.02
+STRETCH_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,13 @@ class Draft:
 
 
 class _Req:
-    __slots__ = ("rid", "prompt", "out", "target", "computed", "held", "generated", "order", "done", "slot",
-                 "chunk", "resumed_from")
+    __slots__ = ("rid", "prompt", "out", "target", "computed", "held", "generated", "order", "done", "chunk",
+                 "resumed_from")
 
     def __init__(self, rid: int, prompt: int, out: int, done: simpy.Event) -> None:
         self.rid, self.prompt, self.out, self.done = rid, prompt, out, done
         self.target, self.computed, self.held, self.generated = prompt, 0, 0.0, 0.0
-        self.order, self.slot, self.chunk = -1, -1, 0
+        self.order, self.chunk = -1, 0
         self.resumed_from: float | None = None  # time of the last token before a preemption
 
 
@@ -91,7 +95,8 @@ class Recorder:
         self.output = np.zeros(n)
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.step_end: list[float] = []
-        self.step_dt: list[float] = []
+        self.step_dt: list[float] = []  # seconds per step
+        self.step_count: list[int] = []  # steps in the entry (decode-only stretches: several)
         self.step_decodes: list[int] = []
         self.step_prefill_tokens: list[int] = []
         self.step_running: list[int] = []
@@ -101,7 +106,10 @@ class Recorder:
 
 
 class Engine:
-    """The engine process and its scheduler state (see module docstring)."""
+    """The engine process and its scheduler state (see module docstring).
+
+    Decoding sequences are packed in the first `n` entries of numpy arrays (admission order is kept
+    in `order`; removal moves the last entry into the gap), so per-iteration work is on slices."""
 
     def __init__(self, env: simpy.Environment, cfg: SchedulerConfig, cap: KVCapacity,
                  step_time: Callable[[StepShape], float], rec: Recorder, draft: Draft | None = None,
@@ -112,23 +120,24 @@ class Engine:
         self.budget = cfg.max_num_batched_tokens * cap.replicas
         self.width = 1 + (draft.tokens if draft else 0)
         self.emit = draft.expected_tokens if draft else 1.0
+        self.bs, self.block_bytes, self.seq_bytes = cap.block_size, cap.block_bytes, cap.seq_bytes
         S = self.max_seqs
+        self.n = 0  # decoding sequences, packed in [0, n)
         self.kv = np.zeros(S)
         self.rem = np.zeros(S)
         self.gen = np.zeros(S)
-        self.order = np.full(S, -1, dtype=np.int64)
-        self.active = np.zeros(S, dtype=bool)
-        self._last_emit = np.zeros(S)
-        self.slot_req: list[_Req | None] = [None] * S
-        self.free_slots = list(range(S - 1, -1, -1))
+        self.order = np.zeros(S, dtype=np.int64)
+        self.last_emit = np.zeros(S)
+        self.reqs: list[_Req | None] = [None] * S
         self.waiting: deque[_Req] = deque()
         self.prefilling: list[_Req] = []
         self.prefill_held = 0.0
         self.counter = 0
         self.in_system = 0
         self._wake: simpy.Event = env.event()
-        self.steps = 0
-        self.on_step: Callable[[int], None] | None = None  # progress: called every PROGRESS_STEPS steps
+        self.steps = 0  # engine steps
+        self.iterations = 0  # simulated iterations (a decode-only stretch is one)
+        self.on_step: Callable[[int], None] | None = None  # progress: called every PROGRESS_STEPS iterations
 
     # -- client side ----------------------------------------------------------------------------
     def submit(self, rid: int, prompt: int, out: int) -> simpy.Event:
@@ -143,81 +152,106 @@ class Engine:
     # -- the engine process ---------------------------------------------------------------------
     def run(self):
         while True:
-            if not self.waiting and not self.prefilling and not self.active.any():
+            if not self.waiting and not self.prefilling and not self.n:
                 self._wake = self.env.event()
                 yield self._wake
-            shape, dec, mean_kv = self._schedule()
+            shape, n, mean_kv = self._schedule()
             if shape is None:
                 raise CodesignError("serving: the scheduler could not place any waiting request (nothing running, "
                                     "the first waiting request does not fit the KV pool)")
+            k = self._stretch(shape, n, mean_kv)
+            if k > 1:  # k identical decode-only steps at once, timed at the stretch's middle
+                mean_kv += int(round((k - 1) * self.emit / 2))
+                shape = StepShape((Group(n, self.width, mean_kv),))
             dt = self.step_time(shape)
-            if self.draft is not None and len(dec) and self.draft_time is not None:
-                dt += self.draft.tokens * self.draft_time(len(dec), mean_kv)
-            yield self.env.timeout(dt)
-            self._apply(dec, dt)
+            if self.draft is not None and n and self.draft_time is not None:
+                dt += self.draft.tokens * self.draft_time(n, mean_kv)
+            if k == 1:
+                yield self.env.timeout(dt)
+            else:
+                t0 = self.env.now
+                self._wake = self.env.event()
+                yield self.env.timeout(k * dt) | self._wake
+                if self.env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
+                    k = min(k, int((self.env.now - t0) / dt) + 1)
+                    rest = t0 + k * dt - self.env.now
+                    if rest > 0:
+                        yield self.env.timeout(rest)
+            self._apply(n, dt, k)
+
+    def _stretch(self, shape: StepShape, n: int, mean_kv: int) -> int:
+        """How many decode-only steps can run before anything but the decodes' KV changes: up to the
+        first completion, while the pages hold, the mean KV length moves at most `STRETCH_DRIFT`
+        (step time is linear in it: the middle's time is the stretch's mean) and `STRETCH_MAX`."""
+        if len(shape.groups) != 1 or not n or shape.groups[0].seqs != n:
+            return 1
+        first_done = int(np.ceil(float(self.rem[:n].min()) / self.emit - _EPS))
+        drift = int(max(1.0, STRETCH_DRIFT * mean_kv) / self.emit)
+        k = max(1, min(first_done, drift, STRETCH_MAX))
+        cap = self.pool.cap.free_bytes
+        while k > 1 and self._dec_bytes(n, (k - 1) * self.emit + self.width) + self.prefill_held > cap + _EPS:
+            k //= 2
+        return k
 
     # -- one iteration --------------------------------------------------------------------------
-    def _dec_bytes(self, dec: np.ndarray, extra: float) -> float:
-        c = self.pool.cap
-        return float(np.ceil((self.kv[dec] + extra) / c.block_size).sum()) * c.block_bytes + len(dec) * c.seq_bytes
+    def _dec_bytes(self, n: int, extra: float) -> float:
+        """Bytes the `n` decoding sequences hold once each has `extra` more tokens."""
+        if not n:
+            return 0.0
+        blocks = np.ceil((self.kv[:n] + extra) * (1.0 / self.bs)).sum()
+        return float(blocks) * self.block_bytes + n * self.seq_bytes
 
-    def _schedule(self) -> tuple[StepShape | None, np.ndarray, int]:
-        cap = self.pool.cap.free_bytes
-        dec = np.flatnonzero(self.active)
-        while len(dec) and self._dec_bytes(dec, self.width) + self.prefill_held > cap + _EPS:
+    def _schedule(self) -> tuple[StepShape | None, int, int]:
+        cap = self.pool.cap.free_bytes + _EPS
+        dec_b = self._dec_bytes(self.n, self.width)
+        while self.n and dec_b + self.prefill_held > cap:
             self._preempt_newest(-1)
-            dec = np.flatnonzero(self.active)
+            dec_b = self._dec_bytes(self.n, self.width)
         extra = 0.0  # bytes the chunks scheduled so far in this iteration add
         chunks = 0  # their tokens
-
-        def used_now() -> float:
-            return (self._dec_bytes(dec, self.width) if len(dec) else 0.0) + self.prefill_held + extra
-
-        used = used_now()
         groups: list[Group] = []
-        for r in list(self.prefilling):
-            budget = self.budget - len(dec) * self.width - chunks
+        for r in list(self.prefilling) if self.prefilling else ():
+            budget = self.budget - self.n * self.width - chunks
             if budget <= 0:
                 break
             if r not in self.prefilling:  # preempted by an older request in this iteration
                 continue
             chunk = min(r.target - r.computed, budget)
             cost = self.pool.grow_cost(r.computed, chunk)
-            while used + cost > cap + _EPS and self._preempt_newest(r.order):
-                dec = np.flatnonzero(self.active)
-                used = used_now()
-            if used + cost > cap + _EPS:
+            while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
+                dec_b = self._dec_bytes(self.n, self.width)
+            if dec_b + self.prefill_held + extra + cost > cap:
                 continue  # the newest request: it waits for pages
-            chunk = min(chunk, self.budget - len(dec) * self.width - chunks)
+            chunk = min(chunk, self.budget - self.n * self.width - chunks)
             r.chunk, extra, chunks = chunk, extra + cost, chunks + chunk
-            used = used_now()
             groups.append(Group(1, chunk, r.computed))
-        budget = self.budget - len(dec) * self.width - chunks
-        n_running = len(dec) + len(self.prefilling)
+        budget = self.budget - self.n * self.width - chunks
+        n_running = self.n + len(self.prefilling)
+        used = dec_b + self.prefill_held + extra
         while self.waiting and budget > 0 and n_running < self.max_seqs:
             r = self.waiting[0]
             if r.computed == 0:
                 r.computed = self._cached_prefix(r.target)
             chunk = min(r.target - r.computed, budget)
             cost = self.pool.cap.seq_footprint(r.computed + chunk)
-            if used + cost > cap + _EPS:
+            if used + cost > cap:
                 break
             self.waiting.popleft()
-            if np.isnan(self.rec.admitted[r.rid]):
+            if self.rec.admitted[r.rid] != self.rec.admitted[r.rid]:  # NaN: first admission
                 self.rec.admitted[r.rid] = self.env.now
             r.order, self.counter = self.counter, self.counter + 1
             r.held = self.pool.cap.seq_footprint(r.computed)
             r.chunk = chunk
             self.prefill_held += r.held
             self.prefilling.append(r)
-            extra += cost - r.held
             used, budget, n_running = used + cost, budget - chunk, n_running + 1
             groups.append(Group(1, chunk, r.computed))
-        mean_kv = int(round(float(self.kv[dec].mean()))) if len(dec) else 0
-        if len(dec):
-            groups.insert(0, Group(len(dec), self.width, mean_kv))
+        n = self.n
+        mean_kv = int(round(float(self.kv[:n].sum()) / n)) if n else 0
+        if n:
+            groups.insert(0, Group(n, self.width, mean_kv))
         self.pool.used = used
-        return (StepShape(tuple(groups)) if groups else None), dec, mean_kv
+        return (StepShape(tuple(groups)) if groups else None), n, mean_kv
 
     def _cached_prefix(self, target: int) -> int:
         """Tokens of a prompt already in the prefix cache: whole blocks, never the last token."""
@@ -229,18 +263,17 @@ class Engine:
 
     def _preempt_newest(self, older_than: int) -> bool:
         """Preempt the newest running request newer than `older_than` (-1: any); False if none."""
-        dec = np.flatnonzero(self.active)
-        best_dec = int(dec[np.argmax(self.order[dec])]) if len(dec) else -1
-        o_dec = int(self.order[best_dec]) if best_dec >= 0 else -1
+        i = int(np.argmax(self.order[:self.n])) if self.n else -1
+        o_dec = int(self.order[i]) if i >= 0 else -1
         pre = max(self.prefilling, key=lambda r: r.order, default=None)
         o_pre = pre.order if pre is not None else -1
         if max(o_dec, o_pre) <= older_than:
             return False
         if o_dec > o_pre:
-            r = self.slot_req[best_dec]
-            r.generated = float(self.gen[best_dec])
-            r.resumed_from = self.last_emit_of(best_dec)
-            self._free_slot(best_dec)
+            r = self.reqs[i]
+            r.generated = float(self.gen[i])
+            r.resumed_from = float(self.last_emit[i])
+            self._remove(i)
         else:
             self.prefilling.remove(pre)
             self.prefill_held -= pre.held
@@ -252,45 +285,55 @@ class Engine:
         self.waiting.appendleft(r)
         return True
 
-    def last_emit_of(self, slot: int) -> float:
-        return float(self._last_emit[slot])
-
-    def _free_slot(self, s: int) -> None:
-        self.active[s] = False
-        self.slot_req[s] = None
-        self.free_slots.append(s)
+    def _remove(self, i: int) -> None:
+        """Drop decoding entry i (the last entry moves into its place)."""
+        last = self.n - 1
+        if i != last:
+            self.kv[i], self.rem[i], self.gen[i] = self.kv[last], self.rem[last], self.gen[last]
+            self.order[i], self.last_emit[i] = self.order[last], self.last_emit[last]
+            self.reqs[i] = self.reqs[last]
+        self.reqs[last] = None
+        self.n = last
 
     # -- what a step produced -------------------------------------------------------------------
-    def _apply(self, dec: np.ndarray, dt: float) -> None:
+    def _apply(self, n: int, dt: float, k: int = 1) -> None:
+        """What `k` steps of `dt` each produced (k > 1: decode-only stretches)."""
         now, rec = self.env.now, self.rec
         prefill_tokens = 0
-        if len(dec):
-            self.kv[dec] += self.emit
-            self.gen[dec] += self.emit
-            self.rem[dec] -= self.emit
-            self._last_emit[dec] = now
-            for s in dec[self.rem[dec] <= _EPS]:
-                self._finish(self.slot_req[int(s)], int(s))
-        for r in list(self.prefilling):
-            if not r.chunk:
-                continue
-            prefill_tokens += r.chunk
-            r.computed += r.chunk
-            r.chunk = 0
-            new_held = self.pool.cap.seq_footprint(r.computed)
-            self.prefill_held += new_held - r.held
-            r.held = new_held
-            if r.computed >= r.target:
-                self._to_decode(r, now)
+        if n:
+            e = self.emit * k
+            self.kv[:n] += e
+            self.gen[:n] += e
+            self.rem[:n] -= e
+            self.last_emit[:n] = now
+            done = np.flatnonzero(self.rem[:n] <= _EPS)
+            for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
+                r = self.reqs[int(i)]
+                self._remove(int(i))
+                self._finish(r)
+        if self.prefilling:
+            for r in list(self.prefilling):
+                if not r.chunk:
+                    continue
+                prefill_tokens += r.chunk
+                r.computed += r.chunk
+                r.chunk = 0
+                new_held = self.pool.cap.seq_footprint(r.computed)
+                self.prefill_held += new_held - r.held
+                r.held = new_held
+                if r.computed >= r.target:
+                    self._to_decode(r, now)
         rec.step_end.append(now)
         rec.step_dt.append(dt)
-        rec.step_decodes.append(len(dec))
+        rec.step_count.append(k)
+        rec.step_decodes.append(n)
         rec.step_prefill_tokens.append(prefill_tokens)
-        rec.step_running.append(int(self.active.sum()) + len(self.prefilling))
+        rec.step_running.append(self.n + len(self.prefilling))
         rec.step_in_system.append(self.in_system)
         rec.step_kv_use.append(self.pool.use)
-        self.steps += 1
-        if self.on_step is not None and self.steps % PROGRESS_STEPS == 0:
+        self.steps += k
+        self.iterations += 1
+        if self.on_step is not None and self.iterations % PROGRESS_STEPS == 0:
             self.on_step(int(np.isfinite(rec.finish).sum()))
 
     def _to_decode(self, r: _Req, now: float) -> None:
@@ -300,21 +343,19 @@ class Engine:
         if r.resumed_from is not None:
             rec.resume_gaps.append(now - r.resumed_from)
             r.resumed_from = None
-        elif np.isnan(rec.first_token[r.rid]):
+        elif rec.first_token[r.rid] != rec.first_token[r.rid]:  # NaN: the first token
             rec.first_token[r.rid] = now
         r.generated += 1.0  # the token sampled at the end of the prompt
         if r.generated >= r.out - _EPS:
-            self._finish(r, -1)
+            self._finish(r)
             return
-        s = self.free_slots.pop()
-        self.slot_req[s], r.slot = r, s
-        self.kv[s], self.gen[s], self.rem[s] = r.target, r.generated, r.out - r.generated
-        self.order[s], self.active[s] = r.order, True
-        self._last_emit[s] = now
+        i = self.n
+        self.n += 1
+        self.reqs[i] = r
+        self.kv[i], self.gen[i], self.rem[i] = r.target, r.generated, r.out - r.generated
+        self.order[i], self.last_emit[i] = r.order, now
 
-    def _finish(self, r: _Req, slot: int) -> None:
-        if slot >= 0:
-            self._free_slot(slot)
+    def _finish(self, r: _Req) -> None:
         self.rec.finish[r.rid] = self.env.now
         self.rec.output[r.rid] = r.out
         self.in_system -= 1

@@ -16,11 +16,14 @@ serving benchmark prints it):
 2. **Grid with linear interpolation.** Each group is placed on a geometric grid over two axes and
    its time interpolated bilinearly between the four surrounding grid shapes, each evaluated exactly
    once by the core: decode/verify groups over (sequences, cached tokens), single prefill chunks over
-   (new tokens, cached tokens). Grid ratios: ``seq_ratio`` and ``token_ratio`` 1.25 (every integer
-   up to 5, then 6, 8, 10, 12, 15, ...), cached tokens ``kv_ratio`` 1.02 for decodes (2% relative
-   resolution) and ``prefill_kv_ratio`` 2 for prefill chunks (a chunk's attention is linear in its
-   cached prefix, so a coarse grid interpolates it almost exactly); 0 is a grid point of the cached
-   axes. A value on a grid point is exact. ``exact=True`` switches the model off (every shape
+   (new tokens, cached tokens). Grid ratios: ``seq_ratio`` 1.25 (every integer up to 5, then 6, 8,
+   10, 12, 15, ...), ``token_ratio`` 1.5 for chunk lengths, cached tokens ``kv_ratio`` 1.25 for
+   decodes and ``prefill_kv_ratio`` 2 for prefill chunks; 0 is a grid point of the cached axes. The
+   cached axes can be coarse because step time is linear in the cached length (approximation 1;
+   `measure_pooling` checks it): interpolating linearly between grid points is then exact, where
+   bucketing to the nearest point would need a 1-2% grid and many more core evaluations (measured:
+   ``kv_ratio`` 1.02 instead of 1.25 nearly doubles the evaluations of a run and leaves the error
+   unchanged). A value on a grid point is exact. ``exact=True`` switches the model off (every shape
    evaluated as it is).
 3. **Mixed steps, temporarily.** A step mixing groups (decodes with prefill chunks) costs the sum of
    its groups' steps evaluated separately, because the evaluation core does not evaluate mixed
@@ -54,8 +57,8 @@ class StepTimeOptions:
     """Resolution of the step-time model (see module docstring)."""
 
     seq_ratio: float = 1.25
-    token_ratio: float = 1.25
-    kv_ratio: float = 1.02
+    token_ratio: float = 1.5
+    kv_ratio: float = 1.25
     prefill_kv_ratio: float = 2.0
     exact: bool = False
     mixed_steps: bool = False
@@ -92,6 +95,9 @@ def pool_decodes(shape: StepShape) -> StepShape:
     """Groups of equal (seqs-independent) new_tokens <= a verify width merged at their mean cached
     length: decode groups (new_tokens 1) together, verify groups of one width together. Prefill
     chunks (one sequence each, more new tokens) stay apart."""
+    widths = [g.new_tokens for g in shape.groups if g.new_tokens == 1 or g.seqs > 1]
+    if len(widths) == len(set(widths)):
+        return shape  # already pooled (as the scheduler builds steps)
     pooled: dict[int, list[Group]] = {}
     rest: list[Group] = []
     for g in shape.groups:
@@ -116,16 +122,20 @@ class StepTimeModel:
         self._tok_grid = geometric_grid(o.token_ratio, False)
         self._kv_grid = geometric_grid(o.kv_ratio, True, max_len)
         self._pkv_grid = geometric_grid(o.prefill_kv_ratio, True, max_len)
-        self._memo: dict[Group | StepShape, float] = {}
+        self._memo: dict[tuple[int, int, int] | StepShape, float] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
 
     # -- exact points ---------------------------------------------------------------------------
     def exact_group(self, g: Group) -> float:
         """One group evaluated by the core alone (memoised)."""
-        t = self._memo.get(g)
+        return self._point(g.seqs, g.new_tokens, g.cached_tokens)
+
+    def _point(self, seqs: int, new: int, cached: int) -> float:
+        key = (seqs, new, cached)
+        t = self._memo.get(key)
         if t is None:
             self.evaluations += 1
-            t = self._memo[g] = float(self._step(StepShape((g,))).time_s)
+            t = self._memo[key] = float(self._step(StepShape((Group(seqs, new, cached),))).time_s)
         return t
 
     def exact(self, shape: StepShape) -> float:
@@ -142,31 +152,35 @@ class StepTimeModel:
     # -- the model ------------------------------------------------------------------------------
     def group_time(self, g: Group) -> float:
         """Bilinear interpolation of one group's time on the grid."""
+        return self.time_of(g.seqs, g.new_tokens, g.cached_tokens)
+
+    def time_of(self, seqs: int, new: int, cached: int) -> float:
+        """`group_time` of Group(seqs, new, cached), without building the group."""
         if self.options.exact:
-            return self.exact_group(g)
-        if g.new_tokens == 1 or g.seqs > 1:  # decode / verify / several equal chunks: (seqs, cached)
-            x, xgrid = g.seqs, self._seq_grid
-            ygrid = self._kv_grid if g.new_tokens == 1 else self._pkv_grid
+            return self._point(seqs, new, cached)
+        L, y = self.max_len, cached
+        if new == 1 or seqs > 1:  # decode / verify / several equal chunks: axes (seqs, cached)
+            x0, x1 = bracket(self._seq_grid, seqs)
+            y0, y1 = bracket(self._kv_grid if new == 1 else self._pkv_grid, y, L - new)
+            x = seqs
 
-            def make(xv: int, yv: int) -> Group:
-                return Group(xv, g.new_tokens, yv)
-        else:  # one prefill chunk: (new tokens, cached)
-            x, xgrid, ygrid = g.new_tokens, self._tok_grid, self._pkv_grid
+            def at(xv: int, yv: int) -> float:
+                return self._point(xv, new, yv)
+        else:  # one prefill chunk: axes (new tokens, cached)
+            x0, x1 = bracket(self._tok_grid, new, L - y)
+            y0, y1 = bracket(self._pkv_grid, y, max(L - x1, y))
+            x = new
 
-            def make(xv: int, yv: int) -> Group:
-                return Group(1, xv, yv)
-        y = g.cached_tokens
-        room = self.max_len - g.new_tokens if (g.new_tokens == 1 or g.seqs > 1) else None
-        x0, x1 = bracket(xgrid, x, self.max_len - y if room is None else None)
-        y0, y1 = bracket(ygrid, y, room if room is not None else max(self.max_len - x1, y))
-        wx = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            def at(xv: int, yv: int) -> float:
+                return self._point(1, xv, yv)
         wy = 0.0 if y1 == y0 else (y - y0) / (y1 - y0)
-        t00 = self.exact_group(make(x0, y0))
-        t01 = t00 if y1 == y0 else self.exact_group(make(x0, y1))
+        t00 = at(x0, y0)
+        t01 = t00 if y1 == y0 else at(x0, y1)
         if x1 == x0:
             return t00 + wy * (t01 - t00)
-        t10 = self.exact_group(make(x1, y0))
-        t11 = t10 if y1 == y0 else self.exact_group(make(x1, y1))
+        wx = (x - x0) / (x1 - x0)
+        t10 = at(x1, y0)
+        t11 = t10 if y1 == y0 else at(x1, y1)
         return (1 - wx) * ((1 - wy) * t00 + wy * t01) + wx * ((1 - wy) * t10 + wy * t11)
 
     def step_time(self, shape: StepShape) -> float:
@@ -175,7 +189,7 @@ class StepTimeModel:
         if self.options.mixed_steps and shape.is_mixed:
             return self.exact(StepShape(tuple(self._snap(g) for g in shape.groups)))
         # Temporary: the core does not evaluate mixed steps yet; groups are costed apart and add.
-        return sum(self.group_time(g) for g in shape.groups)
+        return sum(self.time_of(g.seqs, g.new_tokens, g.cached_tokens) for g in shape.groups)
 
     def _snap(self, g: Group) -> Group:
         def near(grid: list[int], v: int) -> int:
