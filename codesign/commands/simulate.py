@@ -70,6 +70,32 @@ def print_table(results: list[Result], title: str = "codesign simulate") -> None
                   _fmt(m["kv_cache"], ".1f"), _fmt(m["state"], ".2f"), _fmt(m["activations"], ".2f"),
                   f"{_fmt(m['total'], '.1f')}/{_fmt(m['capacity'], '.1f')}", bott)
     console().print(t)
+    servers = [r for r in results if r.mode == "server" and "duration_s" in r.serving]
+    if servers:
+        print_server_table(servers)
+
+
+def print_server_table(results: list[Result]) -> None:
+    """Server-mode rows: the stream, the rate (found by the SLO search or given), latency percentiles."""
+    from rich.table import Table
+
+    t = Table(title="server mode (latencies p50 / p99)")
+    for col in ("scenario", "stream", "requests", "rate req/s", "tok/s", "TTFT s", "TPOT ms", "ITL p99 ms",
+                "queue p99 s", "running", "KV peak", "preempted", "goodput req/s"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        s = r.serving
+        rate = s.get("rate_per_s")
+        t.add_row(r.name, s["stream"], str(s["requests"]), _fmt(rate, ".3g") + (" (SLO)" if "above_rate" in s else ""),
+                  _fmt(r.output_tokens_per_s, ",.0f"), f"{_fmt(r.ttft_s['p50'])} / {_fmt(r.ttft_s['p99'])}",
+                  f"{_fmt(_ms(r.tpot_s['p50']))} / {_fmt(_ms(r.tpot_s['p99']))}", _fmt(_ms(s["itl_s"]["p99"])),
+                  _fmt(s["queue_s"]["p99"]), f"{s['mean_running']:.1f}", f"{s['peak_kv_use']:.0%}", str(s["preemptions"]),
+                  _fmt(s.get("goodput_requests_per_s")))
+    console().print(t)
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1e3
 
 
 def console():

@@ -188,6 +188,8 @@ def _server_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ctx:
 
     wl = with_context(wl, ctx)
     st = steppers[0]
+    if len(steppers) == 1 and (obs := progress.current()) is not None:
+        obs.advance(f"{label}, plan {{{st.plan}}}")
     if len(steppers) > 1:
         offline = wl.model_copy(update={"mode": "offline", "mtp": None, "requests": None, "trace": None, "scheduler": {}})
         best, first_bad = best_plan(steppers, offline, ctx, None, chips, label)

@@ -99,6 +99,32 @@ def mtp_head_step(st: Stepper) -> Callable[[StepShape], Any]:
     return step
 
 
+def verify_step(st: Stepper, width: int) -> Callable[[StepShape], Any]:
+    """The core's step, with speculative verify groups (`width` = k + 1 new tokens per sequence)
+    of GatedDeltaNet models corrected: the core traces any step of several new tokens as a prefill,
+    whose GatedDeltaNet layers run the chunked algorithm (~5x a recurrent step at 2 tokens), where
+    serving engines verify drafts with the recurrent kernel. Named assumption: the GatedDeltaNet
+    block of a verify step costs `width` recurrent decode steps' GatedDeltaNet time (an upper bound:
+    a fused multi-token recurrent kernel keeping the state on chip costs nearer one); the rest of the
+    step is the core's."""
+    from codesign.sim.engine import StepResult
+
+    gdn = st.config.linear_attention is not None
+
+    def step(shape: StepShape) -> StepResult:
+        r = st.step(shape)
+        (g,) = shape.groups
+        if not gdn or g.new_tokens != width or g.seqs < 2 or width < 2:
+            return r
+        d = st.step(StepShape((Group(g.seqs, 1, g.cached_tokens + width - 1),)))
+        la_verify = r.breakdown.get("block", {}).get("linear_attention", 0.0)
+        la_decode = d.breakdown.get("block", {}).get("linear_attention", 0.0)
+        t = max(r.time_s - la_verify + width * la_decode, d.time_s)  # never below the plain decode step
+        return StepResult(time_s=t, bottleneck=r.bottleneck, breakdown={})
+
+    return step
+
+
 def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = None) -> ServingPoint:
     sched = scheduler_config(wl.scheduler)
     draft = draft_of(wl)
@@ -107,7 +133,7 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
         raise CodesignError(f"workload.mtp: {st.config.name} has no MTP heads (mtp_layers = 0) to draft with")
     cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, mtp=mtp)
     max_len = st.config.max_position_embeddings
-    model = StepTimeModel(st.step, max_len, options)
+    model = StepTimeModel(verify_step(st, 1 + draft.tokens) if draft else st.step, max_len, options)
     draft_model = StepTimeModel(mtp_head_step(st), max_len, options) if mtp else None
     return ServingPoint(st, sched, cap, model, draft, draft_model)
 

@@ -140,3 +140,19 @@ def test_cli_scenario_with_a_trace(tmp_path, capsys):
     trace.write_text("0.0,10,10\nbroken line\n")
     assert main(["simulate", "--scenario", str(sc)]) != 0
     assert "trace.csv:2: expected 'arrival_s, input_tokens, output_tokens'" in capsys.readouterr().err
+
+
+def test_progress_and_table(capsys):
+    from codesign import progress
+    from codesign.commands.simulate import print_table
+
+    c = progress.Counter()
+    with progress.observe(c):
+        rows = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
+                           workload={"mode": "server", "requests": 30, "concurrency": 8, "input_tokens": 256,
+                                     "output_tokens": 16})
+    assert c.total == c.done == 1 + 10 and not c.active  # the plan, then ten tenths of the run
+    assert rows[0].serving["stream"] == "burst" and rows[0].serving["peak_running"] <= 8
+    print_table(rows)
+    out = capsys.readouterr().out
+    assert "server mode" in out and "burst" in out
