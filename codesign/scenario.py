@@ -77,6 +77,7 @@ class Workload(_Strict):
     trace: str | None = None
     seed: int = Field(default=0, ge=0)
     scheduler: dict[str, Any] = {}
+    disaggregation: dict[str, Any] = {}  # prefill/decode pools (codesign.sim.serving.config)
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
 
@@ -130,14 +131,15 @@ def _check_parts(s: Scenario, source: str) -> None:
     except (CodesignError, TypeError) as e:
         raise CodesignError(f"{source}: {e}") from None
     w = s.workload
-    from codesign.sim.serving.config import scheduler_config
+    from codesign.sim.serving.config import disaggregation_config, scheduler_config
 
     scheduler_config(w.scheduler, f"{source}: workload.scheduler")
+    disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
     if w.mtp is not None and isinstance(w.mtp.acceptance, list) and len(w.mtp.acceptance) != w.mtp.tokens:
         raise CodesignError(f"{source}: workload.mtp.acceptance: expected {w.mtp.tokens} values (one per drafted "
                             f"token), found {len(w.mtp.acceptance)}")
     if w.mode != "server":
-        for f in ("requests", "trace", "scheduler"):
+        for f in ("requests", "trace", "scheduler", "disaggregation"):
             if getattr(w, f):
                 raise CodesignError(f"{source}: workload.{f}: only acts in mode 'server' (request streams), "
                                     f"found it with mode {w.mode!r}")

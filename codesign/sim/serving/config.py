@@ -68,4 +68,40 @@ def scheduler_config(data: dict[str, Any] | SchedulerConfig | None, source: str 
 # stable p99s at moderate load (MLPerf Server asks for far more; override with `requests:`).
 DEFAULT_REQUESTS = 2000
 
-__all__ = ["SchedulerConfig", "scheduler_config", "ENGINE", "DEFAULT_REQUESTS"]
+
+
+
+class PoolConfig(BaseModel):
+    """One pool of a disaggregated deployment: `instances` engines of `chips` chips each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instances: int = Field(default=1, gt=0)
+    chips: int = Field(gt=0)
+    parallel: dict[str, int] | None = None  # a ParallelPlan on `chips` chips (default tp = chips)
+    precision: dict[str, Any] | None = None  # default: the scenario's
+
+
+class DisaggregationConfig(BaseModel):
+    """Prefill/decode disaggregation (`workload.disaggregation:`): separate pools, KV and state
+    sent over `network` (default: scale-out when the spec has one, else scale-up). `search`: try
+    every xPyD split of the scenario's chips into instances of these sizes and keep the best."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill: PoolConfig
+    decode: PoolConfig
+    network: Literal["scale_out", "scale_up"] | None = None
+    search: bool = False
+
+
+def disaggregation_config(data: dict[str, Any] | None, source: str = "workload.disaggregation") -> DisaggregationConfig | None:
+    if not data:
+        return None
+    try:
+        return DisaggregationConfig.model_validate(data)
+    except ValidationError as e:
+        raise CodesignError(format_validation_error(source, e)) from None
+
+__all__ = ["SchedulerConfig", "scheduler_config", "ENGINE", "DEFAULT_REQUESTS", "PoolConfig", "DisaggregationConfig",
+           "disaggregation_config"]

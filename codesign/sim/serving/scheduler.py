@@ -140,9 +140,14 @@ class Engine:
         self.on_step: Callable[[int], None] | None = None  # progress: called every PROGRESS_STEPS iterations
 
     # -- client side ----------------------------------------------------------------------------
-    def submit(self, rid: int, prompt: int, out: int) -> simpy.Event:
+    def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
+        """Queue a request; `prefilled`: its prompt's KV arrives computed, with its first token (a
+        disaggregated decode pool's requests), so it needs pages, not prefill."""
         done = self.env.event()
-        self.waiting.append(_Req(rid, prompt, out, done))
+        r = _Req(rid, prompt, out, done)
+        if prefilled:
+            r.computed, r.generated = prompt, 1.0
+        self.waiting.append(r)
         self.rec.sent[rid] = self.env.now
         self.in_system += 1
         if not self._wake.triggered:
@@ -233,13 +238,18 @@ class Engine:
             if r.computed == 0:
                 r.computed = self._cached_prefix(r.target)
             chunk = min(r.target - r.computed, budget)
-            cost = self.pool.cap.seq_footprint(r.computed + chunk)
-            if used + cost > cap:
+            ready = r.computed >= r.target  # prefilled elsewhere: straight to decoding
+            cost = self.pool.cap.seq_footprint(r.computed + (self.width if ready else chunk))
+            if used + cost > cap or (ready and budget < self.width):
                 break
             self.waiting.popleft()
             if self.rec.admitted[r.rid] != self.rec.admitted[r.rid]:  # NaN: first admission
                 self.rec.admitted[r.rid] = self.env.now
             r.order, self.counter = self.counter, self.counter + 1
+            if ready:
+                self._enter_decode(r, self.env.now)
+                used, budget, n_running = used + cost, budget - self.width, n_running + 1
+                continue
             r.held = self.pool.cap.seq_footprint(r.computed)
             r.chunk = chunk
             self.prefill_held += r.held
@@ -349,6 +359,9 @@ class Engine:
         if r.generated >= r.out - _EPS:
             self._finish(r)
             return
+        self._enter_decode(r, now)
+
+    def _enter_decode(self, r: _Req, now: float) -> None:
         i = self.n
         self.n += 1
         self.reqs[i] = r
