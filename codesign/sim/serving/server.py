@@ -309,6 +309,13 @@ def _lat(d: dict[str, float | None]) -> dict[str, float | None]:
 def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int, context: int,
                options: StepTimeOptions | None = None) -> Result:
     """The `Result` row of a server-mode workload at one plan."""
+    from codesign.sim.serving.config import disaggregation_config
+
+    dis = disaggregation_config(wl.disaggregation)
+    if dis is not None:
+        from codesign.sim.serving.disagg import disagg_row
+
+        return disagg_row(name, st, wl, slo, chips, context, dis)
     t0 = time.perf_counter()
     plan = {k: int(getattr(st.plan, k, 1)) for k in ("tp", "ep", "pp", "dp", "attention_dp")}
     why = mapping.check_plan(st.config, st.plan, chips)
