@@ -12,7 +12,8 @@ Three kinds, as serving benchmarks drive a server:
 
 Lengths are fixed or drawn from a named distribution (`TokenDist.dist`) with mean ``mean`` and
 coefficient of variation ``cv`` (defaults in `DEFAULT_CV`), rounded to integers and clipped to
-[1, max_tokens]. Every draw comes from a numpy Generator seeded by ``workload.seed`` with one
+[1, max_tokens] (server mode passes the model's maximum length; a request whose input plus output
+still exceeds it is an infeasible row naming it). Every draw comes from a numpy Generator seeded by ``workload.seed`` with one
 independent stream per quantity (gaps, input lengths, output lengths), so changing the rate leaves
 the lengths unchanged and scales the arrival times exactly (common random numbers: what the SLO
 search bisects over).

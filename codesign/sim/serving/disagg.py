@@ -212,7 +212,7 @@ def disagg_row(name: str, base: Stepper, wl: Workload, slo: SLO | None, chips: i
                 f"at least {cfg.prefill.chips} prefill + {cfg.decode.chips} decode chips")
         return infeasible(name, f"disaggregation: no chips left for a pool: {need} > the deployment's {chips}",
                           base.hw.name, base.config.name, chips, context=context, mode="server")
-    stream = stream_of(wl)
+    stream = stream_of(wl, max_tokens=base.config.max_position_embeddings)
     if wl.mtp is not None:
         raise CodesignError("workload.mtp: not yet supported with workload.disaggregation")
     if wl.rate_per_s is None and wl.trace is None and slo is not None:

@@ -254,7 +254,7 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
     """Run the workload's stream (or the SLO search) at one point: (metrics of the reported run,
     the row's extra `serving` figures, the reason it is infeasible or None)."""
     max_len = pt.stepper.config.max_position_embeddings
-    base = stream_of(wl, max_tokens=None)
+    base = stream_of(wl, max_tokens=max_len)
     why = check_stream(pt, base)
     if why is not None:
         return None, {}, why
@@ -266,7 +266,7 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
         if slo is not None and base.kind != "burst" and not meets(m, slo):
             reason = f"p99 misses the SLO at this stream: {_p99s(m)} vs {_slo_text(slo)}"
         return m, extra, reason
-    offline = _run(pt, burst_stream(base.n, wl.input_tokens, wl.output_tokens, wl.seed, None, None), None,
+    offline = _run(pt, burst_stream(base.n, wl.input_tokens, wl.output_tokens, wl.seed, max_len, None), None,
                    f"{label}, offline run")
     extra["offline_output_tokens_per_s"] = offline.output_tokens_per_s
     extra["offline_request_rate_per_s"] = offline.request_rate_per_s
@@ -335,7 +335,7 @@ def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int
                        mode="server", sim_wall_s=wall)
         r.serving = extra
         return r
-    mean_ctx = int(round(np.mean([context]))) + wl.output_mean // 2
+    mean_ctx = context + wl.output_mean // 2
     step = st.step(StepShape.decode(max(1, int(round(m.mean_running))), min(mean_ctx, st.config.max_position_embeddings)))
     extra.update({
         "engine": ENGINE, "scheduler": pt.scheduler.model_dump(), "kv_pool_gib": pt.capacity.free_bytes / GiB,
