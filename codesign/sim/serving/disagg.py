@@ -36,6 +36,7 @@ import simpy
 
 from codesign import mapping
 from codesign.errors import CodesignError
+from codesign.gc_pause import gc_paused
 from codesign.graph.shape import Group, StepShape
 from codesign.mapping.memory import kv_bytes_per_sequence, state_bytes_per_sequence
 from codesign.results import Result, infeasible
@@ -160,7 +161,8 @@ def run_disagg(stream: RequestStream, pre: Pool, dec: Pool, wl: Workload, networ
     env.process(e_pre.run())
     env.process(e_dec.run())
     try:
-        env.run(until=simpy.AllOf(env, procs))
+        with gc_paused():  # as scheduler.run_stream
+            env.run(until=simpy.AllOf(env, procs))
     except RuntimeError:
         raise CodesignError("serving: the disaggregated run stalled with requests unfinished") from None
     out = np.array([r.output_tokens for r in stream.requests], dtype=float)

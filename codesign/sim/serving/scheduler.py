@@ -41,6 +41,7 @@ import numpy as np
 import simpy
 
 from codesign.errors import CodesignError
+from codesign.gc_pause import gc_paused
 from codesign.graph.shape import Group, StepShape
 from codesign.sim.serving.arrivals import RequestStream
 from codesign.sim.serving.config import SchedulerConfig
@@ -401,7 +402,10 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
     engine.on_step = on_progress
     all_done = simpy.AllOf(env, procs)
     try:
-        env.run(until=all_done)
+        # The cyclic collector would traverse every live object (traced graphs in the step caches
+        # among them) over and over while the run allocates its many small events; pause it.
+        with gc_paused():
+            env.run(until=all_done)
     except RuntimeError:  # simpy: the event queue ran dry before every request finished
         raise CodesignError(f"serving: the run stalled with {int(np.isnan(rec.finish).sum())} of {stream.n} requests "
                             "unfinished (no step could be scheduled)") from None
