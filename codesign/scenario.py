@@ -78,6 +78,7 @@ class Workload(_Strict):
     seed: int = Field(default=0, ge=0)
     scheduler: dict[str, Any] = {}
     disaggregation: dict[str, Any] = {}  # prefill/decode pools (codesign.sim.serving.config)
+    step_model: dict[str, Any] = {}  # step-time model resolution (codesign.sim.serving.steptime)
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
 
@@ -135,11 +136,17 @@ def _check_parts(s: Scenario, source: str) -> None:
 
     scheduler_config(w.scheduler, f"{source}: workload.scheduler")
     disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
+    from codesign.sim.serving.steptime import StepTimeOptions
+
+    try:
+        StepTimeOptions.from_dict(w.step_model)
+    except (CodesignError, TypeError) as e:
+        raise CodesignError(f"{source}: {e}") from None
     if w.mtp is not None and isinstance(w.mtp.acceptance, list) and len(w.mtp.acceptance) != w.mtp.tokens:
         raise CodesignError(f"{source}: workload.mtp.acceptance: expected {w.mtp.tokens} values (one per drafted "
                             f"token), found {len(w.mtp.acceptance)}")
     if w.mode != "server":
-        for f in ("requests", "trace", "scheduler", "disaggregation"):
+        for f in ("requests", "trace", "scheduler", "disaggregation", "step_model"):
             if getattr(w, f):
                 raise CodesignError(f"{source}: workload.{f}: only acts in mode 'server' (request streams), "
                                     f"found it with mode {w.mode!r}")

@@ -149,8 +149,9 @@ def run_disagg(stream: RequestStream, pre: Pool, dec: Pool, wl: Workload, networ
     env = simpy.Environment()
     n = stream.n
     rp, rd = Recorder(n), Recorder(n)
-    e_pre = Engine(env, sched, pre.capacity, pre.step_time, rp)
-    e_dec = Engine(env, sched, dec.capacity, dec.step_time, rd)
+    o = pre.model.options
+    e_pre = Engine(env, sched, pre.capacity, pre.step_time, rp, stretch=(o.stretch_drift, o.stretch_max))
+    e_dec = Engine(env, sched, dec.capacity, dec.step_time, rd, stretch=(o.stretch_drift, o.stretch_max))
     link = simpy.Resource(env, capacity=pre.instances)
     slots = simpy.Resource(env, capacity=stream.concurrency) if stream.concurrency else None
     first = np.full(n, np.nan)

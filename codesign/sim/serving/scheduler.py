@@ -50,7 +50,7 @@ from codesign.sim.serving.kv import KVCapacity, KVPool
 _EPS = 1e-9
 PROGRESS_STEPS = 2000
 # Decode-only stretches (see Engine._stretch): at most this relative move of the mean KV length,
-# and this many steps, per simulated stretch.
+# and this many steps, per simulated stretch (defaults; StepTimeOptions.stretch_drift/_max).
 STRETCH_DRIFT = 0.02
 STRETCH_MAX = 256
 
@@ -114,8 +114,10 @@ class Engine:
 
     def __init__(self, env: simpy.Environment, cfg: SchedulerConfig, cap: KVCapacity,
                  step_time: Callable[[StepShape], float], rec: Recorder, draft: Draft | None = None,
-                 draft_time: Callable[[int, int], float] | None = None) -> None:
+                 draft_time: Callable[[int, int], float] | None = None,
+                 stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX)) -> None:
         self.env, self.cfg, self.pool, self.rec = env, cfg, KVPool(cap), rec
+        self.stretch_drift, self.stretch_max = stretch
         self.step_time, self.draft, self.draft_time = step_time, draft, draft_time
         self.max_seqs = cfg.max_num_seqs * cap.replicas
         self.budget = cfg.max_num_batched_tokens * cap.replicas
@@ -192,8 +194,8 @@ class Engine:
         if len(shape.groups) != 1 or not n or shape.groups[0].seqs != n:
             return 1
         first_done = int(np.ceil(float(self.rem[:n].min()) / self.emit - _EPS))
-        drift = int(max(1.0, STRETCH_DRIFT * mean_kv) / self.emit)
-        k = max(1, min(first_done, drift, STRETCH_MAX))
+        drift = int(max(1.0, self.stretch_drift * mean_kv) / self.emit)
+        k = max(1, min(first_done, drift, self.stretch_max))
         cap = self.pool.cap.free_bytes
         while k > 1 and self._dec_bytes(n, (k - 1) * self.emit + self.width) + self.prefill_held > cap + _EPS:
             k //= 2
@@ -390,11 +392,13 @@ def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt
 
 def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, step_time: Callable[[StepShape], float],
                draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
-               on_progress: Callable[[int], None] | None = None) -> Recorder:
-    """Simulate `stream` through one engine until every request has finished."""
+               on_progress: Callable[[int], None] | None = None,
+               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX)) -> Recorder:
+    """Simulate `stream` through one engine until every request has finished (`stretch`: the
+    decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)
-    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time)
+    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch)
     slots = simpy.Resource(env, capacity=stream.concurrency) if stream.concurrency else None
     procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
              for r in stream.requests]

@@ -63,8 +63,10 @@ class ServingPoint:
         return max(0.0, self.draft_model.group_time(Group(seqs, 1, cached)))
 
     def run(self, stream: RequestStream, slo: SLO | None = None, on_progress: Callable[[int], None] | None = None) -> ServingMetrics:
+        o = self.model.options
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
-                         self.draft_time if self.draft_model is not None else None, on_progress)
+                         self.draft_time if self.draft_model is not None else None, on_progress,
+                         (o.stretch_drift, o.stretch_max))
         return summarise(rec, np.array([r.input_tokens for r in stream.requests]),
                          slo.ttft_s if slo else None, slo.tpot_s if slo else None)
 
@@ -126,6 +128,7 @@ def verify_step(st: Stepper, width: int) -> Callable[[StepShape], Any]:
 
 
 def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = None) -> ServingPoint:
+    options = options or StepTimeOptions.from_dict(wl.step_model)
     sched = scheduler_config(wl.scheduler)
     draft = draft_of(wl)
     mtp = draft is not None and st.config.mtp_layers > 0

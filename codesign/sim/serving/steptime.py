@@ -30,10 +30,16 @@ serving benchmark prints it):
    steps yet. This overcounts what the groups share (one weight read per step instead of one per
    group). When the core supports mixed shapes, `mixed_steps=True` evaluates them as one step (each
    group snapped to its nearest grid point, memoised).
+4. **Decode-only stretches** (applied by the scheduler, codesign.sim.serving.scheduler): up to
+   ``stretch_max`` (256) identical decode-only steps, the mean KV length moving at most
+   ``stretch_drift`` (2%), are simulated as one, timed at the stretch's middle.
 
-MTP draft heads (`mtp_head_time`) are costed from the traced graph's MTP ops: the step traced with
-``include_mtp`` minus the same step without, i.e. one decode-step-equivalent of the MTP layer(s)
-and their LM-head pass per drafted token, on the same grid.
+All of these are fields of `StepTimeOptions`, set per scenario as ``workload.step_model``.
+
+MTP draft heads (`codesign.sim.serving.server.mtp_head_step`) are costed from the traced graph's
+MTP ops: the step traced with ``include_mtp`` minus the same step without, i.e. one
+decode-step-equivalent of the MTP layer(s) and their LM-head pass per drafted token, on the same
+grid.
 """
 
 from __future__ import annotations
@@ -62,11 +68,35 @@ class StepTimeOptions:
     prefill_kv_ratio: float = 2.0
     exact: bool = False
     mixed_steps: bool = False
+    # Decode-only stretches simulated as one (codesign.sim.serving.scheduler): at most this
+    # relative move of the mean KV length and this many steps; stretch_max 1 simulates every step.
+    stretch_drift: float = 0.02
+    stretch_max: int = 256
 
     def __post_init__(self) -> None:
         for name in ("seq_ratio", "token_ratio", "kv_ratio", "prefill_kv_ratio"):
-            if not getattr(self, name) > 1.0:
-                raise CodesignError(f"step-time model: {name}: expected a grid ratio above 1, found {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1.0:
+                raise CodesignError(f"workload.step_model: {name}: expected a grid ratio above 1, found {v!r}")
+        for name in ("exact", "mixed_steps"):
+            if not isinstance(getattr(self, name), bool):
+                raise CodesignError(f"workload.step_model: {name}: expected true or false, found {getattr(self, name)!r}")
+        if isinstance(self.stretch_drift, bool) or not isinstance(self.stretch_drift, (int, float)) or self.stretch_drift < 0:
+            raise CodesignError(f"workload.step_model: stretch_drift: expected a fraction >= 0, found {self.stretch_drift!r}")
+        if isinstance(self.stretch_max, bool) or not isinstance(self.stretch_max, int) or self.stretch_max < 1:
+            raise CodesignError(f"workload.step_model: stretch_max: expected an integer >= 1, found {self.stretch_max!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "StepTimeOptions":
+        """From a scenario's `workload.step_model` mapping (unknown keys are errors naming them)."""
+        import dataclasses
+
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CodesignError(f"workload.step_model: unknown field {unknown[0]!r}; expected one of {sorted(names)}")
+        return cls(**data)
 
 
 def geometric_grid(ratio: float, with_zero: bool, limit: int = _GRID_MAX) -> list[int]:

@@ -115,3 +115,27 @@ def test_weighted_stats():
     w = stats(np.array([1.0, 10.0]), np.array([99.0, 1.0]))
     assert w["p50"] == 1.0 and w["mean"] == pytest.approx(1.09)
     assert stats(np.array([np.nan]))["mean"] is None
+
+
+def test_stretches_match_step_by_step_simulation():
+    # decode-only stretches are timed at their middle: on a cost linear in the KV length the run
+    # matches simulating every step (stretch_max 1) to within one token's KV cost per stretch
+    s = poisson_stream(60, 3.0, 500, 300, seed=2)
+    fast = run_stream(s, SchedulerConfig(), capacity(), step_time)
+    slow = run_stream(s, SchedulerConfig(), capacity(), step_time, stretch=(0.0, 1))
+    assert sum(fast.step_count) == sum(slow.step_count) and len(fast.step_count) < len(slow.step_count) / 3
+    assert np.allclose(fast.finish, slow.finish, rtol=1e-6)
+    assert np.allclose(fast.first_token, slow.first_token, rtol=1e-6)
+
+
+def test_step_model_options_from_a_scenario():
+    from codesign.scenario import parse_scenarios
+    from codesign.sim.serving.steptime import StepTimeOptions
+
+    assert StepTimeOptions.from_dict({"exact": True, "stretch_max": 1}).exact
+    for bad, msg in (({"seq_ratio": 1.0}, "seq_ratio: expected a grid ratio above 1"),
+                     ({"exactly": True}, "unknown field 'exactly'"),
+                     ({"stretch_max": 0}, "stretch_max: expected an integer >= 1")):
+        with pytest.raises(CodesignError, match=msg):
+            parse_scenarios({"name": "x", "hardware": "h200", "model": "qwen3-8b",
+                             "workload": {"mode": "server", "step_model": bad}}, "s.yaml")
