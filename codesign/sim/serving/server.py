@@ -280,6 +280,7 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
         return None, extra, (f"no arrival rate meets the SLO ({_slo_text(slo)}): even at {out.low_rate:.3g} req/s "
                              f"(1/64 of the offline rate) {_p99s(out.lowest)}")
     extra["rate_per_s"] = out.rate
+    extra["stream"] = "poisson"  # the reported run: Poisson arrivals at the rate found
     extra["above_rate"] = {"rate_per_s": out.rate * RATE_CHECK, "meets_slo": meets(out.above, slo),
                            "ttft_p99_s": out.above.ttft_s["p99"], "tpot_p99_s": out.above.tpot_s["p99"]}
     return out.at_rate, extra, None

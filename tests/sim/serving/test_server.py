@@ -58,7 +58,7 @@ def test_slo_search_meets_at_the_rate_and_misses_above(st8):
     slo = SLO(ttft_s=0.1, tpot_s=0.006)
     pt = S.serving_point(st8, wl)
     m, extra, reason = S.serve(pt, wl, slo)
-    assert reason is None and m is not None
+    assert reason is None and m is not None and extra["stream"] == "poisson"
     assert m.ttft_s["p99"] <= slo.ttft_s and m.tpot_s["p99"] <= slo.tpot_s
     assert extra["above_rate"]["meets_slo"] is False
     assert extra["above_rate"]["rate_per_s"] == pytest.approx(1.1 * extra["rate_per_s"])
