@@ -132,24 +132,9 @@ def _check_parts(s: Scenario, source: str) -> None:
     except (CodesignError, TypeError) as e:
         raise CodesignError(f"{source}: {e}") from None
     w = s.workload
-    from codesign.sim.serving.config import disaggregation_config, scheduler_config
+    from codesign.sim.serving.config import check_workload
 
-    scheduler_config(w.scheduler, f"{source}: workload.scheduler")
-    disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
-    from codesign.sim.serving.steptime import StepTimeOptions
-
-    try:
-        StepTimeOptions.from_dict(w.step_model)
-    except (CodesignError, TypeError) as e:
-        raise CodesignError(f"{source}: {e}") from None
-    if w.mtp is not None and isinstance(w.mtp.acceptance, list) and len(w.mtp.acceptance) != w.mtp.tokens:
-        raise CodesignError(f"{source}: workload.mtp.acceptance: expected {w.mtp.tokens} values (one per drafted "
-                            f"token), found {len(w.mtp.acceptance)}")
-    if w.mode != "server":
-        for f in ("requests", "trace", "scheduler", "disaggregation", "step_model"):
-            if getattr(w, f):
-                raise CodesignError(f"{source}: workload.{f}: only acts in mode 'server' (request streams), "
-                                    f"found it with mode {w.mode!r}")
+    check_workload(w, source)  # the server-mode fields (request streams, scheduler, pools, MTP)
     if w.mode == "batch" and w.concurrency is None:
         raise CodesignError(f"{source}: workload.concurrency: required for mode 'batch', found nothing")
     if w.concurrency is not None and w.max_batch is not None and w.concurrency > w.max_batch:

@@ -103,5 +103,39 @@ def disaggregation_config(data: dict[str, Any] | None, source: str = "workload.d
     except ValidationError as e:
         raise CodesignError(format_validation_error(source, e)) from None
 
-__all__ = ["SchedulerConfig", "scheduler_config", "ENGINE", "DEFAULT_REQUESTS", "PoolConfig", "DisaggregationConfig",
+
+SERVER_ONLY = ("requests", "trace", "scheduler", "disaggregation", "step_model")
+
+
+def check_workload(w: Any, source: str) -> None:
+    """A scenario's server-mode workload fields, validated through their owners (called by
+    `codesign.scenario`; `w` is its `Workload`)."""
+    from codesign.mapping.plan import ParallelPlan, Precision
+    from codesign.sim.serving.steptime import StepTimeOptions
+
+    scheduler_config(w.scheduler, f"{source}: workload.scheduler")
+    dis = disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
+    for name, pool in (("prefill", dis.prefill), ("decode", dis.decode)) if dis is not None else ():
+        try:
+            if pool.parallel is not None:
+                ParallelPlan.from_dict(pool.parallel)
+            if pool.precision is not None:
+                Precision.from_dict(pool.precision)
+        except (CodesignError, TypeError) as e:
+            raise CodesignError(f"{source}: workload.disaggregation.{name}: {e}") from None
+    try:
+        StepTimeOptions.from_dict(w.step_model)
+    except (CodesignError, TypeError) as e:
+        raise CodesignError(f"{source}: {e}") from None
+    if w.mtp is not None and isinstance(w.mtp.acceptance, list) and len(w.mtp.acceptance) != w.mtp.tokens:
+        raise CodesignError(f"{source}: workload.mtp.acceptance: expected {w.mtp.tokens} values (one per drafted "
+                            f"token), found {len(w.mtp.acceptance)}")
+    if w.mode != "server":
+        for f in SERVER_ONLY:
+            if getattr(w, f):
+                raise CodesignError(f"{source}: workload.{f}: only acts in mode 'server' (request streams), "
+                                    f"found it with mode {w.mode!r}")
+
+
+__all__ = ["check_workload", "SERVER_ONLY", "SchedulerConfig", "scheduler_config", "ENGINE", "DEFAULT_REQUESTS", "PoolConfig", "DisaggregationConfig",
            "disaggregation_config"]

@@ -410,7 +410,9 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
         # among them) over and over while the run allocates its many small events; pause it.
         with gc_paused():
             env.run(until=all_done)
-    except RuntimeError:  # simpy: the event queue ran dry before every request finished
+    except RuntimeError as e:  # simpy: the event queue ran dry before every request finished
+        if "No scheduled events left" not in str(e):
+            raise
         raise CodesignError(f"serving: the run stalled with {int(np.isnan(rec.finish).sum())} of {stream.n} requests "
                             "unfinished (no step could be scheduled)") from None
     return rec

@@ -51,3 +51,14 @@ def test_bad_pools():
         run(4, {"prefill": {"chips": 1, "parallel": {"tp": 2}}, "decode": {"chips": 1}})
     with pytest.raises(CodesignError, match="SLO search is not yet supported with disaggregation"):
         run(2, {"prefill": {"chips": 1}, "decode": {"chips": 1}}, slo={"ttft_s": 1.0}, rate_per_s=None)
+
+
+def test_pool_fields_are_validated_at_parse_time():
+    from codesign.scenario import parse_scenarios
+
+    wl = {**WL, "disaggregation": {"prefill": {"chips": 1, "parallel": {"tq": 1}}, "decode": {"chips": 1}}}
+    with pytest.raises(CodesignError, match="s.yaml: workload.disaggregation.prefill: "):
+        parse_scenarios({"name": "x", "hardware": "h200", "model": "qwen3-8b", "workload": wl}, "s.yaml")
+    wl = {**WL, "disaggregation": {"prefill": {"chips": 0}, "decode": {"chips": 1}}}
+    with pytest.raises(CodesignError, match="workload.disaggregation: prefill.chips: Input should be greater than 0"):
+        parse_scenarios({"name": "x", "hardware": "h200", "model": "qwen3-8b", "workload": wl}, "s.yaml")
