@@ -189,7 +189,8 @@ def _server_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ctx:
     wl = with_context(wl, ctx)
     st = steppers[0]
     if (len(steppers) == 1 or wl.disaggregation) and (obs := progress.current()) is not None:
-        obs.advance(f"{label}, plan {{{st.plan}}}")
+        for _ in steppers:  # the units simulate() announced for the plans, not searched here
+            obs.advance(f"{label}, plan {{{st.plan}}}")
     if len(steppers) > 1 and not wl.disaggregation:  # disaggregated pools name their own plans
         offline = wl.model_copy(update={"mode": "offline", "mtp": None, "requests": None, "trace": None, "scheduler": {}})
         best, first_bad = best_plan(steppers, offline, ctx, None, chips, label)
