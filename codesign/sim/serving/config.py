@@ -11,6 +11,8 @@ least 70 GiB of memory other than A100 (H100, H200, MI300X, B200), from
 * ``max_num_seqs`` = 1024 sequences in flight per engine;
 * ``max_num_batched_tokens`` = 8192 tokens per step per engine (the chunked-prefill budget; vLLM
   V1 always chunks prefills);
+* on chips with less than 70 GiB of memory, and on A100s, vLLM's defaults are 256 and 2048
+  (`engine_defaults` applies the same rule to the hardware spec: HBM capacity and name);
 * ``block_size`` = 16 tokens per KV-cache page;
 * preemption by **recompute** (V1's only mode: a preempted request frees its blocks and is
   prefilled again, prompt and generated tokens, when it is rescheduled);
@@ -54,12 +56,23 @@ class SchedulerConfig(BaseModel):
         return self
 
 
-def scheduler_config(data: dict[str, Any] | SchedulerConfig | None, source: str = "workload.scheduler") -> SchedulerConfig:
-    """A validated `SchedulerConfig` (defaults for None / {}), errors naming `source` and the field."""
+def engine_defaults(hbm_bytes: float | None = None, chip_name: str = "") -> dict[str, int]:
+    """vLLM V1's `vllm serve` batch defaults for a chip: 1024 sequences and 8192 tokens per step with
+    at least 70 GiB of memory (A100s excepted, vLLM PR #17885), else 256 and 2048. None: the former."""
+    if hbm_bytes is None or (hbm_bytes >= 70 * 2**30 and "a100" not in chip_name.lower()):
+        return {"max_num_seqs": 1024, "max_num_batched_tokens": 8192}
+    return {"max_num_seqs": 256, "max_num_batched_tokens": 2048}
+
+
+def scheduler_config(data: dict[str, Any] | SchedulerConfig | None, source: str = "workload.scheduler",
+                     hw: Any = None) -> SchedulerConfig:
+    """A validated `SchedulerConfig`: the fields given over the engine defaults for `hw` (a
+    HardwareSpec; None: the large-GPU defaults); errors name `source` and the field."""
     if isinstance(data, SchedulerConfig):
         return data
+    base = engine_defaults(hw.chip.hbm.capacity, hw.name) if hw is not None else {}
     try:
-        return SchedulerConfig.model_validate(data or {})
+        return SchedulerConfig.model_validate({**base, **(data or {})})
     except ValidationError as e:
         raise CodesignError(format_validation_error(source, e)) from None
 

@@ -145,7 +145,7 @@ def _request(env, pre: Engine, dec: Engine, link: simpy.Resource, rid: int, at: 
 
 def run_disagg(stream: RequestStream, pre: Pool, dec: Pool, wl: Workload, network: str | None,
                slo: SLO | None) -> DisaggRun:
-    sched = scheduler_config(wl.scheduler)
+    sched = scheduler_config(wl.scheduler, hw=pre.stepper.hw)
     env = simpy.Environment()
     n = stream.n
     rp, rd = Recorder(n), Recorder(n)
@@ -263,7 +263,7 @@ def _as_point(p: Pool, wl: Workload):
     """The fields `check_stream` reads, for a pool."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(stepper=p.stepper, capacity=p.capacity, scheduler=scheduler_config(wl.scheduler))
+    return SimpleNamespace(stepper=p.stepper, capacity=p.capacity, scheduler=scheduler_config(wl.scheduler, hw=p.stepper.hw))
 
 
 __all__ = ["Pool", "run_disagg", "disagg_row", "transfer_seconds", "DisaggRun"]

@@ -129,7 +129,7 @@ def verify_step(st: Stepper, width: int) -> Callable[[StepShape], Any]:
 
 def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = None) -> ServingPoint:
     options = options or StepTimeOptions.from_dict(wl.step_model)
-    sched = scheduler_config(wl.scheduler)
+    sched = scheduler_config(wl.scheduler, hw=st.hw)
     draft = draft_of(wl)
     mtp = draft is not None and st.config.mtp_layers > 0
     if draft is not None and not st.config.mtp_layers:

@@ -139,3 +139,13 @@ def test_step_model_options_from_a_scenario():
         with pytest.raises(CodesignError, match=msg):
             parse_scenarios({"name": "x", "hardware": "h200", "model": "qwen3-8b",
                              "workload": {"mode": "server", "step_model": bad}}, "s.yaml")
+
+
+def test_engine_defaults_follow_vllm_by_chip():
+    from codesign.hw import load_hw
+
+    big = scheduler_config({}, hw=load_hw("h200"))
+    small = scheduler_config({}, hw=load_hw("a100"))  # 80 GB, but vLLM excepts A100s
+    assert (big.max_num_seqs, big.max_num_batched_tokens) == (1024, 8192)
+    assert (small.max_num_seqs, small.max_num_batched_tokens) == (256, 2048)
+    assert scheduler_config({"max_num_seqs": 64}, hw=load_hw("a100")).max_num_batched_tokens == 2048
