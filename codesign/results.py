@@ -109,6 +109,9 @@ class Result:
     overrides: dict[str, Any] = field(default_factory=dict)
     # The per-resource/per-block time breakdown of the decode step (seconds per step).
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Server-mode figures (codesign.sim.serving): ITL, end-to-end, queueing, goodput, the SLO
+    # search, concurrency and KV-use series, ... (docs/serving.md); empty for steady-state modes.
+    serving: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +170,7 @@ def flat_row(r: Result) -> dict[str, Any]:
     `memory_per_chip_gib.total`; `overrides` as a JSON string; the breakdown left out."""
     d = r.to_dict()
     d.pop("breakdown", None)
+    d.pop("serving", None)
     d["overrides"] = json.dumps(d.get("overrides") or {}, sort_keys=True)
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -180,7 +184,8 @@ def flat_row(r: Result) -> dict[str, Any]:
 
 def results_to_dataframe(results: Iterable[Result]) -> pd.DataFrame:
     """One row per result; nested mappings flattened to `plan.tp`, `ttft_s.p99`,
-    `memory_per_chip_gib.total`, ... (the breakdown is left out: it is per-step detail)."""
+    `memory_per_chip_gib.total`, ... (the breakdown and the server-mode `serving` figures are left
+    out: per-step detail and series)."""
     rows = [flat_row(r) for r in results]
     if not rows:
         return pd.DataFrame()

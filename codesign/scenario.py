@@ -34,19 +34,30 @@ def _tokens(v: Any) -> Any:
 
 class TokenDist(_Strict):
     """A token count with a distribution. Steady-state modes take `dist: fixed` only (the mean);
-    other distributions are refused there (`unsupported`) and belong to server mode."""
+    server mode draws from it (`cv`: coefficient of variation; defaults per distribution in
+    codesign.sim.serving.arrivals)."""
 
     mean: int = Field(gt=0)
     dist: Literal["fixed", "uniform", "normal", "lognormal", "exponential"] = "fixed"
+    cv: float | None = Field(default=None, gt=0)
 
     _mean = field_validator("mean", mode="before")(_tokens)
 
 
 class MTP(_Strict):
-    """Multi-token prediction: `tokens` drafted per step, each accepted with `acceptance`."""
+    """Multi-token prediction: `tokens` drafted per step; `acceptance` the probability that a draft
+    position is accepted given the previous one was (one value for all, or one per position)."""
 
     tokens: int = Field(default=1, ge=1)
-    acceptance: float = Field(default=0.8, ge=0, le=1)
+    acceptance: float | list[float] = Field(default=0.8)
+
+    @field_validator("acceptance")
+    @classmethod
+    def _acceptance(cls, v: float | list[float]) -> float | list[float]:
+        vals = v if isinstance(v, list) else [v]
+        if not vals or any(not 0 <= a <= 1 for a in vals):
+            raise ValueError(f"expected a probability in [0, 1] or a non-empty list of them, found {v!r}")
+        return v
 
 
 class Workload(_Strict):
@@ -60,6 +71,14 @@ class Workload(_Strict):
     # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
     max_batch: int | None = Field(default=None, gt=0)
     mtp: MTP | None = None
+    # Request streams (server mode, codesign.sim.serving): how many requests, a replayed trace
+    # file, the seed of every random draw, and the scheduler's knobs (SchedulerConfig fields).
+    requests: int | None = Field(default=None, gt=0)
+    trace: str | None = None
+    seed: int = Field(default=0, ge=0)
+    scheduler: dict[str, Any] = {}
+    disaggregation: dict[str, Any] = {}  # prefill/decode pools (codesign.sim.serving.config)
+    step_model: dict[str, Any] = {}  # step-time model resolution (codesign.sim.serving.steptime)
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
 
@@ -156,6 +175,9 @@ def _check_parts(s: Scenario, source: str) -> None:
     except (CodesignError, TypeError) as e:
         raise CodesignError(f"{source}: {e}") from None
     check_workload(s.workload, s.slo, source)
+    from codesign.sim.serving.config import check_workload as check_serving
+
+    check_serving(s.workload, source)  # the server-mode fields (request streams, scheduler, pools, MTP)
 
 
 

@@ -22,3 +22,9 @@ def test_example_sweep_loads():
     f = load_sweep(ROOT / "examples" / "sweep.yaml")
     base = Point.from_scenario(parse_scenarios({"name": f.name, **f.base}, "base")[0])
     assert len(variations(base, dict(f.grid), f.samples, f.seed)) == 8
+
+
+def test_example_server_scenarios_load():
+    scenarios = load_scenarios(ROOT / "examples" / "server.yaml")
+    assert [s.workload.mode for s in scenarios] == ["server", "server"]
+    assert scenarios[0].slo.ttft_s == 10.0 and scenarios[1].workload.mtp.acceptance == [0.85, 0.7]

@@ -15,6 +15,7 @@ import json
 
 from codesign.commands.result_table import console, print_table  # noqa: F401 (console: used by validate, reproduce)
 from codesign.errors import CodesignError
+from codesign.results import Result
 from codesign.units import parse_tokens
 
 
@@ -68,6 +69,33 @@ def parse_plan(text: str) -> str | dict[str, int]:
     return out
 
 
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_server_table(results: list[Result]) -> None:
+    """Server-mode rows: the stream, the rate (found by the SLO search or given), latency percentiles."""
+    from rich.table import Table
+
+    t = Table(title="server mode (latencies p50 / p99)")
+    for col in ("scenario", "stream", "requests", "rate req/s", "tok/s", "TTFT s", "TPOT ms", "ITL p99 ms",
+                "queue p99 s", "running", "KV peak", "preempted", "goodput req/s"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        s = r.serving
+        rate = s.get("rate_per_s")
+        t.add_row(r.name, s["stream"], str(s["requests"]), _fmt(rate, ".3g") + (" (SLO)" if "above_rate" in s else ""),
+                  _fmt(r.output_tokens_per_s, ",.0f"), f"{_fmt(r.ttft_s['p50'])} / {_fmt(r.ttft_s['p99'])}",
+                  f"{_fmt(_ms(r.tpot_s['p50']))} / {_fmt(_ms(r.tpot_s['p99']))}", _fmt(_ms(s["itl_s"]["p99"])),
+                  _fmt(s["queue_s"]["p99"]), f"{s['mean_running']:.1f}", f"{s['peak_kv_use']:.0%}", str(s["preemptions"]),
+                  _fmt(s.get("goodput_requests_per_s")))
+    console().print(t)
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1e3
+
+
 def run(args: argparse.Namespace) -> int:
     from codesign.point import Point, override
     from codesign.sim import DEFAULT_MODEL
@@ -113,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))
     else:
         print_table(results, wide=args.wide)
+        servers = [r for r in results if r.mode == "server" and r.serving and "duration_s" in r.serving]
+        if servers:
+            print_server_table(servers)
     if args.report or args.trace:
         from codesign.commands.report import write_simulate_outputs
 

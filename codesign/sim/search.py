@@ -78,6 +78,11 @@ def evaluate(st: Stepper, wl: Workload, context: int, slo: SLO | None, chips: in
     why = mapping.check_plan(st.config, st.plan, chips)
     if why is not None:
         return Outcome(st, None, why, context, "divisibility")
+    longest = context if wl.mode in ("decode", "prefill") else context + wl.output_mean
+    if longest > st.config.max_position_embeddings:
+        what = "context" if wl.mode in ("decode", "prefill") else "input + output tokens"
+        return Outcome(st, None, f"{what} {longest} exceeds {st.config.name}'s maximum of "
+                                 f"{st.config.max_position_embeddings} tokens", context, "unsupported")
     mr, reason, fit_ctx = _run_mode(st, wl, context, slo)
     if mr is None and reason is None:
         reason = _short_reason(st, fit_ctx)

@@ -34,7 +34,6 @@ DEFAULT_MODEL = "qwen3.5-397b-a17b"
 DEFAULT_CONTEXTS = (32_768, 262_144)
 DEFAULT_PRECISION = {"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"}
 DEFAULT_OUTPUT_TOKENS = 1024
-SERVER_UNSUPPORTED = "server mode not yet supported"
 
 
 def _plan_dict(plan: Any) -> dict[str, int]:
@@ -181,18 +180,35 @@ def _simulate_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ct
                       hw: HardwareSpec, config: ModelConfig, chips: int) -> Result:
     """`simulate`'s row for one context."""
     t0 = time.perf_counter()
-    if wl.mode == "server":
-        return infeasible(row_name, SERVER_UNSUPPORTED, hw.name, config.name, chips,
-                          _plan_dict(steppers[0].plan) if steppers else None, context=ctx, mode=wl.mode,
-                          reason_code="unsupported")
     if not steppers:
         return infeasible(row_name, f"no parallel plan of {config.name} divides {chips} chips", hw.name,
                           config.name, chips, context=ctx, mode=wl.mode, reason_code="divisibility")
+    if wl.mode == "server":
+        return _server_context(steppers, wl, slo, ctx, row_name, chips, f"{hw.name} {config.name} {_ctx_label(ctx)}")
     best, first_bad = best_plan(steppers, wl, ctx, slo, chips, f"{hw.name} {config.name} {_ctx_label(ctx)}")
     wall = time.perf_counter() - t0
     if best is None:
         return _infeasible_row(row_name, first_bad, chips, ctx, wl.mode, wall)
     return _to_result(row_name, best, chips, ctx, wl.mode, slo, wall)
+
+
+def _server_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ctx: int, row_name: str, chips: int,
+                    label: str) -> Result:
+    """Server mode (codesign.sim.serving): the stream at the plan the offline search ranks first."""
+    from codesign.sim.serving.server import server_row, with_context
+
+    wl = with_context(wl, ctx)
+    st = steppers[0]
+    if (len(steppers) == 1 or wl.disaggregation) and (obs := progress.current()) is not None:
+        for _ in steppers:  # the units simulate() announced for the plans, not searched here
+            obs.advance(f"{label}, plan {{{st.plan}}}")
+    if len(steppers) > 1 and not wl.disaggregation:  # disaggregated pools name their own plans
+        offline = wl.model_copy(update={"mode": "offline", "mtp": None, "requests": None, "trace": None, "scheduler": {}})
+        best, first_bad = best_plan(steppers, offline, ctx, None, chips, label)
+        if best is None:
+            return _infeasible_row(row_name, first_bad, chips, ctx, wl.mode, 0.0)
+        st = best.stepper
+    return server_row(row_name, st, wl, slo, chips, ctx)
 
 
 def simulate_scenario(s: Scenario) -> list[Result]:

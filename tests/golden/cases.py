@@ -28,7 +28,8 @@ CASES: dict[str, dict] = {
     "qwen3.5-35b-decode-ep8-32k": dict(model="qwen3.5-35b-a3b", chips=8, plan={"tp": 8, "ep": 8}, context=32768),
     "qwen3.5-35b-decode-ep8-256k": dict(model="qwen3.5-35b-a3b", chips=8, plan={"tp": 8, "ep": 8}, context=262144),
     "qwen3-8b-server": dict(model="qwen3-8b", chips=1, plan={"tp": 1},
-                            workload={"mode": "server", "input_tokens": 220, "output_tokens": 200, "rate_per_s": 5}),
+                            workload={"mode": "server", "input_tokens": 220, "output_tokens": 200, "rate_per_s": 5,
+                                      "requests": 200}),
 }
 
 

@@ -129,8 +129,9 @@ def test_reason_codes(base):
     assert (big.feasible, big.reason_code, big.bottleneck) == (False, "capacity", "capacity")
     odd = cs.evaluate(cs.override(base, {"chips": 3, "parallel": {"tp": 3}}))[0]
     assert (odd.feasible, odd.reason_code) == (False, "divisibility")
-    server = cs.evaluate(cs.override(base, {"workload.mode": "server"}))[0]
-    assert (server.feasible, server.reason_code) == (False, "unsupported")
+    long = cs.evaluate(cs.override(base, {"workload.mode": "batch", "workload.concurrency": 2,
+                                          "context": base.model.max_position_embeddings}))[0]
+    assert (long.feasible, long.reason_code) == (False, "unsupported") and "exceeds" in long.reason
 
 
 def test_rows_carry_hash_and_overrides(base, row):

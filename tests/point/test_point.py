@@ -94,7 +94,10 @@ def test_every_leaf_takes_another_value_and_moves_the_hash(base):
         assert point_hash(q) != h, path
         assert q.overrides == {path: q.overrides[path]}
         changed += 1
-    assert changed >= 115 and refused <= 8, (changed, refused)
+    # refused: chip.host (not yet supported), three model fields whose other value breaks a
+    # cross-field rule, three server-only workload fields in decode mode, and three server-mode
+    # sections (scheduler, disaggregation, step_model) that take a mapping, not None
+    assert changed >= 115 and refused <= 11, (changed, refused)
 
 
 def test_issue_examples_work_as_written(base):

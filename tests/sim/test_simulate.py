@@ -55,8 +55,6 @@ def test_infeasible_rows_not_exceptions():
     assert r.memory_per_chip_gib["capacity"] == pytest.approx(8e9 / 2**30)
     r = cs.simulate(make_hw(), "qwen3-8b", chips=2, plan={"tp": 4}, context=4096)[0]
     assert not r.feasible and "uses dp*pp*tp*attention_dp = 4 chips, the deployment has 2" in r.reason
-    r = cs.simulate(make_hw(), "qwen3-8b", chips=1, workload={"mode": "server", "rate_per_s": 1})[0]
-    assert (r.feasible, r.reason) == (False, "server mode not yet supported")
 
 
 def test_cli_simulate_json_and_bad_plan(capsys, tmp_path):

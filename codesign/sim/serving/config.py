@@ -1,0 +1,154 @@
+"""Serving configuration: the scheduler's policy knobs and the request stream, validated by pydantic.
+
+This module imports nothing from the simulator, so `codesign.scenario` can validate a scenario's
+`workload.scheduler` mapping through it (the pattern precision and cost options follow).
+
+Scheduler defaults are **vLLM V1's** for `vllm serve` (the OpenAI API server) on GPUs with at
+least 70 GiB of memory other than A100 (H100, H200, MI300X, B200), from
+`vllm/engine/arg_utils.py` (`EngineArgs.get_batch_defaults`, vLLM 0.9-0.11) and
+`vllm/config` (`CacheConfig.block_size`):
+
+* ``max_num_seqs`` = 1024 sequences in flight per engine;
+* ``max_num_batched_tokens`` = 8192 tokens per step per engine (the chunked-prefill budget; vLLM
+  V1 always chunks prefills);
+* on chips with less than 70 GiB of memory, and on A100s, vLLM's defaults are 256 and 2048
+  (`engine_defaults` applies the same rule to the hardware spec: HBM capacity and name);
+* ``block_size`` = 16 tokens per KV-cache page;
+* preemption by **recompute** (V1's only mode: a preempted request frees its blocks and is
+  prefilled again, prompt and generated tokens, when it is rescheduled);
+* scheduling FCFS; prefix caching on in vLLM, with a hit rate that depends on the prompts: here
+  ``prefix_cache_hit_rate`` = 0 (random prompts, as `vllm bench serve --dataset-name random`).
+
+Limits are **per engine** (one per data-parallel / attention-data-parallel replica, as vLLM runs
+one scheduler per DP rank); the simulator schedules the deployment as one engine with the limits
+multiplied by the replica count (named assumption: requests are balanced evenly over replicas).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from codesign.errors import CodesignError, format_validation_error
+
+ENGINE = "vllm-v1"  # whose defaults these are (see module docstring)
+
+
+class SchedulerConfig(BaseModel):
+    """Continuous batching with chunked prefill (`workload.scheduler:` in a scenario)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_num_seqs: int = Field(default=1024, gt=0)
+    max_num_batched_tokens: int = Field(default=8192, gt=0)
+    block_size: int = Field(default=16, gt=0)
+    preemption: Literal["recompute"] = "recompute"
+    prefix_cache_hit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _budget_covers_seqs(self) -> "SchedulerConfig":
+        # vLLM refuses the same (SchedulerConfig: max_num_batched_tokens must be >= max_num_seqs):
+        # every running sequence must be able to decode in one step.
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+                             f"max_num_seqs ({self.max_num_seqs})")
+        return self
+
+
+def engine_defaults(hbm_bytes: float | None = None, chip_name: str = "") -> dict[str, int]:
+    """vLLM V1's `vllm serve` batch defaults for a chip: 1024 sequences and 8192 tokens per step with
+    at least 70 GiB of memory (A100s excepted, vLLM PR #17885), else 256 and 2048. None: the former."""
+    if hbm_bytes is None or (hbm_bytes >= 70 * 2**30 and "a100" not in chip_name.lower()):
+        return {"max_num_seqs": 1024, "max_num_batched_tokens": 8192}
+    return {"max_num_seqs": 256, "max_num_batched_tokens": 2048}
+
+
+def scheduler_config(data: dict[str, Any] | SchedulerConfig | None, source: str = "workload.scheduler",
+                     hw: Any = None) -> SchedulerConfig:
+    """A validated `SchedulerConfig`: the fields given over the engine defaults for `hw` (a
+    HardwareSpec; None: the large-GPU defaults); errors name `source` and the field."""
+    if isinstance(data, SchedulerConfig):
+        return data
+    base = engine_defaults(hw.chip.hbm.capacity, hw.name) if hw is not None else {}
+    try:
+        return SchedulerConfig.model_validate({**base, **(data or {})})
+    except ValidationError as e:
+        raise CodesignError(format_validation_error(source, e)) from None
+
+
+# Requests of a server run when the workload names neither `requests` nor a trace: enough for
+# stable p99s at moderate load (MLPerf Server asks for far more; override with `requests:`).
+DEFAULT_REQUESTS = 2000
+
+
+
+
+class PoolConfig(BaseModel):
+    """One pool of a disaggregated deployment: `instances` engines of `chips` chips each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instances: int = Field(default=1, gt=0)
+    chips: int = Field(gt=0)
+    parallel: dict[str, int] | None = None  # a ParallelPlan on `chips` chips (default tp = chips)
+    precision: dict[str, Any] | None = None  # default: the scenario's
+
+
+class DisaggregationConfig(BaseModel):
+    """Prefill/decode disaggregation (`workload.disaggregation:`): separate pools, KV and state
+    sent over `network` (default: scale-out when the spec has one, else scale-up). `search`: try
+    every xPyD split of the scenario's chips into instances of these sizes and keep the best."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill: PoolConfig
+    decode: PoolConfig
+    network: Literal["scale_out", "scale_up"] | None = None
+    search: bool = False
+
+
+def disaggregation_config(data: dict[str, Any] | None, source: str = "workload.disaggregation") -> DisaggregationConfig | None:
+    if not data:
+        return None
+    try:
+        return DisaggregationConfig.model_validate(data)
+    except ValidationError as e:
+        raise CodesignError(format_validation_error(source, e)) from None
+
+
+SERVER_ONLY = ("requests", "trace", "scheduler", "disaggregation", "step_model")
+
+
+def check_workload(w: Any, source: str) -> None:
+    """A scenario's server-mode workload fields, validated through their owners (called by
+    `codesign.scenario`; `w` is its `Workload`)."""
+    from codesign.mapping.plan import ParallelPlan, Precision
+    from codesign.sim.serving.steptime import StepTimeOptions
+
+    scheduler_config(w.scheduler, f"{source}: workload.scheduler")
+    dis = disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
+    for name, pool in (("prefill", dis.prefill), ("decode", dis.decode)) if dis is not None else ():
+        try:
+            if pool.parallel is not None:
+                ParallelPlan.from_dict(pool.parallel)
+            if pool.precision is not None:
+                Precision.from_dict(pool.precision)
+        except (CodesignError, TypeError) as e:
+            raise CodesignError(f"{source}: workload.disaggregation.{name}: {e}") from None
+    try:
+        StepTimeOptions.from_dict(w.step_model)
+    except (CodesignError, TypeError) as e:
+        raise CodesignError(f"{source}: {e}") from None
+    if w.mtp is not None and isinstance(w.mtp.acceptance, list) and len(w.mtp.acceptance) != w.mtp.tokens:
+        raise CodesignError(f"{source}: workload.mtp.acceptance: expected {w.mtp.tokens} values (one per drafted "
+                            f"token), found {len(w.mtp.acceptance)}")
+    if w.mode != "server":
+        for f in SERVER_ONLY:
+            if getattr(w, f):
+                raise CodesignError(f"{source}: workload.{f}: only acts in mode 'server' (request streams), "
+                                    f"found it with mode {w.mode!r}")
+
+
+__all__ = ["check_workload", "SERVER_ONLY", "SchedulerConfig", "scheduler_config", "ENGINE", "DEFAULT_REQUESTS", "PoolConfig", "DisaggregationConfig",
+           "disaggregation_config"]

@@ -1,0 +1,421 @@
+"""A continuous-batching scheduler as vLLM V1 runs one, in simpy.
+
+Processes: each **request** is a simpy process (sent at its arrival time, or when the client's
+concurrency slot frees: a `simpy.Resource` of that capacity), waiting on its completion event; the
+**engine** is one process that loops over scheduler iterations: build one step, hold the engine for
+the step's time (`yield env.timeout`), apply what the step produced.
+
+One iteration (vLLM V1 `Scheduler.schedule`, FCFS, `SchedulerConfig` knobs):
+
+1. **Running decodes** each get their next token (``1 + k`` with k drafted MTP tokens to verify),
+   all in one pooled group at their mean cached length. Their pages for the new tokens are
+   allocated first; when the pool cannot hold them the **newest** running request is preempted
+   (recompute: its pages are freed, it goes back to the front of the queue and is prefilled again,
+   prompt and generated tokens, when readmitted), until they fit.
+2. **Partially prefilled** requests, oldest first, get ``min(remaining prompt, budget left)`` of the
+   token budget (``max_num_batched_tokens``, chunked prefill); one that cannot get its pages
+   preempts newer requests, or waits if it is the newest.
+3. **Waiting** requests are admitted in order while budget, ``max_num_seqs`` and pages last
+   (admission stops at the first that does not fit: FCFS, no skipping). A prefix-cache hit rate
+   marks that share of a prompt (whole blocks, never the last token) as already cached: held in
+   pages, not computed.
+
+When a prompt's last chunk is computed, the step also samples its first token (TTFT). Decoding
+sequences' state lives in numpy arrays (one slot per sequence), so an iteration costs a few vector
+operations, not a Python loop over the batch. Accepted MTP tokens are counted at their expectation
+per step (``1 + sum of cumulative acceptance products``; no per-step sampling).
+
+Named deviation from vLLM V1: its running list is in admission order, so a long prefill chunk ahead
+of a decode in that list could take the whole budget for a step; without preemption FCFS
+admission never puts a still-prefilling request ahead of a decode, so giving decodes their tokens
+first is the same schedule. Data-parallel replicas are one engine with limits x replicas.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from codesign.errors import CodesignError
+from codesign.gc_pause import gc_paused
+from codesign.graph.shape import Group, StepShape
+from codesign.sim.serving.arrivals import RequestStream
+from codesign.sim.serving.config import SchedulerConfig
+from codesign.sim.serving.kv import KVCapacity, KVPool
+
+_EPS = 1e-9
+PROGRESS_STEPS = 2000
+# Decode-only stretches (see Engine._stretch): at most this relative move of the mean KV length,
+# and this many steps, per simulated stretch (defaults; StepTimeOptions.stretch_drift/_max).
+STRETCH_DRIFT = 0.02
+STRETCH_MAX = 256
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Speculative decoding with `tokens` drafted per step; `acceptance[i]` = P(draft i+1 accepted |
+    draft i accepted)."""
+
+    tokens: int
+    acceptance: tuple[float, ...]
+
+    @property
+    def expected_tokens(self) -> float:
+        """Tokens emitted per verify step: the bonus token plus the expected accepted drafts (the sum
+        of the cumulative acceptance products)."""
+        total, p = 1.0, 1.0
+        for a in self.acceptance:
+            p *= a
+            total += p
+        return total
+
+
+class _Req:
+    __slots__ = ("rid", "prompt", "out", "target", "computed", "held", "generated", "order", "done", "chunk",
+                 "resumed_from")
+
+    def __init__(self, rid: int, prompt: int, out: int, done: simpy.Event) -> None:
+        self.rid, self.prompt, self.out, self.done = rid, prompt, out, done
+        self.target, self.computed, self.held, self.generated = prompt, 0, 0.0, 0.0
+        self.order, self.chunk = -1, 0
+        self.resumed_from: float | None = None  # time of the last token before a preemption
+
+
+class Recorder:
+    """What a run produced: per-request times and per-step series (read by `metrics`)."""
+
+    def __init__(self, n: int) -> None:
+        self.sent = np.full(n, np.nan)
+        self.admitted = np.full(n, np.nan)
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.output = np.zeros(n)
+        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.step_end: list[float] = []
+        self.step_dt: list[float] = []  # seconds per step
+        self.step_count: list[int] = []  # steps in the entry (decode-only stretches: several)
+        self.step_decodes: list[int] = []
+        self.step_prefill_tokens: list[int] = []
+        self.step_running: list[int] = []
+        self.step_in_system: list[int] = []
+        self.step_kv_use: list[float] = []
+        self.resume_gaps: list[float] = []  # inter-token gaps across a preemption
+
+
+class Engine:
+    """The engine process and its scheduler state (see module docstring).
+
+    Decoding sequences are packed in the first `n` entries of numpy arrays (admission order is kept
+    in `order`; removal moves the last entry into the gap), so per-iteration work is on slices."""
+
+    def __init__(self, env: simpy.Environment, cfg: SchedulerConfig, cap: KVCapacity,
+                 step_time: Callable[[StepShape], float], rec: Recorder, draft: Draft | None = None,
+                 draft_time: Callable[[int, int], float] | None = None,
+                 stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX)) -> None:
+        self.env, self.cfg, self.pool, self.rec = env, cfg, KVPool(cap), rec
+        self.stretch_drift, self.stretch_max = stretch
+        self.step_time, self.draft, self.draft_time = step_time, draft, draft_time
+        self.max_seqs = cfg.max_num_seqs * cap.replicas
+        self.budget = cfg.max_num_batched_tokens * cap.replicas
+        self.width = 1 + (draft.tokens if draft else 0)
+        self.emit = draft.expected_tokens if draft else 1.0
+        self.bs, self.block_bytes, self.seq_bytes = cap.block_size, cap.block_bytes, cap.seq_bytes
+        S = self.max_seqs
+        self.n = 0  # decoding sequences, packed in [0, n)
+        self.kv = np.zeros(S)
+        self.rem = np.zeros(S)
+        self.gen = np.zeros(S)
+        self.order = np.zeros(S, dtype=np.int64)
+        self.last_emit = np.zeros(S)
+        self.reqs: list[_Req | None] = [None] * S
+        self.waiting: deque[_Req] = deque()
+        self.prefilling: list[_Req] = []
+        self.prefill_held = 0.0
+        self.counter = 0
+        self.in_system = 0
+        self._wake: simpy.Event = env.event()
+        self.steps = 0  # engine steps
+        self.iterations = 0  # simulated iterations (a decode-only stretch is one)
+        self.on_step: Callable[[int], None] | None = None  # progress: called every PROGRESS_STEPS iterations
+
+    # -- client side ----------------------------------------------------------------------------
+    def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
+        """Queue a request; `prefilled`: its prompt's KV arrives computed, with its first token (a
+        disaggregated decode pool's requests), so it needs pages, not prefill."""
+        done = self.env.event()
+        r = _Req(rid, prompt, out, done)
+        if prefilled:
+            r.computed, r.generated = prompt, 1.0
+        self.waiting.append(r)
+        self.rec.sent[rid] = self.env.now
+        self.in_system += 1
+        if not self._wake.triggered:
+            self._wake.succeed()
+        return done
+
+    # -- the engine process ---------------------------------------------------------------------
+    def run(self):
+        while True:
+            if not self.waiting and not self.prefilling and not self.n:
+                self._wake = self.env.event()
+                yield self._wake
+            shape, n, mean_kv = self._schedule()
+            if shape is None:
+                raise CodesignError("serving: the scheduler could not place any waiting request (nothing running, "
+                                    "the first waiting request does not fit the KV pool)")
+            k = self._stretch(shape, n, mean_kv)
+            if k > 1:  # k identical decode-only steps at once, timed at the stretch's middle
+                mean_kv += int(round((k - 1) * self.emit / 2))
+                shape = StepShape((Group(n, self.width, mean_kv),))
+            dt = self.step_time(shape)
+            if self.draft is not None and n and self.draft_time is not None:
+                dt += self.draft.tokens * self.draft_time(n, mean_kv)
+            if k == 1:
+                yield self.env.timeout(dt)
+            else:
+                t0 = self.env.now
+                self._wake = self.env.event()
+                yield self.env.timeout(k * dt) | self._wake
+                if self.env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
+                    k = min(k, int((self.env.now - t0) / dt) + 1)
+                    rest = t0 + k * dt - self.env.now
+                    if rest > 0:
+                        yield self.env.timeout(rest)
+            self._apply(n, dt, k)
+
+    def _stretch(self, shape: StepShape, n: int, mean_kv: int) -> int:
+        """How many decode-only steps can run before anything but the decodes' KV changes: up to the
+        first completion, while the pages hold, the mean KV length moves at most `STRETCH_DRIFT`
+        (step time is linear in it: the middle's time is the stretch's mean) and `STRETCH_MAX`."""
+        if len(shape.groups) != 1 or not n or shape.groups[0].seqs != n:
+            return 1
+        first_done = int(np.ceil(float(self.rem[:n].min()) / self.emit - _EPS))
+        drift = int(max(1.0, self.stretch_drift * mean_kv) / self.emit)
+        k = max(1, min(first_done, drift, self.stretch_max))
+        cap = self.pool.cap.free_bytes
+        while k > 1 and self._dec_bytes(n, (k - 1) * self.emit + self.width) + self.prefill_held > cap + _EPS:
+            k //= 2
+        return k
+
+    # -- one iteration --------------------------------------------------------------------------
+    def _dec_bytes(self, n: int, extra: float) -> float:
+        """Bytes the `n` decoding sequences hold once each has `extra` more tokens."""
+        if not n:
+            return 0.0
+        blocks = np.ceil((self.kv[:n] + extra) * (1.0 / self.bs)).sum()
+        return float(blocks) * self.block_bytes + n * self.seq_bytes
+
+    def _schedule(self) -> tuple[StepShape | None, int, int]:
+        cap = self.pool.cap.free_bytes + _EPS
+        dec_b = self._dec_bytes(self.n, self.width)
+        while self.n and dec_b + self.prefill_held > cap:
+            self._preempt_newest(-1)
+            dec_b = self._dec_bytes(self.n, self.width)
+        extra = 0.0  # bytes the chunks scheduled so far in this iteration add
+        chunks = 0  # their tokens
+        groups: list[Group] = []
+        for r in list(self.prefilling) if self.prefilling else ():
+            budget = self.budget - self.n * self.width - chunks
+            if budget <= 0:
+                break
+            if r not in self.prefilling:  # preempted by an older request in this iteration
+                continue
+            chunk = min(r.target - r.computed, budget)
+            cost = self.pool.grow_cost(r.computed, chunk)
+            while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
+                dec_b = self._dec_bytes(self.n, self.width)
+            if dec_b + self.prefill_held + extra + cost > cap:
+                continue  # the newest request: it waits for pages
+            chunk = min(chunk, self.budget - self.n * self.width - chunks)
+            r.chunk, extra, chunks = chunk, extra + cost, chunks + chunk
+            groups.append(Group(1, chunk, r.computed))
+        budget = self.budget - self.n * self.width - chunks
+        n_running = self.n + len(self.prefilling)
+        used = dec_b + self.prefill_held + extra
+        while self.waiting and budget > 0 and n_running < self.max_seqs:
+            r = self.waiting[0]
+            if r.computed == 0:
+                r.computed = self._cached_prefix(r.target)
+            chunk = min(r.target - r.computed, budget)
+            ready = r.computed >= r.target  # prefilled elsewhere: straight to decoding
+            cost = self.pool.cap.seq_footprint(r.computed + (self.width if ready else chunk))
+            if used + cost > cap or (ready and budget < self.width):
+                break
+            self.waiting.popleft()
+            if self.rec.admitted[r.rid] != self.rec.admitted[r.rid]:  # NaN: first admission
+                self.rec.admitted[r.rid] = self.env.now
+            r.order, self.counter = self.counter, self.counter + 1
+            if ready:
+                self._enter_decode(r, self.env.now)
+                used, budget, n_running = used + cost, budget - self.width, n_running + 1
+                continue
+            r.held = self.pool.cap.seq_footprint(r.computed)
+            r.chunk = chunk
+            self.prefill_held += r.held
+            self.prefilling.append(r)
+            used, budget, n_running = used + cost, budget - chunk, n_running + 1
+            groups.append(Group(1, chunk, r.computed))
+        n = self.n
+        mean_kv = int(round(float(self.kv[:n].sum()) / n)) if n else 0
+        if n:
+            groups.insert(0, Group(n, self.width, mean_kv))
+        self.pool.used = used
+        return (StepShape(tuple(groups)) if groups else None), n, mean_kv
+
+    def _cached_prefix(self, target: int) -> int:
+        """Tokens of a prompt already in the prefix cache: whole blocks, never the last token."""
+        h = self.cfg.prefix_cache_hit_rate
+        if h <= 0:
+            return 0
+        bs = self.cfg.block_size
+        return min(int(h * target) // bs * bs, (target - 1) // bs * bs)
+
+    def _preempt_newest(self, older_than: int) -> bool:
+        """Preempt the newest running request newer than `older_than` (-1: any); False if none."""
+        i = int(np.argmax(self.order[:self.n])) if self.n else -1
+        o_dec = int(self.order[i]) if i >= 0 else -1
+        pre = max(self.prefilling, key=lambda r: r.order, default=None)
+        o_pre = pre.order if pre is not None else -1
+        if max(o_dec, o_pre) <= older_than:
+            return False
+        if o_dec > o_pre:
+            r = self.reqs[i]
+            r.generated = float(self.gen[i])
+            r.resumed_from = float(self.last_emit[i])
+            self._remove(i)
+        else:
+            self.prefilling.remove(pre)
+            self.prefill_held -= pre.held
+            r = pre
+            r.chunk = 0
+        self.rec.preemptions[r.rid] += 1
+        r.target = r.prompt + int(r.generated)
+        r.computed, r.held = 0, 0.0
+        self.waiting.appendleft(r)
+        return True
+
+    def _remove(self, i: int) -> None:
+        """Drop decoding entry i (the last entry moves into its place)."""
+        last = self.n - 1
+        if i != last:
+            self.kv[i], self.rem[i], self.gen[i] = self.kv[last], self.rem[last], self.gen[last]
+            self.order[i], self.last_emit[i] = self.order[last], self.last_emit[last]
+            self.reqs[i] = self.reqs[last]
+        self.reqs[last] = None
+        self.n = last
+
+    # -- what a step produced -------------------------------------------------------------------
+    def _apply(self, n: int, dt: float, k: int = 1) -> None:
+        """What `k` steps of `dt` each produced (k > 1: decode-only stretches)."""
+        now, rec = self.env.now, self.rec
+        prefill_tokens = 0
+        if n:
+            e = self.emit * k
+            self.kv[:n] += e
+            self.gen[:n] += e
+            self.rem[:n] -= e
+            self.last_emit[:n] = now
+            done = np.flatnonzero(self.rem[:n] <= _EPS)
+            for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
+                r = self.reqs[int(i)]
+                self._remove(int(i))
+                self._finish(r)
+        if self.prefilling:
+            for r in list(self.prefilling):
+                if not r.chunk:
+                    continue
+                prefill_tokens += r.chunk
+                r.computed += r.chunk
+                r.chunk = 0
+                new_held = self.pool.cap.seq_footprint(r.computed)
+                self.prefill_held += new_held - r.held
+                r.held = new_held
+                if r.computed >= r.target:
+                    self._to_decode(r, now)
+        rec.step_end.append(now)
+        rec.step_dt.append(dt)
+        rec.step_count.append(k)
+        rec.step_decodes.append(n)
+        rec.step_prefill_tokens.append(prefill_tokens)
+        rec.step_running.append(self.n + len(self.prefilling))
+        rec.step_in_system.append(self.in_system)
+        rec.step_kv_use.append(self.pool.use)
+        self.steps += k
+        self.iterations += 1
+        if self.on_step is not None and self.iterations % PROGRESS_STEPS == 0:
+            self.on_step(int(np.isfinite(rec.finish).sum()))
+
+    def _to_decode(self, r: _Req, now: float) -> None:
+        self.prefilling.remove(r)
+        self.prefill_held -= r.held
+        rec = self.rec
+        if r.resumed_from is not None:
+            rec.resume_gaps.append(now - r.resumed_from)
+            r.resumed_from = None
+        elif rec.first_token[r.rid] != rec.first_token[r.rid]:  # NaN: the first token
+            rec.first_token[r.rid] = now
+        r.generated += 1.0  # the token sampled at the end of the prompt
+        if r.generated >= r.out - _EPS:
+            self._finish(r)
+            return
+        self._enter_decode(r, now)
+
+    def _enter_decode(self, r: _Req, now: float) -> None:
+        i = self.n
+        self.n += 1
+        self.reqs[i] = r
+        self.kv[i], self.gen[i], self.rem[i] = r.target, r.generated, r.out - r.generated
+        self.order[i], self.last_emit[i] = r.order, now
+
+    def _finish(self, r: _Req) -> None:
+        self.rec.finish[r.rid] = self.env.now
+        self.rec.output[r.rid] = r.out
+        self.in_system -= 1
+        r.done.succeed()
+
+
+def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt: int, out: int,
+             slots: simpy.Resource | None):
+    if at > env.now:
+        yield env.timeout(at - env.now)
+    if slots is None:
+        yield engine.submit(rid, prompt, out)
+        return
+    with slots.request() as slot:
+        yield slot
+        yield engine.submit(rid, prompt, out)
+
+
+def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, step_time: Callable[[StepShape], float],
+               draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
+               on_progress: Callable[[int], None] | None = None,
+               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX)) -> Recorder:
+    """Simulate `stream` through one engine until every request has finished (`stretch`: the
+    decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step)."""
+    env = simpy.Environment()
+    rec = Recorder(stream.n)
+    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch)
+    slots = simpy.Resource(env, capacity=stream.concurrency) if stream.concurrency else None
+    procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
+             for r in stream.requests]
+    env.process(engine.run())
+    engine.on_step = on_progress
+    all_done = simpy.AllOf(env, procs)
+    try:
+        # The cyclic collector would traverse every live object (traced graphs in the step caches
+        # among them) over and over while the run allocates its many small events; pause it.
+        with gc_paused():
+            env.run(until=all_done)
+    except RuntimeError as e:  # simpy: the event queue ran dry before every request finished
+        if "No scheduled events left" not in str(e):
+            raise
+        raise CodesignError(f"serving: the run stalled with {int(np.isnan(rec.finish).sum())} of {stream.n} requests "
+                            "unfinished (no step could be scheduled)") from None
+    return rec
+
+
+__all__ = ["Engine", "Recorder", "Draft", "run_stream"]

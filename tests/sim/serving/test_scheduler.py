@@ -1,0 +1,151 @@
+"""The scheduler against hand calculations on an analytic step time and a hand-sized KV pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.graph.shape import Group, StepShape
+from codesign.sim.serving.arrivals import Request, RequestStream, burst_stream, poisson_stream
+from codesign.sim.serving.config import SchedulerConfig, scheduler_config
+from codesign.sim.serving.metrics import stats, summarise
+from codesign.sim.serving.scheduler import Draft, run_stream
+from tests.sim.serving.helpers import A, B, C, capacity, step_time
+
+
+def one(prompt: int, out: int) -> RequestStream:
+    return RequestStream("burst", (Request(0, 0.0, prompt, out),))
+
+
+def recorded(shapes):
+    def f(shape):
+        shapes.append(shape)
+        return step_time(shape)
+    return f
+
+
+def test_one_request_chunked_prefill_then_decode():
+    shapes: list[StepShape] = []
+    rec = run_stream(one(20_000, 5), SchedulerConfig(), capacity(), recorded(shapes))
+    chunks = [s.groups for s in shapes[:3]]
+    assert chunks == [(Group(1, 8192, 0),), (Group(1, 8192, 8192),), (Group(1, 3616, 16_384),)]
+    ttft = sum(A + B * g.tokens + C * g.cached_tokens for (g,) in chunks)
+    assert rec.first_token[0] == pytest.approx(ttft, rel=1e-12)
+    # four decode steps at KV 20000..20003 (one stretch, timed at its middle: linear, so exact to 1 token)
+    decode = sum(A + B + C * kv for kv in range(20_000, 20_004))
+    assert rec.finish[0] == pytest.approx(ttft + decode, abs=4 * C)
+    m = summarise(rec, np.array([20_000]))
+    assert m.tpot_s["mean"] == pytest.approx(decode / 4, abs=C) and m.steps == 7
+
+
+def test_vllm_refuses_budget_below_max_seqs_and_so_do_we():
+    with pytest.raises(CodesignError, match="max_num_batched_tokens \\(64\\) must be at least max_num_seqs \\(128\\)"):
+        scheduler_config({"max_num_seqs": 128, "max_num_batched_tokens": 64})
+    with pytest.raises(CodesignError, match="workload.scheduler: max_num_seq: Extra inputs"):
+        scheduler_config({"max_num_seq": 1})
+    d = SchedulerConfig()
+    assert (d.max_num_seqs, d.max_num_batched_tokens, d.block_size, d.preemption) == (1024, 8192, 16, "recompute")
+
+
+def test_max_num_seqs_and_client_concurrency_bound_the_batch():
+    s = burst_stream(40, 300, 50, seed=0)
+    rec = run_stream(s, SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=4096), capacity(), step_time)
+    assert max(rec.step_running) == 4 and np.isfinite(rec.finish).all()
+    s = burst_stream(40, 300, 50, seed=0, concurrency=3)
+    rec = run_stream(s, SchedulerConfig(), capacity(), step_time)
+    assert max(rec.step_in_system) == 3 and max(rec.step_running) == 3
+
+
+def test_littles_law_on_a_poisson_run():
+    s = poisson_stream(3000, 40.0, 1000, 100, seed=1)
+    rec = run_stream(s, SchedulerConfig(), capacity(), step_time)
+    m = summarise(rec, np.array([r.input_tokens for r in s.requests]))
+    assert m.littles_law_ratio == pytest.approx(1.0, abs=0.05)
+    assert m.request_rate_per_s == pytest.approx(3000 / m.duration_s)
+    assert m.ttft_s["p50"] <= m.ttft_s["p90"] <= m.ttft_s["p99"]
+    assert m.output_tokens_per_s == pytest.approx(3000 * 100 / m.duration_s)
+
+
+def test_preemption_recomputes_and_every_request_finishes():
+    # room for ~4 requests at their full length (100 + 200 tokens): 10 sent at once must preempt
+    s = burst_stream(10, 100, 200, seed=0)
+    cap = capacity(tokens=4 * 320)
+    shapes: list[StepShape] = []
+    rec = run_stream(s, SchedulerConfig(), cap, recorded(shapes))
+    assert np.isfinite(rec.finish).all() and rec.preemptions.sum() > 0
+    assert max(rec.step_kv_use) <= 1.0 + 1e-12
+    assert len(rec.resume_gaps) > 0 and min(rec.resume_gaps) > 0
+    # recompute prefills the prompt plus the generated tokens: prefill work exceeds the prompts
+    assert sum(rec.step_prefill_tokens) > 10 * 100
+    m = summarise(rec, np.full(10, 100))
+    assert m.preemptions == int(rec.preemptions.sum()) and m.itl_s["p99"] >= m.itl_s["p50"]
+
+
+def test_prefix_cache_hits_skip_prefill_compute():
+    s = burst_stream(5, 1000, 10, seed=0)
+    rec = run_stream(s, SchedulerConfig(prefix_cache_hit_rate=0.5), capacity(), step_time)
+    # 1000 tokens at 50%: 496 cached (31 whole blocks), 504 computed each
+    assert sum(rec.step_prefill_tokens) == 5 * 504
+
+
+def test_replicas_multiply_the_engine_limits():
+    s = burst_stream(40, 300, 20, seed=0)
+    rec = run_stream(s, SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=4096), capacity(replicas=2), step_time)
+    assert max(rec.step_running) == 8
+
+
+def test_mtp_expected_tokens_and_speed():
+    assert Draft(2, (0.9, 0.8)).expected_tokens == pytest.approx(1 + 0.9 + 0.9 * 0.8)
+    assert Draft(3, (0.0, 1.0, 1.0)).expected_tokens == 1.0
+    s = burst_stream(8, 200, 400, seed=0)
+    base = run_stream(s, SchedulerConfig(), capacity(), step_time)
+    zero = run_stream(s, SchedulerConfig(), capacity(), step_time, Draft(1, (0.0,)), lambda n, kv: 0.002)
+    full = run_stream(s, SchedulerConfig(), capacity(), step_time, Draft(1, (1.0,)), lambda n, kv: 0.002)
+    assert zero.finish.max() > base.finish.max()  # same tokens per step, each step costlier
+    assert full.finish.max() < base.finish.max()  # two tokens per step
+    # with acceptance 1 the decode phase takes half the steps (399 tokens after the first: 200)
+    assert sum(full.step_count) - 1 == pytest.approx(np.ceil(399 / 2), abs=1)
+
+
+def test_weighted_stats():
+    x = np.arange(1.0, 101.0)
+    s = stats(x)
+    assert (s["p50"], s["p99"]) == (pytest.approx(np.percentile(x, 50)), pytest.approx(np.percentile(x, 99)))
+    w = stats(np.array([1.0, 10.0]), np.array([99.0, 1.0]))
+    assert w["p50"] == 1.0 and w["mean"] == pytest.approx(1.09)
+    assert stats(np.array([np.nan]))["mean"] is None
+
+
+def test_stretches_match_step_by_step_simulation():
+    # decode-only stretches are timed at their middle: on a cost linear in the KV length the run
+    # matches simulating every step (stretch_max 1) to within one token's KV cost per stretch
+    s = poisson_stream(60, 3.0, 500, 300, seed=2)
+    fast = run_stream(s, SchedulerConfig(), capacity(), step_time)
+    slow = run_stream(s, SchedulerConfig(), capacity(), step_time, stretch=(0.0, 1))
+    assert sum(fast.step_count) == sum(slow.step_count) and len(fast.step_count) < len(slow.step_count) / 3
+    assert np.allclose(fast.finish, slow.finish, rtol=1e-6)
+    assert np.allclose(fast.first_token, slow.first_token, rtol=1e-6)
+
+
+def test_step_model_options_from_a_scenario():
+    from codesign.scenario import parse_scenarios
+    from codesign.sim.serving.steptime import StepTimeOptions
+
+    assert StepTimeOptions.from_dict({"exact": True, "stretch_max": 1}).exact
+    for bad, msg in (({"seq_ratio": 1.0}, "seq_ratio: expected a grid ratio above 1"),
+                     ({"exactly": True}, "unknown field 'exactly'"),
+                     ({"stretch_max": 0}, "stretch_max: expected an integer >= 1")):
+        with pytest.raises(CodesignError, match=msg):
+            parse_scenarios({"name": "x", "hardware": "h200", "model": "qwen3-8b",
+                             "workload": {"mode": "server", "step_model": bad}}, "s.yaml")
+
+
+def test_engine_defaults_follow_vllm_by_chip():
+    from codesign.hw import load_hw
+
+    big = scheduler_config({}, hw=load_hw("h200"))
+    small = scheduler_config({}, hw=load_hw("a100"))  # 80 GB, but vLLM excepts A100s
+    assert (big.max_num_seqs, big.max_num_batched_tokens) == (1024, 8192)
+    assert (small.max_num_seqs, small.max_num_batched_tokens) == (256, 2048)
+    assert scheduler_config({"max_num_seqs": 64}, hw=load_hw("a100")).max_num_batched_tokens == 2048

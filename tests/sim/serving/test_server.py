@@ -1,0 +1,159 @@
+"""Server mode end to end on small models: rows, Little's law, the SLO search, MTP, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+import codesign as cs
+from codesign import mapping
+from codesign.cli import main
+from codesign.errors import CodesignError
+from codesign.hw import load_hw
+from codesign.models import load_model
+from codesign.scenario import SLO, Workload, parse_scenarios
+from codesign.sim.serving import server as S
+from codesign.sim.stepper import Stepper
+
+PREC = {"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"}
+
+
+def stepper(model: str) -> Stepper:
+    return Stepper(load_hw("h200"), load_model(model), mapping.ParallelPlan.from_dict({"tp": 1}),
+                   mapping.Precision.from_dict(PREC))
+
+
+@pytest.fixture(scope="module")
+def st8() -> Stepper:
+    return stepper("qwen3-8b")
+
+
+def test_server_row_has_distributions_and_obeys_littles_law():
+    wl = {"mode": "server", "rate_per_s": 6.0, "requests": 60, "input_tokens": 512, "output_tokens": 32}
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload=wl)
+    assert r.feasible and r.mode == "server" and r.context == 512
+    for d in (r.ttft_s, r.tpot_s):
+        assert set(d) == {"mean", "p50", "p90", "p99"} and d["p50"] <= d["p90"] <= d["p99"]
+    sv = r.serving
+    assert sv["stream"] == "poisson" and sv["requests"] == 60 and sv["engine"] == "vllm-v1"
+    for k in ("itl_s", "e2e_s", "queue_s"):
+        assert sv[k]["p99"] >= sv[k]["p50"] > 0 or k == "queue_s"
+    assert sv["mean_in_system"] == pytest.approx(sv["request_rate_per_s"] * sv["e2e_s"]["mean"], rel=0.05)
+    assert r.output_tokens_per_s == pytest.approx(60 * 32 / sv["duration_s"])
+    assert len(sv["series"]["t_s"]) == len(sv["series"]["kv_use"]) <= 200
+    json.loads(r.to_json())  # serialisable
+    # the KV pool: HBM less weights, activations and reserve, over the model's per-token KV
+    cfg = load_model("qwen3-8b")
+    per_token = 2 * cfg.num_layers * cfg.attention.num_kv_heads * cfg.attention.head_dim * 2  # K and V, bf16
+    m = r.memory_per_chip_gib
+    pool = (m["capacity"] - m["weights"] - m["activations"]) * 2**30 * 1.0 - 0.05 * m["capacity"] * 2**30  # 5% reserve
+    assert sv["kv_blocks"] == int(pool // (16 * per_token))
+
+
+def test_slo_search_meets_at_the_rate_and_misses_above(st8):
+    wl = Workload(mode="server", requests=80, input_tokens=512, output_tokens=64)
+    slo = SLO(ttft_s=0.1, tpot_s=0.006)
+    pt = S.serving_point(st8, wl)
+    m, extra, reason = S.serve(pt, wl, slo)
+    assert reason is None and m is not None and extra["stream"] == "poisson"
+    assert m.ttft_s["p99"] <= slo.ttft_s and m.tpot_s["p99"] <= slo.tpot_s
+    assert extra["above_rate"]["meets_slo"] is False
+    assert extra["above_rate"]["rate_per_s"] == pytest.approx(1.1 * extra["rate_per_s"])
+    assert m.output_tokens_per_s <= extra["offline_output_tokens_per_s"]
+    # the same run again at the reported rate reproduces it (seeded)
+    again = pt.run(S.stream_of(wl, rate=extra["rate_per_s"]), slo)
+    assert again.ttft_s == m.ttft_s and again.tpot_s == m.tpot_s
+    assert m.goodput_requests_per_s == pytest.approx(m.request_rate_per_s, rel=0.05)
+
+
+def test_an_slo_no_rate_meets_is_an_infeasible_row():
+    wl = {"mode": "server", "requests": 20, "input_tokens": 256, "output_tokens": 16}
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload=wl, slo={"tpot_s": 1e-5})
+    assert not r.feasible and r.reason.startswith("no arrival rate meets the SLO (tpot_s 1e-05)")
+    assert r.serving["search_runs"] == 1
+
+
+def test_mtp_acceptance_zero_is_slower_and_high_acceptance_faster():
+    st = stepper("qwen3.5-35b-a3b")
+    base = dict(mode="server", requests=4, concurrency=4, input_tokens=128, output_tokens=48)
+    out = {}
+    for key, mtp in (("none", None), ("zero", {"tokens": 1, "acceptance": 0.0}), ("high", {"tokens": 1, "acceptance": 0.9})):
+        wl = Workload(**base, mtp=mtp)
+        pt = S.serving_point(st, wl)
+        out[key] = (pt.run(S.stream_of(wl)), pt)
+    none, zero, high = (out[k][0] for k in ("none", "zero", "high"))
+    assert zero.output_tokens_per_s < none.output_tokens_per_s < high.output_tokens_per_s
+    assert out["high"][1].draft.expected_tokens == pytest.approx(1.9)
+    # the MTP head's weights and KV count: a smaller pool
+    assert out["zero"][1].capacity.free_bytes < out["none"][1].capacity.free_bytes
+    assert out["zero"][1].capacity.memory.weights > out["none"][1].capacity.memory.weights
+
+
+def test_mtp_on_a_model_without_heads_is_an_error(st8):
+    with pytest.raises(CodesignError, match="qwen3-8b has no MTP heads"):
+        S.serving_point(st8, Workload(mode="server", mtp={"tokens": 1, "acceptance": 0.5}))
+
+
+def test_no_room_for_kv_is_an_infeasible_row():
+    from tests.sim.helpers import make_hw
+
+    hw = make_hw(**{"chip.hbm.capacity": "9 GB"})
+    (r,) = cs.simulate(hw, "qwen3-8b", chips=1, plan={"tp": 1}, workload={"mode": "server", "rate_per_s": 1.0})
+    assert not r.feasible and ("leave no KV pool" in r.reason or "does not fit" in r.reason)
+
+
+def test_request_longer_than_the_model_is_an_infeasible_row(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("0 50000 100\n")
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
+                       workload={"mode": "server", "trace": str(p), "input_tokens": 4096})
+    assert not r.feasible and "request 0 needs 50100 tokens" in r.reason
+
+
+@pytest.mark.parametrize("workload,msg", [
+    ({"mode": "server", "rate_per_s": 0}, "workload.rate_per_s: Input should be greater than 0"),
+    ({"mode": "server", "rate_per_s": -2}, "workload.rate_per_s: Input should be greater than 0"),
+    ({"mode": "decode", "requests": 10}, "workload.requests: only acts in mode 'server'"),
+    ({"mode": "server", "scheduler": {"block_size": 0}}, "workload.scheduler: block_size: Input should be greater than 0"),
+    ({"mode": "server", "mtp": {"tokens": 2, "acceptance": [0.5]}}, "workload.mtp.acceptance: expected 2 values"),
+    ({"mode": "server", "mtp": {"tokens": 1, "acceptance": 1.5}}, "acceptance: Value error, expected a probability|expected a probability"),
+])
+def test_bad_server_workloads(workload, msg):
+    with pytest.raises(CodesignError, match=msg):
+        parse_scenarios({"name": "x", "hardware": "h200", "model": "qwen3-8b", "workload": workload}, "s.yaml")
+
+
+def test_cli_scenario_with_a_trace(tmp_path, capsys):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("".join(f"{0.1 * i:.1f},{256 + 8 * i},{8 + i}\n" for i in range(12)))
+    sc = tmp_path / "s.yaml"
+    sc.write_text(yaml.safe_dump({"name": "replay", "hardware": "h200", "chips": 1, "model": "qwen3-8b",
+                                  "parallel": {"tp": 1}, "precision": PREC,
+                                  "workload": {"mode": "server", "trace": str(trace), "input_tokens": 300}}))
+    assert main(["simulate", "--scenario", str(sc), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["mode"] == "server" and d["serving"]["stream"] == "trace" and d["serving"]["requests"] == 12
+    assert d["output_tokens_per_s"] == pytest.approx(sum(8 + i for i in range(12)) / d["serving"]["duration_s"])
+    trace.write_text("0.0,10,10\nbroken line\n")
+    assert main(["simulate", "--scenario", str(sc)]) != 0
+    assert "trace.csv:2: expected 'arrival_s, input_tokens, output_tokens'" in capsys.readouterr().err
+
+
+def test_progress_and_table(capsys):
+    from codesign import progress
+    from codesign.commands.simulate import print_server_table, print_table
+
+    c = progress.Counter()
+    with progress.observe(c):
+        rows = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
+                           workload={"mode": "server", "requests": 30, "concurrency": 8, "input_tokens": 256,
+                                     "output_tokens": 16})
+    assert c.total == c.done == 1 + 10 and not c.active  # the plan, then ten tenths of the run
+    assert rows[0].serving["stream"] == "burst" and rows[0].serving["peak_running"] <= 8
+    print_table(rows)
+    print_server_table(rows)
+    out = capsys.readouterr().out
+    assert "server mode" in out and "burst" in out

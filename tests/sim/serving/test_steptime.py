@@ -1,0 +1,91 @@
+"""Step-time model: grid points are exact, bilinear costs interpolate exactly, mixed steps add."""
+
+from __future__ import annotations
+
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.graph.shape import Group, StepShape
+from codesign.sim.engine import StepResult
+from codesign.sim.serving.steptime import (StepTimeModel, StepTimeOptions, bracket, geometric_grid, measure_error,
+                                           measure_pooling, pool_decodes)
+from tests.sim.serving.helpers import step_time
+
+
+class Core:
+    """Counts evaluations of an analytic single-group step."""
+
+    def __init__(self, f=step_time) -> None:
+        self.calls: list[StepShape] = []
+        self.f = f
+
+    def __call__(self, shape: StepShape) -> StepResult:
+        assert not shape.is_mixed
+        self.calls.append(shape)
+        return StepResult(time_s=self.f(shape), bottleneck="x", breakdown={})
+
+
+def test_grid_and_bracket():
+    g = geometric_grid(1.25, True, 100)
+    assert g[:7] == [0, 1, 2, 3, 4, 5, 6] and g[-1] == 100 and g == sorted(set(g))
+    assert bracket(g, 5) == (5, 5)
+    a, b = bracket(g, 7)
+    assert a < 7 < b and a in g and b in g
+    assert bracket(g, 99, hi_limit=99) == (a := bracket(g, 99)[0], 99) and a < 99
+    with pytest.raises(CodesignError, match="grid ratio above 1"):
+        StepTimeOptions(kv_ratio=1.0)
+
+
+def test_bilinear_costs_are_exact_and_memoised():
+    core = Core()
+    m = StepTimeModel(core, 1 << 20)
+    for g in (Group(37, 1, 30_000), Group(1, 5000, 12_345), Group(19, 3, 777), Group(1, 8192, 0)):
+        want = step_time(StepShape((g,)))
+        assert m.group_time(g) == pytest.approx(want, rel=1e-12)
+    n = len(core.calls)
+    m.group_time(Group(37, 1, 30_000))
+    assert len(core.calls) == n and m.evaluations == n  # memoised
+    # a shape on grid points is evaluated as it is
+    core2 = Core()
+    m2 = StepTimeModel(core2, 1 << 20)
+    m2.group_time(Group(4, 1, 0))
+    assert core2.calls == [StepShape((Group(4, 1, 0),))]
+
+
+def test_curved_costs_have_a_small_measured_error():
+    # tile-like steps in the batch: not bilinear, so interpolation errs; measure_error reports it
+    def f(shape):
+        (g,) = shape.groups
+        return 0.01 + 1e-4 * (-(-g.seqs // 16) * 16) + 1e-9 * g.seqs * g.cached_tokens
+
+    core = Core(f)
+    m = StepTimeModel(core, 1 << 20)
+    shapes = [StepShape((Group(b, 1, 4000 + 37 * b),)) for b in range(1, 200, 7)]
+    rep = measure_error(m, shapes)
+    assert rep.shapes == len(shapes) and 0 < rep.max_abs < 0.15 and rep.mean_abs <= rep.max_abs
+    exact = StepTimeModel(Core(f), 1 << 20, StepTimeOptions(exact=True))
+    assert measure_error(exact, shapes).max_abs == 0.0
+
+
+def test_mixed_steps_are_the_sum_of_their_groups_for_now():
+    m = StepTimeModel(Core(), 1 << 20)
+    shape = StepShape((Group(64, 1, 2000), Group(1, 4096, 8192)))
+    assert m.step_time(shape) == pytest.approx(step_time(StepShape((shape.groups[0],))) +
+                                               step_time(StepShape((shape.groups[1],))), rel=1e-12)
+
+
+def test_pooling_merges_decodes_at_their_mean():
+    s = pool_decodes(StepShape((Group(2, 1, 100), Group(6, 1, 300), Group(1, 512, 0))))
+    assert sorted(s.groups) == sorted([Group(8, 1, 250), Group(1, 512, 0)])
+    same = StepShape((Group(8, 1, 250),))
+    assert pool_decodes(same) is same
+    # linear in the cached length: pooling at the mean is exact
+    assert measure_pooling(StepTimeModel(Core(), 1 << 20), 16, (1000, 3000)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_context_limit_is_respected():
+    core = Core()
+    m = StepTimeModel(core, 5000)
+    m.group_time(Group(1, 3000, 1999))
+    m.group_time(Group(3, 1, 4990))
+    assert all(g.kv_len <= 5000 for s in core.calls for g in s.groups)
