@@ -17,11 +17,17 @@ def format_validation_error(source: str, exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if errors is None:
         return f"{source}: {exc}"
+    from codesign.limits import show
+
     parts = []
     for err in errors():
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
         msg = err.get("msg", "invalid").removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        msg = " ".join(msg.split())  # one line, whatever the message held
         found = err.get("input")
-        found_s = "" if isinstance(found, dict) else f" (found: {found!r})"
+        # the found value abbreviated (a huge or deeply nested input must not flood the line)
+        found_s = "" if isinstance(found, dict) or "found" in msg else f" (found: {show(found)})"
         parts.append(f"{loc}: {msg}{found_s}")
+    if len(parts) > 3:  # the first few; fixing them usually fixes the rest
+        parts = parts[:3] + [f"and {len(parts) - 3} more"]
     return f"{source}: " + "; ".join(parts)

@@ -8,19 +8,23 @@ naming the file, the scenario (for lists) and the field, the expected and the fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from codesign import spec_files
 from codesign.errors import CodesignError, format_validation_error
+from codesign.limits import MAX_BATCH, MAX_CHIPS, MAX_TOKENS
+from codesign.spec_files import Int, StrictModel
 from codesign.units import parse_tokens
 
 Mode = Literal["offline", "server", "batch", "decode", "prefill"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel  # unknown keys are errors; no NaN or infinity
+Tokens = Annotated[Int, Field(ge=1, le=MAX_TOKENS)]
+Batch = Annotated[Int, Field(ge=1, le=MAX_BATCH)]
+Seconds = Annotated[float, Field(gt=0, le=1e6)]
 
 
 def _tokens(v: Any) -> Any:
@@ -35,7 +39,7 @@ def _tokens(v: Any) -> Any:
 class TokenDist(_Strict):
     """A token count with a distribution; the steady-state simulator uses the mean."""
 
-    mean: int = Field(gt=0)
+    mean: Tokens
     dist: Literal["fixed", "uniform", "normal", "lognormal", "exponential"] = "fixed"
 
     _mean = field_validator("mean", mode="before")(_tokens)
@@ -44,20 +48,20 @@ class TokenDist(_Strict):
 class MTP(_Strict):
     """Multi-token prediction: `tokens` drafted per step, each accepted with `acceptance`."""
 
-    tokens: int = Field(default=1, ge=1)
+    tokens: Annotated[Int, Field(ge=1, le=64)] = 1
     acceptance: float = Field(default=0.8, ge=0, le=1)
 
 
 class Workload(_Strict):
     mode: Mode = "decode"
-    input_tokens: int | TokenDist = Field(default=32_768)  # mean context per request
-    output_tokens: int | TokenDist = Field(default=1024)
-    concurrency: int | None = Field(default=None, gt=0)  # batch mode
-    rate_per_s: float | None = Field(default=None, gt=0)  # server mode
+    input_tokens: Tokens | TokenDist = Field(default=32_768)  # mean context per request
+    output_tokens: Tokens | TokenDist = Field(default=1024)
+    concurrency: Batch | None = None  # batch mode
+    rate_per_s: float | None = Field(default=None, gt=0, le=1e9)  # server mode
     # Running-batch cap for the whole deployment (sequences in flight, summed over data-parallel
     # replicas): serving engines bound it (TensorRT-LLM max_batch_size, MLPerf gpu_batch_size, vLLM
     # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
-    max_batch: int | None = Field(default=None, gt=0)
+    max_batch: Batch | None = None
     mtp: MTP | None = None
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
@@ -72,8 +76,8 @@ class Workload(_Strict):
 
 
 class SLO(_Strict):
-    ttft_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
+    ttft_s: Seconds | None = None
+    tpot_s: Seconds | None = None
 
 
 class Measured(_Strict):
@@ -81,17 +85,17 @@ class Measured(_Strict):
 
     output_tokens_per_s: float | None = Field(default=None, gt=0)
     input_tokens_per_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
-    ttft_s: float | None = Field(default=None, gt=0)
+    tpot_s: Seconds | None = None
+    ttft_s: Seconds | None = None
 
 
 class Scenario(_Strict):
     name: str = Field(min_length=1)
     hardware: str  # name in hw_specs/ or a path
-    chips: int | None = Field(default=None, gt=0)  # default: the spec's system size
+    chips: Annotated[Int, Field(ge=1, le=MAX_CHIPS)] | None = None  # default: the spec's system size
     model: str  # name in model_graphs/ or a path
     precision: dict[str, Any] = {}  # codesign.mapping.Precision fields
-    parallel: Literal["auto"] | dict[str, int] = "auto"
+    parallel: Literal["auto"] | dict[str, Int | Literal["auto"]] = "auto"  # values checked by ParallelPlan
     workload: Workload = Workload()
     slo: SLO | None = None
     measured: Measured | None = None

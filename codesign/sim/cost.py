@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
 from codesign.errors import CodesignError
@@ -93,16 +93,38 @@ class CostOptions:
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: str = "auto"
 
+    # validation of user overrides (`from_dict`, through pydantic): no NaN or infinity
+    __pydantic_config__ = {"allow_inf_nan": False}
+
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "cost") -> "CostOptions":
         """Options from a mapping of overrides; unknown names are errors naming the field."""
         if not data:
             return cls()
+        if not isinstance(data, dict):
+            raise CodesignError(f"{source}: expected a mapping of cost-model options, found {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         for k in data:
             if k not in known:
                 raise CodesignError(f"{source}.{k}: unknown cost-model option; expected one of {', '.join(sorted(known))}")
-        return replace(cls(), **data)
+        # each value against its field's type (pydantic; no NaN), then ranges
+        from pydantic import TypeAdapter, ValidationError
+
+        from codesign.errors import format_validation_error
+
+        try:
+            opts = TypeAdapter(cls).validate_python({**asdict(cls()), **data})
+        except ValidationError as e:
+            raise CodesignError(format_validation_error(source, e)) from None
+        for name, lo, hi in (("launch_overhead_s", 0.0, 1.0), ("sram_fraction", 0.0, 1.0),
+                             ("grouped_min_tokens", 1, 1 << 20)):
+            v = getattr(opts, name)
+            if not lo <= v <= hi:
+                raise CodesignError(f"{source}.{name}: expected a value from {lo:g} to {hi:g}, found {v!r}")
+        if opts.attention_dtype != "auto" and opts.attention_dtype not in BYTES_PER_ELEMENT:
+            raise CodesignError(f"{source}.attention_dtype: expected 'auto' or one of {', '.join(BYTES_PER_ELEMENT)}, "
+                                f"found {opts.attention_dtype!r}")
+        return opts
 
 
 @dataclass(frozen=True)
