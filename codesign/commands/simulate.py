@@ -35,7 +35,8 @@ def parse_plan(text: str) -> str | dict[str, int]:
     out: dict[str, int] = {}
     for part in text.split(","):
         k, sep, v = part.partition("=")
-        if not sep or not v.strip().isdigit():
+        v = v.strip()
+        if not sep or not (v.isascii() and v.isdigit() and len(v) <= 9):
             raise CodesignError(f"--plan: expected 'auto' or e.g. tp=8,ep=8, found {text!r}")
         out[k.strip()] = int(v)
     return out
@@ -81,26 +82,47 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def parse_contexts(text: str) -> list[int]:
+    """'32k,256k' -> [32768, 262144]; at least one, each a valid token count."""
+    parts = [c for c in text.split(",") if c.strip()]
+    if not parts:
+        raise CodesignError(f"--context: expected comma-separated token counts such as 32k,256k, found {text!r}")
+    try:
+        return [parse_tokens(c) for c in parts]
+    except ValueError as e:
+        raise CodesignError(f"--context: {e}") from None
+
+
+# Flags that say what to simulate; a scenario file says all of that itself.
+_POINT_FLAGS = (("hw", None), ("model", None), ("context", None), ("chips", None), ("plan", "auto"))
+
+
 def run(args: argparse.Namespace) -> int:
+    from codesign.limits import MAX_CHIPS, check_count
+    from codesign.results import json_safe
     from codesign.sim import DEFAULT_MODEL, simulate, simulate_scenario
 
     if args.scenario:
+        given = [f"--{k} {getattr(args, k)}" for k, default in _POINT_FLAGS if getattr(args, k) != default]
+        if given:
+            raise CodesignError(f"--scenario: expected no --hw, --model, --context, --chips or --plan with a scenario "
+                                f"file (it gives them itself), found {' '.join(given)}")
         from codesign.scenario import load_scenarios
 
         results = [r for s in load_scenarios(args.scenario) for r in simulate_scenario(s)]
     else:
         if not args.hw:
             raise CodesignError("simulate: give --hw NAME_OR_PATH or --scenario FILE")
-        ctx = None
-        if args.context:
+        ctx = parse_contexts(args.context) if args.context is not None else None
+        if args.chips is not None:
             try:
-                ctx = [parse_tokens(c) for c in args.context.split(",") if c.strip()]
+                check_count("--chips", args.chips, MAX_CHIPS)
             except ValueError as e:
-                raise CodesignError(f"--context: {e}") from None
+                raise CodesignError(str(e)) from None
         results = simulate(args.hw, args.model or DEFAULT_MODEL, context=ctx, chips=args.chips,
                            plan=parse_plan(args.plan))
     if args.json:
-        payload = [r.to_dict() for r in results]
+        payload = [json_safe(r.to_dict()) for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))
     else:
         print_table(results)

@@ -29,8 +29,9 @@ from codesign.gc_pause import gc_paused
 from codesign.errors import CodesignError
 from codesign.hw import HardwareSpec, load_hw
 from codesign.models import ModelConfig, load_model
-from codesign.results import Result, infeasible
+from codesign.results import Result, check_row, infeasible
 from codesign.scenario import SLO, Scenario, Workload
+from codesign.sim.arguments import check_arguments
 from codesign.sim.cost import CostOptions
 from codesign.sim.engine import StepResult, simulate_step
 from codesign.sim.workload import ModeResult, capped_batch, decode_mode, prefill_mode, serving_mode
@@ -364,7 +365,7 @@ def _to_result(name: str, pt: _Point, chips: int, mr: ModeResult, fit_ctx: int, 
     if slo and slo.tpot_s and mr.tpot_s is not None and mr.tpot_s > slo.tpot_s:
         feasible, reason = False, f"TPOT {mr.tpot_s:.4g} s misses slo.tpot_s {slo.tpot_s:g} s even at batch {mr.batch}"
     step = mr.decode or mr.prefill
-    return Result(
+    return check_row(Result(
         name=name, feasible=feasible, reason=reason, hardware=pt.hw.name, model=pt.config.name, chips=chips,
         plan=_plan_dict(pt.plan), output_tokens_per_s=mr.output_tokens_per_s, input_tokens_per_s=mr.input_tokens_per_s,
         output_tokens_per_s_per_chip=mr.output_tokens_per_s / chips,
@@ -374,7 +375,7 @@ def _to_result(name: str, pt: _Point, chips: int, mr: ModeResult, fit_ctx: int, 
         context=context, mode=mode,
         # a copy: the StepResult may be memoised and shared by later results
         breakdown={k: dict(v) for k, v in step.breakdown.items()} if step else {},
-    )
+    ))
 
 
 def _as_workload(workload: Workload | dict | None) -> Workload:
@@ -449,9 +450,10 @@ def simulate(
     are identical either way.
     """
     m = mapping
+    context = check_arguments(hw, model, context, chips, plan, precision, workload, slo, name, cost, router, cache)
     hw = load_hw(hw)
     config = load_model(model)
-    chips = int(chips or hw.system.chips)
+    chips = hw.system.chips if chips is None else chips
     prec = precision if (precision is not None and not isinstance(precision, dict)) else m.Precision.from_dict(
         DEFAULT_PRECISION if precision is None else precision)
     opts = cost if isinstance(cost, CostOptions) else CostOptions.from_dict(cost)

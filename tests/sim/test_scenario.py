@@ -56,7 +56,7 @@ def test_one_mapping_and_token_units(tmp_path):
         ("model: llama-2-70b", "model: llama-2-70b\nmodle: x", r"s\.yaml: modle: Extra inputs are not permitted"),
         ("kv_cache: fp8}", "kv_cache: fp9}", r"s\.yaml: precision\.kv_cache: expected one of .*found 'fp9'"),
         ("parallel: {tp: 8}", "parallel: {tq: 8}", r"s\.yaml: parallel\.tq: unknown parallel dimension"),
-        ("parallel: {tp: 8}", "parallel: {tp: 0}", r"s\.yaml: parallel\.tp: expected a positive integer, found 0"),
+        ("parallel: {tp: 8}", "parallel: {tp: 0}", r"s\.yaml: parallel\.tp: expected an integer from 1 to 1,048,576, found 0"),
         ("input_tokens: 294", "input_tokens: lots", r"s\.yaml: workload\.input_tokens.*'lots'"),
         ("mode: offline", "mode: batch", r"s\.yaml: workload\.concurrency: required for mode 'batch'"),
         ("output_tokens: 291}", "output_tokens: 291, max_batch: 0}", r"s\.yaml: workload\.max_batch: .*greater than or equal to 1 \(found: 0\)"),
