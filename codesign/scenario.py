@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from codesign import spec_files
 from codesign.errors import CodesignError, format_validation_error
-from codesign.limits import MAX_BATCH, MAX_CHIPS, MAX_TOKENS
+from codesign.limits import MAX_BATCH, MAX_CHIPS, MAX_TOKENS, show
 from codesign.spec_files import Int, StrictModel
 from codesign.units import parse_tokens
 
@@ -152,8 +152,8 @@ def parse_scenarios(data: Any, source: str) -> list[Scenario]:
 def load_scenarios(path: str | Path) -> list[Scenario]:
     """All scenarios of a YAML file."""
     p = Path(path)
-    if not p.exists():
-        raise CodesignError(f"{p}: no such scenario file")
+    if not spec_files.is_file(p):
+        raise CodesignError(f"{show(str(p))}: no such scenario file")
     return parse_scenarios(spec_files.read_yaml(p), str(p))
 
 

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Strict, ValidationError
 
 from codesign.errors import CodesignError, format_validation_error
-from codesign.limits import MAX_FILE_BYTES
+from codesign.limits import MAX_FILE_BYTES, show
 
 ROOT = Path(__file__).resolve().parent.parent  # the project checkout (editable install)
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when built with it
@@ -46,14 +46,22 @@ def resolve(name_or_path: str | Path, kind: str, what: str) -> Path:
     """A path to an existing file, or the file `<kind>/<name>.yaml`; else an error listing the names."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
-        if not p.exists():
-            raise CodesignError(f"{p}: no such {what} file")
+        if not is_file(p):
+            raise CodesignError(f"{show(str(p))}: no such {what} file")
         return p
     cand = folder(kind) / f"{name_or_path}.yaml"
-    if cand.exists():
+    if is_file(cand):
         return cand
     names = ", ".join(available(kind))
-    raise CodesignError(f"unknown {what} {str(name_or_path)!r}; available: {names}")
+    raise CodesignError(f"unknown {what} {show(str(name_or_path))}; available: {names}")
+
+
+def is_file(p: Path) -> bool:
+    """Whether `p` names an existing file (a name with a NUL byte or too long for the OS names none)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def read_text(path: Path) -> str:
