@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class CodesignError(Exception):
-    """A problem with the user's input, reported in one line."""
+    """A problem with the user's input, reported in one line: control characters in the message
+    (a newline inside a key or a value the user wrote) are shown escaped, so that the line stays one."""
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        if not text.isprintable():
+            text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+        super().__init__(text)
 
 
 def format_validation_error(source: str, exc: Exception) -> str:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Callable
 from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from codesign.errors import CodesignError, format_validation_error
-from codesign.limits import MAX_LAYERS, MAX_TOKENS, MAX_WIDTH
+from codesign.limits import MAX_LAYERS, MAX_TOKENS, MAX_WIDTH, show
 from codesign.models.config import ModelConfig
 from codesign.spec_files import Int
 
@@ -324,8 +324,8 @@ def config_from_hf_json(path: str | Path, name: str | None = None) -> ModelConfi
     model_type = data.get("model_type")
     if model_type is None:
         raise CodesignError(f"{source}: model_type: missing (expected one of {', '.join(sorted(_FAMILIES))})")
-    if model_type not in _FAMILIES:
-        raise CodesignError(f"{source}: model_type: unsupported {model_type!r} (expected one of {', '.join(sorted(_FAMILIES))})")
+    if not isinstance(model_type, str) or model_type not in _FAMILIES:
+        raise CodesignError(f"{source}: model_type: unsupported {show(model_type)} (expected one of {', '.join(sorted(_FAMILIES))})")
     reader = _Reader(data, source)
     if model_type == "qwen3_5_moe":  # multimodal wrapper: the language model's keys are nested
         text = data.get("text_config")
