@@ -44,7 +44,10 @@ def check_count(field: str, value: object, maximum: int, minimum: int = 1) -> in
 def show(value: object, width: int = 60) -> str:
     """A short repr of a found value for an error line (huge integers and long inputs abbreviated)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # beyond Python's int-to-text limit
+            return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     import reprlib
 
     r = reprlib.Repr()

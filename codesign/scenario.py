@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from codesign import spec_files
 from codesign.errors import CodesignError, format_validation_error
-from codesign.limits import MAX_BATCH, MAX_CHIPS, MAX_TOKENS, show
+from codesign.limits import MAX_BATCH, MAX_CHIPS, MAX_TOKENS
 from codesign.spec_files import Int, StrictModel
 from codesign.units import parse_tokens
 
@@ -28,12 +28,13 @@ Seconds = Annotated[float, Field(gt=0, le=1e6)]
 
 
 def _tokens(v: Any) -> Any:
-    if isinstance(v, (str, int)) and not isinstance(v, bool):
-        try:
-            return parse_tokens(v)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
-    return v
+    """A token count ("32k", 4096) through `parse_tokens`; a mapping is left to `TokenDist`."""
+    if isinstance(v, (dict, TokenDist)):
+        return v
+    try:
+        return parse_tokens(v)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
 
 
 class TokenDist(_Strict):
@@ -153,7 +154,7 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
     """All scenarios of a YAML file."""
     p = Path(path)
     if not spec_files.is_file(p):
-        raise CodesignError(f"{show(str(p))}: no such scenario file")
+        raise CodesignError(f"{spec_files.shown(p)}: no such scenario file")
     return parse_scenarios(spec_files.read_yaml(p), str(p))
 
 

@@ -47,13 +47,19 @@ def resolve(name_or_path: str | Path, kind: str, what: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
         if not is_file(p):
-            raise CodesignError(f"{show(str(p))}: no such {what} file")
+            raise CodesignError(f"{shown(p)}: no such {what} file")
         return p
     cand = folder(kind) / f"{name_or_path}.yaml"
     if is_file(cand):
         return cand
     names = ", ".join(available(kind))
     raise CodesignError(f"unknown {what} {show(str(name_or_path))}; available: {names}")
+
+
+def shown(p: Path | str) -> str:
+    """A path for an error line (a very long one abbreviated)."""
+    s = str(p)
+    return s if len(s) <= 200 else show(s)
 
 
 def is_file(p: Path) -> bool:
@@ -72,7 +78,7 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise CodesignError(f"{path}: cannot read ({e.strerror or e})") from None
     if len(data) > MAX_FILE_BYTES:
-        raise CodesignError(f"{path}: expected a text file of at most {MAX_FILE_BYTES >> 20} MiB, found a larger file")
+        raise CodesignError(f"{path}: expected a text file of at most {MAX_FILE_BYTES:,} bytes, found a larger file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -88,6 +94,9 @@ def read_yaml(path: Path) -> Any:
         return yaml.load(text, Loader=_LOADER)
     except RecursionError:
         raise CodesignError(f"{path}: malformed YAML: nested too deeply") from None
+    except ValueError as e:  # a value the YAML constructor cannot build (a 5000-digit integer, a bad date)
+        problem = "an integer of more than 4,300 digits" if "integer string conversion" in str(e) else str(e)[:200]
+        raise CodesignError(f"{path}: malformed YAML: {problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
