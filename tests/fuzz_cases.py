@@ -261,6 +261,8 @@ def _to_json_safe(doc: Any) -> Any:
         return [_to_json_safe(v) for v in doc]
     if isinstance(doc, int) and not isinstance(doc, bool) and doc.bit_length() > 1000:
         return 1e400  # json writes Infinity
+    if isinstance(doc, bytes):
+        return doc.decode("latin-1")  # JSON has no bytes: their text
     return doc
 
 
