@@ -113,6 +113,18 @@ def test_scenario_with_point_flags(capsys):
                    "(it gives them itself), found --hw h200 --context 32k --chips 4")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "0"], "--batch: expected an integer from 1 to 16,777,216, found 0"),
+    (["--batch", "100000000"], "--batch: expected an integer from 1 to 16,777,216, found 100000000"),
+    (["--context", "1e400"], "--context/--offset: expected a positive whole token count up to 4,294,967,296 "
+                             "(e.g. 32k or 4096), found '1e400'"),
+    (["--router", "zipf:nan"], "router: expected zipf:ALPHA with ALPHA a number from 0 to 100, found 'zipf:nan'"),
+    (["--router", "hot"], "router: expected uniform, zipf, zipf:ALPHA or a RouterModel, found 'hot'"),
+])
+def test_trace_flags(capsys, argv, message):
+    assert one_error(capsys, "trace", "--model", "qwen3-8b", *argv) == message
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
