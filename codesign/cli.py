@@ -79,7 +79,9 @@ def _is_stdout_error(e: OSError) -> bool:
     """An error writing standard output (ENOSPC, EBADF, EIO on the stdout descriptor)."""
     import errno
 
-    return e.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EPIPE, errno.EDQUOT, errno.EFBIG)
+    # writes to a stream carry no file name; a failing open() or write_text() of a named file does
+    return e.filename is None and e.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EPIPE, errno.EDQUOT,
+                                              errno.EFBIG)
 
 
 def _silence_stdout() -> None:

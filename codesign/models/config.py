@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Literal
-
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
