@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counts: collections.Counter = collections.Counter()
     samples: dict[tuple[str, str], tuple[int, str, str]] = {}
+    where: dict[tuple[str, str], list[int]] = collections.defaultdict(list)  # case numbers, per key
     t0 = time.perf_counter()
 
     def record(i: int, case, outcome) -> None:
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             if key not in samples:
                 samples[key] = (i, outcome.detail, case.describe(300))
             counts[("bad", key)] += 1
+            where[key].append(i)
 
     for i in range(args.loader_cases):
         case = _case(i, args.seed, args.loader_cases)
@@ -88,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {n_sim:,} simulate cases, {time.perf_counter() - t1:,.0f} s", file=sys.stderr, flush=True)
     t_sim = time.perf_counter() - t1
 
-    _report(args, counts, samples, n_sim, t_loader, t_sim)
+    _report(args, counts, samples, where, n_sim, t_loader, t_sim)
     return 0 if not any(counts[(k, s)] for k in (*KINDS, "simulate") for s in BAD) else 1
 
 
-def _report(args, counts, samples, n_sim: int, t_loader: float, t_sim: float) -> None:
+def _report(args, counts, samples, where, n_sim: int, t_loader: float, t_sim: float) -> None:
     total = args.loader_cases + n_sim
     print(f"codesign fuzz: {total:,} cases (seed {args.seed}): {args.loader_cases:,} loader cases in "
           f"{t_loader:,.0f} s, {n_sim:,} simulate cases in {t_sim:,.0f} s")
@@ -108,6 +110,7 @@ def _report(args, counts, samples, n_sim: int, t_loader: float, t_sim: float) ->
         i, detail, case = samples[key]
         print(f"  {n:,} x {key[0]} {key[1]} (first: case {i}, rerun with --seed {args.seed} --only {i})")
         print(f"      {detail[:200]}")
+        print(f"      cases: {', '.join(map(str, where[key][:10]))}{' ...' if len(where[key]) > 10 else ''}")
         print(f"      input: {case}")
 
 

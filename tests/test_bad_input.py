@@ -240,6 +240,14 @@ def test_model_yaml(tmp_path, capsys, field, value, found):
     assert one_error(capsys, "simulate", "--hw", "h200", "--model", str(p)) == f"{p}: {found}"
 
 
+def test_odd_rotary_dims(tmp_path, capsys):
+    """Found by the fuzz benchmark: an odd head_dim reached the tracer and failed in RoPE's broadcast."""
+    p = write(tmp_path, "m.yaml", QWEN3_8B.replace("head_dim: 128", "head_dim: 129", 1))
+    assert one_error(capsys, "simulate", "--hw", "h200", "--model", str(p)) == (
+        f"{p}: attention: head_dim x partial_rotary_factor: expected an even number of rotary dims, at least 2 "
+        "(RoPE rotates pairs), found 129 x 1 = 129")
+
+
 def test_hf_config_json(tmp_path, capsys):
     p = write(tmp_path, "config.json", json.dumps({
         "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100,

@@ -52,6 +52,10 @@ class AttentionConfig(_Strict):
     def _groups_divide(self) -> "AttentionConfig":
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.rotary_dim < 2 or self.rotary_dim % 2:
+            raise ValueError(f"head_dim x partial_rotary_factor: expected an even number of rotary dims, at least 2 "
+                             f"(RoPE rotates pairs), found {self.head_dim} x {self.partial_rotary_factor:g} = "
+                             f"{self.rotary_dim}")
         return self
 
     @property
@@ -69,6 +73,13 @@ class MLAConfig(_Strict):
     qk_rope_head_dim: Width
     v_head_dim: Width
     rope_theta: Positive = 10_000.0
+
+    @field_validator("qk_rope_head_dim")
+    @classmethod
+    def _even_rope(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"expected an even number (RoPE rotates pairs of dimensions), found {v}")
+        return v
 
     @property
     def qk_head_dim(self) -> int:
