@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
-from codesign.errors import CodesignError
+from codesign.errors import CodesignError, format_validation_error
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
 
@@ -109,8 +109,6 @@ class CostOptions:
                 raise CodesignError(f"{source}.{k}: unknown cost-model option; expected one of {', '.join(sorted(known))}")
         # each value against its field's type (pydantic; no NaN), then ranges
         from pydantic import TypeAdapter, ValidationError
-
-        from codesign.errors import format_validation_error
 
         try:
             opts = TypeAdapter(cls).validate_python({**asdict(cls()), **data})
