@@ -40,7 +40,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from codesign.errors import CodesignError
+from codesign.errors import CodesignError, format_validation_error
 from codesign.hw.spec import HardwareSpec
 from codesign.mapping.options import MappingOptions
 from codesign.mapping.plan import ParallelPlan, Precision
@@ -226,14 +226,9 @@ def long_path(path: str) -> str:
 
 
 def _format(source: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = short_path(".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-")))
-        msg = err.get("msg", "invalid").removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        found = err.get("input")
-        found_s = "" if isinstance(found, (dict, BaseModel)) else f" (found: {found!r})"
-        parts.append(f"{loc}: {msg}{found_s}" if loc else msg)
-    return f"{source}: " + "; ".join(parts)
+    """The project's one-line validation message, with locations as the tree's short paths."""
+    return format_validation_error(
+        source, exc, lambda loc: short_path(".".join(str(p) for p in loc if not str(p).startswith("function-"))))
 
 
 def validate_point(data: Mapping[str, Any], source: str) -> Point:

@@ -124,7 +124,7 @@ class Result:
         return d
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_json_default)
+        return json.dumps(json_safe(self.to_dict()), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Result":
@@ -137,10 +137,49 @@ class Result:
         return cls(**d)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN or infinity; rows
+    from `simulate` never hold one, see `check_row`, but a hand-built row must still print)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _numbers(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
+    """(dotted key, value) of every float in a row (nested mappings walked)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(f"{prefix}.{k}" if prefix else str(k), v)
+    elif isinstance(value, float):
+        yield prefix, value
+
+
+def check_row(r: Result) -> Result:
+    """`r` itself, or a `CodesignError` when its numbers cannot be a result: any NaN or infinity,
+    or a feasible row whose throughput or step times are not positive (a zero-token or zero-time
+    "success" means the inputs fall outside what the cost model covers, never a real design)."""
+    from codesign.errors import CodesignError
+
+    where = f"{r.name}: simulate on {r.hardware} / {r.model}"
+    for key, v in _numbers("", r.to_dict()):
+        if not math.isfinite(v):
+            raise CodesignError(f"{where}: {key}: expected a finite number, found {v!r} (inputs outside the "
+                                "range the cost model covers)")
+    if r.feasible:
+        rate_key = "input_tokens_per_s" if r.mode == "prefill" else "output_tokens_per_s"
+        checks = [(rate_key, getattr(r, rate_key)), ("ttft_s.mean", r.ttft_s.get("mean")),
+                  ("tpot_s.mean", r.tpot_s.get("mean"))]
+        for key, v in checks:
+            if v is not None and not v > 0:
+                raise CodesignError(f"{where}: {key}: expected a positive number for a feasible design, "
+                                    f"found {v!r} (inputs outside the range the cost model covers)")
+        if getattr(r, rate_key) is None:
+            raise CodesignError(f"{where}: {rate_key}: expected a positive number for a feasible design, found none")
+    return r
 
 
 def infeasible(name: str, reason: str, hardware: str, model: str, chips: int, plan: dict | None = None,
@@ -157,12 +196,12 @@ def infeasible(name: str, reason: str, hardware: str, model: str, chips: int, pl
         r.plan = {k: int(plan.get(k, 1)) for k in PLAN_KEYS}
     if memory:
         r.memory_per_chip_gib = {k: memory.get(k) for k in MEMORY_KEYS}
-    return r
+    return check_row(r)
 
 
 def results_to_json(results: Iterable[Result], indent: int | None = 2) -> str:
     """A JSON list of result objects."""
-    return json.dumps([r.to_dict() for r in results], indent=indent, allow_nan=False)
+    return json.dumps([json_safe(r.to_dict()) for r in results], indent=indent, allow_nan=False)
 
 
 def flat_row(r: Result) -> dict[str, Any]:
@@ -192,5 +231,5 @@ def results_to_dataframe(results: Iterable[Result]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["Result", "Distribution", "infeasible", "results_to_json", "results_to_dataframe", "flat_row", "PLAN_KEYS",
-           "MEMORY_KEYS", "REASON_CODES", "ReasonCode", "NONDETERMINISTIC_KEYS"]
+__all__ = ["Result", "Distribution", "infeasible", "check_row", "json_safe", "results_to_json", "results_to_dataframe",
+           "flat_row", "PLAN_KEYS", "MEMORY_KEYS", "REASON_CODES", "ReasonCode", "NONDETERMINISTIC_KEYS"]

@@ -8,28 +8,33 @@ naming the file, the scenario (for lists) and the field, the expected and the fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from codesign import spec_files
 from codesign.errors import CodesignError, format_validation_error
+from codesign.limits import MAX_BATCH, MAX_CHIPS, MAX_TOKENS
+from codesign.spec_files import Int, StrictModel
 from codesign.units import parse_tokens
 
 Mode = Literal["offline", "server", "batch", "decode", "prefill"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel  # unknown keys are errors; no NaN or infinity
+Tokens = Annotated[Int, Field(ge=1, le=MAX_TOKENS)]
+Batch = Annotated[Int, Field(ge=1, le=MAX_BATCH)]
+Seconds = Annotated[float, Field(gt=0, le=1e6)]
 
 
 def _tokens(v: Any) -> Any:
-    if isinstance(v, (str, int)) and not isinstance(v, bool):
-        try:
-            return parse_tokens(v)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
-    return v
+    """A token count ("32k", 4096) through `parse_tokens`; a mapping is left to `TokenDist`."""
+    if isinstance(v, (dict, TokenDist)):
+        return v
+    try:
+        return parse_tokens(v)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
 
 
 class TokenDist(_Strict):
@@ -37,7 +42,7 @@ class TokenDist(_Strict):
     server mode draws from it (`cv`: coefficient of variation; defaults per distribution in
     codesign.sim.serving.arrivals)."""
 
-    mean: int = Field(gt=0)
+    mean: Tokens
     dist: Literal["fixed", "uniform", "normal", "lognormal", "exponential"] = "fixed"
     cv: float | None = Field(default=None, gt=0)
 
@@ -48,7 +53,7 @@ class MTP(_Strict):
     """Multi-token prediction: `tokens` drafted per step; `acceptance` the probability that a draft
     position is accepted given the previous one was (one value for all, or one per position)."""
 
-    tokens: int = Field(default=1, ge=1)
+    tokens: Annotated[Int, Field(ge=1, le=64)] = 1
     acceptance: float | list[float] = Field(default=0.8)
 
     @field_validator("acceptance")
@@ -62,14 +67,14 @@ class MTP(_Strict):
 
 class Workload(_Strict):
     mode: Mode = "decode"
-    input_tokens: int | TokenDist = Field(default=32_768)  # mean context per request
-    output_tokens: int | TokenDist = Field(default=1024)
-    concurrency: int | None = Field(default=None, gt=0)  # batch mode
-    rate_per_s: float | None = Field(default=None, gt=0)  # server mode
+    input_tokens: Tokens | TokenDist = Field(default=32_768)  # mean context per request
+    output_tokens: Tokens | TokenDist = Field(default=1024)
+    concurrency: Batch | None = None  # batch mode
+    rate_per_s: float | None = Field(default=None, gt=0, le=1e9)  # server mode
     # Running-batch cap for the whole deployment (sequences in flight, summed over data-parallel
     # replicas): serving engines bound it (TensorRT-LLM max_batch_size, MLPerf gpu_batch_size, vLLM
     # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
-    max_batch: int | None = Field(default=None, gt=0)
+    max_batch: Batch | None = None
     mtp: MTP | None = None
     # Request streams (server mode, codesign.sim.serving): how many requests, a replayed trace
     # file, the seed of every random draw, and the scheduler's knobs (SchedulerConfig fields).
@@ -92,8 +97,8 @@ class Workload(_Strict):
 
 
 class SLO(_Strict):
-    ttft_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
+    ttft_s: Seconds | None = None
+    tpot_s: Seconds | None = None
 
 
 class Measured(_Strict):
@@ -101,17 +106,17 @@ class Measured(_Strict):
 
     output_tokens_per_s: float | None = Field(default=None, gt=0)
     input_tokens_per_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
-    ttft_s: float | None = Field(default=None, gt=0)
+    tpot_s: Seconds | None = None
+    ttft_s: Seconds | None = None
 
 
 class Scenario(_Strict):
     name: str = Field(min_length=1)
     hardware: str  # name in hw_specs/ or a path
-    chips: int | None = Field(default=None, gt=0)  # default: the spec's system size
+    chips: Annotated[Int, Field(ge=1, le=MAX_CHIPS)] | None = None  # default: the spec's system size
     model: str  # name in model_graphs/ or a path
     precision: dict[str, Any] = {}  # codesign.mapping.Precision fields
-    parallel: Literal["auto"] | dict[str, int | str | list[int]] = "auto"  # ParallelPlan fields, checked there
+    parallel: Literal["auto"] | dict[str, Int | Literal["auto"] | list[Int]] = "auto"  # ParallelPlan fields, checked there
     workload: Workload = Workload()
     slo: SLO | None = None
     measured: Measured | None = None
@@ -212,8 +217,8 @@ def parse_scenarios(data: Any, source: str) -> list[Scenario]:
 def load_scenarios(path: str | Path) -> list[Scenario]:
     """All scenarios of a YAML file."""
     p = Path(path)
-    if not p.exists():
-        raise CodesignError(f"{p}: no such scenario file")
+    if not spec_files.is_file(p):
+        raise CodesignError(f"{spec_files.shown(p)}: no such scenario file")
     return parse_scenarios(spec_files.read_yaml(p), str(p))
 
 

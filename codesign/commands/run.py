@@ -37,6 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from codesign.limits import MAX_TOKENS, check_count
     from codesign.models import load_model
     from codesign.native.run import check_fits, run_native
 
@@ -54,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CodesignError(f"--threads: expected a positive number, found {args.threads}")
         torch.set_num_threads(args.threads)
-    if not args.tiny:
-        check_fits(config, dtype, device, args.batch, args.prompt_tokens + args.new_tokens)
+    for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--new-tokens", args.new_tokens),
+                        ("--batch", args.batch)):
+        try:
+            check_count(flag, value, MAX_TOKENS)
+        except ValueError as e:
+            raise CodesignError(str(e)) from None
+    check_fits(config, dtype, device, args.batch, args.prompt_tokens, args.new_tokens)
     r = run_native(config, args.prompt_tokens, args.new_tokens, args.batch, args.seed, dtype, str(device))
     if args.json:
         print(json.dumps(r.as_dict(), indent=2))

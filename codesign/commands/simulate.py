@@ -63,7 +63,8 @@ def parse_plan(text: str) -> str | dict[str, int]:
     out: dict[str, int] = {}
     for part in text.split(","):
         k, sep, v = part.partition("=")
-        if not sep or not v.strip().isdigit():
+        v = v.strip()
+        if not sep or not (v.isascii() and v.isdigit() and len(v) <= 9):
             raise CodesignError(f"--plan: expected 'auto' or e.g. tp=8,ep=8, found {text!r}")
         out[k.strip()] = int(v)
     return out
@@ -96,8 +97,25 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else x * 1e3
 
 
+def parse_contexts(text: str) -> list[int]:
+    """'32k,256k' -> [32768, 262144]; at least one, each a valid token count."""
+    parts = [c for c in text.split(",") if c.strip()]
+    if not parts:
+        raise CodesignError(f"--context: expected comma-separated token counts such as 32k,256k, found {text!r}")
+    try:
+        return [parse_tokens(c) for c in parts]
+    except ValueError as e:
+        raise CodesignError(f"--context: {e}") from None
+
+
+# Flags that say what to simulate; a scenario file says all of that itself.
+_POINT_FLAGS = (("hw", None), ("model", None), ("context", None), ("chips", None), ("plan", "auto"))
+
+
 def run(args: argparse.Namespace) -> int:
+    from codesign.limits import MAX_CHIPS, check_count
     from codesign.point import Point, override
+    from codesign.results import json_safe
     from codesign.sim import DEFAULT_MODEL
     from codesign.sim.simulate import simulate_point
 
@@ -109,23 +127,23 @@ def run(args: argparse.Namespace) -> int:
                 check_writable(path, flag)
     sets = parse_sets(args.set)
     if args.scenario:
+        given = [f"--{k} {getattr(args, k)}" for k, default in _POINT_FLAGS if getattr(args, k) != default]
+        if given:
+            raise CodesignError(f"--scenario: expected no --hw, --model, --context, --chips or --plan with a scenario "
+                                f"file (it gives them itself; change its fields with --set PATH=VALUE), found "
+                                f"{' '.join(given)}")
         from codesign.scenario import load_scenarios
 
-        given = [f"--{k}" for k in ("hw", "model", "context", "chips") if getattr(args, k) is not None]
-        given += ["--plan"] if args.plan != "auto" else []
-        if given:
-            raise CodesignError(f"--scenario takes its inputs from the file, found {', '.join(given)} as well; "
-                                "change a scenario's fields with --set PATH=VALUE (e.g. --set chips=16)")
         points = [Point.from_scenario(s) for s in load_scenarios(args.scenario)]
     else:
         if not args.hw:
             raise CodesignError("simulate: give --hw NAME_OR_PATH or --scenario FILE")
-        ctx = None
-        if args.context:
+        ctx = parse_contexts(args.context) if args.context is not None else None
+        if args.chips is not None:
             try:
-                ctx = [parse_tokens(c) for c in args.context.split(",") if c.strip()]
+                check_count("--chips", args.chips, MAX_CHIPS)
             except ValueError as e:
-                raise CodesignError(f"--context: {e}") from None
+                raise CodesignError(str(e)) from None
         points = [Point.from_kwargs(args.hw, args.model or DEFAULT_MODEL, context=ctx, chips=args.chips,
                                     plan=parse_plan(args.plan), source="simulate")]
     if sets:
@@ -137,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
               "precision": [p.precision.to_dict() for p, rs in runs for _ in rs],
               "cost": [p.cost for p, rs in runs for _ in rs]}
     if args.json:
-        payload = [r.to_dict() for r in results]
+        payload = [json_safe(r.to_dict()) for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))
     else:
         print_table(results, wide=args.wide)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from codesign.errors import CodesignError
+from codesign.limits import MAX_BATCH, check_count
 from codesign.units import parse_tokens
 
 DEFAULT_CONTEXT = "32k"
@@ -45,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
         offset = parse_tokens(args.offset) if args.offset not in ("0", 0) else 0
     except ValueError as e:
         raise CodesignError(f"--context/--offset: {e}") from None
-    if args.batch < 1:
-        raise CodesignError(f"--batch must be at least 1, found {args.batch}")
+    try:
+        check_count("--batch", args.batch, MAX_BATCH)
+    except ValueError as e:
+        raise CodesignError(str(e)) from None
     config = load_model(args.model)
     if defaulted:
         _check_default_context(config, args.phase, context, offset)

@@ -23,9 +23,13 @@ experts, k): a step shape seen before, or sharing its token count, draws nothing
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from codesign.errors import CodesignError
+from codesign.limits import show
 
 
 def _rng(seed: int, layer: int) -> np.random.Generator:
@@ -155,7 +159,13 @@ def make_router(spec: str | RouterModel | None, seed: int = 0) -> RouterModel:
         return spec
     if spec is None or spec == "uniform":
         return UniformRouter(seed=seed)
-    if spec.startswith("zipf"):
-        alpha = float(spec.split(":", 1)[1]) if ":" in spec else 1.0
+    if isinstance(spec, str) and (spec == "zipf" or spec.startswith("zipf:")):
+        text = spec.split(":", 1)[1] if ":" in spec else "1.0"
+        try:
+            alpha = float(text)
+        except ValueError:
+            alpha = math.nan
+        if not 0.0 <= alpha <= 100.0:
+            raise CodesignError(f"router: expected zipf:ALPHA with ALPHA a number from 0 to 100, found {spec[:60]!r}")
         return ZipfRouter(seed=seed, alpha=alpha)
-    raise ValueError(f"unknown router {spec!r}; use uniform, zipf or zipf:ALPHA")
+    raise CodesignError(f"router: expected uniform, zipf, zipf:ALPHA or a RouterModel, found {show(spec)}")

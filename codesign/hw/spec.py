@@ -13,34 +13,35 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from codesign.limits import MAX_CHIPS, MAX_FULL_MESH, MAX_LINKS, MAX_SCALE_UP, MAX_TILE, MAX_WIDTH
+from codesign.spec_files import Int, StrictModel
 from codesign.units import parse_quantity
 
 
 def _quantity(kind: str):
+    """A quantity of `kind`, parsed from "4.8 TB/s" or a bare SI number, within `units.RANGES`
+    (positive and finite; times may be zero)."""
+
     def parse(v):
         return parse_quantity(v, kind)
 
-    def positive(v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be positive")
-        return v
-
-    return [BeforeValidator(parse), AfterValidator(positive)]
+    return BeforeValidator(parse)
 
 
-Bytes = Annotated[float, *_quantity("bytes")]
-Bandwidth = Annotated[float, *_quantity("bandwidth")]
-Flops = Annotated[float, *_quantity("flops")]
-Seconds = Annotated[float, BeforeValidator(lambda v: parse_quantity(v, "time")), Field(ge=0)]
-Watts = Annotated[float, *_quantity("power")]
+Bytes = Annotated[float, _quantity("bytes")]
+Bandwidth = Annotated[float, _quantity("bandwidth")]
+Flops = Annotated[float, _quantity("flops")]
+Seconds = Annotated[float, _quantity("time")]
+Watts = Annotated[float, _quantity("power")]
 Fraction = Annotated[float, Field(gt=0, le=1)]
+TileDim = Annotated[Int, Field(ge=1, le=MAX_TILE)]
+DomainSize = Annotated[Int, Field(ge=1, le=MAX_SCALE_UP)]
 
 Dtype = Literal["fp4", "fp8", "int8", "bf16", "fp16", "fp32"]
 BYTES_PER_ELEMENT: dict[str, float] = {"fp4": 0.5, "fp8": 1.0, "int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class MatrixUnit(_Strict):
@@ -53,7 +54,7 @@ class MatrixUnit(_Strict):
     int8: Flops | None = None
     fp4: Flops | None = None
     # Unit work shape (M, N): GEMM dims are padded up to multiples of it (tile quantisation).
-    tile: tuple[int, int] = (64, 128)
+    tile: tuple[TileDim, TileDim] = (64, 128)
 
     def peak(self, dtype: str) -> float:
         """Peak FLOP/s for `dtype`, falling back to the next wider format the unit supports
@@ -109,7 +110,7 @@ class Efficiency(_Strict):
     memory: Fraction = 0.85  # achieved / peak HBM bandwidth for streaming ops
     vector: Fraction = 0.50  # element-wise work on the vector unit
     collective: Fraction = 0.80  # achieved bus bandwidth / link peak
-    small_m_half: int = Field(default=64, gt=0)  # GEMM rows at which matrix efficiency is half of `gemm`'s ramp
+    small_m_half: Annotated[float, Field(gt=0, le=MAX_WIDTH)] = 64  # GEMM rows at which matrix efficiency is half of `gemm`'s ramp (a ramp parameter, not a count)
     # Grouped expert GEMMs (MoE `grouped_gemm` ops): their own fraction of peak, because production
     # MoE kernels (token permutation/gather, per-expert tails, tile scheduling) reach less of peak
     # than a dense GEMM of the same FLOPs. None: same as `gemm` (no evidence either way).
@@ -150,14 +151,17 @@ class ScaleUp(_Strict):
     """The scale-up domain (NVLink, Infinity Fabric, ICI, ...), as a networkx topology."""
 
     topology: Literal["switch", "full_mesh", "ring", "torus2d", "torus3d"]
-    size: int = Field(gt=0)  # chips in one domain
-    links: int = Field(gt=0)  # links per chip
+    size: DomainSize  # chips in one domain
+    links: Annotated[Int, Field(ge=1, le=MAX_LINKS)]  # links per chip
     link_bandwidth: Bandwidth  # per link, per direction
     latency: Seconds
-    dims: tuple[int, ...] | None = None  # torus dimensions (product = size)
+    dims: tuple[DomainSize, ...] | None = Field(default=None, max_length=3)  # torus dimensions (product = size)
 
     @model_validator(mode="after")
     def _dims(self) -> "ScaleUp":
+        if self.topology == "full_mesh" and self.size > MAX_FULL_MESH:
+            raise ValueError(f"size: expected at most {MAX_FULL_MESH:,} chips for a full_mesh domain "
+                             f"(its graph has n(n-1)/2 edges), found {self.size:,}")
         if self.topology.startswith("torus"):
             want = 2 if self.topology == "torus2d" else 3
             if self.dims is None or len(self.dims) != want:
@@ -181,7 +185,7 @@ class ScaleOut(_Strict):
 
 
 class System(_Strict):
-    chips: int = Field(gt=0)  # chips in the deployment this file describes (default system size)
+    chips: Annotated[Int, Field(ge=1, le=MAX_CHIPS)]  # chips in the deployment this file describes (default system size)
     scale_up: ScaleUp
     scale_out: ScaleOut | None = None
 
@@ -202,7 +206,7 @@ class Power(_Strict):
 class Cost(_Strict):
     # USD per chip-hour; result rows' usd_per_million_output_tokens = per_hour x chips / output
     # tokens per hour (the deployment rented by the hour and kept busy at the row's throughput).
-    per_hour: float = Field(gt=0, allow_inf_nan=False)
+    per_hour: float = Field(gt=0, le=1e6, allow_inf_nan=False)
     source: str  # where the price comes from, or "assumed: ..."
 
 

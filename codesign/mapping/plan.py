@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from codesign.errors import CodesignError
 from codesign.hw.spec import BYTES_PER_ELEMENT
+from codesign.limits import MAX_CHIPS, MAX_EXPERTS, show
 from codesign.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -69,10 +70,11 @@ class ParallelPlan:
             if f.name == "layer_partition":
                 self._check_partition(v)
             elif f.name == "redundant_experts":
-                if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                    raise CodesignError(f"parallel.redundant_experts: expected 'auto' or an integer >= 0, found {v!r}")
-            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise CodesignError(f"parallel.{f.name}: expected a positive integer, found {v!r}")
+                if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_EXPERTS):
+                    raise CodesignError(f"parallel.redundant_experts: expected 'auto' or an integer from 0 to "
+                                        f"{MAX_EXPERTS:,}, found {show(v)}")
+            elif not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_CHIPS:
+                raise CodesignError(f"parallel.{f.name}: expected an integer from 1 to {MAX_CHIPS:,}, found {show(v)}")
 
     def _check_partition(self, v: object) -> None:
         if v is None:
@@ -174,8 +176,8 @@ def partition_layers(num_layers: int, pp: int, partition: tuple[int, ...] | None
 
 
 def _check_dtype(field: str, v: str) -> None:
-    if v not in BYTES_PER_ELEMENT:
-        raise CodesignError(f"precision.{field}: expected one of {', '.join(BYTES_PER_ELEMENT)}, found {v!r}")
+    if not isinstance(v, str) or v not in BYTES_PER_ELEMENT:
+        raise CodesignError(f"precision.{field}: expected one of {', '.join(BYTES_PER_ELEMENT)}, found {show(v)}")
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,9 @@ class Precision:
             _check_dtype(name, getattr(self, name))
         if self.compute is not None:
             _check_dtype("compute", self.compute)
-        if self.fp4_scale_block < 1:
-            raise CodesignError(f"precision.fp4_scale_block: expected a positive integer, found {self.fp4_scale_block!r}")
+        b = self.fp4_scale_block
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 1024:
+            raise CodesignError(f"precision.fp4_scale_block: expected an integer from 1 to 1,024, found {show(b)}")
 
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "precision") -> "Precision":
@@ -319,7 +322,16 @@ def check_plan(config: ModelConfig, plan: ParallelPlan, chips: int) -> str | Non
 # ---- search space --------------------------------------------------------------------------------
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Divisors of n in increasing order, in O(sqrt n)."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
 
 
 # Candidate search: the largest share of redundant expert slots a candidate may add, r / E

@@ -18,20 +18,73 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from codesign.errors import CodesignError, format_validation_error
+from codesign.limits import MAX_LAYERS, MAX_TOKENS, MAX_WIDTH, show
 from codesign.models.config import ModelConfig
+from codesign.spec_files import Int
 
 _MISSING = object()
+
+# The types of the config.json keys this importer reads, checked before any is used (so that a
+# string layer count or a zero head count is a one-line error naming the key, never a TypeError or
+# ZeroDivisionError in the family readers below). Keys not listed are not read and not checked.
+_Count = Annotated[Int, Field(ge=1, le=MAX_WIDTH)]  # sizes, heads, experts
+_Count0 = Annotated[Int, Field(ge=0, le=MAX_WIDTH)]  # counts that may be zero
+_INT_KEYS = ("hidden_size vocab_size num_attention_heads num_key_value_heads head_dim intermediate_size "
+             "moe_intermediate_size num_experts num_local_experts num_experts_per_tok experts_per_token "
+             "decoder_sparse_step full_attention_interval linear_conv_kernel_dim linear_key_head_dim "
+             "linear_num_key_heads linear_num_value_heads linear_value_head_dim kv_lora_rank q_lora_rank "
+             "qk_nope_head_dim qk_rope_head_dim v_head_dim moe_layer_freq n_routed_experts n_group "
+             "topk_group").split()
+_INT0_KEYS = "first_k_dense_replace n_shared_experts shared_expert_intermediate_size".split()
+_KEYS: dict[str, Any] = {
+    **{k: (_Count | None, None) for k in _INT_KEYS},
+    **{k: (_Count0 | None, None) for k in _INT0_KEYS},
+    "num_hidden_layers": (Annotated[Int, Field(ge=1, le=MAX_LAYERS)] | None, None),
+    "max_position_embeddings": (Annotated[Int, Field(ge=1, le=MAX_TOKENS)] | None, None),
+    "sliding_window": (Annotated[Int, Field(ge=1, le=MAX_TOKENS)] | None, None),
+    "mtp_num_hidden_layers": (Annotated[Int, Field(ge=0, le=64)] | None, None),
+    "num_nextn_predict_layers": (Annotated[Int, Field(ge=0, le=64)] | None, None),
+    **{k: (float | None, None) for k in "rope_theta rms_norm_eps partial_rotary_factor routed_scaling_factor".split()},
+    **{k: (bool | None, None) for k in ("attention_bias attn_output_gate mlp_bias norm_topk_prob tie_word_embeddings "
+                                         "use_sliding_window").split()},
+    **{k: (str | None, None) for k in "scoring_func topk_method".split()},
+    "layer_types": (list[str] | None, None),
+    "mlp_only_layers": (list[Annotated[Int, Field(ge=0, le=MAX_LAYERS)]] | None, None),
+    "rope_parameters": (dict[str, Any] | None, None),
+    "rope_scaling": (dict[str, Any] | None, None),
+}
+_HFKeys = create_model("HFConfigKeys", __config__=ConfigDict(extra="allow", allow_inf_nan=False, strict=True),
+                       **_KEYS)
+_ROPE_KEYS = create_model("HFRopeKeys", __config__=ConfigDict(extra="allow", allow_inf_nan=False, strict=True),
+                          rope_theta=(float | None, None), partial_rotary_factor=(float | None, None),
+                          rope_type=(str | None, None), type=(str | None, None))
+
+
+def _check_keys(data: dict[str, Any], source: str, prefix: str) -> None:
+    """Refuse (one line, naming the key) any read key of the wrong type or out of range."""
+    where = f"{source}: {prefix.rstrip('.')}" if prefix else source
+    try:
+        _HFKeys.model_validate(data)
+    except ValidationError as e:
+        raise CodesignError(format_validation_error(where, e)) from None
+    for nest in ("rope_parameters", "rope_scaling"):
+        if isinstance(data.get(nest), dict):
+            try:
+                _ROPE_KEYS.model_validate(data[nest])
+            except ValidationError as e:
+                raise CodesignError(format_validation_error(f"{source}: {prefix}{nest}", e)) from None
 
 
 class _Reader:
     """Key access on one config dict that turns a missing key into a one-line CodesignError."""
 
     def __init__(self, data: dict[str, Any], source: str, prefix: str = "") -> None:
+        _check_keys(data, source, prefix)
         self.data, self.source, self.prefix = data, source, prefix
         self.model_type = data.get("model_type")
 
@@ -271,6 +324,10 @@ def _family(data: dict[str, Any], source: str) -> tuple[str, str]:
     """(the family that reads this config, how it was found): `model_type` when it names a supported
     family, else the first supported class of `architectures`."""
     model_type = data.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        from codesign.limits import show
+
+        raise CodesignError(f"{source}: model_type: expected a string such as 'qwen3_moe', found {show(model_type)}")
     if model_type in _FAMILIES:
         return model_type, f"model_type {model_type}"
     archs = data.get("architectures")
@@ -287,14 +344,15 @@ def _family(data: dict[str, Any], source: str) -> tuple[str, str]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise CodesignError(f"{path}: cannot read ({e.strerror})") from None
+    from codesign.spec_files import read_text
+
+    text = read_text(path)  # UTF-8, bounded size
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise CodesignError(f"{path}: line {e.lineno}: malformed JSON: {e.msg}") from None
+    except RecursionError:
+        raise CodesignError(f"{path}: malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise CodesignError(f"{path}: expected a JSON object of config keys, found {type(data).__name__}")
     return data

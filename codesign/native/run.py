@@ -97,11 +97,37 @@ def build_native(config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.
 
 def footprint_bytes(config: ModelConfig, dtype: torch.dtype, batch: int, max_len: int) -> int:
     """Weights plus caches of a native run, counted on the meta device (nothing allocated)."""
+    weights, per_token, fixed = _footprint_terms(config, dtype, batch)
+    return weights + fixed + per_token * max_len
+
+
+def _footprint_terms(config: ModelConfig, dtype: torch.dtype, batch: int) -> tuple[int, int, int]:
+    """(weight bytes, cache bytes per token of length, cache bytes independent of length): caches
+    are fixed-shape buffers, linear in their length (KV) or constant (GatedDeltaNet state)."""
     model = CausalLM(config, dtype=dtype, device="meta")
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    caches = model.make_caches(batch, max_len, device="meta", dtype=dtype)
-    cache = sum(b.numel() * b.element_size() for c in caches for b in c.buffers())
-    return weights + cache
+
+    def cache(n: int) -> int:
+        caches = model.make_caches(batch, n, device="meta", dtype=dtype)
+        return sum(b.numel() * b.element_size() for c in caches for b in c.buffers())
+
+    one, two = cache(1), cache(2)
+    return weights, two - one, one - (two - one)
+
+
+def activation_bytes(config: ModelConfig, dtype: torch.dtype, batch: int, length: int) -> int:
+    """Peak activation bytes of the largest forward a run makes (the full-forward check over
+    `length` tokens). A named estimate: the fp32 logits and their float copy, 16 hidden-sized
+    tensors per token in flight, and, with softmax attention, three fp32 (B, H, L, L) score-sized
+    tensors (scores, mask, probabilities: `kernels.attention` is the plain, unfused form)."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    per_token = batch * (config.vocab_size * 4 * 2 + config.hidden_size * elt * 16)
+    heads = 0
+    if config.attention is not None:
+        heads = config.attention.num_heads
+    if config.mla is not None:
+        heads = max(heads, config.mla.num_heads)
+    return per_token * length + 3 * batch * heads * length * length * 4
 
 
 def device_memory_bytes(device: torch.device) -> int:
@@ -110,15 +136,32 @@ def device_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device, batch: int, max_len: int) -> None:
-    """Refuse (CodesignError) a model whose weights and caches exceed MEMORY_FRACTION of the device."""
-    need = footprint_bytes(config, dtype, batch, max_len)
-    have = device_memory_bytes(device)
-    if need > MEMORY_FRACTION * have:
-        raise CodesignError(
-            f"model {config.name}: weights and caches need {need / 2**30:.1f} GiB at {str(dtype).replace('torch.', '')}, "
-            f"more than {MEMORY_FRACTION:.0%} of the {have / 2**30:.1f} GiB of {device.type} memory; use --tiny"
-        )
+def check_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device, batch: int, prompt_tokens: int,
+               new_tokens: int) -> None:
+    """Refuse (CodesignError) a run whose weights, caches and peak activations exceed
+    MEMORY_FRACTION of the device's memory, naming the largest prompt that fits."""
+    weights, per_token, fixed = _footprint_terms(config, dtype, batch)
+    have = MEMORY_FRACTION * device_memory_bytes(device)
+
+    def need(prompt: int) -> int:
+        length = prompt + new_tokens
+        return weights + fixed + per_token * length + activation_bytes(config, dtype, batch, length)
+
+    total = need(prompt_tokens)
+    if total <= have:
+        return
+    gib = 2.0**30
+    dt = str(dtype).replace("torch.", "")
+    head = (f"model {config.name}: batch {batch} x ({prompt_tokens:,} prompt + {new_tokens:,} new tokens) needs "
+            f"{total / gib:,.1f} GiB at {dt} (weights, caches, activations), more than {MEMORY_FRACTION:.0%} of the "
+            f"{have / MEMORY_FRACTION / gib:,.1f} GiB of {device.type} memory")
+    if need(1) > have:
+        raise CodesignError(f"{head}; not even a 1-token prompt fits (use --tiny, or fewer --new-tokens / --batch)")
+    lo, hi = 1, prompt_tokens  # need(lo) fits, need(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= have else (lo, mid)
+    raise CodesignError(f"{head}; expected --prompt-tokens at most {lo:,} at this --batch and --new-tokens")
 
 
 def run_native(

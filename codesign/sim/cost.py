@@ -112,6 +112,9 @@ class CostOptions(BaseModel):
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"
 
+    # validation of user overrides (`from_dict`, through pydantic): no NaN or infinity
+    __pydantic_config__ = {"allow_inf_nan": False}
+
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "cost") -> "CostOptions":
         """Options from a mapping of overrides; unknown names are errors naming the field."""

@@ -24,7 +24,8 @@ from codesign.errors import CodesignError
 from codesign.hw import HardwareSpec
 from codesign.mapping.options import MappingOptions
 from codesign.models import ModelConfig
-from codesign.results import Distribution, Result, infeasible
+from codesign.results import Distribution, Result, check_row, infeasible
+from codesign.sim.arguments import check_arguments
 from codesign.scenario import SLO, Scenario, Workload
 from codesign.sim.cost import CostOptions
 from codesign.sim.search import Outcome, best_plan
@@ -72,7 +73,7 @@ def _to_result(name: str, out: Outcome, chips: int, context: int, mode: str, slo
     reason = _slo_miss(mr, slo)
     step = mr.decode or mr.prefill
     usd, per_joule = _per_token_economics(st.hw, chips, mr.output_tokens_per_s)
-    return Result(
+    return check_row(Result(
         name=name, feasible=reason is None, reason=reason, hardware=st.hw.name, model=st.config.name, chips=chips,
         plan=_plan_dict(st.plan), output_tokens_per_s=mr.output_tokens_per_s, input_tokens_per_s=mr.input_tokens_per_s,
         output_tokens_per_s_per_chip=mr.output_tokens_per_s / chips,
@@ -82,7 +83,7 @@ def _to_result(name: str, out: Outcome, chips: int, context: int, mode: str, slo
         usd_per_million_output_tokens=usd, output_tokens_per_joule=per_joule,
         # a copy: the StepResult may be memoised and shared by later results
         breakdown={k: dict(v) for k, v in step.breakdown.items()} if step else {},
-    )
+    ))
 
 
 def _infeasible_row(name: str, out: Outcome, chips: int, context: int, mode: str, wall: float) -> Result:
@@ -136,6 +137,8 @@ def simulate(
     `simulate_point`; rows carry its `point_hash`.
     """
     from codesign.point import Point
+
+    context = check_arguments(hw, model, context, chips, plan, precision, workload, slo, name, cost, router, cache)
 
     pt = Point.from_kwargs(hw, model, context=context, chips=chips, plan=plan, precision=precision,
                            workload=workload, slo=slo, name=name, cost=cost, mapping_options=mapping_options,

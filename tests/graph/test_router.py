@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from codesign.errors import CodesignError
 from codesign.graph.router import HistogramRouter, UniformRouter, ZipfRouter, expected_experts_touched, make_router
 
 
@@ -62,5 +63,7 @@ def test_histogram_rescales_exactly():
 def test_make_router():
     assert isinstance(make_router(None), UniformRouter)
     assert make_router("zipf:1.5").alpha == 1.5
-    with pytest.raises(ValueError, match="unknown router"):
+    with pytest.raises(CodesignError, match="router: expected uniform, zipf, zipf:ALPHA or a RouterModel, found 'hot'"):
         make_router("hot")
+    with pytest.raises(CodesignError, match="ALPHA a number from 0 to 100, found 'zipf:nan'"):
+        make_router("zipf:nan")

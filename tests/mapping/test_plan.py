@@ -30,7 +30,7 @@ def test_invalid_plan_messages():
 def test_plan_properties_and_errors():
     p = ParallelPlan(tp=2, ep=4, dp=3, attention_dp=4)
     assert p.chips == 24 and p.moe_tp == 2
-    with pytest.raises(CodesignError, match=r"^parallel.tp: expected a positive integer, found 0$"):
+    with pytest.raises(CodesignError, match=r"^parallel.tp: expected an integer from 1 to 1,048,576, found 0$"):
         ParallelPlan(tp=0)
     with pytest.raises(CodesignError, match=r"^parallel.xp: unknown parallel dimension"):
         ParallelPlan.from_dict({"xp": 2})

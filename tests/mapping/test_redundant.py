@@ -32,7 +32,7 @@ def test_auto_redundancy_makes_ep144_valid():
     assert ParallelPlan(ep=144, attention_dp=144, redundant_experts=176).expert_slots(256) == 3
     assert check_plan(mixtral(), ParallelPlan(ep=2, attention_dp=2, redundant_experts=14), 2) == (
         "redundant_experts (14) exceeds num_experts x (ep - 1) = 8: a rank would hold two copies of one expert")
-    with pytest.raises(CodesignError, match=r"^parallel.redundant_experts: expected 'auto' or an integer >= 0, found -1$"):
+    with pytest.raises(CodesignError, match=r"^parallel.redundant_experts: expected 'auto' or an integer from 0 to 65,536, found -1$"):
         ParallelPlan(redundant_experts=-1)
     assert str(ParallelPlan(ep=144, attention_dp=144, redundant_experts=32)) == (
         "ep=144, attention_dp=144, redundant_experts=32")

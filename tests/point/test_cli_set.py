@@ -27,4 +27,5 @@ def test_bad_set_and_scenario_with_flags_are_one_line(tmp_path, capsys):
     s.write_text("name: s\nhardware: h200\nchips: 1\nmodel: qwen3-8b\nparallel: {tp: 1}\n")
     assert main(["simulate", "--scenario", str(s), "--chips", "8"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--scenario takes its inputs from the file, found --chips" in err
+    assert err.count("\n") == 1 and "with a scenario file (it gives them itself; change its fields with --set" in err
+    assert err.rstrip().endswith("found --chips 8")

@@ -116,11 +116,11 @@ def test_issue_examples_work_as_written(base):
 def test_values_go_through_the_file_validators(base):
     # YAML reads 3.0e12 as text: a bare number in text is SI units, as a bare number is
     assert override(base, {"chip.hbm.bandwidth": "3.0e12"}).hw.chip.hbm.bandwidth == 3e12
-    with pytest.raises(CodesignError, match=r"chip\.hbm\.bandwidth: must be positive"):
+    with pytest.raises(CodesignError, match=r"chip\.hbm\.bandwidth: expected a bandwidth quantity from 1 B/s"):
         override(base, {"chip.hbm.bandwidth": "-1 TB/s"})
     with pytest.raises(CodesignError, match=r"chip\.hbm\.bandwidth: .*bandwidth quantity"):
         override(base, {"chip.hbm.bandwidth": "fast"})
-    with pytest.raises(CodesignError, match=r"parallel\.ep: expected a positive integer, found 0"):
+    with pytest.raises(CodesignError, match=r"parallel\.ep: expected an integer from 1 to 1,048,576, found 0"):
         override(base, {"parallel.ep": 0})
     with pytest.raises(CodesignError, match=r"cost\.sram_fraction: Input should be less than or equal to 1"):
         override(base, {"cost.sram_fraction": 3})

@@ -59,13 +59,12 @@ def test_one_mapping_and_token_units(tmp_path):
         ("model: llama-2-70b", "model: llama-2-70b\nmodle: x", r"s\.yaml: modle: Extra inputs are not permitted"),
         ("kv_cache: fp8}", "kv_cache: fp9}", r"s\.yaml: precision\.kv_cache: expected one of .*found 'fp9'"),
         ("parallel: {tp: 8}", "parallel: {tq: 8}", r"s\.yaml: parallel\.tq: unknown parallel dimension"),
-        ("parallel: {tp: 8}", "parallel: {tp: 0}", r"s\.yaml: parallel\.tp: expected a positive integer, found 0"),
+        ("parallel: {tp: 8}", "parallel: {tp: 0}", r"s\.yaml: parallel\.tp: expected an integer from 1 to 1,048,576, found 0"),
         ("parallel: {tp: 8}", "parallel: {pp: 2, layer_partition: [80]}",
          r"s\.yaml: parallel\.layer_partition: expected 2 layer counts \(one per pipeline stage, pp = 2\), found 1: \[80\]"),
-        ("parallel: {tp: 8}", "parallel: {tp: '8'}", r"s\.yaml: parallel\.tp: expected a positive integer, found '8'"),
         ("input_tokens: 294", "input_tokens: lots", r"s\.yaml: workload\.input_tokens.*'lots'"),
         ("mode: offline", "mode: batch", r"s\.yaml: workload\.concurrency: required for mode 'batch'"),
-        ("output_tokens: 291}", "output_tokens: 291, max_batch: 0}", r"s\.yaml: workload\.max_batch: .*greater than 0"),
+        ("output_tokens: 291}", "output_tokens: 291, max_batch: 0}", r"s\.yaml: workload\.max_batch: .*greater than or equal to 1 \(found: 0\)"),
         ("mode: offline,", "mode: batch, concurrency: 64, max_batch: 32,",
          r"s\.yaml: workload\.concurrency: expected at most workload\.max_batch = 32, found 64"),
     ],
@@ -78,7 +77,7 @@ def test_bad_input_one_line(tmp_path, old, new, pattern):
 
 def test_list_errors_name_the_scenario(tmp_path):
     text = "- " + GOOD.strip().replace("\n", "\n  ") + "\n- name: s2\n  hardware: h200\n  model: m\n  chips: -1\n"
-    with pytest.raises(CodesignError, match=r"s\.yaml: s2: chips: Input should be greater than 0"):
+    with pytest.raises(CodesignError, match=r"s\.yaml: s2: chips: Input should be greater than or equal to 1"):
         load_scenarios(write(tmp_path, text))
     dup = "- " + GOOD.strip().replace("\n", "\n  ") + "\n- " + GOOD.strip().replace("\n", "\n  ") + "\n"
     with pytest.raises(CodesignError, match=r"name: duplicate scenario name 's1'"):
