@@ -36,7 +36,12 @@ from codesign.mapping.memory import stage_layers
 from codesign.mapping.options import MappingOptions
 from codesign.models import ModelConfig
 from codesign.sim.cost import CostModel, CostOptions
+from codesign.sim.cache import BoundedCache, router_key
 from codesign.sim.engine import StepResult, StepSimulator, VirtualLayer, precision_dtypes
+
+
+# Skeleton graphs and traced expert ops by (config hash, shape, router, layers kept): few MB each.
+SKELETONS = BoundedCache("skeletons", 64)
 
 
 def _skeleton(config: ModelConfig, plan: mapping.ParallelPlan) -> tuple[set[int], dict[int, int]]:
@@ -66,44 +71,64 @@ class StepModel:
 
     def __init__(self, hw: HardwareSpec, config: ModelConfig, plan: mapping.ParallelPlan,
                  precision: mapping.Precision, cost: CostOptions | None = None,
-                 options: MappingOptions | None = None, router: Any = None) -> None:
-        from codesign.graph import tracing  # noqa: F401  (imports torch: on first use only)
+                 options: MappingOptions | None = None, router: Any = None, cache: bool = True) -> None:
 
         self.hw, self.config, self.plan, self.precision = hw, config, plan, precision
         self.options = options or MappingOptions()
         matrix, attn = precision_dtypes(precision, (cost or CostOptions()).attention_dtype)
         self.cost_model = CostModel(hw, matrix, attn, cost or CostOptions())
         self.router = make_router(router)
+        self._router_key = router_key(router) if cache else None  # None: nothing shared
         self.keep, self.template = _skeleton(config, plan)
         self._simulator = StepSimulator(hw, self.cost_model, self.options.two_batch_overlap)
 
     def step(self, shape: StepShape) -> StepResult:
         from codesign.graph import tracing as tr
 
-        config = self.config
-        tr.check_shape(config, shape)
+        tr.check_shape(self.config, shape)
         with gc_paused():
+            skeleton, experts = self._skeleton_graph(shape)
+            mapped = mapping.map_step(skeleton, self.config, self.hw, self.plan, self.precision,
+                                      **self.options.map_kwargs(), rates=self.cost_model.rank_rates())
+            virtual = self._virtual(mapped, experts)
+            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual)
+
+    def _skeleton_graph(self, shape: StepShape):
+        """(skeleton graph, traced routed-expert op of every layer it does not hold): what does not
+        depend on the hardware, plan or precision, shared by every StepModel of the model and router
+        (a plan search, hardware variants of a sweep). The mapping never modifies its input graph."""
+        from codesign.graph import tracing as tr
+
+        key = None if self._router_key is None else (self.config.config_hash(), shape.canonical(), self._router_key,
+                                                     frozenset(self.keep))
+        hit = SKELETONS.get(key) if key is not None else None
+        if hit is None:
+            config = self.config
             pieces = tr.step_segments(config, shape)
             skeleton = tr.assemble(config, [p for p in pieces if p[0] in self.keep], shape, self.router)
             skeleton.graph.update(tr.describe_shape(shape))
-            mapped = mapping.map_step(skeleton, config, self.hw, self.plan, self.precision,
-                                      **self.options.map_kwargs(), rates=self.cost_model.rank_rates())
-            virtual = self._virtual(mapped, pieces, shape)
-            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual)
+            draws = tr.router_layers(config)
+            experts: dict[int, Op] = {}
+            for layer in self.template:
+                if layer in draws:
+                    traced = next(o for o in pieces[layer + 1][2].ops if o.kind == "grouped_gemm")
+                    op = tr._rescale_experts(traced, tr.expert_counts(config, shape, self.router, layer, draws[layer]))
+                    experts[layer] = op
+            hit = (skeleton, experts)
+            if key is not None:
+                SKELETONS.put(key, hit)
+        return hit
 
-    def _virtual(self, mapped: mapping.MappedStep, pieces: list, shape: StepShape) -> dict[int, VirtualLayer]:
+    def _virtual(self, mapped: mapping.MappedStep, experts: dict[int, Op]) -> dict[int, VirtualLayer]:
         """The op list of every decoder layer the skeleton does not hold (see module docstring)."""
-        from codesign.graph import tracing as tr
-
         by_layer: dict[int, list[Op]] = {}
         for _, op in mapped.graph.nodes(data="op"):
             by_layer.setdefault(op.layer, []).append(op)
-        draws = tr.router_layers(self.config)
         out: dict[int, VirtualLayer] = {}
         expert_pos: dict[int, tuple[int, list[int]]] = {}  # template -> (expert op index, all-to-all indices)
         for layer, tmpl in self.template.items():
             ops = by_layer[tmpl]
-            if layer not in draws:
+            if layer not in experts:
                 out[layer] = VirtualLayer(tmpl, {})  # no routed experts: the template's ops as they are
                 continue
             if tmpl not in expert_pos:
@@ -111,9 +136,7 @@ class StepModel:
                 a2a = [i for i, o in enumerate(ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
                 expert_pos[tmpl] = (e, a2a)
             e, a2a = expert_pos[tmpl]
-            traced = next(o for o in pieces[layer + 1][2].ops if o.kind == "grouped_gemm")
-            counts = tr.expert_counts(self.config, shape, self.router, layer, draws[layer])
-            op = tr._rescale_experts(traced, counts).clone()
+            op = experts[layer].clone()
             op.layer, op.layer_type = layer, ops[e].layer_type
             new, _, imbalance = mapped.experts.map(op)
             replaced = {e: new}

@@ -11,11 +11,9 @@ searches, batch bisections and repeated calls reuse them. `memory(batch, kv_len)
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 from codesign import mapping
 from codesign.gc_pause import gc_paused
@@ -25,41 +23,8 @@ from codesign.mapping.options import MappingOptions
 from codesign.models import ModelConfig
 from codesign.sim.cost import CostOptions
 from codesign.sim.engine import StepResult, simulate_step
+from codesign.sim.cache import BoundedCache, hw_key, router_key
 from codesign.sim.stepmodel import StepModel
-
-
-class BoundedCache:
-    """A least-recently-used mapping with at most `size` entries, and hit/miss counts."""
-
-    def __init__(self, name: str, size: int) -> None:
-        self.name, self.size = name, size
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get(self, key: Hashable) -> Any:
-        value = self._data.get(key)
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        self._data.clear()
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def info(self) -> dict[str, int]:
-        return {"entries": len(self._data), "size": self.size, "hits": self.hits, "misses": self.misses}
 
 
 # Step results, keyed by everything a step depends on: hardware (its full spec), model (config
@@ -73,29 +38,17 @@ TRACE_CACHE = BoundedCache("traces", 32)
 
 def clear_caches() -> None:
     """Forget memoised steps and traces (e.g. after editing a cost model or tracer in place)."""
-    STEP_CACHE.clear()
-    TRACE_CACHE.clear()
+    from codesign.sim.stepmodel import SKELETONS
+
+    for c in (STEP_CACHE, TRACE_CACHE, SKELETONS):
+        c.clear()
 
 
 def cache_info() -> dict[str, dict[str, int]]:
     """Entries, bound, hits and misses of the step and trace caches."""
-    return {c.name: c.info() for c in (STEP_CACHE, TRACE_CACHE)}
+    from codesign.sim.stepmodel import SKELETONS
 
-
-def router_key(router: Any) -> Hashable | None:
-    """A cache key part for `router`, or None when it cannot be keyed safely (unhashable)."""
-    if router is None or isinstance(router, str):
-        return ("router", router)
-    try:
-        hash(router)
-    except TypeError:
-        return None
-    return router  # frozen dataclasses compare by value
-
-
-def hw_key(hw: HardwareSpec) -> str:
-    """The full spec's digest: two specs with the same name but other numbers never share steps."""
-    return hashlib.sha256(hw.model_dump_json().encode()).hexdigest()
+    return {c.name: c.info() for c in (STEP_CACHE, TRACE_CACHE, SKELETONS)}
 
 
 # Stands in for a prefill step a decode-mode plan search does not need (see codesign.sim.search).
@@ -161,7 +114,7 @@ class Stepper:
     def _simulate(self, shape: StepShape) -> StepResult:
         if self._model is None:
             self._model = StepModel(self.hw, self.config, self.plan, self.precision, self.cost, self.options,
-                                    self.router)
+                                    self.router, cache=self.cache)
         return self._model.step(shape)
 
     def full_step(self, shape: StepShape) -> StepResult:
