@@ -171,6 +171,9 @@ class ScaleUp(_Strict):
                 prod *= d
             if prod != self.size:
                 raise ValueError(f"dims {self.dims} multiply to {prod}, expected size={self.size}")
+        elif self.dims is not None:  # parsed fields act or are refused
+            raise ValueError(f"dims: only a torus2d or torus3d topology has dims, found dims {list(self.dims)} "
+                             f"with topology {self.topology!r}")
         return self
 
     @property

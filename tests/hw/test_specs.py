@@ -192,3 +192,19 @@ def test_unknown_name_lists_available():
     assert msg.startswith("unknown hardware spec 'h2000'; available: ")
     for n in EXPECTED:
         assert n in msg
+
+
+def test_dims_only_with_a_torus():
+    """A parsed field acts or is refused: dims shape a torus and mean nothing for a switch."""
+    import copy
+
+    from codesign.errors import CodesignError
+    from codesign.hw.spec import HardwareSpec
+    from codesign.spec_files import validate
+    from tests.sim.helpers import HW_DICT
+
+    d = copy.deepcopy(HW_DICT)
+    d["system"]["scale_up"]["dims"] = [2, 4]
+    with pytest.raises(CodesignError, match=r"dims: only a torus2d or torus3d topology has dims, found dims \[2, 4\] "
+                                            r"with topology 'switch'"):
+        validate(HardwareSpec, d, "hw.yaml")
