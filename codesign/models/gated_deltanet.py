@@ -32,6 +32,13 @@ from codesign.errors import CodesignError
 from codesign.models import kernels
 from codesign.models.config import LinearAttentionConfig, ModelConfig
 
+# A continuation of at most this many tokens after a cached prefix (a decode token, or the last
+# accepted token plus the drafted ones of a speculative verify step) runs the fused recurrent
+# kernel, token by token with the state kept on chip, as serving engines run decode and
+# speculative-decoding tokens (FLA's fused_recurrent_gated_delta_rule, which vLLM calls for them);
+# longer continuations and fresh prompts run the chunked algorithm. Both compute the same function.
+RECURRENT_MAX_TOKENS = 8
+
 # Epsilon of the q/k L2 norm; transformers `l2norm` and the FLA kernels use 1e-6.
 L2_NORM_EPS = 1e-6
 
@@ -278,7 +285,7 @@ class GatedDeltaNet(nn.Module):
         # fp32: in half precision exp(A_log) may overflow
         g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())
 
-        if cache is not None and T == 1 and start_pos > 0:
+        if cache is not None and start_pos > 0 and T <= RECURRENT_MAX_TOKENS:
             o = gated_delta_rule_step(q, k, v, g, beta, cache.recurrent_state)  # in place on the state
         else:
             initial = cache.recurrent_state if (cache is not None and start_pos > 0) else None

@@ -288,3 +288,22 @@ def test_graph_package_imports_the_tracer_lazily():
             "import codesign.graph.tracing, codesign; from codesign.graph import trace as t2; assert callable(t2); "
             "assert callable(codesign.graph.trace)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_verify_steps_trace_the_recurrent_gated_deltanet_kernel():
+    """A speculative verify step (a few tokens after a cached prefix) runs GatedDeltaNet's fused
+    recurrent kernel: one op reading and writing the state once, FLOPs for every token; a long
+    continuation runs the chunked algorithm."""
+    from codesign.graph.shape import StepShape
+    from codesign.models.gated_deltanet import RECURRENT_MAX_TOKENS
+
+    cfg = cs.load_model("qwen3.5-35b-a3b")
+    la = cfg.linear_attention
+    g = trace(cfg, shape=StepShape.verify(4, cached=1000, draft=2))
+    steps = [o for _, o in g.nodes(data="op") if o.layer == 0 and o.target.startswith("codesign.gated_delta_rule_step")]
+    assert len(steps) == 1
+    (s,) = steps
+    state = 4 * la.num_value_heads * la.key_head_dim * la.value_head_dim * 4  # fp32
+    assert s.bytes_written["state"] == state and s.flops == 4 * 3 * la.num_value_heads * 7 * la.key_head_dim * la.value_head_dim
+    long = trace(cfg, shape=StepShape.prefill(1, RECURRENT_MAX_TOKENS + 1, cached=1000))
+    assert not any(o.target.startswith("codesign.gated_delta_rule_step") for _, o in long.nodes(data="op"))

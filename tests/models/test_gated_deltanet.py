@@ -97,13 +97,15 @@ def test_prefill_then_decode_equals_full_forward(prefill: int) -> None:
     layer = GatedDeltaNet(_config(chunk_size=4), 0)
     with torch.no_grad():
         layer.conv1d.weight.normal_(0, 0.5)  # make the conv history matter
-        x = torch.randn(2, prefill + 4, 32)
+        x = torch.randn(2, prefill + 14, 32)
         full = layer(x, 0, None)
         cache = layer.make_cache(2, 64, torch.device("cpu"), torch.float32)
         parts = [layer(x[:, :prefill], 0, cache)]
         pos = prefill
-        parts.append(layer(x[:, pos : pos + 2], pos, cache))  # a 2-token chunk from a warm state
+        parts.append(layer(x[:, pos : pos + 2], pos, cache))  # 2 tokens from a warm state: recurrent
         pos += 2
+        parts.append(layer(x[:, pos : pos + 10], pos, cache))  # 10 tokens from a warm state: chunked
+        pos += 10
         for _ in range(2):  # single-token decode: the recurrent form
             parts.append(layer(x[:, pos : pos + 1], pos, cache))
             pos += 1
