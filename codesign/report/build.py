@@ -119,6 +119,37 @@ def _breakdowns(rows: pd.DataFrame, names: Iterable[str]) -> dict[str, dict[str,
     return out
 
 
+def distinct_names(rows: pd.DataFrame) -> pd.Series:
+    """Row names that tell the rows apart: a sweep's points share their base's name, so a name
+    held by several rows gets the values of the swept dotted-path columns that differ between
+    them ("moe-concept-...-256k [16 TB/s, 1 GB]"), and the point hash's first digits where even
+    those agree."""
+    from codesign.report.html import _SI_UNITS, _si
+    from codesign.report.inputs import INPUT_ROOTS
+
+    names = rows["name"].astype(str)
+    dup = names.duplicated(keep=False)
+    if not dup.any():
+        return names
+    swept = [c for c in rows.columns if isinstance(c, str) and c.startswith(INPUT_ROOTS)]
+
+    def show(c: str, v: Any) -> str:
+        unit = _SI_UNITS.get(c.rsplit(".", 1)[-1])
+        if unit and isinstance(v, (int, float)) and not pd.isna(v):
+            return _si(float(v), unit)
+        return f"{c.rsplit('.', 1)[-1]}={v}"
+
+    out = names.copy()
+    for name, group in rows[dup].groupby(names[dup], sort=False):
+        varying = [c for c in swept if group[c].nunique(dropna=False) > 1]
+        for i, r in group.iterrows():
+            out[i] = f"{name} [{', '.join(show(c, r[c]) for c in varying)}]" if varying else name
+    again = out.duplicated(keep=False)
+    if again.any() and "point_hash" in rows.columns:
+        out[again] = out[again] + " #" + rows.loc[again, "point_hash"].astype(str).str[:8]
+    return out
+
+
 def from_frame(frame: pd.DataFrame, title: str = "design-space sweep", command: str = "",
                detail: Iterable[str] | None = None, curves: bool = True, details: bool = True,
                hw: Any = None, model: Any = None, precision: dict | None = None, cost: dict | None = None,
@@ -131,6 +162,7 @@ def from_frame(frame: pd.DataFrame, title: str = "design-space sweep", command: 
     if frame.empty:
         raise CodesignError("report: the results table has no rows")
     rows = with_costs(frame)
+    rows["name"] = distinct_names(rows)
     if "pareto" not in rows.columns:
         rows["pareto"] = pareto_front(rows)
     rows["pareto"] = rows["pareto"].fillna(False).astype(bool)

@@ -220,6 +220,10 @@ def test_sweep_report_draws_each_row_at_its_stored_point(tmp_path):
     data = from_frame(frame, curves=False, points=points)
     (d,) = data.details  # the fastest row
     fastest = frame.loc[frame["output_tokens_per_s_per_chip"].idxmax()]
+    # the sweep's points share a name; the report tells them apart by the swept value
+    assert frame["name"].nunique() == 1
+    assert sorted(data.rows["name"]) == [f"{fastest['name']} [4.8 TB/s]", f"{fastest['name']} [8 TB/s]"]
+    assert d.point.label == f"{fastest['name']} [8 TB/s]"
     assert d.point.point.cost.launch_overhead_s == 2e-5 and d.hbm_bandwidth == 8e12
     (row,) = [json.loads(js) for js in frame["result_json"][frame["point_hash"] == fastest["point_hash"]]]
     assert _op_seconds(d) == pytest.approx(sum(row["breakdown"]["block"].values()), rel=1e-9)
@@ -227,6 +231,9 @@ def test_sweep_report_draws_each_row_at_its_stored_point(tmp_path):
     out = tmp_path / "r.html"
     assert main(["report", str(tmp_path / "s"), "--out", str(out), "--no-curves"]) == 0
     assert f"Decode step {d.timeline.step_time_s * 1e3:.3g} ms" in out.read_text()
+    slow = f"{fastest['name']} [4.8 TB/s]"
+    assert main(["report", str(tmp_path / "s"), "--out", str(out), "--no-curves", "--detail", slow]) == 0
+    assert f"{slow}: decode step" in out.read_text()
     # without the stored points the row is re-derived: swept bandwidth kept, base option lost
     (q,) = from_frame(frame, curves=False).details
     assert q.hbm_bandwidth == 8e12 and q.point.point.cost.launch_overhead_s != 2e-5
