@@ -159,10 +159,6 @@ class StepDetail:
     sram_bandwidth: float = 0.0    # bytes/s
 
 
-def _cost_options(point: DesignPoint):
-    return point.point.cost
-
-
 def mapped_decode_step(point: DesignPoint) -> tuple[Any, Any]:
     """(traced graph, mapped step) of the point's decode step, mapped as the simulator maps it
     (the point's mapping options; EP ranks ranked at the cost model's rates)."""
@@ -188,7 +184,7 @@ def op_table(mapped: Any, point: DesignPoint) -> pd.DataFrame:
     from codesign.sim.cost import CostModel
     from codesign.sim.engine import StepSimulator, precision_dtypes
 
-    opts = _cost_options(point)
+    opts = point.point.cost
     matrix, attn = precision_dtypes(mapped.precision, opts.attention_dtype)
     cm = CostModel(point.hw, matrix, attn, opts)
     residency = StepSimulator(point.hw, cm).residency(mapped.graph)
@@ -224,7 +220,7 @@ def step_detail(point: DesignPoint) -> StepDetail:
     from codesign.sim.timeline import step_timeline
 
     graph, mapped = mapped_decode_step(point)
-    opts = _cost_options(point)
+    opts = point.point.cost
     matrix, _ = precision_dtypes(mapped.precision, opts.attention_dtype)
     chip = point.hw.chip
     return StepDetail(point=point, ops=op_table(mapped, point), expert_tokens=expert_tokens(graph),
@@ -238,7 +234,7 @@ def decode_timeline(point: DesignPoint) -> Any:
     from codesign.sim.timeline import step_timeline
 
     _, mapped = mapped_decode_step(point)
-    return step_timeline(mapped, point.hw, _cost_options(point))
+    return step_timeline(mapped, point.hw, point.point.cost)
 
 
 def context_curve(point: DesignPoint, contexts: Iterable[int] = CURVE_CONTEXTS) -> pd.DataFrame:
