@@ -24,9 +24,10 @@ def main() -> None:
     ap.add_argument("--model", default="qwen3.5-397b-a17b")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rs = cs.simulate(args.hw, args.model)
+    point = cs.design_point(args.hw, args.model)
+    rs = cs.evaluate(point)
     t1 = time.perf_counter()
-    data = from_results(rs, hw=args.hw, model=args.model)
+    data = from_results(rs, points=[point] * len(rs))
     t2 = time.perf_counter()
     html = render(data)
     t3 = time.perf_counter()
@@ -35,12 +36,12 @@ def main() -> None:
           f"{len(data.details)} step details)")
     print(f"render HTML        {t3 - t2:7.2f} s  ({len(html.encode()) / 1e6:.2f} MB, {html.count('<svg ')} figures)")
     feasible = [r for r in rs if r.feasible]
-    point = point_from_result(feasible[0], args.hw, args.model)
+    detail = point_from_result(feasible[0], point)
     t4 = time.perf_counter()
-    tl = decode_timeline(point)
+    tl = decode_timeline(detail)
     t5 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        path = write_trace(os.path.join(d, "step.json"), [tl], [point.label])
+        path = write_trace(os.path.join(d, "step.json"), [tl], [detail.label])
         size = path.stat().st_size
     t6 = time.perf_counter()
     print(f"decode timeline    {t5 - t4:7.2f} s  ({len(tl.spans)} spans, step {tl.time_s * 1e3:.2f} ms)")

@@ -77,12 +77,13 @@ def write_simulate_outputs(results: Sequence[Result], inputs: dict[str, Any], re
 def run(args: argparse.Namespace) -> int:
     from codesign.report.build import from_frame
     from codesign.report.html import write_report
-    from codesign.report.store import read_results
+    from codesign.report.store import read_points, read_results
 
     out = check_writable(args.out, "--out")
     frame = read_results(args.folder)
     command = "codesign " + " ".join(shlex.quote(a) for a in ["report", args.folder, "--out", args.out])
     data = from_frame(frame, title=args.title or f"Sweep {Path(args.folder).resolve().name}", command=command,
-                      detail=args.detail, curves=not args.no_curves, details=not args.no_details)
+                      detail=args.detail, curves=not args.no_curves, details=not args.no_details,
+                      points=read_points(args.folder))
     _say(f"report of {len(frame)} rows written to {write_report(data, out)}")
     return 0

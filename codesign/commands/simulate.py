@@ -150,10 +150,8 @@ def run(args: argparse.Namespace) -> int:
         points = [override(p, sets) for p in points]
     runs = [(p, simulate_point(p)) for p in points]
     results = [r for _, rs in runs for r in rs]
-    # what each row was simulated with, for the report's re-derived detail sections
-    inputs = {"hw": [p.hw for p, rs in runs for _ in rs], "model": [p.model for p, rs in runs for _ in rs],
-              "precision": [p.precision.to_dict() for p, rs in runs for _ in rs],
-              "cost": [p.cost for p, rs in runs for _ in rs]}
+    # the point each row was evaluated at, for the report's detail sections
+    inputs = {"points": [p for p, rs in runs for _ in rs]}
     if args.json:
         payload = [json_safe(r.to_dict()) for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False))

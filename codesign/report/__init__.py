@@ -12,7 +12,7 @@ from __future__ import annotations
 from codesign.report.build import from_frame, from_results
 from codesign.report.html import render, write_report
 from codesign.report.pareto import pareto_front, with_costs
-from codesign.report.store import read_results, write_results
+from codesign.report.store import read_points, read_results, write_results
 
 __all__ = ["from_results", "from_frame", "render", "write_report", "pareto_front", "with_costs", "read_results",
-           "write_results"]
+           "read_points", "write_results"]

@@ -182,7 +182,7 @@ def render(data: ReportData) -> str:
         thr = "output_tokens_per_s_per_chip"
         pareto = [plots.pareto_scatter(rows, "usd_per_mtok", thr, "$ per million output tokens", "output tokens/s per chip",
                                        color="power_w", color_label="deployment power (kW)", color_scale=1e-3),
-                  plots.pareto_scatter(rows, "power_w", thr, "deployment power (kW, chips at TDP)",
+                  plots.pareto_scatter(rows, "power_w", thr, "deployment power (kW, chips x TDP x utilisation)",
                                        "output tokens/s per chip", color="usd_per_mtok", x_scale=1e-3,
                                        color_label="$ per million output tokens")]
     env = jinja2.Environment(loader=jinja2.PackageLoader("codesign.report", "templates"),
@@ -191,7 +191,8 @@ def render(data: ReportData) -> str:
     return env.get_template("report.html.j2").render(
         title=data.title, version=__version__, command=data.command, notes=notes,
         summary_caption=f"{len(rows)} design point(s). Units: tokens/s, seconds, GiB per chip; "
-                        "$/Mtok from the spec's cost.per_hour per chip; power = chips x TDP.",
+                        "$/Mtok = chips x the spec's price per chip-hour over the row's throughput; power = "
+                        "chips x TDP x utilisation (the spec's power section; docs/point.md).",
         table=summary_table(table_rows),
         memory=plots.memory_bars(mem_rows), memory_note=memory_note,
         curves=plots.context_curves(data.curves) if not data.curves.empty else "",

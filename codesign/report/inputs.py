@@ -1,120 +1,146 @@
 """What a report draws, computed from finished results through the public API only.
 
-A report never instruments a simulation. Its detail sections re-derive one design point from a
-result row (hardware, model, plan, batch = the row's concurrency, KV length = its context) and ask
-the public functions for what the row does not carry:
+A report never instruments a simulation. Its detail sections take the design point a result row
+was evaluated at, a `codesign.point.Point` (docs/point.md), and ask the public functions for what
+the row does not carry:
 
-* throughput against context (1K .. 256K): `codesign.simulate` at the row's plan;
-* the roofline: the mapped decode step (`codesign.trace` -> `codesign.mapping.map_step`), each op
-  costed by `codesign.sim.cost.CostModel` (FLOPs, bytes, seconds);
+* throughput against context (1K .. 256K): `codesign.evaluate` of the point at those contexts;
+* the roofline: the mapped decode step (`codesign.trace` -> `codesign.mapping.map_step`, with the
+  point's mapping options), each op costed by `codesign.sim.cost.CostModel` (FLOPs, bytes, seconds);
 * the expert-load heatmap: the traced step's `grouped_gemm` ops' `tokens_per_expert`;
 * the decode-step timeline: `codesign.sim.timeline.step_timeline` of the mapped step.
 
+Where the point comes from: `codesign simulate --report` passes the points it simulated; a sweep
+store keeps every evaluated point by its hash (docs/sweep.md). Only where no point is known (a
+results folder written by other tools) is one re-derived from the row: hardware and model by
+name, the row's `overrides`, else its swept dotted-path columns, and the simulator's defaults for
+everything else (`point_from_row`).
+
 Named assumptions: the detail step is the **decode** step at the row's concurrency and context
-(what decode-mode rows report; for other modes it is the decode step at the prompt length); the
-precision and cost options are the simulator's defaults unless given; the plan is the row's five
-dimensions (tp, ep, pp, dp, attention_dp).
+(what decode-mode rows report; for other modes it is the decode step at the prompt length); where
+the point searched plans (`parallel: auto`), the plan is the row's five dimensions (tp, ep, pp, dp,
+attention_dp) with the default redundant-expert rule.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 
 from codesign.errors import CodesignError
-from codesign.hw import HardwareSpec, load_hw
-from codesign.models import ModelConfig, load_model
+from codesign.point import Point, design_point, override, schema_paths
 from codesign.results import PLAN_KEYS, Result
 
 # Contexts of the throughput-against-context curve: 1K, 2K, ..., 256K.
 CURVE_CONTEXTS = tuple(1024 * 2**k for k in range(9))
-# Sweep columns whose dotted path starts with one of these override the named hardware spec (or
-# model config) when a point is re-derived; see docs/report.md.
-HW_ROOTS = ("chip.", "system.", "efficiency.", "power.", "cost.")
+# Columns whose name starts with one of these are swept dotted paths of the input tree (shown
+# with SI units in the summary; applied to a re-derived point when the row has no `overrides`).
+HW_ROOTS = ("chip.", "system.", "efficiency.", "power.", "price.", "hw.")
 MODEL_ROOT = "model."
+INPUT_ROOTS = HW_ROOTS + (MODEL_ROOT, "cost.", "mapping.", "precision.", "workload.", "slo.", "parallel.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DesignPoint:
-    """One design point, re-derived from a result row."""
+    """The design point of one result row: its `Point` with the plan the row ran (fixed) and the
+    row's context, and the row's batch (its concurrency)."""
 
     label: str
-    hw: HardwareSpec
-    config: ModelConfig
-    plan: dict[str, int]
+    point: Point
     batch: int
-    context: int
-    chips: int = 1
-    precision: dict | None = None
-    cost: dict | None = None
+
+    @property
+    def hw(self) -> Any:
+        return self.point.hw
+
+    @property
+    def config(self) -> Any:
+        return self.point.model
+
+    @property
+    def chips(self) -> int:
+        return self.point.resolved_chips
+
+    @property
+    def context(self) -> int:
+        return self.point.contexts[0]
+
+    @property
+    def plan(self) -> dict[str, int]:
+        """The five plan dimensions (tp, ep, pp, dp, attention_dp)."""
+        return {k: int(getattr(self.point.parallel, k)) for k in PLAN_KEYS}
 
     def mapping_inputs(self) -> tuple[Any, Any]:
-        from codesign import mapping
-        from codesign.sim.simulate import DEFAULT_PRECISION
-
-        prec = self.precision if self.precision is not None else DEFAULT_PRECISION
-        return mapping.ParallelPlan.from_dict(self.plan), mapping.Precision.from_dict(prec)
-
-
-def set_dotted(data: dict, path: str, value: Any) -> None:
-    """Set `data[a][b][c] = value` for path "a.b.c" (CodesignError naming the path if it is not there)."""
-    node = data
-    parts = path.split(".")
-    for i, p in enumerate(parts[:-1]):
-        if not isinstance(node, dict) or p not in node:
-            raise CodesignError(f"{path}: no field {'.'.join(parts[:i + 1])!r} in the spec")
-        node = node[p]
-    if not isinstance(node, dict):
-        raise CodesignError(f"{path}: {'.'.join(parts[:-1])!r} is not a mapping")
-    node[parts[-1]] = value
-
-
-def _with_overrides(base: Any, overrides: Mapping[str, Any], cls: type) -> Any:
-    if not overrides:
-        return base
-    d = copy.deepcopy(base.model_dump())
-    for path, value in overrides.items():
-        set_dotted(d, path, value.item() if isinstance(value, np.generic) else value)
-    try:
-        return cls.model_validate(d)
-    except Exception as e:  # pydantic.ValidationError: one line naming the field
-        first = str(e).splitlines()
-        raise CodesignError(f"overrides {dict(overrides)}: {' '.join(first[:3])}") from None
-
-
-def point_from_row(row: Mapping[str, Any], hw: HardwareSpec | str | None = None,
-                   model: ModelConfig | str | None = None, precision: dict | None = None,
-                   cost: dict | None = None) -> DesignPoint:
-    """A flattened result row (`results_to_dataframe`, or a sweep's frame) -> its design point.
-    `hw`/`model` default to the row's names; dotted columns (`chip.hbm.bandwidth`, `model.…`) are
-    applied to them. CodesignError when the point cannot be re-derived."""
-    if not row.get("feasible", False) or not row.get("concurrency"):
-        raise CodesignError(f"{row.get('name')}: infeasible rows have no step to draw")
-    hw_spec = load_hw(hw if hw is not None else row["hardware"])
-    config = load_model(model if model is not None else row["model"])
-    hw_over = {k: v for k, v in row.items() if k.startswith(HW_ROOTS) and not _missing(v)}
-    m_over = {k[len(MODEL_ROOT):]: v for k, v in row.items() if k.startswith(MODEL_ROOT) and not _missing(v)}
-    hw_spec = _with_overrides(hw_spec, hw_over, HardwareSpec)
-    config = _with_overrides(config, m_over, ModelConfig)
-    plan = {k: int(row.get(f"plan.{k}", 1) or 1) for k in PLAN_KEYS}
-    return DesignPoint(label=str(row["name"]), hw=hw_spec, config=config, plan=plan, batch=int(row["concurrency"]),
-                       context=int(row["context"]), chips=int(row.get("chips") or 1), precision=precision, cost=cost)
+        return self.point.parallel, self.point.precision
 
 
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def point_from_result(r: Result, hw: HardwareSpec | str | None = None, model: ModelConfig | str | None = None,
+def _row_plan(row: Mapping[str, Any]) -> dict[str, int]:
+    plan = row.get("plan")
+    if isinstance(plan, Mapping):
+        return {k: int(plan.get(k, 1)) for k in PLAN_KEYS}
+    return {k: int(row.get(f"plan.{k}", 1) or 1) for k in PLAN_KEYS}
+
+
+def at_row(point: Point, row: Mapping[str, Any]) -> DesignPoint:
+    """The row's design point from the `Point` it was evaluated at: the plan the row ran (the
+    point's own when fixed, the row's when the point searched `auto`) and the row's context."""
+    if not row.get("feasible", False) or _missing(row.get("concurrency")) or not row.get("concurrency"):
+        raise CodesignError(f"{row.get('name')}: infeasible rows have no step to draw")
+    changes: dict[str, Any] = {"context": [int(row["context"])]}
+    if point.parallel == "auto" or {k: getattr(point.parallel, k) for k in PLAN_KEYS} != _row_plan(row):
+        changes["parallel"] = _row_plan(row)
+    return DesignPoint(label=str(row["name"]), point=override(point, changes), batch=int(row["concurrency"]))
+
+
+def _overrides(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's dotted-path overrides: its `overrides` (a mapping, or JSON text as a store keeps
+    it), else its columns named by an input path (`chip.hbm.bandwidth`, `model.moe.num_experts`)."""
+    given = row.get("overrides")
+    if isinstance(given, str):
+        try:
+            given = json.loads(given)
+        except ValueError:
+            given = None
+    if isinstance(given, Mapping) and given:
+        return dict(given)
+    valid = set(schema_paths())
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
+            if isinstance(k, str) and k.startswith(INPUT_ROOTS) and k in valid and not _missing(v)}
+
+
+def point_from_row(row: Mapping[str, Any], hw: Any = None, model: Any = None, precision: dict | None = None,
+                   cost: dict | None = None) -> DesignPoint:
+    """A row's design point where no `Point` was kept (a results folder from elsewhere): `hw` and
+    `model` (default: the row's names) with `simulate()`'s defaults, the row's chips and plan, and
+    its overrides applied (`_overrides`). CodesignError when it cannot be re-derived."""
+    if not row.get("feasible", False) or _missing(row.get("concurrency")) or not row.get("concurrency"):
+        raise CodesignError(f"{row.get('name')}: infeasible rows have no step to draw")
+    base = design_point(hw if hw is not None else str(row["hardware"]),
+                        model if model is not None else str(row["model"]), context=[int(row["context"])],
+                        chips=int(row.get("chips") or 1), plan=_row_plan(row), precision=precision, cost=cost,
+                        name=str(row["name"]))
+    changes = {k: v for k, v in _overrides(row).items() if k not in ("chips", "context", "name")
+               and not k.startswith("parallel")}
+    point = override(base, changes) if changes else base
+    return at_row(point, row)
+
+
+def point_from_result(r: Result, point: Point | None = None, hw: Any = None, model: Any = None,
                       precision: dict | None = None, cost: dict | None = None) -> DesignPoint:
+    """A `codesign.simulate` row's design point: from the `Point` it was evaluated at when given,
+    else re-derived (`point_from_row`)."""
     d = r.to_dict()
-    row = {k: v for k, v in d.items() if not isinstance(v, dict)}
-    row.update({f"plan.{k}": v for k, v in r.plan.items()})
+    row = {k: v for k, v in d.items() if not isinstance(v, dict) or k in ("plan", "overrides")}
+    if point is not None:
+        return at_row(point, row)
     return point_from_row(row, hw, model, precision, cost)
 
 
@@ -133,10 +159,21 @@ class StepDetail:
     sram_bandwidth: float = 0.0    # bytes/s
 
 
-def _cost_options(point: DesignPoint):
-    from codesign.sim.cost import CostOptions
+def mapped_decode_step(point: DesignPoint) -> tuple[Any, Any]:
+    """(traced graph, mapped step) of the point's decode step, mapped as the simulator maps it
+    (the point's mapping options; EP ranks ranked at the cost model's rates)."""
+    import codesign as cs
+    from codesign import mapping
+    from codesign.sim.cost import CostModel
+    from codesign.sim.engine import precision_dtypes
 
-    return CostOptions.from_dict(point.cost)
+    p = point.point
+    plan, prec = point.mapping_inputs()
+    graph = cs.trace(p.model, phase="decode", batch=point.batch, context=point.context)
+    matrix, attn = precision_dtypes(prec, p.cost.attention_dtype)
+    rates = CostModel(p.hw, matrix, attn, p.cost).rank_rates()
+    mapped = mapping.map_step(graph, p.model, p.hw, plan, prec, **p.mapping.map_kwargs(), rates=rates)
+    return graph, mapped
 
 
 def op_table(mapped: Any, point: DesignPoint) -> pd.DataFrame:
@@ -147,7 +184,7 @@ def op_table(mapped: Any, point: DesignPoint) -> pd.DataFrame:
     from codesign.sim.cost import CostModel
     from codesign.sim.engine import StepSimulator, precision_dtypes
 
-    opts = _cost_options(point)
+    opts = point.point.cost
     matrix, attn = precision_dtypes(mapped.precision, opts.attention_dtype)
     cm = CostModel(point.hw, matrix, attn, opts)
     residency = StepSimulator(point.hw, cm).residency(mapped.graph)
@@ -178,16 +215,12 @@ def expert_tokens(graph: Any) -> pd.DataFrame:
 
 def step_detail(point: DesignPoint) -> StepDetail:
     """Trace, map and cost the point's decode step (public API), and simulate its timeline."""
-    import codesign as cs
-    from codesign import mapping
     from codesign.sim.cost import spec_dtype
     from codesign.sim.engine import precision_dtypes
     from codesign.sim.timeline import step_timeline
 
-    plan, prec = point.mapping_inputs()
-    graph = cs.trace(point.config, phase="decode", batch=point.batch, context=point.context)
-    mapped = mapping.map_step(graph, point.config, point.hw, plan, prec)
-    opts = _cost_options(point)
+    graph, mapped = mapped_decode_step(point)
+    opts = point.point.cost
     matrix, _ = precision_dtypes(mapped.precision, opts.attention_dtype)
     chip = point.hw.chip
     return StepDetail(point=point, ops=op_table(mapped, point), expert_tokens=expert_tokens(graph),
@@ -198,28 +231,30 @@ def step_detail(point: DesignPoint) -> StepDetail:
 
 def decode_timeline(point: DesignPoint) -> Any:
     """Only the timeline of the point's decode step (what `codesign simulate --trace` writes)."""
-    import codesign as cs
-    from codesign import mapping
     from codesign.sim.timeline import step_timeline
 
-    plan, prec = point.mapping_inputs()
-    graph = cs.trace(point.config, phase="decode", batch=point.batch, context=point.context)
-    mapped = mapping.map_step(graph, point.config, point.hw, plan, prec)
-    return step_timeline(mapped, point.hw, _cost_options(point))
+    _, mapped = mapped_decode_step(point)
+    return step_timeline(mapped, point.hw, point.point.cost)
 
 
 def context_curve(point: DesignPoint, contexts: Iterable[int] = CURVE_CONTEXTS) -> pd.DataFrame:
-    """Decode throughput per chip against context at the point's plan (`codesign.simulate`);
-    contexts beyond the model's maximum (`max_position_embeddings`) are left out."""
+    """Decode throughput per chip against context at the point's plan (`codesign.evaluate` of the
+    point at those contexts; a point of another workload mode is evaluated as a decode point with
+    its hardware, model, plan, precision and options); contexts beyond the model's maximum
+    (`max_position_embeddings`) are left out."""
     import codesign as cs
     from codesign.results import results_to_dataframe
 
     contexts = [c for c in contexts if c <= point.config.max_position_embeddings]
     if not contexts:
         return pd.DataFrame()
-    rs = cs.simulate(point.hw, point.config, context=contexts, chips=point.chips, plan=point.plan, precision=point.precision,
-                     cost=point.cost, name=point.label)
-    df = results_to_dataframe(rs)
+    p = point.point
+    if p.workload.mode == "decode":
+        curve = override(p, {"context": contexts, "name": point.label})
+    else:
+        curve = design_point(p.hw, p.model, context=contexts, chips=p.resolved_chips, plan=p.parallel,
+                             precision=p.precision.to_dict(), cost=p.cost, mapping_options=p.mapping, name=point.label)
+    df = results_to_dataframe(cs.evaluate(curve))
     df["series"] = f"{point.config.name} on {point.hw.name} ({_plan_label(point.plan)})"
     return df
 
@@ -245,5 +280,6 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
 
-__all__ = ["CURVE_CONTEXTS", "DesignPoint", "StepDetail", "ReportData", "point_from_row", "point_from_result",
-           "step_detail", "decode_timeline", "context_curve", "op_table", "expert_tokens", "set_dotted"]
+__all__ = ["CURVE_CONTEXTS", "DesignPoint", "StepDetail", "ReportData", "at_row", "point_from_row",
+           "point_from_result", "mapped_decode_step", "step_detail", "decode_timeline", "context_curve", "op_table",
+           "expert_tokens"]

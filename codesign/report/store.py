@@ -15,14 +15,18 @@ The format (what `codesign report DIR` expects, and what a sweep writes):
   power), `tokens_per_joule`, `pareto` (bool), `breakdown.block.<block>` and
   `breakdown.resource.<resource>` (seconds per decode step), `point_hash`.
 
-Any other columns are kept and shown in the summary table. WAL mode and concurrent writers are the
+Any other columns are kept and shown in the summary table. A sweep store also has a table `points`
+(`point_hash`, `point_json`: the point's inputs, `codesign.point.canonical_json`); `read_points`
+reads it, so that detail sections are drawn at exactly the point a row was evaluated at. WAL mode and concurrent writers are the
 writer's business; the report opens the file read-only and never writes to it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
@@ -61,6 +65,48 @@ def read_results(folder: str | Path) -> pd.DataFrame:
     return df
 
 
+class StoredPoints(Mapping):
+    """Point hash -> `codesign.point.Point`, read from a store's `points` table and validated on
+    first access (a point that no longer validates under this code is a CodesignError naming it)."""
+
+    def __init__(self, db: Path, raw: dict[str, str]) -> None:
+        self.db, self.raw, self._cache = db, raw, {}
+
+    def __getitem__(self, h: str):
+        from codesign.point import Point
+
+        if h not in self._cache:
+            js = self.raw[h]
+            try:
+                self._cache[h] = Point.model_validate_json(js)
+            except Exception as e:  # pydantic.ValidationError, or a point refused by this code
+                first = str(e).splitlines()[:3]
+                raise CodesignError(f"{self.db}: stored point {h[:12]} does not validate under this version "
+                                    f"({' '.join(first)})") from None
+        return self._cache[h]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+
+def read_points(folder: str | Path) -> StoredPoints:
+    """The stored points of a results folder (empty when its store has no `points` table)."""
+    db = Path(folder) / RESULTS_FILE
+    raw: dict[str, str] = {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "points" in tables:
+                raw = {str(h): str(js) for h, js in con.execute("SELECT point_hash, point_json FROM points")
+                       if h is not None and js is not None}
+    except sqlite3.DatabaseError as e:
+        raise CodesignError(f"{db}: not a readable SQLite database ({e})") from None
+    return StoredPoints(db, raw)
+
+
 def write_results(frame: pd.DataFrame, folder: str | Path) -> Path:
     """Write `frame` as a results folder (replacing its table): the reference writer of the format,
     for tests and small scripts. Returns the database path."""
@@ -72,4 +118,4 @@ def write_results(frame: pd.DataFrame, folder: str | Path) -> Path:
     return db
 
 
-__all__ = ["read_results", "write_results", "RESULTS_FILE", "RESULTS_TABLE", "REQUIRED_COLUMNS"]
+__all__ = ["read_results", "read_points", "StoredPoints", "write_results", "RESULTS_FILE", "RESULTS_TABLE", "REQUIRED_COLUMNS"]

@@ -24,7 +24,7 @@ import pandas as pd
 
 from codesign import progress
 from codesign.errors import CodesignError
-from codesign.point import Point, get, override, point_hash
+from codesign.point import Point, canonical_json, get, override, point_hash
 from codesign.results import Result, flat_row
 from codesign.sweeps import executors
 from codesign.sweeps.pareto import pareto as add_pareto
@@ -146,7 +146,8 @@ def _evaluate(store: Store, points: list[tuple[str, Point]], paths: list[str], e
     done = store.hashes()
     todo = [(h, p) for h, p in points if h not in done]
     # stored points reused by this sweep get this sweep's input columns where they lack them
-    store.fill({h: input_columns(p, paths) for h, p in points if h in done})
+    store.fill({h: input_columns(p, paths) for h, p in points if h in done},
+               {h: canonical_json(p) for h, p in points if h in done})
     by_hash = dict(todo)
     obs = progress.current()
     if obs is not None:
@@ -163,7 +164,7 @@ def _evaluate(store: Store, points: list[tuple[str, Point]], paths: list[str], e
             for k, v in input_columns(by_hash[h], paths).items():
                 cols.setdefault(k, v)
             cols.pop(KEY, None)
-            store.put(h, cols, rows[0], worker=worker, wall_s=wall)
+            store.put(h, cols, rows[0], worker=worker, wall_s=wall, point_json=canonical_json(by_hash[h]))
             if obs is not None:
                 obs.advance(f"{name}: point {h[:10]}")
     finally:

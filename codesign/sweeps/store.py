@@ -5,8 +5,9 @@ the flattened result columns (as `codesign.results.results_to_dataframe`: `plan.
 `ttft_s.p99`, ...), the sweep's derived columns (`deployment_power_w`, `deployment_usd_per_hour`),
 one column per swept dotted path (`chip.hbm.bandwidth`, ...) and `result_json`, the whole row
 (`Result.to_dict()`, breakdown included). Table `computations` logs every evaluation that was
-stored (point hash, worker, wall seconds): a point computed twice shows twice there. Table `meta`
-holds the store format version. docs/sweep.md describes the format.
+stored (point hash, worker, wall seconds): a point computed twice shows twice there. Table `points`
+keeps each stored point's inputs (`codesign.point.canonical_json`), so that a report draws a row
+at exactly the point it was evaluated at. Table `meta` holds the store format version. docs/sweep.md describes the format.
 
 Each finished point is committed in its own transaction (`BEGIN IMMEDIATE`), so a sweep killed at
 any moment keeps every point it finished; WAL mode lets readers (reports, notebooks) read while a
@@ -33,6 +34,7 @@ FORMAT_VERSION = "1"
 BUSY_TIMEOUT_S = 120.0
 KEY = "point_hash"
 JSON_COLUMN = "result_json"
+POINT_COLUMN = "point_json"
 
 
 def _q(name: str) -> str:
@@ -96,6 +98,7 @@ class Store:
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS results ({_q(KEY)} TEXT PRIMARY KEY, {_q(JSON_COLUMN)} TEXT)")
             self.conn.execute("CREATE TABLE IF NOT EXISTS computations (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                               f"{_q(KEY)} TEXT NOT NULL, worker TEXT, wall_s REAL)")
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS points ({_q(KEY)} TEXT PRIMARY KEY, {_q(POINT_COLUMN)} TEXT)")
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
         self._columns = self._table_columns()
@@ -123,9 +126,10 @@ class Store:
         self._columns = self._table_columns()
 
     def put(self, point_hash: str, columns: dict[str, Any], result: dict[str, Any], worker: str = "",
-            wall_s: float = 0.0) -> bool:
-        """Store one finished point (its row and one `computations` entry) in one transaction.
-        False when the point was already stored (the row is kept; the computation is logged)."""
+            wall_s: float = 0.0, point_json: str | None = None) -> bool:
+        """Store one finished point (its row, its inputs `point_json` when given, and one
+        `computations` entry) in one transaction. False when the point was already stored (the
+        row is kept; the computation is logged)."""
         self.ensure_columns(columns)
         names = [KEY, JSON_COLUMN, *columns]
         values = [point_hash, json.dumps(result, sort_keys=False, allow_nan=False)] + [_cell(v) for v in columns.values()]
@@ -135,15 +139,20 @@ class Store:
             cur = self.conn.execute(sql, values)
             self.conn.execute(f"INSERT INTO computations ({_q(KEY)}, worker, wall_s) VALUES (?, ?, ?)",
                               (point_hash, worker, float(wall_s)))
+            if point_json is not None:
+                self.conn.execute(f"INSERT OR IGNORE INTO points VALUES (?, ?)", (point_hash, point_json))
         return cur.rowcount == 1
 
-    def fill(self, rows: dict[str, dict[str, Any]]) -> None:
+    def fill(self, rows: dict[str, dict[str, Any]], points: dict[str, str] | None = None) -> None:
         """Set columns that stored rows lack (NULL), e.g. the swept paths of a later sweep that
-        reuses a stored point; one transaction for all of them."""
+        reuses a stored point, and the inputs (`points`: hash -> point JSON) of stored points that
+        lack them (stores written before the `points` table); one transaction for all of them."""
         if not rows:
             return
         self.ensure_columns({c for cols in rows.values() for c in cols})
         with self._write():
+            for h, js in (points or {}).items():
+                self.conn.execute("INSERT OR IGNORE INTO points VALUES (?, ?)", (h, js))
             for h, cols in rows.items():
                 for c, v in cols.items():
                     self.conn.execute(f"UPDATE results SET {_q(c)} = ? WHERE {_q(KEY)} = ? AND {_q(c)} IS NULL",
@@ -166,6 +175,11 @@ class Store:
         if hashes is not None:
             df = df.set_index(KEY, drop=False).reindex(list(hashes)).reset_index(drop=True)
         return df
+
+    def point_json(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Stored points' inputs (canonical JSON) by point hash."""
+        rows = dict(self.conn.execute(f"SELECT {_q(KEY)}, {_q(POINT_COLUMN)} FROM points"))
+        return {h: rows[h] for h in hashes if h in rows}
 
     def results(self, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored rows (Result.to_dict()) by point hash."""
@@ -298,6 +312,12 @@ def recover(folder: str | Path) -> tuple[Path, int]:
             n += 1
     except sqlite3.DatabaseError:
         pass
+    try:  # the stored points' inputs, where readable (a report draws rows at them)
+        for h, js in conn.execute(f"SELECT {_q(KEY)}, {_q(POINT_COLUMN)} FROM points") if conn is not None else ():
+            with out._write():
+                out.conn.execute("INSERT OR IGNORE INTO points VALUES (?, ?)", (h, js))
+    except sqlite3.DatabaseError:
+        pass
     finally:
         if conn is not None:
             conn.close()
@@ -305,4 +325,4 @@ def recover(folder: str | Path) -> tuple[Path, int]:
     return dest, n
 
 
-__all__ = ["Store", "recover", "readable_rows", "FILENAME", "KEY", "JSON_COLUMN"]
+__all__ = ["Store", "recover", "readable_rows", "FILENAME", "KEY", "JSON_COLUMN", "POINT_COLUMN"]

@@ -54,7 +54,9 @@ def test_front_of_a_known_set():
 
 
 def test_missing_objective_column_is_named():
-    with pytest.raises(KeyError, match="usd_per_mtok"):
+    from codesign.errors import CodesignError
+
+    with pytest.raises(CodesignError, match="unknown column 'usd_per_mtok'"):
         pareto_front(pd.DataFrame({"output_tokens_per_s_per_chip": [1.0], "power_w": [1.0]}))
 
 
@@ -75,3 +77,12 @@ def test_costs_from_the_spec_and_from_swept_columns():
     # existing derived columns are kept as they are
     df2 = df.assign(usd_per_mtok=[1.0, 2.0, 3.0])
     assert with_costs(df2)["usd_per_mtok"].tolist() == [1.0, 2.0, 3.0]
+    # the rows' own price, power and energy columns (result rows and sweep rows carry them) win
+    # where set; utilisation scales the power as it does in the simulator's rows
+    own = df.assign(usd_per_million_output_tokens=[9.0, np.nan, 1.5], deployment_power_w=[np.nan, 123.0, np.nan],
+                    output_tokens_per_joule=[0.5, np.nan, np.nan], **{"power.utilisation": [0.5, np.nan, 1.0]})
+    out = with_costs(own)
+    assert out["usd_per_mtok"].tolist()[::2] == [9.0, 1.5]
+    assert out["usd_per_mtok"].iloc[1] == pytest.approx(8 * 7.0 / 3600 / 10_000 * 1e6)
+    assert out["power_w"].iloc[0] == pytest.approx(8 * 700 * 0.5) and out["power_w"].iloc[1] == 123.0
+    assert out["tokens_per_joule"].iloc[0] == 0.5 and out["tokens_per_joule"].iloc[1] == pytest.approx(10_000 / 123.0)

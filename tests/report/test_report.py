@@ -177,8 +177,63 @@ def test_swept_spec_values_are_shown_with_units():
 def test_context_curve_stops_at_the_models_maximum():
     from codesign.report.inputs import DesignPoint, context_curve
 
-    config = cs.load_model("qwen3-8b")  # 40960 tokens at most
-    p = DesignPoint(label="q", hw=cs.load_hw("h100"), config=config, plan={"tp": 1}, batch=1, context=8192, chips=1)
+    # qwen3-8b: 40960 tokens at most
+    point = cs.design_point("h100", "qwen3-8b", context=[8192], chips=1, plan={"tp": 1})
+    p = DesignPoint(label="q", point=point, batch=1)
     curve = context_curve(p, contexts=[16_384, 32_768, 65_536, 262_144])
     assert curve["context"].tolist() == [16_384, 32_768]
     assert context_curve(p, contexts=[65_536]).empty
+
+
+def _op_seconds(detail) -> float:
+    return float((detail.ops["time_s"] * detail.ops["count"]).sum())
+
+
+def test_simulate_report_draws_the_point_it_simulated():
+    # inputs that a row's columns do not carry: a cost-model option and a mapping option given
+    # with the base point (not as overrides), and a bandwidth with more digits than a column shows
+    base = cs.design_point(HW, MODEL, context=[32_768], plan=PLAN, cost={"launch_overhead_s": 2e-5},
+                           mapping_options={"dispatch_fp8": False})
+    p = cs.override(base, {"chip.hbm.bandwidth": 4.123456789e12})
+    (r,) = cs.evaluate(p)
+    data = from_results([r], points=[p], curves=False)
+    (d,) = data.details
+    assert d.point.point.cost.launch_overhead_s == 2e-5 and d.point.point.mapping.dispatch_fp8 is False
+    assert d.hbm_bandwidth == 4.123456789e12
+    # the detail step is the simulated step: its ops add up to the row's per-block sums
+    assert _op_seconds(d) == pytest.approx(sum(r.breakdown["block"].values()), rel=1e-9)
+    assert d.timeline.time_s == pytest.approx(r.tpot_s["mean"], rel=1e-9)
+    # re-derived from the row alone, the base's options are lost (the row's overrides are kept)
+    (q,) = from_results([r], curves=False).details
+    assert q.hbm_bandwidth == 4.123456789e12 and q.point.point.cost.launch_overhead_s != 2e-5
+    assert _op_seconds(q) != pytest.approx(_op_seconds(d), rel=1e-6)
+
+
+def test_sweep_report_draws_each_row_at_its_stored_point(tmp_path):
+    from codesign.report import read_points
+
+    base = cs.design_point(HW, MODEL, context=[32_768], plan=PLAN, cost={"launch_overhead_s": 2e-5})
+    df = cs.sweep(base, grid={"chip.hbm.bandwidth": ["4.8 TB/s", "8 TB/s"]}, out=tmp_path / "s", executor="serial")
+    points = read_points(tmp_path / "s")
+    assert sorted(points) == sorted(df["point_hash"]) and all(cs.point_hash(points[h]) == h for h in points)
+    frame = read_results(tmp_path / "s")
+    data = from_frame(frame, curves=False, points=points)
+    (d,) = data.details  # the fastest row
+    fastest = frame.loc[frame["output_tokens_per_s_per_chip"].idxmax()]
+    # the sweep's points share a name; the report tells them apart by the swept value
+    assert frame["name"].nunique() == 1
+    assert sorted(data.rows["name"]) == [f"{fastest['name']} [4.8 TB/s]", f"{fastest['name']} [8 TB/s]"]
+    assert d.point.label == f"{fastest['name']} [8 TB/s]"
+    assert d.point.point.cost.launch_overhead_s == 2e-5 and d.hbm_bandwidth == 8e12
+    (row,) = [json.loads(js) for js in frame["result_json"][frame["point_hash"] == fastest["point_hash"]]]
+    assert _op_seconds(d) == pytest.approx(sum(row["breakdown"]["block"].values()), rel=1e-9)
+    # the CLI reads the stored points too: its timeline caption is the stored step's
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "s"), "--out", str(out), "--no-curves"]) == 0
+    assert f"Decode step {d.timeline.step_time_s * 1e3:.3g} ms" in out.read_text()
+    slow = f"{fastest['name']} [4.8 TB/s]"
+    assert main(["report", str(tmp_path / "s"), "--out", str(out), "--no-curves", "--detail", slow]) == 0
+    assert f"{slow}: decode step" in out.read_text()
+    # without the stored points the row is re-derived: swept bandwidth kept, base option lost
+    (q,) = from_frame(frame, curves=False).details
+    assert q.hbm_bandwidth == 8e12 and q.point.point.cost.launch_overhead_s != 2e-5
