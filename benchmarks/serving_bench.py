@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 
@@ -25,9 +24,10 @@ from codesign.hw import load_hw
 from codesign.models import load_model
 from codesign.scenario import SLO, Workload
 from codesign.sim.serving import server as S
-from codesign.sim.serving.steptime import measure_error, measure_pooling
+from codesign.sim.serving.steptime import StepTimeModel, StepTimeOptions, measure_error, measure_pooling, pool_decodes
 from codesign.sim.stepper import Stepper
 
+SAMPLE_EVERY = 2000  # iterations between shapes kept for the error measurement
 PREC = mapping.Precision.from_dict({"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"})
 
 
@@ -39,44 +39,57 @@ def long_run() -> None:
     st = stepper("h200", "qwen3.5-397b-a17b", {"tp": 8, "ep": 8})
     wl = Workload(mode="server", rate_per_s=0.8, requests=10_000, input_tokens=32_768, output_tokens=1024)
     pt = S.serving_point(st, wl)
-    shapes = []
-    eval_s = 0.0
+    eval_s = eval_cpu = 0.0
     core = pt.model._step
 
     def timed_core(shape):
-        nonlocal eval_s
-        t = time.perf_counter()
+        nonlocal eval_s, eval_cpu
+        t, c = time.perf_counter(), time.process_time()
         r = core(shape)
         eval_s += time.perf_counter() - t
+        eval_cpu += time.process_time() - c
         return r
 
     pt.model._step = timed_core
+    iterations = 0
     step_time = pt.model.step_time
 
-    def recording(shape):
-        if len(shapes) < 200_000:
-            shapes.append(shape)
+    def counted(shape):
+        nonlocal iterations
+        iterations += 1
         return step_time(shape)
 
-    pt.model.step_time = recording
-    t0 = time.perf_counter()
-    m = pt.run(S.stream_of(wl))
-    wall = time.perf_counter() - t0
+    pt.model.step_time = counted
+    t0, c0 = time.perf_counter(), time.process_time()
+    m = pt.run(S.stream_of(wl), sample_every=SAMPLE_EVERY)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    pt.model._step, pt.model.step_time = core, step_time
     print("== long run: Qwen3.5-397B-A17B, 8x H200 tp8/ep8, 10,000 Poisson requests at 0.8/s, 32K in / 1K out ==")
-    print(f"wall {wall:.2f} s = core step evaluations {eval_s:.2f} s ({pt.model.evaluations} grid shapes) "
-          f"+ event loop {wall - eval_s:.2f} s; {m.steps} engine steps in {len(shapes)} simulated iterations")
+    print(f"wall {wall:.2f} s (CPU {cpu:.2f} s) = core step evaluations {eval_s:.2f} s (CPU {eval_cpu:.2f} s, "
+          f"{pt.model.evaluations} grid shapes) + event loop {wall - eval_s:.2f} s (CPU {cpu - eval_cpu:.2f} s); "
+          f"{m.steps} engine steps in {iterations} simulated iterations")
     print(f"simulated {m.duration_s:.0f} s: {m.output_tokens_per_s:,.0f} output tok/s, {m.request_rate_per_s:.3f} req/s, "
           f"TTFT p50/p99 {m.ttft_s['p50']:.3f}/{m.ttft_s['p99']:.3f} s, TPOT p50/p99 "
           f"{m.tpot_s['p50'] * 1e3:.1f}/{m.tpot_s['p99'] * 1e3:.1f} ms, mean running {m.mean_running:.1f}, "
           f"KV use mean/peak {m.mean_kv_use:.1%}/{m.peak_kv_use:.1%}, preemptions {m.preemptions}")
     print(f"Little's law: L = {m.mean_in_system:.2f} requests, lambda x W = {m.request_rate_per_s * m.e2e_s['mean']:.2f} "
           f"(ratio {m.littles_law_ratio:.4f})")
-    pt.model.step_time = step_time
-    random.seed(0)
-    sample = random.sample(shapes, min(24, len(shapes)))
+    sample = pt.last_sample or []
     t0 = time.perf_counter()
-    print(measure_error(pt.model, sample), f"[exact evaluations {time.perf_counter() - t0:.1f} s, not in the run]")
-    dec = next((s.groups[0] for s in shapes if s.groups[0].new_tokens == 1), None)
+    mixed = [s for s in sample if pool_decodes(s).is_mixed]
+    decode = [s for s in sample if not pool_decodes(s).is_mixed]
+    print(f"step-time model vs the core's exact step on the shape as it is (decodes at their own cached lengths, "
+          f"no grid), every {SAMPLE_EVERY}th iteration of the run:")
+    for label, part in (("all", sample), ("mixed", mixed), ("decode-only", decode)):
+        if part:
+            print(f"  {label:>11}: {measure_error(pt.model, part)}")
+    print(f"  [exact evaluations {time.perf_counter() - t0:.1f} s, not in the run]")
+    sep = StepTimeModel(pt.model._step, pt.model.max_len, StepTimeOptions(mixed_steps=False))
+    if mixed:
+        over = [sep.step_time(s) / pt.model.exact(s) - 1 for s in mixed]
+        print(f"  the groups of a mixed step costed apart and summed (mixed_steps: false) would overstate mixed steps by "
+              f"{sum(over) / len(over):.1%} on average (max {max(over):.1%}): weights read once per group")
+    dec = next((s.groups[0] for s in sample if s.groups[0].new_tokens == 1), None)
     if dec is not None:
         print(f"pooling (step time linear in cached length) at {dec.seqs} sequences, cached 16K vs 48K around 32K: "
               f"{measure_pooling(pt.model, dec.seqs, (16_384, 49_152)):.3%} error")

@@ -67,14 +67,18 @@ class StepTimeOptions:
     kv_ratio: float = 1.25
     prefill_kv_ratio: float = 2.0
     exact: bool = False
-    mixed_steps: bool = False
+    mixed_steps: bool = True
+    # Mixed steps' decode/verify groups: coarser (sequences, cached) axes (step time is near linear
+    # in both once a prefill chunk shares the step; see approximation 3).
+    mixed_seq_ratio: float = 2.0
+    mixed_kv_ratio: float = 2.0
     # Decode-only stretches simulated as one (codesign.sim.serving.scheduler): at most this
     # relative move of the mean KV length and this many steps; stretch_max 1 simulates every step.
     stretch_drift: float = 0.02
     stretch_max: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("seq_ratio", "token_ratio", "kv_ratio", "prefill_kv_ratio"):
+        for name in ("seq_ratio", "token_ratio", "kv_ratio", "prefill_kv_ratio", "mixed_seq_ratio", "mixed_kv_ratio"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1.0:
                 raise CodesignError(f"workload.step_model: {name}: expected a grid ratio above 1, found {v!r}")
@@ -122,22 +126,28 @@ def bracket(grid: list[int], v: int, hi_limit: int | None = None) -> tuple[int, 
 
 
 def pool_decodes(shape: StepShape) -> StepShape:
-    """Groups of equal (seqs-independent) new_tokens <= a verify width merged at their mean cached
-    length: decode groups (new_tokens 1) together, verify groups of one width together. Prefill
-    chunks (one sequence each, more new tokens) stay apart."""
-    widths = [g.new_tokens for g in shape.groups if g.new_tokens == 1 or g.seqs > 1]
-    if len(widths) == len(set(widths)):
+    """Decode-like groups (see `_decode_like`) of equal (new_tokens, logits) merged at their mean
+    cached length: decode groups (new_tokens 1) together, verify groups of one width together.
+    Prefill chunks (one sequence each, more new tokens) stay apart."""
+    keys = [(g.new_tokens, g.logits) for g in shape.groups if _decode_like(g)]
+    if len(keys) == len(set(keys)):
         return shape  # already pooled (as the scheduler builds steps)
-    pooled: dict[int, list[Group]] = {}
+    pooled: dict[tuple[int, int], list[Group]] = {}
     rest: list[Group] = []
     for g in shape.groups:
-        (pooled.setdefault(g.new_tokens, []) if (g.new_tokens == 1 or g.seqs > 1) else rest).append(g)
-    out = list(rest)
-    for n, gs in pooled.items():
+        (pooled.setdefault((g.new_tokens, g.logits), []) if _decode_like(g) else rest).append(g)
+    out: list[Group] = []
+    for (n, lg), gs in pooled.items():
         seqs = sum(g.seqs for g in gs)
         mean = sum(g.seqs * g.cached_tokens for g in gs) / seqs
-        out.append(Group(seqs, n, int(round(mean))))
-    return StepShape(tuple(out))
+        out.append(Group(seqs, n, int(round(mean)), lg))
+    return StepShape(tuple(out + rest))
+
+
+def _decode_like(g: Group) -> bool:
+    """Decode and verify groups (and several equal chunks) sit on the (sequences, cached) axes;
+    a single prompt chunk on the (new tokens, cached) axes."""
+    return g.new_tokens == 1 or g.seqs > 1 or g.logits > 1
 
 
 class StepTimeModel:
@@ -152,50 +162,73 @@ class StepTimeModel:
         self._tok_grid = geometric_grid(o.token_ratio, False)
         self._kv_grid = geometric_grid(o.kv_ratio, True, max_len)
         self._pkv_grid = geometric_grid(o.prefill_kv_ratio, True, max_len)
-        self._memo: dict[tuple[int, int, int] | StepShape, float] = {}
+        self._mseq_grid = geometric_grid(o.mixed_seq_ratio, False)
+        self._mkv_grid = geometric_grid(o.mixed_kv_ratio, True, max_len)
+        self._memo: dict[tuple, float] = {}
+        self._mixed_memo: dict[StepShape, float] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
 
     # -- exact points ---------------------------------------------------------------------------
     def exact_group(self, g: Group) -> float:
         """One group evaluated by the core alone (memoised)."""
-        return self._point(g.seqs, g.new_tokens, g.cached_tokens)
+        return self._point(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
-    def _point(self, seqs: int, new: int, cached: int) -> float:
-        key = (seqs, new, cached)
+    def _point(self, seqs: int, new: int, cached: int, logits: int = 1) -> float:
+        key = (seqs, new, cached, logits)
         t = self._memo.get(key)
         if t is None:
             self.evaluations += 1
-            t = self._memo[key] = float(self._step(StepShape((Group(seqs, new, cached),))).time_s)
+            t = self._memo[key] = float(self._step(StepShape((Group(seqs, new, cached, logits),))).time_s)
+        return t
+
+    def _shape_point(self, groups: tuple[Group, ...]) -> float:
+        """A (mixed) grid shape evaluated by the core as one step (memoised)."""
+        if len(groups) == 1:
+            return self.exact_group(groups[0])
+        key = StepShape(groups).canonical()
+        t = self._mixed_memo.get(key)
+        if t is None:
+            self.evaluations += 1
+            t = self._mixed_memo[key] = float(self._step(key).time_s)
         return t
 
     def exact(self, shape: StepShape) -> float:
-        """The step as the core evaluates it today: mixed shapes as the sum of their groups."""
-        if self.options.mixed_steps and shape.is_mixed:
-            key = shape.canonical()
-            t = self._memo.get(key)
-            if t is None:
-                self.evaluations += 1
-                t = self._memo[key] = float(self._step(key).time_s)
-            return t
+        """The step as the core evaluates it, as it is (no pooling, no grid): one step of all its
+        groups (``mixed_steps``), or the sum of its groups evaluated apart (``mixed_steps=False``)."""
+        if not shape.is_mixed:
+            return self.exact_group(shape.groups[0])
+        if self.options.mixed_steps:
+            return self._shape_point(shape.groups)
         return sum(self.exact_group(g) for g in shape.groups)
 
     # -- the model ------------------------------------------------------------------------------
     def group_time(self, g: Group) -> float:
         """Bilinear interpolation of one group's time on the grid."""
-        return self.time_of(g.seqs, g.new_tokens, g.cached_tokens)
+        return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
-    def time_of(self, seqs: int, new: int, cached: int) -> float:
-        """`group_time` of Group(seqs, new, cached), without building the group."""
+    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], Callable[[int, int], Group]]:
+        """Group g's grid cell: (x, (x0, x1), y, (y0, y1), corner -> Group), within the context."""
+        L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
+        if _decode_like(g):
+            xs = bracket(self._mseq_grid, g.seqs)
+            ys = bracket(self._mkv_grid if new == 1 else self._pkv_grid, y, L - new)
+            return g.seqs, xs, y, ys, lambda xv, yv: Group(xv, new, yv, lg)
+        xs = bracket(self._tok_grid, new, L - y)
+        ys = bracket(self._pkv_grid, y, max(L - xs[1], y))
+        return new, xs, y, ys, lambda xv, yv: Group(1, xv, yv)
+
+    def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float:
+        """`group_time` of Group(seqs, new, cached, logits), without building the group."""
         if self.options.exact:
-            return self._point(seqs, new, cached)
+            return self._point(seqs, new, cached, logits)
         L, y = self.max_len, cached
-        if new == 1 or seqs > 1:  # decode / verify / several equal chunks: axes (seqs, cached)
+        if new == 1 or seqs > 1 or logits > 1:  # decode / verify / several equal chunks: axes (seqs, cached)
             x0, x1 = bracket(self._seq_grid, seqs)
             y0, y1 = bracket(self._kv_grid if new == 1 else self._pkv_grid, y, L - new)
             x = seqs
 
             def at(xv: int, yv: int) -> float:
-                return self._point(xv, new, yv)
+                return self._point(xv, new, yv, logits)
         else:  # one prefill chunk: axes (new tokens, cached)
             x0, x1 = bracket(self._tok_grid, new, L - y)
             y0, y1 = bracket(self._pkv_grid, y, max(L - x1, y))
@@ -216,20 +249,48 @@ class StepTimeModel:
     def step_time(self, shape: StepShape) -> float:
         """Seconds of one scheduler iteration's step (see module docstring)."""
         shape = pool_decodes(shape)
-        if self.options.mixed_steps and shape.is_mixed:
-            return self.exact(StepShape(tuple(self._snap(g) for g in shape.groups)))
-        # Temporary: the core does not evaluate mixed steps yet; groups are costed apart and add.
-        return sum(self.time_of(g.seqs, g.new_tokens, g.cached_tokens) for g in shape.groups)
+        if not shape.is_mixed:
+            g = shape.groups[0]
+            return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+        if not self.options.mixed_steps:
+            return sum(self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits) for g in shape.groups)
+        if self.options.exact:
+            return self._shape_point(shape.groups)
+        return self.mixed_time(shape.groups)
 
-    def _snap(self, g: Group) -> Group:
-        def near(grid: list[int], v: int) -> int:
-            a, b = bracket(grid, v)
-            return a if v - a <= b - v else b
+    def mixed_time(self, groups: tuple[Group, ...]) -> float:
+        """A mixed step from whole-step core evaluations on the grid (approximation 3): the step at
+        every group's nearest grid corner (the anchor), plus, group by group, the bilinear
+        interpolation over that group's cell with the other groups held at their anchor, minus the
+        anchor. Exact on grid points and for step times that are a sum of per-group bilinear parts;
+        what it leaves out is the groups' cross terms within one cell."""
+        cells = [self._cell(g) for g in groups]
+        anchor = [(_nearest(x, xs), _nearest(y, ys)) for x, xs, y, ys, _ in cells]
+        base = tuple(make(*a) for (_, _, _, _, make), a in zip(cells, anchor))
+        t_anchor = self._shape_point(base)
+        total = t_anchor
+        for i, (x, (x0, x1), y, (y0, y1), make) in enumerate(cells):
+            if x0 == x1 and y0 == y1:
+                continue
 
-        if g.new_tokens == 1 or g.seqs > 1:
-            return Group(near(self._seq_grid, g.seqs), g.new_tokens,
-                         near(self._kv_grid if g.new_tokens == 1 else self._pkv_grid, g.cached_tokens))
-        return Group(1, max(1, near(self._tok_grid, g.new_tokens)), near(self._pkv_grid, g.cached_tokens))
+            def at(xv: int, yv: int) -> float:
+                if (xv, yv) == anchor[i]:
+                    return t_anchor
+                return self._shape_point(base[:i] + (make(xv, yv),) + base[i + 1:])
+
+            wx = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            wy = 0.0 if y1 == y0 else (y - y0) / (y1 - y0)
+            t00 = at(x0, y0)
+            t01 = t00 if y1 == y0 else at(x0, y1)
+            t10 = t00 if x1 == x0 else at(x1, y0)
+            t11 = t10 if y1 == y0 else (t01 if x1 == x0 else at(x1, y1))
+            total += (1 - wx) * ((1 - wy) * t00 + wy * t01) + wx * ((1 - wy) * t10 + wy * t11) - t_anchor
+        return total
+
+
+def _nearest(v: int, ab: tuple[int, int]) -> int:
+    a, b = ab
+    return a if v - a <= b - v else b
 
 
 @dataclass(frozen=True)
