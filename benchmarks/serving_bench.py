@@ -77,10 +77,10 @@ def long_run() -> None:
     sample = pt.last_sample or []
     t0 = time.perf_counter()
     mixed = [s for s in sample if pool_decodes(s).is_mixed]
-    decode = [s for s in sample if not pool_decodes(s).is_mixed]
+    single = [s for s in sample if not pool_decodes(s).is_mixed]
     print(f"step-time model vs the core's exact step on the shape as it is (decodes at their own cached lengths, "
           f"no grid), every {SAMPLE_EVERY}th iteration of the run:")
-    for label, part in (("all", sample), ("mixed", mixed), ("decode-only", decode)):
+    for label, part in (("all", sample), ("mixed", mixed), ("single-group", single)):
         if part:
             print(f"  {label:>11}: {measure_error(pt.model, part)}")
     print(f"  [exact evaluations {time.perf_counter() - t0:.1f} s, not in the run]")
