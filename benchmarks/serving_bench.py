@@ -27,7 +27,7 @@ from codesign.sim.serving import server as S
 from codesign.sim.serving.steptime import StepTimeModel, StepTimeOptions, measure_error, measure_pooling, pool_decodes
 from codesign.sim.stepper import Stepper
 
-SAMPLE_EVERY = 2000  # iterations between shapes kept for the error measurement
+SAMPLE_EVERY = 1000  # iterations between shapes kept for the error measurement
 PREC = mapping.Precision.from_dict({"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"})
 
 
@@ -76,13 +76,15 @@ def long_run() -> None:
           f"(ratio {m.littles_law_ratio:.4f})")
     sample = pt.last_sample or []
     t0 = time.perf_counter()
-    mixed = [s for s in sample if pool_decodes(s).is_mixed]
-    single = [s for s in sample if not pool_decodes(s).is_mixed]
+    width = [len(pool_decodes(s).groups) for s in sample]
+    mixed = [s for s, w in zip(sample, width) if w > 1]
+    single = [s for s, w in zip(sample, width) if w == 1]
+    three = [s for s, w in zip(sample, width) if w > 2]
     print(f"step-time model vs the core's exact step on the shape as it is (decodes at their own cached lengths, "
           f"no grid), every {SAMPLE_EVERY}th iteration of the run:")
-    for label, part in (("all", sample), ("mixed", mixed), ("single-group", single)):
+    for label, part in (("all", sample), ("mixed", mixed), ("3+ groups", three), ("single-group", single)):
         if part:
-            print(f"  {label:>11}: {measure_error(pt.model, part)}")
+            print(f"  {label:>12}: {str(measure_error(pt.model, part))[:160]}")
     print(f"  [exact evaluations {time.perf_counter() - t0:.1f} s, not in the run]")
     sep = StepTimeModel(pt.model._step, pt.model.max_len, StepTimeOptions(mixed_steps=False))
     if mixed:

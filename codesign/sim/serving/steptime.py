@@ -26,17 +26,22 @@ serving benchmark prints it):
    unchanged). A value on a grid point is exact. ``exact=True`` switches the model off (every shape
    evaluated as it is).
 3. **Mixed steps** (decodes with prefill chunks, ``mixed_steps=True``, the default) are one step
-   of the core (weights read once, every projection and expert GEMM over all the step's tokens):
-   the step with every group at its nearest grid corner (the anchor), plus, group by group, the
-   bilinear interpolation over that group's cell with the other groups at their anchor corners,
-   minus the anchor; every corner is one whole mixed step evaluated by the core (memoised). Exact
-   on grid points and when step time is a sum of per-group bilinear parts (shared weights are a
-   constant); the groups' cross terms within a cell are what it misses. Decode/verify groups of a
-   mixed step sit on coarser axes (``mixed_seq_ratio`` 2, ``mixed_kv_ratio`` 2: with a prefill
-   chunk in the step, time is near linear in both), which halves the evaluations of a long run for
-   no measurable loss (0.11% mean, 0.6% max on the benchmark's sample). ``mixed_steps=False``
-   costs each group as a step of its own and adds them (an upper bound: weights read once per
-   group; the benchmark prints by how much it overstates).
+   of the core (weights read once, every projection and expert GEMM over all the step's tokens).
+   A step of two groups: the step with both groups at their nearest grid corner (the anchor),
+   plus, group by group, the bilinear interpolation over that group's cell with the other group at
+   its anchor corner, minus the anchor; every corner is a whole mixed step evaluated by the core
+   (memoised). Exact on grid points and when step time is a sum of per-group bilinear parts
+   (shared weights are a constant); it misses the groups' cross terms within a cell. Decode/verify
+   groups of a mixed step sit on coarser axes (``mixed_seq_ratio`` 4, ``mixed_kv_ratio`` 2: with a
+   prefill chunk in the step, time is near linear in both). A step of three or more groups
+   (``pairwise``, the default): each further group with the first (the decodes) as a two-group
+   step, summed, less the first group's own step once for every pair but one -- exact for sums of
+   per-group parts, it misses the cross terms between chunks (the token-parallel GEMMs' knee: a
+   small chunk's tokens cost less when paired with the decodes alone than in the full step); the
+   benchmark measures 2-3% on those steps (a few percent of a long run's steps), where
+   ``pairwise=False`` interpolates them in all their groups (0.15%) for ~1.7x the core
+   evaluations. ``mixed_steps=False`` costs each group as a step of its own and adds them (an
+   upper bound: weights read once per group; the benchmark prints by how much it overstates).
 4. **Decode-only stretches** (applied by the scheduler, codesign.sim.serving.scheduler): up to
    ``stretch_max`` (256) identical decode-only steps, the mean KV length moving at most
    ``stretch_drift`` (2%), are simulated as one, timed at the stretch's middle.
@@ -77,7 +82,9 @@ class StepTimeOptions:
     mixed_steps: bool = True
     # Mixed steps' decode/verify groups: coarser (sequences, cached) axes (step time is near linear
     # in both once a prefill chunk shares the step; see approximation 3).
-    mixed_seq_ratio: float = 2.0
+    # Steps of three or more groups: each further group paired with the first (see approximation 3).
+    pairwise: bool = True
+    mixed_seq_ratio: float = 4.0
     mixed_kv_ratio: float = 2.0
     # Decode-only stretches simulated as one (codesign.sim.serving.scheduler): at most this
     # relative move of the mean KV length and this many steps; stretch_max 1 simulates every step.
@@ -89,7 +96,7 @@ class StepTimeOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1.0:
                 raise CodesignError(f"workload.step_model: {name}: expected a grid ratio above 1, found {v!r}")
-        for name in ("exact", "mixed_steps"):
+        for name in ("exact", "mixed_steps", "pairwise"):
             if not isinstance(getattr(self, name), bool):
                 raise CodesignError(f"workload.step_model: {name}: expected true or false, found {getattr(self, name)!r}")
         if isinstance(self.stretch_drift, bool) or not isinstance(self.stretch_drift, (int, float)) or self.stretch_drift < 0:
@@ -172,7 +179,7 @@ class StepTimeModel:
         self._mseq_grid = geometric_grid(o.mixed_seq_ratio, False)
         self._mkv_grid = geometric_grid(o.mixed_kv_ratio, True, max_len)
         self._memo: dict[tuple, float] = {}
-        self._mixed_memo: dict[StepShape, float] = {}
+        self._mixed_memo: dict[tuple, float] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
 
     # -- exact points ---------------------------------------------------------------------------
@@ -191,12 +198,20 @@ class StepTimeModel:
     def _shape_point(self, groups: tuple[Group, ...]) -> float:
         """A (mixed) grid shape evaluated by the core as one step (memoised)."""
         if len(groups) == 1:
-            return self.exact_group(groups[0])
-        key = StepShape(groups).canonical()
+            g = groups[0]
+            return self._point(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+        return self._raw_point(tuple((g.seqs, g.new_tokens, g.cached_tokens, g.logits) for g in groups))
+
+    def _raw_point(self, groups: tuple[tuple[int, int, int, int], ...]) -> float:
+        """`_shape_point` of groups given as (seqs, new, cached, logits) tuples."""
+        if len(groups) == 1:
+            return self._point(*groups[0])
+        key = tuple(sorted(groups))
         t = self._mixed_memo.get(key)
         if t is None:
             self.evaluations += 1
-            t = self._mixed_memo[key] = float(self._step(key).time_s)
+            shape = StepShape(tuple(Group(*g) for g in key)).canonical()
+            t = self._mixed_memo[key] = float(self._step(shape).time_s)
         return t
 
     def exact(self, shape: StepShape) -> float:
@@ -213,16 +228,17 @@ class StepTimeModel:
         """Bilinear interpolation of one group's time on the grid."""
         return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
-    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], Callable[[int, int], Group]]:
-        """Group g's grid cell: (x, (x0, x1), y, (y0, y1), corner -> Group), within the context."""
+    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], Callable[[int, int], tuple]]:
+        """Group g's grid cell: (x, (x0, x1), y, (y0, y1), corner -> (seqs, new, cached, logits)),
+        within the context."""
         L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
         if _decode_like(g):
             xs = bracket(self._mseq_grid, g.seqs)
             ys = bracket(self._mkv_grid if new == 1 else self._pkv_grid, y, L - new)
-            return g.seqs, xs, y, ys, lambda xv, yv: Group(xv, new, yv, lg)
+            return g.seqs, xs, y, ys, lambda xv, yv: (xv, new, yv, lg)
         xs = bracket(self._tok_grid, new, L - y)
         ys = bracket(self._pkv_grid, y, max(L - xs[1], y))
-        return new, xs, y, ys, lambda xv, yv: Group(1, xv, yv)
+        return new, xs, y, ys, lambda xv, yv: (1, xv, yv, 1)
 
     def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float:
         """`group_time` of Group(seqs, new, cached, logits), without building the group."""
@@ -263,7 +279,14 @@ class StepTimeModel:
             return sum(self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits) for g in shape.groups)
         if self.options.exact:
             return self._shape_point(shape.groups)
-        return self.mixed_time(shape.groups)
+        groups = shape.groups
+        if len(groups) <= 2 or not self.options.pairwise:
+            return self.mixed_time(groups)
+        # three or more groups: each with the first (the decodes when there are any) as a two-group
+        # step, the first group's own step counted once (see approximation 3)
+        first, rest = groups[0], groups[1:]
+        alone = self.time_of(first.seqs, first.new_tokens, first.cached_tokens, first.logits)
+        return sum(self.mixed_time((first, g)) for g in rest) - (len(rest) - 1) * alone
 
     def mixed_time(self, groups: tuple[Group, ...]) -> float:
         """A mixed step from whole-step core evaluations on the grid (approximation 3): the step at
@@ -274,7 +297,7 @@ class StepTimeModel:
         cells = [self._cell(g) for g in groups]
         anchor = [(_nearest(x, xs), _nearest(y, ys)) for x, xs, y, ys, _ in cells]
         base = tuple(make(*a) for (_, _, _, _, make), a in zip(cells, anchor))
-        t_anchor = self._shape_point(base)
+        t_anchor = self._raw_point(base)
         total = t_anchor
         for i, (x, (x0, x1), y, (y0, y1), make) in enumerate(cells):
             if x0 == x1 and y0 == y1:
@@ -283,7 +306,7 @@ class StepTimeModel:
             def at(xv: int, yv: int) -> float:
                 if (xv, yv) == anchor[i]:
                     return t_anchor
-                return self._shape_point(base[:i] + (make(xv, yv),) + base[i + 1:])
+                return self._raw_point(base[:i] + (make(xv, yv),) + base[i + 1:])
 
             wx = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
             wy = 0.0 if y1 == y0 else (y - y0) / (y1 - y0)

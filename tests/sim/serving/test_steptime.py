@@ -87,6 +87,24 @@ def test_mixed_steps_are_one_step_and_interpolate_exactly():
     assert len(core2.calls) == 1 and m2.step_time(on_grid) == merged(StepShape((Group(5, 1, 0),)))
 
 
+def test_steps_of_three_groups_pair_each_with_the_first():
+    shape = StepShape((Group(37, 1, 30_001), Group(1, 5000, 12_345), Group(1, 1131, 70)))
+    pair = StepTimeModel(Core(merged), 1 << 20)
+    assert pair.step_time(shape) == pytest.approx(merged(shape), rel=1e-12)  # sums of per-group parts: exact
+
+    def knee(s):  # the token-parallel part saturates: a cross term between the chunks
+        return merged(s) + 1e-6 * min(sum(g.tokens for g in s.groups), 4000)
+
+    core = Core(knee)
+    pair = StepTimeModel(core, 1 << 20)
+    d, p1, p2 = shape.groups
+    want = (knee(StepShape((d, p1))) + knee(StepShape((d, p2))) - knee(StepShape((d,))))
+    assert pair.step_time(shape) == pytest.approx(want, rel=1e-9)
+    assert all(len(c.groups) <= 2 for c in core.calls)
+    full = StepTimeModel(Core(knee), 1 << 20, StepTimeOptions(pairwise=False))
+    assert full.step_time(shape) == pytest.approx(knee(shape), rel=1e-9)  # min() is flat in this cell
+
+
 def test_mixed_steps_apart_sum_their_groups():
     core = Core(merged)
     m = StepTimeModel(core, 1 << 20, StepTimeOptions(mixed_steps=False))
