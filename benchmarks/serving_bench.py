@@ -135,7 +135,7 @@ def mtp_run() -> None:
     n, c = 64, 1024 + 256  # the batch and its mean KV length while decoding
     t_d = points["no MTP"].model.time_of(n, 1, c)
     p = points["k=1, a=0.9"]
-    t_v, t_h = p.model.time_of(n, 2, c), p.draft_time(n, c)
+    t_v, t_h = p.model.time_of(n, 2, c, 2), p.draft_time(n, c)
     print(f"k=1, a=0.9 vs none: x{rows['k=1, a=0.9'].output_tokens_per_s / b:.2f} end to end. From the model at "
           f"{n} sequences, KV {c}: decode step {t_d * 1e3:.2f} ms, verify step of 2 tokens {t_v * 1e3:.2f} ms + MTP head "
           f"{t_h * 1e3:.2f} ms for 1.9 tokens -> decode speed x{1.9 * t_d / (t_v + t_h):.2f}; the prefills, "

@@ -114,38 +114,31 @@ def verify_step(st: Stepper, width: int) -> Callable[[StepShape], Any]:
     GatedDeltaNet layers run the chunked algorithm (built for long prompts: ~5x a recurrent step's
     time at 2 tokens), where serving engines verify drafts with the fused recurrent kernel (vLLM's
     Qwen3-Next/Qwen3.5 path: ``fused_recurrent_gated_delta_rule`` over the draft positions). Named
-    assumption: a verify group's GatedDeltaNet block (`breakdown["block"]["linear_attention"]`: its
-    projections, convolution and gated delta rule) costs what a decode group of ``seqs x width``
-    sequences at the same cached length costs there: the projections over the same tokens with the
-    weights read once, and ``width`` recurrent state updates per sequence. That is an upper bound on
-    the state traffic (``width`` state reads and writes per sequence, where a fused kernel reads the
-    state once and writes it ``width`` times). The correction is the difference of the two blocks on
-    the verify group evaluated alone, subtracted from the core's step (alone or mixed with prefill
-    chunks), never below the step with the verify group replaced by a plain decode group."""
+    assumption: a verify group's GatedDeltaNet work costs what a decode group of ``seqs x width``
+    sequences at the same cached length costs: the projections over the same tokens with the
+    weights read once, and ``width`` recurrent state updates per sequence. That is an upper bound
+    on the state traffic (``width`` state reads and writes per sequence, where a fused kernel reads
+    the state once and writes it ``width`` times). The step's GatedDeltaNet block
+    (`breakdown["block"]["linear_attention"]`: projections, convolution, gated delta rule; the
+    blocks add up to the step time) is replaced by that block of the same step with its verify
+    groups so substituted; every other block stays the core's. This works alike for a verify group
+    alone and mixed with prefill chunks (whose chunked GatedDeltaNet ops the verify group's merge
+    with: subtracting its excess measured alone would over-correct)."""
     from codesign.sim.engine import StepResult
 
     gdn = st.config.linear_attention is not None
-    memo: dict[Group, float] = {}
 
-    def la(shape: StepShape) -> float:
-        return st.step(shape).breakdown.get("block", {}).get("linear_attention", 0.0)
-
-    def excess(g: Group) -> float:
-        """Chunked minus recurrent GatedDeltaNet time of verify group `g` (evaluated alone)."""
-        hit = memo.get(g)
-        if hit is None:
-            as_decodes = StepShape((Group(g.seqs * g.new_tokens, 1, g.cached_tokens + g.new_tokens - 1),))
-            hit = memo[g] = la(StepShape((g,))) - la(as_decodes)
-        return hit
+    def la(r: StepResult) -> float:
+        return r.breakdown.get("block", {}).get("linear_attention", 0.0)
 
     def step(shape: StepShape) -> StepResult:
         r = st.step(shape)
         verify = [g for g in shape.groups if g.new_tokens == width and g.logits == width]
         if not gdn or width < 2 or not verify:
             return r
-        t = r.time_s - sum(excess(g) for g in verify)
-        plain = tuple(Group(g.seqs, 1, g.cached_tokens + width - 1) if g in verify else g for g in shape.groups)
-        t = max(t, st.step(StepShape(plain)).time_s)  # never below the step without the drafts
+        recurrent = tuple(Group(g.seqs * width, 1, g.cached_tokens + width - 1) if g in verify else g
+                          for g in shape.groups)
+        t = r.time_s - la(r) + la(st.step(StepShape(recurrent)))
         return StepResult(time_s=t, bottleneck=r.bottleneck, breakdown={})
 
     return step
