@@ -4,10 +4,11 @@
     python benchmarks/serving_bench.py long       # only the 10,000-request run (and its model error)
 
 1. **long**: 10,000 Poisson requests of Qwen3.5-397B-A17B on 8x H200 (tp8/ep8, fp8 weights, bf16 KV)
-   at 32K input and 1K output tokens, at 0.8 requests/s: wall time (step evaluations by the core and
-   the event loop apart), throughput, TTFT/TPOT, Little's law, and the step-time model's error
-   against exact evaluation on 24 shapes sampled from the run (the exact evaluations are not part
-   of the timed run).
+   at 32K input and 1K output tokens, at 0.8 requests/s: wall and CPU time (step evaluations by the
+   core and the event loop apart), throughput, TTFT/TPOT, Little's law, and the step-time model's
+   error against the core's exact step on the shapes of every 1000th iteration as they are
+   (decodes at their own cached lengths, no grid; not part of the timed run), split by the
+   number of groups, and what costing mixed steps' groups apart would overstate.
 2. **slo**: the SLO search on Qwen3-8B (1x H200): the rate found, p99s there and 10% above,
    against the offline throughput of the same requests.
 3. **mtp**: Qwen3.5-35B-A3B (1x H200) decode throughput without MTP, with one drafted token at
