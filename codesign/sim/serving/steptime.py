@@ -180,6 +180,7 @@ class StepTimeModel:
         self._mkv_grid = geometric_grid(o.mixed_kv_ratio, True, max_len)
         self._memo: dict[tuple, float] = {}
         self._mixed_memo: dict[tuple, float] = {}
+        self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
 
     # -- exact points ---------------------------------------------------------------------------
@@ -228,17 +229,17 @@ class StepTimeModel:
         """Bilinear interpolation of one group's time on the grid."""
         return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
-    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], Callable[[int, int], tuple]]:
-        """Group g's grid cell: (x, (x0, x1), y, (y0, y1), corner -> (seqs, new, cached, logits)),
-        within the context."""
+    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], tuple[int, int]]:
+        """Group g's grid cell: (x, (x0, x1), y, (y0, y1), (new, logits)) within the context; new
+        0 marks a prompt chunk, whose x axis is its new tokens (see `_corner`)."""
         L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
         if _decode_like(g):
             xs = bracket(self._mseq_grid, g.seqs)
             ys = bracket(self._mkv_grid if new == 1 else self._pkv_grid, y, L - new)
-            return g.seqs, xs, y, ys, lambda xv, yv: (xv, new, yv, lg)
+            return g.seqs, xs, y, ys, (new, lg)
         xs = bracket(self._tok_grid, new, L - y)
         ys = bracket(self._pkv_grid, y, max(L - xs[1], y))
-        return new, xs, y, ys, lambda xv, yv: (1, xv, yv, 1)
+        return new, xs, y, ys, (0, 1)
 
     def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float:
         """`group_time` of Group(seqs, new, cached, logits), without building the group."""
@@ -295,27 +296,44 @@ class StepTimeModel:
         anchor. Exact on grid points and for step times that are a sum of per-group bilinear parts;
         what it leaves out is the groups' cross terms within one cell."""
         cells = [self._cell(g) for g in groups]
-        anchor = [(_nearest(x, xs), _nearest(y, ys)) for x, xs, y, ys, _ in cells]
-        base = tuple(make(*a) for (_, _, _, _, make), a in zip(cells, anchor))
-        t_anchor = self._raw_point(base)
+        anchor = tuple((_nearest(x, xs), _nearest(y, ys)) for x, xs, y, ys, _ in cells)
+        key = (anchor, tuple((xs, ys, sig) for _, xs, _, ys, sig in cells))
+        corners = self._cell_memo.get(key)
+        if corners is None:
+            corners = self._cell_memo[key] = self._corners(cells, anchor)
+        t_anchor, per_group = corners
         total = t_anchor
-        for i, (x, (x0, x1), y, (y0, y1), make) in enumerate(cells):
-            if x0 == x1 and y0 == y1:
-                continue
+        for (x, (x0, x1), y, (y0, y1), _), (t00, t01, t10, t11) in zip(cells, per_group):
+            wx = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            wy = 0.0 if y1 == y0 else (y - y0) / (y1 - y0)
+            total += (1 - wx) * ((1 - wy) * t00 + wy * t01) + wx * ((1 - wy) * t10 + wy * t11) - t_anchor
+        return total
 
+    def _corners(self, cells: list, anchor: tuple) -> tuple[float, list[tuple[float, float, float, float]]]:
+        """The anchor step's time and, per group, its cell's four corner steps' times with the other
+        groups at their anchor corners (core evaluations, memoised)."""
+        base = tuple(_corner(sig, *a) for (_, _, _, _, sig), a in zip(cells, anchor))
+        t_anchor = self._raw_point(base)
+        out = []
+        for i, (_, (x0, x1), _, (y0, y1), sig) in enumerate(cells):
             def at(xv: int, yv: int) -> float:
                 if (xv, yv) == anchor[i]:
                     return t_anchor
-                return self._raw_point(base[:i] + (make(xv, yv),) + base[i + 1:])
+                return self._raw_point(base[:i] + (_corner(sig, xv, yv),) + base[i + 1:])
 
-            wx = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
-            wy = 0.0 if y1 == y0 else (y - y0) / (y1 - y0)
             t00 = at(x0, y0)
             t01 = t00 if y1 == y0 else at(x0, y1)
             t10 = t00 if x1 == x0 else at(x1, y0)
             t11 = t10 if y1 == y0 else (t01 if x1 == x0 else at(x1, y1))
-            total += (1 - wx) * ((1 - wy) * t00 + wy * t01) + wx * ((1 - wy) * t10 + wy * t11) - t_anchor
-        return total
+            out.append((t00, t01, t10, t11))
+        return t_anchor, out
+
+
+def _corner(sig: tuple[int, int], xv: int, yv: int) -> tuple[int, int, int, int]:
+    """A grid corner as (seqs, new, cached, logits): decode-like groups vary their sequences, prompt
+    chunks (sig new 0) their new tokens."""
+    new, lg = sig
+    return (xv, new, yv, lg) if new else (1, xv, yv, 1)
 
 
 def _nearest(v: int, ab: tuple[int, int]) -> int:
