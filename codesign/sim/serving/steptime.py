@@ -180,6 +180,7 @@ class StepTimeModel:
         self._mkv_grid = geometric_grid(o.mixed_kv_ratio, True, max_len)
         self._memo: dict[tuple, float] = {}
         self._mixed_memo: dict[tuple, float] = {}
+        self._cross_memo: dict[tuple, float] = {}
         self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
 
@@ -284,10 +285,27 @@ class StepTimeModel:
         if len(groups) <= 2 or not self.options.pairwise:
             return self.mixed_time(groups)
         # three or more groups: each with the first (the decodes when there are any) as a two-group
-        # step, the first group's own step counted once (see approximation 3)
+        # step, the first group's own step counted once, plus the cross terms this leaves out as
+        # they are at the anchor (see approximation 3)
+        return self._pairwise(groups) + self._cross_terms(groups)
+
+    def _pairwise(self, groups: tuple[Group, ...]) -> float:
         first, rest = groups[0], groups[1:]
         alone = self.time_of(first.seqs, first.new_tokens, first.cached_tokens, first.logits)
         return sum(self.mixed_time((first, g)) for g in rest) - (len(rest) - 1) * alone
+
+    def _cross_terms(self, groups: tuple[Group, ...]) -> float:
+        """The whole step minus its pairwise sum, both at the anchor (every group at its nearest
+        grid corner): one core evaluation of the whole step per anchor (memoised)."""
+        anchor = []
+        for x, xs, y, ys, sig in (self._cell(g) for g in groups):
+            anchor.append(_corner(sig, _nearest(x, xs), _nearest(y, ys)))
+        key = tuple(anchor)
+        hit = self._cross_memo.get(key)
+        if hit is None:
+            at = tuple(Group(*a) for a in anchor)
+            hit = self._cross_memo[key] = self._raw_point(key) - self._pairwise(at)
+        return hit
 
     def mixed_time(self, groups: tuple[Group, ...]) -> float:
         """A mixed step from whole-step core evaluations on the grid (approximation 3): the step at
