@@ -35,13 +35,15 @@ serving benchmark prints it):
    groups of a mixed step sit on coarser axes (``mixed_seq_ratio`` 4, ``mixed_kv_ratio`` 2: with a
    prefill chunk in the step, time is near linear in both). A step of three or more groups
    (``pairwise``, the default): each further group with the first (the decodes) as a two-group
-   step, summed, less the first group's own step once for every pair but one -- exact for sums of
-   per-group parts, it misses the cross terms between chunks (the token-parallel GEMMs' knee: a
-   small chunk's tokens cost less when paired with the decodes alone than in the full step); the
-   benchmark measures 2-3% on those steps (a few percent of a long run's steps), where
-   ``pairwise=False`` interpolates them in all their groups (0.15%) for ~1.7x the core
-   evaluations. ``mixed_steps=False`` costs each group as a step of its own and adds them (an
-   upper bound: weights read once per group; the benchmark prints by how much it overstates).
+   step, summed, less the first group's own step once for every pair but one (exact for sums of
+   per-group parts), plus the cross terms this leaves out as they are at the anchor (the whole
+   step at every group's nearest grid corner minus the same pairwise sum there: one more core
+   evaluation per anchor). What remains is how those cross terms vary within the cell (the
+   benchmark measures ~0.6% on such steps, 2-3% without the anchor's cross terms);
+   ``pairwise=False`` interpolates such steps in all their groups at once (0.15%, ~1.4x the core
+   evaluations of a long run). ``mixed_steps=False`` costs each group as a step of its own and adds
+   them (an upper bound: weights read once per group; the benchmark prints by how much it
+   overstates).
 4. **Decode-only stretches** (applied by the scheduler, codesign.sim.serving.scheduler): up to
    ``stretch_max`` (256) identical decode-only steps, the mean KV length moving at most
    ``stretch_drift`` (2%), are simulated as one, timed at the stretch's middle.
