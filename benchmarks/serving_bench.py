@@ -4,10 +4,11 @@
     python benchmarks/serving_bench.py long       # only the 10,000-request run (and its model error)
 
 1. **long**: 10,000 Poisson requests of Qwen3.5-397B-A17B on 8x H200 (tp8/ep8, fp8 weights, bf16 KV)
-   at 32K input and 1K output tokens, at 0.8 requests/s: wall time (step evaluations by the core and
-   the event loop apart), throughput, TTFT/TPOT, Little's law, and the step-time model's error
-   against exact evaluation on 24 shapes sampled from the run (the exact evaluations are not part
-   of the timed run).
+   at 32K input and 1K output tokens, at 0.8 requests/s: wall and CPU time (step evaluations by the
+   core and the event loop apart), throughput, TTFT/TPOT, Little's law, and the step-time model's
+   error against the core's exact step on the shapes of every 1000th iteration as they are
+   (decodes at their own cached lengths, no grid; not part of the timed run), split by the
+   number of groups, and what costing mixed steps' groups apart would overstate.
 2. **slo**: the SLO search on Qwen3-8B (1x H200): the rate found, p99s there and 10% above,
    against the offline throughput of the same requests.
 3. **mtp**: Qwen3.5-35B-A3B (1x H200) decode throughput without MTP, with one drafted token at
@@ -16,7 +17,6 @@
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 
@@ -25,9 +25,10 @@ from codesign.hw import load_hw
 from codesign.models import load_model
 from codesign.scenario import SLO, Workload
 from codesign.sim.serving import server as S
-from codesign.sim.serving.steptime import measure_error, measure_pooling
+from codesign.sim.serving.steptime import StepTimeModel, StepTimeOptions, measure_error, measure_pooling, pool_decodes
 from codesign.sim.stepper import Stepper
 
+SAMPLE_EVERY = 1000  # iterations between shapes kept for the error measurement
 PREC = mapping.Precision.from_dict({"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"})
 
 
@@ -39,44 +40,59 @@ def long_run() -> None:
     st = stepper("h200", "qwen3.5-397b-a17b", {"tp": 8, "ep": 8})
     wl = Workload(mode="server", rate_per_s=0.8, requests=10_000, input_tokens=32_768, output_tokens=1024)
     pt = S.serving_point(st, wl)
-    shapes = []
-    eval_s = 0.0
+    eval_s = eval_cpu = 0.0
     core = pt.model._step
 
     def timed_core(shape):
-        nonlocal eval_s
-        t = time.perf_counter()
+        nonlocal eval_s, eval_cpu
+        t, c = time.perf_counter(), time.process_time()
         r = core(shape)
         eval_s += time.perf_counter() - t
+        eval_cpu += time.process_time() - c
         return r
 
     pt.model._step = timed_core
+    iterations = 0
     step_time = pt.model.step_time
 
-    def recording(shape):
-        if len(shapes) < 200_000:
-            shapes.append(shape)
+    def counted(shape):
+        nonlocal iterations
+        iterations += 1
         return step_time(shape)
 
-    pt.model.step_time = recording
-    t0 = time.perf_counter()
-    m = pt.run(S.stream_of(wl))
-    wall = time.perf_counter() - t0
+    pt.model.step_time = counted
+    t0, c0 = time.perf_counter(), time.process_time()
+    m = pt.run(S.stream_of(wl), sample_every=SAMPLE_EVERY)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    pt.model._step, pt.model.step_time = core, step_time
     print("== long run: Qwen3.5-397B-A17B, 8x H200 tp8/ep8, 10,000 Poisson requests at 0.8/s, 32K in / 1K out ==")
-    print(f"wall {wall:.2f} s = core step evaluations {eval_s:.2f} s ({pt.model.evaluations} grid shapes) "
-          f"+ event loop {wall - eval_s:.2f} s; {m.steps} engine steps in {len(shapes)} simulated iterations")
+    print(f"wall {wall:.2f} s (CPU {cpu:.2f} s) = core step evaluations {eval_s:.2f} s (CPU {eval_cpu:.2f} s, "
+          f"{pt.model.evaluations} grid shapes) + event loop {wall - eval_s:.2f} s (CPU {cpu - eval_cpu:.2f} s); "
+          f"{m.steps} engine steps in {iterations} simulated iterations")
     print(f"simulated {m.duration_s:.0f} s: {m.output_tokens_per_s:,.0f} output tok/s, {m.request_rate_per_s:.3f} req/s, "
           f"TTFT p50/p99 {m.ttft_s['p50']:.3f}/{m.ttft_s['p99']:.3f} s, TPOT p50/p99 "
           f"{m.tpot_s['p50'] * 1e3:.1f}/{m.tpot_s['p99'] * 1e3:.1f} ms, mean running {m.mean_running:.1f}, "
           f"KV use mean/peak {m.mean_kv_use:.1%}/{m.peak_kv_use:.1%}, preemptions {m.preemptions}")
     print(f"Little's law: L = {m.mean_in_system:.2f} requests, lambda x W = {m.request_rate_per_s * m.e2e_s['mean']:.2f} "
           f"(ratio {m.littles_law_ratio:.4f})")
-    pt.model.step_time = step_time
-    random.seed(0)
-    sample = random.sample(shapes, min(24, len(shapes)))
+    sample = pt.last_sample or []
     t0 = time.perf_counter()
-    print(measure_error(pt.model, sample), f"[exact evaluations {time.perf_counter() - t0:.1f} s, not in the run]")
-    dec = next((s.groups[0] for s in shapes if s.groups[0].new_tokens == 1), None)
+    width = [len(pool_decodes(s).groups) for s in sample]
+    mixed = [s for s, w in zip(sample, width) if w > 1]
+    single = [s for s, w in zip(sample, width) if w == 1]
+    three = [s for s, w in zip(sample, width) if w > 2]
+    print(f"step-time model vs the core's exact step on the shape as it is (decodes at their own cached lengths, "
+          f"no grid), every {SAMPLE_EVERY}th iteration of the run:")
+    for label, part in (("all", sample), ("mixed", mixed), ("3+ groups", three), ("single-group", single)):
+        if part:
+            print(f"  {label:>12}: {str(measure_error(pt.model, part))[:160]}")
+    print(f"  [exact evaluations {time.perf_counter() - t0:.1f} s, not in the run]")
+    sep = StepTimeModel(pt.model._step, pt.model.max_len, StepTimeOptions(mixed_steps=False))
+    if mixed:
+        over = [sep.step_time(s) / pt.model.exact(s) - 1 for s in mixed]
+        print(f"  the groups of a mixed step costed apart and summed (mixed_steps: false) would overstate mixed steps by "
+              f"{sum(over) / len(over):.1%} on average (max {max(over):.1%}): weights read once per group")
+    dec = next((s.groups[0] for s in sample if s.groups[0].new_tokens == 1), None)
     if dec is not None:
         print(f"pooling (step time linear in cached length) at {dec.seqs} sequences, cached 16K vs 48K around 32K: "
               f"{measure_pooling(pt.model, dec.seqs, (16_384, 49_152)):.3%} error")
@@ -120,7 +136,7 @@ def mtp_run() -> None:
     n, c = 64, 1024 + 256  # the batch and its mean KV length while decoding
     t_d = points["no MTP"].model.time_of(n, 1, c)
     p = points["k=1, a=0.9"]
-    t_v, t_h = p.model.time_of(n, 2, c), p.draft_time(n, c)
+    t_v, t_h = p.model.time_of(n, 2, c, 2), p.draft_time(n, c)
     print(f"k=1, a=0.9 vs none: x{rows['k=1, a=0.9'].output_tokens_per_s / b:.2f} end to end. From the model at "
           f"{n} sequences, KV {c}: decode step {t_d * 1e3:.2f} ms, verify step of 2 tokens {t_v * 1e3:.2f} ms + MTP head "
           f"{t_h * 1e3:.2f} ms for 1.9 tokens -> decode speed x{1.9 * t_d / (t_v + t_h):.2f}; the prefills, "

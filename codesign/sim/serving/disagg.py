@@ -78,7 +78,7 @@ class Pool:
             if g.new_tokens == 1 or g.seqs > 1:
                 s = math.ceil(g.seqs / x)
                 for p in per:
-                    p.append(Group(s, g.new_tokens, g.cached_tokens))
+                    p.append(Group(s, g.new_tokens, g.cached_tokens, g.logits))
         return max(self.model.step_time(StepShape(tuple(p))) for p in per if p)
 
 

@@ -127,9 +127,9 @@ def summarise(rec: Recorder, input_tokens: np.ndarray, ttft_slo: float | None = 
     in_sys = np.asarray(rec.step_in_system, dtype=float)
     running = np.asarray(rec.step_running, dtype=float)
     kv = np.asarray(rec.step_kv_use, dtype=float)
-    # Little's L from the engine's own per-step count (requests queued + running at each step's
-    # end, held for the step), independent of the per-request times that give W
-    mean_in_system = _time_weighted(end, dt, in_sys, duration)
+    # Little's L from the engine's own count of requests queued + running, integrated over time as
+    # it changes (Engine._count), independent of the per-request times that give W
+    mean_in_system = rec.in_system_area / duration if duration else 0.0
     m = ServingMetrics(
         requests=n, duration_s=duration, request_rate_per_s=n / duration if duration else 0.0,
         output_tokens_per_s=float(out.sum() / duration) if duration else 0.0,

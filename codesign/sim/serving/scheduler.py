@@ -104,6 +104,8 @@ class Recorder:
         self.step_in_system: list[int] = []
         self.step_kv_use: list[float] = []
         self.resume_gaps: list[float] = []  # inter-token gaps across a preemption
+        self.in_system_area = 0.0  # integral of requests in the system over time (Engine._count)
+        self.sample: list[StepShape] = []  # steps recorded unpooled (Engine.sample_every)
 
 
 class Engine:
@@ -137,10 +139,12 @@ class Engine:
         self.prefill_held = 0.0
         self.counter = 0
         self.in_system = 0
+        self._count_t = 0.0
         self._wake: simpy.Event = env.event()
         self.steps = 0  # engine steps
         self.iterations = 0  # simulated iterations (a decode-only stretch is one)
         self.on_step: Callable[[int], None] | None = None  # progress: called every PROGRESS_STEPS iterations
+        self.sample_every = 0  # > 0: every this many iterations, record the step unpooled (Recorder.sample)
 
     # -- client side ----------------------------------------------------------------------------
     def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
@@ -152,10 +156,17 @@ class Engine:
             r.computed, r.generated = prompt, 1.0
         self.waiting.append(r)
         self.rec.sent[rid] = self.env.now
-        self.in_system += 1
+        self._count(1)
         if not self._wake.triggered:
             self._wake.succeed()
         return done
+
+    def _count(self, change: int) -> None:
+        """Requests in the system (queued or running) change by `change` now; the engine integrates
+        the count over time as it changes (Little's L, independent of the per-request times)."""
+        now = self.env.now
+        self.rec.in_system_area += self.in_system * (now - self._count_t)
+        self._count_t, self.in_system = now, self.in_system + change
 
     # -- the engine process ---------------------------------------------------------------------
     def run(self):
@@ -170,7 +181,9 @@ class Engine:
             k = self._stretch(shape, n, mean_kv)
             if k > 1:  # k identical decode-only steps at once, timed at the stretch's middle
                 mean_kv += int(round((k - 1) * self.emit / 2))
-                shape = StepShape((Group(n, self.width, mean_kv),))
+                shape = StepShape((Group(n, self.width, mean_kv, self.width),))
+            if self.sample_every and self.iterations % self.sample_every == 0:
+                self.rec.sample.append(self._unpooled(shape, n, mean_kv))
             dt = self.step_time(shape)
             if self.draft is not None and n and self.draft_time is not None:
                 dt += self.draft.tokens * self.draft_time(n, mean_kv)
@@ -186,6 +199,16 @@ class Engine:
                     if rest > 0:
                         yield self.env.timeout(rest)
             self._apply(n, dt, k)
+
+    def _unpooled(self, shape: StepShape, n: int, mean_kv: int) -> StepShape:
+        """`shape` with its pooled decode group split back into one group per cached length (the
+        step as it is, for measuring the step-time model's pooling; see Recorder.sample)."""
+        if not n:
+            return shape
+        shift = mean_kv - int(round(float(self.kv[:n].sum()) / n))  # a stretch is timed at its middle
+        lens, counts = np.unique(np.rint(self.kv[:n]).astype(np.int64) + shift, return_counts=True)
+        decodes = tuple(Group(int(c), self.width, max(0, int(v)), self.width) for v, c in zip(lens, counts))
+        return StepShape(decodes + shape.groups[1:])
 
     def _stretch(self, shape: StepShape, n: int, mean_kv: int) -> int:
         """How many decode-only steps can run before anything but the decodes' KV changes: up to the
@@ -262,7 +285,7 @@ class Engine:
         n = self.n
         mean_kv = int(round(float(self.kv[:n].sum()) / n)) if n else 0
         if n:
-            groups.insert(0, Group(n, self.width, mean_kv))
+            groups.insert(0, Group(n, self.width, mean_kv, self.width))
         self.pool.used = used
         return (StepShape(tuple(groups)) if groups else None), n, mean_kv
 
@@ -374,7 +397,7 @@ class Engine:
     def _finish(self, r: _Req) -> None:
         self.rec.finish[r.rid] = self.env.now
         self.rec.output[r.rid] = r.out
-        self.in_system -= 1
+        self._count(-1)
         r.done.succeed()
 
 
@@ -393,9 +416,10 @@ def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt
 def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, step_time: Callable[[StepShape], float],
                draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX)) -> Recorder:
+               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0) -> Recorder:
     """Simulate `stream` through one engine until every request has finished (`stretch`: the
-    decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step)."""
+    decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step;
+    `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)
     engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch)
@@ -404,6 +428,7 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
              for r in stream.requests]
     env.process(engine.run())
     engine.on_step = on_progress
+    engine.sample_every = sample_every
     all_done = simpy.AllOf(env, procs)
     try:
         # The cyclic collector would traverse every live object (traced graphs in the step caches

@@ -56,17 +56,22 @@ class ServingPoint:
     model: StepTimeModel
     draft: Draft | None
     draft_model: StepTimeModel | None
+    last_sample: list[StepShape] | None = None
 
     def draft_time(self, seqs: int, cached: int) -> float:
         """One drafted token of the MTP head(s) for `seqs` sequences (see `mtp_head_step`)."""
         assert self.draft_model is not None
         return max(0.0, self.draft_model.group_time(Group(seqs, 1, cached)))
 
-    def run(self, stream: RequestStream, slo: SLO | None = None, on_progress: Callable[[int], None] | None = None) -> ServingMetrics:
+    def run(self, stream: RequestStream, slo: SLO | None = None, on_progress: Callable[[int], None] | None = None,
+            sample_every: int = 0) -> ServingMetrics:
+        """Simulate `stream`; `sample_every` > 0 keeps every that many iterations' step unpooled in
+        `last_sample` (the benchmark measures the step-time model's error on them)."""
         o = self.model.options
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
                          self.draft_time if self.draft_model is not None else None, on_progress,
-                         (o.stretch_drift, o.stretch_max))
+                         (o.stretch_drift, o.stretch_max), sample_every)
+        self.last_sample = rec.sample
         return summarise(rec, np.array([r.input_tokens for r in stream.requests]),
                          slo.ttft_s if slo else None, slo.tpot_s if slo else None)
 
@@ -102,26 +107,38 @@ def mtp_head_step(st: Stepper) -> Callable[[StepShape], Any]:
 
 
 def verify_step(st: Stepper, width: int) -> Callable[[StepShape], Any]:
-    """The core's step, with speculative verify groups (`width` = k + 1 new tokens per sequence)
-    of GatedDeltaNet models corrected: the core traces any step of several new tokens as a prefill,
-    whose GatedDeltaNet layers run the chunked algorithm (~5x a recurrent step at 2 tokens), where
-    serving engines verify drafts with the recurrent kernel. Named assumption: the GatedDeltaNet
-    block of a verify step costs `width` recurrent decode steps' GatedDeltaNet time (an upper bound:
-    a fused multi-token recurrent kernel keeping the state on chip costs nearer one); the rest of the
-    step is the core's."""
+    """The core's step, with the speculative verify groups (`width` = k + 1 new tokens per
+    sequence, every one through the LM head) of GatedDeltaNet models corrected.
+
+    The core records any group of several new tokens as a prefill, so a verify group's
+    GatedDeltaNet layers run the chunked algorithm (built for long prompts: ~5x a recurrent step's
+    time at 2 tokens), where serving engines verify drafts with the fused recurrent kernel (vLLM's
+    Qwen3-Next/Qwen3.5 path: ``fused_recurrent_gated_delta_rule`` over the draft positions). Named
+    assumption: a verify group's GatedDeltaNet work costs what a decode group of ``seqs x width``
+    sequences at the same cached length costs: the projections over the same tokens with the
+    weights read once, and ``width`` recurrent state updates per sequence. That is an upper bound
+    on the state traffic (``width`` state reads and writes per sequence, where a fused kernel reads
+    the state once and writes it ``width`` times). The step's GatedDeltaNet block
+    (`breakdown["block"]["linear_attention"]`: projections, convolution, gated delta rule; the
+    blocks add up to the step time) is replaced by that block of the same step with its verify
+    groups so substituted; every other block stays the core's. This works alike for a verify group
+    alone and mixed with prefill chunks (whose chunked GatedDeltaNet ops the verify group's merge
+    with: subtracting its excess measured alone would over-correct)."""
     from codesign.sim.engine import StepResult
 
     gdn = st.config.linear_attention is not None
 
+    def la(r: StepResult) -> float:
+        return r.breakdown.get("block", {}).get("linear_attention", 0.0)
+
     def step(shape: StepShape) -> StepResult:
         r = st.step(shape)
-        (g,) = shape.groups
-        if not gdn or g.new_tokens != width or g.seqs < 2 or width < 2:
+        verify = [g for g in shape.groups if g.new_tokens == width and g.logits == width]
+        if not gdn or width < 2 or not verify:
             return r
-        d = st.step(StepShape((Group(g.seqs, 1, g.cached_tokens + width - 1),)))
-        la_verify = r.breakdown.get("block", {}).get("linear_attention", 0.0)
-        la_decode = d.breakdown.get("block", {}).get("linear_attention", 0.0)
-        t = max(r.time_s - la_verify + width * la_decode, d.time_s)  # never below the plain decode step
+        recurrent = tuple(Group(g.seqs * width, 1, g.cached_tokens + width - 1) if g in verify else g
+                          for g in shape.groups)
+        t = r.time_s - la(r) + la(st.step(StepShape(recurrent)))
         return StepResult(time_s=t, bottleneck=r.bottleneck, breakdown={})
 
     return step

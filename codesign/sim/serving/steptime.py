@@ -25,11 +25,25 @@ serving benchmark prints it):
    ``kv_ratio`` 1.02 instead of 1.25 nearly doubles the evaluations of a run and leaves the error
    unchanged). A value on a grid point is exact. ``exact=True`` switches the model off (every shape
    evaluated as it is).
-3. **Mixed steps, temporarily.** A step mixing groups (decodes with prefill chunks) costs the sum of
-   its groups' steps evaluated separately, because the evaluation core does not evaluate mixed
-   steps yet. This overcounts what the groups share (one weight read per step instead of one per
-   group). When the core supports mixed shapes, `mixed_steps=True` evaluates them as one step (each
-   group snapped to its nearest grid point, memoised).
+3. **Mixed steps** (decodes with prefill chunks, ``mixed_steps=True``, the default) are one step
+   of the core (weights read once, every projection and expert GEMM over all the step's tokens).
+   A step of two groups: the step with both groups at their nearest grid corner (the anchor),
+   plus, group by group, the bilinear interpolation over that group's cell with the other group at
+   its anchor corner, minus the anchor; every corner is a whole mixed step evaluated by the core
+   (memoised). Exact on grid points and when step time is a sum of per-group bilinear parts
+   (shared weights are a constant); it misses the groups' cross terms within a cell. Decode/verify
+   groups of a mixed step sit on coarser axes (``mixed_seq_ratio`` 4, ``mixed_kv_ratio`` 2: with a
+   prefill chunk in the step, time is near linear in both). A step of three or more groups
+   (``pairwise``, the default): each further group with the first (the decodes) as a two-group
+   step, summed, less the first group's own step once for every pair but one (exact for sums of
+   per-group parts), plus the cross terms this leaves out as they are at the anchor (the whole
+   step at every group's nearest grid corner minus the same pairwise sum there: one more core
+   evaluation per anchor). What remains is how those cross terms vary within the cell (the
+   benchmark measures ~0.6% on such steps, 2-3% without the anchor's cross terms);
+   ``pairwise=False`` interpolates such steps in all their groups at once (0.15%, ~1.4x the core
+   evaluations of a long run). ``mixed_steps=False`` costs each group as a step of its own and adds
+   them (an upper bound: weights read once per group; the benchmark prints by how much it
+   overstates).
 4. **Decode-only stretches** (applied by the scheduler, codesign.sim.serving.scheduler): up to
    ``stretch_max`` (256) identical decode-only steps, the mean KV length moving at most
    ``stretch_drift`` (2%), are simulated as one, timed at the stretch's middle.
@@ -67,18 +81,24 @@ class StepTimeOptions:
     kv_ratio: float = 1.25
     prefill_kv_ratio: float = 2.0
     exact: bool = False
-    mixed_steps: bool = False
+    mixed_steps: bool = True
+    # Mixed steps' decode/verify groups: coarser (sequences, cached) axes (step time is near linear
+    # in both once a prefill chunk shares the step; see approximation 3).
+    # Steps of three or more groups: each further group paired with the first (see approximation 3).
+    pairwise: bool = True
+    mixed_seq_ratio: float = 4.0
+    mixed_kv_ratio: float = 2.0
     # Decode-only stretches simulated as one (codesign.sim.serving.scheduler): at most this
     # relative move of the mean KV length and this many steps; stretch_max 1 simulates every step.
     stretch_drift: float = 0.02
     stretch_max: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("seq_ratio", "token_ratio", "kv_ratio", "prefill_kv_ratio"):
+        for name in ("seq_ratio", "token_ratio", "kv_ratio", "prefill_kv_ratio", "mixed_seq_ratio", "mixed_kv_ratio"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1.0:
                 raise CodesignError(f"workload.step_model: {name}: expected a grid ratio above 1, found {v!r}")
-        for name in ("exact", "mixed_steps"):
+        for name in ("exact", "mixed_steps", "pairwise"):
             if not isinstance(getattr(self, name), bool):
                 raise CodesignError(f"workload.step_model: {name}: expected true or false, found {getattr(self, name)!r}")
         if isinstance(self.stretch_drift, bool) or not isinstance(self.stretch_drift, (int, float)) or self.stretch_drift < 0:
@@ -122,22 +142,28 @@ def bracket(grid: list[int], v: int, hi_limit: int | None = None) -> tuple[int, 
 
 
 def pool_decodes(shape: StepShape) -> StepShape:
-    """Groups of equal (seqs-independent) new_tokens <= a verify width merged at their mean cached
-    length: decode groups (new_tokens 1) together, verify groups of one width together. Prefill
-    chunks (one sequence each, more new tokens) stay apart."""
-    widths = [g.new_tokens for g in shape.groups if g.new_tokens == 1 or g.seqs > 1]
-    if len(widths) == len(set(widths)):
+    """Decode-like groups (see `_decode_like`) of equal (new_tokens, logits) merged at their mean
+    cached length: decode groups (new_tokens 1) together, verify groups of one width together.
+    Prefill chunks (one sequence each, more new tokens) stay apart."""
+    keys = [(g.new_tokens, g.logits) for g in shape.groups if _decode_like(g)]
+    if len(keys) == len(set(keys)):
         return shape  # already pooled (as the scheduler builds steps)
-    pooled: dict[int, list[Group]] = {}
+    pooled: dict[tuple[int, int], list[Group]] = {}
     rest: list[Group] = []
     for g in shape.groups:
-        (pooled.setdefault(g.new_tokens, []) if (g.new_tokens == 1 or g.seqs > 1) else rest).append(g)
-    out = list(rest)
-    for n, gs in pooled.items():
+        (pooled.setdefault((g.new_tokens, g.logits), []) if _decode_like(g) else rest).append(g)
+    out: list[Group] = []
+    for (n, lg), gs in pooled.items():
         seqs = sum(g.seqs for g in gs)
         mean = sum(g.seqs * g.cached_tokens for g in gs) / seqs
-        out.append(Group(seqs, n, int(round(mean))))
-    return StepShape(tuple(out))
+        out.append(Group(seqs, n, int(round(mean)), lg))
+    return StepShape(tuple(out + rest))
+
+
+def _decode_like(g: Group) -> bool:
+    """Decode and verify groups (and several equal chunks) sit on the (sequences, cached) axes;
+    a single prompt chunk on the (new tokens, cached) axes."""
+    return g.new_tokens == 1 or g.seqs > 1 or g.logits > 1
 
 
 class StepTimeModel:
@@ -152,50 +178,84 @@ class StepTimeModel:
         self._tok_grid = geometric_grid(o.token_ratio, False)
         self._kv_grid = geometric_grid(o.kv_ratio, True, max_len)
         self._pkv_grid = geometric_grid(o.prefill_kv_ratio, True, max_len)
-        self._memo: dict[tuple[int, int, int] | StepShape, float] = {}
+        self._mseq_grid = geometric_grid(o.mixed_seq_ratio, False)
+        self._mkv_grid = geometric_grid(o.mixed_kv_ratio, True, max_len)
+        self._memo: dict[tuple, float] = {}
+        self._mixed_memo: dict[tuple, float] = {}
+        self._cross_memo: dict[tuple, float] = {}
+        self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
 
     # -- exact points ---------------------------------------------------------------------------
     def exact_group(self, g: Group) -> float:
         """One group evaluated by the core alone (memoised)."""
-        return self._point(g.seqs, g.new_tokens, g.cached_tokens)
+        return self._point(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
-    def _point(self, seqs: int, new: int, cached: int) -> float:
-        key = (seqs, new, cached)
+    def _point(self, seqs: int, new: int, cached: int, logits: int = 1) -> float:
+        key = (seqs, new, cached, logits)
         t = self._memo.get(key)
         if t is None:
             self.evaluations += 1
-            t = self._memo[key] = float(self._step(StepShape((Group(seqs, new, cached),))).time_s)
+            t = self._memo[key] = float(self._step(StepShape((Group(seqs, new, cached, logits),))).time_s)
+        return t
+
+    def _shape_point(self, groups: tuple[Group, ...]) -> float:
+        """A (mixed) grid shape evaluated by the core as one step (memoised)."""
+        if len(groups) == 1:
+            g = groups[0]
+            return self._point(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+        return self._raw_point(tuple((g.seqs, g.new_tokens, g.cached_tokens, g.logits) for g in groups))
+
+    def _raw_point(self, groups: tuple[tuple[int, int, int, int], ...]) -> float:
+        """`_shape_point` of groups given as (seqs, new, cached, logits) tuples."""
+        if len(groups) == 1:
+            return self._point(*groups[0])
+        key = tuple(sorted(groups))
+        t = self._mixed_memo.get(key)
+        if t is None:
+            self.evaluations += 1
+            shape = StepShape(tuple(Group(*g) for g in key)).canonical()
+            t = self._mixed_memo[key] = float(self._step(shape).time_s)
         return t
 
     def exact(self, shape: StepShape) -> float:
-        """The step as the core evaluates it today: mixed shapes as the sum of their groups."""
-        if self.options.mixed_steps and shape.is_mixed:
-            key = shape.canonical()
-            t = self._memo.get(key)
-            if t is None:
-                self.evaluations += 1
-                t = self._memo[key] = float(self._step(key).time_s)
-            return t
+        """The step as the core evaluates it, as it is (no pooling, no grid): one step of all its
+        groups (``mixed_steps``), or the sum of its groups evaluated apart (``mixed_steps=False``)."""
+        if not shape.is_mixed:
+            return self.exact_group(shape.groups[0])
+        if self.options.mixed_steps:
+            return self._shape_point(shape.groups)
         return sum(self.exact_group(g) for g in shape.groups)
 
     # -- the model ------------------------------------------------------------------------------
     def group_time(self, g: Group) -> float:
         """Bilinear interpolation of one group's time on the grid."""
-        return self.time_of(g.seqs, g.new_tokens, g.cached_tokens)
+        return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
-    def time_of(self, seqs: int, new: int, cached: int) -> float:
-        """`group_time` of Group(seqs, new, cached), without building the group."""
+    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], tuple[int, int]]:
+        """Group g's grid cell: (x, (x0, x1), y, (y0, y1), (new, logits)) within the context; new
+        0 marks a prompt chunk, whose x axis is its new tokens (see `_corner`)."""
+        L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
+        if _decode_like(g):
+            xs = bracket(self._mseq_grid, g.seqs)
+            ys = bracket(self._mkv_grid if new == 1 else self._pkv_grid, y, L - new)
+            return g.seqs, xs, y, ys, (new, lg)
+        xs = bracket(self._tok_grid, new, L - y)
+        ys = bracket(self._pkv_grid, y, max(L - xs[1], y))
+        return new, xs, y, ys, (0, 1)
+
+    def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float:
+        """`group_time` of Group(seqs, new, cached, logits), without building the group."""
         if self.options.exact:
-            return self._point(seqs, new, cached)
+            return self._point(seqs, new, cached, logits)
         L, y = self.max_len, cached
-        if new == 1 or seqs > 1:  # decode / verify / several equal chunks: axes (seqs, cached)
+        if new == 1 or seqs > 1 or logits > 1:  # decode / verify / several equal chunks: axes (seqs, cached)
             x0, x1 = bracket(self._seq_grid, seqs)
             y0, y1 = bracket(self._kv_grid if new == 1 else self._pkv_grid, y, L - new)
             x = seqs
 
             def at(xv: int, yv: int) -> float:
-                return self._point(xv, new, yv)
+                return self._point(xv, new, yv, logits)
         else:  # one prefill chunk: axes (new tokens, cached)
             x0, x1 = bracket(self._tok_grid, new, L - y)
             y0, y1 = bracket(self._pkv_grid, y, max(L - x1, y))
@@ -216,20 +276,89 @@ class StepTimeModel:
     def step_time(self, shape: StepShape) -> float:
         """Seconds of one scheduler iteration's step (see module docstring)."""
         shape = pool_decodes(shape)
-        if self.options.mixed_steps and shape.is_mixed:
-            return self.exact(StepShape(tuple(self._snap(g) for g in shape.groups)))
-        # Temporary: the core does not evaluate mixed steps yet; groups are costed apart and add.
-        return sum(self.time_of(g.seqs, g.new_tokens, g.cached_tokens) for g in shape.groups)
+        if not shape.is_mixed:
+            g = shape.groups[0]
+            return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+        if not self.options.mixed_steps:
+            return sum(self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits) for g in shape.groups)
+        if self.options.exact:
+            return self._shape_point(shape.groups)
+        groups = shape.groups
+        if len(groups) <= 2 or not self.options.pairwise:
+            return self.mixed_time(groups)
+        # three or more groups: each with the first (the decodes when there are any) as a two-group
+        # step, the first group's own step counted once, plus the cross terms this leaves out as
+        # they are at the anchor (see approximation 3)
+        return self._pairwise(groups) + self._cross_terms(groups)
 
-    def _snap(self, g: Group) -> Group:
-        def near(grid: list[int], v: int) -> int:
-            a, b = bracket(grid, v)
-            return a if v - a <= b - v else b
+    def _pairwise(self, groups: tuple[Group, ...]) -> float:
+        first, rest = groups[0], groups[1:]
+        alone = self.time_of(first.seqs, first.new_tokens, first.cached_tokens, first.logits)
+        return sum(self.mixed_time((first, g)) for g in rest) - (len(rest) - 1) * alone
 
-        if g.new_tokens == 1 or g.seqs > 1:
-            return Group(near(self._seq_grid, g.seqs), g.new_tokens,
-                         near(self._kv_grid if g.new_tokens == 1 else self._pkv_grid, g.cached_tokens))
-        return Group(1, max(1, near(self._tok_grid, g.new_tokens)), near(self._pkv_grid, g.cached_tokens))
+    def _cross_terms(self, groups: tuple[Group, ...]) -> float:
+        """The whole step minus its pairwise sum, both at the anchor (every group at its nearest
+        grid corner): one core evaluation of the whole step per anchor (memoised)."""
+        anchor = []
+        for x, xs, y, ys, sig in (self._cell(g) for g in groups):
+            anchor.append(_corner(sig, _nearest(x, xs), _nearest(y, ys)))
+        key = tuple(anchor)
+        hit = self._cross_memo.get(key)
+        if hit is None:
+            at = tuple(Group(*a) for a in anchor)
+            hit = self._cross_memo[key] = self._raw_point(key) - self._pairwise(at)
+        return hit
+
+    def mixed_time(self, groups: tuple[Group, ...]) -> float:
+        """A mixed step from whole-step core evaluations on the grid (approximation 3): the step at
+        every group's nearest grid corner (the anchor), plus, group by group, the bilinear
+        interpolation over that group's cell with the other groups held at their anchor, minus the
+        anchor. Exact on grid points and for step times that are a sum of per-group bilinear parts;
+        what it leaves out is the groups' cross terms within one cell."""
+        cells = [self._cell(g) for g in groups]
+        anchor = tuple((_nearest(x, xs), _nearest(y, ys)) for x, xs, y, ys, _ in cells)
+        key = (anchor, tuple((xs, ys, sig) for _, xs, _, ys, sig in cells))
+        corners = self._cell_memo.get(key)
+        if corners is None:
+            corners = self._cell_memo[key] = self._corners(cells, anchor)
+        t_anchor, per_group = corners
+        total = t_anchor
+        for (x, (x0, x1), y, (y0, y1), _), (t00, t01, t10, t11) in zip(cells, per_group):
+            wx = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            wy = 0.0 if y1 == y0 else (y - y0) / (y1 - y0)
+            total += (1 - wx) * ((1 - wy) * t00 + wy * t01) + wx * ((1 - wy) * t10 + wy * t11) - t_anchor
+        return total
+
+    def _corners(self, cells: list, anchor: tuple) -> tuple[float, list[tuple[float, float, float, float]]]:
+        """The anchor step's time and, per group, its cell's four corner steps' times with the other
+        groups at their anchor corners (core evaluations, memoised)."""
+        base = tuple(_corner(sig, *a) for (_, _, _, _, sig), a in zip(cells, anchor))
+        t_anchor = self._raw_point(base)
+        out = []
+        for i, (_, (x0, x1), _, (y0, y1), sig) in enumerate(cells):
+            def at(xv: int, yv: int) -> float:
+                if (xv, yv) == anchor[i]:
+                    return t_anchor
+                return self._raw_point(base[:i] + (_corner(sig, xv, yv),) + base[i + 1:])
+
+            t00 = at(x0, y0)
+            t01 = t00 if y1 == y0 else at(x0, y1)
+            t10 = t00 if x1 == x0 else at(x1, y0)
+            t11 = t10 if y1 == y0 else (t01 if x1 == x0 else at(x1, y1))
+            out.append((t00, t01, t10, t11))
+        return t_anchor, out
+
+
+def _corner(sig: tuple[int, int], xv: int, yv: int) -> tuple[int, int, int, int]:
+    """A grid corner as (seqs, new, cached, logits): decode-like groups vary their sequences, prompt
+    chunks (sig new 0) their new tokens."""
+    new, lg = sig
+    return (xv, new, yv, lg) if new else (1, xv, yv, 1)
+
+
+def _nearest(v: int, ab: tuple[int, int]) -> int:
+    a, b = ab
+    return a if v - a <= b - v else b
 
 
 @dataclass(frozen=True)
@@ -247,8 +376,9 @@ class ErrorReport:
 
 
 def measure_error(model: StepTimeModel, shapes: Iterable[StepShape]) -> ErrorReport:
-    """Relative error of `model.step_time` against the core's exact evaluation of each shape (its
-    groups evaluated as they are, mixed shapes summed as the core would today)."""
+    """Relative error of `model.step_time` against the core's exact evaluation of each shape as it
+    is (`StepTimeModel.exact`: no pooling, no grid; the scheduler's `Recorder.sample` keeps the
+    decodes of sampled steps at their own cached lengths)."""
     errs: list[tuple[float, str]] = []
     for s in shapes:
         approx = model.step_time(s)

@@ -1,4 +1,4 @@
-"""Step-time model: grid points are exact, bilinear costs interpolate exactly, mixed steps add."""
+"""Step-time model: grid points are exact, bilinear costs interpolate exactly, mixed steps are one step."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from codesign.graph.shape import Group, StepShape
 from codesign.sim.engine import StepResult
 from codesign.sim.serving.steptime import (StepTimeModel, StepTimeOptions, bracket, geometric_grid, measure_error,
                                            measure_pooling, pool_decodes)
-from tests.sim.serving.helpers import step_time
+from tests.sim.serving.helpers import A, B, C, step_time
 
 
 class Core:
@@ -20,7 +20,6 @@ class Core:
         self.f = f
 
     def __call__(self, shape: StepShape) -> StepResult:
-        assert not shape.is_mixed
         self.calls.append(shape)
         return StepResult(time_s=self.f(shape), bottleneck="x", breakdown={})
 
@@ -67,11 +66,68 @@ def test_curved_costs_have_a_small_measured_error():
     assert measure_error(exact, shapes).max_abs == 0.0
 
 
-def test_mixed_steps_are_the_sum_of_their_groups_for_now():
-    m = StepTimeModel(Core(), 1 << 20)
+def merged(shape: StepShape) -> float:
+    """A mixed step as one step: the per-step constant A once (weights read once), per-group work added."""
+    return A + sum(B * g.tokens + C * g.seqs * g.cached_tokens for g in shape.groups)
+
+
+def test_mixed_steps_are_one_step_and_interpolate_exactly():
+    core = Core(merged)
+    m = StepTimeModel(core, 1 << 20)
+    for shape in (StepShape((Group(37, 1, 30_001), Group(1, 5000, 12_345))),
+                  StepShape((Group(61, 1, 2000), Group(1, 3000, 0), Group(1, 1131, 7000)))):
+        assert m.step_time(shape) == pytest.approx(merged(shape), rel=1e-12)  # a sum of bilinear parts: exact
+        assert any(c.is_mixed for c in core.calls)  # evaluated by the core as mixed steps
+        assert m.exact(shape) == merged(shape)
+    # on grid points the mixed step is the core's step, one evaluation
+    core2 = Core(merged)
+    m2 = StepTimeModel(core2, 1 << 20)
+    on_grid = StepShape((Group(4, 1, 0), Group(1, 1, 0)))  # (1, 1, 0) is also a decode: pooled
+    assert m2.step_time(StepShape((Group(4, 1, 0), Group(1, 2, 0)))) == merged(StepShape((Group(4, 1, 0), Group(1, 2, 0))))
+    assert len(core2.calls) == 1 and m2.step_time(on_grid) == merged(StepShape((Group(5, 1, 0),)))
+
+
+def test_steps_of_three_groups_pair_each_with_the_first():
+    shape = StepShape((Group(37, 1, 30_001), Group(1, 5000, 12_345), Group(1, 1131, 70)))
+    pair = StepTimeModel(Core(merged), 1 << 20)
+    assert pair.step_time(shape) == pytest.approx(merged(shape), rel=1e-12)  # sums of per-group parts: exact
+
+    def knee(s):  # the token-parallel part saturates: a cross term between the groups
+        return merged(s) + 1e-3 * min(sum(g.tokens for g in s.groups), 4000) / 4000
+
+    core = Core(knee)
+    m = StepTimeModel(core, 1 << 20)
+    d, p1, p2 = shape.groups
+    pairwise = knee(StepShape((d, p1))) + knee(StepShape((d, p2))) - knee(StepShape((d,)))
+    got = m.step_time(shape)
+    assert abs(got - knee(shape)) < 0.2 * abs(pairwise - knee(shape))  # the cross term, from the anchor
+    assert sum(len(c.groups) == 3 for c in core.calls) == 1  # one whole-step evaluation: the anchor
+    on_grid = StepShape((Group(16, 1, 32_768), Group(1, 3326, 16_384), Group(1, 986, 0)))
+    assert m.step_time(on_grid) == pytest.approx(knee(on_grid), rel=1e-12)
+    full = StepTimeModel(Core(knee), 1 << 20, StepTimeOptions(pairwise=False))
+    assert full.step_time(shape) == pytest.approx(knee(shape), rel=1e-9)  # min() is flat in this cell
+
+
+def test_mixed_steps_apart_sum_their_groups():
+    core = Core(merged)
+    m = StepTimeModel(core, 1 << 20, StepTimeOptions(mixed_steps=False))
     shape = StepShape((Group(64, 1, 2000), Group(1, 4096, 8192)))
-    assert m.step_time(shape) == pytest.approx(step_time(StepShape((shape.groups[0],))) +
-                                               step_time(StepShape((shape.groups[1],))), rel=1e-12)
+    apart = merged(StepShape((shape.groups[0],))) + merged(StepShape((shape.groups[1],)))
+    assert m.step_time(shape) == pytest.approx(apart, rel=1e-12) and m.exact(shape) == pytest.approx(apart)
+    assert not any(c.is_mixed for c in core.calls)
+    assert apart - merged(shape) == pytest.approx(A)  # the per-step part counted twice
+
+
+def test_mixed_cross_terms_have_a_small_measured_error():
+    # a product of the decodes' and the chunk's tokens: not a sum of per-group parts
+    def f(shape):
+        return merged(shape) + 1e-9 * shape.groups[0].seqs * sum(g.tokens for g in shape.groups[1:])
+
+    m = StepTimeModel(Core(f), 1 << 20)
+    shapes = [StepShape((Group(b, 1, 30_000 + 11 * b), Group(1, 8192 - b, 4000 * (b % 5)))) for b in range(3, 120, 9)]
+    rep = measure_error(m, shapes)
+    assert 0 < rep.max_abs < 0.02
+    assert measure_error(StepTimeModel(Core(f), 1 << 20, StepTimeOptions(exact=True)), shapes).max_abs == 0.0
 
 
 def test_pooling_merges_decodes_at_their_mean():
