@@ -106,44 +106,6 @@ def mtp_head_step(st: Stepper) -> Callable[[StepShape], Any]:
     return step
 
 
-def verify_step(st: Stepper, width: int) -> Callable[[StepShape], Any]:
-    """The core's step, with the speculative verify groups (`width` = k + 1 new tokens per
-    sequence, every one through the LM head) of GatedDeltaNet models corrected.
-
-    The core records any group of several new tokens as a prefill, so a verify group's
-    GatedDeltaNet layers run the chunked algorithm (built for long prompts: ~5x a recurrent step's
-    time at 2 tokens), where serving engines verify drafts with the fused recurrent kernel (vLLM's
-    Qwen3-Next/Qwen3.5 path: ``fused_recurrent_gated_delta_rule`` over the draft positions). Named
-    assumption: a verify group's GatedDeltaNet work costs what a decode group of ``seqs x width``
-    sequences at the same cached length costs: the projections over the same tokens with the
-    weights read once, and ``width`` recurrent state updates per sequence. That is an upper bound
-    on the state traffic (``width`` state reads and writes per sequence, where a fused kernel reads
-    the state once and writes it ``width`` times). The step's GatedDeltaNet block
-    (`breakdown["block"]["linear_attention"]`: projections, convolution, gated delta rule; the
-    blocks add up to the step time) is replaced by that block of the same step with its verify
-    groups so substituted; every other block stays the core's. This works alike for a verify group
-    alone and mixed with prefill chunks (whose chunked GatedDeltaNet ops the verify group's merge
-    with: subtracting its excess measured alone would over-correct)."""
-    from codesign.sim.engine import StepResult
-
-    gdn = st.config.linear_attention is not None
-
-    def la(r: StepResult) -> float:
-        return r.breakdown.get("block", {}).get("linear_attention", 0.0)
-
-    def step(shape: StepShape) -> StepResult:
-        r = st.step(shape)
-        verify = [g for g in shape.groups if g.new_tokens == width and g.logits == width]
-        if not gdn or width < 2 or not verify:
-            return r
-        recurrent = tuple(Group(g.seqs * width, 1, g.cached_tokens + width - 1) if g in verify else g
-                          for g in shape.groups)
-        t = r.time_s - la(r) + la(st.step(StepShape(recurrent)))
-        return StepResult(time_s=t, bottleneck=r.bottleneck, breakdown={})
-
-    return step
-
-
 def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = None) -> ServingPoint:
     options = options or StepTimeOptions.from_dict(wl.step_model)
     sched = scheduler_config(wl.scheduler, hw=st.hw)
@@ -153,7 +115,7 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
         raise CodesignError(f"workload.mtp: {st.config.name} has no MTP heads (mtp_layers = 0) to draft with")
     cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, mtp=mtp)
     max_len = st.config.max_position_embeddings
-    model = StepTimeModel(verify_step(st, 1 + draft.tokens) if draft else st.step, max_len, options)
+    model = StepTimeModel(st.step, max_len, options)  # verify groups: the core's recurrent GatedDeltaNet path
     draft_model = StepTimeModel(mtp_head_step(st), max_len, options) if mtp else None
     return ServingPoint(st, sched, cap, model, draft, draft_model)
 
