@@ -175,3 +175,16 @@ def test_verify_groups_of_gated_deltanet_models_cost_recurrent_state_updates():
     assert la(StepShape.decode(n, cached + 2)) < la(verify) < la(StepShape.decode(2 * n, cached + 2))
     chunked = StepShape.prefill(n, 12, cached)  # beyond the recurrent path's 8 tokens: chunked
     assert la(chunked) > 3 * la(StepShape.verify(n, cached, 7))
+
+
+def test_validate_runs_server_rows(tmp_path):
+    """A server row of a validation file is simulated (its SLO search) and compared like any row."""
+    from codesign.commands.validate import validate_file
+
+    f = tmp_path / "v.yaml"
+    f.write_text("- name: s\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+                 "  workload: {mode: server, requests: 60, input_tokens: 256, output_tokens: 32}\n"
+                 "  slo: {ttft_s: 0.5, tpot_s: 0.02}\n  measured: {output_tokens_per_s: 1000}\n")
+    (row,) = validate_file(str(f))
+    assert row.status == "ok" and row.predicted > 0
+    assert row.error == pytest.approx((row.predicted - 1000) / 1000)  # a fraction
