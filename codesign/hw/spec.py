@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from codesign.limits import MAX_CHIPS, MAX_FULL_MESH, MAX_LINKS, MAX_SCALE_UP, MAX_TILE, MAX_WIDTH
 from codesign.spec_files import Int, StrictModel

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from codesign.errors import CodesignError
 from codesign.hw.spec import BYTES_PER_ELEMENT
@@ -365,7 +365,7 @@ def candidate_plans(config: ModelConfig, chips: int, max_tp: int | None = None, 
       would be infeasible rows anyway; and pp > 1 only when the same (tp, ep) does not fit with
       fewer stages (deeper pipelines then only add stage hops).
     """
-    fits = None
+    fits: Callable[[ParallelPlan], bool] | None = None
     if hw is not None:
         from codesign.mapping.memory import memory_per_chip  # memory imports this module
 

@@ -325,8 +325,6 @@ def _family(data: dict[str, Any], source: str) -> tuple[str, str]:
     family, else the first supported class of `architectures`."""
     model_type = data.get("model_type")
     if model_type is not None and not isinstance(model_type, str):
-        from codesign.limits import show
-
         raise CodesignError(f"{source}: model_type: expected a string such as 'qwen3_moe', found {show(model_type)}")
     if model_type in _FAMILIES:
         return model_type, f"model_type {model_type}"

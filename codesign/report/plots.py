@@ -257,7 +257,7 @@ def pareto_scatter(rows: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str,
     plane = d[pareto_front(d, maximize=[y], minimize=[x])].sort_values(x)
     if len(plane):
         ax.step(plane[x] * x_scale, plane[y], where="post", color="red", lw=0.9, alpha=0.7,
-                label=f"front in this plane", zorder=2)
+                label="front in this plane", zorder=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)

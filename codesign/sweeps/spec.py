@@ -138,7 +138,7 @@ def _values(path: str, v: Any, source: str) -> list[Any] | Range:
     if isinstance(v, dict):
         try:
             return Range(**v)
-        except (TypeError, ValidationError) as e:
+        except (TypeError, ValidationError):
             raise CodesignError(f"{source}: grid.{path}: expected {{low, high, log}}, found {v!r}") from None
     if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
         raise CodesignError(f"{source}: grid.{path}: expected a list of values or {{low, high}}, found {v!r}")

@@ -140,7 +140,7 @@ class Store:
             self.conn.execute(f"INSERT INTO computations ({_q(KEY)}, worker, wall_s) VALUES (?, ?, ?)",
                               (point_hash, worker, float(wall_s)))
             if point_json is not None:
-                self.conn.execute(f"INSERT OR IGNORE INTO points VALUES (?, ?)", (point_hash, point_json))
+                self.conn.execute("INSERT OR IGNORE INTO points VALUES (?, ?)", (point_hash, point_json))
         return cur.rowcount == 1
 
     def fill(self, rows: dict[str, dict[str, Any]], points: dict[str, str] | None = None) -> None:

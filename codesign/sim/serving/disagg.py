@@ -43,7 +43,7 @@ from codesign.results import Result, infeasible
 from codesign.scenario import SLO, Workload
 from codesign.sim.serving.arrivals import RequestStream
 from codesign.sim.serving.config import DisaggregationConfig, PoolConfig, scheduler_config
-from codesign.sim.serving.kv import KVCapacity, kv_capacity
+from codesign.sim.serving.kv import KVCapacity
 from codesign.sim.serving.metrics import ServingMetrics, summarise
 from codesign.sim.serving.scheduler import Engine, Recorder
 from codesign.sim.serving.server import check_stream, meets, stream_of, serving_point
