@@ -74,15 +74,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"path": str(out), **cal.model_dump(), "notes": notes}, indent=2))
         return 0
-    print(f"{hw.name} on {device} ({cal.threads} thread{'s' if cal.threads > 1 else ''}), {cal.measured}")
-    base = hw.efficiency.model_dump()
-    for k, v in cal.efficiency.items():
-        print(f"  efficiency.{k:<14} {v:<10.4g} (spec {base.get(k)})")
-    for k, v in cal.cost.items():
-        print(f"  cost.{k:<20} {v}")
-    for k, v in cal.eager.model_dump().items():
-        print(f"  eager.{k:<19} {v * 1e6:.1f} us")
-    for n in notes:
-        print(f"  note: {n}")
+    print(summary(hw, device, cal, notes))
     print(f"wrote {out}")
     return 0
+
+
+def summary(hw, device, cal, notes: list[str]) -> str:
+    """The calibration as the command prints it: each overlay value beside the spec's own."""
+    lines = [f"{hw.name} on {device} ({cal.threads} thread{'s' if cal.threads > 1 else ''}), {cal.measured}"]
+    base = hw.efficiency.model_dump()
+    lines += [f"  efficiency.{k:<14} {v:<10.4g} (spec {base.get(k)})" for k, v in cal.efficiency.items()]
+    lines += [f"  cost.{k:<20} {v}" for k, v in cal.cost.items()]
+    for k, v in cal.eager.model_dump().items():
+        if isinstance(v, dict):  # measured per-call costs of ordinary ops, by target
+            lines.append(f"  eager.{k:<19} {len(v)} op targets measured, {min(v.values(), default=0) * 1e6:.1f}-"
+                         f"{max(v.values(), default=0) * 1e6:.1f} us")
+        else:
+            lines.append(f"  eager.{k:<19} {v * 1e6:.1f} us")
+    lines += [f"  note: {n}" for n in notes]
+    return "\n".join(lines)

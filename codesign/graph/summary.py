@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -58,6 +60,9 @@ def to_node_link(g: nx.DiGraph) -> dict:
     """networkx node-link data with each Op flattened to plain JSON attributes."""
     h = nx.DiGraph()
     h.graph.update(g.graph)
+    shape = g.graph.get("shape")
+    if shape is not None:  # the step shape as plain groups
+        h.graph["shape"] = [dataclasses.asdict(grp) for grp in shape.groups]
     for n, op in g.nodes(data="op"):
         h.add_node(n, **op.to_dict())
     h.add_edges_from(g.edges)

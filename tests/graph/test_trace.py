@@ -307,3 +307,15 @@ def test_verify_steps_trace_the_recurrent_gated_deltanet_kernel():
     assert s.bytes_written["state"] == state and s.flops == 4 * 3 * la.num_value_heads * 7 * la.key_head_dim * la.value_head_dim
     long = trace(cfg, shape=StepShape.prefill(1, RECURRENT_MAX_TOKENS + 1, cached=1000))
     assert not any(o.target.startswith("codesign.gated_delta_rule_step") for _, o in long.nodes(data="op"))
+
+
+def test_trace_out_writes_node_link_json_with_the_step_shape(tmp_path, capsys):
+    """`codesign trace --out FILE` writes the graph as JSON: every op, and the step shape as groups."""
+    from codesign.cli import main
+
+    out = tmp_path / "g.json"
+    assert main(["trace", "--model", "qwen3-8b", "--batch", "4", "--context", "1k", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["graph"]["shape"] == [{"seqs": 4, "new_tokens": 1, "cached_tokens": 1023, "logits": 1}]
+    g = trace(cs.load_model("qwen3-8b"), "decode", batch=4, context=1024)
+    assert len(d["nodes"]) == g.number_of_nodes() and len(d["edges"]) == g.number_of_edges()

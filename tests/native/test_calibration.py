@@ -117,6 +117,11 @@ def test_calibrate_writes_a_valid_overlay(tmp_path):
     assert back.calibration == Calibration.model_validate(yaml.safe_load(out.read_text()))
     assert all(0 < v <= 1 for k, v in cal.efficiency.items() if k != "small_m_half")
     assert cal.cost["launch_overhead_s"] > 0 and out.read_text().startswith("# test")
+    # the command's printout: every eager entry, the per-target table as its range
+    from codesign.commands.calibrate import summary
+
+    text = summary(cs.load_hw("cpu-host"), "cpu", cal, ["n1"])
+    assert "eager.ops" in text and "op targets measured" in text and text.endswith("note: n1")
 
 
 def test_native_check_reports_both_phases(tmp_path):
