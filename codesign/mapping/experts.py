@@ -22,7 +22,7 @@ from typing import Sequence
 from codesign.errors import CodesignError
 from codesign.graph.op import BYTE_CLASSES, Op
 from codesign.mapping.plan import ParallelPlan, Precision
-from codesign.mapping.scaling import Scaler, scaled
+from codesign.mapping.scaling import Scaler
 from codesign.models.config import ModelConfig
 
 def expert_placement(num_experts: int, ep: int, placement: str | Sequence[int] = "contiguous") -> list[int]:
@@ -174,14 +174,14 @@ class ExpertMapper:
     def map(self, op: Op) -> tuple[Op, int, float]:
         """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
         mean rank tokens)."""
-        E, prec, dp = self.E, self.prec, self.dp
+        E, dp = self.E, self.dp
         ep, moe_tp = self.plan.ep, self.plan.moe_tp
         r_extra = self.r_extra
         tpe = op.tokens_per_expert
         if not tpe:  # no routing detail: an even share (a rank holds (E + r) / ep of the E experts' weights)
             f = {"weight": (E + r_extra) / E / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0,
                  "kv_cache": 1.0}
-            return scaled(op, 1.0 / (dp * ep * moe_tp), f, prec), 0, 1.0
+            return self.scaler.op(op, 1.0 / (dp * ep * moe_tp), f), 0, 1.0
         counts = tuple(tpe) if dp == 1 else tuple(math.ceil(c / dp) for c in tpe)  # the busiest replica's share
         if r_extra == 0 and len(counts) == E and E % ep == 0 and self.placement == "contiguous":
             # contiguous equal blocks (the default): each rank's experts are one slice
@@ -227,11 +227,3 @@ class ExpertMapper:
         new.expert_flops_per_token = op.expert_flops_per_token / moe_tp
         new.expert_weight_bytes = ewb / moe_tp
         return new, rank, imbalance
-
-
-def map_experts(op: Op, config: ModelConfig, plan: ParallelPlan, prec: Precision,
-                 placement: str | Sequence[int], dp: int, flop_rate: float,
-                 byte_rate: float, expert_loads: Sequence[float] | None = None) -> tuple[Op, int, float]:
-    """The grouped expert op of the slowest EP rank; returns (op, rank, imbalance = its tokens /
-    mean rank tokens)."""
-    return ExpertMapper(config, plan, prec, placement, dp, flop_rate, byte_rate, expert_loads).map(op)

@@ -11,10 +11,6 @@ from dataclasses import fields as dataclass_fields
 from codesign.graph.op import BYTE_CLASSES, Op
 from codesign.mapping.plan import Precision
 
-def scaled(op: Op, flops_f: float, f: dict[str, float], prec: Precision) -> Op:
-    return Scaler(prec).op(op, flops_f, f)
-
-
 class Scaler:
     """Scales ops' byte dicts by per-class factors times the precision's scale, for one map_step.
 
