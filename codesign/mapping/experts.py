@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import heapq
 import math
+
+import numpy as np
 from typing import Sequence
 
 from codesign.errors import CodesignError
@@ -182,7 +184,9 @@ class ExpertMapper:
             f = {"weight": (E + r_extra) / E / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0,
                  "kv_cache": 1.0}
             return self.scaler.op(op, 1.0 / (dp * ep * moe_tp), f), 0, 1.0
-        counts = tuple(tpe) if dp == 1 else tuple(math.ceil(c / dp) for c in tpe)  # the busiest replica's share
+        # the busiest replica's share: ceil(c / dp) (integer ceiling: the same value as the float one
+        # for any count a step holds)
+        counts = tuple(tpe) if dp == 1 else tuple((-(-np.asarray(tpe, dtype=np.int64) // dp)).tolist())
         if r_extra == 0 and len(counts) == E and E % ep == 0 and self.placement == "contiguous":
             # contiguous equal blocks (the default): each rank's experts are one slice
             per = E // ep

@@ -30,6 +30,7 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
+from codesign.sim.layerplan import layer_plan
 from codesign.sim.schedule import list_schedule
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
@@ -177,15 +178,6 @@ class _SimpySchedule:
         return float(self.env.now)
 
 
-class _Sim:
-    """One layer's makespan: its ops contracted (`_contract`) and list-scheduled with SimPy's
-    semantics (`codesign.sim.schedule.list_schedule`, equal to `_SimpySchedule`)."""
-
-    def run(self, items: list[tuple[Any, str, float, list]]) -> float:
-        """Makespan of `items` = (key, op kind, seconds, predecessor keys), in topological order."""
-        return list_schedule(_contract(items))
-
-
 _UNIT_ORDER = ("matrix", "vector", "hbm", "link")
 
 
@@ -241,45 +233,36 @@ class StepSimulator:
         self.tbo = two_batch_overlap
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
-    def _plain_time(self, g: nx.DiGraph, nodes: list, preds: dict, costs: dict) -> float:
-        items = [(n, g.nodes[n]["op"].kind, costs[n].time_s, preds[n]) for n in nodes]
-        return _Sim().run(items)
-
-    def _tbo_time(self, g: nx.DiGraph, nodes: list, preds: dict, half: dict) -> float:
-        """Steady-state time per layer of two half micro-batches: the marginal time of a second
-        copy of the layer (so the fill and drain of the pipeline are not charged to every layer)."""
-        node_set = set(nodes)
-        sources = [n for n in nodes if not preds[n]]
-        sinks = [n for n in nodes if not any(s in node_set for s in g.successors(n))]
-
-        def build(copies: int) -> list:
-            items = []
-            for r in range(copies):
-                for n in nodes:
-                    for mb in (0, 1):
-                        p = [(r, mb, q) for q in preds[n]]
-                        if r > 0 and n in sources:
-                            p += [(r - 1, mb, s) for s in sinks]
-                        items.append(((r, mb, n), g.nodes[n]["op"].kind, half[n], p))
-            return items
-
-        return _Sim().run(build(2)) - _Sim().run(build(1))
-
     def _group_time(self, g: nx.DiGraph, nodes: list, costs: dict, residency: Residency) -> tuple[float, bool]:
-        """(seconds, two-batch overlap used) for one group of ops in topological order."""
-        node_set = set(nodes)
-        preds = {n: [p for p in g.predecessors(n) if p in node_set] for n in nodes}
-        plain = self._plain_time(g, nodes, preds, costs)
-        has_comm = any(g.nodes[n]["op"].kind == "collective" for n in nodes)
-        if self.tbo is False or not has_comm:
+        """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order); the
+        schedule structure comes from `codesign.sim.layerplan` (built once per layer structure)."""
+        pos = {n: i for i, n in enumerate(nodes)}
+        kinds = [g.nodes[n]["op"].kind for n in nodes]
+        preds = [[pos[p] for p in g.predecessors(n) if p in pos] for n in nodes]
+        plan = layer_plan((tuple(kinds), tuple(map(tuple, preds))), kinds, preds)
+        order = [nodes[i] for i in plan.order]
+        plain = plan.plain.makespan([costs[n].time_s for n in order])
+        if self.tbo is False or "collective" not in kinds:
             return plain, False
-        half = {n: self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s for n in nodes}
         if self.tbo is None:
-            # Lower bound of the overlapped layer: both micro-batches' compute, serialised.
-            bound = 2 * sum(half[n] for n in nodes if g.nodes[n]["op"].kind != "collective")
-            if bound >= plain:
-                return plain, False
-        t = self._tbo_time(g, nodes, preds, half)
+            # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
+            # terms are not negative, so the half ops are costed only until it reaches `plain`.
+            half = []
+            bound = 0.0
+            for n, k in zip(order, plan.kinds):
+                h = self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s
+                half.append(h)
+                if k != "collective":
+                    bound += h
+                    if 2 * bound >= plain:
+                        return plain, False
+        else:
+            half = [self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s for n in order]
+        one, two = plan.tbo()
+        halves = [h for h in half for _ in (0, 1)]
+        # Steady-state time per layer of two half micro-batches: the marginal time of a second copy
+        # of the layer (so the fill and drain of the pipeline are not charged to every layer).
+        t = two.makespan(halves + halves) - one.makespan(halves)
         if self.tbo is None and t >= plain:
             return plain, False
         return t, True
@@ -382,7 +365,7 @@ class StepSimulator:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
-                t, used = self._group_time(g, _topological(g, nodes), costs, residency)
+                t, used = self._group_time(g, nodes, costs, residency)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))

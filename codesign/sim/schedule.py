@@ -16,38 +16,54 @@ graphs, with ties and zero-length ops).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from typing import Any
 
 _URGENT, _NORMAL = 0, 1
 _UNITS = ("matrix", "vector", "hbm", "link")
+_UNIT_INDEX = {u: i for i, u in enumerate(_UNITS)}
 
 
 def list_schedule(items: list[tuple[Any, tuple[str, ...], float, list]]) -> float:
-    """Makespan of `items` = (key, units held, seconds, predecessor keys), in priority order."""
-    n = len(items)
+    """Makespan of `items` = (key, units held, seconds, predecessor keys), in priority order.
+
+    SimPy processes events by (time, priority, event id). Three facts let most events skip the
+    heap without changing that order: every Initialize event (the only urgent ones) is at time 0
+    and precedes everything else, in op order; an event scheduled for the current time has a
+    larger id than every event already waiting for that time (those were scheduled earlier), so
+    current-time events run first-in first-out after the heap's entries for the same time; only
+    timeouts lie in the future. The heap holds timeouts, a FIFO queue the rest."""
     index = {key: i for i, (key, _, _, _) in enumerate(items)}
-    heap: list[tuple[float, int, int, int, int]] = []  # (time, priority, event id, kind, op)
+    return schedule_indexed([it[1] for it in items], [[index[p] for p in it[3]] for it in items],
+                            [it[2] for it in items])
+
+
+def schedule_indexed(units: list[tuple[str, ...]], preds: list[list[int]], secs: list[float]) -> float:
+    """`list_schedule` of items 0..n-1: item i holds units[i] for secs[i] after preds[i]."""
+    n = len(units)
+    future: list[tuple[float, int, int]] = []  # (time, event id, op): timeouts
+    now_q: deque[tuple[int, int]] = deque()  # (kind, op) scheduled for the current time
     eid = 0
     now = 0.0
     # Resources: holder (op index or -1) and waiting requests sorted by (priority, time).
     holder = {u: -1 for u in _UNITS}
     waiting: dict[str, list[tuple[int, float, int]]] = {u: [] for u in _UNITS}  # (priority, time, op)
-    # Per op: predecessors' completion events not yet processed, its waiters, progress.
     done_processed = [False] * n
     waiters: list[list[int]] = [[] for _ in range(n)]  # ops whose condition waits on this op's completion
     missing = [0] * n
     unit_no = [0] * n
-    units = [it[1] for it in items]
-    preds = [[index[p] for p in it[3]] for it in items]
-    secs = [it[2] for it in items]
 
-    # kinds of heap entries
-    INIT, COND, GRANT, TIMEOUT, RELEASE, DONE = range(6)
+    # kinds of queued events (timeouts live in `future`)
+    COND, GRANT, RELEASE, DONE = range(4)
 
-    def push(t: float, prio: int, kind: int, op: int) -> None:
+    def timeout(op: int) -> None:
         nonlocal eid
-        heapq.heappush(heap, (t, prio, eid, kind, op))
-        eid += 1
+        t = now + secs[op]
+        if t == now:
+            now_q.append((-1, op))
+        else:
+            heapq.heappush(future, (t, eid, op))
+            eid += 1
 
     def request(op: int) -> None:
         """The op requests its next unit: it joins the unit's queue (ordered by priority, then
@@ -59,31 +75,42 @@ def list_schedule(items: list[tuple[Any, tuple[str, ...], float, list]]) -> floa
         if holder[u] < 0:
             nxt = heapq.heappop(q)[2]
             holder[u] = nxt
-            push(now, _NORMAL, GRANT, nxt)
+            now_q.append((GRANT, nxt))
 
     def start_units(op: int) -> None:
         if units[op]:
             request(op)
         else:
-            push(now + secs[op], _NORMAL, TIMEOUT, op)
+            timeout(op)
 
-    for i in range(n):  # env.process(): an Initialize event each, in priority order
-        push(0.0, _URGENT, INIT, i)
+    for op in range(n):  # env.process(): an Initialize event each, in priority order, at time 0
+        if preds[op]:
+            m = 0
+            for p in preds[op]:
+                if not done_processed[p]:
+                    m += 1
+                    waiters[p].append(op)
+            missing[op] = m
+            if m == 0:
+                now_q.append((COND, op))
+        else:
+            start_units(op)
 
-    while heap:
-        now, _, _, kind, op = heapq.heappop(heap)
-        if kind == INIT:
-            if preds[op]:
-                m = 0
-                for p in preds[op]:
-                    if not done_processed[p]:
-                        m += 1
-                        waiters[p].append(op)
-                missing[op] = m
-                if m == 0:
-                    push(now, _NORMAL, COND, op)
-            else:
-                start_units(op)
+    while True:
+        if future and future[0][0] == now:
+            kind, op = -1, heapq.heappop(future)[2]
+        elif now_q:
+            kind, op = now_q.popleft()
+        elif future:
+            now, _, op = heapq.heappop(future)
+            kind = -1
+        else:
+            break
+        if kind == -1:  # timeout: release every unit (a Release event each), then completion
+            for u in units[op]:
+                holder[u] = -1
+                now_q.append((RELEASE, _UNIT_INDEX[u]))
+            now_q.append((DONE, op))
         elif kind == COND:
             start_units(op)
         elif kind == GRANT:
@@ -91,27 +118,21 @@ def list_schedule(items: list[tuple[Any, tuple[str, ...], float, list]]) -> floa
             if unit_no[op] < len(units[op]):
                 request(op)
             else:
-                push(now + secs[op], _NORMAL, TIMEOUT, op)
-        elif kind == TIMEOUT:
-            for u in units[op]:  # release every unit: a Release event each
-                holder[u] = -1
-                push(now, _NORMAL, RELEASE, _UNITS.index(u))
-            push(now, _NORMAL, DONE, op)
-            eid += 1  # the process's own completion event (nobody waits on it)
+                timeout(op)
         elif kind == RELEASE:
             u = _UNITS[op]
             q = waiting[u]
             if q and holder[u] < 0:
                 nxt = heapq.heappop(q)[2]
                 holder[u] = nxt
-                push(now, _NORMAL, GRANT, nxt)
+                now_q.append((GRANT, nxt))
         else:  # DONE: the completion event's callbacks, in the order conditions registered
             done_processed[op] = True
             for w in waiters[op]:
                 missing[w] -= 1
                 if missing[w] == 0:
-                    push(now, _NORMAL, COND, w)
+                    now_q.append((COND, w))
     return now
 
 
-__all__ = ["list_schedule"]
+__all__ = ["list_schedule", "schedule_indexed"]

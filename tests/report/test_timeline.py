@@ -10,7 +10,8 @@ import pytest
 
 from codesign.report.perfetto import trace_events, write_trace
 from codesign.sim.cost import CostModel, CostOptions
-from codesign.sim.engine import _contract, _Sim, _SimpySchedule, simulate_step
+from codesign.sim.engine import _contract, _SimpySchedule, simulate_step
+from codesign.sim.schedule import list_schedule
 from codesign.sim.timeline import step_timeline
 from tests.report.trace_schema import check_nesting, validate_trace
 from tests.sim.helpers import FakeMapped, FakePlan, layer_ops, make_hw, op, simple_collective_time
@@ -71,7 +72,7 @@ def test_recorded_schedule_is_the_engines():
     """The timeline's SimPy schedule with a recorder gives the engine's own layer makespan."""
     items = [("a", "gemm", 1.0, []), ("b", "vector", 2.0, ["a"]), ("c", "collective", 5.0, ["a"])]
     rec = _SimpySchedule(lambda *a: None)
-    assert rec.run(_contract(items, rec.members)) == _Sim().run(items)
+    assert rec.run(_contract(items, rec.members)) == list_schedule(_contract(items))
 
 
 def _timeline(g: nx.DiGraph):
