@@ -17,7 +17,9 @@ same per-slot probabilities when `k/E <= exact_k_fraction` (default 0.1) or N x 
 The difference is the at-most-once-per-token constraint: it lowers each expert's count variance by a
 factor of about (1 - k/E), so below 10% of experts per token the two draws differ by under 5% in
 count variance (Qwen3.5: k/E = 10/512, DeepSeek-V3 8/256, Qwen3-235B 8/128 take the multinomial;
-Mixtral 2/8 and small gpt-oss 4/32 the exact draw). Draws are memoised per (router, layer, tokens,
+Mixtral 2/8 and small gpt-oss 4/32 the exact draw). With equal probabilities and at most 4 routed
+slots per expert, the multinomial is drawn as the count of that many independent uniform picks (the
+same distribution, cheaper for decode steps). Draws are memoised per (router, layer, tokens,
 experts, k): a step shape seen before, or sharing its token count, draws nothing.
 """
 
@@ -85,7 +87,17 @@ class RouterModel:
 
 @dataclass(frozen=True)
 class UniformRouter(RouterModel):
-    pass
+    def tokens_per_expert(self, layer: int, n_tokens: int, num_experts: int, top_k: int) -> np.ndarray:
+        slots = n_tokens * top_k
+        if n_tokens * num_experts <= self.exact_limit and top_k > self.exact_k_fraction * num_experts:
+            return super().tokens_per_expert(layer, n_tokens, num_experts, top_k)
+        if slots <= 4 * num_experts:
+            # The multinomial over equal probabilities is the count of `slots` independent uniform
+            # picks: drawn directly, O(slots), where the multinomial's O(experts) binomial chain
+            # would cost more (a decode step: ~1,000 slots over 512 experts, 15 us instead of 35).
+            picks = _rng(self.seed, layer).integers(0, num_experts, size=slots)
+            return np.bincount(picks, minlength=num_experts).astype(np.int64)
+        return super().tokens_per_expert(layer, n_tokens, num_experts, top_k)
 
 
 @dataclass(frozen=True)

@@ -123,25 +123,16 @@ def _low_latency(hw: HardwareSpec) -> tuple[float, float]:
 def collective_time(collective: dict, hw: HardwareSpec) -> float:
     """Seconds one collective takes on `hw` (see module docstring for the rules)."""
     c = collective
-    kind = c.get("type")
-    if kind not in TYPES:
-        raise CodesignError(f"collective.type: expected one of {', '.join(TYPES)}, found {kind!r}")
-    algo = c.get("algorithm") or ("direct" if kind == "all_to_all" else "p2p" if kind == "send_recv" else "auto")
-    if algo not in ALGORITHMS:
-        raise CodesignError(f"collective.algorithm: expected one of {', '.join(ALGORITHMS)}, found {algo!r}")
-    n = _size(c)
-    nbytes = float(c.get("bytes", 0.0))
+    kind, algo, n, nbytes = _parse(c)
     if n < 2 and kind != "send_recv" or nbytes <= 0:
         return 0.0
+    if kind == "all_to_all":
+        slope, fixed = all_to_all_parts(c, hw)
+        return slope * float(c.get("imbalance", 1.0) or 1.0) + fixed
     eff = hw.efficiency.collective
     su = hw.system.scale_up
     alpha = su.latency
-    d, m = _domains(c, su.size, n)
-    scope = c.get("scope") or ("scale_out" if m > 1 else "scale_up")
-    if scope == "scale_out" and m == 1:
-        m, d = max(2, math.ceil(n / su.size)), min(n, su.size)  # caller says it spans domains
-    imbalance = float(c.get("imbalance", 1.0) or 1.0)
-
+    d, m, scope = _span(c, su, n)
     ring_bw, a2a_bw, p2p_bw = _domain_bandwidths(su, max(d, 2) if kind == "send_recv" else d)
     if scope == "scale_out":
         so = hw.system.scale_out
@@ -151,15 +142,6 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
         nic, beta = so.nic_bandwidth * eff, so.latency
         if kind == "send_recv":
             return nbytes / nic + beta
-        if kind == "all_to_all":
-            if algo == "low_latency":
-                e_ll, lat = _low_latency(hw)
-                nic, e_in = so.nic_bandwidth * e_ll, e_ll
-            else:
-                e_in, lat = eff, beta + (alpha if d > 1 else 0.0)
-            out_t = nbytes * (n - d) / n / nic
-            in_t = nbytes * (d - 1) / n / (a2a_bw * e_in) if d > 1 else 0.0
-            return max(out_t, in_t) * imbalance + lat
         # hierarchical: reduce-scatter in the domain, all-reduce across domains, all-gather back
         intra = _ring_allreduce(nbytes, d, ring_bw * eff, alpha) if d > 1 else 0.0
         inter = _ring_allreduce(nbytes / d, m, nic, beta)
@@ -168,11 +150,6 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
 
     if kind == "send_recv":
         return nbytes / (p2p_bw * eff) + alpha
-    if kind == "all_to_all":
-        if algo == "low_latency":
-            e, lat = _low_latency(hw)
-            return nbytes * (n - 1) / n / (a2a_bw * e) * imbalance + lat
-        return nbytes * (n - 1) / n / (a2a_bw * eff) * imbalance + alpha
     ring = _ring_allreduce(nbytes, n, ring_bw * eff, alpha)
     two_shot = 2 * (n - 1) / n * nbytes / (a2a_bw * eff) + 2 * alpha
     one_shot = (n - 1) * nbytes / (a2a_bw * eff) + alpha
@@ -185,6 +162,61 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
                                 f"found topology {su.topology!r}")
         t = 2 * (n - 1) / n * nbytes / (ring_bw * eff * NVLS_GAIN) + 2 * alpha
     return t / 2 if kind in ("reduce_scatter", "all_gather") else t
+
+
+def all_to_all_parts(collective: dict, hw: HardwareSpec) -> tuple[float, float]:
+    """(seconds per unit of load imbalance, fixed seconds) of an all-to-all: its time is
+    slope x imbalance + fixed (the busiest rank's bytes set the time), so the expert-parallel
+    layers of a step, which differ only in imbalance, share one evaluation of the topology."""
+    c = collective
+    kind, algo, n, nbytes = _parse(c)
+    if kind != "all_to_all":
+        raise CodesignError(f"collective.type: expected all_to_all, found {kind!r}")
+    if n < 2 or nbytes <= 0:
+        return 0.0, 0.0
+    eff = hw.efficiency.collective
+    su = hw.system.scale_up
+    alpha = su.latency
+    d, m, scope = _span(c, su, n)
+    _, a2a_bw, _ = _domain_bandwidths(su, d)
+    if scope == "scale_out":
+        so = hw.system.scale_out
+        if so is None:
+            raise CodesignError(f"system.scale_out: a {kind} over {n} chips spans scale-up domains "
+                                f"of {su.size}, but the spec has no scale_out section")
+        nic, beta = so.nic_bandwidth * eff, so.latency
+        if algo == "low_latency":
+            e_ll, lat = _low_latency(hw)
+            nic, e_in = so.nic_bandwidth * e_ll, e_ll
+        else:
+            e_in, lat = eff, beta + (alpha if d > 1 else 0.0)
+        out_t = nbytes * (n - d) / n / nic
+        in_t = nbytes * (d - 1) / n / (a2a_bw * e_in) if d > 1 else 0.0
+        return max(out_t, in_t), lat
+    if algo == "low_latency":
+        e, lat = _low_latency(hw)
+        return nbytes * (n - 1) / n / (a2a_bw * e), lat
+    return nbytes * (n - 1) / n / (a2a_bw * eff), alpha
+
+
+def _parse(c: dict) -> tuple[str, str, int, float]:
+    """(type, algorithm, ranks, bytes) of a collective dict, validated."""
+    kind = c.get("type")
+    if kind not in TYPES:
+        raise CodesignError(f"collective.type: expected one of {', '.join(TYPES)}, found {kind!r}")
+    algo = c.get("algorithm") or ("direct" if kind == "all_to_all" else "p2p" if kind == "send_recv" else "auto")
+    if algo not in ALGORITHMS:
+        raise CodesignError(f"collective.algorithm: expected one of {', '.join(ALGORITHMS)}, found {algo!r}")
+    return kind, algo, _size(c), float(c.get("bytes", 0.0))
+
+
+def _span(c: dict, su: ScaleUp, n: int) -> tuple[int, int, str]:
+    """(chips per scale-up domain, domains, scope) of a collective over n ranks."""
+    d, m = _domains(c, su.size, n)
+    scope = c.get("scope") or ("scale_out" if m > 1 else "scale_up")
+    if scope == "scale_out" and m == 1:
+        m, d = max(2, math.ceil(n / su.size)), min(n, su.size)  # caller says it spans domains
+    return d, m, scope
 
 
 def make_collective(kind: str, group: tuple[int, ...], nbytes: float, scale_up_size: int,

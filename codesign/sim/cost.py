@@ -29,7 +29,6 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Callable, Literal
 
@@ -186,6 +185,8 @@ class CostModel:
         self.matrix_dtype = spec_dtype(matrix_dtype)
         self.attention_dtype = spec_dtype(attention_dtype)
         self._collective_fn = collective_fn
+        self._a2a: dict[tuple, tuple[float, float]] = {}  # all-to-all (slope, fixed) by collective
+        self._expert_pad: dict[int, int] = {}  # tokens of one expert -> padded tokens
         eff = hw.efficiency
         chip = hw.chip
         self.matrix_rate = chip.matrix.peak(self.matrix_dtype) * eff.gemm
@@ -271,23 +272,30 @@ class CostModel:
         tpe = op.tokens_per_expert
         if not tpe or op.expert_flops_per_token <= 0:
             return op.flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
-        padded = 0.0
-        tokens_routed = 0
-        for t, n_experts in Counter(tpe).items():  # few distinct counts: cheap even for 512 experts
-            if t <= 0:
-                continue
-            tokens_routed += t * n_experts
-            if not self.opts.tile_quantisation:
-                mp = t
-            elif t < self.tile_m:
-                mp = _pad(t, self.opts.grouped_min_tokens)
-            else:
-                mp = _pad(t, self.tile_m)
-            padded += n_experts * mp
+        # Padded tokens per expert from a table kept per cost model (few distinct counts); sums of
+        # integers, exact in any order.
+        table = self._expert_pad
+        try:
+            padded = float(sum([table[t] for t in tpe]))
+        except KeyError:
+            for t in set(tpe):
+                table[t] = self._padded_tokens(t)
+            padded = float(sum([table[t] for t in tpe]))
+        tokens_routed = sum([t for t in tpe if t > 0])
         # The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
         # tokens_per_expert to this chip's share); keep the padding/ramp factor only.
         factor = padded / tokens_routed if tokens_routed else 1.0
         return op.flops * factor / (self.grouped_rate * self._ramp(padded) * self._grouped_k_ramp(op))
+
+    def _padded_tokens(self, t: int) -> int:
+        """An expert's tokens as its tiles hold them (see `grouped_gemm_time`); 0 when it has none."""
+        if t <= 0:
+            return 0
+        if not self.opts.tile_quantisation:
+            return t
+        if t < self.tile_m:
+            return _pad(t, self.opts.grouped_min_tokens)
+        return _pad(t, self.tile_m)
 
     def compute_time(self, op: Op) -> tuple[float, str]:
         if op.kind == "gemm":
@@ -345,12 +353,28 @@ class CostModel:
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def collective_time(self, op: Op) -> float:
-        if not op.collective:
+        c = op.collective
+        if not c:
             return 0.0
         fn = self._collective_fn
         if fn is None:
-            from codesign.mapping import collective_time as fn  # the mapping owns topology costs
-        return float(fn(op.collective, self.hw))
+            from codesign.mapping import collectives  # the mapping owns topology costs
+
+            if c.get("type") == "all_to_all":
+                # Layers of a step differ in their all-to-alls only by load imbalance, and the time is
+                # affine in it (`all_to_all_parts`): the topology is evaluated once per all-to-all.
+                key = tuple(item for item in c.items() if item[0] != "imbalance")
+                try:
+                    parts = self._a2a.get(key)
+                except TypeError:  # an unhashable field (a list of ranks): no memo
+                    return float(collectives.collective_time(c, self.hw))
+                if parts is None:
+                    if len(self._a2a) >= 4096:
+                        self._a2a.clear()
+                    parts = self._a2a[key] = collectives.all_to_all_parts(c, self.hw)
+                return parts[0] * float(c.get("imbalance", 1.0) or 1.0) + parts[1]
+            return float(collectives.collective_time(c, self.hw))
+        return float(fn(c, self.hw))
 
     def cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
         if op.kind == "collective":

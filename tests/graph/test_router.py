@@ -67,3 +67,22 @@ def test_make_router():
         make_router("hot")
     with pytest.raises(CodesignError, match="ALPHA a number from 0 to 100, found 'zipf:nan'"):
         make_router("zipf:nan")
+
+
+def test_uniform_small_draw_has_the_multinomial_distribution():
+    """Decode-sized draws (at most 4 slots per expert) count independent uniform picks: each draw
+    routes every slot, repeats bit for bit, and over many layers the per-expert counts have the
+    multinomial's mean N/E and variance N (1/E) (1 - 1/E)."""
+    import numpy as np
+
+    from codesign.graph.router import UniformRouter
+
+    r = UniformRouter(seed=3)
+    E, tokens, k = 512, 100, 10
+    draws = np.array([r.tokens_per_expert(layer, tokens, E, k) for layer in range(400)])
+    assert (draws.sum(axis=1) == tokens * k).all()
+    assert (draws[7] == r.tokens_per_expert(7, tokens, E, k)).all()
+    n = tokens * k
+    mean, var = n / E, n * (1 / E) * (1 - 1 / E)
+    assert draws.mean() == pytest.approx(mean, rel=1e-12)  # every draw sums to n
+    assert draws.var() == pytest.approx(var, rel=0.03)  # 204,800 counts: sampling error ~0.3%
