@@ -143,6 +143,12 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
         return f"workload.mtp: not yet supported {where} (multi-token prediction belongs to server mode)"
     for name in ("input_tokens", "output_tokens"):
         t = getattr(w, name)
+        if isinstance(t, TokenDist) and t.cv is not None and t.dist in ("fixed", "exponential"):
+            if t.dist == "fixed":
+                return (f"workload.{name}.cv: a fixed length has no spread; expected no cv, or dist uniform, "
+                        f"normal, lognormal or exponential, found cv {t.cv} with dist 'fixed'")
+            if abs(t.cv - 1.0) > 1e-9:
+                return f"workload.{name}.cv: an exponential distribution has cv 1 by definition, found {t.cv}"
         # An output-length distribution acts in offline and batch modes through the token-weighted
         # decode context (codesign.sim.workload.decode_context); elsewhere only server mode uses one.
         if name == "output_tokens" and mode in ("offline", "batch"):

@@ -42,6 +42,10 @@ def scenario(tmp_path, workload: str, extra: str = "") -> str:
     ("{mode: offline, input_tokens: {mean: 1000, dist: lognormal}}",
      r"workload\.input_tokens\.dist: not yet supported in steady-state mode 'offline': found 'lognormal'"),
     ("{mode: decode, output_tokens: {mean: 100, dist: exponential}}", r"workload\.output_tokens\.dist: not yet supported"),
+    ("{mode: offline, output_tokens: {mean: 100, cv: 0.5}}",
+     r"workload\.output_tokens\.cv: a fixed length has no spread; .* found cv 0\.5 with dist 'fixed'"),
+    ("{mode: offline, output_tokens: {mean: 100, dist: exponential, cv: 0.5}}",
+     r"workload\.output_tokens\.cv: an exponential distribution has cv 1 by definition, found 0\.5"),
     ("{mode: batch, concurrency: 4, rate_per_s: 3}", r"workload\.rate_per_s: not yet supported in steady-state mode 'batch'"),
     ("{mode: decode, concurrency: 4}", r"workload\.concurrency: not yet supported in steady-state mode 'decode'"),
 ])
