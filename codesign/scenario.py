@@ -38,9 +38,10 @@ def _tokens(v: Any) -> Any:
 
 
 class TokenDist(_Strict):
-    """A token count with a distribution. Steady-state modes take `dist: fixed` only (the mean);
-    server mode draws from it (`cv`: coefficient of variation; defaults per distribution in
-    codesign.sim.serving.arrivals)."""
+    """A token count with a distribution. Server mode draws from it; offline and batch modes use an
+    output-length distribution's mean and cv (the token-weighted decode context,
+    `codesign.sim.workload.decode_context`); other steady-state modes take `dist: fixed` only.
+    `cv`: coefficient of variation; defaults per distribution in codesign.sim.serving.arrivals."""
 
     mean: Tokens
     dist: Literal["fixed", "uniform", "normal", "lognormal", "exponential"] = "fixed"
@@ -142,9 +143,20 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
         return f"workload.mtp: not yet supported {where} (multi-token prediction belongs to server mode)"
     for name in ("input_tokens", "output_tokens"):
         t = getattr(w, name)
+        if isinstance(t, TokenDist) and t.cv is not None and t.dist in ("fixed", "exponential"):
+            if t.dist == "fixed":
+                return (f"workload.{name}.cv: a fixed length has no spread; expected no cv, or dist uniform, "
+                        f"normal, lognormal or exponential, found cv {t.cv} with dist 'fixed'")
+            if abs(t.cv - 1.0) > 1e-9:
+                return f"workload.{name}.cv: an exponential distribution has cv 1 by definition, found {t.cv}"
+        # An output-length distribution acts in offline and batch modes through the token-weighted
+        # decode context (codesign.sim.workload.decode_context); elsewhere only server mode uses one.
+        if name == "output_tokens" and mode in ("offline", "batch"):
+            continue
         if isinstance(t, TokenDist) and t.dist != "fixed":
             return (f"workload.{name}.dist: not yet supported {where}: found {t.dist!r}, expected 'fixed' "
-                    "(length distributions belong to server mode)")
+                    "(length distributions belong to server mode; an output-length distribution also "
+                    "acts in offline and batch modes)")
     if w.rate_per_s is not None:
         return f"workload.rate_per_s: not yet supported {where} (an arrival rate belongs to server mode)"
     if w.concurrency is not None and mode != "batch":

@@ -4,6 +4,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
 
     python benchmarks/kernels/fit.py            # Hopper, from the H800 rows
     python benchmarks/kernels/fit.py --group matrix
+    python benchmarks/kernels/fit.py --maf      # CDNA large-GEMM fractions from AMD's MAF rows
 
 Objective: the sum over a group's rows of log(predicted / measured)^2 (relative errors, symmetric in
 over- and under-prediction), minimised by Nelder-Mead from the current spec values; each row is
@@ -117,10 +118,48 @@ def fit(group: str) -> dict:
             "worst": float(np.max(np.abs(errs)))}
 
 
+# Chips whose large-GEMM fractions are set from one sustained max-achievable row per dtype
+# (benchmarks/kernels/max_achievable_gemm.yaml, source `amd_maf`): BF16 sets `gemm` (the 16-bit
+# rate), every other dtype its `gemm_by_dtype` entry.
+MAF_SOURCE = "amd_maf"
+
+
+def solve_maf() -> list[tuple[str, str, float, float]]:
+    """(chip, dtype, fraction, predicted / measured - 1) for every `amd_maf` row: the large-GEMM
+    fraction at which the simulator's own cost path reproduces the row (bisection; one unknown,
+    one row, so an exact solve rather than a fit)."""
+    out = []
+    for f in table_files():
+        for r in load_table(f).rows:
+            if r.source != MAF_SOURCE or r.op != "gemm":
+                continue
+            hw = load_hw(r.hw)
+
+            def tflops(e: float) -> float:
+                eff = hw.efficiency
+                upd = {"gemm": e} if r.dtype == "bf16" else {"gemm_by_dtype": {**(eff.gemm_by_dtype or {}), r.dtype: e}}
+                h = hw.model_copy(update={"efficiency": eff.model_copy(update=upd)})
+                return predict(r, h).tflops
+
+            lo, hi = 0.05, 1.0
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if tflops(mid) < r.measured else (lo, mid)
+            e = 0.5 * (lo + hi)
+            out.append((r.hw, r.dtype, e, tflops(e) / r.measured - 1))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", choices=sorted(GROUPS), action="append")
+    ap.add_argument("--maf", action="store_true", help="solve the CDNA large-GEMM fractions from AMD's MAF rows")
     args = ap.parse_args()
+    if args.maf:
+        for chip, dtype, e, err in solve_maf():
+            field = "gemm" if dtype == "bf16" else f"gemm_by_dtype.{dtype}"
+            print(f"{chip} {field}: {e:.4f} (row reproduced within {err:+.2%})")
+        return 0
     for g in args.group or sorted(GROUPS):
         r = fit(g)
         print(f"{g}: {r['rows']} rows, MAPE {r['mape']:.1%}, worst {r['worst']:.1%}")

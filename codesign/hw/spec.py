@@ -106,6 +106,11 @@ class Efficiency(_Strict):
     and calibrated from kernel-level anchors (FlashAttention-3, cuBLAS, NCCL, DeepEP)."""
 
     gemm: Fraction = 0.70  # large GEMMs on the matrix unit
+    # Large-GEMM fraction per matrix dtype, where a chip's sustained GEMM rate differs by dtype
+    # (AMD's max-achievable FLOPs: MI300X reaches 0.54 of its BF16 peak but 0.49 of its FP8 peak;
+    # clocks under the power limit and software efficiency both differ by dtype). A dtype absent
+    # here runs at `gemm`. Also the base of `grouped_gemm`'s default.
+    gemm_by_dtype: dict[Dtype, Fraction] | None = None
     attention: Fraction = 0.60  # fused attention kernels
     memory: Fraction = 0.85  # achieved / peak HBM bandwidth for streaming ops
     vector: Fraction = 0.50  # element-wise work on the vector unit
@@ -145,6 +150,12 @@ class Efficiency(_Strict):
     # latency (the rule before the kernel fit).
     low_latency_collective: Fraction = 0.43
     low_latency_overhead: Seconds | None = None
+
+    def gemm_for(self, dtype: str) -> float:
+        """The large-GEMM fraction of peak for matrix `dtype`: `gemm_by_dtype[dtype]`, else `gemm`."""
+        if self.gemm_by_dtype and dtype in self.gemm_by_dtype:
+            return self.gemm_by_dtype[dtype]  # type: ignore[index]
+        return self.gemm
 
 
 class ScaleUp(_Strict):

@@ -4,7 +4,7 @@ The rule is a roofline with the corrections that matter for MoE serving (each on
 overridable field of `CostOptions`, documented in docs/cost-model.md):
 
 * **Matrix ops** (`gemm`, `grouped_gemm`): time = padded FLOPs / (peak(compute dtype) x
-  efficiency.gemm x ramp(M)). GEMM dims are padded up to the matrix unit's tile
+  efficiency.gemm (or `efficiency.gemm_by_dtype[dtype]`) x ramp(M)). GEMM dims are padded up to the matrix unit's tile
   (`hw.chip.matrix.tile` = (M, N)): a decode GEMM with 8 rows costs a full 64-row tile.
   `ramp(M) = M / (M + efficiency.small_m_half)` at the padded M: small-M GEMMs cannot fill the chip
   (few thread blocks, pipeline fill), as cuBLAS shows for decode shapes. Grouped expert GEMMs are
@@ -189,9 +189,11 @@ class CostModel:
         self._expert_pad: dict[int, int] = {}  # tokens of one expert -> padded tokens
         eff = hw.efficiency
         chip = hw.chip
-        self.matrix_rate = chip.matrix.peak(self.matrix_dtype) * eff.gemm
+        # Large-GEMM fraction of this dtype's peak (efficiency.gemm_by_dtype, else gemm).
+        gemm_eff = eff.gemm_for(self.matrix_dtype)
+        self.matrix_rate = chip.matrix.peak(self.matrix_dtype) * gemm_eff
         # Grouped expert GEMMs run at their own fraction of peak where the family declares one.
-        self.grouped_rate = chip.matrix.peak(self.matrix_dtype) * (eff.grouped_gemm or eff.gemm)
+        self.grouped_rate = chip.matrix.peak(self.matrix_dtype) * (eff.grouped_gemm or gemm_eff)
         self.overlap_p = eff.overlap_exponent
         # Attention: FP8 kernels and decode kernels have their own fractions where the chip has kernel data.
         att = eff.attention_fp8 if (self.attention_dtype == "fp8" and eff.attention_fp8) else eff.attention

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from codesign import mapping, progress
 from codesign.scenario import SLO, Workload
 from codesign.sim.stepper import Stepper
-from codesign.sim.workload import ModeResult, capped_batch, decode_mode, prefill_mode, serving_mode
+from codesign.sim.workload import ModeResult, capped_batch, decode_context, decode_mode, prefill_mode, serving_mode
 from codesign.units import GiB
 
 
@@ -57,7 +57,7 @@ def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple
         if mode == "decode":
             return decode_mode(st.step, mb, context, context, tpot_slo), None, context
         return prefill_mode(st.step, mb, context), None, context
-    fit_ctx = context + out_tokens // 2
+    fit_ctx = decode_context(context, wl.output_tokens)  # the running batch's mean KV length
     fits = st.max_batch(fit_ctx)
     mb = capped_batch(fits, wl.max_batch)
     if mb == 0:
@@ -68,8 +68,8 @@ def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple
             short = st.memory(want, fit_ctx).short_by / GiB
             return None, (f"concurrency {want} does not fit: short by {short:.2f} GiB per chip "
                           f"(largest batch {fits})"), fit_ctx
-        return serving_mode(st.step, want, context, out_tokens, None), None, fit_ctx
-    return serving_mode(st.step, mb, context, out_tokens, tpot_slo, max_batch=mb), None, fit_ctx
+        return serving_mode(st.step, want, context, out_tokens, None, mean_context=fit_ctx), None, fit_ctx
+    return serving_mode(st.step, mb, context, out_tokens, tpot_slo, max_batch=mb, mean_context=fit_ctx), None, fit_ctx
 
 
 def evaluate(st: Stepper, wl: Workload, context: int, slo: SLO | None, chips: int) -> Outcome:

@@ -9,10 +9,16 @@ same value.
   (bounded by ``workload.max_batch``, `capped_batch`), or (with ``slo.tpot_s``) the largest that
   meets it. TTFT = prefill of one request alone.
 * ``offline`` -- maximum throughput with prefill and decode interleaved continuously (continuous
-  batching): batch = the largest that fits at the mean context ``input + output / 2``, bounded by
-  ``workload.max_batch`` (`capped_batch`; the caller applies it to the fit); a batch of
+  batching): batch = the largest that fits at the mean decode context (`decode_context`), bounded
+  by ``workload.max_batch`` (`capped_batch`; the caller applies it to the fit); a batch of
   requests costs one prefill of all their prompts plus ``output`` decode steps at the mean
-  context; TPOT is that time per output token (prefill interference included).
+  decode context; TPOT is that time per output token (prefill interference included).
+  The mean decode context is ``input + output / 2`` when every request has the mean output length;
+  with an output-length distribution (``output_tokens: {mean, dist, cv}``) it is token-weighted:
+  a request with o output tokens holds a batch slot for o steps at KV lengths input .. input+o-1,
+  so long outputs dominate the running batch (the inspection paradox), and the slot-average KV
+  length is ``input + (E[o^2] / E[o] - 1) / 2 = input + (mean (1 + cv^2) - 1) / 2`` (input and
+  output lengths taken as independent).
 * ``batch``   -- as offline with the batch fixed at ``concurrency``.
 * ``prefill`` -- prompts only: ``PREFILL_TOKENS_PER_STEP`` prompt tokens per step.
 * ``server``  -- Poisson arrivals with SLOs: not supported yet (an infeasible row says so).
@@ -24,6 +30,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 from codesign.graph.shape import StepShape
 from codesign.sim.engine import StepResult
 
@@ -31,6 +39,9 @@ from codesign.sim.engine import StepResult
 # default chunked-prefill budgets are 8-16K tokens per step (max_num_batched_tokens /
 # chunked_prefill_size); named assumption, overridable per call.
 PREFILL_TOKENS_PER_STEP = 16_384
+
+if TYPE_CHECKING:
+    from codesign.scenario import TokenDist
 
 StepFn = Callable[[StepShape], StepResult]
 FitFn = Callable[[int, int], bool]
@@ -77,10 +88,28 @@ def decode_mode(step: StepFn, max_batch: int, context: int, input_tokens: int, t
     return ModeResult(batch, context, batch / d.time_s, 0.0, ttft, d.time_s, d.bottleneck, d, None)
 
 
+def decode_context(input_tokens: int, output: "int | TokenDist") -> int:
+    """Mean KV length of a running sequence in steady-state offline/batch serving (module
+    docstring): ``input + output // 2`` for a fixed output length; with a distribution of mean m and
+    coefficient of variation cv (the distribution's own default cv when none is given), the
+    token-weighted ``input + round((m (1 + cv^2) - 1) / 2)``."""
+    from codesign.scenario import TokenDist
+
+    if not isinstance(output, TokenDist):
+        return input_tokens + int(output) // 2
+    if output.dist == "fixed":
+        return input_tokens + output.mean // 2
+    from codesign.sim.serving.arrivals import DEFAULT_CV
+
+    cv = output.cv if output.cv is not None else DEFAULT_CV[output.dist]
+    return input_tokens + max(0, round((output.mean * (1.0 + cv * cv) - 1.0) / 2.0))
+
+
 def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int, tpot_slo: float | None,
-                 max_batch: int | None = None) -> ModeResult:
-    """Offline (batch = the largest that fits) or fixed-concurrency serving with continuous batching."""
-    mean_ctx = input_tokens + output_tokens // 2
+                 max_batch: int | None = None, mean_context: int | None = None) -> ModeResult:
+    """Offline (batch = the largest that fits) or fixed-concurrency serving with continuous batching.
+    `mean_context`: the decode steps' KV length (`decode_context`); None = input + output // 2."""
+    mean_ctx = mean_context if mean_context is not None else input_tokens + output_tokens // 2
 
     def costs(b: int) -> tuple[StepResult, StepResult, float]:
         d = step(StepShape.decode(b, mean_ctx))
@@ -107,4 +136,4 @@ def prefill_mode(step: StepFn, max_batch: int, input_tokens: int) -> ModeResult:
     return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / p.time_s, p.time_s, None, p.bottleneck, None, p)
 
 
-__all__ = ["ModeResult", "capped_batch", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]
+__all__ = ["ModeResult", "capped_batch", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]

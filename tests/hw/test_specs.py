@@ -208,3 +208,27 @@ def test_dims_only_with_a_torus():
     with pytest.raises(CodesignError, match=r"dims: only a torus2d or torus3d topology has dims, found dims \[2, 4\] "
                                             r"with topology 'switch'"):
         validate(HardwareSpec, d, "hw.yaml")
+
+
+def test_cdna_large_gemm_fractions_are_amds_sustained_max_achievable_flops():
+    # AMD MAF (benchmarks/kernels/max_achievable_gemm.yaml): MAF / datasheet peak, per chip and dtype.
+    # The spec values are solved through the cost path (fit.py --maf), so they sit slightly above
+    # the bare ratio (ramp at M = 4096 and the 2 us per-kernel time): within 1.5% of it.
+    for name, bf16, fp8 in (("mi300x", 708, 1273), ("mi325x", 843, 1519)):
+        e = load_hw(name).efficiency
+        assert e.gemm == pytest.approx(bf16 / 1307.4, rel=0.015)
+        assert e.gemm_for("bf16") == e.gemm and e.gemm_for("fp16") == e.gemm
+        assert e.gemm_for("fp8") == pytest.approx(fp8 / 2614.9, rel=0.015)
+    # MI325X (1000 W) sustains ~19% more FP8 than MI300X (750 W): 1519 / 1273
+    ratio = load_hw("mi325x").efficiency.gemm_for("fp8") / load_hw("mi300x").efficiency.gemm_for("fp8")
+    assert ratio == pytest.approx(1519 / 1273, rel=0.005)
+    # chips without per-dtype data keep one fraction for every dtype
+    h = load_hw("h100").efficiency
+    assert h.gemm_by_dtype is None and h.gemm_for("fp8") == h.gemm
+
+
+def test_gemm_by_dtype_refuses_an_unknown_dtype_or_a_bad_fraction(tmp_path):
+    msg = _load_error(tmp_path, lambda d: d["efficiency"].update(gemm_by_dtype={"fp9": 0.5}))
+    assert "efficiency.gemm_by_dtype.fp9" in msg
+    msg = _load_error(tmp_path, lambda d: d["efficiency"].update(gemm_by_dtype={"fp8": 1.5}))
+    assert "efficiency.gemm_by_dtype.fp8" in msg and "1.5" in msg

@@ -14,6 +14,7 @@ import codesign as cs
 from codesign.errors import CodesignError
 from codesign.hw import load_hw
 from codesign.scenario import load_scenarios
+from codesign.sim.simulate import simulate_scenario
 from tests.sim.helpers import HW_DICT, make_hw
 
 BF16 = {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"}
@@ -41,6 +42,10 @@ def scenario(tmp_path, workload: str, extra: str = "") -> str:
     ("{mode: offline, input_tokens: {mean: 1000, dist: lognormal}}",
      r"workload\.input_tokens\.dist: not yet supported in steady-state mode 'offline': found 'lognormal'"),
     ("{mode: decode, output_tokens: {mean: 100, dist: exponential}}", r"workload\.output_tokens\.dist: not yet supported"),
+    ("{mode: offline, output_tokens: {mean: 100, cv: 0.5}}",
+     r"workload\.output_tokens\.cv: a fixed length has no spread; .* found cv 0\.5 with dist 'fixed'"),
+    ("{mode: offline, output_tokens: {mean: 100, dist: exponential, cv: 0.5}}",
+     r"workload\.output_tokens\.cv: an exponential distribution has cv 1 by definition, found 0\.5"),
     ("{mode: batch, concurrency: 4, rate_per_s: 3}", r"workload\.rate_per_s: not yet supported in steady-state mode 'batch'"),
     ("{mode: decode, concurrency: 4}", r"workload\.concurrency: not yet supported in steady-state mode 'decode'"),
 ])
@@ -168,3 +173,17 @@ def test_a_scenario_without_precision_gets_the_simulate_default(tmp_path):
     assert cs.design_point("h200", "qwen3-8b").precision == p.precision
     (s,) = load_scenarios(scenario(tmp_path, "{mode: decode}", "precision: {weights: bf16}\n"))
     assert cs.Point.from_scenario(s).precision.activations == "bf16"  # a partial mapping: Precision's own defaults
+
+
+def test_an_output_length_distribution_acts_in_offline_mode(tmp_path):
+    # The token-weighted decode context (codesign.sim.workload.decode_context): same mean output,
+    # a spread of lengths -> longer KV in the running batch -> a larger context and a lower rate.
+    fixed = simulate_scenario(load_scenarios(scenario(
+        tmp_path, "{mode: offline, input_tokens: 1000, output_tokens: 400, max_batch: 32}"))[0])[0]
+    spread = simulate_scenario(load_scenarios(scenario(
+        tmp_path, "{mode: offline, input_tokens: 1000, output_tokens: {mean: 400, dist: lognormal, cv: 0.8}, max_batch: 32}"))[0])[0]
+    # same batch (the cap): the KV cache held scales with the mean decode context, 1200 -> 1000 + 328
+    assert fixed.concurrency == spread.concurrency == 32
+    ctx = 1000 + round((400 * (1 + 0.8 ** 2) - 1) / 2)
+    assert spread.memory_per_chip_gib["kv_cache"] / fixed.memory_per_chip_gib["kv_cache"] == pytest.approx(ctx / 1200, rel=0.01)
+    assert spread.output_tokens_per_s < fixed.output_tokens_per_s

@@ -142,13 +142,30 @@ FAMILIES = {
 }
 
 
+# Fields a chip may carry on its own, where a sustained per-chip measurement sets them (power
+# limits differ within a family: AMD's MAF, MI300X at 750 W vs MI325X at 1000 W).
+PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype")}
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_efficiency_factors_are_constant_per_family(family):
     from codesign.hw import load_hw
 
-    effs = {name: load_hw(name).efficiency.model_dump() for name in FAMILIES[family]}
+    own = PER_CHIP.get(family, ())
+    effs = {name: {k: v for k, v in load_hw(name).efficiency.model_dump().items() if k not in own}
+            for name in FAMILIES[family]}
     first = next(iter(effs.values()))
     assert all(e == first for e in effs.values()), effs
+
+
+def test_cdna_chips_differ_only_where_a_sustained_measurement_says_so():
+    from codesign.hw import load_hw
+
+    a, b = load_hw("mi300x").efficiency, load_hw("mi325x").efficiency
+    assert b.gemm_for("fp8") > a.gemm_for("fp8") and b.gemm > a.gemm  # 1000 W sustains higher clocks
+    # MI355X (CDNA4) has no MAF row: it keeps the assumed family constant and no per-dtype table
+    c = load_hw("mi355x").efficiency
+    assert c.gemm == pytest.approx(0.55) and c.gemm_by_dtype is None
 
 
 def test_memory_factors_are_raw_streaming_in_every_gpu_family():
@@ -279,3 +296,19 @@ def test_expert_ffn_k_ramp_is_the_time_weighted_mean_of_its_two_gemms():
     r = lambda k: k / (k + 500)  # noqa: E731
     assert cm._grouped_k_ramp(o) == pytest.approx(1.0 / ((2 / 3) / r(h) + (1 / 3) / r(i)), rel=1e-12)
     assert CostModel(make_hw(), "bf16", "bf16")._grouped_k_ramp(o) == 1.0  # no K curve on this chip
+
+
+def test_gemm_by_dtype_sets_the_matrix_and_grouped_rates_of_its_dtype_only():
+    from codesign.hw import load_hw
+    from codesign.sim.cost import CostModel
+
+    hw = load_hw("mi300x")
+    e = hw.efficiency
+    fp8, bf16 = CostModel(hw, "fp8", "fp8"), CostModel(hw, "bf16", "bf16")
+    assert fp8.matrix_rate == pytest.approx(2614.9e12 * e.gemm_by_dtype["fp8"])
+    assert bf16.matrix_rate == pytest.approx(1307.4e12 * e.gemm)
+    # no grouped_gemm factor on CDNA: expert GEMMs run at the dtype's own large-GEMM fraction
+    assert fp8.rank_rates()[0] == pytest.approx(fp8.matrix_rate)
+    # a spec override of the table acts (dotted path efficiency.gemm_by_dtype)
+    hw2 = hw.model_copy(update={"efficiency": e.model_copy(update={"gemm_by_dtype": {"fp8": 0.3}})})
+    assert CostModel(hw2, "fp8", "fp8").matrix_rate == pytest.approx(2614.9e12 * 0.3)

@@ -121,3 +121,34 @@ def test_cli_validate_kernels_prints_every_row_and_the_mape(capsys):
     assert out["worst"] == pytest.approx(max(abs(r["error"]) for r in rows))
     assert main(["validate"]) == 2
     assert "expected a validation file (or --kernels)" in capsys.readouterr().err
+
+
+def test_cdna_fp8_gemm_runs_at_its_own_sustained_fraction():
+    # Independent calculation of AMD's MAF FP8 shape on MI300X: 2MNK / (peak x gemm_by_dtype.fp8 x
+    # M/(M+small_m_half)) + the per-kernel fixed time (CDNA: no K ramp, perfect overlap; memory is
+    # far below compute). 32x32 tiles: no padding at 4096 x 3648.
+    hw = load_hw("mi300x")
+    e = hw.efficiency
+    m, n, k = 4096, 3648, 32896
+    expected = 2 * m * n * k / (2614.9e12 * e.gemm_by_dtype["fp8"] * m / (m + e.small_m_half)) + e.kernel_overhead
+    got = predict(KernelShape(op="gemm", hw="mi300x", dtype="fp8", m=m, n=n, k=k), hw)
+    assert got.seconds == pytest.approx(expected, rel=1e-9)
+    assert got.tflops == pytest.approx(1273, rel=0.005)  # the AMD MAF row it was solved from
+    # BF16 on the same chip runs at `gemm`, a larger fraction of its (half) peak
+    bf = predict(KernelShape(op="gemm", hw="mi300x", dtype="bf16", m=4096, n=4864, k=k), hw)
+    assert bf.tflops == pytest.approx(708, rel=0.005)
+
+
+def test_maf_solver_reproduces_every_amd_row():
+    import importlib.util
+    from codesign import spec_files
+
+    spec = importlib.util.spec_from_file_location("fit", spec_files.ROOT / "benchmarks" / "kernels" / "fit.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    solved = fit.solve_maf()
+    assert {(c, d) for c, d, _, _ in solved} == {("mi300x", "bf16"), ("mi300x", "fp8"), ("mi325x", "bf16"), ("mi325x", "fp8")}
+    for chip, dtype, frac, err in solved:
+        assert abs(err) < 1e-6
+        # the shipped spec carries the solved value to 3 decimals
+        assert load_hw(chip).efficiency.gemm_for(dtype) == pytest.approx(frac, abs=6e-4)

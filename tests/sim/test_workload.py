@@ -6,7 +6,9 @@ import pytest
 
 from codesign.graph.shape import StepShape
 from codesign.sim.engine import StepResult
-from codesign.sim.workload import PREFILL_TOKENS_PER_STEP, capped_batch, decode_mode, largest_fitting, prefill_mode, serving_mode
+from codesign.scenario import TokenDist
+from codesign.sim.workload import (PREFILL_TOKENS_PER_STEP, capped_batch, decode_context, decode_mode, largest_fitting,
+                                    prefill_mode, serving_mode)
 
 W = 0.010  # weight streaming per step, s
 KV = 1e-7  # s per token of KV read per sequence
@@ -66,3 +68,26 @@ def test_capped_batch_bounds_the_fit():
     assert capped_batch(700, 896) == 700  # memory is the tighter bound
     assert capped_batch(1152, None) == 1152  # no cap
     assert capped_batch(0, 896) == 0  # nothing fits stays nothing
+
+
+def test_decode_context_is_token_weighted_over_the_output_lengths():
+    # Independent calculation on a two-point distribution: half the requests write 100 tokens, half
+    # 500 (mean 300, sd 200, cv 2/3). Each request holds a slot for o steps at KV lengths
+    # input .. input + o - 1, so the slot-average KV length is input + sum(o(o-1)/2) / sum(o).
+    inp, outs = 222, (100, 500)
+    direct = inp + sum(o * (o - 1) / 2 for o in outs) / sum(outs)  # 438.17
+    dist = TokenDist(mean=300, dist="normal", cv=200 / 300)
+    assert decode_context(inp, dist) == round(direct)
+    # all requests alike: the mean context input + output / 2 (unchanged rule)
+    assert decode_context(inp, 300) == inp + 150
+    assert decode_context(inp, TokenDist(mean=300)) == inp + 150
+    # no cv given: the distribution's own default (exponential: cv 1, E[o^2]/E[o] = 2 mean)
+    assert decode_context(inp, TokenDist(mean=300, dist="exponential")) == inp + round((600 - 1) / 2)
+
+
+def test_serving_mode_runs_decode_at_the_given_mean_context():
+    r = serving_mode(step, 64, 300, 200, None, mean_context=520)
+    d = W + 64 * 520 * KV
+    p = W + 64 * 300 * 2e-6
+    assert r.context == 520
+    assert r.output_tokens_per_s == pytest.approx(64 * 200 / (p + 200 * d))
