@@ -274,8 +274,13 @@ class CostModel:
         tpe = op.tokens_per_expert
         if not tpe or op.expert_flops_per_token <= 0:
             return op.flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
-        # Padded tokens per expert from a table kept per cost model (few distinct counts); sums of
-        # integers, exact in any order.
+        padded, tokens_routed = self.expert_padding(tpe)
+        return self.grouped_seconds(op.flops, padded, tokens_routed, self._grouped_k_ramp(op))
+
+    def expert_padding(self, tpe: tuple[int, ...]) -> tuple[float, int]:
+        """(padded tokens, routed tokens) of a grouped expert op's per-expert token counts. Padded
+        tokens per expert come from a table kept per cost model (few distinct counts); sums of
+        integers, exact in any order."""
         table = self._expert_pad
         try:
             padded = float(sum([table[t] for t in tpe]))
@@ -283,11 +288,14 @@ class CostModel:
             for t in set(tpe):
                 table[t] = self._padded_tokens(t)
             padded = float(sum([table[t] for t in tpe]))
-        tokens_routed = sum([t for t in tpe if t > 0])
-        # The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
-        # tokens_per_expert to this chip's share); keep the padding/ramp factor only.
+        return padded, sum([t for t in tpe if t > 0])
+
+    def grouped_seconds(self, flops: float, padded: float, tokens_routed: int, k_ramp: float) -> float:
+        """Matrix seconds of a grouped expert op of `flops` with these padded and routed tokens.
+        The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
+        tokens_per_expert to this chip's share); keep the padding/ramp factor only."""
         factor = padded / tokens_routed if tokens_routed else 1.0
-        return op.flops * factor / (self.grouped_rate * self._ramp(padded) * self._grouped_k_ramp(op))
+        return flops * factor / (self.grouped_rate * self._ramp(padded) * k_ramp)
 
     def _padded_tokens(self, t: int) -> int:
         """An expert's tokens as its tiles hold them (see `grouped_gemm_time`); 0 when it has none."""
@@ -314,11 +322,17 @@ class CostModel:
     # -- memory -----------------------------------------------------------------------------
     def memory_time(self, op: Op, residency: Residency = Residency()) -> tuple[float, str]:
         """Seconds moving the op's bytes, split between SRAM-resident and HBM bytes."""
+        hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+        return self.memory_seconds(op.kind, hbm, sram)
+
+    def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
+                   residency: Residency = Residency()) -> tuple[float, float]:
+        """(HBM bytes, SRAM bytes) an op of `kind` moves."""
         hbm = 0.0
         sram = 0.0
-        fused = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise and op.kind in ("vector", "memory")
+        fused = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise and kind in ("vector", "memory")
         for cls in ("weight", "activation", "kv_cache", "state"):
-            nbytes = op.bytes_read.get(cls, 0.0) + op.bytes_written.get(cls, 0.0)
+            nbytes = bytes_read.get(cls, 0.0) + bytes_written.get(cls, 0.0)
             if nbytes <= 0:
                 continue
             if cls == "activation" and fused and nbytes > 0:
@@ -331,7 +345,11 @@ class CostModel:
                 sram += nbytes
             else:
                 hbm += nbytes
-        t_hbm = hbm / (self.matrix_hbm_bw if op.kind in ("gemm", "grouped_gemm") else self.hbm_bw)
+        return hbm, sram
+
+    def memory_seconds(self, kind: str, hbm: float, sram: float) -> tuple[float, str]:
+        """(seconds, level) of moving these HBM and SRAM bytes for an op of `kind`."""
+        t_hbm = hbm / (self.matrix_hbm_bw if kind in ("gemm", "grouped_gemm") else self.hbm_bw)
         t_sram = sram / self.sram_bw
         # HBM and SRAM stream concurrently; the slower one rules.
         return (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
@@ -363,20 +381,32 @@ class CostModel:
             from codesign.mapping import collectives  # the mapping owns topology costs
 
             if c.get("type") == "all_to_all":
-                # Layers of a step differ in their all-to-alls only by load imbalance, and the time is
-                # affine in it (`all_to_all_parts`): the topology is evaluated once per all-to-all.
-                key = tuple(item for item in c.items() if item[0] != "imbalance")
-                try:
-                    parts = self._a2a.get(key)
-                except TypeError:  # an unhashable field (a list of ranks): no memo
-                    return float(collectives.collective_time(c, self.hw))
-                if parts is None:
-                    if len(self._a2a) >= 4096:
-                        self._a2a.clear()
-                    parts = self._a2a[key] = collectives.all_to_all_parts(c, self.hw)
-                return parts[0] * float(c.get("imbalance", 1.0) or 1.0) + parts[1]
+                parts = self.all_to_all_parts(c)
+                if parts is not None:
+                    return parts[0] * float(c.get("imbalance", 1.0) or 1.0) + parts[1]
             return float(collectives.collective_time(c, self.hw))
         return float(fn(c, self.hw))
+
+    def all_to_all_parts(self, c: dict) -> tuple[float, float] | None:
+        """(seconds per unit of imbalance, fixed seconds) of an all-to-all with the mapping's
+        topology costs (`codesign.mapping.collectives.all_to_all_parts`), memoised: layers of a step
+        differ in their all-to-alls only by load imbalance, so the topology is evaluated once per
+        all-to-all. None when the model has its own collective function or the collective cannot
+        be keyed (a list of ranks)."""
+        if self._collective_fn is not None:
+            return None
+        from codesign.mapping import collectives
+
+        key = tuple(item for item in c.items() if item[0] != "imbalance")
+        try:
+            parts = self._a2a.get(key)
+        except TypeError:
+            return None
+        if parts is None:
+            if len(self._a2a) >= 4096:
+                self._a2a.clear()
+            parts = self._a2a[key] = collectives.all_to_all_parts(c, self.hw)
+        return parts
 
     def cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
         if op.kind == "collective":
@@ -384,7 +414,11 @@ class CostModel:
             return OpCost(t, 0.0, 0.0, 0.0, "link")
         c, unit = self.compute_time(op)
         m, level = self.memory_time(op, residency)
-        o = self.overhead(op)
+        return self.combine(c, unit, m, level, self.overhead(op))
+
+    def combine(self, c: float, unit: str, m: float, level: str, o: float) -> OpCost:
+        """The op's cost from its compute seconds (on `unit`), memory seconds (from `level`) and
+        fixed overhead."""
         if c >= m:
             bound = unit if c > 0 else level
         else:

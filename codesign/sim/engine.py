@@ -31,6 +31,7 @@ from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 from codesign.sim.layerplan import layer_plan
+from codesign.sim.routed import RoutedLayers
 from codesign.sim.schedule import list_schedule
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
@@ -267,6 +268,33 @@ class StepSimulator:
             return plain, False
         return t, True
 
+    @staticmethod
+    def _routed_time(group: RoutedLayers, j: int, layer_costs: tuple, rep: "_Rep", op_of: dict, costs: dict,
+                     block_t: dict, res_t: dict) -> float:
+        """Seconds of routed layer j of `group`: its representative's time plus its expert op's and
+        all-to-alls' cost differences, added in position order where they differ, as `simulate`
+        does for a layer of the graph (an op equal to the representative's adds nothing)."""
+        expert_cost, a2a_costs = layer_costs
+        changed: dict[int, OpCost] = {}
+        e = group.expert_pos
+        if group.blocks[j] != op_of[rep.nodes[e]].tokens_per_expert:
+            changed[e] = expert_cost
+        for i, c in zip(group.a2a_pos, a2a_costs):
+            if float(group.imbalance[j]) != op_of[rep.nodes[i]].collective.get("imbalance"):
+                changed[i] = c
+        t = rep.time
+        for i in sorted(changed):
+            c, rc = changed[i], costs[rep.nodes[i]]
+            block = op_of[rep.nodes[i]].block
+            t += c.time_s - rc.time_s
+            _account(block_t, res_t, block, c, 1.0)
+            _account(block_t, res_t, block, rc, -1.0)
+        for k, v in rep.blocks.items():
+            block_t[k] += v
+        for k, v in rep.resources.items():
+            res_t[k] += v
+        return t
+
     # -- the whole step ---------------------------------------------------------------------------
     def residency(self, g: nx.DiGraph) -> Residency:
         """State (then weights) stay SRAM-resident when a whole step's worth fits this chip's budget."""
@@ -276,10 +304,11 @@ class StepSimulator:
             weights += o.bytes_read.get("weight", 0.0)
         return self._resident(state, weights)
 
-    def _residency(self, g: nx.DiGraph, by_layer: dict[int, list], virtual: dict[int, "VirtualLayer"]) -> Residency:
-        """`residency` of the whole step: the graph's ops, and each virtual layer as its template's
-        bytes plus its replaced ops' difference."""
-        if not virtual:
+    def _residency(self, g: nx.DiGraph, by_layer: dict[int, list], virtual: dict[int, "VirtualLayer"],
+                   routed: list[RoutedLayers]) -> Residency:
+        """`residency` of the whole step: the graph's ops, and each virtual or routed layer as its
+        template's bytes plus its own ops' difference."""
+        if not virtual and not routed:
             return self.residency(g)
         per_layer: dict[int, tuple[float, float]] = {}
         state = weights = 0.0
@@ -301,6 +330,13 @@ class StepSimulator:
                 s += op.bytes_read.get("state", 0.0) - old.get("state", 0.0)
                 w += op.bytes_read.get("weight", 0.0) - old.get("weight", 0.0)
             state, weights = state + s, weights + w
+        for group in routed:
+            s0, w0 = per_layer[group.template]
+            old = g.nodes[by_layer[group.template][group.expert_pos]]["op"].bytes_read
+            for rd in group.bytes_read:  # the all-to-alls read no bytes: only the expert op differs
+                s = s0 + (rd.get("state", 0.0) - old.get("state", 0.0))
+                w = w0 + (rd.get("weight", 0.0) - old.get("weight", 0.0))
+                state, weights = state + s, weights + w
         return self._resident(state, weights)
 
     def _resident(self, state: float, weights: float) -> Residency:
@@ -312,11 +348,14 @@ class StepSimulator:
         return Residency(state=res_state, weights=res_w)
 
     def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None,
-                 virtual: dict[int, "VirtualLayer"] | None = None) -> StepResult:
+                 virtual: dict[int, "VirtualLayer"] | None = None,
+                 routed: list[RoutedLayers] | None = None) -> StepResult:
         """Simulate the per-chip step `g`. `virtual`: layers not in `g`, each a copy of a layer of
         `g` of the same kind (its template) with some ops replaced (its own expert op and
         all-to-alls): they are costed exactly as if they were in the graph (same representative,
-        same deltas), without building them (`codesign.sim.stepmodel`)."""
+        same deltas), without building them (`codesign.sim.stepmodel`). `routed`: such layers given
+        by their routing alone (`codesign.sim.routed`), their template being their kind's
+        representative."""
         # Group by layer in insertion order: the tracer and the mapping build every layer of a kind
         # the same way, so position i of two such layers is the same op (checked by signature).
         by_layer: dict[int, list] = defaultdict(list)
@@ -332,7 +371,10 @@ class StepSimulator:
                 keys[i] = ("virtual", layer, i)
                 op_of[keys[i]] = op
             by_layer[layer] = keys
-        residency = self._residency(g, by_layer, virtual)
+        routed = routed or []
+        routed_of = {layer: (group, j) for group in routed for j, layer in enumerate(group.layers)}
+        residency = self._residency(g, by_layer, virtual, routed)
+        routed_costs: dict[int, list] = {}  # group index -> its layers' costs (after residency)
         costs: dict[Any, OpCost] = {}
 
         def cost_of(n) -> OpCost:
@@ -351,7 +393,19 @@ class StepSimulator:
 
         keys: dict[int, tuple] = {}
         sigs: dict[Any, tuple] = {}  # signatures of compared ops (a template's serve all its copies)
-        for layer, nodes in sorted(by_layer.items()):
+        for layer in sorted(set(by_layer) | set(routed_of)):
+            if layer in routed_of:
+                group, j = routed_of[layer]
+                rep = reps.get(keys.get(group.template))
+                if rep is None or rep.nodes is not by_layer[group.template]:
+                    raise RuntimeError(f"layer {layer}: its template {group.template} is not its kind's representative")
+                keys[layer] = keys[group.template]
+                costs_of = routed_costs.get(id(group))
+                if costs_of is None:
+                    costs_of = routed_costs[id(group)] = group.costs(self.cost, residency, [op_of[n] for n in rep.nodes])
+                layer_time[layer] = self._routed_time(group, j, costs_of[j], rep, op_of, costs, block_t, res_t)
+                continue
+            nodes = by_layer[layer]
             v = virtual.get(layer)
             if v is not None:
                 key = keys[v.template]

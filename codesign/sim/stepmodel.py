@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from codesign import mapping
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
-from codesign.graph.router import make_router
+from codesign.graph.router import make_router, routed_array
 from codesign.graph.shape import StepShape
 from codesign.hw import HardwareSpec
 from codesign.mapping.memory import stage_layers
@@ -38,6 +40,7 @@ from codesign.models import ModelConfig
 from codesign.sim.cost import CostModel, CostOptions
 from codesign.sim.cache import BoundedCache, router_key
 from codesign.sim.engine import StepResult, StepSimulator, VirtualLayer, precision_dtypes
+from codesign.sim.routed import RoutedLayers, route
 
 
 # Skeleton graphs and traced expert ops by (config hash, shape, router, layers kept): few MB each.
@@ -87,14 +90,15 @@ class StepModel:
 
         tr.check_shape(self.config, shape)
         with gc_paused():
-            skeleton, experts = self._skeleton_graph(shape)
+            skeleton, routing = self._skeleton_graph(shape)
             mapped = mapping.map_step(skeleton, self.config, self.hw, self.plan, self.precision,
                                       **self.options.map_kwargs(), rates=self.cost_model.rank_rates())
-            virtual = self._virtual(mapped, experts)
-            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual)
+            virtual, routed = self._virtual(mapped, routing)
+            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed)
 
     def _skeleton_graph(self, shape: StepShape):
-        """(skeleton graph, traced routed-expert op of every layer it does not hold): what does not
+        """(skeleton graph, routing of the layers it does not hold: template layer -> (traced
+        routed-expert op, layers, their router counts as a layers x experts array)): what does not
         depend on the hardware, plan or precision, shared by every StepModel of the model and router
         (a plan search, hardware variants of a sweep). The mapping never modifies its input graph."""
         from codesign.graph import tracing as tr
@@ -108,44 +112,52 @@ class StepModel:
             skeleton = tr.assemble(config, [p for p in pieces if p[0] in self.keep], shape, self.router)
             skeleton.graph.update(tr.describe_shape(shape))
             draws = tr.router_layers(config)
-            experts: dict[int, Op] = {}
-            for layer in self.template:
+            groups: dict[int, list[int]] = {}
+            for layer, tmpl in self.template.items():
                 if layer in draws:
-                    traced = next(o for o in pieces[layer + 1][2].ops if o.kind == "grouped_gemm")
-                    op = tr._rescale_experts(traced, tr.expert_counts(config, shape, self.router, layer, draws[layer]))
-                    experts[layer] = op
-            hit = (skeleton, experts)
+                    groups.setdefault(tmpl, []).append(layer)
+            routing: dict[int, tuple[Op, list[int], np.ndarray]] = {}
+            for tmpl, layers in groups.items():
+                traced = next(o for o in pieces[tmpl + 1][2].ops if o.kind == "grouped_gemm")
+                counts = np.stack([routed_array(self.router, draws[layer], shape.tokens, config.moe.num_experts,
+                                                config.moe.top_k) for layer in layers])
+                routing[tmpl] = (traced, layers, counts)
+            hit = (skeleton, routing)
             if key is not None:
                 SKELETONS.put(key, hit)
         return hit
 
-    def _virtual(self, mapped: mapping.MappedStep, experts: dict[int, Op]) -> dict[int, VirtualLayer]:
-        """The op list of every decoder layer the skeleton does not hold (see module docstring)."""
+    def _virtual(self, mapped: mapping.MappedStep, routing: dict[int, tuple[Op, list[int], np.ndarray]]
+                 ) -> tuple[dict[int, VirtualLayer], list[RoutedLayers]]:
+        """The decoder layers the skeleton does not hold (see module docstring): routed layers of
+        a template that represents its kind (`codesign.sim.routed`), else per-layer op lists."""
+        from codesign.graph import tracing as tr
+
         by_layer: dict[int, list[Op]] = {}
         for _, op in mapped.graph.nodes(data="op"):
             by_layer.setdefault(op.layer, []).append(op)
-        out: dict[int, VirtualLayer] = {}
-        expert_pos: dict[int, tuple[int, list[int]]] = {}  # template -> (expert op index, all-to-all indices)
-        for layer, tmpl in self.template.items():
+        routed_layers = {layer for _, layers, _ in routing.values() for layer in layers}
+        out = {layer: VirtualLayer(tmpl, {}) for layer, tmpl in self.template.items() if layer not in routed_layers}
+        fast: list[RoutedLayers] = []
+        for tmpl, (traced, layers, counts) in routing.items():
             ops = by_layer[tmpl]
-            if layer not in experts:
-                out[layer] = VirtualLayer(tmpl, {})  # no routed experts: the template's ops as they are
+            group = route(self.cost_model, mapped.experts, traced, counts, tmpl, layers, ops) if self.plan.pp == 1 else None
+            if group is not None:
+                fast.append(group)
                 continue
-            if tmpl not in expert_pos:
-                e = next(i for i, o in enumerate(ops) if o.kind == "grouped_gemm" and o.block == "moe_experts")
-                a2a = [i for i, o in enumerate(ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
-                expert_pos[tmpl] = (e, a2a)
-            e, a2a = expert_pos[tmpl]
-            op = experts[layer].clone()
-            op.layer, op.layer_type = layer, ops[e].layer_type
-            new, _, imbalance = mapped.experts.map(op)
-            replaced = {e: new}
-            for i in a2a:
-                c = ops[i].clone()
-                c.collective = {**c.collective, "imbalance": float(imbalance)}
-                replaced[i] = c
-            out[layer] = VirtualLayer(tmpl, replaced)
-        return out
+            e = next(i for i, o in enumerate(ops) if o.kind == "grouped_gemm" and o.block == "moe_experts")
+            a2a = [i for i, o in enumerate(ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
+            for j, layer in enumerate(layers):
+                op = tr._rescale_experts(traced, tuple(counts[j].tolist()))
+                op.layer, op.layer_type = layer, ops[e].layer_type
+                new, _, imbalance = mapped.experts.map(op)
+                replaced = {e: new}
+                for i in a2a:
+                    c = ops[i].clone()
+                    c.collective = {**c.collective, "imbalance": float(imbalance)}
+                    replaced[i] = c
+                out[layer] = VirtualLayer(tmpl, replaced)
+        return out, fast
 
 
 __all__ = ["StepModel"]

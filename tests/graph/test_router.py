@@ -70,7 +70,7 @@ def test_make_router():
 
 
 def test_uniform_small_draw_has_the_multinomial_distribution():
-    """Decode-sized draws (at most 4 slots per expert) count independent uniform picks: each draw
+    """Decode-sized draws (at most 16 slots per expert) count independent uniform picks: each draw
     routes every slot, repeats bit for bit, and over many layers the per-expert counts have the
     multinomial's mean N/E and variance N (1/E) (1 - 1/E)."""
     import numpy as np

@@ -1,0 +1,110 @@
+"""Routed MoE layers of a step, all at once: every layer's slowest expert-parallel rank, the cost of
+its grouped expert op and the imbalance of its all-to-alls.
+
+The step-time model (`codesign.sim.stepmodel`) maps one layer per kind and derives the other layers
+of the kind from it. They differ only in their routed experts: each layer's router draw, mapped onto
+the slowest EP rank (`codesign.mapping.experts.ExpertMapper`), and the load imbalance that draw
+gives its dispatch and combine all-to-alls. `RoutedLayers` does that for all the layers of one
+template layer together:
+
+* the per-rank loads, the slowest rank and the imbalance of every layer in one numpy pass over the
+  (layers x experts) count matrix, with the mapper's own arithmetic (`ExpertMapper.map`:
+  contiguous equal blocks of experts per rank, no redundant copies; other layouts stay per-layer
+  ops, `codesign.sim.engine.VirtualLayer`);
+* each layer's expert-op cost with the cost model's own scalar functions (`expert_padding`,
+  `grouped_seconds`, `byte_split`, `memory_seconds`, `combine`) and its all-to-all times as
+  slope x imbalance + fixed (`CostModel.all_to_all_parts`).
+
+The values are those of building each layer's ops and costing them (`tests/sim/test_routed.py`
+compares); no op objects are built. The engine adds each layer's cost differences to its template's
+time in the same order as for a layer of the graph (`StepSimulator.simulate(routed=...)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.mapping.experts import ExpertMapper
+from codesign.sim.cost import CostModel, OpCost, Residency
+
+
+@dataclass
+class RoutedLayers:
+    """Layers `layers` are copies of layer `template` (the representative of their kind) whose ops at
+    `expert_pos` (the routed-expert op) and `a2a_pos` (its all-to-alls) carry their own routing."""
+
+    template: int
+    layers: list[int]
+    expert_pos: int
+    a2a_pos: list[int]
+    blocks: list[tuple[int, ...]]  # per layer: the slowest rank's tokens per expert
+    imbalance: list[float]  # per layer: busiest rank's tokens / mean rank tokens
+    flops: list[float]  # per layer: the expert op's FLOPs on that rank
+    bytes_read: list[dict[str, float]]
+    bytes_written: list[dict[str, float]]
+
+    def costs(self, cm: CostModel, residency: Residency, template_ops: list[Op]) -> list[tuple[OpCost, list[OpCost]]]:
+        """Per layer: (expert-op cost, the all-to-alls' costs in `a2a_pos` order), as
+        `CostModel.cost` gives for the layer's ops."""
+        expert = template_ops[self.expert_pos]
+        k_ramp = cm._grouped_k_ramp(expert)
+        overhead = cm.overhead(expert)
+        parts = [cm.all_to_all_parts(template_ops[i].collective) for i in self.a2a_pos]
+        out = []
+        for block, imb, flops, rd, wr in zip(self.blocks, self.imbalance, self.flops, self.bytes_read,
+                                             self.bytes_written):
+            padded, routed = cm.expert_padding(block)
+            c = cm.grouped_seconds(flops, padded, routed, k_ramp)
+            m, level = cm.memory_seconds("grouped_gemm", *cm.byte_split("grouped_gemm", rd, wr, residency))
+            x = float(imb or 1.0)
+            out.append((cm.combine(c, "matrix", m, level, overhead),
+                        [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
+        return out
+
+
+def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, template: int, layers: list[int],
+          template_ops: list[Op]) -> RoutedLayers | None:
+    """`RoutedLayers` of `layers` (router counts `counts`, one row per layer, of the traced expert op
+    `traced`), or None where the fast path does not apply (another expert layout, a custom
+    collective or cost function, an op without routing detail): the caller then builds ops."""
+    E, dp = mapper.E, mapper.dp
+    ep, moe_tp = mapper.plan.ep, mapper.plan.moe_tp
+    if (type(cm) is not CostModel or mapper.r_extra or mapper.placement != "contiguous" or not E or E % ep
+            or counts.shape != (len(layers), E) or traced.expert_flops_per_token <= 0 or not layers):
+        return None
+    expert_pos = next(i for i, o in enumerate(template_ops) if o.kind == "grouped_gemm" and o.block == "moe_experts")
+    a2a_pos = [i for i, o in enumerate(template_ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
+    if any(cm.all_to_all_parts(template_ops[i].collective) is None for i in a2a_pos):
+        return None
+    shares = counts if dp == 1 else -(-counts // dp)  # the busiest replica's share (ExpertMapper.map)
+    per = E // ep
+    blocks = shares.reshape(len(layers), ep, per)
+    tokens = blocks.sum(axis=2)
+    touched = per - (blocks == 0).sum(axis=2)
+    scale = mapper.scaler.scale
+    fpt = traced.expert_flops_per_token / moe_tp
+    ewb = traced.expert_weight_bytes * scale["weight"]
+    times = np.maximum(tokens * fpt / mapper.flop_rate, touched * (ewb / moe_tp) / mapper.byte_rate)
+    ranks = times.argmax(axis=1).tolist()  # the first of equal maxima, as ExpertMapper's scan
+    routed_all = counts.sum(axis=1).tolist()
+    rank_tokens = tokens.tolist()
+    out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [], [], [], [], [])
+    for j, r in enumerate(ranks):
+        mine = tuple(blocks[j, r].tolist())
+        t = rank_tokens[j][r]
+        mean = sum(rank_tokens[j]) / ep
+        out.imbalance.append(max(rank_tokens[j]) / mean if mean > 0 else 1.0)
+        share = t / (float(routed_all[j]) or 1.0)
+        rd = {c: traced.bytes_read.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
+        rd["weight"] = (per - mine.count(0)) * ewb / moe_tp
+        out.bytes_read.append(rd)
+        out.bytes_written.append({c: traced.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES})
+        out.blocks.append(mine)
+        out.flops.append(t * traced.expert_flops_per_token / moe_tp)
+    return out
+
+
+__all__ = ["RoutedLayers", "route"]
