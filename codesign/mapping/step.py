@@ -145,6 +145,29 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
                          allreduce_algorithm, reduce_dtype, expert_loads, rates)
 
 
+def with_rates(mapped: MappedStep, graph: nx.DiGraph, config: ModelConfig, rates: tuple[float, float]) -> MappedStep:
+    """`mapped` (`map_step` of `graph`) as `map_step` maps it at other ranking rates: in a
+    single-stage plan the rates only choose each MoE layer's slowest EP rank, so only the expert ops
+    are mapped again (the all-to-alls' imbalance follows tokens, not rates). For hardware variants
+    of one design point, whose step graphs are the same."""
+    if mapped.plan.pp > 1:
+        raise CodesignError("with_rates: a pipelined plan ranks its stages by the rates; map the step again")
+    old = mapped.experts
+    if old is None or (old.flop_rate, old.byte_rate) == tuple(rates):
+        return mapped
+    mapper = ExpertMapper(config, mapped.plan, mapped.precision, old.placement, old.dp, rates[0], rates[1],
+                          old.expert_loads)
+    g = mapped.graph.copy()
+    ranks = dict(mapped.expert_ranks)
+    if config.moe is not None:
+        for n, op in graph.nodes(data="op"):
+            if op.kind == "grouped_gemm" and op.block == "moe_experts":
+                new, rank, _ = mapper.map(op)
+                g.nodes[n]["op"] = new
+                ranks[op.layer] = rank
+    return MappedStep(g, mapped.plan, mapped.precision, mapped.chips, mapped.stage_layers, mapped.stage, ranks, mapper)
+
+
 def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
               precision: Precision, placement: str | Sequence[int], dispatch_fp8: bool | None,
               dispatch_dedup: bool, allreduce_algorithm: str | None, reduce_dtype: str,

@@ -45,6 +45,8 @@ from codesign.sim.routed import RoutedLayers, route
 
 # Skeleton graphs and traced expert ops by (config hash, shape, router, layers kept): few MB each.
 SKELETONS = BoundedCache("skeletons", 64)
+# Mapped skeletons by (skeleton, model, plan, precision, mapping options, scale-up size).
+MAPPED = BoundedCache("mapped skeletons", 64)
 
 
 def _skeleton(config: ModelConfig, plan: mapping.ParallelPlan) -> tuple[set[int], dict[int, int]]:
@@ -91,10 +93,27 @@ class StepModel:
         tr.check_shape(self.config, shape)
         with gc_paused():
             skeleton, routing = self._skeleton_graph(shape)
-            mapped = mapping.map_step(skeleton, self.config, self.hw, self.plan, self.precision,
-                                      **self.options.map_kwargs(), rates=self.cost_model.rank_rates())
+            mapped = self._mapped(skeleton)
             virtual, routed = self._virtual(mapped, routing)
             return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed)
+
+    def _mapped(self, skeleton) -> mapping.MappedStep:
+        """`map_step` of a skeleton graph. Single-stage plans reuse the mapping of the same skeleton
+        on hardware that differs only in its rates (a sweep's variants): what the mapping reads of
+        the spec is the scale-up domain size and the rates that rank EP ranks (`with_rates`)."""
+        rates = self.cost_model.rank_rates()
+        key = None
+        if self.plan.pp == 1 and self._router_key is not None:
+            key = (id(skeleton), self.config.config_hash(), self.plan, self.precision, self.options,
+                   self.hw.system.scale_up.size)
+            hit = MAPPED.get(key)
+            if hit is not None and hit[0] is skeleton:
+                return mapping.with_rates(hit[1], skeleton, self.config, rates)
+        mapped = mapping.map_step(skeleton, self.config, self.hw, self.plan, self.precision,
+                                  **self.options.map_kwargs(), rates=rates)
+        if key is not None:
+            MAPPED.put(key, (skeleton, mapped))  # holds the skeleton: its id is not reused meanwhile
+        return mapped
 
     def _skeleton_graph(self, shape: StepShape):
         """(skeleton graph, routing of the layers it does not hold: template layer -> (traced

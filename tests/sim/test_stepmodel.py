@@ -46,3 +46,28 @@ def test_step_model_equals_full_evaluation(model, chips, plan):
     st = Stepper(hw, load_model(model), plan, FP8, cache=False)
     for shape in SHAPES:
         _same(st.step(shape), st.full_step(shape))
+
+
+def test_mapping_reused_across_rates_equals_mapping_again():
+    """A skeleton mapped once is re-ranked for hardware with other rates (`mapping.with_rates`):
+    the same step as mapping it afresh on that hardware."""
+    from codesign import mapping
+    from codesign.sim.stepmodel import StepModel
+
+    cfg = load_model("qwen3.5-35b-a3b")
+    plan = ParallelPlan(tp=8, ep=8)
+    shape = StepShape.decode(40, 6000)
+    base = StepModel(make_hw(**{"system.chips": 8}), cfg, plan, FP8)
+    base.step(shape)
+    for bw in ("1 TB/s", "9 TB/s"):
+        hw = make_hw(**{"system.chips": 8, "chip.hbm.bandwidth": bw})
+        model = StepModel(hw, cfg, plan, FP8)
+        skeleton, _ = model._skeleton_graph(shape)
+        fresh = mapping.map_step(skeleton, cfg, hw, plan, FP8, **model.options.map_kwargs(),
+                                 rates=model.cost_model.rank_rates())
+        reused = model._mapped(skeleton)
+        assert reused is not fresh and reused.expert_ranks == fresh.expert_ranks
+        assert [o.to_dict() for _, o in reused.graph.nodes(data="op")] == \
+            [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
+        assert list(reused.graph.edges) == list(fresh.graph.edges)
+        _same(model.step(shape), Stepper(hw, cfg, plan, FP8, cache=False).full_step(shape))
