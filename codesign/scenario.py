@@ -66,6 +66,18 @@ class MTP(_Strict):
         return v
 
 
+class EngineSpec(_Strict):
+    """``workload.engine`` as a mapping: a table engine (`codesign.sim.host_overhead.ENGINES`) by
+    `name` with any figure overridden, or a custom engine (no name: unset figures are zero,
+    synchronous, one forward pass per scheduler call). Seconds per scheduler iteration."""
+
+    name: str | None = Field(default=None, min_length=1)
+    step_s: float | None = Field(default=None, ge=0.0, le=10.0)
+    per_seq_s: float | None = Field(default=None, ge=0.0, le=1.0)
+    overlap: bool | None = None
+    multi_step: Annotated[Int, Field(ge=1, le=1024)] | None = None
+
+
 class Workload(_Strict):
     mode: Mode = "decode"
     input_tokens: Tokens | TokenDist = Field(default=32_768)  # mean context per request
@@ -77,6 +89,9 @@ class Workload(_Strict):
     # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
     max_batch: Batch | None = None
     mtp: MTP | None = None
+    # The serving engine whose per-iteration host overhead applies (codesign.sim.host_overhead):
+    # a name from its ENGINES table, or an EngineSpec mapping. None: no host overhead.
+    engine: str | EngineSpec | None = None
     # Request streams (server mode, codesign.sim.serving): how many requests, a replayed trace
     # file, the seed of every random draw, and the scheduler's knobs (SchedulerConfig fields).
     requests: int | None = Field(default=None, gt=0)
@@ -137,6 +152,9 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
     to server mode and are refused elsewhere, never silently dropped."""
     mode = w.mode
     if mode == "server":
+        if w.engine is not None:
+            return ("workload.engine: not yet supported in mode 'server' (the host overhead acts in the "
+                    "steady-state modes offline, batch, decode and prefill)")
         return None
     where = f"in steady-state mode {mode!r}"
     if w.mtp is not None:
@@ -171,6 +189,13 @@ def check_workload(w: Workload, slo: SLO | None, source: str) -> None:
     why = unsupported(w, slo)
     if why is not None:
         raise CodesignError(f"{source}: {why}")
+    if w.engine is not None:
+        from codesign.sim.host_overhead import engine_profile
+
+        try:
+            engine_profile(w.engine)
+        except CodesignError as e:
+            raise CodesignError(f"{source}: {e}") from None
     if w.mode == "batch" and w.concurrency is None:
         raise CodesignError(f"{source}: workload.concurrency: required for mode 'batch', found nothing")
     if w.concurrency is not None and w.max_batch is not None and w.concurrency > w.max_batch:
@@ -234,4 +259,4 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
     return parse_scenarios(spec_files.read_yaml(p), str(p))
 
 
-__all__ = ["unsupported", "check_workload", "STEADY_STATE_MODES", "Scenario", "Workload", "SLO", "Measured", "MTP", "TokenDist", "load_scenarios", "parse_scenarios"]
+__all__ = ["unsupported", "check_workload", "STEADY_STATE_MODES", "Scenario", "Workload", "EngineSpec", "SLO", "Measured", "MTP", "TokenDist", "load_scenarios", "parse_scenarios"]
