@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from codesign import spec_files
 from codesign.errors import CodesignError, format_validation_error
@@ -74,8 +74,18 @@ class EngineSpec(_Strict):
     name: str | None = Field(default=None, min_length=1)
     step_s: float | None = Field(default=None, ge=0.0, le=10.0)
     per_seq_s: float | None = Field(default=None, ge=0.0, le=1.0)
+    detokenize_per_seq_s: float | None = Field(default=None, ge=0.0, le=1.0)
     overlap: bool | None = None
     multi_step: Annotated[Int, Field(ge=1, le=1024)] | None = None
+    detokenize: bool | None = None  # the requests are detokenised (None: the engine's default, yes)
+
+    @model_validator(mode="after")
+    def _detok_within_per_seq(self) -> "EngineSpec":
+        if (self.per_seq_s is not None and self.detokenize_per_seq_s is not None
+                and self.detokenize_per_seq_s > self.per_seq_s):
+            raise ValueError(f"detokenize_per_seq_s ({self.detokenize_per_seq_s}) is the detokenisation share of "
+                             f"per_seq_s ({self.per_seq_s}): expected at most per_seq_s")
+        return self
 
 
 class Workload(_Strict):
