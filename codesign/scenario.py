@@ -79,6 +79,16 @@ class EngineSpec(_Strict):
     multi_step: Annotated[Int, Field(ge=1, le=1024)] | None = None
     detokenize: bool | None = None  # the requests are detokenised (None: the engine's default, yes)
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        from codesign.sim.host_overhead import ENGINES
+
+        if v is not None and v not in ENGINES:
+            raise ValueError(f"expected one of {', '.join(sorted(ENGINES))} (or no name and the figures "
+                             f"step_s / per_seq_s of a custom engine), found {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _detok_within_per_seq(self) -> "EngineSpec":
         if (self.per_seq_s is not None and self.detokenize_per_seq_s is not None
@@ -101,7 +111,7 @@ class Workload(_Strict):
     mtp: MTP | None = None
     # The serving engine whose per-iteration host overhead applies (codesign.sim.host_overhead):
     # a name from its ENGINES table, or an EngineSpec mapping. None: no host overhead.
-    engine: str | EngineSpec | None = None
+    engine: EngineSpec | None = None
     # Request streams (server mode, codesign.sim.serving): how many requests, a replayed trace
     # file, the seed of every random draw, and the scheduler's knobs (SchedulerConfig fields).
     requests: int | None = Field(default=None, gt=0)
@@ -112,6 +122,16 @@ class Workload(_Strict):
     step_model: dict[str, Any] = {}  # step-time model resolution (codesign.sim.serving.steptime)
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_name(cls, v: Any) -> Any:
+        """``engine: NAME`` is ``engine: {name: NAME}``."""
+        if isinstance(v, str):
+            return {"name": v}
+        if v is not None and not isinstance(v, (dict, EngineSpec)):
+            raise ValueError(f"expected an engine name or a mapping of engine figures, found {v!r}")
+        return v
 
     @property
     def input_mean(self) -> int:
@@ -199,13 +219,6 @@ def check_workload(w: Workload, slo: SLO | None, source: str) -> None:
     why = unsupported(w, slo)
     if why is not None:
         raise CodesignError(f"{source}: {why}")
-    if w.engine is not None:
-        from codesign.sim.host_overhead import engine_profile
-
-        try:
-            engine_profile(w.engine)
-        except CodesignError as e:
-            raise CodesignError(f"{source}: {e}") from None
     if w.mode == "batch" and w.concurrency is None:
         raise CodesignError(f"{source}: workload.concurrency: required for mode 'batch', found nothing")
     if w.concurrency is not None and w.max_batch is not None and w.concurrency > w.max_batch:

@@ -130,7 +130,7 @@ def engine_profile(spec: str | EngineSpec | dict[str, Any] | None) -> EngineProf
     overridden = any(getattr(spec, f) is not None for f in figures)
     pick = lambda f: getattr(base, f) if getattr(spec, f) is None else getattr(spec, f)  # noqa: E731
     return EngineProfile(
-        name=f"{base.name} (overridden)" if overridden else base.name,
+        name=f"{base.name} (overridden)" if (overridden and name is not None) else base.name,
         step_s=pick("step_s"), per_seq_s=pick("per_seq_s"), overlap=pick("overlap"), multi_step=pick("multi_step"),
         detokenize_per_seq_s=pick("detokenize_per_seq_s"), detokenize=pick("detokenize"),
         source=base.source if name is not None else "scenario",
