@@ -36,7 +36,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from codesign.errors import CodesignError
+from pydantic import ValidationError
+
+from codesign.errors import CodesignError, format_validation_error
 from codesign.scenario import EngineSpec
 
 
@@ -108,9 +110,10 @@ ENGINES: dict[str, EngineProfile] = {
     # is published for this version (the V1 blog gives only throughput ratios vs V0).
     "vllm-0.11": EngineProfile("vllm-0.11", 0.0, 0.0, overlap=False, source="none published: neutral"),
     # DeepSeek's production inference system (Feb 2025 overview): its own engine, no host figure.
-    "deepseek-production": EngineProfile("deepseek-production", 0.0, 0.0, overlap=True,
+    "deepseek-production": EngineProfile("deepseek-production", 0.0, 0.0, overlap=False,
                                          source="none published: neutral"),
 }
+
 
 def engine_profile(spec: str | EngineSpec | dict[str, Any] | None) -> EngineProfile | None:
     """The profile `workload.engine` names (None: no engine, no host overhead). An unknown name is
@@ -118,7 +121,10 @@ def engine_profile(spec: str | EngineSpec | dict[str, Any] | None) -> EngineProf
     if spec is None:
         return None
     if isinstance(spec, dict):
-        spec = EngineSpec.model_validate(spec)
+        try:
+            spec = EngineSpec.model_validate(spec)
+        except ValidationError as e:
+            raise CodesignError(format_validation_error("workload.engine", e)) from None
     name = spec if isinstance(spec, str) else spec.name
     if name is not None and name not in ENGINES:
         raise CodesignError(f"workload.engine: expected one of {', '.join(sorted(ENGINES))} "
