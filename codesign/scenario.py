@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from codesign import spec_files
 from codesign.errors import CodesignError, format_validation_error
@@ -66,6 +66,38 @@ class MTP(_Strict):
         return v
 
 
+class EngineSpec(_Strict):
+    """``workload.engine`` as a mapping: a table engine (`codesign.sim.host_overhead.ENGINES`) by
+    `name` with any figure overridden, or a custom engine (no name: unset figures are zero,
+    synchronous, one forward pass per scheduler call). Seconds per scheduler iteration."""
+
+    name: str | None = Field(default=None, min_length=1)
+    step_s: float | None = Field(default=None, ge=0.0, le=10.0)
+    per_seq_s: float | None = Field(default=None, ge=0.0, le=1.0)
+    detokenize_per_seq_s: float | None = Field(default=None, ge=0.0, le=1.0)
+    overlap: bool | None = None
+    multi_step: Annotated[Int, Field(ge=1, le=1024)] | None = None
+    detokenize: bool | None = None  # the requests are detokenised (None: the engine's default, yes)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        from codesign.sim.host_overhead import ENGINES
+
+        if v is not None and v not in ENGINES:
+            raise ValueError(f"expected one of {', '.join(sorted(ENGINES))} (or no name and the figures "
+                             f"step_s / per_seq_s of a custom engine), found {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _detok_within_per_seq(self) -> "EngineSpec":
+        if (self.per_seq_s is not None and self.detokenize_per_seq_s is not None
+                and self.detokenize_per_seq_s > self.per_seq_s):
+            raise ValueError(f"detokenize_per_seq_s ({self.detokenize_per_seq_s}) is the detokenisation share of "
+                             f"per_seq_s ({self.per_seq_s}): expected at most per_seq_s")
+        return self
+
+
 class Workload(_Strict):
     mode: Mode = "decode"
     input_tokens: Tokens | TokenDist = Field(default=32_768)  # mean context per request
@@ -77,6 +109,9 @@ class Workload(_Strict):
     # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
     max_batch: Batch | None = None
     mtp: MTP | None = None
+    # The serving engine whose per-iteration host overhead applies (codesign.sim.host_overhead):
+    # a name from its ENGINES table, or an EngineSpec mapping. None: no host overhead.
+    engine: EngineSpec | None = None
     # Request streams (server mode, codesign.sim.serving): how many requests, a replayed trace
     # file, the seed of every random draw, and the scheduler's knobs (SchedulerConfig fields).
     requests: int | None = Field(default=None, gt=0)
@@ -87,6 +122,16 @@ class Workload(_Strict):
     step_model: dict[str, Any] = {}  # step-time model resolution (codesign.sim.serving.steptime)
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_name(cls, v: Any) -> Any:
+        """``engine: NAME`` is ``engine: {name: NAME}``."""
+        if isinstance(v, str):
+            return {"name": v}
+        if v is not None and not isinstance(v, (dict, EngineSpec)):
+            raise ValueError(f"expected an engine name or a mapping of engine figures, found {v!r}")
+        return v
 
     @property
     def input_mean(self) -> int:
@@ -137,6 +182,9 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
     to server mode and are refused elsewhere, never silently dropped."""
     mode = w.mode
     if mode == "server":
+        if w.engine is not None:
+            return ("workload.engine: not yet supported in mode 'server' (the host overhead acts in the "
+                    "steady-state modes offline, batch, decode and prefill)")
         return None
     where = f"in steady-state mode {mode!r}"
     if w.mtp is not None:
@@ -234,4 +282,4 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
     return parse_scenarios(spec_files.read_yaml(p), str(p))
 
 
-__all__ = ["unsupported", "check_workload", "STEADY_STATE_MODES", "Scenario", "Workload", "SLO", "Measured", "MTP", "TokenDist", "load_scenarios", "parse_scenarios"]
+__all__ = ["unsupported", "check_workload", "STEADY_STATE_MODES", "Scenario", "Workload", "EngineSpec", "SLO", "Measured", "MTP", "TokenDist", "load_scenarios", "parse_scenarios"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from codesign import mapping, progress
 from codesign.scenario import SLO, Workload
+from codesign.sim.host_overhead import engine_profile
 from codesign.sim.stepper import Stepper
 from codesign.sim.workload import ModeResult, capped_batch, decode_context, decode_mode, prefill_mode, serving_mode
 from codesign.units import GiB
@@ -50,13 +51,16 @@ def _short_reason(st: Stepper, kv_len: int) -> str:
 def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple[ModeResult | None, str | None, int]:
     mode, out_tokens = wl.mode, wl.output_mean
     tpot_slo = slo.tpot_s if slo else None
+    # the engine's host overhead (codesign.sim.host_overhead), per engine instance: one per
+    # data-parallel replica of the plan
+    host = {"host": engine_profile(wl.engine), "replicas": _replicas(st)}
     if mode in ("decode", "prefill"):
         mb = capped_batch(st.max_batch(context), wl.max_batch)
         if mb == 0:
             return None, None, context
         if mode == "decode":
-            return decode_mode(st.step, mb, context, context, tpot_slo), None, context
-        return prefill_mode(st.step, mb, context), None, context
+            return decode_mode(st.step, mb, context, context, tpot_slo, **host), None, context
+        return prefill_mode(st.step, mb, context, **host), None, context
     fit_ctx = decode_context(context, wl.output_tokens)  # the running batch's mean KV length
     fits = st.max_batch(fit_ctx)
     mb = capped_batch(fits, wl.max_batch)
@@ -68,8 +72,15 @@ def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple
             short = st.memory(want, fit_ctx).short_by / GiB
             return None, (f"concurrency {want} does not fit: short by {short:.2f} GiB per chip "
                           f"(largest batch {fits})"), fit_ctx
-        return serving_mode(st.step, want, context, out_tokens, None, mean_context=fit_ctx), None, fit_ctx
-    return serving_mode(st.step, mb, context, out_tokens, tpot_slo, max_batch=mb, mean_context=fit_ctx), None, fit_ctx
+        return serving_mode(st.step, want, context, out_tokens, None, mean_context=fit_ctx, **host), None, fit_ctx
+    return (serving_mode(st.step, mb, context, out_tokens, tpot_slo, max_batch=mb, mean_context=fit_ctx, **host),
+            None, fit_ctx)
+
+
+def _replicas(st: Stepper) -> int:
+    """Engine instances the deployment's sequences are spread over: each data-parallel replica
+    (``dp``, and each attention-data-parallel rank) runs its own scheduler."""
+    return max(1, int(getattr(st.plan, "dp", 1) or 1)) * max(1, int(getattr(st.plan, "attention_dp", 1) or 1))
 
 
 def evaluate(st: Stepper, wl: Workload, context: int, slo: SLO | None, chips: int) -> Outcome:

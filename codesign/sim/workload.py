@@ -22,11 +22,19 @@ same value.
 * ``batch``   -- as offline with the batch fixed at ``concurrency``.
 * ``prefill`` -- prompts only: ``PREFILL_TOKENS_PER_STEP`` prompt tokens per step.
 * ``server``  -- Poisson arrivals with SLOs: not supported yet (an infeasible row says so).
+
+Engine host overhead (``workload.engine``, `codesign.sim.host_overhead`): each mode takes an
+optional `EngineProfile` and the number of engine instances (data-parallel replicas) the batch is
+spread over; every decode step then takes ``profile.step_time(gpu, batch / replicas)`` and a
+prefill of ``b`` prompts ``profile.step_time(gpu, b / replicas, k)`` with ``k`` its chunked
+iterations per replica (``PREFILL_TOKENS_PER_STEP`` prompt tokens each). A row whose host time
+exceeds its accelerator time reports the bottleneck ``host``. No profile: the steps as simulated.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from codesign.graph.shape import StepShape
 from codesign.sim.engine import StepResult
+from codesign.sim.host_overhead import EngineProfile, prefill_iterations
 
 # Prompt tokens batched into one prefill step in `prefill` mode and for TTFT: vLLM's and SGLang's
 # default chunked-prefill budgets are 8-16K tokens per step (max_num_batched_tokens /
@@ -60,6 +69,7 @@ class ModeResult:
     bottleneck: str
     decode: StepResult | None
     prefill: StepResult | None
+    host_s: float = 0.0  # engine host seconds per output token step (prefill share included)
 
 
 def largest_fitting(fits: Callable[[int], bool], hi: int) -> int:
@@ -76,16 +86,40 @@ def capped_batch(fits: int, cap: int | None) -> int:
     return min(fits, cap)
 
 
-def decode_mode(step: StepFn, max_batch: int, context: int, input_tokens: int, tpot_slo: float | None) -> ModeResult:
-    """Steady-state decode at `context` tokens of KV per sequence."""
+class _Host:
+    """An engine profile applied to whole-deployment step shapes (module docstring)."""
+
+    def __init__(self, profile: EngineProfile | None, replicas: int):
+        self.profile, self.replicas = profile, max(1, replicas)
+
+    def decode(self, gpu_s: float, batch: int) -> float:
+        p = self.profile
+        return gpu_s if p is None else p.step_time(gpu_s, batch / self.replicas)
+
+    def prefill(self, gpu_s: float, prompts: int, input_tokens: int) -> float:
+        p = self.profile
+        if p is None:
+            return gpu_s
+        per_replica = prompts / self.replicas
+        k = prefill_iterations(math.ceil(per_replica), input_tokens, PREFILL_TOKENS_PER_STEP)
+        return p.step_time(gpu_s, per_replica, k)
+
+
+def decode_mode(step: StepFn, max_batch: int, context: int, input_tokens: int, tpot_slo: float | None,
+                host: EngineProfile | None = None, replicas: int = 1) -> ModeResult:
+    """Steady-state decode at `context` tokens of KV per sequence (`host`: the engine's host
+    overhead over `replicas` engine instances, module docstring)."""
+    h = _Host(host, replicas)
     batch = max_batch
     if tpot_slo is not None:
-        batch = largest_fitting(lambda b: step(StepShape.decode(b, context)).time_s <= tpot_slo, max_batch)
+        batch = largest_fitting(lambda b: h.decode(step(StepShape.decode(b, context)).time_s, b) <= tpot_slo, max_batch)
         if batch == 0:
             batch = 1  # report the smallest batch and let the caller flag the missed SLO
     d = step(StepShape.decode(batch, context))
-    ttft = step(StepShape.prefill(1, input_tokens)).time_s
-    return ModeResult(batch, context, batch / d.time_s, 0.0, ttft, d.time_s, d.bottleneck, d, None)
+    t = h.decode(d.time_s, batch)
+    ttft = h.prefill(step(StepShape.prefill(1, input_tokens)).time_s, 1, input_tokens)
+    bottleneck = "host" if t - d.time_s > d.time_s else d.bottleneck
+    return ModeResult(batch, context, batch / t, 0.0, ttft, t, bottleneck, d, None, t - d.time_s)
 
 
 def decode_context(input_tokens: int, output: "int | TokenDist") -> int:
@@ -106,34 +140,46 @@ def decode_context(input_tokens: int, output: "int | TokenDist") -> int:
 
 
 def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int, tpot_slo: float | None,
-                 max_batch: int | None = None, mean_context: int | None = None) -> ModeResult:
+                 max_batch: int | None = None, mean_context: int | None = None,
+                 host: EngineProfile | None = None, replicas: int = 1) -> ModeResult:
     """Offline (batch = the largest that fits) or fixed-concurrency serving with continuous batching.
-    `mean_context`: the decode steps' KV length (`decode_context`); None = input + output // 2."""
+    `mean_context`: the decode steps' KV length (`decode_context`); None = input + output // 2.
+    `host`: the engine's host overhead over `replicas` engine instances (module docstring)."""
     mean_ctx = mean_context if mean_context is not None else input_tokens + output_tokens // 2
+    h = _Host(host, replicas)
 
-    def costs(b: int) -> tuple[StepResult, StepResult, float]:
+    def costs(b: int) -> tuple[StepResult, StepResult, float, float, float]:
         d = step(StepShape.decode(b, mean_ctx))
         p = step(StepShape.prefill(b, input_tokens))
-        total = p.time_s + output_tokens * d.time_s
-        return d, p, total
+        d_t, p_t = h.decode(d.time_s, b), h.prefill(p.time_s, b, input_tokens)
+        return d, p, p_t + output_tokens * d_t, d_t, p_t
 
     if tpot_slo is not None and max_batch:
         batch = largest_fitting(lambda b: costs(b)[2] / output_tokens <= tpot_slo, max_batch) or 1
-    d, p, total = costs(batch)
+    d, p, total, d_t, p_t = costs(batch)
     out_rate = batch * output_tokens / total
     in_rate = batch * input_tokens / total
     # TTFT: one chunked-prefill step's worth of prompts ahead of a request's first token.
     per_chunk = max(1, min(batch, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1)))
-    ttft = p.time_s * per_chunk / batch
-    bottleneck = d.bottleneck if output_tokens * d.time_s >= p.time_s else p.bottleneck
-    return ModeResult(batch, mean_ctx, out_rate, in_rate, ttft, total / output_tokens, bottleneck, d, p)
+    ttft = p_t * per_chunk / batch
+    gpu = p.time_s + output_tokens * d.time_s
+    if total - gpu > gpu:
+        bottleneck = "host"
+    else:
+        bottleneck = d.bottleneck if output_tokens * d.time_s >= p.time_s else p.bottleneck
+    return ModeResult(batch, mean_ctx, out_rate, in_rate, ttft, total / output_tokens, bottleneck, d, p,
+                      (total - gpu) / output_tokens)
 
 
-def prefill_mode(step: StepFn, max_batch: int, input_tokens: int) -> ModeResult:
-    """Prompt processing only: as many whole prompts per step as the chunk budget allows."""
+def prefill_mode(step: StepFn, max_batch: int, input_tokens: int, host: EngineProfile | None = None,
+                 replicas: int = 1) -> ModeResult:
+    """Prompt processing only: as many whole prompts per step as the chunk budget allows (`host`:
+    the engine's host overhead, one scheduler iteration per step)."""
     batch = max(1, min(max_batch, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1)))
     p = step(StepShape.prefill(batch, input_tokens))
-    return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / p.time_s, p.time_s, None, p.bottleneck, None, p)
+    t = host.step_time(p.time_s, batch / max(1, replicas)) if host is not None else p.time_s
+    bottleneck = "host" if t - p.time_s > p.time_s else p.bottleneck
+    return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / t, t, None, bottleneck, None, p, t - p.time_s)
 
 
 __all__ = ["ModeResult", "capped_batch", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]
