@@ -164,6 +164,10 @@ def wider(a: str, b: str) -> str:
     return a if BYTES_PER_ELEMENT[a] >= BYTES_PER_ELEMENT[b] else b
 
 
+# Padded-token tables by (tile quantisation, tile M, grouped minimum tokens): see `expert_padding`.
+_PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
+
+
 def _pad(x: int, tile: int) -> int:
     return int(math.ceil(x / tile) * tile) if x > 0 else 0
 
@@ -186,7 +190,6 @@ class CostModel:
         self.attention_dtype = spec_dtype(attention_dtype)
         self._collective_fn = collective_fn
         self._a2a: dict[tuple, tuple[float, float]] = {}  # all-to-all (slope, fixed) by collective
-        self._expert_pad: dict[int, int] = {}  # tokens of one expert -> padded tokens
         eff = hw.efficiency
         chip = hw.chip
         # Large-GEMM fraction of this dtype's peak (efficiency.gemm_by_dtype, else gemm).
@@ -211,6 +214,9 @@ class CostModel:
         self.sram_bw = chip.sram.bandwidth * eff.memory
         self.sram_budget = chip.sram.capacity * self.opts.sram_fraction
         self.tile_m, self.tile_n = chip.matrix.tile
+        # tokens of one expert -> padded tokens, shared by cost models with the same padding rule
+        self._expert_pad = _PAD_TABLES.setdefault(
+            (self.opts.tile_quantisation, self.tile_m, self.opts.grouped_min_tokens), {})
         self.half = eff.small_m_half
 
     def rank_rates(self) -> tuple[float, float]:
