@@ -37,6 +37,14 @@ def _combine(vals: list[float], consts: list[float]) -> float:
 
 
 def _bytes(ops: list[Op], consts: list[Op], attr: str) -> dict[str, float]:
+    if len(ops) == 2:  # the common mix (decodes + one prefill chunk), the same sums written out
+        a, b = getattr(ops[0], attr), getattr(ops[1], attr)
+        ka, kb = getattr(consts[0], attr), getattr(consts[1], attr)
+        out = {}
+        for c in BYTE_CLASSES:
+            ca, cb = ka.get(c, 0.0), kb.get(c, 0.0)
+            out[c] = max(ca, cb) + ((a.get(c, 0.0) - ca) + (b.get(c, 0.0) - cb))
+        return out
     return {c: _combine([getattr(o, attr).get(c, 0.0) for o in ops], [getattr(k, attr).get(c, 0.0) for k in consts])
             for c in BYTE_CLASSES}
 

@@ -395,13 +395,31 @@ def _group_segment(config: ModelConfig, seg: str, shape: StepShape, use_disk: bo
     parts, consts = [], []
     for g in groups:
         parts.append(_segment(config, seg, g.phase, g.seqs, g.new_tokens, g.cached_tokens, use_disk))
-        one = _segment(config, seg, g.phase, 1, g.new_tokens, g.cached_tokens, use_disk)
-        two = _segment(config, seg, g.phase, 2, g.new_tokens, g.cached_tokens, use_disk)
-        # the segment at zero sequences: its batch-independent part; where batches 1 and 2 record
-        # differently, only the weights are taken as batch-independent
-        const = _extrapolate(one, two, -1)
+        const = _zero_sequences(config, seg, g.phase, g.new_tokens, g.cached_tokens, use_disk)
         consts.append(const if const is not None and len(const.ops) == len(parts[-1].ops) else _weights_only(parts[-1]))
     return merge_segments(parts, consts)
+
+
+def _zero_sequences(config: ModelConfig, seg: str, phase: str, tokens: int, context: int, use_disk: bool) -> Segment | None:
+    """The segment at zero sequences: its batch-independent part (the weights, and whatever else does
+    not grow with sequences), extrapolated from batches 1 and 2 at this cached length; None where
+    they record differently. From the segment's bilinear form where it has one (one pass, the same
+    integers), memoised."""
+    kind = seg if not seg.isdigit() else config.layer_kind(int(seg))
+    key = f"{config.config_hash()}|{kind}|{phase}|0|{tokens}|{context}|affine"
+    if key in _MEMO:
+        return _MEMO[key]
+    const = None
+    if context > CONTEXT_ANCHOR + 1 and _context_affine(config, seg):
+        form = _bilinear(config, seg, kind, phase, tokens, use_disk)
+        if form is not None:
+            const = form.at(-1, context - CONTEXT_ANCHOR)
+    if const is None:
+        one = _segment(config, seg, phase, 1, tokens, context, use_disk)
+        two = _segment(config, seg, phase, 2, tokens, context, use_disk)
+        const = _extrapolate(one, two, -1)
+    _MEMO[key] = const
+    return const
 
 
 def _weights_only(s: Segment) -> Segment:
