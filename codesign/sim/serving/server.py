@@ -139,6 +139,12 @@ def check_stream(pt: ServingPoint, stream: RequestStream) -> str | None:
     if total > cfg.max_position_embeddings:
         return (f"request {longest.id} needs {total} tokens (input {longest.input_tokens} + output "
                 f"{longest.output_tokens}), above {cfg.name}'s maximum of {cfg.max_position_embeddings}")
+    sched = pt.scheduler
+    if not sched.chunked_prefill:
+        big = max(stream.requests, key=lambda r: r.input_tokens)
+        if big.input_tokens > sched.max_num_batched_tokens:
+            return (f"request {big.id} has {big.input_tokens} input tokens, above workload.scheduler.max_num_batched_tokens "
+                    f"= {sched.max_num_batched_tokens}, and chunked_prefill is false (a prompt is computed in one step)")
     need = pt.capacity.seq_footprint(total + pt.scheduler.block_size)
     if need > pt.capacity.free_bytes:
         return (f"does not fit: request {longest.id} ({total} tokens) needs {need / GiB:.2f} GiB of KV and state per "
