@@ -251,6 +251,7 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
         m = _run(pt, base, slo, f"{label}, {base.kind} stream")
         extra["rate_per_s"] = base.rate_per_s
         reason = None
+        sustained(extra, base)
         if slo is not None and base.kind != "burst" and not meets(m, slo):
             reason = f"p99 misses the SLO at this stream: {_p99s(m)} vs {_slo_text(slo)}"
         return m, extra, reason
@@ -266,9 +267,20 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
                              f"(1/64 of the offline rate) {_p99s(out.lowest)}")
     extra["rate_per_s"] = out.rate
     extra["stream"] = "poisson"  # the reported run: Poisson arrivals at the rate found
+    sustained(extra, base)
     extra["above_rate"] = {"rate_per_s": out.rate * RATE_CHECK, "meets_slo": meets(out.above, slo),
                            "ttft_p99_s": out.above.ttft_s["p99"], "tpot_p99_s": out.above.tpot_s["p99"]}
     return out.at_rate, extra, None
+
+
+def sustained(extra: dict[str, Any], stream: RequestStream) -> None:
+    """Add the long-run output throughput of a Poisson stream to `extra`: its rate x the mean
+    output tokens per request. A stable stream completes what arrives, so a long run (MLPerf
+    Server's 10+ minutes) sustains exactly this; a finite simulated run's own tokens / duration
+    is lower by its drain (the tail after the last arrival, about one mean latency)."""
+    if extra.get("stream") == "poisson" and extra.get("rate_per_s"):
+        mean_out = float(np.mean([r.output_tokens for r in stream.requests]))
+        extra["sustained_output_tokens_per_s"] = extra["rate_per_s"] * mean_out
 
 
 def _p99s(m: ServingMetrics) -> str:
@@ -352,5 +364,5 @@ def with_context(wl: Workload, context: int) -> Workload:
     return wl.model_copy(update={"input_tokens": new})
 
 
-__all__ = ["ServingPoint", "serving_point", "serve", "server_row", "slo_search", "meets", "stream_of", "draft_of",
+__all__ = ["ServingPoint", "serving_point", "serve", "sustained", "server_row", "slo_search", "meets", "stream_of", "draft_of",
            "with_context", "SearchOutcome", "SEARCH_TOLERANCE", "RATE_CHECK"]

@@ -188,3 +188,53 @@ def test_validate_runs_server_rows(tmp_path):
     (row,) = validate_file(str(f))
     assert row.status == "ok" and row.predicted > 0
     assert row.error == pytest.approx((row.predicted - 1000) / 1000)  # a fraction
+
+
+def test_validate_compares_every_metric_of_a_benchmark_client_row(tmp_path, st8):
+    """A `vllm bench serve`-style row (3 requests, one outstanding at a time) compared on throughput,
+    mean TTFT, mean and median TPOT; each prediction against a hand calculation from the core's
+    exact steps: alone on the engine, a request's TTFT is its prompt's step, its TPOT the mean of
+    its decode steps at cached lengths 256..263."""
+    from codesign.commands.validate import validate_file
+
+    f = tmp_path / "v.yaml"
+    f.write_text("- name: client\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+                 f"  precision: {json.dumps(PREC)}\n"
+                 "  workload: {mode: server, requests: 3, concurrency: 1, input_tokens: 256, output_tokens: 9,\n"
+                 "             step_model: {exact: true}}\n"
+                 "  measured: {output_tokens_per_s: 100, ttft_s: 0.01, tpot_s: 0.005, tpot_p50_s: 0.005}\n")
+    rows = validate_file(str(f))
+    assert [r.metric for r in rows] == ["output_tokens_per_s", "tpot_s", "ttft_s", "tpot_p50_s"]
+    assert all(r.status == "ok" and r.name == "client" for r in rows)
+    got = {r.metric: r.predicted for r in rows}
+    ttft = st8.step(StepShape.prefill(1, 256, 0)).time_s
+    decodes = [st8.step(StepShape.decode(1, kv)).time_s for kv in range(256, 264)]
+    tpot = sum(decodes) / 8
+    assert got["ttft_s"] == pytest.approx(ttft, rel=1e-6)
+    assert got["tpot_s"] == pytest.approx(tpot, rel=1e-4) and got["tpot_p50_s"] == pytest.approx(tpot, rel=1e-4)
+    assert got["output_tokens_per_s"] == pytest.approx(27 / (3 * (ttft + sum(decodes))), rel=1e-4)
+
+
+def test_validate_compares_a_poisson_row_by_its_sustained_throughput(tmp_path):
+    """A server stream at a rate: the row's throughput is rate x mean output tokens (what a long run
+    completes); the finite run's tokens / duration is lower by its drain."""
+    from codesign.commands.validate import validate_file
+
+    f = tmp_path / "v.yaml"
+    f.write_text("- name: s\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+                 "  workload: {mode: server, rate_per_s: 4, requests: 40, input_tokens: 256, output_tokens: 32}\n"
+                 "  measured: {output_tokens_per_s: 100}\n")
+    (row,) = validate_file(str(f))
+    assert row.predicted == pytest.approx(4 * 32, rel=1e-12)
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
+                       workload={"mode": "server", "rate_per_s": 4, "requests": 40, "input_tokens": 256, "output_tokens": 32})
+    assert r.serving["sustained_output_tokens_per_s"] == pytest.approx(128) and r.output_tokens_per_s < 128
+
+
+def test_measured_latency_fields_are_validated(tmp_path):
+    from codesign.scenario import load_scenarios
+
+    f = tmp_path / "v.yaml"
+    f.write_text("name: s\nhardware: h200\nmodel: qwen3-8b\nmeasured: {tpot_p50_s: -1}\n")
+    with pytest.raises(CodesignError, match=r"v\.yaml: measured\.tpot_p50_s: Input should be greater than 0"):
+        load_scenarios(f)
