@@ -302,6 +302,7 @@ class Engine:
             groups.append(Group(1, chunk, r.computed))
         n = self.n
         mean_kv = int(round(float(self.kv[:n].sum()) / n)) if n else 0
+        groups = _merge_equal(groups)
         if n:
             groups.insert(0, Group(n, self.width, mean_kv, self.width))
         self.pool.used = used
@@ -426,6 +427,21 @@ class Engine:
         self.rec.output[r.rid] = r.out
         self._count(-1)
         r.done.succeed()
+
+
+def _merge_equal(chunks: list[Group]) -> list[Group]:
+    """Prompt chunks of equal (new, cached) tokens as one group of that many sequences: the same
+    step for the core (each sequence its own tokens after its own cache), and one group instead of
+    dozens for the step-time model (fixed-length prompts admitted together, e.g. without chunked
+    prefill). First-appearance order is kept."""
+    if len(chunks) < 2:
+        return chunks
+    counts: dict[tuple[int, int], int] = {}
+    for g in chunks:
+        counts[(g.new_tokens, g.cached_tokens)] = counts.get((g.new_tokens, g.cached_tokens), 0) + g.seqs
+    if len(counts) == len(chunks):
+        return chunks
+    return [Group(k, new, cached) for (new, cached), k in counts.items()]
 
 
 def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt: int, out: int,
