@@ -142,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
     c = console()
     c.print(t)
     n = sum(1 for r in rows if r.status == "ok")
+    scenarios = len({r.name for r in rows if r.status == "ok"})
     worst = max((abs(r.error) for r in rows if r.status == "ok" and r.error is not None), default=None)
     if m is None:
         c.print("MAPE: no supported scenario with a measurement")
     else:
-        c.print(f"MAPE over {n} supported scenarios: {m:.1%} (worst {worst:.1%})")
+        c.print(f"MAPE over {n} comparisons ({scenarios} supported scenarios): {m:.1%} (worst {worst:.1%})")
     return 0

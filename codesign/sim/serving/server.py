@@ -251,7 +251,6 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
         m = _run(pt, base, slo, f"{label}, {base.kind} stream")
         extra["rate_per_s"] = base.rate_per_s
         reason = None
-        sustained(extra, base)
         if slo is not None and base.kind != "burst" and not meets(m, slo):
             reason = f"p99 misses the SLO at this stream: {_p99s(m)} vs {_slo_text(slo)}"
         return m, extra, reason
@@ -274,11 +273,13 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
 
 
 def sustained(extra: dict[str, Any], stream: RequestStream) -> None:
-    """Add the long-run output throughput of a Poisson stream to `extra`: its rate x the mean
-    output tokens per request. A stable stream completes what arrives, so a long run (MLPerf
-    Server's 10+ minutes) sustains exactly this; a finite simulated run's own tokens / duration
-    is lower by its drain (the tail after the last arrival, about one mean latency)."""
-    if extra.get("stream") == "poisson" and extra.get("rate_per_s"):
+    """Add the long-run output throughput of the SLO search's stream to `extra`: the rate found x
+    the mean output tokens per request. That rate is at most the offline rate, so the stream is
+    stable and completes what arrives: a long run (MLPerf Server's 10+ minutes) sustains exactly
+    this, while a finite simulated run's own tokens / duration is lower by its drain (the tail
+    after the last arrival, about one mean latency). Not given for a stream at a rate of the
+    workload's own (it may exceed what the engine sustains) or with a client concurrency limit."""
+    if extra.get("stream") == "poisson" and extra.get("rate_per_s") and stream.concurrency is None:
         mean_out = float(np.mean([r.output_tokens for r in stream.requests]))
         extra["sustained_output_tokens_per_s"] = extra["rate_per_s"] * mean_out
 
