@@ -188,3 +188,12 @@ def test_new_scheduler_fields_are_validated():
         scheduler_config({"chunked_prefill": "sometimes"})
     d = SchedulerConfig()
     assert d.chunked_prefill is True and d.capacity_policy == "max_utilization"
+
+
+def test_equal_prompt_chunks_form_one_group():
+    s = burst_stream(3, 2000, 4, seed=0)  # 6000 tokens fit one 8192-token step
+    shapes: list[StepShape] = []
+    run_stream(s, SchedulerConfig(chunked_prefill=False), capacity(), recorded(shapes))
+    assert shapes[0].groups == (Group(3, 2000, 0),)
+    (g,) = shapes[1].groups  # then the three decode together (one stretch, timed at its middle)
+    assert (g.seqs, g.new_tokens) == (3, 1)

@@ -242,3 +242,14 @@ def test_measured_latency_fields_are_validated(tmp_path):
     f.write_text("name: s\nhardware: h200\nmodel: qwen3-8b\nmeasured: {tpot_p50_s: -1}\n")
     with pytest.raises(CodesignError, match=r"v\.yaml: measured\.tpot_p50_s: Input should be greater than 0"):
         load_scenarios(f)
+
+
+def test_a_prompt_above_the_budget_without_chunked_prefill_is_an_infeasible_row():
+    wl = {"mode": "server", "requests": 4, "input_tokens": 5000, "output_tokens": 8,
+          "scheduler": {"max_num_batched_tokens": 4096, "max_num_seqs": 64, "chunked_prefill": False}}
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload=wl)
+    assert not r.feasible
+    assert "5000 input tokens, above workload.scheduler.max_num_batched_tokens = 4096, and chunked_prefill is false" in r.reason
+    wl["scheduler"]["chunked_prefill"] = True  # chunked, the same prompt runs
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload=wl)
+    assert r.feasible
