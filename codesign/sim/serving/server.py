@@ -170,6 +170,7 @@ class SearchOutcome:
     lowest: ServingMetrics  # at the lowest rate tried (reported when nothing meets)
     low_rate: float
     runs: int
+    capped: bool = False  # the SLO still met at the ceiling (the offline rate): the rate is the ceiling
 
 
 def slo_search(run_at: Callable[[float], ServingMetrics], slo: SLO, offline_rate: float) -> SearchOutcome:
@@ -192,7 +193,8 @@ def slo_search(run_at: Callable[[float], ServingMetrics], slo: SLO, offline_rate
         return SearchOutcome(None, None, None, m_lo, lo, runs)
     hi = offline_rate  # the ceiling: a stream above what the engine sustains offline is unstable
     m_hi = at(hi)
-    if meets(m_hi, slo):
+    capped = meets(m_hi, slo)
+    if capped:
         lo, m_lo = hi, m_hi
     else:
         while hi / lo > 1 + SEARCH_TOLERANCE:
@@ -203,7 +205,7 @@ def slo_search(run_at: Callable[[float], ServingMetrics], slo: SLO, offline_rate
             else:
                 hi = mid
     above = at(lo * RATE_CHECK)
-    return SearchOutcome(lo, m_lo, above, m_lo, offline_rate * SEARCH_LOW, runs)
+    return SearchOutcome(lo, m_lo, above, m_lo, offline_rate * SEARCH_LOW, runs, capped)
 
 
 class _RunProgress:
@@ -265,6 +267,7 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
         return None, extra, (f"no arrival rate meets the SLO ({_slo_text(slo)}): even at {out.low_rate:.3g} req/s "
                              f"(1/64 of the offline rate) {_p99s(out.lowest)}")
     extra["rate_per_s"] = out.rate
+    extra["rate_at_offline_ceiling"] = out.capped  # True: the SLO did not bind below the offline rate
     extra["stream"] = "poisson"  # the reported run: Poisson arrivals at the rate found
     sustained(extra, base)
     extra["above_rate"] = {"rate_per_s": out.rate * RATE_CHECK, "meets_slo": meets(out.above, slo),

@@ -61,7 +61,7 @@ def test_slo_search_meets_at_the_rate_and_misses_above(st8):
     m, extra, reason = S.serve(pt, wl, slo)
     assert reason is None and m is not None and extra["stream"] == "poisson"
     assert m.ttft_s["p99"] <= slo.ttft_s and m.tpot_s["p99"] <= slo.tpot_s
-    assert extra["above_rate"]["meets_slo"] is False
+    assert extra["above_rate"]["meets_slo"] is False and extra["rate_at_offline_ceiling"] is False
     assert extra["above_rate"]["rate_per_s"] == pytest.approx(1.1 * extra["rate_per_s"])
     assert m.output_tokens_per_s <= extra["offline_output_tokens_per_s"]
     # the same run again at the reported rate reproduces it (seeded)
@@ -229,6 +229,8 @@ def test_validate_compares_an_slo_row_by_its_sustained_throughput(tmp_path):
     (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, slo={"ttft_s": 0.5, "tpot_s": 0.02},
                        workload={"mode": "server", "requests": 60, "input_tokens": 256, "output_tokens": 32})
     assert row.predicted == pytest.approx(r.serving["rate_per_s"] * 32, rel=1e-12)
+    if r.serving["rate_at_offline_ceiling"]:  # the SLO did not bind: the rate is the offline one
+        assert r.serving["rate_per_s"] == pytest.approx(r.serving["offline_request_rate_per_s"], rel=1e-12)
     assert r.output_tokens_per_s < row.predicted <= r.serving["offline_output_tokens_per_s"] * (1 + 1e-12)
     (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
                        workload={"mode": "server", "rate_per_s": 4, "requests": 40, "input_tokens": 256, "output_tokens": 32})
@@ -253,3 +255,15 @@ def test_a_prompt_above_the_budget_without_chunked_prefill_is_an_infeasible_row(
     wl["scheduler"]["chunked_prefill"] = True  # chunked, the same prompt runs
     (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload=wl)
     assert r.feasible
+
+
+def test_a_lax_slo_stops_at_the_offline_rate(st8):
+    """Above the rate the engine sustains offline a stream is unstable: a lax SLO that a short run
+    would still meet there reports the offline request rate, flagged as the ceiling."""
+    wl = Workload(mode="server", requests=40, input_tokens=256, output_tokens=16)
+    pt = S.serving_point(st8, wl)
+    m, extra, reason = S.serve(pt, wl, SLO(ttft_s=100.0, tpot_s=10.0))
+    assert reason is None and extra["rate_at_offline_ceiling"] is True
+    assert extra["rate_per_s"] == pytest.approx(extra["offline_request_rate_per_s"], rel=1e-12)
+    assert extra["sustained_output_tokens_per_s"] == pytest.approx(extra["rate_per_s"] * 16, rel=1e-12)
+    assert extra["search_runs"] == 3  # the lowest rate, the ceiling, the check at 1.1x
