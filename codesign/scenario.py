@@ -110,6 +110,9 @@ class Measured(_Strict):
     ttft_s: Seconds | None = None  # mean time to first token
     tpot_p50_s: Seconds | None = None  # medians (benchmark clients report both)
     ttft_p50_s: Seconds | None = None
+    e2e_s: Seconds | None = None  # mean end-to-end request latency (server mode)
+    e2e_p50_s: Seconds | None = None
+    requests_per_s: float | None = Field(default=None, gt=0)  # completed requests / duration (server mode)
 
 
 class Scenario(_Strict):

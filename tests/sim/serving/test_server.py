@@ -202,9 +202,11 @@ def test_validate_compares_every_metric_of_a_benchmark_client_row(tmp_path, st8)
                  f"  precision: {json.dumps(PREC)}\n"
                  "  workload: {mode: server, requests: 3, concurrency: 1, input_tokens: 256, output_tokens: 9,\n"
                  "             step_model: {exact: true}}\n"
-                 "  measured: {output_tokens_per_s: 100, ttft_s: 0.01, tpot_s: 0.005, tpot_p50_s: 0.005}\n")
+                 "  measured: {output_tokens_per_s: 100, ttft_s: 0.01, tpot_s: 0.005, tpot_p50_s: 0.005,\n"
+                 "             e2e_s: 0.05, requests_per_s: 20}\n")
     rows = validate_file(str(f))
-    assert [r.metric for r in rows] == ["output_tokens_per_s", "tpot_s", "ttft_s", "tpot_p50_s"]
+    assert [r.metric for r in rows] == ["output_tokens_per_s", "requests_per_s", "tpot_s", "ttft_s", "tpot_p50_s",
+                                        "e2e_s"]
     assert all(r.status == "ok" and r.name == "client" for r in rows)
     got = {r.metric: r.predicted for r in rows}
     ttft = st8.step(StepShape.prefill(1, 256, 0)).time_s
@@ -213,6 +215,21 @@ def test_validate_compares_every_metric_of_a_benchmark_client_row(tmp_path, st8)
     assert got["ttft_s"] == pytest.approx(ttft, rel=1e-6)
     assert got["tpot_s"] == pytest.approx(tpot, rel=1e-4) and got["tpot_p50_s"] == pytest.approx(tpot, rel=1e-4)
     assert got["output_tokens_per_s"] == pytest.approx(27 / (3 * (ttft + sum(decodes))), rel=1e-4)
+    assert got["e2e_s"] == pytest.approx(ttft + sum(decodes), rel=1e-4)  # each request alone, start to finish
+    assert got["requests_per_s"] == pytest.approx(1 / (ttft + sum(decodes)), rel=1e-4)
+
+
+def test_request_stream_metrics_of_a_steady_state_row_are_reported_not_predicted(tmp_path):
+    from codesign.commands.validate import mape, validate_file
+
+    f = tmp_path / "v.yaml"
+    f.write_text("- name: b\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+                 "  workload: {mode: batch, concurrency: 4, input_tokens: 256, output_tokens: 16}\n"
+                 "  measured: {tpot_s: 0.005, e2e_s: 1.0}\n")
+    tpot, e2e = validate_file(str(f))
+    assert tpot.status == "ok" and tpot.predicted > 0
+    assert e2e.predicted is None and e2e.status == "not predicted: e2e_s needs workload.mode 'server' (a request stream)"
+    assert mape([tpot, e2e]) == pytest.approx(abs(tpot.error))
 
 
 def test_validate_compares_an_slo_row_by_its_sustained_throughput(tmp_path):
