@@ -18,10 +18,10 @@ def main() -> None:
     wall = time.perf_counter() - t
     for r in rows:
         err = "-" if r.error is None else f"{r.error:+.1%}"
-        print(f"{r.name:45s} {err:>8s}  {r.status}")
+        print(f"{r.name:55s} {r.metric or '-':20s} {err:>8s}  {r.status}")
     m = mape(rows)
     ok = [abs(r.error) for r in rows if r.status == "ok" and r.error is not None]
-    print(f"MAPE {m:.1%} over {len(ok)} scenarios, worst {max(ok):.1%}; whole file {wall:.2f} s" if m is not None
+    print(f"MAPE {m:.1%} over {len(ok)} comparisons, worst {max(ok):.1%}; whole file {wall:.2f} s" if m is not None
           else f"no supported scenario; whole file {wall:.2f} s")
 
 

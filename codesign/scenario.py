@@ -152,8 +152,13 @@ class Measured(_Strict):
 
     output_tokens_per_s: float | None = Field(default=None, gt=0)
     input_tokens_per_s: float | None = Field(default=None, gt=0)
-    tpot_s: Seconds | None = None
-    ttft_s: Seconds | None = None
+    tpot_s: Seconds | None = None  # mean time per output token
+    ttft_s: Seconds | None = None  # mean time to first token
+    tpot_p50_s: Seconds | None = None  # medians (benchmark clients report both)
+    ttft_p50_s: Seconds | None = None
+    e2e_s: Seconds | None = None  # mean end-to-end request latency (server mode)
+    e2e_p50_s: Seconds | None = None
+    requests_per_s: float | None = Field(default=None, gt=0)  # completed requests / duration (server mode)
 
 
 class Scenario(_Strict):
@@ -185,6 +190,9 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
         if w.engine is not None:
             return ("workload.engine: not yet supported in mode 'server' (the host overhead acts in the "
                     "steady-state modes offline, batch, decode and prefill)")
+        if w.max_batch is not None:  # the scheduler's own cap acts there, per engine
+            return ("workload.max_batch: not yet supported in mode 'server': the running-batch cap of a request stream "
+                    "is workload.scheduler.max_num_seqs (per engine, i.e. per data-parallel replica)")
         return None
     where = f"in steady-state mode {mode!r}"
     if w.mtp is not None:

@@ -67,6 +67,10 @@ def test_one_mapping_and_token_units(tmp_path):
         ("output_tokens: 291}", "output_tokens: 291, max_batch: 0}", r"s\.yaml: workload\.max_batch: .*greater than or equal to 1 \(found: 0\)"),
         ("mode: offline,", "mode: batch, concurrency: 64, max_batch: 32,",
          r"s\.yaml: workload\.concurrency: expected at most workload\.max_batch = 32, found 64"),
+        ("mode: offline,", "mode: server, max_batch: 32,",
+         r"s\.yaml: workload\.max_batch: not yet supported in mode 'server'.*workload\.scheduler\.max_num_seqs"),
+        ("mode: offline,", "mode: server, scheduler: {chunked_prefill: maybe},",
+         r"s\.yaml: workload\.scheduler: chunked_prefill: Input should be a valid boolean"),
     ],
 )
 def test_bad_input_one_line(tmp_path, old, new, pattern):

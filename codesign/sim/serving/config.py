@@ -17,7 +17,23 @@ least 70 GiB of memory other than A100 (H100, H200, MI300X, B200), from
 * preemption by **recompute** (V1's only mode: a preempted request frees its blocks and is
   prefilled again, prompt and generated tokens, when it is rescheduled);
 * scheduling FCFS; prefix caching on in vLLM, with a hit rate that depends on the prompts: here
-  ``prefix_cache_hit_rate`` = 0 (random prompts, as `vllm bench serve --dataset-name random`).
+  ``prefix_cache_hit_rate`` = 0 (random prompts, as `vllm bench serve --dataset-name random`);
+* ``chunked_prefill`` on (vLLM V1 always chunks prompts to the token budget);
+* ``capacity_policy`` ``max_utilization``: admit while the pages a request needs *now* fit and
+  preempt when a running request cannot grow (vLLM's only policy; TensorRT-LLM's
+  ``MAX_UTILIZATION``, which pauses requests).
+
+Two knobs exist for other engines' settings (named by what they do, validated here, acting in
+`codesign.sim.serving.scheduler`):
+
+* ``chunked_prefill: false`` -- a prompt is computed whole in one step, admitted only when all of
+  it fits the step's remaining token budget (TensorRT-LLM without ``enable_chunked_context``, the
+  default of its executor and of the NVIDIA MLPerf harness); a prompt longer than the budget is
+  refused up front, as TensorRT-LLM refuses one above ``max_num_tokens`` without chunking;
+* ``capacity_policy: guaranteed_no_evict`` -- a request is admitted only when the pages for its
+  whole sequence (prompt + every output token) fit beside the whole sequences of the requests
+  already admitted, so nothing is ever preempted (TensorRT-LLM's default
+  ``CapacitySchedulerPolicy.GUARANTEED_NO_EVICT``, used by `trtllm-bench` and `trtllm-serve`).
 
 Limits are **per engine** (one per data-parallel / attention-data-parallel replica, as vLLM runs
 one scheduler per DP rank); the simulator schedules the deployment as one engine with the limits
@@ -45,6 +61,8 @@ class SchedulerConfig(BaseModel):
     block_size: int = Field(default=16, gt=0)
     preemption: Literal["recompute"] = "recompute"
     prefix_cache_hit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    chunked_prefill: bool = True
+    capacity_policy: Literal["max_utilization", "guaranteed_no_evict"] = "max_utilization"
 
     @model_validator(mode="after")
     def _budget_covers_seqs(self) -> "SchedulerConfig":

@@ -20,6 +20,13 @@ One iteration (vLLM V1 `Scheduler.schedule`, FCFS, `SchedulerConfig` knobs):
    marks that share of a prompt (whole blocks, never the last token) as already cached: held in
    pages, not computed.
 
+Other engines' policies (`SchedulerConfig`): with ``chunked_prefill: false`` a prompt is computed
+whole in one step and waits until the step's remaining budget holds all of it (a recompute longer
+than one engine's budget is still chunked: named deviation, TensorRT-LLM would refuse it); with
+``capacity_policy: guaranteed_no_evict`` admission also needs the pages of the request's whole
+sequence (prompt + output + the step's new tokens) beside the whole sequences already admitted
+(`Engine.reserved`), so the pool never overflows and nothing is preempted.
+
 When a prompt's last chunk is computed, the step also samples its first token (TTFT). Decoding
 sequences' state lives in numpy arrays (one slot per sequence), so an iteration costs a few vector
 operations, not a Python loop over the batch. Accepted MTP tokens are counted at their expectation
@@ -76,13 +83,14 @@ class Draft:
 
 class _Req:
     __slots__ = ("rid", "prompt", "out", "target", "computed", "held", "generated", "order", "done", "chunk",
-                 "resumed_from")
+                 "resumed_from", "reserve")
 
     def __init__(self, rid: int, prompt: int, out: int, done: simpy.Event) -> None:
         self.rid, self.prompt, self.out, self.done = rid, prompt, out, done
         self.target, self.computed, self.held, self.generated = prompt, 0, 0.0, 0.0
         self.order, self.chunk = -1, 0
         self.resumed_from: float | None = None  # time of the last token before a preemption
+        self.reserve = 0.0  # bytes of its whole sequence, held against the pool (guaranteed_no_evict)
 
 
 class Recorder:
@@ -137,6 +145,8 @@ class Engine:
         self.waiting: deque[_Req] = deque()
         self.prefilling: list[_Req] = []
         self.prefill_held = 0.0
+        self.no_evict = cfg.capacity_policy == "guaranteed_no_evict"
+        self.reserved = 0.0  # guaranteed_no_evict: whole-sequence bytes of every admitted request
         self.counter = 0
         self.in_system = 0
         self._count_t = 0.0
@@ -248,6 +258,8 @@ class Engine:
             if r not in self.prefilling:  # preempted by an older request in this iteration
                 continue
             chunk = min(r.target - r.computed, budget)
+            if chunk < r.target - r.computed and self._whole(r):
+                continue  # no chunked prefill: the prompt waits for a step with room for all of it
             cost = self.pool.grow_cost(r.computed, chunk)
             while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
                 dec_b = self._dec_bytes(self.n, self.width)
@@ -265,9 +277,15 @@ class Engine:
                 r.computed = self._cached_prefix(r.target)
             chunk = min(r.target - r.computed, budget)
             ready = r.computed >= r.target  # prefilled elsewhere: straight to decoding
+            if not ready and chunk < r.target - r.computed and self._whole(r):
+                break  # no chunked prefill: FCFS waits for a step with room for the whole prompt
             cost = self.pool.cap.seq_footprint(r.computed + (self.width if ready else chunk))
             if used + cost > cap or (ready and budget < self.width):
                 break
+            reserve = self.pool.cap.seq_footprint(r.prompt + r.out + self.width) if self.no_evict else 0.0
+            if self.no_evict and self.reserved + reserve > cap:
+                break  # guaranteed_no_evict: its whole sequence must fit beside the admitted ones
+            r.reserve, self.reserved = reserve, self.reserved + reserve
             self.waiting.popleft()
             if self.rec.admitted[r.rid] != self.rec.admitted[r.rid]:  # NaN: first admission
                 self.rec.admitted[r.rid] = self.env.now
@@ -284,10 +302,16 @@ class Engine:
             groups.append(Group(1, chunk, r.computed))
         n = self.n
         mean_kv = int(round(float(self.kv[:n].sum()) / n)) if n else 0
+        groups = _merge_equal(groups)
         if n:
             groups.insert(0, Group(n, self.width, mean_kv, self.width))
         self.pool.used = used
         return (StepShape(tuple(groups)) if groups else None), n, mean_kv
+
+    def _whole(self, r: _Req) -> bool:
+        """Whether `r`'s prompt must be computed in one step (no chunked prefill, and it fits one
+        engine's budget; a longer recompute after a preemption is chunked)."""
+        return not self.cfg.chunked_prefill and r.target - r.computed <= self.cfg.max_num_batched_tokens
 
     def _cached_prefix(self, target: int) -> int:
         """Tokens of a prompt already in the prefix cache: whole blocks, never the last token."""
@@ -316,6 +340,8 @@ class Engine:
             r = pre
             r.chunk = 0
         self.rec.preemptions[r.rid] += 1
+        self.reserved -= r.reserve
+        r.reserve = 0.0
         r.target = r.prompt + int(r.generated)
         r.computed, r.held = 0, 0.0
         self.waiting.appendleft(r)
@@ -395,10 +421,27 @@ class Engine:
         self.order[i], self.last_emit[i] = r.order, now
 
     def _finish(self, r: _Req) -> None:
+        self.reserved -= r.reserve
+        r.reserve = 0.0
         self.rec.finish[r.rid] = self.env.now
         self.rec.output[r.rid] = r.out
         self._count(-1)
         r.done.succeed()
+
+
+def _merge_equal(chunks: list[Group]) -> list[Group]:
+    """Prompt chunks of equal (new, cached) tokens as one group of that many sequences: the same
+    step for the core (each sequence its own tokens after its own cache), and one group instead of
+    dozens for the step-time model (fixed-length prompts admitted together, e.g. without chunked
+    prefill). First-appearance order is kept."""
+    if len(chunks) < 2:
+        return chunks
+    counts: dict[tuple[int, int], int] = {}
+    for g in chunks:
+        counts[(g.new_tokens, g.cached_tokens)] = counts.get((g.new_tokens, g.cached_tokens), 0) + g.seqs
+    if len(counts) == len(chunks):
+        return chunks
+    return [Group(k, new, cached) for (new, cached), k in counts.items()]
 
 
 def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt: int, out: int,

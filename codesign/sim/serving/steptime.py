@@ -292,9 +292,30 @@ class StepTimeModel:
         return self._pairwise(groups) + self._cross_terms(groups)
 
     def _pairwise(self, groups: tuple[Group, ...]) -> float:
+        """The first group's own step plus, for each further group g, what g adds to it: the two-group
+        step (first, g) less the first group alone, both on the mixed-step grid, so that the first
+        group's interpolation error on that coarser grid cancels in each difference instead of
+        adding up once per further group (with dozens of prompts beside a large decode batch it
+        did, down to negative step times)."""
         first, rest = groups[0], groups[1:]
         alone = self.time_of(first.seqs, first.new_tokens, first.cached_tokens, first.logits)
-        return sum(self.mixed_time((first, g)) for g in rest) - (len(rest) - 1) * alone
+        coarse = self._mixed_alone(first)
+        return alone + sum(self.mixed_time((first, g)) - coarse for g in rest)
+
+    def _mixed_alone(self, g: Group) -> float:
+        """Group g's step alone, interpolated over its mixed-step grid cell (`_cell`)."""
+        x, (x0, x1), y, (y0, y1), sig = self._cell(g)
+
+        def at(xv: int, yv: int) -> float:
+            return self._point(*_corner(sig, xv, yv))
+
+        wx = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+        wy = 0.0 if y1 == y0 else (y - y0) / (y1 - y0)
+        t00 = at(x0, y0)
+        t01 = t00 if y1 == y0 else at(x0, y1)
+        t10 = t00 if x1 == x0 else at(x1, y0)
+        t11 = t10 if y1 == y0 else (t01 if x1 == x0 else at(x1, y1))
+        return (1 - wx) * ((1 - wy) * t00 + wy * t01) + wx * ((1 - wy) * t10 + wy * t11)
 
     def _cross_terms(self, groups: tuple[Group, ...]) -> float:
         """The whole step minus its pairwise sum, both at the anchor (every group at its nearest

@@ -149,3 +149,51 @@ def test_engine_defaults_follow_vllm_by_chip():
     assert (big.max_num_seqs, big.max_num_batched_tokens) == (1024, 8192)
     assert (small.max_num_seqs, small.max_num_batched_tokens) == (256, 2048)
     assert scheduler_config({"max_num_seqs": 64}, hw=load_hw("a100")).max_num_batched_tokens == 2048
+
+
+def test_without_chunked_prefill_a_prompt_waits_for_room_for_all_of_it():
+    s = burst_stream(3, 5000, 2, seed=0)  # fixed lengths: 3 prompts of 5000 tokens, 2 output tokens
+    chunked: list[StepShape] = []
+    run_stream(s, SchedulerConfig(), capacity(), recorded(chunked))
+    assert chunked[0].groups == (Group(1, 5000, 0), Group(1, 3192, 0))  # 8192 tokens: the second is split
+    whole: list[StepShape] = []
+    rec = run_stream(s, SchedulerConfig(chunked_prefill=False), capacity(), recorded(whole))
+    # step 1: the first prompt alone (5000 + 5000 > 8192); step 2: its decode + the second prompt;
+    # step 3: the second's decode + the third prompt. No group is ever a partial prompt.
+    assert [tuple(g.tokens for g in sh.groups) for sh in whole[:3]] == [(5000,), (1, 5000), (1, 5000)]
+    assert all(g.tokens in (1, 5000) for sh in whole for g in sh.groups) and np.isfinite(rec.finish).all()
+    first = A + B * 5000  # the first prompt's step, by hand
+    assert rec.first_token[0] == pytest.approx(first, rel=1e-12)
+    assert rec.first_token[1] == pytest.approx(first + (A + B + C * 5000) + (A + B * 5000), rel=1e-12)
+
+
+def test_guaranteed_no_evict_admits_whole_sequences_and_never_preempts():
+    # room for 4 whole sequences (100 + 200 tokens + 1 ahead, in 16-token pages: 19 pages = 304 bytes)
+    s = burst_stream(10, 100, 200, seed=0)
+    cap = capacity(tokens=4 * 304)
+    rec = run_stream(s, SchedulerConfig(capacity_policy="guaranteed_no_evict"), cap, step_time)
+    assert rec.preemptions.sum() == 0 and np.isfinite(rec.finish).all()
+    assert max(rec.step_running) == 4  # vs max_utilization, which admits more and then preempts
+    util = run_stream(s, SchedulerConfig(), cap, step_time)
+    assert max(util.step_running) > 4 and util.preemptions.sum() > 0
+    # in waves of 4: the fifth request starts only when a whole sequence's pages are released
+    assert rec.first_token[4] > rec.finish[:4].min() - 1e-12
+
+
+def test_new_scheduler_fields_are_validated():
+    with pytest.raises(CodesignError, match="workload.scheduler: capacity_policy: Input should be 'max_utilization' or "
+                       "'guaranteed_no_evict'"):
+        scheduler_config({"capacity_policy": "no_evict"})
+    with pytest.raises(CodesignError, match="workload.scheduler: chunked_prefill: Input should be a valid boolean"):
+        scheduler_config({"chunked_prefill": "sometimes"})
+    d = SchedulerConfig()
+    assert d.chunked_prefill is True and d.capacity_policy == "max_utilization"
+
+
+def test_equal_prompt_chunks_form_one_group():
+    s = burst_stream(3, 2000, 4, seed=0)  # 6000 tokens fit one 8192-token step
+    shapes: list[StepShape] = []
+    run_stream(s, SchedulerConfig(chunked_prefill=False), capacity(), recorded(shapes))
+    assert shapes[0].groups == (Group(3, 2000, 0),)
+    (g,) = shapes[1].groups  # then the three decode together (one stretch, timed at its middle)
+    assert (g.seqs, g.new_tokens) == (3, 1)

@@ -61,7 +61,7 @@ def test_slo_search_meets_at_the_rate_and_misses_above(st8):
     m, extra, reason = S.serve(pt, wl, slo)
     assert reason is None and m is not None and extra["stream"] == "poisson"
     assert m.ttft_s["p99"] <= slo.ttft_s and m.tpot_s["p99"] <= slo.tpot_s
-    assert extra["above_rate"]["meets_slo"] is False
+    assert extra["above_rate"]["meets_slo"] is False and extra["rate_at_offline_ceiling"] is False
     assert extra["above_rate"]["rate_per_s"] == pytest.approx(1.1 * extra["rate_per_s"])
     assert m.output_tokens_per_s <= extra["offline_output_tokens_per_s"]
     # the same run again at the reported rate reproduces it (seeded)
@@ -188,3 +188,99 @@ def test_validate_runs_server_rows(tmp_path):
     (row,) = validate_file(str(f))
     assert row.status == "ok" and row.predicted > 0
     assert row.error == pytest.approx((row.predicted - 1000) / 1000)  # a fraction
+
+
+def test_validate_compares_every_metric_of_a_benchmark_client_row(tmp_path, st8):
+    """A `vllm bench serve`-style row (3 requests, one outstanding at a time) compared on throughput,
+    mean TTFT, mean and median TPOT; each prediction against a hand calculation from the core's
+    exact steps: alone on the engine, a request's TTFT is its prompt's step, its TPOT the mean of
+    its decode steps at cached lengths 256..263."""
+    from codesign.commands.validate import validate_file
+
+    f = tmp_path / "v.yaml"
+    f.write_text("- name: client\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+                 f"  precision: {json.dumps(PREC)}\n"
+                 "  workload: {mode: server, requests: 3, concurrency: 1, input_tokens: 256, output_tokens: 9,\n"
+                 "             step_model: {exact: true}}\n"
+                 "  measured: {output_tokens_per_s: 100, ttft_s: 0.01, tpot_s: 0.005, tpot_p50_s: 0.005,\n"
+                 "             e2e_s: 0.05, requests_per_s: 20}\n")
+    rows = validate_file(str(f))
+    assert [r.metric for r in rows] == ["output_tokens_per_s", "requests_per_s", "tpot_s", "ttft_s", "tpot_p50_s",
+                                        "e2e_s"]
+    assert all(r.status == "ok" and r.name == "client" for r in rows)
+    got = {r.metric: r.predicted for r in rows}
+    ttft = st8.step(StepShape.prefill(1, 256, 0)).time_s
+    decodes = [st8.step(StepShape.decode(1, kv)).time_s for kv in range(256, 264)]
+    tpot = sum(decodes) / 8
+    assert got["ttft_s"] == pytest.approx(ttft, rel=1e-6)
+    assert got["tpot_s"] == pytest.approx(tpot, rel=1e-4) and got["tpot_p50_s"] == pytest.approx(tpot, rel=1e-4)
+    assert got["output_tokens_per_s"] == pytest.approx(27 / (3 * (ttft + sum(decodes))), rel=1e-4)
+    assert got["e2e_s"] == pytest.approx(ttft + sum(decodes), rel=1e-4)  # each request alone, start to finish
+    assert got["requests_per_s"] == pytest.approx(1 / (ttft + sum(decodes)), rel=1e-4)
+
+
+def test_request_stream_metrics_of_a_steady_state_row_are_reported_not_predicted(tmp_path):
+    from codesign.commands.validate import mape, validate_file
+
+    f = tmp_path / "v.yaml"
+    f.write_text("- name: b\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+                 "  workload: {mode: batch, concurrency: 4, input_tokens: 256, output_tokens: 16}\n"
+                 "  measured: {tpot_s: 0.005, e2e_s: 1.0}\n")
+    tpot, e2e = validate_file(str(f))
+    assert tpot.status == "ok" and tpot.predicted > 0
+    assert e2e.predicted is None and e2e.status == "not predicted: e2e_s needs workload.mode 'server' (a request stream)"
+    assert mape([tpot, e2e]) == pytest.approx(abs(tpot.error))
+
+
+def test_validate_compares_an_slo_row_by_its_sustained_throughput(tmp_path):
+    """An SLO-search row: its throughput is the rate found x mean output tokens (what a long run at
+    that stable rate completes); the finite run's tokens / duration is lower by its drain. A stream
+    at a rate of the workload's own is compared by its run's figure (it may exceed capacity)."""
+    from codesign.commands.validate import validate_file
+
+    f = tmp_path / "v.yaml"
+    f.write_text("- name: s\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+                 "  workload: {mode: server, requests: 60, input_tokens: 256, output_tokens: 32}\n"
+                 "  slo: {ttft_s: 0.5, tpot_s: 0.02}\n  measured: {output_tokens_per_s: 1000}\n")
+    (row,) = validate_file(str(f))
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, slo={"ttft_s": 0.5, "tpot_s": 0.02},
+                       workload={"mode": "server", "requests": 60, "input_tokens": 256, "output_tokens": 32})
+    assert row.predicted == pytest.approx(r.serving["rate_per_s"] * 32, rel=1e-12)
+    if r.serving["rate_at_offline_ceiling"]:  # the SLO did not bind: the rate is the offline one
+        assert r.serving["rate_per_s"] == pytest.approx(r.serving["offline_request_rate_per_s"], rel=1e-12)
+    assert r.output_tokens_per_s < row.predicted <= r.serving["offline_output_tokens_per_s"] * (1 + 1e-12)
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
+                       workload={"mode": "server", "rate_per_s": 4, "requests": 40, "input_tokens": 256, "output_tokens": 32})
+    assert "sustained_output_tokens_per_s" not in r.serving
+
+
+def test_measured_latency_fields_are_validated(tmp_path):
+    from codesign.scenario import load_scenarios
+
+    f = tmp_path / "v.yaml"
+    f.write_text("name: s\nhardware: h200\nmodel: qwen3-8b\nmeasured: {tpot_p50_s: -1}\n")
+    with pytest.raises(CodesignError, match=r"v\.yaml: measured\.tpot_p50_s: Input should be greater than 0"):
+        load_scenarios(f)
+
+
+def test_a_prompt_above_the_budget_without_chunked_prefill_is_an_infeasible_row():
+    wl = {"mode": "server", "requests": 4, "input_tokens": 5000, "output_tokens": 8,
+          "scheduler": {"max_num_batched_tokens": 4096, "max_num_seqs": 64, "chunked_prefill": False}}
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload=wl)
+    assert not r.feasible
+    assert "5000 input tokens, above workload.scheduler.max_num_batched_tokens = 4096, and chunked_prefill is false" in r.reason
+    wl["scheduler"]["chunked_prefill"] = True  # chunked, the same prompt runs
+    (r,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload=wl)
+    assert r.feasible
+
+
+def test_a_lax_slo_stops_at_the_offline_rate(st8):
+    """Above the rate the engine sustains offline a stream is unstable: a lax SLO that a short run
+    would still meet there reports the offline request rate, flagged as the ceiling."""
+    wl = Workload(mode="server", requests=40, input_tokens=256, output_tokens=16)
+    pt = S.serving_point(st8, wl)
+    m, extra, reason = S.serve(pt, wl, SLO(ttft_s=100.0, tpot_s=10.0))
+    assert reason is None and extra["rate_at_offline_ceiling"] is True
+    assert extra["rate_per_s"] == pytest.approx(extra["offline_request_rate_per_s"], rel=1e-12)
+    assert extra["sustained_output_tokens_per_s"] == pytest.approx(extra["rate_per_s"] * 16, rel=1e-12)
+    assert extra["search_runs"] == 3  # the lowest rate, the ceiling, the check at 1.1x

@@ -145,3 +145,25 @@ def test_context_limit_is_respected():
     m.group_time(Group(1, 3000, 1999))
     m.group_time(Group(3, 1, 4990))
     assert all(g.kv_len <= 5000 for s in core.calls for g in s.groups)
+
+
+def test_many_prompts_beside_a_large_decode_batch_stay_close_to_the_core():
+    """Steps of one large decode group and k prompt chunks of different lengths (short-prompt server
+    streams): the pairwise sum takes each prompt's increment on the mixed-step grid, so the decode
+    group's coarse-grid interpolation error cancels per prompt instead of adding up k times (it
+    used to put k = 10 at -8% and large k below zero)."""
+    from codesign import mapping
+    from codesign.hw import load_hw
+    from codesign.models import load_model
+    from codesign.sim.serving.steptime import StepTimeModel
+    from codesign.sim.stepper import Stepper
+
+    st = Stepper(load_hw("h200"), load_model("qwen3-8b"), mapping.ParallelPlan.from_dict({"tp": 1}),
+                 mapping.Precision.from_dict({"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"}))
+    m = StepTimeModel(st.step, 40960)
+    prev = 0.0
+    for k in (2, 5, 10, 20):
+        sh = StepShape((Group(700, 1, 300),) + tuple(Group(1, 150 + 10 * i, 0) for i in range(k)))
+        t = m.step_time(sh)
+        assert t == pytest.approx(st.step(sh).time_s, rel=0.04) and t > prev
+        prev = t
