@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 from codesign.sim.cache import BoundedCache
-from codesign.sim.schedule import schedule_indexed
+from codesign.sim.schedule import _UNITS, schedule_compiled
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Contracted:
     units: list[tuple[str, ...]]
     preds: list[list[int]]
     members: list[list[int]]
+    _compiled: tuple | None = field(default=None, repr=False)
 
     def makespan(self, secs: list[float]) -> float:
         """The list schedule's makespan with item i lasting secs[i]."""
@@ -35,7 +36,15 @@ class Contracted:
             for j in m[1:]:
                 s += secs[j]
             total.append(s)
-        return schedule_indexed(self.units, self.preds, total)
+        if self._compiled is None:
+            index = {u: i for i, u in enumerate(_UNITS)}
+            succ: list[list[int]] = [[] for _ in self.units]
+            for v, ps in enumerate(self.preds):
+                for p in ps:
+                    succ[p].append(v)
+            self._compiled = ([tuple(index[u] for u in us) for us in self.units], succ,
+                              [len(ps) for ps in self.preds])
+        return schedule_compiled(*self._compiled, total)
 
 
 def contract(kinds: list[str], preds: list[list[int]]) -> Contracted:
