@@ -175,3 +175,125 @@ def test_calibrating_a_gpu_is_not_yet_supported(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     assert main(["calibrate", "--device", "cuda"]) == 2
     assert "not yet supported" in capsys.readouterr().err
+
+
+# -- cold regimes: heavy kernels, the vocabulary scrub, re-warm ---------------------------------------
+
+
+def test_vocabulary_covers_every_traced_target_and_fused_kernel():
+    from codesign.native.calibrate import FUSED_TARGETS, tiny_op_shapes, vocabulary
+
+    shapes = tiny_op_shapes()
+    calls = vocabulary(torch.device("cpu"), shapes)
+    assert set(calls) == set(shapes) | set(FUSED_TARGETS)
+    assert len(FUSED_TARGETS) == 3 and all(t.startswith("codesign.") for t in FUSED_TARGETS)
+    # every fused kernel the tracer emits is in the vocabulary
+    traced = {op.target.rsplit(".", 1)[0] for name in ("qwen3.5-397b-a17b", "llama-2-70b")
+              for _, op in cs.trace(without_mtp(cs.load_model(name).tiny()), phase="decode", batch=1,
+                                    context=17).nodes(data="op") if op.target.startswith("codesign.")}
+    assert traced <= set(FUSED_TARGETS)
+    calls["codesign.gated_delta_rule_step"]()  # each is a runnable call
+
+
+def test_vocabulary_scrub_runs_every_other_op_once():
+    from codesign.native.microbench import VocabularyScrub
+
+    ran = []
+    calls = {n: (lambda n=n: ran.append(n)) for n in ("a", "b", "c")}
+    scrub = VocabularyScrub(calls, "b")
+    scrub()
+    assert ran == ["a", "c"]
+    with pytest.raises(ValueError, match="'z' is not in the vocabulary"):
+        VocabularyScrub(calls, "z")
+
+
+def _fake_cold(light: dict, heavy: dict):
+    """mb.cold stand-in: the figure of a call after the light scrub or after a vocabulary scrub."""
+    from codesign.native import microbench as mb
+
+    def cold(fn, device, repeats, scrub=None):
+        name = fn.name
+        return heavy[name] if isinstance(scrub, mb.VocabularyScrub) else light[name]
+    return cold
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self):
+        return None
+
+
+def test_heavy_targets_are_timed_after_the_vocabulary_scrub(monkeypatch):
+    from codesign.native import calibrate as calmod
+    from codesign.native import microbench as mb
+
+    shapes = {"aten.mul.Tensor": None, "aten.convolution.default": None, "aten.topk.default": None}
+    monkeypatch.setattr("codesign.native.replay.build", lambda op, device, dtype: _Named(target_of[id(op)]))
+    ops = {t: object() for t in shapes}
+    target_of = {id(o): t for t, o in ops.items()}
+    light = {"aten.mul.Tensor": 3e-6, "aten.convolution.default": 70e-6, "aten.topk.default": 29e-6}
+    heavy = {"aten.mul.Tensor": 9e-6, "aten.convolution.default": 120e-6, "aten.topk.default": 50e-6}
+    monkeypatch.setattr(mb, "cold", _fake_cold(light, heavy))
+    calls = {t: (lambda: None) for t in shapes}
+    # threshold 10 dispatches of 3 us = 30 us: only the convolution is heavy
+    costs, light_of_heavy = calmod.per_target_costs(torch.device("cpu"), 1, ops, 10 * 3e-6, calls)
+    assert costs == {"aten.convolution.default": 120e-6, "aten.mul.Tensor": 3e-6, "aten.topk.default": 29e-6}
+    assert light_of_heavy == {"aten.convolution.default": 70e-6}
+    costs, _ = calmod.per_target_costs(torch.device("cpu"), 1, ops, float("inf"), calls)
+    assert costs == light  # no heavy targets
+
+
+def test_rewarm_is_the_block_after_one_heavy_call_minus_after_the_light_scrub(monkeypatch):
+    from codesign.native import microbench as mb
+
+    def cold(fn, device, repeats, scrub=None):
+        return 50e-6 if scrub is None else 50e-6 + scrub.heavy.extra
+    monkeypatch.setattr(mb, "cold", cold)
+
+    def heavy(extra):
+        fn = lambda: None  # noqa: E731
+        fn.extra = extra
+        return fn
+    out = mb.rewarm(lambda: None, {"x": heavy(12e-6), "y": heavy(20e-6)}, torch.device("cpu"), 1)
+    assert out == pytest.approx({"x": 12e-6, "y": 20e-6})
+
+
+def test_heavy_kernels_pay_the_rewarm_once_per_call():
+    costs = EagerCosts(**EAGER, ops={"aten.convolution.default": 7e-5}, heavy_ops=["aten.convolution.default"],
+                       heavy_rewarm_s=1e-5)
+    cm = EagerCostModel(cs.load_hw("cpu-host"), costs, options=None, dispatch_ratio=1.0)
+    assert cm.overhead(_op("codesign.attention.default", "attention")) == pytest.approx(5e-5 + 1e-5)
+    assert cm.overhead(_op("codesign.gated_delta_rule_step.default", "vector")) == pytest.approx(1e-4 + 1e-5)
+    moe = _op("codesign.moe_experts.default", "grouped_gemm", tpe=(3, 0, 1, 0))
+    assert cm.overhead(moe) == pytest.approx(4e-5 + 2 * 2e-5 + 1e-5)
+    assert cm.overhead(_op("aten.convolution.default", "vector")) == pytest.approx(7e-5 + 1e-5)
+    assert cm.overhead(_op("aten.convolution.default", "vector", repeat=3)) == pytest.approx(3 * 8e-5)
+    assert cm.overhead(_op("aten.mul.Tensor", "vector")) == pytest.approx(cm.launch_s)  # light: no re-warm
+    # an overlay without the fields (written before them) charges no re-warm
+    old = EagerCostModel(cs.load_hw("cpu-host"), EagerCosts(**EAGER), options=None)
+    assert old.overhead(_op("codesign.attention.default", "attention")) == pytest.approx(5e-5)
+
+
+def test_calibration_derives_the_heavy_fields_from_its_benchmarks(tmp_path):
+    import statistics
+
+    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1)
+    b, e = cal.benchmarks, cal.eager
+    assert e.gated_delta_rule_step_s == b["gated_delta_rule_step_s"] and "gated_delta_rule_step_light_s" in b
+    assert e.attention_s == b["attention_1x16_gqa_s"] and "attention_1x16_gqa_light_s" in b
+    per_expert = max(0.0, (b["moe_experts_8tok_8experts_s"] - b["moe_experts_8tok_1expert_s"]) / 7)
+    assert e.moe_expert_s == pytest.approx(per_expert, rel=1e-3)
+    assert e.heavy_ops == sorted(k[: -len("_light_s")] for k in b if k.startswith("aten.") and k.endswith("_light_s"))
+    for target in e.heavy_ops:  # timed light first, and heavy because the light figure passed the threshold
+        assert b[f"{target}_light_s"] >= 10 * cal.cost["launch_overhead_s"] * (1 - 1e-3)
+    rewarm = [v for k, v in b.items() if k.startswith("rewarm_after_")]
+    assert len(rewarm) == 3 + len(e.heavy_ops)
+    assert e.heavy_rewarm_s == pytest.approx(max(0.0, statistics.median(rewarm)), rel=1e-3, abs=1e-9)
+
+
+def test_calibrate_rejects_a_non_positive_heavy_threshold(capsys):
+    assert main(["calibrate", "--device", "cpu", "--heavy-dispatches", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "codesign: error: --heavy-dispatches: expected a positive number, found 0.0"
