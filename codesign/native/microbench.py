@@ -40,6 +40,7 @@ named assumption):
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -200,20 +201,31 @@ def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype
     return cold(call, device, repeats) / n, n
 
 
-class _Then:
-    """The light scrub, then one call of a heavy kernel (untimed)."""
-
-    def __init__(self, device: torch.device, heavy: Callable[[], object]) -> None:
-        self.light, self.heavy = Scrub(device), heavy
-
-    def __call__(self) -> None:
-        self.light()
-        self.heavy()
-
-
 def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], device: torch.device,
            repeats: int) -> dict[str, float]:
     """Seconds a block of light ops costs more right after one call of each heavy kernel than after
-    the light scrub alone: what the light ops after a heavy kernel pay to re-warm what it evicted."""
-    base = cold(block, device, repeats)
-    return {name: cold(block, device, repeats, _Then(device, fn)) - base for name, fn in heavy.items()}
+    the light scrub alone: what the light ops after a heavy kernel pay to re-warm what it evicted.
+    Paired: each sample times the block after the light scrub, then after the light scrub and one
+    heavy call, and keeps the difference (a shared machine's slow drifts cancel); the median of
+    `repeats` x `COLD_REPEATS` pairs after a discarded warm-up."""
+    from codesign.native.replay import _sync, clock
+
+    now, light = clock(device), Scrub(device)
+
+    def timed(before: Callable[[], object] | None) -> float:
+        light()
+        if before is not None:
+            before()
+        _sync(device)
+        t0 = now()
+        block()
+        _sync(device)
+        return now() - t0
+
+    out = {}
+    with torch.no_grad():
+        for name, fn in heavy.items():
+            for _ in range(3):
+                timed(fn)
+            out[name] = statistics.median(timed(fn) - timed(None) for _ in range(repeats * COLD_REPEATS))
+    return out

@@ -246,18 +246,25 @@ def test_heavy_targets_are_timed_after_the_vocabulary_scrub(monkeypatch):
 
 
 def test_rewarm_is_the_block_after_one_heavy_call_minus_after_the_light_scrub(monkeypatch):
+    """A fake clock advances by what each call costs: the block 50 us, plus the heavy kernel's
+    eviction penalty when that kernel ran just before it; the heavy kernels themselves take no time."""
     from codesign.native import microbench as mb
 
-    def cold(fn, device, repeats, scrub=None):
-        return 50e-6 if scrub is None else 50e-6 + scrub.heavy.extra
-    monkeypatch.setattr(mb, "cold", cold)
+    state = {"t": 0.0, "last": None}
+    monkeypatch.setattr("codesign.native.replay.clock", lambda device: lambda: state["t"])
 
-    def heavy(extra):
-        fn = lambda: None  # noqa: E731
-        fn.extra = extra
+    def heavy(name):
+        def fn():
+            state["last"] = name
         return fn
-    out = mb.rewarm(lambda: None, {"x": heavy(12e-6), "y": heavy(20e-6)}, torch.device("cpu"), 1)
-    assert out == pytest.approx({"x": 12e-6, "y": 20e-6})
+
+    penalty = {"x": 12e-6, "y": 20e-6}
+
+    def block():
+        state["t"] += 50e-6 + penalty.get(state["last"], 0.0)
+        state["last"] = None
+    out = mb.rewarm(block, {"x": heavy("x"), "y": heavy("y")}, torch.device("cpu"), 1)
+    assert out == pytest.approx(penalty)
 
 
 def test_heavy_kernels_pay_the_rewarm_once_per_call():
