@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -30,6 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--heavy-dispatches", type=float, default=None,
                    help="light cold cost, in per-dispatch costs, from which an aten op is a heavy kernel timed after "
                    "the vocabulary scrub (default: codesign.native.calibrate.HEAVY_OP_DISPATCHES; docs/native.md)")
+    p.add_argument("--passes", type=int, default=None,
+                   help="passes over the microbenchmarks, each field at its least contended figure (default: "
+                   "codesign.native.calibrate.CALIBRATION_PASSES)")
     p.add_argument("--json", action="store_true", help="print the overlay as JSON")
     return p
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from codesign.hw import load_hw
-    from codesign.native.calibrate import HEAVY_OP_DISPATCHES, calibrate
+    from codesign.native.calibrate import CALIBRATION_PASSES, HEAVY_OP_DISPATCHES, calibrate
     from codesign.native.overlay import default_path, write
 
     device = device_or_error(args.device)
@@ -73,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     heavy = HEAVY_OP_DISPATCHES if args.heavy_dispatches is None else args.heavy_dispatches
     if not heavy > 0:
         raise CodesignError(f"--heavy-dispatches: expected a positive number, found {args.heavy_dispatches}")
-    cal, notes = calibrate(hw, device, args.repeats, step, heavy)
+    passes = CALIBRATION_PASSES if args.passes is None else args.passes
+    if passes < 1:
+        raise CodesignError(f"--passes: expected a positive number, found {passes}")
+    cal, notes = calibrate(hw, device, args.repeats, step, heavy, passes)
     header = (f"Calibration overlay for hw_specs/{hw.name}.yaml, written by `codesign calibrate --device {args.device} "
               f"--threads {args.threads}`.\nMicrobenchmarks only (codesign/native/calibrate.py); see docs/native.md.")
     write(cal, out, header)

@@ -110,7 +110,8 @@ def test_prediction_is_the_sum_of_eager_op_costs(tmp_path):
 
 
 def test_calibrate_writes_a_valid_overlay(tmp_path):
-    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1)
+    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1, passes=2)
+    assert "2 passes" in cal.measured
     out = tmp_path / "cal.yaml"
     write(cal, out, "test")
     back = load_calibrated(out)
@@ -286,7 +287,7 @@ def test_heavy_kernels_pay_the_rewarm_once_per_call():
 def test_calibration_derives_the_heavy_fields_from_its_benchmarks(tmp_path):
     import statistics
 
-    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1)
+    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1, passes=1)  # one pass: its own figures
     b, e = cal.benchmarks, cal.eager
     assert e.gated_delta_rule_step_s == b["gated_delta_rule_step_s"] and "gated_delta_rule_step_light_s" in b
     assert e.attention_s == b["attention_1x16_gqa_s"] and "attention_1x16_gqa_light_s" in b
@@ -304,3 +305,84 @@ def test_calibrate_rejects_a_non_positive_heavy_threshold(capsys):
     assert main(["calibrate", "--device", "cpu", "--heavy-dispatches", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "codesign: error: --heavy-dispatches: expected a positive number, found 0.0"
+
+
+# -- uncontended figures: a low quantile of the samples, the least contended of several passes --------
+
+
+def test_low_quantile_is_the_floor_rank_sample():
+    from codesign.native.replay import low_quantile
+
+    xs = [float(x) for x in (9, 1, 8, 2, 7, 3, 6, 4, 5, 10, 11)]  # 11 samples: rank floor(0.1 x 10) = 1
+    assert low_quantile(xs) == 2.0
+    assert low_quantile(xs, 0.0) == 1.0 and low_quantile(xs, 1.0) == 11.0
+    assert low_quantile([3.0, 1.0, 2.0]) == 1.0  # fewer than 11 samples: the minimum
+    with pytest.raises(ValueError):
+        low_quantile([])
+
+
+def test_native_check_measures_the_low_quantile_of_every_decode_step(monkeypatch):
+    """A fake clock: prefills take 10 ms, decode steps 1 ms except one slow round (contention)."""
+    from codesign.native import check
+
+    state = {"t": 0.0, "calls": 0}
+
+    def fake_clock(device):
+        def now():
+            return state["t"]
+        return now
+    monkeypatch.setattr(check, "clock", fake_clock)
+    cfg = without_mtp(cs.load_model("llama-3.1-70b").tiny())
+    real_build = check.build_native
+
+    def build(config, seed, dtype, device):
+        model = real_build(config, seed, dtype, device)
+
+        class Timed(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = model
+                self.norm, self.lm_head, self.make_caches = model.norm, model.lm_head, model.make_caches
+
+            def hidden_states(self, *a):
+                state["t"] += 10e-3
+                return model.hidden_states(*a)
+
+            def forward(self, *a):
+                state["calls"] += 1
+                rnd = (state["calls"] - 1) // 2  # 2 decode steps per round; round 0 is the warm-up
+                state["t"] += 5e-3 if rnd == 2 else 1e-3
+                return model(*a)
+        return Timed()
+    monkeypatch.setattr(check, "build_native", build)
+    m = check.measure(cfg, 1, 4, 2, 3, torch.device("cpu"))
+    assert m.prefill_s == pytest.approx(10e-3) and m.decode_step_s == pytest.approx(1e-3)
+    assert m.decode_step_median_s == pytest.approx(1e-3)  # median of the per-round medians (1, 5, 1 ms)
+    assert m.decode_spread == pytest.approx((5e-3 - 1e-3) / 1e-3)
+
+
+def test_passes_merge_to_the_least_contended_figures():
+    from codesign.native.calibrate import merge
+
+    def cal(gemm, half, launch, gdn, conv, heavy, rewarm, bench):
+        return Calibration.model_validate({
+            **OVERLAY, "efficiency": {**OVERLAY["efficiency"], "gemm": gemm, "small_m_half": half},
+            "cost": {"launch_overhead_s": launch, "fused_activations_on_chip": False},
+            "eager": {**EAGER, "gated_delta_rule_step_s": gdn, "ops": {"aten.convolution.default": conv,
+                                                                        "aten.mul.Tensor": 3e-6 + launch},
+                      "heavy_ops": heavy, "heavy_rewarm_s": rewarm},
+            "benchmarks": {"copy_s": bench, "rewarm_after_x_s": rewarm}})
+    a = cal(0.40, 3, 3e-6, 1.2e-4, 1.3e-4, ["aten.convolution.default"], 10e-6, 0.04)
+    b = cal(0.30, 2, 5e-6, 1.9e-4, 0.7e-4, [], 30e-6, 0.06)  # contended; conv not found heavy here
+    c = cal(0.35, 4, 4e-6, 1.5e-4, 1.4e-4, ["aten.convolution.default"], 12e-6, 0.05)
+    m = merge([a, b, c])
+    assert m.efficiency["gemm"] == 0.40 and m.efficiency["small_m_half"] == 2
+    assert m.cost["launch_overhead_s"] == 3e-6 and m.cost["fused_activations_on_chip"] is False
+    assert m.eager.gated_delta_rule_step_s == 1.2e-4
+    assert m.eager.heavy_ops == ["aten.convolution.default"]
+    assert m.eager.ops["aten.convolution.default"] == 1.3e-4  # least of the heavy figures, not pass b's light one
+    assert m.eager.ops["aten.mul.Tensor"] == pytest.approx(6e-6)
+    assert m.eager.heavy_rewarm_s == 12e-6 and m.benchmarks["rewarm_after_x_s"] == 12e-6  # medians
+    assert m.benchmarks["copy_s"] == 0.04
+    assert "3 passes" in m.measured
+    assert merge([a]) == a
