@@ -38,7 +38,7 @@ contended figure (named assumption: on a shared machine contention only ever add
 that can cover one whole benchmark): seconds at their minimum over the passes, efficiencies at
 their maximum, `small_m_half` at its minimum, the re-warm (a difference of two timings, not
 monotone in contention) at its median; a target heavy in any pass is heavy, at its heavy figure.
-This matches native-check's uncontended measurement (`codesign.native.check.LOW_QUANTILE`).
+native-check measures its least contended round the same way (`codesign.native.check`).
 
 Efficiencies are capped at 1 (a benchmark faster than the spec's peak says the peak is wrong: the
 command says so). `cost` also records the eager-execution switches: `fused_activations_on_chip:

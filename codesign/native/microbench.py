@@ -1,10 +1,10 @@
 """Microbenchmarks of the host device: the kernel-level measurements that calibration turns into an
 efficiency overlay (`codesign.native.calibrate`). Nothing here runs a model end to end.
 
-Each benchmark returns uncontended seconds per call (the `LOW_QUANTILE` quantile of `repeats` timed
-regions after a discarded warm-up, `codesign.native.replay.time_fn`: on a shared machine other
-jobs' contention only ever adds time), with seeded inputs; `rewarm`, a difference of two timings,
-is the median of paired differences instead. The per-call costs of small ops
+Each benchmark returns seconds per call (median of `repeats` timed regions after a discarded
+warm-up, `codesign.native.replay.time_fn`), with seeded inputs; `rewarm`, a difference of two
+timings, is the median of paired differences. On a shared machine the calibration runs them in
+several passes and keeps each field's least contended figure (`codesign.native.calibrate.merge`). The per-call costs of small ops
 (`module_ops` and the fused kernels at tiny shapes) are timed **cold**, because in a model every op
 follows different ops, and a call repeated back to back finds its code and branch history in the
 caches (on the reference VM warm calls are ~1.5-2x faster than cold ones). Two scrubs, each run
@@ -47,7 +47,7 @@ from collections.abc import Callable
 
 import torch
 
-from codesign.native.replay import LOW_QUANTILE, time_fn
+from codesign.native.replay import time_fn
 
 
 SCRUB_OPS = 100  # small unary ops and views, eight kinds
@@ -92,10 +92,8 @@ class VocabularyScrub:
 
 
 def cold(fn, device: torch.device, repeats: int, scrub: Callable[[], object] | None = None) -> float:
-    """Uncontended seconds of single calls of `fn` (the `LOW_QUANTILE` quantile), each after an
-    untimed scrub (default: `Scrub`)."""
-    return time_fn(fn, device, warmup=3, repeats=repeats * COLD_REPEATS, scrub=scrub or Scrub(device),
-                   quantile=LOW_QUANTILE)
+    """Median seconds of single calls of `fn`, each after an untimed scrub (default: `Scrub`)."""
+    return time_fn(fn, device, warmup=3, repeats=repeats * COLD_REPEATS, scrub=scrub or Scrub(device))
 
 
 def _rand(gen: torch.Generator, *shape: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -106,20 +104,20 @@ def gemm(m: int, n: int, k: int, device: torch.device, dtype: torch.dtype, repea
     g = torch.Generator().manual_seed(seed)
     a, b = _rand(g, m, k, device=device, dtype=dtype), _rand(g, k, n, device=device, dtype=dtype)
     inner = max(1, int(2e7 // max(1, 2 * m * n * k)))  # tiny shapes: several calls per timed region
-    return time_fn(lambda: torch.matmul(a, b), device, warmup=2, repeats=repeats, inner=inner, quantile=LOW_QUANTILE)
+    return time_fn(lambda: torch.matmul(a, b), device, warmup=2, repeats=repeats, inner=inner)
 
 
 def stream_copy(nbytes: int, device: torch.device, repeats: int) -> float:
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    return time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=repeats, quantile=LOW_QUANTILE)
+    return time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=repeats)
 
 
 def vector_mul(numel: int, device: torch.device, repeats: int) -> float:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(numel, generator=g).to(device), torch.rand(numel, generator=g).to(device)
     out = torch.empty_like(x)
-    return time_fn(lambda: torch.mul(x, y, out=out), device, warmup=2, repeats=repeats, inner=20, quantile=LOW_QUANTILE)
+    return time_fn(lambda: torch.mul(x, y, out=out), device, warmup=2, repeats=repeats, inner=20)
 
 
 def attention_call(t: int, s: int, heads: int, dim: int, device: torch.device, dtype: torch.dtype,
@@ -140,7 +138,7 @@ def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype:
     call = attention_call(t, s, heads, dim, device, dtype, kv_heads)
     if t * s <= 4096:  # a tiny call: its per-call cost, timed cold
         return cold(call, device, repeats, scrub)
-    return time_fn(call, device, 2, repeats, quantile=LOW_QUANTILE)
+    return time_fn(call, device, 2, repeats)
 
 
 def moe_experts_call(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,

@@ -459,24 +459,11 @@ def clock_name(device: torch.device) -> str:
     return "thread CPU time" if clock(device) is time.thread_time else "wall time"
 
 
-# The low quantile that uncontended figures are taken at (calibration and native-check on a shared
-# machine, where other jobs' contention only ever adds time; docs/native.md "Timing").
-LOW_QUANTILE = 0.1
-
-
-def low_quantile(xs: list[float], q: float = LOW_QUANTILE) -> float:
-    """The sample at rank floor(q (n - 1)) of the sorted samples (q = 0: the minimum)."""
-    if not xs:
-        raise ValueError("low_quantile: no samples")
-    return sorted(xs)[int(q * (len(xs) - 1))]
-
-
 def time_fn(fn: Thunk, device: torch.device, warmup: int = 2, repeats: int = 5, inner: int = 1,
-            scrub: Thunk | None = None, quantile: float | None = None) -> float:
-    """Median seconds of one call of `fn` (`quantile` q: the q-quantile, `low_quantile`): `warmup`
-    calls discarded, then `repeats` timed regions of `inner` calls each, bracketed by a device sync.
-    `scrub`, if given, runs untimed before each timed region (a cold-call benchmark,
-    `codesign.native.microbench.Scrub`)."""
+            scrub: Thunk | None = None) -> float:
+    """Median seconds of one call of `fn`: `warmup` calls discarded, then `repeats` timed regions of
+    `inner` calls each, bracketed by a device sync. `scrub`, if given, runs untimed before each
+    timed region (a cold-call benchmark, `codesign.native.microbench.Scrub`)."""
     now = clock(device)
     with torch.no_grad():
         for _ in range(warmup):
@@ -492,7 +479,7 @@ def time_fn(fn: Thunk, device: torch.device, warmup: int = 2, repeats: int = 5, 
                 fn()
             _sync(device)
             times.append((now() - t0) / inner)
-    return statistics.median(times) if quantile is None else low_quantile(times, quantile)
+    return statistics.median(times)
 
 
 @dataclass(frozen=True)

@@ -307,22 +307,12 @@ def test_calibrate_rejects_a_non_positive_heavy_threshold(capsys):
     assert err == "codesign: error: --heavy-dispatches: expected a positive number, found 0.0"
 
 
-# -- uncontended figures: a low quantile of the samples, the least contended of several passes --------
+# -- least contended figures: the fastest round, the least contended of several calibration passes ------
 
 
-def test_low_quantile_is_the_floor_rank_sample():
-    from codesign.native.replay import low_quantile
-
-    xs = [float(x) for x in (9, 1, 8, 2, 7, 3, 6, 4, 5, 10, 11)]  # 11 samples: rank floor(0.1 x 10) = 1
-    assert low_quantile(xs) == 2.0
-    assert low_quantile(xs, 0.0) == 1.0 and low_quantile(xs, 1.0) == 11.0
-    assert low_quantile([3.0, 1.0, 2.0]) == 1.0  # fewer than 11 samples: the minimum
-    with pytest.raises(ValueError):
-        low_quantile([])
-
-
-def test_native_check_measures_the_low_quantile_of_every_decode_step(monkeypatch):
-    """A fake clock: prefills take 10 ms, decode steps 1 ms except one slow round (contention)."""
+def test_native_check_measures_the_least_contended_round(monkeypatch):
+    """A fake clock: prefills take 10 ms, decode steps 1 ms, 2 ms in the first round and 5 ms in the
+    second (contention)."""
     from codesign.native import check
 
     state = {"t": 0.0, "calls": 0}
@@ -351,14 +341,14 @@ def test_native_check_measures_the_low_quantile_of_every_decode_step(monkeypatch
             def forward(self, *a):
                 state["calls"] += 1
                 rnd = (state["calls"] - 1) // 2  # 2 decode steps per round; round 0 is the warm-up
-                state["t"] += 5e-3 if rnd == 2 else 1e-3
+                state["t"] += {1: 2e-3, 2: 5e-3}.get(rnd, 1e-3)
                 return model(*a)
         return Timed()
     monkeypatch.setattr(check, "build_native", build)
     m = check.measure(cfg, 1, 4, 2, 3, torch.device("cpu"))
     assert m.prefill_s == pytest.approx(10e-3) and m.decode_step_s == pytest.approx(1e-3)
-    assert m.decode_step_median_s == pytest.approx(1e-3)  # median of the per-round medians (1, 5, 1 ms)
-    assert m.decode_spread == pytest.approx((5e-3 - 1e-3) / 1e-3)
+    assert m.decode_step_median_s == pytest.approx(2e-3)  # median of the rounds' medians (2, 5, 1 ms)
+    assert m.decode_spread == pytest.approx((5e-3 - 1e-3) / 2e-3)
 
 
 def test_passes_merge_to_the_least_contended_figures():
