@@ -31,7 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="light cold cost, in per-dispatch costs, from which an aten op is a heavy kernel timed after "
                    "the vocabulary scrub (default: codesign.native.calibrate.HEAVY_OP_DISPATCHES; docs/native.md)")
     p.add_argument("--passes", type=int, default=None,
-                   help="passes over the microbenchmarks, each field at its least contended figure (default: "
+                   help="passes over the microbenchmarks, each field at its median over them (default: "
                    "codesign.native.calibrate.CALIBRATION_PASSES)")
     p.add_argument("--json", action="store_true", help="print the overlay as JSON")
     return p

@@ -30,8 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=7,
-                   help="measured rounds (the uncontended figure is a low quantile over them; default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=7, help="measured rounds (median; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the calibration's)")
@@ -121,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
             ("decode", "decode step", r.decode_step_predicted_s, r.decode_step_measured_s))
     for key, label, p, m in rows:
         print(f"{label:<22}{p * 1e3:>10.2f}ms{m * 1e3:>10.2f}ms{r.error_pct[key]:>8.1f}%{r.noise_pct[key]:>7.1f}%")
-    print(f"measured = {r.statistic}; medians {r.prefill_median_s * 1e3:.2f} ms and "
-          f"{r.decode_step_median_s * 1e3:.2f} ms")
     if "warning" in d:
         print(f"warning: {d['warning']}")
     return 0

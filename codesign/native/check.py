@@ -6,11 +6,8 @@ position only, as the tracer records it), repeated `repeats` times; then `decode
 after a prefill, each timed alone, over `repeats` rounds. A discarded warm-up round comes first.
 The clock is `codesign.native.replay.clock`: the thread's CPU time on a CPU with one torch thread
 (a shared machine's other processes then do not count), wall time otherwise.
-Reported: the prefill and decode step of the **least contended round** — the fastest prefill and
-the smallest of the rounds' median decode steps (named assumption: on a shared machine other jobs'
-cache and memory contention only ever adds time, in bursts that can cover whole rounds; the
-calibration keeps the least contended of its passes the same way, `codesign.native.calibrate.merge`)
-— beside the medians over the rounds and their spread (the noise: (max - min) / median).
+Reported: the median prefill and the median decode step, and their spread (the noise of a shared
+machine: (max - min) / median over the repeats).
 
 The prediction (`predict`): the same steps through the simulator's normal path — `codesign.trace`
 (prefill: `batch` x `prompt_tokens` tokens after 0 cached; decode: one token at the middle decode
@@ -37,12 +34,10 @@ from codesign.native.run import _sync, build_native
 
 @dataclass
 class Measured:
-    prefill_s: float  # the least contended round's (module docstring)
+    prefill_s: float
     decode_step_s: float
     prefill_spread: float
     decode_spread: float
-    prefill_median_s: float = 0.0
-    decode_step_median_s: float = 0.0
 
 
 @dataclass
@@ -60,9 +55,6 @@ class CheckResult:
     decode_step_measured_s: float
     error_pct: dict[str, float]
     noise_pct: dict[str, float]  # (max - min) / median of the measured repeats
-    prefill_median_s: float  # the medians, beside the uncontended figures above
-    decode_step_median_s: float
-    statistic: str  # what the measured seconds are
     clock: str  # what the measured seconds are: thread CPU time (CPU, one thread) or wall time
     predicted_by_kind_s: dict[str, dict[str, float]]
     calibration: str
@@ -109,13 +101,12 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
 
     caches, tok, _ = prefill()  # warm-up round, discarded
     decode(caches, tok)
-    pre, rounds = [], []
+    pre, steps = [], []
     for _ in range(repeats):
         caches, tok, t = prefill()
         pre.append(t)
-        rounds.append(statistics.median(decode(caches, tok)))
-    return Measured(min(pre), min(rounds), _spread(pre), _spread(rounds), statistics.median(pre),
-                    statistics.median(rounds))
+        steps.append(statistics.median(decode(caches, tok)))
+    return Measured(statistics.median(pre), statistics.median(steps), _spread(pre), _spread(steps))
 
 
 def predict(config: ModelConfig, cal: Calibrated, batch: int, prompt_tokens: int, decode_steps: int
@@ -172,8 +163,5 @@ def native_check(config: ModelConfig, cal: Calibrated, batch: int = 1, prompt_to
         decode_step_predicted_s=dec_p, decode_step_measured_s=meas.decode_step_s,
         error_pct={"prefill": err(pre_p, meas.prefill_s), "decode": err(dec_p, meas.decode_step_s)},
         noise_pct={"prefill": round(100 * meas.prefill_spread, 1), "decode": round(100 * meas.decode_spread, 1)},
-        prefill_median_s=meas.prefill_median_s, decode_step_median_s=meas.decode_step_median_s,
-        statistic=f"least contended of {repeats} rounds: the fastest prefill, the smallest median of a round's "
-                  f"{decode_steps} decode steps",
         clock=clock_name(dev), predicted_by_kind_s=kinds, calibration=str(cal.path),
     )

@@ -3,8 +3,8 @@ efficiency overlay (`codesign.native.calibrate`). Nothing here runs a model end 
 
 Each benchmark returns seconds per call (median of `repeats` timed regions after a discarded
 warm-up, `codesign.native.replay.time_fn`), with seeded inputs; `rewarm`, a difference of two
-timings, is the median of paired differences. On a shared machine the calibration runs them in
-several passes and keeps each field's least contended figure (`codesign.native.calibrate.merge`). The per-call costs of small ops
+timings, is the median of paired differences. The calibration runs them in several passes and
+keeps each field's median (`codesign.native.calibrate.merge`). The per-call costs of small ops
 (`module_ops` and the fused kernels at tiny shapes) are timed **cold**, because in a model every op
 follows different ops, and a call repeated back to back finds its code and branch history in the
 caches (on the reference VM warm calls are ~1.5-2x faster than cold ones). Two scrubs, each run
