@@ -27,6 +27,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="overlay file to write (default: hw_specs/calibration/<spec>.yaml)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per benchmark (median; default: %(default)s)")
+    p.add_argument("--heavy-dispatches", type=float, default=None,
+                   help="light cold cost, in per-dispatch costs, from which an aten op is a heavy kernel timed after "
+                   "the vocabulary scrub (default: codesign.native.calibrate.HEAVY_OP_DISPATCHES; docs/native.md)")
+    p.add_argument("--passes", type=int, default=None,
+                   help="passes over the microbenchmarks, each field at its median over them (default: "
+                   "codesign.native.calibrate.CALIBRATION_PASSES)")
     p.add_argument("--json", action="store_true", help="print the overlay as JSON")
     return p
 
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from codesign.hw import load_hw
-    from codesign.native.calibrate import calibrate
+    from codesign.native.calibrate import CALIBRATION_PASSES, HEAVY_OP_DISPATCHES, calibrate
     from codesign.native.overlay import default_path, write
 
     device = device_or_error(args.device)
@@ -67,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"  {label}...", file=sys.stderr, flush=True)
 
-    cal, notes = calibrate(hw, device, args.repeats, step)
+    heavy = HEAVY_OP_DISPATCHES if args.heavy_dispatches is None else args.heavy_dispatches
+    if not heavy > 0:
+        raise CodesignError(f"--heavy-dispatches: expected a positive number, found {args.heavy_dispatches}")
+    passes = CALIBRATION_PASSES if args.passes is None else args.passes
+    if passes < 1:
+        raise CodesignError(f"--passes: expected a positive number, found {passes}")
+    cal, notes = calibrate(hw, device, args.repeats, step, heavy, passes)
     header = (f"Calibration overlay for hw_specs/{hw.name}.yaml, written by `codesign calibrate --device {args.device} "
               f"--threads {args.threads}`.\nMicrobenchmarks only (codesign/native/calibrate.py); see docs/native.md.")
     write(cal, out, header)
@@ -86,7 +98,9 @@ def summary(hw, device, cal, notes: list[str]) -> str:
     lines += [f"  efficiency.{k:<14} {v:<10.4g} (spec {base.get(k)})" for k, v in cal.efficiency.items()]
     lines += [f"  cost.{k:<20} {v}" for k, v in cal.cost.items()]
     for k, v in cal.eager.model_dump().items():
-        if isinstance(v, dict):  # measured per-call costs of ordinary ops, by target
+        if isinstance(v, list):  # the aten targets timed as heavy kernels
+            lines.append(f"  eager.{k:<19} {', '.join(v) or 'none'}")
+        elif isinstance(v, dict):  # measured per-call costs of ordinary ops, by target
             lines.append(f"  eager.{k:<19} {len(v)} op targets measured, {min(v.values(), default=0) * 1e6:.1f}-"
                          f"{max(v.values(), default=0) * 1e6:.1f} us")
         else:

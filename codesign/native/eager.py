@@ -19,6 +19,10 @@ calibration overlay, `codesign.native.overlay`):
   views are spread evenly over the recorded ops);
 * `codesign::attention`, `codesign::gated_delta_rule_step` pay their measured per-call cost, and
   `codesign::moe_experts` its per-call cost plus a per-active-expert cost (its loop over experts);
+* a heavy kernel (the three fused kernels and the aten targets in `eager.heavy_ops`, the oneDNN
+  convolution) evicts the dispatch path that the light ops after it share: each call of one also
+  pays `eager.heavy_rewarm_s`, what a block of light ops costs more right after one heavy kernel
+  than after light ops (`codesign.native.microbench.rewarm`; docs/native.md "Cold regimes");
 * a loop recorded once for `repeat` trips (the GatedDeltaNet chunk recurrence) pays its overhead
   `repeat` times: eager torch dispatches the body on every trip.
 """
@@ -37,22 +41,26 @@ class EagerCostModel(CostModel):
         super().__init__(hw, matrix_dtype, attention_dtype, options)
         self.eager = eager
         self.dispatch_ratio = dispatch_ratio
+        self.heavy = frozenset(eager.heavy_ops)
 
     def overhead(self, op: Op) -> float:
         if op.kind == "collective":
             return 0.0
         target = op.target.split(".")[:2]
         name = ".".join(target)
+        rewarm = self.eager.heavy_rewarm_s
         if name == "codesign.attention":
-            per_call = self.eager.attention_s
+            per_call = self.eager.attention_s + rewarm
         elif name == "codesign.gated_delta_rule_step":
-            per_call = self.eager.gated_delta_rule_step_s
+            per_call = self.eager.gated_delta_rule_step_s + rewarm
         elif name == "codesign.moe_experts":
             active = sum(1 for t in (op.tokens_per_expert or ()) if t > 0)
-            per_call = self.eager.moe_experts_s + active * self.eager.moe_expert_s
+            per_call = self.eager.moe_experts_s + active * self.eager.moe_expert_s + rewarm
         else:
             launch = self.launch_s  # the options value, else the chip's efficiency.kernel_overhead
             per_call = self.eager.ops.get(op.target, launch) + max(self.dispatch_ratio - 1.0, 0.0) * launch
+            if op.target in self.heavy:
+                per_call += rewarm
         return per_call * max(op.repeat, 1)
 
 

@@ -2,17 +2,31 @@
 efficiency overlay (`codesign.native.calibrate`). Nothing here runs a model end to end.
 
 Each benchmark returns seconds per call (median of `repeats` timed regions after a discarded
-warm-up, `codesign.native.replay.time_fn`), with seeded inputs. The per-call costs of small ops
-(`module_ops` and the fused kernels at tiny shapes) are timed **cold**: before each timed call a
-`Scrub` runs untimed — `SCRUB_OPS` other small ops (unary ops and views) and, if `SCRUB_BYTES`
-is set, a pass over that much memory — because in a model every op follows different ops, and a
-call repeated back to back finds its code and branch history in the caches (a named assumption:
-on the reference VM warm calls are ~1.5-2x faster than cold ones). No data pass by default: a tiny
-model's weights and caches stay in the L2 between its ops.
+warm-up, `codesign.native.replay.time_fn`), with seeded inputs; `rewarm`, a difference of two
+timings, is the median of paired differences. The calibration runs them in several passes and
+keeps each field's median (`codesign.native.calibrate.merge`). The per-call costs of small ops
+(`module_ops` and the fused kernels at tiny shapes) are timed **cold**, because in a model every op
+follows different ops, and a call repeated back to back finds its code and branch history in the
+caches (on the reference VM warm calls are ~1.5-2x faster than cold ones). Two scrubs, each run
+untimed before every timed call (which one applies to which op is `codesign.native.calibrate`'s
+named assumption):
+
+* `Scrub` (light): `SCRUB_OPS` other small ops (unary ops and views) and, if `SCRUB_BYTES` is set,
+  a pass over that much memory. What a light aten op meets in a model: its own kind recurs within
+  a few ops, and the dispatcher and TensorIterator code it shares with every other element-wise op
+  stays hot. No data pass by default: a tiny model's weights and caches stay in the L2.
+* `VocabularyScrub` (heavy): one call of every other op kind of the tracer's vocabulary (each aten
+  target at its smallest tiny-config shape, `codesign.native.calibrate.tiny_op_shapes`, and the
+  fused kernels at the tiny shapes below). What a heavy kernel meets in a model: it runs once per
+  layer, and between two calls the layer's other kernels (oneDNN's convolution, the other Python
+  custom ops) evict the code that only it uses (the custom-op dispatch machinery and its Python
+  body, a oneDNN primitive's setup).
 
 * `gemm(m, n, k)` — `torch.matmul` (M, K) x (K, N);
 * `stream_copy(nbytes)` — a copy of a buffer far larger than the last-level cache (read + write);
 * `vector_mul(numel)` — element-wise `torch.mul` of two cache-resident vectors;
+* `attention_call`, `moe_experts_call`, `gdn_step_call` — the fused kernels' calls (thunks) at given
+  shapes: what the benchmarks below time and what `VocabularyScrub` runs;
 * `attention(t, s, heads, dim, kv_heads)` — the project's own `codesign::attention` kernel (what
   native runs use), GQA when `kv_heads` < `heads` (its extra head expansion is part of the call);
 * `moe_experts(tokens, experts, ...)` — the project's `codesign::moe_experts` with a given number of
@@ -21,10 +35,15 @@ model's weights and caches stay in the L2 between its ops.
   every GatedDeltaNet model has, so the head expansion is part of the call);
 * `module_ops(...)` — the project's RMSNorm and dense SwiGLU MLP at one token: seconds per aten
   dispatch (views included) of the call (eager torch's per-op cost: dispatch, allocation, the
-  Python between ops).
+  Python between ops);
+* `rewarm(block, heavy)` — that block right after one call of each heavy kernel minus the block
+  after the light scrub: what light ops pay after a heavy kernel evicted their dispatch path.
 """
 
 from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -37,8 +56,8 @@ COLD_REPEATS = 5  # cold calls are timed one by one: this many times more repeat
 
 
 class Scrub:
-    """Untimed work between cold calls: other small ops (unary ops, views, reductions) and a
-    pass over a buffer the size of the L2."""
+    """Light untimed work between cold calls: other small ops (unary ops, views) and, if
+    `SCRUB_BYTES` is set, a pass over that much memory."""
 
     def __init__(self, device: torch.device) -> None:
         g = torch.Generator().manual_seed(1)
@@ -57,9 +76,24 @@ class Scrub:
             self.buf.add_(1.0)
 
 
-def cold(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of single calls of `fn`, each after an untimed `Scrub`."""
-    return time_fn(fn, device, warmup=3, repeats=repeats * COLD_REPEATS, scrub=Scrub(device))
+class VocabularyScrub:
+    """Heavy untimed work between cold calls: one call of each op of a vocabulary (name -> thunk)
+    except `skip`, the op being timed (`codesign.native.calibrate.vocabulary`)."""
+
+    def __init__(self, vocabulary: dict[str, Callable[[], object]], skip: str) -> None:
+        if skip not in vocabulary:
+            raise ValueError(f"VocabularyScrub: {skip!r} is not in the vocabulary")
+        self.names = [name for name in vocabulary if name != skip]
+        self.fns = [vocabulary[name] for name in self.names]
+
+    def __call__(self) -> None:
+        for fn in self.fns:
+            fn()
+
+
+def cold(fn, device: torch.device, repeats: int, scrub: Callable[[], object] | None = None) -> float:
+    """Median seconds of single calls of `fn`, each after an untimed scrub (default: `Scrub`)."""
+    return time_fn(fn, device, warmup=3, repeats=repeats * COLD_REPEATS, scrub=scrub or Scrub(device))
 
 
 def _rand(gen: torch.Generator, *shape: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -86,8 +120,9 @@ def vector_mul(numel: int, device: torch.device, repeats: int) -> float:
     return time_fn(lambda: torch.mul(x, y, out=out), device, warmup=2, repeats=repeats, inner=20)
 
 
-def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype: torch.dtype, repeats: int,
-              kv_heads: int | None = None) -> float:
+def attention_call(t: int, s: int, heads: int, dim: int, device: torch.device, dtype: torch.dtype,
+                   kv_heads: int | None = None) -> Callable[[], torch.Tensor]:
+    """`codesign::attention` of t queries over s keys (causal after s - t cached)."""
     from codesign.models import kernels
 
     g = torch.Generator().manual_seed(0)
@@ -95,14 +130,19 @@ def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype:
     hkv = kv_heads or heads
     k, v = _rand(g, 1, hkv, s, dim, device=device, dtype=dtype), _rand(g, 1, hkv, s, dim, device=device, dtype=dtype)
     scale = kernels.default_scale(dim)
-    call = lambda: kernels.attention(q, k, v, s - t, 0, scale, None)  # noqa: E731
+    return lambda: kernels.attention(q, k, v, s - t, 0, scale, None)
+
+
+def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype: torch.dtype, repeats: int,
+              kv_heads: int | None = None, scrub: Callable[[], object] | None = None) -> float:
+    call = attention_call(t, s, heads, dim, device, dtype, kv_heads)
     if t * s <= 4096:  # a tiny call: its per-call cost, timed cold
-        return cold(call, device, repeats)
+        return cold(call, device, repeats, scrub)
     return time_fn(call, device, 2, repeats)
 
 
-def moe_experts(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,
-                dtype: torch.dtype, repeats: int) -> float:
+def moe_experts_call(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,
+                     dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     """One `moe_experts` call with `tokens` tokens at top-1 spread over `active` experts."""
     from codesign.models import kernels
 
@@ -112,11 +152,16 @@ def moe_experts(tokens: int, active: int, experts: int, hidden: int, width: int,
     w = torch.ones(tokens, 1, device=device, dtype=dtype)
     wgu = _rand(g, experts, 2 * width, hidden, device=device, dtype=dtype)
     wd = _rand(g, experts, hidden, width, device=device, dtype=dtype)
-    return cold(lambda: kernels.moe_experts(x, ids, w, wgu, wd, None, None, "silu"), device, repeats)
+    return lambda: kernels.moe_experts(x, ids, w, wgu, wd, None, None, "silu")
 
 
-def gdn_step(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: torch.device, dtype: torch.dtype,
-             repeats: int) -> float:
+def moe_experts(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,
+                dtype: torch.dtype, repeats: int, scrub: Callable[[], object] | None = None) -> float:
+    return cold(moe_experts_call(tokens, active, experts, hidden, width, device, dtype), device, repeats, scrub)
+
+
+def gdn_step_call(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: torch.device,
+                  dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     """The fused decode step with `key_heads` query/key heads serving `heads` value heads."""
     from codesign.models import gated_deltanet  # noqa: F401  (registers the op)
 
@@ -128,11 +173,16 @@ def gdn_step(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: t
     beta = torch.rand(batch, 1, heads, generator=g).to(device, dtype)
     state = torch.zeros(batch, heads, dk, dv, device=device)
     step = torch.ops.codesign.gated_delta_rule_step
-    return cold(lambda: step(q, k, v, decay, beta, state), device, repeats)
+    return lambda: step(q, k, v, decay, beta, state)
 
 
-def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int) -> tuple[float, int]:
-    """(seconds per aten dispatch, dispatches) of the project's RMSNorm + SwiGLU MLP at one token."""
+def gdn_step(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: torch.device, dtype: torch.dtype,
+             repeats: int, scrub: Callable[[], object] | None = None) -> float:
+    return cold(gdn_step_call(batch, key_heads, heads, dk, dv, device, dtype), device, repeats, scrub)
+
+
+def module_block(hidden: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], object], int]:
+    """(call, aten dispatches of one call) of the project's RMSNorm + SwiGLU MLP at one token."""
     from codesign.native.dispatch import count_module
     from codesign.models.config import ModelConfig
     from codesign.models.mlp import MLP
@@ -144,6 +194,40 @@ def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype
     torch.manual_seed(0)
     block = torch.nn.Sequential(BlockNorm(hidden), MLP(cfg, 0)).to(device, dtype)
     x = torch.randn(1, 1, hidden).to(device, dtype)
-    t = cold(lambda: block(x), device, repeats)
-    n = count_module(block, x)
-    return t / n, n
+    return (lambda: block(x)), count_module(block, x)
+
+
+def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int) -> tuple[float, int]:
+    """(seconds per aten dispatch, dispatches) of the project's RMSNorm + SwiGLU MLP at one token."""
+    call, n = module_block(hidden, width, device, dtype)
+    return cold(call, device, repeats) / n, n
+
+
+def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], device: torch.device,
+           repeats: int) -> dict[str, float]:
+    """Seconds a block of light ops costs more right after one call of each heavy kernel than after
+    the light scrub alone: what the light ops after a heavy kernel pay to re-warm what it evicted.
+    Paired: each sample times the block after the light scrub, then after the light scrub and one
+    heavy call, and keeps the difference (a shared machine's slow drifts cancel); the median of
+    `repeats` x `COLD_REPEATS` pairs after a discarded warm-up."""
+    from codesign.native.replay import _sync, clock
+
+    now, light = clock(device), Scrub(device)
+
+    def timed(before: Callable[[], object] | None) -> float:
+        light()
+        if before is not None:
+            before()
+        _sync(device)
+        t0 = now()
+        block()
+        _sync(device)
+        return now() - t0
+
+    out = {}
+    with torch.no_grad():
+        for name, fn in heavy.items():
+            for _ in range(3):
+                timed(fn)
+            out[name] = statistics.median(timed(fn) - timed(None) for _ in range(repeats * COLD_REPEATS))
+    return out

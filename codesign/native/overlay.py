@@ -53,6 +53,11 @@ class EagerCosts(BaseModel):
     # differ from the plain dispatch (a oneDNN convolution, a triangular solve, top-k); a target
     # not listed costs cost.launch_overhead_s
     ops: dict[str, Seconds] = {}
+    # Heavy kernels (docs/native.md "Cold regimes"): the aten targets among `ops` timed as heavy
+    # (the fused kernels always are), and what the light ops after one heavy kernel pay to re-warm
+    # the dispatch path it evicted, charged once per heavy kernel call (0: not modelled)
+    heavy_ops: list[str] = []
+    heavy_rewarm_s: Seconds = 0.0
 
 
 class Calibration(BaseModel):

@@ -110,7 +110,8 @@ def test_prediction_is_the_sum_of_eager_op_costs(tmp_path):
 
 
 def test_calibrate_writes_a_valid_overlay(tmp_path):
-    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1)
+    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1, passes=2)
+    assert "2 passes" in cal.measured
     out = tmp_path / "cal.yaml"
     write(cal, out, "test")
     back = load_calibrated(out)
@@ -175,3 +176,203 @@ def test_calibrating_a_gpu_is_not_yet_supported(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     assert main(["calibrate", "--device", "cuda"]) == 2
     assert "not yet supported" in capsys.readouterr().err
+
+
+# -- cold regimes: heavy kernels, the vocabulary scrub, re-warm ---------------------------------------
+
+
+def test_vocabulary_covers_every_traced_target_and_fused_kernel():
+    from codesign.native.calibrate import FUSED_TARGETS, tiny_op_shapes, vocabulary
+
+    shapes = tiny_op_shapes()
+    calls = vocabulary(torch.device("cpu"), shapes)
+    assert set(calls) == set(shapes) | set(FUSED_TARGETS)
+    assert len(FUSED_TARGETS) == 3 and all(t.startswith("codesign.") for t in FUSED_TARGETS)
+    # every fused kernel the tracer emits is in the vocabulary
+    traced = {op.target.rsplit(".", 1)[0] for name in ("qwen3.5-397b-a17b", "llama-2-70b")
+              for _, op in cs.trace(without_mtp(cs.load_model(name).tiny()), phase="decode", batch=1,
+                                    context=17).nodes(data="op") if op.target.startswith("codesign.")}
+    assert traced <= set(FUSED_TARGETS)
+    calls["codesign.gated_delta_rule_step"]()  # each is a runnable call
+
+
+def test_vocabulary_scrub_runs_every_other_op_once():
+    from codesign.native.microbench import VocabularyScrub
+
+    ran = []
+    calls = {n: (lambda n=n: ran.append(n)) for n in ("a", "b", "c")}
+    scrub = VocabularyScrub(calls, "b")
+    scrub()
+    assert ran == ["a", "c"]
+    with pytest.raises(ValueError, match="'z' is not in the vocabulary"):
+        VocabularyScrub(calls, "z")
+
+
+def _fake_cold(light: dict, heavy: dict):
+    """mb.cold stand-in: the figure of a call after the light scrub or after a vocabulary scrub."""
+    from codesign.native import microbench as mb
+
+    def cold(fn, device, repeats, scrub=None):
+        name = fn.name
+        return heavy[name] if isinstance(scrub, mb.VocabularyScrub) else light[name]
+    return cold
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self):
+        return None
+
+
+def test_heavy_targets_are_timed_after_the_vocabulary_scrub(monkeypatch):
+    from codesign.native import calibrate as calmod
+    from codesign.native import microbench as mb
+
+    shapes = {"aten.mul.Tensor": None, "aten.convolution.default": None, "aten.topk.default": None}
+    monkeypatch.setattr("codesign.native.replay.build", lambda op, device, dtype: _Named(target_of[id(op)]))
+    ops = {t: object() for t in shapes}
+    target_of = {id(o): t for t, o in ops.items()}
+    light = {"aten.mul.Tensor": 3e-6, "aten.convolution.default": 70e-6, "aten.topk.default": 29e-6}
+    heavy = {"aten.mul.Tensor": 9e-6, "aten.convolution.default": 120e-6, "aten.topk.default": 50e-6}
+    monkeypatch.setattr(mb, "cold", _fake_cold(light, heavy))
+    calls = {t: (lambda: None) for t in shapes}
+    # threshold 10 dispatches of 3 us = 30 us: only the convolution is heavy
+    costs, light_of_heavy = calmod.per_target_costs(torch.device("cpu"), 1, ops, 10 * 3e-6, calls)
+    assert costs == {"aten.convolution.default": 120e-6, "aten.mul.Tensor": 3e-6, "aten.topk.default": 29e-6}
+    assert light_of_heavy == {"aten.convolution.default": 70e-6}
+    costs, _ = calmod.per_target_costs(torch.device("cpu"), 1, ops, float("inf"), calls)
+    assert costs == light  # no heavy targets
+
+
+def test_rewarm_is_the_block_after_one_heavy_call_minus_after_the_light_scrub(monkeypatch):
+    """A fake clock advances by what each call costs: the block 50 us, plus the heavy kernel's
+    eviction penalty when that kernel ran just before it; the heavy kernels themselves take no time."""
+    from codesign.native import microbench as mb
+
+    state = {"t": 0.0, "last": None}
+    monkeypatch.setattr("codesign.native.replay.clock", lambda device: lambda: state["t"])
+
+    def heavy(name):
+        def fn():
+            state["last"] = name
+        return fn
+
+    penalty = {"x": 12e-6, "y": 20e-6}
+
+    def block():
+        state["t"] += 50e-6 + penalty.get(state["last"], 0.0)
+        state["last"] = None
+    out = mb.rewarm(block, {"x": heavy("x"), "y": heavy("y")}, torch.device("cpu"), 1)
+    assert out == pytest.approx(penalty)
+
+
+def test_heavy_kernels_pay_the_rewarm_once_per_call():
+    costs = EagerCosts(**EAGER, ops={"aten.convolution.default": 7e-5}, heavy_ops=["aten.convolution.default"],
+                       heavy_rewarm_s=1e-5)
+    cm = EagerCostModel(cs.load_hw("cpu-host"), costs, options=None, dispatch_ratio=1.0)
+    assert cm.overhead(_op("codesign.attention.default", "attention")) == pytest.approx(5e-5 + 1e-5)
+    assert cm.overhead(_op("codesign.gated_delta_rule_step.default", "vector")) == pytest.approx(1e-4 + 1e-5)
+    moe = _op("codesign.moe_experts.default", "grouped_gemm", tpe=(3, 0, 1, 0))
+    assert cm.overhead(moe) == pytest.approx(4e-5 + 2 * 2e-5 + 1e-5)
+    assert cm.overhead(_op("aten.convolution.default", "vector")) == pytest.approx(7e-5 + 1e-5)
+    assert cm.overhead(_op("aten.convolution.default", "vector", repeat=3)) == pytest.approx(3 * 8e-5)
+    assert cm.overhead(_op("aten.mul.Tensor", "vector")) == pytest.approx(cm.launch_s)  # light: no re-warm
+    # an overlay without the fields (written before them) charges no re-warm
+    old = EagerCostModel(cs.load_hw("cpu-host"), EagerCosts(**EAGER), options=None)
+    assert old.overhead(_op("codesign.attention.default", "attention")) == pytest.approx(5e-5)
+
+
+def test_calibration_derives_the_heavy_fields_from_its_benchmarks(tmp_path):
+    import statistics
+
+    cal, _ = calibrate(cs.load_hw("cpu-host"), torch.device("cpu"), repeats=1, passes=1)  # one pass: its own figures
+    b, e = cal.benchmarks, cal.eager
+    assert e.gated_delta_rule_step_s == b["gated_delta_rule_step_s"] and "gated_delta_rule_step_light_s" in b
+    assert e.attention_s == b["attention_1x16_gqa_s"] and "attention_1x16_gqa_light_s" in b
+    per_expert = max(0.0, (b["moe_experts_8tok_8experts_s"] - b["moe_experts_8tok_1expert_s"]) / 7)
+    assert e.moe_expert_s == pytest.approx(per_expert, rel=1e-3)
+    assert e.heavy_ops == sorted(k[: -len("_light_s")] for k in b if k.startswith("aten.") and k.endswith("_light_s"))
+    for target in e.heavy_ops:  # timed light first, and heavy because the light figure passed the threshold
+        assert b[f"{target}_light_s"] >= 10 * cal.cost["launch_overhead_s"] * (1 - 1e-3)
+    rewarm = [v for k, v in b.items() if k.startswith("rewarm_after_")]
+    assert len(rewarm) == 3 + len(e.heavy_ops)
+    assert e.heavy_rewarm_s == pytest.approx(max(0.0, statistics.median(rewarm)), rel=1e-3, abs=1e-9)
+
+
+def test_calibrate_rejects_a_non_positive_heavy_threshold(capsys):
+    assert main(["calibrate", "--device", "cpu", "--heavy-dispatches", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "codesign: error: --heavy-dispatches: expected a positive number, found 0.0"
+
+
+# -- the measurement on a fake clock; calibration passes merged field by field ----------------------------
+
+
+def test_native_check_measures_the_median_round(monkeypatch):
+    """A fake clock: prefills take 10 ms, decode steps 1 ms, 2 ms in the first round and 5 ms in the
+    second (contention)."""
+    from codesign.native import check
+
+    state = {"t": 0.0, "calls": 0}
+
+    def fake_clock(device):
+        def now():
+            return state["t"]
+        return now
+    monkeypatch.setattr(check, "clock", fake_clock)
+    cfg = without_mtp(cs.load_model("llama-3.1-70b").tiny())
+    real_build = check.build_native
+
+    def build(config, seed, dtype, device):
+        model = real_build(config, seed, dtype, device)
+
+        class Timed(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = model
+                self.norm, self.lm_head, self.make_caches = model.norm, model.lm_head, model.make_caches
+
+            def hidden_states(self, *a):
+                state["t"] += 10e-3
+                return model.hidden_states(*a)
+
+            def forward(self, *a):
+                state["calls"] += 1
+                rnd = (state["calls"] - 1) // 2  # 2 decode steps per round; round 0 is the warm-up
+                state["t"] += {1: 2e-3, 2: 5e-3}.get(rnd, 1e-3)
+                return model(*a)
+        return Timed()
+    monkeypatch.setattr(check, "build_native", build)
+    m = check.measure(cfg, 1, 4, 2, 3, torch.device("cpu"))
+    assert m.prefill_s == pytest.approx(10e-3)
+    assert m.decode_step_s == pytest.approx(2e-3)  # median of the rounds' medians (2, 5, 1 ms)
+    assert m.decode_spread == pytest.approx((5e-3 - 1e-3) / 2e-3) and m.prefill_spread == pytest.approx(0, abs=1e-9)
+
+
+def test_passes_merge_to_the_median_figures():
+    from codesign.native.calibrate import merge
+
+    def cal(gemm, half, launch, gdn, conv, heavy, rewarm, bench):
+        return Calibration.model_validate({
+            **OVERLAY, "efficiency": {**OVERLAY["efficiency"], "gemm": gemm, "small_m_half": half},
+            "cost": {"launch_overhead_s": launch, "fused_activations_on_chip": False},
+            "eager": {**EAGER, "gated_delta_rule_step_s": gdn, "ops": {"aten.convolution.default": conv,
+                                                                        "aten.mul.Tensor": 3e-6 + launch},
+                      "heavy_ops": heavy, "heavy_rewarm_s": rewarm},
+            "benchmarks": {"copy_s": bench, "rewarm_after_x_s": rewarm}})
+    a = cal(0.40, 3, 3e-6, 1.2e-4, 1.3e-4, ["aten.convolution.default"], 10e-6, 0.04)
+    b = cal(0.30, 2, 5e-6, 1.9e-4, 0.7e-4, [], 30e-6, 0.06)  # contended; conv not found heavy here
+    c = cal(0.35, 4, 4e-6, 1.5e-4, 1.4e-4, ["aten.convolution.default"], 12e-6, 0.05)
+    m = merge([a, b, c])
+    assert m.efficiency["gemm"] == 0.35 and m.efficiency["small_m_half"] == 3
+    assert m.cost["launch_overhead_s"] == 4e-6 and m.cost["fused_activations_on_chip"] is False
+    assert m.eager.gated_delta_rule_step_s == 1.5e-4
+    assert m.eager.heavy_ops == ["aten.convolution.default"]
+    assert m.eager.ops["aten.convolution.default"] == pytest.approx(1.35e-4)  # median of the heavy figures only
+    assert m.eager.ops["aten.mul.Tensor"] == pytest.approx(7e-6)
+    assert m.eager.heavy_rewarm_s == 12e-6 and m.benchmarks["rewarm_after_x_s"] == 12e-6
+    assert m.benchmarks["copy_s"] == 0.05
+    assert "3 passes" in m.measured
+    assert merge([a]) == a
