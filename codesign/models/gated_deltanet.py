@@ -187,6 +187,22 @@ def _gated_delta_rule_step_fake(q, k, v, g, beta, state):
     return q.new_empty((*v.shape[:-1], v.shape[-1]))
 
 
+class ChunkGatedDeltaRule(nn.Module):
+    """`chunk_gated_delta_rule` as a module of its own, so that a trace names its ops
+    `<layer>.linear_attn.chunk_rule/...`: serving engines run this whole computation (cumulative
+    decay, the triangular solves, the intra-chunk products and the chunk-by-chunk state hand-over)
+    as ONE fused prefill kernel (FlashInfer's or FLA's chunk_gated_delta_rule), which the cost model
+    charges as a whole (`codesign.sim.cost`, "fused GatedDeltaNet chunk kernel"), not as the eager
+    decomposition recorded here. No parameters; numerics are the function's."""
+
+    def forward(self, q, k, v, g, beta, initial_state=None, chunk_size: int = 64):
+        return chunk_gated_delta_rule(q, k, v, g, beta, initial_state, chunk_size)
+
+
+# Module name of the chunk kernel inside a GatedDeltaNet layer (the op-name scope the cost model keys on).
+CHUNK_RULE_SCOPE = "chunk_rule"
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm of the delta-rule output times SiLU(z), per value head (`Qwen3_5MoeRMSNormGated`).
 
@@ -251,6 +267,7 @@ class GatedDeltaNet(nn.Module):
         # A ~ U(0.01, 16), dt_bias = 1; checkpoints overwrite both.
         self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))
         self.A_log = nn.Parameter(torch.empty(self.num_v_heads).uniform_(0.01, 16).log())
+        self.chunk_rule = ChunkGatedDeltaRule()  # CHUNK_RULE_SCOPE
         self.norm = GatedRMSNorm(self.head_v_dim, eps=config.rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, H, bias=False)
 
@@ -289,7 +306,7 @@ class GatedDeltaNet(nn.Module):
             o = gated_delta_rule_step(q, k, v, g, beta, cache.recurrent_state)  # in place on the state
         else:
             initial = cache.recurrent_state if (cache is not None and start_pos > 0) else None
-            o, state = chunk_gated_delta_rule(q, k, v, g, beta, initial, self.chunk_size)
+            o, state = self.chunk_rule(q, k, v, g, beta, initial, self.chunk_size)
             if cache is not None:
                 cache.recurrent_state.copy_(state)
 
