@@ -18,7 +18,7 @@ from codesign.sim.kernel import KernelShape, gdn_chunk_ops, predict
 
 H200 = load_hw("h200")
 PEAK = 989e12  # H200 dense BF16 (hw_specs/h200.yaml)
-EFF, UNITS, FIXED = 0.314, 132, 2.8e-6  # efficiency.gdn_chunk, gdn_chunk_units, kernel_overhead
+EFF, UNITS, FIXED = 0.313, 132, 2.8e-6  # efficiency.gdn_chunk, gdn_chunk_units, kernel_overhead
 
 
 def recurrence_flops(batch: int, tokens: int, heads: int, dk: int, dv: int, chunk: int = 64) -> float:
