@@ -26,8 +26,8 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   the mapping).
 * **Fused GatedDeltaNet chunk kernel** (`fused_gdn_chunk`, where the chip has `efficiency.gdn_chunk`):
   the ops of a GatedDeltaNet layer's chunked prefill (op names in the `chunk_rule` scope) are one
-  kernel in serving engines; its time is charged on the recurrence's matrix ops (the chunk loop,
-  `repeat` > 1) at that kernel's measured rate and occupancy, and the eager decomposition's other
+  kernel in serving engines; its time is charged on the recurrence's matrix ops (the state hand-over,
+  scope `chunk_rule.recurrence`) at that kernel's measured rate and occupancy, and the eager decomposition's other
   ops (element-wise, copies, the chunk-parallel products) cost nothing of their own (`gdn_chunk_cost`).
 """
 
@@ -174,8 +174,10 @@ def wider(a: str, b: str) -> str:
     return a if BYTES_PER_ELEMENT[a] >= BYTES_PER_ELEMENT[b] else b
 
 
-# Op-name scope of the GatedDeltaNet chunked prefill (codesign.models.gated_deltanet.CHUNK_RULE_SCOPE).
-_GDN_SCOPE = ".chunk_rule/"
+# Op-name scopes of the GatedDeltaNet chunked prefill and of its chunk-by-chunk state hand-over
+# (codesign.models.gated_deltanet.CHUNK_RULE_SCOPE, RECURRENCE_SCOPE): the first is a prefix of both.
+_GDN_SCOPE = ".chunk_rule"
+_GDN_RECURRENCE = ".chunk_rule.recurrence/"
 
 # Padded-token tables by (tile quantisation, tile M, grouped minimum tokens): see `expert_padding`.
 _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
@@ -447,15 +449,16 @@ class CostModel:
         """One op of the fused GatedDeltaNet chunk kernel (FlashInfer's / FLA's chunk_gated_delta_rule).
 
         The kernel runs one thread block per (sequence, value head), walking that sequence's chunks
-        in order, on `efficiency.gdn_chunk_units` block slots. A recurrence matrix op (the chunk
-        loop's products, `repeat` > 1; its GEMM batch is this chip's (sequence, head) pairs P) costs
+        in order, on `efficiency.gdn_chunk_units` block slots. A recurrence matrix op (the state
+        hand-over's products, op names in the `chunk_rule.recurrence` scope, `repeat` = chunks; its
+        GEMM batch is this chip's (sequence, head) pairs P) costs
         FLOPs / (16-bit peak x gdn_chunk x occupancy), occupancy = P / (ceil(P / units) x units),
         plus the per-kernel fixed time. Every other op of the region (the chunk-parallel products
         and solves, element-wise work, copies) runs inside the same kernel: its work is part of the
         measured figure `gdn_chunk` was set from (per recurrence FLOP), and its bytes stay on chip,
         so it costs nothing of its own. The kernel's own HBM traffic (q, k, v and gates in, o out)
         is hidden under its compute (a named simplification, docs/cost-model.md)."""
-        if op.kind != "gemm" or op.repeat <= 1 or op.gemm is None or op.flops <= 0:
+        if op.kind != "gemm" or op.gemm is None or op.flops <= 0 or _GDN_RECURRENCE not in op.name:
             return OpCost(0.0, 0.0, 0.0, 0.0, "matrix")
         pairs = max(1, int(op.gemm[0]))
         units = self.gdn_units

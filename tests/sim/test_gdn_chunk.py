@@ -11,7 +11,7 @@ import codesign as cs
 from codesign.errors import CodesignError
 from codesign.hw import load_hw
 from codesign.hw.spec import Efficiency
-from codesign.models.gated_deltanet import CHUNK_RULE_SCOPE
+from codesign.models.gated_deltanet import CHUNK_RULE_SCOPE, RECURRENCE_SCOPE
 from codesign.sim import cost as cost_mod
 from codesign.sim.cost import CostModel, CostOptions
 from codesign.sim.kernel import KernelShape, gdn_chunk_ops, predict
@@ -41,7 +41,18 @@ def test_spec_values_are_the_documented_ones():
 
 
 def test_scope_names_agree():
-    assert cost_mod._GDN_SCOPE == f".{CHUNK_RULE_SCOPE}/"
+    assert cost_mod._GDN_SCOPE == f".{CHUNK_RULE_SCOPE}"
+    assert cost_mod._GDN_RECURRENCE == f".{CHUNK_RULE_SCOPE}.{RECURRENCE_SCOPE}/"
+
+
+def test_a_single_chunk_still_pays_its_recurrence():
+    # 12 tokens after a 1000-token prefix, 16 sequences: one (padded) chunk each, so the loop is not
+    # a repeat (repeat = 1); 16 x 32 = 512 pairs = 4 waves of 132 blocks
+    g = cs.trace("qwen3.5-35b-a3b", phase="prefill", batch=16, tokens=12, context=1000)
+    cm = CostModel(H200, "bf16", "bf16", CostOptions())
+    t = sum(cm.cost(o).time_s for _, o in g.nodes(data="op") if o.layer == 0 and f".{CHUNK_RULE_SCOPE}" in o.name)
+    assert t == pytest.approx(expected_seconds(16, 12, 32), rel=1e-9)
+    assert t > 4 * FIXED
 
 
 @pytest.mark.parametrize("batch,tokens,heads", [(1, 16384, 32), (1, 2048, 8), (8, 1024, 32), (4, 8192, 64)])
@@ -69,7 +80,8 @@ def test_only_the_recurrence_pays_and_the_rest_of_the_region_is_free():
     assert {o.kind for o in paying} == {"gemm"} and all(o.repeat == 4096 // 64 for o in paying)
     assert len(paying) == 4
     assert sum(o.flops for o in paying) == pytest.approx(recurrence_flops(1, 4096, 32, 128, 128), rel=1e-12)
-    assert all(o.block == "linear_attention" and f".{CHUNK_RULE_SCOPE}/" in o.name for o in ops)
+    assert all(o.block == "linear_attention" and f".{CHUNK_RULE_SCOPE}" in o.name for o in ops)
+    assert all(f".{CHUNK_RULE_SCOPE}.{RECURRENCE_SCOPE}/" in o.name for o in paying)
 
 
 def test_option_off_and_chips_without_the_curve_cost_the_eager_ops():
@@ -94,7 +106,7 @@ def test_model_prefill_trace_charges_each_layer_as_the_formula():
     cm = CostModel(H200, "bf16", "bf16", CostOptions())
     per_layer: dict[int, float] = {}
     for _, o in g.nodes(data="op"):
-        if f".{CHUNK_RULE_SCOPE}/" in o.name:
+        if f".{CHUNK_RULE_SCOPE}" in o.name:
             per_layer[o.layer] = per_layer.get(o.layer, 0.0) + cm.cost(o).time_s
     assert len(per_layer) == 30  # 3 of every 4 of the 40 layers
     want = expected_seconds(1, 2048, 32)  # 32 value heads, dk = dv = 128
