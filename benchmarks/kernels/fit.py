@@ -5,6 +5,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py            # Hopper, from the H800 rows
     python benchmarks/kernels/fit.py --group matrix
     python benchmarks/kernels/fit.py --maf      # CDNA large-GEMM fractions from AMD's MAF rows
+    python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
 
 Objective: the sum over a group's rows of log(predicted / measured)^2 (relative errors, symmetric in
 over- and under-prediction), minimised by Nelder-Mead from the current spec values; each row is
@@ -38,6 +39,9 @@ GROUPS = {
     # FlashMLA's decode rows are predicted within a few percent at `attention` (no decode factor fitted).
     "attention": (lambda r: r.op == "attention" and r.hw in HOPPER and r.dtype == "fp8",
                   {"attention_fp8": (0.2, 1.0)}, set()),
+    # Fused GatedDeltaNet chunk kernel (FlashInfer SM90 on H200): its fraction of peak per busy SM;
+    # the block slots (`gdn_chunk_units`, 132 SMs) are the chip's, not fitted.
+    "gdn_chunk": (lambda r: r.op == "gdn_chunk" and r.hw in HOPPER, {"gdn_chunk": (0.05, 1.0)}, set()),
     "low_latency": (lambda r: r.op == "all_to_all" and r.algorithm == "low_latency" and r.hw == "h800",
                     {"low_latency_collective": (0.05, 1.0), "low_latency_overhead": (0.0, 200e-6)}, set()),
 }

@@ -4,6 +4,7 @@
     codesign kernel --hw h800 grouped_gemm --groups 4 --m 256 --n 7168 --k 2048 --dtype fp8
     codesign kernel --hw h100 attention --phase prefill --batch 1 --heads 8 --head-dim 256 \\
         --seq-q 16384 --seq-kv 16384 --dtype fp16
+    codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
     codesign kernel --hw h100 all_reduce --ranks 8 --bytes 1e9 --algorithm nvls
@@ -26,19 +27,21 @@ _SHAPE_ARGS = {
     "gemm": ("m", "n", "k"),
     "grouped_gemm": ("groups", "m", "n", "k"),
     "attention": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q", "seq_kv"),
+    "gdn_chunk": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks",),
 }
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, collective) on one chip",
+    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, GatedDeltaNet chunk, collective) on one chip",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hw", required=True, help="hardware spec name (hw_specs/) or path")
     p.add_argument("--json", action="store_true", help="print JSON")
     ops = p.add_subparsers(dest="op", required=True, metavar="OP")
     for op, names in _SHAPE_ARGS.items():
-        q = ops.add_parser(op, help=f"{op} kernel")
+        q = ops.add_parser(op, help="GatedDeltaNet chunked prefill (chunk_gated_delta_rule)" if op == "gdn_chunk"
+                           else f"{op} kernel")
         for n in names:
             q.add_argument(f"--{n.replace('_', '-')}", dest=n, type=int, required=n not in ("kv_heads", "head_dim_v"))
         q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")

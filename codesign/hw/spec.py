@@ -150,6 +150,22 @@ class Efficiency(_Strict):
     # latency (the rule before the kernel fit).
     low_latency_collective: Fraction = 0.43
     low_latency_overhead: Seconds | None = None
+    # Fused GatedDeltaNet chunk kernel (prefill of linear-attention layers: FlashInfer's / FLA's
+    # chunk_gated_delta_rule). One thread block per (sequence, value head) walks that sequence's
+    # chunks in order, so the kernel fills only `gdn_chunk_units` x ceil(pairs / units) block slots:
+    # time = recurrence FLOPs / (16-bit peak x gdn_chunk x occupancy), occupancy = pairs /
+    # (ceil(pairs / units) x units). `gdn_chunk`: the fraction of peak one busy unit reaches on the
+    # traced recurrence's matrix FLOPs (the intra-chunk work of the same kernel included in the
+    # figure); `gdn_chunk_units`: the block slots (SMs). None: the curve is off and the traced eager
+    # decomposition is costed op by op (docs/cost-model.md "Fused GatedDeltaNet chunk kernel").
+    gdn_chunk: Fraction | None = None
+    gdn_chunk_units: Annotated[Int, Field(gt=0, le=MAX_WIDTH)] | None = None
+
+    @model_validator(mode="after")
+    def _gdn_chunk_pair(self) -> "Efficiency":
+        if (self.gdn_chunk is None) != (self.gdn_chunk_units is None):
+            raise ValueError("gdn_chunk and gdn_chunk_units: expected both or neither, found one")
+        return self
 
     def gemm_for(self, dtype: str) -> float:
         """The large-GEMM fraction of peak for matrix `dtype`: `gemm_by_dtype[dtype]`, else `gemm`."""

@@ -73,6 +73,7 @@ def chunk_gated_delta_rule(
     initial_state: torch.Tensor | None = None,  # (B, Hv, dk, dv)
     chunk_size: int = 64,
     scale: float | None = None,  # query scale; default dk^-1/2
+    recurrence=None,  # callable running the state hand-over (default `chunk_recurrence`)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated delta rule over a whole sequence in chunks (the WY/UT form used for prefill).
 
@@ -125,14 +126,22 @@ def chunk_gated_delta_rule(
 
     # ---- inter-chunk: sequential state hand-over ------------------------------------------------
     state = _start_state(initial_state, B, Hv, dk, dv, q.device)
-    out = torch.empty(B, Hv, Tp, dv, dtype=torch.float32, device=q.device)
+    out, state = (recurrence or chunk_recurrence)(u, w, q_dec, attn, k_dec, chunk_decay, state)
+    out = out[:, :, :T].transpose(1, 2).to(out_dtype)
+    return out, state
+
+
+def chunk_recurrence(u, w, q_dec, attn, k_dec, chunk_decay, state) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk-by-chunk state hand-over of `chunk_gated_delta_rule`: per chunk i, the corrections
+    against the chunk-start state, the chunk's output and the state carried on. Inputs (B, H, N, C, .)
+    and the state (B, H, dk, dv); returns the padded output (B, H, N C, dv) and the final state."""
+    B, Hv, N, C, dv = u.shape
+    out = torch.empty(B, Hv, N * C, dv, dtype=torch.float32, device=u.device)
     for i in kernels.chunk_loop(N):
         s = i * C
         v_new = u[:, :, i] - w[:, :, i] @ state  # (B, H, C, dv) corrections against the old state
         out[:, :, s : s + C] = q_dec[:, :, i] @ state + attn[:, :, i] @ v_new
         state = state * chunk_decay[:, :, i] + k_dec[:, :, i].transpose(-1, -2) @ v_new
-
-    out = out[:, :, :T].transpose(1, 2).to(out_dtype)
     return out, state
 
 
@@ -185,6 +194,37 @@ def gated_delta_rule_step(
 @gated_delta_rule_step.register_fake
 def _gated_delta_rule_step_fake(q, k, v, g, beta, state):
     return q.new_empty((*v.shape[:-1], v.shape[-1]))
+
+
+class ChunkRecurrence(nn.Module):
+    """`chunk_recurrence` as a module, so that a trace names the state hand-over's ops
+    `<layer>.linear_attn.chunk_rule.recurrence/...` (whatever the number of chunks)."""
+
+    def forward(self, u, w, q_dec, attn, k_dec, chunk_decay, state):
+        return chunk_recurrence(u, w, q_dec, attn, k_dec, chunk_decay, state)
+
+
+class ChunkGatedDeltaRule(nn.Module):
+    """`chunk_gated_delta_rule` as a module of its own, so that a trace names its ops
+    `<layer>.linear_attn.chunk_rule/...` (the state hand-over `...chunk_rule.recurrence/...`):
+    serving engines run this whole computation (cumulative decay, the triangular solves, the
+    intra-chunk products and the chunk-by-chunk state hand-over) as ONE fused prefill kernel
+    (FlashInfer's or FLA's chunk_gated_delta_rule), which the cost model charges as a whole
+    (`codesign.sim.cost`, "fused GatedDeltaNet chunk kernel"), not as the eager decomposition
+    recorded here. No parameters; numerics are the function's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recurrence = ChunkRecurrence()  # RECURRENCE_SCOPE
+
+    def forward(self, q, k, v, g, beta, initial_state=None, chunk_size: int = 64):
+        return chunk_gated_delta_rule(q, k, v, g, beta, initial_state, chunk_size, recurrence=self.recurrence)
+
+
+# Module names of the chunk kernel inside a GatedDeltaNet layer and of its state hand-over inside
+# it (the op-name scopes the cost model keys on).
+CHUNK_RULE_SCOPE = "chunk_rule"
+RECURRENCE_SCOPE = "recurrence"
 
 
 class GatedRMSNorm(nn.Module):
@@ -251,6 +291,7 @@ class GatedDeltaNet(nn.Module):
         # A ~ U(0.01, 16), dt_bias = 1; checkpoints overwrite both.
         self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))
         self.A_log = nn.Parameter(torch.empty(self.num_v_heads).uniform_(0.01, 16).log())
+        self.chunk_rule = ChunkGatedDeltaRule()  # CHUNK_RULE_SCOPE
         self.norm = GatedRMSNorm(self.head_v_dim, eps=config.rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, H, bias=False)
 
@@ -289,7 +330,7 @@ class GatedDeltaNet(nn.Module):
             o = gated_delta_rule_step(q, k, v, g, beta, cache.recurrent_state)  # in place on the state
         else:
             initial = cache.recurrent_state if (cache is not None and start_pos > 0) else None
-            o, state = chunk_gated_delta_rule(q, k, v, g, beta, initial, self.chunk_size)
+            o, state = self.chunk_rule(q, k, v, g, beta, initial, self.chunk_size)
             if cache is not None:
                 cache.recurrent_state.copy_(state)
 

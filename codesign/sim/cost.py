@@ -24,6 +24,11 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   (compute^p + memory^p)^(1/p): never below the max, equal to it when one term dominates.
 * **Collectives**: `codesign.mapping.collective_time(op.collective, hw)` (topology-aware, owned by
   the mapping).
+* **Fused GatedDeltaNet chunk kernel** (`fused_gdn_chunk`, where the chip has `efficiency.gdn_chunk`):
+  the ops of a GatedDeltaNet layer's chunked prefill (op names in the `chunk_rule` scope) are one
+  kernel in serving engines; its time is charged on the recurrence's matrix ops (the state hand-over,
+  scope `chunk_rule.recurrence`) at that kernel's measured rate and occupancy, and the eager decomposition's other
+  ops (element-wise, copies, the chunk-parallel products) cost nothing of their own (`gdn_chunk_cost`).
 """
 
 from __future__ import annotations
@@ -108,6 +113,11 @@ class CostOptions(BaseModel):
     # Weights are kept in SRAM across steps when all of this chip's weight bytes touched in a step
     # fit (after the state); off by default: on GPUs weights never fit, on SRAM-only designs they must.
     sram_weights: bool = False
+    # The GatedDeltaNet chunked prefill (ops in the `chunk_rule` scope) is ONE fused kernel, costed
+    # by the chip's kernel curve (`efficiency.gdn_chunk`, `gdn_chunk_units`; see `gdn_chunk_cost`),
+    # where the chip has one. False (or a chip without the curve): the eager decomposition the
+    # tracer records, op by op (each batched product, triangular solve and element-wise op alone).
+    fused_gdn_chunk: bool = True
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"
 
@@ -164,6 +174,11 @@ def wider(a: str, b: str) -> str:
     return a if BYTES_PER_ELEMENT[a] >= BYTES_PER_ELEMENT[b] else b
 
 
+# Op-name scopes of the GatedDeltaNet chunked prefill and of its chunk-by-chunk state hand-over
+# (codesign.models.gated_deltanet.CHUNK_RULE_SCOPE, RECURRENCE_SCOPE): the first is a prefix of both.
+_GDN_SCOPE = ".chunk_rule"
+_GDN_RECURRENCE = ".chunk_rule.recurrence/"
+
 # Padded-token tables by (tile quantisation, tile M, grouped minimum tokens): see `expert_padding`.
 _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 
@@ -218,6 +233,12 @@ class CostModel:
         self._expert_pad = _PAD_TABLES.setdefault(
             (self.opts.tile_quantisation, self.tile_m, self.opts.grouped_min_tokens), {})
         self.half = eff.small_m_half
+        # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
+        # kernel's efficiency, and its block slots (None: the curve is off for this chip or by option).
+        self.gdn_rate: float | None = None
+        self.gdn_units = eff.gdn_chunk_units or 1
+        if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
+            self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
 
     def rank_rates(self) -> tuple[float, float]:
         """(FLOP/s, bytes/s) of grouped expert GEMMs and HBM: what the mapping ranks EP ranks and
@@ -418,9 +439,32 @@ class CostModel:
         if op.kind == "collective":
             t = self.collective_time(op)
             return OpCost(t, 0.0, 0.0, 0.0, "link")
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return self.gdn_chunk_cost(op)
         c, unit = self.compute_time(op)
         m, level = self.memory_time(op, residency)
         return self.combine(c, unit, m, level, self.overhead(op))
+
+    def gdn_chunk_cost(self, op: Op) -> OpCost:
+        """One op of the fused GatedDeltaNet chunk kernel (FlashInfer's / FLA's chunk_gated_delta_rule).
+
+        The kernel runs one thread block per (sequence, value head), walking that sequence's chunks
+        in order, on `efficiency.gdn_chunk_units` block slots. A recurrence matrix op (the state
+        hand-over's products, op names in the `chunk_rule.recurrence` scope, `repeat` = chunks; its
+        GEMM batch is this chip's (sequence, head) pairs P) costs
+        FLOPs / (16-bit peak x gdn_chunk x occupancy), occupancy = P / (ceil(P / units) x units),
+        plus the per-kernel fixed time. Every other op of the region (the chunk-parallel products
+        and solves, element-wise work, copies) runs inside the same kernel: its work is part of the
+        measured figure `gdn_chunk` was set from (per recurrence FLOP), and its bytes stay on chip,
+        so it costs nothing of its own. The kernel's own HBM traffic (q, k, v and gates in, o out)
+        is hidden under its compute (a named simplification, docs/cost-model.md)."""
+        if op.kind != "gemm" or op.gemm is None or op.flops <= 0 or _GDN_RECURRENCE not in op.name:
+            return OpCost(0.0, 0.0, 0.0, 0.0, "matrix")
+        pairs = max(1, int(op.gemm[0]))
+        units = self.gdn_units
+        occupancy = pairs / (math.ceil(pairs / units) * units)
+        c = op.flops / (self.gdn_rate * occupancy)  # type: ignore[operator]
+        return self.combine(c, "matrix", 0.0, "sram", self.launch_s)
 
     def combine(self, c: float, unit: str, m: float, level: str, o: float) -> OpCost:
         """The op's cost from its compute seconds (on `unit`), memory seconds (from `level`) and

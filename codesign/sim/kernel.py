@@ -8,6 +8,7 @@ of the kernel tables in `benchmarks/kernels/` and compare with the published mea
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +19,7 @@ from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
 from codesign.sim.cost import CostModel, CostOptions
 
-KernelOp = Literal["gemm", "grouped_gemm", "attention", "all_to_all", "all_reduce"]
+KernelOp = Literal["gemm", "grouped_gemm", "attention", "gdn_chunk", "all_to_all", "all_reduce"]
 Positive = Field(default=None, gt=0)
 
 # Fields each op needs (the rest must stay unset or keep their defaults).
@@ -26,6 +27,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"),
     "grouped_gemm": ("groups", "m", "n", "k"),
     "attention": ("batch", "heads", "head_dim", "seq_q", "seq_kv", "phase"),
+    # GatedDeltaNet chunked prefill: `batch` sequences of `seq_q` tokens, `heads` value heads
+    # (`kv_heads` key heads, none: = heads), key/value head dims `head_dim` / `head_dim_v`.
+    "gdn_chunk": ("batch", "heads", "head_dim", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks", "bytes"),
 }
@@ -75,6 +79,8 @@ class KernelShape(BaseModel):
             raise ValueError(f"{self.op} needs {', '.join(missing)}")
         if self.op == "attention" and self.seq_q > self.seq_kv:
             raise ValueError(f"seq_q ({self.seq_q}) exceeds seq_kv ({self.seq_kv})")
+        if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
+            raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
 
 
@@ -160,6 +166,43 @@ def build_op(s: KernelShape) -> Op:
     raise CodesignError(f"op: {s.op} is a collective, not a compute kernel")
 
 
+# Largest GatedDeltaNet kernel shape traced for a prediction (sequences x tokens x value heads): the
+# trace runs on the meta device, but a bound keeps a mistyped shape from building huge graphs' shapes.
+GDN_MAX_WORK = 1 << 34
+
+
+def gdn_chunk_ops(s: KernelShape) -> tuple[Op, ...]:
+    """The ops the tracer records for the GatedDeltaNet chunked prefill of this shape: the model's own
+    `ChunkGatedDeltaRule` traced on the meta device (fresh prompts, no initial state), in the
+    `linear_attention` block and the `chunk_rule` scope, as inside a model's trace."""
+    return _gdn_chunk_ops(s.batch, s.seq_q, s.kv_heads or s.heads, s.heads, s.head_dim, s.head_dim_v or s.head_dim)
+
+
+@functools.lru_cache(maxsize=256)
+def _gdn_chunk_ops(B: int, T: int, Hk: int, Hv: int, dk: int, dv: int) -> tuple[Op, ...]:
+    import torch
+
+    from codesign.graph.tracer import record
+    from codesign.models.gated_deltanet import CHUNK_RULE_SCOPE, ChunkGatedDeltaRule
+
+    if B * T * Hv > GDN_MAX_WORK:
+        raise CodesignError(f"gdn_chunk: batch x seq_q x heads = {B * T * Hv:,} exceeds {GDN_MAX_WORK:,}")
+    rule = ChunkGatedDeltaRule()
+    rule.block = "linear_attention"  # what it inherits from its GatedDeltaNet layer in a model's trace
+    layer = torch.nn.Module()
+    layer.add_module(CHUNK_RULE_SCOPE, rule)
+    root = torch.nn.Module()
+    root.linear_attn = layer
+    meta = torch.device("meta")
+    q = torch.empty(B, T, Hk, dk, device=meta)  # fp32 after the L2 norm, as in GatedDeltaNet.forward
+    k = torch.empty(B, T, Hk, dk, device=meta)
+    v = torch.empty(B, T, Hv, dv, device=meta, dtype=torch.bfloat16)
+    g = torch.empty(B, T, Hv, device=meta)
+    beta = torch.empty(B, T, Hv, device=meta, dtype=torch.bfloat16)
+    seg = record(lambda: rule(q, k, v, g, beta), root, [q, k, v, g, beta], {}, "prefill")
+    return tuple(seg.ops)
+
+
 def build_collective(s: KernelShape, hw: HardwareSpec) -> dict:
     """The collective dict the mapping puts in `Op.collective` for this shape."""
     from codesign.mapping import make_collective
@@ -192,11 +235,27 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
         c = build_collective(s, hw)
         t = collective_time(c, hw)
         return KernelPrediction(t, 0.0, link_bytes(c, hw), "link")
-    op = build_op(s)
     dt = s.dtype
     # One kernel alone: no element-wise kernels of a serving engine around it.
     opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
     cm = CostModel(hw, dt, dt, opts)
+    if s.op == "gdn_chunk":
+        return _predict_ops(gdn_chunk_ops(s), cm)
+    op = build_op(s)
     cost = cm.cost(op)
     return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s, cost.memory_s,
                             cost.overhead_s)
+
+
+def _predict_ops(ops: tuple[Op, ...], cm: CostModel) -> KernelPrediction:
+    """A kernel traced as several ops (the GatedDeltaNet chunked prefill): their summed cost; FLOPs
+    are the matrix ops' (what a kernel benchmark counts), bytes all ops'."""
+    costs = [cm.cost(op) for op in ops]
+    t = sum(c.time_s for c in costs)
+    comp = sum(c.compute_s for c in costs)
+    mem = sum(c.memory_s for c in costs)
+    over = sum(c.overhead_s for c in costs)
+    flops = sum(op.flops for op in ops if op.kind == "gemm")
+    nbytes = sum(op.bytes_total for op in ops)
+    bound = "overhead" if over > max(comp, mem) else ("matrix" if comp >= mem else "hbm")
+    return KernelPrediction(t, flops, nbytes, bound, comp, mem, over)

@@ -128,9 +128,14 @@ def test_efficiency_calibration():
     gb = load_hw("gb200-nvl72").efficiency
     assert gb.memory == pytest.approx(7.35 / 8.0, abs=0.01)
     assert gb.gemm == pytest.approx(2744 / 5000, abs=0.01)
-    # constants per family: every Hopper file carries the same factors
-    for n in ("h200", "h800", "h20"):
+    # constants per family: every Hopper file carries the same factors; the fused GatedDeltaNet chunk
+    # kernel's curve only where its block slots (132 SMs) are known: H20's SM count and per-SM
+    # tensor rate are not published, so it has no curve (docs/cost-model.md)
+    for n in ("h200", "h800"):
         assert load_hw(n).efficiency == h100
+    no_gdn = {"gdn_chunk": None, "gdn_chunk_units": None}
+    assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
+    assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 
 
 # --- bad input: one line naming the file and the field ---------------------------------------

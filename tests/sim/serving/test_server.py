@@ -163,18 +163,27 @@ def test_progress_and_table(capsys):
 def test_verify_groups_of_gated_deltanet_models_cost_recurrent_state_updates():
     """The core runs a verify group's GatedDeltaNet layers with the fused recurrent kernel (the
     state read once for all k + 1 tokens): more than a decode of the same sequences, less than
-    k + 1 decodes each (which read the state k + 1 times), and far less than the chunked path a
-    prompt chunk of the same width would take."""
+    k + 1 decodes each (which read the state k + 1 times). A prompt chunk of 12 tokens takes the
+    chunked path: as the fused chunk kernel (a whole padded 64-token chunk per sequence and head,
+    in waves of 132 blocks on H200) more than the 8-token verify; as the eager decomposition
+    (`fused_gdn_chunk: false`) far more."""
+    import dataclasses
+
+    from codesign.sim.cost import CostOptions
+
     st = stepper("qwen3.5-35b-a3b")
+    eager = dataclasses.replace(stepper("qwen3.5-35b-a3b"), cost=CostOptions(fused_gdn_chunk=False))
     n, cached = 16, 1000
 
-    def la(shape):
-        return st.step(shape).breakdown["block"]["linear_attention"]
+    def la(shape, s=st):
+        return s.step(shape).breakdown["block"]["linear_attention"]
 
     verify = StepShape.verify(n, cached, 1)
     assert la(StepShape.decode(n, cached + 2)) < la(verify) < la(StepShape.decode(2 * n, cached + 2))
     chunked = StepShape.prefill(n, 12, cached)  # beyond the recurrent path's 8 tokens: chunked
-    assert la(chunked) > 3 * la(StepShape.verify(n, cached, 7))
+    verify7 = StepShape.verify(n, cached, 7)
+    assert la(verify7) < la(chunked) < 2 * la(verify7)
+    assert la(chunked, eager) > 3 * la(verify7, eager)
 
 
 def test_validate_runs_server_rows(tmp_path):
