@@ -36,10 +36,12 @@ class Group:
     logits: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("seqs", "new_tokens", "cached_tokens", "logits"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise CodesignError(f"step shape: {name}: expected an integer, found {v!r}")
+        s, n, c, lg = self.seqs, self.new_tokens, self.cached_tokens, self.logits
+        if not (type(s) is int and type(n) is int and type(c) is int and type(lg) is int):  # plain ints: fast
+            for name in ("seqs", "new_tokens", "cached_tokens", "logits"):
+                v = getattr(self, name)
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise CodesignError(f"step shape: {name}: expected an integer, found {v!r}")
         if not 1 <= self.logits <= self.new_tokens:
             raise CodesignError(f"step shape: logits: expected 1 to new_tokens ({self.new_tokens}), found {self.logits}")
         if self.seqs < 1 or self.new_tokens < 1 or self.cached_tokens < 0:

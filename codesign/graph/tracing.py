@@ -311,6 +311,23 @@ class _Bilinear:
 _BILINEAR: dict[str, _Bilinear | None] = {}
 
 
+def _batches_differ(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, use_disk: bool) -> bool:
+    """Whether batches 1 and 2 record differently while each extrapolates in cached length (so at
+    every cached length beyond the anchors their segments differ in structure, as for
+    GatedDeltaNet's prefill, whose chunked kernel path depends on the batch)."""
+    key = f"{config.config_hash()}|{kind}|{phase}|{tokens}"
+    if key not in _DIFFER:
+        rec = functools.partial(_recorded, config, seg, kind, phase)
+        A = CONTEXT_ANCHOR
+        one, two = rec(1, tokens, A, use_disk), rec(2, tokens, A, use_disk)
+        _DIFFER[key] = (_same_structure(one, rec(1, tokens, A + 1, use_disk))
+                        and _same_structure(two, rec(2, tokens, A + 1, use_disk)) and not _same_structure(one, two))
+    return _DIFFER[key]
+
+
+_DIFFER: dict[str, bool] = {}
+
+
 def _bilinear(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, use_disk: bool) -> _Bilinear | None:
     """The bilinear form of a segment (`_Bilinear`) from its four anchor recordings, memoised."""
     key = f"{config.config_hash()}|{kind}|{phase}|{tokens}"
@@ -414,6 +431,9 @@ def _zero_sequences(config: ModelConfig, seg: str, phase: str, tokens: int, cont
         form = _bilinear(config, seg, kind, phase, tokens, use_disk)
         if form is not None:
             const = form.at(-1, context - CONTEXT_ANCHOR)
+        elif _batches_differ(config, seg, kind, phase, tokens, use_disk):
+            _MEMO[key] = None  # batches 1 and 2 at this length record differently: no extrapolation
+            return None
     if const is None:
         one = _segment(config, seg, phase, 1, tokens, context, use_disk)
         two = _segment(config, seg, phase, 2, tokens, context, use_disk)
