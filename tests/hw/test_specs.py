@@ -119,7 +119,9 @@ def test_peak_uses_own_path_then_falls_back():
 def test_efficiency_calibration():
     # docs/hardware.md: each factor is a kernel anchor over the datasheet peak
     h100 = load_hw("h100").efficiency
-    assert h100.attention == pytest.approx(740 / 989, abs=0.01)
+    # attention is the long-sequence asymptote of the length curve; at FA3's 16K benchmark length
+    # (non-causal: 16384 keys per query row) it gives the paper's 740 / 989 within 5%
+    assert h100.attention * 16384 / (16384 + h100.attention_seq_half) == pytest.approx(740 / 989, rel=0.05)
     assert h100.collective == pytest.approx(370 / 450, abs=0.01)
     # the large-GEMM fraction is now the kernel fit (K ramp on top): at K = 16384 it gives DeepGEMM's
     # 4096x7168x16384 (1358 TF) within a few percent: 0.725 x 16384 / (16384 + 573) = 0.70 of 1979
