@@ -29,6 +29,7 @@ from codesign.sim.kernel import predict  # noqa: E402
 from codesign.sim.kernel_table import load_table, table_files  # noqa: E402
 
 HOPPER = ("h100", "h200", "h800", "h20")  # one SM design: a fit on any of them holds for the family
+FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate is cut, its clocks and SMs unpublished)
 
 # Parameter groups: (row filter, efficiency fields with bounds, integer fields).
 GROUPS = {
@@ -44,9 +45,14 @@ GROUPS = {
     # and TritonBench's causal and non-causal tables): the long-sequence fraction `attention` and the
     # half-efficiency keys per query row `attention_seq_half`. Fit this before `attention` (the FP8
     # fraction is read at the curve's value of its row's length).
-    "attention_seq": (lambda r: r.op == "attention" and r.hw in HOPPER and r.phase == "prefill"
+    "attention_seq": (lambda r: r.op == "attention" and r.hw in FULL_HOPPER and r.phase == "prefill"
                       and r.dtype in ("fp16", "bf16"),
                       {"attention": (0.3, 1.0), "attention_seq_half": (1.0, 8192.0)}, set()),
+    # H20: the same SM design with its tensor rate cut to 148 TFLOPS; FA3 on it reaches a larger
+    # fraction of its (lower) peak, so it has its own long-sequence fraction on the shared
+    # half-length (its rows are at one length only: no half-length of its own can be fitted).
+    "attention_h20": (lambda r: r.op == "attention" and r.hw == "h20" and r.phase == "prefill"
+                      and r.dtype in ("fp16", "bf16"), {"attention": (0.3, 1.0)}, set()),
     # Fused GatedDeltaNet chunk kernel (FlashInfer SM90 on H200): its fraction of peak per busy SM;
     # the block slots (`gdn_chunk_units`, 132 SMs) are the chip's, not fitted.
     "gdn_chunk": (lambda r: r.op == "gdn_chunk" and r.hw in HOPPER, {"gdn_chunk": (0.05, 1.0)}, set()),

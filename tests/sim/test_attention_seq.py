@@ -45,9 +45,9 @@ def test_causal_prefill_row_is_the_curve_by_hand():
     got = predict(KernelShape(op="attention", hw="h100", dtype="bf16", phase="prefill", batch=B, heads=H,
                               head_dim=D, seq_q=S, seq_kv=S, causal=True), hw)
     assert got.seconds == pytest.approx(expected, rel=1e-9)
-    assert got.seconds == pytest.approx(141.63e-6, rel=0.10)  # the published row
-    # the ramp at 1K causal is about 0.70 of the long-sequence rate, at 16K non-causal 0.99
-    assert L / (L + e.attention_seq_half) == pytest.approx(0.696, abs=0.01)
+    assert got.seconds == pytest.approx(141.63e-6, rel=0.15)  # the published row
+    # the ramp at 1K causal is about 0.79 of the long-sequence rate, at 16K non-causal 0.99
+    assert L / (L + e.attention_seq_half) == pytest.approx(0.787, abs=0.01)
 
 
 def test_keys_per_row_from_shapes_causal_noncausal_and_chunk():
@@ -115,14 +115,21 @@ def test_overrides_act():
 def test_fit_reproduces_its_rows_and_the_shipped_values():
     fit = _fit_module()
     r = fit.fit("attention_seq")
-    assert r["rows"] == 9  # FA3 paper peak + TritonBench's 4 causal and 4 non-causal H100 rows
-    assert r["mape"] < 0.07 and r["worst"] < 0.10
+    # FA3 paper peak + TritonBench's 4 causal, 4 + 6 non-causal H100 rows
+    assert r["rows"] == 15
+    assert r["mape"] < 0.07 and r["worst"] < 0.12
     e = load_hw("h100").efficiency
     assert e.attention == pytest.approx(r["params"]["attention"], abs=1e-3)
     assert e.attention_seq_half == pytest.approx(r["params"]["attention_seq_half"], rel=0.01)
-    for chip in ("h200", "h800", "h20"):  # one SM design: the family carries the fit
+    for chip in ("h200", "h800"):  # one SM design at full rate: they carry the H100 fit
         f = load_hw(chip).efficiency
         assert (f.attention, f.attention_seq_half) == (e.attention, e.attention_seq_half)
+    # H20: the shared half-length, its own fraction from its 4 rows
+    h20 = fit.fit("attention_h20")
+    assert h20["rows"] == 4 and h20["mape"] < 0.07
+    g = load_hw("h20").efficiency
+    assert g.attention_seq_half == e.attention_seq_half
+    assert g.attention == pytest.approx(h20["params"]["attention"], abs=1e-3)
 
 
 @pytest.mark.parametrize("value, found", [
@@ -131,6 +138,6 @@ def test_fit_reproduces_its_rows_and_the_shipped_values():
     ("long", "attention_seq_half: Input should be a valid number"),
 ])
 def test_bad_attention_seq_half_is_one_line(tmp_path, capsys, value, found):
-    p = spec(tmp_path, "attention_seq_half: 224 ", f"attention_seq_half: {value} ")
+    p = spec(tmp_path, "attention_seq_half: 139 ", f"attention_seq_half: {value} ")
     msg = one_error(capsys, "simulate", "--hw", str(p))
     assert msg.startswith(f"{p}: efficiency.{found}"), msg
