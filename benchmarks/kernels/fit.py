@@ -6,6 +6,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --group matrix
     python benchmarks/kernels/fit.py --maf      # CDNA large-GEMM fractions from AMD's MAF rows
     python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
+    python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
 
 Objective: the sum over a group's rows of log(predicted / measured)^2 (relative errors, symmetric in
 over- and under-prediction), minimised by Nelder-Mead from the current spec values; each row is
@@ -28,6 +29,7 @@ from codesign.sim.kernel import predict  # noqa: E402
 from codesign.sim.kernel_table import load_table, table_files  # noqa: E402
 
 HOPPER = ("h100", "h200", "h800", "h20")  # one SM design: a fit on any of them holds for the family
+FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate is cut, its clocks and SMs unpublished)
 
 # Parameter groups: (row filter, efficiency fields with bounds, integer fields).
 GROUPS = {
@@ -39,6 +41,18 @@ GROUPS = {
     # FlashMLA's decode rows are predicted within a few percent at `attention` (no decode factor fitted).
     "attention": (lambda r: r.op == "attention" and r.hw in HOPPER and r.dtype == "fp8",
                   {"attention_fp8": (0.2, 1.0)}, set()),
+    # Prefill attention vs sequence length (16-bit FlashAttention-3 forward on H100: the paper's peak
+    # and TritonBench's causal and non-causal tables): the long-sequence fraction `attention` and the
+    # half-efficiency keys per query row `attention_seq_half`. Fit this before `attention` (the FP8
+    # fraction is read at the curve's value of its row's length).
+    "attention_seq": (lambda r: r.op == "attention" and r.hw in FULL_HOPPER and r.phase == "prefill"
+                      and r.dtype in ("fp16", "bf16"),
+                      {"attention": (0.3, 1.0), "attention_seq_half": (1.0, 8192.0)}, set()),
+    # H20: the same SM design with its tensor rate cut to 148 TFLOPS; FA3 on it reaches a larger
+    # fraction of its (lower) peak, so it has its own long-sequence fraction on the shared
+    # half-length (its rows are at one length only: no half-length of its own can be fitted).
+    "attention_h20": (lambda r: r.op == "attention" and r.hw == "h20" and r.phase == "prefill"
+                      and r.dtype in ("fp16", "bf16"), {"attention": (0.3, 1.0)}, set()),
     # Fused GatedDeltaNet chunk kernel (FlashInfer SM90 on H200): its fraction of peak per busy SM;
     # the block slots (`gdn_chunk_units`, 132 SMs) are the chip's, not fitted.
     "gdn_chunk": (lambda r: r.op == "gdn_chunk" and r.hw in HOPPER, {"gdn_chunk": (0.05, 1.0)}, set()),
@@ -106,7 +120,7 @@ def fit(group: str) -> dict:
         if v is None:
             v = {"gemm_k_half": 512, "matrix_memory": cur.memory, "overlap_exponent": 4.0,
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
-                 "attention_decode": cur.attention}[n]
+                 "attention_decode": cur.attention, "attention_seq_half": 256.0}[n]
         x0.append((v - bounds[n][0]) / (bounds[n][1] - bounds[n][0]))
     # Nelder-Mead from the current values and from 8 seeded random starts (it stalls on the flat
     # regions that the bounds create); the best end point is restarted once with small steps.

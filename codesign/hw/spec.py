@@ -144,6 +144,16 @@ class Efficiency(_Strict):
     # Decode attention (one or a few query rows per sequence against a long KV cache, e.g. FlashMLA):
     # its own fraction of peak for the compute term. None: `attention`.
     attention_decode: Fraction | None = None
+    # Prefill attention vs sequence length (docs/cost-model.md "Attention vs sequence length"): a
+    # prefill attention op runs at `attention` (or `attention_fp8`) x L / (L + attention_seq_half),
+    # L = the keys each query row attends to, averaged over the op's query rows of one sequence
+    # (causal, queries at the end of the keys: L = S - (T - 1) / 2 for T queries against S keys;
+    # a fresh prompt of T tokens: (T + 1) / 2). Short sequences run short inner loops over keys and
+    # pay each query tile's prologue, epilogue and the masked diagonal tile on less work, as
+    # FlashAttention-3's causal forward shows (364 TFLOPS at 1K tokens, 685 at 8K on H100). With the
+    # curve, `attention` is the long-sequence asymptote. None: the curve is off (flat `attention`),
+    # the default for chips without per-length kernel data. Decode attention keeps its own rate.
+    attention_seq_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     # All-to-all in low-latency mode (DeepEP low-latency kernels: few SMs, per-token messages, no
     # CPU sync): achieved / peak link bandwidth and a fixed time per call, which replaces the link
     # latency (None: the scale-up latency). 0.43 is the EP8 dispatch of DeepEP's README at the link

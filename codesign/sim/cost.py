@@ -13,7 +13,9 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   expert's tiles), at `efficiency.grouped_gemm` (MoE kernels' own fraction of peak; defaults to
   `efficiency.gemm`).
 * **Attention**: FLOPs / (peak x efficiency.attention) (FlashAttention-3 reaches ~75% of H100
-  bf16 peak: accelerators.md anchor 40).
+  bf16 peak: accelerators.md anchor 40); prefill attention on a chip with
+  `efficiency.attention_seq_half` is ramped by L / (L + attention_seq_half), L the keys per query
+  row of one sequence from the op's recorded shapes (`attention_keys_per_row`).
 * **Vector ops**: FLOPs / (vector peak x efficiency.vector).
 * **Memory**: bytes / (HBM bandwidth x efficiency.memory); bytes that are SRAM-resident (activations
   small enough to stay on chip between producer and consumer; the recurrent state or weights when a
@@ -118,6 +120,9 @@ class CostOptions(BaseModel):
     # where the chip has one. False (or a chip without the curve): the eager decomposition the
     # tracer records, op by op (each batched product, triangular solve and element-wise op alone).
     fused_gdn_chunk: bool = True
+    # Prefill attention efficiency ramp L / (L + efficiency.attention_seq_half) on the keys per
+    # query row L of one sequence (`attention_keys_per_row`), where the chip has the curve.
+    attention_seq_ramp: bool = True
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"
 
@@ -183,6 +188,26 @@ _GDN_RECURRENCE = ".chunk_rule.recurrence/"
 _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 
 
+def attention_keys_per_row(op: Op) -> float | None:
+    """Keys one query row of an attention op attends to, averaged over one sequence's query rows,
+    from the op's recorded shapes: q (B, Hq, T, D) and k (B, Hkv, S, D), as the tracer records
+    `codesign.attention` (codesign.graph.tracer). The model's attention is causal with the T
+    queries at the end of the S keys (a fresh prompt: S = T; a chunk after a cache: S > T):
+    L = S - (T - 1) / 2. A kernel-table row marked non-causal (target ending in `.noncausal`,
+    codesign.sim.kernel) attends to all S keys: L = S. Sliding windows are not in the shapes: a
+    windowed layer is charged at its full key length (a named simplification, docs/cost-model.md).
+    None where the shapes are not those of an attention op."""
+    shapes = op.in_shapes
+    if len(shapes) < 2 or len(shapes[0]) != 4 or len(shapes[1]) != 4:
+        return None
+    t, s = shapes[0][2], shapes[1][2]
+    if t <= 0 or s <= 0:
+        return None
+    if op.target.endswith(".noncausal"):
+        return float(s)
+    return max(1.0, s - (t - 1) / 2.0)
+
+
 def _pad(x: int, tile: int) -> int:
     return int(math.ceil(x / tile) * tile) if x > 0 else 0
 
@@ -218,6 +243,8 @@ class CostModel:
         self.attention_rate = chip.matrix.peak(self.attention_dtype) * att
         self.decode_attention_rate = chip.matrix.peak(self.attention_dtype) * (
             eff.attention_decode * att / eff.attention if eff.attention_decode else att)
+        # Prefill attention vs sequence length (None: flat `attention_rate`).
+        self.attention_seq_half = eff.attention_seq_half if self.opts.attention_seq_ramp else None
         vec_peak = chip.vector.bf16 or chip.vector.fp32
         self.vector_rate = vec_peak * eff.vector
         self.hbm_bw = chip.hbm.bandwidth * eff.memory
@@ -272,6 +299,17 @@ class CostModel:
             f_gu, f_d = 2.0 * h * two_i, 2.0 * i * h
             return (f_gu + f_d) / (f_gu / self._k_ramp(h) + f_d / self._k_ramp(i))
         return 1.0
+
+    def attention_seq_ramp(self, op: Op) -> float:
+        """Prefill attention's fraction of `attention_rate`: L / (L + efficiency.attention_seq_half)
+        with L = `attention_keys_per_row(op)`; 1 where the chip has no curve or the shapes are unknown."""
+        half = self.attention_seq_half
+        if half is None:
+            return 1.0
+        keys = attention_keys_per_row(op)
+        if keys is None:
+            return 1.0
+        return keys / (keys + half)
 
     def gemm_time(self, op: Op) -> float:
         """Matrix-unit seconds of a dense GEMM, with tile padding and the small-M ramp."""
@@ -340,8 +378,9 @@ class CostModel:
         if op.kind == "grouped_gemm":
             return self.grouped_gemm_time(op), "matrix"
         if op.kind == "attention":
-            rate = self.decode_attention_rate if op.phase == "decode" else self.attention_rate
-            return op.flops / rate, "matrix"
+            if op.phase == "decode":
+                return op.flops / self.decode_attention_rate, "matrix"
+            return op.flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
         if op.kind == "vector":
             return op.flops / self.vector_rate, "vector"
         return 0.0, "vector"

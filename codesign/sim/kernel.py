@@ -160,6 +160,11 @@ def build_op(s: KernelShape) -> Op:
         q = s.batch * s.heads * s.seq_q * d * e
         kv = s.batch * hkv * s.seq_kv * (d if s.latent else d + dv) * e
         out = s.batch * s.heads * s.seq_q * dv * OUT_BYTES
+        # q, k, v shapes as the tracer records `codesign.attention` (the cost model reads the
+        # sequence lengths from them); a non-causal row is marked in its target, since the model's
+        # own attention is always causal (codesign.sim.cost.attention_keys_per_row).
+        common.update(in_shapes=((s.batch, s.heads, s.seq_q, d), (s.batch, hkv, s.seq_kv, d), (s.batch, hkv, s.seq_kv, dv)),
+                      target="codesign.kernel.attention" + ("" if s.causal else ".noncausal"))
         return Op(name="kernel/attention", kind="attention", block="attention", phase=s.phase, flops=flops,
                   bytes_read=_bytes_dict(activation=q, kv_cache=kv), bytes_written=_bytes_dict(activation=out),
                   **common)

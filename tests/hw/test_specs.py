@@ -119,7 +119,10 @@ def test_peak_uses_own_path_then_falls_back():
 def test_efficiency_calibration():
     # docs/hardware.md: each factor is a kernel anchor over the datasheet peak
     h100 = load_hw("h100").efficiency
-    assert h100.attention == pytest.approx(740 / 989, abs=0.01)
+    # attention is the long-sequence asymptote of the length curve; at 16K non-causal (16384 keys
+    # per query row) it gives TritonBench's FA3 620.7 TF (head dim 128) within 8%; the FA3 paper's
+    # 740 TF peak (head dim 256) is 10% above it (head dim is not modelled)
+    assert h100.attention * 16384 / (16384 + h100.attention_seq_half) * 989 == pytest.approx(620.7, rel=0.08)
     assert h100.collective == pytest.approx(370 / 450, abs=0.01)
     # the large-GEMM fraction is now the kernel fit (K ramp on top): at K = 16384 it gives DeepGEMM's
     # 4096x7168x16384 (1358 TF) within a few percent: 0.725 x 16384 / (16384 + 573) = 0.70 of 1979
@@ -133,7 +136,8 @@ def test_efficiency_calibration():
     # tensor rate are not published, so it has no curve (docs/cost-model.md)
     for n in ("h200", "h800"):
         assert load_hw(n).efficiency == h100
-    no_gdn = {"gdn_chunk": None, "gdn_chunk_units": None}
+    # H20 also has its own prefill-attention fraction (FA3 on H20, benchmarks/kernels/attention.yaml)
+    no_gdn = {"gdn_chunk": None, "gdn_chunk_units": None, "attention": 0.851}
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 

@@ -145,8 +145,9 @@ FAMILIES = {
 # Fields a chip may carry on its own, where a sustained per-chip measurement sets them (power
 # limits differ within a family: AMD's MAF, MI300X at 750 W vs MI325X at 1000 W).
 # The fused GatedDeltaNet chunk kernel's curve needs the chip's block slots (SM count): Hopper parts
-# with 132 SMs carry it, H20 (SM count not published) does not.
-PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units")}
+# with 132 SMs carry it, H20 (SM count not published) does not. Prefill attention's fraction is
+# measured per chip where a chip has its own FA3 rows (H20: benchmarks/kernels/attention.yaml).
+PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention")}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
