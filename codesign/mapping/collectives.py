@@ -135,10 +135,7 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
     d, m, scope = _span(c, su, n)
     ring_bw, a2a_bw, p2p_bw = _domain_bandwidths(su, max(d, 2) if kind == "send_recv" else d)
     if scope == "scale_out":
-        so = hw.system.scale_out
-        if so is None:
-            raise CodesignError(f"system.scale_out: a {kind} over {n} chips spans scale-up domains "
-                                f"of {su.size}, but the spec has no scale_out section")
+        so = _scale_out(hw, kind, n)
         nic, beta = so.nic_bandwidth * eff, so.latency
         if kind == "send_recv":
             return nbytes / nic + beta
@@ -180,10 +177,7 @@ def all_to_all_parts(collective: dict, hw: HardwareSpec) -> tuple[float, float]:
     d, m, scope = _span(c, su, n)
     _, a2a_bw, _ = _domain_bandwidths(su, d)
     if scope == "scale_out":
-        so = hw.system.scale_out
-        if so is None:
-            raise CodesignError(f"system.scale_out: a {kind} over {n} chips spans scale-up domains "
-                                f"of {su.size}, but the spec has no scale_out section")
+        so = _scale_out(hw, kind, n)
         nic, beta = so.nic_bandwidth * eff, so.latency
         if algo == "low_latency":
             e_ll, lat = _low_latency(hw)
@@ -208,6 +202,15 @@ def _parse(c: dict) -> tuple[str, str, int, float]:
     if algo not in ALGORITHMS:
         raise CodesignError(f"collective.algorithm: expected one of {', '.join(ALGORITHMS)}, found {algo!r}")
     return kind, algo, _size(c), float(c.get("bytes", 0.0))
+
+
+def _scale_out(hw: HardwareSpec, kind: str, n: int):
+    """The spec's scale-out network, which a collective over `n` chips spanning domains needs."""
+    so = hw.system.scale_out
+    if so is None:
+        raise CodesignError(f"system.scale_out: a {kind} over {n} chips spans scale-up domains "
+                            f"of {hw.system.scale_up.size}, but the spec has no scale_out section")
+    return so
 
 
 def _span(c: dict, su: ScaleUp, n: int) -> tuple[int, int, str]:
