@@ -26,6 +26,7 @@ import networkx as nx
 
 from codesign.errors import CodesignError
 from codesign.graph.op import BYTE_CLASSES, Op
+from codesign.graph.extrapolation import Bilinear, extrapolate, same_structure
 from codesign.graph.mixed import merge_segments
 from codesign.graph.router import RouterModel, make_router, routed_counts
 from codesign.graph.shape import StepShape
@@ -132,7 +133,7 @@ def _at_context(config: ModelConfig, seg: str, kind: str, phase: str, batch: int
     if hit is None:
         a = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR, use_disk)
         b = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR + 1, use_disk)
-        hit = _extrapolate(a, b, context - CONTEXT_ANCHOR)
+        hit = extrapolate(a, b, context - CONTEXT_ANCHOR)
         if hit is None:  # the two recordings differ in structure: record this context directly
             hit = _recorded(config, seg, kind, phase, batch, tokens, context, use_disk)
         _MEMO[key] = hit
@@ -157,7 +158,7 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
         if form is not None:
             hit = _MEMO[key] = form.at(batch - 1, context - CONTEXT_ANCHOR)
     if hit is None:
-        hit = _extrapolate(_at_context(config, seg, kind, phase, 1, tokens, context, use_disk),
+        hit = extrapolate(_at_context(config, seg, kind, phase, 1, tokens, context, use_disk),
                            _at_context(config, seg, kind, phase, 2, tokens, context, use_disk), batch - 1)
         if hit is None:  # the two recordings differ in structure: record this batch directly
             hit = _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
@@ -165,150 +166,7 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
     return hit
 
 
-def _lerp(a, b, t: int):
-    """a + (b - a) * t over numbers, tuples and dicts of them."""
-    if isinstance(a, dict):
-        return {k: a[k] + (b[k] - a[k]) * t for k in a}
-    if isinstance(a, tuple):
-        return tuple(_lerp(x, y, t) for x, y in zip(a, b, strict=True))
-    return a + (b - a) * t
-
-
-def _lerp_shapes(a: tuple, b: tuple, t: int) -> tuple:
-    """`_lerp` of a tuple of shapes (tuples of ints); shared when the two are equal."""
-    if a == b:
-        return a
-    return tuple(p if p == q else tuple(x + (y - x) * t for x, y in zip(p, q, strict=True))
-                 for p, q in zip(a, b, strict=True))
-
-
-def _lerp_bytes(a: dict, b: dict, t: int) -> dict:
-    """`_lerp` of a byte-class dict; shared when the two are equal (weights: every batch)."""
-    if a == b:
-        return a
-    return {k: v + (b[k] - v) * t for k, v in a.items()}
-
-
-def _same_structure(s1: Segment, s2: Segment) -> bool:
-    """Whether two recordings have the same ops, edges and shape ranks (only sizes differ)."""
-    if len(s1.ops) != len(s2.ops) or s1.edges != s2.edges or s1.entries != s2.entries or s1.exit != s2.exit:
-        return False
-    for a, b in zip(s1.ops, s2.ops):
-        if a.target != b.target or len(a.in_shapes) != len(b.in_shapes) or len(a.out_shapes) != len(b.out_shapes) \
-                or (a.gemm is None) != (b.gemm is None) or a.repeat != b.repeat \
-                or (a.tokens_per_expert is None) != (b.tokens_per_expert is None) \
-                or (a.tokens_per_expert is not None and len(a.tokens_per_expert) != len(b.tokens_per_expert)) \
-                or any(len(x) != len(y) for x, y in zip(a.in_shapes + a.out_shapes, b.in_shapes + b.out_shapes)):
-            return False
-    return True
-
-
-def _extrapolate(s1: Segment, s2: Segment, t: int) -> Segment | None:
-    """s1 + (s2 - s1) * t for two recordings one step apart (in batch or in cached length), or None
-    when they differ in structure."""
-    if not _same_structure(s1, s2):
-        return None
-    ops = []
-    for a, b in zip(s1.ops, s2.ops):
-        op = a.clone()
-        op.in_shapes = _lerp_shapes(a.in_shapes, b.in_shapes, t)
-        op.out_shapes = _lerp_shapes(a.out_shapes, b.out_shapes, t)
-        op.flops = a.flops + (b.flops - a.flops) * t
-        op.bytes_read = _lerp_bytes(a.bytes_read, b.bytes_read, t)
-        op.bytes_written = _lerp_bytes(a.bytes_written, b.bytes_written, t)
-        op.gemm = None if a.gemm is None else _lerp(a.gemm, b.gemm, t)
-        if a.tokens_per_expert is not None:
-            op.tokens_per_expert = _lerp(a.tokens_per_expert, b.tokens_per_expert, t)
-        ops.append(op)
-    return Segment(ops=ops, edges=s1.edges, entries=s1.entries, exit=s1.exit, params=s1.params, wall_s=0.0)
-
-
-def _coeffs(a, b, c, d):
-    """(a, b - a, c - a, d - b - c + a) of a quantity recorded at (0, 0), (1, 0), (0, 1), (1, 1)
-    sequences and cached tokens beyond the first recording: its value at (tb, tc) is
-    a + (b - a) tb + (c - a) tc + (d - b - c + a) tb tc."""
-    return (a, b - a, c - a, d - b - c + a)
-
-
-def _at(k: tuple, tb: int, tc: int, tbc: int):
-    return k[0] + k[1] * tb + k[2] * tc + k[3] * tbc
-
-
-def _shape_coeffs(shapes: tuple[tuple, ...]) -> tuple | list:
-    """Shapes of the four recordings -> the shared tuple when equal, else per shape either its
-    tuple (constant) or its per-dimension coefficients (a list)."""
-    a, b, c, d = shapes
-    if a == b == c == d:
-        return a
-    return [p if p == q == r == t else [_coeffs(*x) for x in zip(p, q, r, t, strict=True)]
-            for p, q, r, t in zip(a, b, c, d, strict=True)]
-
-
-def _shapes_at(k, tb: int, tc: int, tbc: int) -> tuple:
-    if isinstance(k, tuple):
-        return k
-    return tuple(p if isinstance(p, tuple) else tuple([x[0] + x[1] * tb + x[2] * tc + x[3] * tbc for x in p])
-                 for p in k)
-
-
-def _dict_coeffs(a: dict, b: dict, c: dict, d: dict) -> dict | list:
-    if a == b == c == d:
-        return a
-    return [(key, _coeffs(a[key], b[key], c[key], d[key])) for key in a]
-
-
-class _Bilinear:
-    """A segment as a bilinear function of (sequences, cached tokens) beyond a recording: built
-    once from the recordings at 1 and 2 sequences and at two adjacent cached lengths (every
-    quantity is affine in each of the two, so bilinear in both: attention pairs grow as sequences x
-    cached length), then evaluated at any shape in one pass over the ops. The recorded quantities
-    are integers (element counts, bytes, FLOPs), so the value is exact and equals two nested
-    `_extrapolate`s."""
-
-    def __init__(self, s11: Segment, s21: Segment, s12: Segment, s22: Segment) -> None:
-        self.segment = s11
-        self.ops = []
-        for a, b, c, d in zip(s11.ops, s21.ops, s12.ops, s22.ops):
-            self.ops.append((
-                a,
-                _shape_coeffs((a.in_shapes, b.in_shapes, c.in_shapes, d.in_shapes)),
-                _shape_coeffs((a.out_shapes, b.out_shapes, c.out_shapes, d.out_shapes)),
-                _coeffs(a.flops, b.flops, c.flops, d.flops),
-                _dict_coeffs(a.bytes_read, b.bytes_read, c.bytes_read, d.bytes_read),
-                _dict_coeffs(a.bytes_written, b.bytes_written, c.bytes_written, d.bytes_written),
-                None if a.gemm is None else [_coeffs(*x) for x in zip(a.gemm, b.gemm, c.gemm, d.gemm)],
-                None if a.tokens_per_expert is None else _shape_coeffs(
-                    ((a.tokens_per_expert,), (b.tokens_per_expert,), (c.tokens_per_expert,), (d.tokens_per_expert,))),
-            ))
-
-    @staticmethod
-    def build(s11: Segment, s21: Segment, s12: Segment, s22: Segment) -> "_Bilinear | None":
-        """None when the four recordings differ in structure."""
-        if not (_same_structure(s11, s21) and _same_structure(s11, s12) and _same_structure(s11, s22)):
-            return None
-        return _Bilinear(s11, s21, s12, s22)
-
-    def at(self, tb: int, tc: int) -> Segment:
-        tbc = tb * tc
-        ops = []
-        for a, ins, outs, fl, rd, wr, gemm, tpe in self.ops:
-            op = a.clone()
-            op.in_shapes = _shapes_at(ins, tb, tc, tbc)
-            op.out_shapes = _shapes_at(outs, tb, tc, tbc)
-            op.flops = _at(fl, tb, tc, tbc)
-            op.bytes_read = rd if isinstance(rd, dict) else {k: v[0] + v[1] * tb + v[2] * tc + v[3] * tbc for k, v in rd}
-            op.bytes_written = wr if isinstance(wr, dict) else {k: v[0] + v[1] * tb + v[2] * tc + v[3] * tbc
-                                                                for k, v in wr}
-            if gemm is not None:
-                op.gemm = tuple([x[0] + x[1] * tb + x[2] * tc + x[3] * tbc for x in gemm])
-            if tpe is not None:
-                op.tokens_per_expert = _shapes_at(tpe, tb, tc, tbc)[0]
-            ops.append(op)
-        s = self.segment
-        return Segment(ops=ops, edges=s.edges, entries=s.entries, exit=s.exit, params=s.params, wall_s=0.0)
-
-
-_BILINEAR: dict[str, _Bilinear | None] = {}
+_BILINEAR: dict[str, Bilinear | None] = {}
 
 
 def _batches_differ(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, use_disk: bool) -> bool:
@@ -320,21 +178,21 @@ def _batches_differ(config: ModelConfig, seg: str, kind: str, phase: str, tokens
         rec = functools.partial(_recorded, config, seg, kind, phase)
         A = CONTEXT_ANCHOR
         one, two = rec(1, tokens, A, use_disk), rec(2, tokens, A, use_disk)
-        _DIFFER[key] = (_same_structure(one, rec(1, tokens, A + 1, use_disk))
-                        and _same_structure(two, rec(2, tokens, A + 1, use_disk)) and not _same_structure(one, two))
+        _DIFFER[key] = (same_structure(one, rec(1, tokens, A + 1, use_disk))
+                        and same_structure(two, rec(2, tokens, A + 1, use_disk)) and not same_structure(one, two))
     return _DIFFER[key]
 
 
 _DIFFER: dict[str, bool] = {}
 
 
-def _bilinear(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, use_disk: bool) -> _Bilinear | None:
-    """The bilinear form of a segment (`_Bilinear`) from its four anchor recordings, memoised."""
+def _bilinear(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, use_disk: bool) -> Bilinear | None:
+    """The bilinear form of a segment (`Bilinear`) from its four anchor recordings, memoised."""
     key = f"{config.config_hash()}|{kind}|{phase}|{tokens}"
     if key not in _BILINEAR:
         rec = functools.partial(_recorded, config, seg, kind, phase)
         A = CONTEXT_ANCHOR
-        _BILINEAR[key] = _Bilinear.build(rec(1, tokens, A, use_disk), rec(2, tokens, A, use_disk),
+        _BILINEAR[key] = Bilinear.build(rec(1, tokens, A, use_disk), rec(2, tokens, A, use_disk),
                                          rec(1, tokens, A + 1, use_disk), rec(2, tokens, A + 1, use_disk))
     return _BILINEAR[key]
 
@@ -437,7 +295,7 @@ def _zero_sequences(config: ModelConfig, seg: str, phase: str, tokens: int, cont
     if const is None:
         one = _segment(config, seg, phase, 1, tokens, context, use_disk)
         two = _segment(config, seg, phase, 2, tokens, context, use_disk)
-        const = _extrapolate(one, two, -1)
+        const = extrapolate(one, two, -1)
     _MEMO[key] = const
     return const
 

@@ -32,7 +32,6 @@ from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 from codesign.sim.layerplan import layer_plan
 from codesign.sim.routed import RoutedLayers
-from codesign.sim.schedule import list_schedule
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
 # Resource each op kind holds, in a fixed acquisition order (no deadlock between two-unit holders).

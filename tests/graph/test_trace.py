@@ -274,18 +274,18 @@ def test_bilinear_form_equals_nested_extrapolation(phase, tokens):
     op field of the two nested one-step extrapolations it replaces (context, then batch)."""
     import dataclasses
 
-    from codesign.graph import tracing as tm
+    from codesign.graph import extrapolation as ex, tracing as tm
 
     cfg = cs.load_model("qwen3.5-397b-a17b")
     A = tm.CONTEXT_ANCHOR
     for seg in sorted({str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}):
         kind = cfg.layer_kind(int(seg))
         rec = {(b, c): tm._recorded(cfg, seg, kind, phase, b, tokens, c, False) for b in (1, 2) for c in (A, A + 1)}
-        form = tm._Bilinear.build(rec[1, A], rec[2, A], rec[1, A + 1], rec[2, A + 1])
+        form = ex.Bilinear.build(rec[1, A], rec[2, A], rec[1, A + 1], rec[2, A + 1])
         for batch, cached in [(3, 1000), (177, 32_767), (64, 262_000)]:
-            ones = tm._extrapolate(rec[1, A], rec[1, A + 1], cached - A)
-            twos = tm._extrapolate(rec[2, A], rec[2, A + 1], cached - A)
-            nested = tm._extrapolate(ones, twos, batch - 1) if ones and twos else None
+            ones = ex.extrapolate(rec[1, A], rec[1, A + 1], cached - A)
+            twos = ex.extrapolate(rec[2, A], rec[2, A + 1], cached - A)
+            nested = ex.extrapolate(ones, twos, batch - 1) if ones and twos else None
             if form is None:  # batch 1 and 2 record differently (GatedDeltaNet prefill): neither applies
                 assert nested is None
                 continue
