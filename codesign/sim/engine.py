@@ -18,7 +18,6 @@ all-to-alls, whose per-layer token counts differ). A full Qwen3.5-397B step is ~
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,19 +29,11 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
-from codesign.sim.layerplan import layer_plan
+from codesign.sim.layerplan import contract, layer_plan, topological_order
+from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
-# Resource each op kind holds, in a fixed acquisition order (no deadlock between two-unit holders).
-_UNITS = {
-    "gemm": ("matrix", "hbm"),
-    "grouped_gemm": ("matrix", "hbm"),
-    "attention": ("matrix", "hbm"),
-    "vector": ("vector", "hbm"),
-    "memory": ("hbm",),
-    "collective": ("link",),
-}
 # Names of limiting resources as results report them.
 BOTTLENECK_NAMES = {"matrix": "compute", "vector": "compute", "hbm": "hbm", "sram": "sram", "link": "link", "overhead": "overhead"}
 
@@ -109,27 +100,10 @@ def _signature(op: Op) -> tuple:
 
 def _topological(g: nx.DiGraph, nodes: list) -> list:
     """`nodes` in a topological order of their induced subgraph; ties keep insertion order
-    (Kahn's algorithm on the subgraph; cheaper than a networkx subgraph view)."""
-    node_set = set(nodes)
-    indeg = {n: 0 for n in nodes}
-    succ: dict[Any, list] = {n: [] for n in nodes}
-    for n in nodes:
-        for s in g.successors(n):
-            if s in node_set:
-                indeg[s] += 1
-                succ[n].append(s)
+    (`layerplan.topological_order`)."""
     pos = {n: i for i, n in enumerate(nodes)}
-    ready = [(pos[n], n) for n in nodes if indeg[n] == 0]
-    heapq.heapify(ready)
-    out = []
-    while ready:
-        _, n = heapq.heappop(ready)
-        out.append(n)
-        for s in succ[n]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                heapq.heappush(ready, (pos[s], s))
-    return out
+    preds = [[pos[p] for p in g.predecessors(n) if p in pos] for n in nodes]
+    return [nodes[i] for i in topological_order(preds)]
 
 
 class _SimpySchedule:
@@ -178,45 +152,24 @@ class _SimpySchedule:
         return float(self.env.now)
 
 
-_UNIT_ORDER = ("matrix", "vector", "hbm", "link")
-
-
 def _contract(items: list[tuple[Any, str, float, list]],
               members: dict[Any, list[tuple[Any, str, float]]] | None = None
               ) -> list[tuple[Any, tuple[str, ...], float, list]]:
-    """Merge chains of compute ops (an op whose only predecessor is a compute op with no other
-    successor) into one process holding the union of their units for the summed time. Exact: every
-    compute op holds the HBM channel, so a chain's ops never interleave with other compute; it
-    cuts the SimPy events of a layer from ~100 ops to the handful of branch points.
-    `members` (optional): filled with each process's merged (op key, kind, seconds), in order."""
-    nsucc: dict[Any, int] = defaultdict(int)
-    for _, _, _, preds in items:
-        for p in preds:
-            nsucc[p] += 1
-    head: dict[Any, Any] = {}
-    out: dict[Any, list] = {}
-    for key, kind, seconds, preds in items:
-        units = _UNITS.get(kind, ("hbm",))
-        if kind != "collective" and len(preds) == 1:
-            p = preds[0]
-            h = head[p]
-            if nsucc[p] == 1 and "link" not in out[h][1]:
-                head[key] = h
-                item = out[h]
-                item[1] = tuple(u for u in _UNIT_ORDER if u in item[1] or u in units)
-                item[2] += seconds
-                if members is not None:
-                    members[h].append((key, kind, seconds))
-                continue
-        head[key] = key
+    """Chains of compute ops merged into one process (`layerplan.contract`, which says why this is
+    exact) for items (key, op kind, seconds, predecessor keys): (head key, units, summed seconds,
+    predecessor head keys) per process. `members` (optional): filled with each process's merged
+    (op key, kind, seconds), in order."""
+    index = {key: i for i, (key, _, _, _) in enumerate(items)}
+    c = contract([it[1] for it in items], [[index[p] for p in it[3]] for it in items])
+    out = []
+    for units, preds, merged in zip(c.units, c.preds, c.members):
+        key, seconds = items[merged[0]][0], items[merged[0]][2]
+        for j in merged[1:]:
+            seconds += items[j][2]
         if members is not None:
-            members[key] = [(key, kind, seconds)]
-        hp = []
-        for p in preds:
-            if head[p] not in hp:
-                hp.append(head[p])
-        out[key] = [key, units, seconds, hp]
-    return [tuple(v) for v in out.values()]
+            members[key] = [items[j][:3] for j in merged]
+        out.append((key, units, seconds, [items[c.members[q][0]][0] for q in preds]))
+    return out
 
 
 class StepSimulator:

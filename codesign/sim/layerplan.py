@@ -1,12 +1,13 @@
 """The schedule structure of one layer, compiled once per layer structure and reused for every cost.
 
 A layer's makespan (`codesign.sim.engine`) is a list schedule of its ops: which ops merge into one
-process (`engine._contract`), which process waits on which, and which units each holds depend only
+process (`contract`), which process waits on which, and which units each holds depend only
 on the layer's op kinds and edges, never on the op costs. So do the two-batch-overlap variants
 (two half micro-batches, one and two copies of the layer). Layers of one kind have the same
 structure at every step shape, plan and hardware variant; `LayerPlan` computes that structure once
 and then turns a list of op seconds into a makespan with one pass over the contracted processes
-(the seconds of merged ops summed in the same order as `_contract`, so every float is the same).
+(the seconds of merged ops summed in item order, so every float is that of contracting the items
+themselves, `engine._contract`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 from codesign.sim.cache import BoundedCache
-from codesign.sim.schedule import _UNITS, schedule_compiled
+from codesign.sim.schedule import _UNITS as _UNIT_ORDER, compile_structure, schedule_compiled
+
+# Resource each op kind holds, in a fixed acquisition order (no deadlock between two-unit holders).
+KIND_UNITS = {
+    "gemm": ("matrix", "hbm"),
+    "grouped_gemm": ("matrix", "hbm"),
+    "attention": ("matrix", "hbm"),
+    "vector": ("vector", "hbm"),
+    "memory": ("hbm",),
+    "collective": ("link",),
+}
 
 
 @dataclass
@@ -37,20 +48,19 @@ class Contracted:
                 s += secs[j]
             total.append(s)
         if self._compiled is None:
-            index = {u: i for i, u in enumerate(_UNITS)}
-            succ: list[list[int]] = [[] for _ in self.units]
-            for v, ps in enumerate(self.preds):
-                for p in ps:
-                    succ[p].append(v)
-            self._compiled = ([tuple(index[u] for u in us) for us in self.units], succ,
-                              [len(ps) for ps in self.preds])
+            self._compiled = compile_structure(self.units, self.preds)
         return schedule_compiled(*self._compiled, total)
 
 
 def contract(kinds: list[str], preds: list[list[int]]) -> Contracted:
-    """`engine._contract` on structure alone (items 0..n-1 with these kinds and predecessors)."""
-    from codesign.sim.engine import _UNITS, _UNIT_ORDER
-
+    """Processes of items 0..n-1 with these op kinds and predecessors: chains of compute ops (an op
+    whose only predecessor is a compute op with no other successor) merged into one process holding
+    the union of their units for their summed time; it cuts a layer's events from ~100 ops to the
+    handful of branch points. Every compute op holds the HBM channel, so a chain runs back to back
+    unless another compute op of higher priority becomes ready between two of its ops and takes
+    the channel first: the merged process does not let it in. On the models' layers this moves a
+    layer's makespan by at most ~5e-5 relative (Qwen3.5 prefill at tp8/ep8; most layers not at
+    all); the engine's process model is the merged one (SimPy runs it, `engine._SimpySchedule`)."""
     nsucc = [0] * len(kinds)
     for ps in preds:
         for p in ps:
@@ -61,7 +71,7 @@ def contract(kinds: list[str], preds: list[list[int]]) -> Contracted:
     cpreds: list[list[int]] = []
     members: list[list[int]] = []
     for i, (kind, ps) in enumerate(zip(kinds, preds)):
-        u = _UNITS.get(kind, ("hbm",))
+        u = KIND_UNITS.get(kind, ("hbm",))
         if kind != "collective" and len(ps) == 1:
             h = head[ps[0]]
             k = proc_of[h]
@@ -131,7 +141,7 @@ def layer_plan(key: Hashable, kinds: list[str], preds: list[list[int]]) -> Layer
     positions; `key` identifies that structure (the caller builds it from the same data)."""
     hit = PLANS.get(key)
     if hit is None:
-        order = _topological(preds)
+        order = topological_order(preds)
         pos = {v: i for i, v in enumerate(order)}
         t_kinds = [kinds[v] for v in order]
         t_preds = [[pos[p] for p in preds[v]] for v in order]
@@ -140,8 +150,8 @@ def layer_plan(key: Hashable, kinds: list[str], preds: list[list[int]]) -> Layer
     return hit
 
 
-def _topological(preds: list[list[int]]) -> list[int]:
-    """Positions 0..n-1 in a topological order; ties keep insertion order (as `engine._topological`)."""
+def topological_order(preds: list[list[int]]) -> list[int]:
+    """Positions 0..n-1 in a topological order (Kahn's algorithm); ties keep insertion order."""
     import heapq
 
     n = len(preds)
@@ -163,4 +173,4 @@ def _topological(preds: list[list[int]]) -> list[int]:
     return out
 
 
-__all__ = ["Contracted", "LayerPlan", "contract", "layer_plan", "PLANS"]
+__all__ = ["Contracted", "LayerPlan", "KIND_UNITS", "contract", "layer_plan", "topological_order", "PLANS"]

@@ -65,6 +65,13 @@ class RoutedLayers:
         return out
 
 
+def routed_positions(ops: list[Op]) -> tuple[int, list[int]]:
+    """Positions, in a layer's mapped op list, of its routed-expert op and of its all-to-alls: the
+    ops a copy of the layer with its own routing replaces."""
+    expert = next(i for i, o in enumerate(ops) if o.kind == "grouped_gemm" and o.block == "moe_experts")
+    return expert, [i for i, o in enumerate(ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
+
+
 def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, template: int, layers: list[int],
           template_ops: list[Op]) -> RoutedLayers | None:
     """`RoutedLayers` of `layers` (router counts `counts`, one row per layer, of the traced expert op
@@ -75,8 +82,7 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     if (type(cm) is not CostModel or mapper.r_extra or mapper.placement != "contiguous" or not E or E % ep
             or counts.shape != (len(layers), E) or traced.expert_flops_per_token <= 0 or not layers):
         return None
-    expert_pos = next(i for i, o in enumerate(template_ops) if o.kind == "grouped_gemm" and o.block == "moe_experts")
-    a2a_pos = [i for i, o in enumerate(template_ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
+    expert_pos, a2a_pos = routed_positions(template_ops)
     if any(cm.all_to_all_parts(template_ops[i].collective) is None for i in a2a_pos):
         return None
     shares = counts if dp == 1 else -(-counts // dp)  # the busiest replica's share (ExpertMapper.map)
@@ -107,4 +113,4 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     return out
 
 
-__all__ = ["RoutedLayers", "route"]
+__all__ = ["RoutedLayers", "route", "routed_positions"]

@@ -6,8 +6,8 @@ predecessor's completion, request each unit in a fixed order from a capacity-1
 `PriorityResource` at the op's topological priority, hold them for the op's seconds, release,
 signal completion). A step runs that simulation for every representative layer, and the two
 micro-batch variants of two-batch overlap: about 14,000 SimPy events a step, most of the time of a
-new step shape. `list_schedule` replays exactly the same event sequence with plain tuples on one
-heap: the same event kinds (initialise, condition, request, timeout, release, completion), the
+new step shape. `list_schedule` replays exactly the same event sequence with plain integers on a
+heap and a FIFO queue: the same event kinds (initialise, condition, request, timeout, release, completion), the
 same scheduling order and the same (time, priority, event id) tie-break as SimPy 4, so the
 makespan is the same float (tests/sim/test_schedule.py checks it against SimPy on random layer
 graphs, with ties and zero-length ops).
@@ -19,128 +19,43 @@ import heapq
 from collections import deque
 from typing import Any
 
-_URGENT, _NORMAL = 0, 1
 _UNITS = ("matrix", "vector", "hbm", "link")
 _UNIT_INDEX = {u: i for i, u in enumerate(_UNITS)}
 
 
 def list_schedule(items: list[tuple[Any, tuple[str, ...], float, list]]) -> float:
-    """Makespan of `items` = (key, units held, seconds, predecessor keys), in priority order.
-
-    SimPy processes events by (time, priority, event id). Three facts let most events skip the
-    heap without changing that order: every Initialize event (the only urgent ones) is at time 0
-    and precedes everything else, in op order; an event scheduled for the current time has a
-    larger id than every event already waiting for that time (those were scheduled earlier), so
-    current-time events run first-in first-out after the heap's entries for the same time; only
-    timeouts lie in the future. The heap holds timeouts, a FIFO queue the rest."""
+    """Makespan of `items` = (key, units held, seconds, predecessor keys), in priority order."""
     index = {key: i for i, (key, _, _, _) in enumerate(items)}
-    return schedule_indexed([it[1] for it in items], [[index[p] for p in it[3]] for it in items],
-                            [it[2] for it in items])
+    structure = compile_structure([it[1] for it in items], [[index[p] for p in it[3]] for it in items])
+    return schedule_compiled(*structure, [it[2] for it in items])
 
 
-def schedule_indexed(units: list[tuple[str, ...]], preds: list[list[int]], secs: list[float]) -> float:
-    """`list_schedule` of items 0..n-1: item i holds units[i] for secs[i] after preds[i]."""
-    n = len(units)
-    future: list[tuple[float, int, int]] = []  # (time, event id, op): timeouts
-    now_q: deque[tuple[int, int]] = deque()  # (kind, op) scheduled for the current time
-    eid = 0
-    now = 0.0
-    # Resources: holder (op index or -1) and waiting requests sorted by (priority, time).
-    holder = {u: -1 for u in _UNITS}
-    waiting: dict[str, list[tuple[int, float, int]]] = {u: [] for u in _UNITS}  # (priority, time, op)
-    done_processed = [False] * n
-    waiters: list[list[int]] = [[] for _ in range(n)]  # ops whose condition waits on this op's completion
-    missing = [0] * n
-    unit_no = [0] * n
-
-    # kinds of queued events (timeouts live in `future`)
-    COND, GRANT, RELEASE, DONE = range(4)
-
-    def timeout(op: int) -> None:
-        nonlocal eid
-        t = now + secs[op]
-        if t == now:
-            now_q.append((-1, op))
-        else:
-            heapq.heappush(future, (t, eid, op))
-            eid += 1
-
-    def request(op: int) -> None:
-        """The op requests its next unit: it joins the unit's queue (ordered by priority, then
-        request time) and, if the unit is free, the queue's first request is granted (SimPy's
-        `_trigger_put`; a grant is a scheduled event)."""
-        u = units[op][unit_no[op]]
-        q = waiting[u]
-        heapq.heappush(q, (op, now, op))
-        if holder[u] < 0:
-            nxt = heapq.heappop(q)[2]
-            holder[u] = nxt
-            now_q.append((GRANT, nxt))
-
-    def start_units(op: int) -> None:
-        if units[op]:
-            request(op)
-        else:
-            timeout(op)
-
-    for op in range(n):  # env.process(): an Initialize event each, in priority order, at time 0
-        if preds[op]:
-            m = 0
-            for p in preds[op]:
-                if not done_processed[p]:
-                    m += 1
-                    waiters[p].append(op)
-            missing[op] = m
-            if m == 0:
-                now_q.append((COND, op))
-        else:
-            start_units(op)
-
-    while True:
-        if future and future[0][0] == now:
-            kind, op = -1, heapq.heappop(future)[2]
-        elif now_q:
-            kind, op = now_q.popleft()
-        elif future:
-            now, _, op = heapq.heappop(future)
-            kind = -1
-        else:
-            break
-        if kind == -1:  # timeout: release every unit (a Release event each), then completion
-            for u in units[op]:
-                holder[u] = -1
-                now_q.append((RELEASE, _UNIT_INDEX[u]))
-            now_q.append((DONE, op))
-        elif kind == COND:
-            start_units(op)
-        elif kind == GRANT:
-            unit_no[op] += 1
-            if unit_no[op] < len(units[op]):
-                request(op)
-            else:
-                timeout(op)
-        elif kind == RELEASE:
-            u = _UNITS[op]
-            q = waiting[u]
-            if q and holder[u] < 0:
-                nxt = heapq.heappop(q)[2]
-                holder[u] = nxt
-                now_q.append((GRANT, nxt))
-        else:  # DONE: the completion event's callbacks, in the order conditions registered
-            done_processed[op] = True
-            for w in waiters[op]:
-                missing[w] -= 1
-                if missing[w] == 0:
-                    now_q.append((COND, w))
-    return now
+def compile_structure(units: list[tuple[str, ...]], preds: list[list[int]]
+                      ) -> tuple[list[tuple[int, ...]], list[list[int]], list[int]]:
+    """(unit indices, successors in item order, predecessor counts) of items 0..n-1 with these
+    units and predecessors: the structure `schedule_compiled` runs on."""
+    succ: list[list[int]] = [[] for _ in units]
+    for v, ps in enumerate(preds):
+        for p in ps:
+            succ[p].append(v)
+    return [tuple(_UNIT_INDEX[u] for u in us) for us in units], succ, [len(ps) for ps in preds]
 
 
 def schedule_compiled(units: list[tuple[int, ...]], succ: list[list[int]], npreds: list[int], secs: list[float]) -> float:
-    """`schedule_indexed` on a precomputed structure (`codesign.sim.layerplan`): units as indices
-    into `_UNITS`, each item's successors in item order (the order their conditions register) and
-    its number of predecessors. The same event sequence, written for speed: events are integers
-    (item << 3 | kind), the helper functions are inlined, and a unit's waiting requests are a heap of
-    item indices (an item waits for one unit at a time, so its priority alone orders them)."""
+    """Makespan of items 0..n-1 given by structure: each item's units (indices into `_UNITS`, in
+    acquisition order), its successors in item order (the order their conditions register) and
+    its number of predecessors; item i holds its units for secs[i].
+
+    SimPy processes events by (time, priority, event id). Three facts let most events skip the
+    heap without changing that order: every Initialize event (the only urgent ones) is at time 0
+    and precedes everything else, in item order; an event scheduled for the current time has a
+    larger id than every event already waiting for that time (those were scheduled earlier), so
+    current-time events run first-in first-out after the heap's entries for the same time; only
+    timeouts lie in the future. The heap holds timeouts, a FIFO queue the rest. Written for speed:
+    events are integers (item << 3 | kind), the request step is written out where it occurs (the
+    initial requests and the main loop), and a unit's waiting requests are a heap of item indices
+    (an item waits for one unit at a time, so its priority alone orders them). Layer plans
+    (`codesign.sim.layerplan`) keep the structure and call this directly."""
     n = len(units)
     push, pop = heapq.heappush, heapq.heappop
     future: list[tuple[float, int, int]] = []  # (time, event id, item): timeouts
@@ -226,4 +141,4 @@ def schedule_compiled(units: list[tuple[int, ...]], succ: list[list[int]], npred
     return now
 
 
-__all__ = ["list_schedule", "schedule_indexed", "schedule_compiled"]
+__all__ = ["list_schedule", "compile_structure", "schedule_compiled"]

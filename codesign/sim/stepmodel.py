@@ -40,7 +40,7 @@ from codesign.models import ModelConfig
 from codesign.sim.cost import CostModel, CostOptions
 from codesign.sim.cache import BoundedCache, router_key
 from codesign.sim.engine import StepResult, StepSimulator, VirtualLayer, precision_dtypes
-from codesign.sim.routed import RoutedLayers, route
+from codesign.sim.routed import RoutedLayers, route, routed_positions
 
 
 # Skeleton graphs and traced expert ops by (config hash, shape, router, layers kept): few MB each.
@@ -164,8 +164,7 @@ class StepModel:
             if group is not None:
                 fast.append(group)
                 continue
-            e = next(i for i, o in enumerate(ops) if o.kind == "grouped_gemm" and o.block == "moe_experts")
-            a2a = [i for i, o in enumerate(ops) if o.kind == "collective" and o.collective["type"] == "all_to_all"]
+            e, a2a = routed_positions(ops)
             for j, layer in enumerate(layers):
                 op = tr._rescale_experts(traced, tuple(counts[j].tolist()))
                 op.layer, op.layer_type = layer, ops[e].layer_type

@@ -27,7 +27,8 @@ import networkx as nx
 from codesign.gc_pause import gc_paused
 from codesign.hw.spec import HardwareSpec
 from codesign.sim.cost import CostModel, CostOptions
-from codesign.sim.engine import _UNITS, StepSimulator, _contract, _SimpySchedule, _topological, precision_dtypes, simulate_step
+from codesign.sim.engine import StepSimulator, _contract, _SimpySchedule, _topological, precision_dtypes, simulate_step
+from codesign.sim.layerplan import KIND_UNITS as _UNITS
 
 
 @dataclass(frozen=True)
