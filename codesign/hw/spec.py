@@ -171,11 +171,46 @@ class Efficiency(_Strict):
     gdn_chunk: Fraction | None = None
     gdn_chunk_units: Annotated[Int, Field(gt=0, le=MAX_WIDTH)] | None = None
 
+    # Triton fused_moe kernel (vLLM's / SGLang's `fused_experts` for unquantized and per-tensor FP8
+    # MoE on Hopper), used for routed-expert ops where a deployment runs it (`cost.moe_kernel`;
+    # docs/cost-model.md "MoE kernel implementation"). Each expert's tokens are padded to the
+    # kernel's row block (`cost.triton_moe_min_block` below the tile's M, the tile's M above);
+    # matrix seconds = padded FLOPs / (peak(dtype) x fraction x T / (T + tokens_half)), T the op's
+    # padded routed tokens (occupancy of the whole grid); weights stream at `memory` x HBM peak; each
+    # call pays `overhead` on top of its kernels' fixed time (token sort/alignment, the block map).
+    # Two curves: `moe_triton*` with a tuned config file for the shape (`triton_fused`) and
+    # `moe_triton_default*` with the engine's default tile heuristic (`triton_fused_default`).
+    # The fractions are per matrix dtype, only for the dtypes the curve has kernel rows of: a dtype
+    # absent (or a chip without the curve) is refused, not guessed. Fitted on
+    # benchmarks/kernels/fused_moe.yaml only.
+    moe_triton: dict[Dtype, Fraction] | None = None
+    moe_triton_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)  # none: small_m_half
+    moe_triton_memory: Fraction | None = None  # none: matrix_memory (else memory)
+    moe_triton_overhead: Seconds = 0.0
+    moe_triton_default: dict[Dtype, Fraction] | None = None
+    moe_triton_default_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    moe_triton_default_memory: Fraction | None = None
+    moe_triton_default_overhead: Seconds = 0.0
+
     @model_validator(mode="after")
     def _gdn_chunk_pair(self) -> "Efficiency":
         if (self.gdn_chunk is None) != (self.gdn_chunk_units is None):
             raise ValueError("gdn_chunk and gdn_chunk_units: expected both or neither, found one")
         return self
+
+    def moe_triton_curve(self, default_config: bool, dtype: str) -> tuple[float, float | None, float | None, float] | None:
+        """(fraction of `dtype`'s peak, tokens_half, memory fraction, fixed seconds) of the Triton
+        fused_moe kernel with a tuned config (or, `default_config`, the engine's default heuristic);
+        None where the chip has no such curve for `dtype`."""
+        if default_config:
+            frac = (self.moe_triton_default or {}).get(dtype)  # type: ignore[call-overload]
+            if frac is None:
+                return None
+            return frac, self.moe_triton_default_tokens_half, self.moe_triton_default_memory, self.moe_triton_default_overhead
+        frac = (self.moe_triton or {}).get(dtype)  # type: ignore[call-overload]
+        if frac is None:
+            return None
+        return frac, self.moe_triton_tokens_half, self.moe_triton_memory, self.moe_triton_overhead
 
     def gemm_for(self, dtype: str) -> float:
         """The large-GEMM fraction of peak for matrix `dtype`: `gemm_by_dtype[dtype]`, else `gemm`."""

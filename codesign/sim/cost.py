@@ -57,6 +57,9 @@ _TORCH_DTYPES = {
 }
 
 
+# MoE routed-expert kernel implementations a deployment's engine runs (`CostOptions.moe_kernel`).
+MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default"]
+
 # Seconds written as a number or with a unit ("5 us"), never negative.
 _Seconds = Annotated[float, BeforeValidator(lambda v: parse_quantity(v, "time")), Field(ge=0)]
 
@@ -87,6 +90,20 @@ class CostOptions(BaseModel):
     # GEMM and the weighted un-permute sum (moe_sum) = 5. The routing (gate GEMM, top-k softmax) is
     # its own traced op. Their bytes are the op's own (gather of routed tokens, output write).
     grouped_op_kernels: float = Field(default=5.0, ge=0.0)
+    # Which kernel implementation runs the routed experts (`grouped_gemm` ops in the `moe_experts`
+    # block), a fact of the deployment's engine and precision (docs/cost-model.md "MoE kernel
+    # implementation"): "grouped" -- a DeepGEMM/CUTLASS-class grouped GEMM at `efficiency.grouped_gemm`
+    # (the default); "triton_fused" -- the Triton `fused_moe` kernel that vLLM and SGLang run for
+    # unquantized (BF16) and per-tensor FP8 MoE on Hopper, with a tuned config file for the shape
+    # and device, at the chip's `efficiency.moe_triton*` curve; "triton_fused_default" -- the same
+    # kernel where the engine has no tuned config for (experts, N, device, dtype) and falls back to
+    # its default tile heuristic, at `efficiency.moe_triton_default*`. Both curves are fitted on that
+    # kernel's published timings only (benchmarks/kernels/fused_moe.yaml).
+    moe_kernel: MoeKernel = "grouped"
+    # Row block of the Triton fused_moe kernel for an expert with fewer tokens than the tile's M:
+    # `moe_align_block_size` pads every expert's tokens to BLOCK_SIZE_M, 16 in vLLM's decode-size
+    # tuned and default configs (no swap-AB: the tokens stay in M). Above the tile's M, the tile's M.
+    triton_moe_min_block: int = Field(default=16, gt=0)
     # Element-wise/vector and pure data-movement ops are fused into the adjacent GEMM/attention
     # kernel (prologue/epilogue) in production engines: their bytes and FLOPs are charged, their
     # launch overhead is not.
@@ -257,15 +274,44 @@ class CostModel:
         self.sram_budget = chip.sram.capacity * self.opts.sram_fraction
         self.tile_m, self.tile_n = chip.matrix.tile
         # tokens of one expert -> padded tokens, shared by cost models with the same padding rule
+        # (below the tile's M: swap-AB steps for grouped kernels, the Triton kernel's row block)
+        self.triton_moe = self.opts.moe_kernel != "grouped"
+        self._min_tokens = self.opts.triton_moe_min_block if self.triton_moe else self.opts.grouped_min_tokens
         self._expert_pad = _PAD_TABLES.setdefault(
-            (self.opts.tile_quantisation, self.tile_m, self.opts.grouped_min_tokens), {})
+            (self.opts.tile_quantisation, self.tile_m, self._min_tokens), {})
         self.half = eff.small_m_half
+        self._moe_kernel(hw)
         # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
         # kernel's efficiency, and its block slots (None: the curve is off for this chip or by option).
         self.gdn_rate: float | None = None
         self.gdn_units = eff.gdn_chunk_units or 1
         if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
             self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
+
+    def _moe_kernel(self, hw: HardwareSpec) -> None:
+        """Rates of the routed-expert kernel implementation (`CostOptions.moe_kernel`): the grouped
+        GEMM's by default; the Triton fused_moe curve's (`efficiency.moe_triton*`) for
+        "triton_fused", refused on a chip without that curve."""
+        eff = hw.efficiency
+        self.grouped_half = self.half
+        self.grouped_hbm_bw = self.matrix_hbm_bw
+        self.grouped_fixed_s = 0.0
+        if not self.triton_moe:
+            return
+        curve = eff.moe_triton_curve(self.opts.moe_kernel == "triton_fused_default", self.matrix_dtype)
+        if curve is None:
+            field = "moe_triton_default" if self.opts.moe_kernel == "triton_fused_default" else "moe_triton"
+            have = ", ".join(getattr(eff, field) or {}) or "none"
+            raise CodesignError(f"cost.moe_kernel: {self.opts.moe_kernel} needs a {self.matrix_dtype} entry in "
+                                f"efficiency.{field} of {hw.name} (a fit on Triton fused_moe kernel rows of that "
+                                f"dtype); {hw.name} has: {have}")
+        frac, half, memory, fixed = curve
+        self.grouped_rate = hw.chip.matrix.peak(self.matrix_dtype) * frac
+        if half is not None:
+            self.grouped_half = half
+        if memory is not None:
+            self.grouped_hbm_bw = hw.chip.hbm.bandwidth * memory
+        self.grouped_fixed_s = fixed
 
     def rank_rates(self) -> tuple[float, float]:
         """(FLOP/s, bytes/s) of grouped expert GEMMs and HBM: what the mapping ranks EP ranks and
@@ -288,7 +334,7 @@ class CostModel:
         """K ramp of an expert FFN: the kernel command's single grouped GEMM carries `op.gemm`
         (groups, M, N, K); a traced expert block is gate/up (K = hidden, 2/3 of the FLOPs) then
         down (K = intermediate, 1/3), combined as a time-weighted (harmonic) mean."""
-        if self.k_half is None:
+        if self.k_half is None or self.triton_moe:  # the Triton curve is fitted without the K ramp
             return 1.0
         if op.gemm is not None:
             return self._k_ramp(op.gemm[3])
@@ -360,7 +406,8 @@ class CostModel:
         The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
         tokens_per_expert to this chip's share); keep the padding/ramp factor only."""
         factor = padded / tokens_routed if tokens_routed else 1.0
-        return flops * factor / (self.grouped_rate * self._ramp(padded) * k_ramp)
+        ramp = padded / (padded + self.grouped_half) if self.opts.small_m_ramp else 1.0
+        return flops * factor / (self.grouped_rate * ramp * k_ramp)
 
     def _padded_tokens(self, t: int) -> int:
         """An expert's tokens as its tiles hold them (see `grouped_gemm_time`); 0 when it has none."""
@@ -369,7 +416,7 @@ class CostModel:
         if not self.opts.tile_quantisation:
             return t
         if t < self.tile_m:
-            return _pad(t, self.opts.grouped_min_tokens)
+            return _pad(t, self._min_tokens)
         return _pad(t, self.tile_m)
 
     def compute_time(self, op: Op) -> tuple[float, str]:
@@ -415,7 +462,8 @@ class CostModel:
 
     def memory_seconds(self, kind: str, hbm: float, sram: float) -> tuple[float, str]:
         """(seconds, level) of moving these HBM and SRAM bytes for an op of `kind`."""
-        t_hbm = hbm / (self.matrix_hbm_bw if kind in ("gemm", "grouped_gemm") else self.hbm_bw)
+        bw = self.grouped_hbm_bw if kind == "grouped_gemm" else (self.matrix_hbm_bw if kind == "gemm" else self.hbm_bw)
+        t_hbm = hbm / bw
         t_sram = sram / self.sram_bw
         # HBM and SRAM stream concurrently; the slower one rules.
         return (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
@@ -435,7 +483,7 @@ class CostModel:
         if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
             return 0.0
         if op.kind == "grouped_gemm":
-            return self.launch_s * self.opts.grouped_op_kernels
+            return self.launch_s * self.opts.grouped_op_kernels + self.grouped_fixed_s
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def collective_time(self, op: Op) -> float:

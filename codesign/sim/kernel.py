@@ -17,15 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
-from codesign.sim.cost import CostModel, CostOptions
+from codesign.sim.cost import CostModel, CostOptions, MoeKernel
 
-KernelOp = Literal["gemm", "grouped_gemm", "attention", "gdn_chunk", "all_to_all", "all_reduce"]
+KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "all_to_all", "all_reduce"]
 Positive = Field(default=None, gt=0)
 
 # Fields each op needs (the rest must stay unset or keep their defaults).
 REQUIRED: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"),
     "grouped_gemm": ("groups", "m", "n", "k"),
+    # One MoE layer's routed experts as a serving engine runs them (vLLM's `fused_experts`: token
+    # alignment, gate/up grouped GEMM, activation, down grouped GEMM, weighted sum): `tokens` tokens,
+    # each routed to `top_k` of `groups` experts, hidden size `hidden`, per-rank expert intermediate
+    # size `n` (moe_intermediate_size / TP, the N of vLLM's tuned-config file names).
+    "fused_moe": ("groups", "top_k", "hidden", "n", "tokens"),
     "attention": ("batch", "heads", "head_dim", "seq_q", "seq_kv", "phase"),
     # GatedDeltaNet chunked prefill: `batch` sequences of `seq_q` tokens, `heads` value heads
     # (`kv_heads` key heads, none: = heads), key/value head dims `head_dim` / `head_dim_v`.
@@ -71,6 +76,8 @@ class KernelShape(BaseModel):
     top_k: int | None = Positive  # all-to-all: copies of each token sent (experts per token)
     bytes: float | None = Positive  # all-reduce: message bytes per rank
     algorithm: str | None = None  # collective algorithm (codesign.mapping.collectives.ALGORITHMS)
+    # fused_moe: which MoE kernel implementation ran (`CostOptions.moe_kernel`); none: the default.
+    moe_kernel: MoeKernel | None = None
 
     @model_validator(mode="after")
     def _fields_of_op(self) -> "KernelShape":
@@ -79,6 +86,10 @@ class KernelShape(BaseModel):
             raise ValueError(f"{self.op} needs {', '.join(missing)}")
         if self.op == "attention" and self.seq_q > self.seq_kv:
             raise ValueError(f"seq_q ({self.seq_q}) exceeds seq_kv ({self.seq_kv})")
+        if self.op == "fused_moe" and self.top_k > self.groups:
+            raise ValueError(f"top_k ({self.top_k}) exceeds groups ({self.groups}, the experts)")
+        if self.moe_kernel is not None and self.op != "fused_moe":
+            raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
         if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
@@ -208,6 +219,60 @@ def _gdn_chunk_ops(B: int, T: int, Hk: int, Hv: int, dk: int, dv: int) -> tuple[
     return tuple(seg.ops)
 
 
+# Largest routed-expert kernel traced for a prediction (tokens x top_k routed slots; experts x hidden
+# x intermediate weights): the shapes are meta tensors, but a bound keeps a mistyped shape sane.
+MOE_MAX_SLOTS = 1 << 24
+MOE_MAX_WEIGHTS = 1 << 40
+
+
+def fused_moe_op(s: KernelShape) -> Op:
+    """The routed-expert op the simulator costs for one MoE layer of `s.tokens` tokens: the tracer's
+    `grouped_gemm` op of the model's `moe_experts` call, with the per-expert token counts of the
+    default router model (`UniformRouter(seed=0)`, layer 0: the draw a traced layer gets) and its
+    bytes rescaled to the kernel's dtype (weights and activations in `s.dtype`), as the mapping does."""
+    return _fused_moe_op(s.groups, s.top_k, s.hidden, s.n, s.tokens, s.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str) -> Op:
+    import torch
+
+    from codesign.graph.router import UniformRouter, routed_counts
+    from codesign.graph.tracer import record
+    from codesign.graph.tracing import _rescale_experts as rescale_experts  # the tracer's own per-layer fill
+    from codesign.mapping.plan import Precision
+    from codesign.mapping.scaling import Scaler
+    from codesign.models import kernels
+
+    if B * k > MOE_MAX_SLOTS or E * H * N > MOE_MAX_WEIGHTS:
+        raise CodesignError(f"fused_moe: tokens x top_k = {B * k:,} (at most {MOE_MAX_SLOTS:,}) or groups x hidden x n "
+                            f"= {E * H * N:,} (at most {MOE_MAX_WEIGHTS:,}) too large")
+    meta = torch.device("meta")
+
+    class RoutedExperts(torch.nn.Module):
+        block = "moe_experts"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.empty(E, 2 * N, H, device=meta, dtype=torch.bfloat16))
+            self.down_proj = torch.nn.Parameter(torch.empty(E, H, N, device=meta, dtype=torch.bfloat16))
+
+        def forward(self, x, ids, w):
+            return kernels.moe_experts(x, ids, w, self.gate_up_proj, self.down_proj, None, None, "silu")
+
+    root = torch.nn.Module()
+    root.experts = RoutedExperts()
+    x = torch.empty(B, H, device=meta, dtype=torch.bfloat16)
+    ids = torch.empty(B, k, device=meta, dtype=torch.int64)
+    w = torch.empty(B, k, device=meta, dtype=torch.bfloat16)
+    seg = record(lambda: root.experts(x, ids, w), root, [x, ids, w], {}, "prefill")
+    (op,) = [o for o in seg.ops if o.kind == "grouped_gemm"]
+    op = rescale_experts(op, routed_counts(UniformRouter(seed=0), 0, B, E, k))
+    scaler = Scaler(Precision(weights=dtype, activations=dtype, kv_cache=dtype))
+    ones = {c: 1.0 for c in op.bytes_read}
+    return scaler.op(op, 1.0, ones, gemm=None)
+
+
 def build_collective(s: KernelShape, hw: HardwareSpec) -> dict:
     """The collective dict the mapping puts in `Op.collective` for this shape."""
     from codesign.mapping import make_collective
@@ -246,8 +311,23 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)
+    if s.op == "fused_moe":
+        return _predict_fused_moe(s, hw, options)
     op = build_op(s)
     cost = cm.cost(op)
+    return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s, cost.memory_s,
+                            cost.overhead_s)
+
+
+def _predict_fused_moe(s: KernelShape, hw: HardwareSpec, options: CostOptions | None) -> KernelPrediction:
+    """One MoE layer's routed experts as the simulator charges them: the traced expert op costed with
+    the cost model's default options (its `grouped_op_kernels` count the kernels of the engine's
+    fused-MoE call, which the measured figure covers) and the row's `moe_kernel`."""
+    opts = options or CostOptions()
+    if s.moe_kernel is not None:
+        opts = opts.model_copy(update={"moe_kernel": s.moe_kernel})
+    op = fused_moe_op(s)
+    cost = CostModel(hw, s.dtype, s.dtype, opts).cost(op)
     return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s, cost.memory_s,
                             cost.overhead_s)
 
