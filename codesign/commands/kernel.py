@@ -4,6 +4,8 @@
     codesign kernel --hw h800 grouped_gemm --groups 4 --m 256 --n 7168 --k 2048 --dtype fp8
     codesign kernel --hw h100 attention --phase prefill --batch 1 --heads 8 --head-dim 256 \\
         --seq-q 16384 --seq-kv 16384 --dtype fp16
+    codesign kernel --hw h100 fused_moe --groups 8 --top-k 2 --hidden 4096 --n 7168 --tokens 512 \\
+        --moe-kernel triton_fused
     codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
@@ -26,6 +28,7 @@ from codesign.errors import CodesignError, format_validation_error
 _SHAPE_ARGS = {
     "gemm": ("m", "n", "k"),
     "grouped_gemm": ("groups", "m", "n", "k"),
+    "fused_moe": ("groups", "top_k", "hidden", "n", "tokens"),
     "attention": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q", "seq_kv"),
     "gdn_chunk": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
@@ -40,14 +43,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     ops = p.add_subparsers(dest="op", required=True, metavar="OP")
     for op, names in _SHAPE_ARGS.items():
-        q = ops.add_parser(op, help="GatedDeltaNet chunked prefill (chunk_gated_delta_rule)" if op == "gdn_chunk"
-                           else f"{op} kernel")
+        q = ops.add_parser(op, help={"gdn_chunk": "GatedDeltaNet chunked prefill (chunk_gated_delta_rule)",
+                                            "fused_moe": "one MoE layer's routed experts (tokens routed top-k of groups experts)"
+                                            }.get(op, f"{op} kernel"))
         for n in names:
             q.add_argument(f"--{n.replace('_', '-')}", dest=n, type=int, required=n not in ("kv_heads", "head_dim_v"))
         q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
         q.add_argument("--dtype", default="bf16", help="fp4 | fp8 | int8 | bf16 | fp16 | fp32 (default bf16)")
         if op == "grouped_gemm":
             q.add_argument("--layout", choices=("contiguous", "masked"), default=None)
+        if op == "fused_moe":
+            q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
+                           help="grouped | triton_fused | triton_fused_default (default: grouped, cost.moe_kernel)")
         if op == "attention":
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
@@ -63,7 +70,7 @@ def shape_from_args(args: argparse.Namespace):
     from codesign.sim.kernel import KernelShape
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
-    for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm"):
+    for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel"):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v

@@ -1,0 +1,111 @@
+"""The fused_moe kernel-table op (one MoE layer's routed experts) and `cost.moe_kernel`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import codesign as cs
+from codesign.errors import CodesignError
+from codesign.graph.router import UniformRouter
+from codesign.hw import load_hw
+from codesign.sim.cost import CostOptions
+from codesign.sim.kernel import KernelShape, fused_moe_op, predict
+from codesign.sim.kernel_table import load_table, KERNEL_DIR
+
+BF16 = {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"}
+MIXTRAL_TP2 = dict(op="fused_moe", hw="h100", dtype="bf16", groups=8, top_k=2, hidden=4096, n=7168)
+
+
+def _pad(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
+def test_triton_fused_prediction_is_an_independent_hand_calculation():
+    # Mixtral-8x7B at TP2 on H100, 512 tokens, the tuned Triton curve. By hand from the spec fields
+    # and the router's own per-expert counts (the input the simulator uses, seed 0, layer 0):
+    # FLOPs = routed x (2 H 2N + 2 N H); each expert's tokens padded to 16 below 64, to 64 above;
+    # compute = FLOPs x padded/routed / (BF16 peak x moe_triton x P / (P + tokens_half)), P = padded;
+    # weights (touched experts x 3 H N x 2 B) stream from HBM at moe_triton_memory; the gathered
+    # tokens, routing ids/weights and output (12.6 MB) fit half the L2 and move at L2 x memory;
+    # time = p-norm(compute, memory) + 5 kernels x kernel_overhead + moe_triton_overhead.
+    hw = load_hw("h100")
+    e = hw.efficiency
+    B, E, k, H, N = 512, 8, 2, 4096, 7168
+    counts = UniformRouter(seed=0).tokens_per_expert(0, B, E, k)
+    routed = int(sum(counts))
+    padded = sum(_pad(int(t), 16 if t < 64 else 64) for t in counts if t > 0)
+    touched = sum(1 for t in counts if t > 0)
+    flops = routed * (2 * H * 2 * N + 2 * N * H)
+    half = e.moe_triton_tokens_half
+    compute = flops * padded / routed / (989e12 * e.moe_triton["bf16"] * padded / (padded + half))
+    weights = touched * 3 * H * N * 2
+    act = routed * H * 2 + B * k * 8 + B * k * 2 + B * H * 2
+    assert act <= 0.5 * 50e6  # SRAM-resident (cost.sram_fraction of the 50 MB L2)
+    memory = max(weights / (3.35e12 * e.moe_triton_memory), act / (7e12 * e.memory))
+    p = e.overlap_exponent
+    hi, lo = max(compute, memory), min(compute, memory)
+    expected = hi * (1 + (lo / hi) ** p) ** (1 / p) + 5 * e.kernel_overhead + e.moe_triton_overhead
+    got = predict(KernelShape(**MIXTRAL_TP2, tokens=B, moe_kernel="triton_fused"), hw)
+    assert got.seconds == pytest.approx(expected, rel=1e-9)
+    assert got.flops == flops
+    assert got.bound == ("matrix" if compute >= memory else "hbm")
+
+
+def test_fused_moe_op_is_the_traced_expert_op_of_that_layer():
+    # The op is the tracer's: per-expert counts sum to the routed slots, FLOPs and weight bytes follow
+    # them, bytes are rescaled to the kernel's dtype (FP8: half the BF16 bytes).
+    s = KernelShape(op="fused_moe", hw="h100", dtype="bf16", groups=128, top_k=8, hidden=2048, n=768, tokens=64)
+    op = fused_moe_op(s)
+    assert op.kind == "grouped_gemm" and op.block == "moe_experts"
+    assert sum(op.tokens_per_expert) == 64 * 8
+    assert op.flops == 64 * 8 * 6 * 2048 * 768
+    touched = sum(1 for t in op.tokens_per_expert if t)
+    assert op.bytes_read["weight"] == touched * 3 * 2048 * 768 * 2
+    fp8 = fused_moe_op(s.model_copy(update={"dtype": "fp8"}))
+    assert fp8.bytes_read["weight"] == op.bytes_read["weight"] / 2
+    assert fp8.flops == op.flops
+
+
+def test_kernel_rows_name_their_kernel_and_stay_within_bounds():
+    t = load_table(KERNEL_DIR / "fused_moe.yaml")
+    assert len(t.rows) >= 30 and all(r.moe_kernel for r in t.rows)
+    from codesign.sim.kernel_table import validate_kernels
+
+    rows = [r for r in validate_kernels() if r.file == "fused_moe.yaml"]
+    assert rows and max(abs(r.error) for r in rows) < 0.25
+    assert sum(abs(r.error) for r in rows) / len(rows) < 0.08
+
+
+def test_moe_kernel_option_acts_in_a_simulation():
+    run = dict(model="qwen3.5-35b-a3b", chips=1, plan={"tp": 1}, precision=BF16, context=4096)
+    base = cs.simulate(load_hw("h200"), **run)[0]
+    triton = cs.simulate(load_hw("h200"), cost={"moe_kernel": "triton_fused"}, **run)[0]
+    assert triton.tpot_s["mean"] != base.tpot_s["mean"]
+    assert math.isfinite(triton.tpot_s["mean"]) and triton.tpot_s["mean"] > 0
+
+
+def test_bad_moe_kernel_is_one_line_naming_the_field():
+    with pytest.raises(CodesignError, match=r"^cost: moe_kernel: .*'grouped', 'triton_fused' or 'triton_fused_default'"):
+        CostOptions.from_dict({"moe_kernel": "cutlass"})
+    with pytest.raises(CodesignError) as e:
+        cs.simulate(load_hw("h200"), "qwen3.5-35b-a3b", chips=1, plan={"tp": 1}, cost={"moe_kernel": "x"})
+    assert "moe_kernel" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_curve_without_data_for_the_dtype_or_chip_is_refused():
+    # The default-config curve has FP8 rows only; H20 and B200 have no Triton curve at all.
+    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton_default of h100 .*has: fp8$"):
+        predict(KernelShape(**MIXTRAL_TP2, tokens=8, moe_kernel="triton_fused_default"), load_hw("h100"))
+    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton of b200 .*has: none$"):
+        predict(KernelShape(**{**MIXTRAL_TP2, "hw": "b200"}, tokens=8, moe_kernel="triton_fused"), load_hw("b200"))
+
+
+def test_bad_fused_moe_shapes_are_refused():
+    with pytest.raises(ValueError, match="top_k"):
+        KernelShape(**{**MIXTRAL_TP2, "top_k": 9}, tokens=4)
+    with pytest.raises(ValueError, match="moe_kernel applies to fused_moe only"):
+        KernelShape(op="gemm", hw="h100", m=1, n=1, k=1, moe_kernel="triton_fused")
+    with pytest.raises(ValueError, match="fused_moe needs tokens"):
+        KernelShape(**MIXTRAL_TP2)
