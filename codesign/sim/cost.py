@@ -12,6 +12,12 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   puts them in N, swap-AB, padded to 8) and ramped once on the whole op (one kernel walks every
   expert's tiles), at `efficiency.grouped_gemm` (MoE kernels' own fraction of peak; defaults to
   `efficiency.gemm`).
+* **MoE kernel implementation** (`CostOptions.moe_kernel`, `_moe_kernel`): the routed-expert op
+  runs the grouped rule above (default) or the Triton fused_moe curve of the chip
+  (`efficiency.moe_triton*` with a tuned config, `moe_triton_default*` with the engine's default
+  tiles): per-expert padding to `triton_moe_min_block` below the tile's M, its own fraction of peak,
+  occupancy half-tokens, weight-streaming fraction and fixed time per call, no K ramp. The same
+  scalar functions serve the per-layer fast path (`codesign.sim.routed`).
 * **Attention**: FLOPs / (peak x efficiency.attention) (FlashAttention-3 reaches ~75% of H100
   bf16 peak: accelerators.md anchor 40); prefill attention on a chip with
   `efficiency.attention_seq_half` is ramped by L / (L + attention_seq_half), L the keys per query
