@@ -109,3 +109,43 @@ def test_bad_fused_moe_shapes_are_refused():
         KernelShape(op="gemm", hw="h100", m=1, n=1, k=1, moe_kernel="triton_fused")
     with pytest.raises(ValueError, match="fused_moe needs tokens"):
         KernelShape(**MIXTRAL_TP2)
+
+
+def test_layers_routed_together_cost_as_their_ops_under_the_triton_curve():
+    # The per-layer fast path (codesign.sim.routed) uses the cost model's scalar functions; with the
+    # Triton curve (its padding, rate, ramp, memory fraction, fixed time and no K ramp) it must still
+    # equal building and costing each layer's expert op, to the bit.
+    from codesign import mapping
+    from codesign.graph import tracing as tr
+    from codesign.graph.shape import StepShape
+    from codesign.mapping import ParallelPlan, Precision
+    from codesign.models import load_model
+    from codesign.sim.cost import Residency
+    from codesign.sim.routed import route
+    from codesign.sim.stepmodel import StepModel
+    from tests.sim.helpers import make_hw
+
+    hw = make_hw(**{"system.chips": 8, "efficiency.moe_triton": {"fp8": 0.4}, "efficiency.moe_triton_tokens_half": 50.0,
+                    "efficiency.moe_triton_memory": 0.7, "efficiency.moe_triton_overhead": "20 us"})
+    cfg, plan, prec = load_model("qwen3.5-35b-a3b"), ParallelPlan(tp=8, ep=8), Precision(weights="fp8", activations="fp8")
+    opts = CostOptions(moe_kernel="triton_fused")
+    base = StepModel(hw, cfg, plan, prec, cache=False).cost_model
+    model = StepModel(hw, cfg, plan, prec, cost=opts, cache=False)
+    cm = model.cost_model
+    checked = 0
+    for shape in (StepShape.decode(150, 9000), StepShape.prefill(1, 700)):
+        skeleton, routing = model._skeleton_graph(shape)
+        mapped = mapping.map_step(skeleton, cfg, hw, plan, prec, **model.options.map_kwargs(), rates=cm.rank_rates())
+        by_layer: dict[int, list] = {}
+        for _, op in mapped.graph.nodes(data="op"):
+            by_layer.setdefault(op.layer, []).append(op)
+        for tmpl, (traced, layers, counts) in routing.items():
+            ops = by_layer[tmpl]
+            group = route(cm, mapped.experts, traced, counts, tmpl, layers, ops)
+            fast = group.costs(cm, Residency(), ops)
+            for j in range(len(layers)):
+                new, _, _ = mapped.experts.map(tr._rescale_experts(traced, tuple(counts[j].tolist())))
+                assert fast[j][0] == cm.cost(new)
+                assert fast[j][0].time_s != base.cost(new).time_s  # the option acts on the op
+                checked += 1
+    assert checked > 0
