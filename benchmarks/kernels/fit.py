@@ -60,10 +60,10 @@ GROUPS = {
     # the dtype's peak, its occupancy half-tokens, weight-streaming fraction and fixed time per call,
     # with a tuned config (`moe_triton`) and with vLLM's default tile heuristic (`moe_triton_default`).
     "moe_triton": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused" and r.hw in HOPPER,
-                   {"moe_triton.bf16": (0.05, 1.0), "moe_triton_tokens_half": (1.0, 65536.0),
+                   {"moe_triton": (0.05, 1.0), "moe_triton_tokens_half": (1.0, 65536.0),
                     "moe_triton_memory": (0.2, 1.0), "moe_triton_overhead": (0.0, 100e-6)}, set()),
     "moe_triton_default": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_default" and r.hw in HOPPER,
-                           {"moe_triton_default.fp8": (0.02, 1.0), "moe_triton_default_tokens_half": (1.0, 65536.0),
+                           {"moe_triton_default": (0.02, 1.0), "moe_triton_default_tokens_half": (1.0, 65536.0),
                             "moe_triton_default_memory": (0.2, 1.0), "moe_triton_default_overhead": (0.0, 100e-6)},
                            set()),
     "low_latency": (lambda r: r.op == "all_to_all" and r.algorithm == "low_latency" and r.hw == "h800",
@@ -117,13 +117,7 @@ def fit(group: str) -> dict:
         return out
 
     def spec(p: dict) -> dict:
-        # "field.dtype" names one dtype's entry of a per-dtype efficiency dict
-        flat = {k: v for k, v in p.items() if "." not in k}
-        for k, v in p.items():
-            if "." in k:
-                field, dtype = k.split(".")
-                flat[field] = {**(flat.get(field) or getattr(base.efficiency, field) or {}), dtype: v}
-        return {n: h.model_copy(update={"efficiency": h.efficiency.model_copy(update=flat)}) for n, h in specs.items()}
+        return {n: h.model_copy(update={"efficiency": h.efficiency.model_copy(update=p)}) for n, h in specs.items()}
 
     def loss(x: np.ndarray) -> float:
         hw = spec(params(x))
@@ -132,17 +126,14 @@ def fit(group: str) -> dict:
     cur = base.efficiency
     x0 = []
     for n in names:
-        field, _, dtype = n.partition(".")
-        v = getattr(cur, field)
-        if dtype:
-            v = (v or {}).get(dtype)
+        v = getattr(cur, n)
         if v is None:
             v = {"gemm_k_half": 512, "matrix_memory": cur.memory, "overlap_exponent": 4.0,
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "moe_triton": cur.gemm, "moe_triton_tokens_half": 256.0, "moe_triton_memory": cur.memory,
                  "moe_triton_default": cur.gemm, "moe_triton_default_tokens_half": 256.0,
-                 "moe_triton_default_memory": cur.memory}[field]
+                 "moe_triton_default_memory": cur.memory}[n]
         x0.append((v - bounds[n][0]) / (bounds[n][1] - bounds[n][0]))
     # Nelder-Mead from the current values and from 8 seeded random starts (it stalls on the flat
     # regions that the bounds create); the best end point is restarted once with small steps.

@@ -180,17 +180,25 @@ class Efficiency(_Strict):
     # call pays `overhead` on top of its kernels' fixed time (token sort/alignment, the block map).
     # Two curves: `moe_triton*` with a tuned config file for the shape (`triton_fused`) and
     # `moe_triton_default*` with the engine's default tile heuristic (`triton_fused_default`).
-    # The fractions are per matrix dtype, only for the dtypes the curve has kernel rows of: a dtype
-    # absent (or a chip without the curve) is refused, not guessed. Fitted on
-    # benchmarks/kernels/fused_moe.yaml only.
-    moe_triton: dict[Dtype, Fraction] | None = None
+    # Each curve holds for the matrix dtypes it has kernel rows of (`*_dtypes`); another dtype (or a
+    # chip without the curve) is refused, not guessed. Fitted on benchmarks/kernels/fused_moe.yaml only.
+    moe_triton: Fraction | None = None
+    moe_triton_dtypes: tuple[Dtype, ...] = ()
     moe_triton_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)  # none: small_m_half
     moe_triton_memory: Fraction | None = None  # none: matrix_memory (else memory)
     moe_triton_overhead: Seconds = 0.0
-    moe_triton_default: dict[Dtype, Fraction] | None = None
+    moe_triton_default: Fraction | None = None
+    moe_triton_default_dtypes: tuple[Dtype, ...] = ()
     moe_triton_default_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     moe_triton_default_memory: Fraction | None = None
     moe_triton_default_overhead: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _moe_triton_dtypes(self) -> "Efficiency":
+        for f in ("moe_triton", "moe_triton_default"):
+            if getattr(self, f) is not None and not getattr(self, f + "_dtypes"):
+                raise ValueError(f"{f}_dtypes: expected the matrix dtypes {f} has kernel rows of, found none")
+        return self
 
     @model_validator(mode="after")
     def _gdn_chunk_pair(self) -> "Efficiency":
@@ -200,17 +208,16 @@ class Efficiency(_Strict):
 
     def moe_triton_curve(self, default_config: bool, dtype: str) -> tuple[float, float | None, float | None, float] | None:
         """(fraction of `dtype`'s peak, tokens_half, memory fraction, fixed seconds) of the Triton
-        fused_moe kernel with a tuned config (or, `default_config`, the engine's default heuristic);
-        None where the chip has no such curve for `dtype`."""
+        fused_moe kernel with a tuned config (or, `default_config`, the engine's default tiles);
+        None where the chip has no such curve or the curve has no rows of `dtype`."""
         if default_config:
-            frac = (self.moe_triton_default or {}).get(dtype)  # type: ignore[call-overload]
-            if frac is None:
+            if self.moe_triton_default is None or dtype not in self.moe_triton_default_dtypes:
                 return None
-            return frac, self.moe_triton_default_tokens_half, self.moe_triton_default_memory, self.moe_triton_default_overhead
-        frac = (self.moe_triton or {}).get(dtype)  # type: ignore[call-overload]
-        if frac is None:
+            return (self.moe_triton_default, self.moe_triton_default_tokens_half, self.moe_triton_default_memory,
+                    self.moe_triton_default_overhead)
+        if self.moe_triton is None or dtype not in self.moe_triton_dtypes:
             return None
-        return frac, self.moe_triton_tokens_half, self.moe_triton_memory, self.moe_triton_overhead
+        return self.moe_triton, self.moe_triton_tokens_half, self.moe_triton_memory, self.moe_triton_overhead
 
     def gemm_for(self, dtype: str) -> float:
         """The large-GEMM fraction of peak for matrix `dtype`: `gemm_by_dtype[dtype]`, else `gemm`."""

@@ -307,10 +307,10 @@ class CostModel:
         curve = eff.moe_triton_curve(self.opts.moe_kernel == "triton_fused_default", self.matrix_dtype)
         if curve is None:
             field = "moe_triton_default" if self.opts.moe_kernel == "triton_fused_default" else "moe_triton"
-            have = ", ".join(getattr(eff, field) or {}) or "none"
-            raise CodesignError(f"cost.moe_kernel: {self.opts.moe_kernel} needs a {self.matrix_dtype} entry in "
-                                f"efficiency.{field} of {hw.name} (a fit on Triton fused_moe kernel rows of that "
-                                f"dtype); {hw.name} has: {have}")
+            have = ", ".join(getattr(eff, field + "_dtypes")) if getattr(eff, field) is not None else "none"
+            raise CodesignError(f"cost.moe_kernel: {self.opts.moe_kernel} needs efficiency.{field} of {hw.name} "
+                                f"for {self.matrix_dtype} (a fit on Triton fused_moe kernel rows of that dtype); "
+                                f"{hw.name}'s {field}_dtypes: {have}")
         frac, half, memory, fixed = curve
         self.grouped_rate = hw.chip.matrix.peak(self.matrix_dtype) * frac
         if half is not None:

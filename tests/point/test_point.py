@@ -51,6 +51,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "mapping.two_batch_overlap": True, "mapping.dispatch_fp8": False, "model.mla": None,
         "model.total_params_reference": 1e9, "model.active_params_reference": 1e8,
         "system.scale_out": None,
+        "efficiency.moe_triton_dtypes": ["bf16", "fp8"], "efficiency.moe_triton_default_dtypes": ["fp8", "bf16"],
     }
     if path in special:
         return special[path]

@@ -39,7 +39,7 @@ def test_triton_fused_prediction_is_an_independent_hand_calculation():
     touched = sum(1 for t in counts if t > 0)
     flops = routed * (2 * H * 2 * N + 2 * N * H)
     half = e.moe_triton_tokens_half
-    compute = flops * padded / routed / (989e12 * e.moe_triton["bf16"] * padded / (padded + half))
+    compute = flops * padded / routed / (989e12 * e.moe_triton * padded / (padded + half))
     weights = touched * 3 * H * N * 2
     act = routed * H * 2 + B * k * 8 + B * k * 2 + B * H * 2
     assert act <= 0.5 * 50e6  # SRAM-resident (cost.sram_fraction of the 50 MB L2)
@@ -96,9 +96,9 @@ def test_bad_moe_kernel_is_one_line_naming_the_field():
 
 def test_a_curve_without_data_for_the_dtype_or_chip_is_refused():
     # The default-config curve has FP8 rows only; H20 and B200 have no Triton curve at all.
-    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton_default of h100 .*has: fp8$"):
+    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton_default of h100 for bf16 .*moe_triton_default_dtypes: fp8$"):
         predict(KernelShape(**MIXTRAL_TP2, tokens=8, moe_kernel="triton_fused_default"), load_hw("h100"))
-    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton of b200 .*has: none$"):
+    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton of b200 for bf16 .*moe_triton_dtypes: none$"):
         predict(KernelShape(**{**MIXTRAL_TP2, "hw": "b200"}, tokens=8, moe_kernel="triton_fused"), load_hw("b200"))
 
 
@@ -125,7 +125,8 @@ def test_layers_routed_together_cost_as_their_ops_under_the_triton_curve():
     from codesign.sim.stepmodel import StepModel
     from tests.sim.helpers import make_hw
 
-    hw = make_hw(**{"system.chips": 8, "efficiency.moe_triton": {"fp8": 0.4}, "efficiency.moe_triton_tokens_half": 50.0,
+    hw = make_hw(**{"system.chips": 8, "efficiency.moe_triton": 0.4, "efficiency.moe_triton_dtypes": ["fp8"],
+                    "efficiency.moe_triton_tokens_half": 50.0,
                     "efficiency.moe_triton_memory": 0.7, "efficiency.moe_triton_overhead": "20 us"})
     cfg, plan, prec = load_model("qwen3.5-35b-a3b"), ParallelPlan(tp=8, ep=8), Precision(weights="fp8", activations="fp8")
     opts = CostOptions(moe_kernel="triton_fused")
