@@ -174,7 +174,8 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
     ring = _ring_allreduce(nbytes, n, ring_bw * eff, alpha)
     two_shot = 2 * (n - 1) / n * nbytes / (a2a_bw * eff) + 2 * alpha
     one_shot = (n - 1) * nbytes / (a2a_bw * eff) + alpha
-    t = {"ring": ring, "nccl": ring, "two_shot": two_shot, "one_shot": one_shot}.get(algo, min(ring, two_shot, one_shot))
+    flat = {"ring": ring, "nccl": ring, "two_shot": two_shot, "one_shot": one_shot}
+    t = flat.get(algo, min(ring, two_shot, one_shot))
     if kind in ("reduce_scatter", "all_gather") and algo in ("auto", "two_shot", "one_shot"):
         t = min(ring, two_shot)  # one phase of either: halved below
     if algo == "nvls":
