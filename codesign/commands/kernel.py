@@ -10,6 +10,7 @@
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
     codesign kernel --hw h100 all_reduce --ranks 8 --bytes 1e9 --algorithm nvls
+    codesign kernel --hw h100 all_gather --ranks 8 --bytes 33554432
 
 Prints seconds, TFLOPS, GB/s (the kernel's HBM bytes, or for collectives the bytes over its
 slowest link tier) and the limiting resource. The op is the one the tracer and mapping build for
@@ -33,6 +34,8 @@ _SHAPE_ARGS = {
     "gdn_chunk": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks",),
+    "all_gather": ("ranks",),
+    "reduce_scatter": ("ranks",),
 }
 
 
@@ -59,9 +62,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
             q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
-        if op == "all_reduce":
+        if op in ("all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--bytes", type=float, required=True, help="message bytes per rank")
-        if op in ("all_to_all", "all_reduce"):
+        if op in ("all_to_all", "all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--algorithm", default=None, help="collective algorithm (e.g. low_latency, nvls, ring)")
     return p
 

@@ -101,6 +101,40 @@ class Chip(_Strict):
         return v
 
 
+class CollectiveCurve(_Strict):
+    """One collective algorithm's kernel-calibrated cost inside a scale-up domain
+    (docs/cost-model.md "Collectives vs message size and rank count"):
+
+        time = overhead + steps x step + wire bytes / (link bandwidth x efficiency x ramp(message))
+        ramp(m) = (m / (m + ramp_bytes)) ^ ramp_exponent
+
+    `overhead`: fixed seconds per call (launch, flag synchronisation, protocol setup);
+    `efficiency`: achieved / peak link bandwidth on large messages; `ramp_bytes`: the message bytes
+    (per rank) over which the bandwidth ramps up (NCCL uses fewer channels and the low-latency
+    protocols on small messages); 0 = no ramp."""
+
+    overhead: Seconds
+    efficiency: Fraction
+    ramp_bytes: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+
+
+class CollectiveCurves(_Strict):
+    """Per-algorithm collective curves of a chip family (fitted on benchmarks/kernels/collectives.yaml
+    by `benchmarks/kernels/fit.py --group collectives`). `ring` is NCCL's ring (all-gather and
+    reduce-scatter run one of its two phases); `nvls` NCCL's NVLink SHARP all-reduce (switched
+    domains only; absent: the chip has none); `one_shot` / `two_shot` the serving engines' custom
+    all-reduce kernels (absent: not available on the chip). `step`: seconds per algorithm step
+    (ring 2(n-1), NVLS and two-shot 2, one-shot 1); none = `system.scale_up.latency`.
+    `ramp_exponent`: the shape of the bandwidth ramp (1/2: an assumption, documented)."""
+
+    step: Seconds | None = None
+    ramp_exponent: Annotated[float, Field(gt=0, le=1)] = 0.5
+    ring: CollectiveCurve
+    nvls: CollectiveCurve | None = None
+    one_shot: CollectiveCurve | None = None
+    two_shot: CollectiveCurve | None = None
+
+
 class Efficiency(_Strict):
     """Achievable fractions of peak, per op class. Named assumptions: documented in docs/cost-model.md
     and calibrated from kernel-level anchors (FlashAttention-3, cuBLAS, NCCL, DeepEP)."""
@@ -115,6 +149,11 @@ class Efficiency(_Strict):
     memory: Fraction = 0.85  # achieved / peak HBM bandwidth for streaming ops
     vector: Fraction = 0.50  # element-wise work on the vector unit
     collective: Fraction = 0.80  # achieved bus bandwidth / link peak
+    # All-reduce / reduce-scatter / all-gather inside a scale-up domain vs message size and rank
+    # count, per algorithm (`CollectiveCurves`). None: the flat rule (`collective` and the link
+    # latency, docs/cost-model.md), the default for chips without collective kernel data.
+    # All-to-all keeps `collective` / `low_latency_collective` either way.
+    collective_curves: CollectiveCurves | None = None
     small_m_half: Annotated[float, Field(gt=0, le=MAX_WIDTH)] = 64  # GEMM rows at which matrix efficiency is half of `gemm`'s ramp (a ramp parameter, not a count)
     # Grouped expert GEMMs (MoE `grouped_gemm` ops): their own fraction of peak, because production
     # MoE kernels (token permutation/gather, per-expert tails, tile scheduling) reach less of peak

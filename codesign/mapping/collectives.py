@@ -39,6 +39,26 @@ Cost rules (bandwidths per direction, times `hw.efficiency.collective`; alpha = 
   bytes/d over the NICs + intra-domain all-gather (d = group chips per domain); all-to-all sends
   (n-d)/n of its bytes over the NIC and (d-1)/n inside the domain, the slower rules.
 * send_recv (pipeline stages): bytes / the chips' direct bandwidth + latency.
+
+Kernel-calibrated curves (`hw.efficiency.collective_curves`, docs/cost-model.md "Collectives vs
+message size and rank count"): where a spec gives them, all-reduce, reduce-scatter and all-gather
+inside one scale-up domain are costed per algorithm as
+
+    overhead + steps x step + wire bytes / (bandwidth x efficiency x (m / (m + ramp_bytes))^exponent)
+
+with m the message bytes per rank and, per algorithm (n ranks, message m):
+
+* ring: wire 2(n-1)/n m over the ring bandwidth, 2(n-1) steps; reduce-scatter / all-gather are one
+  phase of it: (n-1)/n m, n-1 steps, on the same curve.
+* nvls (switch only): wire (n+1)/n m over the chip's links to the switch, 2 steps: each rank sends
+  its buffer to the switch and reads its reduced shard (ld_reduce), then multicasts the shard and
+  receives every other one (NCCL's NVLS all-reduce); one phase (m) for reduce-scatter / all-gather.
+* one_shot: wire (n-1) m over the all-to-all bandwidth, 1 step; two_shot: 2(n-1)/n m, 2 steps
+  (reduce-scatter / all-gather with these: the direct phase, (n-1)/n m, 1 step, on two_shot's curve).
+* ``nccl``: NCCL's own choice, the faster of ring and nvls; ``auto``: the serving engine's choice,
+  the fastest of nccl, one_shot and two_shot. An algorithm without a curve is not available there.
+
+Scale-out and send/recv keep the flat rule; all-to-all keeps `efficiency.collective`.
 """
 
 from __future__ import annotations
@@ -48,13 +68,14 @@ from functools import lru_cache
 
 from codesign.errors import CodesignError
 from codesign.hw import topology
-from codesign.hw.spec import HardwareSpec, ScaleUp
+from codesign.hw.spec import CollectiveCurve, CollectiveCurves, HardwareSpec, ScaleUp
 
 # NCCL 8xH100: NVLS all-reduce busBw ~480 GB/s vs ~370 GB/s for ring (accelerators.md anchor 44).
 NVLS_GAIN = 480.0 / 370.0
 
 TYPES = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send_recv")
-ALGORITHMS = ("auto", "ring", "two_shot", "one_shot", "nvls", "hierarchical", "direct", "low_latency", "p2p")
+ALGORITHMS = ("auto", "nccl", "ring", "two_shot", "one_shot", "nvls", "hierarchical", "direct", "low_latency",
+              "p2p")
 
 
 @lru_cache(maxsize=256)
@@ -147,10 +168,14 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
 
     if kind == "send_recv":
         return nbytes / (p2p_bw * eff) + alpha
+    curves = hw.efficiency.collective_curves
+    if curves is not None:
+        return _curved_time(kind, algo, n, nbytes, curves, su, ring_bw, a2a_bw)
     ring = _ring_allreduce(nbytes, n, ring_bw * eff, alpha)
     two_shot = 2 * (n - 1) / n * nbytes / (a2a_bw * eff) + 2 * alpha
     one_shot = (n - 1) * nbytes / (a2a_bw * eff) + alpha
-    t = {"ring": ring, "two_shot": two_shot, "one_shot": one_shot}.get(algo, min(ring, two_shot, one_shot))
+    flat = {"ring": ring, "nccl": ring, "two_shot": two_shot, "one_shot": one_shot}
+    t = flat.get(algo, min(ring, two_shot, one_shot))
     if kind in ("reduce_scatter", "all_gather") and algo in ("auto", "two_shot", "one_shot"):
         t = min(ring, two_shot)  # one phase of either: halved below
     if algo == "nvls":
@@ -159,6 +184,53 @@ def collective_time(collective: dict, hw: HardwareSpec) -> float:
                                 f"found topology {su.topology!r}")
         t = 2 * (n - 1) / n * nbytes / (ring_bw * eff * NVLS_GAIN) + 2 * alpha
     return t / 2 if kind in ("reduce_scatter", "all_gather") else t
+
+
+def curve_time(curve: CollectiveCurve, curves: CollectiveCurves, step: float, steps: int, wire: float,
+               bandwidth: float, message: float) -> float:
+    """Seconds of one algorithm on its curve: overhead + steps x step + wire bytes over the
+    bandwidth at the curve's efficiency, ramped by the message size."""
+    ramp = (message / (message + curve.ramp_bytes)) ** curves.ramp_exponent if curve.ramp_bytes > 0 else 1.0
+    return curve.overhead + steps * step + wire / (bandwidth * curve.efficiency * ramp)
+
+
+def _curved_time(kind: str, algo: str, n: int, m: float, curves: CollectiveCurves, su: ScaleUp,
+                 ring_bw: float, a2a_bw: float) -> float:
+    """An all-reduce / reduce-scatter / all-gather of m bytes per rank over n ranks of one domain
+    on the spec's kernel-calibrated curves (module docstring)."""
+    step = curves.step if curves.step is not None else su.latency
+    whole = kind == "all_reduce"
+    switch = su.topology == "switch"
+    # (curve, steps, wire bytes, bandwidth) of each algorithm available here
+    plans = {"ring": (curves.ring, 2 * (n - 1) if whole else n - 1, (2 if whole else 1) * (n - 1) / n * m, ring_bw)}
+    if curves.nvls is not None and switch:
+        plans["nvls"] = (curves.nvls, 2 if whole else 1, (n + 1) / n * m if whole else m, ring_bw)
+    if whole:
+        for name, steps, wire in (("one_shot", 1, (n - 1) * m), ("two_shot", 2, 2 * (n - 1) / n * m)):
+            if getattr(curves, name) is not None:
+                plans[name] = (getattr(curves, name), steps, wire, a2a_bw)
+    elif curves.two_shot is not None:
+        plans["direct"] = (curves.two_shot, 1, (n - 1) / n * m, a2a_bw)
+
+    def t(name: str) -> float:
+        curve, steps, wire, bw = plans[name]
+        return curve_time(curve, curves, step, steps, wire, bw, m)
+
+    nccl = min(t(a) for a in ("ring", "nvls") if a in plans)
+    if algo in ("nccl", "hierarchical"):
+        return nccl
+    if algo == "auto":
+        return min([nccl] + [t(a) for a in plans if a not in ("ring", "nvls")])
+    if not whole and algo in ("one_shot", "two_shot"):
+        algo = "direct"
+    if algo not in plans:
+        if algo == "nvls" and not switch:
+            raise CodesignError(f"collective.algorithm: nvls needs a switched scale-up domain, "
+                                f"found topology {su.topology!r}")
+        have = ", ".join(sorted({"nccl", "auto"} | set(plans)))
+        raise CodesignError(f"collective.algorithm: {algo} has no curve in efficiency.collective_curves "
+                            f"for a {kind}; expected one of {have}")
+    return t(algo)
 
 
 def all_to_all_parts(collective: dict, hw: HardwareSpec) -> tuple[float, float]:

@@ -29,8 +29,9 @@ class MappingOptions(BaseModel):
     dispatch_fp8: bool | None = None
     # Dispatch sends a token once per distinct destination rank (DeepEP), not once per expert.
     dispatch_dedup: bool = True
-    # All-reduce algorithm: None / "auto" = the fastest of ring, two-shot and one-shot per message
-    # (NCCL's and TensorRT-LLM's tuners); or force one of codesign.mapping.collectives.ALGORITHMS.
+    # All-reduce algorithm: None / "auto" = the fastest per message of NCCL's choice (ring, or NVLS
+    # where the spec's collective curves have it), two-shot and one-shot (the serving engines'
+    # tuners); "nccl" = NCCL's choice only; or force one of codesign.mapping.collectives.ALGORITHMS.
     allreduce_algorithm: str | None = None
     # Dtype of reductions (all-reduce, reduce-scatter, EP combine, logits gather).
     reduce_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"

@@ -19,7 +19,8 @@ from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
 from codesign.sim.cost import CostModel, CostOptions, MoeKernel
 
-KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "all_to_all", "all_reduce"]
+KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "all_to_all", "all_reduce",
+                   "all_gather", "reduce_scatter"]
 Positive = Field(default=None, gt=0)
 
 # Fields each op needs (the rest must stay unset or keep their defaults).
@@ -37,7 +38,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "gdn_chunk": ("batch", "heads", "head_dim", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks", "bytes"),
+    "all_gather": ("ranks", "bytes"),  # bytes: the gathered output per rank
+    "reduce_scatter": ("ranks", "bytes"),  # bytes: the input per rank
 }
+COLLECTIVE_OPS = ("all_to_all", "all_reduce", "all_gather", "reduce_scatter")
 # Output element size of matrix kernels: bf16 results for every input format (DeepGEMM, cuBLASLt FP8).
 OUT_BYTES = 2.0
 # Per-128-element FP32 scale of FP8 activations (DeepEP dispatch, DeepGEMM): 4 bytes per 128.
@@ -128,7 +132,7 @@ def _bytes_dict(**kw: float) -> dict[str, float]:
 def check_dtype(shape: KernelShape, hw: HardwareSpec) -> None:
     """A matrix kernel in a format the chip's matrix unit has no path for is refused (the simulator
     would run it at the next wider format; a microbenchmark of that format cannot exist)."""
-    if shape.op in ("all_to_all", "all_reduce"):
+    if shape.op in COLLECTIVE_OPS:
         return
     if getattr(hw.chip.matrix, shape.dtype, None) is None:
         have = [d for d in BYTES_PER_ELEMENT if getattr(hw.chip.matrix, d, None) is not None]
@@ -282,15 +286,18 @@ def build_collective(s: KernelShape, hw: HardwareSpec) -> dict:
         per_elem = BYTES_PER_ELEMENT[s.dtype] * ((1.0 + FP8_SCALE_OVERHEAD) if s.dtype == "fp8" else 1.0)
         nbytes = s.tokens * s.top_k * s.hidden * per_elem
         return make_collective("all_to_all", group, nbytes, hw.system.scale_up.size, s.algorithm)
-    return make_collective("all_reduce", group, float(s.bytes), hw.system.scale_up.size, s.algorithm)
+    return make_collective(s.op, group, float(s.bytes), hw.system.scale_up.size, s.algorithm)
 
 
 def link_bytes(c: dict, hw: HardwareSpec) -> float:
     """Bytes one rank moves over its slowest tier: all-to-all, the share leaving the rank (scale-up)
-    or the domain (scale-out); all-reduce, the bus bytes 2(n-1)/n x message (NCCL's busBw)."""
+    or the domain (scale-out); all-reduce, the bus bytes 2(n-1)/n x message (NCCL's busBw);
+    all-gather / reduce-scatter, (n-1)/n x message (likewise)."""
     n = c["size"]
     if c["type"] == "all_reduce":
         return 2.0 * (n - 1) / n * c["bytes"]
+    if c["type"] in ("all_gather", "reduce_scatter"):
+        return (n - 1) / n * c["bytes"]
     d = min(n, hw.system.scale_up.size)
     share = (n - d) / n if c["scope"] == "scale_out" else (n - 1) / n
     return c["bytes"] * share
@@ -299,7 +306,7 @@ def link_bytes(c: dict, hw: HardwareSpec) -> float:
 def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None) -> KernelPrediction:
     """Predicted time of one kernel on `hw` through the simulator's cost path."""
     check_dtype(s, hw)
-    if s.op in ("all_to_all", "all_reduce"):
+    if s.op in COLLECTIVE_OPS:
         from codesign.mapping import collective_time
 
         c = build_collective(s, hw)

@@ -49,12 +49,23 @@ def test_gemm_prediction_is_the_cost_model_rule():
 
 
 def test_all_reduce_bus_bandwidth_is_the_ring_rule():
+    # H100's kernel-calibrated ring curve: overhead + 2(n-1) steps + 2(n-1)/n m over the ramped link
     hw = load_hw("h100")
+    cc = hw.efficiency.collective_curves
     n, nbytes = 8, 1e9
-    t = 2 * (n - 1) / n * nbytes / (450e9 * hw.efficiency.collective) + 2 * (n - 1) * hw.system.scale_up.latency
+    ramp = (nbytes / (nbytes + cc.ring.ramp_bytes)) ** cc.ramp_exponent
+    t = cc.ring.overhead + 2 * (n - 1) * cc.step + 2 * (n - 1) / n * nbytes / (450e9 * cc.ring.efficiency * ramp)
     got = predict(KernelShape(op="all_reduce", hw="h100", ranks=n, bytes=nbytes, algorithm="ring"), hw)
     assert got.seconds == pytest.approx(t, rel=1e-9)
     assert got.gbps == pytest.approx(2 * (n - 1) / n * nbytes / t / 1e9)
+    # the flat rule where a spec has no curves
+    flat = hw.model_copy(update={"efficiency": hw.efficiency.model_copy(update={"collective_curves": None})})
+    t = 2 * (n - 1) / n * nbytes / (450e9 * hw.efficiency.collective) + 2 * (n - 1) * hw.system.scale_up.latency
+    assert predict(KernelShape(op="all_reduce", hw="h100", ranks=n, bytes=nbytes, algorithm="ring"), flat).seconds \
+        == pytest.approx(t, rel=1e-9)
+    # all-gather: nccl-tests' busBw counts (n-1)/n x message
+    ag = predict(KernelShape(op="all_gather", hw="h100", ranks=n, bytes=nbytes), hw)
+    assert ag.gbps == pytest.approx((n - 1) / n * nbytes / ag.seconds / 1e9)
 
 
 def test_non_positive_shape_and_missing_fields_are_refused():
