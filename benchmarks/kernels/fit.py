@@ -7,7 +7,6 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --maf      # CDNA large-GEMM fractions from AMD's MAF rows
     python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
-    python benchmarks/kernels/fit.py --library cublaslt   # one library's dense GEMM rows against the family curve
 
 Objective: the sum over a group's rows of log(predicted / measured)^2 (relative errors, symmetric in
 over- and under-prediction), minimised by Nelder-Mead from the current spec values; each row is
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from codesign.hw import load_hw  # noqa: E402
 from codesign.sim.kernel import predict  # noqa: E402
-from codesign.sim.kernel_table import LIBRARIES, load_table, table_files  # noqa: E402
+from codesign.sim.kernel_table import load_table, table_files  # noqa: E402
 
 HOPPER = ("h100", "h200", "h800", "h20")  # one SM design: a fit on any of them holds for the family
 FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate is cut, its clocks and SMs unpublished)
@@ -178,37 +177,11 @@ def solve_maf() -> list[tuple[str, str, float, float]]:
     return out
 
 
-def library_gap(library: str) -> int:
-    """One library's dense Hopper GEMM rows (at TDP) against the family curve: each row's error at
-    the spec's constants, then `gemm` refitted on those rows alone (everything else held). A report,
-    not a fit written to a spec: a library curve enters the model only where rows support it
-    (docs/cost-model.md "Dense GEMM kernel library")."""
-    select = lambda r: r.op == "gemm" and r.library == library and r.hw in FULL_HOPPER  # noqa: E731
-    rows = [r for f in table_files() for r in load_table(f).rows if select(r) and at_tdp(r)]
-    if not rows:
-        print(f"{library}: no dense Hopper GEMM rows at TDP")
-        return 1
-    for r in rows:
-        p = predict(r, load_hw(r.hw))
-        t_err = (p.seconds / r.seconds if r.metric == "seconds" else r.measured / getattr(p, r.metric)) - 1
-        print(f"  {r.hw} {r.dtype} {r.m}x{r.n}x{r.k} ({r.source}): predicted time {t_err:+.1%} vs measured")
-    res = fit(library, select, {"gemm": (0.3, 1.0)}, set())
-    fam = load_hw(rows[0].hw).efficiency.gemm
-    print(f"{library}: {res['rows']} rows; gemm refitted on them alone {res['params']['gemm']:.3f} "
-          f"(family {fam:.3f}); MAPE at the refit {res['mape']:.1%}, worst {res['worst']:.1%}")
-    return 0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", choices=sorted(GROUPS), action="append")
     ap.add_argument("--maf", action="store_true", help="solve the CDNA large-GEMM fractions from AMD's MAF rows")
-    ap.add_argument("--library", choices=LIBRARIES,
-                    help="fit the Hopper large-GEMM fraction `gemm` on one library's dense GEMM rows at TDP "
-                         "(the other constants held), beside the family's: how far that library is from the curve")
     args = ap.parse_args()
-    if args.library:
-        return library_gap(args.library)
     if args.maf:
         for chip, dtype, e, err in solve_maf():
             field = "gemm" if dtype == "bf16" else f"gemm_by_dtype.{dtype}"

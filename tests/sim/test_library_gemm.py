@@ -103,3 +103,16 @@ def test_validate_kernels_json_carries_library_power_and_the_per_library_gap(cap
     assert all(by[k]["mean_time_error"] > 0 for k in ("cublas", "cublaslt", "cutlass"))
     assert all(by[k]["mean_time_error"] < 0 for k in ("cublas@500W", "cutlass@500W"))
     assert sum(r.row.library is not None for r in validate_kernels()) == sum(v["rows"] for v in by.values())
+
+
+def test_library_gap_report_leaves_capped_rows_out_and_reads_errors_as_time():
+    spec = importlib.util.spec_from_file_location("library_gap", spec_files.ROOT / "benchmarks" / "kernels" / "library_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    rows = gap.library_rows("cublas")
+    assert rows and all(r.power_w is None for r in rows)
+    assert len(rows) == sum(r.library == "cublas" and r.power_w is None
+                            for r in load_table(KERNEL_DIR / "library_gemm.yaml").rows)
+    r = next(r for r in rows if r.metric == "tflops")
+    # a TFLOPS row predicted at p TFLOPS against m measured takes m / p of the measured time
+    assert gap.time_error(r) == pytest.approx(r.tflops / predict(r, load_hw(r.hw)).tflops - 1)
