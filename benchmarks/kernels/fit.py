@@ -169,9 +169,18 @@ def nelder_mead(f, x0: np.ndarray, steps: np.ndarray, iters: int = 600, tol: flo
     return pts[int(np.argmin(vals))]
 
 
-def fit(group: str) -> dict:
-    select, bounds, ints = GROUPS[group]
-    rows = [r for f in table_files() for r in load_table(f).rows if select(r)]
+def at_tdp(r) -> bool:
+    """A row measured at the spec's operating point: no stated power limit, or one at least the
+    chip's TDP. Power-capped rows (an H100 SXM at 500 W) are shown by `validate --kernels`, never fitted."""
+    return r.power_w is None or r.power_w >= load_hw(r.hw).power.tdp
+
+
+def fit(group: str, select=None, bounds=None, ints=None) -> dict:
+    if select is None:
+        select, bounds, ints = GROUPS[group]
+    rows = [r for f in table_files() for r in load_table(f).rows if select(r) and at_tdp(r)]
+    if not rows:
+        raise SystemExit(f"{group}: no kernel rows at the chips' TDP")
     specs = {r.hw: load_hw(r.hw) for r in rows}
     base = specs[rows[0].hw]
     names = list(bounds)

@@ -105,8 +105,9 @@ def run_kernels(folder: str | None, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"rows": [{"file": r.file, "row": r.index, "kernel": r.label(), "metric": r.row.metric,
                                     "measured": r.row.measured, "predicted": r.predicted_value, "error": r.error,
-                                    "bound": r.predicted.bound, "source": r.row.source} for r in results],
-                          "mape": m, "worst": abs(worst.error)}, indent=2))
+                                    "bound": r.predicted.bound, "source": r.row.source, "library": r.row.library,
+                                    "power_w": r.row.power_w} for r in results],
+                          "mape": m, "worst": abs(worst.error), "by_library": library_summary(results)}, indent=2))
         return 0
     from rich.table import Table
 
@@ -121,7 +122,27 @@ def run_kernels(folder: str | None, as_json: bool) -> int:
     c = console()
     c.print(t)
     c.print(f"kernel MAPE over {len(results)} rows: {m:.1%} (worst {abs(worst.error):.1%}: {worst.label()})")
+    for lib, s in library_summary(results).items():
+        c.print(f"  {lib}: {s['rows']} rows, MAPE {s['mape']:.1%}, mean time error {s['mean_time_error']:+.1%} "
+                "(+: predicted slower than the kernel)")
     return 0
+
+
+def library_summary(results) -> dict[str, dict]:
+    """Per kernel library (`library:` of the rows; power-capped rows apart, as `<library>@<W>W`): rows,
+    MAPE, and the mean signed error in time (predicted / measured seconds - 1, whatever the row's
+    metric), so that the direction of a library's gap from the curve reads the same for every row."""
+    groups: dict[str, list] = {}
+    for r in results:
+        if r.row.library:
+            key = r.row.library + (f"@{r.row.power_w:g}W" if r.row.power_w else "")
+            groups.setdefault(key, []).append(r)
+    out = {}
+    for key, rs in sorted(groups.items()):
+        t_err = [(1 + r.error) if r.row.metric == "seconds" else 1 / (1 + r.error) for r in rs]
+        out[key] = {"rows": len(rs), "mape": sum(abs(r.error) for r in rs) / len(rs),
+                    "mean_time_error": sum(t_err) / len(t_err) - 1}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

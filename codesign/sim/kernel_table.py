@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -28,6 +29,11 @@ from codesign.sim.kernel import KernelPrediction, KernelShape, predict
 
 KERNEL_DIR = spec_files.ROOT / "benchmarks" / "kernels"
 METRICS = ("seconds", "tflops", "gbps")
+# Kernel libraries a matrix row's source ran (what `library:` may name): DeepGEMM, TileLang,
+# cuBLAS (BF16/FP16 `torch.mm` / `F.linear`), cuBLASLt (per-tensor FP8 `torch._scaled_mm`,
+# TensorRT-LLM's FP8 GEMM plugin), CUTLASS (vLLM's `cutlass_scaled_mm`, FBGEMM's and ATen's
+# row-wise FP8 kernels), hipBLASLt.
+LIBRARIES = ("deepgemm", "tilelang", "cublas", "cublaslt", "cutlass", "hipblaslt")
 
 
 class KernelRow(KernelShape):
@@ -38,6 +44,12 @@ class KernelRow(KernelShape):
     source: str
     derived: str | None = None  # what in this row is not printed by the source, and how it was obtained
     note: str | None = None
+    # Matrix rows: the kernel library the source ran (`LIBRARIES`); none where the table's
+    # description names it for every row (DeepGEMM, TileLang, AMD's MAF).
+    library: Literal[LIBRARIES] | None = None  # type: ignore[valid-type]
+    # The board power limit the source states, watts (an H100 SXM capped at 500 W is a different
+    # operating point from the 700 W TDP the spec describes: such rows are shown, never fitted).
+    power_w: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _one_measurement(self) -> "KernelRow":
@@ -88,7 +100,8 @@ class KernelResult:
     def label(self) -> str:
         r = self.row
         if r.op == "gemm":
-            shape = f"{r.m}x{r.n}x{r.k}"
+            shape = f"{r.m}x{r.n}x{r.k}" + (f" {r.library}" if r.library else "") + (
+                f" {r.power_w:g}W" if r.power_w else "")
         elif r.op == "grouped_gemm":
             shape = f"{r.groups}x{r.m}x{r.n}x{r.k}"
         elif r.op == "fused_moe":
