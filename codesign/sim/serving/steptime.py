@@ -145,7 +145,10 @@ def pool_decodes(shape: StepShape) -> StepShape:
     """Decode-like groups (see `_decode_like`) of equal (new_tokens, logits) merged at their mean
     cached length: decode groups (new_tokens 1) together, verify groups of one width together.
     Prefill chunks (one sequence each, more new tokens) stay apart."""
-    keys = [(g.new_tokens, g.logits) for g in shape.groups if _decode_like(g)]
+    groups = shape.groups
+    if len(groups) == 1 or (len(groups) == 2 and not (_decode_like(groups[0]) and _decode_like(groups[1]))):
+        return shape  # nothing to pool (the scheduler's common steps: decodes and one prompt chunk)
+    keys = [(g.new_tokens, g.logits) for g in groups if _decode_like(g)]
     if len(keys) == len(set(keys)):
         return shape  # already pooled (as the scheduler builds steps)
     pooled: dict[tuple[int, int], list[Group]] = {}
@@ -181,6 +184,10 @@ class StepTimeModel:
         self._mseq_grid = geometric_grid(o.mixed_seq_ratio, False)
         self._mkv_grid = geometric_grid(o.mixed_kv_ratio, True, max_len)
         self._memo: dict[tuple, float] = {}
+        # memoised lookups of the event loop's hot path (no effect on any value): brackets per
+        # axis by (value, limit), mixed-step cells by group
+        self._br: dict[int, dict[tuple[int, int | None], tuple[int, int]]] = {}
+        self._cells: dict[tuple[int, int, int, int], tuple] = {}
         self._mixed_memo: dict[tuple, float] = {}
         self._cross_memo: dict[tuple, float] = {}
         self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
@@ -232,17 +239,38 @@ class StepTimeModel:
         """Bilinear interpolation of one group's time on the grid."""
         return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
+    def _bracket(self, grid: list[int], v: int, hi_limit: int | None = None) -> tuple[int, int]:
+        """`bracket(grid, v, hi_limit)`, memoised per grid."""
+        memo = self._br.get(id(grid))
+        if memo is None:
+            memo = self._br[id(grid)] = {}
+        key = (v, hi_limit)
+        ab = memo.get(key)
+        if ab is None:
+            ab = memo[key] = bracket(grid, v, hi_limit)
+        return ab
+
     def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], tuple[int, int]]:
         """Group g's grid cell: (x, (x0, x1), y, (y0, y1), (new, logits)) within the context; new
-        0 marks a prompt chunk, whose x axis is its new tokens (see `_corner`)."""
+        0 marks a prompt chunk, whose x axis is its new tokens (see `_corner`). Memoised by group
+        (prompt chunks repeat; a decode group's cached length moves every step, its axes' brackets
+        are memoised instead)."""
+        key = (g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+        c = self._cells.get(key)
+        if c is not None:
+            return c
         L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
         if _decode_like(g):
-            xs = bracket(self._mseq_grid, g.seqs)
-            ys = bracket(self._mkv_grid if new == 1 else self._pkv_grid, y, L - new)
-            return g.seqs, xs, y, ys, (new, lg)
-        xs = bracket(self._tok_grid, new, L - y)
-        ys = bracket(self._pkv_grid, y, max(L - xs[1], y))
-        return new, xs, y, ys, (0, 1)
+            xs = self._bracket(self._mseq_grid, g.seqs)
+            ys = self._bracket(self._mkv_grid if new == 1 else self._pkv_grid, y, L - new)
+            c = (g.seqs, xs, y, ys, (new, lg))
+            if new != 1:
+                self._cells[key] = c
+            return c
+        xs = self._bracket(self._tok_grid, new, L - y)
+        ys = self._bracket(self._pkv_grid, y, max(L - xs[1], y))
+        c = self._cells[key] = (new, xs, y, ys, (0, 1))
+        return c
 
     def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float:
         """`group_time` of Group(seqs, new, cached, logits), without building the group."""
@@ -250,15 +278,15 @@ class StepTimeModel:
             return self._point(seqs, new, cached, logits)
         L, y = self.max_len, cached
         if new == 1 or seqs > 1 or logits > 1:  # decode / verify / several equal chunks: axes (seqs, cached)
-            x0, x1 = bracket(self._seq_grid, seqs)
-            y0, y1 = bracket(self._kv_grid if new == 1 else self._pkv_grid, y, L - new)
+            x0, x1 = self._bracket(self._seq_grid, seqs)
+            y0, y1 = self._bracket(self._kv_grid if new == 1 else self._pkv_grid, y, L - new)
             x = seqs
 
             def at(xv: int, yv: int) -> float:
                 return self._point(xv, new, yv, logits)
         else:  # one prefill chunk: axes (new tokens, cached)
-            x0, x1 = bracket(self._tok_grid, new, L - y)
-            y0, y1 = bracket(self._pkv_grid, y, max(L - x1, y))
+            x0, x1 = self._bracket(self._tok_grid, new, L - y)
+            y0, y1 = self._bracket(self._pkv_grid, y, max(L - x1, y))
             x = new
 
             def at(xv: int, yv: int) -> float:
@@ -276,7 +304,7 @@ class StepTimeModel:
     def step_time(self, shape: StepShape) -> float:
         """Seconds of one scheduler iteration's step (see module docstring)."""
         shape = pool_decodes(shape)
-        if not shape.is_mixed:
+        if len(shape.groups) == 1:
             g = shape.groups[0]
             return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
         if not self.options.mixed_steps:
@@ -337,7 +365,8 @@ class StepTimeModel:
         anchor. Exact on grid points and for step times that are a sum of per-group bilinear parts;
         what it leaves out is the groups' cross terms within one cell."""
         cells = [self._cell(g) for g in groups]
-        anchor = tuple((_nearest(x, xs), _nearest(y, ys)) for x, xs, y, ys, _ in cells)
+        anchor = tuple((x0 if x - x0 <= x1 - x else x1, y0 if y - y0 <= y1 - y else y1)
+                       for x, (x0, x1), y, (y0, y1), _ in cells)  # _nearest, inlined (hot path)
         key = (anchor, tuple((xs, ys, sig) for _, xs, _, ys, sig in cells))
         corners = self._cell_memo.get(key)
         if corners is None:
