@@ -136,11 +136,17 @@ class Engine:
         self.bs, self.block_bytes, self.seq_bytes = cap.block_size, cap.block_bytes, cap.seq_bytes
         S = self.max_seqs
         self.n = 0  # decoding sequences, packed in [0, n)
-        self.kv = np.zeros(S)
-        self.rem = np.zeros(S)
-        self.gen = np.zeros(S)
+        # cached tokens, generated tokens and minus the tokens still to generate: rows of one array,
+        # so that a step's emission is one vector operation (`_apply`)
+        self.state = np.zeros((3, S))
+        self.kv, self.gen, self.nrem = self.state[0], self.state[1], self.state[2]
+        self._nrem_max: float | None = None  # max of nrem[:n] (None: to recompute), see `_least_rem`
+        self._buf = np.zeros(S)  # scratch for `_dec_bytes`
         self.order = np.zeros(S, dtype=np.int64)
-        self.last_emit = np.zeros(S)
+        # when each sequence entered decoding; every step with decodes emits for all of them, so a
+        # sequence's last token is at max(entered, dec_t), dec_t the end of the last decode step
+        self.entered = np.zeros(S)
+        self.dec_t = 0.0
         self.reqs: list[_Req | None] = [None] * S
         self.waiting: deque[_Req] = deque()
         self.prefilling: list[_Req] = []
@@ -226,7 +232,7 @@ class Engine:
         (step time is linear in it: the middle's time is the stretch's mean) and `STRETCH_MAX`."""
         if len(shape.groups) != 1 or not n or shape.groups[0].seqs != n:
             return 1
-        first_done = int(np.ceil(float(self.rem[:n].min()) / self.emit - _EPS))
+        first_done = int(np.ceil(self._least_rem() / self.emit - _EPS))
         drift = int(max(1.0, self.stretch_drift * mean_kv) / self.emit)
         k = max(1, min(first_done, drift, self.stretch_max))
         cap = self.pool.cap.free_bytes
@@ -239,8 +245,18 @@ class Engine:
         """Bytes the `n` decoding sequences hold once each has `extra` more tokens."""
         if not n:
             return 0.0
-        blocks = np.ceil((self.kv[:n] + extra) * (1.0 / self.bs)).sum()
-        return float(blocks) * self.block_bytes + n * self.seq_bytes
+        t = self._buf[:n]
+        np.add(self.kv[:n], extra, out=t)
+        np.multiply(t, 1.0 / self.bs, out=t)
+        np.ceil(t, out=t)
+        return float(t.sum()) * self.block_bytes + n * self.seq_bytes
+
+    def _least_rem(self) -> float:
+        """Fewest tokens any decoding sequence still has to generate (-max of nrem; memoised: a
+        step moves every entry by the same amount, so the max moves with it)."""
+        if self._nrem_max is None:
+            self._nrem_max = float(self.nrem[:self.n].max()) if self.n else -np.inf
+        return -self._nrem_max
 
     def _schedule(self) -> tuple[StepShape | None, int, int]:
         cap = self.pool.cap.free_bytes + _EPS
@@ -332,7 +348,7 @@ class Engine:
         if o_dec > o_pre:
             r = self.reqs[i]
             r.generated = float(self.gen[i])
-            r.resumed_from = float(self.last_emit[i])
+            r.resumed_from = max(float(self.entered[i]), self.dec_t)
             self._remove(i)
         else:
             self.prefilling.remove(pre)
@@ -351,11 +367,12 @@ class Engine:
         """Drop decoding entry i (the last entry moves into its place)."""
         last = self.n - 1
         if i != last:
-            self.kv[i], self.rem[i], self.gen[i] = self.kv[last], self.rem[last], self.gen[last]
-            self.order[i], self.last_emit[i] = self.order[last], self.last_emit[last]
+            self.state[:, i] = self.state[:, last]
+            self.order[i], self.entered[i] = self.order[last], self.entered[last]
             self.reqs[i] = self.reqs[last]
         self.reqs[last] = None
         self.n = last
+        self._nrem_max = None
 
     # -- what a step produced -------------------------------------------------------------------
     def _apply(self, n: int, dt: float, k: int = 1) -> None:
@@ -364,15 +381,16 @@ class Engine:
         prefill_tokens = 0
         if n:
             e = self.emit * k
-            self.kv[:n] += e
-            self.gen[:n] += e
-            self.rem[:n] -= e
-            self.last_emit[:n] = now
-            done = np.flatnonzero(self.rem[:n] <= _EPS)
-            for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
-                r = self.reqs[int(i)]
-                self._remove(int(i))
-                self._finish(r)
+            self.state[:, :n] += e  # kv and generated up by e, remaining down by e
+            self.dec_t = now
+            if self._nrem_max is not None:
+                self._nrem_max += e  # rounding is monotone: the max entry's own update
+            if self._least_rem() <= _EPS:
+                done = np.flatnonzero(self.nrem[:n] >= -_EPS)  # remaining <= _EPS
+                for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
+                    r = self.reqs[int(i)]
+                    self._remove(int(i))
+                    self._finish(r)
         if self.prefilling:
             for r in list(self.prefilling):
                 if not r.chunk:
@@ -417,8 +435,10 @@ class Engine:
         i = self.n
         self.n += 1
         self.reqs[i] = r
-        self.kv[i], self.gen[i], self.rem[i] = r.target, r.generated, r.out - r.generated
-        self.order[i], self.last_emit[i] = r.order, now
+        self.kv[i], self.gen[i], self.nrem[i] = r.target, r.generated, -(r.out - r.generated)
+        self.order[i], self.entered[i] = r.order, now
+        if self._nrem_max is not None:
+            self._nrem_max = max(self._nrem_max, float(self.nrem[i]))
 
     def _finish(self, r: _Req) -> None:
         self.reserved -= r.reserve
