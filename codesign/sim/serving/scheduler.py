@@ -60,6 +60,7 @@ PROGRESS_STEPS = 2000
 # and this many steps, per simulated stretch (defaults; StepTimeOptions.stretch_drift/_max).
 STRETCH_DRIFT = 0.02
 STRETCH_MAX = 256
+_sum, _max = np.add.reduce, np.maximum.reduce  # ndarray.sum / .max without their Python wrappers
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ class Engine:
             if shape is None:
                 raise CodesignError("serving: the scheduler could not place any waiting request (nothing running, "
                                     "the first waiting request does not fit the KV pool)")
-            k = self._stretch(shape, n, mean_kv)
+            k = self._stretch(shape, n, mean_kv) if len(shape.groups) == 1 else 1
             if k > 1:  # k identical decode-only steps at once, timed at the stretch's middle
                 mean_kv += int(round((k - 1) * self.emit / 2))
                 shape = StepShape((Group(n, self.width, mean_kv, self.width),))
@@ -249,13 +250,13 @@ class Engine:
         np.add(self.kv[:n], extra, out=t)
         np.multiply(t, 1.0 / self.bs, out=t)
         np.ceil(t, out=t)
-        return float(t.sum()) * self.block_bytes + n * self.seq_bytes
+        return float(_sum(t)) * self.block_bytes + n * self.seq_bytes
 
     def _least_rem(self) -> float:
         """Fewest tokens any decoding sequence still has to generate (-max of nrem; memoised: a
         step moves every entry by the same amount, so the max moves with it)."""
         if self._nrem_max is None:
-            self._nrem_max = float(self.nrem[:self.n].max()) if self.n else -np.inf
+            self._nrem_max = float(_max(self.nrem[:self.n])) if self.n else -np.inf
         return -self._nrem_max
 
     def _schedule(self) -> tuple[StepShape | None, int, int]:
@@ -317,7 +318,7 @@ class Engine:
             used, budget, n_running = used + cost, budget - chunk, n_running + 1
             groups.append(Group(1, chunk, r.computed))
         n = self.n
-        mean_kv = int(round(float(self.kv[:n].sum()) / n)) if n else 0
+        mean_kv = int(round(float(_sum(self.kv[:n])) / n)) if n else 0
         groups = _merge_equal(groups)
         if n:
             groups.insert(0, Group(n, self.width, mean_kv, self.width))
