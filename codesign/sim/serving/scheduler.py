@@ -137,10 +137,10 @@ class Engine:
         self.bs, self.block_bytes, self.seq_bytes = cap.block_size, cap.block_bytes, cap.seq_bytes
         S = self.max_seqs
         self.n = 0  # decoding sequences, packed in [0, n)
-        # cached tokens, generated tokens and minus the tokens still to generate: rows of one array,
-        # so that a step's emission is one vector operation (`_apply`)
-        self.state = np.zeros((3, S))
-        self.kv, self.gen, self.nrem = self.state[0], self.state[1], self.state[2]
+        # cached tokens, generated tokens and minus the tokens still to generate: columns of one
+        # array, so that a step's emission is one vector operation on a contiguous block (`_apply`)
+        self.state = np.zeros((S, 3))
+        self.kv, self.gen, self.nrem = self.state[:, 0], self.state[:, 1], self.state[:, 2]
         self._nrem_max: float | None = None  # max of nrem[:n] (None: to recompute), see `_least_rem`
         self._buf = np.zeros(S)  # scratch for `_dec_bytes`
         self.order = np.zeros(S, dtype=np.int64)
@@ -368,7 +368,7 @@ class Engine:
         """Drop decoding entry i (the last entry moves into its place)."""
         last = self.n - 1
         if i != last:
-            self.state[:, i] = self.state[:, last]
+            self.state[i] = self.state[last]
             self.order[i], self.entered[i] = self.order[last], self.entered[last]
             self.reqs[i] = self.reqs[last]
         self.reqs[last] = None
@@ -382,7 +382,7 @@ class Engine:
         prefill_tokens = 0
         if n:
             e = self.emit * k
-            self.state[:, :n] += e  # kv and generated up by e, remaining down by e
+            self.state[:n] += e  # kv and generated up by e, remaining down by e
             self.dec_t = now
             if self._nrem_max is not None:
                 self._nrem_max += e  # rounding is monotone: the max entry's own update

@@ -186,8 +186,12 @@ class StepTimeModel:
         self._memo: dict[tuple, float] = {}
         # memoised lookups of the event loop's hot path (no effect on any value): brackets per
         # axis by (value, limit), mixed-step cells by group
-        self._br: dict[int, dict[tuple[int, int | None], tuple[int, int]]] = {}
+        self._br: dict[int, dict[tuple[int, int | None], tuple[int, int]]] = {
+            id(g): {} for g in (self._seq_grid, self._tok_grid, self._kv_grid, self._pkv_grid, self._mseq_grid,
+                                self._mkv_grid)}
         self._cells: dict[tuple[int, int, int, int], tuple] = {}
+        self._mseq_br: dict[int, tuple[int, int]] = {}  # decode groups' mixed-step brackets by value
+        self._mkv_br: dict[int, tuple[int, int]] = {}
         self._mixed_memo: dict[tuple, float] = {}
         self._cross_memo: dict[tuple, float] = {}
         self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
@@ -240,10 +244,8 @@ class StepTimeModel:
         return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
 
     def _bracket(self, grid: list[int], v: int, hi_limit: int | None = None) -> tuple[int, int]:
-        """`bracket(grid, v, hi_limit)`, memoised per grid."""
-        memo = self._br.get(id(grid))
-        if memo is None:
-            memo = self._br[id(grid)] = {}
+        """`bracket(grid, v, hi_limit)`, memoised per grid (one of the model's grids)."""
+        memo = self._br[id(grid)]
         key = (v, hi_limit)
         ab = memo.get(key)
         if ab is None:
@@ -260,12 +262,18 @@ class StepTimeModel:
         if c is not None:
             return c
         L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
+        if new == 1:  # a decode group (_decode_like): its brackets memoised, not the cell
+            xs = self._mseq_br.get(g.seqs)
+            if xs is None:
+                xs = self._mseq_br[g.seqs] = bracket(self._mseq_grid, g.seqs)
+            ys = self._mkv_br.get(y)
+            if ys is None:
+                ys = self._mkv_br[y] = bracket(self._mkv_grid, y, L - 1)
+            return (g.seqs, xs, y, ys, (1, lg))
         if _decode_like(g):
             xs = self._bracket(self._mseq_grid, g.seqs)
-            ys = self._bracket(self._mkv_grid if new == 1 else self._pkv_grid, y, L - new)
-            c = (g.seqs, xs, y, ys, (new, lg))
-            if new != 1:
-                self._cells[key] = c
+            ys = self._bracket(self._pkv_grid, y, L - new)
+            c = self._cells[key] = (g.seqs, xs, y, ys, (new, lg))
             return c
         xs = self._bracket(self._tok_grid, new, L - y)
         ys = self._bracket(self._pkv_grid, y, max(L - xs[1], y))
@@ -303,6 +311,13 @@ class StepTimeModel:
 
     def step_time(self, shape: StepShape) -> float:
         """Seconds of one scheduler iteration's step (see module docstring)."""
+        groups = shape.groups
+        if len(groups) == 1:
+            g = groups[0]
+            return self.time_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+        if len(groups) == 2 and groups[1].new_tokens > 1 and groups[1].seqs == 1 and groups[1].logits == 1:
+            if self.options.mixed_steps and not self.options.exact:  # decodes and one chunk: nothing to pool
+                return self._mixed_two(groups[0], groups[1])
         shape = pool_decodes(shape)
         if len(shape.groups) == 1:
             g = shape.groups[0]
