@@ -143,6 +143,9 @@ class Engine:
         self.kv, self.gen, self.nrem = self.state[:, 0], self.state[:, 1], self.state[:, 2]
         self._nrem_max: float | None = None  # max of nrem[:n] (None: to recompute), see `_least_rem`
         self._buf = np.zeros(S)  # scratch for `_dec_bytes`
+        # Whole-token steps (no MTP) and power-of-two pages: the decodes' pages and cached tokens are
+        # counted exactly from integers instead of the arrays (see `_BlockCount`)
+        self.blocks = _BlockCount(self.bs) if self.emit == 1.0 and self.bs & (self.bs - 1) == 0 else None
         self.order = np.zeros(S, dtype=np.int64)
         # when each sequence entered decoding; every step with decodes emits for all of them, so a
         # sequence's last token is at max(entered, dec_t), dec_t the end of the last decode step
@@ -246,6 +249,8 @@ class Engine:
         """Bytes the `n` decoding sequences hold once each has `extra` more tokens."""
         if not n:
             return 0.0
+        if self.blocks is not None:
+            return float(self.blocks.pages(n, int(extra))) * self.block_bytes + n * self.seq_bytes
         t = self._buf[:n]
         np.add(self.kv[:n], extra, out=t)
         np.multiply(t, 1.0 / self.bs, out=t)
@@ -318,7 +323,11 @@ class Engine:
             used, budget, n_running = used + cost, budget - chunk, n_running + 1
             groups.append(Group(1, chunk, r.computed))
         n = self.n
-        mean_kv = int(round(float(_sum(self.kv[:n])) / n)) if n else 0
+        if not n:
+            mean_kv = 0
+        else:
+            total = float(self.blocks.tokens(n)) if self.blocks is not None else float(_sum(self.kv[:n]))
+            mean_kv = int(round(total / n))
         groups = _merge_equal(groups)
         if n:
             groups.insert(0, Group(n, self.width, mean_kv, self.width))
@@ -367,6 +376,8 @@ class Engine:
     def _remove(self, i: int) -> None:
         """Drop decoding entry i (the last entry moves into its place)."""
         last = self.n - 1
+        if self.blocks is not None:
+            self.blocks.remove(int(self.kv[i]))
         if i != last:
             self.state[i] = self.state[last]
             self.order[i], self.entered[i] = self.order[last], self.entered[last]
@@ -383,6 +394,8 @@ class Engine:
         if n:
             e = self.emit * k
             self.state[:n] += e  # kv and generated up by e, remaining down by e
+            if self.blocks is not None:
+                self.blocks.shift += int(e)
             self.dec_t = now
             if self._nrem_max is not None:
                 self._nrem_max += e  # rounding is monotone: the max entry's own update
@@ -437,6 +450,8 @@ class Engine:
         self.n += 1
         self.reqs[i] = r
         self.kv[i], self.gen[i], self.nrem[i] = r.target, r.generated, -(r.out - r.generated)
+        if self.blocks is not None:
+            self.blocks.add(r.target)
         self.order[i], self.entered[i] = r.order, now
         if self._nrem_max is not None:
             self._nrem_max = max(self._nrem_max, float(self.nrem[i]))
@@ -448,6 +463,49 @@ class Engine:
         self.rec.output[r.rid] = r.out
         self._count(-1)
         r.done.succeed()
+
+
+class _BlockCount:
+    """The decoding sequences' pages and cached tokens from integers, without a pass over them.
+
+    Every step moves every decoding sequence's cached length by the same whole number of tokens, so
+    each is kept as a base `a` = length - `shift` (`shift`: the tokens every sequence has gained
+    since the count began). With `a` = q x bs + r, the pages of all sequences once each holds `x`
+    more tokens are sum(q) + n x Q + sum over sequences of ceil((r + R) / bs), where shift + x =
+    Q x bs + R, and that last sum needs only how many sequences have each r. Exact: the same
+    integers as the arrays' ceil((kv + x) x (1 / bs)) summed, which are exact for power-of-two
+    page sizes (the scheduler uses this count only then, and only without MTP's fractional tokens
+    per step)."""
+
+    __slots__ = ("bs", "shift", "q_sum", "a_sum", "hist")
+
+    def __init__(self, bs: int) -> None:
+        self.bs, self.shift, self.q_sum, self.a_sum = bs, 0, 0, 0
+        self.hist = [0] * bs  # sequences by a mod bs
+
+    def add(self, kv: int) -> None:
+        q, r = divmod(kv - self.shift, self.bs)
+        self.q_sum += q
+        self.a_sum += kv - self.shift
+        self.hist[r] += 1
+
+    def remove(self, kv: int) -> None:
+        q, r = divmod(kv - self.shift, self.bs)
+        self.q_sum -= q
+        self.a_sum -= kv - self.shift
+        self.hist[r] -= 1
+
+    def tokens(self, n: int) -> int:
+        """Cached tokens of the `n` sequences."""
+        return self.a_sum + n * self.shift
+
+    def pages(self, n: int, extra: int) -> int:
+        """Pages the `n` sequences hold once each has `extra` more tokens."""
+        bs, h = self.bs, self.hist
+        Q, R = divmod(self.shift + extra, bs)
+        # ceil((r + R) / bs): 0 when r + R is 0, 1 up to bs, 2 above
+        part = n - (h[0] if R == 0 else 0) + (sum(h[bs + 1 - R:]) if R >= 2 else 0)
+        return self.q_sum + n * Q + part
 
 
 def _merge_equal(chunks: list[Group]) -> list[Group]:
