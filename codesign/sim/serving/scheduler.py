@@ -29,7 +29,10 @@ sequence (prompt + output + the step's new tokens) beside the whole sequences al
 
 When a prompt's last chunk is computed, the step also samples its first token (TTFT). Decoding
 sequences' state lives in numpy arrays (one slot per sequence), so an iteration costs a few vector
-operations, not a Python loop over the batch. Accepted MTP tokens are counted at their expectation
+operations, not a Python loop over the batch: a step's emission is one operation on a contiguous
+block, the fewest remaining tokens moves with it instead of being searched for, and with whole
+tokens per step (no MTP) and power-of-two pages the decodes' pages and cached tokens are counted
+exactly from integers without a pass over the batch (`_BlockCount`). None of this changes a value. Accepted MTP tokens are counted at their expectation
 per step (``1 + sum of cumulative acceptance products``; no per-step sampling).
 
 Named deviation from vLLM V1: its running list is in admission order, so a long prefill chunk ahead
