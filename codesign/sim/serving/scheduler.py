@@ -269,31 +269,34 @@ class Engine:
 
     def _schedule(self) -> tuple[StepShape | None, int, int]:
         cap = self.pool.cap.free_bytes + _EPS
-        dec_b = self._dec_bytes(self.n, self.width)
+        width, step_budget = self.width, self.budget
+        dec_b = self._dec_bytes(self.n, width)
         while self.n and dec_b + self.prefill_held > cap:
             self._preempt_newest(-1)
-            dec_b = self._dec_bytes(self.n, self.width)
+            dec_b = self._dec_bytes(self.n, width)
         extra = 0.0  # bytes the chunks scheduled so far in this iteration add
         chunks = 0  # their tokens
         groups: list[Group] = []
-        for r in list(self.prefilling) if self.prefilling else ():
-            budget = self.budget - self.n * self.width - chunks
+        prefilling = self.prefilling
+        for r in list(prefilling) if prefilling else ():
+            budget = step_budget - self.n * width - chunks
             if budget <= 0:
                 break
-            if r not in self.prefilling:  # preempted by an older request in this iteration
+            if r not in prefilling:  # preempted by an older request in this iteration
                 continue
-            chunk = min(r.target - r.computed, budget)
-            if chunk < r.target - r.computed and self._whole(r):
+            left = r.target - r.computed
+            chunk = min(left, budget)
+            if chunk < left and self._whole(r):
                 continue  # no chunked prefill: the prompt waits for a step with room for all of it
             cost = self.pool.grow_cost(r.computed, chunk)
             while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
-                dec_b = self._dec_bytes(self.n, self.width)
+                dec_b = self._dec_bytes(self.n, width)
             if dec_b + self.prefill_held + extra + cost > cap:
                 continue  # the newest request: it waits for pages
-            chunk = min(chunk, self.budget - self.n * self.width - chunks)
+            chunk = min(chunk, step_budget - self.n * width - chunks)
             r.chunk, extra, chunks = chunk, extra + cost, chunks + chunk
             groups.append(Group(1, chunk, r.computed))
-        budget = self.budget - self.n * self.width - chunks
+        budget = step_budget - self.n * width - chunks
         n_running = self.n + len(self.prefilling)
         used = dec_b + self.prefill_held + extra
         while self.waiting and budget > 0 and n_running < self.max_seqs:
@@ -409,13 +412,14 @@ class Engine:
                     self._remove(int(i))
                     self._finish(r)
         if self.prefilling:
+            footprint = self.pool.cap.seq_footprint
             for r in list(self.prefilling):
                 if not r.chunk:
                     continue
                 prefill_tokens += r.chunk
                 r.computed += r.chunk
                 r.chunk = 0
-                new_held = self.pool.cap.seq_footprint(r.computed)
+                new_held = footprint(r.computed)
                 self.prefill_held += new_held - r.held
                 r.held = new_held
                 if r.computed >= r.target:
@@ -430,7 +434,7 @@ class Engine:
         rec.step_kv_use.append(self.pool.use)
         self.steps += k
         self.iterations += 1
-        if self.on_step is not None and self.iterations % PROGRESS_STEPS == 0:
+        if self.on_step is not None and not self.iterations % PROGRESS_STEPS:
             self.on_step(int(np.isfinite(rec.finish).sum()))
 
     def _to_decode(self, r: _Req, now: float) -> None:
