@@ -50,8 +50,10 @@ serving benchmark prints it):
    benchmark clients send -- is interpolated along cached = length - new, its corners the
    chunk-size grid points on that line: one corner shape per chunk-size point instead of two
    (the long benchmark run needs 260 grid shapes instead of 292). Exact where step time is linear
-   along the line; it bends where the chunk's attention (new x cached) does, by at most
-   (new / length) / 16 of that part (0.6% of it for a 3,326-token last chunk of a 32K prompt).
+   along the line. The chunk's causal attention pairs, new x cached + new^2 / 2, are
+   new x length - new^2 / 2 on the line: they bend along it as much as along the (new, cached)
+   cell's new axis, with the opposite sign (at most (new / length) / 32 of that part between
+   chunk-size points at ratio 1.5: 0.3% of it for a 3,326-token last chunk of a 32K prompt).
    The benchmark prints the error of the steps that hold such a chunk with and without it.
 4. **Decode-only stretches** (applied by the scheduler, codesign.sim.serving.scheduler): up to
    ``stretch_max`` (256) identical decode-only steps, the mean KV length moving at most
