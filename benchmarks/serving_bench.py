@@ -8,7 +8,8 @@
    core and the event loop apart), throughput, TTFT/TPOT, Little's law, and the step-time model's
    error against the core's exact step on the shapes of every 1000th iteration as they are
    (decodes at their own cached lengths, no grid; not part of the timed run), split by the
-   number of groups, and what costing mixed steps' groups apart would overstate.
+   number of groups, the same for the steps holding a prompt's last chunk with and without
+   `prompt_end_line`, and what costing mixed steps' groups apart would overstate.
 2. **slo**: the SLO search on Qwen3-8B (1x H200): the rate found, p99s there and 10% above,
    against the offline throughput of the same requests.
 3. **mtp**: Qwen3.5-35B-A3B (1x H200) decode throughput without MTP, with one drafted token at
@@ -87,6 +88,15 @@ def long_run() -> None:
         if part:
             print(f"  {label:>12}: {str(measure_error(pt.model, part))[:160]}")
     print(f"  [exact evaluations {time.perf_counter() - t0:.1f} s, not in the run]")
+    off = StepTimeModel(pt.model._step, pt.model.max_len, StepTimeOptions(prompt_end_line=False))
+    pkv = set(pt.model._pkv_grid)
+    line = [s for s in mixed if any(g.seqs == 1 and g.new_tokens > 1 and g.cached_tokens not in pkv
+                                    and g.cached_tokens + g.new_tokens in pkv for g in s.groups)]
+    if line:
+        on_e, off_e = measure_error(pt.model, line), measure_error(off, line)
+        print(f"  prompt_end_line (a prompt's last chunk along its prompt's line), on the {len(line)} sampled steps that "
+              f"hold one: mean |error| {on_e.mean_abs:.2%}, max {on_e.max_abs:.2%}; with prompt_end_line: false "
+              f"{off_e.mean_abs:.2%}, max {off_e.max_abs:.2%} (the whole run then needs ~30 more grid shapes)")
     sep = StepTimeModel(pt.model._step, pt.model.max_len, StepTimeOptions(mixed_steps=False))
     if mixed:
         over = [sep.step_time(s) / pt.model.exact(s) - 1 for s in mixed]

@@ -29,7 +29,10 @@ sequence (prompt + output + the step's new tokens) beside the whole sequences al
 
 When a prompt's last chunk is computed, the step also samples its first token (TTFT). Decoding
 sequences' state lives in numpy arrays (one slot per sequence), so an iteration costs a few vector
-operations, not a Python loop over the batch. Accepted MTP tokens are counted at their expectation
+operations, not a Python loop over the batch: a step's emission is one operation on a contiguous
+block, the fewest remaining tokens moves with it instead of being searched for, and with whole
+tokens per step (no MTP) and power-of-two pages the decodes' pages and cached tokens are counted
+exactly from integers without a pass over the batch (`_BlockCount`). None of this changes a value. Accepted MTP tokens are counted at their expectation
 per step (``1 + sum of cumulative acceptance products``; no per-step sampling).
 
 Named deviation from vLLM V1: its running list is in admission order, so a long prefill chunk ahead
@@ -60,6 +63,7 @@ PROGRESS_STEPS = 2000
 # and this many steps, per simulated stretch (defaults; StepTimeOptions.stretch_drift/_max).
 STRETCH_DRIFT = 0.02
 STRETCH_MAX = 256
+_sum, _max = np.add.reduce, np.maximum.reduce  # ndarray.sum / .max without their Python wrappers
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,20 @@ class Engine:
         self.bs, self.block_bytes, self.seq_bytes = cap.block_size, cap.block_bytes, cap.seq_bytes
         S = self.max_seqs
         self.n = 0  # decoding sequences, packed in [0, n)
-        self.kv = np.zeros(S)
-        self.rem = np.zeros(S)
-        self.gen = np.zeros(S)
+        # cached tokens, generated tokens and minus the tokens still to generate: columns of one
+        # array, so that a step's emission is one vector operation on a contiguous block (`_apply`)
+        self.state = np.zeros((S, 3))
+        self.kv, self.gen, self.nrem = self.state[:, 0], self.state[:, 1], self.state[:, 2]
+        self._nrem_max: float | None = None  # max of nrem[:n] (None: to recompute), see `_least_rem`
+        self._buf = np.zeros(S)  # scratch for `_dec_bytes`
+        # Whole-token steps (no MTP) and power-of-two pages: the decodes' pages and cached tokens are
+        # counted exactly from integers instead of the arrays (see `_BlockCount`)
+        self.blocks = _BlockCount(self.bs) if self.emit == 1.0 and self.bs & (self.bs - 1) == 0 else None
         self.order = np.zeros(S, dtype=np.int64)
-        self.last_emit = np.zeros(S)
+        # when each sequence entered decoding; every step with decodes emits for all of them, so a
+        # sequence's last token is at max(entered, dec_t), dec_t the end of the last decode step
+        self.entered = np.zeros(S)
+        self.dec_t = 0.0
         self.reqs: list[_Req | None] = [None] * S
         self.waiting: deque[_Req] = deque()
         self.prefilling: list[_Req] = []
@@ -188,7 +201,7 @@ class Engine:
             if shape is None:
                 raise CodesignError("serving: the scheduler could not place any waiting request (nothing running, "
                                     "the first waiting request does not fit the KV pool)")
-            k = self._stretch(shape, n, mean_kv)
+            k = self._stretch(shape, n, mean_kv) if len(shape.groups) == 1 else 1
             if k > 1:  # k identical decode-only steps at once, timed at the stretch's middle
                 mean_kv += int(round((k - 1) * self.emit / 2))
                 shape = StepShape((Group(n, self.width, mean_kv, self.width),))
@@ -226,7 +239,7 @@ class Engine:
         (step time is linear in it: the middle's time is the stretch's mean) and `STRETCH_MAX`."""
         if len(shape.groups) != 1 or not n or shape.groups[0].seqs != n:
             return 1
-        first_done = int(np.ceil(float(self.rem[:n].min()) / self.emit - _EPS))
+        first_done = int(np.ceil(self._least_rem() / self.emit - _EPS))
         drift = int(max(1.0, self.stretch_drift * mean_kv) / self.emit)
         k = max(1, min(first_done, drift, self.stretch_max))
         cap = self.pool.cap.free_bytes
@@ -239,36 +252,51 @@ class Engine:
         """Bytes the `n` decoding sequences hold once each has `extra` more tokens."""
         if not n:
             return 0.0
-        blocks = np.ceil((self.kv[:n] + extra) * (1.0 / self.bs)).sum()
-        return float(blocks) * self.block_bytes + n * self.seq_bytes
+        if self.blocks is not None:
+            return float(self.blocks.pages(n, int(extra))) * self.block_bytes + n * self.seq_bytes
+        t = self._buf[:n]
+        np.add(self.kv[:n], extra, out=t)
+        np.multiply(t, 1.0 / self.bs, out=t)
+        np.ceil(t, out=t)
+        return float(_sum(t)) * self.block_bytes + n * self.seq_bytes
+
+    def _least_rem(self) -> float:
+        """Fewest tokens any decoding sequence still has to generate (-max of nrem; memoised: a
+        step moves every entry by the same amount, so the max moves with it)."""
+        if self._nrem_max is None:
+            self._nrem_max = float(_max(self.nrem[:self.n])) if self.n else -np.inf
+        return -self._nrem_max
 
     def _schedule(self) -> tuple[StepShape | None, int, int]:
         cap = self.pool.cap.free_bytes + _EPS
-        dec_b = self._dec_bytes(self.n, self.width)
+        width, step_budget = self.width, self.budget
+        dec_b = self._dec_bytes(self.n, width)
         while self.n and dec_b + self.prefill_held > cap:
             self._preempt_newest(-1)
-            dec_b = self._dec_bytes(self.n, self.width)
+            dec_b = self._dec_bytes(self.n, width)
         extra = 0.0  # bytes the chunks scheduled so far in this iteration add
         chunks = 0  # their tokens
         groups: list[Group] = []
-        for r in list(self.prefilling) if self.prefilling else ():
-            budget = self.budget - self.n * self.width - chunks
+        prefilling = self.prefilling
+        for r in list(prefilling) if prefilling else ():
+            budget = step_budget - self.n * width - chunks
             if budget <= 0:
                 break
-            if r not in self.prefilling:  # preempted by an older request in this iteration
+            if r not in prefilling:  # preempted by an older request in this iteration
                 continue
-            chunk = min(r.target - r.computed, budget)
-            if chunk < r.target - r.computed and self._whole(r):
+            left = r.target - r.computed
+            chunk = min(left, budget)
+            if chunk < left and self._whole(r):
                 continue  # no chunked prefill: the prompt waits for a step with room for all of it
             cost = self.pool.grow_cost(r.computed, chunk)
             while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
-                dec_b = self._dec_bytes(self.n, self.width)
+                dec_b = self._dec_bytes(self.n, width)
             if dec_b + self.prefill_held + extra + cost > cap:
                 continue  # the newest request: it waits for pages
-            chunk = min(chunk, self.budget - self.n * self.width - chunks)
+            chunk = min(chunk, step_budget - self.n * width - chunks)
             r.chunk, extra, chunks = chunk, extra + cost, chunks + chunk
             groups.append(Group(1, chunk, r.computed))
-        budget = self.budget - self.n * self.width - chunks
+        budget = step_budget - self.n * width - chunks
         n_running = self.n + len(self.prefilling)
         used = dec_b + self.prefill_held + extra
         while self.waiting and budget > 0 and n_running < self.max_seqs:
@@ -301,7 +329,11 @@ class Engine:
             used, budget, n_running = used + cost, budget - chunk, n_running + 1
             groups.append(Group(1, chunk, r.computed))
         n = self.n
-        mean_kv = int(round(float(self.kv[:n].sum()) / n)) if n else 0
+        if not n:
+            mean_kv = 0
+        else:
+            total = float(self.blocks.tokens(n)) if self.blocks is not None else float(_sum(self.kv[:n]))
+            mean_kv = int(round(total / n))
         groups = _merge_equal(groups)
         if n:
             groups.insert(0, Group(n, self.width, mean_kv, self.width))
@@ -332,7 +364,7 @@ class Engine:
         if o_dec > o_pre:
             r = self.reqs[i]
             r.generated = float(self.gen[i])
-            r.resumed_from = float(self.last_emit[i])
+            r.resumed_from = max(float(self.entered[i]), self.dec_t)
             self._remove(i)
         else:
             self.prefilling.remove(pre)
@@ -350,12 +382,15 @@ class Engine:
     def _remove(self, i: int) -> None:
         """Drop decoding entry i (the last entry moves into its place)."""
         last = self.n - 1
+        if self.blocks is not None:
+            self.blocks.remove(int(self.kv[i]))
         if i != last:
-            self.kv[i], self.rem[i], self.gen[i] = self.kv[last], self.rem[last], self.gen[last]
-            self.order[i], self.last_emit[i] = self.order[last], self.last_emit[last]
+            self.state[i] = self.state[last]
+            self.order[i], self.entered[i] = self.order[last], self.entered[last]
             self.reqs[i] = self.reqs[last]
         self.reqs[last] = None
         self.n = last
+        self._nrem_max = None
 
     # -- what a step produced -------------------------------------------------------------------
     def _apply(self, n: int, dt: float, k: int = 1) -> None:
@@ -364,23 +399,27 @@ class Engine:
         prefill_tokens = 0
         if n:
             e = self.emit * k
-            self.kv[:n] += e
-            self.gen[:n] += e
-            self.rem[:n] -= e
-            self.last_emit[:n] = now
-            done = np.flatnonzero(self.rem[:n] <= _EPS)
-            for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
-                r = self.reqs[int(i)]
-                self._remove(int(i))
-                self._finish(r)
+            self.state[:n] += e  # kv and generated up by e, remaining down by e
+            if self.blocks is not None:
+                self.blocks.shift += int(e)
+            self.dec_t = now
+            if self._nrem_max is not None:
+                self._nrem_max += e  # rounding is monotone: the max entry's own update
+            if self._least_rem() <= _EPS:
+                done = np.flatnonzero(self.nrem[:n] >= -_EPS)  # remaining <= _EPS
+                for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
+                    r = self.reqs[int(i)]
+                    self._remove(int(i))
+                    self._finish(r)
         if self.prefilling:
+            footprint = self.pool.cap.seq_footprint
             for r in list(self.prefilling):
                 if not r.chunk:
                     continue
                 prefill_tokens += r.chunk
                 r.computed += r.chunk
                 r.chunk = 0
-                new_held = self.pool.cap.seq_footprint(r.computed)
+                new_held = footprint(r.computed)
                 self.prefill_held += new_held - r.held
                 r.held = new_held
                 if r.computed >= r.target:
@@ -395,7 +434,7 @@ class Engine:
         rec.step_kv_use.append(self.pool.use)
         self.steps += k
         self.iterations += 1
-        if self.on_step is not None and self.iterations % PROGRESS_STEPS == 0:
+        if self.on_step is not None and not self.iterations % PROGRESS_STEPS:
             self.on_step(int(np.isfinite(rec.finish).sum()))
 
     def _to_decode(self, r: _Req, now: float) -> None:
@@ -417,8 +456,12 @@ class Engine:
         i = self.n
         self.n += 1
         self.reqs[i] = r
-        self.kv[i], self.gen[i], self.rem[i] = r.target, r.generated, r.out - r.generated
-        self.order[i], self.last_emit[i] = r.order, now
+        self.kv[i], self.gen[i], self.nrem[i] = r.target, r.generated, -(r.out - r.generated)
+        if self.blocks is not None:
+            self.blocks.add(r.target)
+        self.order[i], self.entered[i] = r.order, now
+        if self._nrem_max is not None:
+            self._nrem_max = max(self._nrem_max, float(self.nrem[i]))
 
     def _finish(self, r: _Req) -> None:
         self.reserved -= r.reserve
@@ -427,6 +470,49 @@ class Engine:
         self.rec.output[r.rid] = r.out
         self._count(-1)
         r.done.succeed()
+
+
+class _BlockCount:
+    """The decoding sequences' pages and cached tokens from integers, without a pass over them.
+
+    Every step moves every decoding sequence's cached length by the same whole number of tokens, so
+    each is kept as a base `a` = length - `shift` (`shift`: the tokens every sequence has gained
+    since the count began). With `a` = q x bs + r, the pages of all sequences once each holds `x`
+    more tokens are sum(q) + n x Q + sum over sequences of ceil((r + R) / bs), where shift + x =
+    Q x bs + R, and that last sum needs only how many sequences have each r. Exact: the same
+    integers as the arrays' ceil((kv + x) x (1 / bs)) summed, which are exact for power-of-two
+    page sizes (the scheduler uses this count only then, and only without MTP's fractional tokens
+    per step)."""
+
+    __slots__ = ("bs", "shift", "q_sum", "a_sum", "hist")
+
+    def __init__(self, bs: int) -> None:
+        self.bs, self.shift, self.q_sum, self.a_sum = bs, 0, 0, 0
+        self.hist = [0] * bs  # sequences by a mod bs
+
+    def add(self, kv: int) -> None:
+        q, r = divmod(kv - self.shift, self.bs)
+        self.q_sum += q
+        self.a_sum += kv - self.shift
+        self.hist[r] += 1
+
+    def remove(self, kv: int) -> None:
+        q, r = divmod(kv - self.shift, self.bs)
+        self.q_sum -= q
+        self.a_sum -= kv - self.shift
+        self.hist[r] -= 1
+
+    def tokens(self, n: int) -> int:
+        """Cached tokens of the `n` sequences."""
+        return self.a_sum + n * self.shift
+
+    def pages(self, n: int, extra: int) -> int:
+        """Pages the `n` sequences hold once each has `extra` more tokens."""
+        bs, h = self.bs, self.hist
+        Q, R = divmod(self.shift + extra, bs)
+        # ceil((r + R) / bs): 0 when r + R is 0, 1 up to bs, 2 above
+        part = n - (h[0] if R == 0 else 0) + (sum(h[bs + 1 - R:]) if R >= 2 else 0)
+        return self.q_sum + n * Q + part
 
 
 def _merge_equal(chunks: list[Group]) -> list[Group]:

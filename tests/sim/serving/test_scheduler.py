@@ -197,3 +197,27 @@ def test_equal_prompt_chunks_form_one_group():
     assert shapes[0].groups == (Group(3, 2000, 0),)
     (g,) = shapes[1].groups  # then the three decode together (one stretch, timed at its middle)
     assert (g.seqs, g.new_tokens) == (3, 1)
+
+
+@pytest.mark.parametrize("bs", [1, 2, 16, 64])
+def test_block_count_matches_a_pass_over_the_sequences(bs):
+    """The scheduler's integer page count (whole-token steps, power-of-two pages) against
+    ceil((length + extra) / page) summed over the sequences, as they join, gain tokens and leave."""
+    from codesign.sim.serving.scheduler import _BlockCount
+
+    rng = np.random.default_rng(bs)
+    count, lens = _BlockCount(bs), []
+    for _ in range(300):
+        op = rng.integers(3)
+        if op == 0 or not lens:
+            lens.append(int(rng.integers(0, 5000)))
+            count.add(lens[-1])
+        elif op == 1:
+            e = int(rng.integers(1, 40))
+            lens = [v + e for v in lens]
+            count.shift += e
+        else:
+            count.remove(lens.pop(int(rng.integers(len(lens)))))
+        for extra in (0, 1, 2, bs - 1, bs, bs + 1, 257):
+            assert count.pages(len(lens), extra) == sum(-(-(v + extra) // bs) for v in lens)
+        assert count.tokens(len(lens)) == sum(lens)

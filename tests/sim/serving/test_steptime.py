@@ -167,3 +167,25 @@ def test_many_prompts_beside_a_large_decode_batch_stay_close_to_the_core():
         t = m.step_time(sh)
         assert t == pytest.approx(st.step(sh).time_s, rel=0.04) and t > prev
         prev = t
+
+
+def test_a_prompt_ending_at_a_grid_length_is_interpolated_along_its_line():
+    """Approximation 3b: the last chunk of a 32,768-token prompt (cached 32,768 - new, off the grid)
+    beside decodes takes its corners on the prompt's own line (cached = 32,768 - chunk corner):
+    one core evaluation per chunk corner instead of two, and exact for steps linear in both axes."""
+    end, chunk = 32_768, 80
+    shape = StepShape((Group(20, 1, 33_000), Group(1, chunk, end - chunk)))
+    core = Core(merged)
+    m = StepTimeModel(core, 1 << 20)
+    assert m.step_time(shape) == pytest.approx(merged(shape), rel=1e-12)
+    chunks = {g for c in core.calls for g in c.groups if g.new_tokens > 1}
+    assert chunks and all(g.cached_tokens + g.new_tokens == end for g in chunks)
+    off = StepTimeModel(Core(merged), 1 << 20, StepTimeOptions(prompt_end_line=False))
+    assert off.step_time(shape) == pytest.approx(merged(shape), rel=1e-12)
+    assert m.evaluations < off.evaluations
+    # a chunk ending off the grid, or with its cached tokens on the grid, keeps the (new, cached) cell
+    for g in (Group(1, chunk, 30_000), Group(1, 16_384, 16_384)):
+        c = StepTimeModel(Core(merged), 1 << 20)._cell(g)
+        assert len(c[4]) == 2
+    with pytest.raises(CodesignError, match="prompt_end_line: expected true or false"):
+        StepTimeOptions(prompt_end_line="yes")
