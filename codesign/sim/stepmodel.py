@@ -31,7 +31,7 @@ import numpy as np
 from codesign import mapping
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
-from codesign.graph.router import make_router, routed_array
+from codesign.graph.router import make_router, routed_matrix
 from codesign.graph.shape import StepShape
 from codesign.hw import HardwareSpec
 from codesign.mapping.memory import stage_layers
@@ -138,8 +138,8 @@ class StepModel:
             routing: dict[int, tuple[Op, list[int], np.ndarray]] = {}
             for tmpl, layers in groups.items():
                 traced = next(o for o in pieces[tmpl + 1][2].ops if o.kind == "grouped_gemm")
-                counts = np.stack([routed_array(self.router, draws[layer], shape.tokens, config.moe.num_experts,
-                                                config.moe.top_k) for layer in layers])
+                counts = routed_matrix(self.router, [draws[layer] for layer in layers], shape.tokens,
+                                       config.moe.num_experts, config.moe.top_k)
                 routing[tmpl] = (traced, layers, counts)
             hit = (skeleton, routing)
             if key is not None:
