@@ -150,22 +150,37 @@ def with_rates(mapped: MappedStep, graph: nx.DiGraph, config: ModelConfig, rates
     single-stage plan the rates only choose each MoE layer's slowest EP rank, so only the expert ops
     are mapped again (the all-to-alls' imbalance follows tokens, not rates). For hardware variants
     of one design point, whose step graphs are the same."""
+    remapped = remap_experts(mapped, graph, config, rates)
+    if remapped is None:
+        return mapped
+    ops, ranks, mapper = remapped
+    g = mapped.graph.copy()
+    for n, op in ops.items():
+        g.nodes[n]["op"] = op
+    return MappedStep(g, mapped.plan, mapped.precision, mapped.chips, mapped.stage_layers, mapped.stage, ranks, mapper)
+
+
+def remap_experts(mapped: MappedStep, graph: nx.DiGraph, config: ModelConfig, rates: tuple[float, float]
+                  ) -> tuple[dict[int, Op], dict[int, int], ExpertMapper] | None:
+    """What `with_rates` changes, without copying the graph: (node -> the expert op mapped at
+    `rates`, MoE layer -> slowest EP rank, the mapper), or None where the rates are those `mapped`
+    was mapped at (nothing changes)."""
     if mapped.plan.pp > 1:
         raise CodesignError("with_rates: a pipelined plan ranks its stages by the rates; map the step again")
     old = mapped.experts
     if old is None or (old.flop_rate, old.byte_rate) == tuple(rates):
-        return mapped
+        return None
     mapper = ExpertMapper(config, mapped.plan, mapped.precision, old.placement, old.dp, rates[0], rates[1],
                           old.expert_loads)
-    g = mapped.graph.copy()
+    ops: dict[int, Op] = {}
     ranks = dict(mapped.expert_ranks)
     if config.moe is not None:
         for n, op in graph.nodes(data="op"):
             if op.kind == "grouped_gemm" and op.block == "moe_experts":
                 new, rank, _ = mapper.map(op)
-                g.nodes[n]["op"] = new
+                ops[n] = new
                 ranks[op.layer] = rank
-    return MappedStep(g, mapped.plan, mapped.precision, mapped.chips, mapped.stage_layers, mapped.stage, ranks, mapper)
+    return ops, ranks, mapper
 
 
 def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,

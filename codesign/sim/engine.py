@@ -29,6 +29,7 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
+from codesign.mapping.scaling import op_with
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
@@ -58,13 +59,12 @@ class StepResult:
 def _half(op: Op) -> Op:
     """The op for one of two equal micro-batches: token-proportional work halves, weights do not
     (each micro-batch streams the weights again: the price of two-batch overlap)."""
-    if op.kind == "collective" and op.collective:
-        coll = dict(op.collective)
+    coll = op.collective
+    if op.kind == "collective" and coll:
         if "bytes" in coll:
+            coll = dict(coll)
             coll["bytes"] = coll["bytes"] / 2
-        new = op.clone()
-        new.collective = coll
-        return new
+        return op_with(op, op.flops, op.bytes_read, op.bytes_written, op.gemm, collective=coll)
     br = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_read.items()}
     bw = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_written.items()}
     gemm = op.gemm
@@ -73,10 +73,8 @@ def _half(op: Op) -> Op:
         gemm = (b, max(1, math.ceil(m / 2)), n, k)
     tpe = op.tokens_per_expert
     if tpe is not None:
-        tpe = tuple((t + 1) // 2 for t in tpe)
-    new = op.clone()
-    new.flops, new.bytes_read, new.bytes_written, new.gemm, new.tokens_per_expert = op.flops / 2, br, bw, gemm, tpe
-    return new
+        tpe = tuple([(t + 1) // 2 for t in tpe])
+    return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
 
 
 # Op kinds whose work differs between layers of one kind (per-layer expert routing).
@@ -186,31 +184,35 @@ class StepSimulator:
         self.tbo = two_batch_overlap
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
-    def _group_time(self, g: nx.DiGraph, nodes: list, costs: dict, residency: Residency) -> tuple[float, bool]:
-        """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order); the
-        schedule structure comes from `codesign.sim.layerplan` (built once per layer structure)."""
+    def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency
+                    ) -> tuple[float, bool]:
+        """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
+        theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
+        structure)."""
         pos = {n: i for i, n in enumerate(nodes)}
-        kinds = [g.nodes[n]["op"].kind for n in nodes]
-        preds = [[pos[p] for p in g.predecessors(n) if p in pos] for n in nodes]
+        kinds = [o.kind for o in ops]
+        pred = g._pred  # the adjacency itself: this runs for every representative layer of every step
+        preds = [[pos[p] for p in pred[n] if p in pos] for n in nodes]
         plan = layer_plan((tuple(kinds), tuple(map(tuple, preds))), kinds, preds)
-        order = [nodes[i] for i in plan.order]
-        plain = plan.plain.makespan([costs[n].time_s for n in order])
+        order = plan.order
+        plain = plan.plain.makespan([costs[nodes[i]].time_s for i in order])
         if self.tbo is False or "collective" not in kinds:
             return plain, False
+        cost = self.cost.cost
         if self.tbo is None:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
             # terms are not negative, so the half ops are costed only until it reaches `plain`.
             half = []
             bound = 0.0
-            for n, k in zip(order, plan.kinds):
-                h = self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s
+            for i, k in zip(order, plan.kinds):
+                h = cost(_half(ops[i]), residency).time_s
                 half.append(h)
                 if k != "collective":
                     bound += h
                     if 2 * bound >= plain:
                         return plain, False
         else:
-            half = [self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s for n in order]
+            half = [cost(_half(ops[i]), residency).time_s for i in order]
         one, two = plan.tbo()
         halves = [h for h in half for _ in (0, 1)]
         # Steady-state time per layer of two half micro-batches: the marginal time of a second copy
@@ -256,20 +258,23 @@ class StepSimulator:
             weights += o.bytes_read.get("weight", 0.0)
         return self._resident(state, weights)
 
-    def _residency(self, g: nx.DiGraph, by_layer: dict[int, list], virtual: dict[int, "VirtualLayer"],
+    def _residency(self, op_of: dict[Any, Op], by_layer: dict[int, list], virtual: dict[int, "VirtualLayer"],
                    routed: list[RoutedLayers]) -> Residency:
-        """`residency` of the whole step: the graph's ops, and each virtual or routed layer as its
-        template's bytes plus its own ops' difference."""
-        if not virtual and not routed:
-            return self.residency(g)
-        per_layer: dict[int, tuple[float, float]] = {}
+        """`residency` of the whole step: the graph's ops (`op_of`: node -> op), and each virtual or
+        routed layer as its template's bytes plus its own ops' difference."""
         state = weights = 0.0
+        if not virtual and not routed:  # as `residency`: the ops in graph order
+            for o in op_of.values():
+                state += o.bytes_read.get("state", 0.0)
+                weights += o.bytes_read.get("weight", 0.0)
+            return self._resident(state, weights)
+        per_layer: dict[int, tuple[float, float]] = {}
         for layer, nodes in by_layer.items():
             if layer in virtual:
                 continue
             s = w = 0.0
             for n in nodes:
-                br = g.nodes[n]["op"].bytes_read
+                br = op_of[n].bytes_read
                 s += br.get("state", 0.0)
                 w += br.get("weight", 0.0)
             per_layer[layer] = (s, w)
@@ -278,13 +283,13 @@ class StepSimulator:
             s, w = per_layer[v.template]
             tmpl = by_layer[v.template]
             for i, op in v.replaced.items():
-                old = g.nodes[tmpl[i]]["op"].bytes_read
+                old = op_of[tmpl[i]].bytes_read
                 s += op.bytes_read.get("state", 0.0) - old.get("state", 0.0)
                 w += op.bytes_read.get("weight", 0.0) - old.get("weight", 0.0)
             state, weights = state + s, weights + w
         for group in routed:
             s0, w0 = per_layer[group.template]
-            old = g.nodes[by_layer[group.template][group.expert_pos]]["op"].bytes_read
+            old = op_of[by_layer[group.template][group.expert_pos]].bytes_read
             for rd in group.bytes_read:  # the all-to-alls read no bytes: only the expert op differs
                 s = s0 + (rd.get("state", 0.0) - old.get("state", 0.0))
                 w = w0 + (rd.get("weight", 0.0) - old.get("weight", 0.0))
@@ -301,8 +306,10 @@ class StepSimulator:
 
     def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None,
                  virtual: dict[int, "VirtualLayer"] | None = None,
-                 routed: list[RoutedLayers] | None = None) -> StepResult:
-        """Simulate the per-chip step `g`. `virtual`: layers not in `g`, each a copy of a layer of
+                 routed: list[RoutedLayers] | None = None, ops: dict[Any, Op] | None = None) -> StepResult:
+        """Simulate the per-chip step `g`. `ops` (optional): node -> op in place of the graph's op
+        there (a hardware variant's remapped expert ops, `codesign.mapping.remap_experts`: the graph
+        is shared, not copied). `virtual`: layers not in `g`, each a copy of a layer of
         `g` of the same kind (its template) with some ops replaced (its own expert op and
         all-to-alls): they are costed exactly as if they were in the graph (same representative,
         same deltas), without building them (`codesign.sim.stepmodel`). `routed`: such layers given
@@ -315,6 +322,8 @@ class StepSimulator:
         for n, o in g.nodes(data="op"):
             by_layer[o.layer].append(n)
             op_of[n] = o
+        if ops:
+            op_of.update(ops)
         virtual = virtual or {}
         for layer, v in virtual.items():
             tmpl = by_layer[v.template]
@@ -325,7 +334,7 @@ class StepSimulator:
             by_layer[layer] = keys
         routed = routed or []
         routed_of = {layer: (group, j) for group in routed for j, layer in enumerate(group.layers)}
-        residency = self._residency(g, by_layer, virtual, routed)
+        residency = self._residency(op_of, by_layer, virtual, routed)
         routed_costs: dict[int, list] = {}  # group index -> its layers' costs (after residency)
         costs: dict[Any, OpCost] = {}
 
@@ -371,7 +380,7 @@ class StepSimulator:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
-                t, used = self._group_time(g, nodes, costs, residency)
+                t, used = self._group_time(g, nodes, ops, costs, residency)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))

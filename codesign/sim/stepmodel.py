@@ -24,6 +24,7 @@ plans and print the largest difference.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -93,14 +94,16 @@ class StepModel:
         tr.check_shape(self.config, shape)
         with gc_paused():
             skeleton, routing = self._skeleton_graph(shape)
-            mapped = self._mapped(skeleton)
-            virtual, routed = self._virtual(mapped, routing)
-            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed)
+            mapped, ops = self._mapped(skeleton)
+            virtual, routed = self._virtual(mapped, ops, routing)
+            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops)
 
-    def _mapped(self, skeleton) -> mapping.MappedStep:
-        """`map_step` of a skeleton graph. Single-stage plans reuse the mapping of the same skeleton
-        on hardware that differs only in its rates (a sweep's variants): what the mapping reads of
-        the spec is the scale-up domain size and the rates that rank EP ranks (`with_rates`)."""
+    def _mapped(self, skeleton) -> tuple[mapping.MappedStep, dict[int, Op]]:
+        """(`map_step` of a skeleton graph, node -> op in place of the mapped graph's). Single-stage
+        plans reuse the mapping of the same skeleton on hardware that differs only in its rates (a
+        sweep's variants): what the mapping reads of the spec is the scale-up domain size and the
+        rates that rank EP ranks, which choose the expert ops (`mapping.remap_experts`, what
+        `with_rates` does without copying the graph)."""
         rates = self.cost_model.rank_rates()
         key = None
         if self.plan.pp == 1 and self._router_key is not None:
@@ -108,12 +111,17 @@ class StepModel:
                    self.hw.system.scale_up.size)
             hit = MAPPED.get(key)
             if hit is not None and hit[0] is skeleton:
-                return mapping.with_rates(hit[1], skeleton, self.config, rates)
+                mapped = hit[1]
+                remapped = mapping.remap_experts(mapped, skeleton, self.config, rates)
+                if remapped is None:
+                    return mapped, {}
+                ops, ranks, mapper = remapped
+                return dataclasses.replace(mapped, expert_ranks=ranks, experts=mapper), ops
         mapped = mapping.map_step(skeleton, self.config, self.hw, self.plan, self.precision,
                                   **self.options.map_kwargs(), rates=rates)
         if key is not None:
             MAPPED.put(key, (skeleton, mapped))  # holds the skeleton: its id is not reused meanwhile
-        return mapped
+        return mapped, {}
 
     def _skeleton_graph(self, shape: StepShape):
         """(skeleton graph, routing of the layers it does not hold: template layer -> (traced
@@ -146,15 +154,16 @@ class StepModel:
                 SKELETONS.put(key, hit)
         return hit
 
-    def _virtual(self, mapped: mapping.MappedStep, routing: dict[int, tuple[Op, list[int], np.ndarray]]
-                 ) -> tuple[dict[int, VirtualLayer], list[RoutedLayers]]:
+    def _virtual(self, mapped: mapping.MappedStep, replaced: dict[int, Op],
+                 routing: dict[int, tuple[Op, list[int], np.ndarray]]) -> tuple[dict[int, VirtualLayer], list[RoutedLayers]]:
         """The decoder layers the skeleton does not hold (see module docstring): routed layers of
-        a template that represents its kind (`codesign.sim.routed`), else per-layer op lists."""
+        a template that represents its kind (`codesign.sim.routed`), else per-layer op lists.
+        `replaced`: node -> op in place of the mapped graph's."""
         from codesign.graph import tracing as tr
 
         by_layer: dict[int, list[Op]] = {}
-        for _, op in mapped.graph.nodes(data="op"):
-            by_layer.setdefault(op.layer, []).append(op)
+        for n, op in mapped.graph.nodes(data="op"):
+            by_layer.setdefault(op.layer, []).append(replaced.get(n, op))
         routed_layers = {layer for _, layers, _ in routing.values() for layer in layers}
         out = {layer: VirtualLayer(tmpl, {}) for layer, tmpl in self.template.items() if layer not in routed_layers}
         fast: list[RoutedLayers] = []

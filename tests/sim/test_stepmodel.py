@@ -48,6 +48,13 @@ def test_step_model_equals_full_evaluation(model, chips, plan):
         _same(st.step(shape), st.full_step(shape))
 
 
+def _mapped_entry(skeleton, model):
+    """The mapped skeleton the step model keeps for `skeleton` (mapped at the first rates seen)."""
+    from codesign.sim.stepmodel import MAPPED
+
+    return next(v[1] for v in MAPPED._data.values() if v[0] is skeleton)
+
+
 def test_mapping_reused_across_rates_equals_mapping_again():
     """A skeleton mapped once is re-ranked for hardware with other rates (`mapping.with_rates`):
     the same step as mapping it afresh on that hardware."""
@@ -65,9 +72,12 @@ def test_mapping_reused_across_rates_equals_mapping_again():
         skeleton, _ = model._skeleton_graph(shape)
         fresh = mapping.map_step(skeleton, cfg, hw, plan, FP8, **model.options.map_kwargs(),
                                  rates=model.cost_model.rank_rates())
-        reused = model._mapped(skeleton)
-        assert reused is not fresh and reused.expert_ranks == fresh.expert_ranks
-        assert [o.to_dict() for _, o in reused.graph.nodes(data="op")] == \
+        reused, replaced = model._mapped(skeleton)  # the cached graph, its expert ops remapped
+        assert reused is not fresh and reused.expert_ranks == fresh.expert_ranks and replaced
+        assert [replaced.get(n, o).to_dict() for n, o in reused.graph.nodes(data="op")] == \
             [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
         assert list(reused.graph.edges) == list(fresh.graph.edges)
+        copied = mapping.with_rates(_mapped_entry(skeleton, model), skeleton, cfg, model.cost_model.rank_rates())
+        assert [o.to_dict() for _, o in copied.graph.nodes(data="op")] == \
+            [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
         _same(model.step(shape), Stepper(hw, cfg, plan, FP8, cache=False).full_step(shape))
