@@ -356,14 +356,25 @@ def expert_counts(config: ModelConfig, shape: StepShape, router: RouterModel, la
 def assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment]], shape: StepShape, router: RouterModel,
              include_mtp: bool = False) -> nx.DiGraph:
     """The op graph of `pieces` chained in order, routed experts drawn per layer."""
+    ops, edges = assemble_ops(config, pieces, shape, router, include_mtp)
     g = nx.DiGraph()
+    g.add_nodes_from((i, {"op": op}) for i, op in enumerate(ops))
+    g.add_edges_from(edges)
+    return g
+
+
+def assemble_ops(config: ModelConfig, pieces: list[tuple[int, str, Segment]], shape: StepShape, router: RouterModel,
+                 include_mtp: bool = False) -> tuple[list[Op], list[tuple[int, int]]]:
+    """(ops, edges) of `assemble`'s graph without the graph: node i holds ops[i]; edges in the
+    order the graph adds them (each piece's own, then the hand-off from the previous piece)."""
+    ops: list[Op] = []
+    edges: list[tuple[int, int]] = []
     prev_exit: int | None = None
-    next_id = 0
     draws = router_layers(config, include_mtp)
     for layer, layer_type, s in pieces:
         prefix = f"layers.{layer}." if layer_type not in ("embed", "head", "mtp") else (
             f"mtp.{layer - config.num_layers - 1}." if layer_type == "mtp" else "")
-        base = next_id
+        base = len(ops)
         counts = None
         for op in s.ops:
             if op.kind == "grouped_gemm" and config.moe is not None:
@@ -372,14 +383,13 @@ def assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment]], shape:
                 op = _rescale_experts(op, counts)
             op = op.clone()
             op.layer, op.layer_type, op.name = layer, layer_type, prefix + op.name
-            g.add_node(next_id, op=op)
-            next_id += 1
-        g.add_edges_from((base + a, base + b) for a, b in s.edges)
+            ops.append(op)
+        edges.extend([(base + a, base + b) for a, b in s.edges])
         if prev_exit is not None:
-            g.add_edges_from((prev_exit, base + e) for e in s.entries)
+            edges.extend([(prev_exit, base + e) for e in s.entries])
         if s.exit != INPUT:
             prev_exit = base + s.exit
-    return g
+    return ops, edges
 
 
 def describe_shape(shape: StepShape) -> dict:
