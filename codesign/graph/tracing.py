@@ -381,9 +381,9 @@ def assemble_ops(config: ModelConfig, pieces: list[tuple[int, str, Segment]], sh
                 if counts is None:
                     counts = expert_counts(config, shape, router, layer, draws[layer])
                 op = _rescale_experts(op, counts)
-            op = op.clone()
-            op.layer, op.layer_type, op.name = layer, layer_type, prefix + op.name
-            ops.append(op)
+            ops.append(Op(prefix + op.name, op.target, op.kind, op.block, layer, layer_type, op.phase, op.in_shapes,
+                          op.out_shapes, op.dtype, op.flops, op.bytes_read, op.bytes_written, op.repeat, op.gemm,
+                          op.tokens_per_expert, op.expert_weight_bytes, op.expert_flops_per_token, op.collective))
         edges.extend([(base + a, base + b) for a, b in s.edges])
         if prev_exit is not None:
             edges.extend([(prev_exit, base + e) for e in s.entries])

@@ -11,6 +11,10 @@ from dataclasses import fields as dataclass_fields
 from codesign.graph.op import BYTE_CLASSES, Op
 from codesign.mapping.plan import Precision
 
+# Byte classes in the order `Scaler.bytes` spells them out (BYTE_CLASSES' order; a test checks).
+_CLASSES = ("weight", "activation", "kv_cache", "state")
+
+
 class Scaler:
     """Scales ops' byte dicts by per-class factors times the precision's scale, for one map_step.
 
@@ -24,14 +28,24 @@ class Scaler:
 
     def __init__(self, prec: Precision) -> None:
         self.scale = {c: prec.scale(c) for c in BYTE_CLASSES}
+        self._scales = tuple(self.scale[c] for c in _CLASSES)
         self._memo: dict[tuple[int, int], tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
+        self._factors: dict[int, tuple[tuple[float, ...], dict[str, float]]] = {}  # f's values in class order
 
     def bytes(self, d: dict[str, float], f: dict[str, float]) -> dict[str, float]:
         key = (id(d), id(f))
         hit = self._memo.get(key)
         if hit is None:
-            s = self.scale
-            hit = self._memo[key] = ({c: d.get(c, 0.0) * f[c] * s[c] for c in BYTE_CLASSES}, d, f)
+            ff = self._factors.get(id(f))
+            if ff is None:
+                ff = self._factors[id(f)] = (tuple(f[c] for c in _CLASSES), f)
+            fw, fa, fk, fs = ff[0]
+            sw, sa, sk, ss = self._scales
+            g = d.get
+            # the classes spelled out, in BYTE_CLASSES order: bytes * f[c] * scale(c)
+            out = {"weight": g("weight", 0.0) * fw * sw, "activation": g("activation", 0.0) * fa * sa,
+                   "kv_cache": g("kv_cache", 0.0) * fk * sk, "state": g("state", 0.0) * fs * ss}
+            hit = self._memo[key] = (out, d, f)
         return hit[0]
 
     def op(self, op: Op, flops_f: float, f: dict[str, float],
@@ -42,7 +56,8 @@ class Scaler:
 
 
 # Op's fields in order, for the positional constructor below; if Op changes, the slower generic
-# copy is used (and tests/sim/test_engine.py::test_op_fields_known says so).
+# copy is used (and tests/sim/test_engine.py::test_op_fields_known says so: then also check the
+# other positional constructions, `Op.clone`, `extrapolation.Bilinear.at`, `tracing.assemble_ops`).
 OP_FIELDS = ("name", "target", "kind", "block", "layer", "layer_type", "phase", "in_shapes", "out_shapes", "dtype",
               "flops", "bytes_read", "bytes_written", "repeat", "gemm", "tokens_per_expert", "expert_weight_bytes",
               "expert_flops_per_token", "collective")
