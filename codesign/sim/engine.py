@@ -184,11 +184,12 @@ class StepSimulator:
         self.tbo = two_batch_overlap
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
-    def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency
-                    ) -> tuple[float, bool]:
+    def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency,
+                    halves: dict[int, tuple[Op, Op]]) -> tuple[float, bool]:
         """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
         theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
-        structure)."""
+        structure). `halves`: id(op) -> (op, its half, `_half`), kept by the caller across steps
+        that share op objects (hardware variants of one mapped step)."""
         pos = {n: i for i, n in enumerate(nodes)}
         kinds = [o.kind for o in ops]
         pred = g._pred  # the adjacency itself: this runs for every representative layer of every step
@@ -199,20 +200,29 @@ class StepSimulator:
         if self.tbo is False or "collective" not in kinds:
             return plain, False
         cost = self.cost.cost
+
+        def half_of(op: Op) -> Op:
+            hit = halves.get(id(op))
+            if hit is None or hit[0] is not op:
+                if len(halves) >= 8192:  # a long sweep's remapped expert ops: bounded
+                    halves.clear()
+                hit = halves[id(op)] = (op, _half(op))  # holds op: its id is not reused meanwhile
+            return hit[1]
+
         if self.tbo is None:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
             # terms are not negative, so the half ops are costed only until it reaches `plain`.
             half = []
             bound = 0.0
             for i, k in zip(order, plan.kinds):
-                h = cost(_half(ops[i]), residency).time_s
+                h = cost(half_of(ops[i]), residency).time_s
                 half.append(h)
                 if k != "collective":
                     bound += h
                     if 2 * bound >= plain:
                         return plain, False
         else:
-            half = [cost(_half(ops[i]), residency).time_s for i in order]
+            half = [cost(half_of(ops[i]), residency).time_s for i in order]
         one, two = plan.tbo()
         halves = [h for h in half for _ in (0, 1)]
         # Steady-state time per layer of two half micro-batches: the marginal time of a second copy
@@ -221,33 +231,6 @@ class StepSimulator:
         if self.tbo is None and t >= plain:
             return plain, False
         return t, True
-
-    @staticmethod
-    def _routed_time(group: RoutedLayers, j: int, layer_costs: tuple, rep: "_Rep", op_of: dict, costs: dict,
-                     block_t: dict, res_t: dict) -> float:
-        """Seconds of routed layer j of `group`: its representative's time plus its expert op's and
-        all-to-alls' cost differences, added in position order where they differ, as `simulate`
-        does for a layer of the graph (an op equal to the representative's adds nothing)."""
-        expert_cost, a2a_costs = layer_costs
-        changed: dict[int, OpCost] = {}
-        e = group.expert_pos
-        if group.blocks[j] != op_of[rep.nodes[e]].tokens_per_expert:
-            changed[e] = expert_cost
-        for i, c in zip(group.a2a_pos, a2a_costs):
-            if float(group.imbalance[j]) != op_of[rep.nodes[i]].collective.get("imbalance"):
-                changed[i] = c
-        t = rep.time
-        for i in sorted(changed):
-            c, rc = changed[i], costs[rep.nodes[i]]
-            block = op_of[rep.nodes[i]].block
-            t += c.time_s - rc.time_s
-            _account(block_t, res_t, block, c, 1.0)
-            _account(block_t, res_t, block, rc, -1.0)
-        for k, v in rep.blocks.items():
-            block_t[k] += v
-        for k, v in rep.resources.items():
-            res_t[k] += v
-        return t
 
     # -- the whole step ---------------------------------------------------------------------------
     def residency(self, g: nx.DiGraph) -> Residency:
@@ -306,10 +289,13 @@ class StepSimulator:
 
     def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None,
                  virtual: dict[int, "VirtualLayer"] | None = None,
-                 routed: list[RoutedLayers] | None = None, ops: dict[Any, Op] | None = None) -> StepResult:
+                 routed: list[RoutedLayers] | None = None, ops: dict[Any, Op] | None = None,
+                 halves: dict[int, tuple[Op, Op]] | None = None) -> StepResult:
         """Simulate the per-chip step `g`. `ops` (optional): node -> op in place of the graph's op
-        there (a hardware variant's remapped expert ops, `codesign.mapping.remap_experts`: the graph
-        is shared, not copied). `virtual`: layers not in `g`, each a copy of a layer of
+        there (a new shape's ops on a mapping template, `codesign.mapping.remap`, or a hardware
+        variant's remapped expert ops, `codesign.mapping.remap_experts`: the graph is shared, not
+        copied). `halves` (optional): the two-batch-overlap half ops by op, kept by a caller that
+        simulates the same op objects again (see `_group_time`). `virtual`: layers not in `g`, each a copy of a layer of
         `g` of the same kind (its template) with some ops replaced (its own expert op and
         all-to-alls): they are costed exactly as if they were in the graph (same representative,
         same deltas), without building them (`codesign.sim.stepmodel`). `routed`: such layers given
@@ -335,7 +321,7 @@ class StepSimulator:
         routed = routed or []
         routed_of = {layer: (group, j) for group in routed for j, layer in enumerate(group.layers)}
         residency = self._residency(op_of, by_layer, virtual, routed)
-        routed_costs: dict[int, list] = {}  # group index -> its layers' costs (after residency)
+        routed_costs: dict[int, _RoutedTimes] = {}  # id(group) -> its layers' costs (after residency)
         costs: dict[Any, OpCost] = {}
 
         def cost_of(n) -> OpCost:
@@ -361,10 +347,10 @@ class StepSimulator:
                 if rep is None or rep.nodes is not by_layer[group.template]:
                     raise RuntimeError(f"layer {layer}: its template {group.template} is not its kind's representative")
                 keys[layer] = keys[group.template]
-                costs_of = routed_costs.get(id(group))
-                if costs_of is None:
-                    costs_of = routed_costs[id(group)] = group.costs(self.cost, residency, [op_of[n] for n in rep.nodes])
-                layer_time[layer] = self._routed_time(group, j, costs_of[j], rep, op_of, costs, block_t, res_t)
+                rt = routed_costs.get(id(group))
+                if rt is None:
+                    rt = routed_costs[id(group)] = _RoutedTimes(group, self.cost, residency, rep, op_of, costs)
+                layer_time[layer] = rt.time(j, block_t, res_t)
                 continue
             nodes = by_layer[layer]
             v = virtual.get(layer)
@@ -380,7 +366,7 @@ class StepSimulator:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
-                t, used = self._group_time(g, nodes, ops, costs, residency)
+                t, used = self._group_time(g, nodes, ops, costs, residency, {} if halves is None else halves)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))
@@ -416,6 +402,52 @@ class StepSimulator:
             layers_simulated=len(reps),
             two_batch_overlap=tbo_used,
         )
+
+
+class _RoutedTimes:
+    """Seconds of the layers of a `RoutedLayers` group: its representative's time plus its expert
+    op's and all-to-alls' cost differences, added in position order where they differ, as
+    `StepSimulator.simulate` does for a layer of the graph (an op equal to the representative's
+    adds nothing). What the layers share (the representative's ops, costs and totals) is looked up
+    once per group."""
+
+    def __init__(self, group: RoutedLayers, cm: CostModel, residency: Residency, rep: "_Rep", op_of: dict,
+                 costs: dict) -> None:
+        self.group, self.rep = group, rep
+        self.costs = group.costs(cm, residency, [op_of[n] for n in rep.nodes])
+        nodes = rep.nodes
+        e = group.expert_pos
+        # (position, the representative's value there, its cost, its block): expert op, then all-to-alls
+        self.expert = (e, op_of[nodes[e]].tokens_per_expert, costs[nodes[e]], op_of[nodes[e]].block)
+        self.a2a = [(i, op_of[nodes[i]].collective.get("imbalance"), costs[nodes[i]], op_of[nodes[i]].block)
+                    for i in group.a2a_pos]
+        self.blocks = list(rep.blocks.items())
+        self.resources = list(rep.resources.items())
+
+    def time(self, j: int, block_t: dict, res_t: dict) -> float:
+        """Seconds of layer j of the group; its op time added to `block_t` and `res_t`."""
+        expert_cost, a2a_costs = self.costs[j]
+        group = self.group
+        changed: list[tuple[int, OpCost, OpCost, str]] = []
+        e, tpe, rc, block = self.expert
+        if group.blocks[j] != tpe:
+            changed.append((e, expert_cost, rc, block))
+        imb = float(group.imbalance[j])
+        for (i, rep_imb, rc, block), c in zip(self.a2a, a2a_costs):
+            if imb != rep_imb:
+                changed.append((i, c, rc, block))
+        t = self.rep.time
+        if changed:
+            changed.sort(key=lambda x: x[0])
+            for _, c, rc, block in changed:
+                t += c.time_s - rc.time_s
+                _account(block_t, res_t, block, c, 1.0)
+                _account(block_t, res_t, block, rc, -1.0)
+        for k, v in self.blocks:
+            block_t[k] += v
+        for k, v in self.resources:
+            res_t[k] += v
+        return t
 
 
 @dataclass
