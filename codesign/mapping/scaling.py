@@ -26,27 +26,32 @@ class Scaler:
     while the memo lives (one map_step call).
     Arithmetic is exactly ``bytes * f[class] * scale(class)`` in that order, as before."""
 
-    def __init__(self, prec: Precision) -> None:
+    def __init__(self, prec: Precision, memo: bool = True) -> None:
         self.scale = {c: prec.scale(c) for c in BYTE_CLASSES}
         self._scales = tuple(self.scale[c] for c in _CLASSES)
         self._memo: dict[tuple[int, int], tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
+        self._use_memo = memo  # off where the dicts are not shared (one op per layer kind: a skeleton)
         self._factors: dict[int, tuple[tuple[float, ...], dict[str, float]]] = {}  # f's values in class order
 
     def bytes(self, d: dict[str, float], f: dict[str, float]) -> dict[str, float]:
+        if not self._use_memo:
+            return self._scaled(d, f)
         key = (id(d), id(f))
         hit = self._memo.get(key)
         if hit is None:
-            ff = self._factors.get(id(f))
-            if ff is None:
-                ff = self._factors[id(f)] = (tuple(f[c] for c in _CLASSES), f)
-            fw, fa, fk, fs = ff[0]
-            sw, sa, sk, ss = self._scales
-            g = d.get
-            # the classes spelled out, in BYTE_CLASSES order: bytes * f[c] * scale(c)
-            out = {"weight": g("weight", 0.0) * fw * sw, "activation": g("activation", 0.0) * fa * sa,
-                   "kv_cache": g("kv_cache", 0.0) * fk * sk, "state": g("state", 0.0) * fs * ss}
-            hit = self._memo[key] = (out, d, f)
+            hit = self._memo[key] = (self._scaled(d, f), d, f)
         return hit[0]
+
+    def _scaled(self, d: dict[str, float], f: dict[str, float]) -> dict[str, float]:
+        ff = self._factors.get(id(f))
+        if ff is None:
+            ff = self._factors[id(f)] = (tuple(f[c] for c in _CLASSES), f)
+        fw, fa, fk, fs = ff[0]
+        sw, sa, sk, ss = self._scales
+        g = d.get
+        # the classes spelled out, in BYTE_CLASSES order: bytes * f[c] * scale(c)
+        return {"weight": g("weight", 0.0) * fw * sw, "activation": g("activation", 0.0) * fa * sa,
+                "kv_cache": g("kv_cache", 0.0) * fk * sk, "state": g("state", 0.0) * fs * ss}
 
     def op(self, op: Op, flops_f: float, f: dict[str, float],
            gemm: tuple[int, int, int, int] | None | bool = False) -> Op:

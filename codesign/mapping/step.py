@@ -167,7 +167,7 @@ def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelCon
         rates = (hw.chip.matrix.peak(precision.matrix_dtype) * (eff.grouped_gemm or eff.gemm),
                  hw.chip.hbm.bandwidth * eff.memory)
     ctx = _Context(attrs, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup, allreduce_algorithm,
-                   reduce_dtype, expert_loads, rates)
+                   reduce_dtype, expert_loads, rates, share_bytes=False)
     out: dict[int, Op] = {}
     ranks: dict[int, int] = {}
     imbalance: dict[int, float] = {}
@@ -242,7 +242,7 @@ class _Context:
     def __init__(self, attrs: dict, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan, precision: Precision,
                  placement: str | Sequence[int], dispatch_fp8: bool | None, dispatch_dedup: bool,
                  allreduce_algorithm: str | None, reduce_dtype: str, expert_loads: Sequence[float] | None,
-                 rates: tuple[float, float]) -> None:
+                 rates: tuple[float, float], share_bytes: bool = True) -> None:
         self.config, self.hw, self.plan, self.precision = config, hw, plan, precision
         self.tp, self.adp, self.dp, self.ep, self.moe_tp = plan.tp, plan.attention_dp, plan.dp, plan.ep, plan.moe_tp
         B = self.B = int(attrs.get("batch", 1) or 1)
@@ -260,7 +260,9 @@ class _Context:
         self.ar_algo = allreduce_algorithm
         self.stages = _stage_layers(config, plan.pp, plan.layer_partition)
         self.layer_stage = {i: s for s, ls in enumerate(self.stages) for i in ls}
-        self.scaler = Scaler(precision)
+        # ops sharing their traced byte dicts (a whole graph's layers of one kind) share the scaled
+        # ones; `remap`'s skeleton ops share none, so it skips the memo (`share_bytes`)
+        self.scaler = Scaler(precision, memo=share_bytes)
         # Factors per byte class: one dict per TP block (the KV split depends on the block) and one
         # for replicated ops, built once per call (they were rebuilt per op).
         self.f_rep = {"weight": 1.0, "activation": self.tok_att, "state": self.tok_att, "kv_cache": self.tok_att}
