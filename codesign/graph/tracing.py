@@ -16,6 +16,7 @@ Phases:
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 import hashlib
 import os
 import pickle
@@ -34,7 +35,32 @@ from codesign.graph.segment import INPUT, Segment
 from codesign.models import ModelConfig, load_model
 
 TRACE_VERSION = 6  # bump when the recorded op format changes (invalidates the disk cache)
-_MEMO: dict[str, Segment] = {}
+_MEMO: dict[str, Segment] = {}  # recordings (and parameter counts): few, kept
+
+
+class _Recent(OrderedDict):
+    """Segments derived for one step shape (extrapolated, merged groups' zero-sequence parts): one
+    set per shape a run asks for, so the least recently used go first past `limit` (a long
+    serving run asks for thousands of shapes; each entry is one layer kind's ops)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+_SHAPED = _Recent(256)
 
 
 def _recording():
@@ -129,14 +155,14 @@ def _at_context(config: ModelConfig, seg: str, kind: str, phase: str, batch: int
     if context <= CONTEXT_ANCHOR + 1 or not _context_affine(config, seg):
         return _recorded(config, seg, kind, phase, batch, tokens, context, use_disk)
     key = f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}|ctx-affine"
-    hit = _MEMO.get(key)
+    hit = _SHAPED.get(key)
     if hit is None:
         a = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR, use_disk)
         b = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR + 1, use_disk)
         hit = extrapolate(a, b, context - CONTEXT_ANCHOR)
         if hit is None:  # the two recordings differ in structure: record this context directly
             hit = _recorded(config, seg, kind, phase, batch, tokens, context, use_disk)
-        _MEMO[key] = hit
+        _SHAPED[key] = hit
     return hit
 
 
@@ -152,17 +178,17 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
     if batch <= 2:
         return _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
     key = f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}|affine"
-    hit = _MEMO.get(key)
+    hit = _SHAPED.get(key)
     if hit is None and context > CONTEXT_ANCHOR + 1 and _context_affine(config, seg):
         form = _bilinear(config, seg, kind, phase, tokens, use_disk)
         if form is not None:
-            hit = _MEMO[key] = form.at(batch - 1, context - CONTEXT_ANCHOR)
+            hit = _SHAPED[key] = form.at(batch - 1, context - CONTEXT_ANCHOR)
     if hit is None:
         hit = extrapolate(_at_context(config, seg, kind, phase, 1, tokens, context, use_disk),
                            _at_context(config, seg, kind, phase, 2, tokens, context, use_disk), batch - 1)
         if hit is None:  # the two recordings differ in structure: record this batch directly
             hit = _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
-        _MEMO[key] = hit
+        _SHAPED[key] = hit
     return hit
 
 
@@ -282,21 +308,21 @@ def _zero_sequences(config: ModelConfig, seg: str, phase: str, tokens: int, cont
     integers), memoised."""
     kind = seg if not seg.isdigit() else config.layer_kind(int(seg))
     key = f"{config.config_hash()}|{kind}|{phase}|0|{tokens}|{context}|affine"
-    if key in _MEMO:
-        return _MEMO[key]
+    if key in _SHAPED:
+        return _SHAPED.get(key)
     const = None
     if context > CONTEXT_ANCHOR + 1 and _context_affine(config, seg):
         form = _bilinear(config, seg, kind, phase, tokens, use_disk)
         if form is not None:
             const = form.at(-1, context - CONTEXT_ANCHOR)
         elif _batches_differ(config, seg, kind, phase, tokens, use_disk):
-            _MEMO[key] = None  # batches 1 and 2 at this length record differently: no extrapolation
+            _SHAPED[key] = None  # batches 1 and 2 at this length record differently: no extrapolation
             return None
     if const is None:
         one = _segment(config, seg, phase, 1, tokens, context, use_disk)
         two = _segment(config, seg, phase, 2, tokens, context, use_disk)
         const = extrapolate(one, two, -1)
-    _MEMO[key] = const
+    _SHAPED[key] = const
     return const
 
 
