@@ -98,8 +98,8 @@ def _shape_coeffs(shapes: tuple[tuple, ...]) -> tuple | list:
 def _shapes_at(k, tb: int, tc: int, tbc: int) -> tuple:
     if isinstance(k, tuple):
         return k
-    return tuple(p if isinstance(p, tuple) else tuple([x[0] + x[1] * tb + x[2] * tc + x[3] * tbc for x in p])
-                 for p in k)
+    return tuple([p if isinstance(p, tuple) else tuple([x[0] + x[1] * tb + x[2] * tc + x[3] * tbc for x in p])
+                  for p in k])
 
 
 def _dict_coeffs(a: dict, b: dict, c: dict, d: dict) -> dict | list:

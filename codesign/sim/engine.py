@@ -65,8 +65,7 @@ def _half(op: Op) -> Op:
             coll = dict(coll)
             coll["bytes"] = coll["bytes"] / 2
         return op_with(op, op.flops, op.bytes_read, op.bytes_written, op.gemm, collective=coll)
-    br = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_read.items()}
-    bw = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_written.items()}
+    br, bw = _halved(op.bytes_read), _halved(op.bytes_written)
     gemm = op.gemm
     if gemm is not None:
         b, m, n, k = gemm
@@ -75,6 +74,15 @@ def _half(op: Op) -> Op:
     if tpe is not None:
         tpe = tuple([(t + 1) // 2 for t in tpe])
     return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
+
+
+def _halved(d: dict[str, float]) -> dict[str, float]:
+    """A byte dict for one of two micro-batches: every class halves but the weights."""
+    if len(d) == 4 and "weight" in d and "activation" in d and "kv_cache" in d and "state" in d:
+        # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
+        return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
+                "state": d["state"] / 2}
+    return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
 # Op kinds whose work differs between layers of one kind (per-layer expert routing).
