@@ -66,19 +66,34 @@ def merge_ops(ops: list[Op], consts: list[Op]) -> Op:
     (see module docstring)."""
     if len(ops) == 1:
         return ops[0]
-    new = ops[0].clone()
-    new.flops = _combine([o.flops for o in ops], [k.flops for k in consts])
-    new.bytes_read = _bytes(ops, consts, "bytes_read")
-    new.bytes_written = _bytes(ops, consts, "bytes_written")
-    new.gemm = _gemm(ops)
-    new.repeat = max(o.repeat for o in ops)
-    if new.tokens_per_expert is not None:
-        new.tokens_per_expert = tuple(sum(t) for t in zip(*(o.tokens_per_expert for o in ops)))
-    return new
+    a = ops[0]
+    tpe = a.tokens_per_expert
+    if tpe is not None:
+        tpe = tuple(sum(t) for t in zip(*(o.tokens_per_expert for o in ops)))
+    # a new Op positionally: the first group's fields but the merged work
+    return Op(a.name, a.target, a.kind, a.block, a.layer, a.layer_type, a.phase, a.in_shapes, a.out_shapes, a.dtype,
+              _combine([o.flops for o in ops], [k.flops for k in consts]), _bytes(ops, consts, "bytes_read"),
+              _bytes(ops, consts, "bytes_written"), max(o.repeat for o in ops), _gemm(ops), tpe,
+              a.expert_weight_bytes, a.expert_flops_per_token, a.collective)
 
 
 def _key(op: Op) -> tuple[str, str]:
     return (op.target, op.name)
+
+
+_ALIGNMENTS: dict[tuple, list] = {}
+
+
+def _alignment(a: tuple, b: tuple) -> list:
+    """difflib's matching blocks of two op-key sequences, memoised: they depend on the segments'
+    structure only, which a step shape's groups share with the shapes before it."""
+    key = (a, b)
+    hit = _ALIGNMENTS.get(key)
+    if hit is None:
+        if len(_ALIGNMENTS) >= 256:
+            _ALIGNMENTS.clear()
+        hit = _ALIGNMENTS[key] = SequenceMatcher(None, list(a), list(b), autojunk=False).get_matching_blocks()
+    return hit
 
 
 def merge_segments(segments: list[Segment], consts: list[Segment]) -> Segment:
@@ -92,8 +107,7 @@ def merge_segments(segments: list[Segment], consts: list[Segment]) -> Segment:
     entries = set(base.entries)
     for seg, const in zip(segments[1:], consts[1:]):
         index: dict[int, int] = {}  # op of seg -> merged op
-        sm = SequenceMatcher(None, [_key(o) for o in base.ops], [_key(o) for o in seg.ops], autojunk=False)
-        for block in sm.get_matching_blocks():
+        for block in _alignment(tuple([_key(o) for o in base.ops]), tuple([_key(o) for o in seg.ops])):
             for j in range(block.size):
                 index[block.b + j] = block.a + j
                 members[block.a + j].append((seg.ops[block.b + j], const.ops[block.b + j]))

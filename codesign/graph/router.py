@@ -19,7 +19,9 @@ factor of about (1 - k/E), so below 10% of experts per token the two draws diffe
 count variance (Qwen3.5: k/E = 10/512, DeepSeek-V3 8/256, Qwen3-235B 8/128 take the multinomial;
 Mixtral 2/8 and small gpt-oss 4/32 the exact draw). With equal probabilities and at most 16 routed
 slots per expert, the multinomial is drawn as the count of that many independent uniform picks (the
-same distribution, cheaper for decode steps). Draws are memoised per (router, layer, tokens,
+same distribution, cheaper for decode steps), counted from each generator's kept raw outputs
+by NumPy's own bounded-integer rule, all layers of a step in one pass (`uniform_picks`,
+`routed_matrix`: the same numbers as drawing each layer). Draws are memoised per (router, layer, tokens,
 experts, k): a step shape seen before, or sharing its token count, draws nothing.
 """
 
@@ -47,6 +49,64 @@ def _rng(seed: int, layer: int) -> np.random.Generator:
         if len(_SEEDS) < (1 << 14):
             _SEEDS[(seed, layer)] = ss
     return np.random.Generator(np.random.PCG64(ss))
+
+
+# Raw 64-bit outputs of each (seed, layer) generator from its start, kept and extended on demand,
+# with the bit generator positioned after them: see `uniform_picks`.
+_RAW: dict[tuple[int, int], tuple[np.random.PCG64, np.ndarray]] = {}
+_RAW_LIMIT = 4096  # (seed, layer) streams kept; each holds at most 16 x experts / 2 words (32 KB at 512)
+
+
+def _raw(seed: int, layer: int, words: int) -> np.ndarray:
+    """The first `words` raw outputs of `_rng(seed, layer)`'s bit generator (uint64)."""
+    hit = _RAW.get((seed, layer))
+    if hit is None:
+        if len(_RAW) >= _RAW_LIMIT:
+            _RAW.clear()
+        ss = np.random.SeedSequence([seed, layer])
+        bg = np.random.PCG64(ss)
+        hit = _RAW[(seed, layer)] = (bg, bg.random_raw(max(words, 256)))
+    bg, raw = hit
+    if raw.shape[0] < words:
+        raw = np.concatenate([raw, bg.random_raw(max(words, 2 * raw.shape[0]) - raw.shape[0])])
+        _RAW[(seed, layer)] = (bg, raw)
+    return raw[:words]
+
+
+def lemire_picks(u32: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(picks in [0, E) as int64, rows holding a rejected output) of rows of 32-bit outputs, by
+    NumPy's bounded-integer rule (Lemire): pick = (u32 x E) >> 32, rejected where the product's low
+    32 bits fall below (2^32 - E) mod E. A row without a rejection is exactly what the generator
+    draws from those outputs."""
+    E = num_experts
+    m = u32.astype(np.uint64) * np.uint64(E)
+    picks = (m >> np.uint64(32)).astype(np.int64)
+    threshold = (2 ** 32 - E) % E
+    if not threshold:
+        return picks, np.zeros(u32.shape[0], dtype=bool)
+    return picks, ((m & np.uint64(0xFFFFFFFF)) < np.uint64(threshold)).any(axis=1)
+
+
+def uniform_picks(seed: int, layers: list[int], slots: int, num_experts: int) -> np.ndarray:
+    """Counts per expert (one row per layer, int64) of `slots` independent uniform picks among
+    `num_experts`, each layer's picks being exactly `_rng(seed, layer).integers(0, num_experts,
+    size=slots)`: NumPy draws them with Lemire's method from 32-bit outputs (the low then the high
+    half of each 64-bit PCG64 output), pick = (u32 x E) >> 32, rejected when the low 32 bits of the
+    product fall below (2^32 - E) mod E. Those outputs are kept per (seed, layer) (`_raw`), so a
+    draw costs no generator construction and all layers count in one `bincount`. A layer whose
+    picks meet a rejection (probability below E / 2^32 per pick; never for a power of two) is drawn
+    by the generator itself."""
+    E = num_experts
+    L = len(layers)
+    if slots <= 0 or L == 0:
+        return np.zeros((L, E), dtype=np.int64)
+    words = (slots + 1) // 2
+    u32 = np.stack([_raw(seed, layer, words) for layer in layers]).view(np.uint32)[:, :slots]
+    picks, rejected = lemire_picks(u32, E)
+    for j in np.flatnonzero(rejected).tolist():
+        picks[j] = _rng(seed, layers[j]).integers(0, E, size=slots)
+    picks += (np.arange(L, dtype=np.int64) * E)[:, None]
+    return np.bincount(picks.ravel(), minlength=L * E).reshape(L, E)
 
 
 def _sample_without_replacement(rng: np.random.Generator, n_tokens: int, top_k: int, logp: np.ndarray) -> np.ndarray:
@@ -96,9 +156,13 @@ class UniformRouter(RouterModel):
             # picks: drawn directly, O(slots), where the multinomial's O(experts) binomial chain
             # would cost more (up to ~16 slots per expert: 1,000 slots over 512 experts take 17 us
             # instead of 43, 8,000 take 70 instead of 90).
-            picks = _rng(self.seed, layer).integers(0, num_experts, size=slots)
-            return np.bincount(picks, minlength=num_experts).astype(np.int64)
+            return uniform_picks(self.seed, [layer], slots, num_experts)[0]
         return super().tokens_per_expert(layer, n_tokens, num_experts, top_k)
+
+    def picks_regime(self, n_tokens: int, num_experts: int, top_k: int) -> bool:
+        """Whether a draw of this size counts independent uniform picks (`uniform_picks`)."""
+        exact = n_tokens * num_experts <= self.exact_limit and top_k > self.exact_k_fraction * num_experts
+        return not exact and n_tokens * top_k <= 16 * num_experts
 
 
 @dataclass(frozen=True)
@@ -189,6 +253,35 @@ def routed_array(router: RouterModel, layer: int, n_tokens: int, num_experts: in
     if hit is None:
         return np.asarray(router.tokens_per_expert(layer, n_tokens, num_experts, top_k), dtype=np.int64)
     return hit[1]
+
+
+_MATRICES: dict[tuple, np.ndarray] = {}
+_MATRICES_LIMIT = 64
+
+
+def routed_matrix(router: RouterModel, layers: list[int], n_tokens: int, num_experts: int, top_k: int) -> np.ndarray:
+    """The draws of `layers` (draw indices) as one read-only (layers x experts) int64 array, equal
+    row by row to `routed_array`: a uniform router's decode-sized draws are counted together
+    (`uniform_picks`), others stacked from the per-layer draws. Memoised per (router, layers,
+    tokens, experts, k)."""
+    try:
+        key = (router, tuple(layers), n_tokens, num_experts, top_k)
+        hit = _MATRICES.get(key)
+    except TypeError:
+        key, hit = None, None
+    if hit is not None:
+        return hit
+    if isinstance(router, UniformRouter) and type(router).tokens_per_expert is UniformRouter.tokens_per_expert \
+            and router.picks_regime(n_tokens, num_experts, top_k):
+        out = uniform_picks(router.seed, list(layers), n_tokens * top_k, num_experts)
+    else:
+        out = np.stack([routed_array(router, layer, n_tokens, num_experts, top_k) for layer in layers])
+    out.flags.writeable = False
+    if key is not None:
+        if len(_MATRICES) >= _MATRICES_LIMIT:
+            _MATRICES.clear()
+        _MATRICES[key] = out
+    return out
 
 
 def expected_experts_touched(num_experts: int, top_k: int, n_tokens: int) -> float:

@@ -16,6 +16,7 @@ Phases:
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 import hashlib
 import os
 import pickle
@@ -34,7 +35,32 @@ from codesign.graph.segment import INPUT, Segment
 from codesign.models import ModelConfig, load_model
 
 TRACE_VERSION = 6  # bump when the recorded op format changes (invalidates the disk cache)
-_MEMO: dict[str, Segment] = {}
+_MEMO: dict[str, Segment] = {}  # recordings (and parameter counts): few, kept
+
+
+class _Recent(OrderedDict):
+    """Segments derived for one step shape (extrapolated, merged groups' zero-sequence parts): one
+    set per shape a run asks for, so the least recently used go first past `limit` (a long
+    serving run asks for thousands of shapes; each entry is one layer kind's ops)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+_SHAPED = _Recent(256)
 
 
 def _recording():
@@ -129,14 +155,14 @@ def _at_context(config: ModelConfig, seg: str, kind: str, phase: str, batch: int
     if context <= CONTEXT_ANCHOR + 1 or not _context_affine(config, seg):
         return _recorded(config, seg, kind, phase, batch, tokens, context, use_disk)
     key = f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}|ctx-affine"
-    hit = _MEMO.get(key)
+    hit = _SHAPED.get(key)
     if hit is None:
         a = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR, use_disk)
         b = _recorded(config, seg, kind, phase, batch, tokens, CONTEXT_ANCHOR + 1, use_disk)
         hit = extrapolate(a, b, context - CONTEXT_ANCHOR)
         if hit is None:  # the two recordings differ in structure: record this context directly
             hit = _recorded(config, seg, kind, phase, batch, tokens, context, use_disk)
-        _MEMO[key] = hit
+        _SHAPED[key] = hit
     return hit
 
 
@@ -152,17 +178,17 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
     if batch <= 2:
         return _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
     key = f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}|affine"
-    hit = _MEMO.get(key)
+    hit = _SHAPED.get(key)
     if hit is None and context > CONTEXT_ANCHOR + 1 and _context_affine(config, seg):
         form = _bilinear(config, seg, kind, phase, tokens, use_disk)
         if form is not None:
-            hit = _MEMO[key] = form.at(batch - 1, context - CONTEXT_ANCHOR)
+            hit = _SHAPED[key] = form.at(batch - 1, context - CONTEXT_ANCHOR)
     if hit is None:
         hit = extrapolate(_at_context(config, seg, kind, phase, 1, tokens, context, use_disk),
                            _at_context(config, seg, kind, phase, 2, tokens, context, use_disk), batch - 1)
         if hit is None:  # the two recordings differ in structure: record this batch directly
             hit = _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
-        _MEMO[key] = hit
+        _SHAPED[key] = hit
     return hit
 
 
@@ -282,21 +308,21 @@ def _zero_sequences(config: ModelConfig, seg: str, phase: str, tokens: int, cont
     integers), memoised."""
     kind = seg if not seg.isdigit() else config.layer_kind(int(seg))
     key = f"{config.config_hash()}|{kind}|{phase}|0|{tokens}|{context}|affine"
-    if key in _MEMO:
-        return _MEMO[key]
+    if key in _SHAPED:
+        return _SHAPED.get(key)
     const = None
     if context > CONTEXT_ANCHOR + 1 and _context_affine(config, seg):
         form = _bilinear(config, seg, kind, phase, tokens, use_disk)
         if form is not None:
             const = form.at(-1, context - CONTEXT_ANCHOR)
         elif _batches_differ(config, seg, kind, phase, tokens, use_disk):
-            _MEMO[key] = None  # batches 1 and 2 at this length record differently: no extrapolation
+            _SHAPED[key] = None  # batches 1 and 2 at this length record differently: no extrapolation
             return None
     if const is None:
         one = _segment(config, seg, phase, 1, tokens, context, use_disk)
         two = _segment(config, seg, phase, 2, tokens, context, use_disk)
         const = extrapolate(one, two, -1)
-    _MEMO[key] = const
+    _SHAPED[key] = const
     return const
 
 
@@ -356,30 +382,40 @@ def expert_counts(config: ModelConfig, shape: StepShape, router: RouterModel, la
 def assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment]], shape: StepShape, router: RouterModel,
              include_mtp: bool = False) -> nx.DiGraph:
     """The op graph of `pieces` chained in order, routed experts drawn per layer."""
+    ops, edges = assemble_ops(config, pieces, shape, router, include_mtp)
     g = nx.DiGraph()
+    g.add_nodes_from((i, {"op": op}) for i, op in enumerate(ops))
+    g.add_edges_from(edges)
+    return g
+
+
+def assemble_ops(config: ModelConfig, pieces: list[tuple[int, str, Segment]], shape: StepShape, router: RouterModel,
+                 include_mtp: bool = False) -> tuple[list[Op], list[tuple[int, int]]]:
+    """(ops, edges) of `assemble`'s graph without the graph: node i holds ops[i]; edges in the
+    order the graph adds them (each piece's own, then the hand-off from the previous piece)."""
+    ops: list[Op] = []
+    edges: list[tuple[int, int]] = []
     prev_exit: int | None = None
-    next_id = 0
     draws = router_layers(config, include_mtp)
     for layer, layer_type, s in pieces:
         prefix = f"layers.{layer}." if layer_type not in ("embed", "head", "mtp") else (
             f"mtp.{layer - config.num_layers - 1}." if layer_type == "mtp" else "")
-        base = next_id
+        base = len(ops)
         counts = None
         for op in s.ops:
             if op.kind == "grouped_gemm" and config.moe is not None:
                 if counts is None:
                     counts = expert_counts(config, shape, router, layer, draws[layer])
                 op = _rescale_experts(op, counts)
-            op = op.clone()
-            op.layer, op.layer_type, op.name = layer, layer_type, prefix + op.name
-            g.add_node(next_id, op=op)
-            next_id += 1
-        g.add_edges_from((base + a, base + b) for a, b in s.edges)
+            ops.append(Op(prefix + op.name, op.target, op.kind, op.block, layer, layer_type, op.phase, op.in_shapes,
+                          op.out_shapes, op.dtype, op.flops, op.bytes_read, op.bytes_written, op.repeat, op.gemm,
+                          op.tokens_per_expert, op.expert_weight_bytes, op.expert_flops_per_token, op.collective))
+        edges.extend([(base + a, base + b) for a, b in s.edges])
         if prev_exit is not None:
-            g.add_edges_from((prev_exit, base + e) for e in s.entries)
+            edges.extend([(prev_exit, base + e) for e in s.entries])
         if s.exit != INPUT:
             prev_exit = base + s.exit
-    return g
+    return ops, edges
 
 
 def describe_shape(shape: StepShape) -> dict:

@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import networkx as nx
 
@@ -90,6 +90,7 @@ class MappedStep:
     stage: int = 0  # the most loaded pipeline stage
     expert_ranks: dict[int, int] = field(default_factory=dict)  # MoE layer -> slowest EP rank mapped
     experts: ExpertMapper | None = None  # what mapped the expert ops (maps other layers' routing alike)
+    sites: list["Site"] = field(default_factory=list)  # the collectives inserted, in node order (`remap`)
 
     def stage_graph(self, s: int) -> nx.DiGraph:
         """The subgraph of pipeline stage `s` (embedding with the first, head and MTP with the last)."""
@@ -145,27 +146,254 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
                          allreduce_algorithm, reduce_dtype, expert_loads, rates)
 
 
+def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelConfig, hw: HardwareSpec, *,
+          placement: str | Sequence[int] = "contiguous", dispatch_fp8: bool | None = None,
+          dispatch_dedup: bool = True, allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16",
+          expert_loads: Sequence[float] | None = None, rates: tuple[float, float] | None = None
+          ) -> tuple[dict[int, Op], dict[int, int], ExpertMapper]:
+    """What `map_step` maps a graph to when the graph has the structure of the one `template` was
+    mapped from (nodes 0..n-1, the same edges, op kinds, blocks and exit shapes: the same
+    collective sites) but other numbers: its traced ops `ops` (node i holds ops[i]) and graph
+    attributes `attrs` (batch, step tokens). Returns (node -> mapped op for every node of
+    `template.graph`, MoE layer -> slowest EP rank, the expert mapper), computed by the same
+    per-op sharding and per-site collectives as `map_step`, without building a graph: the step
+    at a new shape on a known structure (`codesign.sim.stepmodel`). Single-stage plans only (a
+    pipelined plan's stage hand-offs and loads depend on the whole graph)."""
+    plan, precision = template.plan, template.precision
+    if plan.pp > 1:
+        raise CodesignError("remap: a pipelined plan places its stage hand-offs from the graph; map the step again")
+    if rates is None:
+        eff = hw.efficiency
+        rates = (hw.chip.matrix.peak(precision.matrix_dtype) * (eff.grouped_gemm or eff.gemm),
+                 hw.chip.hbm.bandwidth * eff.memory)
+    ctx = _Context(attrs, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup, allreduce_algorithm,
+                   reduce_dtype, expert_loads, rates, share_bytes=False)
+    out: dict[int, Op] = {}
+    ranks: dict[int, int] = {}
+    imbalance: dict[int, float] = {}
+    with gc_paused():
+        for n, op in enumerate(ops):
+            new, rank, imb = ctx.shard(op)
+            if rank is not None:
+                ranks[op.layer] = rank
+                imbalance[op.layer] = imb
+            out[n] = new
+        for site in template.sites:
+            anchor = ops[site.anchor]
+            out[site.node] = _site_op(ctx, site.role, site.block, anchor, imbalance.get(anchor.layer, 1.0))
+    return out, ranks, ctx.experts
+
+
 def with_rates(mapped: MappedStep, graph: nx.DiGraph, config: ModelConfig, rates: tuple[float, float]) -> MappedStep:
     """`mapped` (`map_step` of `graph`) as `map_step` maps it at other ranking rates: in a
     single-stage plan the rates only choose each MoE layer's slowest EP rank, so only the expert ops
     are mapped again (the all-to-alls' imbalance follows tokens, not rates). For hardware variants
     of one design point, whose step graphs are the same."""
+    remapped = remap_experts(mapped, graph.nodes(data="op"), config, rates)
+    if remapped is None:
+        return mapped
+    ops, ranks, mapper = remapped
+    g = mapped.graph.copy()
+    for n, op in ops.items():
+        g.nodes[n]["op"] = op
+    return MappedStep(g, mapped.plan, mapped.precision, mapped.chips, mapped.stage_layers, mapped.stage, ranks, mapper)
+
+
+def remap_experts(mapped: MappedStep, traced: Iterable[tuple[int, Op]], config: ModelConfig,
+                  rates: tuple[float, float]) -> tuple[dict[int, Op], dict[int, int], ExpertMapper] | None:
+    """What `with_rates` changes, without copying the graph: (node -> the expert op mapped at
+    `rates`, MoE layer -> slowest EP rank, the mapper) from the traced (node, op) pairs `mapped`
+    was mapped from, or None where the rates are those `mapped` was mapped at (nothing changes)."""
     if mapped.plan.pp > 1:
         raise CodesignError("with_rates: a pipelined plan ranks its stages by the rates; map the step again")
     old = mapped.experts
     if old is None or (old.flop_rate, old.byte_rate) == tuple(rates):
-        return mapped
+        return None
     mapper = ExpertMapper(config, mapped.plan, mapped.precision, old.placement, old.dp, rates[0], rates[1],
                           old.expert_loads)
-    g = mapped.graph.copy()
+    ops: dict[int, Op] = {}
     ranks = dict(mapped.expert_ranks)
     if config.moe is not None:
-        for n, op in graph.nodes(data="op"):
+        for n, op in traced:
             if op.kind == "grouped_gemm" and op.block == "moe_experts":
                 new, rank, _ = mapper.map(op)
-                g.nodes[n]["op"] = new
+                ops[n] = new
                 ranks[op.layer] = rank
-    return MappedStep(g, mapped.plan, mapped.precision, mapped.chips, mapped.stage_layers, mapped.stage, ranks, mapper)
+    return ops, ranks, mapper
+
+
+@dataclass(frozen=True)
+class Site:
+    """One collective the mapping inserts: its node id, the traced op it is placed at (`anchor`),
+    its role (what it moves, see `_site_op`), block and the MoE layer's pipeline stage. The
+    structure of a mapped step (which node, where) depends on the graph's structure only; its
+    numbers are recomputed per shape by `remap`."""
+
+    node: int
+    anchor: int
+    role: str
+    block: str
+
+
+class _Context:
+    """What `_map_step` derives once per call from the step's attributes, the plan, precision and
+    options: token shares, scale factors, groups and the expert mapper."""
+
+    def __init__(self, attrs: dict, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan, precision: Precision,
+                 placement: str | Sequence[int], dispatch_fp8: bool | None, dispatch_dedup: bool,
+                 allreduce_algorithm: str | None, reduce_dtype: str, expert_loads: Sequence[float] | None,
+                 rates: tuple[float, float], share_bytes: bool = True) -> None:
+        self.config, self.hw, self.plan, self.precision = config, hw, plan, precision
+        self.tp, self.adp, self.dp, self.ep, self.moe_tp = plan.tp, plan.attention_dp, plan.dp, plan.ep, plan.moe_tp
+        B = self.B = int(attrs.get("batch", 1) or 1)
+        # new tokens of the whole step (a mixed step's groups have different tokens per sequence)
+        self.step_tokens = int(attrs.get("step_tokens") or B * int(attrs.get("tokens", 1) or 1))
+        seq_att = math.ceil(B / (self.dp * self.adp))
+        self.tok_att = seq_att / B  # share of the step's sequences (and of each group's tokens) on one attention chip
+        self.T_att = -(-self.step_tokens * seq_att // B)  # tokens on that chip (ceil)
+        self.H = config.hidden_size
+        self.act_b = precision.bytes_per_element(precision.activations)
+        self.reduce_dtype = reduce_dtype
+        self.red_b = BYTES_PER_ELEMENT[reduce_dtype]
+        self.matrix_rate, self.hbm_rate = rates
+        self.su_size = hw.system.scale_up.size
+        self.ar_algo = allreduce_algorithm
+        self.stages = _stage_layers(config, plan.pp, plan.layer_partition)
+        self.layer_stage = {i: s for s, ls in enumerate(self.stages) for i in ls}
+        # ops sharing their traced byte dicts (a whole graph's layers of one kind) share the scaled
+        # ones; `remap`'s skeleton ops share none, so it skips the memo (`share_bytes`)
+        self.scaler = Scaler(precision, memo=share_bytes)
+        # Factors per byte class: one dict per TP block (the KV split depends on the block) and one
+        # for replicated ops, built once per call (they were rebuilt per op).
+        self.f_rep = {"weight": 1.0, "activation": self.tok_att, "state": self.tok_att, "kv_cache": self.tok_att}
+        self.f_tp: dict[str, dict[str, float]] = {}
+        self.flops_tp = self.tok_att / self.tp
+        self.experts = ExpertMapper(config, plan, precision, placement, self.dp, self.matrix_rate, self.hbm_rate,
+                                    expert_loads)
+        if config.moe is not None:
+            moe = config.moe
+            self.disp_fp8 = dispatch_fp8 if dispatch_fp8 is not None else precision.activations in ("fp8", "fp4")
+            self.disp_b = (1.0 + FP8_SCALE_OVERHEAD) if self.disp_fp8 else self.act_b
+            slots_total = moe.num_experts + plan.redundant(moe.num_experts)
+            self.fanout = dispatch_fanout(slots_total, moe.top_k, self.ep) if dispatch_dedup else float(moe.top_k)
+            self.T_disp = math.ceil(self.T_att / self.tp)  # a TP group's ranks each dispatch a slice of its tokens
+
+    def stage_of(self, layer: int) -> int:
+        if layer < 0:
+            return 0
+        return self.layer_stage.get(layer, self.plan.pp - 1)
+
+    def base(self, stage: int) -> int:
+        return stage * self.plan.stage_chips  # replica 0, attention group 0
+
+    def group(self, name: str, stage: int) -> tuple[int, ...]:
+        """Chip ids of one collective group of `stage`: tp, stage (all its chips), ep, moe_tp, adp."""
+        b = self.base(stage)
+        if name == "tp":
+            return tuple(range(b, b + self.tp))
+        if name == "stage":
+            return tuple(range(b, b + self.plan.stage_chips))
+        if name == "ep":
+            return tuple(b + r * self.moe_tp for r in range(self.ep))
+        if name == "moe_tp":
+            return tuple(range(b, b + self.moe_tp))
+        return tuple(b + a * self.tp for a in range(self.adp))  # adp
+
+    def shard(self, op: Op) -> tuple[Op, int | None, float | None]:
+        """(the op as one chip runs it, its slowest EP rank and imbalance for a routed-expert op)."""
+        if op.kind == "grouped_gemm" and op.block == "moe_experts" and self.config.moe is not None:
+            return self.experts.map(op)
+        if op.block in TP_BLOCKS:
+            tp = self.tp
+            f = self.f_tp.get(op.block)
+            if f is None:
+                f = self.f_tp[op.block] = {"weight": 1.0 / tp, "activation": self.tok_att / tp,
+                                           "state": self.tok_att / tp,
+                                           "kv_cache": self.tok_att / _kv_split(self.config, op, tp)}
+            return self.scaler.op(op, self.flops_tp, f, _gemm_shape(op, self.tok_att, tp)), None, None
+        # replicated over tp: norms, router, residual glue
+        return self.scaler.op(op, self.tok_att, self.f_rep, _gemm_shape(op, self.tok_att, 1)), None, None
+
+
+def _site_op(ctx: _Context, role: str, block: str, anchor: Op, imbalance: float) -> Op:
+    """The collective op of a site's role, placed at traced op `anchor` (`imbalance`: its MoE
+    layer's all-to-all load imbalance)."""
+    st = ctx.stage_of(anchor.layer)
+    H, red_b, rdt = ctx.H, ctx.red_b, ctx.reduce_dtype
+    prec = ctx.precision
+    extra: dict = {}
+    algorithm = None
+    if role == "tp":
+        kind, group, nbytes, dtype, algorithm = "all_reduce", ctx.group("tp", st), ctx.T_att * H * red_b, rdt, ctx.ar_algo
+    elif role == "logits":
+        kind, group, nbytes, dtype = "all_gather", ctx.group("tp", st), ctx.T_att * ctx.config.vocab_size * red_b, rdt
+    elif role in ("dispatch", "combine"):
+        kind, group = "all_to_all", ctx.group("ep", st)
+        if role == "dispatch":
+            nbytes, dtype = ctx.T_disp * ctx.fanout * H * ctx.disp_b, "fp8" if ctx.disp_fp8 else prec.activations
+        else:
+            nbytes, dtype = ctx.T_disp * ctx.fanout * H * red_b, rdt
+        extra = {"imbalance": imbalance, "role": role}
+    elif role in ("moe_tp_gather", "moe_tp_scatter"):
+        recv = ctx.T_disp * ctx.fanout * H  # received token copies (mean rank)
+        group = ctx.group("moe_tp", st)
+        if role == "moe_tp_gather":
+            kind, nbytes, dtype = "all_gather", recv * ctx.moe_tp * ctx.disp_b, "fp8" if ctx.disp_fp8 else prec.activations
+        else:
+            kind, nbytes, dtype = "reduce_scatter", recv * ctx.moe_tp * red_b, rdt
+    elif role in ("adp_gather", "adp_scatter"):
+        T_rep = -(-ctx.step_tokens * math.ceil(ctx.B / ctx.dp) // ctx.B)
+        if role == "adp_gather":
+            kind, group, nbytes, dtype = "all_gather", ctx.group("adp", st), T_rep * H * ctx.act_b, prec.activations
+        else:
+            kind, group, nbytes, dtype = "reduce_scatter", ctx.group("stage", st), T_rep * H * red_b, rdt
+    elif role == "moe_allreduce":
+        kind, group, nbytes, dtype, algorithm = "all_reduce", ctx.group("tp", st), ctx.T_att * H * red_b, rdt, ctx.ar_algo
+    else:
+        raise ValueError(f"unknown collective site role {role!r}")
+    c = make_collective(kind, group, nbytes, ctx.su_size, algorithm, **extra)
+    return Op(name=f"{anchor.name.split('/')[0]}/{kind}", target=f"codesign.collective.{kind}", kind="collective",
+              block=block, layer=anchor.layer, layer_type=anchor.layer_type, phase=anchor.phase, in_shapes=(),
+              out_shapes=(), dtype=dtype, collective=c)
+
+
+def _tp_sites(graph: nx.DiGraph, ctx: _Context) -> list[tuple[int, str, str]]:
+    """(exit node, role, block) of every TP block's all-reduce (and the logits gather), in order."""
+    if ctx.tp == 1:
+        return []
+    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for n, op in graph.nodes(data="op"):
+        groups[(op.layer, op.block)].append(n)
+    out = []
+    topo_index: dict[int, int] = {}  # built only when a block has several candidate exits
+    for (layer, block), nodes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if block not in TP_BLOCKS or block == "embed":
+            continue
+        members = set(nodes)
+        exits = [n for n in nodes if not any(s in members for s in graph.successors(n))]
+        if not exits:
+            continue
+        wide = [n for n in exits if graph.nodes[n]["op"].out_shapes and
+                graph.nodes[n]["op"].out_shapes[0][-1:] == ((ctx.config.vocab_size,) if block == "lm_head" else (ctx.H,))]
+        candidates = wide or exits
+        if len(candidates) > 1 and not topo_index:
+            topo_index = {n: i for i, n in enumerate(nx.topological_sort(graph))}
+        exit_ = candidates[0] if len(candidates) == 1 else max(candidates, key=lambda n: topo_index[n])
+        out.append((exit_, "logits" if block == "lm_head" else "tp", block))
+    return out
+
+
+def _moe_sites(ctx: _Context) -> list[str]:
+    """Roles of the collectives around each routed-expert op, in the order their nodes are made."""
+    if ctx.config.moe is None:
+        return []
+    if ctx.ep > 1:
+        return ["dispatch", "combine"] + (["moe_tp_gather", "moe_tp_scatter"] if ctx.moe_tp > 1 else [])
+    if ctx.adp > 1:
+        return ["adp_gather", "adp_scatter"]
+    if ctx.tp > 1:
+        return ["moe_allreduce"]
+    return []
 
 
 def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
@@ -175,44 +403,9 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
     reason = check_plan(config, plan, plan.chips)
     if reason:
         raise CodesignError(f"parallel: {reason}")
-    tp, adp, dp, ep = plan.tp, plan.attention_dp, plan.dp, plan.ep
-    moe_tp = plan.moe_tp
-    B = int(graph.graph.get("batch", 1) or 1)
-    # new tokens of the whole step (a mixed step's groups have different tokens per sequence)
-    step_tokens = int(graph.graph.get("step_tokens") or B * int(graph.graph.get("tokens", 1) or 1))
-    seq_att = math.ceil(B / (dp * adp))
-    tok_att = seq_att / B  # share of the step's sequences (and of each group's tokens) on one attention chip
-    T_att = -(-step_tokens * seq_att // B)  # tokens on that chip (ceil)
-    H = config.hidden_size
-    act_b = precision.bytes_per_element(precision.activations)
-    red_b = BYTES_PER_ELEMENT[reduce_dtype]
-    matrix_rate, hbm_rate = rates
-    su_size = hw.system.scale_up.size
-    stages = _stage_layers(config, plan.pp, plan.layer_partition)
-    layer_stage = {i: s for s, ls in enumerate(stages) for i in ls}
-
-    def stage_of(layer: int) -> int:
-        if layer < 0:
-            return 0
-        return layer_stage.get(layer, plan.pp - 1)
-
-    def base(stage: int) -> int:
-        return stage * plan.stage_chips  # replica 0, attention group 0
-
-    def group_tp(stage: int) -> tuple[int, ...]:
-        return tuple(range(base(stage), base(stage) + tp))
-
-    def group_stage(stage: int) -> tuple[int, ...]:
-        return tuple(range(base(stage), base(stage) + plan.stage_chips))
-
-    def group_ep(stage: int) -> tuple[int, ...]:
-        return tuple(base(stage) + r * moe_tp for r in range(ep))
-
-    def group_moe_tp(stage: int) -> tuple[int, ...]:
-        return tuple(range(base(stage), base(stage) + moe_tp))
-
-    def group_adp(stage: int) -> tuple[int, ...]:
-        return tuple(base(stage) + a * tp for a in range(adp))
+    ctx = _Context(graph.graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
+                   allreduce_algorithm, reduce_dtype, expert_loads, rates)
+    stage_of = ctx.stage_of
 
     # -- 1. shard every op ------------------------------------------------------------------------
     out = nx.DiGraph()
@@ -220,43 +413,25 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
     out.graph.update(plan=plan.to_dict(), precision=precision.to_dict(), chips=plan.chips, mapped=True)
     expert_ranks: dict[int, int] = {}
     moe_imbalance: dict[int, float] = {}
-    scaler = Scaler(precision)
-    # Factors per byte class: one dict per TP block (the KV split depends on the block) and one for
-    # replicated ops, built once per call (they were rebuilt per op).
-    f_rep = {"weight": 1.0, "activation": tok_att, "state": tok_att, "kv_cache": tok_att}
-    f_tp: dict[str, dict[str, float]] = {}
-    flops_tp = tok_att / tp
-    expert_ctx = ExpertMapper(config, plan, precision, placement, dp, matrix_rate, hbm_rate, expert_loads)
     nodes = []
     for n, op in graph.nodes(data="op"):
-        if op.kind == "grouped_gemm" and op.block == "moe_experts" and config.moe is not None:
-            new, rank, imb = expert_ctx.map(op)
+        new, rank, imb = ctx.shard(op)
+        if rank is not None:
             expert_ranks[op.layer] = rank
             moe_imbalance[op.layer] = imb
-        elif op.block in TP_BLOCKS:
-            f = f_tp.get(op.block)
-            if f is None:
-                f = f_tp[op.block] = {"weight": 1.0 / tp, "activation": tok_att / tp, "state": tok_att / tp,
-                                      "kv_cache": tok_att / _kv_split(config, op, tp)}
-            new = scaler.op(op, flops_tp, f, _gemm_shape(op, tok_att, tp))
-        else:  # replicated over tp: norms, router, residual glue
-            new = scaler.op(op, tok_att, f_rep, _gemm_shape(op, tok_att, 1))
         nodes.append((n, {"op": new}))
     out.add_nodes_from(nodes)
     out.add_edges_from(graph.edges)
 
     next_id = [max(graph.nodes, default=-1) + 1]
+    sites: list[Site] = []
 
-    def coll_node(anchor: Op, block: str, kind: str, group: tuple[int, ...], nbytes: float, dtype: str,
-                  algorithm: str | None = None, **extra) -> int:
-        c = make_collective(kind, group, nbytes, su_size, algorithm, **extra)
-        prefix = anchor.name.split("/")[0]
+    def coll_node(anchor_node: int, role: str, block: str) -> int:
+        anchor = graph.nodes[anchor_node]["op"]
         node = next_id[0]
         next_id[0] += 1
-        out.add_node(node, op=Op(
-            name=f"{prefix}/{kind}", target=f"codesign.collective.{kind}", kind="collective", block=block,
-            layer=anchor.layer, layer_type=anchor.layer_type, phase=anchor.phase, in_shapes=(), out_shapes=(),
-            dtype=dtype, collective=c))
+        out.add_node(node, op=_site_op(ctx, role, block, anchor, moe_imbalance.get(anchor.layer, 1.0)))
+        sites.append(Site(node, anchor_node, role, block))
         return node
 
     def insert_after(u: int, c: int) -> None:
@@ -273,72 +448,30 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
             out.add_edge(p, c)
         out.add_edge(c, v)
 
-    ar_algo = allreduce_algorithm
     # -- 2. TP all-reduces after each TP block's exit op, and the logits gather ----------------------
-    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for n, op in graph.nodes(data="op"):
-        groups[(op.layer, op.block)].append(n)
-    topo_index: dict[int, int] = {}  # built only when a block has several candidate exits
-    for (layer, block), nodes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        if block not in TP_BLOCKS or block == "embed" or tp == 1:
-            continue
-        members = set(nodes)
-        exits = [n for n in nodes if not any(s in members for s in graph.successors(n))]
-        if not exits:
-            continue
-        wide = [n for n in exits if graph.nodes[n]["op"].out_shapes and
-                graph.nodes[n]["op"].out_shapes[0][-1:] == ((config.vocab_size,) if block == "lm_head" else (H,))]
-        candidates = wide or exits
-        if len(candidates) > 1 and not topo_index:
-            topo_index = {n: i for i, n in enumerate(nx.topological_sort(graph))}
-        exit_ = candidates[0] if len(candidates) == 1 else max(candidates, key=lambda n: topo_index[n])
-        anchor = graph.nodes[exit_]["op"]
-        st = stage_of(layer)
-        if block == "lm_head":
-            c = coll_node(anchor, block, "all_gather", group_tp(st), T_att * config.vocab_size * red_b, reduce_dtype)
-        else:
-            c = coll_node(anchor, block, "all_reduce", group_tp(st), T_att * H * red_b, reduce_dtype, ar_algo)
-        insert_after(exit_, c)
+    for exit_, role, block in _tp_sites(graph, ctx):
+        insert_after(exit_, coll_node(exit_, role, block))
 
     # -- 3. MoE: dispatch/combine or attention-DP boundary --------------------------------------------
-    if config.moe is not None:
-        moe = config.moe
-        disp_fp8 = dispatch_fp8 if dispatch_fp8 is not None else precision.activations in ("fp8", "fp4")
-        disp_b = (1.0 + FP8_SCALE_OVERHEAD) if disp_fp8 else act_b
-        slots_total = moe.num_experts + plan.redundant(moe.num_experts)
-        fanout = dispatch_fanout(slots_total, moe.top_k, ep) if dispatch_dedup else float(moe.top_k)
-        T_disp = math.ceil(T_att / tp)  # a TP group's ranks each dispatch a slice of its tokens
+    roles = _moe_sites(ctx)
+    if roles:
         for n, op in list(graph.nodes(data="op")):
             if not (op.kind == "grouped_gemm" and op.block == "moe_experts"):
                 continue
-            st = stage_of(op.layer)
-            if ep > 1:
-                imb = moe_imbalance.get(op.layer, 1.0)
-                d = coll_node(op, "moe_experts", "all_to_all", group_ep(st), T_disp * fanout * H * disp_b,
-                              "fp8" if disp_fp8 else precision.activations, imbalance=imb, role="dispatch")
-                insert_before(n, d)
-                cb = coll_node(op, "moe_experts", "all_to_all", group_ep(st), T_disp * fanout * H * red_b,
-                               reduce_dtype, imbalance=imb, role="combine")
-                if moe_tp > 1:
-                    recv = T_disp * fanout * H  # received token copies (mean rank)
-                    ag = coll_node(op, "moe_experts", "all_gather", group_moe_tp(st), recv * moe_tp * disp_b,
-                                   "fp8" if disp_fp8 else precision.activations)
-                    insert_before(n, ag)
-                    rs = coll_node(op, "moe_experts", "reduce_scatter", group_moe_tp(st), recv * moe_tp * red_b,
-                                   reduce_dtype)
-                    insert_after(n, rs)
-                    insert_after(rs, cb)
+            made = {role: coll_node(n, role, "moe_experts") for role in roles}
+            if "dispatch" in made:
+                insert_before(n, made["dispatch"])
+                if "moe_tp_gather" in made:
+                    insert_before(n, made["moe_tp_gather"])
+                    insert_after(n, made["moe_tp_scatter"])
+                    insert_after(made["moe_tp_scatter"], made["combine"])
                 else:
-                    insert_after(n, cb)
-            elif adp > 1:
-                T_rep = -(-step_tokens * math.ceil(B / dp) // B)
-                ag = coll_node(op, "moe_experts", "all_gather", group_adp(st), T_rep * H * act_b, precision.activations)
-                insert_before(n, ag)
-                rs = coll_node(op, "moe_experts", "reduce_scatter", group_stage(st), T_rep * H * red_b, reduce_dtype)
-                insert_after(n, rs)
-            elif tp > 1:
-                c = coll_node(op, "moe_experts", "all_reduce", group_tp(st), T_att * H * red_b, reduce_dtype, ar_algo)
-                insert_after(n, c)
+                    insert_after(n, made["combine"])
+            elif "adp_gather" in made:
+                insert_before(n, made["adp_gather"])
+                insert_after(n, made["adp_scatter"])
+            else:
+                insert_after(n, made["moe_allreduce"])
 
     # -- 4. pipeline boundaries ---------------------------------------------------------------------
     if plan.pp > 1:
@@ -350,12 +483,17 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
         for s, edges in sorted(crossing.items()):
             last = max(edges, key=lambda e: out.nodes[e[0]]["op"].layer)[0]
             anchor = out.nodes[last]["op"]
-            c = coll_node(anchor, "other", "send_recv", (base(s), base(s + 1)), T_att * H * act_b,
-                          precision.activations)
+            c = make_collective("send_recv", (ctx.base(s), ctx.base(s + 1)), ctx.T_att * ctx.H * ctx.act_b, ctx.su_size)
+            node = next_id[0]
+            next_id[0] += 1
+            out.add_node(node, op=Op(
+                name=f"{anchor.name.split('/')[0]}/send_recv", target="codesign.collective.send_recv",
+                kind="collective", block="other", layer=anchor.layer, layer_type=anchor.layer_type,
+                phase=anchor.phase, in_shapes=(), out_shapes=(), dtype=precision.activations, collective=c))
             for u, v in edges:
                 out.remove_edge(u, v)
-                out.add_edge(u, c)
-                out.add_edge(c, v)
+                out.add_edge(u, node)
+                out.add_edge(node, v)
 
     # -- 5. the most loaded stage (with one stage there is nothing to compare) ----------------------
     stage = 0
@@ -366,7 +504,7 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
             if op.kind == "collective":
                 load[s] += collective_time(op.collective, hw)
             else:
-                load[s] += max(op.flops / matrix_rate, op.bytes_total / hbm_rate)
+                load[s] += max(op.flops / ctx.matrix_rate, op.bytes_total / ctx.hbm_rate)
         stage = max(range(plan.pp), key=lambda s: (load[s], -s))
     out.graph["stage"] = stage
-    return MappedStep(out, plan, precision, plan.chips, stages, stage, expert_ranks, expert_ctx)
+    return MappedStep(out, plan, precision, plan.chips, ctx.stages, stage, expert_ranks, ctx.experts, sites)

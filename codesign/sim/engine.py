@@ -29,6 +29,7 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
+from codesign.mapping.scaling import op_with
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
@@ -58,25 +59,30 @@ class StepResult:
 def _half(op: Op) -> Op:
     """The op for one of two equal micro-batches: token-proportional work halves, weights do not
     (each micro-batch streams the weights again: the price of two-batch overlap)."""
-    if op.kind == "collective" and op.collective:
-        coll = dict(op.collective)
+    coll = op.collective
+    if op.kind == "collective" and coll:
         if "bytes" in coll:
+            coll = dict(coll)
             coll["bytes"] = coll["bytes"] / 2
-        new = op.clone()
-        new.collective = coll
-        return new
-    br = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_read.items()}
-    bw = {k: (v if k == "weight" else v / 2) for k, v in op.bytes_written.items()}
+        return op_with(op, op.flops, op.bytes_read, op.bytes_written, op.gemm, collective=coll)
+    br, bw = _halved(op.bytes_read), _halved(op.bytes_written)
     gemm = op.gemm
     if gemm is not None:
         b, m, n, k = gemm
         gemm = (b, max(1, math.ceil(m / 2)), n, k)
     tpe = op.tokens_per_expert
     if tpe is not None:
-        tpe = tuple((t + 1) // 2 for t in tpe)
-    new = op.clone()
-    new.flops, new.bytes_read, new.bytes_written, new.gemm, new.tokens_per_expert = op.flops / 2, br, bw, gemm, tpe
-    return new
+        tpe = tuple([(t + 1) // 2 for t in tpe])
+    return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
+
+
+def _halved(d: dict[str, float]) -> dict[str, float]:
+    """A byte dict for one of two micro-batches: every class halves but the weights."""
+    if len(d) == 4 and "weight" in d and "activation" in d and "kv_cache" in d and "state" in d:
+        # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
+        return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
+                "state": d["state"] / 2}
+    return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
 # Op kinds whose work differs between layers of one kind (per-layer expert routing).
@@ -186,31 +192,45 @@ class StepSimulator:
         self.tbo = two_batch_overlap
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
-    def _group_time(self, g: nx.DiGraph, nodes: list, costs: dict, residency: Residency) -> tuple[float, bool]:
-        """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order); the
-        schedule structure comes from `codesign.sim.layerplan` (built once per layer structure)."""
+    def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency,
+                    halves: dict[int, tuple[Op, Op]]) -> tuple[float, bool]:
+        """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
+        theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
+        structure). `halves`: id(op) -> (op, its half, `_half`), kept by the caller across steps
+        that share op objects (hardware variants of one mapped step)."""
         pos = {n: i for i, n in enumerate(nodes)}
-        kinds = [g.nodes[n]["op"].kind for n in nodes]
-        preds = [[pos[p] for p in g.predecessors(n) if p in pos] for n in nodes]
+        kinds = [o.kind for o in ops]
+        pred = g._pred  # the adjacency itself: this runs for every representative layer of every step
+        preds = [[pos[p] for p in pred[n] if p in pos] for n in nodes]
         plan = layer_plan((tuple(kinds), tuple(map(tuple, preds))), kinds, preds)
-        order = [nodes[i] for i in plan.order]
-        plain = plan.plain.makespan([costs[n].time_s for n in order])
+        order = plan.order
+        plain = plan.plain.makespan([costs[nodes[i]].time_s for i in order])
         if self.tbo is False or "collective" not in kinds:
             return plain, False
+        cost = self.cost.cost
+
+        def half_of(op: Op) -> Op:
+            hit = halves.get(id(op))
+            if hit is None or hit[0] is not op:
+                if len(halves) >= 8192:  # a long sweep's remapped expert ops: bounded
+                    halves.clear()
+                hit = halves[id(op)] = (op, _half(op))  # holds op: its id is not reused meanwhile
+            return hit[1]
+
         if self.tbo is None:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
             # terms are not negative, so the half ops are costed only until it reaches `plain`.
             half = []
             bound = 0.0
-            for n, k in zip(order, plan.kinds):
-                h = self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s
+            for i, k in zip(order, plan.kinds):
+                h = cost(half_of(ops[i]), residency).time_s
                 half.append(h)
                 if k != "collective":
                     bound += h
                     if 2 * bound >= plain:
                         return plain, False
         else:
-            half = [self.cost.cost(_half(g.nodes[n]["op"]), residency).time_s for n in order]
+            half = [cost(half_of(ops[i]), residency).time_s for i in order]
         one, two = plan.tbo()
         halves = [h for h in half for _ in (0, 1)]
         # Steady-state time per layer of two half micro-batches: the marginal time of a second copy
@@ -219,33 +239,6 @@ class StepSimulator:
         if self.tbo is None and t >= plain:
             return plain, False
         return t, True
-
-    @staticmethod
-    def _routed_time(group: RoutedLayers, j: int, layer_costs: tuple, rep: "_Rep", op_of: dict, costs: dict,
-                     block_t: dict, res_t: dict) -> float:
-        """Seconds of routed layer j of `group`: its representative's time plus its expert op's and
-        all-to-alls' cost differences, added in position order where they differ, as `simulate`
-        does for a layer of the graph (an op equal to the representative's adds nothing)."""
-        expert_cost, a2a_costs = layer_costs
-        changed: dict[int, OpCost] = {}
-        e = group.expert_pos
-        if group.blocks[j] != op_of[rep.nodes[e]].tokens_per_expert:
-            changed[e] = expert_cost
-        for i, c in zip(group.a2a_pos, a2a_costs):
-            if float(group.imbalance[j]) != op_of[rep.nodes[i]].collective.get("imbalance"):
-                changed[i] = c
-        t = rep.time
-        for i in sorted(changed):
-            c, rc = changed[i], costs[rep.nodes[i]]
-            block = op_of[rep.nodes[i]].block
-            t += c.time_s - rc.time_s
-            _account(block_t, res_t, block, c, 1.0)
-            _account(block_t, res_t, block, rc, -1.0)
-        for k, v in rep.blocks.items():
-            block_t[k] += v
-        for k, v in rep.resources.items():
-            res_t[k] += v
-        return t
 
     # -- the whole step ---------------------------------------------------------------------------
     def residency(self, g: nx.DiGraph) -> Residency:
@@ -256,20 +249,23 @@ class StepSimulator:
             weights += o.bytes_read.get("weight", 0.0)
         return self._resident(state, weights)
 
-    def _residency(self, g: nx.DiGraph, by_layer: dict[int, list], virtual: dict[int, "VirtualLayer"],
+    def _residency(self, op_of: dict[Any, Op], by_layer: dict[int, list], virtual: dict[int, "VirtualLayer"],
                    routed: list[RoutedLayers]) -> Residency:
-        """`residency` of the whole step: the graph's ops, and each virtual or routed layer as its
-        template's bytes plus its own ops' difference."""
-        if not virtual and not routed:
-            return self.residency(g)
-        per_layer: dict[int, tuple[float, float]] = {}
+        """`residency` of the whole step: the graph's ops (`op_of`: node -> op), and each virtual or
+        routed layer as its template's bytes plus its own ops' difference."""
         state = weights = 0.0
+        if not virtual and not routed:  # as `residency`: the ops in graph order
+            for o in op_of.values():
+                state += o.bytes_read.get("state", 0.0)
+                weights += o.bytes_read.get("weight", 0.0)
+            return self._resident(state, weights)
+        per_layer: dict[int, tuple[float, float]] = {}
         for layer, nodes in by_layer.items():
             if layer in virtual:
                 continue
             s = w = 0.0
             for n in nodes:
-                br = g.nodes[n]["op"].bytes_read
+                br = op_of[n].bytes_read
                 s += br.get("state", 0.0)
                 w += br.get("weight", 0.0)
             per_layer[layer] = (s, w)
@@ -278,13 +274,13 @@ class StepSimulator:
             s, w = per_layer[v.template]
             tmpl = by_layer[v.template]
             for i, op in v.replaced.items():
-                old = g.nodes[tmpl[i]]["op"].bytes_read
+                old = op_of[tmpl[i]].bytes_read
                 s += op.bytes_read.get("state", 0.0) - old.get("state", 0.0)
                 w += op.bytes_read.get("weight", 0.0) - old.get("weight", 0.0)
             state, weights = state + s, weights + w
         for group in routed:
             s0, w0 = per_layer[group.template]
-            old = g.nodes[by_layer[group.template][group.expert_pos]]["op"].bytes_read
+            old = op_of[by_layer[group.template][group.expert_pos]].bytes_read
             for rd in group.bytes_read:  # the all-to-alls read no bytes: only the expert op differs
                 s = s0 + (rd.get("state", 0.0) - old.get("state", 0.0))
                 w = w0 + (rd.get("weight", 0.0) - old.get("weight", 0.0))
@@ -301,8 +297,13 @@ class StepSimulator:
 
     def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None,
                  virtual: dict[int, "VirtualLayer"] | None = None,
-                 routed: list[RoutedLayers] | None = None) -> StepResult:
-        """Simulate the per-chip step `g`. `virtual`: layers not in `g`, each a copy of a layer of
+                 routed: list[RoutedLayers] | None = None, ops: dict[Any, Op] | None = None,
+                 halves: dict[int, tuple[Op, Op]] | None = None) -> StepResult:
+        """Simulate the per-chip step `g`. `ops` (optional): node -> op in place of the graph's op
+        there (a new shape's ops on a mapping template, `codesign.mapping.remap`, or a hardware
+        variant's remapped expert ops, `codesign.mapping.remap_experts`: the graph is shared, not
+        copied). `halves` (optional): the two-batch-overlap half ops by op, kept by a caller that
+        simulates the same op objects again (see `_group_time`). `virtual`: layers not in `g`, each a copy of a layer of
         `g` of the same kind (its template) with some ops replaced (its own expert op and
         all-to-alls): they are costed exactly as if they were in the graph (same representative,
         same deltas), without building them (`codesign.sim.stepmodel`). `routed`: such layers given
@@ -315,6 +316,8 @@ class StepSimulator:
         for n, o in g.nodes(data="op"):
             by_layer[o.layer].append(n)
             op_of[n] = o
+        if ops:
+            op_of.update(ops)
         virtual = virtual or {}
         for layer, v in virtual.items():
             tmpl = by_layer[v.template]
@@ -325,8 +328,8 @@ class StepSimulator:
             by_layer[layer] = keys
         routed = routed or []
         routed_of = {layer: (group, j) for group in routed for j, layer in enumerate(group.layers)}
-        residency = self._residency(g, by_layer, virtual, routed)
-        routed_costs: dict[int, list] = {}  # group index -> its layers' costs (after residency)
+        residency = self._residency(op_of, by_layer, virtual, routed)
+        routed_costs: dict[int, _RoutedTimes] = {}  # id(group) -> its layers' costs (after residency)
         costs: dict[Any, OpCost] = {}
 
         def cost_of(n) -> OpCost:
@@ -352,10 +355,10 @@ class StepSimulator:
                 if rep is None or rep.nodes is not by_layer[group.template]:
                     raise RuntimeError(f"layer {layer}: its template {group.template} is not its kind's representative")
                 keys[layer] = keys[group.template]
-                costs_of = routed_costs.get(id(group))
-                if costs_of is None:
-                    costs_of = routed_costs[id(group)] = group.costs(self.cost, residency, [op_of[n] for n in rep.nodes])
-                layer_time[layer] = self._routed_time(group, j, costs_of[j], rep, op_of, costs, block_t, res_t)
+                rt = routed_costs.get(id(group))
+                if rt is None:
+                    rt = routed_costs[id(group)] = _RoutedTimes(group, self.cost, residency, rep, op_of, costs)
+                layer_time[layer] = rt.time(j, block_t, res_t)
                 continue
             nodes = by_layer[layer]
             v = virtual.get(layer)
@@ -371,7 +374,7 @@ class StepSimulator:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
-                t, used = self._group_time(g, nodes, costs, residency)
+                t, used = self._group_time(g, nodes, ops, costs, residency, {} if halves is None else halves)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))
@@ -407,6 +410,52 @@ class StepSimulator:
             layers_simulated=len(reps),
             two_batch_overlap=tbo_used,
         )
+
+
+class _RoutedTimes:
+    """Seconds of the layers of a `RoutedLayers` group: its representative's time plus its expert
+    op's and all-to-alls' cost differences, added in position order where they differ, as
+    `StepSimulator.simulate` does for a layer of the graph (an op equal to the representative's
+    adds nothing). What the layers share (the representative's ops, costs and totals) is looked up
+    once per group."""
+
+    def __init__(self, group: RoutedLayers, cm: CostModel, residency: Residency, rep: "_Rep", op_of: dict,
+                 costs: dict) -> None:
+        self.group, self.rep = group, rep
+        self.costs = group.costs(cm, residency, [op_of[n] for n in rep.nodes])
+        nodes = rep.nodes
+        e = group.expert_pos
+        # (position, the representative's value there, its cost, its block): expert op, then all-to-alls
+        self.expert = (e, op_of[nodes[e]].tokens_per_expert, costs[nodes[e]], op_of[nodes[e]].block)
+        self.a2a = [(i, op_of[nodes[i]].collective.get("imbalance"), costs[nodes[i]], op_of[nodes[i]].block)
+                    for i in group.a2a_pos]
+        self.blocks = list(rep.blocks.items())
+        self.resources = list(rep.resources.items())
+
+    def time(self, j: int, block_t: dict, res_t: dict) -> float:
+        """Seconds of layer j of the group; its op time added to `block_t` and `res_t`."""
+        expert_cost, a2a_costs = self.costs[j]
+        group = self.group
+        changed: list[tuple[int, OpCost, OpCost, str]] = []
+        e, tpe, rc, block = self.expert
+        if group.blocks[j] != tpe:
+            changed.append((e, expert_cost, rc, block))
+        imb = float(group.imbalance[j])
+        for (i, rep_imb, rc, block), c in zip(self.a2a, a2a_costs):
+            if imb != rep_imb:
+                changed.append((i, c, rc, block))
+        t = self.rep.time
+        if changed:
+            changed.sort(key=lambda x: x[0])
+            for _, c, rc, block in changed:
+                t += c.time_s - rc.time_s
+                _account(block_t, res_t, block, c, 1.0)
+                _account(block_t, res_t, block, rc, -1.0)
+        for k, v in self.blocks:
+            block_t[k] += v
+        for k, v in self.resources:
+            res_t[k] += v
+        return t
 
 
 @dataclass

@@ -45,6 +45,21 @@ class RoutedLayers:
     flops: list[float]  # per layer: the expert op's FLOPs on that rank
     bytes_read: list[dict[str, float]]
     bytes_written: list[dict[str, float]]
+    block_array: np.ndarray | None = None  # `blocks` as a layers x experts-per-rank array
+
+    def padding(self, cm: CostModel) -> tuple[list[float], list[int]]:
+        """Per layer, `cm.expert_padding(blocks[j])` (padded tokens, routed tokens): each distinct
+        count padded once by the cost model, the integer sums taken over the block array (exact)."""
+        a = self.block_array
+        if a is None or a.size == 0:
+            pairs = [cm.expert_padding(b) for b in self.blocks]
+            return [p for p, _ in pairs], [r for _, r in pairs]
+        values = np.unique(a).tolist()
+        table = np.zeros(values[-1] + 1, dtype=np.int64)
+        for v in values:
+            table[v] = int(cm.expert_padding((v,))[0])
+        padded = [float(x) for x in table[a].sum(axis=1).tolist()]
+        return padded, np.where(a > 0, a, 0).sum(axis=1).tolist()
 
     def costs(self, cm: CostModel, residency: Residency, template_ops: list[Op]) -> list[tuple[OpCost, list[OpCost]]]:
         """Per layer: (expert-op cost, the all-to-alls' costs in `a2a_pos` order), as
@@ -54,9 +69,9 @@ class RoutedLayers:
         overhead = cm.overhead(expert)
         parts = [cm.all_to_all_parts(template_ops[i].collective) for i in self.a2a_pos]
         out = []
-        for block, imb, flops, rd, wr in zip(self.blocks, self.imbalance, self.flops, self.bytes_read,
-                                             self.bytes_written):
-            padded, routed = cm.expert_padding(block)
+        padding, routing = self.padding(cm)
+        for padded, routed, imb, flops, rd, wr in zip(padding, routing, self.imbalance, self.flops, self.bytes_read,
+                                                      self.bytes_written):
             c = cm.grouped_seconds(flops, padded, routed, k_ramp)
             m, level = cm.memory_seconds("grouped_gemm", *cm.byte_split("grouped_gemm", rd, wr, residency))
             x = float(imb or 1.0)
@@ -97,15 +112,17 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     ranks = times.argmax(axis=1).tolist()  # the first of equal maxima, as ExpertMapper's scan
     routed_all = counts.sum(axis=1).tolist()
     rank_tokens = tokens.tolist()
-    out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [], [], [], [], [])
-    for j, r in enumerate(ranks):
-        mine = tuple(blocks[j, r].tolist())
+    rows = blocks[np.arange(len(layers)), ranks]  # each layer's slowest rank's tokens per expert
+    out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [], [], [], [], [], rows)
+    zeros = (rows == 0).sum(axis=1).tolist()
+    for j, (r, row) in enumerate(zip(ranks, rows.tolist())):
+        mine = tuple(row)
         t = rank_tokens[j][r]
         mean = sum(rank_tokens[j]) / ep
         out.imbalance.append(max(rank_tokens[j]) / mean if mean > 0 else 1.0)
         share = t / (float(routed_all[j]) or 1.0)
         rd = {c: traced.bytes_read.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
-        rd["weight"] = (per - mine.count(0)) * ewb / moe_tp
+        rd["weight"] = (per - zeros[j]) * ewb / moe_tp
         out.bytes_read.append(rd)
         out.bytes_written.append({c: traced.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES})
         out.blocks.append(mine)

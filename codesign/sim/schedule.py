@@ -59,6 +59,8 @@ def schedule_compiled(units: list[tuple[int, ...]], succ: list[list[int]], npred
     n = len(units)
     push, pop = heapq.heappush, heapq.heappop
     future: list[tuple[float, int, int]] = []  # (time, event id, item): timeouts
+    inf = float("inf")
+    nt = inf  # time of the earliest timeout (future[0][0]), inf when none
     queue: deque[int] = deque()  # events scheduled for the current time
     append, popleft = queue.append, queue.popleft
     eid = 0
@@ -87,36 +89,29 @@ def schedule_compiled(units: list[tuple[int, ...]], succ: list[list[int]], npred
             else:
                 push(future, (t, eid, op))
                 eid += 1
+                if t < nt:
+                    nt = t
     while True:
-        if future and future[0][0] == now:
+        if nt == now:
             op = pop(future)[2]
+            nt = future[0][0] if future else inf
             kind = 4
         elif queue:
             ev = popleft()
             op, kind = ev >> 3, ev & 7
         elif future:
             now, _, op = pop(future)
+            nt = future[0][0] if future else inf
             kind = 4
         else:
             break
-        if kind == 4:
-            for u in units[op]:
-                holder[u] = -1
-                append(u << 3 | 2)
-            append(op << 3 | 3)
-        elif kind == 3:
-            for w in succ[op]:
-                m = missing[w] - 1
-                missing[w] = m
-                if m == 0:
-                    append(w << 3)
-        elif kind == 2:
+        if kind == 2:  # release of unit `op`: grant it to the next waiting item
             w = waiting[op]
             if w and holder[op] < 0:
                 nxt = pop(w)
                 holder[op] = nxt
                 append(nxt << 3 | 1)
-        else:  # condition met (request the first unit) or a grant (request the next unit)
+        elif kind <= 1:  # condition met (request the first unit) or a grant (request the next unit)
             if kind == 1:
                 k = unit_no[op] + 1
                 unit_no[op] = k
@@ -138,6 +133,19 @@ def schedule_compiled(units: list[tuple[int, ...]], succ: list[list[int]], npred
                 else:
                     push(future, (t, eid, op))
                     eid += 1
+                    if t < nt:
+                        nt = t
+        elif kind == 4:
+            for u in units[op]:
+                holder[u] = -1
+                append(u << 3 | 2)
+            append(op << 3 | 3)
+        else:  # completion: successors' conditions
+            for w in succ[op]:
+                m = missing[w] - 1
+                missing[w] = m
+                if m == 0:
+                    append(w << 3)
     return now
 
 

@@ -24,14 +24,18 @@ plans and print the largest difference.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
+
+import networkx as nx
 
 import numpy as np
 
 from codesign import mapping
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
-from codesign.graph.router import make_router, routed_array
+from codesign.graph.router import make_router, routed_matrix
 from codesign.graph.shape import StepShape
 from codesign.hw import HardwareSpec
 from codesign.mapping.memory import stage_layers
@@ -43,10 +47,46 @@ from codesign.sim.engine import StepResult, StepSimulator, VirtualLayer, precisi
 from codesign.sim.routed import RoutedLayers, route, routed_positions
 
 
-# Skeleton graphs and traced expert ops by (config hash, shape, router, layers kept): few MB each.
+# Skeletons (traced ops, edges, routing) by (config hash, shape, router, layers kept): few MB each.
 SKELETONS = BoundedCache("skeletons", 64)
 # Mapped skeletons by (skeleton, model, plan, precision, mapping options, scale-up size).
 MAPPED = BoundedCache("mapped skeletons", 64)
+# Single-stage mappings by skeleton structure (+ model, plan, precision, options, scale-up size):
+# the template `mapping.remap` maps a new shape of that structure on (collective sites, node ids).
+TEMPLATES = BoundedCache("mapping templates", 64)
+
+
+@dataclass
+class Skeleton:
+    """The skeleton of one step shape: its traced ops (node i holds ops[i]) and edges as
+    `codesign.graph.tracing.assemble` chains them, the graph attributes of the shape, and the
+    routing of the layers it does not hold (template layer -> (traced routed-expert op, layers,
+    their router counts as a layers x experts array)). The networkx graph is built only where the
+    step is mapped by `map_step` (`graph()`)."""
+
+    ops: list[Op]
+    edges: list[tuple[int, int]]
+    attrs: dict
+    routing: dict[int, tuple[Op, list[int], np.ndarray]]
+    _graph: nx.DiGraph | None = field(default=None, repr=False)
+    _structure: tuple | None = field(default=None, repr=False)
+
+    def graph(self) -> nx.DiGraph:
+        if self._graph is None:
+            g = nx.DiGraph()
+            g.add_nodes_from((i, {"op": op}) for i, op in enumerate(self.ops))
+            g.add_edges_from(self.edges)
+            g.graph.update(self.attrs)
+            self._graph = g
+        return self._graph
+
+    def structure(self) -> tuple:
+        """What the mapping's decisions depend on (`mapping.remap`): edges, and per op its layer,
+        kind, block and output width (the TP exits are chosen by it)."""
+        if self._structure is None:
+            self._structure = (tuple(self.edges), tuple([(o.layer, o.kind, o.block, o.out_shapes[0][-1:] if o.out_shapes
+                                                          else ()) for o in self.ops]))
+        return self._structure
 
 
 def _skeleton(config: ModelConfig, plan: mapping.ParallelPlan) -> tuple[set[int], dict[int, int]]:
@@ -86,40 +126,72 @@ class StepModel:
         self._router_key = router_key(router) if cache else None  # None: nothing shared
         self.keep, self.template = _skeleton(config, plan)
         self._simulator = StepSimulator(hw, self.cost_model, self.options.two_batch_overlap)
+        # mapping templates: shared across step models, or this one's own where nothing is shared
+        self._templates = TEMPLATES if cache else BoundedCache("mapping templates", 8)
 
     def step(self, shape: StepShape) -> StepResult:
         from codesign.graph import tracing as tr
 
         tr.check_shape(self.config, shape)
         with gc_paused():
-            skeleton, routing = self._skeleton_graph(shape)
-            mapped = self._mapped(skeleton)
-            virtual, routed = self._virtual(mapped, routing)
-            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed)
+            skeleton = self._skeleton(shape)
+            mapped, ops, halves = self._mapped(skeleton)
+            virtual, routed = self._virtual(mapped, ops, skeleton.routing)
+            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops, halves)
 
-    def _mapped(self, skeleton) -> mapping.MappedStep:
-        """`map_step` of a skeleton graph. Single-stage plans reuse the mapping of the same skeleton
-        on hardware that differs only in its rates (a sweep's variants): what the mapping reads of
-        the spec is the scale-up domain size and the rates that rank EP ranks (`with_rates`)."""
+    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op], dict]:
+        """(the mapped skeleton, node -> op in place of the mapped graph's, the engine's memo of
+        two-batch-overlap half ops, kept with the mapping for hardware variants). Single-stage plans
+        map a skeleton once per hardware rates (`MAPPED`: a sweep's variants differ in the rates
+        that rank EP ranks, which choose the expert ops, `mapping.remap_experts`) and a skeleton
+        of a known structure on that structure's template (`mapping.remap`: a new shape's ops on
+        the template's graph, no graph built); a new structure, or a pipelined plan, is mapped by
+        `map_step`."""
         rates = self.cost_model.rank_rates()
+        if self.plan.pp > 1:
+            return mapping.map_step(skeleton.graph(), self.config, self.hw, self.plan, self.precision,
+                                    **self.options.map_kwargs(), rates=rates), {}, {}
+        common = (self.config.config_hash(), self.plan, self.precision, self.options, self.hw.system.scale_up.size)
         key = None
-        if self.plan.pp == 1 and self._router_key is not None:
-            key = (id(skeleton), self.config.config_hash(), self.plan, self.precision, self.options,
-                   self.hw.system.scale_up.size)
+        if self._router_key is not None:
+            key = (id(skeleton),) + common
             hit = MAPPED.get(key)
             if hit is not None and hit[0] is skeleton:
-                return mapping.with_rates(hit[1], skeleton, self.config, rates)
-        mapped = mapping.map_step(skeleton, self.config, self.hw, self.plan, self.precision,
-                                  **self.options.map_kwargs(), rates=rates)
+                return self._rerated(hit[1], hit[2], skeleton, rates) + (hit[3],)
+        tkey = (skeleton.structure(),) + common
+        template = self._templates.get(tkey)
+        if template is not None:
+            ops, ranks, mapper = mapping.remap(template, skeleton.ops, skeleton.attrs, self.config, self.hw,
+                                               **self.options.map_kwargs(), rates=rates)
+            mapped = dataclasses.replace(template, expert_ranks=ranks, experts=mapper)
+        else:
+            mapped = mapping.map_step(skeleton.graph(), self.config, self.hw, self.plan, self.precision,
+                                      **self.options.map_kwargs(), rates=rates)
+            ops = {}
+            self._templates.put(tkey, mapped)
+        halves: dict = {}
         if key is not None:
-            MAPPED.put(key, (skeleton, mapped))  # holds the skeleton: its id is not reused meanwhile
-        return mapped
+            MAPPED.put(key, (skeleton, mapped, ops, halves))  # holds the skeleton: its id is not reused meanwhile
+        return mapped, ops, halves
 
-    def _skeleton_graph(self, shape: StepShape):
-        """(skeleton graph, routing of the layers it does not hold: template layer -> (traced
-        routed-expert op, layers, their router counts as a layers x experts array)): what does not
-        depend on the hardware, plan or precision, shared by every StepModel of the model and router
-        (a plan search, hardware variants of a sweep). The mapping never modifies its input graph."""
+    def _rerated(self, mapped: mapping.MappedStep, ops: dict[int, Op], skeleton: Skeleton,
+                 rates: tuple[float, float]) -> tuple[mapping.MappedStep, dict[int, Op]]:
+        """A kept mapping of `skeleton` at other ranking rates: its expert ops mapped again."""
+        remapped = mapping.remap_experts(mapped, enumerate(skeleton.ops), self.config, rates)
+        if remapped is None:
+            return mapped, ops
+        experts, ranks, mapper = remapped
+        return dataclasses.replace(mapped, expert_ranks=ranks, experts=mapper), {**ops, **experts}
+
+    def _skeleton_graph(self, shape: StepShape) -> tuple[nx.DiGraph, dict]:
+        """(the skeleton's graph, its routing): see `_skeleton`."""
+        sk = self._skeleton(shape)
+        return sk.graph(), sk.routing
+
+    def _skeleton(self, shape: StepShape) -> Skeleton:
+        """The skeleton of `shape`: what does not depend on the hardware, plan or precision,
+        shared by every StepModel of the model and router (a plan search, hardware variants of a
+        sweep). The mapping never modifies its input."""
         from codesign.graph import tracing as tr
 
         key = None if self._router_key is None else (self.config.config_hash(), shape.canonical(), self._router_key,
@@ -128,8 +200,7 @@ class StepModel:
         if hit is None:
             config = self.config
             pieces = tr.step_segments(config, shape)
-            skeleton = tr.assemble(config, [p for p in pieces if p[0] in self.keep], shape, self.router)
-            skeleton.graph.update(tr.describe_shape(shape))
+            ops, edges = tr.assemble_ops(config, [p for p in pieces if p[0] in self.keep], shape, self.router)
             draws = tr.router_layers(config)
             groups: dict[int, list[int]] = {}
             for layer, tmpl in self.template.items():
@@ -138,23 +209,24 @@ class StepModel:
             routing: dict[int, tuple[Op, list[int], np.ndarray]] = {}
             for tmpl, layers in groups.items():
                 traced = next(o for o in pieces[tmpl + 1][2].ops if o.kind == "grouped_gemm")
-                counts = np.stack([routed_array(self.router, draws[layer], shape.tokens, config.moe.num_experts,
-                                                config.moe.top_k) for layer in layers])
+                counts = routed_matrix(self.router, [draws[layer] for layer in layers], shape.tokens,
+                                       config.moe.num_experts, config.moe.top_k)
                 routing[tmpl] = (traced, layers, counts)
-            hit = (skeleton, routing)
+            hit = Skeleton(ops, edges, tr.describe_shape(shape), routing)
             if key is not None:
                 SKELETONS.put(key, hit)
         return hit
 
-    def _virtual(self, mapped: mapping.MappedStep, routing: dict[int, tuple[Op, list[int], np.ndarray]]
-                 ) -> tuple[dict[int, VirtualLayer], list[RoutedLayers]]:
+    def _virtual(self, mapped: mapping.MappedStep, replaced: dict[int, Op],
+                 routing: dict[int, tuple[Op, list[int], np.ndarray]]) -> tuple[dict[int, VirtualLayer], list[RoutedLayers]]:
         """The decoder layers the skeleton does not hold (see module docstring): routed layers of
-        a template that represents its kind (`codesign.sim.routed`), else per-layer op lists."""
+        a template that represents its kind (`codesign.sim.routed`), else per-layer op lists.
+        `replaced`: node -> op in place of the mapped graph's."""
         from codesign.graph import tracing as tr
 
         by_layer: dict[int, list[Op]] = {}
-        for _, op in mapped.graph.nodes(data="op"):
-            by_layer.setdefault(op.layer, []).append(op)
+        for n, op in mapped.graph.nodes(data="op"):
+            by_layer.setdefault(op.layer, []).append(replaced.get(n, op))
         routed_layers = {layer for _, layers, _ in routing.values() for layer in layers}
         out = {layer: VirtualLayer(tmpl, {}) for layer, tmpl in self.template.items() if layer not in routed_layers}
         fast: list[RoutedLayers] = []

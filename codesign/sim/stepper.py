@@ -39,18 +39,18 @@ TRACE_CACHE = BoundedCache("traces", 32)
 def clear_caches() -> None:
     """Forget memoised steps and traces (e.g. after editing a cost model or tracer in place)."""
     from codesign.sim.layerplan import PLANS
-    from codesign.sim.stepmodel import MAPPED, SKELETONS
+    from codesign.sim.stepmodel import MAPPED, SKELETONS, TEMPLATES
 
-    for c in (STEP_CACHE, TRACE_CACHE, SKELETONS, MAPPED, PLANS):
+    for c in (STEP_CACHE, TRACE_CACHE, SKELETONS, MAPPED, TEMPLATES, PLANS):
         c.clear()
 
 
 def cache_info() -> dict[str, dict[str, int]]:
     """Entries, bound, hits and misses of the step and trace caches."""
     from codesign.sim.layerplan import PLANS
-    from codesign.sim.stepmodel import MAPPED, SKELETONS
+    from codesign.sim.stepmodel import MAPPED, SKELETONS, TEMPLATES
 
-    return {c.name: c.info() for c in (STEP_CACHE, TRACE_CACHE, SKELETONS, MAPPED, PLANS)}
+    return {c.name: c.info() for c in (STEP_CACHE, TRACE_CACHE, SKELETONS, MAPPED, TEMPLATES, PLANS)}
 
 
 # Stands in for a prefill step a decode-mode plan search does not need (see codesign.sim.search).

@@ -86,3 +86,40 @@ def test_uniform_small_draw_has_the_multinomial_distribution():
     mean, var = n / E, n * (1 / E) * (1 - 1 / E)
     assert draws.mean() == pytest.approx(mean, rel=1e-12)  # every draw sums to n
     assert draws.var() == pytest.approx(var, rel=0.03)  # 204,800 counts: sampling error ~0.3%
+
+
+def test_uniform_picks_are_the_generators_own_draws():
+    """`uniform_picks` counts, from kept raw outputs, exactly the picks
+    `default_rng([seed, layer]).integers(0, E, size=slots)` makes, for experts counts that are
+    powers of two and that are not, and `routed_matrix` rows equal the per-layer draws."""
+    from codesign.graph.router import routed_array, routed_matrix, uniform_picks
+
+    for E in (60, 128, 160, 384, 512):
+        for slots in (1, 7, 640, 16 * E):
+            layers = [0, 5, 17, 10_061]
+            got = uniform_picks(4, layers, slots, E)
+            for row, layer in zip(got, layers):
+                picks = np.random.default_rng([4, layer]).integers(0, E, size=slots)
+                assert np.array_equal(row, np.bincount(picks, minlength=E))
+    r = UniformRouter(seed=2)
+    for n in (3, 100, 4096):  # 4096 x 10 slots over 512 experts: the multinomial, stacked
+        m = routed_matrix(r, [1, 2, 3], n, 512, 10)
+        assert all(np.array_equal(m[j], routed_array(r, layer, n, 512, 10)) for j, layer in enumerate([1, 2, 3]))
+        assert m.sum() == 3 * n * 10
+
+
+def test_lemire_rejections_are_flagged():
+    """Where E does not divide 2^32 the bounded rule rejects some outputs (often for E near 2^31):
+    rows without a rejection equal the generator's picks from the same outputs; others are flagged."""
+    from codesign.graph.router import lemire_picks
+
+    E = 2 ** 31 + 1
+    flagged = 0
+    for layer in range(40):
+        bg = np.random.PCG64(np.random.SeedSequence([0, layer]))
+        u32 = bg.random_raw(2).view(np.uint32)[None, :3]
+        picks, rejected = lemire_picks(u32, E)
+        flagged += int(rejected[0])
+        if not rejected[0]:
+            assert picks[0].tolist() == np.random.default_rng([0, layer]).integers(0, E, size=3).tolist()
+    assert 0 < flagged < 40

@@ -344,3 +344,17 @@ def test_trace_out_writes_node_link_json_with_the_step_shape(tmp_path, capsys):
     assert d["graph"]["shape"] == [{"seqs": 4, "new_tokens": 1, "cached_tokens": 1023, "logits": 1}]
     g = trace(cs.load_model("qwen3-8b"), "decode", batch=4, context=1024)
     assert len(d["nodes"]) == g.number_of_nodes() and len(d["edges"]) == g.number_of_edges()
+
+
+def test_shape_derived_segments_are_bounded_least_recently_used_first():
+    """Segments derived per step shape are kept in a bounded memo that drops the least recently
+    used entry first (a long serving run asks for thousands of shapes); None is a kept value."""
+    from codesign.graph.tracing import _Recent
+
+    memo = _Recent(3)
+    for k in "abc":
+        memo[k] = k.upper()
+    assert memo.get("a") == "A"  # a is now the most recent
+    memo["d"] = None
+    assert list(memo) == ["c", "a", "d"] and "b" not in memo
+    assert "d" in memo and memo.get("d") is None and memo.get("zz", 1) == 1

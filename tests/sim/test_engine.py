@@ -123,6 +123,25 @@ def test_op_fields_known():
     from codesign.mapping import scaling
 
     assert scaling.OP_FIELDS_KNOWN
+    # Scaler.bytes spells the byte classes out in this order
+    from codesign.graph.op import BYTE_CLASSES
+
+    assert scaling._CLASSES == BYTE_CLASSES
+
+
+def test_scaler_bytes_by_hand():
+    """Each class: bytes x factor x the precision's scale, in that order (fp8 weights: x 0.5)."""
+    from codesign.mapping import Precision
+    from codesign.mapping.scaling import Scaler
+
+    sc = Scaler(Precision(weights="fp8", activations="bf16", kv_cache="fp8"))
+    d = {"weight": 1000.0, "activation": 300.0, "kv_cache": 70.0}
+    f = {"weight": 0.125, "activation": 1 / 3, "kv_cache": 0.25, "state": 1 / 3}
+    out = sc.bytes(d, f)
+    assert list(out) == ["weight", "activation", "kv_cache", "state"]
+    assert out == {"weight": 1000.0 * 0.125 * 0.5, "activation": 300.0 * (1 / 3) * 1.0, "kv_cache": 70.0 * 0.25 * 0.5,
+                   "state": 0.0}
+    assert sc.bytes(d, f) is out  # memoised per (dict, factors)
 
 
 def test_gc_state_restored_after_mapping_and_simulating():

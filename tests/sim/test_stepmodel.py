@@ -62,12 +62,51 @@ def test_mapping_reused_across_rates_equals_mapping_again():
     for bw in ("1 TB/s", "9 TB/s"):
         hw = make_hw(**{"system.chips": 8, "chip.hbm.bandwidth": bw})
         model = StepModel(hw, cfg, plan, FP8)
-        skeleton, _ = model._skeleton_graph(shape)
+        sk = model._skeleton(shape)
+        skeleton = sk.graph()
         fresh = mapping.map_step(skeleton, cfg, hw, plan, FP8, **model.options.map_kwargs(),
                                  rates=model.cost_model.rank_rates())
-        reused = model._mapped(skeleton)
-        assert reused is not fresh and reused.expert_ranks == fresh.expert_ranks
-        assert [o.to_dict() for _, o in reused.graph.nodes(data="op")] == \
+        reused, replaced, _ = model._mapped(sk)  # the kept mapping, its expert ops remapped
+        assert reused is not fresh and reused.expert_ranks == fresh.expert_ranks and replaced
+        assert [replaced.get(n, o).to_dict() for n, o in reused.graph.nodes(data="op")] == \
             [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
         assert list(reused.graph.edges) == list(fresh.graph.edges)
+        first = mapping.map_step(skeleton, cfg, base.hw, plan, FP8, **model.options.map_kwargs(),
+                                 rates=base.cost_model.rank_rates())
+        copied = mapping.with_rates(first, skeleton, cfg, model.cost_model.rank_rates())
+        assert [o.to_dict() for _, o in copied.graph.nodes(data="op")] == \
+            [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
         _same(model.step(shape), Stepper(hw, cfg, plan, FP8, cache=False).full_step(shape))
+
+
+@pytest.mark.parametrize("plan", [ParallelPlan(tp=8, ep=8), ParallelPlan(tp=2, ep=8, attention_dp=4),
+                                  ParallelPlan(tp=4, ep=2), ParallelPlan(ep=8, attention_dp=8), ParallelPlan(tp=8),
+                                  ParallelPlan(tp=2, attention_dp=4)], ids=str)
+def test_remap_on_a_template_equals_map_step(plan):
+    """A skeleton of a known structure mapped on that structure's template (`mapping.remap`: ops
+    sharded and collectives remade per site, no graph built) gives `map_step`'s ops node for node,
+    and its step equals the full evaluation, across decode batches and lengths, prefill, verify and
+    a mixed step."""
+    from codesign import mapping
+    from codesign.sim.stepmodel import StepModel
+
+    cfg = load_model("qwen3.5-35b-a3b")
+    hw = make_hw(**{"system.chips": 8})
+    model = StepModel(hw, cfg, plan, FP8, cache=False)
+    kwargs = {**model.options.map_kwargs(), "rates": model.cost_model.rank_rates()}
+    shapes = [StepShape.decode(40, 6000), StepShape.decode(41, 6001), StepShape.decode(333, 20_000),
+              StepShape.prefill(1, 700), StepShape.prefill(3, 700, cached=900), StepShape.verify(9, 5000, 2),
+              StepShape((Group(12, 1, 3000), Group(1, 256, 512)))]
+    remapped = 0
+    for shape in shapes:
+        sk = model._skeleton(shape)
+        template = mapping.map_step(model._skeleton(StepShape.decode(40, 6000)).graph(), cfg, hw, plan, FP8, **kwargs)
+        fresh = mapping.map_step(sk.graph(), cfg, hw, plan, FP8, **kwargs)
+        if sk.structure() == model._skeleton(StepShape.decode(40, 6000)).structure():
+            ops, ranks, _ = mapping.remap(template, sk.ops, sk.attrs, cfg, hw, **kwargs)
+            assert ranks == fresh.expert_ranks and sorted(ops) == sorted(fresh.graph.nodes)
+            assert [ops[n].to_dict() for n in fresh.graph.nodes] == [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
+            assert list(template.graph.edges) == list(fresh.graph.edges)
+            remapped += 1
+        _same(model.step(shape), Stepper(hw, cfg, plan, FP8, cache=False).full_step(shape))
+    assert remapped >= 3  # the decode shapes share the template's structure
