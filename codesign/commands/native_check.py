@@ -30,7 +30,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=7, help="measured rounds (median; default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=7, help="measured rounds, at least (default: %(default)s)")
+    p.add_argument("--measure-seconds", type=float, default=None,
+                   help="keep measuring rounds for at least this long (default: codesign.native.check.MEASURE_SECONDS; "
+                   "docs/native.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the calibration's)")
@@ -106,7 +109,13 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     if not args.tiny:
         _check_fits(without_mtp(config), args.batch, args.prompt_tokens + args.decode_steps + 1, device)
-    r = native_check(config, cal, args.batch, args.prompt_tokens, args.decode_steps, args.repeats, str(device), args.seed)
+    from codesign.native.check import MEASURE_SECONDS
+
+    seconds = MEASURE_SECONDS if args.measure_seconds is None else args.measure_seconds
+    if not seconds >= 0:
+        raise CodesignError(f"--measure-seconds: expected a number >= 0, found {args.measure_seconds}")
+    r = native_check(config, cal, args.batch, args.prompt_tokens, args.decode_steps, args.repeats, str(device), args.seed,
+                     seconds)
     d = r.as_dict()
     if threads != cal.calibration.threads:
         d["warning"] = f"{threads} threads, calibrated at {cal.calibration.threads}"

@@ -33,10 +33,13 @@ after the light scrub (`microbench.rewarm`; each figure in `benchmarks` as `rewa
 charged once per heavy kernel call; `eager.heavy_ops` lists the aten targets found heavy.
 
 **Passes** (`passes`, default `CALIBRATION_PASSES`; `codesign calibrate --passes`): the whole set
-of microbenchmarks runs that many times one after the other and each field keeps its median over
-the passes (on a shared machine a burst of other jobs' contention can cover one whole benchmark:
-the median of three passes drops it, as native-check's median over its rounds does); a target
-heavy in any pass is heavy, at the median of its heavy figures.
+of microbenchmarks runs that many times one after the other and each field keeps its
+least-contended figure over the passes: seconds at their least, efficiencies at their greatest
+(on a shared machine other jobs' contention comes and goes and slows whatever runs meanwhile, by up
+to 2x; the least of several passes is the benchmark in a quiet window, and native-check measures
+its side the same way, `codesign.native.check.quiet_estimate`). Differences and ratios of two
+timings of one pass (`small_m_half`, `moe_expert_s`, `heavy_rewarm_s`) keep their median: contention
+moves both terms. A target heavy in any pass is heavy, at the least of its heavy figures.
 
 Efficiencies are capped at 1 (a benchmark faster than the spec's peak says the peak is wrong: the
 command says so). `cost` also records the eager-execution switches: `fused_activations_on_chip:
@@ -75,8 +78,8 @@ HEAVY_OP_DISPATCHES = 10.0
 # The fused kernels at the tiny configs' shapes: what their per-call costs are timed at and what
 # the vocabulary scrub runs of them.
 FUSED_TARGETS = ("codesign.attention", "codesign.gated_delta_rule_step", "codesign.moe_experts")
-# Passes over the whole set of microbenchmarks; each field keeps its median over them.
-CALIBRATION_PASSES = 3
+# Passes over the whole set of microbenchmarks; each field keeps its least-contended figure (`merge`).
+CALIBRATION_PASSES = 5
 
 
 def _cpu_name() -> str:
@@ -155,7 +158,7 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
               heavy_dispatches: float = HEAVY_OP_DISPATCHES,
               passes: int = CALIBRATION_PASSES) -> tuple[Calibration, list[str]]:
     """Run the microbenchmarks on `device` `passes` times and derive the overlay for `hw` (name = its
-    base), each field at its median over the passes (`merge`). `step(label)` is called before each
+    base), each field at its least-contended pass (`merge`). `step(label)` is called before each
     benchmark (progress). `heavy_dispatches`: the light cold cost, in per-dispatch costs, from which
     an aten op is a heavy kernel (`inf`: none is; the fused kernels always are). Returns the overlay
     and notes."""
@@ -173,26 +176,33 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
     return merge([c for c, _ in runs]), notes
 
 
+# Fields that are differences or ratios of two timings of one pass: contention moves both terms, so
+# their least-contended value is not their least one; they keep their median over the passes.
+PAIRED_EAGER = ("moe_expert_s", "heavy_rewarm_s")
+
+
 def merge(passes: list[Calibration]) -> Calibration:
-    """One overlay from several passes: each field at its median over the passes (the module
-    docstring's "Passes"); an aten target heavy in any pass is heavy, at the median of its heavy
-    figures."""
+    """One overlay from several passes, each field at its least-contended pass (the module
+    docstring's "Passes"): seconds at their least over the passes, efficiencies at their greatest;
+    fields that are differences or ratios of two timings (`small_m_half`, `PAIRED_EAGER`, the
+    re-warm benchmarks) at their median. An aten target heavy in any pass is heavy, at the least of
+    its heavy figures."""
     first = passes[0]
     if len(passes) == 1:
         return first
     med = statistics.median
-    eff = {k: med([p.efficiency[k] for p in passes]) for k in first.efficiency}
+    eff = {k: (med if k == "small_m_half" else max)([p.efficiency[k] for p in passes]) for k in first.efficiency}
     eff["small_m_half"] = max(1, round(eff["small_m_half"]))
-    cost = {k: (v if isinstance(v, bool) else med([p.cost[k] for p in passes])) for k, v in first.cost.items()}
+    cost = {k: (v if isinstance(v, bool) else min(p.cost[k] for p in passes)) for k, v in first.cost.items()}
     heavy = sorted({t for p in passes for t in p.eager.heavy_ops})
-    ops = {t: med([p.eager.ops[t] for p in passes if t not in heavy or t in p.eager.heavy_ops])
+    ops = {t: min(p.eager.ops[t] for p in passes if t not in heavy or t in p.eager.heavy_ops)
            for t in first.eager.ops}
-    e = {k: med([getattr(p.eager, k) for p in passes])
+    e = {k: (med if k in PAIRED_EAGER else min)([getattr(p.eager, k) for p in passes])
          for k in ("attention_s", "moe_experts_s", "moe_expert_s", "gated_delta_rule_step_s", "heavy_rewarm_s")}
-    bench = {k: med([p.benchmarks[k] for p in passes if k in p.benchmarks])
+    bench = {k: (med if k.startswith("rewarm_after_") else min)([p.benchmarks[k] for p in passes if k in p.benchmarks])
              for k in dict.fromkeys(k for p in passes for k in p.benchmarks)}
     return first.model_copy(update={
-        "measured": f"{first.measured} ({len(passes)} passes, median figures)",
+        "measured": f"{first.measured} ({len(passes)} passes, least-contended figures)",
         "efficiency": eff, "cost": cost, "benchmarks": bench,
         "eager": EagerCosts(**e, ops=ops, heavy_ops=heavy),
     })

@@ -21,6 +21,7 @@ Both sides leave the MTP heads out (greedy decode without speculation runs none)
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,16 +29,19 @@ import torch
 from codesign.errors import CodesignError
 from codesign.models.config import ModelConfig
 from codesign.native.overlay import Calibrated
-from codesign.native.replay import clock, clock_name
+from codesign.native.replay import clock, clock_name, no_gc
 from codesign.native.run import _sync, build_native
 
 
 @dataclass
 class Measured:
-    prefill_s: float
-    decode_step_s: float
+    prefill_s: float  # the quiet-window estimate (`quiet_estimate`) of one prefill
+    decode_step_s: float  # ... and of one decode step
     prefill_spread: float
     decode_spread: float
+    prefill_median_s: float  # the median round, for comparison
+    decode_step_median_s: float
+    rounds: int
 
 
 @dataclass
@@ -48,13 +52,14 @@ class CheckResult:
     batch: int
     prompt_tokens: int
     decode_steps: int
-    repeats: int
+    repeats: int  # measured rounds (at least the requested repeats, more to fill the measuring time)
     prefill_predicted_s: float
-    prefill_measured_s: float
+    prefill_measured_s: float  # quiet-window estimate (`quiet_estimate`)
     decode_step_predicted_s: float
     decode_step_measured_s: float
     error_pct: dict[str, float]
-    noise_pct: dict[str, float]  # (max - min) / median of the measured repeats
+    noise_pct: dict[str, float]  # (max - min) / median of the measured rounds' totals
+    measured_median_s: dict[str, float]  # the median round's total, per phase (contention included)
     clock: str  # what the measured seconds are: thread CPU time (CPU, one thread) or wall time
     predicted_by_kind_s: dict[str, dict[str, float]]
     calibration: str
@@ -67,46 +72,81 @@ def without_mtp(config: ModelConfig) -> ModelConfig:
     return config if config.mtp_layers == 0 else config.model_copy(update={"mtp_layers": 0})
 
 
+# native-check measures for at least this long (rounds beyond `repeats` until it has): on a shared
+# machine other jobs' contention comes and goes, and the longer the rounds span, the likelier each
+# segment finds a quiet window (a named assumption, overridable: `--measure-seconds`).
+MEASURE_SECONDS = 6.0
+
+
 def _spread(xs: list[float]) -> float:
     med = statistics.median(xs)
     return (max(xs) - min(xs)) / med if med > 0 else 0.0
 
 
+def quiet_estimate(rounds: list[list[float]]) -> float:
+    """Seconds of one step from `rounds` (each a list of segment seconds, the same segments in every
+    round): the sum over segments of each segment's least time over the rounds. A step is the embedding,
+    each decoder layer and the head, timed one after the other; other jobs' contention slows a
+    segment while it lasts, and each segment's least time is its time in a quiet window (the
+    calibration keeps each benchmark's least-contended pass, `codesign.native.calibrate.merge`)."""
+    if not rounds or len({len(r) for r in rounds}) != 1:
+        raise ValueError("quiet_estimate: expected rounds of the same segments")
+    return sum(min(col) for col in zip(*rounds))
+
+
+def _segments(model, ids: torch.Tensor, pos: int, caches: list, last_only: bool, now, device: torch.device
+              ) -> tuple[torch.Tensor, list[float]]:
+    """One step of `model` (embedding, each layer, final norm + LM head + greedy pick), each part
+    timed: (next token (B, 1), seconds per part). `last_only`: the head on the last position only."""
+    _sync(device)
+    marks = [now()]
+    x = model.embed_tokens(ids)
+    _sync(device)
+    marks.append(now())
+    for layer, cache in zip(model.layers, caches):
+        x = layer(x, pos, cache)
+        _sync(device)
+        marks.append(now())
+    if last_only:
+        x = x[:, -1:]
+    token = model.lm_head(model.norm(x))[:, -1].argmax(-1, keepdim=True)
+    _sync(device)
+    marks.append(now())
+    return token, [b - a for a, b in zip(marks, marks[1:])]
+
+
 @torch.no_grad()
 def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: int, repeats: int,
-            device: torch.device, seed: int = 0) -> Measured:
+            device: torch.device, seed: int = 0, min_seconds: float = 0.0) -> Measured:
+    """Prefill and decode rounds (`repeats`, more until `min_seconds` of rounds have run), after a
+    discarded warm-up round, with the garbage collector off; each step timed by segment (`_segments`).
+    A decode round's segment times are the medians over its steps."""
     model = build_native(config, seed, torch.float32, str(device))
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, config.vocab_size, (batch, prompt_tokens), generator=g).to(device)
     max_len = prompt_tokens + decode_steps + 1
     now = clock(device)
 
-    def prefill() -> tuple[list, torch.Tensor, float]:
+    def one_round() -> tuple[list[float], list[float]]:
         caches = model.make_caches(batch, max_len)
-        _sync(device)
-        t0 = now()
-        logits = model.lm_head(model.norm(model.hidden_states(prompt, 0, caches)[:, -1:]))
-        _sync(device)
-        return caches, logits[:, -1].argmax(-1, keepdim=True), now() - t0
-
-    def decode(caches: list, token: torch.Tensor) -> list[float]:
-        times = []
+        token, pre = _segments(model, prompt, 0, caches, True, now, device)
+        steps = []
         for i in range(decode_steps):
-            _sync(device)
-            t0 = now()
-            token = model(token, prompt_tokens + i, caches)[:, -1].argmax(-1, keepdim=True)
-            _sync(device)
-            times.append(now() - t0)
-        return times
+            token, seg = _segments(model, token, prompt_tokens + i, caches, False, now, device)
+            steps.append(seg)
+        return pre, [statistics.median(col) for col in zip(*steps)]
 
-    caches, tok, _ = prefill()  # warm-up round, discarded
-    decode(caches, tok)
-    pre, steps = [], []
-    for _ in range(repeats):
-        caches, tok, t = prefill()
-        pre.append(t)
-        steps.append(statistics.median(decode(caches, tok)))
-    return Measured(statistics.median(pre), statistics.median(steps), _spread(pre), _spread(steps))
+    with no_gc():
+        one_round()  # warm-up, discarded
+        pre, dec = [], []
+        t0 = time.perf_counter()
+        while len(pre) < repeats or time.perf_counter() - t0 < min_seconds:
+            p, d = one_round()
+            pre.append(p)
+            dec.append(d)
+    pre_tot, dec_tot = [sum(r) for r in pre], [sum(r) for r in dec]
+    return Measured(quiet_estimate(pre), quiet_estimate(dec), _spread(pre_tot), _spread(dec_tot),
+                    statistics.median(pre_tot), statistics.median(dec_tot), len(pre))
 
 
 def predict(config: ModelConfig, cal: Calibrated, batch: int, prompt_tokens: int, decode_steps: int
@@ -139,10 +179,12 @@ def predict(config: ModelConfig, cal: Calibrated, batch: int, prompt_tokens: int
 
 
 def native_check(config: ModelConfig, cal: Calibrated, batch: int = 1, prompt_tokens: int = 256,
-                 decode_steps: int = 16, repeats: int = 5, device: str = "cpu", seed: int = 0) -> CheckResult:
-    if min(batch, prompt_tokens, decode_steps, repeats) < 1:
+                 decode_steps: int = 16, repeats: int = 5, device: str = "cpu", seed: int = 0,
+                 min_seconds: float = 0.0) -> CheckResult:
+    if min(batch, prompt_tokens, decode_steps, repeats) < 1 or min_seconds < 0:
         raise CodesignError(f"native-check: batch, prompt tokens, decode steps and repeats must be >= 1 "
-                            f"(found {batch}, {prompt_tokens}, {decode_steps}, {repeats})")
+                            f"and the measuring time >= 0 (found {batch}, {prompt_tokens}, {decode_steps}, {repeats}, "
+                            f"{min_seconds})")
     longest = prompt_tokens + decode_steps + 1
     if longest > config.max_position_embeddings:
         raise CodesignError(f"native-check: {prompt_tokens} prompt tokens + {decode_steps} decode steps exceed "
@@ -150,7 +192,7 @@ def native_check(config: ModelConfig, cal: Calibrated, batch: int = 1, prompt_to
                             f"is {config.max_position_embeddings - decode_steps - 1} tokens")
     config = without_mtp(config)
     dev = torch.device(device)
-    meas = measure(config, batch, prompt_tokens, decode_steps, repeats, dev, seed)
+    meas = measure(config, batch, prompt_tokens, decode_steps, repeats, dev, seed, min_seconds)
     pre_p, dec_p, kinds = predict(config, cal, batch, prompt_tokens, decode_steps)
 
     def err(p: float, m: float) -> float:
@@ -158,10 +200,11 @@ def native_check(config: ModelConfig, cal: Calibrated, batch: int = 1, prompt_to
 
     return CheckResult(
         model=config.name, device=str(dev), threads=torch.get_num_threads(), batch=batch,
-        prompt_tokens=prompt_tokens, decode_steps=decode_steps, repeats=repeats,
+        prompt_tokens=prompt_tokens, decode_steps=decode_steps, repeats=meas.rounds,
         prefill_predicted_s=pre_p, prefill_measured_s=meas.prefill_s,
         decode_step_predicted_s=dec_p, decode_step_measured_s=meas.decode_step_s,
         error_pct={"prefill": err(pre_p, meas.prefill_s), "decode": err(dec_p, meas.decode_step_s)},
         noise_pct={"prefill": round(100 * meas.prefill_spread, 1), "decode": round(100 * meas.decode_spread, 1)},
+        measured_median_s={"prefill": meas.prefill_median_s, "decode": meas.decode_step_median_s},
         clock=clock_name(dev), predicted_by_kind_s=kinds, calibration=str(cal.path),
     )

@@ -210,7 +210,7 @@ def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], 
     Paired: each sample times the block after the light scrub, then after the light scrub and one
     heavy call, and keeps the difference (a shared machine's slow drifts cancel); the median of
     `repeats` x `COLD_REPEATS` pairs after a discarded warm-up."""
-    from codesign.native.replay import _sync, clock
+    from codesign.native.replay import _sync, clock, no_gc
 
     now, light = clock(device), Scrub(device)
 
@@ -225,7 +225,7 @@ def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], 
         return now() - t0
 
     out = {}
-    with torch.no_grad():
+    with torch.no_grad(), no_gc():
         for name, fn in heavy.items():
             for _ in range(3):
                 timed(fn)

@@ -310,48 +310,82 @@ def test_calibrate_rejects_a_non_positive_heavy_threshold(capsys):
 # -- the measurement on a fake clock; calibration passes merged field by field ----------------------------
 
 
-def test_native_check_measures_the_median_round(monkeypatch):
-    """A fake clock: prefills take 10 ms, decode steps 1 ms, 2 ms in the first round and 5 ms in the
-    second (contention)."""
-    from codesign.native import check
+# seconds each decoder layer takes on the fake clock, per measured round (round 0 is the warm-up):
+# prefill one figure per layer, decode one per step; contention slows some layers in some rounds
+PREFILL_MS = {0: [9, 3, 1, 1], 1: [9, 2, 5, 2]}
+DECODE_MS = {0: [[9, 9], [0.5, 0.5], [0.5, 2.0], [1.5, 1.5]], 1: [[9, 9], [1, 1], [1, 1], [3, 3]]}
 
-    state = {"t": 0.0, "calls": 0}
 
-    def fake_clock(device):
-        def now():
-            return state["t"]
-        return now
-    monkeypatch.setattr(check, "clock", fake_clock)
-    cfg = without_mtp(cs.load_model("llama-3.1-70b").tiny())
+def _fake_clock_model(monkeypatch, check):
+    """A tiny Llama whose two decoder layers advance a fake clock by PREFILL_MS / DECODE_MS; the
+    embedding and the head take no time on it."""
+    state = {"t": 0.0}
+    monkeypatch.setattr(check, "clock", lambda device: (lambda: state["t"]))
     real_build = check.build_native
 
     def build(config, seed, dtype, device):
         model = real_build(config, seed, dtype, device)
+        assert len(model.layers) == 2
 
         class Timed(torch.nn.Module):
-            def __init__(self):
+            def __init__(self, inner, i):
                 super().__init__()
-                self.inner = model
-                self.norm, self.lm_head, self.make_caches = model.norm, model.lm_head, model.make_caches
+                self.inner, self.i, self.calls = inner, i, 0
 
-            def hidden_states(self, *a):
-                state["t"] += 10e-3
-                return model.hidden_states(*a)
+            def forward(self, x, pos, cache):
+                rnd, call = divmod(self.calls, 3)  # per round: one prefill, 2 decode steps
+                self.calls += 1
+                ms = PREFILL_MS[self.i][rnd] if call == 0 else DECODE_MS[self.i][rnd][call - 1]
+                state["t"] += ms * 1e-3
+                return self.inner(x, pos, cache)
 
-            def forward(self, *a):
-                state["calls"] += 1
-                rnd = (state["calls"] - 1) // 2  # 2 decode steps per round; round 0 is the warm-up
-                state["t"] += {1: 2e-3, 2: 5e-3}.get(rnd, 1e-3)
-                return model(*a)
-        return Timed()
+            def make_cache(self, *a):
+                return self.inner.make_cache(*a)
+        model.layers = torch.nn.ModuleList(Timed(layer, i) for i, layer in enumerate(model.layers))
+        return model
     monkeypatch.setattr(check, "build_native", build)
+
+
+def test_native_check_measures_each_segment_in_its_quietest_round(monkeypatch):
+    from codesign.native import check
+
+    _fake_clock_model(monkeypatch, check)
+    cfg = without_mtp(cs.load_model("llama-2-70b").tiny())
     m = check.measure(cfg, 1, 4, 2, 3, torch.device("cpu"))
-    assert m.prefill_s == pytest.approx(10e-3)
-    assert m.decode_step_s == pytest.approx(2e-3)  # median of the rounds' medians (2, 5, 1 ms)
-    assert m.decode_spread == pytest.approx((5e-3 - 1e-3) / 2e-3) and m.prefill_spread == pytest.approx(0, abs=1e-9)
+    assert m.rounds == 3
+    # by hand: prefill layer 0 at its least 1 ms (rounds 2, 3), layer 1 at 2 ms (rounds 1, 3)
+    assert m.prefill_s == pytest.approx(3e-3)
+    # decode: each round's layer times are medians over its steps (layer 0: 0.5, 1.25, 1.5 ms;
+    # layer 1: 1, 1, 3 ms), then the least over the rounds
+    assert m.decode_step_s == pytest.approx(1.5e-3)
+    # the median round, for comparison: prefill totals 5, 6, 3 ms; decode 1.5, 2.25, 4.5 ms
+    assert m.prefill_median_s == pytest.approx(5e-3) and m.decode_step_median_s == pytest.approx(2.25e-3)
+    assert m.prefill_spread == pytest.approx((6 - 3) / 5) and m.decode_spread == pytest.approx((4.5 - 1.5) / 2.25)
 
 
-def test_passes_merge_to_the_median_figures():
+def test_quiet_estimate_is_the_sum_of_segment_minima():
+    from codesign.native.check import quiet_estimate
+
+    assert quiet_estimate([[1.0, 5.0, 2.0], [3.0, 1.0, 2.5]]) == 1.0 + 1.0 + 2.0
+    assert quiet_estimate([[4.0, 2.0]]) == 6.0
+    with pytest.raises(ValueError):
+        quiet_estimate([[1.0], [1.0, 2.0]])
+
+
+def test_native_check_keeps_measuring_for_the_measuring_time(monkeypatch):
+    """Rounds continue past `repeats` until `min_seconds` have passed (a fake wall clock: 1 s per read)."""
+    from codesign.native import check
+
+    _fake_clock_model(monkeypatch, check)
+    ticks = iter(range(100))
+    monkeypatch.setattr(check.time, "perf_counter", lambda: float(next(ticks)))
+    cfg = without_mtp(cs.load_model("llama-2-70b").tiny())
+    m = check.measure(cfg, 1, 4, 2, 1, torch.device("cpu"), min_seconds=2.5)
+    assert m.rounds == 3  # read at 0 (start), after rounds 1 and 2 (1 s, 2 s < 2.5 s), after round 3 (3 s): stop
+    assert m.prefill_s == pytest.approx(3e-3) and m.decode_step_s == pytest.approx(1.5e-3)
+
+
+def test_passes_merge_to_the_least_contended_figures():
     from codesign.native.calibrate import merge
 
     def cal(gemm, half, launch, gdn, conv, heavy, rewarm, bench):
@@ -366,13 +400,16 @@ def test_passes_merge_to_the_median_figures():
     b = cal(0.30, 2, 5e-6, 1.9e-4, 0.7e-4, [], 30e-6, 0.06)  # contended; conv not found heavy here
     c = cal(0.35, 4, 4e-6, 1.5e-4, 1.4e-4, ["aten.convolution.default"], 12e-6, 0.05)
     m = merge([a, b, c])
-    assert m.efficiency["gemm"] == 0.35 and m.efficiency["small_m_half"] == 3
-    assert m.cost["launch_overhead_s"] == 4e-6 and m.cost["fused_activations_on_chip"] is False
-    assert m.eager.gated_delta_rule_step_s == 1.5e-4
+    # times at their least, efficiencies at their greatest (the least-contended pass, field by field)
+    assert m.efficiency["gemm"] == 0.40 and m.cost["launch_overhead_s"] == 3e-6
+    assert m.cost["fused_activations_on_chip"] is False
+    assert m.eager.gated_delta_rule_step_s == 1.2e-4
     assert m.eager.heavy_ops == ["aten.convolution.default"]
-    assert m.eager.ops["aten.convolution.default"] == pytest.approx(1.35e-4)  # median of the heavy figures only
-    assert m.eager.ops["aten.mul.Tensor"] == pytest.approx(7e-6)
+    assert m.eager.ops["aten.convolution.default"] == pytest.approx(1.3e-4)  # the least of the heavy figures only
+    assert m.eager.ops["aten.mul.Tensor"] == pytest.approx(6e-6)
+    assert m.benchmarks["copy_s"] == 0.04
+    # differences and ratios of two timings of one pass at their median
+    assert m.efficiency["small_m_half"] == 3
     assert m.eager.heavy_rewarm_s == 12e-6 and m.benchmarks["rewarm_after_x_s"] == 12e-6
-    assert m.benchmarks["copy_s"] == 0.05
     assert "3 passes" in m.measured
     assert merge([a]) == a
