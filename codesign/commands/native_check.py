@@ -2,7 +2,8 @@
 
     codesign native-check --model qwen3.5-35b-a3b --tiny [--prompt-tokens 256 --decode-steps 16] [--json]
 
-Measures a prefill and decode steps natively (fp32, seeded random weights) and predicts the same
+Measures a prefill and decode steps natively (fp32, seeded random weights; each step timed by
+segment, each segment at its quietest round, `codesign.native.check.quiet_estimate`) and predicts the same
 steps with the calibrated spec (`codesign calibrate` writes the overlay) through trace -> mapping ->
 step simulation with the eager cost model; prints both and the error per phase (docs/native.md).
 """
@@ -124,11 +125,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{r.model} on {r.device} ({r.threads} thread{'s' if r.threads > 1 else ''}, {r.clock}), batch {r.batch}, "
           f"calibration {r.calibration}")
-    print(f"{'phase':<22}{'predicted':>12}{'measured':>12}{'error':>9}{'noise':>8}")
+    print(f"{r.repeats} rounds; measured: each segment (embedding, each layer, head) in its quietest round, summed; "
+          "median: the median round")
+    print(f"{'phase':<22}{'predicted':>12}{'measured':>12}{'error':>9}{'median':>12}{'noise':>8}")
     rows = (("prefill", f"prefill {r.prompt_tokens} tokens", r.prefill_predicted_s, r.prefill_measured_s),
             ("decode", "decode step", r.decode_step_predicted_s, r.decode_step_measured_s))
     for key, label, p, m in rows:
-        print(f"{label:<22}{p * 1e3:>10.2f}ms{m * 1e3:>10.2f}ms{r.error_pct[key]:>8.1f}%{r.noise_pct[key]:>7.1f}%")
+        print(f"{label:<22}{p * 1e3:>10.2f}ms{m * 1e3:>10.2f}ms{r.error_pct[key]:>8.1f}%"
+              f"{r.measured_median_s[key] * 1e3:>10.2f}ms{r.noise_pct[key]:>7.1f}%")
     if "warning" in d:
         print(f"warning: {d['warning']}")
     return 0

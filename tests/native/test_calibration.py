@@ -137,11 +137,21 @@ def test_native_check_reports_both_phases(tmp_path):
 def test_cli_native_check_json(tmp_path, capsys):
     path = _write(tmp_path, OVERLAY)
     rc = main(["native-check", "--model", "llama-3.1-70b", "--tiny", "--calibration", str(path), "--prompt-tokens", "8",
-               "--decode-steps", "2", "--repeats", "1", "--json"])
+               "--decode-steps", "2", "--repeats", "2", "--measure-seconds", "0", "--json"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     for key in ("prefill_predicted_s", "prefill_measured_s", "decode_step_predicted_s", "decode_step_measured_s", "error_pct"):
         assert key in d
+    assert d["repeats"] == 2  # no measuring time: exactly the rounds asked for
+    for phase in ("prefill", "decode"):  # each segment's least is at most the median round's total
+        measured = d["prefill_measured_s" if phase == "prefill" else "decode_step_measured_s"]
+        assert 0 < measured <= d["measured_median_s"][phase] * (1 + 1e-9)
+
+
+def test_cli_native_check_rejects_a_negative_measuring_time(tmp_path, capsys):
+    path = _write(tmp_path, OVERLAY)
+    assert main(["native-check", "--tiny", "--calibration", str(path), "--measure-seconds", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "codesign: error: --measure-seconds: expected a number >= 0, found -1.0"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
