@@ -53,15 +53,13 @@ def predicted(cfg, cal, phase: str, prompt: int, steps: int) -> tuple[dict[str, 
     from codesign.graph import trace
     from codesign.mapping import map_step
     from codesign.mapping.plan import ParallelPlan, Precision
-    from codesign.native import dispatch
-    from codesign.native.eager import EagerCostModel, recorded_dispatches
+    from codesign.native.check import eager_model
 
     prec = Precision(weights="fp32", activations="fp32", kv_cache="fp32", state="fp32")
     kw = dict(tokens=prompt, context=0) if phase == "prefill" else dict(context=prompt + steps // 2 + 1)
     mapped = map_step(trace(cfg, phase=phase, batch=1, **kw), cfg, cal.hw, ParallelPlan(), prec)
     ops = [op for _, op in mapped.graph.nodes(data="op")]
-    n = dispatch.count(cfg, phase, 1, kw.get("tokens", 1), kw["context"])
-    cm = EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, n / max(recorded_dispatches(ops), 1))
+    cm = eager_model(cal, cfg, phase, 1, kw.get("tokens", 1), kw["context"], ops)
     out: dict[str, float] = collections.defaultdict(float)
     count: dict[str, int] = collections.Counter()
     for op in ops:

@@ -5,7 +5,8 @@ with the cost model's own formulas so that the model reproduces the benchmark it
 
 | field | benchmark | derivation |
 | --- | --- | --- |
-| `cost.launch_overhead_s` | RMSNorm + SwiGLU MLP modules at one token (hidden 64) | seconds per aten dispatch of the call (views included) |
+| `eager.view_s` | Python-level view ops (view, transpose, select, t, expand, slice, unsqueeze) of a small tensor | seconds per view dispatch |
+| `cost.launch_overhead_s` | RMSNorm + SwiGLU MLP modules at one token (hidden 64) | (t - its views x `view_s`) / its other aten dispatches |
 | `efficiency.gemm` | fp32 matmul, M in (64, 256, 1024), N = K = 512 | median of 2MNK / ((t - overhead) x peak) |
 | `efficiency.small_m_half` | fp32 matmul, M in (1, 2, 4, 8), N = K = 512 | median h of t - overhead = 2 M N K (M + h) / (M peak eff) |
 | `efficiency.memory` | copy of 256 MiB | (read + write bytes) / t / spec HBM bandwidth |
@@ -198,7 +199,8 @@ def merge(passes: list[Calibration]) -> Calibration:
     ops = {t: min(p.eager.ops[t] for p in passes if t not in heavy or t in p.eager.heavy_ops)
            for t in first.eager.ops}
     e = {k: (med if k in PAIRED_EAGER else min)([getattr(p.eager, k) for p in passes])
-         for k in ("attention_s", "moe_experts_s", "moe_expert_s", "gated_delta_rule_step_s", "heavy_rewarm_s")}
+         for k in ("attention_s", "moe_experts_s", "moe_expert_s", "gated_delta_rule_step_s", "heavy_rewarm_s",
+                   "view_s")}
     bench = {k: (med if k.startswith("rewarm_after_") else min)([p.benchmarks[k] for p in passes if k in p.benchmarks])
              for k in dict.fromkeys(k for p in passes for k in p.benchmarks)}
     return first.model_copy(update={
@@ -270,8 +272,10 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
     notes: list[str] = []
     bench: dict[str, float] = {}
     say("per-op overhead")
-    op_s, n_ops = mb.module_ops(64, 128, device, f32, repeats)
-    bench[f"module_ops_per_dispatch_s ({n_ops} dispatches)"] = op_s
+    view_s, n_views = mb.view_ops(device, repeats)
+    bench[f"view_ops_per_dispatch_s ({n_views} dispatches)"] = view_s
+    op_s, n_ops, n_block_views = mb.module_ops(64, 128, device, f32, repeats, view_s)
+    bench[f"module_ops_per_kernel_dispatch_s ({n_ops} dispatches, {n_block_views} views)"] = op_s
     say("GEMM")
     eff_gemm, half = _gemm_fields(hw, device, repeats, op_s, bench, notes)
     say("memory bandwidth")
@@ -303,7 +307,7 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
         cost={"launch_overhead_s": _g(op_s), "fused_activations_on_chip": False},
         eager=EagerCosts(attention_s=_g(attn_s), moe_experts_s=_g(moe_call_s), moe_expert_s=_g(per_expert),
                          gated_delta_rule_step_s=_g(gdn_s), ops={k: _g(v) for k, v in sorted(op_costs.items())},
-                         heavy_ops=heavy, heavy_rewarm_s=_g(rewarm_s)),
+                         heavy_ops=heavy, heavy_rewarm_s=_g(rewarm_s), view_s=_g(view_s)),
         benchmarks={k: _g(v) for k, v in bench.items()},
     )
     return cal, notes

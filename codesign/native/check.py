@@ -149,14 +149,24 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
                     statistics.median(pre_tot), statistics.median(dec_tot), len(pre))
 
 
+def eager_model(cal: Calibrated, config: ModelConfig, phase: str, batch: int, tokens: int, context: int, ops: list):
+    """The `EagerCostModel` of one step whose recorded ops are `ops`: its dispatch and view ratios
+    from the step's dispatches counted on the meta device (`codesign.native.dispatch.counts`)."""
+    from codesign.native import dispatch
+    from codesign.native.eager import EagerCostModel, recorded_dispatches
+
+    recorded = max(recorded_dispatches(ops), 1)
+    n, views = dispatch.counts(config, phase, batch, tokens, context)
+    return EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, dispatch_ratio=n / recorded,
+                          view_ratio=views / recorded)
+
+
 def predict(config: ModelConfig, cal: Calibrated, batch: int, prompt_tokens: int, decode_steps: int
             ) -> tuple[float, float, dict[str, dict[str, float]]]:
     """(prefill seconds, decode-step seconds, seconds by op kind per phase) from the simulator."""
     from codesign.graph import trace
     from codesign.mapping import map_step
     from codesign.mapping.plan import ParallelPlan, Precision
-    from codesign.native import dispatch
-    from codesign.native.eager import EagerCostModel, recorded_dispatches
     from codesign.sim.engine import StepSimulator
 
     prec = Precision(weights="fp32", activations="fp32", kv_cache="fp32", state="fp32")
@@ -166,9 +176,8 @@ def predict(config: ModelConfig, cal: Calibrated, batch: int, prompt_tokens: int
     for phase, kw in steps:
         g = trace(config, phase=phase, batch=batch, **kw)
         mapped = map_step(g, config, cal.hw, ParallelPlan(), prec)
-        recorded = recorded_dispatches(op for _, op in mapped.graph.nodes(data="op"))
-        n = dispatch.count(config, phase, batch, kw.get("tokens", 1), kw["context"])
-        cm = EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, dispatch_ratio=n / max(recorded, 1))
+        cm = eager_model(cal, config, phase, batch, kw.get("tokens", 1), kw["context"],
+                         [op for _, op in mapped.graph.nodes(data="op")])
         sim = StepSimulator(cal.hw, cm, False)
         out.append(sim.simulate(mapped.graph, mapped.stage_layers).time_s)
         by: dict[str, float] = {}

@@ -33,9 +33,11 @@ named assumption):
   active experts (its per-call and per-expert costs);
 * `gdn_step(...)` — the project's fused GatedDeltaNet decode step (more value than key heads, as
   every GatedDeltaNet model has, so the head expansion is part of the call);
-* `module_ops(...)` — the project's RMSNorm and dense SwiGLU MLP at one token: seconds per aten
-  dispatch (views included) of the call (eager torch's per-op cost: dispatch, allocation, the
-  Python between ops);
+* `view_ops(...)` — Python-level view ops (view, transpose, select, t, expand, slice, unsqueeze):
+  seconds per view dispatch (no kernel, no allocation);
+* `module_ops(...)` — the project's RMSNorm and dense SwiGLU MLP at one token: seconds per kernel
+  dispatch of the call, its views taken out at the `view_ops` figure (eager torch's per-op cost:
+  dispatch, allocation, the Python between ops);
 * `rewarm(block, heavy)` — that block right after one call of each heavy kernel minus the block
   after the light scrub: what light ops pay after a heavy kernel evicted their dispatch path.
 """
@@ -181,6 +183,32 @@ def gdn_step(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: t
     return cold(gdn_step_call(batch, key_heads, heads, dk, dv, device, dtype), device, repeats, scrub)
 
 
+def view_call(device: torch.device) -> Callable[[], object]:
+    """Python-level view ops of the kinds the models dispatch between recorded ops (view, transpose,
+    select, t, expand, slice, unsqueeze) on a small tensor: one call of each."""
+    x = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def views() -> None:
+        x.view(32, 16)
+        x.transpose(0, 1)
+        x[0].t()
+        x.expand(2, 4, 8, 16)
+        x[:, :4]
+        x.unsqueeze(1)
+    return views
+
+
+def view_ops(device: torch.device, repeats: int) -> tuple[float, int]:
+    """(seconds per view dispatch, view dispatches of one call) of `view_call`, timed cold."""
+    from codesign.native.dispatch import count_call
+
+    call = view_call(device)
+    n, views = count_call(call)
+    if n != views:
+        raise AssertionError(f"view_call: {n - views} of its {n} dispatches are not views")
+    return cold(call, device, repeats) / n, n
+
+
 def module_block(hidden: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], object], int]:
     """(call, aten dispatches of one call) of the project's RMSNorm + SwiGLU MLP at one token."""
     from codesign.native.dispatch import count_module
@@ -197,10 +225,15 @@ def module_block(hidden: int, width: int, device: torch.device, dtype: torch.dty
     return (lambda: block(x)), count_module(block, x)
 
 
-def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int) -> tuple[float, int]:
-    """(seconds per aten dispatch, dispatches) of the project's RMSNorm + SwiGLU MLP at one token."""
-    call, n = module_block(hidden, width, device, dtype)
-    return cold(call, device, repeats) / n, n
+def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int,
+               view_s: float = 0.0) -> tuple[float, int, int]:
+    """(seconds per kernel dispatch, dispatches, of which views) of the project's RMSNorm + SwiGLU
+    MLP at one token: the call's cold time less its views at `view_s` each, over its other dispatches."""
+    from codesign.native.dispatch import count_call
+
+    call, _ = module_block(hidden, width, device, dtype)
+    n, views = count_call(call)
+    return (cold(call, device, repeats) - views * view_s) / (n - views), n, views
 
 
 def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], device: torch.device,

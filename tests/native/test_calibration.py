@@ -80,6 +80,35 @@ def test_eager_overheads_per_op():
     assert recorded_dispatches([_op("aten.add.Tensor", "vector", 3), moe, _op("aten.mm.default", "gemm")]) == 4
 
 
+def test_views_pay_the_view_cost_and_other_unrecorded_dispatches_the_launch():
+    costs = EagerCosts(**EAGER, view_s=1e-6)
+    cm = EagerCostModel(cs.load_hw("cpu-host"), costs, options=None, dispatch_ratio=2.0, view_ratio=0.6)
+    launch = cm.launch_s
+    # by hand: its own call, 0.6 views at 1 us, the other 0.4 unrecorded dispatches at the launch cost
+    assert cm.overhead(_op("aten.mul.Tensor", "vector")) == pytest.approx(launch + 0.6e-6 + 0.4 * launch)
+    assert cm.overhead(_op("aten.bmm.default", "gemm", repeat=3)) == pytest.approx(3 * (1.4 * launch + 0.6e-6))
+    # more views than unrecorded dispatches (recorded casts that an fp32 run does not dispatch): no others
+    many = EagerCostModel(cs.load_hw("cpu-host"), costs, options=None, dispatch_ratio=1.5, view_ratio=0.8)
+    assert many.overhead(_op("aten.mul.Tensor", "vector")) == pytest.approx(launch + 0.8e-6)
+    # an overlay without view_s charges a view as any dispatch: the formula before views were split
+    old = EagerCostModel(cs.load_hw("cpu-host"), EagerCosts(**EAGER), options=None, dispatch_ratio=2.0, view_ratio=0.6)
+    assert old.overhead(_op("aten.mul.Tensor", "vector")) == pytest.approx(2.0 * launch)
+
+
+def test_view_benchmark_is_views_only_and_the_block_splits_them_out(monkeypatch):
+    from codesign.native import microbench as mb
+
+    cpu = torch.device("cpu")
+    assert dispatch.count_call(mb.view_call(cpu)) == (7, 7)  # view, transpose, select, t, expand, slice, unsqueeze
+    call, _ = mb.module_block(64, 128, cpu, torch.float32)
+    n, views = dispatch.count_call(call)
+    assert (n, views) == (20, 6)  # RMSNorm + SwiGLU MLP: 3 linears (a transpose each), 3 reshapes
+    monkeypatch.setattr(mb, "cold", lambda fn, device, repeats, scrub=None: 62e-6)
+    assert mb.view_ops(cpu, 1) == (pytest.approx(62e-6 / 7), 7)
+    per, n2, v2 = mb.module_ops(64, 128, cpu, torch.float32, 1, view_s=1e-6)
+    assert (n2, v2) == (20, 6) and per == pytest.approx((62e-6 - 6 * 1e-6) / 14)
+
+
 def test_dispatch_count_on_meta_equals_the_real_run():
     cfg = without_mtp(cs.load_model("qwen3.5-35b-a3b").tiny())
     meta = dispatch.count(cfg, "decode", 1, 1, 20)
@@ -88,6 +117,8 @@ def test_dispatch_count_on_meta_equals_the_real_run():
     caches = model.make_caches(1, 20)
     real = dispatch.count_module(lambda ids: model(ids, 19, caches), torch.zeros(1, 1, dtype=torch.long))
     assert meta == real
+    real_views = dispatch.count_call(lambda: model(torch.zeros(1, 1, dtype=torch.long), 19, caches))[1]
+    assert dispatch.counts(cfg, "decode", 1, 1, 20) == (meta, real_views) and 0 < real_views < meta
     g = cs.trace(cfg, phase="decode", batch=1, context=20)
     assert meta > recorded_dispatches(op for _, op in g.nodes(data="op"))  # views are dispatched, not recorded
 
@@ -102,8 +133,9 @@ def test_prediction_is_the_sum_of_eager_op_costs(tmp_path):
     _, decode, kinds = predict(cfg, cal, 1, 32, 4)
     g = cs.trace(cfg, phase="decode", batch=1, context=32 + 2 + 1)
     mapped = map_step(g, cfg, cal.hw, ParallelPlan(), Precision(weights="fp32", activations="fp32", kv_cache="fp32"))
-    ratio = dispatch.count(cfg, "decode", 1, 1, 35) / recorded_dispatches(op for _, op in mapped.graph.nodes(data="op"))
-    cm = EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, ratio)
+    recorded = recorded_dispatches(op for _, op in mapped.graph.nodes(data="op"))
+    n, views = dispatch.counts(cfg, "decode", 1, 1, 35)
+    cm = EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, n / recorded, views / recorded)
     total = sum(cm.cost(op).time_s for _, op in mapped.graph.nodes(data="op"))
     assert decode == pytest.approx(total, rel=1e-9)
     assert sum(kinds["decode"].values()) == pytest.approx(total, rel=1e-9)
