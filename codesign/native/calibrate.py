@@ -39,8 +39,9 @@ least-contended figure over the passes: seconds at their least, efficiencies at 
 (on a shared machine other jobs' contention comes and goes and slows whatever runs meanwhile, by up
 to 2x; the least of several passes is the benchmark in a quiet window, and native-check measures
 its side the same way, `codesign.native.check.quiet_estimate`). Differences and ratios of two
-timings of one pass (`small_m_half`, `moe_expert_s`, `heavy_rewarm_s`) keep their median: contention
-moves both terms. A target heavy in any pass is heavy, at the least of its heavy figures.
+timings of one pass (`small_m_half`, `heavy_rewarm_s`) keep their median: contention moves both
+terms; the MoE per-call and per-expert costs are derived again from their two benchmarks' least
+figures. A target heavy in any pass is heavy, at the least of its heavy figures.
 
 Efficiencies are capped at 1 (a benchmark faster than the spec's peak says the peak is wrong: the
 command says so). `cost` also records the eager-execution switches: `fused_activations_on_chip:
@@ -180,13 +181,16 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
 # Fields that are differences or ratios of two timings of one pass: contention moves both terms, so
 # their least-contended value is not their least one; they keep their median over the passes.
 PAIRED_EAGER = ("moe_expert_s", "heavy_rewarm_s")
+# ... except the MoE pair, derived again from its two benchmarks at their least (`moe_fields`)
+MOE_BENCHMARKS = ("moe_experts_8tok_1expert_s", "moe_experts_8tok_8experts_s")
 
 
 def merge(passes: list[Calibration]) -> Calibration:
     """One overlay from several passes, each field at its least-contended pass (the module
     docstring's "Passes"): seconds at their least over the passes, efficiencies at their greatest;
     fields that are differences or ratios of two timings (`small_m_half`, `PAIRED_EAGER`, the
-    re-warm benchmarks) at their median. An aten target heavy in any pass is heavy, at the least of
+    re-warm benchmarks) at their median, except the MoE per-call and per-expert costs, derived again
+    from their two benchmarks' least figures. An aten target heavy in any pass is heavy, at the least of
     its heavy figures."""
     first = passes[0]
     if len(passes) == 1:
@@ -203,6 +207,8 @@ def merge(passes: list[Calibration]) -> Calibration:
                    "view_s")}
     bench = {k: (med if k.startswith("rewarm_after_") else min)([p.benchmarks[k] for p in passes if k in p.benchmarks])
              for k in dict.fromkeys(k for p in passes for k in p.benchmarks)}
+    if MOE_BENCHMARKS[0] in bench and MOE_BENCHMARKS[1] in bench:  # from the least-contended figures
+        e["moe_experts_s"], e["moe_expert_s"] = (_g(x) for x in moe_fields(*(bench[k] for k in MOE_BENCHMARKS)))
     return first.model_copy(update={
         "measured": f"{first.measured} ({len(passes)} passes, least-contended figures)",
         "efficiency": eff, "cost": cost, "benchmarks": bench,
@@ -255,11 +261,18 @@ def _fused_fields(device: torch.device, repeats: int, bench: dict,
     for scrub, tail in ((None, "_light_s"), (moe, "_s")):
         t1 = bench[f"moe_experts_8tok_1expert{tail}"] = mb.moe_experts(8, 1, 8, 64, 32, device, f32, repeats, scrub)
         t8 = bench[f"moe_experts_8tok_8experts{tail}"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats, scrub)
-    per_expert = max(0.0, (t8 - t1) / 7)
+    moe_call_s, per_expert = moe_fields(t1, t8)
     bench["gated_delta_rule_step_light_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats)
     gdn = mb.VocabularyScrub(calls, "codesign.gated_delta_rule_step")
     gdn_s = bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats, gdn)
-    return max(0.0, t1 - per_expert), per_expert, gdn_s
+    return moe_call_s, per_expert, gdn_s
+
+
+def moe_fields(t1: float, t8: float) -> tuple[float, float]:
+    """(eager.moe_experts_s, eager.moe_expert_s) from `moe_experts` of 8 tokens over 1 and over 8
+    experts: per expert = (t8 - t1) / 7, per call = t1 - per expert."""
+    per_expert = max(0.0, (t8 - t1) / 7)
+    return max(0.0, t1 - per_expert), per_expert
 
 
 def _g(x: float) -> float:

@@ -455,3 +455,15 @@ def test_passes_merge_to_the_least_contended_figures():
     assert m.eager.heavy_rewarm_s == 12e-6 and m.benchmarks["rewarm_after_x_s"] == 12e-6
     assert "3 passes" in m.measured
     assert merge([a]) == a
+
+
+def test_moe_costs_come_from_the_least_figures_of_their_two_benchmarks():
+    from codesign.native.calibrate import merge
+
+    def cal(t1, t8):
+        return Calibration.model_validate({**OVERLAY, "benchmarks": {"moe_experts_8tok_1expert_s": t1,
+                                                                    "moe_experts_8tok_8experts_s": t8}})
+    m = merge([cal(100e-6, 240e-6), cal(90e-6, 300e-6)])
+    per_expert = (240e-6 - 90e-6) / 7  # by hand: the least 8-expert and 1-expert figures
+    assert m.eager.moe_expert_s == pytest.approx(per_expert, rel=1e-3)
+    assert m.eager.moe_experts_s == pytest.approx(90e-6 - per_expert, rel=1e-3)
