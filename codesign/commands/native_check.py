@@ -117,16 +117,26 @@ def run(args: argparse.Namespace) -> int:
         raise CodesignError(f"--measure-seconds: expected a number >= 0, found {args.measure_seconds}")
     r = native_check(config, cal, args.batch, args.prompt_tokens, args.decode_steps, args.repeats, str(device), args.seed,
                      seconds)
+    from codesign.native.check import CONTENDED_PCT
+
     d = r.as_dict()
+    warnings = []
     if threads != cal.calibration.threads:
-        d["warning"] = f"{threads} threads, calibrated at {cal.calibration.threads}"
+        warnings.append(f"{threads} threads, calibrated at {cal.calibration.threads}")
+    if r.contention_pct is not None and r.contention_pct > CONTENDED_PCT:
+        warnings.append(f"the machine stayed contended while measuring: the calibration's module-block benchmark "
+                        f"ran {r.contention_pct:.0f}% slower between the rounds than when calibrated, and the "
+                        "measured times are the contended machine's (other jobs running; retry when it is quieter)")
+    if warnings:
+        d["warning"] = "; ".join(warnings)
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
     print(f"{r.model} on {r.device} ({r.threads} thread{'s' if r.threads > 1 else ''}, {r.clock}), batch {r.batch}, "
           f"calibration {r.calibration}")
+    contention = "" if r.contention_pct is None else f"; contention {r.contention_pct:+.0f}% (docs/native.md)"
     print(f"{r.repeats} rounds; measured: each segment (embedding, each layer, head) in its quietest round, summed; "
-          "median: the median round")
+          f"median: the median round{contention}")
     print(f"{'phase':<22}{'predicted':>12}{'measured':>12}{'error':>9}{'median':>12}{'noise':>8}")
     rows = (("prefill", f"prefill {r.prompt_tokens} tokens", r.prefill_predicted_s, r.prefill_measured_s),
             ("decode", "decode step", r.decode_step_predicted_s, r.decode_step_measured_s))

@@ -289,6 +289,7 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
     bench[f"view_ops_per_dispatch_s ({n_views} dispatches)"] = view_s
     op_s, n_ops, n_block_views = mb.module_ops(64, 128, device, f32, repeats, view_s)
     bench[f"module_ops_per_kernel_dispatch_s ({n_ops} dispatches, {n_block_views} views)"] = op_s
+    bench["module_block_s"] = op_s * (n_ops - n_block_views) + view_s * n_block_views  # the block's cold call
     say("GEMM")
     eff_gemm, half = _gemm_fields(hw, device, repeats, op_s, bench, notes)
     say("memory bandwidth")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -42,6 +43,7 @@ class Measured:
     prefill_median_s: float  # the median round, for comparison
     decode_step_median_s: float
     rounds: int
+    probe_s: float  # the calibration's module-block benchmark, least over the rounds (`_probe`)
 
 
 @dataclass
@@ -60,6 +62,9 @@ class CheckResult:
     error_pct: dict[str, float]
     noise_pct: dict[str, float]  # (max - min) / median of the measured rounds' totals
     measured_median_s: dict[str, float]  # the median round's total, per phase (contention included)
+    # how much slower the calibration's module-block benchmark ran between the rounds than in the
+    # calibration (its least over the rounds; None: an overlay without the figure)
+    contention_pct: float | None
     clock: str  # what the measured seconds are: thread CPU time (CPU, one thread) or wall time
     predicted_by_kind_s: dict[str, dict[str, float]]
     calibration: str
@@ -115,6 +120,31 @@ def _segments(model, ids: torch.Tensor, pos: int, caches: list, last_only: bool,
     return token, [b - a for a, b in zip(marks, marks[1:])]
 
 
+# light-cold calls of the calibration's module block after each round (their median; `_probe`)
+PROBES_PER_ROUND = 5
+# a probe this much slower than the calibration's figure says the run never found the machine quiet
+CONTENDED_PCT = 25.0
+
+
+def _probe(device: torch.device, now) -> Callable[[], float]:
+    """Seconds of one light-cold call of the calibration's RMSNorm + MLP block (`microbench.module_block`
+    after `microbench.Scrub`, as `codesign calibrate` times it for `module_block_s`): between the
+    rounds it says how contended the machine was while they ran, against the calibration's figure."""
+    from codesign.native import microbench as mb
+
+    block, _ = mb.module_block(64, 128, device, torch.float32)
+    scrub = mb.Scrub(device)
+
+    def probe() -> float:
+        scrub()
+        _sync(device)
+        t0 = now()
+        block()
+        _sync(device)
+        return now() - t0
+    return probe
+
+
 @torch.no_grad()
 def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: int, repeats: int,
             device: torch.device, seed: int = 0, min_seconds: float = 0.0) -> Measured:
@@ -127,6 +157,8 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
     max_len = prompt_tokens + decode_steps + 1
     now = clock(device)
 
+    probe = _probe(device, now)
+
     def one_round() -> tuple[list[float], list[float]]:
         caches = model.make_caches(batch, max_len)
         token, pre = _segments(model, prompt, 0, caches, True, now, device)
@@ -138,15 +170,16 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
 
     with no_gc():
         one_round()  # warm-up, discarded
-        pre, dec = [], []
+        pre, dec, probes = [], [], []
         t0 = time.perf_counter()
         while len(pre) < repeats or time.perf_counter() - t0 < min_seconds:
             p, d = one_round()
             pre.append(p)
             dec.append(d)
+            probes.append(statistics.median(probe() for _ in range(PROBES_PER_ROUND)))
     pre_tot, dec_tot = [sum(r) for r in pre], [sum(r) for r in dec]
     return Measured(quiet_estimate(pre), quiet_estimate(dec), _spread(pre_tot), _spread(dec_tot),
-                    statistics.median(pre_tot), statistics.median(dec_tot), len(pre))
+                    statistics.median(pre_tot), statistics.median(dec_tot), len(pre), min(probes))
 
 
 def eager_model(cal: Calibrated, config: ModelConfig, phase: str, batch: int, tokens: int, context: int, ops: list):
@@ -207,6 +240,9 @@ def native_check(config: ModelConfig, cal: Calibrated, batch: int = 1, prompt_to
     def err(p: float, m: float) -> float:
         return round(100.0 * (p - m) / m, 1)
 
+    ref = cal.calibration.benchmarks.get("module_block_s")
+    contention = err(meas.probe_s, ref) if ref and meas.probe_s > 0 else None
+
     return CheckResult(
         model=config.name, device=str(dev), threads=torch.get_num_threads(), batch=batch,
         prompt_tokens=prompt_tokens, decode_steps=decode_steps, repeats=meas.rounds,
@@ -215,5 +251,6 @@ def native_check(config: ModelConfig, cal: Calibrated, batch: int = 1, prompt_to
         error_pct={"prefill": err(pre_p, meas.prefill_s), "decode": err(dec_p, meas.decode_step_s)},
         noise_pct={"prefill": round(100 * meas.prefill_spread, 1), "decode": round(100 * meas.decode_spread, 1)},
         measured_median_s={"prefill": meas.prefill_median_s, "decode": meas.decode_step_median_s},
+        contention_pct=contention,
         clock=clock_name(dev), predicted_by_kind_s=kinds, calibration=str(cal.path),
     )

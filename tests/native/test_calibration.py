@@ -405,6 +405,27 @@ def test_native_check_measures_each_segment_in_its_quietest_round(monkeypatch):
     assert m.prefill_spread == pytest.approx((6 - 3) / 5) and m.decode_spread == pytest.approx((4.5 - 1.5) / 2.25)
 
 
+def test_contention_is_the_probe_against_the_calibrations_figure(tmp_path, monkeypatch, capsys):
+    from codesign.native import check
+
+    path = _write(tmp_path, {**OVERLAY, "benchmarks": {"module_block_s": 50e-6}})
+    fake = check.Measured(3e-3, 1e-3, 0.1, 0.1, 3.5e-3, 1.2e-3, 7, probe_s=80e-6)
+    monkeypatch.setattr(check, "measure", lambda *a, **k: fake)
+    r = native_check(cs.load_model("llama-2-70b").tiny(), load_calibrated(path), prompt_tokens=16, decode_steps=2)
+    assert r.contention_pct == pytest.approx(100 * (80 / 50 - 1))  # +60%
+    assert r.prefill_measured_s == 3e-3 and r.measured_median_s == {"prefill": 3.5e-3, "decode": 1.2e-3}
+    assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
+    assert "stayed contended" in json.loads(capsys.readouterr().out)["warning"]
+    quiet = check.Measured(3e-3, 1e-3, 0.1, 0.1, 3.5e-3, 1.2e-3, 7, probe_s=52e-6)
+    monkeypatch.setattr(check, "measure", lambda *a, **k: quiet)
+    assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
+    assert "warning" not in json.loads(capsys.readouterr().out)
+    # an overlay without the figure: no reading
+    plain = native_check(cs.load_model("llama-2-70b").tiny(), load_calibrated(_write(tmp_path, OVERLAY)),
+                         prompt_tokens=16, decode_steps=2)
+    assert plain.contention_pct is None
+
+
 def test_quiet_estimate_is_the_sum_of_segment_minima():
     from codesign.native.check import quiet_estimate
 
