@@ -127,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         warnings.append(f"the machine stayed contended while measuring: the calibration's module-block benchmark "
                         f"ran {r.contention_pct:.0f}% slower between the rounds than when calibrated, and the "
                         "measured times are the contended machine's (other jobs running; retry when it is quieter)")
+    if r.contention_pct is not None and r.contention_pct < -CONTENDED_PCT:
+        warnings.append(f"the calibration was contended: its module-block benchmark ran {-r.contention_pct:.0f}% "
+                        "faster between the rounds than when calibrated (other jobs were running during "
+                        "`codesign calibrate`; recalibrate when the machine is quieter)")
     if warnings:
         d["warning"] = "; ".join(warnings)
     if args.json:

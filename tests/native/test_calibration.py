@@ -420,6 +420,10 @@ def test_contention_is_the_probe_against_the_calibrations_figure(tmp_path, monke
     monkeypatch.setattr(check, "measure", lambda *a, **k: quiet)
     assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
     assert "warning" not in json.loads(capsys.readouterr().out)
+    fast = check.Measured(3e-3, 1e-3, 0.1, 0.1, 3.5e-3, 1.2e-3, 7, probe_s=30e-6)  # -40%: a contended calibration
+    monkeypatch.setattr(check, "measure", lambda *a, **k: fast)
+    assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
+    assert "the calibration was contended" in json.loads(capsys.readouterr().out)["warning"]
     # an overlay without the figure: no reading
     plain = native_check(cs.load_model("llama-2-70b").tiny(), load_calibrated(_write(tmp_path, OVERLAY)),
                          prompt_tokens=16, decode_steps=2)
