@@ -81,7 +81,7 @@ HEAVY_OP_DISPATCHES = 10.0
 # the vocabulary scrub runs of them.
 FUSED_TARGETS = ("codesign.attention", "codesign.gated_delta_rule_step", "codesign.moe_experts")
 # Passes over the whole set of microbenchmarks; each field keeps its least-contended figure (`merge`).
-CALIBRATION_PASSES = 5
+CALIBRATION_PASSES = 8
 
 
 def _cpu_name() -> str:
