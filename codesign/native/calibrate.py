@@ -34,14 +34,14 @@ after the light scrub (`microbench.rewarm`; each figure in `benchmarks` as `rewa
 charged once per heavy kernel call; `eager.heavy_ops` lists the aten targets found heavy.
 
 **Passes** (`passes`, default `CALIBRATION_PASSES`; `codesign calibrate --passes`): the whole set
-of microbenchmarks runs that many times one after the other and each field keeps its
-least-contended figure over the passes: seconds at their least, efficiencies at their greatest
-(on a shared machine other jobs' contention comes and goes and slows whatever runs meanwhile, by up
-to 2x; the least of several passes is the benchmark in a quiet window, and native-check measures
-its side the same way, `codesign.native.check.quiet_estimate`). Differences and ratios of two
-timings of one pass (`small_m_half`, `heavy_rewarm_s`) keep their median: contention moves both
-terms; the MoE per-call and per-expert costs are derived again from their two benchmarks' least
-figures. A target heavy in any pass is heavy, at the least of its heavy figures.
+of microbenchmarks runs that many times one after the other; every benchmark figure keeps its
+least over the passes (on a shared machine other jobs' contention comes and goes and slows whatever
+runs meanwhile, by up to 2x; the least of several passes is the benchmark in a quiet window, and
+native-check measures its side the same way, `codesign.native.check.quiet_estimate`) and every
+field is derived again from those figures (`derive`), so that a field solved from two timings
+(the GEMM efficiency less the dispatch, `small_m_half`, the MoE per-expert cost) comes from two
+least-contended ones. The re-warm figures, paired differences timed together, keep their median.
+A target heavy in any pass is heavy, at the least of its heavy figures.
 
 Efficiencies are capped at 1 (a benchmark faster than the spec's peak says the peak is wrong: the
 command says so). `cost` also records the eager-execution switches: `fused_activations_on_chip:
@@ -61,6 +61,7 @@ import torch
 from codesign.errors import CodesignError
 from codesign.hw.spec import HardwareSpec
 from codesign.native import microbench as mb
+from codesign.native.dispatch import count_call
 from codesign.native.overlay import Calibration, EagerCosts
 
 GEMM_LARGE = (64, 256, 1024)
@@ -178,20 +179,21 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
     return merge([c for c, _ in runs]), notes
 
 
-# Fields that are differences or ratios of two timings of one pass: contention moves both terms, so
-# their least-contended value is not their least one; they keep their median over the passes.
+# Fields that are differences or ratios of two timings of one pass, where a pass lacks the benchmark
+# figures to derive them from: contention moves both terms, they keep their median.
 PAIRED_EAGER = ("moe_expert_s", "heavy_rewarm_s")
-# ... except the MoE pair, derived again from its two benchmarks at their least (`moe_fields`)
 MOE_BENCHMARKS = ("moe_experts_8tok_1expert_s", "moe_experts_8tok_8experts_s")
 
 
 def merge(passes: list[Calibration]) -> Calibration:
-    """One overlay from several passes, each field at its least-contended pass (the module
-    docstring's "Passes"): seconds at their least over the passes, efficiencies at their greatest;
-    fields that are differences or ratios of two timings (`small_m_half`, `PAIRED_EAGER`, the
-    re-warm benchmarks) at their median, except the MoE per-call and per-expert costs, derived again
-    from their two benchmarks' least figures. An aten target heavy in any pass is heavy, at the least of
-    its heavy figures."""
+    """One overlay from several passes, at the least-contended figures (the module docstring's
+    "Passes"): every benchmark figure at its least over the passes (the re-warm figures, paired
+    differences, at their median) and every field derived again from them (`derive`: a field that is
+    a difference or ratio of two timings must come from least-contended figures, not from the pass
+    where the difference came out largest); the per-target op costs at their least; an aten target
+    heavy in any pass is heavy, at the least of its heavy figures; `heavy_rewarm_s` at its median.
+    Fields of passes without the benchmark figures: seconds at their least, efficiencies at their
+    greatest, `small_m_half` and `PAIRED_EAGER` at their median."""
     first = passes[0]
     if len(passes) == 1:
         return first
@@ -207,8 +209,12 @@ def merge(passes: list[Calibration]) -> Calibration:
                    "view_s")}
     bench = {k: (med if k.startswith("rewarm_after_") else min)([p.benchmarks[k] for p in passes if k in p.benchmarks])
              for k in dict.fromkeys(k for p in passes for k in p.benchmarks)}
-    if MOE_BENCHMARKS[0] in bench and MOE_BENCHMARKS[1] in bench:  # from the least-contended figures
-        e["moe_experts_s"], e["moe_expert_s"] = (_g(x) for x in moe_fields(*(bench[k] for k in MOE_BENCHMARKS)))
+    from codesign.hw import load_hw
+
+    d_eff, d_cost, d_eager = derive(load_hw(first.base), bench, [])  # from the least-contended figures
+    eff.update(d_eff)
+    cost.update(d_cost)
+    e.update(d_eager)
     return first.model_copy(update={
         "measured": f"{first.measured} ({len(passes)} passes, least-contended figures)",
         "efficiency": eff, "cost": cost, "benchmarks": bench,
@@ -216,56 +222,26 @@ def merge(passes: list[Calibration]) -> Calibration:
     })
 
 
-def _gemm_fields(hw: HardwareSpec, device: torch.device, repeats: int, op_s: float, bench: dict,
-                 notes: list[str]) -> tuple[float, int]:
-    """(efficiency.gemm, efficiency.small_m_half) from fp32 matmuls, solved with the cost model's
-    time = overhead + 2MNK (M + h) / (M peak eff) (no row padding on this spec: tile M = 1)."""
-    peak = hw.chip.matrix.peak("fp32")
-    effs = []
-    for m in GEMM_LARGE:
-        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, torch.float32, repeats)
-        effs.append(2 * m * GEMM_NK * GEMM_NK / (max(t - op_s, 1e-9) * peak))
-    eff = _capped("gemm", statistics.median(effs), notes)
-    halves = []
-    for m in GEMM_SMALL:
-        t = bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, torch.float32, repeats)
-        halves.append(max(t - op_s, 1e-9) * peak * eff / (2 * GEMM_NK * GEMM_NK) - m)
-    return eff, max(1, round(statistics.median(halves)))
-
-
-def _attention_fields(hw: HardwareSpec, device: torch.device, repeats: int, bench: dict,
-                      notes: list[str], heavy: mb.VocabularyScrub) -> tuple[float, float]:
-    """(efficiency.attention, eager.attention_s): the per-call cost at a tiny GQA decode shape (light
-    and heavy-cold), then causal FLOPs / ((t - light per call) x peak) on fresh prompts timed back to
-    back (their overhead as warm as the per call it subtracts)."""
-    peak = hw.chip.matrix.peak("fp32")
-    per_call = bench["attention_1x16_gqa_light_s"] = mb.attention(1, 16, 4, 16, device, torch.float32, repeats,
-                                                                  kv_heads=2)
-    in_model = bench["attention_1x16_gqa_s"] = mb.attention(1, 16, 4, 16, device, torch.float32, repeats, kv_heads=2,
-                                                            scrub=heavy)
-    effs = []
+def _attention_benchmarks(device: torch.device, repeats: int, bench: dict, heavy: mb.VocabularyScrub) -> None:
+    """The per-call cost at a tiny GQA decode shape (light and heavy-cold), and fresh prompts timed back
+    to back (their overhead as warm as the light per call that `derive` subtracts)."""
+    f32 = torch.float32
+    bench["attention_1x16_gqa_light_s"] = mb.attention(1, 16, 4, 16, device, f32, repeats, kv_heads=2)
+    bench["attention_1x16_gqa_s"] = mb.attention(1, 16, 4, 16, device, f32, repeats, kv_heads=2, scrub=heavy)
     for T, S, H, D in ATTENTION_SHAPES:
-        t = bench[f"attention_{T}x{S}_h{H}_d{D}_s"] = mb.attention(T, S, H, D, device, torch.float32, repeats,
-                                                                  kv_heads=H // 2)
-        pairs = T * (S - T) + T * (T + 1) // 2
-        effs.append(4 * H * D * pairs / (max(t - per_call, 1e-9) * peak))
-    return _capped("attention", statistics.median(effs), notes), in_model
+        bench[f"attention_{T}x{S}_h{H}_d{D}_s"] = mb.attention(T, S, H, D, device, f32, repeats, kv_heads=H // 2)
 
 
-def _fused_fields(device: torch.device, repeats: int, bench: dict,
-                  calls: dict) -> tuple[float, float, float]:
-    """(eager.moe_experts_s, eager.moe_expert_s, eager.gated_delta_rule_step_s), heavy-cold; the
-    light figures go to `bench` beside them."""
+def _fused_benchmarks(device: torch.device, repeats: int, bench: dict, calls: dict) -> None:
+    """`moe_experts` over 1 and 8 experts and the GatedDeltaNet step, light and heavy-cold."""
     f32 = torch.float32
     moe = mb.VocabularyScrub(calls, "codesign.moe_experts")
     for scrub, tail in ((None, "_light_s"), (moe, "_s")):
-        t1 = bench[f"moe_experts_8tok_1expert{tail}"] = mb.moe_experts(8, 1, 8, 64, 32, device, f32, repeats, scrub)
-        t8 = bench[f"moe_experts_8tok_8experts{tail}"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats, scrub)
-    moe_call_s, per_expert = moe_fields(t1, t8)
+        bench[f"moe_experts_8tok_1expert{tail}"] = mb.moe_experts(8, 1, 8, 64, 32, device, f32, repeats, scrub)
+        bench[f"moe_experts_8tok_8experts{tail}"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats, scrub)
     bench["gated_delta_rule_step_light_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats)
     gdn = mb.VocabularyScrub(calls, "codesign.gated_delta_rule_step")
-    gdn_s = bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats, gdn)
-    return moe_call_s, per_expert, gdn_s
+    bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats, gdn)
 
 
 def moe_fields(t1: float, t8: float) -> tuple[float, float]:
@@ -285,25 +261,21 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
     notes: list[str] = []
     bench: dict[str, float] = {}
     say("per-op overhead")
-    view_s, n_views = mb.view_ops(device, repeats)
-    bench[f"view_ops_per_dispatch_s ({n_views} dispatches)"] = view_s
+    view_s = bench["view_op_s"] = mb.view_ops(device, repeats)[0]
     op_s, n_ops, n_block_views = mb.module_ops(64, 128, device, f32, repeats, view_s)
-    bench[f"module_ops_per_kernel_dispatch_s ({n_ops} dispatches, {n_block_views} views)"] = op_s
     bench["module_block_s"] = op_s * (n_ops - n_block_views) + view_s * n_block_views  # the block's cold call
     say("GEMM")
-    eff_gemm, half = _gemm_fields(hw, device, repeats, op_s, bench, notes)
+    for m in (*GEMM_LARGE, *GEMM_SMALL):
+        bench[f"gemm_{m}x{GEMM_NK}x{GEMM_NK}_s"] = mb.gemm(m, GEMM_NK, GEMM_NK, device, f32, repeats)
     say("memory bandwidth")
-    t = bench["copy_256MiB_s"] = mb.stream_copy(STREAM_BYTES, device, max(3, repeats // 2))
-    eff_mem = _capped("memory", 2 * STREAM_BYTES / t / hw.chip.hbm.bandwidth, notes)
+    bench["copy_256MiB_s"] = mb.stream_copy(STREAM_BYTES, device, max(3, repeats // 2))
     say("vector throughput")
-    t = bench["mul_64Ki_s"] = mb.vector_mul(VECTOR_ELEMENTS, device, repeats)
-    eff_vec = _capped("vector", VECTOR_ELEMENTS / max(t - op_s, 1e-9) / hw.chip.vector.fp32, notes)
+    bench["mul_64Ki_s"] = mb.vector_mul(VECTOR_ELEMENTS, device, repeats)
     calls = vocabulary(device, shapes)
     say("attention")
-    eff_attn, attn_s = _attention_fields(hw, device, repeats, bench, notes,
-                                         mb.VocabularyScrub(calls, "codesign.attention"))
+    _attention_benchmarks(device, repeats, bench, mb.VocabularyScrub(calls, "codesign.attention"))
     say("MoE experts and the GatedDeltaNet step")
-    moe_call_s, per_expert, gdn_s = _fused_fields(device, repeats, bench, calls)
+    _fused_benchmarks(device, repeats, bench, calls)
     say("per-op costs")
     op_costs, light = per_target_costs(device, repeats, shapes, heavy_dispatches * op_s, calls)
     bench.update({f"{target}_light_s": t for target, t in light.items()})
@@ -313,15 +285,49 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
     excess = mb.rewarm(block, {name: calls[name] for name in (*FUSED_TARGETS, *heavy)}, device, repeats)
     bench.update({f"rewarm_after_{name}_s": t for name, t in excess.items()})
     rewarm_s = max(0.0, statistics.median(excess.values()))
+    bench = {k: _g(v) for k, v in bench.items()}
+    eff, cost, eager = derive(hw, bench, notes)
     cal = Calibration(
         base=hw.name, device=device.type, threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0],
         measured=f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ} on {_cpu_name()}",
-        efficiency={"gemm": round(eff_gemm, 4), "small_m_half": half, "memory": round(eff_mem, 4),
-                    "vector": round(eff_vec, 4), "attention": round(eff_attn, 4)},
-        cost={"launch_overhead_s": _g(op_s), "fused_activations_on_chip": False},
-        eager=EagerCosts(attention_s=_g(attn_s), moe_experts_s=_g(moe_call_s), moe_expert_s=_g(per_expert),
-                         gated_delta_rule_step_s=_g(gdn_s), ops={k: _g(v) for k, v in sorted(op_costs.items())},
-                         heavy_ops=heavy, heavy_rewarm_s=_g(rewarm_s), view_s=_g(view_s)),
-        benchmarks={k: _g(v) for k, v in bench.items()},
+        efficiency=eff, cost={**cost, "fused_activations_on_chip": False},
+        eager=EagerCosts(**eager, ops={k: _g(v) for k, v in sorted(op_costs.items())},
+                         heavy_ops=heavy, heavy_rewarm_s=_g(rewarm_s)),
+        benchmarks=bench,
     )
     return cal, notes
+
+
+def derive(hw: HardwareSpec, bench: dict[str, float], notes: list[str]) -> tuple[dict, dict, dict]:
+    """(efficiency, cost, eager fields) solved from the benchmark figures with the cost model's own
+    formulas (the module docstring's table): what one pass derives from its figures and `merge` from
+    the passes' least-contended figures. Fields whose benchmarks are missing are left out."""
+    out_eff: dict[str, float] = {}
+    cost: dict[str, float] = {}
+    eager: dict[str, float] = {}
+    if "view_op_s" not in bench or "module_block_s" not in bench:
+        return out_eff, cost, eager
+    call, _ = mb.module_block(64, 128, torch.device("meta"), torch.float32)
+    n, views = count_call(call)  # structural: 20 dispatches, 6 of them views
+    view_s = bench["view_op_s"]
+    op_s = (bench["module_block_s"] - views * view_s) / (n - views)
+    cost["launch_overhead_s"], eager["view_s"] = _g(op_s), _g(view_s)
+    matrix, nk = hw.chip.matrix.peak("fp32"), GEMM_NK
+    large = [2 * m * nk * nk / (max(bench[f"gemm_{m}x{nk}x{nk}_s"] - op_s, 1e-9) * matrix) for m in GEMM_LARGE]
+    gemm = _capped("gemm", statistics.median(large), notes)
+    halves = [max(bench[f"gemm_{m}x{nk}x{nk}_s"] - op_s, 1e-9) * matrix * gemm / (2 * nk * nk) - m for m in GEMM_SMALL]
+    out_eff["gemm"], out_eff["small_m_half"] = round(gemm, 4), max(1, round(statistics.median(halves)))
+    out_eff["memory"] = round(_capped("memory", 2 * STREAM_BYTES / bench["copy_256MiB_s"] / hw.chip.hbm.bandwidth,
+                                      notes), 4)
+    out_eff["vector"] = round(_capped("vector", VECTOR_ELEMENTS / max(bench["mul_64Ki_s"] - op_s, 1e-9)
+                                      / hw.chip.vector.fp32, notes), 4)
+    per_call = bench["attention_1x16_gqa_light_s"]
+    attn = []
+    for T, S, H, D in ATTENTION_SHAPES:
+        pairs = T * (S - T) + T * (T + 1) // 2
+        attn.append(4 * H * D * pairs / (max(bench[f"attention_{T}x{S}_h{H}_d{D}_s"] - per_call, 1e-9) * matrix))
+    out_eff["attention"] = round(_capped("attention", statistics.median(attn), notes), 4)
+    eager["attention_s"] = bench["attention_1x16_gqa_s"]
+    eager["moe_experts_s"], eager["moe_expert_s"] = (_g(x) for x in moe_fields(*(bench[k] for k in MOE_BENCHMARKS)))
+    eager["gated_delta_rule_step_s"] = bench["gated_delta_rule_step_s"]
+    return out_eff, cost, eager

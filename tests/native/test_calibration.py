@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -482,13 +483,35 @@ def test_passes_merge_to_the_least_contended_figures():
     assert merge([a]) == a
 
 
-def test_moe_costs_come_from_the_least_figures_of_their_two_benchmarks():
-    from codesign.native.calibrate import merge
+def _bench(**change):
+    """A complete set of benchmark figures (seconds), as one calibration pass writes them."""
+    b = {"view_op_s": 1.5e-6, "module_block_s": 60e-6, "copy_256MiB_s": 0.05, "mul_64Ki_s": 9e-6,
+         "attention_1x16_gqa_light_s": 80e-6, "attention_1x16_gqa_s": 120e-6,
+         "attention_128x128_h4_d16_s": 4e-4, "attention_256x256_h4_d16_s": 1.2e-3, "attention_512x512_h4_d16_s": 4e-3,
+         "moe_experts_8tok_1expert_s": 150e-6, "moe_experts_8tok_8experts_s": 360e-6, "gated_delta_rule_step_s": 170e-6}
+    b.update({f"gemm_{m}x512x512_s": 2 * m * 512 * 512 / 150e9 + 4e-6 for m in (1, 2, 4, 8, 64, 256, 1024)})
+    return {**b, **change}
 
-    def cal(t1, t8):
-        return Calibration.model_validate({**OVERLAY, "benchmarks": {"moe_experts_8tok_1expert_s": t1,
-                                                                    "moe_experts_8tok_8experts_s": t8}})
-    m = merge([cal(100e-6, 240e-6), cal(90e-6, 300e-6)])
-    per_expert = (240e-6 - 90e-6) / 7  # by hand: the least 8-expert and 1-expert figures
+
+def test_passes_derive_every_field_from_the_least_figures():
+    """Pass a: the module block contended; pass b: the vector mul and the 8-expert MoE call contended.
+    Every field comes from the least figures, not from the pass where it came out best."""
+    from codesign.native.calibrate import derive, merge
+
+    def cal(bench):
+        eff, cost, eager = derive(cs.load_hw("cpu-host"), bench, [])
+        return Calibration.model_validate({**OVERLAY, "efficiency": eff, "cost": {**cost, "fused_activations_on_chip":
+                                          False}, "eager": {**EAGER, **eager}, "benchmarks": bench})
+    a = cal(_bench(module_block_s=120e-6, moe_experts_8tok_1expert_s=140e-6))
+    b = cal(_bench(mul_64Ki_s=20e-6, moe_experts_8tok_8experts_s=500e-6))
+    m = merge([a, b])
+    launch = (60e-6 - 6 * 1.5e-6) / 14  # by hand: the quiet block less its 6 views, over its 14 other dispatches
+    assert m.cost["launch_overhead_s"] == pytest.approx(launch, rel=1e-3) and m.eager.view_s == 1.5e-6
+    assert m.efficiency["vector"] == pytest.approx(65536 / (9e-6 - launch) / 192e9, abs=1e-4)
+    per_expert = (360e-6 - 140e-6) / 7  # the least 8-expert and 1-expert figures
     assert m.eager.moe_expert_s == pytest.approx(per_expert, rel=1e-3)
-    assert m.eager.moe_experts_s == pytest.approx(90e-6 - per_expert, rel=1e-3)
+    assert m.eager.moe_experts_s == pytest.approx(140e-6 - per_expert, rel=1e-3)
+    gemm = statistics.median(2 * k * 512 * 512 / ((2 * k * 512 * 512 / 150e9 + 4e-6 - launch) * 384e9)
+                             for k in (64, 256, 1024))
+    assert m.efficiency["gemm"] == pytest.approx(gemm, abs=1e-4)
+    assert m.eager.gated_delta_rule_step_s == 170e-6 and m.eager.attention_s == 120e-6
