@@ -124,12 +124,13 @@ def run(args: argparse.Namespace) -> int:
     if threads != cal.calibration.threads:
         warnings.append(f"{threads} threads, calibrated at {cal.calibration.threads}")
     if r.contention_pct is not None and r.contention_pct > CONTENDED_PCT:
-        warnings.append(f"the machine stayed contended while measuring: the calibration's module-block benchmark "
-                        f"ran {r.contention_pct:.0f}% slower between the rounds than when calibrated, and the "
-                        "measured times are the contended machine's (other jobs running; retry when it is quieter)")
+        warnings.append(f"the machine was contended while measuring: the calibration's module-block benchmark "
+                        f"ran {r.contention_pct:.0f}% slower between most rounds than when calibrated; each segment "
+                        "is measured in its quietest round, which may still have been contended (other jobs "
+                        "running; retry when the machine is quieter)")
     if r.contention_pct is not None and r.contention_pct < -CONTENDED_PCT:
         warnings.append(f"the calibration was contended: its module-block benchmark ran {-r.contention_pct:.0f}% "
-                        "faster between the rounds than when calibrated (other jobs were running during "
+                        "faster between most rounds than when calibrated (other jobs were running during "
                         "`codesign calibrate`; recalibrate when the machine is quieter)")
     if warnings:
         d["warning"] = "; ".join(warnings)

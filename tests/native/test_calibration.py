@@ -360,8 +360,8 @@ DECODE_MS = {0: [[9, 9], [0.5, 0.5], [0.5, 2.0], [1.5, 1.5]], 1: [[9, 9], [1, 1]
 
 
 def _fake_clock_model(monkeypatch, check):
-    """A tiny Llama whose two decoder layers advance a fake clock by PREFILL_MS / DECODE_MS; the
-    embedding and the head take no time on it."""
+    """A tiny Llama whose two decoder layers' attention advances a fake clock by PREFILL_MS /
+    DECODE_MS; everything else takes no time on it."""
     state = {"t": 0.0}
     monkeypatch.setattr(check, "clock", lambda device: (lambda: state["t"]))
     real_build = check.build_native
@@ -384,7 +384,8 @@ def _fake_clock_model(monkeypatch, check):
 
             def make_cache(self, *a):
                 return self.inner.make_cache(*a)
-        model.layers = torch.nn.ModuleList(Timed(layer, i) for i, layer in enumerate(model.layers))
+        for i, layer in enumerate(model.layers):
+            setattr(layer, layer.mixer_name, Timed(layer.mixer, i))
         return model
     monkeypatch.setattr(check, "build_native", build)
 
@@ -429,6 +430,27 @@ def test_contention_is_the_probe_against_the_calibrations_figure(tmp_path, monke
     plain = native_check(cs.load_model("llama-2-70b").tiny(), load_calibrated(_write(tmp_path, OVERLAY)),
                          prompt_tokens=16, decode_steps=2)
     assert plain.contention_pct is None
+
+
+@pytest.mark.parametrize("name", ["llama-2-70b", "qwen3.5-397b-a17b"])
+def test_the_segmented_step_is_the_models_own(name):
+    """native-check times a step in parts; the parts compute what the model's forward computes."""
+    from codesign.native import check
+
+    cfg = without_mtp(cs.load_model(name).tiny())
+    model = check.build_native(cfg, 0, torch.float32, "cpu")
+    ids = torch.randint(0, cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    a, b = model.make_caches(1, 14), model.make_caches(1, 14)
+    now = check.clock(torch.device("cpu"))
+    with torch.no_grad():
+        tok, parts = check._segments(model, ids, 0, a, True, now, torch.device("cpu"))
+        ref = model(ids, 0, b)[:, -1]
+        assert torch.equal(tok, ref.argmax(-1, keepdim=True))
+        assert len(parts) == 2 + 4 * cfg.num_layers and all(t >= 0 for t in parts)
+        tok2, _ = check._segments(model, tok, 12, a, False, now, torch.device("cpu"))
+        ref2 = model(tok, 12, b)[:, -1]
+        assert torch.equal(tok2, ref2.argmax(-1, keepdim=True))
+        assert all(torch.equal(x, y) for ca, cb in zip(a, b) for x, y in zip(ca.buffers(), cb.buffers()))
 
 
 def test_quiet_estimate_is_the_sum_of_segment_minima():
