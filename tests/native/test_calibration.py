@@ -417,7 +417,7 @@ def test_contention_is_the_probe_against_the_calibrations_figure(tmp_path, monke
     assert r.contention_pct == pytest.approx(100 * (80 / 50 - 1))  # +60%
     assert r.prefill_measured_s == 3e-3 and r.measured_median_s == {"prefill": 3.5e-3, "decode": 1.2e-3}
     assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
-    assert "stayed contended" in json.loads(capsys.readouterr().out)["warning"]
+    assert "the machine was contended while measuring" in json.loads(capsys.readouterr().out)["warning"]
     quiet = check.Measured(3e-3, 1e-3, 0.1, 0.1, 3.5e-3, 1.2e-3, 7, probe_s=52e-6)
     monkeypatch.setattr(check, "measure", lambda *a, **k: quiet)
     assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
