@@ -163,7 +163,9 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
             device: torch.device, seed: int = 0, min_seconds: float = 0.0) -> Measured:
     """Prefill and decode rounds (`repeats`, more until `min_seconds` of rounds have run), after a
     discarded warm-up round, with the garbage collector off; each step timed by segment (`_segments`).
-    A decode round's segment times are the medians over its steps."""
+    The estimates (`quiet_estimate`): prefill over the rounds, a decode step over every step of every
+    round (the decode positions differ by under 7% of the context). The median round and the spread:
+    prefill totals, and per round the sum of its segments' medians over its steps."""
     model = build_native(config, seed, torch.float32, str(device))
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, config.vocab_size, (batch, prompt_tokens), generator=g).to(device)
@@ -172,26 +174,27 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
 
     probe = _probe(device, now)
 
-    def one_round() -> tuple[list[float], list[float]]:
+    def one_round() -> tuple[list[float], list[list[float]]]:
         caches = model.make_caches(batch, max_len)
         token, pre = _segments(model, prompt, 0, caches, True, now, device)
         steps = []
         for i in range(decode_steps):
             token, seg = _segments(model, token, prompt_tokens + i, caches, False, now, device)
             steps.append(seg)
-        return pre, [statistics.median(col) for col in zip(*steps)]
+        return pre, steps
 
     with no_gc():
         one_round()  # warm-up, discarded
-        pre, dec, probes = [], [], []
+        pre, dec, steps, probes = [], [], [], []
         t0 = time.perf_counter()
         while len(pre) < repeats or time.perf_counter() - t0 < min_seconds:
             p, d = one_round()
             pre.append(p)
-            dec.append(d)
+            steps += d
+            dec.append([statistics.median(col) for col in zip(*d)])  # the round's median step, by segment
             probes.append(statistics.median(probe() for _ in range(PROBES_PER_ROUND)))
     pre_tot, dec_tot = [sum(r) for r in pre], [sum(r) for r in dec]
-    return Measured(quiet_estimate(pre), quiet_estimate(dec), _spread(pre_tot), _spread(dec_tot),
+    return Measured(quiet_estimate(pre), quiet_estimate(steps), _spread(pre_tot), _spread(dec_tot),
                     statistics.median(pre_tot), statistics.median(dec_tot), len(pre), statistics.median(probes))
 
 
