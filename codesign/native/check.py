@@ -1,13 +1,17 @@
 """native-check: a small real configuration run natively and predicted by the simulator.
 
 The run (`measure`): the model with seeded random weights (`codesign.native.run.build_native`), fp32
-on the host device; a prefill of `prompt_tokens` tokens into fresh caches (the LM head on the last
-position only, as the tracer records it), repeated `repeats` times; then `decode_steps` decode steps
-after a prefill, each timed alone, over `repeats` rounds. A discarded warm-up round comes first.
+on the host device; rounds of `PREFILLS_PER_ROUND` prefills of `prompt_tokens` tokens into fresh
+caches (the LM head on the last position only, as the tracer records it) and `decode_steps` decode
+steps after the last, each timed alone; at least `repeats` rounds and as many more as fit in the
+measuring time (`MEASURE_SECONDS`), after a discarded warm-up round, the garbage collector off.
 The clock is `codesign.native.replay.clock`: the thread's CPU time on a CPU with one torch thread
-(a shared machine's other processes then do not count), wall time otherwise.
-Reported: the median prefill and the median decode step, and their spread (the noise of a shared
-machine: (max - min) / median over the repeats).
+(a shared machine's other processes then do not count), wall time otherwise. Every step is timed by
+segment (`_segments`: the embedding, each decoder layer's four parts, the head) and measured as the
+sum of each segment's least time over the samples (`quiet_estimate`): other jobs' contention comes
+and goes, and the calibration keeps its least-contended figures the same way. Reported beside it:
+the median prefill and decode step, their spread ((max - min) / median), and how contended the
+machine was (`contention_pct`, the calibration's module-block benchmark timed between the rounds).
 
 The prediction (`predict`): the same steps through the simulator's normal path — `codesign.trace`
 (prefill: `batch` x `prompt_tokens` tokens after 0 cached; decode: one token at the middle decode
@@ -133,6 +137,9 @@ def _segments(model, ids: torch.Tensor, pos: int, caches: list, last_only: bool,
     return token, [b - a for a, b in zip(marks, marks[1:])]
 
 
+# prefills per round, each into fresh caches (a prefill gives one sample of each of its segments, a
+# round's decode steps `decode_steps` samples: more prefills balance the two phases' samples)
+PREFILLS_PER_ROUND = 4
 # light-cold calls of the calibration's module block after each round (their median; `_probe`)
 PROBES_PER_ROUND = 5
 # a probe this much slower than the calibration's figure says the machine was contended in most rounds
@@ -163,8 +170,9 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
             device: torch.device, seed: int = 0, min_seconds: float = 0.0) -> Measured:
     """Prefill and decode rounds (`repeats`, more until `min_seconds` of rounds have run), after a
     discarded warm-up round, with the garbage collector off; each step timed by segment (`_segments`).
-    The estimates (`quiet_estimate`): prefill over the rounds, a decode step over every step of every
-    round (the decode positions differ by under 7% of the context). The median round and the spread:
+    A round is `PREFILLS_PER_ROUND` prefills, then `decode_steps` decode steps after the last one.
+    The estimates (`quiet_estimate`): prefill over every prefill, a decode step over every step of
+    every round (the decode positions differ by under 7% of the context). The median and the spread:
     prefill totals, and per round the sum of its segments' medians over its steps."""
     model = build_native(config, seed, torch.float32, str(device))
     g = torch.Generator().manual_seed(seed)
@@ -174,9 +182,12 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
 
     probe = _probe(device, now)
 
-    def one_round() -> tuple[list[float], list[list[float]]]:
-        caches = model.make_caches(batch, max_len)
-        token, pre = _segments(model, prompt, 0, caches, True, now, device)
+    def one_round() -> tuple[list[list[float]], list[list[float]]]:
+        pre = []
+        for _ in range(PREFILLS_PER_ROUND):  # each into fresh caches; the decode continues the last
+            caches = model.make_caches(batch, max_len)
+            token, seg = _segments(model, prompt, 0, caches, True, now, device)
+            pre.append(seg)
         steps = []
         for i in range(decode_steps):
             token, seg = _segments(model, token, prompt_tokens + i, caches, False, now, device)
@@ -187,15 +198,15 @@ def measure(config: ModelConfig, batch: int, prompt_tokens: int, decode_steps: i
         one_round()  # warm-up, discarded
         pre, dec, steps, probes = [], [], [], []
         t0 = time.perf_counter()
-        while len(pre) < repeats or time.perf_counter() - t0 < min_seconds:
+        while len(dec) < repeats or time.perf_counter() - t0 < min_seconds:
             p, d = one_round()
-            pre.append(p)
+            pre += p
             steps += d
             dec.append([statistics.median(col) for col in zip(*d)])  # the round's median step, by segment
             probes.append(statistics.median(probe() for _ in range(PROBES_PER_ROUND)))
     pre_tot, dec_tot = [sum(r) for r in pre], [sum(r) for r in dec]
     return Measured(quiet_estimate(pre), quiet_estimate(steps), _spread(pre_tot), _spread(dec_tot),
-                    statistics.median(pre_tot), statistics.median(dec_tot), len(pre), statistics.median(probes))
+                    statistics.median(pre_tot), statistics.median(dec_tot), len(dec), statistics.median(probes))
 
 
 def eager_model(cal: Calibrated, config: ModelConfig, phase: str, batch: int, tokens: int, context: int, ops: list):

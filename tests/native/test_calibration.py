@@ -364,6 +364,7 @@ def _fake_clock_model(monkeypatch, check):
     DECODE_MS; everything else takes no time on it."""
     state = {"t": 0.0}
     monkeypatch.setattr(check, "clock", lambda device: (lambda: state["t"]))
+    monkeypatch.setattr(check, "PREFILLS_PER_ROUND", 1)
     real_build = check.build_native
 
     def build(config, seed, dtype, device):
