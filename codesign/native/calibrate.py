@@ -13,7 +13,7 @@ with the cost model's own formulas so that the model reproduces the benchmark it
 | `efficiency.vector` | element-wise mul of two 64 Ki-element vectors (L2-resident) | elements / (t - overhead) / spec vector peak |
 | `efficiency.attention` | `codesign::attention`, fresh prompts T = S in (128, 256, 512), 4 query heads over 2 KV heads of dim 16 | median causal FLOPs / ((t - light per-call) x peak) |
 | `eager.attention_s` | `codesign::attention` at T = 1, S = 16, 4 query heads of 16 over 2 KV heads, heavy-cold | t |
-| `eager.moe_experts_s`, `moe_expert_s` | `codesign::moe_experts`, 8 tokens top-1 over 1 and over 8 experts, heavy-cold | per expert = (t8 - t1) / 7; per call = t1 - per expert |
+| `eager.moe_experts_s`, `moe_expert_s`, `moe_route_s` | `codesign::moe_experts`, 8 tokens top-1 over 1 and over 8 experts, and 256 tokens top-4 over 8 experts (hidden 64, width 32), heavy-cold | per route = (t256 - FLOPs at the GEMM rate - t8) / 1016; per expert = (t8 - t1) / 7; per call = t1 - per expert - 8 routes |
 | `eager.gated_delta_rule_step_s` | the fused decode step, 2 key heads and 4 value heads of 16 x 16, heavy-cold | t |
 | `eager.ops` | every aten target the tracer emits for the tiny configs, replayed (`codesign.native.replay`) cold at its smallest traced shape (heavy-cold where heavy) | t per target |
 | `eager.heavy_ops`, `eager.heavy_rewarm_s` | the RMSNorm + MLP block after one call of each heavy kernel vs after the light scrub | aten targets timed heavy; median excess |
@@ -182,7 +182,10 @@ def calibrate(hw: HardwareSpec, device: torch.device, repeats: int = 7,
 # Fields that are differences or ratios of two timings of one pass, where a pass lacks the benchmark
 # figures to derive them from: contention moves both terms, they keep their median.
 PAIRED_EAGER = ("moe_expert_s", "heavy_rewarm_s")
-MOE_BENCHMARKS = ("moe_experts_8tok_1expert_s", "moe_experts_8tok_8experts_s")
+MOE_TOKENS, MOE_TOP_K = 256, 4  # the per-routed-token benchmark: a prefill-sized call, 128 routes per expert
+MOE_BENCHMARKS = ("moe_experts_8tok_1expert_s", "moe_experts_8tok_8experts_s",
+                  f"moe_experts_{MOE_TOKENS}tok_top{MOE_TOP_K}_8experts_s")
+MOE_HIDDEN, MOE_WIDTH = 64, 32
 
 
 def merge(passes: list[Calibration]) -> Calibration:
@@ -206,7 +209,7 @@ def merge(passes: list[Calibration]) -> Calibration:
            for t in first.eager.ops}
     e = {k: (med if k in PAIRED_EAGER else min)([getattr(p.eager, k) for p in passes])
          for k in ("attention_s", "moe_experts_s", "moe_expert_s", "gated_delta_rule_step_s", "heavy_rewarm_s",
-                   "view_s")}
+                   "view_s", "moe_route_s")}
     bench = {k: (med if k.startswith("rewarm_after_") else min)([p.benchmarks[k] for p in passes if k in p.benchmarks])
              for k in dict.fromkeys(k for p in passes for k in p.benchmarks)}
     from codesign.hw import load_hw
@@ -239,16 +242,27 @@ def _fused_benchmarks(device: torch.device, repeats: int, bench: dict, calls: di
     for scrub, tail in ((None, "_light_s"), (moe, "_s")):
         bench[f"moe_experts_8tok_1expert{tail}"] = mb.moe_experts(8, 1, 8, 64, 32, device, f32, repeats, scrub)
         bench[f"moe_experts_8tok_8experts{tail}"] = mb.moe_experts(8, 8, 8, 64, 32, device, f32, repeats, scrub)
+    bench[MOE_BENCHMARKS[2]] = mb.moe_experts(MOE_TOKENS, 8, 8, 64, 32, device, f32, repeats, moe, top_k=MOE_TOP_K)
     bench["gated_delta_rule_step_light_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats)
     gdn = mb.VocabularyScrub(calls, "codesign.gated_delta_rule_step")
     bench["gated_delta_rule_step_s"] = mb.gdn_step(1, 2, 4, 16, 16, device, f32, repeats, gdn)
 
 
-def moe_fields(t1: float, t8: float) -> tuple[float, float]:
-    """(eager.moe_experts_s, eager.moe_expert_s) from `moe_experts` of 8 tokens over 1 and over 8
-    experts: per expert = (t8 - t1) / 7, per call = t1 - per expert."""
+def moe_fields(t1: float, t8: float, t_many: float | None = None, flop_s: float = math.inf) -> tuple[float, float, float]:
+    """(eager.moe_experts_s, eager.moe_expert_s, eager.moe_route_s) from `moe_experts` of 8 tokens at
+    top-1 over 1 and over 8 experts (8 routes each) and of `MOE_TOKENS` tokens at top-`MOE_TOP_K`
+    over 8 experts, solved with the eager model's time = per call + active experts x per expert +
+    routes x per route + FLOPs / `flop_s` (the cost model's compute term: on cpu-host, tile M 1 and
+    no grouped efficiency, the GEMM rate): per route = the large call's time beyond the 8-expert
+    call's, less its FLOP time, over its extra routes; per expert = (t8 - t1) / 7; per call = t1 -
+    per expert - 8 routes. Without the large call: no per-route term (0)."""
     per_expert = max(0.0, (t8 - t1) / 7)
-    return max(0.0, t1 - per_expert), per_expert
+    per_route = 0.0
+    if t_many is not None:
+        routes = MOE_TOKENS * MOE_TOP_K
+        flops = routes * 6.0 * MOE_HIDDEN * MOE_WIDTH  # gate/up (2 x width rows) and down, 2 FLOPs per MAC
+        per_route = max(0.0, (t_many - flops / flop_s - t8) / (routes - 8))
+    return max(0.0, t1 - per_expert - 8 * per_route), per_expert, per_route
 
 
 def _g(x: float) -> float:
@@ -328,6 +342,8 @@ def derive(hw: HardwareSpec, bench: dict[str, float], notes: list[str]) -> tuple
         attn.append(4 * H * D * pairs / (max(bench[f"attention_{T}x{S}_h{H}_d{D}_s"] - per_call, 1e-9) * matrix))
     out_eff["attention"] = round(_capped("attention", statistics.median(attn), notes), 4)
     eager["attention_s"] = bench["attention_1x16_gqa_s"]
-    eager["moe_experts_s"], eager["moe_expert_s"] = (_g(x) for x in moe_fields(*(bench[k] for k in MOE_BENCHMARKS)))
+    t_many = bench.get(MOE_BENCHMARKS[2])
+    moe = moe_fields(bench[MOE_BENCHMARKS[0]], bench[MOE_BENCHMARKS[1]], t_many, matrix * gemm)
+    eager["moe_experts_s"], eager["moe_expert_s"], eager["moe_route_s"] = (_g(x) for x in moe)
     eager["gated_delta_rule_step_s"] = bench["gated_delta_rule_step_s"]
     return out_eff, cost, eager

@@ -21,7 +21,10 @@ calibration overlay, `codesign.native.overlay`):
   (named assumption: the unrecorded dispatches are spread evenly over the recorded ops). An overlay
   without `view_s` charges views at `launch_overhead_s`;
 * `codesign::attention`, `codesign::gated_delta_rule_step` pay their measured per-call cost, and
-  `codesign::moe_experts` its per-call cost plus a per-active-expert cost (its loop over experts);
+  `codesign::moe_experts` its per-call cost plus a per-active-expert cost (its loop over experts)
+  plus a per-route cost for each routed (token, expert) pair (`eager.moe_route_s`: its gathers,
+  gated activation and weighted index_add, and what its small per-expert GEMMs fall short of the
+  calibrated GEMM rate);
 * a heavy kernel (the three fused kernels and the aten targets in `eager.heavy_ops`, the oneDNN
   convolution) evicts the dispatch path that the light ops after it share: each call of one also
   pays `eager.heavy_rewarm_s`, what a block of light ops costs more right after one heavy kernel
@@ -58,8 +61,10 @@ class EagerCostModel(CostModel):
         elif name == "codesign.gated_delta_rule_step":
             per_call = self.eager.gated_delta_rule_step_s + rewarm
         elif name == "codesign.moe_experts":
-            active = sum(1 for t in (op.tokens_per_expert or ()) if t > 0)
-            per_call = self.eager.moe_experts_s + active * self.eager.moe_expert_s + rewarm
+            tpe = op.tokens_per_expert or ()
+            active = sum(1 for t in tpe if t > 0)
+            per_call = (self.eager.moe_experts_s + active * self.eager.moe_expert_s + sum(tpe) * self.eager.moe_route_s
+                        + rewarm)
         else:
             launch = self.launch_s  # the options value, else the chip's efficiency.kernel_overhead
             view = self.eager.view_s or launch

@@ -30,7 +30,7 @@ named assumption):
 * `attention(t, s, heads, dim, kv_heads)` — the project's own `codesign::attention` kernel (what
   native runs use), GQA when `kv_heads` < `heads` (its extra head expansion is part of the call);
 * `moe_experts(tokens, experts, ...)` — the project's `codesign::moe_experts` with a given number of
-  active experts (its per-call and per-expert costs);
+  active experts and routes per token (its per-call, per-expert and per-routed-token costs);
 * `gdn_step(...)` — the project's fused GatedDeltaNet decode step (more value than key heads, as
   every GatedDeltaNet model has, so the head expansion is part of the call);
 * `view_ops(...)` — Python-level view ops (view, transpose, select, t, expand, slice, unsqueeze):
@@ -144,22 +144,24 @@ def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype:
 
 
 def moe_experts_call(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,
-                     dtype: torch.dtype) -> Callable[[], torch.Tensor]:
-    """One `moe_experts` call with `tokens` tokens at top-1 spread over `active` experts."""
+                     dtype: torch.dtype, top_k: int = 1) -> Callable[[], torch.Tensor]:
+    """One `moe_experts` call with `tokens` tokens, each routed to `top_k` distinct experts, spread
+    evenly over `active` experts (token i to experts i, i + 1, ... mod `active`)."""
     from codesign.models import kernels
 
     g = torch.Generator().manual_seed(0)
     x = _rand(g, tokens, hidden, device=device, dtype=dtype)
-    ids = (torch.arange(tokens) % active).reshape(tokens, 1).to(device)
-    w = torch.ones(tokens, 1, device=device, dtype=dtype)
+    ids = ((torch.arange(tokens)[:, None] + torch.arange(top_k)[None, :]) % active).to(device)
+    w = torch.full((tokens, top_k), 1.0 / top_k, device=device, dtype=dtype)
     wgu = _rand(g, experts, 2 * width, hidden, device=device, dtype=dtype)
     wd = _rand(g, experts, hidden, width, device=device, dtype=dtype)
     return lambda: kernels.moe_experts(x, ids, w, wgu, wd, None, None, "silu")
 
 
 def moe_experts(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,
-                dtype: torch.dtype, repeats: int, scrub: Callable[[], object] | None = None) -> float:
-    return cold(moe_experts_call(tokens, active, experts, hidden, width, device, dtype), device, repeats, scrub)
+                dtype: torch.dtype, repeats: int, scrub: Callable[[], object] | None = None, top_k: int = 1) -> float:
+    return cold(moe_experts_call(tokens, active, experts, hidden, width, device, dtype, top_k), device, repeats,
+                scrub)
 
 
 def gdn_step_call(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: torch.device,

@@ -62,6 +62,9 @@ class EagerCosts(BaseModel):
     # which the tracer does not record; 0 (an overlay written before it): views cost
     # cost.launch_overhead_s like any dispatch
     view_s: Seconds = 0.0
+    # ...and codesign::moe_experts this per routed (token, expert) pair beyond its FLOPs at the GEMM
+    # rate (its gathers, gated activation, weighted index_add, the small GEMMs' shortfall; 0: not modelled)
+    moe_route_s: Seconds = 0.0
 
 
 class Calibration(BaseModel):

@@ -96,6 +96,26 @@ def test_views_pay_the_view_cost_and_other_unrecorded_dispatches_the_launch():
     assert old.overhead(_op("aten.mul.Tensor", "vector")) == pytest.approx(2.0 * launch)
 
 
+def test_moe_pays_per_call_per_active_expert_and_per_route():
+    costs = EagerCosts(**{**EAGER, "moe_route_s": 0.5e-6})
+    cm = EagerCostModel(cs.load_hw("cpu-host"), costs, options=None)
+    moe = _op("codesign.moe_experts.default", "grouped_gemm", tpe=(3, 0, 1, 0))
+    assert cm.overhead(moe) == pytest.approx(4e-5 + 2 * 2e-5 + 4 * 0.5e-6)  # 2 experts active, 4 routes
+
+
+def test_moe_fields_solve_the_three_benchmarks():
+    from codesign.native.calibrate import moe_fields
+
+    call, expert, route, rate = 100e-6, 20e-6, 0.4e-6, 150e9
+    flops = 1024 * 6 * 64 * 32  # 256 tokens x top-4, gate/up and down of hidden 64, width 32
+    t1 = call + expert + 8 * route
+    t8 = call + 8 * expert + 8 * route
+    t_many = call + 8 * expert + 1024 * route + flops / rate
+    got = moe_fields(t1, t8, t_many, rate)
+    assert got == pytest.approx((call, expert, route), rel=1e-9)
+    assert moe_fields(t1, t8) == pytest.approx((t1 - (t8 - t1) / 7, (t8 - t1) / 7, 0.0))
+
+
 def test_view_benchmark_is_views_only_and_the_block_splits_them_out(monkeypatch):
     from codesign.native import microbench as mb
 
