@@ -84,7 +84,7 @@ def without_mtp(config: ModelConfig) -> ModelConfig:
 # native-check measures for at least this long (rounds beyond `repeats` until it has): on a shared
 # machine other jobs' contention comes and goes, and the longer the rounds span, the likelier each
 # segment finds a quiet window (a named assumption, overridable: `--measure-seconds`).
-MEASURE_SECONDS = 6.0
+MEASURE_SECONDS = 10.0
 
 
 def _spread(xs: list[float]) -> float:
