@@ -10,7 +10,8 @@ The run is native-check's (`codesign.native.check`: fp32, seeded random weights,
 `--prompt-tokens` then `--decode-steps` decode steps, one torch thread, thread CPU time). Forward
 hooks time each module of every layer (norms, token mixer, router, routed experts, shared expert)
 and thin wrappers time each call of the heavy kernels (the three fused custom ops and the depthwise
-convolution) inside the model; the round with the median step time is reported. Hooks cost about a
+convolution) inside the model; each module is reported at its quietest round (as native-check
+measures a step: other jobs' contention comes and goes), the step at its quietest round. Hooks cost about a
 microsecond each, so the hooked step is a little slower than native-check's. The prediction is
 native-check's (`EagerCostModel` with the overlay), summed over the ops recorded under each module.
 A diagnostic: nothing here feeds the calibration.
@@ -52,15 +53,13 @@ def predicted(cfg, cal, phase: str, prompt: int, steps: int) -> tuple[dict[str, 
     from codesign.graph import trace
     from codesign.mapping import map_step
     from codesign.mapping.plan import ParallelPlan, Precision
-    from codesign.native import dispatch
-    from codesign.native.eager import EagerCostModel, recorded_dispatches
+    from codesign.native.check import eager_model
 
     prec = Precision(weights="fp32", activations="fp32", kv_cache="fp32", state="fp32")
     kw = dict(tokens=prompt, context=0) if phase == "prefill" else dict(context=prompt + steps // 2 + 1)
     mapped = map_step(trace(cfg, phase=phase, batch=1, **kw), cfg, cal.hw, ParallelPlan(), prec)
     ops = [op for _, op in mapped.graph.nodes(data="op")]
-    n = dispatch.count(cfg, phase, 1, kw.get("tokens", 1), kw["context"])
-    cm = EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, n / max(recorded_dispatches(ops), 1))
+    cm = eager_model(cal, cfg, phase, 1, kw.get("tokens", 1), kw["context"], ops)
     out: dict[str, float] = collections.defaultdict(float)
     count: dict[str, int] = collections.Counter()
     for op in ops:
@@ -130,34 +129,38 @@ class Timers:
 
 @torch.no_grad()
 def measured(cfg, phase: str, prompt: int, steps: int, rounds: int) -> tuple[float, dict[str, float], dict[str, int]]:
+    from codesign.native.replay import no_gc
     from codesign.native.run import build_native
 
     model = build_native(cfg, 0, torch.float32, "cpu")
     ids = torch.randint(0, cfg.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))
     timers = Timers(model)
     results = []
-    try:
-        for r in range(rounds + 1):  # the first round warms up
-            caches = model.make_caches(1, prompt + steps + 1)
-            timers.acc.clear()
-            timers.calls.clear()
-            t0 = time.thread_time()
-            model.lm_head(model.norm(model.hidden_states(ids, 0, caches)[:, -1:]))
-            per, t = 1, time.thread_time() - t0
-            if phase == "decode":
+    with no_gc():
+        try:
+            for r in range(rounds + 1):  # the first round warms up
+                caches = model.make_caches(1, prompt + steps + 1)
                 timers.acc.clear()
                 timers.calls.clear()
-                tok = torch.zeros(1, 1, dtype=torch.long)
                 t0 = time.thread_time()
-                for i in range(steps):
-                    tok = model(tok, prompt + i, caches)[:, -1].argmax(-1, keepdim=True)
-                per, t = steps, (time.thread_time() - t0) / steps
-            if r:
-                results.append((t, timers.exclusive(per), {k: v // per for k, v in timers.calls.items()}))
-    finally:
-        timers.close()
-    results.sort(key=lambda x: x[0])
-    return results[len(results) // 2]
+                model.lm_head(model.norm(model.hidden_states(ids, 0, caches)[:, -1:]))
+                per, t = 1, time.thread_time() - t0
+                if phase == "decode":
+                    timers.acc.clear()
+                    timers.calls.clear()
+                    tok = torch.zeros(1, 1, dtype=torch.long)
+                    t0 = time.thread_time()
+                    for i in range(steps):
+                        tok = model(tok, prompt + i, caches)[:, -1].argmax(-1, keepdim=True)
+                    per, t = steps, (time.thread_time() - t0) / steps
+                if r:
+                    results.append((t, timers.exclusive(per), {k: v // per for k, v in timers.calls.items()}))
+        finally:
+            timers.close()
+    # each module at its quietest round (native-check's estimate, codesign.native.check.quiet_estimate)
+    keys = set().union(*(r[1] for r in results))
+    quiet = {k: min(r[1].get(k, 0.0) for r in results) for k in keys}
+    return min(r[0] for r in results), quiet, results[0][2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", default=None, help="overlay (default: hw_specs/calibration/cpu-host.yaml)")
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--decode-steps", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = without_mtp(load_model(args.model).tiny())
     cal = load_calibrated(args.calibration or default_path("cpu-host"))
     pred, count = predicted(cfg, cal, args.phase, args.prompt_tokens, args.decode_steps)
     step, meas, calls = measured(cfg, args.phase, args.prompt_tokens, args.decode_steps, args.rounds)
-    print(f"{cfg.name} {args.phase}: hooked step {step * 1e6:.0f} us measured (median of {args.rounds} rounds), "
+    print(f"{cfg.name} {args.phase}: hooked step {step * 1e6:.0f} us measured (quietest of {args.rounds} rounds), "
           f"{sum(pred.values()) * 1e6:.0f} us predicted; thread CPU time, 1 thread")
     print(f"{'module (all layers)':38s} {'ops':>4s} {'predicted us':>13s} {'measured us':>12s} {'error':>7s}")
     hooked = 0.0

@@ -2,7 +2,8 @@
 
     codesign native-check --model qwen3.5-35b-a3b --tiny [--prompt-tokens 256 --decode-steps 16] [--json]
 
-Measures a prefill and decode steps natively (fp32, seeded random weights) and predicts the same
+Measures a prefill and decode steps natively (fp32, seeded random weights; each step timed by
+segment, each segment at its quietest round, `codesign.native.check.quiet_estimate`) and predicts the same
 steps with the calibrated spec (`codesign calibrate` writes the overlay) through trace -> mapping ->
 step simulation with the eager cost model; prints both and the error per phase (docs/native.md).
 """
@@ -30,7 +31,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=7, help="measured rounds (median; default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=7, help="measured rounds, at least (default: %(default)s)")
+    p.add_argument("--measure-seconds", type=float, default=None,
+                   help="keep measuring rounds for at least this long (default: codesign.native.check.MEASURE_SECONDS; "
+                   "docs/native.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the calibration's)")
@@ -106,20 +110,44 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     if not args.tiny:
         _check_fits(without_mtp(config), args.batch, args.prompt_tokens + args.decode_steps + 1, device)
-    r = native_check(config, cal, args.batch, args.prompt_tokens, args.decode_steps, args.repeats, str(device), args.seed)
+    from codesign.native.check import MEASURE_SECONDS
+
+    seconds = MEASURE_SECONDS if args.measure_seconds is None else args.measure_seconds
+    if not seconds >= 0:
+        raise CodesignError(f"--measure-seconds: expected a number >= 0, found {args.measure_seconds}")
+    r = native_check(config, cal, args.batch, args.prompt_tokens, args.decode_steps, args.repeats, str(device), args.seed,
+                     seconds)
+    from codesign.native.check import CONTENDED_PCT
+
     d = r.as_dict()
+    warnings = []
     if threads != cal.calibration.threads:
-        d["warning"] = f"{threads} threads, calibrated at {cal.calibration.threads}"
+        warnings.append(f"{threads} threads, calibrated at {cal.calibration.threads}")
+    if r.contention_pct is not None and r.contention_pct > CONTENDED_PCT:
+        warnings.append(f"the machine was contended while measuring: the calibration's module-block benchmark "
+                        f"ran {r.contention_pct:.0f}% slower between most rounds than when calibrated; each segment "
+                        "is measured in its quietest round, which may still have been contended (other jobs "
+                        "running; retry when the machine is quieter)")
+    if r.contention_pct is not None and r.contention_pct < -CONTENDED_PCT:
+        warnings.append(f"the calibration was contended: its module-block benchmark ran {-r.contention_pct:.0f}% "
+                        "faster between most rounds than when calibrated (other jobs were running during "
+                        "`codesign calibrate`; recalibrate when the machine is quieter)")
+    if warnings:
+        d["warning"] = "; ".join(warnings)
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
     print(f"{r.model} on {r.device} ({r.threads} thread{'s' if r.threads > 1 else ''}, {r.clock}), batch {r.batch}, "
           f"calibration {r.calibration}")
-    print(f"{'phase':<22}{'predicted':>12}{'measured':>12}{'error':>9}{'noise':>8}")
+    contention = "" if r.contention_pct is None else f"; contention {r.contention_pct:+.0f}% (docs/native.md)"
+    print(f"{r.repeats} rounds; measured: each segment (embedding, each layer, head) in its quietest round, summed; "
+          f"median: the median round{contention}")
+    print(f"{'phase':<22}{'predicted':>12}{'measured':>12}{'error':>9}{'median':>12}{'noise':>8}")
     rows = (("prefill", f"prefill {r.prompt_tokens} tokens", r.prefill_predicted_s, r.prefill_measured_s),
             ("decode", "decode step", r.decode_step_predicted_s, r.decode_step_measured_s))
     for key, label, p, m in rows:
-        print(f"{label:<22}{p * 1e3:>10.2f}ms{m * 1e3:>10.2f}ms{r.error_pct[key]:>8.1f}%{r.noise_pct[key]:>7.1f}%")
+        print(f"{label:<22}{p * 1e3:>10.2f}ms{m * 1e3:>10.2f}ms{r.error_pct[key]:>8.1f}%"
+              f"{r.measured_median_s[key] * 1e3:>10.2f}ms{r.noise_pct[key]:>7.1f}%")
     if "warning" in d:
         print(f"warning: {d['warning']}")
     return 0

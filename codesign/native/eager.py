@@ -12,13 +12,19 @@ calibration overlay, `codesign.native.overlay`):
   convolution or a triangular solve pays what it costs to set up), or `CostOptions.launch_overhead_s`
   for a target not measured;
 * it also dispatches the views and reshapes between them that the tracer does not record: each
-  recorded aten op pays `dispatch_ratio - 1` further dispatches at `launch_overhead_s` (dispatch,
-  allocation, the Python between ops; calibrated per dispatch on the project's RMSNorm + MLP modules
-  at one token). `dispatch_ratio` is the step's aten dispatches counted on the meta device
-  (`codesign.native.dispatch.count`) over its recorded aten ops (named assumption: the unrecorded
-  views are spread evenly over the recorded ops);
+  recorded aten op pays `view_ratio` view dispatches at `eager.view_s` (a view makes no kernel and
+  allocates no storage: calibrated on Python-level view ops) and `dispatch_ratio - 1 - view_ratio`
+  (at least 0) other unrecorded dispatches at `launch_overhead_s` (dispatch, allocation, the Python
+  between ops; calibrated per kernel dispatch on the project's RMSNorm + MLP modules at one token,
+  its views at `view_s`). `dispatch_ratio` and `view_ratio` are the step's aten dispatches and its
+  views counted on the meta device (`codesign.native.dispatch.counts`) over its recorded aten ops
+  (named assumption: the unrecorded dispatches are spread evenly over the recorded ops). An overlay
+  without `view_s` charges views at `launch_overhead_s`;
 * `codesign::attention`, `codesign::gated_delta_rule_step` pay their measured per-call cost, and
-  `codesign::moe_experts` its per-call cost plus a per-active-expert cost (its loop over experts);
+  `codesign::moe_experts` its per-call cost plus a per-active-expert cost (its loop over experts)
+  plus a per-route cost for each routed (token, expert) pair (`eager.moe_route_s`: its gathers,
+  gated activation and weighted index_add, and what its small per-expert GEMMs fall short of the
+  calibrated GEMM rate);
 * a heavy kernel (the three fused kernels and the aten targets in `eager.heavy_ops`, the oneDNN
   convolution) evicts the dispatch path that the light ops after it share: each call of one also
   pays `eager.heavy_rewarm_s`, what a block of light ops costs more right after one heavy kernel
@@ -37,10 +43,11 @@ from codesign.sim.cost import CostModel, CostOptions
 
 class EagerCostModel(CostModel):
     def __init__(self, hw: HardwareSpec, eager: EagerCosts, matrix_dtype: str = "fp32", attention_dtype: str = "fp32",
-                 options: CostOptions | None = None, dispatch_ratio: float = 1.0) -> None:
+                 options: CostOptions | None = None, dispatch_ratio: float = 1.0, view_ratio: float = 0.0) -> None:
         super().__init__(hw, matrix_dtype, attention_dtype, options)
         self.eager = eager
         self.dispatch_ratio = dispatch_ratio
+        self.view_ratio = view_ratio
         self.heavy = frozenset(eager.heavy_ops)
 
     def overhead(self, op: Op) -> float:
@@ -54,11 +61,15 @@ class EagerCostModel(CostModel):
         elif name == "codesign.gated_delta_rule_step":
             per_call = self.eager.gated_delta_rule_step_s + rewarm
         elif name == "codesign.moe_experts":
-            active = sum(1 for t in (op.tokens_per_expert or ()) if t > 0)
-            per_call = self.eager.moe_experts_s + active * self.eager.moe_expert_s + rewarm
+            tpe = op.tokens_per_expert or ()
+            active = sum(1 for t in tpe if t > 0)
+            per_call = (self.eager.moe_experts_s + active * self.eager.moe_expert_s + sum(tpe) * self.eager.moe_route_s
+                        + rewarm)
         else:
             launch = self.launch_s  # the options value, else the chip's efficiency.kernel_overhead
-            per_call = self.eager.ops.get(op.target, launch) + max(self.dispatch_ratio - 1.0, 0.0) * launch
+            view = self.eager.view_s or launch
+            others = max(self.dispatch_ratio - 1.0 - self.view_ratio, 0.0)
+            per_call = self.eager.ops.get(op.target, launch) + self.view_ratio * view + others * launch
             if op.target in self.heavy:
                 per_call += rewarm
         return per_call * max(op.repeat, 1)

@@ -30,12 +30,14 @@ named assumption):
 * `attention(t, s, heads, dim, kv_heads)` — the project's own `codesign::attention` kernel (what
   native runs use), GQA when `kv_heads` < `heads` (its extra head expansion is part of the call);
 * `moe_experts(tokens, experts, ...)` — the project's `codesign::moe_experts` with a given number of
-  active experts (its per-call and per-expert costs);
+  active experts and routes per token (its per-call, per-expert and per-routed-token costs);
 * `gdn_step(...)` — the project's fused GatedDeltaNet decode step (more value than key heads, as
   every GatedDeltaNet model has, so the head expansion is part of the call);
-* `module_ops(...)` — the project's RMSNorm and dense SwiGLU MLP at one token: seconds per aten
-  dispatch (views included) of the call (eager torch's per-op cost: dispatch, allocation, the
-  Python between ops);
+* `view_ops(...)` — Python-level view ops (view, transpose, select, t, expand, slice, unsqueeze):
+  seconds per view dispatch (no kernel, no allocation);
+* `module_ops(...)` — the project's RMSNorm and dense SwiGLU MLP at one token: seconds per kernel
+  dispatch of the call, its views taken out at the `view_ops` figure (eager torch's per-op cost:
+  dispatch, allocation, the Python between ops);
 * `rewarm(block, heavy)` — that block right after one call of each heavy kernel minus the block
   after the light scrub: what light ops pay after a heavy kernel evicted their dispatch path.
 """
@@ -142,22 +144,24 @@ def attention(t: int, s: int, heads: int, dim: int, device: torch.device, dtype:
 
 
 def moe_experts_call(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,
-                     dtype: torch.dtype) -> Callable[[], torch.Tensor]:
-    """One `moe_experts` call with `tokens` tokens at top-1 spread over `active` experts."""
+                     dtype: torch.dtype, top_k: int = 1) -> Callable[[], torch.Tensor]:
+    """One `moe_experts` call with `tokens` tokens, each routed to `top_k` distinct experts, spread
+    evenly over `active` experts (token i to experts i, i + 1, ... mod `active`)."""
     from codesign.models import kernels
 
     g = torch.Generator().manual_seed(0)
     x = _rand(g, tokens, hidden, device=device, dtype=dtype)
-    ids = (torch.arange(tokens) % active).reshape(tokens, 1).to(device)
-    w = torch.ones(tokens, 1, device=device, dtype=dtype)
+    ids = ((torch.arange(tokens)[:, None] + torch.arange(top_k)[None, :]) % active).to(device)
+    w = torch.full((tokens, top_k), 1.0 / top_k, device=device, dtype=dtype)
     wgu = _rand(g, experts, 2 * width, hidden, device=device, dtype=dtype)
     wd = _rand(g, experts, hidden, width, device=device, dtype=dtype)
     return lambda: kernels.moe_experts(x, ids, w, wgu, wd, None, None, "silu")
 
 
 def moe_experts(tokens: int, active: int, experts: int, hidden: int, width: int, device: torch.device,
-                dtype: torch.dtype, repeats: int, scrub: Callable[[], object] | None = None) -> float:
-    return cold(moe_experts_call(tokens, active, experts, hidden, width, device, dtype), device, repeats, scrub)
+                dtype: torch.dtype, repeats: int, scrub: Callable[[], object] | None = None, top_k: int = 1) -> float:
+    return cold(moe_experts_call(tokens, active, experts, hidden, width, device, dtype, top_k), device, repeats,
+                scrub)
 
 
 def gdn_step_call(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: torch.device,
@@ -181,6 +185,32 @@ def gdn_step(batch: int, key_heads: int, heads: int, dk: int, dv: int, device: t
     return cold(gdn_step_call(batch, key_heads, heads, dk, dv, device, dtype), device, repeats, scrub)
 
 
+def view_call(device: torch.device) -> Callable[[], object]:
+    """Python-level view ops of the kinds the models dispatch between recorded ops (view, transpose,
+    select, t, expand, slice, unsqueeze) on a small tensor: one call of each."""
+    x = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def views() -> None:
+        x.view(32, 16)
+        x.transpose(0, 1)
+        x[0].t()
+        x.expand(2, 4, 8, 16)
+        x[:, :4]
+        x.unsqueeze(1)
+    return views
+
+
+def view_ops(device: torch.device, repeats: int) -> tuple[float, int]:
+    """(seconds per view dispatch, view dispatches of one call) of `view_call`, timed cold."""
+    from codesign.native.dispatch import count_call
+
+    call = view_call(device)
+    n, views = count_call(call)
+    if n != views:
+        raise AssertionError(f"view_call: {n - views} of its {n} dispatches are not views")
+    return cold(call, device, repeats) / n, n
+
+
 def module_block(hidden: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], object], int]:
     """(call, aten dispatches of one call) of the project's RMSNorm + SwiGLU MLP at one token."""
     from codesign.native.dispatch import count_module
@@ -197,10 +227,15 @@ def module_block(hidden: int, width: int, device: torch.device, dtype: torch.dty
     return (lambda: block(x)), count_module(block, x)
 
 
-def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int) -> tuple[float, int]:
-    """(seconds per aten dispatch, dispatches) of the project's RMSNorm + SwiGLU MLP at one token."""
-    call, n = module_block(hidden, width, device, dtype)
-    return cold(call, device, repeats) / n, n
+def module_ops(hidden: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int,
+               view_s: float = 0.0) -> tuple[float, int, int]:
+    """(seconds per kernel dispatch, dispatches, of which views) of the project's RMSNorm + SwiGLU
+    MLP at one token: the call's cold time less its views at `view_s` each, over its other dispatches."""
+    from codesign.native.dispatch import count_call
+
+    call, _ = module_block(hidden, width, device, dtype)
+    n, views = count_call(call)
+    return (cold(call, device, repeats) - views * view_s) / (n - views), n, views
 
 
 def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], device: torch.device,
@@ -210,7 +245,7 @@ def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], 
     Paired: each sample times the block after the light scrub, then after the light scrub and one
     heavy call, and keeps the difference (a shared machine's slow drifts cancel); the median of
     `repeats` x `COLD_REPEATS` pairs after a discarded warm-up."""
-    from codesign.native.replay import _sync, clock
+    from codesign.native.replay import _sync, clock, no_gc
 
     now, light = clock(device), Scrub(device)
 
@@ -225,7 +260,7 @@ def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], 
         return now() - t0
 
     out = {}
-    with torch.no_grad():
+    with torch.no_grad(), no_gc():
         for name, fn in heavy.items():
             for _ in range(3):
                 timed(fn)

@@ -58,6 +58,13 @@ class EagerCosts(BaseModel):
     # the dispatch path it evicted, charged once per heavy kernel call (0: not modelled)
     heavy_ops: list[str] = []
     heavy_rewarm_s: Seconds = 0.0
+    # One dispatch of a view op (view, transpose, expand, select, slice: no kernel, no allocation),
+    # which the tracer does not record; 0 (an overlay written before it): views cost
+    # cost.launch_overhead_s like any dispatch
+    view_s: Seconds = 0.0
+    # ...and codesign::moe_experts this per routed (token, expert) pair beyond its FLOPs at the GEMM
+    # rate (its gathers, gated activation, weighted index_add, the small GEMMs' shortfall; 0: not modelled)
+    moe_route_s: Seconds = 0.0
 
 
 class Calibration(BaseModel):

@@ -19,7 +19,8 @@ last dim); scalar operands are 2.0; the attention window and sinks are not repro
 decode already records only its window's keys); `moe_experts` runs the SiLU-gated activation.
 
 Timing (`time_fn`): fixed seeds for every tensor, `warmup` discarded calls, then `repeats` timed
-calls, each bracketed by `torch.cuda.synchronize` on CUDA; the median is reported. The clock
+calls, each bracketed by `torch.cuda.synchronize` on CUDA, the garbage collector off (`no_gc`); the
+median is reported. The clock
 (`clock`) is wall time, except on a CPU with one torch thread, where it is the calling thread's CPU
 time (`time.thread_time`): all of the work then runs on that thread, and on a shared machine wall
 time would also count the slices the scheduler gives other processes. Ops recorded
@@ -30,9 +31,11 @@ multiplied by `repeat`. CPU threads are torch's setting at the time of the call
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import networkx as nx
@@ -462,10 +465,11 @@ def clock_name(device: torch.device) -> str:
 def time_fn(fn: Thunk, device: torch.device, warmup: int = 2, repeats: int = 5, inner: int = 1,
             scrub: Thunk | None = None) -> float:
     """Median seconds of one call of `fn`: `warmup` calls discarded, then `repeats` timed regions of
-    `inner` calls each, bracketed by a device sync. `scrub`, if given, runs untimed before each
-    timed region (a cold-call benchmark, `codesign.native.microbench.Scrub`)."""
+    `inner` calls each, bracketed by a device sync, with the garbage collector off (`no_gc`).
+    `scrub`, if given, runs untimed before each timed region (a cold-call benchmark,
+    `codesign.native.microbench.Scrub`)."""
     now = clock(device)
-    with torch.no_grad():
+    with torch.no_grad(), no_gc():
         for _ in range(warmup):
             fn()
         _sync(device)
@@ -480,6 +484,19 @@ def time_fn(fn: Thunk, device: torch.device, warmup: int = 2, repeats: int = 5, 
             _sync(device)
             times.append((now() - t0) / inner)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """The garbage collector off inside (a collection would land in whichever timed region
+    allocates when it triggers), restored after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)
