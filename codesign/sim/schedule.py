@@ -52,8 +52,9 @@ def schedule_compiled(units: list[tuple[int, ...]], succ: list[list[int]], npred
     larger id than every event already waiting for that time (those were scheduled earlier), so
     current-time events run first-in first-out after the heap's entries for the same time; only
     timeouts lie in the future. The heap holds timeouts, a FIFO queue the rest. Written for speed:
-    events are integers (item << 3 | kind), the request step is written out where it occurs (the
-    initial requests and the main loop), and a unit's waiting requests are a heap of item indices
+    events are integers (item << 3 | kind), a root item's Initialize event is its condition met
+    (queued first, in item order, so its requests and timeouts follow in SimPy's order), and a
+    unit's waiting requests are a heap of item indices
     (an item waits for one unit at a time, so its priority alone orders them). Layer plans
     (`codesign.sim.layerplan`) keep the structure and call this directly."""
     n = len(units)
@@ -70,27 +71,9 @@ def schedule_compiled(units: list[tuple[int, ...]], succ: list[list[int]], npred
     missing = list(npreds)
     unit_no = [0] * n
     # event kinds: 0 condition met, 1 grant, 2 release (of unit `item`), 3 completion, 4 timeout now
-    for op in range(n):  # Initialize events, in priority order, at time 0
-        if npreds[op]:
-            continue
-        us = units[op]
-        if us:
-            u = us[0]
-            w = waiting[u]
-            push(w, op)
-            if holder[u] < 0:
-                nxt = pop(w)
-                holder[u] = nxt
-                append(nxt << 3 | 1)
-        else:
-            t = now + secs[op]
-            if t == now:
-                append(op << 3 | 4)
-            else:
-                push(future, (t, eid, op))
-                eid += 1
-                if t < nt:
-                    nt = t
+    for op in range(n):  # Initialize events, in priority order, at time 0: each root's condition is met
+        if not npreds[op]:
+            append(op << 3)
     while True:
         if nt == now:
             op = pop(future)[2]
