@@ -34,8 +34,8 @@ import torch
 from codesign.errors import CodesignError
 from codesign.models.config import ModelConfig
 from codesign.native.overlay import Calibrated
-from codesign.native.replay import clock, clock_name, no_gc
-from codesign.native.run import _sync, build_native
+from codesign.native.replay import _sync, clock, clock_name, no_gc
+from codesign.native.run import build_native
 
 
 @dataclass
@@ -155,14 +155,7 @@ def _probe(device: torch.device, now) -> Callable[[], float]:
     block, _ = mb.module_block(64, 128, device, torch.float32)
     scrub = mb.Scrub(device)
 
-    def probe() -> float:
-        scrub()
-        _sync(device)
-        t0 = now()
-        block()
-        _sync(device)
-        return now() - t0
-    return probe
+    return lambda: mb.cold_call(block, scrub, device, now)
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ from collections.abc import Callable
 
 import torch
 
-from codesign.native.replay import time_fn
+from codesign.native.replay import _sync, time_fn
 
 
 SCRUB_OPS = 100  # small unary ops and views, eight kinds
@@ -96,6 +96,20 @@ class VocabularyScrub:
 def cold(fn, device: torch.device, repeats: int, scrub: Callable[[], object] | None = None) -> float:
     """Median seconds of single calls of `fn`, each after an untimed scrub (default: `Scrub`)."""
     return time_fn(fn, device, warmup=3, repeats=repeats * COLD_REPEATS, scrub=scrub or Scrub(device))
+
+
+def cold_call(block: Callable[[], object], scrub: Callable[[], object], device: torch.device, now: Callable[[], float],
+              before: Callable[[], object] | None = None) -> float:
+    """Seconds of one call of `block` on `now`'s clock, after an untimed `scrub` and, if given, an
+    untimed call of `before`."""
+    scrub()
+    if before is not None:
+        before()
+    _sync(device)
+    t0 = now()
+    block()
+    _sync(device)
+    return now() - t0
 
 
 def _rand(gen: torch.Generator, *shape: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -245,19 +259,12 @@ def rewarm(block: Callable[[], object], heavy: dict[str, Callable[[], object]], 
     Paired: each sample times the block after the light scrub, then after the light scrub and one
     heavy call, and keeps the difference (a shared machine's slow drifts cancel); the median of
     `repeats` x `COLD_REPEATS` pairs after a discarded warm-up."""
-    from codesign.native.replay import _sync, clock, no_gc
+    from codesign.native.replay import clock, no_gc
 
     now, light = clock(device), Scrub(device)
 
     def timed(before: Callable[[], object] | None) -> float:
-        light()
-        if before is not None:
-            before()
-        _sync(device)
-        t0 = now()
-        block()
-        _sync(device)
-        return now() - t0
+        return cold_call(block, light, device, now, before)
 
     out = {}
     with torch.no_grad(), no_gc():

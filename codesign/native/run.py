@@ -18,6 +18,7 @@ import torch
 from codesign.errors import CodesignError
 from codesign.models.config import ModelConfig
 from codesign.models.decoder import CausalLM
+from codesign.native.replay import _sync
 
 # A full-size model runs natively only if its weights and caches take at most this share of the
 # device's memory (the rest: activations, the full-forward check, the OS). An assumption, overridable.
@@ -45,11 +46,6 @@ class NativeRun:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
