@@ -204,8 +204,6 @@ class StepTimeModel:
             id(g): {} for g in (self._seq_grid, self._tok_grid, self._kv_grid, self._pkv_grid, self._mseq_grid,
                                 self._mkv_grid)}
         self._cells: dict[tuple[int, int, int, int], tuple] = {}
-        self._mseq_br: dict[int, tuple[int, int]] = {}  # decode groups' mixed-step brackets by value
-        self._mkv_br: dict[int, tuple[int, int]] = {}
         self._mixed_memo: dict[tuple, float] = {}
         self._cross_memo: dict[tuple, float] = {}
         self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
@@ -277,13 +275,7 @@ class StepTimeModel:
             return c
         L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
         if new == 1:  # a decode group (_decode_like): its brackets memoised, not the cell
-            xs = self._mseq_br.get(g.seqs)
-            if xs is None:
-                xs = self._mseq_br[g.seqs] = bracket(self._mseq_grid, g.seqs)
-            ys = self._mkv_br.get(y)
-            if ys is None:
-                ys = self._mkv_br[y] = bracket(self._mkv_grid, y, L - 1)
-            return (g.seqs, xs, y, ys, (1, lg))
+            return (g.seqs, self._bracket(self._mseq_grid, g.seqs), y, self._bracket(self._mkv_grid, y, L - 1), (1, lg))
         if _decode_like(g):
             xs = self._bracket(self._mseq_grid, g.seqs)
             ys = self._bracket(self._pkv_grid, y, L - new)
