@@ -17,10 +17,10 @@ from codesign.mapping.memory import (
 from codesign.mapping.experts import ExpertMapper, expert_placement, rank_loads, replicate_experts, slowest_rank
 from codesign.mapping.options import MappingOptions
 from codesign.mapping.plan import STAGE_SPLIT_RULE, ParallelPlan, Precision, candidate_plans, check_plan, partition_layers
-from codesign.mapping.step import MappedStep, map_step, remap, remap_experts, with_rates
+from codesign.mapping.step import MappedStep, map_step, remap, remap_experts
 
 __all__ = [
-    "with_rates", "remap_experts", "remap",
+    "remap_experts", "remap",
     "ParallelPlan", "Precision", "check_plan", "candidate_plans", "partition_layers", "STAGE_SPLIT_RULE",
     "stage_layers",
     "MemoryBreakdown", "memory_per_chip", "max_batch", "model_params", "kv_bytes_per_sequence",

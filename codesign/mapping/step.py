@@ -125,6 +125,14 @@ def _kv_split(config: ModelConfig, op: Op, tp: int) -> float:
     return float(tp)
 
 
+def _spec_rates(hw: HardwareSpec, precision: Precision) -> tuple[float, float]:
+    """Ranking rates from the spec alone (peak x efficiency.grouped_gemm or gemm, HBM x
+    efficiency.memory): the default where the caller passes no cost model's `rank_rates()`."""
+    eff = hw.efficiency
+    return (hw.chip.matrix.peak(precision.matrix_dtype) * (eff.grouped_gemm or eff.gemm),
+            hw.chip.hbm.bandwidth * eff.memory)
+
+
 def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
              precision: Precision, *, placement: str | Sequence[int] = "contiguous",
              dispatch_fp8: bool | None = None, dispatch_dedup: bool = True,
@@ -137,10 +145,7 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
     charges grouped expert GEMMs and memory, used to rank EP ranks and pipeline stages (the caller
     asks the cost model, `CostModel.rank_rates()`; default: the same rule from the spec, peak x
     efficiency.grouped_gemm or gemm, HBM x efficiency.memory)."""
-    if rates is None:
-        eff = hw.efficiency
-        rates = (hw.chip.matrix.peak(precision.matrix_dtype) * (eff.grouped_gemm or eff.gemm),
-                 hw.chip.hbm.bandwidth * eff.memory)
+    rates = rates if rates is not None else _spec_rates(hw, precision)
     with gc_paused():
         return _map_step(graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
                          allreduce_algorithm, reduce_dtype, expert_loads, rates)
@@ -162,10 +167,7 @@ def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelCon
     plan, precision = template.plan, template.precision
     if plan.pp > 1:
         raise CodesignError("remap: a pipelined plan places its stage hand-offs from the graph; map the step again")
-    if rates is None:
-        eff = hw.efficiency
-        rates = (hw.chip.matrix.peak(precision.matrix_dtype) * (eff.grouped_gemm or eff.gemm),
-                 hw.chip.hbm.bandwidth * eff.memory)
+    rates = rates if rates is not None else _spec_rates(hw, precision)
     ctx = _Context(attrs, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup, allreduce_algorithm,
                    reduce_dtype, expert_loads, rates, share_bytes=False)
     out: dict[int, Op] = {}
@@ -184,28 +186,16 @@ def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelCon
     return out, ranks, ctx.experts
 
 
-def with_rates(mapped: MappedStep, graph: nx.DiGraph, config: ModelConfig, rates: tuple[float, float]) -> MappedStep:
-    """`mapped` (`map_step` of `graph`) as `map_step` maps it at other ranking rates: in a
-    single-stage plan the rates only choose each MoE layer's slowest EP rank, so only the expert ops
-    are mapped again (the all-to-alls' imbalance follows tokens, not rates). For hardware variants
-    of one design point, whose step graphs are the same."""
-    remapped = remap_experts(mapped, graph.nodes(data="op"), config, rates)
-    if remapped is None:
-        return mapped
-    ops, ranks, mapper = remapped
-    g = mapped.graph.copy()
-    for n, op in ops.items():
-        g.nodes[n]["op"] = op
-    return MappedStep(g, mapped.plan, mapped.precision, mapped.chips, mapped.stage_layers, mapped.stage, ranks, mapper)
-
-
 def remap_experts(mapped: MappedStep, traced: Iterable[tuple[int, Op]], config: ModelConfig,
                   rates: tuple[float, float]) -> tuple[dict[int, Op], dict[int, int], ExpertMapper] | None:
-    """What `with_rates` changes, without copying the graph: (node -> the expert op mapped at
-    `rates`, MoE layer -> slowest EP rank, the mapper) from the traced (node, op) pairs `mapped`
-    was mapped from, or None where the rates are those `mapped` was mapped at (nothing changes)."""
+    """`mapped` (`map_step` of a graph) as `map_step` maps it at other ranking rates, without copying
+    the graph: in a single-stage plan the rates only choose each MoE layer's slowest EP rank, so only
+    the expert ops are mapped again (the all-to-alls' imbalance follows tokens, not rates). Returns
+    (node -> the expert op mapped at `rates`, MoE layer -> slowest EP rank, the mapper) from the
+    traced (node, op) pairs `mapped` was mapped from, or None where the rates are those `mapped` was
+    mapped at (nothing changes). For hardware variants of one design point."""
     if mapped.plan.pp > 1:
-        raise CodesignError("with_rates: a pipelined plan ranks its stages by the rates; map the step again")
+        raise CodesignError("remap_experts: a pipelined plan ranks its stages by the rates; map the step again")
     old = mapped.experts
     if old is None or (old.flop_rate, old.byte_rate) == tuple(rates):
         return None

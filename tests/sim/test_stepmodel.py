@@ -49,7 +49,7 @@ def test_step_model_equals_full_evaluation(model, chips, plan):
 
 
 def test_mapping_reused_across_rates_equals_mapping_again():
-    """A skeleton mapped once is re-ranked for hardware with other rates (`mapping.with_rates`):
+    """A skeleton mapped once is re-ranked for hardware with other rates (`mapping.remap_experts`):
     the same step as mapping it afresh on that hardware."""
     from codesign import mapping
     from codesign.sim.stepmodel import StepModel
@@ -73,8 +73,8 @@ def test_mapping_reused_across_rates_equals_mapping_again():
         assert list(reused.graph.edges) == list(fresh.graph.edges)
         first = mapping.map_step(skeleton, cfg, base.hw, plan, FP8, **model.options.map_kwargs(),
                                  rates=base.cost_model.rank_rates())
-        copied = mapping.with_rates(first, skeleton, cfg, model.cost_model.rank_rates())
-        assert [o.to_dict() for _, o in copied.graph.nodes(data="op")] == \
+        remapped, _, _ = mapping.remap_experts(first, skeleton.nodes(data="op"), cfg, model.cost_model.rank_rates())
+        assert [remapped.get(n, o).to_dict() for n, o in first.graph.nodes(data="op")] == \
             [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
         _same(model.step(shape), Stepper(hw, cfg, plan, FP8, cache=False).full_step(shape))
 
