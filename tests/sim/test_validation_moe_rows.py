@@ -22,6 +22,7 @@ PREFILL = ("deepseek-profile-32xh800-deepseek-v3-prefill-ep32-4k", "sglang-32xh1
 DECODE_EP = ("sglang-72xh100-deepseek-v3-decode-ep72-2k", "sglang-48xgb200-deepseek-v3-decode-ep48-2k-jun2025",
              "sglang-48xgb200-deepseek-v3-decode-ep48-2k-sep2025")
 H200 = ("vllm-8xh200-deepseek-r1-tp8-2k-100", "vllm-8xh200-deepseek-r1-tp8-4k-200")
+TRTLLM_H200 = "trtllm-bench-8xh200-deepseek-r1-fp8-ep8-adp8-1k-2k"
 
 
 def _plan(name: str) -> ParallelPlan:
@@ -29,7 +30,7 @@ def _plan(name: str) -> ParallelPlan:
 
 
 def test_rows_present_with_the_sources_deployment_units():
-    for name in PREFILL + DECODE_EP + H200:
+    for name in PREFILL + DECODE_EP + H200 + (TRTLLM_H200,):
         s = ROWS[name]
         assert s.model == "deepseek-v3"
         assert s.precision == {"weights": "fp8", "activations": "fp8", "kv_cache": "bf16"}
@@ -37,7 +38,7 @@ def test_rows_present_with_the_sources_deployment_units():
         assert p.tp * p.attention_dp * p.dp * p.pp == s.chips
     # DeepSeek's overview: prefill unit "4 nodes with 32 redundant routed experts, where each GPU
     # handles 9 routed experts"; EP72 on 288 experts = 4 per GPU; EP48 = 6 per GPU.
-    per_gpu = {PREFILL[0]: 9, PREFILL[1]: 9, DECODE_EP[0]: 4, DECODE_EP[1]: 6, DECODE_EP[2]: 6}
+    per_gpu = {PREFILL[0]: 9, PREFILL[1]: 9, DECODE_EP[0]: 4, DECODE_EP[1]: 6, DECODE_EP[2]: 6, TRTLLM_H200: 32}
     for name, slots in per_gpu.items():
         p = _plan(name)
         assert p.ep == p.attention_dp == ROWS[name].chips
@@ -55,6 +56,19 @@ def test_measured_figures_are_the_sources_per_node_figures_times_nodes():
     # GPUStack's H200 pages: generated tokens / benchmark duration.
     assert ROWS[H200[0]].measured.output_tokens_per_s == pytest.approx(50_000 / 59.26, rel=1e-3)
     assert ROWS[H200[1]].measured.output_tokens_per_s == pytest.approx(100_000 / 132.68, rel=1e-3)
+    # trtllm-bench: Total Output Throughput = requests x output length / total latency (912.657 s).
+    assert ROWS[TRTLLM_H200].measured.output_tokens_per_s == pytest.approx(5120 * 2048 / 912.6569938, rel=1e-6)
+
+
+def test_trtllm_h200_row_has_the_published_per_rank_limits():
+    s = ROWS[TRTLLM_H200]
+    w, sched = s.workload, s.workload.scheduler
+    ranks = _plan(TRTLLM_H200).attention_dp
+    assert ranks == 8 and w.concurrency == 1024 == sched["max_num_seqs"] * ranks  # --max_batch_size 128 per rank
+    # --max_num_tokens 1151: one whole 1,024-token prompt beside 127 decodes; no MLA chunked context on Hopper
+    assert sched["max_num_batched_tokens"] == 1151 == w.input_tokens + sched["max_num_seqs"] - 1
+    assert sched["chunked_prefill"] is False and sched["capacity_policy"] == "guaranteed_no_evict"
+    assert (w.input_tokens, w.output_tokens, w.requests) == (1024, 2048, 5120)
 
 
 def test_decode_batch_cap_is_256_per_gpu_and_gb200_rows_fill_the_kv_cache():
