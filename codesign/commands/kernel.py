@@ -9,6 +9,8 @@
     codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
+    codesign kernel --hw h800 all_to_all --ranks 32 --tokens 4096 --hidden 7168 --top-k 8 --experts 256 \\
+        --dtype fp8
     codesign kernel --hw h100 all_reduce --ranks 8 --bytes 1e9 --algorithm nvls
     codesign kernel --hw h100 all_gather --ranks 8 --bytes 33554432
 
@@ -64,6 +66,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
         if op in ("all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--bytes", type=float, required=True, help="message bytes per rank")
+        if op == "all_to_all":
+            q.add_argument("--experts", type=int, default=None,
+                           help="routed experts over the ranks: normal kernels deduplicate per destination rank "
+                                "(and per node across scale-up domains); none: top-k copies per token")
+            q.add_argument("--top-groups", dest="top_groups", type=int, default=None,
+                           help="group-limited routing: nodes a token's experts may come from")
         if op in ("all_to_all", "all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--algorithm", default=None, help="collective algorithm (e.g. low_latency, nvls, ring)")
     return p
@@ -73,7 +81,8 @@ def shape_from_args(args: argparse.Namespace):
     from codesign.sim.kernel import KernelShape
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
-    for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel"):
+    for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel",
+                                       "experts", "top_groups"):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v

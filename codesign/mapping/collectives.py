@@ -11,7 +11,8 @@ A collective is the dict the mapping puts in `Op.collective`:
      "scope": "scale_up" | "scale_out",
      "algorithm": "auto" | "ring" | "two_shot" | "one_shot" | "nvls" | "hierarchical" | "direct"
                   | "low_latency" | "p2p",
-     "imbalance": 1.0}             # all_to_all: slowest rank's load / mean (the slowest rank rules)
+     "imbalance": 1.0,             # all_to_all: slowest rank's load / mean (the slowest rank rules)
+     "nic_share": 0.37}            # all_to_all, normal kernels across domains: share of bytes over the NIC
 
 Cost rules (bandwidths per direction, times `hw.efficiency.collective`; alpha = scale-up latency):
 
@@ -37,7 +38,12 @@ Cost rules (bandwidths per direction, times `hw.efficiency.collective`; alpha = 
 * scale_out (the group spans scale-up domains; NIC bandwidth ``scale_out.nic_bandwidth``):
   hierarchical all-reduce = intra-domain reduce-scatter + inter-domain ring all-reduce of
   bytes/d over the NICs + intra-domain all-gather (d = group chips per domain); all-to-all sends
-  (n-d)/n of its bytes over the NIC and (d-1)/n inside the domain, the slower rules.
+  (n-d)/n of its bytes over the NIC and (d-1)/n inside the domain, the slower rules. An EP
+  dispatch/combine of the normal kernels carries ``nic_share`` (the mapping's
+  `codesign.mapping.experts.nic_share`): DeepEP's internode kernels send a token once to each
+  distinct remote node over RDMA (its own node's copies never touch the NIC) and forward it to the
+  destination ranks inside that node over NVLink, so ``bytes x nic_share`` cross the NIC and
+  ``bytes x (d-1)/d`` (the forwarding) the domain's links, the slower rules.
 * send_recv (pipeline stages): bytes / the chips' direct bandwidth + latency.
 
 Kernel-calibrated curves (`hw.efficiency.collective_curves`, docs/cost-model.md "Collectives vs
@@ -256,8 +262,15 @@ def all_to_all_parts(collective: dict, hw: HardwareSpec) -> tuple[float, float]:
             nic, e_in = so.nic_bandwidth * e_ll, e_ll
         else:
             e_in, lat = eff, beta + (alpha if d > 1 else 0.0)
-        out_t = nbytes * (n - d) / n / nic
-        in_t = nbytes * (d - 1) / n / (a2a_bw * e_in) if d > 1 else 0.0
+        share = c.get("nic_share")
+        if share is not None and algo != "low_latency":
+            # normal kernels (DeepEP internode): one copy per distinct remote node over the NIC,
+            # then forwarded inside the node over NVLink: (d-1)/d of the rank copies there
+            out_t = nbytes * share / nic
+            in_t = nbytes * (d - 1) / d / (a2a_bw * e_in) if d > 1 else 0.0
+        else:
+            out_t = nbytes * (n - d) / n / nic
+            in_t = nbytes * (d - 1) / n / (a2a_bw * e_in) if d > 1 else 0.0
         return max(out_t, in_t), lat
     if algo == "low_latency":
         e, lat = _low_latency(hw)

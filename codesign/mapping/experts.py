@@ -149,13 +149,50 @@ def _slowest(loads: Sequence[tuple[int, int]], flops_per_token: float, weight_by
 def dispatch_fanout(num_experts: int, top_k: int, ep: int) -> float:
     """Expected distinct EP ranks a token's top_k experts fall on (uniform routing, contiguous
     equal groups): ep * (1 - C(E - E/ep, k) / C(E, k)). With redundant copies pass the slot count
-    E + r (copies treated as distinct experts: an approximation, a token never picks two copies)."""
+    E + r (copies treated as distinct experts: an approximation, a token never picks two copies).
+    The same count over scale-up domains (nodes) instead of ranks is `dispatch_fanout(E, k, nodes)`."""
     per = num_experts // ep
     if num_experts - per < top_k:
         return float(ep)
     miss = math.comb(num_experts - per, top_k) / math.comb(num_experts, top_k)
     return ep * (1.0 - miss)
 
+
+def routed_spread(num_experts: int, top_k: int, ranks: int, nodes: int,
+                  top_groups: int | None = None) -> tuple[float, float]:
+    """(expected distinct ranks, expected distinct nodes) a token's top_k experts fall on, experts
+    in contiguous equal blocks per rank and ranks in `nodes` equal nodes, uniform routing. With
+    `top_groups` g < nodes (group-limited routing, a group per node, as DeepSeek-V3 and DeepEP's
+    tests route): the token picks g nodes by their best experts' scores, so each of them supplies
+    at least its best expert (g distinct nodes) and the other k - g experts fall uniformly on the
+    rest of those nodes' experts (checked against DeepEP's test routing by sampling)."""
+    per_rank, per_node, d = num_experts // ranks, num_experts // nodes, ranks // nodes
+    if top_groups is None or top_groups >= nodes:
+        def hit(per: int) -> float:  # probability that a block of `per` experts is chosen
+            left = num_experts - per
+            return 1.0 if left < top_k else 1.0 - math.comb(left, top_k) / math.comb(num_experts, top_k)
+
+        return ranks * hit(per_rank), nodes * hit(per_node)
+    g = max(1, top_groups)
+    if top_k <= g:  # one expert from each of top_k of the chosen nodes
+        return float(top_k), float(top_k)
+    pool, extra = g * per_node - g, top_k - g  # the chosen nodes' experts besides their best ones
+    left = pool - per_rank
+    miss = 0.0 if left < extra else math.comb(left, extra) / math.comb(pool, extra)
+    return g + (g * d - g) * (1.0 - miss), float(g)
+
+
+def nic_share(num_experts: int, top_k: int, ep: int, nodes: int, top_groups: int | None = None) -> float:
+    """Share of a normal-mode dispatch's rank copies that cross the network card when the EP group
+    spans `nodes` scale-up domains (DeepEP's internode kernels): a token goes once to each distinct
+    remote node over RDMA and is forwarded inside that node over NVLink, so the NIC carries
+    ``remote nodes / distinct ranks`` of its rank copies, remote nodes = distinct nodes x (m-1)/m
+    (each node, the sender's own included, is hit with the same probability). 0 inside one domain.
+    Without `top_groups` the rank count is `dispatch_fanout`'s."""
+    if nodes <= 1:
+        return 0.0
+    ranks, distinct_nodes = routed_spread(num_experts, top_k, ep, nodes, top_groups)
+    return distinct_nodes * (nodes - 1) / nodes / ranks if ranks > 0 else 0.0
 
 
 class ExpertMapper:

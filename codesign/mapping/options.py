@@ -29,6 +29,13 @@ class MappingOptions(BaseModel):
     dispatch_fp8: bool | None = None
     # Dispatch sends a token once per distinct destination rank (DeepEP), not once per expert.
     dispatch_dedup: bool = True
+    # EP dispatch/combine kernels (DeepEP's two kinds): "normal" (deduplicated per destination rank;
+    # across scale-up domains once per destination node over the NIC, then forwarded over NVLink:
+    # prefill-class throughput kernels), "low_latency" (one message per (token, expert), no
+    # deduplication, `efficiency.low_latency_collective` and `low_latency_overhead`: decode-class
+    # kernels) or "auto" (low-latency for a step that only decodes, normal otherwise: SGLang's
+    # `--deepep-mode auto`, its default). docs/mapping.md "Expert-parallel all-to-all".
+    all_to_all_mode: Literal["normal", "low_latency", "auto"] = "normal"
     # All-reduce algorithm: None / "auto" = the fastest per message of NCCL's choice (ring, or NVLS
     # where the spec's collective curves have it), two-shot and one-shot (the serving engines'
     # tuners); "nccl" = NCCL's choice only; or force one of codesign.mapping.collectives.ALGORITHMS.
@@ -59,7 +66,8 @@ class MappingOptions(BaseModel):
     def map_kwargs(self) -> dict:
         """Keyword arguments of `codesign.mapping.map_step`."""
         return {"placement": self.placement, "dispatch_fp8": self.dispatch_fp8, "dispatch_dedup": self.dispatch_dedup,
-                "allreduce_algorithm": self.allreduce_algorithm, "reduce_dtype": self.reduce_dtype}
+                "all_to_all_mode": self.all_to_all_mode, "allreduce_algorithm": self.allreduce_algorithm,
+                "reduce_dtype": self.reduce_dtype}
 
 
 __all__ = ["MappingOptions"]

@@ -68,7 +68,7 @@ from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
 from codesign.mapping.collectives import collective_time, make_collective
-from codesign.mapping.experts import ExpertMapper, dispatch_fanout
+from codesign.mapping.experts import ExpertMapper, dispatch_fanout, nic_share
 from codesign.mapping.memory import TP_BLOCKS, stage_layers as _stage_layers
 from codesign.mapping.plan import ParallelPlan, Precision, check_plan
 from codesign.mapping.scaling import Scaler
@@ -135,7 +135,7 @@ def _spec_rates(hw: HardwareSpec, precision: Precision) -> tuple[float, float]:
 
 def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
              precision: Precision, *, placement: str | Sequence[int] = "contiguous",
-             dispatch_fp8: bool | None = None, dispatch_dedup: bool = True,
+             dispatch_fp8: bool | None = None, dispatch_dedup: bool = True, all_to_all_mode: str = "normal",
              allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16",
              expert_loads: Sequence[float] | None = None,
              rates: tuple[float, float] | None = None) -> MappedStep:
@@ -148,14 +148,14 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
     rates = rates if rates is not None else _spec_rates(hw, precision)
     with gc_paused():
         return _map_step(graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
-                         allreduce_algorithm, reduce_dtype, expert_loads, rates)
+                         allreduce_algorithm, reduce_dtype, expert_loads, rates, all_to_all_mode)
 
 
 def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelConfig, hw: HardwareSpec, *,
           placement: str | Sequence[int] = "contiguous", dispatch_fp8: bool | None = None,
           dispatch_dedup: bool = True, allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16",
-          expert_loads: Sequence[float] | None = None, rates: tuple[float, float] | None = None
-          ) -> tuple[dict[int, Op], dict[int, int], ExpertMapper]:
+          expert_loads: Sequence[float] | None = None, rates: tuple[float, float] | None = None,
+          all_to_all_mode: str = "normal") -> tuple[dict[int, Op], dict[int, int], ExpertMapper]:
     """What `map_step` maps a graph to when the graph has the structure of the one `template` was
     mapped from (nodes 0..n-1, the same edges, op kinds, blocks and exit shapes: the same
     collective sites) but other numbers: its traced ops `ops` (node i holds ops[i]) and graph
@@ -169,7 +169,7 @@ def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelCon
         raise CodesignError("remap: a pipelined plan places its stage hand-offs from the graph; map the step again")
     rates = rates if rates is not None else _spec_rates(hw, precision)
     ctx = _Context(attrs, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup, allreduce_algorithm,
-                   reduce_dtype, expert_loads, rates, share_bytes=False)
+                   reduce_dtype, expert_loads, rates, share_bytes=False, all_to_all_mode=all_to_all_mode)
     out: dict[int, Op] = {}
     ranks: dict[int, int] = {}
     imbalance: dict[int, float] = {}
@@ -232,7 +232,7 @@ class _Context:
     def __init__(self, attrs: dict, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan, precision: Precision,
                  placement: str | Sequence[int], dispatch_fp8: bool | None, dispatch_dedup: bool,
                  allreduce_algorithm: str | None, reduce_dtype: str, expert_loads: Sequence[float] | None,
-                 rates: tuple[float, float], share_bytes: bool = True) -> None:
+                 rates: tuple[float, float], share_bytes: bool = True, all_to_all_mode: str = "normal") -> None:
         self.config, self.hw, self.plan, self.precision = config, hw, plan, precision
         self.tp, self.adp, self.dp, self.ep, self.moe_tp = plan.tp, plan.attention_dp, plan.dp, plan.ep, plan.moe_tp
         B = self.B = int(attrs.get("batch", 1) or 1)
@@ -265,7 +265,15 @@ class _Context:
             self.disp_fp8 = dispatch_fp8 if dispatch_fp8 is not None else precision.activations in ("fp8", "fp4")
             self.disp_b = (1.0 + FP8_SCALE_OVERHEAD) if self.disp_fp8 else self.act_b
             slots_total = moe.num_experts + plan.redundant(moe.num_experts)
-            self.fanout = dispatch_fanout(slots_total, moe.top_k, self.ep) if dispatch_dedup else float(moe.top_k)
+            # low-latency kernels send one message per (token, expert); "auto" picks them for a step
+            # that only decodes (one new token per sequence), as SGLang's deepep-mode auto does
+            self.a2a_low_latency = all_to_all_mode == "low_latency" or (all_to_all_mode == "auto"
+                                                                        and self.step_tokens == B)
+            dedup = dispatch_dedup and not self.a2a_low_latency
+            self.fanout = dispatch_fanout(slots_total, moe.top_k, self.ep) if dedup else float(moe.top_k)
+            # normal kernels across scale-up domains: once per destination node over the NIC
+            nodes = len({chip // self.su_size for chip in self.group("ep", 0)})
+            self.nic_share = nic_share(slots_total, moe.top_k, self.ep, nodes) if dedup and nodes > 1 else None
             self.T_disp = math.ceil(self.T_att / self.tp)  # a TP group's ranks each dispatch a slice of its tokens
 
     def stage_of(self, layer: int) -> int:
@@ -324,6 +332,10 @@ def _site_op(ctx: _Context, role: str, block: str, anchor: Op, imbalance: float)
         else:
             nbytes, dtype = ctx.T_disp * ctx.fanout * H * red_b, rdt
         extra = {"imbalance": imbalance, "role": role}
+        if ctx.a2a_low_latency:
+            algorithm = "low_latency"
+        elif ctx.nic_share is not None:
+            extra["nic_share"] = ctx.nic_share
     elif role in ("moe_tp_gather", "moe_tp_scatter"):
         recv = ctx.T_disp * ctx.fanout * H  # received token copies (mean rank)
         group = ctx.group("moe_tp", st)
@@ -389,12 +401,13 @@ def _moe_sites(ctx: _Context) -> list[str]:
 def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan,
               precision: Precision, placement: str | Sequence[int], dispatch_fp8: bool | None,
               dispatch_dedup: bool, allreduce_algorithm: str | None, reduce_dtype: str,
-              expert_loads: Sequence[float] | None, rates: tuple[float, float]) -> MappedStep:
+              expert_loads: Sequence[float] | None, rates: tuple[float, float],
+              all_to_all_mode: str = "normal") -> MappedStep:
     reason = check_plan(config, plan, plan.chips)
     if reason:
         raise CodesignError(f"parallel: {reason}")
     ctx = _Context(graph.graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
-                   allreduce_algorithm, reduce_dtype, expert_loads, rates)
+                   allreduce_algorithm, reduce_dtype, expert_loads, rates, all_to_all_mode=all_to_all_mode)
     stage_of = ctx.stage_of
 
     # -- 1. shard every op ------------------------------------------------------------------------

@@ -78,6 +78,12 @@ class KernelShape(BaseModel):
     tokens: int | None = Positive  # all-to-all: tokens per rank
     hidden: int | None = Positive
     top_k: int | None = Positive  # all-to-all: copies of each token sent (experts per token)
+    # all-to-all, normal kernels: the experts over the ranks (given: each token goes once per
+    # distinct destination rank, and across scale-up domains once per distinct remote node over
+    # the NIC, as the mapping sends it, `codesign.mapping.experts.nic_share`; none: top_k copies,
+    # the low-latency kernels' per-expert messages) and group-limited routing over nodes.
+    experts: int | None = Positive
+    top_groups: int | None = Positive
     bytes: float | None = Positive  # all-reduce: message bytes per rank
     algorithm: str | None = None  # collective algorithm (codesign.mapping.collectives.ALGORITHMS)
     # fused_moe: which MoE kernel implementation ran (`CostOptions.moe_kernel`); none: the default.
@@ -92,6 +98,13 @@ class KernelShape(BaseModel):
             raise ValueError(f"seq_q ({self.seq_q}) exceeds seq_kv ({self.seq_kv})")
         if self.op == "fused_moe" and self.top_k > self.groups:
             raise ValueError(f"top_k ({self.top_k}) exceeds groups ({self.groups}, the experts)")
+        if (self.experts is not None or self.top_groups is not None) and self.op != "all_to_all":
+            raise ValueError(f"experts / top_groups apply to all_to_all only, found op {self.op}")
+        if self.top_groups is not None and self.experts is None:
+            raise ValueError("top_groups needs experts (the routed experts over the ranks)")
+        if self.experts is not None and (self.experts % self.ranks or self.top_k > self.experts):
+            raise ValueError(f"experts ({self.experts}) must be a multiple of ranks ({self.ranks}) "
+                             f"and at least top_k ({self.top_k})")
         if self.moe_kernel is not None and self.op != "fused_moe":
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
         if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
@@ -284,8 +297,18 @@ def build_collective(s: KernelShape, hw: HardwareSpec) -> dict:
     group = tuple(range(s.ranks))
     if s.op == "all_to_all":
         per_elem = BYTES_PER_ELEMENT[s.dtype] * ((1.0 + FP8_SCALE_OVERHEAD) if s.dtype == "fp8" else 1.0)
-        nbytes = s.tokens * s.top_k * s.hidden * per_elem
-        return make_collective("all_to_all", group, nbytes, hw.system.scale_up.size, s.algorithm)
+        su = hw.system.scale_up.size
+        extra: dict = {}
+        copies = float(s.top_k)
+        if s.experts is not None and s.algorithm != "low_latency":
+            from codesign.mapping.experts import nic_share, routed_spread
+
+            nodes = -(-s.ranks // su)
+            copies = routed_spread(s.experts, s.top_k, s.ranks, nodes, s.top_groups)[0]
+            if nodes > 1:
+                extra["nic_share"] = nic_share(s.experts, s.top_k, s.ranks, nodes, s.top_groups)
+        nbytes = s.tokens * copies * s.hidden * per_elem
+        return make_collective("all_to_all", group, nbytes, su, s.algorithm, **extra)
     return make_collective(s.op, group, float(s.bytes), hw.system.scale_up.size, s.algorithm)
 
 
@@ -299,7 +322,10 @@ def link_bytes(c: dict, hw: HardwareSpec) -> float:
     if c["type"] in ("all_gather", "reduce_scatter"):
         return (n - 1) / n * c["bytes"]
     d = min(n, hw.system.scale_up.size)
-    share = (n - d) / n if c["scope"] == "scale_out" else (n - 1) / n
+    if c["scope"] == "scale_out":
+        share = c.get("nic_share", (n - d) / n)
+    else:
+        share = (n - 1) / n
     return c["bytes"] * share
 
 

@@ -75,7 +75,7 @@ def test_decode_batch_cap_is_256_per_gpu_and_gb200_rows_fill_the_kv_cache():
     assert ROWS[DECODE_EP[0]].workload.max_batch == 256 * 72
     for name in DECODE_EP[1:]:
         assert ROWS[name].workload.max_batch is None  # "chosen to make KV cache roughly full"
-        assert ROWS[name].mapping == {"two_batch_overlap": False}
+        assert ROWS[name].mapping == {"two_batch_overlap": False, "all_to_all_mode": "auto"}  # SGLang deepep-mode auto
 
 
 def test_prefill_rows_hold_16k_tokens_per_gpu_per_forward_pass():
