@@ -20,7 +20,10 @@ same value.
   length is ``input + (E[o^2] / E[o] - 1) / 2 = input + (mean (1 + cv^2) - 1) / 2`` (input and
   output lengths taken as independent).
 * ``batch``   -- as offline with the batch fixed at ``concurrency``.
-* ``prefill`` -- prompts only: ``PREFILL_TOKENS_PER_STEP`` prompt tokens per step.
+* ``prefill`` -- prompts only: ``PREFILL_TOKENS_PER_STEP`` prompt tokens per step and engine
+  instance (`chunk_prompts`: each data-parallel replica and attention-DP rank runs its own
+  scheduler with its own chunked-prefill budget, as vLLM and SGLang do per DP rank), at least one
+  whole prompt each.
 * ``server``  -- Poisson arrivals with SLOs: not supported yet (an infeasible row says so).
 
 Engine host overhead (``workload.engine``, `codesign.sim.host_overhead`): each mode takes an
@@ -44,10 +47,16 @@ from codesign.graph.shape import StepShape
 from codesign.sim.engine import StepResult
 from codesign.sim.host_overhead import EngineProfile, prefill_iterations
 
-# Prompt tokens batched into one prefill step in `prefill` mode and for TTFT: vLLM's and SGLang's
-# default chunked-prefill budgets are 8-16K tokens per step (max_num_batched_tokens /
-# chunked_prefill_size); named assumption, overridable per call.
+# Prompt tokens batched into one prefill step per engine instance in `prefill` mode and for TTFT:
+# vLLM's and SGLang's default chunked-prefill budgets are 8-16K tokens per step and engine
+# (max_num_batched_tokens / chunked_prefill_size, per DP rank); named assumption.
 PREFILL_TOKENS_PER_STEP = 16_384
+
+
+def chunk_prompts(input_tokens: int, replicas: int = 1) -> int:
+    """Whole prompts of `input_tokens` in one prefill step of the deployment: the budget's worth
+    (at least one) on each of its `replicas` engine instances."""
+    return max(1, replicas) * max(1, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1))
 
 if TYPE_CHECKING:
     from codesign.scenario import TokenDist
@@ -159,8 +168,9 @@ def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int
     d, p, total, d_t, p_t = costs(batch)
     out_rate = batch * output_tokens / total
     in_rate = batch * input_tokens / total
-    # TTFT: one chunked-prefill step's worth of prompts ahead of a request's first token.
-    per_chunk = max(1, min(batch, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1)))
+    # TTFT: one chunked-prefill step's worth of prompts (every engine instance's) ahead of a
+    # request's first token.
+    per_chunk = max(1, min(batch, chunk_prompts(input_tokens, replicas)))
     ttft = p_t * per_chunk / batch
     gpu = p.time_s + output_tokens * d.time_s
     if total - gpu > gpu:
@@ -173,13 +183,14 @@ def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int
 
 def prefill_mode(step: StepFn, max_batch: int, input_tokens: int, host: EngineProfile | None = None,
                  replicas: int = 1) -> ModeResult:
-    """Prompt processing only: as many whole prompts per step as the chunk budget allows (`host`:
-    the engine's host overhead, one scheduler iteration per step)."""
-    batch = max(1, min(max_batch, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1)))
+    """Prompt processing only: as many whole prompts per step as the chunk budget of the
+    `replicas` engine instances allows (`chunk_prompts`; `host`: the engine's host overhead, one
+    scheduler iteration per step)."""
+    batch = max(1, min(max_batch, chunk_prompts(input_tokens, replicas)))
     p = step(StepShape.prefill(batch, input_tokens))
     t = host.step_time(p.time_s, batch / max(1, replicas)) if host is not None else p.time_s
     bottleneck = "host" if t - p.time_s > p.time_s else p.bottleneck
     return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / t, t, None, bottleneck, None, p, t - p.time_s)
 
 
-__all__ = ["ModeResult", "capped_batch", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]
+__all__ = ["ModeResult", "capped_batch", "chunk_prompts", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]

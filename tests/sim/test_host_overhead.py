@@ -88,7 +88,7 @@ def test_tpot_slo_search_counts_host_time():
 
 def test_prefill_mode_pays_one_iteration_per_step():
     r = prefill_mode(step, 1000, 1000, host=SYNC, replicas=4)
-    batch = PREFILL_TOKENS_PER_STEP // 1000
+    batch = 4 * (PREFILL_TOKENS_PER_STEP // 1000)  # every engine instance its own budget
     gpu = W + batch * 1000 * 2e-6
     assert r.ttft_s == pytest.approx(gpu + 2e-3 + batch / 4 * 5e-5)
 

@@ -61,6 +61,20 @@ def test_prefill_mode_uses_chunk_budget():
     b = PREFILL_TOKENS_PER_STEP // 1000
     assert r.batch == b
     assert r.input_tokens_per_s == pytest.approx(b * 1000 / (W + b * 1000 * 2e-6))
+    # one budget per engine instance (data-parallel replica / attention-DP rank), capped by the fit
+    r8 = prefill_mode(step, 1000, 1000, replicas=8)
+    assert r8.batch == 8 * b and r8.ttft_s == pytest.approx(W + 8 * b * 1000 * 2e-6)
+    assert prefill_mode(step, 20, 1000, replicas=8).batch == 20
+    # a prompt longer than the budget is still one whole prompt per instance
+    assert prefill_mode(step, 1000, 40_000, replicas=4).batch == 4
+
+
+def test_serving_ttft_counts_every_instances_chunk():
+    one = serving_mode(step, 256, 1000, 100, None)
+    four = serving_mode(step, 256, 1000, 100, None, replicas=4)
+    b = PREFILL_TOKENS_PER_STEP // 1000
+    p = W + 256 * 1000 * 2e-6  # the batch's prefill (no host overhead: the same p_t)
+    assert one.ttft_s == pytest.approx(p * b / 256) and four.ttft_s == pytest.approx(p * 4 * b / 256)
 
 
 def test_capped_batch_bounds_the_fit():
