@@ -210,6 +210,19 @@ _GDN_RECURRENCE = ".chunk_rule.recurrence/"
 # Padded-token tables by (tile quantisation, tile M, grouped minimum tokens): see `expert_padding`.
 _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 
+# The bandwidth-free part of op costs (`CostModel.cost`): by (the cost model's `static_key`,
+# residency), id(op) -> (op, compute seconds, unit, HBM bytes, SRAM bytes, overhead seconds, HBM
+# bandwidth index), or (op, the whole OpCost, None, ...) where the cost reads no bandwidth; the op is
+# held so that its id is not reused while kept. Bounded: cleared when full.
+_STATIC: dict[tuple, dict[int, tuple]] = {}
+_STATIC_KEYS_MAX = 64
+_STATIC_OPS_MAX = 200_000
+# CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
+# that are not values (the spec, caches): every other attribute is part of `static_key`.
+_CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
+_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_expert_pad", "_static", "static_key", "_last_residency",
+                        "_last_memo"})
+
 
 def attention_keys_per_row(op: Op) -> float | None:
     """Keys one query row of an attention op attends to, averaged over one sequence's query rows,
@@ -293,6 +306,20 @@ class CostModel:
         self.gdn_units = eff.gdn_chunk_units or 1
         if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
             self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
+        # byte_split's flags, read once per op
+        self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
+        self._sram_activations = self.opts.sram_activations
+        # Everything an op's compute seconds, byte split and overhead depend on: all attributes set
+        # above but the bandwidths (`_CALL_TIME`). Cost models with the same key (hardware variants
+        # that differ in HBM or SRAM bandwidth only) share those parts of their op costs (`cost`).
+        # A subclass (its own rules) shares nothing.
+        self.static_key: tuple | None = None
+        self._static: dict[Residency, dict[int, tuple]] = {}
+        self._last_residency: Residency | None = None
+        self._last_memo: dict[int, tuple] = {}
+        if type(self) is CostModel:
+            self.static_key = tuple(sorted((k, v) for k, v in vars(self).items()
+                                           if k not in _CALL_TIME and k not in _NOT_KEYED))
 
     def _moe_kernel(self, hw: HardwareSpec) -> None:
         """Rates of the routed-expert kernel implementation (`CostOptions.moe_kernel`): the grouped
@@ -447,20 +474,32 @@ class CostModel:
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
                    residency: Residency = Residency()) -> tuple[float, float]:
         """(HBM bytes, SRAM bytes) an op of `kind` moves."""
+        # Per class (weight, activation, kv_cache, state, in this order), read + written bytes go to
+        # SRAM or HBM: weights when resident, activations when fused into an on-chip kernel or
+        # small enough for the SRAM budget, the state when resident; the KV cache always to HBM.
+        # Classes with no bytes add nothing (each sum in class order).
         hbm = 0.0
         sram = 0.0
-        fused = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise and kind in ("vector", "memory")
-        for cls in ("weight", "activation", "kv_cache", "state"):
-            nbytes = bytes_read.get(cls, 0.0) + bytes_written.get(cls, 0.0)
-            if nbytes <= 0:
-                continue
-            if cls == "activation" and fused and nbytes > 0:
+        rd, wr = bytes_read.get, bytes_written.get
+        nbytes = rd("weight", 0.0) + wr("weight", 0.0)
+        if nbytes > 0:
+            if residency.weights:
                 sram += nbytes
-            elif cls == "activation" and self.opts.sram_activations and nbytes <= self.sram_budget:
+            else:
+                hbm += nbytes
+        nbytes = rd("activation", 0.0) + wr("activation", 0.0)
+        if nbytes > 0:
+            if (self._fused_elementwise and kind in ("vector", "memory")) or (
+                    self._sram_activations and nbytes <= self.sram_budget):
                 sram += nbytes
-            elif cls == "state" and residency.state:
-                sram += nbytes
-            elif cls == "weight" and residency.weights:
+            else:
+                hbm += nbytes
+        nbytes = rd("kv_cache", 0.0) + wr("kv_cache", 0.0)
+        if nbytes > 0:
+            hbm += nbytes
+        nbytes = rd("state", 0.0) + wr("state", 0.0)
+        if nbytes > 0:
+            if residency.state:
                 sram += nbytes
             else:
                 hbm += nbytes
@@ -529,6 +568,75 @@ class CostModel:
         return parts
 
     def cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
+        """The op's cost. Its bandwidth-free parts (compute seconds, byte split, overhead) are kept
+        per op for every cost model of the same `static_key` and residency (`_STATIC`); the memory
+        seconds and their overlap with compute are computed at each call from them, with the same
+        functions: the same floats as `reference_cost`. An op is not modified once costed (the
+        mapping and the step model build new ops)."""
+        if op.kind == "collective":
+            t = self.collective_time(op)
+            return OpCost(t, 0.0, 0.0, 0.0, "link")
+        if self.static_key is None:
+            return self.reference_cost(op, residency)
+        if residency is self._last_residency:  # a step costs all its ops at one residency
+            memo = self._last_memo
+        else:
+            memo = self._static.get(residency)
+            if memo is None:
+                memo = self._static[residency] = self._static_memo(residency)
+            self._last_residency, self._last_memo = residency, memo
+        hit = memo.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = self._static_parts(op, residency)
+            if len(memo) >= _STATIC_OPS_MAX:
+                memo.clear()
+            memo[id(op)] = hit
+        _, c, unit, hbm, sram, o, bw = hit
+        if unit is None:
+            return c
+        # memory_seconds, combine and overlap written out (the same operations in the same order)
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
+        t_sram = sram / self.sram_bw
+        if t_hbm >= t_sram:
+            m, level = t_hbm, "hbm"
+        else:
+            m, level = t_sram, "sram"
+        if c >= m:
+            bound = unit if c > 0 else level
+            hi, lo = c, m
+        else:
+            bound = level
+            hi, lo = m, c
+        if o > max(c, m):
+            bound = "overhead"
+        p = self.overlap_p
+        if p is not None and lo > 0.0:
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        return OpCost(hi + o, c, m, o, bound)
+
+    def _static_memo(self, residency: Residency) -> dict[int, tuple]:
+        key = (self.static_key, residency)
+        memo = _STATIC.get(key)
+        if memo is None:
+            if len(_STATIC) >= _STATIC_KEYS_MAX:
+                _STATIC.clear()
+            memo = _STATIC[key] = {}
+        return memo
+
+    def _static_parts(self, op: Op, residency: Residency) -> tuple:
+        """(op, compute seconds, unit, HBM bytes, SRAM bytes, overhead, HBM bandwidth index) of a
+        non-collective op, or (op, its OpCost, None, 0, 0, 0, 0) where the cost reads no bandwidth
+        (the fused GatedDeltaNet chunk kernel's ops)."""
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return op, self.gdn_chunk_cost(op), None, 0.0, 0.0, 0.0, 0
+        c, unit = self.compute_time(op)
+        hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+        # the HBM bandwidth `memory_seconds` uses for this kind: 0 hbm_bw, 1 matrix_hbm_bw, 2 grouped_hbm_bw
+        bw = 2 if op.kind == "grouped_gemm" else (1 if op.kind == "gemm" else 0)
+        return op, c, unit, hbm, sram, self.overhead(op), bw
+
+    def reference_cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
+        """The op's cost computed in full (what `cost` keeps parts of; tests compare the two)."""
         if op.kind == "collective":
             t = self.collective_time(op)
             return OpCost(t, 0.0, 0.0, 0.0, "link")

@@ -1,0 +1,123 @@
+"""The cost model's kept bandwidth-free parts (`CostModel.cost` with `_STATIC`) against the cost
+computed in full (`CostModel.reference_cost`), to the bit: on the models' mapped ops, on every
+shipped spec and on hardware variants that share parts (HBM / SRAM bandwidth) and that do not."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import codesign as cs
+from codesign import mapping
+from codesign.graph.shape import StepShape
+from codesign.mapping import ParallelPlan, Precision
+from codesign.models import load_model
+from codesign.sim.cost import CostModel, CostOptions, Residency
+from codesign.sim.stepmodel import StepModel
+from tests.sim.helpers import make_hw, op
+
+FP8 = Precision(weights="fp8", activations="fp8")
+RESIDENCIES = (Residency(), Residency(state=True), Residency(weights=True), Residency(state=True, weights=True))
+
+
+def _mapped_ops(hw, model: str, plan: ParallelPlan, shape: StepShape) -> list:
+    cfg = load_model(model)
+    sm = StepModel(hw, cfg, plan, FP8, cache=False)
+    skeleton, _ = sm._skeleton_graph(shape)
+    mapped = mapping.map_step(skeleton, cfg, hw, plan, FP8, **sm.options.map_kwargs(), rates=sm.cost_model.rank_rates())
+    return [o for _, o in mapped.graph.nodes(data="op")]
+
+
+def _check(cm: CostModel, ops: list) -> int:
+    n = 0
+    for residency in RESIDENCIES:
+        for o in ops:
+            want = cm.reference_cost(o, residency)
+            assert cm.cost(o, residency) == want, o.name  # parts computed and kept
+            assert cm.cost(o, residency) == want, o.name  # parts reused
+            n += 1
+    return n
+
+
+@pytest.fixture(scope="module")
+def qwen_ops():
+    hw = make_hw(**{"system.chips": 8})
+    plan = ParallelPlan(tp=8, ep=8)
+    return (_mapped_ops(hw, "qwen3.5-35b-a3b", plan, StepShape.decode(37, 9000))
+            + _mapped_ops(hw, "qwen3.5-35b-a3b", plan, StepShape.prefill(1, 3000, cached=2000)))
+
+
+@pytest.mark.parametrize("spec", ["h200", "b200", "mi300x", "tpu-v6e", "gaudi3", "moe-concept"])
+def test_kept_parts_equal_full_cost_on_shipped_specs(spec, qwen_ops):
+    hw = cs.load_hw(spec)
+    for moe_kernel in ("grouped", "triton_fused"):
+        opts = CostOptions(moe_kernel=moe_kernel)
+        try:
+            cm = CostModel(hw, "fp8", "bf16", opts)
+        except cs.CodesignError:  # no Triton curve on this chip
+            continue
+        assert _check(cm, qwen_ops) > 100
+
+
+def test_hardware_variants_share_parts_only_where_they_may(qwen_ops):
+    """Variants in HBM or SRAM bandwidth share a key (their ops' compute seconds, byte split and
+    overhead are the same numbers), and get their own costs from them; variants in anything else
+    the parts read get their own key. Each costed against the full computation."""
+    base = cs.load_hw("h200")
+
+    def variant(**chip) -> CostModel:
+        """h200 with one chip field changed (`section__field=value`)."""
+        ((path, value),) = chip.items()
+        section, field = path.split("__")
+        c = base.chip
+        changed = c.model_copy(update={section: getattr(c, section).model_copy(update={field: value})})
+        return CostModel(base.model_copy(update={"chip": changed}), "fp8", "bf16")
+
+    ref = CostModel(base, "fp8", "bf16")
+    same = [variant(hbm__bandwidth=base.chip.hbm.bandwidth * f) for f in (0.5, 1.01, 1.37, 3.0)]
+    same.append(variant(sram__bandwidth=base.chip.sram.bandwidth * 2.0))
+    other = [variant(sram__capacity=base.chip.sram.capacity * 1e-3),
+             variant(matrix__fp8=base.chip.matrix.fp8 * 1.5),
+             variant(vector__bf16=(base.chip.vector.bf16 or base.chip.vector.fp32) * 0.5),
+             variant(matrix__tile=(128, 128))]
+    for cm in same:
+        assert cm.static_key == ref.static_key
+    for cm in other:
+        assert cm.static_key != ref.static_key
+    for cm in [ref] + same + other:
+        _check(cm, qwen_ops)
+
+
+def test_kept_parts_on_random_ops():
+    """Random gemm / grouped / attention / vector / memory ops with bytes of every class, on chips
+    with and without the overlap p-norm: the same costs as computed in full."""
+    rng = random.Random(7)
+    chips = [make_hw(), make_hw(**{"efficiency.overlap_exponent": 1.74}),
+             make_hw(**{"efficiency.overlap_exponent": 3.0, "chip.sram.capacity": "1 MB"})]
+    ops = []
+    for i in range(400):
+        kind = rng.choice(["gemm", "grouped_gemm", "attention", "vector", "memory"])
+        m, n, k = rng.choice([1, 7, 64, 300]), rng.choice([128, 1000, 4096]), rng.choice([512, 4096])
+        tpe = tuple(rng.choice([0, 1, 3, 9, 70, 200]) for _ in range(8)) if kind == "grouped_gemm" else None
+        ops.append(op(f"o{i}", kind, flops=rng.choice([0.0, 2.0 * m * n * k]), w=rng.choice([0.0, 1e6, 3e8]),
+                      a=rng.choice([0.0, 1e3, 1e6, 1e9]), kv=rng.choice([0.0, 5e7]), state=rng.choice([0.0, 2e6]),
+                      gemm=(1, m, n, k) if kind == "gemm" and rng.random() < 0.8 else None, tpe=tpe,
+                      efpt=rng.choice([0.0, 1e6]) if tpe else 0.0))
+    for hw in chips:
+        for opts in (CostOptions(), CostOptions(fused_activations_on_chip=False, sram_weights=True),
+                     CostOptions(tile_quantisation=False, small_m_ramp=False, sram_activations=False)):
+            _check(CostModel(hw, "bf16", "bf16", opts), ops)
+
+
+def test_a_subclass_keeps_no_parts():
+    """A cost model with its own rules (a subclass) always computes in full."""
+
+    class Slow(CostModel):
+        def overhead(self, op):
+            return 1.0
+
+    cm = Slow(make_hw(), "bf16", "bf16")
+    assert cm.static_key is None
+    o = op("g", "gemm", flops=1e9, w=1e6, gemm=(1, 8, 128, 4096))
+    assert cm.cost(o).overhead_s == 1.0 == cm.reference_cost(o).overhead_s
