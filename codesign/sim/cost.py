@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -179,9 +179,11 @@ class Residency:
     weights: bool = False
 
 
-@dataclass(frozen=True)
-class OpCost:
-    """Seconds of one op and what limits it: "matrix" | "vector" | "hbm" | "sram" | "link" | "overhead"."""
+class OpCost(NamedTuple):
+    """Seconds of one op and what limits it: "matrix" | "vector" | "hbm" | "sram" | "link" | "overhead".
+    Immutable; a named tuple rather than a frozen dataclass because a step builds one per op and
+    variant (~1,700 for a Qwen3.5-397B point), where a frozen dataclass's constructor is most of
+    an op's cost."""
 
     time_s: float
     compute_s: float
@@ -215,8 +217,8 @@ _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 # bandwidth index), or (op, the whole OpCost, None, ...) where the cost reads no bandwidth; the op is
 # held so that its id is not reused while kept. Bounded: cleared when full.
 _STATIC: dict[tuple, dict[int, tuple]] = {}
-_STATIC_KEYS_MAX = 64
-_STATIC_OPS_MAX = 200_000
+_STATIC_KEYS_MAX = 16
+_STATIC_OPS_MAX = 32_768
 # CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
 # that are not values (the spec, caches): every other attribute is part of `static_key`.
 _CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
