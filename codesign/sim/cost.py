@@ -436,6 +436,19 @@ class CostModel:
             padded = float(sum([table[t] for t in tpe]))
         return padded, sum([t for t in tpe if t > 0])
 
+    def padded_tokens(self, counts: list[int]) -> list[int]:
+        """Each expert token count as its tiles hold it (`_padded_tokens`), from the same table as
+        `expert_padding`: what the routed layers (`codesign.sim.routed`) pad their distinct counts
+        with, in one call."""
+        table = self._expert_pad
+        try:
+            return [table[t] for t in counts]
+        except KeyError:
+            for t in counts:
+                if t not in table:
+                    table[t] = self._padded_tokens(t)
+            return [table[t] for t in counts]
+
     def grouped_seconds(self, flops: float, padded: float, tokens_routed: int, k_ramp: float) -> float:
         """Matrix seconds of a grouped expert op of `flops` with these padded and routed tokens.
         The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled

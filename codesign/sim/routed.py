@@ -49,15 +49,15 @@ class RoutedLayers:
 
     def padding(self, cm: CostModel) -> tuple[list[float], list[int]]:
         """Per layer, `cm.expert_padding(blocks[j])` (padded tokens, routed tokens): each distinct
-        count padded once by the cost model, the integer sums taken over the block array (exact)."""
+        count padded once by the cost model (`padded_tokens`, its table), the integer sums taken
+        over the block array (exact)."""
         a = self.block_array
         if a is None or a.size == 0:
             pairs = [cm.expert_padding(b) for b in self.blocks]
             return [p for p, _ in pairs], [r for _, r in pairs]
         values = np.unique(a).tolist()
         table = np.zeros(values[-1] + 1, dtype=np.int64)
-        for v in values:
-            table[v] = int(cm.expert_padding((v,))[0])
+        table[values] = cm.padded_tokens(values)
         padded = [float(x) for x in table[a].sum(axis=1).tolist()]
         return padded, np.where(a > 0, a, 0).sum(axis=1).tolist()
 

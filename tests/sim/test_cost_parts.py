@@ -121,3 +121,17 @@ def test_a_subclass_keeps_no_parts():
     assert cm.static_key is None
     o = op("g", "gemm", flops=1e9, w=1e6, gemm=(1, 8, 128, 4096))
     assert cm.cost(o).overhead_s == 1.0 == cm.reference_cost(o).overhead_s
+
+
+def test_padded_tokens_of_many_counts():
+    """`padded_tokens` (the routed layers' padding of their distinct counts) against the rule by
+    hand (tile M 64: below it, steps of `grouped_min_tokens` 8, or the Triton row block 16; above
+    it, whole tiles) and against `expert_padding` one count at a time."""
+    grouped = CostModel(make_hw(), "bf16", "bf16")
+    triton = CostModel(cs.load_hw("h200"), "bf16", "bf16", CostOptions(moe_kernel="triton_fused"))
+    counts = [0, 1, 7, 8, 9, 63, 64, 65, 128, 129, 1000]
+    assert grouped.padded_tokens(counts) == [0, 8, 8, 8, 16, 64, 64, 128, 128, 192, 1024]
+    assert triton.padded_tokens(counts) == [0, 16, 16, 16, 16, 64, 64, 128, 128, 192, 1024]
+    for cm in (grouped, triton, CostModel(make_hw(), "bf16", "bf16", CostOptions(tile_quantisation=False))):
+        many = list(range(0, 3000, 7))
+        assert cm.padded_tokens(many) == [int(cm.expert_padding((t,))[0]) for t in many]
