@@ -219,10 +219,26 @@ _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 _STATIC: dict[tuple, dict[int, tuple]] = {}
 _STATIC_KEYS_MAX = 16
 _STATIC_OPS_MAX = 32_768
+# Collective seconds by the spec's network (`network_key`): (all-to-all (slope, fixed) by the
+# collective's items but its imbalance, seconds of any other collective by its items), shared by
+# every cost model of that network (hardware variants of the chip share them). Bounded.
+_NETWORKS: dict[tuple, tuple[dict[tuple, tuple[float, float]], dict[tuple, float]]] = {}
+_NETWORKS_MAX = 16
+_NETWORK_ENTRIES_MAX = 4096
+
+
+def network_key(hw: HardwareSpec) -> tuple:
+    """What `codesign.mapping.collectives` reads of a spec: the system (its scale-up and scale-out
+    networks) and the collective efficiencies and curves. tests/sim/test_cost_parts.py checks that
+    a spec with another chip and other efficiencies but these gives the same collective times."""
+    e = hw.efficiency
+    return (hw.system, e.collective, e.collective_curves, e.low_latency_collective, e.low_latency_overhead)
+
+
 # CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
 # that are not values (the spec, caches): every other attribute is part of `static_key`.
 _CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
-_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_expert_pad", "_static", "static_key", "_last_residency",
+_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last_residency",
                         "_last_memo"})
 
 
@@ -267,7 +283,8 @@ class CostModel:
         self.matrix_dtype = spec_dtype(matrix_dtype)
         self.attention_dtype = spec_dtype(attention_dtype)
         self._collective_fn = collective_fn
-        self._a2a: dict[tuple, tuple[float, float]] = {}  # all-to-all (slope, fixed) by collective
+        # collective seconds shared by the cost models of one network (`_NETWORKS`)
+        self._a2a, self._collectives = self._network_memo(hw) if collective_fn is None else ({}, {})
         eff = hw.efficiency
         chip = hw.chip
         # Large-GEMM fraction of this dtype's peak (efficiency.gemm_by_dtype, else gemm).
@@ -558,14 +575,36 @@ class CostModel:
                 parts = self.all_to_all_parts(c)
                 if parts is not None:
                     return parts[0] * float(c.get("imbalance", 1.0) or 1.0) + parts[1]
-            return float(collectives.collective_time(c, self.hw))
+            # memoised per network (`_NETWORKS`); a collective with a list of ranks is not keyed
+            memo = self._collectives
+            key = tuple(c.items())
+            try:
+                t = memo.get(key)
+            except TypeError:
+                return float(collectives.collective_time(c, self.hw))
+            if t is None:
+                t = float(collectives.collective_time(c, self.hw))
+                if len(memo) >= _NETWORK_ENTRIES_MAX:
+                    memo.clear()
+                memo[key] = t
+            return t
         return float(fn(c, self.hw))
+
+    @staticmethod
+    def _network_memo(hw: HardwareSpec) -> tuple[dict[tuple, tuple[float, float]], dict[tuple, float]]:
+        key = network_key(hw)
+        memo = _NETWORKS.get(key)
+        if memo is None:
+            if len(_NETWORKS) >= _NETWORKS_MAX:
+                _NETWORKS.clear()
+            memo = _NETWORKS[key] = ({}, {})
+        return memo
 
     def all_to_all_parts(self, c: dict) -> tuple[float, float] | None:
         """(seconds per unit of imbalance, fixed seconds) of an all-to-all with the mapping's
-        topology costs (`codesign.mapping.collectives.all_to_all_parts`), memoised: layers of a step
-        differ in their all-to-alls only by load imbalance, so the topology is evaluated once per
-        all-to-all. None when the model has its own collective function or the collective cannot
+        topology costs (`codesign.mapping.collectives.all_to_all_parts`), memoised per network
+        (`_NETWORKS`): layers of a step differ in their all-to-alls only by load imbalance, so the
+        topology is evaluated once per all-to-all. None when the model has its own collective function or the collective cannot
         be keyed (a list of ranks)."""
         if self._collective_fn is not None:
             return None
@@ -577,7 +616,7 @@ class CostModel:
         except TypeError:
             return None
         if parts is None:
-            if len(self._a2a) >= 4096:
+            if len(self._a2a) >= _NETWORK_ENTRIES_MAX:
                 self._a2a.clear()
             parts = self._a2a[key] = collectives.all_to_all_parts(c, self.hw)
         return parts
@@ -625,7 +664,7 @@ class CostModel:
         if o > max(c, m):
             bound = "overhead"
         p = self.overlap_p
-        if p is not None and lo > 0.0:
+        if not (p is None or lo <= 0.0):
             hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
         return OpCost(hi + o, c, m, o, bound)
 
@@ -687,8 +726,13 @@ class CostModel:
         fixed overhead."""
         if c >= m:
             bound = unit if c > 0 else level
+            hi, lo = c, m
         else:
             bound = level
+            hi, lo = m, c
         if o > max(c, m):
             bound = "overhead"
-        return OpCost(self.overlap(c, m) + o, c, m, o, bound)
+        p = self.overlap_p  # `overlap` written out
+        if not (p is None or lo <= 0.0):
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        return OpCost(hi + o, c, m, o, bound)

@@ -135,3 +135,47 @@ def test_padded_tokens_of_many_counts():
     for cm in (grouped, triton, CostModel(make_hw(), "bf16", "bf16", CostOptions(tile_quantisation=False))):
         many = list(range(0, 3000, 7))
         assert cm.padded_tokens(many) == [int(cm.expert_padding((t,))[0]) for t in many]
+
+
+def _collectives(scale_up: int) -> list[dict]:
+    from codesign.mapping.collectives import make_collective
+
+    out = []
+    for kind in ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send_recv"):
+        for n in (2, 4, 8, 16):
+            group = tuple(range(n)) if kind != "send_recv" else (0, n - 1)
+            for nbytes in (4096.0, 1.5e6, 3e8):
+                for algo in ([None, "ring", "two_shot", "one_shot"] if kind == "all_reduce" else
+                             [None, "low_latency"] if kind == "all_to_all" else [None]):
+                    out.append(make_collective(kind, group, nbytes, scale_up, algorithm=algo, imbalance=1.3))
+    return out
+
+
+@pytest.mark.parametrize("spec", ["h200", "b200", "mi300x", "gb200-nvl72", "tpu-v6e"])
+def test_collective_times_depend_on_the_network_key_only(spec):
+    """A spec with another chip and other efficiencies, but this spec's network key (system,
+    collective efficiencies and curves), gives the same collective seconds: cost models may share
+    them by that key. Each also equals the mapping's own `collective_time`, memoised or not."""
+    from codesign.mapping import collectives
+
+    hw = cs.load_hw(spec)
+    other = cs.load_hw("ascend-910c" if spec != "ascend-910c" else "h200")
+    e = hw.efficiency
+    mixed_eff = other.efficiency.model_copy(update={
+        "collective": e.collective, "collective_curves": e.collective_curves,
+        "low_latency_collective": e.low_latency_collective, "low_latency_overhead": e.low_latency_overhead})
+    mixed = other.model_copy(update={"system": hw.system, "efficiency": mixed_eff, "name": "mixed"})
+    assert mixed.chip != hw.chip
+    cm, cm_mixed = CostModel(hw, "bf16", "bf16"), CostModel(mixed, "bf16", "bf16")
+    checked = 0
+    for c in _collectives(hw.system.scale_up.size):
+        try:
+            want = float(collectives.collective_time(c, hw))
+        except cs.CodesignError:  # e.g. a group spanning domains on a spec without scale_out
+            continue
+        assert float(collectives.collective_time(c, mixed)) == want
+        o = op("c", "collective", collective=c)
+        assert cm.cost(o).time_s == want == cm.collective_time(o)
+        assert cm_mixed.cost(o).time_s == want
+        checked += 1
+    assert checked > 50
