@@ -55,7 +55,13 @@ class RoutedLayers:
         if a is None or a.size == 0:
             pairs = [cm.expert_padding(b) for b in self.blocks]
             return [p for p, _ in pairs], [r for _, r in pairs]
-        values = np.unique(a).tolist()
+        top = int(a.max())
+        if a.min() >= 0 and top <= 16 * a.size:  # the distinct counts, ascending, by a presence mask
+            seen = np.zeros(top + 1, dtype=bool)
+            seen[a.ravel()] = True
+            values = np.flatnonzero(seen).tolist()
+        else:
+            values = np.unique(a).tolist()
         table = np.zeros(values[-1] + 1, dtype=np.int64)
         table[values] = cm.padded_tokens(values)
         padded = [float(x) for x in table[a].sum(axis=1).tolist()]

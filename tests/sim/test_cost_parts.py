@@ -179,3 +179,22 @@ def test_collective_times_depend_on_the_network_key_only(spec):
         assert cm_mixed.cost(o).time_s == want
         checked += 1
     assert checked > 50
+
+
+def test_routed_padding_equals_expert_padding_per_layer():
+    """`RoutedLayers.padding` (distinct counts by a presence mask, or np.unique for sparse large
+    counts) against `expert_padding` of each layer's counts."""
+    import numpy as np
+
+    from codesign.sim.routed import RoutedLayers
+
+    rng = np.random.default_rng(3)
+    cm = CostModel(make_hw(), "bf16", "bf16")
+    for shape, high in (((44, 64), 13), ((14, 64), 800), ((44, 64), 6000), ((3, 8), 10**7), ((5, 4), 1)):
+        a = rng.integers(0, high, size=shape)
+        a[0, :2] = 0
+        rows = [tuple(r) for r in a.tolist()]
+        group = RoutedLayers(0, list(range(shape[0])), 0, [], rows, [], [], [], [], a)
+        padded, routed = group.padding(cm)
+        assert padded == [cm.expert_padding(r)[0] for r in rows]
+        assert routed == [cm.expert_padding(r)[1] for r in rows]
