@@ -668,6 +668,41 @@ class CostModel:
             hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
         return OpCost(hi + o, c, m, o, bound)
 
+    def seconds(self, op: Op, residency: Residency = Residency()) -> float:
+        """`cost(op, residency).time_s`, without the OpCost (the engine's two-batch-overlap half
+        ops need only their seconds): the same operations on the same kept parts."""
+        if op.kind == "collective":
+            return self.collective_time(op)
+        if self.static_key is None:  # a subclass: its own rules, wherever they are
+            return self.cost(op, residency).time_s
+        if residency is self._last_residency:
+            memo = self._last_memo
+        else:
+            memo = self._static.get(residency)
+            if memo is None:
+                memo = self._static[residency] = self._static_memo(residency)
+            self._last_residency, self._last_memo = residency, memo
+        hit = memo.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = self._static_parts(op, residency)
+            if len(memo) >= _STATIC_OPS_MAX:
+                memo.clear()
+            memo[id(op)] = hit
+        _, c, unit, hbm, sram, o, bw = hit
+        if unit is None:
+            return c.time_s
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
+        t_sram = sram / self.sram_bw
+        m = t_hbm if t_hbm >= t_sram else t_sram
+        if c >= m:
+            hi, lo = c, m
+        else:
+            hi, lo = m, c
+        p = self.overlap_p
+        if not (p is None or lo <= 0.0):
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        return hi + o
+
     def _static_memo(self, residency: Residency) -> dict[int, tuple]:
         key = (self.static_key, residency)
         memo = _STATIC.get(key)

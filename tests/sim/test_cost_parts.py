@@ -1,5 +1,5 @@
-"""The cost model's kept bandwidth-free parts (`CostModel.cost` with `_STATIC`) against the cost
-computed in full (`CostModel.reference_cost`), to the bit: on the models' mapped ops, on every
+"""The cost model's kept bandwidth-free parts (`CostModel.cost` and `seconds` with `_STATIC`)
+against the cost computed in full (`CostModel.reference_cost`), to the bit: on the models' mapped ops, on every
 shipped spec and on hardware variants that share parts (HBM / SRAM bandwidth) and that do not."""
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def _check(cm: CostModel, ops: list) -> int:
             want = cm.reference_cost(o, residency)
             assert cm.cost(o, residency) == want, o.name  # parts computed and kept
             assert cm.cost(o, residency) == want, o.name  # parts reused
+            assert cm.seconds(o, residency) == want.time_s, o.name
             n += 1
     return n
 
