@@ -238,8 +238,7 @@ def network_key(hw: HardwareSpec) -> tuple:
 # CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
 # that are not values (the spec, caches): every other attribute is part of `static_key`.
 _CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
-_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last_residency",
-                        "_last_memo"})
+_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last"})
 
 
 def attention_keys_per_row(op: Op) -> float | None:
@@ -334,8 +333,7 @@ class CostModel:
         # A subclass (its own rules) shares nothing.
         self.static_key: tuple | None = None
         self._static: dict[Residency, dict[int, tuple]] = {}
-        self._last_residency: Residency | None = None
-        self._last_memo: dict[int, tuple] = {}
+        self._last: tuple[Residency | None, dict[int, tuple]] = (None, {})
         if type(self) is CostModel:
             self.static_key = tuple(sorted((k, v) for k, v in vars(self).items()
                                            if k not in _CALL_TIME and k not in _NOT_KEYED))
@@ -632,13 +630,11 @@ class CostModel:
             return OpCost(t, 0.0, 0.0, 0.0, "link")
         if self.static_key is None:
             return self.reference_cost(op, residency)
-        if residency is self._last_residency:  # a step costs all its ops at one residency
-            memo = self._last_memo
+        last = self._last  # a step costs all its ops at one residency
+        if residency is last[0]:
+            memo = last[1]
         else:
-            memo = self._static.get(residency)
-            if memo is None:
-                memo = self._static[residency] = self._static_memo(residency)
-            self._last_residency, self._last_memo = residency, memo
+            memo = self._memo_for(residency)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
             hit = self._static_parts(op, residency)
@@ -675,13 +671,11 @@ class CostModel:
             return self.collective_time(op)
         if self.static_key is None:  # a subclass: its own rules, wherever they are
             return self.cost(op, residency).time_s
-        if residency is self._last_residency:
-            memo = self._last_memo
+        last = self._last
+        if residency is last[0]:
+            memo = last[1]
         else:
-            memo = self._static.get(residency)
-            if memo is None:
-                memo = self._static[residency] = self._static_memo(residency)
-            self._last_residency, self._last_memo = residency, memo
+            memo = self._memo_for(residency)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
             hit = self._static_parts(op, residency)
@@ -702,6 +696,15 @@ class CostModel:
         if not (p is None or lo <= 0.0):
             hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
         return hi + o
+
+    def _memo_for(self, residency: Residency) -> dict[int, tuple]:
+        """The kept parts at `residency`, remembered as the last used (one attribute: a thread
+        never sees one residency with another's parts)."""
+        memo = self._static.get(residency)
+        if memo is None:
+            memo = self._static[residency] = self._static_memo(residency)
+        self._last = (residency, memo)
+        return memo
 
     def _static_memo(self, residency: Residency) -> dict[int, tuple]:
         key = (self.static_key, residency)
