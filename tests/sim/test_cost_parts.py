@@ -199,3 +199,16 @@ def test_routed_padding_equals_expert_padding_per_layer():
         padded, routed = group.padding(cm)
         assert padded == [cm.expert_padding(r)[0] for r in rows]
         assert routed == [cm.expert_padding(r)[1] for r in rows]
+
+
+def test_kept_parts_read_the_cost_models_attributes_only(qwen_ops):
+    """The kept parts come from the cost model's attributes (what `static_key` holds), never from
+    the spec at call time: with the spec taken away after construction they are the same."""
+    for spec in ("h200", "mi300x"):
+        cm = CostModel(cs.load_hw(spec), "fp8", "bf16")
+        bare = CostModel(cs.load_hw(spec), "fp8", "bf16")
+        bare.hw = None
+        for residency in RESIDENCIES:
+            for o in qwen_ops:
+                if o.kind != "collective":
+                    assert bare._static_parts(o, residency)[1:] == cm._static_parts(o, residency)[1:]
