@@ -314,8 +314,9 @@ class CostModel:
         # (below the tile's M: swap-AB steps for grouped kernels, the Triton kernel's row block)
         self.triton_moe = self.opts.moe_kernel != "grouped"
         self._min_tokens = self.opts.triton_moe_min_block if self.triton_moe else self.opts.grouped_min_tokens
-        self._expert_pad = _PAD_TABLES.setdefault(
-            (self.opts.tile_quantisation, self.tile_m, self._min_tokens), {})
+        # what an expert's padded tokens depend on (`_padded_tokens`): its table's key
+        self.padding_rule = (self.opts.tile_quantisation, self.tile_m, self._min_tokens)
+        self._expert_pad = _PAD_TABLES.setdefault(self.padding_rule, {})
         self.half = eff.small_m_half
         self._moe_kernel(hw)
         # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the

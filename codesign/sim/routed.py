@@ -22,7 +22,7 @@ time in the same order as for a layer of the graph (`StepSimulator.simulate(rout
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,11 +46,20 @@ class RoutedLayers:
     bytes_read: list[dict[str, float]]
     bytes_written: list[dict[str, float]]
     block_array: np.ndarray | None = None  # `blocks` as a layers x experts-per-rank array
+    # `padding` by the cost model's padding rule (`CostModel.padding_rule`): routed layers shared
+    # by hardware variants (`route`) are padded once per rule
+    _padded: dict[tuple, tuple[list[float], list[int]]] = field(default_factory=dict, repr=False, compare=False)
 
     def padding(self, cm: CostModel) -> tuple[list[float], list[int]]:
         """Per layer, `cm.expert_padding(blocks[j])` (padded tokens, routed tokens): each distinct
         count padded once by the cost model (`padded_tokens`, its table), the integer sums taken
-        over the block array (exact)."""
+        over the block array (exact). Kept per padding rule (the lists are not to be modified)."""
+        hit = self._padded.get(cm.padding_rule)
+        if hit is None:
+            hit = self._padded[cm.padding_rule] = self._padding(cm)
+        return hit
+
+    def _padding(self, cm: CostModel) -> tuple[list[float], list[int]]:
         a = self.block_array
         if a is None or a.size == 0:
             pairs = [cm.expert_padding(b) for b in self.blocks]
@@ -116,6 +125,13 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     ewb = traced.expert_weight_bytes * scale["weight"]
     times = np.maximum(tokens * fpt / mapper.flop_rate, touched * (ewb / moe_tp) / mapper.byte_rate)
     ranks = times.argmax(axis=1).tolist()  # the first of equal maxima, as ExpertMapper's scan
+    # Nothing below depends on the rates but through `ranks`: hardware variants that rank the same
+    # EP ranks slowest share the result (`_ROUTED`).
+    key = (id(counts), id(traced), tuple(ranks), template, tuple(layers), expert_pos, tuple(a2a_pos), E, dp, ep,
+           moe_tp, tuple(scale.items()))
+    hit = _ROUTED.get(key)
+    if hit is not None and hit[0] is counts and hit[1] is traced:
+        return hit[2]
     routed_all = counts.sum(axis=1).tolist()
     rank_tokens = tokens.tolist()
     rows = blocks[np.arange(len(layers)), ranks]  # each layer's slowest rank's tokens per expert
@@ -133,7 +149,17 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
         out.bytes_written.append({c: traced.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES})
         out.blocks.append(mine)
         out.flops.append(t * traced.expert_flops_per_token / moe_tp)
+    if len(_ROUTED) >= _ROUTED_MAX:
+        _ROUTED.clear()
+    _ROUTED[key] = (counts, traced, out)  # holds both: their ids are not reused meanwhile
     return out
+
+
+# Routed layers by their routing inputs and slowest ranks (`route`); the counts and the traced op
+# are held with each entry, so that their ids are not reused while it is kept. Bounded. The
+# results are shared: not to be modified.
+_ROUTED: dict[tuple, tuple[np.ndarray, Op, RoutedLayers]] = {}
+_ROUTED_MAX = 512
 
 
 __all__ = ["RoutedLayers", "route", "routed_positions"]

@@ -212,3 +212,50 @@ def test_kept_parts_read_the_cost_models_attributes_only(qwen_ops):
             for o in qwen_ops:
                 if o.kind != "collective":
                     assert bare._static_parts(o, residency)[1:] == cm._static_parts(o, residency)[1:]
+
+
+def test_routed_layers_shared_by_variants_that_rank_alike():
+    """`route` keeps its result by the routing inputs and the slowest ranks the rates chose: a
+    hardware variant whose rates pick the same ranks gets the same object, with the numbers a fresh
+    computation gives; rates that pick other ranks get their own. Per layer, each result agrees
+    with mapping that layer's expert op (`ExpertMapper.map`) at those rates."""
+    from codesign.graph import tracing as tr
+    from codesign.sim import routed
+
+    cfg = load_model("qwen3.5-35b-a3b")
+    plan = ParallelPlan(tp=8, ep=8)
+    shape = StepShape.prefill(1, 3000)
+
+    def routed_at(bandwidth: str, flops: str, fresh: bool):
+        hw = make_hw(**{"system.chips": 8, "chip.hbm.bandwidth": bandwidth, "chip.matrix.fp8": flops})
+        sm = StepModel(hw, cfg, plan, FP8)
+        skeleton, routing = sm._skeleton_graph(shape)
+        mapped = mapping.map_step(skeleton, cfg, hw, plan, FP8, **sm.options.map_kwargs(),
+                                  rates=sm.cost_model.rank_rates())
+        by_layer: dict[int, list] = {}
+        for _, o in mapped.graph.nodes(data="op"):
+            by_layer.setdefault(o.layer, []).append(o)
+        if fresh:
+            routed._ROUTED.clear()
+        out = []
+        for tmpl, (traced, layers, counts) in sorted(routing.items()):
+            g = routed.route(sm.cost_model, mapped.experts, traced, counts, tmpl, layers, by_layer[tmpl])
+            for j in range(len(layers)):
+                new, _, imbalance = mapped.experts.map(tr._rescale_experts(traced, tuple(counts[j].tolist())))
+                assert (g.blocks[j], g.imbalance[j], g.flops[j], g.bytes_read[j], g.bytes_written[j]) == (
+                    new.tokens_per_expert, imbalance, new.flops, new.bytes_read, new.bytes_written)
+            out.append(g)
+        return out
+
+    base = routed_at("4.8 TB/s", "1979 TFLOPS", fresh=True)
+    near = routed_at("4.85 TB/s", "1979 TFLOPS", fresh=False)
+    assert all(a is b for a, b in zip(base, near))
+    moved = 0
+    for far_bw, far_flops in (("0.3 TB/s", "1979 TFLOPS"), ("4.8 TB/s", "20 TFLOPS")):
+        far = routed_at(far_bw, far_flops, fresh=False)
+        moved += sum(a.blocks != b.blocks for a, b in zip(far, base))
+        fresh = routed_at(far_bw, far_flops, fresh=True)
+        for a, b in zip(far, fresh):
+            assert (a.blocks, a.imbalance, a.flops, a.bytes_read, a.bytes_written) == (
+                b.blocks, b.imbalance, b.flops, b.bytes_read, b.bytes_written)
+    assert moved  # the far rates rank other EP ranks slowest somewhere
