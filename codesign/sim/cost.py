@@ -603,8 +603,8 @@ class CostModel:
         """(seconds per unit of imbalance, fixed seconds) of an all-to-all with the mapping's
         topology costs (`codesign.mapping.collectives.all_to_all_parts`), memoised per network
         (`_NETWORKS`): layers of a step differ in their all-to-alls only by load imbalance, so the
-        topology is evaluated once per all-to-all. None when the model has its own collective function or the collective cannot
-        be keyed (a list of ranks)."""
+        topology is evaluated once per all-to-all. None when the model has its own collective
+        function or the collective cannot be keyed (a list of ranks)."""
         if self._collective_fn is not None:
             return None
         from codesign.mapping import collectives
@@ -631,18 +631,7 @@ class CostModel:
             return OpCost(t, 0.0, 0.0, 0.0, "link")
         if self.static_key is None:
             return self.reference_cost(op, residency)
-        last = self._last  # a step costs all its ops at one residency
-        if residency is last[0]:
-            memo = last[1]
-        else:
-            memo = self._memo_for(residency)
-        hit = memo.get(id(op))
-        if hit is None or hit[0] is not op:
-            hit = self._static_parts(op, residency)
-            if len(memo) >= _STATIC_OPS_MAX:
-                memo.clear()
-            memo[id(op)] = hit
-        _, c, unit, hbm, sram, o, bw = hit
+        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
         if unit is None:
             return c
         # memory_seconds, combine and overlap written out (the same operations in the same order)
@@ -672,18 +661,7 @@ class CostModel:
             return self.collective_time(op)
         if self.static_key is None:  # a subclass: its own rules, wherever they are
             return self.cost(op, residency).time_s
-        last = self._last
-        if residency is last[0]:
-            memo = last[1]
-        else:
-            memo = self._memo_for(residency)
-        hit = memo.get(id(op))
-        if hit is None or hit[0] is not op:
-            hit = self._static_parts(op, residency)
-            if len(memo) >= _STATIC_OPS_MAX:
-                memo.clear()
-            memo[id(op)] = hit
-        _, c, unit, hbm, sram, o, bw = hit
+        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
         if unit is None:
             return c.time_s
         t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
@@ -697,6 +675,18 @@ class CostModel:
         if not (p is None or lo <= 0.0):
             hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
         return hi + o
+
+    def _parts(self, op: Op, residency: Residency) -> tuple:
+        """The op's kept parts at `residency` (`_static_parts`), computed on first use."""
+        last = self._last  # a step costs all its ops at one residency
+        memo = last[1] if residency is last[0] else self._memo_for(residency)
+        hit = memo.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = self._static_parts(op, residency)
+            if len(memo) >= _STATIC_OPS_MAX:
+                memo.clear()
+            memo[id(op)] = hit
+        return hit
 
     def _memo_for(self, residency: Residency) -> dict[int, tuple]:
         """The kept parts at `residency`, remembered as the last used (one attribute: a thread
