@@ -49,6 +49,8 @@ class RoutedLayers:
     # `padding` by the cost model's padding rule (`CostModel.padding_rule`): routed layers shared
     # by hardware variants (`route`) are padded once per rule
     _padded: dict[tuple, tuple[list[float], list[int]]] = field(default_factory=dict, repr=False, compare=False)
+    # `costs`' bandwidth-free parts by cost-model key, residency, K ramp and all-to-all parts
+    _kept: dict[tuple, list] = field(default_factory=dict, repr=False, compare=False)
 
     def padding(self, cm: CostModel) -> tuple[list[float], list[int]]:
         """Per layer, `cm.expert_padding(blocks[j])` (padded tokens, routed tokens): each distinct
@@ -83,15 +85,35 @@ class RoutedLayers:
         k_ramp = cm._grouped_k_ramp(expert)
         overhead = cm.overhead(expert)
         parts = [cm.all_to_all_parts(template_ops[i].collective) for i in self.a2a_pos]
+        # what does not depend on the bandwidths (each layer's compute seconds and byte split; the
+        # all-to-alls' costs), kept per cost-model key (`CostModel.static_key`), residency, the
+        # expert op's K ramp and the all-to-all parts: hardware variants that share this group
+        # (`route`) share it
+        key = (cm.static_key, residency, k_ramp, tuple(parts))
+        kept = self._kept.get(key) if cm.static_key is not None else None
+        if kept is None:
+            kept = self._bandwidth_free(cm, residency, k_ramp, parts)
+            if cm.static_key is not None:
+                if len(self._kept) >= 8:
+                    self._kept.clear()
+                self._kept[key] = kept
         out = []
+        for c, hbm, sram, a2a in kept:
+            m, level = cm.memory_seconds("grouped_gemm", hbm, sram)
+            out.append((cm.combine(c, "matrix", m, level, overhead), a2a))
+        return out
+
+    def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list
+                        ) -> list[tuple[float, float, float, list[OpCost]]]:
+        """Per layer: (expert-op compute seconds, HBM bytes, SRAM bytes, the all-to-alls' costs)."""
         padding, routing = self.padding(cm)
+        out = []
         for padded, routed, imb, flops, rd, wr in zip(padding, routing, self.imbalance, self.flops, self.bytes_read,
                                                       self.bytes_written):
             c = cm.grouped_seconds(flops, padded, routed, k_ramp)
-            m, level = cm.memory_seconds("grouped_gemm", *cm.byte_split("grouped_gemm", rd, wr, residency))
+            hbm, sram = cm.byte_split("grouped_gemm", rd, wr, residency)
             x = float(imb or 1.0)
-            out.append((cm.combine(c, "matrix", m, level, overhead),
-                        [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
+            out.append((c, hbm, sram, [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
         return out
 
 

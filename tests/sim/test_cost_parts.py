@@ -218,7 +218,9 @@ def test_routed_layers_shared_by_variants_that_rank_alike():
     """`route` keeps its result by the routing inputs and the slowest ranks the rates chose: a
     hardware variant whose rates pick the same ranks gets the same object, with the numbers a fresh
     computation gives; rates that pick other ranks get their own. Per layer, each result agrees
-    with mapping that layer's expert op (`ExpertMapper.map`) at those rates."""
+    with mapping that layer's expert op (`ExpertMapper.map`) at those rates, and its costs (the
+    group's kept bandwidth-free parts, reused by the variant in HBM bandwidth) with costing that
+    op and its all-to-alls in full."""
     from codesign.graph import tracing as tr
     from codesign.sim import routed
 
@@ -239,17 +241,25 @@ def test_routed_layers_shared_by_variants_that_rank_alike():
             routed._ROUTED.clear()
         out = []
         for tmpl, (traced, layers, counts) in sorted(routing.items()):
-            g = routed.route(sm.cost_model, mapped.experts, traced, counts, tmpl, layers, by_layer[tmpl])
+            ops = by_layer[tmpl]
+            g = routed.route(sm.cost_model, mapped.experts, traced, counts, tmpl, layers, ops)
+            costs = g.costs(sm.cost_model, Residency(), ops)  # kept parts of a shared group reused
             for j in range(len(layers)):
                 new, _, imbalance = mapped.experts.map(tr._rescale_experts(traced, tuple(counts[j].tolist())))
                 assert (g.blocks[j], g.imbalance[j], g.flops[j], g.bytes_read[j], g.bytes_written[j]) == (
                     new.tokens_per_expert, imbalance, new.flops, new.bytes_read, new.bytes_written)
+                assert costs[j][0] == sm.cost_model.reference_cost(new)
+                for i, c in zip(g.a2a_pos, costs[j][1]):
+                    a2a = ops[i].clone()
+                    a2a.collective = {**a2a.collective, "imbalance": float(imbalance)}
+                    assert c == sm.cost_model.reference_cost(a2a)
             out.append(g)
         return out
 
     base = routed_at("4.8 TB/s", "1979 TFLOPS", fresh=True)
     near = routed_at("4.85 TB/s", "1979 TFLOPS", fresh=False)
     assert all(a is b for a, b in zip(base, near))
+    assert all(len(g._kept) == 1 for g in near)  # the variant's costs came from the kept parts
     moved = 0
     for far_bw, far_flops in (("0.3 TB/s", "1979 TFLOPS"), ("4.8 TB/s", "20 TFLOPS")):
         far = routed_at(far_bw, far_flops, fresh=False)
