@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Iterable, Literal, Mapping
 
 import pandas as pd
@@ -150,12 +150,17 @@ def json_safe(value: Any) -> Any:
 
 
 def _numbers(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
-    """(dotted key, value) of every float in a row (nested mappings walked)."""
+    """(dotted key, value) of every float in a row (nested mappings walked, and dataclass
+    instances as `asdict` gives them: `_numbers("", row)` yields what `_numbers("", row.to_dict())`
+    does, without copying the row)."""
     if isinstance(value, dict):
         for k, v in value.items():
             yield from _numbers(f"{prefix}.{k}" if prefix else str(k), v)
     elif isinstance(value, float):
         yield prefix, value
+    elif is_dataclass(value) and not isinstance(value, type):
+        for f in fields(value):
+            yield from _numbers(f"{prefix}.{f.name}" if prefix else f.name, getattr(value, f.name))
 
 
 def check_row(r: Result) -> Result:
@@ -165,7 +170,7 @@ def check_row(r: Result) -> Result:
     from codesign.errors import CodesignError
 
     where = f"{r.name}: simulate on {r.hardware} / {r.model}"
-    for key, v in _numbers("", r.to_dict()):
+    for key, v in _numbers("", r):
         if not math.isfinite(v):
             raise CodesignError(f"{where}: {key}: expected a finite number, found {v!r} (inputs outside the "
                                 "range the cost model covers)")

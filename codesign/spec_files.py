@@ -87,7 +87,11 @@ def read_text(path: Path) -> str:
 
 
 def read_yaml(path: Path) -> Any:
-    text = read_text(path)
+    return parse_yaml(read_text(path), path)
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """The YAML document of `text` (read from `path`, named in errors)."""
     if "\x00" in text:
         raise CodesignError(f"{path}: expected YAML text, found a NUL byte (a binary file)")
     try:
@@ -113,6 +117,21 @@ def validate(cls: type[T], data: Any, source: str) -> T:
         raise CodesignError(format_validation_error(source, e)) from None
 
 
+# Validated inputs by (schema, path, file text): a sweep or a plan search that names the same
+# unchanged file again gets the same (frozen) object back without parsing and validating it again.
+# The file is read every time, so an edited file is loaded afresh. Bounded: cleared when full.
+_LOADED: dict[tuple[type, str, str], Any] = {}
+_LOADED_MAX = 256
+
+
 def load(cls: type[T], name_or_path: str | Path, kind: str, what: str) -> T:
     path = resolve(name_or_path, kind, what)
-    return validate(cls, read_yaml(path), str(path))
+    text = read_text(path)
+    key = (cls, str(path), text)
+    hit = _LOADED.get(key)
+    if hit is None:
+        hit = validate(cls, parse_yaml(text, path), str(path))
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.clear()
+        _LOADED[key] = hit
+    return hit

@@ -460,6 +460,29 @@ def test_row_guard():
         infeasible("r", "does not fit", "h", "m", 1, memory={"total": math.inf})
 
 
+def test_row_guard_walks_the_row_as_its_dict():
+    """The guard walks the row itself, as `to_dict()` would give it: the same (key, number) pairs
+    in the same order, nested mappings and dataclass instances included, and a NaN anywhere in
+    them is found."""
+    from dataclasses import dataclass as _dc
+
+    from codesign.results import _numbers
+
+    @_dc
+    class Inner:
+        x: float
+        d: dict
+
+    r = _row(breakdown={"block": {"attention": 1.5, "moe": 2.0}, "resource": {"hbm": 3.0}},
+             serving={"itl": {"mean": 0.2}, "inner": Inner(0.5, {"y": 7.0}), "series": [1.0, 2.0], "n": 3})
+    assert list(_numbers("", r)) == list(_numbers("", r.to_dict()))
+    assert ("serving.inner.d.y", 7.0) in list(_numbers("", r))
+    for bad in ({"block": {"moe": math.nan}}, {"inner": Inner(math.inf, {})}):
+        key = "breakdown" if "block" in bad else "serving"
+        with pytest.raises(CodesignError, match="expected a finite number"):
+            check_row(_row(**{key: bad}))
+
+
 def test_json_of_a_hand_built_row_never_crashes():
     r = _row(output_tokens_per_s=math.inf, ttft_s={"mean": math.nan, "p50": None, "p99": 1.0})
     d = json.loads(r.to_json())

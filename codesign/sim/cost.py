@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -179,9 +179,11 @@ class Residency:
     weights: bool = False
 
 
-@dataclass(frozen=True)
-class OpCost:
-    """Seconds of one op and what limits it: "matrix" | "vector" | "hbm" | "sram" | "link" | "overhead"."""
+class OpCost(NamedTuple):
+    """Seconds of one op and what limits it: "matrix" | "vector" | "hbm" | "sram" | "link" | "overhead".
+    Immutable; a named tuple rather than a frozen dataclass because a step builds one per op and
+    variant (~1,700 for a Qwen3.5-397B point), where a frozen dataclass's constructor is most of
+    an op's cost."""
 
     time_s: float
     compute_s: float
@@ -209,6 +211,34 @@ _GDN_RECURRENCE = ".chunk_rule.recurrence/"
 
 # Padded-token tables by (tile quantisation, tile M, grouped minimum tokens): see `expert_padding`.
 _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
+
+# The bandwidth-free part of op costs (`CostModel.cost`): by (the cost model's `static_key`,
+# residency), id(op) -> (op, compute seconds, unit, HBM bytes, SRAM bytes, overhead seconds, HBM
+# bandwidth index), or (op, the whole OpCost, None, ...) where the cost reads no bandwidth; the op is
+# held so that its id is not reused while kept. Bounded: cleared when full.
+_STATIC: dict[tuple, dict[int, tuple]] = {}
+_STATIC_KEYS_MAX = 16
+_STATIC_OPS_MAX = 32_768
+# Collective seconds by the spec's network (`network_key`): (all-to-all (slope, fixed) by the
+# collective's items but its imbalance, seconds of any other collective by its items), shared by
+# every cost model of that network (hardware variants of the chip share them). Bounded.
+_NETWORKS: dict[tuple, tuple[dict[tuple, tuple[float, float]], dict[tuple, float]]] = {}
+_NETWORKS_MAX = 16
+_NETWORK_ENTRIES_MAX = 4096
+
+
+def network_key(hw: HardwareSpec) -> tuple:
+    """What `codesign.mapping.collectives` reads of a spec: the system (its scale-up and scale-out
+    networks) and the collective efficiencies and curves. tests/sim/test_cost_parts.py checks that
+    a spec with another chip and other efficiencies but these gives the same collective times."""
+    e = hw.efficiency
+    return (hw.system, e.collective, e.collective_curves, e.low_latency_collective, e.low_latency_overhead)
+
+
+# CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
+# that are not values (the spec, caches): every other attribute is part of `static_key`.
+_CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
+_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last"})
 
 
 def attention_keys_per_row(op: Op) -> float | None:
@@ -252,7 +282,8 @@ class CostModel:
         self.matrix_dtype = spec_dtype(matrix_dtype)
         self.attention_dtype = spec_dtype(attention_dtype)
         self._collective_fn = collective_fn
-        self._a2a: dict[tuple, tuple[float, float]] = {}  # all-to-all (slope, fixed) by collective
+        # collective seconds shared by the cost models of one network (`_NETWORKS`)
+        self._a2a, self._collectives = self._network_memo(hw) if collective_fn is None else ({}, {})
         eff = hw.efficiency
         chip = hw.chip
         # Large-GEMM fraction of this dtype's peak (efficiency.gemm_by_dtype, else gemm).
@@ -283,8 +314,9 @@ class CostModel:
         # (below the tile's M: swap-AB steps for grouped kernels, the Triton kernel's row block)
         self.triton_moe = self.opts.moe_kernel != "grouped"
         self._min_tokens = self.opts.triton_moe_min_block if self.triton_moe else self.opts.grouped_min_tokens
-        self._expert_pad = _PAD_TABLES.setdefault(
-            (self.opts.tile_quantisation, self.tile_m, self._min_tokens), {})
+        # what an expert's padded tokens depend on (`_padded_tokens`): its table's key
+        self.padding_rule = (self.opts.tile_quantisation, self.tile_m, self._min_tokens)
+        self._expert_pad = _PAD_TABLES.setdefault(self.padding_rule, {})
         self.half = eff.small_m_half
         self._moe_kernel(hw)
         # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
@@ -293,6 +325,19 @@ class CostModel:
         self.gdn_units = eff.gdn_chunk_units or 1
         if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
             self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
+        # byte_split's flags, read once per op
+        self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
+        self._sram_activations = self.opts.sram_activations
+        # Everything an op's compute seconds, byte split and overhead depend on: all attributes set
+        # above but the bandwidths (`_CALL_TIME`). Cost models with the same key (hardware variants
+        # that differ in HBM or SRAM bandwidth only) share those parts of their op costs (`cost`).
+        # A subclass (its own rules) shares nothing.
+        self.static_key: tuple | None = None
+        self._static: dict[Residency, dict[int, tuple]] = {}
+        self._last: tuple[Residency | None, dict[int, tuple]] = (None, {})
+        if type(self) is CostModel:
+            self.static_key = tuple(sorted((k, v) for k, v in vars(self).items()
+                                           if k not in _CALL_TIME and k not in _NOT_KEYED))
 
     def _moe_kernel(self, hw: HardwareSpec) -> None:
         """Rates of the routed-expert kernel implementation (`CostOptions.moe_kernel`): the grouped
@@ -407,6 +452,19 @@ class CostModel:
             padded = float(sum([table[t] for t in tpe]))
         return padded, sum([t for t in tpe if t > 0])
 
+    def padded_tokens(self, counts: list[int]) -> list[int]:
+        """Each expert token count as its tiles hold it (`_padded_tokens`), from the same table as
+        `expert_padding`: what the routed layers (`codesign.sim.routed`) pad their distinct counts
+        with, in one call."""
+        table = self._expert_pad
+        try:
+            return [table[t] for t in counts]
+        except KeyError:
+            for t in counts:
+                if t not in table:
+                    table[t] = self._padded_tokens(t)
+            return [table[t] for t in counts]
+
     def grouped_seconds(self, flops: float, padded: float, tokens_routed: int, k_ramp: float) -> float:
         """Matrix seconds of a grouped expert op of `flops` with these padded and routed tokens.
         The tracer's FLOPs are authoritative for the op's total (the mapping may have rescaled
@@ -447,20 +505,32 @@ class CostModel:
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
                    residency: Residency = Residency()) -> tuple[float, float]:
         """(HBM bytes, SRAM bytes) an op of `kind` moves."""
+        # Per class (weight, activation, kv_cache, state, in this order), read + written bytes go to
+        # SRAM or HBM: weights when resident, activations when fused into an on-chip kernel or
+        # small enough for the SRAM budget, the state when resident; the KV cache always to HBM.
+        # Classes with no bytes add nothing (each sum in class order).
         hbm = 0.0
         sram = 0.0
-        fused = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise and kind in ("vector", "memory")
-        for cls in ("weight", "activation", "kv_cache", "state"):
-            nbytes = bytes_read.get(cls, 0.0) + bytes_written.get(cls, 0.0)
-            if nbytes <= 0:
-                continue
-            if cls == "activation" and fused and nbytes > 0:
+        rd, wr = bytes_read.get, bytes_written.get
+        nbytes = rd("weight", 0.0) + wr("weight", 0.0)
+        if nbytes > 0:
+            if residency.weights:
                 sram += nbytes
-            elif cls == "activation" and self.opts.sram_activations and nbytes <= self.sram_budget:
+            else:
+                hbm += nbytes
+        nbytes = rd("activation", 0.0) + wr("activation", 0.0)
+        if nbytes > 0:
+            if (self._fused_elementwise and kind in ("vector", "memory")) or (
+                    self._sram_activations and nbytes <= self.sram_budget):
                 sram += nbytes
-            elif cls == "state" and residency.state:
-                sram += nbytes
-            elif cls == "weight" and residency.weights:
+            else:
+                hbm += nbytes
+        nbytes = rd("kv_cache", 0.0) + wr("kv_cache", 0.0)
+        if nbytes > 0:
+            hbm += nbytes
+        nbytes = rd("state", 0.0) + wr("state", 0.0)
+        if nbytes > 0:
+            if residency.state:
                 sram += nbytes
             else:
                 hbm += nbytes
@@ -504,15 +574,37 @@ class CostModel:
                 parts = self.all_to_all_parts(c)
                 if parts is not None:
                     return parts[0] * float(c.get("imbalance", 1.0) or 1.0) + parts[1]
-            return float(collectives.collective_time(c, self.hw))
+            # memoised per network (`_NETWORKS`); a collective with a list of ranks is not keyed
+            memo = self._collectives
+            key = tuple(c.items())
+            try:
+                t = memo.get(key)
+            except TypeError:
+                return float(collectives.collective_time(c, self.hw))
+            if t is None:
+                t = float(collectives.collective_time(c, self.hw))
+                if len(memo) >= _NETWORK_ENTRIES_MAX:
+                    memo.clear()
+                memo[key] = t
+            return t
         return float(fn(c, self.hw))
+
+    @staticmethod
+    def _network_memo(hw: HardwareSpec) -> tuple[dict[tuple, tuple[float, float]], dict[tuple, float]]:
+        key = network_key(hw)
+        memo = _NETWORKS.get(key)
+        if memo is None:
+            if len(_NETWORKS) >= _NETWORKS_MAX:
+                _NETWORKS.clear()
+            memo = _NETWORKS[key] = ({}, {})
+        return memo
 
     def all_to_all_parts(self, c: dict) -> tuple[float, float] | None:
         """(seconds per unit of imbalance, fixed seconds) of an all-to-all with the mapping's
-        topology costs (`codesign.mapping.collectives.all_to_all_parts`), memoised: layers of a step
-        differ in their all-to-alls only by load imbalance, so the topology is evaluated once per
-        all-to-all. None when the model has its own collective function or the collective cannot
-        be keyed (a list of ranks)."""
+        topology costs (`codesign.mapping.collectives.all_to_all_parts`), memoised per network
+        (`_NETWORKS`): layers of a step differ in their all-to-alls only by load imbalance, so the
+        topology is evaluated once per all-to-all. None when the model has its own collective
+        function or the collective cannot be keyed (a list of ranks)."""
         if self._collective_fn is not None:
             return None
         from codesign.mapping import collectives
@@ -523,12 +615,111 @@ class CostModel:
         except TypeError:
             return None
         if parts is None:
-            if len(self._a2a) >= 4096:
+            if len(self._a2a) >= _NETWORK_ENTRIES_MAX:
                 self._a2a.clear()
             parts = self._a2a[key] = collectives.all_to_all_parts(c, self.hw)
         return parts
 
     def cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
+        """The op's cost. Its bandwidth-free parts (compute seconds, byte split, overhead) are kept
+        per op for every cost model of the same `static_key` and residency (`_STATIC`); the memory
+        seconds and their overlap with compute are computed at each call from them, with the same
+        functions: the same floats as `reference_cost`. An op is not modified once costed (the
+        mapping and the step model build new ops)."""
+        if op.kind == "collective":
+            t = self.collective_time(op)
+            return OpCost(t, 0.0, 0.0, 0.0, "link")
+        if self.static_key is None:
+            return self.reference_cost(op, residency)
+        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
+        if unit is None:
+            return c
+        # memory_seconds, combine and overlap written out (the same operations in the same order)
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
+        t_sram = sram / self.sram_bw
+        if t_hbm >= t_sram:
+            m, level = t_hbm, "hbm"
+        else:
+            m, level = t_sram, "sram"
+        if c >= m:
+            bound = unit if c > 0 else level
+            hi, lo = c, m
+        else:
+            bound = level
+            hi, lo = m, c
+        if o > max(c, m):
+            bound = "overhead"
+        p = self.overlap_p
+        if not (p is None or lo <= 0.0):
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        return OpCost(hi + o, c, m, o, bound)
+
+    def seconds(self, op: Op, residency: Residency = Residency()) -> float:
+        """`cost(op, residency).time_s`, without the OpCost (the engine's two-batch-overlap half
+        ops need only their seconds): the same operations on the same kept parts."""
+        if op.kind == "collective":
+            return self.collective_time(op)
+        if self.static_key is None:  # a subclass: its own rules, wherever they are
+            return self.cost(op, residency).time_s
+        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
+        if unit is None:
+            return c.time_s
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
+        t_sram = sram / self.sram_bw
+        m = t_hbm if t_hbm >= t_sram else t_sram
+        if c >= m:
+            hi, lo = c, m
+        else:
+            hi, lo = m, c
+        p = self.overlap_p
+        if not (p is None or lo <= 0.0):
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        return hi + o
+
+    def _parts(self, op: Op, residency: Residency) -> tuple:
+        """The op's kept parts at `residency` (`_static_parts`), computed on first use."""
+        last = self._last  # a step costs all its ops at one residency
+        memo = last[1] if residency is last[0] else self._memo_for(residency)
+        hit = memo.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = self._static_parts(op, residency)
+            if len(memo) >= _STATIC_OPS_MAX:
+                memo.clear()
+            memo[id(op)] = hit
+        return hit
+
+    def _memo_for(self, residency: Residency) -> dict[int, tuple]:
+        """The kept parts at `residency`, remembered as the last used (one attribute: a thread
+        never sees one residency with another's parts)."""
+        memo = self._static.get(residency)
+        if memo is None:
+            memo = self._static[residency] = self._static_memo(residency)
+        self._last = (residency, memo)
+        return memo
+
+    def _static_memo(self, residency: Residency) -> dict[int, tuple]:
+        key = (self.static_key, residency)
+        memo = _STATIC.get(key)
+        if memo is None:
+            if len(_STATIC) >= _STATIC_KEYS_MAX:
+                _STATIC.clear()
+            memo = _STATIC[key] = {}
+        return memo
+
+    def _static_parts(self, op: Op, residency: Residency) -> tuple:
+        """(op, compute seconds, unit, HBM bytes, SRAM bytes, overhead, HBM bandwidth index) of a
+        non-collective op, or (op, its OpCost, None, 0, 0, 0, 0) where the cost reads no bandwidth
+        (the fused GatedDeltaNet chunk kernel's ops)."""
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return op, self.gdn_chunk_cost(op), None, 0.0, 0.0, 0.0, 0
+        c, unit = self.compute_time(op)
+        hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+        # the HBM bandwidth `memory_seconds` uses for this kind: 0 hbm_bw, 1 matrix_hbm_bw, 2 grouped_hbm_bw
+        bw = 2 if op.kind == "grouped_gemm" else (1 if op.kind == "gemm" else 0)
+        return op, c, unit, hbm, sram, self.overhead(op), bw
+
+    def reference_cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
+        """The op's cost computed in full (what `cost` keeps parts of; tests compare the two)."""
         if op.kind == "collective":
             t = self.collective_time(op)
             return OpCost(t, 0.0, 0.0, 0.0, "link")
@@ -564,8 +755,13 @@ class CostModel:
         fixed overhead."""
         if c >= m:
             bound = unit if c > 0 else level
+            hi, lo = c, m
         else:
             bound = level
+            hi, lo = m, c
         if o > max(c, m):
             bound = "overhead"
-        return OpCost(self.overlap(c, m) + o, c, m, o, bound)
+        p = self.overlap_p  # `overlap` written out
+        if not (p is None or lo <= 0.0):
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        return OpCost(hi + o, c, m, o, bound)

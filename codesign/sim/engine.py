@@ -207,7 +207,7 @@ class StepSimulator:
         plain = plan.plain.makespan([costs[nodes[i]].time_s for i in order])
         if self.tbo is False or "collective" not in kinds:
             return plain, False
-        cost = self.cost.cost
+        seconds = self.cost.seconds  # cost(op, residency).time_s
 
         def half_of(op: Op) -> Op:
             hit = halves.get(id(op))
@@ -223,14 +223,14 @@ class StepSimulator:
             half = []
             bound = 0.0
             for i, k in zip(order, plan.kinds):
-                h = cost(half_of(ops[i]), residency).time_s
+                h = seconds(half_of(ops[i]), residency)
                 half.append(h)
                 if k != "collective":
                     bound += h
                     if 2 * bound >= plain:
                         return plain, False
         else:
-            half = [cost(half_of(ops[i]), residency).time_s for i in order]
+            half = [seconds(half_of(ops[i]), residency) for i in order]
         one, two = plan.tbo()
         halves = [h for h in half for _ in (0, 1)]
         # Steady-state time per layer of two half micro-batches: the marginal time of a second copy

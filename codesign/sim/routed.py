@@ -22,7 +22,7 @@ time in the same order as for a layer of the graph (`StepSimulator.simulate(rout
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,18 +46,35 @@ class RoutedLayers:
     bytes_read: list[dict[str, float]]
     bytes_written: list[dict[str, float]]
     block_array: np.ndarray | None = None  # `blocks` as a layers x experts-per-rank array
+    # `padding` by the cost model's padding rule (`CostModel.padding_rule`): routed layers shared
+    # by hardware variants (`route`) are padded once per rule
+    _padded: dict[tuple, tuple[list[float], list[int]]] = field(default_factory=dict, repr=False, compare=False)
+    # `costs`' bandwidth-free parts by cost-model key, residency, K ramp and all-to-all parts
+    _kept: dict[tuple, list] = field(default_factory=dict, repr=False, compare=False)
 
     def padding(self, cm: CostModel) -> tuple[list[float], list[int]]:
         """Per layer, `cm.expert_padding(blocks[j])` (padded tokens, routed tokens): each distinct
-        count padded once by the cost model, the integer sums taken over the block array (exact)."""
+        count padded once by the cost model (`padded_tokens`, its table), the integer sums taken
+        over the block array (exact). Kept per padding rule (the lists are not to be modified)."""
+        hit = self._padded.get(cm.padding_rule)
+        if hit is None:
+            hit = self._padded[cm.padding_rule] = self._padding(cm)
+        return hit
+
+    def _padding(self, cm: CostModel) -> tuple[list[float], list[int]]:
         a = self.block_array
         if a is None or a.size == 0:
             pairs = [cm.expert_padding(b) for b in self.blocks]
             return [p for p, _ in pairs], [r for _, r in pairs]
-        values = np.unique(a).tolist()
+        top = int(a.max())
+        if a.min() >= 0 and top <= 16 * a.size:  # the distinct counts, ascending, by a presence mask
+            seen = np.zeros(top + 1, dtype=bool)
+            seen[a.ravel()] = True
+            values = np.flatnonzero(seen).tolist()
+        else:
+            values = np.unique(a).tolist()
         table = np.zeros(values[-1] + 1, dtype=np.int64)
-        for v in values:
-            table[v] = int(cm.expert_padding((v,))[0])
+        table[values] = cm.padded_tokens(values)
         padded = [float(x) for x in table[a].sum(axis=1).tolist()]
         return padded, np.where(a > 0, a, 0).sum(axis=1).tolist()
 
@@ -68,15 +85,35 @@ class RoutedLayers:
         k_ramp = cm._grouped_k_ramp(expert)
         overhead = cm.overhead(expert)
         parts = [cm.all_to_all_parts(template_ops[i].collective) for i in self.a2a_pos]
+        # what does not depend on the bandwidths (each layer's compute seconds and byte split; the
+        # all-to-alls' costs), kept per cost-model key (`CostModel.static_key`), residency, the
+        # expert op's K ramp and the all-to-all parts: hardware variants that share this group
+        # (`route`) share it
+        key = (cm.static_key, residency, k_ramp, tuple(parts))
+        kept = self._kept.get(key) if cm.static_key is not None else None
+        if kept is None:
+            kept = self._bandwidth_free(cm, residency, k_ramp, parts)
+            if cm.static_key is not None:
+                if len(self._kept) >= 8:
+                    self._kept.clear()
+                self._kept[key] = kept
         out = []
+        for c, hbm, sram, a2a in kept:
+            m, level = cm.memory_seconds("grouped_gemm", hbm, sram)
+            out.append((cm.combine(c, "matrix", m, level, overhead), a2a))
+        return out
+
+    def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list
+                        ) -> list[tuple[float, float, float, list[OpCost]]]:
+        """Per layer: (expert-op compute seconds, HBM bytes, SRAM bytes, the all-to-alls' costs)."""
         padding, routing = self.padding(cm)
+        out = []
         for padded, routed, imb, flops, rd, wr in zip(padding, routing, self.imbalance, self.flops, self.bytes_read,
                                                       self.bytes_written):
             c = cm.grouped_seconds(flops, padded, routed, k_ramp)
-            m, level = cm.memory_seconds("grouped_gemm", *cm.byte_split("grouped_gemm", rd, wr, residency))
+            hbm, sram = cm.byte_split("grouped_gemm", rd, wr, residency)
             x = float(imb or 1.0)
-            out.append((cm.combine(c, "matrix", m, level, overhead),
-                        [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
+            out.append((c, hbm, sram, [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
         return out
 
 
@@ -110,6 +147,13 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     ewb = traced.expert_weight_bytes * scale["weight"]
     times = np.maximum(tokens * fpt / mapper.flop_rate, touched * (ewb / moe_tp) / mapper.byte_rate)
     ranks = times.argmax(axis=1).tolist()  # the first of equal maxima, as ExpertMapper's scan
+    # Nothing below depends on the rates but through `ranks`: hardware variants that rank the same
+    # EP ranks slowest share the result (`_ROUTED`).
+    key = (id(counts), id(traced), tuple(ranks), template, tuple(layers), expert_pos, tuple(a2a_pos), E, dp, ep,
+           moe_tp, tuple(scale.items()))
+    hit = _ROUTED.get(key)
+    if hit is not None and hit[0] is counts and hit[1] is traced:
+        return hit[2]
     routed_all = counts.sum(axis=1).tolist()
     rank_tokens = tokens.tolist()
     rows = blocks[np.arange(len(layers)), ranks]  # each layer's slowest rank's tokens per expert
@@ -127,7 +171,17 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
         out.bytes_written.append({c: traced.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES})
         out.blocks.append(mine)
         out.flops.append(t * traced.expert_flops_per_token / moe_tp)
+    if len(_ROUTED) >= _ROUTED_MAX:
+        _ROUTED.clear()
+    _ROUTED[key] = (counts, traced, out)  # holds both: their ids are not reused meanwhile
     return out
+
+
+# Routed layers by their routing inputs and slowest ranks (`route`); the counts and the traced op
+# are held with each entry, so that their ids are not reused while it is kept. Bounded. The
+# results are shared: not to be modified.
+_ROUTED: dict[tuple, tuple[np.ndarray, Op, RoutedLayers]] = {}
+_ROUTED_MAX = 512
 
 
 __all__ = ["RoutedLayers", "route", "routed_positions"]

@@ -241,3 +241,27 @@ def test_gemm_by_dtype_refuses_an_unknown_dtype_or_a_bad_fraction(tmp_path):
     assert "efficiency.gemm_by_dtype.fp9" in msg
     msg = _load_error(tmp_path, lambda d: d["efficiency"].update(gemm_by_dtype={"fp8": 1.5}))
     assert "efficiency.gemm_by_dtype.fp8" in msg and "1.5" in msg
+
+
+def test_a_loaded_file_is_reused_until_its_text_changes(tmp_path):
+    """`spec_files.load` keeps validated inputs by their file's text: the same unchanged file gives
+    the same frozen object; an edited file is read and validated again, and a broken edit is the
+    usual one-line error, not the kept object."""
+    import yaml
+
+    from codesign.errors import CodesignError
+    from codesign.hw import load_hw
+
+    spec = yaml.safe_load(open("hw_specs/h200.yaml"))
+    path = tmp_path / "chip.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = load_hw(path)
+    assert load_hw(path) is first
+    spec["chip"]["hbm"]["bandwidth"] = "9 TB/s"
+    path.write_text(yaml.safe_dump(spec))
+    edited = load_hw(path)
+    assert edited is not first and edited.chip.hbm.bandwidth == 9e12 and first.chip.hbm.bandwidth != 9e12
+    spec["chip"]["hbm"]["bandwidth"] = "fast"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(CodesignError, match="bandwidth"):
+        load_hw(path)
