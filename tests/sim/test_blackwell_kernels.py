@@ -39,7 +39,8 @@ def test_gemm_rows_are_sm100_rates_only():
     # the rows cannot come from an earlier part.
     rows = load_table(TABLE).rows
     assert max(r.tflops for r in rows if r.op == "gemm" and r.dtype == "bf16") > 989
-    assert all(r.hw == "b200" for r in rows)
+    assert all(r.hw == "b200" for r in rows if r.op in ("gemm", "attention"))
+    assert all(r.hw == "gb200-nvl72" and r.ranks == 72 for r in rows if r.op == "all_reduce")
 
 
 def test_gb200_fp8_fraction_reproduces_its_cublaslt_row():
@@ -57,6 +58,12 @@ def test_large_nvfp4_gemm_is_capped_by_its_own_fraction():
     pred = predict(row, hw).tflops
     assert pred <= 9000 * hw.efficiency.gemm_by_dtype["fp4"] + 1e-6
     assert pred == pytest.approx(row.tflops, rel=0.10)
+
+
+def test_nvl72_all_reduce_rows_read_as_nccl_tests_prints_them():
+    # out-of-place time; nccl-tests' busBw = 2 (n - 1) / n x bytes / time: 8 GB printed 834.57 GB/s
+    row = next(r for r in load_table(TABLE).rows if r.op == "all_reduce" and r.bytes == 8589934592)
+    assert 2 * 71 / 72 * row.bytes / row.seconds / 1e9 == pytest.approx(834.57, rel=1e-3)
 
 
 def test_blackwell_rows_error_within_the_kernel_target():
