@@ -8,6 +8,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
     python benchmarks/kernels/fit.py --group collectives   # all-reduce / all-gather / reduce-scatter curves (H100 NVSwitch)
+    python benchmarks/kernels/fit.py --blackwell   # Blackwell: B200 GEMM / MLA decode / prefill, then GB200's FP8 fraction
 
 Objective: the sum over a group's rows of log(predicted / measured)^2 (relative errors, symmetric in
 over- and under-prediction), minimised by Nelder-Mead from the current spec values; each row is
@@ -69,6 +70,29 @@ GROUPS = {
                            set()),
     "low_latency": (lambda r: r.op == "all_to_all" and r.algorithm == "low_latency" and r.hw == "h800",
                     {"low_latency_collective": (0.05, 1.0), "low_latency_overhead": (0.0, 200e-6)}, set()),
+}
+
+# Blackwell (SM100) groups, fitted from the Blackwell rows only (benchmarks/kernels/blackwell.yaml,
+# gemm.yaml's GB200 row); `--blackwell` runs them in this order. A dotted name sets one entry of
+# a dict field (`gemm_by_dtype.bf16`: the large-GEMM fraction of BF16's peak).
+BLACKWELL_GROUPS = {
+    # Dense GEMMs on B200: FP8 CUTLASS sets `gemm`, cuBLAS BF16 and CUTLASS NVFP4 their own
+    # fractions; the shape curves (small-M ramp, K ramp, operand streaming, overlap, fixed time)
+    # are shared by the three libraries.
+    "bw_matrix": (lambda r: r.op == "gemm" and r.hw == "b200",
+                  {"gemm": (0.3, 1.0), "gemm_by_dtype.bf16": (0.3, 1.0), "gemm_by_dtype.fp4": (0.2, 1.0),
+                   "small_m_half": (1, 512), "gemm_k_half": (1, 8192), "matrix_memory": (0.3, 1.0),
+                   "kernel_overhead": (0.0, 20e-6), "overlap_exponent": (1.0, 16.0)},
+                  {"small_m_half", "gemm_k_half"}),
+    # MLA decode (CUTLASS MLA, 128 heads): its fraction of the 16-bit peak.
+    "bw_attention_decode": (lambda r: r.op == "attention" and r.hw == "b200" and r.phase == "decode",
+                            {"attention_decode": (0.1, 1.0)}, set()),
+    # Prefill attention (FlashMLA's SM100 MHA forward peak): the long-sequence fraction.
+    "bw_attention": (lambda r: r.op == "attention" and r.hw == "b200" and r.phase == "prefill",
+                     {"attention": (0.3, 1.0)}, set()),
+    # GB200 (1200 W against B200's 1000 W): its own FP8 large-GEMM fraction from the cuBLASLt row,
+    # on the B200 shape curves (written into gb200-nvl72.yaml before this group is run).
+    "bw_gb200_gemm": (lambda r: r.op == "gemm" and r.hw == "gb200-nvl72", {"gemm": (0.3, 1.0)}, set()),
 }
 
 
@@ -175,9 +199,22 @@ def at_tdp(r) -> bool:
     return r.power_w is None or r.power_w >= load_hw(r.hw).power.tdp
 
 
+def _updates(eff, p: dict) -> dict:
+    """`p` as a model_copy update of the efficiency `eff`: a dotted name `field.key` sets one entry
+    of the dict field `field`, keeping its other entries."""
+    out: dict = {}
+    for n, v in p.items():
+        field, _, key = n.partition(".")
+        if key:
+            out.setdefault(field, dict(getattr(eff, field) or {}))[key] = v
+        else:
+            out[n] = v
+    return out
+
+
 def fit(group: str, select=None, bounds=None, ints=None) -> dict:
     if select is None:
-        select, bounds, ints = GROUPS[group]
+        select, bounds, ints = {**GROUPS, **BLACKWELL_GROUPS}[group]
     rows = [r for f in table_files() for r in load_table(f).rows if select(r) and at_tdp(r)]
     if not rows:
         raise SystemExit(f"{group}: no kernel rows at the chips' TDP")
@@ -195,7 +232,8 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
         return out
 
     def spec(p: dict) -> dict:
-        return {n: h.model_copy(update={"efficiency": h.efficiency.model_copy(update=p)}) for n, h in specs.items()}
+        return {n: h.model_copy(update={"efficiency": h.efficiency.model_copy(update=_updates(h.efficiency, p))})
+                for n, h in specs.items()}
 
     def loss(x: np.ndarray) -> float:
         hw = spec(params(x))
@@ -204,7 +242,11 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
     cur = base.efficiency
     x0 = []
     for n in names:
-        v = getattr(cur, n)
+        field, _, key = n.partition(".")
+        v = getattr(cur, field)
+        if key:
+            v = (v or {}).get(key) if isinstance(v, dict) else None
+            v = cur.gemm if v is None else v
         if v is None:
             v = {"gemm_k_half": 512, "matrix_memory": cur.memory, "overlap_exponent": 4.0,
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
@@ -261,7 +303,8 @@ def solve_maf() -> list[tuple[str, str, float, float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--group", choices=sorted(GROUPS) + ["collectives"], action="append")
+    ap.add_argument("--group", choices=sorted(GROUPS) + sorted(BLACKWELL_GROUPS) + ["collectives"], action="append")
+    ap.add_argument("--blackwell", action="store_true", help="fit the Blackwell groups (B200 rows, then GB200's FP8 fraction)")
     ap.add_argument("--maf", action="store_true", help="solve the CDNA large-GEMM fractions from AMD's MAF rows")
     args = ap.parse_args()
     if args.maf:
@@ -269,7 +312,8 @@ def main() -> int:
             field = "gemm" if dtype == "bf16" else f"gemm_by_dtype.{dtype}"
             print(f"{chip} {field}: {e:.4f} (row reproduced within {err:+.2%})")
         return 0
-    for g in args.group or sorted(GROUPS) + ["collectives"]:
+    groups = args.group or (list(BLACKWELL_GROUPS) if args.blackwell else sorted(GROUPS) + ["collectives"])
+    for g in groups:
         if g == "collectives":
             r = fit_collectives()
             print(f"collectives: {r['rows']} rows, MAPE {r['mape']:.1%}, worst {r['worst']:.1%}")

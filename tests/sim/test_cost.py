@@ -147,7 +147,9 @@ FAMILIES = {
 # The fused GatedDeltaNet chunk kernel's curve needs the chip's block slots (SM count): Hopper parts
 # with 132 SMs carry it, H20 (SM count not published) does not. Prefill attention's fraction is
 # measured per chip where a chip has its own FA3 rows (H20: benchmarks/kernels/attention.yaml).
-PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention")}
+# Blackwell: GB200 (1200 W) has its own FP8 fraction from its cuBLASLt row; B200's is CUTLASS's.
+PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention"),
+            "blackwell": ("gemm",)}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -196,13 +198,15 @@ def test_validation_b200_scenario_computes_in_fp4():
     prec = Precision.from_dict(s.precision)
     assert prec.compute == "fp4"
     assert s.parallel == {"tp": 1, "dp": 8}
-    # At fp4 a B200 GEMM runs at the fp4 peak: twice the fp8 rate the W4A8 default would use.
+    # At fp4 a B200 GEMM runs at the fp4 peak (twice the fp8 peak the W4A8 default would use) times
+    # its own kernel-calibrated fraction (efficiency.gemm_by_dtype.fp4, CUTLASS NVFP4 rows).
     from codesign.hw import load_hw
 
     hw = load_hw("b200")
     fp4 = CostModel(hw, prec.compute, "fp8")
     fp8 = CostModel(hw, "fp8", "fp8")
-    assert fp4.matrix_rate == pytest.approx(2 * fp8.matrix_rate)
+    eff = hw.efficiency
+    assert fp4.matrix_rate == pytest.approx(2 * fp8.matrix_rate * eff.gemm_by_dtype["fp4"] / eff.gemm)
 
 
 # -- grouped-GEMM efficiency and compute/memory overlap (efficiency.grouped_gemm, overlap_exponent) --
@@ -269,12 +273,12 @@ def test_overlap_exponent_below_one_is_rejected():
 def test_no_family_carries_a_grouped_gemm_constant():
     # docs/cost-model.md "Kernel calibration": DeepGEMM's grouped FP8 GEMMs run at the dense rate
     # (the Hopper 0.21 fitted to the H100 Mixtral row is gone); the overlap exponent exists only
-    # where kernel data set it (Hopper).
+    # where kernel data set it (Hopper, and Blackwell from its B200 GEMM rows).
     from codesign.hw import load_hw
 
     for name in FAMILIES["hopper"] + FAMILIES["blackwell"] + FAMILIES["cdna"]:
         assert load_hw(name).efficiency.grouped_gemm is None
-    for name in FAMILIES["blackwell"] + FAMILIES["cdna"]:
+    for name in FAMILIES["cdna"]:
         assert load_hw(name).efficiency.overlap_exponent is None
 
 
