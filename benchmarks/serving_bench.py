@@ -11,7 +11,8 @@
    number of groups, the same for the steps holding a prompt's last chunk with and without
    `prompt_end_line`, and what costing mixed steps' groups apart would overstate.
 2. **slo**: the SLO search on Qwen3-8B (1x H200): the rate found, p99s there and 10% above,
-   against the offline throughput of the same requests.
+   against the ceiling (the steady-state offline throughput of the same requests, saturated-window
+   rule) and the finite offline run's own figure.
 3. **mtp**: Qwen3.5-35B-A3B (1x H200) decode throughput without MTP, with one drafted token at
    acceptance 0 and at 0.9, and the gain the model predicts.
 """
@@ -123,8 +124,12 @@ def slo_run() -> None:
     print(f"rate {extra['rate_per_s']:.3f} req/s ({extra['search_runs']} runs, {time.perf_counter() - t0:.1f} s): "
           f"p99 TTFT {m.ttft_s['p99']:.3f} s, p99 TPOT {m.tpot_s['p99'] * 1e3:.2f} ms; at 1.1x: p99 TTFT "
           f"{a['ttft_p99_s']:.3f} s, p99 TPOT {a['tpot_p99_s'] * 1e3:.2f} ms, meets: {a['meets_slo']}")
+    w = extra["offline_window"]
     print(f"server throughput {m.output_tokens_per_s:,.0f} tok/s <= offline {extra['offline_output_tokens_per_s']:,.0f} tok/s "
-          f"({m.output_tokens_per_s / extra['offline_output_tokens_per_s']:.1%})")
+          f"({m.output_tokens_per_s / extra['offline_output_tokens_per_s']:.1%}); the ceiling "
+          f"{extra['offline_request_rate_per_s']:.3f} req/s by the saturated-window rule ({w['requests']} requests, "
+          f"{w['runs']} offline runs, {w['turnovers']:.1f} batches of {w['running']} in the window; the finite run's own "
+          f"{w['finite_run_request_rate_per_s']:.3f} req/s)")
 
 
 def mtp_run() -> None:

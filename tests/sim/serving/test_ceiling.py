@@ -1,0 +1,98 @@
+"""The SLO search's ceiling: the steady-state offline throughput (the saturated-window rule)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.scenario import SLO, Workload, parse_scenarios
+from codesign.sim.serving import server as S
+from codesign.sim.serving.arrivals import burst_stream
+from codesign.sim.serving.ceiling import CeilingConfig, saturated_window
+from codesign.sim.serving.scheduler import Recorder
+from tests.sim.serving.test_server import stepper
+
+SPREAD = {"dist": "lognormal", "cv": 0.8}  # MLPerf-like spread of prompt and output lengths
+TOLERANCE = 0.03  # ceiling vs a long constant-concurrency run (window sampling: ~1-2% measured)
+
+
+def test_ceiling_is_the_steady_state_throughput_with_spread_out_lengths():
+    """With lognormal lengths the finite offline run's drain runs at low occupancy: its requests /
+    duration is ~25% below what the engine sustains. The ceiling must be the engine's steady state:
+    here against a long run in which a client keeps 64 requests outstanding (the engine's
+    max_num_seqs, so the batch stays full), over its 5th to 35th batch of completions."""
+    st = stepper("qwen3-8b")
+    seqs = 64
+    wl = Workload(mode="server", requests=200, input_tokens={"mean": 512, **SPREAD},
+                  output_tokens={"mean": 64, **SPREAD}, scheduler={"max_num_seqs": seqs})
+    slo = SLO(ttft_s=1.0, tpot_s=0.0135)
+    pt = S.serving_point(st, wl)
+    m, extra, reason = S.serve(pt, wl, slo)
+    assert reason is None and m is not None
+    ceiling = extra["offline_request_rate_per_s"]
+    win = extra["offline_window"]
+    assert win["rule"] == "saturated_window" and win["running"] == seqs and win["turnovers"] >= 4
+
+    # independent: a long closed-loop run at constant concurrency, tails excluded by its length
+    rec = pt.record(burst_stream(40 * seqs, wl.input_tokens, wl.output_tokens, wl.seed, 40960, concurrency=seqs))
+    fin = np.sort(rec.finish)
+    a, b = fin[5 * seqs - 1], fin[35 * seqs - 1]
+    steady = 30 * seqs / (b - a)
+    assert ceiling == pytest.approx(steady, rel=TOLERANCE)
+    # the finite run's figure (the previous ceiling) is the drain's artefact, far below
+    assert win["finite_run_request_rate_per_s"] < 0.85 * steady
+
+    # the search's guarantees: the SLO binds above the finite run's rate, below the ceiling
+    rate = extra["rate_per_s"]
+    assert win["finite_run_request_rate_per_s"] < rate < ceiling and not extra["rate_at_offline_ceiling"]
+    assert m.ttft_s["p99"] <= slo.ttft_s and m.tpot_s["p99"] <= slo.tpot_s
+    assert extra["above_rate"]["meets_slo"] is False
+    mean_out = np.mean([r.output_tokens for r in S.stream_of(wl).requests])
+    assert extra["offline_output_tokens_per_s"] == pytest.approx(ceiling * mean_out, rel=1e-12)
+    assert m.output_tokens_per_s <= extra["sustained_output_tokens_per_s"] <= extra["offline_output_tokens_per_s"]
+
+
+def _records(finish: list[float], admitted: list[float], running: list[int]) -> Recorder:
+    rec = Recorder(len(finish))
+    rec.finish[:], rec.admitted[:] = finish, admitted
+    rec.step_running = running
+    return rec
+
+
+def test_saturated_window_skips_the_warm_up_and_the_drain():
+    # 2 running at most; 10 requests: admitted by t = 8, completing at 1, 2, ..., 10
+    rec = _records([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 2, 1])
+    w = saturated_window(rec, CeilingConfig(warmup_turnovers=1, window_turnovers=4))
+    assert (w.start_s, w.end_s, w.running) == (2.0, 8.0, 2)  # after the 2nd completion, to the last admission
+    assert w.completions == 6 and w.request_rate_per_s == 1.0 and w.turnovers == 3.0
+    w0 = saturated_window(rec, CeilingConfig(warmup_turnovers=0))
+    assert (w0.start_s, w0.completions) == (0.0, 8)
+
+
+def test_the_offline_run_grows_until_the_window_is_long_enough():
+    """20 requests fit the engine at once: no saturated window; the rule reruns with more until the
+    window holds `window_turnovers` batches."""
+    st = stepper("qwen3-8b")
+    wl = Workload(mode="server", requests=20, input_tokens=256, output_tokens=16, scheduler={"max_num_seqs": 16},
+                  slo_search={"window_turnovers": 2})
+    pt = S.serving_point(st, wl)
+    c = S.offline_ceiling(pt, wl, S.stream_of(wl))
+    assert c.runs >= 2 and c.window.running == 16 and c.window.completions >= 2 * 16
+    assert c.request_rate_per_s > c.finite_request_rate_per_s
+
+
+def _scenario(**workload) -> dict:
+    return {"name": "x", "hardware": "h200", "model": "qwen3-8b", "chips": 1,
+            "workload": {"mode": "server", "input_tokens": 256, "output_tokens": 16, **workload},
+            "slo": {"ttft_s": 1.0}}
+
+
+@pytest.mark.parametrize("workload, msg", [
+    ({"slo_search": {"turnovers": 3}}, "workload.slo_search"),
+    ({"slo_search": {"window_turnovers": 0.5}}, "window_turnovers"),
+    ({"slo_search": {"window_turnovers": 2}, "rate_per_s": 3.0}, "workload.slo_search: only acts in the SLO search"),
+])
+def test_bad_slo_search_fields(workload, msg):
+    with pytest.raises(CodesignError, match=msg):
+        parse_scenarios(_scenario(**workload), "s.yaml")
