@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import simpy
@@ -129,10 +129,11 @@ class Engine:
     def __init__(self, env: simpy.Environment, cfg: SchedulerConfig, cap: KVCapacity,
                  step_time: Callable[[StepShape], float], rec: Recorder, draft: Draft | None = None,
                  draft_time: Callable[[int, int], float] | None = None,
-                 stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX)) -> None:
+                 stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), timer: StepTimer | None = None) -> None:
         self.env, self.cfg, self.pool, self.rec = env, cfg, KVPool(cap), rec
         self.stretch_drift, self.stretch_max = stretch
         self.step_time, self.draft, self.draft_time = step_time, draft, draft_time
+        self.timer = timer
         self.max_seqs = cfg.max_num_seqs * cap.replicas
         self.budget = cfg.max_num_batched_tokens * cap.replicas
         self.width = 1 + (draft.tokens if draft else 0)
@@ -193,35 +194,52 @@ class Engine:
 
     # -- the engine process ---------------------------------------------------------------------
     def run(self):
+        env, rec, width, emit = self.env, self.rec, self.width, self.emit
+        schedule, stretch, step_time, apply = self._schedule, self._stretch, self._time, self._apply
+        timeout = env.timeout
         while True:
             if not self.waiting and not self.prefilling and not self.n:
-                self._wake = self.env.event()
+                self._wake = env.event()
                 yield self._wake
-            shape, n, mean_kv = self._schedule()
-            if shape is None:
+            groups, n, mean_kv = schedule()
+            if not groups:
                 raise CodesignError("serving: the scheduler could not place any waiting request (nothing running, "
                                     "the first waiting request does not fit the KV pool)")
-            k = self._stretch(shape, n, mean_kv) if len(shape.groups) == 1 else 1
+            k = stretch(groups, n, mean_kv) if len(groups) == 1 else 1
             if k > 1:  # k identical decode-only steps at once, timed at the stretch's middle
-                mean_kv += int(round((k - 1) * self.emit / 2))
-                shape = StepShape((Group(n, self.width, mean_kv, self.width),))
+                mean_kv += int(round((k - 1) * emit / 2))
+                groups = [(n, width, mean_kv, width)]
             if self.sample_every and self.iterations % self.sample_every == 0:
-                self.rec.sample.append(self._unpooled(shape, n, mean_kv))
-            dt = self.step_time(shape)
+                rec.sample.append(self._unpooled(_shape(groups), n, mean_kv))
+            dt = step_time(groups)
             if self.draft is not None and n and self.draft_time is not None:
                 dt += self.draft.tokens * self.draft_time(n, mean_kv)
             if k == 1:
-                yield self.env.timeout(dt)
+                yield timeout(dt)
             else:
-                t0 = self.env.now
-                self._wake = self.env.event()
-                yield self.env.timeout(k * dt) | self._wake
-                if self.env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
-                    k = min(k, int((self.env.now - t0) / dt) + 1)
-                    rest = t0 + k * dt - self.env.now
+                t0 = env.now
+                self._wake = env.event()
+                yield timeout(k * dt) | self._wake
+                if env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
+                    k = min(k, int((env.now - t0) / dt) + 1)
+                    rest = t0 + k * dt - env.now
                     if rest > 0:
-                        yield self.env.timeout(rest)
-            self._apply(n, dt, k)
+                        yield timeout(rest)
+            apply(n, dt, k)
+
+    def _time(self, groups: list[tuple[int, int, int, int]]) -> float:
+        """Seconds of the step of `groups` ((seqs, new, cached, logits) each): the step-time model's
+        own entry points for one group and for decodes with one prompt chunk (no shape built),
+        else `step_time` of the shape; the same value either way."""
+        timer = self.timer
+        if timer is not None:
+            if len(groups) == 1:
+                return timer.time_of(*groups[0])
+            if len(groups) == 2:
+                b = groups[1]
+                if b[1] > 1 and b[0] == 1 and b[3] == 1:
+                    return timer.time_two(groups[0], b)
+        return self.step_time(_shape(groups))
 
     def _unpooled(self, shape: StepShape, n: int, mean_kv: int) -> StepShape:
         """`shape` with its pooled decode group split back into one group per cached length (the
@@ -233,11 +251,11 @@ class Engine:
         decodes = tuple(Group(int(c), self.width, max(0, int(v)), self.width) for v, c in zip(lens, counts))
         return StepShape(decodes + shape.groups[1:])
 
-    def _stretch(self, shape: StepShape, n: int, mean_kv: int) -> int:
+    def _stretch(self, groups: list[tuple[int, int, int, int]], n: int, mean_kv: int) -> int:
         """How many decode-only steps can run before anything but the decodes' KV changes: up to the
         first completion, while the pages hold, the mean KV length moves at most `STRETCH_DRIFT`
         (step time is linear in it: the middle's time is the stretch's mean) and `STRETCH_MAX`."""
-        if len(shape.groups) != 1 or not n or shape.groups[0].seqs != n:
+        if len(groups) != 1 or not n or groups[0][0] != n:
             return 1
         first_done = int(np.ceil(self._least_rem() / self.emit - _EPS))
         drift = int(max(1.0, self.stretch_drift * mean_kv) / self.emit)
@@ -267,7 +285,9 @@ class Engine:
             self._nrem_max = float(_max(self.nrem[:self.n])) if self.n else -np.inf
         return -self._nrem_max
 
-    def _schedule(self) -> tuple[StepShape | None, int, int]:
+    def _schedule(self) -> tuple[list[tuple[int, int, int, int]], int, int]:
+        """One iteration's groups as (seqs, new, cached, logits), the decodes first; the decodes'
+        count and mean cached length."""
         cap = self.pool.cap.free_bytes + _EPS
         width, step_budget = self.width, self.budget
         dec_b = self._dec_bytes(self.n, width)
@@ -276,7 +296,7 @@ class Engine:
             dec_b = self._dec_bytes(self.n, width)
         extra = 0.0  # bytes the chunks scheduled so far in this iteration add
         chunks = 0  # their tokens
-        groups: list[Group] = []
+        groups: list[tuple[int, int, int, int]] = []
         prefilling = self.prefilling
         for r in list(prefilling) if prefilling else ():
             budget = step_budget - self.n * width - chunks
@@ -295,7 +315,7 @@ class Engine:
                 continue  # the newest request: it waits for pages
             chunk = min(chunk, step_budget - self.n * width - chunks)
             r.chunk, extra, chunks = chunk, extra + cost, chunks + chunk
-            groups.append(Group(1, chunk, r.computed))
+            groups.append((1, chunk, r.computed, 1))
         budget = step_budget - self.n * width - chunks
         n_running = self.n + len(self.prefilling)
         used = dec_b + self.prefill_held + extra
@@ -327,7 +347,7 @@ class Engine:
             self.prefill_held += r.held
             self.prefilling.append(r)
             used, budget, n_running = used + cost, budget - chunk, n_running + 1
-            groups.append(Group(1, chunk, r.computed))
+            groups.append((1, chunk, r.computed, 1))
         n = self.n
         if not n:
             mean_kv = 0
@@ -336,9 +356,9 @@ class Engine:
             mean_kv = int(round(total / n))
         groups = _merge_equal(groups)
         if n:
-            groups.insert(0, Group(n, self.width, mean_kv, self.width))
+            groups.insert(0, (n, self.width, mean_kv, self.width))
         self.pool.used = used
-        return (StepShape(tuple(groups)) if groups else None), n, mean_kv
+        return groups, n, mean_kv
 
     def _whole(self, r: _Req) -> bool:
         """Whether `r`'s prompt must be computed in one step (no chunked prefill, and it fits one
@@ -515,19 +535,32 @@ class _BlockCount:
         return self.q_sum + n * Q + part
 
 
-def _merge_equal(chunks: list[Group]) -> list[Group]:
-    """Prompt chunks of equal (new, cached) tokens as one group of that many sequences: the same
-    step for the core (each sequence its own tokens after its own cache), and one group instead of
-    dozens for the step-time model (fixed-length prompts admitted together, e.g. without chunked
-    prefill). First-appearance order is kept."""
+def _merge_equal(chunks: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Prompt chunks (seqs, new, cached, logits) of equal (new, cached) tokens as one group of that
+    many sequences: the same step for the core (each sequence its own tokens after its own cache),
+    and one group instead of dozens for the step-time model (fixed-length prompts admitted
+    together, e.g. without chunked prefill). First-appearance order is kept."""
     if len(chunks) < 2:
         return chunks
     counts: dict[tuple[int, int], int] = {}
-    for g in chunks:
-        counts[(g.new_tokens, g.cached_tokens)] = counts.get((g.new_tokens, g.cached_tokens), 0) + g.seqs
+    for seqs, new, cached, _ in chunks:
+        counts[(new, cached)] = counts.get((new, cached), 0) + seqs
     if len(counts) == len(chunks):
         return chunks
-    return [Group(k, new, cached) for (new, cached), k in counts.items()]
+    return [(k, new, cached, 1) for (new, cached), k in counts.items()]
+
+
+def _shape(groups: list[tuple[int, int, int, int]]) -> StepShape:
+    return StepShape(tuple(Group(*g) for g in groups))
+
+
+class StepTimer(Protocol):
+    """A step-time model's entry points that take groups as (seqs, new, cached, logits) tuples
+    (`codesign.sim.serving.steptime.StepTimeModel`): the values of its `step_time` on the shape."""
+
+    def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float: ...
+
+    def time_two(self, a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float: ...
 
 
 def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt: int, out: int,
@@ -545,13 +578,16 @@ def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt
 def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, step_time: Callable[[StepShape], float],
                draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0) -> Recorder:
+               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0,
+               timer: StepTimer | None = None) -> Recorder:
     """Simulate `stream` through one engine until every request has finished (`stretch`: the
     decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step;
-    `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`)."""
+    `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`;
+    `timer`: the step-time model behind `step_time`, whose tuple entry points spare building the
+    common steps' shapes)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)
-    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch)
+    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch, timer)
     slots = simpy.Resource(env, capacity=stream.concurrency) if stream.concurrency else None
     procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
              for r in stream.requests]
@@ -572,4 +608,4 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
     return rec
 
 
-__all__ = ["Engine", "Recorder", "Draft", "run_stream"]
+__all__ = ["Engine", "Recorder", "Draft", "StepTimer", "run_stream"]

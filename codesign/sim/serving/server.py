@@ -58,6 +58,7 @@ class ServingPoint:
     draft: Draft | None
     draft_model: StepTimeModel | None
     last_sample: list[StepShape] | None = None
+    last_iterations: int = 0  # simulated iterations of the last run
 
     def draft_time(self, seqs: int, cached: int) -> float:
         """One drafted token of the MTP head(s) for `seqs` sequences (see `mtp_head_step`)."""
@@ -78,8 +79,8 @@ class ServingPoint:
         o = self.model.options
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
                          self.draft_time if self.draft_model is not None else None, on_progress,
-                         (o.stretch_drift, o.stretch_max), sample_every)
-        self.last_sample = rec.sample
+                         (o.stretch_drift, o.stretch_max), sample_every, timer=self.model)
+        self.last_sample, self.last_iterations = rec.sample, len(rec.step_end)
         return rec
 
 
