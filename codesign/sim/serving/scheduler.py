@@ -43,6 +43,7 @@ first is the same schedule. Data-parallel replicas are one engine with limits x 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -270,8 +271,12 @@ class Engine:
         """Bytes the `n` decoding sequences hold once each has `extra` more tokens."""
         if not n:
             return 0.0
-        if self.blocks is not None:
-            return float(self.blocks.pages(n, int(extra))) * self.block_bytes + n * self.seq_bytes
+        b = self.blocks
+        if b is not None:  # _BlockCount.pages(n, int(extra)), inlined (the hot path)
+            bs, h = b.bs, b.hist
+            Q, R = divmod(b.shift + int(extra), bs)
+            part = n - (h[0] if R == 0 else 0) + (sum(h[bs + 1 - R:]) if R >= 2 else 0)
+            return float(b.q_sum + n * Q + part) * self.block_bytes + n * self.seq_bytes
         t = self._buf[:n]
         np.add(self.kv[:n], extra, out=t)
         np.multiply(t, 1.0 / self.bs, out=t)
@@ -281,15 +286,19 @@ class Engine:
     def _least_rem(self) -> float:
         """Fewest tokens any decoding sequence still has to generate (-max of nrem; memoised: a
         step moves every entry by the same amount, so the max moves with it)."""
-        if self._nrem_max is None:
-            self._nrem_max = float(_max(self.nrem[:self.n])) if self.n else -np.inf
-        return -self._nrem_max
+        m = self._nrem_max
+        return -(m if m is not None else self._least_rem_max())
+
+    def _least_rem_max(self) -> float:
+        m = self._nrem_max = float(_max(self.nrem[:self.n])) if self.n else -np.inf
+        return m
 
     def _schedule(self) -> tuple[list[tuple[int, int, int, int]], int, int]:
         """One iteration's groups as (seqs, new, cached, logits), the decodes first; the decodes'
         count and mean cached length."""
         cap = self.pool.cap.free_bytes + _EPS
         width, step_budget = self.width, self.budget
+        bs, bb, sb = self.bs, self.block_bytes, self.seq_bytes
         dec_b = self._dec_bytes(self.n, width)
         while self.n and dec_b + self.prefill_held > cap:
             self._preempt_newest(-1)
@@ -308,7 +317,8 @@ class Engine:
             chunk = min(left, budget)
             if chunk < left and self._whole(r):
                 continue  # no chunked prefill: the prompt waits for a step with room for all of it
-            cost = self.pool.grow_cost(r.computed, chunk)
+            held = r.computed
+            cost = (math.ceil((held + chunk) / bs) - math.ceil(held / bs)) * bb  # KVPool.grow_cost
             while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
                 dec_b = self._dec_bytes(self.n, width)
             if dec_b + self.prefill_held + extra + cost > cap:
@@ -327,7 +337,7 @@ class Engine:
             ready = r.computed >= r.target  # prefilled elsewhere: straight to decoding
             if not ready and chunk < r.target - r.computed and self._whole(r):
                 break  # no chunked prefill: FCFS waits for a step with room for the whole prompt
-            cost = self.pool.cap.seq_footprint(r.computed + (self.width if ready else chunk))
+            cost = math.ceil((r.computed + (width if ready else chunk)) / bs) * bb + sb  # KVCapacity.seq_footprint
             if used + cost > cap or (ready and budget < self.width):
                 break
             reserve = self.pool.cap.seq_footprint(r.prompt + r.out + self.width) if self.no_evict else 0.0
@@ -342,7 +352,7 @@ class Engine:
                 self._enter_decode(r, self.env.now)
                 used, budget, n_running = used + cost, budget - self.width, n_running + 1
                 continue
-            r.held = self.pool.cap.seq_footprint(r.computed)
+            r.held = math.ceil(r.computed / bs) * bb + sb  # KVCapacity.seq_footprint
             r.chunk = chunk
             self.prefill_held += r.held
             self.prefilling.append(r)
@@ -352,11 +362,12 @@ class Engine:
         if not n:
             mean_kv = 0
         else:
-            total = float(self.blocks.tokens(n)) if self.blocks is not None else float(_sum(self.kv[:n]))
+            blocks = self.blocks
+            total = float(blocks.a_sum + n * blocks.shift) if blocks is not None else float(_sum(self.kv[:n]))  # .tokens(n)
             mean_kv = int(round(total / n))
         groups = _merge_equal(groups)
         if n:
-            groups.insert(0, (n, self.width, mean_kv, self.width))
+            groups.insert(0, (n, width, mean_kv, width))
         self.pool.used = used
         return groups, n, mean_kv
 
@@ -423,23 +434,28 @@ class Engine:
             if self.blocks is not None:
                 self.blocks.shift += int(e)
             self.dec_t = now
-            if self._nrem_max is not None:
-                self._nrem_max += e  # rounding is monotone: the max entry's own update
-            if self._least_rem() <= _EPS:
+            m = self._nrem_max
+            if m is not None:
+                m = self._nrem_max = m + e  # rounding is monotone: the max entry's own update
+            else:
+                m = self._least_rem_max()
+            if -m <= _EPS:  # the fewest tokens left (`_least_rem`) is none
                 done = np.flatnonzero(self.nrem[:n] >= -_EPS)  # remaining <= _EPS
                 for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
                     r = self.reqs[int(i)]
                     self._remove(int(i))
                     self._finish(r)
-        if self.prefilling:
-            footprint = self.pool.cap.seq_footprint
-            for r in list(self.prefilling):
-                if not r.chunk:
+        prefilling = self.prefilling
+        if prefilling:
+            bs, bb, sb = self.bs, self.block_bytes, self.seq_bytes
+            for r in list(prefilling):
+                chunk = r.chunk
+                if not chunk:
                     continue
-                prefill_tokens += r.chunk
-                r.computed += r.chunk
+                prefill_tokens += chunk
+                r.computed += chunk
                 r.chunk = 0
-                new_held = footprint(r.computed)
+                new_held = math.ceil(r.computed / bs) * bb + sb  # KVCapacity.seq_footprint
                 self.prefill_held += new_held - r.held
                 r.held = new_held
                 if r.computed >= r.target:
@@ -449,9 +465,11 @@ class Engine:
         rec.step_count.append(k)
         rec.step_decodes.append(n)
         rec.step_prefill_tokens.append(prefill_tokens)
-        rec.step_running.append(self.n + len(self.prefilling))
+        rec.step_running.append(self.n + len(prefilling))
         rec.step_in_system.append(self.in_system)
-        rec.step_kv_use.append(self.pool.use)
+        pool = self.pool
+        free = pool.cap.free_bytes
+        rec.step_kv_use.append(pool.used / free if free else 1.0)  # KVPool.use
         self.steps += k
         self.iterations += 1
         if self.on_step is not None and not self.iterations % PROGRESS_STEPS:
