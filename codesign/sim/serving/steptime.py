@@ -209,6 +209,9 @@ class StepTimeModel:
             id(g): {} for g in (self._seq_grid, self._tok_grid, self._kv_grid, self._pkv_grid, self._mseq_grid,
                                 self._mkv_grid)}
         self._cells: dict[tuple[int, int, int, int], tuple] = {}
+        # a mixed step's decode group: its brackets by sequences and by cached tokens
+        self._dec_x: dict[int, tuple[int, int]] = {}
+        self._dec_y: dict[int, tuple[int, int]] = {}
         self._mixed_memo: dict[tuple, float] = {}
         self._cross_memo: dict[tuple, float] = {}
         self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
@@ -280,9 +283,17 @@ class StepTimeModel:
         the context; new 0 marks a prompt chunk, whose x axis is its new tokens (see `_corner`).
         Memoised by group (prompt chunks repeat; a decode group's cached length moves every step,
         its axes' brackets are memoised instead)."""
-        L = self.max_len
         if new == 1:  # a decode group (_decode_like): its brackets memoised, not the cell
-            return (seqs, self._bracket(self._mseq_grid, seqs), y, self._bracket(self._mkv_grid, y, L - 1), (1, lg))
+            xs = self._dec_x.get(seqs)
+            if xs is None:
+                xs = self._dec_x[seqs] = self._bracket(self._mseq_grid, seqs)
+            ys = self._dec_y.get(y)
+            if ys is None:
+                if len(self._dec_y) >= LOOKUP_MEMO_MAX:
+                    self._dec_y.clear()
+                ys = self._dec_y[y] = self._bracket(self._mkv_grid, y, self.max_len - 1)
+            return (seqs, xs, y, ys, (1, lg))
+        L = self.max_len
         key = (seqs, new, y, lg)
         c = self._cells.get(key)
         if c is not None:
