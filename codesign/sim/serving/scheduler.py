@@ -170,6 +170,9 @@ class Engine:
         self.iterations = 0  # simulated iterations (a decode-only stretch is one)
         self.on_step: Callable[[int], None] | None = None  # progress: called every PROGRESS_STEPS iterations
         self.sample_every = 0  # > 0: every this many iterations, record the step unpooled (Recorder.sample)
+        self.finished = 0  # requests finished
+        self.expected = -1  # with `all_done`: how many will be submitted
+        self.all_done: simpy.Event | None = None  # succeeds when `expected` requests have finished
 
     # -- client side ----------------------------------------------------------------------------
     def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
@@ -508,6 +511,9 @@ class Engine:
         self.rec.output[r.rid] = r.out
         self._count(-1)
         r.done.succeed()
+        self.finished += 1
+        if self.finished == self.expected and self.all_done is not None:
+            self.all_done.succeed()
 
 
 class _BlockCount:
@@ -581,6 +587,19 @@ class StepTimer(Protocol):
     def time_two(self, a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float: ...
 
 
+class _Arrival:
+    """A request sent when its arrival's timeout fires (a stream without a client limit: no process
+    per request; the engine signals `Engine.all_done` when the last one finishes)."""
+
+    __slots__ = ("engine", "rid", "prompt", "out")
+
+    def __init__(self, engine: Engine, rid: int, prompt: int, out: int) -> None:
+        self.engine, self.rid, self.prompt, self.out = engine, rid, prompt, out
+
+    def __call__(self, _event: simpy.Event) -> None:
+        self.engine.submit(self.rid, self.prompt, self.out)
+
+
 def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt: int, out: int,
              slots: simpy.Resource | None):
     if at > env.now:
@@ -606,13 +625,20 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
     env = simpy.Environment()
     rec = Recorder(stream.n)
     engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch, timer)
-    slots = simpy.Resource(env, capacity=stream.concurrency) if stream.concurrency else None
-    procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
-             for r in stream.requests]
+    if stream.concurrency:  # a client's slots: each request a process that waits for one
+        slots = simpy.Resource(env, capacity=stream.concurrency)
+        procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
+                 for r in stream.requests]
+        all_done = simpy.AllOf(env, procs)
+    else:  # each request sent by its arrival's timeout (in request order, as the processes were)
+        for r in stream.requests:
+            ev = env.timeout(r.arrival_s if r.arrival_s > 0 else 0)
+            ev.callbacks.append(_Arrival(engine, r.id, r.input_tokens, r.output_tokens))
+        all_done = engine.all_done = env.event()
+        engine.expected = stream.n
     env.process(engine.run())
     engine.on_step = on_progress
     engine.sample_every = sample_every
-    all_done = simpy.AllOf(env, procs)
     try:
         # The cyclic collector would traverse every live object (traced graphs in the step caches
         # among them) over and over while the run allocates its many small events; pause it.
