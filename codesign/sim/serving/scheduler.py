@@ -222,8 +222,9 @@ class Engine:
                 yield timeout(dt)
             else:
                 t0 = env.now
-                self._wake = env.event()
-                yield timeout(k * dt) | self._wake
+                wake = self._wake = env.event()  # an arrival ends the wait early (`submit`)
+                timeout(k * dt).callbacks.append(_Wake(wake))
+                yield wake
                 if env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
                     k = min(k, int((env.now - t0) / dt) + 1)
                     rest = t0 + k * dt - env.now
@@ -585,6 +586,20 @@ class StepTimer(Protocol):
     def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float: ...
 
     def time_two(self, a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float: ...
+
+
+class _Wake:
+    """Succeeds `event` when the timeout it is a callback of fires, unless something (an arrival)
+    has already: a decode-only stretch waits for whichever comes first."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: simpy.Event) -> None:
+        self.event = event
+
+    def __call__(self, _timeout: simpy.Event) -> None:
+        if not self.event.triggered:
+            self.event.succeed()
 
 
 class _Arrival:
