@@ -12,23 +12,27 @@ the scheduler's limits allow (sequences, KV pages, token budget): the engine run
 capacity, as in a long offline run or a closed loop of endless clients. The ceiling is the
 completion rate over that part of an offline run, past its warm-up:
 
-* the window ends at the last first admission (``t_q``; after it the queue holds no new request
-  and the run drains);
-* it starts after the warm-up (``t_w``), the completion of the first ``warmup_turnovers`` x C
-  requests, C the most requests the run held running at once (one turnover of the batch: by then
-  the batch holds requests admitted as others left, as in steady state, not the first fill, whose
-  short requests all finish early);
-* throughput = completions in (t_w, t_q] / (t_q - t_w), requests per second; the output tokens
-  per second reported beside it are that rate x the mean output tokens of the workload's requests
-  (what the search's streams carry), so server throughput at any rate up to the ceiling is at most
-  it.
+* it starts at the completion of the first ``warmup_turnovers`` x C requests, C the most requests
+  the run held running at once (one turnover of the batch: by then the batch holds requests
+  admitted as others left, as in steady state, not the first fill, whose short requests all finish
+  early), and ends at the completion of ``window_turnovers`` x C more;
+* it must end while requests still wait (at or before the last first admission; after it the
+  queue is empty and the run drains);
+* throughput = those ``window_turnovers`` x C completions / the window's length, requests per
+  second; the output tokens per second reported beside it are that rate x the mean output tokens
+  of the workload's requests (what the search's streams carry), so server throughput at any rate up
+  to the ceiling is at most it.
 
-The window must hold at least ``window_turnovers`` x C completions (the batch's population at its
-ends moves the count by at most about C, so the error is at most ~1 / window_turnovers and in
-practice far less). The workload's own offline run is used when it is long enough; otherwise the
-offline run is repeated with more requests of the same distributions and seed, (warm-up +
-window + 2) x C at a time, C from the run before (doubling when the batch was not yet full),
-until the window is long enough. Fixed lengths work the same way.
+Bounded by completion counts, not times, the window holds whole turnovers of the batch: with fixed
+lengths the batch turns over in cohorts and the completion rate oscillates with a period of about
+one turnover (by +-50% on Qwen3-8B at 2K / 256), which a window cut at arbitrary times would
+sample by phase (measured: +5% at 4.5 turnovers), while C completions span about one period
+whatever the phase.
+The offline run sends max(requests, (warm-up + window + 2.5) x the
+scheduler's running limit) requests of the workload's distributions and seed, enough that the queue
+cannot empty first, and stops once (warm-up + window + 0.5) x C have finished: the drain is never
+simulated, nor more of the saturated part than the window needs (if C grew late and the window is
+short, the run is repeated to stop a window later). Fixed lengths work the same way.
 `serving.offline_window` in the row reports the run measured and its window.
 """
 
@@ -71,9 +75,9 @@ def ceiling_config(data: dict[str, Any] | CeilingConfig | None, source: str = "w
 class Window:
     """The saturated window of one offline run."""
 
-    start_s: float  # t_w: end of the warm-up
-    end_s: float  # t_q: the last first admission
-    completions: int  # completions in (start, end]
+    start_s: float  # the warm-up's last completion
+    end_s: float  # the window's last completion
+    completions: int  # completions in (start, end] (0: no window while saturated)
     running: int  # C: the most requests running at once
 
     @property
@@ -86,16 +90,20 @@ class Window:
 
 
 def saturated_window(rec: "Recorder", cfg: CeilingConfig) -> Window:
-    """The window of the rule (see module docstring) in a finished offline run's records."""
+    """The window of the rule (see module docstring) in an offline run's records; no completions
+    when the run has none that long while saturated."""
     running = max(rec.step_running, default=0)
     finish = np.sort(rec.finish[np.isfinite(rec.finish)])
-    end = float(np.nanmax(rec.admitted)) if len(rec.admitted) else 0.0
-    k = int(math.ceil(cfg.warmup_turnovers * running))
-    if running == 0 or k > len(finish):
-        return Window(end, end, 0, running)
-    start = float(finish[k - 1]) if k > 0 else 0.0
-    done = int(np.searchsorted(finish, end, side="right") - np.searchsorted(finish, start, side="right"))
-    return Window(start, end, max(done, 0) if end > start else 0, running)
+    last_admission = float(np.nanmax(rec.admitted)) if np.isfinite(rec.admitted).any() else 0.0
+    a = int(math.ceil(cfg.warmup_turnovers * running))
+    b = int(math.ceil((cfg.warmup_turnovers + cfg.window_turnovers) * running))
+    if running == 0 or b > len(finish) or b <= a:
+        return Window(0.0, 0.0, 0, running)
+    start = float(finish[a - 1]) if a > 0 else 0.0
+    end = float(finish[b - 1])
+    if end > last_admission or end <= start:  # the queue had emptied: the run was draining
+        return Window(start, end, 0, running)
+    return Window(start, end, b - a, running)
 
 
 @dataclass(frozen=True)
@@ -105,41 +113,37 @@ class Ceiling:
     request_rate_per_s: float
     output_tokens_per_s: float
     window: Window
-    requests: int  # of the offline run measured
+    requests: int  # sent in the offline run measured (it stops once its window is long enough)
     runs: int  # offline runs simulated
-    finite_request_rate_per_s: float  # the workload's own offline run: requests / duration (drain included)
 
     def to_dict(self) -> dict[str, Any]:
         w = self.window
         return {"rule": "saturated_window", "requests": self.requests, "runs": self.runs,
                 "window_s": [w.start_s, w.end_s], "completions": w.completions, "running": w.running,
-                "turnovers": w.turnovers, "finite_run_request_rate_per_s": self.finite_request_rate_per_s}
+                "turnovers": w.turnovers}
 
 
-def steady_state(run: Callable[[int], "Recorder"], n: int, mean_output: float, cfg: CeilingConfig,
+def steady_state(run: Callable[[int, float], "Recorder"], n: int, mean_output: float, cfg: CeilingConfig,
                  max_running: int) -> Ceiling:
-    """The ceiling from offline runs `run(requests)` (all sent at t = 0, the workload's
-    distributions and seed), starting with the workload's `n` requests; `max_running`: the
-    scheduler's limit on running requests (sizes the next run when the batch never filled)."""
-    rec = run(n)
-    finite = n / float(np.nanmax(rec.finish))
-    size, runs = n, 1
-    grow = cfg.warmup_turnovers + cfg.window_turnovers + 2
+    """The ceiling from an offline run `run(requests, stop)`: that many requests of the workload's
+    distributions and seed all sent at t = 0, stopped once `stop` x C have finished while others
+    still wait (`run_stream`'s stop_saturated). The run sends enough that the queue never empties
+    first (`max_running`: the scheduler's limit on running requests, C's bound), and at least the
+    workload's `n`; if its window is still short (C grew late), it is run again to stop later."""
+    stop = cfg.warmup_turnovers + cfg.window_turnovers + 0.5
+    runs = 0
     while True:
-        w = saturated_window(rec, cfg)
-        need = int(math.ceil(cfg.window_turnovers * w.running))
-        if w.completions >= need and w.completions > 0:
-            break
-        if w.running >= size:  # every request ran at once: the batch never filled, C is not known yet
-            size = int(math.ceil(grow * min(max_running, int(math.ceil(grow * size)))))
-        else:  # C is the engine's: enough for the window, and a batch more than the run before lacked
-            size = max(int(math.ceil(grow * w.running)), size + need - w.completions + w.running)
+        size = max(n, int(math.ceil((stop + 2) * max_running)))
         if size > MAX_REQUESTS:
             raise CodesignError(f"slo search: the offline run's saturated window (workload.slo_search) needs more than "
-                                f"{MAX_REQUESTS} requests (the engine holds {w.running} at once)")
-        rec, runs = run(size), runs + 1
+                                f"{MAX_REQUESTS} requests ({stop:g} x the {max_running} the scheduler can run at once)")
+        rec, runs = run(size, stop), runs + 1
+        w = saturated_window(rec, cfg)
+        if w.completions > 0:
+            break
+        stop += cfg.window_turnovers
     rate = w.request_rate_per_s
-    return Ceiling(rate, rate * mean_output, w, size, runs, finite)
+    return Ceiling(rate, rate * mean_output, w, size, runs)
 
 
 __all__ = ["CeilingConfig", "ceiling_config", "Ceiling", "Window", "saturated_window", "steady_state", "MAX_REQUESTS"]

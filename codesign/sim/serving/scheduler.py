@@ -173,6 +173,10 @@ class Engine:
         self.finished = 0  # requests finished
         self.expected = -1  # with `all_done`: how many will be submitted
         self.all_done: simpy.Event | None = None  # succeeds when `expected` requests have finished
+        self.peak = 0  # the most requests running at the end of an iteration
+        # with `all_done`: also succeed it once this many x `peak` requests have finished while
+        # others still wait (an offline run measured only while saturated, codesign.sim.serving.ceiling)
+        self.stop_at: float | None = None
 
     # -- client side ----------------------------------------------------------------------------
     def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
@@ -469,7 +473,10 @@ class Engine:
         rec.step_count.append(k)
         rec.step_decodes.append(n)
         rec.step_prefill_tokens.append(prefill_tokens)
-        rec.step_running.append(self.n + len(prefilling))
+        running = self.n + len(prefilling)
+        rec.step_running.append(running)
+        if running > self.peak:
+            self.peak = running
         rec.step_in_system.append(self.in_system)
         pool = self.pool
         free = pool.cap.free_bytes
@@ -513,8 +520,12 @@ class Engine:
         self._count(-1)
         r.done.succeed()
         self.finished += 1
-        if self.finished == self.expected and self.all_done is not None:
-            self.all_done.succeed()
+        done = self.all_done
+        if done is not None and not done.triggered:
+            if self.finished == self.expected:
+                done.succeed()
+            elif self.stop_at is not None and self.waiting and self.finished >= self.stop_at * self.peak:
+                done.succeed()  # enough completions while requests still wait (`run_stream`'s stop_saturated)
 
 
 class _BlockCount:
@@ -631,15 +642,19 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
                draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
                on_progress: Callable[[int], None] | None = None,
                stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0,
-               timer: StepTimer | None = None) -> Recorder:
+               timer: StepTimer | None = None, stop_saturated: float | None = None) -> Recorder:
     """Simulate `stream` through one engine until every request has finished (`stretch`: the
     decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step;
     `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`;
     `timer`: the step-time model behind `step_time`, whose tuple entry points spare building the
-    common steps' shapes)."""
+    common steps' shapes; `stop_saturated`: stop early, once this many batches' worth of requests
+    (x the most running at once) have finished while others still wait, a stream without a
+    client limit only: the records then end there)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)
     engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch, timer)
+    if stream.concurrency and stop_saturated is not None:
+        raise CodesignError("serving: stop_saturated needs a stream without a client concurrency limit")
     if stream.concurrency:  # a client's slots: each request a process that waits for one
         slots = simpy.Resource(env, capacity=stream.concurrency)
         procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
@@ -650,7 +665,7 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
             ev = env.timeout(r.arrival_s if r.arrival_s > 0 else 0)
             ev.callbacks.append(_Arrival(engine, r.id, r.input_tokens, r.output_tokens))
         all_done = engine.all_done = env.event()
-        engine.expected = stream.n
+        engine.expected, engine.stop_at = stream.n, stop_saturated
     env.process(engine.run())
     engine.on_step = on_progress
     engine.sample_every = sample_every

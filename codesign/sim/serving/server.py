@@ -74,12 +74,14 @@ class ServingPoint:
                          slo.ttft_s if slo else None, slo.tpot_s if slo else None)
 
     def record(self, stream: RequestStream, on_progress: Callable[[int], None] | None = None,
-               sample_every: int = 0) -> Recorder:
-        """Simulate `stream`: the run's records (`run` summarises them)."""
+               sample_every: int = 0, stop_saturated: float | None = None) -> Recorder:
+        """Simulate `stream`: the run's records (`run` summarises them; `stop_saturated`: see
+        `run_stream`)."""
         o = self.model.options
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
                          self.draft_time if self.draft_model is not None else None, on_progress,
-                         (o.stretch_drift, o.stretch_max), sample_every, timer=self.model)
+                         (o.stretch_drift, o.stretch_max), sample_every, timer=self.model,
+                         stop_saturated=stop_saturated)
         self.last_sample, self.last_iterations = rec.sample, len(rec.step_end)
         return rec
 
@@ -289,11 +291,11 @@ def offline_ceiling(pt: ServingPoint, wl: Workload, base: RequestStream, label: 
     at t = 0) of the workload's length distributions and seed."""
     max_len = pt.stepper.config.max_position_embeddings
 
-    def run(n: int) -> Recorder:
+    def run(n: int, stop: float) -> Recorder:
         stream = burst_stream(n, wl.input_tokens, wl.output_tokens, wl.seed, max_len, None)
-        p = _RunProgress(f"{label}, offline run ({n} requests)", n)
+        p = _RunProgress(f"{label}, offline run (up to {n} requests)", n)
         try:
-            return pt.record(stream, p)
+            return pt.record(stream, p, stop_saturated=stop)
         finally:
             p.close()
 

@@ -19,14 +19,14 @@ TOLERANCE = 0.03  # ceiling vs a long constant-concurrency run (window sampling:
 
 def test_ceiling_is_the_steady_state_throughput_with_spread_out_lengths():
     """With lognormal lengths the finite offline run's drain runs at low occupancy: its requests /
-    duration is ~25% below what the engine sustains. The ceiling must be the engine's steady state:
+    duration is ~20% below what the engine sustains. The ceiling must be the engine's steady state:
     here against a long run in which a client keeps 64 requests outstanding (the engine's
     max_num_seqs, so the batch stays full), over its 5th to 35th batch of completions."""
     st = stepper("qwen3-8b")
     seqs = 64
     wl = Workload(mode="server", requests=200, input_tokens={"mean": 512, **SPREAD},
                   output_tokens={"mean": 64, **SPREAD}, scheduler={"max_num_seqs": seqs})
-    slo = SLO(ttft_s=1.0, tpot_s=0.0135)
+    slo = SLO(ttft_s=1.0, tpot_s=0.0132)
     pt = S.serving_point(st, wl)
     m, extra, reason = S.serve(pt, wl, slo)
     assert reason is None and m is not None
@@ -40,12 +40,15 @@ def test_ceiling_is_the_steady_state_throughput_with_spread_out_lengths():
     a, b = fin[5 * seqs - 1], fin[35 * seqs - 1]
     steady = 30 * seqs / (b - a)
     assert ceiling == pytest.approx(steady, rel=TOLERANCE)
-    # the finite run's figure (the previous ceiling) is the drain's artefact, far below
-    assert win["finite_run_request_rate_per_s"] < 0.85 * steady
+    # the finite offline run's requests / duration (the previous ceiling) is the drain's artefact
+    finite = pt.run(burst_stream(wl.requests, wl.input_tokens, wl.output_tokens, wl.seed, 40960)).request_rate_per_s
+    assert finite < 0.85 * steady
+    # the offline run stopped once its window was long enough: no drain simulated
+    assert win["completions"] < win["requests"] - win["running"]
 
     # the search's guarantees: the SLO binds above the finite run's rate, below the ceiling
     rate = extra["rate_per_s"]
-    assert win["finite_run_request_rate_per_s"] < rate < ceiling and not extra["rate_at_offline_ceiling"]
+    assert finite < rate < ceiling and not extra["rate_at_offline_ceiling"]
     assert m.ttft_s["p99"] <= slo.ttft_s and m.tpot_s["p99"] <= slo.tpot_s
     assert extra["above_rate"]["meets_slo"] is False
     mean_out = np.mean([r.output_tokens for r in S.stream_of(wl).requests])
@@ -61,25 +64,31 @@ def _records(finish: list[float], admitted: list[float], running: list[int]) -> 
 
 
 def test_saturated_window_skips_the_warm_up_and_the_drain():
-    # 2 running at most; 10 requests: admitted by t = 8, completing at 1, 2, ..., 10
-    rec = _records([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 2, 1])
-    w = saturated_window(rec, CeilingConfig(warmup_turnovers=1, window_turnovers=4))
-    assert (w.start_s, w.end_s, w.running) == (2.0, 8.0, 2)  # after the 2nd completion, to the last admission
-    assert w.completions == 6 and w.request_rate_per_s == 1.0 and w.turnovers == 3.0
-    w0 = saturated_window(rec, CeilingConfig(warmup_turnovers=0))
-    assert (w0.start_s, w0.completions) == (0.0, 8)
+    # 2 running at most; 10 requests: admitted by t = 8, completing at 1, 2, 3, 5, 6, 7, 9, 10, 11, 12
+    rec = _records([1, 2, 3, 5, 6, 7, 9, 10, 11, 12], [0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [2, 2, 2, 1])
+    w = saturated_window(rec, CeilingConfig(warmup_turnovers=1, window_turnovers=2))
+    # from the 2nd completion (t = 2, one batch) to 4 more (the 6th, t = 7): 4 in 5 s
+    assert (w.start_s, w.end_s, w.running, w.completions) == (2.0, 7.0, 2, 4)
+    assert w.request_rate_per_s == 0.8 and w.turnovers == 2.0
+    w0 = saturated_window(rec, CeilingConfig(warmup_turnovers=0, window_turnovers=2))
+    assert (w0.start_s, w0.end_s, w0.completions) == (0.0, 5.0, 4)
+    # a window ending after the last admission (t = 8) is in the drain: none
+    assert saturated_window(rec, CeilingConfig(warmup_turnovers=1, window_turnovers=3)).completions == 0
 
 
-def test_the_offline_run_grows_until_the_window_is_long_enough():
-    """20 requests fit the engine at once: no saturated window; the rule reruns with more until the
-    window holds `window_turnovers` batches."""
+def test_the_offline_run_is_sized_by_the_running_limit_and_stops_after_its_window():
+    """20 requests would fit the engine at once (no saturated window): the offline run sends
+    (warm-up + window + 2.5) x max_num_seqs and stops once (warm-up + window + 0.5) batches have
+    finished."""
     st = stepper("qwen3-8b")
     wl = Workload(mode="server", requests=20, input_tokens=256, output_tokens=16, scheduler={"max_num_seqs": 16},
                   slo_search={"window_turnovers": 2})
     pt = S.serving_point(st, wl)
     c = S.offline_ceiling(pt, wl, S.stream_of(wl))
-    assert c.runs >= 2 and c.window.running == 16 and c.window.completions >= 2 * 16
-    assert c.request_rate_per_s > c.finite_request_rate_per_s
+    assert c.runs == 1 and c.requests == int((1 + 2 + 2.5) * 16) and c.window.running == 16
+    assert 2 * 16 <= c.window.completions < (1 + 2 + 0.5) * 16
+    finite = pt.run(S.stream_of(wl)).request_rate_per_s  # the 20 requests' own offline run
+    assert c.request_rate_per_s > finite
 
 
 def _scenario(**workload) -> dict:
