@@ -307,6 +307,7 @@ class Engine:
         cap = self.pool.cap.free_bytes + _EPS
         width, step_budget = self.width, self.budget
         bs, bb, sb = self.bs, self.block_bytes, self.seq_bytes
+        chunked, engine_budget = self.cfg.chunked_prefill, self.cfg.max_num_batched_tokens
         dec_b = self._dec_bytes(self.n, width)
         while self.n and dec_b + self.prefill_held > cap:
             self._preempt_newest(-1)
@@ -323,7 +324,7 @@ class Engine:
                 continue
             left = r.target - r.computed
             chunk = min(left, budget)
-            if chunk < left and self._whole(r):
+            if chunk < left and not chunked and left <= engine_budget:  # self._whole(r)
                 continue  # no chunked prefill: the prompt waits for a step with room for all of it
             held = r.computed
             cost = (math.ceil((held + chunk) / bs) - math.ceil(held / bs)) * bb  # KVPool.grow_cost
@@ -373,7 +374,8 @@ class Engine:
             blocks = self.blocks
             total = float(blocks.a_sum + n * blocks.shift) if blocks is not None else float(_sum(self.kv[:n]))  # .tokens(n)
             mean_kv = int(round(total / n))
-        groups = _merge_equal(groups)
+        if len(groups) > 1:
+            groups = _merge_equal(groups)
         if n:
             groups.insert(0, (n, width, mean_kv, width))
         self.pool.used = used
