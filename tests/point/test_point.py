@@ -96,9 +96,9 @@ def test_every_leaf_takes_another_value_and_moves_the_hash(base):
         assert q.overrides == {path: q.overrides[path]}
         changed += 1
     # refused: chip.host (not yet supported), three model fields whose other value breaks a
-    # cross-field rule, three server-only workload fields in decode mode, and three server-mode
-    # sections (scheduler, disaggregation, step_model) that take a mapping, not None
-    assert changed >= 115 and refused <= 11, (changed, refused)
+    # cross-field rule, three server-only workload fields in decode mode, and four server-mode
+    # sections (scheduler, disaggregation, step_model, slo_search) that take a mapping, not None
+    assert changed >= 115 and refused <= 12, (changed, refused)
 
 
 def test_issue_examples_work_as_written(base):
