@@ -174,9 +174,9 @@ class Engine:
         self.expected = -1  # with `all_done`: how many will be submitted
         self.all_done: simpy.Event | None = None  # succeeds when `expected` requests have finished
         self.peak = 0  # the most requests running at the end of an iteration
-        # with `all_done`: also succeed it once this many x `peak` requests have finished while
-        # others still wait (an offline run measured only while saturated, codesign.sim.serving.ceiling)
-        self.stop_at: float | None = None
+        # with `all_done`: also succeed it once stop_at(peak) requests have finished while others
+        # still wait (an offline run measured only while saturated, codesign.sim.serving.ceiling)
+        self.stop_at: Callable[[int], float] | None = None
 
     # -- client side ----------------------------------------------------------------------------
     def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
@@ -526,7 +526,7 @@ class Engine:
         if done is not None and not done.triggered:
             if self.finished == self.expected:
                 done.succeed()
-            elif self.stop_at is not None and self.waiting and self.finished >= self.stop_at * self.peak:
+            elif self.stop_at is not None and self.waiting and self.finished >= self.stop_at(self.peak):
                 done.succeed()  # enough completions while requests still wait (`run_stream`'s stop_saturated)
 
 
@@ -644,13 +644,13 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
                draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
                on_progress: Callable[[int], None] | None = None,
                stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0,
-               timer: StepTimer | None = None, stop_saturated: float | None = None) -> Recorder:
+               timer: StepTimer | None = None, stop_saturated: Callable[[int], float] | None = None) -> Recorder:
     """Simulate `stream` through one engine until every request has finished (`stretch`: the
     decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step;
     `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`;
     `timer`: the step-time model behind `step_time`, whose tuple entry points spare building the
-    common steps' shapes; `stop_saturated`: stop early, once this many batches' worth of requests
-    (x the most running at once) have finished while others still wait, a stream without a
+    common steps' shapes; `stop_saturated`: stop early, once stop_saturated(C) requests have
+    finished while others still wait, C the most running at once so far; a stream without a
     client limit only: the records then end there)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)

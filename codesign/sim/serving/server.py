@@ -74,7 +74,7 @@ class ServingPoint:
                          slo.ttft_s if slo else None, slo.tpot_s if slo else None)
 
     def record(self, stream: RequestStream, on_progress: Callable[[int], None] | None = None,
-               sample_every: int = 0, stop_saturated: float | None = None) -> Recorder:
+               sample_every: int = 0, stop_saturated: Callable[[int], float] | None = None) -> Recorder:
         """Simulate `stream`: the run's records (`run` summarises them; `stop_saturated`: see
         `run_stream`)."""
         o = self.model.options
@@ -291,7 +291,7 @@ def offline_ceiling(pt: ServingPoint, wl: Workload, base: RequestStream, label: 
     at t = 0) of the workload's length distributions and seed."""
     max_len = pt.stepper.config.max_position_embeddings
 
-    def run(n: int, stop: float) -> Recorder:
+    def run(n: int, stop: Callable[[int], float]) -> Recorder:
         stream = burst_stream(n, wl.input_tokens, wl.output_tokens, wl.seed, max_len, None)
         p = _RunProgress(f"{label}, offline run (up to {n} requests)", n)
         try:
