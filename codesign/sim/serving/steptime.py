@@ -216,6 +216,7 @@ class StepTimeModel:
         self._cross_memo: dict[tuple, float] = {}
         self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
+        self._interpolate_two = o.mixed_steps and not o.exact  # step_time's path for decodes + one chunk
 
     # -- exact points ---------------------------------------------------------------------------
     def exact_group(self, g: Group) -> float:
@@ -439,9 +440,8 @@ class StepTimeModel:
         """`step_time` of the step of groups `a` then `b`, each given as (seqs, new, cached, logits),
         `b` one prompt chunk of more than one token (the event loop's most common step: decodes and
         one chunk), without building the shape; the same value."""
-        o = self.options
-        if o.mixed_steps and not o.exact:
-            return self._two_cells(self._cell_of(*a), self._cell_of(*b))
+        if self._interpolate_two:
+            return self._two_cells(self._cell_of(a[0], a[1], a[2], a[3]), self._cell_of(b[0], b[1], b[2], b[3]))
         return self.step_time(StepShape((Group(*a), Group(*b))))
 
     def _two_cells(self, ca: tuple, cb: tuple) -> float:
