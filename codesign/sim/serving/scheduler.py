@@ -255,8 +255,9 @@ class Engine:
         step as it is, for measuring the step-time model's pooling; see Recorder.sample)."""
         if not n:
             return shape
-        shift = mean_kv - int(round(float(self.kv[:n].sum()) / n))  # a stretch is timed at its middle
-        lens, counts = np.unique(np.rint(self.kv[:n]).astype(np.int64) + shift, return_counts=True)
+        kv = self.kv[:n] + self._off() if self.blocks is not None else self.kv[:n]
+        shift = mean_kv - int(round(float(kv.sum()) / n))  # a stretch is timed at its middle
+        lens, counts = np.unique(np.rint(kv).astype(np.int64) + shift, return_counts=True)
         decodes = tuple(Group(int(c), self.width, max(0, int(v)), self.width) for v, c in zip(lens, counts))
         return StepShape(decodes + shape.groups[1:])
 
@@ -298,8 +299,22 @@ class Engine:
         return -(m if m is not None else self._least_rem_max())
 
     def _least_rem_max(self) -> float:
-        m = self._nrem_max = float(_max(self.nrem[:self.n])) if self.n else -np.inf
+        if not self.n:
+            m = -np.inf
+        elif self.blocks is not None:
+            m = float(_max(self.nrem[:self.n])) + self._off()
+        else:
+            m = float(_max(self.nrem[:self.n]))
+        self._nrem_max = m
         return m
+
+    def _off(self) -> float:
+        """With `_BlockCount` (whole tokens per step), the decoding sequences' state columns hold
+        their values less the tokens every sequence has gained since the run began
+        (`_BlockCount.shift`): a step adds to that one integer instead of to every row. The values
+        are whole numbers (cached, generated, remaining tokens), so row + shift is exactly what
+        adding each step's tokens to the row would give."""
+        return float(self.blocks.shift)
 
     def _schedule(self) -> tuple[list[tuple[int, int, int, int]], int, int]:
         """One iteration's groups as (seqs, new, cached, logits), the decodes first; the decodes'
@@ -404,7 +419,7 @@ class Engine:
             return False
         if o_dec > o_pre:
             r = self.reqs[i]
-            r.generated = float(self.gen[i])
+            r.generated = float(self.gen[i]) + self._off() if self.blocks is not None else float(self.gen[i])
             r.resumed_from = max(float(self.entered[i]), self.dec_t)
             self._remove(i)
         else:
@@ -424,7 +439,7 @@ class Engine:
         """Drop decoding entry i (the last entry moves into its place)."""
         last = self.n - 1
         if self.blocks is not None:
-            self.blocks.remove(int(self.kv[i]))
+            self.blocks.remove(int(self.kv[i] + self._off()))
         if i != last:
             self.state[i] = self.state[last]
             self.order[i], self.entered[i] = self.order[last], self.entered[last]
@@ -440,9 +455,10 @@ class Engine:
         prefill_tokens = 0
         if n:
             e = self.emit * k
-            self.state[:n] += e  # kv and generated up by e, remaining down by e
             if self.blocks is not None:
-                self.blocks.shift += int(e)
+                self.blocks.shift += int(e)  # the state rows' common offset (`_off`)
+            else:
+                self.state[:n] += e  # kv and generated up by e, remaining down by e
             self.dec_t = now
             m = self._nrem_max
             if m is not None:
@@ -450,7 +466,8 @@ class Engine:
             else:
                 m = self._least_rem_max()
             if -m <= _EPS:  # the fewest tokens left (`_least_rem`) is none
-                done = np.flatnonzero(self.nrem[:n] >= -_EPS)  # remaining <= _EPS
+                nrem = self.nrem[:n] + self._off() if self.blocks is not None else self.nrem[:n]
+                done = np.flatnonzero(nrem >= -_EPS)  # remaining <= _EPS
                 for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
                     r = self.reqs[int(i)]
                     self._remove(int(i))
@@ -507,12 +524,16 @@ class Engine:
         i = self.n
         self.n += 1
         self.reqs[i] = r
-        self.kv[i], self.gen[i], self.nrem[i] = r.target, r.generated, -(r.out - r.generated)
+        nrem = -(r.out - r.generated)
         if self.blocks is not None:
+            off = self._off()
+            self.kv[i], self.gen[i], self.nrem[i] = r.target - off, r.generated - off, nrem - off
             self.blocks.add(r.target)
+        else:
+            self.kv[i], self.gen[i], self.nrem[i] = r.target, r.generated, nrem
         self.order[i], self.entered[i] = r.order, now
         if self._nrem_max is not None:
-            self._nrem_max = max(self._nrem_max, float(self.nrem[i]))
+            self._nrem_max = max(self._nrem_max, float(nrem))
 
     def _finish(self, r: _Req) -> None:
         self.reserved -= r.reserve
