@@ -11,7 +11,8 @@
    number of groups, the same for the steps holding a prompt's last chunk with and without
    `prompt_end_line`, and what costing mixed steps' groups apart would overstate.
 2. **slo**: the SLO search on Qwen3-8B (1x H200): the rate found, p99s there and 10% above,
-   against the offline throughput of the same requests.
+   against the ceiling (the steady-state offline throughput of the same requests, saturated-window
+   rule) and the finite offline run's own figure.
 3. **mtp**: Qwen3.5-35B-A3B (1x H200) decode throughput without MTP, with one drafted token at
    acceptance 0 and at 0.9, and the gain the model predicts.
 """
@@ -53,19 +54,10 @@ def long_run() -> None:
         return r
 
     pt.model._step = timed_core
-    iterations = 0
-    step_time = pt.model.step_time
-
-    def counted(shape):
-        nonlocal iterations
-        iterations += 1
-        return step_time(shape)
-
-    pt.model.step_time = counted
     t0, c0 = time.perf_counter(), time.process_time()
     m = pt.run(S.stream_of(wl), sample_every=SAMPLE_EVERY)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    pt.model._step, pt.model.step_time = core, step_time
+    pt.model._step, iterations = core, pt.last_iterations
     print("== long run: Qwen3.5-397B-A17B, 8x H200 tp8/ep8, 10,000 Poisson requests at 0.8/s, 32K in / 1K out ==")
     print(f"wall {wall:.2f} s (CPU {cpu:.2f} s) = core step evaluations {eval_s:.2f} s (CPU {eval_cpu:.2f} s, "
           f"{pt.model.evaluations} grid shapes) + event loop {wall - eval_s:.2f} s (CPU {cpu - eval_cpu:.2f} s); "
@@ -123,8 +115,13 @@ def slo_run() -> None:
     print(f"rate {extra['rate_per_s']:.3f} req/s ({extra['search_runs']} runs, {time.perf_counter() - t0:.1f} s): "
           f"p99 TTFT {m.ttft_s['p99']:.3f} s, p99 TPOT {m.tpot_s['p99'] * 1e3:.2f} ms; at 1.1x: p99 TTFT "
           f"{a['ttft_p99_s']:.3f} s, p99 TPOT {a['tpot_p99_s'] * 1e3:.2f} ms, meets: {a['meets_slo']}")
+    w = extra["offline_window"]
+    finite = pt.run(S.stream_of(wl)).request_rate_per_s  # the 400 requests all at once, drain included
     print(f"server throughput {m.output_tokens_per_s:,.0f} tok/s <= offline {extra['offline_output_tokens_per_s']:,.0f} tok/s "
-          f"({m.output_tokens_per_s / extra['offline_output_tokens_per_s']:.1%})")
+          f"({m.output_tokens_per_s / extra['offline_output_tokens_per_s']:.1%}); the ceiling "
+          f"{extra['offline_request_rate_per_s']:.3f} req/s by the saturated-window rule ({w['requests']} requests, "
+          f"{w['runs']} offline run, stopped after its window: {w['turnovers']:.1f} batches of {w['running']}); the 400 "
+          f"requests' own offline run {finite:.3f} req/s (drain included)")
 
 
 def mtp_run() -> None:

@@ -120,6 +120,7 @@ class Workload(_Strict):
     scheduler: dict[str, Any] = {}
     disaggregation: dict[str, Any] = {}  # prefill/decode pools (codesign.sim.serving.config)
     step_model: dict[str, Any] = {}  # step-time model resolution (codesign.sim.serving.steptime)
+    slo_search: dict[str, Any] = {}  # the SLO search's offline ceiling (codesign.sim.serving.ceiling)
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
 
@@ -250,7 +251,7 @@ def _check_parts(s: Scenario, source: str) -> None:
     check_workload(s.workload, s.slo, source)
     from codesign.sim.serving.config import check_workload as check_serving
 
-    check_serving(s.workload, source)  # the server-mode fields (request streams, scheduler, pools, MTP)
+    check_serving(s.workload, source, s.slo)  # the server-mode fields (request streams, scheduler, pools, MTP)
 
 
 

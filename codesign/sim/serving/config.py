@@ -135,16 +135,22 @@ def disaggregation_config(data: dict[str, Any] | None, source: str = "workload.d
         raise CodesignError(format_validation_error(source, e)) from None
 
 
-SERVER_ONLY = ("requests", "trace", "scheduler", "disaggregation", "step_model")
+SERVER_ONLY = ("requests", "trace", "scheduler", "disaggregation", "step_model", "slo_search")
 
 
-def check_workload(w: Any, source: str) -> None:
+def check_workload(w: Any, source: str, slo: Any = None) -> None:
     """A scenario's server-mode workload fields, validated through their owners (called by
-    `codesign.scenario`; `w` is its `Workload`)."""
+    `codesign.scenario`; `w` is its `Workload`, `slo` its `SLO` or None)."""
     from codesign.mapping.plan import ParallelPlan, Precision
+    from codesign.sim.serving.ceiling import ceiling_config
     from codesign.sim.serving.steptime import StepTimeOptions
 
     scheduler_config(w.scheduler, f"{source}: workload.scheduler")
+    ceiling_config(w.slo_search, f"{source}: workload.slo_search")
+    searching = w.trace is None and w.rate_per_s is None and slo is not None and (slo.ttft_s or slo.tpot_s)
+    if w.slo_search and w.mode == "server" and not searching:
+        raise CodesignError(f"{source}: workload.slo_search: only acts in the SLO search (server mode with an slo "
+                            "and neither rate_per_s nor trace), found it without one")
     dis = disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
     for name, pool in (("prefill", dis.prefill), ("decode", dis.decode)) if dis is not None else ():
         try:

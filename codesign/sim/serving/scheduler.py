@@ -43,9 +43,10 @@ first is the same schedule. Data-parallel replicas are one engine with limits x 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import simpy
@@ -129,10 +130,11 @@ class Engine:
     def __init__(self, env: simpy.Environment, cfg: SchedulerConfig, cap: KVCapacity,
                  step_time: Callable[[StepShape], float], rec: Recorder, draft: Draft | None = None,
                  draft_time: Callable[[int, int], float] | None = None,
-                 stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX)) -> None:
+                 stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), timer: StepTimer | None = None) -> None:
         self.env, self.cfg, self.pool, self.rec = env, cfg, KVPool(cap), rec
         self.stretch_drift, self.stretch_max = stretch
         self.step_time, self.draft, self.draft_time = step_time, draft, draft_time
+        self.timer = timer
         self.max_seqs = cfg.max_num_seqs * cap.replicas
         self.budget = cfg.max_num_batched_tokens * cap.replicas
         self.width = 1 + (draft.tokens if draft else 0)
@@ -168,6 +170,13 @@ class Engine:
         self.iterations = 0  # simulated iterations (a decode-only stretch is one)
         self.on_step: Callable[[int], None] | None = None  # progress: called every PROGRESS_STEPS iterations
         self.sample_every = 0  # > 0: every this many iterations, record the step unpooled (Recorder.sample)
+        self.finished = 0  # requests finished
+        self.expected = -1  # with `all_done`: how many will be submitted
+        self.all_done: simpy.Event | None = None  # succeeds when `expected` requests have finished
+        self.peak = 0  # the most requests running at the end of an iteration
+        # with `all_done`: also succeed it once stop_at(peak) requests have finished while others
+        # still wait (an offline run measured only while saturated, codesign.sim.serving.ceiling)
+        self.stop_at: Callable[[int], float] | None = None
 
     # -- client side ----------------------------------------------------------------------------
     def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
@@ -193,51 +202,70 @@ class Engine:
 
     # -- the engine process ---------------------------------------------------------------------
     def run(self):
+        env, rec, width, emit = self.env, self.rec, self.width, self.emit
+        schedule, stretch, step_time, apply = self._schedule, self._stretch, self._time, self._apply
+        timeout = env.timeout
         while True:
             if not self.waiting and not self.prefilling and not self.n:
-                self._wake = self.env.event()
+                self._wake = env.event()
                 yield self._wake
-            shape, n, mean_kv = self._schedule()
-            if shape is None:
+            groups, n, mean_kv = schedule()
+            if not groups:
                 raise CodesignError("serving: the scheduler could not place any waiting request (nothing running, "
                                     "the first waiting request does not fit the KV pool)")
-            k = self._stretch(shape, n, mean_kv) if len(shape.groups) == 1 else 1
+            k = stretch(groups, n, mean_kv) if len(groups) == 1 else 1
             if k > 1:  # k identical decode-only steps at once, timed at the stretch's middle
-                mean_kv += int(round((k - 1) * self.emit / 2))
-                shape = StepShape((Group(n, self.width, mean_kv, self.width),))
+                mean_kv += int(round((k - 1) * emit / 2))
+                groups = [(n, width, mean_kv, width)]
             if self.sample_every and self.iterations % self.sample_every == 0:
-                self.rec.sample.append(self._unpooled(shape, n, mean_kv))
-            dt = self.step_time(shape)
+                rec.sample.append(self._unpooled(_shape(groups), n, mean_kv))
+            dt = step_time(groups)
             if self.draft is not None and n and self.draft_time is not None:
                 dt += self.draft.tokens * self.draft_time(n, mean_kv)
             if k == 1:
-                yield self.env.timeout(dt)
+                yield timeout(dt)
             else:
-                t0 = self.env.now
-                self._wake = self.env.event()
-                yield self.env.timeout(k * dt) | self._wake
-                if self.env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
-                    k = min(k, int((self.env.now - t0) / dt) + 1)
-                    rest = t0 + k * dt - self.env.now
+                t0 = env.now
+                wake = self._wake = env.event()  # an arrival ends the wait early (`submit`)
+                timeout(k * dt).callbacks.append(_Wake(wake))
+                yield wake
+                if env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
+                    k = min(k, int((env.now - t0) / dt) + 1)
+                    rest = t0 + k * dt - env.now
                     if rest > 0:
-                        yield self.env.timeout(rest)
-            self._apply(n, dt, k)
+                        yield timeout(rest)
+            apply(n, dt, k)
+
+    def _time(self, groups: list[tuple[int, int, int, int]]) -> float:
+        """Seconds of the step of `groups` ((seqs, new, cached, logits) each): the step-time model's
+        own entry points for one group and for decodes with one prompt chunk (no shape built),
+        else `step_time` of the shape; the same value either way."""
+        timer = self.timer
+        if timer is not None:
+            if len(groups) == 1:
+                return timer.time_of(*groups[0])
+            if len(groups) == 2:
+                b = groups[1]
+                if b[1] > 1 and b[0] == 1 and b[3] == 1:
+                    return timer.time_two(groups[0], b)
+        return self.step_time(_shape(groups))
 
     def _unpooled(self, shape: StepShape, n: int, mean_kv: int) -> StepShape:
         """`shape` with its pooled decode group split back into one group per cached length (the
         step as it is, for measuring the step-time model's pooling; see Recorder.sample)."""
         if not n:
             return shape
-        shift = mean_kv - int(round(float(self.kv[:n].sum()) / n))  # a stretch is timed at its middle
-        lens, counts = np.unique(np.rint(self.kv[:n]).astype(np.int64) + shift, return_counts=True)
+        kv = self.kv[:n] + self._off() if self.blocks is not None else self.kv[:n]
+        shift = mean_kv - int(round(float(kv.sum()) / n))  # a stretch is timed at its middle
+        lens, counts = np.unique(np.rint(kv).astype(np.int64) + shift, return_counts=True)
         decodes = tuple(Group(int(c), self.width, max(0, int(v)), self.width) for v, c in zip(lens, counts))
         return StepShape(decodes + shape.groups[1:])
 
-    def _stretch(self, shape: StepShape, n: int, mean_kv: int) -> int:
+    def _stretch(self, groups: list[tuple[int, int, int, int]], n: int, mean_kv: int) -> int:
         """How many decode-only steps can run before anything but the decodes' KV changes: up to the
         first completion, while the pages hold, the mean KV length moves at most `STRETCH_DRIFT`
         (step time is linear in it: the middle's time is the stretch's mean) and `STRETCH_MAX`."""
-        if len(shape.groups) != 1 or not n or shape.groups[0].seqs != n:
+        if len(groups) != 1 or not n or groups[0][0] != n:
             return 1
         first_done = int(np.ceil(self._least_rem() / self.emit - _EPS))
         drift = int(max(1.0, self.stretch_drift * mean_kv) / self.emit)
@@ -252,8 +280,12 @@ class Engine:
         """Bytes the `n` decoding sequences hold once each has `extra` more tokens."""
         if not n:
             return 0.0
-        if self.blocks is not None:
-            return float(self.blocks.pages(n, int(extra))) * self.block_bytes + n * self.seq_bytes
+        b = self.blocks
+        if b is not None:  # _BlockCount.pages(n, int(extra)), inlined (the hot path)
+            bs, h = b.bs, b.hist
+            Q, R = divmod(b.shift + int(extra), bs)
+            part = n - (h[0] if R == 0 else 0) + (sum(h[bs + 1 - R:]) if R >= 2 else 0)
+            return float(b.q_sum + n * Q + part) * self.block_bytes + n * self.seq_bytes
         t = self._buf[:n]
         np.add(self.kv[:n], extra, out=t)
         np.multiply(t, 1.0 / self.bs, out=t)
@@ -263,20 +295,41 @@ class Engine:
     def _least_rem(self) -> float:
         """Fewest tokens any decoding sequence still has to generate (-max of nrem; memoised: a
         step moves every entry by the same amount, so the max moves with it)."""
-        if self._nrem_max is None:
-            self._nrem_max = float(_max(self.nrem[:self.n])) if self.n else -np.inf
-        return -self._nrem_max
+        m = self._nrem_max
+        return -(m if m is not None else self._least_rem_max())
 
-    def _schedule(self) -> tuple[StepShape | None, int, int]:
+    def _least_rem_max(self) -> float:
+        if not self.n:
+            m = -np.inf
+        elif self.blocks is not None:
+            m = float(_max(self.nrem[:self.n])) + self._off()
+        else:
+            m = float(_max(self.nrem[:self.n]))
+        self._nrem_max = m
+        return m
+
+    def _off(self) -> float:
+        """With `_BlockCount` (whole tokens per step), the decoding sequences' state columns hold
+        their values less the tokens every sequence has gained since the run began
+        (`_BlockCount.shift`): a step adds to that one integer instead of to every row. The values
+        are whole numbers (cached, generated, remaining tokens), so row + shift is exactly what
+        adding each step's tokens to the row would give."""
+        return float(self.blocks.shift)
+
+    def _schedule(self) -> tuple[list[tuple[int, int, int, int]], int, int]:
+        """One iteration's groups as (seqs, new, cached, logits), the decodes first; the decodes'
+        count and mean cached length."""
         cap = self.pool.cap.free_bytes + _EPS
         width, step_budget = self.width, self.budget
+        bs, bb, sb = self.bs, self.block_bytes, self.seq_bytes
+        chunked, engine_budget = self.cfg.chunked_prefill, self.cfg.max_num_batched_tokens
         dec_b = self._dec_bytes(self.n, width)
         while self.n and dec_b + self.prefill_held > cap:
             self._preempt_newest(-1)
             dec_b = self._dec_bytes(self.n, width)
         extra = 0.0  # bytes the chunks scheduled so far in this iteration add
         chunks = 0  # their tokens
-        groups: list[Group] = []
+        groups: list[tuple[int, int, int, int]] = []
         prefilling = self.prefilling
         for r in list(prefilling) if prefilling else ():
             budget = step_budget - self.n * width - chunks
@@ -286,16 +339,17 @@ class Engine:
                 continue
             left = r.target - r.computed
             chunk = min(left, budget)
-            if chunk < left and self._whole(r):
+            if chunk < left and not chunked and left <= engine_budget:  # self._whole(r)
                 continue  # no chunked prefill: the prompt waits for a step with room for all of it
-            cost = self.pool.grow_cost(r.computed, chunk)
+            held = r.computed
+            cost = (math.ceil((held + chunk) / bs) - math.ceil(held / bs)) * bb  # KVPool.grow_cost
             while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
                 dec_b = self._dec_bytes(self.n, width)
             if dec_b + self.prefill_held + extra + cost > cap:
                 continue  # the newest request: it waits for pages
             chunk = min(chunk, step_budget - self.n * width - chunks)
             r.chunk, extra, chunks = chunk, extra + cost, chunks + chunk
-            groups.append(Group(1, chunk, r.computed))
+            groups.append((1, chunk, r.computed, 1))
         budget = step_budget - self.n * width - chunks
         n_running = self.n + len(self.prefilling)
         used = dec_b + self.prefill_held + extra
@@ -307,7 +361,7 @@ class Engine:
             ready = r.computed >= r.target  # prefilled elsewhere: straight to decoding
             if not ready and chunk < r.target - r.computed and self._whole(r):
                 break  # no chunked prefill: FCFS waits for a step with room for the whole prompt
-            cost = self.pool.cap.seq_footprint(r.computed + (self.width if ready else chunk))
+            cost = math.ceil((r.computed + (width if ready else chunk)) / bs) * bb + sb  # KVCapacity.seq_footprint
             if used + cost > cap or (ready and budget < self.width):
                 break
             reserve = self.pool.cap.seq_footprint(r.prompt + r.out + self.width) if self.no_evict else 0.0
@@ -322,23 +376,25 @@ class Engine:
                 self._enter_decode(r, self.env.now)
                 used, budget, n_running = used + cost, budget - self.width, n_running + 1
                 continue
-            r.held = self.pool.cap.seq_footprint(r.computed)
+            r.held = math.ceil(r.computed / bs) * bb + sb  # KVCapacity.seq_footprint
             r.chunk = chunk
             self.prefill_held += r.held
             self.prefilling.append(r)
             used, budget, n_running = used + cost, budget - chunk, n_running + 1
-            groups.append(Group(1, chunk, r.computed))
+            groups.append((1, chunk, r.computed, 1))
         n = self.n
         if not n:
             mean_kv = 0
         else:
-            total = float(self.blocks.tokens(n)) if self.blocks is not None else float(_sum(self.kv[:n]))
+            blocks = self.blocks
+            total = float(blocks.a_sum + n * blocks.shift) if blocks is not None else float(_sum(self.kv[:n]))  # .tokens(n)
             mean_kv = int(round(total / n))
-        groups = _merge_equal(groups)
+        if len(groups) > 1:
+            groups = _merge_equal(groups)
         if n:
-            groups.insert(0, Group(n, self.width, mean_kv, self.width))
+            groups.insert(0, (n, width, mean_kv, width))
         self.pool.used = used
-        return (StepShape(tuple(groups)) if groups else None), n, mean_kv
+        return groups, n, mean_kv
 
     def _whole(self, r: _Req) -> bool:
         """Whether `r`'s prompt must be computed in one step (no chunked prefill, and it fits one
@@ -363,7 +419,7 @@ class Engine:
             return False
         if o_dec > o_pre:
             r = self.reqs[i]
-            r.generated = float(self.gen[i])
+            r.generated = float(self.gen[i]) + self._off() if self.blocks is not None else float(self.gen[i])
             r.resumed_from = max(float(self.entered[i]), self.dec_t)
             self._remove(i)
         else:
@@ -383,7 +439,7 @@ class Engine:
         """Drop decoding entry i (the last entry moves into its place)."""
         last = self.n - 1
         if self.blocks is not None:
-            self.blocks.remove(int(self.kv[i]))
+            self.blocks.remove(int(self.kv[i] + self._off()))
         if i != last:
             self.state[i] = self.state[last]
             self.order[i], self.entered[i] = self.order[last], self.entered[last]
@@ -399,27 +455,34 @@ class Engine:
         prefill_tokens = 0
         if n:
             e = self.emit * k
-            self.state[:n] += e  # kv and generated up by e, remaining down by e
             if self.blocks is not None:
-                self.blocks.shift += int(e)
+                self.blocks.shift += int(e)  # the state rows' common offset (`_off`)
+            else:
+                self.state[:n] += e  # kv and generated up by e, remaining down by e
             self.dec_t = now
-            if self._nrem_max is not None:
-                self._nrem_max += e  # rounding is monotone: the max entry's own update
-            if self._least_rem() <= _EPS:
-                done = np.flatnonzero(self.nrem[:n] >= -_EPS)  # remaining <= _EPS
+            m = self._nrem_max
+            if m is not None:
+                m = self._nrem_max = m + e  # rounding is monotone: the max entry's own update
+            else:
+                m = self._least_rem_max()
+            if -m <= _EPS:  # the fewest tokens left (`_least_rem`) is none
+                nrem = self.nrem[:n] + self._off() if self.blocks is not None else self.nrem[:n]
+                done = np.flatnonzero(nrem >= -_EPS)  # remaining <= _EPS
                 for i in done[::-1]:  # highest first: a removal moves the last entry, already handled
                     r = self.reqs[int(i)]
                     self._remove(int(i))
                     self._finish(r)
-        if self.prefilling:
-            footprint = self.pool.cap.seq_footprint
-            for r in list(self.prefilling):
-                if not r.chunk:
+        prefilling = self.prefilling
+        if prefilling:
+            bs, bb, sb = self.bs, self.block_bytes, self.seq_bytes
+            for r in list(prefilling):
+                chunk = r.chunk
+                if not chunk:
                     continue
-                prefill_tokens += r.chunk
-                r.computed += r.chunk
+                prefill_tokens += chunk
+                r.computed += chunk
                 r.chunk = 0
-                new_held = footprint(r.computed)
+                new_held = math.ceil(r.computed / bs) * bb + sb  # KVCapacity.seq_footprint
                 self.prefill_held += new_held - r.held
                 r.held = new_held
                 if r.computed >= r.target:
@@ -429,9 +492,14 @@ class Engine:
         rec.step_count.append(k)
         rec.step_decodes.append(n)
         rec.step_prefill_tokens.append(prefill_tokens)
-        rec.step_running.append(self.n + len(self.prefilling))
+        running = self.n + len(prefilling)
+        rec.step_running.append(running)
+        if running > self.peak:
+            self.peak = running
         rec.step_in_system.append(self.in_system)
-        rec.step_kv_use.append(self.pool.use)
+        pool = self.pool
+        free = pool.cap.free_bytes
+        rec.step_kv_use.append(pool.used / free if free else 1.0)  # KVPool.use
         self.steps += k
         self.iterations += 1
         if self.on_step is not None and not self.iterations % PROGRESS_STEPS:
@@ -456,12 +524,16 @@ class Engine:
         i = self.n
         self.n += 1
         self.reqs[i] = r
-        self.kv[i], self.gen[i], self.nrem[i] = r.target, r.generated, -(r.out - r.generated)
+        nrem = -(r.out - r.generated)
         if self.blocks is not None:
+            off = self._off()
+            self.kv[i], self.gen[i], self.nrem[i] = r.target - off, r.generated - off, nrem - off
             self.blocks.add(r.target)
+        else:
+            self.kv[i], self.gen[i], self.nrem[i] = r.target, r.generated, nrem
         self.order[i], self.entered[i] = r.order, now
         if self._nrem_max is not None:
-            self._nrem_max = max(self._nrem_max, float(self.nrem[i]))
+            self._nrem_max = max(self._nrem_max, float(nrem))
 
     def _finish(self, r: _Req) -> None:
         self.reserved -= r.reserve
@@ -470,6 +542,13 @@ class Engine:
         self.rec.output[r.rid] = r.out
         self._count(-1)
         r.done.succeed()
+        self.finished += 1
+        done = self.all_done
+        if done is not None and not done.triggered:
+            if self.finished == self.expected:
+                done.succeed()
+            elif self.stop_at is not None and self.waiting and self.finished >= self.stop_at(self.peak):
+                done.succeed()  # enough completions while requests still wait (`run_stream`'s stop_saturated)
 
 
 class _BlockCount:
@@ -515,19 +594,59 @@ class _BlockCount:
         return self.q_sum + n * Q + part
 
 
-def _merge_equal(chunks: list[Group]) -> list[Group]:
-    """Prompt chunks of equal (new, cached) tokens as one group of that many sequences: the same
-    step for the core (each sequence its own tokens after its own cache), and one group instead of
-    dozens for the step-time model (fixed-length prompts admitted together, e.g. without chunked
-    prefill). First-appearance order is kept."""
+def _merge_equal(chunks: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Prompt chunks (seqs, new, cached, logits) of equal (new, cached) tokens as one group of that
+    many sequences: the same step for the core (each sequence its own tokens after its own cache),
+    and one group instead of dozens for the step-time model (fixed-length prompts admitted
+    together, e.g. without chunked prefill). First-appearance order is kept."""
     if len(chunks) < 2:
         return chunks
     counts: dict[tuple[int, int], int] = {}
-    for g in chunks:
-        counts[(g.new_tokens, g.cached_tokens)] = counts.get((g.new_tokens, g.cached_tokens), 0) + g.seqs
+    for seqs, new, cached, _ in chunks:
+        counts[(new, cached)] = counts.get((new, cached), 0) + seqs
     if len(counts) == len(chunks):
         return chunks
-    return [Group(k, new, cached) for (new, cached), k in counts.items()]
+    return [(k, new, cached, 1) for (new, cached), k in counts.items()]
+
+
+def _shape(groups: list[tuple[int, int, int, int]]) -> StepShape:
+    return StepShape(tuple(Group(*g) for g in groups))
+
+
+class StepTimer(Protocol):
+    """A step-time model's entry points that take groups as (seqs, new, cached, logits) tuples
+    (`codesign.sim.serving.steptime.StepTimeModel`): the values of its `step_time` on the shape."""
+
+    def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float: ...
+
+    def time_two(self, a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float: ...
+
+
+class _Wake:
+    """Succeeds `event` when the timeout it is a callback of fires, unless something (an arrival)
+    has already: a decode-only stretch waits for whichever comes first."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: simpy.Event) -> None:
+        self.event = event
+
+    def __call__(self, _timeout: simpy.Event) -> None:
+        if not self.event.triggered:
+            self.event.succeed()
+
+
+class _Arrival:
+    """A request sent when its arrival's timeout fires (a stream without a client limit: no process
+    per request; the engine signals `Engine.all_done` when the last one finishes)."""
+
+    __slots__ = ("engine", "rid", "prompt", "out")
+
+    def __init__(self, engine: Engine, rid: int, prompt: int, out: int) -> None:
+        self.engine, self.rid, self.prompt, self.out = engine, rid, prompt, out
+
+    def __call__(self, _event: simpy.Event) -> None:
+        self.engine.submit(self.rid, self.prompt, self.out)
 
 
 def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt: int, out: int,
@@ -545,20 +664,34 @@ def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt
 def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, step_time: Callable[[StepShape], float],
                draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0) -> Recorder:
+               stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0,
+               timer: StepTimer | None = None, stop_saturated: Callable[[int], float] | None = None) -> Recorder:
     """Simulate `stream` through one engine until every request has finished (`stretch`: the
     decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step;
-    `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`)."""
+    `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`;
+    `timer`: the step-time model behind `step_time`, whose tuple entry points spare building the
+    common steps' shapes; `stop_saturated`: stop early, once stop_saturated(C) requests have
+    finished while others still wait, C the most running at once so far; a stream without a
+    client limit only: the records then end there)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)
-    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch)
-    slots = simpy.Resource(env, capacity=stream.concurrency) if stream.concurrency else None
-    procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
-             for r in stream.requests]
+    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch, timer)
+    if stream.concurrency and stop_saturated is not None:
+        raise CodesignError("serving: stop_saturated needs a stream without a client concurrency limit")
+    if stream.concurrency:  # a client's slots: each request a process that waits for one
+        slots = simpy.Resource(env, capacity=stream.concurrency)
+        procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
+                 for r in stream.requests]
+        all_done = simpy.AllOf(env, procs)
+    else:  # each request sent by its arrival's timeout (in request order, as the processes were)
+        for r in stream.requests:
+            ev = env.timeout(r.arrival_s if r.arrival_s > 0 else 0)
+            ev.callbacks.append(_Arrival(engine, r.id, r.input_tokens, r.output_tokens))
+        all_done = engine.all_done = env.event()
+        engine.expected, engine.stop_at = stream.n, stop_saturated
     env.process(engine.run())
     engine.on_step = on_progress
     engine.sample_every = sample_every
-    all_done = simpy.AllOf(env, procs)
     try:
         # The cyclic collector would traverse every live object (traced graphs in the step caches
         # among them) over and over while the run allocates its many small events; pause it.
@@ -572,4 +705,4 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
     return rec
 
 
-__all__ = ["Engine", "Recorder", "Draft", "run_stream"]
+__all__ = ["Engine", "Recorder", "Draft", "StepTimer", "run_stream"]

@@ -35,7 +35,8 @@ from codesign.sim.serving.arrivals import RequestStream, burst_stream, load_trac
 from codesign.sim.serving.config import DEFAULT_REQUESTS, ENGINE, SchedulerConfig, scheduler_config
 from codesign.sim.serving.kv import KVCapacity, kv_capacity
 from codesign.sim.serving.metrics import ServingMetrics, summarise
-from codesign.sim.serving.scheduler import Draft, run_stream
+from codesign.sim.serving.ceiling import Ceiling, ceiling_config, steady_state
+from codesign.sim.serving.scheduler import Draft, Recorder, run_stream
 from codesign.sim.serving.steptime import StepTimeModel, StepTimeOptions
 from codesign.sim.stepper import Stepper
 from codesign.units import GiB
@@ -57,6 +58,7 @@ class ServingPoint:
     draft: Draft | None
     draft_model: StepTimeModel | None
     last_sample: list[StepShape] | None = None
+    last_iterations: int = 0  # simulated iterations of the last run
 
     def draft_time(self, seqs: int, cached: int) -> float:
         """One drafted token of the MTP head(s) for `seqs` sequences (see `mtp_head_step`)."""
@@ -67,13 +69,21 @@ class ServingPoint:
             sample_every: int = 0) -> ServingMetrics:
         """Simulate `stream`; `sample_every` > 0 keeps every that many iterations' step unpooled in
         `last_sample` (the benchmark measures the step-time model's error on them)."""
+        rec = self.record(stream, on_progress, sample_every)
+        return summarise(rec, np.array([r.input_tokens for r in stream.requests]),
+                         slo.ttft_s if slo else None, slo.tpot_s if slo else None)
+
+    def record(self, stream: RequestStream, on_progress: Callable[[int], None] | None = None,
+               sample_every: int = 0, stop_saturated: Callable[[int], float] | None = None) -> Recorder:
+        """Simulate `stream`: the run's records (`run` summarises them; `stop_saturated`: see
+        `run_stream`)."""
         o = self.model.options
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
                          self.draft_time if self.draft_model is not None else None, on_progress,
-                         (o.stretch_drift, o.stretch_max), sample_every)
-        self.last_sample = rec.sample
-        return summarise(rec, np.array([r.input_tokens for r in stream.requests]),
-                         slo.ttft_s if slo else None, slo.tpot_s if slo else None)
+                         (o.stretch_drift, o.stretch_max), sample_every, timer=self.model,
+                         stop_saturated=stop_saturated)
+        self.last_sample, self.last_iterations = rec.sample, len(rec.step_end)
+        return rec
 
 
 def draft_of(wl: Workload) -> Draft | None:
@@ -175,11 +185,11 @@ class SearchOutcome:
 
 def slo_search(run_at: Callable[[float], ServingMetrics], slo: SLO, offline_rate: float) -> SearchOutcome:
     """The highest Poisson rate meeting `slo`, by bisection in log(rate) between
-    `SEARCH_LOW x offline_rate` and the offline request rate. The offline rate is the ceiling
-    (named assumption: a server stream is long, MLPerf Server's runs last 10 minutes or more; above
-    the rate the engine sustains with every request queued, the queue grows without bound and no
-    long run meets a TTFT limit, although a short simulated run can drain such an overload and
-    would meet it)."""
+    `SEARCH_LOW x offline_rate` and `offline_rate`, the engine's steady-state offline request rate
+    (`offline_ceiling`). It is the ceiling (named assumption: a server stream is long, MLPerf
+    Server's runs last 10 minutes or more; above the rate the engine sustains with every request
+    queued, the queue grows without bound and no long run meets a TTFT limit, although a short
+    simulated run can drain such an overload and would meet it)."""
     runs = 0
 
     def at(r: float) -> ServingMetrics:
@@ -256,12 +266,12 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
         if slo is not None and base.kind != "burst" and not meets(m, slo):
             reason = f"p99 misses the SLO at this stream: {_p99s(m)} vs {_slo_text(slo)}"
         return m, extra, reason
-    offline = _run(pt, burst_stream(base.n, wl.input_tokens, wl.output_tokens, wl.seed, max_len, None), None,
-                   f"{label}, offline run")
-    extra["offline_output_tokens_per_s"] = offline.output_tokens_per_s
-    extra["offline_request_rate_per_s"] = offline.request_rate_per_s
+    ceiling = offline_ceiling(pt, wl, base, label)
+    extra["offline_output_tokens_per_s"] = ceiling.output_tokens_per_s
+    extra["offline_request_rate_per_s"] = ceiling.request_rate_per_s
+    extra["offline_window"] = ceiling.to_dict()
     out = slo_search(lambda r: _run(pt, stream_of(wl, rate=r, max_tokens=max_len), slo, f"{label}, rate {r:.3g}/s"),
-                     slo, offline.request_rate_per_s)
+                     slo, ceiling.request_rate_per_s)
     extra["search_runs"] = out.runs
     if out.rate is None:
         return None, extra, (f"no arrival rate meets the SLO ({_slo_text(slo)}): even at {out.low_rate:.3g} req/s "
@@ -273,6 +283,25 @@ def serve(pt: ServingPoint, wl: Workload, slo: SLO | None, label: str = "server"
     extra["above_rate"] = {"rate_per_s": out.rate * RATE_CHECK, "meets_slo": meets(out.above, slo),
                            "ttft_p99_s": out.above.ttft_s["p99"], "tpot_p99_s": out.above.tpot_s["p99"]}
     return out.at_rate, extra, None
+
+
+def offline_ceiling(pt: ServingPoint, wl: Workload, base: RequestStream, label: str = "server") -> Ceiling:
+    """The SLO search's ceiling: the steady-state offline throughput of the workload's requests by
+    the saturated-window rule (`codesign.sim.serving.ceiling`), from offline runs (every request
+    at t = 0) of the workload's length distributions and seed."""
+    max_len = pt.stepper.config.max_position_embeddings
+
+    def run(n: int, stop: Callable[[int], float]) -> Recorder:
+        stream = burst_stream(n, wl.input_tokens, wl.output_tokens, wl.seed, max_len, None)
+        p = _RunProgress(f"{label}, offline run (up to {n} requests)", n)
+        try:
+            return pt.record(stream, p, stop_saturated=stop)
+        finally:
+            p.close()
+
+    mean_out = float(np.mean([r.output_tokens for r in base.requests]))
+    return steady_state(run, base.n, mean_out, ceiling_config(wl.slo_search),
+                        pt.scheduler.max_num_seqs * pt.capacity.replicas)
 
 
 def sustained(extra: dict[str, Any], stream: RequestStream) -> None:
@@ -368,5 +397,5 @@ def with_context(wl: Workload, context: int) -> Workload:
     return wl.model_copy(update={"input_tokens": new})
 
 
-__all__ = ["ServingPoint", "serving_point", "serve", "sustained", "server_row", "slo_search", "meets", "stream_of", "draft_of",
+__all__ = ["ServingPoint", "serving_point", "serve", "offline_ceiling", "sustained", "server_row", "slo_search", "meets", "stream_of", "draft_of",
            "with_context", "SearchOutcome", "SEARCH_TOLERANCE", "RATE_CHECK"]

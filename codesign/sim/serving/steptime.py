@@ -81,6 +81,11 @@ from codesign.sim.engine import StepResult
 StepFn = Callable[[StepShape], StepResult]
 
 _GRID_MAX = 1 << 23  # largest grid value (tokens or sequences); beyond any model's context
+# Entries of each of the hot path's lookup memos (grid brackets by value, cells by group): one per
+# distinct prompt chunk or mean KV length, so a long run with spread-out lengths would grow them
+# without bound; a memo that reaches this many is emptied (they hold no evaluations, only
+# lookups, so no value changes). The memos of the core's evaluations are bounded by the grid.
+LOOKUP_MEMO_MAX = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -204,10 +209,14 @@ class StepTimeModel:
             id(g): {} for g in (self._seq_grid, self._tok_grid, self._kv_grid, self._pkv_grid, self._mseq_grid,
                                 self._mkv_grid)}
         self._cells: dict[tuple[int, int, int, int], tuple] = {}
+        # a mixed step's decode group: its brackets by sequences and by cached tokens
+        self._dec_x: dict[int, tuple[int, int]] = {}
+        self._dec_y: dict[int, tuple[int, int]] = {}
         self._mixed_memo: dict[tuple, float] = {}
         self._cross_memo: dict[tuple, float] = {}
         self._cell_memo: dict[tuple, tuple[float, list[tuple[float, float, float, float]]]] = {}
         self.evaluations = 0  # exact evaluations by the core (grid shapes)
+        self._interpolate_two = o.mixed_steps and not o.exact  # step_time's path for decodes + one chunk
 
     # -- exact points ---------------------------------------------------------------------------
     def exact_group(self, g: Group) -> float:
@@ -261,25 +270,41 @@ class StepTimeModel:
         key = (v, hi_limit)
         ab = memo.get(key)
         if ab is None:
+            if len(memo) >= LOOKUP_MEMO_MAX:
+                memo.clear()
             ab = memo[key] = bracket(grid, v, hi_limit)
         return ab
 
-    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], tuple[int, int]]:
-        """Group g's grid cell: (x, (x0, x1), y, (y0, y1), (new, logits)) within the context; new
-        0 marks a prompt chunk, whose x axis is its new tokens (see `_corner`). Memoised by group
-        (prompt chunks repeat; a decode group's cached length moves every step, its axes' brackets
-        are memoised instead)."""
-        key = (g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+    def _cell(self, g: Group) -> tuple[int, tuple[int, int], int, tuple[int, int], tuple[int, ...]]:
+        """Group g's grid cell (`_cell_of`)."""
+        return self._cell_of(g.seqs, g.new_tokens, g.cached_tokens, g.logits)
+
+    def _cell_of(self, seqs: int, new: int, y: int, lg: int) -> tuple[int, tuple[int, int], int, tuple[int, int], tuple[int, ...]]:
+        """The grid cell of Group(seqs, new, y, lg): (x, (x0, x1), y, (y0, y1), (new, logits)) within
+        the context; new 0 marks a prompt chunk, whose x axis is its new tokens (see `_corner`).
+        Memoised by group (prompt chunks repeat; a decode group's cached length moves every step,
+        its axes' brackets are memoised instead)."""
+        if new == 1:  # a decode group (_decode_like): its brackets memoised, not the cell
+            xs = self._dec_x.get(seqs)
+            if xs is None:
+                xs = self._dec_x[seqs] = self._bracket(self._mseq_grid, seqs)
+            ys = self._dec_y.get(y)
+            if ys is None:
+                if len(self._dec_y) >= LOOKUP_MEMO_MAX:
+                    self._dec_y.clear()
+                ys = self._dec_y[y] = self._bracket(self._mkv_grid, y, self.max_len - 1)
+            return (seqs, xs, y, ys, (1, lg))
+        L = self.max_len
+        key = (seqs, new, y, lg)
         c = self._cells.get(key)
         if c is not None:
             return c
-        L, y, new, lg = self.max_len, g.cached_tokens, g.new_tokens, g.logits
-        if new == 1:  # a decode group (_decode_like): its brackets memoised, not the cell
-            return (g.seqs, self._bracket(self._mseq_grid, g.seqs), y, self._bracket(self._mkv_grid, y, L - 1), (1, lg))
-        if _decode_like(g):
-            xs = self._bracket(self._mseq_grid, g.seqs)
+        if len(self._cells) >= LOOKUP_MEMO_MAX:
+            self._cells.clear()
+        if seqs > 1 or lg > 1:  # _decode_like
+            xs = self._bracket(self._mseq_grid, seqs)
             ys = self._bracket(self._pkv_grid, y, L - new)
-            c = self._cells[key] = (g.seqs, xs, y, ys, (new, lg))
+            c = self._cells[key] = (seqs, xs, y, ys, (new, lg))
             return c
         xs = self._bracket(self._tok_grid, new, L - y)
         ys = self._bracket(self._pkv_grid, y, max(L - xs[1], y))
@@ -408,9 +433,21 @@ class StepTimeModel:
         return total
 
     def _mixed_two(self, ga: Group, gb: Group) -> float:
-        """`mixed_time` of a two-group step, unrolled (the event loop's most common step: decodes
-        and one prompt chunk); the same operations in the same order, so the same value."""
-        ca, cb = self._cell(ga), self._cell(gb)
+        """`mixed_time` of a two-group step (`_two_cells`)."""
+        return self._two_cells(self._cell(ga), self._cell(gb))
+
+    def time_two(self, a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+        """`step_time` of the step of groups `a` then `b`, each given as (seqs, new, cached, logits),
+        `b` one prompt chunk of more than one token (the event loop's most common step: decodes and
+        one chunk), without building the shape; the same value."""
+        if self._interpolate_two:
+            return self._two_cells(self._cell_of(a[0], a[1], a[2], a[3]), self._cell_of(b[0], b[1], b[2], b[3]))
+        return self.step_time(StepShape((Group(*a), Group(*b))))
+
+    def _two_cells(self, ca: tuple, cb: tuple) -> float:
+        """`mixed_time` of a two-group step from its groups' cells, unrolled (the event loop's most
+        common step: decodes and one prompt chunk); the same operations in the same order, so the
+        same value."""
         xa, (xa0, xa1), ya, (ya0, ya1), siga = ca
         xb, (xb0, xb1), yb, (yb0, yb1), sigb = cb
         aa = (xa0 if xa - xa0 <= xa1 - xa else xa1, ya0 if ya - ya0 <= ya1 - ya else ya1)

@@ -221,3 +221,22 @@ def test_block_count_matches_a_pass_over_the_sequences(bs):
         for extra in (0, 1, 2, bs - 1, bs, bs + 1, 257):
             assert count.pages(len(lens), extra) == sum(-(-(v + extra) // bs) for v in lens)
         assert count.tokens(len(lens)) == sum(lens)
+
+
+def test_block_count_and_shared_offset_run_as_the_per_sequence_arrays(monkeypatch):
+    """With whole tokens per step and power-of-two pages the engine counts pages from integers and
+    keeps the decoding sequences' state as rows less one shared offset; a run with preemptions,
+    stretches and spread-out lengths is the same bit for bit as with the per-sequence arrays."""
+    import codesign.sim.serving.scheduler as SC
+    from codesign.scenario import TokenDist
+
+    s = poisson_stream(150, 8.0, TokenDist(mean=300, dist="lognormal", cv=0.8), TokenDist(mean=120, dist="lognormal", cv=0.8),
+                       seed=4)
+    cfg, cap = SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=64), capacity(tokens=6000)
+    fast = run_stream(s, cfg, cap, step_time)
+    monkeypatch.setattr(SC, "_BlockCount", lambda bs: None)  # the arrays, updated every step
+    slow = run_stream(s, cfg, cap, step_time)
+    assert fast.preemptions.sum() > 0 and max(fast.step_count) > 1
+    assert fast.step_dt == slow.step_dt and fast.step_end == slow.step_end and fast.step_kv_use == slow.step_kv_use
+    assert np.array_equal(fast.finish, slow.finish) and np.array_equal(fast.first_token, slow.first_token)
+    assert fast.resume_gaps == slow.resume_gaps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from codesign.errors import CodesignError
@@ -189,3 +190,49 @@ def test_a_prompt_ending_at_a_grid_length_is_interpolated_along_its_line():
         assert len(c[4]) == 2
     with pytest.raises(CodesignError, match="prompt_end_line: expected true or false"):
         StepTimeOptions(prompt_end_line="yes")
+
+
+def _curved(shape: StepShape) -> float:
+    """Per-group costs plus terms across the step's groups (weights once, a concave token term)."""
+    tokens = sum(g.tokens for g in shape.groups)
+    return 0.005 + 2e-3 * tokens ** 0.5 + sum(B * g.tokens + C * g.seqs * g.cached_tokens for g in shape.groups)
+
+
+def _run(model: StepTimeModel, timer):
+    from codesign.scenario import TokenDist
+    from codesign.sim.serving.arrivals import poisson_stream
+    from codesign.sim.serving.config import SchedulerConfig
+    from codesign.sim.serving.scheduler import run_stream
+    from tests.sim.serving.helpers import capacity
+
+    s = poisson_stream(120, 6.0, TokenDist(mean=3000, dist="lognormal", cv=0.8), TokenDist(mean=40, dist="lognormal", cv=0.8),
+                       seed=3)
+    return run_stream(s, SchedulerConfig(max_num_batched_tokens=2048, max_num_seqs=64), capacity(), model.step_time,
+                      timer=timer)
+
+
+def test_tuple_entry_points_and_bounded_memos_give_the_same_run():
+    """The scheduler's tuple path (time_of / time_two, no shapes built) and lookup memos emptied
+    when full give the run of `step_time` on every shape with unbounded memos, bit for bit."""
+    import codesign.sim.serving.steptime as T
+
+    ref_model = StepTimeModel(Core(_curved), 1 << 20)
+    ref = _run(ref_model, None)
+    fast_model = StepTimeModel(Core(_curved), 1 << 20)
+    fast = _run(fast_model, fast_model)
+    old = T.LOOKUP_MEMO_MAX
+    try:
+        T.LOOKUP_MEMO_MAX = 4
+        small_model = StepTimeModel(Core(_curved), 1 << 20)
+        small = _run(small_model, small_model)
+    finally:
+        T.LOOKUP_MEMO_MAX = old
+    assert len(ref.step_dt) > 200 and len(ref_model._cells) > 4
+    for rec in (fast, small):
+        assert rec.step_dt == ref.step_dt and rec.step_end == ref.step_end
+        assert np.array_equal(rec.finish, ref.finish) and np.array_equal(rec.first_token, ref.first_token)
+    assert max(len(small_model._cells), len(small_model._dec_y), *map(len, small_model._br.values())) <= 4
+    assert small_model.evaluations == ref_model.evaluations  # the memos of evaluations are kept
+    # time_two is step_time's two-group path
+    a, b = (24, 1, 31_000, 1), (1, 2000, 4096, 1)
+    assert fast_model.time_two(a, b) == ref_model.step_time(StepShape((Group(*a), Group(*b))))
