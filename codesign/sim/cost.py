@@ -638,21 +638,8 @@ class CostModel:
         t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
         t_sram = sram / self.sram_bw
         if t_hbm >= t_sram:
-            m, level = t_hbm, "hbm"
-        else:
-            m, level = t_sram, "sram"
-        if c >= m:
-            bound = unit if c > 0 else level
-            hi, lo = c, m
-        else:
-            bound = level
-            hi, lo = m, c
-        if o > max(c, m):
-            bound = "overhead"
-        p = self.overlap_p
-        if not (p is None or lo <= 0.0):
-            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-        return OpCost(hi + o, c, m, o, bound)
+            return self.combine(c, unit, t_hbm, "hbm", o)
+        return self.combine(c, unit, t_sram, "sram", o)
 
     def seconds(self, op: Op, residency: Residency = Residency()) -> float:
         """`cost(op, residency).time_s`, without the OpCost (the engine's two-batch-overlap half
