@@ -78,7 +78,12 @@ def lemire_picks(u32: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndar
     NumPy's bounded-integer rule (Lemire): pick = (u32 x E) >> 32, rejected where the product's low
     32 bits fall below (2^32 - E) mod E. A row without a rejection is exactly what the generator
     draws from those outputs."""
-    E = num_experts
+    E = int(num_experts)
+    if E > 1 and E & (E - 1) == 0:
+        # a power of two: (u32 x 2^k) >> 32 is u32 >> (32 - k), and the threshold (2^32 - E) mod E
+        # is 0 (nothing rejected); the same picks without the 64-bit product
+        picks = (u32 >> np.uint32(33 - E.bit_length())).astype(np.int64)
+        return picks, np.zeros(u32.shape[0], dtype=bool)
     m = u32.astype(np.uint64) * np.uint64(E)
     picks = (m >> np.uint64(32)).astype(np.int64)
     threshold = (2 ** 32 - E) % E
@@ -101,7 +106,10 @@ def uniform_picks(seed: int, layers: list[int], slots: int, num_experts: int) ->
     if slots <= 0 or L == 0:
         return np.zeros((L, E), dtype=np.int64)
     words = (slots + 1) // 2
-    u32 = np.stack([_raw(seed, layer, words) for layer in layers]).view(np.uint32)[:, :slots]
+    raw = np.empty((L, words), dtype=np.uint64)
+    for i, layer in enumerate(layers):
+        raw[i] = _raw(seed, layer, words)
+    u32 = raw.view(np.uint32)[:, :slots]
     picks, rejected = lemire_picks(u32, E)
     for j in np.flatnonzero(rejected).tolist():
         picks[j] = _rng(seed, layers[j]).integers(0, E, size=slots)

@@ -94,7 +94,7 @@ def test_uniform_picks_are_the_generators_own_draws():
     powers of two and that are not, and `routed_matrix` rows equal the per-layer draws."""
     from codesign.graph.router import routed_array, routed_matrix, uniform_picks
 
-    for E in (60, 128, 160, 384, 512):
+    for E in (1, 2, 60, 128, 160, 384, 512):  # powers of two take a shift (`lemire_picks`)
         for slots in (1, 7, 640, 16 * E):
             layers = [0, 5, 17, 10_061]
             got = uniform_picks(4, layers, slots, E)
