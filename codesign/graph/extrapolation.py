@@ -12,6 +12,8 @@ structure (another kernel path) there is no extrapolation (None) and the caller 
 
 from __future__ import annotations
 
+from typing import Callable
+
 from codesign.graph.op import Op
 from codesign.graph.segment import Segment
 
@@ -118,6 +120,7 @@ class Bilinear:
 
     def __init__(self, s11: Segment, s21: Segment, s12: Segment, s22: Segment) -> None:
         self.segment = s11
+        self._fn = None  # the compiled evaluator, built on first use
         self.ops = []
         for a, b, c, d in zip(s11.ops, s21.ops, s12.ops, s22.ops):
             self.ops.append((
@@ -140,6 +143,18 @@ class Bilinear:
         return Bilinear(s11, s21, s12, s22)
 
     def at(self, tb: int, tc: int) -> Segment:
+        """The segment at `tb` sequences and `tc` cached tokens beyond the first recording: the
+        values of `at_reference`, from this form's compiled evaluator (`_compile`)."""
+        fn = self._fn
+        if fn is None:
+            fn = self._fn = _compile(self.ops)
+        s = self.segment
+        return Segment(ops=fn(tb, tc, tb * tc), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params,
+                       wall_s=0.0)
+
+    def at_reference(self, tb: int, tc: int) -> Segment:
+        """`at`, evaluated op by op from the coefficient tables (what the compiled evaluator is
+        checked against, tests/graph/test_trace.py)."""
         tbc = tb * tc
         ops = []
         for a, ins, outs, fl, rd, wr, gemm, tpe in self.ops:
@@ -157,6 +172,63 @@ class Bilinear:
                 a.expert_weight_bytes, a.expert_flops_per_token, a.collective))
         s = self.segment
         return Segment(ops=ops, edges=s.edges, entries=s.entries, exit=s.exit, params=s.params, wall_s=0.0)
+
+
+def _literal(x, consts: list) -> str:
+    """Source text of a number: the literal itself for an int or a finite float (repr reads back
+    the same value), else a reference to `consts`."""
+    if type(x) is int or (type(x) is float and x == x and x not in (float("inf"), float("-inf"))):
+        return f"({x!r})"
+    consts.append(x)
+    return f"C[{len(consts) - 1}]"
+
+
+def _expr(k: tuple, consts: list) -> str:
+    """`_at(k, tb, tc, tbc)` as source: the same operations in the same order."""
+    a, b, c, d = (_literal(x, consts) for x in k)
+    return f"({a} + {b} * tb + {c} * tc + {d} * tbc)"
+
+
+def _const(x, consts: list) -> str:
+    consts.append(x)
+    return f"C[{len(consts) - 1}]"
+
+
+def _shapes_src(k, consts: list) -> str:
+    """`_shapes_at(k, ...)` as source (constant shapes shared, as there)."""
+    if isinstance(k, tuple):
+        return _const(k, consts)
+    parts = [_const(p, consts) if isinstance(p, tuple) else "(" + "".join(_expr(x, consts) + ", " for x in p) + ")"
+             for p in k]
+    return "(" + "".join(p + ", " for p in parts) + ")"
+
+
+def _bytes_src(d, consts: list) -> str:
+    if isinstance(d, dict):
+        return _const(d, consts)  # the recording's own dict, shared as in `at_reference`
+    return "{" + ", ".join(f"{key!r}: {_expr(v, consts)}" for key, v in d) + "}"
+
+
+def _compile(table: list) -> "Callable[[int, int, int], list[Op]]":
+    """A function (tb, tc, tb * tc) -> the form's ops, equal to `Bilinear.at_reference` value for
+    value: one expression per op with the coefficients as literals (what the reference looks up
+    in its tables op by op: about 5x slower), every constant field the recording's own object."""
+    consts: list = []
+    rows = []
+    for a, ins, outs, fl, rd, wr, gemm, tpe in table:
+        fields = [_const(a.name, consts), _const(a.target, consts), repr(a.kind), repr(a.block), repr(a.layer),
+                  _const(a.layer_type, consts), repr(a.phase), _shapes_src(ins, consts), _shapes_src(outs, consts),
+                  _const(a.dtype, consts), _expr(fl, consts), _bytes_src(rd, consts), _bytes_src(wr, consts),
+                  repr(a.repeat),
+                  _const(a.gemm, consts) if gemm is None else "(" + "".join(_expr(x, consts) + ", " for x in gemm) + ")",
+                  _const(a.tokens_per_expert, consts) if tpe is None else _shapes_src(tpe, consts) + "[0]",
+                  _const(a.expert_weight_bytes, consts), _const(a.expert_flops_per_token, consts),
+                  _const(a.collective, consts)]
+        rows.append("Op(" + ", ".join(fields) + ")")
+    src = "def at(tb, tc, tbc):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
+    scope = {"Op": Op, "C": consts}
+    exec(compile(src, "<codesign.graph.extrapolation.Bilinear>", "exec"), scope)
+    return scope["at"]
 
 
 __all__ = ["lerp", "lerp_shapes", "lerp_bytes", "same_structure", "extrapolate", "Bilinear"]

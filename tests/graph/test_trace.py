@@ -293,6 +293,37 @@ def test_bilinear_form_equals_nested_extrapolation(phase, tokens):
             assert [dataclasses.astuple(o) for o in got.ops] == [dataclasses.astuple(o) for o in nested.ops]
 
 
+def _exact(op) -> list:
+    """Every field of an op with its type and repr: equal only when bit for bit the same."""
+    import dataclasses
+
+    return [(type(v).__name__, repr(v)) for v in dataclasses.astuple(op)]
+
+
+@pytest.mark.parametrize("phase,tokens", [("decode", 1), ("prefill", 64)])
+def test_compiled_bilinear_form_equals_its_reference(phase, tokens):
+    """`Bilinear.at` (one compiled expression per op) gives every op field of the table-driven
+    `Bilinear.at_reference` with the same type and bits, and shares the same constant objects
+    (byte dicts, shapes) with the recording, at shapes beyond, between and below the anchors."""
+    from codesign.graph import extrapolation as ex, tracing as tm
+
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    A = tm.CONTEXT_ANCHOR
+    for seg in sorted({str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}):
+        kind = cfg.layer_kind(int(seg))
+        rec = {(b, c): tm._recorded(cfg, seg, kind, phase, b, tokens, c, False) for b in (1, 2) for c in (A, A + 1)}
+        form = ex.Bilinear.build(rec[1, A], rec[2, A], rec[1, A + 1], rec[2, A + 1])
+        if form is None:
+            continue
+        for tb, tc in [(0, 0), (1, 1), (-1, 5000), (99, 29_999), (176, 32_766), (511, 262_000), (-1, 0)]:
+            got, ref = form.at(tb, tc), form.at_reference(tb, tc)
+            assert [_exact(o) for o in got.ops] == [_exact(o) for o in ref.ops]
+            for g, r, a in zip(got.ops, ref.ops, form.segment.ops):
+                assert (g.bytes_read is a.bytes_read) == (r.bytes_read is a.bytes_read)
+                assert (g.bytes_written is a.bytes_written) == (r.bytes_written is a.bytes_written)
+            assert (got.edges, got.entries, got.exit) == (ref.edges, ref.entries, ref.exit)
+
+
 def test_op_clone_copies_every_field():
     import dataclasses
 
