@@ -43,10 +43,18 @@ class Scaler:
         return hit[0]
 
     def _scaled(self, d: dict[str, float], f: dict[str, float]) -> dict[str, float]:
+        return self.scaled(d, self.factors(f))
+
+    def factors(self, f: dict[str, float]) -> tuple[float, float, float, float]:
+        """The values of a factor dict in class order (what `scaled` takes), memoised by the dict."""
         ff = self._factors.get(id(f))
         if ff is None:
             ff = self._factors[id(f)] = (tuple(f[c] for c in _CLASSES), f)
-        fw, fa, fk, fs = ff[0]
+        return ff[0]  # type: ignore[return-value]
+
+    def scaled(self, d: dict[str, float], factors: tuple[float, float, float, float]) -> dict[str, float]:
+        """`d` scaled by per-class `factors` (class order) and the precision: bytes * f[c] * scale(c)."""
+        fw, fa, fk, fs = factors
         sw, sa, sk, ss = self._scales
         g = d.get
         # the classes spelled out, in BYTE_CLASSES order: bytes * f[c] * scale(c)
