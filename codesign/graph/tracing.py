@@ -98,9 +98,16 @@ def _code_hash() -> str:
     return h.hexdigest()[:16]
 
 
+_KEYS: dict[str, str] = {}  # key_src -> its cache key (hashing it is most of a cached lookup's time)
+
+
 def _cached(key_src: str, compute, use_disk: bool):
     """compute() memoised in this process and, if use_disk, in cache_dir() across processes."""
-    key = hashlib.sha256(f"{TRACE_VERSION}|{_torch_version()}|{_code_hash()}|{key_src}".encode()).hexdigest()[:24]
+    key = _KEYS.get(key_src)
+    if key is None:
+        key = hashlib.sha256(f"{TRACE_VERSION}|{_torch_version()}|{_code_hash()}|{key_src}".encode()).hexdigest()[:24]
+        if len(_KEYS) < (1 << 16):
+            _KEYS[key_src] = key
     hit = _MEMO.get(key)
     if hit is not None:
         return hit

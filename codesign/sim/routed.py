@@ -54,10 +54,7 @@ class RoutedLayers:
         if a is None or a.size == 0:
             pairs = [cm.expert_padding(b) for b in self.blocks]
             return [p for p, _ in pairs], [r for _, r in pairs]
-        values = np.unique(a).tolist()
-        table = np.zeros(values[-1] + 1, dtype=np.int64)
-        for v in values:
-            table[v] = int(cm.expert_padding((v,))[0])
+        table = _pad_table(cm, a)
         padded = [float(x) for x in table[a].sum(axis=1).tolist()]
         return padded, np.where(a > 0, a, 0).sum(axis=1).tolist()
 
@@ -78,6 +75,32 @@ class RoutedLayers:
             out.append((cm.combine(c, "matrix", m, level, overhead),
                         [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
         return out
+
+
+# Padded tokens by token count, per cost model (id -> (the model, table, which entries are known)):
+# each count padded once by `CostModel.expert_padding`, across the steps of a model.
+_PAD: dict[int, tuple[CostModel, np.ndarray, np.ndarray]] = {}
+
+
+def _pad_table(cm: CostModel, a: np.ndarray) -> np.ndarray:
+    """A table t with t[v] = `cm.expert_padding((v,))` padded tokens for every count v in `a`."""
+    hit = _PAD.get(id(cm))
+    if hit is None or hit[0] is not cm:
+        if len(_PAD) >= 64:
+            _PAD.clear()
+        hit = _PAD[id(cm)] = (cm, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
+    _, table, known = hit
+    present = np.bincount(a.ravel())
+    n = present.shape[0]
+    if n > table.shape[0]:
+        size = max(n, 2 * table.shape[0])
+        table = np.concatenate([table, np.zeros(size - table.shape[0], dtype=np.int64)])
+        known = np.concatenate([known, np.zeros(size - known.shape[0], dtype=bool)])
+        _PAD[id(cm)] = (cm, table, known)
+    for v in np.flatnonzero((present > 0) & ~known[:n]).tolist():
+        table[v] = int(cm.expert_padding((v,))[0])
+        known[v] = True
+    return table
 
 
 def routed_positions(ops: list[Op]) -> tuple[int, list[int]]:
@@ -110,24 +133,30 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     ewb = traced.expert_weight_bytes * scale["weight"]
     times = np.maximum(tokens * fpt / mapper.flop_rate, touched * (ewb / moe_tp) / mapper.byte_rate)
     ranks = times.argmax(axis=1).tolist()  # the first of equal maxima, as ExpertMapper's scan
-    routed_all = counts.sum(axis=1).tolist()
-    rank_tokens = tokens.tolist()
     rows = blocks[np.arange(len(layers)), ranks]  # each layer's slowest rank's tokens per expert
-    out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [], [], [], [], [], rows)
-    zeros = (rows == 0).sum(axis=1).tolist()
-    for j, (r, row) in enumerate(zip(ranks, rows.tolist())):
-        mine = tuple(row)
-        t = rank_tokens[j][r]
-        mean = sum(rank_tokens[j]) / ep
-        out.imbalance.append(max(rank_tokens[j]) / mean if mean > 0 else 1.0)
-        share = t / (float(routed_all[j]) or 1.0)
-        rd = {c: traced.bytes_read.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
-        rd["weight"] = (per - zeros[j]) * ewb / moe_tp
-        out.bytes_read.append(rd)
-        out.bytes_written.append({c: traced.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES})
-        out.blocks.append(mine)
-        out.flops.append(t * traced.expert_flops_per_token / moe_tp)
-    return out
+    return RoutedLayers(template, list(layers), expert_pos, a2a_pos, [tuple(r) for r in rows.tolist()],
+                        *_per_layer(traced, tokens, ranks, counts.sum(axis=1), (rows == 0).sum(axis=1), per, ep,
+                                    moe_tp, ewb, scale), rows)
+
+
+def _per_layer(traced: Op, tokens: np.ndarray, ranks: list[int], routed: np.ndarray, zeros: np.ndarray, per: int,
+               ep: int, moe_tp: int, ewb: float, scale: dict[str, float]
+               ) -> tuple[list[float], list[float], list[dict[str, float]], list[dict[str, float]]]:
+    """(imbalance, FLOPs, bytes read, bytes written) of each layer's expert op on its slowest rank
+    (`tokens`: layers x ranks): `ExpertMapper._rank_op`'s arithmetic, each value computed by the
+    same IEEE operations in the same order, over all layers at once (the counts are integers far
+    below 2^53, so numpy's int-to-float conversions are exact, as Python's are; the FLOPs, a
+    product of Python numbers, are taken in Python)."""
+    t = tokens[np.arange(len(ranks)), ranks]
+    mean = tokens.sum(axis=1) / ep
+    imbalance = np.where(mean > 0, tokens.max(axis=1) / np.where(mean > 0, mean, 1.0), 1.0).tolist()
+    share = t / np.where(routed != 0, routed.astype(np.float64), 1.0)
+    rd = [(traced.bytes_read.get(c, 0.0) * share * scale[c]).tolist() for c in BYTE_CLASSES]
+    rd[0] = ((per - zeros) * ewb / moe_tp).tolist()  # the weight: the rank's touched experts
+    wr = [(traced.bytes_written.get(c, 0.0) * share * scale[c]).tolist() for c in BYTE_CLASSES]
+    fpt = traced.expert_flops_per_token
+    return (imbalance, [x * fpt / moe_tp for x in t.tolist()],
+            [dict(zip(BYTE_CLASSES, v)) for v in zip(*rd)], [dict(zip(BYTE_CLASSES, v)) for v in zip(*wr)])
 
 
 __all__ = ["RoutedLayers", "route", "routed_positions"]
