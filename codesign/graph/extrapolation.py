@@ -121,6 +121,7 @@ class Bilinear:
     def __init__(self, s11: Segment, s21: Segment, s12: Segment, s22: Segment) -> None:
         self.segment = s11
         self._fn = None  # the compiled evaluator, built on first use
+        self._placed: dict[tuple[str, int, str], Callable[[int, int, int], list[Op]]] = {}
         self.ops = []
         for a, b, c, d in zip(s11.ops, s21.ops, s12.ops, s22.ops):
             self.ops.append((
@@ -151,6 +152,18 @@ class Bilinear:
         s = self.segment
         return Segment(ops=fn(tb, tc, tb * tc), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params,
                        wall_s=0.0)
+
+    def placed_at(self, tb: int, tc: int, prefix: str, layer: int, layer_type: str) -> list[Op]:
+        """The ops of `at(tb, tc)` as a step places them at decoder layer `layer`: names prefixed,
+        `layer` and `layer_type` set (what `codesign.graph.tracing.assemble_ops` copies them to),
+        made directly by an evaluator compiled per placement."""
+        key = (prefix, layer, layer_type)
+        fn = self._placed.get(key)
+        if fn is None:
+            if len(self._placed) >= 512:
+                self._placed.clear()
+            fn = self._placed[key] = _compile(self.ops, prefix, layer, layer_type)
+        return fn(tb, tc, tb * tc)
 
     def at_reference(self, tb: int, tc: int) -> Segment:
         """`at`, evaluated op by op from the coefficient tables (what the compiled evaluator is
@@ -209,15 +222,18 @@ def _bytes_src(d, consts: list) -> str:
     return "{" + ", ".join(f"{key!r}: {_expr(v, consts)}" for key, v in d) + "}"
 
 
-def _compile(table: list) -> "Callable[[int, int, int], list[Op]]":
+def _compile(table: list, prefix: str = "", layer: int | None = None, layer_type: str | None = None
+             ) -> "Callable[[int, int, int], list[Op]]":
     """A function (tb, tc, tb * tc) -> the form's ops, equal to `Bilinear.at_reference` value for
     value: one expression per op with the coefficients as literals (what the reference looks up
-    in its tables op by op: about 5x slower), every constant field the recording's own object."""
+    in its tables op by op: about 5x slower), every constant field the recording's own object.
+    With a placement (`Bilinear.placed_at`): names prefixed, `layer` and `layer_type` set."""
     consts: list = []
     rows = []
     for a, ins, outs, fl, rd, wr, gemm, tpe in table:
-        fields = [_const(a.name, consts), _const(a.target, consts), repr(a.kind), repr(a.block), repr(a.layer),
-                  _const(a.layer_type, consts), repr(a.phase), _shapes_src(ins, consts), _shapes_src(outs, consts),
+        fields = [_const(prefix + a.name if prefix else a.name, consts), _const(a.target, consts), repr(a.kind),
+                  repr(a.block), repr(a.layer if layer is None else layer),
+                  _const(a.layer_type if layer_type is None else layer_type, consts), repr(a.phase), _shapes_src(ins, consts), _shapes_src(outs, consts),
                   _const(a.dtype, consts), _expr(fl, consts), _bytes_src(rd, consts), _bytes_src(wr, consts),
                   repr(a.repeat),
                   _const(a.gemm, consts) if gemm is None else "(" + "".join(_expr(x, consts) + ", " for x in gemm) + ")",

@@ -205,8 +205,7 @@ class StepModel:
         hit = SKELETONS.get(key) if key is not None else None
         if hit is None:
             config = self.config
-            pieces = tr.step_segments(config, shape)
-            ops, edges = tr.assemble_ops(config, [p for p in pieces if p[0] in self.keep], shape, self.router)
+            ops, edges, experts = tr.skeleton_ops(config, shape, self.keep, self.router)
             draws = tr.router_layers(config)
             groups: dict[int, list[int]] = {}
             for layer, tmpl in self.template.items():
@@ -214,10 +213,9 @@ class StepModel:
                     groups.setdefault(tmpl, []).append(layer)
             routing: dict[int, tuple[Op, list[int], np.ndarray]] = {}
             for tmpl, layers in groups.items():
-                traced = next(o for o in pieces[tmpl + 1][2].ops if o.kind == "grouped_gemm")
                 counts = routed_matrix(self.router, [draws[layer] for layer in layers], shape.tokens,
                                        config.moe.num_experts, config.moe.top_k)
-                routing[tmpl] = (traced, layers, counts)
+                routing[tmpl] = (experts[tmpl], layers, counts)
             hit = Skeleton(ops, edges, tr.describe_shape(shape), routing)
             if key is not None:
                 SKELETONS.put(key, hit)

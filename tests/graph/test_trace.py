@@ -324,6 +324,38 @@ def test_compiled_bilinear_form_equals_its_reference(phase, tokens):
             assert (got.edges, got.entries, got.exit) == (ref.edges, ref.entries, ref.exit)
 
 
+@pytest.mark.parametrize("model", ["qwen3.5-397b-a17b", "deepseek-v3"])
+def test_skeleton_ops_equal_assembled_segments(model):
+    """`skeleton_ops` (decoder layers of a bilinear form placed at once) gives the ops, edges and
+    values, bit for bit, of assembling the kept pieces of `step_segments`, and each kept MoE
+    layer's routed-expert op as its segment holds it, for decode, prefill, verify and mixed steps."""
+    from codesign.graph import tracing as tm
+    from codesign.graph.router import make_router
+    from codesign.graph.shape import Group, StepShape
+
+    cfg = cs.load_model(model)
+    router = make_router(None)
+    kinds = {}
+    for i in range(cfg.num_layers):
+        kinds.setdefault(cfg.layer_kind(i), i)
+    keep = {-1, cfg.num_layers, cfg.num_layers - 1, *kinds.values()}
+    for shape in [StepShape.decode(100, 30_000), StepShape.decode(2, 5000), StepShape.decode(64, 2),
+                  StepShape.prefill(3, 128, 4096), StepShape.verify(32, cached=32_000, draft=1),
+                  StepShape((Group(48, 1, 30_000), Group(1, 2048, 4096)))]:
+        pieces = tm.step_segments(cfg, shape)
+        want_ops, want_edges = tm.assemble_ops(cfg, [p for p in pieces if p[0] in keep], shape, router)
+        ops, edges, experts = tm.skeleton_ops(cfg, shape, keep, router)
+        if shape == StepShape.decode(100, 30_000):  # the placed path is the one under test here
+            assert all(tm._form_at(cfg, str(i), cfg.layer_kind(i), "decode", 100, 1, 29_999, True) is not None
+                       for i in kinds.values())
+        assert edges == want_edges
+        assert [_exact(o) for o in ops] == [_exact(o) for o in want_ops]
+        for layer in keep:
+            if 0 <= layer < cfg.num_layers and cfg.mlp_types[layer] == "moe":
+                seg_op = next(o for o in pieces[layer + 1][2].ops if o.kind == "grouped_gemm")
+                assert _exact(experts[layer]) == _exact(seg_op)
+
+
 def test_op_clone_copies_every_field():
     import dataclasses
 
