@@ -190,19 +190,20 @@ class StepSimulator:
         self.hw = hw
         self.cost = cost
         self.tbo = two_batch_overlap
+        # per template graph (simulated with replacement ops, `simulate(ops=...)`): its layers' nodes,
+        # its ops and each layer's schedule plan, which depend on the graph alone (`_layout`)
+        self._layouts: dict[int, _Layout] = {}
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
     def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency,
-                    halves: dict[int, tuple[Op, Op]]) -> tuple[float, bool]:
+                    halves: dict[int, tuple[Op, Op]], layout: "_Layout | None" = None) -> tuple[float, bool]:
         """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
         theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
-        structure). `halves`: id(op) -> (op, its half, `_half`), kept by the caller across steps
-        that share op objects (hardware variants of one mapped step)."""
-        pos = {n: i for i, n in enumerate(nodes)}
+        structure; looked up once per `layout`, a template graph's, when given). `halves`: id(op)
+        -> (op, its half, `_half`), kept by the caller across steps that share op objects
+        (hardware variants of one mapped step)."""
         kinds = [o.kind for o in ops]
-        pred = g._pred  # the adjacency itself: this runs for every representative layer of every step
-        preds = [[pos[p] for p in pred[n] if p in pos] for n in nodes]
-        plan = layer_plan((tuple(kinds), tuple(map(tuple, preds))), kinds, preds)
+        plan = layout.plan(g, nodes, kinds) if layout is not None else _plan(g, nodes, kinds)
         order = plan.order
         plain = plan.plain.makespan([costs[nodes[i]].time_s for i in order])
         if self.tbo is False or "collective" not in kinds:
@@ -239,6 +240,15 @@ class StepSimulator:
         if self.tbo is None and t >= plain:
             return plain, False
         return t, True
+
+    def _layout(self, g: nx.DiGraph) -> "_Layout":
+        """The layout of template graph `g`, kept while the simulator lives (a few templates)."""
+        hit = self._layouts.get(id(g))
+        if hit is None or hit.graph is not g or hit.nodes != g.number_of_nodes():
+            if len(self._layouts) >= 16:
+                self._layouts.clear()
+            hit = self._layouts[id(g)] = _Layout(g)
+        return hit
 
     # -- the whole step ---------------------------------------------------------------------------
     def residency(self, g: nx.DiGraph) -> Residency:
@@ -311,11 +321,16 @@ class StepSimulator:
         representative."""
         # Group by layer in insertion order: the tracer and the mapping build every layer of a kind
         # the same way, so position i of two such layers is the same op (checked by signature).
-        by_layer: dict[int, list] = defaultdict(list)
-        op_of: dict[Any, Op] = {}
-        for n, o in g.nodes(data="op"):
-            by_layer[o.layer].append(n)
-            op_of[n] = o
+        layout = self._layout(g) if ops else None
+        if layout is not None:
+            by_layer = defaultdict(list, layout.by_layer)  # virtual layers add entries; its lists are not changed
+            op_of = dict(layout.op_of)
+        else:
+            by_layer = defaultdict(list)
+            op_of = {}
+            for n, o in g.nodes(data="op"):
+                by_layer[o.layer].append(n)
+                op_of[n] = o
         if ops:
             op_of.update(ops)
         virtual = virtual or {}
@@ -374,7 +389,7 @@ class StepSimulator:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
-                t, used = self._group_time(g, nodes, ops, costs, residency, {} if halves is None else halves)
+                t, used = self._group_time(g, nodes, ops, costs, residency, {} if halves is None else halves, layout)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))
@@ -412,6 +427,36 @@ class StepSimulator:
         )
 
 
+def _plan(g: nx.DiGraph, nodes: list, kinds: list[str]):
+    """The schedule plan (`layerplan.layer_plan`) of the group `nodes` of `g` with these op kinds."""
+    pos = {n: i for i, n in enumerate(nodes)}
+    pred = g._pred  # the adjacency itself: this runs for every representative layer of every step
+    preds = [[pos[p] for p in pred[n] if p in pos] for n in nodes]
+    return layer_plan((tuple(kinds), tuple(map(tuple, preds))), kinds, preds)
+
+
+class _Layout:
+    """What `StepSimulator.simulate` derives from a template graph alone, once: its layers' nodes
+    in insertion order, its ops, and each group's schedule plan by its op kinds (replacement ops
+    keep a template's kinds; the plan is looked up again where they do not)."""
+
+    def __init__(self, g: nx.DiGraph) -> None:
+        self.graph, self.nodes = g, g.number_of_nodes()
+        self.by_layer: dict[int, list] = defaultdict(list)
+        self.op_of: dict[Any, Op] = {}
+        for n, o in g.nodes(data="op"):
+            self.by_layer[o.layer].append(n)
+            self.op_of[n] = o
+        self.by_layer = dict(self.by_layer)
+        self._plans: dict[int, tuple[list, list[str], Any]] = {}  # id(nodes) -> (nodes, kinds, plan)
+
+    def plan(self, g: nx.DiGraph, nodes: list, kinds: list[str]):
+        hit = self._plans.get(id(nodes))
+        if hit is None or hit[0] is not nodes or hit[1] != kinds:
+            hit = self._plans[id(nodes)] = (nodes, kinds, _plan(g, nodes, kinds))
+        return hit[2]
+
+
 class _RoutedTimes:
     """Seconds of the layers of a `RoutedLayers` group: its representative's time plus its expert
     op's and all-to-alls' cost differences, added in position order where they differ, as
@@ -431,26 +476,34 @@ class _RoutedTimes:
                     for i in group.a2a_pos]
         self.blocks = list(rep.blocks.items())
         self.resources = list(rep.resources.items())
+        # the expert op (-1) and the all-to-alls (their index) in position order: the order in which
+        # a layer's differing ops add their cost differences
+        self.order = [k for _, k in sorted([(e, -1)] + [(i, k) for k, i in enumerate(group.a2a_pos)])]
 
     def time(self, j: int, block_t: dict, res_t: dict) -> float:
         """Seconds of layer j of the group; its op time added to `block_t` and `res_t`."""
         expert_cost, a2a_costs = self.costs[j]
         group = self.group
-        changed: list[tuple[int, OpCost, OpCost, str]] = []
-        e, tpe, rc, block = self.expert
-        if group.blocks[j] != tpe:
-            changed.append((e, expert_cost, rc, block))
         imb = float(group.imbalance[j])
-        for (i, rep_imb, rc, block), c in zip(self.a2a, a2a_costs):
-            if imb != rep_imb:
-                changed.append((i, c, rc, block))
         t = self.rep.time
-        if changed:
-            changed.sort(key=lambda x: x[0])
-            for _, c, rc, block in changed:
-                t += c.time_s - rc.time_s
-                _account(block_t, res_t, block, c, 1.0)
-                _account(block_t, res_t, block, rc, -1.0)
+        names = BOTTLENECK_NAMES
+        for k in self.order:
+            if k < 0:
+                _, tpe, rc, block = self.expert
+                if group.blocks[j] == tpe:
+                    continue
+                c = expert_cost
+            else:
+                _, rep_imb, rc, block = self.a2a[k]
+                if imb == rep_imb:
+                    continue
+                c = a2a_costs[k]
+            t += c.time_s - rc.time_s
+            # `_account(+c)` then `_account(-rc)`, written out
+            block_t[block] += c.time_s
+            res_t[names[c.bottleneck]] += c.time_s
+            block_t[block] += -1.0 * rc.time_s
+            res_t[names[rc.bottleneck]] += -1.0 * rc.time_s
         for k, v in self.blocks:
             block_t[k] += v
         for k, v in self.resources:
