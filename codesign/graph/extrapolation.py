@@ -12,6 +12,7 @@ structure (another kernel path) there is no extrapolation (None) and the caller 
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from codesign.graph.op import Op
@@ -197,7 +198,16 @@ def _literal(x, consts: list) -> str:
 
 
 def _expr(k: tuple, consts: list) -> str:
-    """`_at(k, tb, tc, tbc)` as source: the same operations in the same order."""
+    """`_at(k, tb, tc, tbc)` as source: the same operations in the same order, less the terms with
+    a zero coefficient where leaving them out cannot change the value or its type: all four
+    coefficients ints (exact), or all four floats with a constant term other than -0.0 (a sum
+    that starts elsewhere is never -0.0, and adding a zero to it changes nothing; tb, tc are
+    ints, so a zero term is never NaN)."""
+    types = {type(x) for x in k}
+    a = k[0]
+    if types == {int} or (types == {float} and not (a == 0.0 and math.copysign(1.0, a) < 0)):
+        terms = [f"{_literal(x, consts)} * {v}" for x, v in zip(k[1:], ("tb", "tc", "tbc")) if x != 0]
+        return "(" + " + ".join([_literal(a, consts)] + terms) + ")" if terms else _literal(a, consts)
     a, b, c, d = (_literal(x, consts) for x in k)
     return f"({a} + {b} * tb + {c} * tc + {d} * tbc)"
 
