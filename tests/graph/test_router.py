@@ -123,3 +123,19 @@ def test_lemire_rejections_are_flagged():
         if not rejected[0]:
             assert picks[0].tolist() == np.random.default_rng([0, layer]).integers(0, E, size=3).tolist()
     assert 0 < flagged < 40
+
+
+def test_uniform_picks_near_the_last_draw_count_only_the_difference():
+    """Over a power-of-two expert count, a draw of n slots after one of m slots of the same layers
+    adds (or removes) the counts of picks m..n-1: every draw of a walk up and down in slot counts
+    equals the generator's own picks, and the returned counts cannot be changed in place."""
+    from codesign.graph import router as rt
+
+    layers, E = [0, 3, 9, 10_064], 256
+    rt._LAST.clear()
+    for slots in (1000, 1010, 1003, 400, 2047, 1, 2, 2046, 5000):
+        got = rt.uniform_picks(7, layers, slots, E)
+        assert not got.flags.writeable
+        for row, layer in zip(got, layers):
+            picks = np.random.default_rng([7, layer]).integers(0, E, size=slots)
+            assert np.array_equal(row, np.bincount(picks, minlength=E))
