@@ -77,6 +77,63 @@ def extrapolate(s1: Segment, s2: Segment, t: int) -> Segment | None:
     return Segment(ops=ops, edges=s1.edges, entries=s1.entries, exit=s1.exit, params=s1.params, wall_s=0.0)
 
 
+class Linear:
+    """`extrapolate(s1, s2, t)` of two recordings one step apart, as a function of t compiled once
+    (one expression per op: a + (b - a) * t with b - a taken once), for the pairs a step asks for
+    at every shape (the embedding and head at a new batch)."""
+
+    def __init__(self, s1: Segment, s2: Segment) -> None:
+        self.s1, self.s2 = s1, s2
+        self._fn = _compile_linear(s1, s2)
+
+    @staticmethod
+    def build(s1: Segment, s2: Segment) -> "Linear | None":
+        """None when the two recordings differ in structure (as `extrapolate`)."""
+        return Linear(s1, s2) if same_structure(s1, s2) else None
+
+    def at(self, t: int) -> Segment:
+        s = self.s1
+        return Segment(ops=self._fn(t), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params, wall_s=0.0)
+
+    def at_reference(self, t: int) -> Segment:
+        return extrapolate(self.s1, self.s2, t)  # type: ignore[return-value]
+
+
+def _compile_linear(s1: Segment, s2: Segment) -> "Callable[[int], list[Op]]":
+    """A function t -> `extrapolate(s1, s2, t).ops`, value for value (see `_compile`)."""
+    consts: list = []
+
+    def num(x, y) -> str:
+        return f"({_literal(x, consts)} + {_literal(y - x, consts)} * t)"
+
+    def shapes(a: tuple, b: tuple) -> str:
+        if a == b:
+            return _const(a, consts)
+        return "(" + "".join((_const(p, consts) if p == q else "(" + "".join(num(x, y) + ", " for x, y in zip(p, q))
+                              + ")") + ", " for p, q in zip(a, b)) + ")"
+
+    def nbytes(a: dict, b: dict) -> str:
+        if a == b:
+            return _const(a, consts)
+        return "{" + ", ".join(f"{k!r}: {num(v, b[k])}" for k, v in a.items()) + "}"
+
+    rows = []
+    for a, b in zip(s1.ops, s2.ops):
+        tup = (lambda x, y: _const(x, consts) if x is None else "(" + "".join(num(p, q) + ", " for p, q in zip(x, y)) + ")")
+        fields = [_const(a.name, consts), _const(a.target, consts), repr(a.kind), repr(a.block), repr(a.layer),
+                  _const(a.layer_type, consts), repr(a.phase), shapes(a.in_shapes, b.in_shapes),
+                  shapes(a.out_shapes, b.out_shapes), _const(a.dtype, consts), num(a.flops, b.flops),
+                  nbytes(a.bytes_read, b.bytes_read), nbytes(a.bytes_written, b.bytes_written), repr(a.repeat),
+                  tup(a.gemm, b.gemm), tup(a.tokens_per_expert, b.tokens_per_expert),
+                  _const(a.expert_weight_bytes, consts), _const(a.expert_flops_per_token, consts),
+                  _const(a.collective, consts)]
+        rows.append("Op(" + ", ".join(fields) + ")")
+    src = "def at(t):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
+    scope = {"Op": Op, "C": consts}
+    exec(compile(src, "<codesign.graph.extrapolation.Linear>", "exec"), scope)
+    return scope["at"]
+
+
 def _coeffs(a, b, c, d):
     """(a, b - a, c - a, d - b - c + a) of a quantity recorded at (0, 0), (1, 0), (0, 1), (1, 1)
     sequences and cached tokens beyond the first recording: its value at (tb, tc) is
@@ -257,4 +314,4 @@ def _compile(table: list, prefix: str = "", layer: int | None = None, layer_type
     return scope["at"]
 
 
-__all__ = ["lerp", "lerp_shapes", "lerp_bytes", "same_structure", "extrapolate", "Bilinear"]
+__all__ = ["lerp", "lerp_shapes", "lerp_bytes", "same_structure", "extrapolate", "Linear", "Bilinear"]

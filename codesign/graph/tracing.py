@@ -27,7 +27,7 @@ import networkx as nx
 
 from codesign.errors import CodesignError
 from codesign.graph.op import BYTE_CLASSES, Op
-from codesign.graph.extrapolation import Bilinear, extrapolate, same_structure
+from codesign.graph.extrapolation import Bilinear, Linear, extrapolate, same_structure
 from codesign.graph.mixed import merge_segments
 from codesign.graph.router import RouterModel, make_router, routed_counts
 from codesign.graph.shape import StepShape
@@ -190,6 +190,11 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
         form = _form_at(config, seg, kind, phase, batch, tokens, context, use_disk)
         if form is not None:
             hit = _SHAPED[key] = form.at(batch - 1, context - CONTEXT_ANCHOR)
+    if hit is None and (context <= CONTEXT_ANCHOR + 1 or not _context_affine(config, seg)):
+        # batches 1 and 2 are recordings themselves (`_at_context`): their compiled extrapolation
+        line = _linear(config, seg, kind, phase, tokens, context, use_disk)
+        if line is not None:
+            hit = line.at(batch - 1)
     if hit is None:
         hit = extrapolate(_at_context(config, seg, kind, phase, 1, tokens, context, use_disk),
                            _at_context(config, seg, kind, phase, 2, tokens, context, use_disk), batch - 1)
@@ -209,6 +214,20 @@ def _form_at(config: ModelConfig, seg: str, kind: str, phase: str, batch: int, t
 
 
 _BILINEAR: dict[str, Bilinear | None] = {}
+_LINEAR: dict[str, Linear | None] = {}
+
+
+def _linear(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, context: int,
+            use_disk: bool) -> Linear | None:
+    """The batch extrapolation (`Linear`) of a segment recorded at batches 1 and 2 at `context`,
+    memoised (a few per model: the embedding, the head, short or windowed contexts)."""
+    key = f"{config.config_hash()}|{kind}|{phase}|{tokens}|{context}"
+    if key not in _LINEAR:
+        if len(_LINEAR) >= 1024:
+            _LINEAR.clear()
+        _LINEAR[key] = Linear.build(_recorded(config, seg, kind, phase, 1, tokens, context, use_disk),
+                                    _recorded(config, seg, kind, phase, 2, tokens, context, use_disk))
+    return _LINEAR[key]
 
 
 def _batches_differ(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, use_disk: bool) -> bool:

@@ -324,6 +324,27 @@ def test_compiled_bilinear_form_equals_its_reference(phase, tokens):
             assert (got.edges, got.entries, got.exit) == (ref.edges, ref.entries, ref.exit)
 
 
+@pytest.mark.parametrize("seg,phase,tokens", [("embed", "decode", 1), ("head", "decode", 1), ("3", "prefill", 64),
+                                              ("0", "decode", 1)])
+def test_compiled_linear_extrapolation_equals_extrapolate(seg, phase, tokens):
+    """`Linear.at` (compiled) gives every op field of `extrapolate` with the same type and bits,
+    sharing the recording's constant objects the same way, at batches beyond and below the two."""
+    from codesign.graph import extrapolation as ex, tracing as tm
+
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    kind = seg if not seg.isdigit() else cfg.layer_kind(int(seg))
+    one, two = (tm._recorded(cfg, seg, kind, phase, b, tokens, 0, False) for b in (1, 2))
+    line = ex.Linear.build(one, two)
+    assert line is not None
+    for t in (-1, 0, 1, 99, 4095):
+        got, ref = line.at(t), ex.extrapolate(one, two, t)
+        assert [_exact(o) for o in got.ops] == [_exact(o) for o in ref.ops]
+        for g, r, a in zip(got.ops, ref.ops, one.ops):
+            assert (g.bytes_read is a.bytes_read) == (r.bytes_read is a.bytes_read)
+            assert (g.in_shapes is a.in_shapes) == (r.in_shapes is a.in_shapes)
+        assert (got.edges, got.entries, got.exit) == (ref.edges, ref.entries, ref.exit)
+
+
 @pytest.mark.parametrize("model", ["qwen3.5-397b-a17b", "deepseek-v3"])
 def test_skeleton_ops_equal_assembled_segments(model):
     """`skeleton_ops` (decoder layers of a bilinear form placed at once) gives the ops, edges and
