@@ -78,10 +78,12 @@ def _half(op: Op) -> Op:
 
 def _halved(d: dict[str, float]) -> dict[str, float]:
     """A byte dict for one of two micro-batches: every class halves but the weights."""
-    if len(d) == 4 and "weight" in d and "activation" in d and "kv_cache" in d and "state" in d:
-        # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
-        return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
-                "state": d["state"] / 2}
+    if len(d) == 4:
+        try:  # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
+            return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
+                    "state": d["state"] / 2}
+        except KeyError:
+            pass
     return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
@@ -543,8 +545,11 @@ def _totals(pairs: Iterable[tuple[Op, OpCost]]) -> tuple[dict[str, float], dict[
     """Seconds of (op, cost) pairs by block and by resource."""
     block_t: dict[str, float] = defaultdict(float)
     res_t: dict[str, float] = defaultdict(float)
-    for o, c in pairs:
-        _account(block_t, res_t, o.block, c, 1.0)
+    names = BOTTLENECK_NAMES
+    for o, c in pairs:  # `_account(..., 1.0)` written out
+        t = 1.0 * c.time_s
+        block_t[o.block] += t
+        res_t[names[c.bottleneck]] += t
     return dict(block_t), dict(res_t)
 
 

@@ -128,6 +128,7 @@ class StepModel:
         self._simulator = StepSimulator(hw, self.cost_model, self.options.two_batch_overlap)
         # mapping templates: shared across step models, or this one's own where nothing is shared
         self._templates = TEMPLATES if cache else BoundedCache("mapping templates", 8)
+        self._nodes_of: tuple[nx.DiGraph, dict[int, list], int] | None = None
 
     def step(self, shape: StepShape) -> StepResult:
         from codesign.graph import tracing as tr
@@ -189,6 +190,17 @@ class StepModel:
         experts, ranks, mapper = remapped
         return dataclasses.replace(mapped, expert_ranks=ranks, experts=mapper), {**ops, **experts}
 
+    def _layer_nodes(self, g: nx.DiGraph) -> dict[int, list]:
+        """Layer -> the nodes of `g` in insertion order, kept for the last graph (a template is
+        simulated again at every shape of its structure)."""
+        hit = self._nodes_of
+        if hit is None or hit[0] is not g or hit[2] != g.number_of_nodes():
+            by_layer: dict[int, list] = {}
+            for n, op in g.nodes(data="op"):
+                by_layer.setdefault(op.layer, []).append(n)
+            hit = self._nodes_of = (g, by_layer, g.number_of_nodes())
+        return hit[1]
+
     def _skeleton_graph(self, shape: StepShape) -> tuple[nx.DiGraph, dict]:
         """(the skeleton's graph, its routing): see `_skeleton`."""
         sk = self._skeleton(shape)
@@ -228,9 +240,11 @@ class StepModel:
         `replaced`: node -> op in place of the mapped graph's."""
         from codesign.graph import tracing as tr
 
+        nodes = self._layer_nodes(mapped.graph)
+        graph_ops = mapped.graph.nodes
         by_layer: dict[int, list[Op]] = {}
-        for n, op in mapped.graph.nodes(data="op"):
-            by_layer.setdefault(op.layer, []).append(replaced.get(n, op))
+        for tmpl in routing:
+            by_layer[tmpl] = [replaced.get(n) or graph_ops[n]["op"] for n in nodes.get(tmpl, ())]
         routed_layers = {layer for _, layers, _ in routing.values() for layer in layers}
         out = {layer: VirtualLayer(tmpl, {}) for layer, tmpl in self.template.items() if layer not in routed_layers}
         fast: list[RoutedLayers] = []
