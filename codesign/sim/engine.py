@@ -198,12 +198,12 @@ class StepSimulator:
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
     def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency,
-                    halves: dict[int, tuple[Op, Op]], layout: "_Layout | None" = None) -> tuple[float, bool]:
+                    halves: dict[int, tuple[Op, Op]] | None, layout: "_Layout | None" = None) -> tuple[float, bool]:
         """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
         theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
         structure; looked up once per `layout`, a template graph's, when given). `halves`: id(op)
         -> (op, its half, `_half`), kept by the caller across steps that share op objects
-        (hardware variants of one mapped step)."""
+        (hardware variants of one mapped step); None: the half ops are made and not kept."""
         kinds = [o.kind for o in ops]
         plan = layout.plan(g, nodes, kinds) if layout is not None else _plan(g, nodes, kinds)
         order = plan.order
@@ -213,6 +213,8 @@ class StepSimulator:
         cost = self.cost.cost
 
         def half_of(op: Op) -> Op:
+            if halves is None:
+                return _half(op)
             hit = halves.get(id(op))
             if hit is None or hit[0] is not op:
                 if len(halves) >= 8192:  # a long sweep's remapped expert ops: bounded
@@ -391,7 +393,7 @@ class StepSimulator:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
-                t, used = self._group_time(g, nodes, ops, costs, residency, {} if halves is None else halves, layout)
+                t, used = self._group_time(g, nodes, ops, costs, residency, halves, layout)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))

@@ -146,7 +146,7 @@ class StepModel:
         virtual, routed = self._virtual(mapped, ops, skeleton.routing)
         return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops, halves)
 
-    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op], dict]:
+    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op], dict | None]:
         """(the mapped skeleton, node -> op in place of the mapped graph's, the engine's memo of
         two-batch-overlap half ops, kept with the mapping for hardware variants). Single-stage plans
         map a skeleton once per hardware rates (`MAPPED`: a sweep's variants differ in the rates
@@ -157,7 +157,7 @@ class StepModel:
         rates = self.cost_model.rank_rates()
         if self.plan.pp > 1:
             return mapping.map_step(skeleton.graph(), self.config, self.hw, self.plan, self.precision,
-                                    **self.options.map_kwargs(), rates=rates), {}, {}
+                                    **self.options.map_kwargs(), rates=rates), {}, None
         common = (self.config.config_hash(), self.plan, self.precision, self.options, self.hw.system.scale_up.size)
         key = None
         if self._router_key is not None:
@@ -176,9 +176,10 @@ class StepModel:
                                       **self.options.map_kwargs(), rates=rates)
             ops = {}
             self._templates.put(tkey, mapped)
+        if key is None:
+            return mapped, ops, None  # nothing kept: the engine keeps no half ops either
         halves: dict = {}
-        if key is not None:
-            MAPPED.put(key, (skeleton, mapped, ops, halves))  # holds the skeleton: its id is not reused meanwhile
+        MAPPED.put(key, (skeleton, mapped, ops, halves))  # holds the skeleton: its id is not reused meanwhile
         return mapped, ops, halves
 
     def _rerated(self, mapped: mapping.MappedStep, ops: dict[int, Op], skeleton: Skeleton,
