@@ -393,7 +393,20 @@ def step_segments(config: ModelConfig, shape: StepShape, include_mtp: bool = Fal
 
 def router_layers(config: ModelConfig, include_mtp: bool = False) -> dict[int, int]:
     """Router draw index of each MoE layer: the n-th MoE decoder layer draws with index n; MTP head
-    layer L draws with 10_000 + L."""
+    layer L draws with 10_000 + L. Memoised per config (a new copy each call)."""
+    key = (config.config_hash(), include_mtp)
+    hit = _ROUTER_LAYERS.get(key)
+    if hit is None:
+        if len(_ROUTER_LAYERS) >= 256:
+            _ROUTER_LAYERS.clear()
+        hit = _ROUTER_LAYERS[key] = _router_layers(config, include_mtp)
+    return dict(hit)
+
+
+_ROUTER_LAYERS: dict[tuple[str, bool], dict[int, int]] = {}
+
+
+def _router_layers(config: ModelConfig, include_mtp: bool) -> dict[int, int]:
     out: dict[int, int] = {}
     if config.moe is None:
         return out
