@@ -225,15 +225,21 @@ class StepSimulator:
         if self.tbo is None:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
             # terms are not negative, so the half ops are costed only until it reaches `plain`.
-            half = []
+            # The collectives do not enter the bound: they are costed only where it is not reached.
+            half: list[float] = []
             bound = 0.0
             for i, k in zip(order, plan.kinds):
+                if k == "collective":
+                    half.append(-1.0)
+                    continue
                 h = cost(half_of(ops[i]), residency).time_s
                 half.append(h)
-                if k != "collective":
-                    bound += h
-                    if 2 * bound >= plain:
-                        return plain, False
+                bound += h
+                if 2 * bound >= plain:
+                    return plain, False
+            for j, (i, k) in enumerate(zip(order, plan.kinds)):
+                if k == "collective":
+                    half[j] = cost(half_of(ops[i]), residency).time_s
         else:
             half = [cost(half_of(ops[i]), residency).time_s for i in order]
         one, two = plan.tbo()
