@@ -477,7 +477,7 @@ class _RoutedTimes:
     def __init__(self, group: RoutedLayers, cm: CostModel, residency: Residency, rep: "_Rep", op_of: dict,
                  costs: dict) -> None:
         self.group, self.rep = group, rep
-        self.costs = group.costs(cm, residency, [op_of[n] for n in rep.nodes])
+        self.costs = group.times(cm, residency, [op_of[n] for n in rep.nodes])
         nodes = rep.nodes
         e = group.expert_pos
         # (position, the representative's value there, its cost, its block): expert op, then all-to-alls
@@ -492,7 +492,7 @@ class _RoutedTimes:
 
     def time(self, j: int, block_t: dict, res_t: dict) -> float:
         """Seconds of layer j of the group; its op time added to `block_t` and `res_t`."""
-        expert_cost, a2a_costs = self.costs[j]
+        expert_cost, a2a_times = self.costs[j]
         group = self.group
         imb = float(group.imbalance[j])
         t = self.rep.time
@@ -502,16 +502,16 @@ class _RoutedTimes:
                 _, tpe, rc, block = self.expert
                 if group.blocks[j] == tpe:
                     continue
-                c = expert_cost
+                secs, res = expert_cost.time_s, names[expert_cost.bottleneck]
             else:
                 _, rep_imb, rc, block = self.a2a[k]
                 if imb == rep_imb:
                     continue
-                c = a2a_costs[k]
-            t += c.time_s - rc.time_s
-            # `_account(+c)` then `_account(-rc)`, written out
-            block_t[block] += c.time_s
-            res_t[names[c.bottleneck]] += c.time_s
+                secs, res = a2a_times[k], names["link"]  # an all-to-all: its seconds, on the link
+            t += secs - rc.time_s
+            # `_account(+cost)` then `_account(-rc)`, written out
+            block_t[block] += secs
+            res_t[res] += secs
             block_t[block] += -1.0 * rc.time_s
             res_t[names[rc.bottleneck]] += -1.0 * rc.time_s
         for k, v in self.blocks:

@@ -61,6 +61,10 @@ class RoutedLayers:
     def costs(self, cm: CostModel, residency: Residency, template_ops: list[Op]) -> list[tuple[OpCost, list[OpCost]]]:
         """Per layer: (expert-op cost, the all-to-alls' costs in `a2a_pos` order), as
         `CostModel.cost` gives for the layer's ops."""
+        return [(c, [OpCost(t, 0.0, 0.0, 0.0, "link") for t in a2a]) for c, a2a in self.times(cm, residency, template_ops)]
+
+    def times(self, cm: CostModel, residency: Residency, template_ops: list[Op]) -> list[tuple[OpCost, list[float]]]:
+        """`costs` with the all-to-alls as their seconds alone (link-bound, nothing else)."""
         expert = template_ops[self.expert_pos]
         k_ramp = cm._grouped_k_ramp(expert)
         overhead = cm.overhead(expert)
@@ -72,8 +76,7 @@ class RoutedLayers:
             c = cm.grouped_seconds(flops, padded, routed, k_ramp)
             m, level = cm.memory_seconds("grouped_gemm", *cm.byte_split("grouped_gemm", rd, wr, residency))
             x = float(imb or 1.0)
-            out.append((cm.combine(c, "matrix", m, level, overhead),
-                        [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
+            out.append((cm.combine(c, "matrix", m, level, overhead), [p[0] * x + p[1] for p in parts]))
         return out
 
 
