@@ -12,7 +12,12 @@ structure (another kernel path) there is no extrapolation (None) and the caller 
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 import math
+import os
+import sys
+from types import CodeType
 from typing import Callable
 
 from codesign.graph.op import Op
@@ -130,7 +135,7 @@ def _compile_linear(s1: Segment, s2: Segment) -> "Callable[[int], list[Op]]":
         rows.append("Op(" + ", ".join(fields) + ")")
     src = "def at(t):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
     scope = {"Op": Op, "C": consts}
-    exec(compile(src, "<codesign.graph.extrapolation.Linear>", "exec"), scope)
+    exec(_code(src, "<codesign.graph.extrapolation.Linear>"), scope)
     return scope["at"]
 
 
@@ -289,6 +294,39 @@ def _bytes_src(d, consts: list) -> str:
     return "{" + ", ".join(f"{key!r}: {_expr(v, consts)}" for key, v in d) + "}"
 
 
+_CODE: dict[str, CodeType] = {}  # compiled evaluators' code by the hash of their source
+
+
+def _code(src: str, filename: str) -> CodeType:
+    """`compile(src)`, memoised in this process and on disk beside the recordings (a layer kind's
+    evaluator takes 20-30 ms to compile, about 1 ms to load); a missing, stale or corrupt file is
+    compiled again, and a read-only cache is no reason to fail."""
+    key = hashlib.sha256(src.encode()).hexdigest()[:24]
+    hit = _CODE.get(key)
+    if hit is not None:
+        return hit
+    from codesign.graph.tracing import cache_dir  # where the recordings are kept (imported here: no cycle)
+
+    path = cache_dir() / "code" / f"{key}.{sys.implementation.cache_tag}.marshal"
+    try:
+        hit = marshal.loads(path.read_bytes())
+        if not isinstance(hit, CodeType):
+            hit = None
+    except Exception:  # absent, unreadable or from another interpreter: compile it
+        hit = None
+    if hit is None:
+        hit = compile(src, filename, "exec")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(marshal.dumps(hit))
+            tmp.replace(path)
+        except OSError:
+            pass
+    _CODE[key] = hit
+    return hit
+
+
 def _compile(table: list, prefix: str = "", layer: int | None = None, layer_type: str | None = None
              ) -> "Callable[[int, int, int], list[Op]]":
     """A function (tb, tc, tb * tc) -> the form's ops, equal to `Bilinear.at_reference` value for
@@ -310,7 +348,7 @@ def _compile(table: list, prefix: str = "", layer: int | None = None, layer_type
         rows.append("Op(" + ", ".join(fields) + ")")
     src = "def at(tb, tc, tbc):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
     scope = {"Op": Op, "C": consts}
-    exec(compile(src, "<codesign.graph.extrapolation.Bilinear>", "exec"), scope)
+    exec(_code(src, "<codesign.graph.extrapolation.Bilinear>"), scope)
     return scope["at"]
 
 

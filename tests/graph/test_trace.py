@@ -442,3 +442,23 @@ def test_shape_derived_segments_are_bounded_least_recently_used_first():
     memo["d"] = None
     assert list(memo) == ["c", "a", "d"] and "b" not in memo
     assert "d" in memo and memo.get("d") is None and memo.get("zz", 1) == 1
+
+
+def test_compiled_evaluators_code_is_kept_on_disk(tmp_path, monkeypatch):
+    """An evaluator's code is compiled once and kept beside the recordings: a fresh process (memo
+    cleared) loads it and evaluates the same ops; a corrupt file is compiled again, not fatal."""
+    from codesign.graph import extrapolation as ex, tracing as tm
+
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path))
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    one, two = (tm._recorded(cfg, "head", "head", "decode", b, 1, 0, True) for b in (1, 2))
+    want = [_exact(o) for o in ex.extrapolate(one, two, 41).ops]
+    ex._CODE.clear()
+    assert [_exact(o) for o in ex.Linear(one, two).at(41).ops] == want
+    files = list((tmp_path / "code").glob("*.marshal"))
+    assert len(files) == 1
+    ex._CODE.clear()
+    assert [_exact(o) for o in ex.Linear(one, two).at(41).ops] == want  # loaded from the file
+    files[0].write_bytes(b"not marshal data")
+    ex._CODE.clear()
+    assert [_exact(o) for o in ex.Linear(one, two).at(41).ops] == want  # compiled again
