@@ -82,6 +82,11 @@ def extrapolate(s1: Segment, s2: Segment, t: int) -> Segment | None:
     return Segment(ops=ops, edges=s1.edges, entries=s1.entries, exit=s1.exit, params=s1.params, wall_s=0.0)
 
 
+# Evaluations of a form (or a placement) by the table-driven reference before its evaluator is
+# compiled: a form asked for once (a one-off chunk length) is not worth its 20-30 ms compile.
+COMPILE_AFTER = 2
+
+
 class Linear:
     """`extrapolate(s1, s2, t)` of two recordings one step apart, as a function of t compiled once
     (one expression per op: a + (b - a) * t with b - a taken once), for the pairs a step asks for
@@ -89,7 +94,8 @@ class Linear:
 
     def __init__(self, s1: Segment, s2: Segment) -> None:
         self.s1, self.s2 = s1, s2
-        self._fn = _compile_linear(s1, s2)
+        self._fn: Callable[[int], list[Op]] | None = None
+        self._uses = 0
 
     @staticmethod
     def build(s1: Segment, s2: Segment) -> "Linear | None":
@@ -97,8 +103,14 @@ class Linear:
         return Linear(s1, s2) if same_structure(s1, s2) else None
 
     def at(self, t: int) -> Segment:
+        fn = self._fn
+        if fn is None:
+            self._uses += 1
+            if self._uses < COMPILE_AFTER:
+                return self.at_reference(t)
+            fn = self._fn = _compile_linear(self.s1, self.s2)
         s = self.s1
-        return Segment(ops=self._fn(t), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params, wall_s=0.0)
+        return Segment(ops=fn(t), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params, wall_s=0.0)
 
     def at_reference(self, t: int) -> Segment:
         return extrapolate(self.s1, self.s2, t)  # type: ignore[return-value]
@@ -183,8 +195,10 @@ class Bilinear:
 
     def __init__(self, s11: Segment, s21: Segment, s12: Segment, s22: Segment) -> None:
         self.segment = s11
-        self._fn = None  # the compiled evaluator, built on first use
-        self._placed: dict[tuple[str, int, str], Callable[[int, int, int], list[Op]]] = {}
+        self._fn = None  # the compiled evaluator, built at the COMPILE_AFTER-th use
+        self._uses = 0
+        # per placement: its compiled evaluator, or how often it was evaluated without one
+        self._placed: dict[tuple[str, int, str], Callable[[int, int, int], list[Op]] | int] = {}
         self.ops = []
         for a, b, c, d in zip(s11.ops, s21.ops, s12.ops, s22.ops):
             self.ops.append((
@@ -211,6 +225,9 @@ class Bilinear:
         values of `at_reference`, from this form's compiled evaluator (`_compile`)."""
         fn = self._fn
         if fn is None:
+            self._uses += 1
+            if self._uses < COMPILE_AFTER:
+                return self.at_reference(tb, tc)
             fn = self._fn = _compile(self.ops)
         s = self.segment
         return Segment(ops=fn(tb, tc, tb * tc), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params,
@@ -222,9 +239,16 @@ class Bilinear:
         made directly by an evaluator compiled per placement."""
         key = (prefix, layer, layer_type)
         fn = self._placed.get(key)
-        if fn is None:
+        if not callable(fn):
+            uses = (fn or 0) + 1
             if len(self._placed) >= 512:
                 self._placed.clear()
+            if uses < COMPILE_AFTER:
+                self._placed[key] = uses
+                return [Op(prefix + o.name, o.target, o.kind, o.block, layer, layer_type, o.phase, o.in_shapes,
+                           o.out_shapes, o.dtype, o.flops, o.bytes_read, o.bytes_written, o.repeat, o.gemm,
+                           o.tokens_per_expert, o.expert_weight_bytes, o.expert_flops_per_token, o.collective)
+                        for o in self.at_reference(tb, tc).ops]
             fn = self._placed[key] = _compile(self.ops, prefix, layer, layer_type)
         return fn(tb, tc, tb * tc)
 
