@@ -22,6 +22,7 @@ time in the same order as for a layer of the graph (`StepSimulator.simulate(rout
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,8 @@ import numpy as np
 from codesign.graph.op import BYTE_CLASSES, Op
 from codesign.mapping.experts import ExpertMapper
 from codesign.sim.cost import CostModel, OpCost, Residency
+
+assert BYTE_CLASSES == ("weight", "activation", "kv_cache", "state")  # the order `_per_layer` spells out
 
 
 @dataclass
@@ -130,36 +133,47 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     per = E // ep
     blocks = shares.reshape(len(layers), ep, per)
     tokens = blocks.sum(axis=2)
-    touched = per - (blocks == 0).sum(axis=2)
+    touched = np.count_nonzero(blocks, axis=2)  # per - the experts without tokens
     scale = mapper.scaler.scale
     fpt = traced.expert_flops_per_token / moe_tp
     ewb = traced.expert_weight_bytes * scale["weight"]
     times = np.maximum(tokens * fpt / mapper.flop_rate, touched * (ewb / moe_tp) / mapper.byte_rate)
     ranks = times.argmax(axis=1).tolist()  # the first of equal maxima, as ExpertMapper's scan
     rows = blocks[np.arange(len(layers)), ranks]  # each layer's slowest rank's tokens per expert
+    tsum = tokens.sum(axis=1)
     return RoutedLayers(template, list(layers), expert_pos, a2a_pos, [tuple(r) for r in rows.tolist()],
-                        *_per_layer(traced, tokens, ranks, counts.sum(axis=1), (rows == 0).sum(axis=1), per, ep,
-                                    moe_tp, ewb, scale), rows)
+                        *_per_layer(traced, tokens, tsum, ranks, tsum if dp == 1 else counts.sum(axis=1),
+                                    per - np.count_nonzero(rows, axis=1), per, ep, moe_tp, ewb, scale), rows)
 
 
-def _per_layer(traced: Op, tokens: np.ndarray, ranks: list[int], routed: np.ndarray, zeros: np.ndarray, per: int,
-               ep: int, moe_tp: int, ewb: float, scale: dict[str, float]
+def _per_layer(traced: Op, tokens: np.ndarray, tsum: np.ndarray, ranks: list[int], routed: np.ndarray,
+               zeros: np.ndarray, per: int, ep: int, moe_tp: int, ewb: float, scale: dict[str, float]
                ) -> tuple[list[float], list[float], list[dict[str, float]], list[dict[str, float]]]:
     """(imbalance, FLOPs, bytes read, bytes written) of each layer's expert op on its slowest rank
     (`tokens`: layers x ranks): `ExpertMapper._rank_op`'s arithmetic, each value computed by the
     same IEEE operations in the same order, over all layers at once (the counts are integers far
     below 2^53, so numpy's int-to-float conversions are exact, as Python's are; the FLOPs, a
     product of Python numbers, are taken in Python)."""
-    t = tokens[np.arange(len(ranks)), ranks]
-    mean = tokens.sum(axis=1) / ep
+    L = len(ranks)
+    t = tokens[np.arange(L), ranks]
+    mean = tsum / ep
     imbalance = np.where(mean > 0, tokens.max(axis=1) / np.where(mean > 0, mean, 1.0), 1.0).tolist()
     share = t / np.where(routed != 0, routed.astype(np.float64), 1.0)
-    rd = [(traced.bytes_read.get(c, 0.0) * share * scale[c]).tolist() for c in BYTE_CLASSES]
-    rd[0] = ((per - zeros) * ewb / moe_tp).tolist()  # the weight: the rank's touched experts
-    wr = [(traced.bytes_written.get(c, 0.0) * share * scale[c]).tolist() for c in BYTE_CLASSES]
+
+    def scaled(b, c: str) -> list[float]:
+        # b * share * scale[c]; a zero (+0.0) class stays +0.0 (share and scale are finite, >= 0)
+        sc = scale[c]
+        if b == 0 and math.copysign(1.0, b) > 0 and 0 <= sc < math.inf:
+            return [0.0] * L
+        return (b * share * sc).tolist()
+
+    rd = [((per - zeros) * ewb / moe_tp).tolist()]  # the weight: the rank's touched experts
+    rd += [scaled(traced.bytes_read.get(c, 0.0), c) for c in BYTE_CLASSES[1:]]
+    wr = [scaled(traced.bytes_written.get(c, 0.0), c) for c in BYTE_CLASSES]
     fpt = traced.expert_flops_per_token
     return (imbalance, [x * fpt / moe_tp for x in t.tolist()],
-            [dict(zip(BYTE_CLASSES, v)) for v in zip(*rd)], [dict(zip(BYTE_CLASSES, v)) for v in zip(*wr)])
+            [{"weight": w, "activation": a, "kv_cache": k, "state": st} for w, a, k, st in zip(*rd)],
+            [{"weight": w, "activation": a, "kv_cache": k, "state": st} for w, a, k, st in zip(*wr)])
 
 
 __all__ = ["RoutedLayers", "route", "routed_positions"]
