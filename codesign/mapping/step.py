@@ -71,7 +71,7 @@ from codesign.mapping.collectives import collective_time, make_collective
 from codesign.mapping.experts import ExpertMapper, dispatch_fanout
 from codesign.mapping.memory import TP_BLOCKS, stage_layers as _stage_layers
 from codesign.mapping.plan import ParallelPlan, Precision, check_plan
-from codesign.mapping.scaling import Scaler, op_with
+from codesign.mapping.scaling import OP_FIELDS_KNOWN, Scaler
 from codesign.models.config import ModelConfig
 
 FP8_SCALE_OVERHEAD = 4.0 / 128  # one fp32 scale per 128 fp8 values (DeepEP dispatch layout)
@@ -319,11 +319,13 @@ class _Context:
         """`shard` of every op (node i holds ops[i]) -> node -> op; each routed-expert op's slowest
         rank and imbalance go to `ranks` and `imbalance` by layer. The same values as `shard` op by
         op, in one loop (a new shape's skeleton: ~200 ops)."""
+        if not OP_FIELDS_KNOWN:  # Op changed: the generic path (tests/sim/test_engine.py says so)
+            return self._shard_each(ops, ranks, imbalance)
         out: dict[int, Op] = {}
         moe = self.config.moe is not None
         tok, tp, ftp = self.tok_att, self.tp, self.flops_tp
         scaler = self.scaler
-        scaled = scaler.scaled
+        sw, sa, sk, ss = scaler._scales
         rep = scaler.factors(self.f_rep)
         by_block: dict[str, tuple[float, float, float, float]] = {}
         for n, op in enumerate(ops):
@@ -341,8 +343,27 @@ class _Context:
                 ff, w = ftp, tp
             else:  # replicated over tp: norms, router, residual glue
                 f, ff, w = rep, tok, 1
-            out[n] = op_with(op, op.flops * ff, scaled(op.bytes_read, f), scaled(op.bytes_written, f),
-                             None if op.gemm is None else _gemm_shape(op, tok, w))
+            fw, fa, fk, fs = f
+            r, x = op.bytes_read.get, op.bytes_written.get
+            # `op_with(op, ..., Scaler.scaled(...) x 2, gemm)` written out: bytes * f[c] * scale(c)
+            out[n] = Op(op.name, op.target, op.kind, block, op.layer, op.layer_type, op.phase, op.in_shapes,
+                        op.out_shapes, op.dtype, op.flops * ff,
+                        {"weight": r("weight", 0.0) * fw * sw, "activation": r("activation", 0.0) * fa * sa,
+                         "kv_cache": r("kv_cache", 0.0) * fk * sk, "state": r("state", 0.0) * fs * ss},
+                        {"weight": x("weight", 0.0) * fw * sw, "activation": x("activation", 0.0) * fa * sa,
+                         "kv_cache": x("kv_cache", 0.0) * fk * sk, "state": x("state", 0.0) * fs * ss},
+                        op.repeat, None if op.gemm is None else _gemm_shape(op, tok, w), op.tokens_per_expert,
+                        op.expert_weight_bytes, op.expert_flops_per_token, op.collective)
+        return out
+
+    def _shard_each(self, ops: Sequence[Op], ranks: dict[int, int], imbalance: dict[int, float]) -> dict[int, Op]:
+        out: dict[int, Op] = {}
+        for n, op in enumerate(ops):
+            new, rank, imb = self.shard(op)
+            if rank is not None:
+                ranks[op.layer] = rank
+                imbalance[op.layer] = imb  # type: ignore[assignment]
+            out[n] = new
         return out
 
 
