@@ -29,7 +29,7 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
-from codesign.mapping.scaling import op_with
+from codesign.mapping.scaling import OP_FIELDS_KNOWN, op_with
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
@@ -73,6 +73,10 @@ def _half(op: Op) -> Op:
     tpe = op.tokens_per_expert
     if tpe is not None:
         tpe = tuple([(t + 1) // 2 for t in tpe])
+    if OP_FIELDS_KNOWN:  # `op_with` written out
+        return Op(op.name, op.target, op.kind, op.block, op.layer, op.layer_type, op.phase, op.in_shapes,
+                  op.out_shapes, op.dtype, op.flops / 2, br, bw, op.repeat, gemm, tpe, op.expert_weight_bytes,
+                  op.expert_flops_per_token, op.collective)
     return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
 
 
