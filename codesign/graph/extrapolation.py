@@ -347,6 +347,8 @@ def _code(src: str, filename: str) -> CodeType:
             tmp.replace(path)
         except OSError:
             pass
+    if len(_CODE) >= 1024:
+        _CODE.clear()
     _CODE[key] = hit
     return hit
 

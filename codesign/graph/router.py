@@ -139,7 +139,7 @@ def _power_of_two_picks(seed: int, layers: list[int], slots: int, E: int) -> np.
     else:
         out = _counts(seed, layers, 0, slots, E)
     out.flags.writeable = False
-    if len(_LAST) >= 256:
+    if len(_LAST) >= 64:  # each a layers x experts array (about 180 KB for 44 layers x 512)
         _LAST.clear()
     _LAST[key] = (slots, out)
     return out
