@@ -12,6 +12,14 @@ structure (another kernel path) there is no extrapolation (None) and the caller 
 
 from __future__ import annotations
 
+import hashlib
+import marshal
+import math
+import os
+import sys
+from types import CodeType
+from typing import Callable
+
 from codesign.graph.op import Op
 from codesign.graph.segment import Segment
 
@@ -74,6 +82,75 @@ def extrapolate(s1: Segment, s2: Segment, t: int) -> Segment | None:
     return Segment(ops=ops, edges=s1.edges, entries=s1.entries, exit=s1.exit, params=s1.params, wall_s=0.0)
 
 
+# Evaluations of a form (or a placement) by the table-driven reference before its evaluator is
+# compiled: a form asked for once (a one-off chunk length) is not worth its 20-30 ms compile.
+COMPILE_AFTER = 2
+
+
+class Linear:
+    """`extrapolate(s1, s2, t)` of two recordings one step apart, as a function of t compiled once
+    (one expression per op: a + (b - a) * t with b - a taken once), for the pairs a step asks for
+    at every shape (the embedding and head at a new batch)."""
+
+    def __init__(self, s1: Segment, s2: Segment) -> None:
+        self.s1, self.s2 = s1, s2
+        self._fn: Callable[[int], list[Op]] | None = None
+        self._uses = 0
+
+    @staticmethod
+    def build(s1: Segment, s2: Segment) -> "Linear | None":
+        """None when the two recordings differ in structure (as `extrapolate`)."""
+        return Linear(s1, s2) if same_structure(s1, s2) else None
+
+    def at(self, t: int) -> Segment:
+        fn = self._fn
+        if fn is None:
+            self._uses += 1
+            if self._uses < COMPILE_AFTER:
+                return self.at_reference(t)
+            fn = self._fn = _compile_linear(self.s1, self.s2)
+        s = self.s1
+        return Segment(ops=fn(t), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params, wall_s=0.0)
+
+    def at_reference(self, t: int) -> Segment:
+        return extrapolate(self.s1, self.s2, t)  # type: ignore[return-value]
+
+
+def _compile_linear(s1: Segment, s2: Segment) -> "Callable[[int], list[Op]]":
+    """A function t -> `extrapolate(s1, s2, t).ops`, value for value (see `_compile`)."""
+    consts: list = []
+
+    def num(x, y) -> str:
+        return f"({_literal(x, consts)} + {_literal(y - x, consts)} * t)"
+
+    def shapes(a: tuple, b: tuple) -> str:
+        if a == b:
+            return _const(a, consts)
+        return "(" + "".join((_const(p, consts) if p == q else "(" + "".join(num(x, y) + ", " for x, y in zip(p, q))
+                              + ")") + ", " for p, q in zip(a, b)) + ")"
+
+    def nbytes(a: dict, b: dict) -> str:
+        if a == b:
+            return _const(a, consts)
+        return "{" + ", ".join(f"{k!r}: {num(v, b[k])}" for k, v in a.items()) + "}"
+
+    rows = []
+    for a, b in zip(s1.ops, s2.ops):
+        tup = (lambda x, y: _const(x, consts) if x is None else "(" + "".join(num(p, q) + ", " for p, q in zip(x, y)) + ")")
+        fields = [_const(a.name, consts), _const(a.target, consts), repr(a.kind), repr(a.block), repr(a.layer),
+                  _const(a.layer_type, consts), repr(a.phase), shapes(a.in_shapes, b.in_shapes),
+                  shapes(a.out_shapes, b.out_shapes), _const(a.dtype, consts), num(a.flops, b.flops),
+                  nbytes(a.bytes_read, b.bytes_read), nbytes(a.bytes_written, b.bytes_written), repr(a.repeat),
+                  tup(a.gemm, b.gemm), tup(a.tokens_per_expert, b.tokens_per_expert),
+                  _const(a.expert_weight_bytes, consts), _const(a.expert_flops_per_token, consts),
+                  _const(a.collective, consts)]
+        rows.append("Op(" + ", ".join(fields) + ")")
+    src = "def at(t):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
+    scope = {"Op": Op, "C": consts}
+    exec(_code(src, "<codesign.graph.extrapolation.Linear>"), scope)
+    return scope["at"]
+
+
 def _coeffs(a, b, c, d):
     """(a, b - a, c - a, d - b - c + a) of a quantity recorded at (0, 0), (1, 0), (0, 1), (1, 1)
     sequences and cached tokens beyond the first recording: its value at (tb, tc) is
@@ -118,6 +195,10 @@ class Bilinear:
 
     def __init__(self, s11: Segment, s21: Segment, s12: Segment, s22: Segment) -> None:
         self.segment = s11
+        self._fn = None  # the compiled evaluator, built at the COMPILE_AFTER-th use
+        self._uses = 0
+        # per placement: its compiled evaluator, or how often it was evaluated without one
+        self._placed: dict[tuple[str, int, str], Callable[[int, int, int], list[Op]] | int] = {}
         self.ops = []
         for a, b, c, d in zip(s11.ops, s21.ops, s12.ops, s22.ops):
             self.ops.append((
@@ -140,6 +221,40 @@ class Bilinear:
         return Bilinear(s11, s21, s12, s22)
 
     def at(self, tb: int, tc: int) -> Segment:
+        """The segment at `tb` sequences and `tc` cached tokens beyond the first recording: the
+        values of `at_reference`, from this form's compiled evaluator (`_compile`)."""
+        fn = self._fn
+        if fn is None:
+            self._uses += 1
+            if self._uses < COMPILE_AFTER:
+                return self.at_reference(tb, tc)
+            fn = self._fn = _compile(self.ops)
+        s = self.segment
+        return Segment(ops=fn(tb, tc, tb * tc), edges=s.edges, entries=s.entries, exit=s.exit, params=s.params,
+                       wall_s=0.0)
+
+    def placed_at(self, tb: int, tc: int, prefix: str, layer: int, layer_type: str) -> list[Op]:
+        """The ops of `at(tb, tc)` as a step places them at decoder layer `layer`: names prefixed,
+        `layer` and `layer_type` set (what `codesign.graph.tracing.assemble_ops` copies them to),
+        made directly by an evaluator compiled per placement."""
+        key = (prefix, layer, layer_type)
+        fn = self._placed.get(key)
+        if not callable(fn):
+            uses = (fn or 0) + 1
+            if len(self._placed) >= 512:
+                self._placed.clear()
+            if uses < COMPILE_AFTER:
+                self._placed[key] = uses
+                return [Op(prefix + o.name, o.target, o.kind, o.block, layer, layer_type, o.phase, o.in_shapes,
+                           o.out_shapes, o.dtype, o.flops, o.bytes_read, o.bytes_written, o.repeat, o.gemm,
+                           o.tokens_per_expert, o.expert_weight_bytes, o.expert_flops_per_token, o.collective)
+                        for o in self.at_reference(tb, tc).ops]
+            fn = self._placed[key] = _compile(self.ops, prefix, layer, layer_type)
+        return fn(tb, tc, tb * tc)
+
+    def at_reference(self, tb: int, tc: int) -> Segment:
+        """`at`, evaluated op by op from the coefficient tables (what the compiled evaluator is
+        checked against, tests/graph/test_trace.py)."""
         tbc = tb * tc
         ops = []
         for a, ins, outs, fl, rd, wr, gemm, tpe in self.ops:
@@ -159,4 +274,108 @@ class Bilinear:
         return Segment(ops=ops, edges=s.edges, entries=s.entries, exit=s.exit, params=s.params, wall_s=0.0)
 
 
-__all__ = ["lerp", "lerp_shapes", "lerp_bytes", "same_structure", "extrapolate", "Bilinear"]
+def _literal(x, consts: list) -> str:
+    """Source text of a number: the literal itself for an int or a finite float (repr reads back
+    the same value), else a reference to `consts`."""
+    if type(x) is int or (type(x) is float and x == x and x not in (float("inf"), float("-inf"))):
+        return f"({x!r})"
+    consts.append(x)
+    return f"C[{len(consts) - 1}]"
+
+
+def _expr(k: tuple, consts: list) -> str:
+    """`_at(k, tb, tc, tbc)` as source: the same operations in the same order, less the terms with
+    a zero coefficient where leaving them out cannot change the value or its type: all four
+    coefficients ints (exact), or all four floats with a constant term other than -0.0 (a sum
+    that starts elsewhere is never -0.0, and adding a zero to it changes nothing; tb, tc are
+    ints, so a zero term is never NaN)."""
+    types = {type(x) for x in k}
+    a = k[0]
+    if types == {int} or (types == {float} and not (a == 0.0 and math.copysign(1.0, a) < 0)):
+        terms = [f"{_literal(x, consts)} * {v}" for x, v in zip(k[1:], ("tb", "tc", "tbc")) if x != 0]
+        return "(" + " + ".join([_literal(a, consts)] + terms) + ")" if terms else _literal(a, consts)
+    a, b, c, d = (_literal(x, consts) for x in k)
+    return f"({a} + {b} * tb + {c} * tc + {d} * tbc)"
+
+
+def _const(x, consts: list) -> str:
+    consts.append(x)
+    return f"C[{len(consts) - 1}]"
+
+
+def _shapes_src(k, consts: list) -> str:
+    """`_shapes_at(k, ...)` as source (constant shapes shared, as there)."""
+    if isinstance(k, tuple):
+        return _const(k, consts)
+    parts = [_const(p, consts) if isinstance(p, tuple) else "(" + "".join(_expr(x, consts) + ", " for x in p) + ")"
+             for p in k]
+    return "(" + "".join(p + ", " for p in parts) + ")"
+
+
+def _bytes_src(d, consts: list) -> str:
+    if isinstance(d, dict):
+        return _const(d, consts)  # the recording's own dict, shared as in `at_reference`
+    return "{" + ", ".join(f"{key!r}: {_expr(v, consts)}" for key, v in d) + "}"
+
+
+_CODE: dict[str, CodeType] = {}  # compiled evaluators' code by the hash of their source
+
+
+def _code(src: str, filename: str) -> CodeType:
+    """`compile(src)`, memoised in this process and on disk beside the recordings (a layer kind's
+    evaluator takes 20-30 ms to compile, about 1 ms to load); a missing, stale or corrupt file is
+    compiled again, and a read-only cache is no reason to fail."""
+    key = hashlib.sha256(src.encode()).hexdigest()[:24]
+    hit = _CODE.get(key)
+    if hit is not None:
+        return hit
+    from codesign.graph.tracing import cache_dir  # where the recordings are kept (imported here: no cycle)
+
+    path = cache_dir() / "code" / f"{key}.{sys.implementation.cache_tag}.marshal"
+    try:
+        hit = marshal.loads(path.read_bytes())
+        if not isinstance(hit, CodeType):
+            hit = None
+    except Exception:  # absent, unreadable or from another interpreter: compile it
+        hit = None
+    if hit is None:
+        hit = compile(src, filename, "exec")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(marshal.dumps(hit))
+            tmp.replace(path)
+        except OSError:
+            pass
+    if len(_CODE) >= 1024:
+        _CODE.clear()
+    _CODE[key] = hit
+    return hit
+
+
+def _compile(table: list, prefix: str = "", layer: int | None = None, layer_type: str | None = None
+             ) -> "Callable[[int, int, int], list[Op]]":
+    """A function (tb, tc, tb * tc) -> the form's ops, equal to `Bilinear.at_reference` value for
+    value: one expression per op with the coefficients as literals (what the reference looks up
+    in its tables op by op: about 5x slower), every constant field the recording's own object.
+    With a placement (`Bilinear.placed_at`): names prefixed, `layer` and `layer_type` set."""
+    consts: list = []
+    rows = []
+    for a, ins, outs, fl, rd, wr, gemm, tpe in table:
+        fields = [_const(prefix + a.name if prefix else a.name, consts), _const(a.target, consts), repr(a.kind),
+                  repr(a.block), repr(a.layer if layer is None else layer),
+                  _const(a.layer_type if layer_type is None else layer_type, consts), repr(a.phase), _shapes_src(ins, consts), _shapes_src(outs, consts),
+                  _const(a.dtype, consts), _expr(fl, consts), _bytes_src(rd, consts), _bytes_src(wr, consts),
+                  repr(a.repeat),
+                  _const(a.gemm, consts) if gemm is None else "(" + "".join(_expr(x, consts) + ", " for x in gemm) + ")",
+                  _const(a.tokens_per_expert, consts) if tpe is None else _shapes_src(tpe, consts) + "[0]",
+                  _const(a.expert_weight_bytes, consts), _const(a.expert_flops_per_token, consts),
+                  _const(a.collective, consts)]
+        rows.append("Op(" + ", ".join(fields) + ")")
+    src = "def at(tb, tc, tbc):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
+    scope = {"Op": Op, "C": consts}
+    exec(_code(src, "<codesign.graph.extrapolation.Bilinear>"), scope)
+    return scope["at"]
+
+
+__all__ = ["lerp", "lerp_shapes", "lerp_bytes", "same_structure", "extrapolate", "Linear", "Bilinear"]

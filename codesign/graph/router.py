@@ -78,7 +78,12 @@ def lemire_picks(u32: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndar
     NumPy's bounded-integer rule (Lemire): pick = (u32 x E) >> 32, rejected where the product's low
     32 bits fall below (2^32 - E) mod E. A row without a rejection is exactly what the generator
     draws from those outputs."""
-    E = num_experts
+    E = int(num_experts)
+    if E > 1 and E & (E - 1) == 0:
+        # a power of two: (u32 x 2^k) >> 32 is u32 >> (32 - k), and the threshold (2^32 - E) mod E
+        # is 0 (nothing rejected); the same picks without the 64-bit product
+        picks = (u32 >> np.uint32(33 - E.bit_length())).astype(np.int64)
+        return picks, np.zeros(u32.shape[0], dtype=bool)
     m = u32.astype(np.uint64) * np.uint64(E)
     picks = (m >> np.uint64(32)).astype(np.int64)
     threshold = (2 ** 32 - E) % E
@@ -96,17 +101,61 @@ def uniform_picks(seed: int, layers: list[int], slots: int, num_experts: int) ->
     draw costs no generator construction and all layers count in one `bincount`. A layer whose
     picks meet a rejection (probability below E / 2^32 per pick; never for a power of two) is drawn
     by the generator itself."""
-    E = num_experts
+    E = int(num_experts)
     L = len(layers)
     if slots <= 0 or L == 0:
         return np.zeros((L, E), dtype=np.int64)
+    if E > 1 and E & (E - 1) == 0 and L * E < 2 ** 32:
+        return _power_of_two_picks(seed, layers, slots, E)
     words = (slots + 1) // 2
-    u32 = np.stack([_raw(seed, layer, words) for layer in layers]).view(np.uint32)[:, :slots]
+    raw = np.empty((L, words), dtype=np.uint64)
+    for i, layer in enumerate(layers):
+        raw[i] = _raw(seed, layer, words)
+    u32 = raw.view(np.uint32)[:, :slots]
     picks, rejected = lemire_picks(u32, E)
     for j in np.flatnonzero(rejected).tolist():
         picks[j] = _rng(seed, layers[j]).integers(0, E, size=slots)
     picks += (np.arange(L, dtype=np.int64) * E)[:, None]
     return np.bincount(picks.ravel(), minlength=L * E).reshape(L, E)
+
+
+# The last counts of `_power_of_two_picks` per (seed, layers, experts): (slots, read-only counts).
+_LAST: dict[tuple, tuple[int, np.ndarray]] = {}
+
+
+def _power_of_two_picks(seed: int, layers: list[int], slots: int, E: int) -> np.ndarray:
+    """`uniform_picks` where E is a power of two (nothing is rejected: (2^32 - E) mod E = 0, and
+    (u32 x E) >> 32 is u32 >> (32 - log2 E)). A layer's counts of its first n picks are those of
+    its first m picks plus those of picks m..n-1 (the picks are a prefix of one stream), so a draw
+    near the last one of these layers counts only the picks between (integers: exact). Returns a
+    read-only array."""
+    L = len(layers)
+    key = (seed, tuple(layers), E)
+    last = _LAST.get(key)
+    if last is not None and abs(slots - last[0]) < slots:
+        lo, hi = (last[0], slots) if slots > last[0] else (slots, last[0])
+        delta = _counts(seed, layers, lo, hi, E)
+        out = last[1] + delta if slots > last[0] else last[1] - delta
+    else:
+        out = _counts(seed, layers, 0, slots, E)
+    out.flags.writeable = False
+    if len(_LAST) >= 64:  # each a layers x experts array (about 180 KB for 44 layers x 512)
+        _LAST.clear()
+    _LAST[key] = (slots, out)
+    return out
+
+
+def _counts(seed: int, layers: list[int], lo: int, hi: int, E: int) -> np.ndarray:
+    """Counts per expert (layers x E, int64) of picks lo..hi-1 of each layer's stream, E a power of two."""
+    L = len(layers)
+    w0, w1 = lo // 2, (hi + 1) // 2  # 64-bit words holding 32-bit outputs lo..hi-1
+    raw = np.empty((L, w1 - w0), dtype=np.uint64)
+    for i, layer in enumerate(layers):
+        raw[i] = _raw(seed, layer, w1)[w0:]
+    u32 = raw.view(np.uint32)[:, lo - 2 * w0: hi - 2 * w0]
+    keys = u32 >> np.uint32(33 - E.bit_length())
+    keys += (np.arange(L, dtype=np.uint32) * np.uint32(E))[:, None]
+    return np.bincount(keys.ravel(), minlength=L * E).reshape(L, E)
 
 
 def _sample_without_replacement(rng: np.random.Generator, n_tokens: int, top_k: int, logp: np.ndarray) -> np.ndarray:

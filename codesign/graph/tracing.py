@@ -27,7 +27,7 @@ import networkx as nx
 
 from codesign.errors import CodesignError
 from codesign.graph.op import BYTE_CLASSES, Op
-from codesign.graph.extrapolation import Bilinear, extrapolate, same_structure
+from codesign.graph.extrapolation import Bilinear, Linear, extrapolate, same_structure
 from codesign.graph.mixed import merge_segments
 from codesign.graph.router import RouterModel, make_router, routed_counts
 from codesign.graph.shape import StepShape
@@ -98,9 +98,16 @@ def _code_hash() -> str:
     return h.hexdigest()[:16]
 
 
+_KEYS: dict[str, str] = {}  # key_src -> its cache key (hashing it is most of a cached lookup's time)
+
+
 def _cached(key_src: str, compute, use_disk: bool):
     """compute() memoised in this process and, if use_disk, in cache_dir() across processes."""
-    key = hashlib.sha256(f"{TRACE_VERSION}|{_torch_version()}|{_code_hash()}|{key_src}".encode()).hexdigest()[:24]
+    key = _KEYS.get(key_src)
+    if key is None:
+        key = hashlib.sha256(f"{TRACE_VERSION}|{_torch_version()}|{_code_hash()}|{key_src}".encode()).hexdigest()[:24]
+        if len(_KEYS) < (1 << 16):
+            _KEYS[key_src] = key
     hit = _MEMO.get(key)
     if hit is not None:
         return hit
@@ -179,10 +186,15 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
         return _at_context(config, seg, kind, phase, batch, tokens, context, use_disk)
     key = f"{config.config_hash()}|{kind}|{phase}|{batch}|{tokens}|{context}|affine"
     hit = _SHAPED.get(key)
-    if hit is None and context > CONTEXT_ANCHOR + 1 and _context_affine(config, seg):
-        form = _bilinear(config, seg, kind, phase, tokens, use_disk)
+    if hit is None:
+        form = _form_at(config, seg, kind, phase, batch, tokens, context, use_disk)
         if form is not None:
             hit = _SHAPED[key] = form.at(batch - 1, context - CONTEXT_ANCHOR)
+    if hit is None and (context <= CONTEXT_ANCHOR + 1 or not _context_affine(config, seg)):
+        # batches 1 and 2 are recordings themselves (`_at_context`): their compiled extrapolation
+        line = _linear(config, seg, kind, phase, tokens, context, use_disk)
+        if line is not None:
+            hit = line.at(batch - 1)
     if hit is None:
         hit = extrapolate(_at_context(config, seg, kind, phase, 1, tokens, context, use_disk),
                            _at_context(config, seg, kind, phase, 2, tokens, context, use_disk), batch - 1)
@@ -192,7 +204,30 @@ def _segment(config: ModelConfig, seg: str, phase: str, batch: int, tokens: int,
     return hit
 
 
+def _form_at(config: ModelConfig, seg: str, kind: str, phase: str, batch: int, tokens: int, context: int,
+             use_disk: bool) -> Bilinear | None:
+    """The bilinear form `_segment` evaluates at (batch - 1, context - CONTEXT_ANCHOR) for this
+    decoder-layer segment at this shape, or None where it takes another path."""
+    if batch <= 2 or seg in ("embed", "head") or context <= CONTEXT_ANCHOR + 1 or not _context_affine(config, seg):
+        return None
+    return _bilinear(config, seg, kind, phase, tokens, use_disk)
+
+
 _BILINEAR: dict[str, Bilinear | None] = {}
+_LINEAR: dict[str, Linear | None] = {}
+
+
+def _linear(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, context: int,
+            use_disk: bool) -> Linear | None:
+    """The batch extrapolation (`Linear`) of a segment recorded at batches 1 and 2 at `context`,
+    memoised (a few per model: the embedding, the head, short or windowed contexts)."""
+    key = f"{config.config_hash()}|{kind}|{phase}|{tokens}|{context}"
+    if key not in _LINEAR:
+        if len(_LINEAR) >= 1024:
+            _LINEAR.clear()
+        _LINEAR[key] = Linear.build(_recorded(config, seg, kind, phase, 1, tokens, context, use_disk),
+                                    _recorded(config, seg, kind, phase, 2, tokens, context, use_disk))
+    return _LINEAR[key]
 
 
 def _batches_differ(config: ModelConfig, seg: str, kind: str, phase: str, tokens: int, use_disk: bool) -> bool:
@@ -358,7 +393,20 @@ def step_segments(config: ModelConfig, shape: StepShape, include_mtp: bool = Fal
 
 def router_layers(config: ModelConfig, include_mtp: bool = False) -> dict[int, int]:
     """Router draw index of each MoE layer: the n-th MoE decoder layer draws with index n; MTP head
-    layer L draws with 10_000 + L."""
+    layer L draws with 10_000 + L. Memoised per config (a new copy each call)."""
+    key = (config.config_hash(), include_mtp)
+    hit = _ROUTER_LAYERS.get(key)
+    if hit is None:
+        if len(_ROUTER_LAYERS) >= 256:
+            _ROUTER_LAYERS.clear()
+        hit = _ROUTER_LAYERS[key] = _router_layers(config, include_mtp)
+    return dict(hit)
+
+
+_ROUTER_LAYERS: dict[tuple[str, bool], dict[int, int]] = {}
+
+
+def _router_layers(config: ModelConfig, include_mtp: bool) -> dict[int, int]:
     out: dict[int, int] = {}
     if config.moe is None:
         return out
@@ -393,23 +441,85 @@ def assemble_ops(config: ModelConfig, pieces: list[tuple[int, str, Segment]], sh
                  include_mtp: bool = False) -> tuple[list[Op], list[tuple[int, int]]]:
     """(ops, edges) of `assemble`'s graph without the graph: node i holds ops[i]; edges in the
     order the graph adds them (each piece's own, then the hand-off from the previous piece)."""
+    return _assemble(config, [(layer, layer_type, s, None) for layer, layer_type, s in pieces], shape, router,
+                     include_mtp)
+
+
+def _prefix(config: ModelConfig, layer: int, layer_type: str) -> str:
+    """What a piece's op names are prefixed with in the step: its module path."""
+    if layer_type not in ("embed", "head", "mtp"):
+        return f"layers.{layer}."
+    return f"mtp.{layer - config.num_layers - 1}." if layer_type == "mtp" else ""
+
+
+def skeleton_ops(config: ModelConfig, shape: StepShape, layers: set[int], router: RouterModel, use_disk: bool = True
+                 ) -> tuple[list[Op], list[tuple[int, int]], dict[int, Op]]:
+    """`assemble_ops` of the pieces of `step_segments(config, shape)` whose layer is in `layers`
+    (-1 the embedding, num_layers the head), and each kept MoE decoder layer's routed-expert op as
+    its segment at this shape holds it (before routing). The same ops, edges and values; a decoder
+    layer whose segment is a bilinear form at this shape is made placed at once
+    (`Bilinear.placed_at`), without its segment at the shape (not kept: a new shape's skeleton
+    leaves nothing behind for the cyclic collector to walk)."""
+    pieces: list[tuple[int, str, Segment, list[Op] | None]] = []
+    traced: dict[int, Op] = {}
+    single = len(shape.groups) == 1
+    g = shape.groups[0]
+    for i in sorted(layers):
+        if i < 0 or i >= config.num_layers:
+            seg, layer_type = ("embed", "embed") if i < 0 else ("head", "head")
+            pieces.append((i, layer_type, _group_segment(config, seg, shape, use_disk), None))
+            continue
+        kind = config.layer_kind(i)
+        form = _form_at(config, str(i), kind, g.phase, g.seqs, g.new_tokens, g.cached_tokens, use_disk) if single \
+            else None
+        if form is None:
+            s = _group_segment(config, str(i), shape, use_disk)
+            pieces.append((i, kind, s, None))
+            first = next((op for op in s.ops if op.kind == "grouped_gemm"), None)
+            if first is not None:
+                traced[i] = first
+            continue
+        ops = form.placed_at(g.seqs - 1, g.cached_tokens - CONTEXT_ANCHOR, _prefix(config, i, kind), i, kind)
+        pieces.append((i, kind, form.segment, ops))
+        for a, op in zip(form.segment.ops, ops):
+            if op.kind == "grouped_gemm":  # as the segment at the shape holds it: the recording's name and layer
+                t = op.clone()
+                t.name, t.layer, t.layer_type = a.name, a.layer, a.layer_type
+                traced[i] = t
+                break
+    ops, edges = _assemble(config, pieces, shape, router, False)
+    return ops, edges, traced
+
+
+def _assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment, list[Op] | None]], shape: StepShape,
+              router: RouterModel, include_mtp: bool) -> tuple[list[Op], list[tuple[int, int]]]:
+    """`assemble_ops` of pieces (layer, layer type, segment, its ops already placed or None)."""
     ops: list[Op] = []
     edges: list[tuple[int, int]] = []
     prev_exit: int | None = None
     draws = router_layers(config, include_mtp)
-    for layer, layer_type, s in pieces:
-        prefix = f"layers.{layer}." if layer_type not in ("embed", "head", "mtp") else (
-            f"mtp.{layer - config.num_layers - 1}." if layer_type == "mtp" else "")
+    moe = config.moe is not None
+    for layer, layer_type, s, placed in pieces:
         base = len(ops)
         counts = None
-        for op in s.ops:
-            if op.kind == "grouped_gemm" and config.moe is not None:
-                if counts is None:
-                    counts = expert_counts(config, shape, router, layer, draws[layer])
-                op = _rescale_experts(op, counts)
-            ops.append(Op(prefix + op.name, op.target, op.kind, op.block, layer, layer_type, op.phase, op.in_shapes,
-                          op.out_shapes, op.dtype, op.flops, op.bytes_read, op.bytes_written, op.repeat, op.gemm,
-                          op.tokens_per_expert, op.expert_weight_bytes, op.expert_flops_per_token, op.collective))
+        if placed is not None:
+            for op in placed:
+                if moe and op.kind == "grouped_gemm":
+                    if counts is None:
+                        counts = expert_counts(config, shape, router, layer, draws[layer])
+                    op = _rescale_experts(op, counts)
+                ops.append(op)
+        else:
+            prefix = _prefix(config, layer, layer_type)
+            for op in s.ops:
+                if moe and op.kind == "grouped_gemm":
+                    if counts is None:
+                        counts = expert_counts(config, shape, router, layer, draws[layer])
+                    op = _rescale_experts(op, counts)
+                ops.append(Op(prefix + op.name, op.target, op.kind, op.block, layer, layer_type, op.phase,
+                              op.in_shapes, op.out_shapes, op.dtype, op.flops, op.bytes_read, op.bytes_written,
+                              op.repeat, op.gemm, op.tokens_per_expert, op.expert_weight_bytes,
+                              op.expert_flops_per_token, op.collective))
         edges.extend([(base + a, base + b) for a, b in s.edges])
         if prev_exit is not None:
             edges.extend([(prev_exit, base + e) for e in s.entries])

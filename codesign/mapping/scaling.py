@@ -43,10 +43,18 @@ class Scaler:
         return hit[0]
 
     def _scaled(self, d: dict[str, float], f: dict[str, float]) -> dict[str, float]:
+        return self.scaled(d, self.factors(f))
+
+    def factors(self, f: dict[str, float]) -> tuple[float, float, float, float]:
+        """The values of a factor dict in class order (what `scaled` takes), memoised by the dict."""
         ff = self._factors.get(id(f))
         if ff is None:
             ff = self._factors[id(f)] = (tuple(f[c] for c in _CLASSES), f)
-        fw, fa, fk, fs = ff[0]
+        return ff[0]  # type: ignore[return-value]
+
+    def scaled(self, d: dict[str, float], factors: tuple[float, float, float, float]) -> dict[str, float]:
+        """`d` scaled by per-class `factors` (class order) and the precision: bytes * f[c] * scale(c)."""
+        fw, fa, fk, fs = factors
         sw, sa, sk, ss = self._scales
         g = d.get
         # the classes spelled out, in BYTE_CLASSES order: bytes * f[c] * scale(c)
@@ -62,7 +70,8 @@ class Scaler:
 
 # Op's fields in order, for the positional constructor below; if Op changes, the slower generic
 # copy is used (and tests/sim/test_engine.py::test_op_fields_known says so: then also check the
-# other positional constructions, `Op.clone`, `extrapolation.Bilinear.at`, `tracing.assemble_ops`).
+# other positional constructions, `Op.clone`, `extrapolation.Bilinear.at_reference` and the evaluators
+# `extrapolation._compile` / `_compile_linear` generate, `tracing._assemble`, `step._Context.shard_all`).
 OP_FIELDS = ("name", "target", "kind", "block", "layer", "layer_type", "phase", "in_shapes", "out_shapes", "dtype",
               "flops", "bytes_read", "bytes_written", "repeat", "gemm", "tokens_per_expert", "expert_weight_bytes",
               "expert_flops_per_token", "collective")

@@ -71,7 +71,7 @@ from codesign.mapping.collectives import collective_time, make_collective
 from codesign.mapping.experts import ExpertMapper, dispatch_fanout, nic_share
 from codesign.mapping.memory import TP_BLOCKS, stage_layers as _stage_layers
 from codesign.mapping.plan import ParallelPlan, Precision, check_plan
-from codesign.mapping.scaling import Scaler
+from codesign.mapping.scaling import OP_FIELDS_KNOWN, Scaler
 from codesign.models.config import ModelConfig
 
 FP8_SCALE_OVERHEAD = 4.0 / 128  # one fp32 scale per 128 fp8 values (DeepEP dispatch layout)
@@ -110,11 +110,24 @@ def _gemm_shape(op: Op, tok: float, tp: int) -> tuple[int, int, int, int] | None
         return (max(1, math.ceil(b * tok / tp)), m, n, k)
     m = max(1, math.ceil(m * tok))
     if tp > 1:
-        if any(op.name.split("/")[0].endswith(s) for s in _ROW_PARALLEL):
+        if _row_parallel(op.name):
             k = max(1, k // tp)
         else:
             n = max(1, n // tp)
     return (b, m, n, k)
+
+
+_ROW: dict[str, bool] = {}
+
+
+def _row_parallel(name: str) -> bool:
+    """Whether the op's module is a row-parallel projection (its weight split along K), by name."""
+    hit = _ROW.get(name)
+    if hit is None:
+        if len(_ROW) >= 65536:
+            _ROW.clear()
+        hit = _ROW[name] = any(name.split("/")[0].endswith(s) for s in _ROW_PARALLEL)
+    return hit
 
 
 def _kv_split(config: ModelConfig, op: Op, tp: int) -> float:
@@ -170,16 +183,10 @@ def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelCon
     rates = rates if rates is not None else _spec_rates(hw, precision)
     ctx = _Context(attrs, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup, allreduce_algorithm,
                    reduce_dtype, expert_loads, rates, share_bytes=False, all_to_all_mode=all_to_all_mode)
-    out: dict[int, Op] = {}
     ranks: dict[int, int] = {}
     imbalance: dict[int, float] = {}
     with gc_paused():
-        for n, op in enumerate(ops):
-            new, rank, imb = ctx.shard(op)
-            if rank is not None:
-                ranks[op.layer] = rank
-                imbalance[op.layer] = imb
-            out[n] = new
+        out = ctx.shard_all(ops, ranks, imbalance)
         for site in template.sites:
             anchor = ops[site.anchor]
             out[site.node] = _site_op(ctx, site.role, site.block, anchor, imbalance.get(anchor.layer, 1.0))
@@ -302,15 +309,70 @@ class _Context:
         if op.kind == "grouped_gemm" and op.block == "moe_experts" and self.config.moe is not None:
             return self.experts.map(op)
         if op.block in TP_BLOCKS:
-            tp = self.tp
-            f = self.f_tp.get(op.block)
-            if f is None:
-                f = self.f_tp[op.block] = {"weight": 1.0 / tp, "activation": self.tok_att / tp,
-                                           "state": self.tok_att / tp,
-                                           "kv_cache": self.tok_att / _kv_split(self.config, op, tp)}
-            return self.scaler.op(op, self.flops_tp, f, _gemm_shape(op, self.tok_att, tp)), None, None
+            return self.scaler.op(op, self.flops_tp, self._tp_factors(op), _gemm_shape(op, self.tok_att, self.tp)), \
+                None, None
         # replicated over tp: norms, router, residual glue
         return self.scaler.op(op, self.tok_att, self.f_rep, _gemm_shape(op, self.tok_att, 1)), None, None
+
+    def _tp_factors(self, op: Op) -> dict[str, float]:
+        """Per-class factors of a TP block's op (one dict per block: the KV split depends on it)."""
+        f = self.f_tp.get(op.block)
+        if f is None:
+            tp = self.tp
+            f = self.f_tp[op.block] = {"weight": 1.0 / tp, "activation": self.tok_att / tp, "state": self.tok_att / tp,
+                                       "kv_cache": self.tok_att / _kv_split(self.config, op, tp)}
+        return f
+
+    def shard_all(self, ops: Sequence[Op], ranks: dict[int, int], imbalance: dict[int, float]) -> dict[int, Op]:
+        """`shard` of every op (node i holds ops[i]) -> node -> op; each routed-expert op's slowest
+        rank and imbalance go to `ranks` and `imbalance` by layer. The same values as `shard` op by
+        op, in one loop (a new shape's skeleton: ~200 ops)."""
+        if not OP_FIELDS_KNOWN:  # Op changed: the generic path (tests/sim/test_engine.py says so)
+            return self._shard_each(ops, ranks, imbalance)
+        out: dict[int, Op] = {}
+        moe = self.config.moe is not None
+        tok, tp, ftp = self.tok_att, self.tp, self.flops_tp
+        scaler = self.scaler
+        sw, sa, sk, ss = scaler._scales
+        rep = scaler.factors(self.f_rep)
+        by_block: dict[str, tuple[float, float, float, float]] = {}
+        for n, op in enumerate(ops):
+            block = op.block
+            if moe and block == "moe_experts" and op.kind == "grouped_gemm":
+                new, rank, imb = self.experts.map(op)
+                ranks[op.layer] = rank
+                imbalance[op.layer] = imb
+                out[n] = new
+                continue
+            if block in TP_BLOCKS:
+                f = by_block.get(block)
+                if f is None:
+                    f = by_block[block] = scaler.factors(self._tp_factors(op))
+                ff, w = ftp, tp
+            else:  # replicated over tp: norms, router, residual glue
+                f, ff, w = rep, tok, 1
+            fw, fa, fk, fs = f
+            r, x = op.bytes_read.get, op.bytes_written.get
+            # `op_with(op, ..., Scaler.scaled(...) x 2, gemm)` written out: bytes * f[c] * scale(c)
+            out[n] = Op(op.name, op.target, op.kind, block, op.layer, op.layer_type, op.phase, op.in_shapes,
+                        op.out_shapes, op.dtype, op.flops * ff,
+                        {"weight": r("weight", 0.0) * fw * sw, "activation": r("activation", 0.0) * fa * sa,
+                         "kv_cache": r("kv_cache", 0.0) * fk * sk, "state": r("state", 0.0) * fs * ss},
+                        {"weight": x("weight", 0.0) * fw * sw, "activation": x("activation", 0.0) * fa * sa,
+                         "kv_cache": x("kv_cache", 0.0) * fk * sk, "state": x("state", 0.0) * fs * ss},
+                        op.repeat, None if op.gemm is None else _gemm_shape(op, tok, w), op.tokens_per_expert,
+                        op.expert_weight_bytes, op.expert_flops_per_token, op.collective)
+        return out
+
+    def _shard_each(self, ops: Sequence[Op], ranks: dict[int, int], imbalance: dict[int, float]) -> dict[int, Op]:
+        out: dict[int, Op] = {}
+        for n, op in enumerate(ops):
+            new, rank, imb = self.shard(op)
+            if rank is not None:
+                ranks[op.layer] = rank
+                imbalance[op.layer] = imb  # type: ignore[assignment]
+            out[n] = new
+        return out
 
 
 def _site_op(ctx: _Context, role: str, block: str, anchor: Op, imbalance: float) -> Op:

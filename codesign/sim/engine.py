@@ -29,7 +29,7 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
-from codesign.mapping.scaling import op_with
+from codesign.mapping.scaling import OP_FIELDS_KNOWN, op_with
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
@@ -73,15 +73,21 @@ def _half(op: Op) -> Op:
     tpe = op.tokens_per_expert
     if tpe is not None:
         tpe = tuple([(t + 1) // 2 for t in tpe])
+    if OP_FIELDS_KNOWN:  # `op_with` written out
+        return Op(op.name, op.target, op.kind, op.block, op.layer, op.layer_type, op.phase, op.in_shapes,
+                  op.out_shapes, op.dtype, op.flops / 2, br, bw, op.repeat, gemm, tpe, op.expert_weight_bytes,
+                  op.expert_flops_per_token, op.collective)
     return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
 
 
 def _halved(d: dict[str, float]) -> dict[str, float]:
     """A byte dict for one of two micro-batches: every class halves but the weights."""
-    if len(d) == 4 and "weight" in d and "activation" in d and "kv_cache" in d and "state" in d:
-        # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
-        return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
-                "state": d["state"] / 2}
+    if len(d) == 4:
+        try:  # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
+            return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
+                    "state": d["state"] / 2}
+        except KeyError:
+            pass
     return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
@@ -190,19 +196,20 @@ class StepSimulator:
         self.hw = hw
         self.cost = cost
         self.tbo = two_batch_overlap
+        # per template graph (simulated with replacement ops, `simulate(ops=...)`): its layers' nodes,
+        # its ops and each layer's schedule plan, which depend on the graph alone (`_layout`)
+        self._layouts: dict[int, _Layout] = {}
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
     def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency,
-                    halves: dict[int, tuple[Op, Op]]) -> tuple[float, bool]:
+                    halves: dict[int, tuple[Op, Op]] | None, layout: "_Layout | None" = None) -> tuple[float, bool]:
         """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
         theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
-        structure). `halves`: id(op) -> (op, its half, `_half`), kept by the caller across steps
-        that share op objects (hardware variants of one mapped step)."""
-        pos = {n: i for i, n in enumerate(nodes)}
+        structure; looked up once per `layout`, a template graph's, when given). `halves`: id(op)
+        -> (op, its half, `_half`), kept by the caller across steps that share op objects
+        (hardware variants of one mapped step); None: the half ops are made and not kept."""
         kinds = [o.kind for o in ops]
-        pred = g._pred  # the adjacency itself: this runs for every representative layer of every step
-        preds = [[pos[p] for p in pred[n] if p in pos] for n in nodes]
-        plan = layer_plan((tuple(kinds), tuple(map(tuple, preds))), kinds, preds)
+        plan = layout.plan(g, nodes, kinds) if layout is not None else _plan(g, nodes, kinds)
         order = plan.order
         plain = plan.plain.makespan([costs[nodes[i]].time_s for i in order])
         if self.tbo is False or "collective" not in kinds:
@@ -210,6 +217,8 @@ class StepSimulator:
         seconds = self.cost.seconds  # cost(op, residency).time_s
 
         def half_of(op: Op) -> Op:
+            if halves is None:
+                return _half(op)
             hit = halves.get(id(op))
             if hit is None or hit[0] is not op:
                 if len(halves) >= 8192:  # a long sweep's remapped expert ops: bounded
@@ -220,15 +229,21 @@ class StepSimulator:
         if self.tbo is None:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
             # terms are not negative, so the half ops are costed only until it reaches `plain`.
-            half = []
+            # The collectives do not enter the bound: they are costed only where it is not reached.
+            half: list[float] = []
             bound = 0.0
             for i, k in zip(order, plan.kinds):
+                if k == "collective":
+                    half.append(-1.0)
+                    continue
                 h = seconds(half_of(ops[i]), residency)
                 half.append(h)
-                if k != "collective":
-                    bound += h
-                    if 2 * bound >= plain:
-                        return plain, False
+                bound += h
+                if 2 * bound >= plain:
+                    return plain, False
+            for j, (i, k) in enumerate(zip(order, plan.kinds)):
+                if k == "collective":
+                    half[j] = seconds(half_of(ops[i]), residency)
         else:
             half = [seconds(half_of(ops[i]), residency) for i in order]
         one, two = plan.tbo()
@@ -239,6 +254,15 @@ class StepSimulator:
         if self.tbo is None and t >= plain:
             return plain, False
         return t, True
+
+    def _layout(self, g: nx.DiGraph) -> "_Layout":
+        """The layout of template graph `g`, kept while the simulator lives (a few templates)."""
+        hit = self._layouts.get(id(g))
+        if hit is None or hit.graph is not g or hit.nodes != g.number_of_nodes():
+            if len(self._layouts) >= 16:
+                self._layouts.clear()
+            hit = self._layouts[id(g)] = _Layout(g)
+        return hit
 
     # -- the whole step ---------------------------------------------------------------------------
     def residency(self, g: nx.DiGraph) -> Residency:
@@ -311,11 +335,16 @@ class StepSimulator:
         representative."""
         # Group by layer in insertion order: the tracer and the mapping build every layer of a kind
         # the same way, so position i of two such layers is the same op (checked by signature).
-        by_layer: dict[int, list] = defaultdict(list)
-        op_of: dict[Any, Op] = {}
-        for n, o in g.nodes(data="op"):
-            by_layer[o.layer].append(n)
-            op_of[n] = o
+        layout = self._layout(g) if ops else None
+        if layout is not None:
+            by_layer = defaultdict(list, layout.by_layer)  # virtual layers add entries; its lists are not changed
+            op_of = dict(layout.op_of)
+        else:
+            by_layer = defaultdict(list)
+            op_of = {}
+            for n, o in g.nodes(data="op"):
+                by_layer[o.layer].append(n)
+                op_of[n] = o
         if ops:
             op_of.update(ops)
         virtual = virtual or {}
@@ -374,7 +403,7 @@ class StepSimulator:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
                 for n in nodes:
                     cost_of(n)
-                t, used = self._group_time(g, nodes, ops, costs, residency, {} if halves is None else halves)
+                t, used = self._group_time(g, nodes, ops, costs, residency, halves, layout)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))
@@ -412,6 +441,36 @@ class StepSimulator:
         )
 
 
+def _plan(g: nx.DiGraph, nodes: list, kinds: list[str]):
+    """The schedule plan (`layerplan.layer_plan`) of the group `nodes` of `g` with these op kinds."""
+    pos = {n: i for i, n in enumerate(nodes)}
+    pred = g._pred  # the adjacency itself: this runs for every representative layer of every step
+    preds = [[pos[p] for p in pred[n] if p in pos] for n in nodes]
+    return layer_plan((tuple(kinds), tuple(map(tuple, preds))), kinds, preds)
+
+
+class _Layout:
+    """What `StepSimulator.simulate` derives from a template graph alone, once: its layers' nodes
+    in insertion order, its ops, and each group's schedule plan by its op kinds (replacement ops
+    keep a template's kinds; the plan is looked up again where they do not)."""
+
+    def __init__(self, g: nx.DiGraph) -> None:
+        self.graph, self.nodes = g, g.number_of_nodes()
+        self.by_layer: dict[int, list] = defaultdict(list)
+        self.op_of: dict[Any, Op] = {}
+        for n, o in g.nodes(data="op"):
+            self.by_layer[o.layer].append(n)
+            self.op_of[n] = o
+        self.by_layer = dict(self.by_layer)
+        self._plans: dict[int, tuple[list, list[str], Any]] = {}  # id(nodes) -> (nodes, kinds, plan)
+
+    def plan(self, g: nx.DiGraph, nodes: list, kinds: list[str]):
+        hit = self._plans.get(id(nodes))
+        if hit is None or hit[0] is not nodes or hit[1] != kinds:
+            hit = self._plans[id(nodes)] = (nodes, kinds, _plan(g, nodes, kinds))
+        return hit[2]
+
+
 class _RoutedTimes:
     """Seconds of the layers of a `RoutedLayers` group: its representative's time plus its expert
     op's and all-to-alls' cost differences, added in position order where they differ, as
@@ -422,7 +481,7 @@ class _RoutedTimes:
     def __init__(self, group: RoutedLayers, cm: CostModel, residency: Residency, rep: "_Rep", op_of: dict,
                  costs: dict) -> None:
         self.group, self.rep = group, rep
-        self.costs = group.costs(cm, residency, [op_of[n] for n in rep.nodes])
+        self.costs = group.times(cm, residency, [op_of[n] for n in rep.nodes])
         nodes = rep.nodes
         e = group.expert_pos
         # (position, the representative's value there, its cost, its block): expert op, then all-to-alls
@@ -431,26 +490,34 @@ class _RoutedTimes:
                     for i in group.a2a_pos]
         self.blocks = list(rep.blocks.items())
         self.resources = list(rep.resources.items())
+        # the expert op (-1) and the all-to-alls (their index) in position order: the order in which
+        # a layer's differing ops add their cost differences
+        self.order = [k for _, k in sorted([(e, -1)] + [(i, k) for k, i in enumerate(group.a2a_pos)])]
 
     def time(self, j: int, block_t: dict, res_t: dict) -> float:
         """Seconds of layer j of the group; its op time added to `block_t` and `res_t`."""
-        expert_cost, a2a_costs = self.costs[j]
+        expert_cost, a2a_times = self.costs[j]
         group = self.group
-        changed: list[tuple[int, OpCost, OpCost, str]] = []
-        e, tpe, rc, block = self.expert
-        if group.blocks[j] != tpe:
-            changed.append((e, expert_cost, rc, block))
         imb = float(group.imbalance[j])
-        for (i, rep_imb, rc, block), c in zip(self.a2a, a2a_costs):
-            if imb != rep_imb:
-                changed.append((i, c, rc, block))
         t = self.rep.time
-        if changed:
-            changed.sort(key=lambda x: x[0])
-            for _, c, rc, block in changed:
-                t += c.time_s - rc.time_s
-                _account(block_t, res_t, block, c, 1.0)
-                _account(block_t, res_t, block, rc, -1.0)
+        names = BOTTLENECK_NAMES
+        for k in self.order:
+            if k < 0:
+                _, tpe, rc, block = self.expert
+                if group.blocks[j] == tpe:
+                    continue
+                secs, res = expert_cost.time_s, names[expert_cost.bottleneck]
+            else:
+                _, rep_imb, rc, block = self.a2a[k]
+                if imb == rep_imb:
+                    continue
+                secs, res = a2a_times[k], names["link"]  # an all-to-all: its seconds, on the link
+            t += secs - rc.time_s
+            # `_account(+cost)` then `_account(-rc)`, written out
+            block_t[block] += secs
+            res_t[res] += secs
+            block_t[block] += -1.0 * rc.time_s
+            res_t[names[rc.bottleneck]] += -1.0 * rc.time_s
         for k, v in self.blocks:
             block_t[k] += v
         for k, v in self.resources:
@@ -490,8 +557,11 @@ def _totals(pairs: Iterable[tuple[Op, OpCost]]) -> tuple[dict[str, float], dict[
     """Seconds of (op, cost) pairs by block and by resource."""
     block_t: dict[str, float] = defaultdict(float)
     res_t: dict[str, float] = defaultdict(float)
-    for o, c in pairs:
-        _account(block_t, res_t, o.block, c, 1.0)
+    names = BOTTLENECK_NAMES
+    for o, c in pairs:  # `_account(..., 1.0)` written out
+        t = 1.0 * c.time_s
+        block_t[o.block] += t
+        res_t[names[c.bottleneck]] += t
     return dict(block_t), dict(res_t)
 
 

@@ -22,6 +22,7 @@ time in the same order as for a layer of the graph (`StepSimulator.simulate(rout
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,8 @@ import numpy as np
 from codesign.graph.op import BYTE_CLASSES, Op
 from codesign.mapping.experts import ExpertMapper
 from codesign.sim.cost import CostModel, OpCost, Residency
+
+assert BYTE_CLASSES == ("weight", "activation", "kv_cache", "state")  # the order `_per_layer` spells out
 
 
 @dataclass
@@ -66,27 +69,23 @@ class RoutedLayers:
         if a is None or a.size == 0:
             pairs = [cm.expert_padding(b) for b in self.blocks]
             return [p for p, _ in pairs], [r for _, r in pairs]
-        top = int(a.max())
-        if a.min() >= 0 and top <= 16 * a.size:  # the distinct counts, ascending, by a presence mask
-            seen = np.zeros(top + 1, dtype=bool)
-            seen[a.ravel()] = True
-            values = np.flatnonzero(seen).tolist()
-        else:
-            values = np.unique(a).tolist()
-        table = np.zeros(values[-1] + 1, dtype=np.int64)
-        table[values] = cm.padded_tokens(values)
+        table = _pad_table(cm, a)
         padded = [float(x) for x in table[a].sum(axis=1).tolist()]
         return padded, np.where(a > 0, a, 0).sum(axis=1).tolist()
 
     def costs(self, cm: CostModel, residency: Residency, template_ops: list[Op]) -> list[tuple[OpCost, list[OpCost]]]:
         """Per layer: (expert-op cost, the all-to-alls' costs in `a2a_pos` order), as
         `CostModel.cost` gives for the layer's ops."""
+        return [(c, [OpCost(t, 0.0, 0.0, 0.0, "link") for t in a2a]) for c, a2a in self.times(cm, residency, template_ops)]
+
+    def times(self, cm: CostModel, residency: Residency, template_ops: list[Op]) -> list[tuple[OpCost, list[float]]]:
+        """`costs` with the all-to-alls as their seconds alone (link-bound, nothing else)."""
         expert = template_ops[self.expert_pos]
         k_ramp = cm._grouped_k_ramp(expert)
         overhead = cm.overhead(expert)
         parts = [cm.all_to_all_parts(template_ops[i].collective) for i in self.a2a_pos]
         # what does not depend on the bandwidths (each layer's compute seconds and byte split; the
-        # all-to-alls' costs), kept per cost-model key (`CostModel.static_key`), residency, the
+        # all-to-alls' seconds), kept per cost-model key (`CostModel.static_key`), residency, the
         # expert op's K ramp and the all-to-all parts: hardware variants that share this group
         # (`route`) share it
         key = (cm.static_key, residency, k_ramp, tuple(parts))
@@ -104,8 +103,8 @@ class RoutedLayers:
         return out
 
     def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list
-                        ) -> list[tuple[float, float, float, list[OpCost]]]:
-        """Per layer: (expert-op compute seconds, HBM bytes, SRAM bytes, the all-to-alls' costs)."""
+                        ) -> list[tuple[float, float, float, list[float]]]:
+        """Per layer: (expert-op compute seconds, HBM bytes, SRAM bytes, the all-to-alls' seconds)."""
         padding, routing = self.padding(cm)
         out = []
         for padded, routed, imb, flops, rd, wr in zip(padding, routing, self.imbalance, self.flops, self.bytes_read,
@@ -113,8 +112,34 @@ class RoutedLayers:
             c = cm.grouped_seconds(flops, padded, routed, k_ramp)
             hbm, sram = cm.byte_split("grouped_gemm", rd, wr, residency)
             x = float(imb or 1.0)
-            out.append((c, hbm, sram, [OpCost(p[0] * x + p[1], 0.0, 0.0, 0.0, "link") for p in parts]))
+            out.append((c, hbm, sram, [p[0] * x + p[1] for p in parts]))
         return out
+
+
+# Padded tokens by token count, per cost model (id -> (the model, table, which entries are known)):
+# each count padded once by `CostModel.expert_padding`, across the steps of a model.
+_PAD: dict[int, tuple[CostModel, np.ndarray, np.ndarray]] = {}
+
+
+def _pad_table(cm: CostModel, a: np.ndarray) -> np.ndarray:
+    """A table t with t[v] = `cm.expert_padding((v,))` padded tokens for every count v in `a`."""
+    hit = _PAD.get(id(cm))
+    if hit is None or hit[0] is not cm:
+        if len(_PAD) >= 64:
+            _PAD.clear()
+        hit = _PAD[id(cm)] = (cm, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
+    _, table, known = hit
+    present = np.bincount(a.ravel())
+    n = present.shape[0]
+    if n > table.shape[0]:
+        size = max(n, 2 * table.shape[0])
+        table = np.concatenate([table, np.zeros(size - table.shape[0], dtype=np.int64)])
+        known = np.concatenate([known, np.zeros(size - known.shape[0], dtype=bool)])
+        _PAD[id(cm)] = (cm, table, known)
+    for v in np.flatnonzero((present > 0) & ~known[:n]).tolist():
+        table[v] = int(cm.expert_padding((v,))[0])
+        known[v] = True
+    return table
 
 
 def routed_positions(ops: list[Op]) -> tuple[int, list[int]]:
@@ -141,7 +166,7 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     per = E // ep
     blocks = shares.reshape(len(layers), ep, per)
     tokens = blocks.sum(axis=2)
-    touched = per - (blocks == 0).sum(axis=2)
+    touched = np.count_nonzero(blocks, axis=2)  # per - the experts without tokens
     scale = mapper.scaler.scale
     fpt = traced.expert_flops_per_token / moe_tp
     ewb = traced.expert_weight_bytes * scale["weight"]
@@ -154,27 +179,45 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     hit = _ROUTED.get(key)
     if hit is not None and hit[0] is counts and hit[1] is traced:
         return hit[2]
-    routed_all = counts.sum(axis=1).tolist()
-    rank_tokens = tokens.tolist()
     rows = blocks[np.arange(len(layers)), ranks]  # each layer's slowest rank's tokens per expert
-    out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [], [], [], [], [], rows)
-    zeros = (rows == 0).sum(axis=1).tolist()
-    for j, (r, row) in enumerate(zip(ranks, rows.tolist())):
-        mine = tuple(row)
-        t = rank_tokens[j][r]
-        mean = sum(rank_tokens[j]) / ep
-        out.imbalance.append(max(rank_tokens[j]) / mean if mean > 0 else 1.0)
-        share = t / (float(routed_all[j]) or 1.0)
-        rd = {c: traced.bytes_read.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES}
-        rd["weight"] = (per - zeros[j]) * ewb / moe_tp
-        out.bytes_read.append(rd)
-        out.bytes_written.append({c: traced.bytes_written.get(c, 0.0) * share * scale[c] for c in BYTE_CLASSES})
-        out.blocks.append(mine)
-        out.flops.append(t * traced.expert_flops_per_token / moe_tp)
+    tsum = tokens.sum(axis=1)
+    out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [tuple(r) for r in rows.tolist()],
+                       *_per_layer(traced, tokens, tsum, ranks, tsum if dp == 1 else counts.sum(axis=1),
+                                   per - np.count_nonzero(rows, axis=1), per, ep, moe_tp, ewb, scale), rows)
     if len(_ROUTED) >= _ROUTED_MAX:
         _ROUTED.clear()
     _ROUTED[key] = (counts, traced, out)  # holds both: their ids are not reused meanwhile
     return out
+
+
+def _per_layer(traced: Op, tokens: np.ndarray, tsum: np.ndarray, ranks: list[int], routed: np.ndarray,
+               zeros: np.ndarray, per: int, ep: int, moe_tp: int, ewb: float, scale: dict[str, float]
+               ) -> tuple[list[float], list[float], list[dict[str, float]], list[dict[str, float]]]:
+    """(imbalance, FLOPs, bytes read, bytes written) of each layer's expert op on its slowest rank
+    (`tokens`: layers x ranks): `ExpertMapper._rank_op`'s arithmetic, each value computed by the
+    same IEEE operations in the same order, over all layers at once (the counts are integers far
+    below 2^53, so numpy's int-to-float conversions are exact, as Python's are; the FLOPs, a
+    product of Python numbers, are taken in Python)."""
+    L = len(ranks)
+    t = tokens[np.arange(L), ranks]
+    mean = tsum / ep
+    imbalance = np.where(mean > 0, tokens.max(axis=1) / np.where(mean > 0, mean, 1.0), 1.0).tolist()
+    share = t / np.where(routed != 0, routed.astype(np.float64), 1.0)
+
+    def scaled(b, c: str) -> list[float]:
+        # b * share * scale[c]; a zero (+0.0) class stays +0.0 (share and scale are finite, >= 0)
+        sc = scale[c]
+        if b == 0 and math.copysign(1.0, b) > 0 and 0 <= sc < math.inf:
+            return [0.0] * L
+        return (b * share * sc).tolist()
+
+    rd = [((per - zeros) * ewb / moe_tp).tolist()]  # the weight: the rank's touched experts
+    rd += [scaled(traced.bytes_read.get(c, 0.0), c) for c in BYTE_CLASSES[1:]]
+    wr = [scaled(traced.bytes_written.get(c, 0.0), c) for c in BYTE_CLASSES]
+    fpt = traced.expert_flops_per_token
+    return (imbalance, [x * fpt / moe_tp for x in t.tolist()],
+            [{"weight": w, "activation": a, "kv_cache": k, "state": st} for w, a, k, st in zip(*rd)],
+            [{"weight": w, "activation": a, "kv_cache": k, "state": st} for w, a, k, st in zip(*wr)])
 
 
 # Routed layers by their routing inputs and slowest ranks (`route`); the counts and the traced op

@@ -128,18 +128,25 @@ class StepModel:
         self._simulator = StepSimulator(hw, self.cost_model, self.options.two_batch_overlap)
         # mapping templates: shared across step models, or this one's own where nothing is shared
         self._templates = TEMPLATES if cache else BoundedCache("mapping templates", 8)
+        self._nodes_of: tuple[nx.DiGraph, dict[int, list], int] | None = None
 
     def step(self, shape: StepShape) -> StepResult:
         from codesign.graph import tracing as tr
 
         tr.check_shape(self.config, shape)
         with gc_paused():
-            skeleton = self._skeleton(shape)
-            mapped, ops, halves = self._mapped(skeleton)
-            virtual, routed = self._virtual(mapped, ops, skeleton.routing)
-            return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops, halves)
+            # the step's intermediates (ops, costs) are freed when `_step` returns, inside the
+            # pause: left alive until it ends, the first allocation after it would run a
+            # collection over all of them (about a tenth of a new shape's time)
+            return self._step(shape)
 
-    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op], dict]:
+    def _step(self, shape: StepShape) -> StepResult:
+        skeleton = self._skeleton(shape)
+        mapped, ops, halves = self._mapped(skeleton)
+        virtual, routed = self._virtual(mapped, ops, skeleton.routing)
+        return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops, halves)
+
+    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op], dict | None]:
         """(the mapped skeleton, node -> op in place of the mapped graph's, the engine's memo of
         two-batch-overlap half ops, kept with the mapping for hardware variants). Single-stage plans
         map a skeleton once per hardware rates (`MAPPED`: a sweep's variants differ in the rates
@@ -150,7 +157,7 @@ class StepModel:
         rates = self.cost_model.rank_rates()
         if self.plan.pp > 1:
             return mapping.map_step(skeleton.graph(), self.config, self.hw, self.plan, self.precision,
-                                    **self.options.map_kwargs(), rates=rates), {}, {}
+                                    **self.options.map_kwargs(), rates=rates), {}, None
         common = (self.config.config_hash(), self.plan, self.precision, self.options, self.hw.system.scale_up.size)
         key = None
         if self._router_key is not None:
@@ -169,9 +176,10 @@ class StepModel:
                                       **self.options.map_kwargs(), rates=rates)
             ops = {}
             self._templates.put(tkey, mapped)
+        if key is None:
+            return mapped, ops, None  # nothing kept: the engine keeps no half ops either
         halves: dict = {}
-        if key is not None:
-            MAPPED.put(key, (skeleton, mapped, ops, halves))  # holds the skeleton: its id is not reused meanwhile
+        MAPPED.put(key, (skeleton, mapped, ops, halves))  # holds the skeleton: its id is not reused meanwhile
         return mapped, ops, halves
 
     def _rerated(self, mapped: mapping.MappedStep, ops: dict[int, Op], skeleton: Skeleton,
@@ -182,6 +190,17 @@ class StepModel:
             return mapped, ops
         experts, ranks, mapper = remapped
         return dataclasses.replace(mapped, expert_ranks=ranks, experts=mapper), {**ops, **experts}
+
+    def _layer_nodes(self, g: nx.DiGraph) -> dict[int, list]:
+        """Layer -> the nodes of `g` in insertion order, kept for the last graph (a template is
+        simulated again at every shape of its structure)."""
+        hit = self._nodes_of
+        if hit is None or hit[0] is not g or hit[2] != g.number_of_nodes():
+            by_layer: dict[int, list] = {}
+            for n, op in g.nodes(data="op"):
+                by_layer.setdefault(op.layer, []).append(n)
+            hit = self._nodes_of = (g, by_layer, g.number_of_nodes())
+        return hit[1]
 
     def _skeleton_graph(self, shape: StepShape) -> tuple[nx.DiGraph, dict]:
         """(the skeleton's graph, its routing): see `_skeleton`."""
@@ -199,8 +218,7 @@ class StepModel:
         hit = SKELETONS.get(key) if key is not None else None
         if hit is None:
             config = self.config
-            pieces = tr.step_segments(config, shape)
-            ops, edges = tr.assemble_ops(config, [p for p in pieces if p[0] in self.keep], shape, self.router)
+            ops, edges, experts = tr.skeleton_ops(config, shape, self.keep, self.router)
             draws = tr.router_layers(config)
             groups: dict[int, list[int]] = {}
             for layer, tmpl in self.template.items():
@@ -208,10 +226,9 @@ class StepModel:
                     groups.setdefault(tmpl, []).append(layer)
             routing: dict[int, tuple[Op, list[int], np.ndarray]] = {}
             for tmpl, layers in groups.items():
-                traced = next(o for o in pieces[tmpl + 1][2].ops if o.kind == "grouped_gemm")
                 counts = routed_matrix(self.router, [draws[layer] for layer in layers], shape.tokens,
                                        config.moe.num_experts, config.moe.top_k)
-                routing[tmpl] = (traced, layers, counts)
+                routing[tmpl] = (experts[tmpl], layers, counts)
             hit = Skeleton(ops, edges, tr.describe_shape(shape), routing)
             if key is not None:
                 SKELETONS.put(key, hit)
@@ -224,9 +241,11 @@ class StepModel:
         `replaced`: node -> op in place of the mapped graph's."""
         from codesign.graph import tracing as tr
 
+        nodes = self._layer_nodes(mapped.graph)
+        graph_ops = mapped.graph.nodes
         by_layer: dict[int, list[Op]] = {}
-        for n, op in mapped.graph.nodes(data="op"):
-            by_layer.setdefault(op.layer, []).append(replaced.get(n, op))
+        for tmpl in routing:
+            by_layer[tmpl] = [replaced.get(n) or graph_ops[n]["op"] for n in nodes.get(tmpl, ())]
         routed_layers = {layer for _, layers, _ in routing.values() for layer in layers}
         out = {layer: VirtualLayer(tmpl, {}) for layer, tmpl in self.template.items() if layer not in routed_layers}
         fast: list[RoutedLayers] = []

@@ -94,7 +94,7 @@ def test_uniform_picks_are_the_generators_own_draws():
     powers of two and that are not, and `routed_matrix` rows equal the per-layer draws."""
     from codesign.graph.router import routed_array, routed_matrix, uniform_picks
 
-    for E in (60, 128, 160, 384, 512):
+    for E in (1, 2, 60, 128, 160, 384, 512):  # powers of two take a shift (`lemire_picks`)
         for slots in (1, 7, 640, 16 * E):
             layers = [0, 5, 17, 10_061]
             got = uniform_picks(4, layers, slots, E)
@@ -123,3 +123,19 @@ def test_lemire_rejections_are_flagged():
         if not rejected[0]:
             assert picks[0].tolist() == np.random.default_rng([0, layer]).integers(0, E, size=3).tolist()
     assert 0 < flagged < 40
+
+
+def test_uniform_picks_near_the_last_draw_count_only_the_difference():
+    """Over a power-of-two expert count, a draw of n slots after one of m slots of the same layers
+    adds (or removes) the counts of picks m..n-1: every draw of a walk up and down in slot counts
+    equals the generator's own picks, and the returned counts cannot be changed in place."""
+    from codesign.graph import router as rt
+
+    layers, E = [0, 3, 9, 10_064], 256
+    rt._LAST.clear()
+    for slots in (1000, 1010, 1003, 400, 2047, 1, 2, 2046, 5000):
+        got = rt.uniform_picks(7, layers, slots, E)
+        assert not got.flags.writeable
+        for row, layer in zip(got, layers):
+            picks = np.random.default_rng([7, layer]).integers(0, E, size=slots)
+            assert np.array_equal(row, np.bincount(picks, minlength=E))

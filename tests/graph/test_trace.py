@@ -293,6 +293,97 @@ def test_bilinear_form_equals_nested_extrapolation(phase, tokens):
             assert [dataclasses.astuple(o) for o in got.ops] == [dataclasses.astuple(o) for o in nested.ops]
 
 
+def _exact(op) -> list:
+    """Every field of an op with its type and repr: equal only when bit for bit the same."""
+    import dataclasses
+
+    return [(type(v).__name__, repr(v)) for v in dataclasses.astuple(op)]
+
+
+@pytest.mark.parametrize("phase,tokens", [("decode", 1), ("prefill", 64)])
+def test_compiled_bilinear_form_equals_its_reference(phase, tokens, monkeypatch):
+    """`Bilinear.at` (one compiled expression per op) gives every op field of the table-driven
+    `Bilinear.at_reference` with the same type and bits, and shares the same constant objects
+    (byte dicts, shapes) with the recording, at shapes beyond, between and below the anchors."""
+    from codesign.graph import extrapolation as ex, tracing as tm
+
+    monkeypatch.setattr(ex, "COMPILE_AFTER", 1)  # compiled at the first use
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    A = tm.CONTEXT_ANCHOR
+    for seg in sorted({str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}):
+        kind = cfg.layer_kind(int(seg))
+        rec = {(b, c): tm._recorded(cfg, seg, kind, phase, b, tokens, c, False) for b in (1, 2) for c in (A, A + 1)}
+        form = ex.Bilinear.build(rec[1, A], rec[2, A], rec[1, A + 1], rec[2, A + 1])
+        if form is None:
+            continue
+        for tb, tc in [(0, 0), (1, 1), (-1, 5000), (99, 29_999), (176, 32_766), (511, 262_000), (-1, 0)]:
+            got, ref = form.at(tb, tc), form.at_reference(tb, tc)
+            assert [_exact(o) for o in got.ops] == [_exact(o) for o in ref.ops]
+            for g, r, a in zip(got.ops, ref.ops, form.segment.ops):
+                assert (g.bytes_read is a.bytes_read) == (r.bytes_read is a.bytes_read)
+                assert (g.bytes_written is a.bytes_written) == (r.bytes_written is a.bytes_written)
+            assert (got.edges, got.entries, got.exit) == (ref.edges, ref.entries, ref.exit)
+
+
+@pytest.mark.parametrize("seg,phase,tokens", [("embed", "decode", 1), ("head", "decode", 1), ("3", "prefill", 64),
+                                              ("0", "decode", 1)])
+def test_compiled_linear_extrapolation_equals_extrapolate(seg, phase, tokens, monkeypatch):
+    """`Linear.at` (compiled) gives every op field of `extrapolate` with the same type and bits,
+    sharing the recording's constant objects the same way, at batches beyond and below the two."""
+    from codesign.graph import extrapolation as ex, tracing as tm
+
+    monkeypatch.setattr(ex, "COMPILE_AFTER", 1)  # compiled at the first use
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    kind = seg if not seg.isdigit() else cfg.layer_kind(int(seg))
+    one, two = (tm._recorded(cfg, seg, kind, phase, b, tokens, 0, False) for b in (1, 2))
+    line = ex.Linear.build(one, two)
+    assert line is not None
+    for t in (-1, 0, 1, 99, 4095):
+        got, ref = line.at(t), ex.extrapolate(one, two, t)
+        assert [_exact(o) for o in got.ops] == [_exact(o) for o in ref.ops]
+        for g, r, a in zip(got.ops, ref.ops, one.ops):
+            assert (g.bytes_read is a.bytes_read) == (r.bytes_read is a.bytes_read)
+            assert (g.in_shapes is a.in_shapes) == (r.in_shapes is a.in_shapes)
+        assert (got.edges, got.entries, got.exit) == (ref.edges, ref.entries, ref.exit)
+
+
+@pytest.mark.parametrize("model", ["qwen3.5-397b-a17b", "deepseek-v3"])
+def test_skeleton_ops_equal_assembled_segments(model):
+    """`skeleton_ops` (decoder layers of a bilinear form placed at once) gives the ops, edges and
+    values, bit for bit, of assembling the kept pieces of `step_segments`, and each kept MoE
+    layer's routed-expert op as its segment holds it, for decode, prefill, verify and mixed steps."""
+    from codesign.graph import tracing as tm
+    from codesign.graph.router import make_router
+    from codesign.graph.shape import Group, StepShape
+
+    cfg = cs.load_model(model)
+    router = make_router(None)
+    kinds = {}
+    for i in range(cfg.num_layers):
+        kinds.setdefault(cfg.layer_kind(i), i)
+    keep = {-1, cfg.num_layers, cfg.num_layers - 1, *kinds.values()}
+    # the first decode shape of a placement is made by the reference, the next ones compiled
+    for shape in [StepShape.decode(100, 30_000), StepShape.decode(37, 20_000), StepShape.decode(300, 100_000),
+                  StepShape.decode(2, 5000), StepShape.decode(64, 2),
+                  StepShape.prefill(3, 128, 4096), StepShape.verify(32, cached=32_000, draft=1),
+                  StepShape((Group(48, 1, 30_000), Group(1, 2048, 4096)))]:
+        pieces = tm.step_segments(cfg, shape)
+        want_ops, want_edges = tm.assemble_ops(cfg, [p for p in pieces if p[0] in keep], shape, router)
+        ops, edges, experts = tm.skeleton_ops(cfg, shape, keep, router)
+        if shape == StepShape.decode(100, 30_000) and model.startswith("qwen"):  # the placed path (DeepSeek: none)
+            assert any(tm._form_at(cfg, str(i), cfg.layer_kind(i), "decode", 100, 1, 29_999, True) is not None
+                       for i in kinds.values())
+        assert edges == want_edges
+        assert [_exact(o) for o in ops] == [_exact(o) for o in want_ops]
+        for layer in keep:
+            if 0 <= layer < cfg.num_layers and cfg.mlp_types[layer] == "moe":
+                seg_op = next(o for o in pieces[layer + 1][2].ops if o.kind == "grouped_gemm")
+                assert _exact(experts[layer]) == _exact(seg_op)
+    if model.startswith("qwen"):  # both ways of placing a layer were compared: the reference and compiled
+        form = tm._form_at(cfg, "0", cfg.layer_kind(0), "decode", 100, 1, 29_999, True)
+        assert any(callable(fn) for fn in form._placed.values())
+
+
 def test_op_clone_copies_every_field():
     import dataclasses
 
@@ -358,3 +449,24 @@ def test_shape_derived_segments_are_bounded_least_recently_used_first():
     memo["d"] = None
     assert list(memo) == ["c", "a", "d"] and "b" not in memo
     assert "d" in memo and memo.get("d") is None and memo.get("zz", 1) == 1
+
+
+def test_compiled_evaluators_code_is_kept_on_disk(tmp_path, monkeypatch):
+    """An evaluator's code is compiled once and kept beside the recordings: a fresh process (memo
+    cleared) loads it and evaluates the same ops; a corrupt file is compiled again, not fatal."""
+    from codesign.graph import extrapolation as ex, tracing as tm
+
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ex, "COMPILE_AFTER", 1)
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    one, two = (tm._recorded(cfg, "head", "head", "decode", b, 1, 0, True) for b in (1, 2))
+    want = [_exact(o) for o in ex.extrapolate(one, two, 41).ops]
+    ex._CODE.clear()
+    assert [_exact(o) for o in ex.Linear(one, two).at(41).ops] == want
+    files = list((tmp_path / "code").glob("*.marshal"))
+    assert len(files) == 1
+    ex._CODE.clear()
+    assert [_exact(o) for o in ex.Linear(one, two).at(41).ops] == want  # loaded from the file
+    files[0].write_bytes(b"not marshal data")
+    ex._CODE.clear()
+    assert [_exact(o) for o in ex.Linear(one, two).at(41).ops] == want  # compiled again

@@ -110,3 +110,35 @@ def test_remap_on_a_template_equals_map_step(plan):
             remapped += 1
         _same(model.step(shape), Stepper(hw, cfg, plan, FP8, cache=False).full_step(shape))
     assert remapped >= 3  # the decode shapes share the template's structure
+
+
+def _exact(r) -> tuple:
+    """A step result with its floats as their reprs: equal only bit for bit."""
+    return (repr(r.time_s), r.bottleneck, repr(r.breakdown), repr(r.stage_times_s), r.residency, r.layers_simulated,
+            r.two_batch_overlap)
+
+
+def test_a_walk_of_new_shapes_equals_fresh_evaluations():
+    """New decode shapes one after another through one warm stepper (what the step benchmark times:
+    a mapping template, its layout and plans, compiled layer forms, router counts taken from the
+    previous draw) give, bit for bit, what a fresh stepper gives for each shape alone after the
+    process's memos are cleared, and the full evaluation."""
+    from codesign.graph import router, tracing
+    from codesign.sim.stepper import clear_caches
+
+    hw = make_hw(**{"system.chips": 8})
+    cfg = load_model("qwen3.5-35b-a3b")
+    plan = ParallelPlan(tp=8, ep=8)
+    warm = Stepper(hw, cfg, plan, FP8, cache=False)
+    warm.step(StepShape.decode(64, 32_768))
+    shapes = [StepShape.decode(100 + b, 30_000 + 997 * b) for b in range(4)] + [StepShape.decode(3, 5000),
+                                                                                 StepShape.decode(99, 29_000)]
+    walked = [warm.step(s) for s in shapes]
+    for shape, got in zip(shapes, walked):
+        clear_caches()
+        for memo in (router._LAST, router._MATRICES, router._DRAWS, tracing._SHAPED):
+            memo.clear()
+        fresh = Stepper(hw, cfg, plan, FP8, cache=False)
+        assert _exact(got) == _exact(fresh.step(shape))
+    for shape, got in zip(shapes[:2], walked[:2]):
+        _same(got, warm.full_step(shape))
