@@ -122,7 +122,8 @@ _PAD: dict[int, tuple[CostModel, np.ndarray, np.ndarray]] = {}
 
 
 def _pad_table(cm: CostModel, a: np.ndarray) -> np.ndarray:
-    """A table t with t[v] = `cm.expert_padding((v,))` padded tokens for every count v in `a`."""
+    """A table t with t[v] = `cm.expert_padding((v,))` padded tokens for every count v in `a`,
+    extended with the counts not seen before."""
     hit = _PAD.get(id(cm))
     if hit is None or hit[0] is not cm:
         if len(_PAD) >= 64:
@@ -136,9 +137,10 @@ def _pad_table(cm: CostModel, a: np.ndarray) -> np.ndarray:
         table = np.concatenate([table, np.zeros(size - table.shape[0], dtype=np.int64)])
         known = np.concatenate([known, np.zeros(size - known.shape[0], dtype=bool)])
         _PAD[id(cm)] = (cm, table, known)
-    for v in np.flatnonzero((present > 0) & ~known[:n]).tolist():
-        table[v] = int(cm.expert_padding((v,))[0])
-        known[v] = True
+    new = np.flatnonzero((present > 0) & ~known[:n]).tolist()
+    if new:  # the counts not padded yet, in one call (`CostModel.padded_tokens`: expert_padding's table)
+        table[new] = cm.padded_tokens(new)
+        known[new] = True
     return table
 
 
