@@ -69,8 +69,12 @@ class RoutedLayers:
         if a is None or a.size == 0:
             pairs = [cm.expert_padding(b) for b in self.blocks]
             return [p for p, _ in pairs], [r for _, r in pairs]
-        table = _pad_table(cm, a)
-        padded = [float(x) for x in table[a].sum(axis=1).tolist()]
+        if a.min() >= 0 and a.max() < _PAD_TABLE_MAX:  # a table by count, kept across steps
+            entries = _pad_table(cm, a)[a]
+        else:  # large counts (huge batches): their distinct values alone
+            values, inverse = np.unique(a, return_inverse=True)
+            entries = np.asarray(cm.padded_tokens(values.tolist()), dtype=np.int64)[inverse.reshape(a.shape)]
+        padded = [float(x) for x in entries.sum(axis=1).tolist()]
         return padded, np.where(a > 0, a, 0).sum(axis=1).tolist()
 
     def costs(self, cm: CostModel, residency: Residency, template_ops: list[Op]) -> list[tuple[OpCost, list[OpCost]]]:
@@ -117,8 +121,10 @@ class RoutedLayers:
 
 
 # Padded tokens by token count, per cost model (id -> (the model, table, which entries are known)):
-# each count padded once by `CostModel.expert_padding`, across the steps of a model.
+# each count padded once by `CostModel.expert_padding`, across the steps of a model. Tables cover
+# counts below _PAD_TABLE_MAX (0.6 MB each at most); larger counts are padded by their distinct values.
 _PAD: dict[int, tuple[CostModel, np.ndarray, np.ndarray]] = {}
+_PAD_TABLE_MAX = 1 << 16
 
 
 def _pad_table(cm: CostModel, a: np.ndarray) -> np.ndarray:

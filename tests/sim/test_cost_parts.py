@@ -269,3 +269,20 @@ def test_routed_layers_shared_by_variants_that_rank_alike():
             assert (a.blocks, a.imbalance, a.flops, a.bytes_read, a.bytes_written) == (
                 b.blocks, b.imbalance, b.flops, b.bytes_read, b.bytes_written)
     assert moved  # the far rates rank other EP ranks slowest somewhere
+
+
+def test_routed_padding_of_small_and_huge_counts_equals_expert_padding():
+    """The routed layers' padding (a table by count below its bound, distinct values above it: a
+    huge batch's counts must not size a table) against `CostModel.expert_padding` layer by layer."""
+    import numpy as np
+
+    from codesign.sim.routed import RoutedLayers
+
+    cm = CostModel(cs.load_hw("h200"), "fp8", "fp8")
+    rng = np.random.default_rng(1)
+    for top in (100, 200_000, 10**9):
+        a = rng.integers(0, top, size=(5, 16))
+        group = RoutedLayers(0, [0] * 5, 0, [], [tuple(r) for r in a.tolist()], [1.0] * 5, [0.0] * 5, [{}] * 5,
+                             [{}] * 5, a)
+        ref = [cm.expert_padding(tuple(r)) for r in a.tolist()]
+        assert group.padding(cm) == ([float(p) for p, _ in ref], [r for _, r in ref]), top
