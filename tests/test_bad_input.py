@@ -494,3 +494,15 @@ def test_spec_files_size_bound(tmp_path, monkeypatch):
     p = write(tmp_path, "big.yaml", "a: 1\n" * 100)
     with pytest.raises(CodesignError, match=r"expected a text file of at most 100 bytes, found a larger file"):
         spec_files.read_yaml(p)
+
+
+def test_an_efficiency_too_small_to_mean_anything_is_one_error_not_a_crash():
+    """A denormal efficiency passes the spec's (0, 1] check but makes op times infinite: the step is
+    refused with the op named, not an IndexError from the schedule."""
+    import codesign as cs
+    from codesign.errors import CodesignError
+
+    hw = cs.load_hw("h200")
+    bad = hw.model_copy(update={"efficiency": hw.efficiency.model_copy(update={"matrix_memory": 5e-324})})
+    with pytest.raises(CodesignError, match="time is not finite"):
+        cs.simulate(bad, "qwen3-8b", plan={"tp": 1}, chips=1)

@@ -56,6 +56,17 @@ class StepResult:
     two_batch_overlap: bool = False
 
 
+def _not_finite(ops: list[Op], costs: list[OpCost]) -> None:
+    """Raise the error of a group whose op time is not finite, naming the first such op."""
+    from codesign.errors import CodesignError
+
+    i = next(i for i, c in enumerate(costs) if not c.time_s < math.inf)
+    c = costs[i]
+    raise CodesignError(f"op {ops[i].name}: its time is not finite (compute {c.compute_s:g} s, memory {c.memory_s:g} s, "
+                        f"fixed {c.overhead_s:g} s, bound {c.bottleneck}): a rate or efficiency of the spec is too "
+                        f"small to mean anything")
+
+
 def _half(op: Op) -> Op:
     """The op for one of two equal micro-batches: token-proportional work halves, weights do not
     (each micro-batch streams the weights again: the price of two-batch overlap)."""
@@ -211,7 +222,10 @@ class StepSimulator:
         kinds = [o.kind for o in ops]
         plan = layout.plan(g, nodes, kinds) if layout is not None else _plan(g, nodes, kinds)
         order = plan.order
-        plain = plan.plain.makespan([costs[nodes[i]].time_s for i in order])
+        secs = [costs[nodes[i]].time_s for i in order]
+        if not sum(secs) < math.inf:  # inf or NaN: a rate of the spec too small to mean anything
+            _not_finite(ops, [costs[n] for n in nodes])
+        plain = plan.plain.makespan(secs)
         if self.tbo is False or "collective" not in kinds:
             return plain, False
         seconds = self.cost.seconds  # cost(op, residency).time_s
