@@ -134,20 +134,34 @@ def _compile_linear(s1: Segment, s2: Segment) -> "Callable[[int], list[Op]]":
             return _const(a, consts)
         return "{" + ", ".join(f"{k!r}: {num(v, b[k])}" for k, v in a.items()) + "}"
 
-    rows = []
-    for a, b in zip(s1.ops, s2.ops):
-        tup = (lambda x, y: _const(x, consts) if x is None else "(" + "".join(num(p, q) + ", " for p, q in zip(x, y)) + ")")
-        fields = [_const(a.name, consts), _const(a.target, consts), repr(a.kind), repr(a.block), repr(a.layer),
-                  _const(a.layer_type, consts), repr(a.phase), shapes(a.in_shapes, b.in_shapes),
-                  shapes(a.out_shapes, b.out_shapes), _const(a.dtype, consts), num(a.flops, b.flops),
-                  nbytes(a.bytes_read, b.bytes_read), nbytes(a.bytes_written, b.bytes_written), repr(a.repeat),
-                  tup(a.gemm, b.gemm), tup(a.tokens_per_expert, b.tokens_per_expert),
-                  _const(a.expert_weight_bytes, consts), _const(a.expert_flops_per_token, consts),
-                  _const(a.collective, consts)]
-        rows.append("Op(" + ", ".join(fields) + ")")
-    src = "def at(t):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
+    def tup(x, y) -> str:
+        return _const(x, consts) if x is None else "(" + "".join(num(p, q) + ", " for p, q in zip(x, y)) + ")"
+
+    rows = [_op_src(a, consts, _const(a.name, consts), repr(a.layer), _const(a.layer_type, consts),
+                    shapes(a.in_shapes, b.in_shapes), shapes(a.out_shapes, b.out_shapes), num(a.flops, b.flops),
+                    nbytes(a.bytes_read, b.bytes_read), nbytes(a.bytes_written, b.bytes_written),
+                    tup(a.gemm, b.gemm), tup(a.tokens_per_expert, b.tokens_per_expert))
+            for a, b in zip(s1.ops, s2.ops)]
+    return _function("t", rows, consts, "<codesign.graph.extrapolation.Linear>")
+
+
+def _op_src(a: Op, consts: list, name: str, layer: str, layer_type: str, ins: str, outs: str, flops: str, rd: str,
+            wr: str, gemm: str, tpe: str) -> str:
+    """Source of `Op(...)` built from the fields a form computes (given as source) and the others
+    taken from the recorded op `a` (its own objects, by `_const`), in `Op`'s field order."""
+    fields = [name, _const(a.target, consts), repr(a.kind), repr(a.block), layer, layer_type, repr(a.phase), ins,
+              outs, _const(a.dtype, consts), flops, rd, wr, repr(a.repeat), gemm, tpe,
+              _const(a.expert_weight_bytes, consts), _const(a.expert_flops_per_token, consts),
+              _const(a.collective, consts)]
+    return "Op(" + ", ".join(fields) + ")"
+
+
+def _function(params: str, rows: list[str], consts: list, filename: str) -> "Callable[..., list[Op]]":
+    """The compiled function `at(params)` returning the ops of `rows` (`_code`: compiled once per
+    source, kept on disk), with `consts` as its constant table C."""
+    src = f"def at({params}):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
     scope = {"Op": Op, "C": consts}
-    exec(_code(src, "<codesign.graph.extrapolation.Linear>"), scope)
+    exec(_code(src, filename), scope)
     return scope["at"]
 
 
@@ -360,22 +374,15 @@ def _compile(table: list, prefix: str = "", layer: int | None = None, layer_type
     in its tables op by op: about 5x slower), every constant field the recording's own object.
     With a placement (`Bilinear.placed_at`): names prefixed, `layer` and `layer_type` set."""
     consts: list = []
-    rows = []
-    for a, ins, outs, fl, rd, wr, gemm, tpe in table:
-        fields = [_const(prefix + a.name if prefix else a.name, consts), _const(a.target, consts), repr(a.kind),
-                  repr(a.block), repr(a.layer if layer is None else layer),
-                  _const(a.layer_type if layer_type is None else layer_type, consts), repr(a.phase), _shapes_src(ins, consts), _shapes_src(outs, consts),
-                  _const(a.dtype, consts), _expr(fl, consts), _bytes_src(rd, consts), _bytes_src(wr, consts),
-                  repr(a.repeat),
-                  _const(a.gemm, consts) if gemm is None else "(" + "".join(_expr(x, consts) + ", " for x in gemm) + ")",
-                  _const(a.tokens_per_expert, consts) if tpe is None else _shapes_src(tpe, consts) + "[0]",
-                  _const(a.expert_weight_bytes, consts), _const(a.expert_flops_per_token, consts),
-                  _const(a.collective, consts)]
-        rows.append("Op(" + ", ".join(fields) + ")")
-    src = "def at(tb, tc, tbc):\n    return [\n" + "".join(f"        {r},\n" for r in rows) + "    ]\n"
-    scope = {"Op": Op, "C": consts}
-    exec(_code(src, "<codesign.graph.extrapolation.Bilinear>"), scope)
-    return scope["at"]
+    rows = [_op_src(a, consts, _const(prefix + a.name if prefix else a.name, consts),
+                    repr(a.layer if layer is None else layer),
+                    _const(a.layer_type if layer_type is None else layer_type, consts),
+                    _shapes_src(ins, consts), _shapes_src(outs, consts), _expr(fl, consts), _bytes_src(rd, consts),
+                    _bytes_src(wr, consts),
+                    _const(a.gemm, consts) if gemm is None else "(" + "".join(_expr(x, consts) + ", " for x in gemm) + ")",
+                    _const(a.tokens_per_expert, consts) if tpe is None else _shapes_src(tpe, consts) + "[0]")
+            for a, ins, outs, fl, rd, wr, gemm, tpe in table]
+    return _function("tb, tc, tbc", rows, consts, "<codesign.graph.extrapolation.Bilinear>")
 
 
 __all__ = ["lerp", "lerp_shapes", "lerp_bytes", "same_structure", "extrapolate", "Linear", "Bilinear"]

@@ -166,13 +166,9 @@ def routed_spread(num_experts: int, top_k: int, ranks: int, nodes: int,
     tests route): the token picks g nodes by their best experts' scores, so each of them supplies
     at least its best expert (g distinct nodes) and the other k - g experts fall uniformly on the
     rest of those nodes' experts (checked against DeepEP's test routing by sampling)."""
+    if top_groups is None or top_groups >= nodes:  # uniform over all experts: `dispatch_fanout` per tier
+        return dispatch_fanout(num_experts, top_k, ranks), dispatch_fanout(num_experts, top_k, nodes)
     per_rank, per_node, d = num_experts // ranks, num_experts // nodes, ranks // nodes
-    if top_groups is None or top_groups >= nodes:
-        def hit(per: int) -> float:  # probability that a block of `per` experts is chosen
-            left = num_experts - per
-            return 1.0 if left < top_k else 1.0 - math.comb(left, top_k) / math.comb(num_experts, top_k)
-
-        return ranks * hit(per_rank), nodes * hit(per_node)
     g = max(1, top_groups)
     if top_k <= g:  # one expert from each of top_k of the chosen nodes
         return float(top_k), float(top_k)

@@ -71,7 +71,7 @@ class Scaler:
 # Op's fields in order, for the positional constructor below; if Op changes, the slower generic
 # copy is used (and tests/sim/test_engine.py::test_op_fields_known says so: then also check the
 # other positional constructions, `Op.clone`, `extrapolation.Bilinear.at_reference` and the evaluators
-# `extrapolation._compile` / `_compile_linear` generate, `tracing._assemble`, `step._Context.shard_all`).
+# `extrapolation._op_src` generates, `tracing._assemble`, `step._Context.shard_all`).
 OP_FIELDS = ("name", "target", "kind", "block", "layer", "layer_type", "phase", "in_shapes", "out_shapes", "dtype",
               "flops", "bytes_read", "bytes_written", "repeat", "gemm", "tokens_per_expert", "expert_weight_bytes",
               "expert_flops_per_token", "collective")

@@ -268,6 +268,19 @@ def test_batch_and_context_extrapolation_equal_a_direct_recording(name, phase, b
         assert derived.edges == direct.edges
 
 
+def _anchor_forms(phase: str, tokens: int):
+    """Per distinct Qwen3.5-397B layer kind: its four anchor recordings {(batch, cached): segment}
+    and the bilinear form built from them (None where batches 1 and 2 record differently)."""
+    from codesign.graph import extrapolation as ex, tracing as tm
+
+    cfg = cs.load_model("qwen3.5-397b-a17b")
+    A = tm.CONTEXT_ANCHOR
+    for seg in sorted({str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}):
+        kind = cfg.layer_kind(int(seg))
+        rec = {(b, c): tm._recorded(cfg, seg, kind, phase, b, tokens, c, False) for b in (1, 2) for c in (A, A + 1)}
+        yield rec, ex.Bilinear.build(rec[1, A], rec[2, A], rec[1, A + 1], rec[2, A + 1])
+
+
 @pytest.mark.parametrize("phase,tokens", [("decode", 1), ("prefill", 64)])
 def test_bilinear_form_equals_nested_extrapolation(phase, tokens):
     """The one-pass bilinear form of a layer segment (batch and cached length at once) gives every
@@ -276,12 +289,8 @@ def test_bilinear_form_equals_nested_extrapolation(phase, tokens):
 
     from codesign.graph import extrapolation as ex, tracing as tm
 
-    cfg = cs.load_model("qwen3.5-397b-a17b")
     A = tm.CONTEXT_ANCHOR
-    for seg in sorted({str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}):
-        kind = cfg.layer_kind(int(seg))
-        rec = {(b, c): tm._recorded(cfg, seg, kind, phase, b, tokens, c, False) for b in (1, 2) for c in (A, A + 1)}
-        form = ex.Bilinear.build(rec[1, A], rec[2, A], rec[1, A + 1], rec[2, A + 1])
+    for rec, form in _anchor_forms(phase, tokens):
         for batch, cached in [(3, 1000), (177, 32_767), (64, 262_000)]:
             ones = ex.extrapolate(rec[1, A], rec[1, A + 1], cached - A)
             twos = ex.extrapolate(rec[2, A], rec[2, A + 1], cached - A)
@@ -305,15 +314,10 @@ def test_compiled_bilinear_form_equals_its_reference(phase, tokens, monkeypatch)
     """`Bilinear.at` (one compiled expression per op) gives every op field of the table-driven
     `Bilinear.at_reference` with the same type and bits, and shares the same constant objects
     (byte dicts, shapes) with the recording, at shapes beyond, between and below the anchors."""
-    from codesign.graph import extrapolation as ex, tracing as tm
+    from codesign.graph import extrapolation as ex
 
     monkeypatch.setattr(ex, "COMPILE_AFTER", 1)  # compiled at the first use
-    cfg = cs.load_model("qwen3.5-397b-a17b")
-    A = tm.CONTEXT_ANCHOR
-    for seg in sorted({str(cfg.layer_types.index(t)) for t in set(cfg.layer_types)}):
-        kind = cfg.layer_kind(int(seg))
-        rec = {(b, c): tm._recorded(cfg, seg, kind, phase, b, tokens, c, False) for b in (1, 2) for c in (A, A + 1)}
-        form = ex.Bilinear.build(rec[1, A], rec[2, A], rec[1, A + 1], rec[2, A + 1])
+    for rec, form in _anchor_forms(phase, tokens):
         if form is None:
             continue
         for tb, tc in [(0, 0), (1, 1), (-1, 5000), (99, 29_999), (176, 32_766), (511, 262_000), (-1, 0)]:

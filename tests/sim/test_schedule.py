@@ -81,18 +81,25 @@ def _perturbed(rng: random.Random, secs: list[float]) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(200))
-def test_replayed_schedule_equals_event_loop(seed):
-    """`schedule_compiled` (a structure's recorded runs replayed where they apply) against the event
-    loop run in full, to the bit, over a sequence of perturbed seconds on one structure; the replay
-    itself is either None or the event loop's makespan."""
-    from codesign.sim.schedule import compile_structure, event_schedule, replay, schedule_compiled
+def _random_structure(seed: int):
+    """(rng, items, compiled structure, seconds) of the seed's random layer graph."""
+    from codesign.sim.schedule import compile_structure
 
     rng = random.Random(10_000 + seed)
     items = _random_items(rng, rng.randint(1, 60))
     index = {key: i for i, (key, _, _, _) in enumerate(items)}
     structure = compile_structure([it[1] for it in items], [[index[p] for p in it[3]] for it in items])
-    secs = [it[2] for it in items]
+    return rng, items, structure, [it[2] for it in items]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_replayed_schedule_equals_event_loop(seed):
+    """`schedule_compiled` (a structure's recorded runs replayed where they apply) against the event
+    loop run in full, to the bit, over a sequence of perturbed seconds on one structure; the replay
+    itself is either None or the event loop's makespan."""
+    from codesign.sim.schedule import event_schedule, replay, schedule_compiled
+
+    rng, items, structure, secs = _random_structure(seed)
     trace: tuple = ([], [])
     assert event_schedule(*structure, secs, trace) == _SimpySchedule().run(items)
     for _ in range(20):
@@ -106,15 +113,11 @@ def test_replayed_schedule_equals_event_loop(seed):
 def test_replay_applies_and_refuses():
     """Both paths are exercised by the perturbations above: the replay applies to most small moves
     and is refused where the order of events changes (checked against the event loop each time)."""
-    from codesign.sim.schedule import compile_structure, event_schedule, replay
+    from codesign.sim.schedule import event_schedule, replay
 
     hits = misses = 0
     for seed in range(200):
-        rng = random.Random(10_000 + seed)
-        items = _random_items(rng, rng.randint(1, 60))
-        index = {key: i for i, (key, _, _, _) in enumerate(items)}
-        structure = compile_structure([it[1] for it in items], [[index[p] for p in it[3]] for it in items])
-        secs = [it[2] for it in items]
+        rng, items, structure, secs = _random_structure(seed)
         trace: tuple = ([], [])
         event_schedule(*structure, secs, trace)
         for _ in range(20):
