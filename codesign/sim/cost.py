@@ -143,6 +143,12 @@ class CostOptions(BaseModel):
     # where the chip has one. False (or a chip without the curve): the eager decomposition the
     # tracer records, op by op (each batched product, triangular solve and element-wise op alone).
     fused_gdn_chunk: bool = True
+    # How the engine runs the GatedDeltaNet layers of a step that mixes prompt chunks and decodes
+    # (codesign.sim.mixed_gdn): "split" -- decodes in the recurrent kernel, prompt chunks in the
+    # chunk kernel (what the trace records; vLLM since PR #44700, 2026-06); "chunk" -- every
+    # sequence through one chunk-kernel call, each decode a padded chunk, its state gathered and
+    # scattered (vLLM before that PR, v0.17.1 among them). Acts in server mode's mixed steps.
+    gdn_mixed_decodes: Literal["split", "chunk"] = "split"
     # Prefill attention efficiency ramp L / (L + efficiency.attention_seq_half) on the keys per
     # query row L of one sequence (`attention_keys_per_row`), where the chip has the curve.
     attention_seq_ramp: bool = True

@@ -39,6 +39,7 @@ from codesign.sim.serving.ceiling import Ceiling, ceiling_config, steady_state
 from codesign.sim.serving.scheduler import Draft, Recorder, run_stream
 from codesign.sim.serving.steptime import StepTimeModel, StepTimeOptions
 from codesign.sim.stepper import Stepper
+from codesign.sim.mixed_gdn import mixed_gdn
 from codesign.units import GiB
 
 SEARCH_TOLERANCE = 0.01  # the SLO search stops when hi / lo < 1 + this
@@ -125,7 +126,9 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
         raise CodesignError(f"workload.mtp: {st.config.name} has no MTP heads (mtp_layers = 0) to draft with")
     cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, mtp=mtp)
     max_len = st.config.max_position_embeddings
-    model = StepTimeModel(st.step, max_len, options)  # verify groups: the core's recurrent GatedDeltaNet path
+    # verify groups: the core's recurrent GatedDeltaNet path; `extra`: what mixed steps add where the
+    # engine runs their GatedDeltaNet decodes in the chunk kernel (cost.gdn_mixed_decodes)
+    model = StepTimeModel(st.step, max_len, options, extra=mixed_gdn(st))
     draft_model = StepTimeModel(mtp_head_step(st), max_len, options) if mtp else None
     return ServingPoint(st, sched, cap, model, draft, draft_model)
 

@@ -191,8 +191,12 @@ def _decode_like(g: Group) -> bool:
 class StepTimeModel:
     """Seconds per step of one design point (a `Stepper`'s `step`), from a memoised grid."""
 
-    def __init__(self, step: StepFn, max_len: int, options: StepTimeOptions | None = None) -> None:
+    def __init__(self, step: StepFn, max_len: int, options: StepTimeOptions | None = None,
+                 extra: Callable[[StepShape], float] | None = None) -> None:
         self._step = step
+        # seconds added to a mixed step, exactly (not interpolated): an engine effect the core's
+        # graph does not record (codesign.sim.mixed_gdn); None: nothing
+        self.extra = extra
         self.max_len = max_len
         self.options = options or StepTimeOptions()
         o = self.options
@@ -346,7 +350,11 @@ class StepTimeModel:
         return (1 - wx) * ((1 - wy) * t00 + wy * t01) + wx * ((1 - wy) * t10 + wy * t11)
 
     def step_time(self, shape: StepShape) -> float:
-        """Seconds of one scheduler iteration's step (see module docstring)."""
+        """Seconds of one scheduler iteration's step (see module docstring), with `extra`'s."""
+        t = self._step_time(shape)
+        return t if self.extra is None else t + self.extra(shape)
+
+    def _step_time(self, shape: StepShape) -> float:
         groups = shape.groups
         if len(groups) == 1:
             g = groups[0]
@@ -440,7 +448,7 @@ class StepTimeModel:
         """`step_time` of the step of groups `a` then `b`, each given as (seqs, new, cached, logits),
         `b` one prompt chunk of more than one token (the event loop's most common step: decodes and
         one chunk), without building the shape; the same value."""
-        if self._interpolate_two:
+        if self._interpolate_two and self.extra is None:
             return self._two_cells(self._cell_of(a[0], a[1], a[2], a[3]), self._cell_of(b[0], b[1], b[2], b[3]))
         return self.step_time(StepShape((Group(*a), Group(*b))))
 
