@@ -109,6 +109,14 @@ ENGINES: dict[str, EngineProfile] = {
     # vLLM 0.11 (V1 engine core; detokenisation in the front-end process): no per-step host figure
     # is published for this version (the V1 blog gives only throughput ratios vs V0).
     "vllm-0.11": EngineProfile("vllm-0.11", 0.0, 0.0, overlap=False, source="none published: neutral"),
+    # vLLM 0.14 and later (0.17.1 ran the Qwen3.5-35B-A3B rows): asynchronous scheduling is on by
+    # default ("Async scheduling has been enabled by default since v0.14.0",
+    # github.com/vllm-project/vllm/pull/33352; it turns it off only for Mamba-style models with
+    # prefix caching, which hybrid models keep off by default until vllm PR #50991, 2026-08), so
+    # the host work of step n+1 runs while step n computes: max(gpu, host). No per-iteration host
+    # figure of a GPU build is published for these versions: neutral.
+    "vllm-0.17": EngineProfile("vllm-0.17", 0.0, 0.0, overlap=True,
+                               source="async scheduling by default (vllm PR 33352); no figure published: neutral"),
     # DeepSeek's production inference system (Feb 2025 overview): its own engine, no host figure.
     "deepseek-production": EngineProfile("deepseek-production", 0.0, 0.0, overlap=False,
                                          source="none published: neutral"),

@@ -35,8 +35,10 @@ def test_vllm_v0_figures_are_the_sources_numbers():
     samples_us = [18.12, 17.88, 17.64, 37.91, 29.56, 55.55, 22.17, 17.88, 17.17]  # issue 5206
     assert e.detokenize_per_seq_s == pytest.approx(sum(samples_us) / 9 * 1e-6)
     assert not e.overlap
-    for name in ("tensorrt-llm-mlperf-v4.1", "tensorrt-llm-mlperf-v5.0", "vllm-0.11", "deepseek-production"):
+    for name in ("tensorrt-llm-mlperf-v4.1", "tensorrt-llm-mlperf-v5.0", "vllm-0.11", "vllm-0.17", "deepseek-production"):
         assert ENGINES[name].neutral, name  # nothing published: no overhead
+    # vLLM 0.14+: asynchronous scheduling by default (vllm PR 33352): host work overlaps the step
+    assert ENGINES["vllm-0.17"].overlap and ENGINES["vllm-0.17"].step_time(0.05, 512) == 0.05
 
 
 def test_synchronous_engine_adds_host_time_to_every_step():
