@@ -24,7 +24,7 @@ layer's delta rule one of two ways, a fact of the engine version (``CostOptions.
 
 What ``"chunk"`` adds to a mixed step, per GatedDeltaNet layer on one chip, over the ``"split"``
 costing of the traced graph (D decodes and P prompt chunks of one engine replica; heads after the
-TP split; fp32 state, as the trace keeps it):
+TP split; the state in `precision.state`, fp32 by default as the trace keeps it):
 
 1. **Gather and scatter of every state**: the indexed read into a contiguous tensor and the indexed
    write back, each reading and writing the state once: ``4 x (D + P) x state bytes`` at the chip's
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from codesign.graph.shape import StepShape
 
-STATE_BYTES = 4  # fp32 recurrent state (the trace's GatedDeltaNetCache; vLLM's Qwen3.5 mamba_ssm_dtype)
+STATE_BYTES = 4  # fp32 recurrent state: `precision.state`'s default (vLLM's Qwen3.5 mamba_ssm_dtype)
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,12 @@ class MixedGdn:
     replicas: int  # engine replicas the step's sequences are spread over (dp x attention_dp)
     hbm_bytes_per_s: float
     chunk_flops_per_s: float
+    element_bytes: float = STATE_BYTES  # bytes per state element (`precision.state`)
 
     @property
-    def state_bytes(self) -> int:
+    def state_bytes(self) -> float:
         """Bytes of one sequence's state in one layer on one chip."""
-        return self.heads * self.dk * self.dv * STATE_BYTES
+        return self.heads * self.dk * self.dv * self.element_bytes
 
     @property
     def pad_flops(self) -> float:
@@ -114,8 +115,10 @@ def mixed_gdn(stepper) -> MixedGdn | None:
     cm = CostModel(hw, "bf16", "bf16", stepper.cost)
     rate = cm.gdn_rate or hw.chip.matrix.peak("bf16") * hw.efficiency.gemm_for("bf16")
     heads = max(1, la.num_value_heads // max(1, plan.tp))
+    prec = stepper.precision
     return MixedGdn(layers=layers, heads=heads, dk=la.key_head_dim, dv=la.value_head_dim, chunk=la.chunk_size,
-                    replicas=max(1, plan.dp * plan.attention_dp), hbm_bytes_per_s=cm.hbm_bw, chunk_flops_per_s=rate)
+                    replicas=max(1, plan.dp * plan.attention_dp), hbm_bytes_per_s=cm.hbm_bw, chunk_flops_per_s=rate,
+                    element_bytes=prec.bytes_per_element(prec.state))
 
 
 __all__ = ["MixedGdn", "STATE_BYTES", "mixed_gdn"]

@@ -86,3 +86,13 @@ def test_step_time_model_adds_it_exactly():
 def test_bad_option_is_one_clear_error():
     with pytest.raises(CodesignError, match="gdn_mixed_decodes"):
         CostOptions.from_dict({"gdn_mixed_decodes": "unified"})
+
+
+def test_state_dtype_sets_the_gathered_bytes():
+    fp32 = mixed_gdn(_stepper())
+    bf16 = Stepper(load_hw("h200"), load_model("qwen3.5-35b-a3b"), ParallelPlan(tp=1),
+                   Precision(weights="bf16", activations="bf16", kv_cache="bf16", state="bf16"), CHUNK, cache=False)
+    half = mixed_gdn(bf16)
+    assert half.state_bytes == fp32.state_bytes / 2 == 32 * 128 * 128 * 2
+    assert half.extra_s(MIXED)[0] == pytest.approx(fp32.extra_s(MIXED)[0] / 2, rel=1e-12)
+    assert half.extra_s(MIXED)[1] == fp32.extra_s(MIXED)[1]  # the padded chunks' work does not change
