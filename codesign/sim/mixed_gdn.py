@@ -45,8 +45,12 @@ path). Only mixed steps change: a decode-only or prefill-only step is the same i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from codesign.graph.shape import StepShape
+
+if TYPE_CHECKING:
+    from codesign.sim.stepper import Stepper
 
 STATE_BYTES = 4  # fp32 recurrent state: `precision.state`'s default (vLLM's Qwen3.5 mamba_ssm_dtype)
 
@@ -100,7 +104,7 @@ class MixedGdn:
         return mem, comp
 
 
-def mixed_gdn(stepper) -> MixedGdn | None:
+def mixed_gdn(stepper: "Stepper") -> MixedGdn | None:
     """The ``"chunk"`` mode's model for a `Stepper`'s point, or None where it does not act (the
     option is ``"split"``, or the model has no GatedDeltaNet layers)."""
     from codesign.sim.cost import CostModel
