@@ -10,6 +10,11 @@ deployment (batch = all concurrent sequences; bytes at the traced dtypes) into w
   group reads its own full set, so weights are *not* divided by attention_dp); GQA KV bytes by
   ``min(tp, num_kv_heads)`` (KV heads replicate beyond that); MLA's latent cache is read whole by
   every TP rank. Other blocks (norms, router, glue) are replicated over tp.
+* **One all-reduce per MoE layer at plain TP.** Where the routed experts are tensor-parallel
+  (no ``ep``, no ``attention_dp``), the shared expert's partial output is added to the routed
+  experts' before the layer's one all-reduce (``moe_allreduce``), as engines run it: vLLM builds the
+  shared expert with ``reduce_results=False`` and reduces the sum once (``DeepseekV2MoE``,
+  ``Qwen2MoeSparseMoeBlock``); SGLang likewise. The shared expert gets no all-reduce of its own.
 * **MLA's down-projections are replicated over tp** (`MLA_REPLICATED`): ``q_a_proj``,
   ``kv_a_proj_with_mqa`` and their RMSNorms run whole on every TP rank, since each norm needs the
   whole latent (q_lora_rank, kv_lora_rank) and no engine all-gathers it: vLLM's
@@ -453,9 +458,12 @@ def _tp_sites(graph: nx.DiGraph, ctx: _Context) -> list[tuple[int, str, str]]:
         groups[(op.layer, op.block)].append(n)
     out = []
     topo_index: dict[int, int] = {}  # built only when a block has several candidate exits
+    one_moe_reduce = _moe_sites(ctx) == ["moe_allreduce"]
     for (layer, block), nodes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if block not in TP_BLOCKS or block == "embed":
             continue
+        if block == "moe_shared" and one_moe_reduce and (layer, "moe_experts") in groups:
+            continue  # reduced with the routed experts' output (module docstring)
         members = set(nodes)
         exits = [n for n in nodes if not any(s in members for s in graph.successors(n))]
         if not exits:
