@@ -98,8 +98,8 @@ def test_every_leaf_takes_another_value_and_moves_the_hash(base):
     # refused: chip.host (not yet supported), three model fields whose other value breaks a
     # cross-field rule, three server-only workload fields in decode mode, four server-mode
     # sections (scheduler, disaggregation, step_model, slo_search) that take a mapping, not None,
-    # and mapping.all_to_all_mode (one of three names)
-    assert changed >= 115 and refused <= 13, (changed, refused)
+    # mapping.all_to_all_mode (one of three names) and cost.gemm_kernel (one of two)
+    assert changed >= 115 and refused <= 14, (changed, refused)
 
 
 def test_issue_examples_work_as_written(base):
