@@ -61,6 +61,10 @@ GROUPS = {
     # Triton fused_moe (vLLM's fused_experts, benchmark_moe.py rows on H100): the kernel's fraction of
     # the dtype's peak, its occupancy half-tokens, weight-streaming fraction and fixed time per call,
     # with a tuned config (`moe_triton`) and with vLLM's default tile heuristic (`moe_triton_default`).
+    # vLLM's block-FP8 dense GEMM without DeepGEMM: CUTLASS's SM90 blockwise kernel (`cutlass_block_fp8`).
+    "cutlass_block_fp8": (lambda r: r.op == "gemm" and r.gemm_kernel == "cutlass_block_fp8" and r.hw in HOPPER,
+                          {"cutlass_block_fp8": (0.05, 1.0), "cutlass_block_fp8_m_half": (0.0, 8192.0),
+                           "cutlass_block_fp8_k_s": (0.0, 50e-9)}, set()),
     "moe_triton": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused" and r.hw in HOPPER,
                    {"moe_triton": (0.05, 1.0), "moe_triton_tokens_half": (1.0, 65536.0),
                     "moe_triton_memory": (0.2, 1.0), "moe_triton_overhead": (0.0, 100e-6)}, set()),
@@ -253,7 +257,7 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "moe_triton": cur.gemm, "moe_triton_tokens_half": 256.0, "moe_triton_memory": cur.memory,
                  "moe_triton_default": cur.gemm, "moe_triton_default_tokens_half": 256.0,
-                 "moe_triton_default_memory": cur.memory}[n]
+                 "moe_triton_default_memory": cur.memory, "cutlass_block_fp8": 0.25}[n]
         x0.append((v - bounds[n][0]) / (bounds[n][1] - bounds[n][0]))
     # Nelder-Mead from the current values and from 8 seeded random starts (it stalls on the flat
     # regions that the bounds create); the best end point is restarted once with small steps.

@@ -33,7 +33,8 @@ _spec.loader.exec_module(fit)
 def library_rows(library: str) -> list:
     """The library's dense GEMM rows on the full-rate Hopper parts, at TDP."""
     return [r for f in table_files() for r in load_table(f).rows
-            if r.op == "gemm" and r.library == library and r.hw in fit.FULL_HOPPER and fit.at_tdp(r)]
+            if r.op == "gemm" and r.library == library and r.gemm_kernel is None
+            and r.hw in fit.FULL_HOPPER and fit.at_tdp(r)]
 
 
 def time_error(r) -> float:
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for r in rows:
         print(f"  {r.hw} {r.dtype} {r.m}x{r.n}x{r.k} ({r.source}): predicted time {time_error(r):+.1%} vs measured")
-    res = fit.fit(args.library, lambda r: r.op == "gemm" and r.library == args.library and r.hw in fit.FULL_HOPPER,
+    res = fit.fit(args.library, lambda r: r.op == "gemm" and r.library == args.library and r.gemm_kernel is None
+                  and r.hw in fit.FULL_HOPPER,
                   {"gemm": (0.3, 1.0)}, set())  # the same rows: fit applies at_tdp itself
     family = load_hw(rows[0].hw).efficiency.gemm
     print(f"{args.library}: {res['rows']} rows; gemm refitted on them alone {res['params']['gemm']:.3f} "

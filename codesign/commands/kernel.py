@@ -57,6 +57,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         q.add_argument("--dtype", default="bf16", help="fp4 | fp8 | int8 | bf16 | fp16 | fp32 (default bf16)")
         if op == "grouped_gemm":
             q.add_argument("--layout", choices=("contiguous", "masked"), default=None)
+        if op == "gemm":
+            q.add_argument("--gemm-kernel", dest="gemm_kernel", default=None,
+                           help="calibrated | cutlass_block_fp8 (default: calibrated, cost.gemm_kernel)")
         if op == "fused_moe":
             q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
                            help="grouped | triton_fused | triton_fused_default (default: grouped, cost.moe_kernel)")
@@ -82,7 +85,7 @@ def shape_from_args(args: argparse.Namespace):
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
     for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel",
-                                       "experts", "top_groups"):
+                                       "gemm_kernel", "experts", "top_groups"):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v

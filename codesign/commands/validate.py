@@ -129,13 +129,15 @@ def run_kernels(folder: str | None, as_json: bool) -> int:
 
 
 def library_summary(results) -> dict[str, dict]:
-    """Per kernel library (`library:` of the rows; power-capped rows apart, as `<library>@<W>W`): rows,
+    """Per kernel library (`library:` of the rows; rows of a named GEMM kernel apart, as `<library>
+    <gemm_kernel>`, and power-capped rows, as `<library>@<W>W`): rows,
     MAPE, and the mean signed error in time (predicted / measured seconds - 1, whatever the row's
     metric), so that the direction of a library's gap from the curve reads the same for every row."""
     groups: dict[str, list] = {}
     for r in results:
         if r.row.library:
-            key = r.row.library + (f"@{r.row.power_w:g}W" if r.row.power_w else "")
+            key = r.row.library + (f" {r.row.gemm_kernel}" if r.row.gemm_kernel else "") + (
+                f"@{r.row.power_w:g}W" if r.row.power_w else "")
             groups.setdefault(key, []).append(r)
     out = {}
     for key, rs in sorted(groups.items()):

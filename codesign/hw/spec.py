@@ -232,6 +232,18 @@ class Efficiency(_Strict):
     moe_triton_default_memory: Fraction | None = None
     moe_triton_default_overhead: Seconds = 0.0
 
+    # Block-scaled FP8 dense GEMM as vLLM runs it without DeepGEMM on Hopper: CUTLASS's SM90 blockwise
+    # kernel (`W8A8BlockFp8LinearOp` -> `cutlass_scaled_mm` with 128 x 128 weight and 1 x 128
+    # activation scales), used for dense projections where a deployment runs it (`cost.gemm_kernel`;
+    # docs/cost-model.md "Block-scaled FP8 dense GEMM"). Matrix seconds = max(padded FLOPs / (FP8 peak
+    # x `cutlass_block_fp8` x M / (M + `cutlass_block_fp8_m_half`)), K x `cutlass_block_fp8_k_s`):
+    # the second term is one output tile's K loop, which runs in one thread block (no split-K), the
+    # floor of a GEMM with fewer tiles than SMs. Memory and fixed time as the family's GEMMs. Fitted
+    # on benchmarks/kernels/block_fp8_gemm.yaml only; a chip without it refuses the option.
+    cutlass_block_fp8: Fraction | None = None
+    cutlass_block_fp8_m_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
+    cutlass_block_fp8_k_s: Seconds = 0.0  # seconds per K element of one tile's K loop
+
     @model_validator(mode="after")
     def _moe_triton_dtypes(self) -> "Efficiency":
         for f in ("moe_triton", "moe_triton_default"):

@@ -16,6 +16,10 @@ Named assumptions (each overridable by keyword):
   ``(E + r) / ep`` experts.
 * KV cache is stored for ``context`` tokens per sequence (sliding layers capped at their window);
   MLA stores the latent plus the shared RoPE key, replicated on every TP rank.
+* MLA's down-projections (``q_a_proj``, ``kv_a_proj_with_mqa``: ``H x (q_lora_rank + kv_lora_rank
+  + qk_rope_head_dim)`` parameters a layer) are held whole by every TP rank, as engines run them
+  (codesign.mapping.step, "MLA's down-projections are replicated over tp"); the rest of the block
+  (up-projections, ``o_proj``) is split.
 * The GatedDeltaNet conv state is kept in the model dtype (bf16, as `GatedDeltaNetCache` allocates
   it), the recurrent state in ``precision.state`` (fp32).
 * Activations: the peak working set of one step, ``tokens_on_chip x activation bytes x (2 H +
@@ -110,6 +114,18 @@ def _mixer_params(config: ModelConfig, layer_type: str) -> tuple[str, float, flo
     n += la.conv_dim * la.conv_kernel + 2 * la.num_value_heads  # depthwise conv, dt_bias, A_log
     n += vdim * H  # out_proj
     return "linear_attention", n, la.value_head_dim  # gated RMSNorm over dv
+
+
+def mla_replicated_fraction(config: ModelConfig) -> float:
+    """Share of an MLA block's parameters every TP rank holds whole: its down-projections
+    (``q_a_proj`` and ``kv_a_proj_with_mqa``) over the block's total (module docstring). 0 without
+    MLA."""
+    m = config.mla
+    if m is None:
+        return 0.0
+    H = config.hidden_size
+    whole = H * ((m.q_lora_rank or 0) + m.kv_lora_rank + m.qk_rope_head_dim)
+    return whole / _mixer_params(config, "mla")[1]
 
 
 def _ffn_params(config: ModelConfig, mlp_type: str) -> dict[str, float]:
@@ -247,9 +263,13 @@ def _weights_per_chip(config: ModelConfig, source: nx.DiGraph | dict | None, pla
         moe_div /= (E + plan.redundant(E)) / E
     traced = _graph_layer_weights(source) if isinstance(source, nx.DiGraph) and source.number_of_nodes() else None
 
+    mla_whole = mla_replicated_fraction(config)
+
     def shard(block: str, nbytes: float) -> float:
         if block == "moe_experts":
             return nbytes / moe_div
+        if block == "mla" and mla_whole:
+            return nbytes * (mla_whole + (1.0 - mla_whole) / plan.tp)
         if block in TP_BLOCKS:
             return nbytes / plan.tp
         return nbytes  # norms, router, MTP projection: replicated

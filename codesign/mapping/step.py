@@ -10,6 +10,17 @@ deployment (batch = all concurrent sequences; bytes at the traced dtypes) into w
   group reads its own full set, so weights are *not* divided by attention_dp); GQA KV bytes by
   ``min(tp, num_kv_heads)`` (KV heads replicate beyond that); MLA's latent cache is read whole by
   every TP rank. Other blocks (norms, router, glue) are replicated over tp.
+* **One all-reduce per MoE layer at plain TP.** Where the routed experts are tensor-parallel
+  (no ``ep``, no ``attention_dp``), the shared expert's partial output is added to the routed
+  experts' before the layer's one all-reduce (``moe_allreduce``), as engines run it: vLLM builds the
+  shared expert with ``reduce_results=False`` and reduces the sum once (``DeepseekV2MoE``,
+  ``Qwen2MoeSparseMoeBlock``); SGLang likewise. The shared expert gets no all-reduce of its own.
+* **MLA's down-projections are replicated over tp** (`MLA_REPLICATED`): ``q_a_proj``,
+  ``kv_a_proj_with_mqa`` and their RMSNorms run whole on every TP rank, since each norm needs the
+  whole latent (q_lora_rank, kv_lora_rank) and no engine all-gathers it: vLLM's
+  ``DeepSeekV2FusedQkvAProjLinear`` (``disable_tp=True``; ``fused_qkv_a_proj`` a replicated linear
+  in earlier versions), SGLang's ``fused_qkv_a_proj_with_mqa`` (``ReplicatedLinear``). Only the
+  up-projections (``q_b_proj``, ``kv_b_proj``: heads) and ``o_proj`` split.
 * **Routed experts** are placed on ``ep`` ranks (``contiguous`` by default: rank r holds experts
   [r E/ep, (r+1) E/ep); ``round_robin`` puts expert e on rank e mod ep; or an explicit list giving
   each expert's rank). Each rank's tokens are the sum of its experts' ``tokens_per_expert``; the
@@ -76,6 +87,8 @@ from codesign.models.config import ModelConfig
 
 FP8_SCALE_OVERHEAD = 4.0 / 128  # one fp32 scale per 128 fp8 values (DeepEP dispatch layout)
 _ROW_PARALLEL = ("o_proj", "down_proj", "out_proj")  # weight split along K (input) under TP
+# MLA modules every TP rank runs whole (module docstring); their weights: memory.MLA_REPLICATED too.
+MLA_REPLICATED = ("q_a_proj", "kv_a_proj_with_mqa", "q_a_layernorm", "kv_a_layernorm")
 
 
 @dataclass
@@ -127,6 +140,21 @@ def _row_parallel(name: str) -> bool:
         if len(_ROW) >= 65536:
             _ROW.clear()
         hit = _ROW[name] = any(name.split("/")[0].endswith(s) for s in _ROW_PARALLEL)
+    return hit
+
+
+_REP: dict[str, bool] = {}
+
+
+def _tp_replicated(op: Op) -> bool:
+    """Whether an op of a TP block runs whole on every TP rank (MLA's down-projections), by name."""
+    if op.block != "mla":
+        return False
+    hit = _REP.get(op.name)
+    if hit is None:
+        if len(_REP) >= 65536:
+            _REP.clear()
+        hit = _REP[op.name] = any(op.name.split("/")[0].endswith(s) for s in MLA_REPLICATED)
     return hit
 
 
@@ -308,7 +336,7 @@ class _Context:
         """(the op as one chip runs it, its slowest EP rank and imbalance for a routed-expert op)."""
         if op.kind == "grouped_gemm" and op.block == "moe_experts" and self.config.moe is not None:
             return self.experts.map(op)
-        if op.block in TP_BLOCKS:
+        if op.block in TP_BLOCKS and not _tp_replicated(op):
             return self.scaler.op(op, self.flops_tp, self._tp_factors(op), _gemm_shape(op, self.tok_att, self.tp)), \
                 None, None
         # replicated over tp: norms, router, residual glue
@@ -344,12 +372,12 @@ class _Context:
                 imbalance[op.layer] = imb
                 out[n] = new
                 continue
-            if block in TP_BLOCKS:
+            if block in TP_BLOCKS and not (block == "mla" and _tp_replicated(op)):
                 f = by_block.get(block)
                 if f is None:
                     f = by_block[block] = scaler.factors(self._tp_factors(op))
                 ff, w = ftp, tp
-            else:  # replicated over tp: norms, router, residual glue
+            else:  # replicated over tp: norms, router, residual glue, MLA's down-projections
                 f, ff, w = rep, tok, 1
             fw, fa, fk, fs = f
             r, x = op.bytes_read.get, op.bytes_written.get
@@ -430,9 +458,12 @@ def _tp_sites(graph: nx.DiGraph, ctx: _Context) -> list[tuple[int, str, str]]:
         groups[(op.layer, op.block)].append(n)
     out = []
     topo_index: dict[int, int] = {}  # built only when a block has several candidate exits
+    one_moe_reduce = _moe_sites(ctx) == ["moe_allreduce"]
     for (layer, block), nodes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if block not in TP_BLOCKS or block == "embed":
             continue
+        if block == "moe_shared" and one_moe_reduce and (layer, "moe_experts") in groups:
+            continue  # reduced with the routed experts' output (module docstring)
         members = set(nodes)
         exits = [n for n in nodes if not any(s in members for s in graph.successors(n))]
         if not exits:

@@ -18,6 +18,10 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   tiles): per-expert padding to `triton_moe_min_block` below the tile's M, its own fraction of peak,
   occupancy half-tokens, weight-streaming fraction and fixed time per call, no K ramp. The same
   scalar functions serve the per-layer fast path (`codesign.sim.routed`).
+* **Dense GEMM kernel implementation** (`CostOptions.gemm_kernel`, `_gemm_kernel`): the dense
+  projections (2-D GEMMs of `BLOCK_FP8_LINEAR_BLOCKS`) run the family curve above (default) or
+  CUTLASS's SM90 blockwise FP8 kernel (`efficiency.cutlass_block_fp8*`): max(padded FLOPs / (FP8
+  peak x fraction x M / (M + m_half)), K x k_s), the second term one output tile's serial K loop.
 * **Attention**: FLOPs / (peak x efficiency.attention) (FlashAttention-3 reaches ~75% of H100
   bf16 peak: accelerators.md anchor 40); prefill attention on a chip with
   `efficiency.attention_seq_half` is ramped by L / (L + attention_seq_half), L the keys per query
@@ -65,6 +69,11 @@ _TORCH_DTYPES = {
 
 # MoE routed-expert kernel implementations a deployment's engine runs (`CostOptions.moe_kernel`).
 MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default"]
+# Dense GEMM kernel implementations (`CostOptions.gemm_kernel`).
+GemmKernel = Literal["calibrated", "cutlass_block_fp8"]
+# Blocks whose dense GEMMs are the checkpoint's quantised linear layers (what `gemm_kernel` acts
+# on); the router, embedding and LM head stay 16-bit in block-FP8 checkpoints and keep the family curve.
+BLOCK_FP8_LINEAR_BLOCKS = frozenset({"attention", "mla", "linear_attention", "mlp", "moe_shared"})
 
 # Seconds written as a number or with a unit ("5 us"), never negative.
 _Seconds = Annotated[float, BeforeValidator(lambda v: parse_quantity(v, "time")), Field(ge=0)]
@@ -106,6 +115,13 @@ class CostOptions(BaseModel):
     # its default tile heuristic, at `efficiency.moe_triton_default*`. Both curves are fitted on that
     # kernel's published timings only (benchmarks/kernels/fused_moe.yaml).
     moe_kernel: MoeKernel = "grouped"
+    # Which kernel runs the dense projections (2-D GEMMs of the attention, MLA, MLP and shared-expert
+    # blocks), a fact of the deployment's engine and checkpoint (docs/cost-model.md "Block-scaled
+    # FP8 dense GEMM"): "calibrated" -- the family GEMM curve (fitted on DeepGEMM and TileLang; the
+    # cuBLAS / cuBLASLt / per-tensor CUTLASS rows meet it); "cutlass_block_fp8" -- CUTLASS's SM90
+    # blockwise FP8 kernel, what vLLM runs for block-scaled FP8 checkpoints (DeepSeek-V3/R1) where
+    # DeepGEMM is not installed, at the chip's `efficiency.cutlass_block_fp8*` curve. FP8 only.
+    gemm_kernel: GemmKernel = "calibrated"
     # Row block of the Triton fused_moe kernel for an expert with fewer tokens than the tile's M:
     # `moe_align_block_size` pads every expert's tokens to BLOCK_SIZE_M, 16 in vLLM's decode-size
     # tuned and default configs (no swap-AB: the tokens stay in M). Above the tile's M, the tile's M.
@@ -325,6 +341,7 @@ class CostModel:
         self._expert_pad = _PAD_TABLES.setdefault(self.padding_rule, {})
         self.half = eff.small_m_half
         self._moe_kernel(hw)
+        self._gemm_kernel(hw)
         # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
         # kernel's efficiency, and its block slots (None: the curve is off for this chip or by option).
         self.gdn_rate: float | None = None
@@ -369,6 +386,23 @@ class CostModel:
         if memory is not None:
             self.grouped_hbm_bw = hw.chip.hbm.bandwidth * memory
         self.grouped_fixed_s = fixed
+
+    def _gemm_kernel(self, hw: HardwareSpec) -> None:
+        """Rate, M half-point and K-loop seconds of the dense projection kernel
+        (`CostOptions.gemm_kernel`); None: the family GEMM curve. "cutlass_block_fp8" is refused on
+        a deployment whose matrix dtype is not FP8 or on a chip without that curve."""
+        self.block_fp8: tuple[float, float, float] | None = None
+        if self.opts.gemm_kernel == "calibrated":
+            return
+        eff = hw.efficiency
+        if self.matrix_dtype != "fp8":
+            raise CodesignError(f"cost.gemm_kernel: {self.opts.gemm_kernel} is a block-scaled FP8 kernel; "
+                                f"this deployment's GEMMs compute in {self.matrix_dtype}")
+        if eff.cutlass_block_fp8 is None:
+            raise CodesignError(f"cost.gemm_kernel: {self.opts.gemm_kernel} needs efficiency.cutlass_block_fp8 of "
+                                f"{hw.name} (a fit on that kernel's rows); {hw.name} has none")
+        self.block_fp8 = (hw.chip.matrix.peak("fp8") * eff.cutlass_block_fp8, eff.cutlass_block_fp8_m_half,
+                          eff.cutlass_block_fp8_k_s)
 
     def rank_rates(self) -> tuple[float, float]:
         """(FLOP/s, bytes/s) of grouped expert GEMMs and HBM: what the mapping ranks EP ranks and
@@ -428,6 +462,10 @@ class CostModel:
         useful = 2.0 * b * m * n * k
         padded = 2.0 * b * mp * np_ * k
         flops = op.flops * (padded / useful) if useful > 0 else op.flops
+        if self.block_fp8 is not None and b == 1 and op.block in BLOCK_FP8_LINEAR_BLOCKS:
+            rate, half, k_s = self.block_fp8
+            ramp = mp / (mp + half) if self.opts.small_m_ramp else 1.0
+            return max(flops / (rate * ramp), k * k_s)
         return flops / (self.matrix_rate * self._ramp(mp) * self._k_ramp(k))
 
     def grouped_gemm_time(self, op: Op) -> float:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
-from codesign.sim.cost import CostModel, CostOptions, MoeKernel
+from codesign.sim.cost import CostModel, CostOptions, GemmKernel, MoeKernel
 
 KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "all_to_all", "all_reduce",
                    "all_gather", "reduce_scatter"]
@@ -88,6 +88,8 @@ class KernelShape(BaseModel):
     algorithm: str | None = None  # collective algorithm (codesign.mapping.collectives.ALGORITHMS)
     # fused_moe: which MoE kernel implementation ran (`CostOptions.moe_kernel`); none: the default.
     moe_kernel: MoeKernel | None = None
+    # gemm: which dense GEMM kernel ran (`CostOptions.gemm_kernel`); none: the default.
+    gemm_kernel: GemmKernel | None = None
 
     @model_validator(mode="after")
     def _fields_of_op(self) -> "KernelShape":
@@ -107,6 +109,8 @@ class KernelShape(BaseModel):
                              f"and at least top_k ({self.top_k})")
         if self.moe_kernel is not None and self.op != "fused_moe":
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
+        if self.gemm_kernel is not None and self.op != "gemm":
+            raise ValueError(f"gemm_kernel applies to gemm only, found op {self.op}")
         if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
@@ -341,6 +345,8 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     dt = s.dtype
     # One kernel alone: no element-wise kernels of a serving engine around it.
     opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
+    if s.gemm_kernel is not None:
+        opts = opts.model_copy(update={"gemm_kernel": s.gemm_kernel})
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)

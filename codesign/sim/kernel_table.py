@@ -101,7 +101,7 @@ class KernelResult:
         r = self.row
         if r.op == "gemm":
             shape = f"{r.m}x{r.n}x{r.k}" + (f" {r.library}" if r.library else "") + (
-                f" {r.power_w:g}W" if r.power_w else "")
+                f" {r.gemm_kernel}" if r.gemm_kernel else "") + (f" {r.power_w:g}W" if r.power_w else "")
         elif r.op == "grouped_gemm":
             shape = f"{r.groups}x{r.m}x{r.n}x{r.k}"
         elif r.op == "fused_moe":

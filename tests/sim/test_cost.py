@@ -148,7 +148,11 @@ FAMILIES = {
 # with 132 SMs carry it, H20 (SM count not published) does not. Prefill attention's fraction is
 # measured per chip where a chip has its own FA3 rows (H20: benchmarks/kernels/attention.yaml).
 # Blackwell: GB200 (1200 W) has its own FP8 fraction from its cuBLASLt row; B200's is CUTLASS's.
-PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention"),
+# The CUTLASS blockwise FP8 curve (a K-loop time per tile) holds for the full-rate Hopper parts, not
+# H20 (its tensor rate is cut).
+PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
+                                                          "cutlass_block_fp8", "cutlass_block_fp8_m_half",
+                                                          "cutlass_block_fp8_k_s"),
             "blackwell": ("gemm",)}
 
 
