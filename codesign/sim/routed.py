@@ -100,10 +100,13 @@ class RoutedLayers:
                 if len(self._kept) >= 8:
                     self._kept.clear()
                 self._kept[key] = kept
+        # each layer's own routed rows where the fixed time depends on them (MoE kernels through
+        # HBM, `CostOptions.moe_unfused_epilogue`)
+        per_layer = [cm.grouped_overhead(expert, r) for r in self.padding(cm)[1]] if cm.unfused_moe_bw else None
         out = []
-        for c, hbm, sram, a2a in kept:
+        for j, (c, hbm, sram, a2a) in enumerate(kept):
             m, level = cm.memory_seconds("grouped_gemm", hbm, sram)
-            out.append((cm.combine(c, "matrix", m, level, overhead), a2a))
+            out.append((cm.combine(c, "matrix", m, level, overhead if per_layer is None else per_layer[j]), a2a))
         return out
 
     def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list
