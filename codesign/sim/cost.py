@@ -276,6 +276,20 @@ def attention_keys_per_row(op: Op) -> float | None:
     return max(1.0, s - (t - 1) / 2.0)
 
 
+def _routed(op: Op) -> int:
+    """(token, expert) rows of a routed-expert op on its chip: the sum of its tokens per expert."""
+    return sum([t for t in op.tokens_per_expert or () if t > 0])
+
+
+def _expert_dims(op: Op) -> tuple[float, float] | None:
+    """(hidden H, intermediate I) of a traced expert block from its weights' shapes (gate/up
+    (E, 2I, H), down (E, H, I)); None for an op without them (a single grouped GEMM command)."""
+    shapes = op.in_shapes
+    if len(shapes) < 5 or len(shapes[3]) != 3 or len(shapes[4]) != 3:
+        return None
+    return float(shapes[3][2]), float(shapes[4][2])
+
+
 def _pad(x: int, tile: int) -> int:
     return int(math.ceil(x / tile) * tile) if x > 0 else 0
 
@@ -520,6 +534,8 @@ class CostModel:
     def memory_time(self, op: Op, residency: Residency = Residency()) -> tuple[float, str]:
         """Seconds moving the op's bytes, split between SRAM-resident and HBM bytes."""
         hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+        if self.unfused_moe_bw is not None and op.kind == "grouped_gemm":
+            hbm += self.unfused_gemm_bytes(op, _routed(op))
         return self.memory_seconds(op.kind, hbm, sram)
 
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
@@ -579,7 +595,7 @@ class CostModel:
         if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
             return 0.0
         if op.kind == "grouped_gemm":
-            return self.grouped_overhead(op, sum([t for t in op.tokens_per_expert or () if t > 0]))
+            return self.grouped_overhead(op, _routed(op))
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def grouped_overhead(self, op: Op, routed_tokens: int) -> float:
@@ -591,6 +607,18 @@ class CostModel:
             o += self.unfused_moe_bytes(op, routed_tokens) / self.unfused_moe_bw
         return o
 
+    def unfused_gemm_bytes(self, op: Op, routed_tokens: int) -> float:
+        """HBM bytes the two grouped GEMMs add with `moe_unfused_epilogue`, inside their own kernels
+        (overlapped with their compute like the op's other bytes): per routed row gate/up writes
+        its output, 2 I o, and the down GEMM reads the activation kernel's output, I a, and writes
+        its own, H o (see `unfused_moe_bytes` for the symbols; 0 without the traced weights)."""
+        dims = _expert_dims(op)
+        if dims is None:
+            return 0.0
+        h, i = dims
+        return routed_tokens * (2.0 * i * self.opts.moe_gemm_output_bytes + i * self.matrix_bytes
+                                + h * self.opts.moe_gemm_output_bytes)
+
     def unfused_moe_bytes(self, op: Op, routed_tokens: int) -> float:
         """HBM bytes of the MoE runner's non-GEMM kernels for `routed_tokens` routed rows
         (`CostOptions.moe_unfused_epilogue`), with hidden size H and intermediate size I from the
@@ -599,10 +627,10 @@ class CostModel:
         gated activation 2 I o + I a (read gate/up's output, write the down GEMM's input), un-permute
         H o (read the down GEMM's row; the combined output is the op's own write). 0 for an op
         without the traced expert weights (a single grouped GEMM: `codesign kernel`)."""
-        shapes = op.in_shapes
-        if len(shapes) < 5 or len(shapes[3]) != 3 or len(shapes[4]) != 3:
+        dims = _expert_dims(op)
+        if dims is None:
             return 0.0
-        h, i = float(shapes[3][2]), float(shapes[4][2])
+        h, i = dims
         a, o = self.matrix_bytes, self.opts.moe_gemm_output_bytes
         return routed_tokens * (2.0 * h * a + 2.0 * i * o + i * a + h * o)
 
@@ -745,6 +773,8 @@ class CostModel:
             return op, self.gdn_chunk_cost(op), None, 0.0, 0.0, 0.0, 0
         c, unit = self.compute_time(op)
         hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+        if self.unfused_moe_bw is not None and op.kind == "grouped_gemm":
+            hbm += self.unfused_gemm_bytes(op, _routed(op))
         # the HBM bandwidth `memory_seconds` uses for this kind: 0 hbm_bw, 1 matrix_hbm_bw, 2 grouped_hbm_bw
         bw = 2 if op.kind == "grouped_gemm" else (1 if op.kind == "gemm" else 0)
         return op, c, unit, hbm, sram, self.overhead(op), bw
