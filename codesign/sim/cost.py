@@ -105,6 +105,21 @@ class CostOptions(BaseModel):
     # GEMM and the weighted un-permute sum (moe_sum) = 5. The routing (gate GEMM, top-k softmax) is
     # its own traced op. Their bytes are the op's own (gather of routed tokens, output write).
     grouped_op_kernels: float = Field(default=5.0, ge=0.0)
+    # The engine's MoE runner moves the routed tokens through HBM between its kernels instead of
+    # fusing them into the grouped GEMMs' prologue/epilogue (docs/cost-model.md "MoE kernels
+    # through HBM"): TensorRT-LLM's CUTLASS MoE runner on SM90 (`CutlassMoeFCRunner::gemm1`/`gemm2`
+    # in cpp/tensorrt_llm/kernels/mixtureOfExperts/moe_kernels.cu, 2024) permutes the tokens
+    # (expandInputRows: each routed row read and written at the GEMM input dtype), writes gate/up's
+    # output to an intermediate buffer in the GEMM output type and runs the gated activation as its
+    # own kernel (doActivation: reads 2 x intermediate, writes intermediate at the input dtype), and
+    # reduces the down GEMM's per-row output in finalizeMoeRouting (reads hidden per routed row).
+    # When on, those kernels' bytes are charged serially at HBM streaming bandwidth
+    # (`efficiency.memory`) after the grouped op; off (the default): fused, as DeepGEMM-class kernels
+    # and the kernel tables' grouped rows run. A fact of the engine, set per scenario.
+    moe_unfused_epilogue: bool = False
+    # Bytes per element of the grouped GEMMs' output buffers when `moe_unfused_epilogue` is on:
+    # TensorRT-LLM's FP8 MoE writes GEMM outputs in its OutputType (BF16/FP16, 2 bytes).
+    moe_gemm_output_bytes: float = Field(default=2.0, gt=0.0)
     # Which kernel implementation runs the routed experts (`grouped_gemm` ops in the `moe_experts`
     # block), a fact of the deployment's engine and precision (docs/cost-model.md "MoE kernel
     # implementation"): "grouped" -- a DeepGEMM/CUTLASS-class grouped GEMM at `efficiency.grouped_gemm`
@@ -283,6 +298,20 @@ def attention_keys_per_row(op: Op) -> float | None:
     return max(1.0, s - (t - 1) / 2.0)
 
 
+def _routed(op: Op) -> int:
+    """(token, expert) rows of a routed-expert op on its chip: the sum of its tokens per expert."""
+    return sum([t for t in op.tokens_per_expert or () if t > 0])
+
+
+def _expert_dims(op: Op) -> tuple[float, float] | None:
+    """(hidden H, intermediate I) of a traced expert block from its weights' shapes (gate/up
+    (E, 2I, H), down (E, H, I)); None for an op without them (a single grouped GEMM command)."""
+    shapes = op.in_shapes
+    if len(shapes) < 5 or len(shapes[3]) != 3 or len(shapes[4]) != 3:
+        return None
+    return float(shapes[3][2]), float(shapes[4][2])
+
+
 def _pad(x: int, tile: int) -> int:
     return int(math.ceil(x / tile) * tile) if x > 0 else 0
 
@@ -342,6 +371,11 @@ class CostModel:
         self.half = eff.small_m_half
         self._moe_kernel(hw)
         self._gemm_kernel(hw)
+        # MoE kernels through HBM (`CostOptions.moe_unfused_epilogue`): their streaming bandwidth,
+        # kept as a keyed attribute (not a `_CALL_TIME` one) so that cost models of other HBM
+        # bandwidths never share an overhead that depends on it; None when off.
+        self.unfused_moe_bw: float | None = self.hbm_bw if self.opts.moe_unfused_epilogue else None
+        self.matrix_bytes = BYTES_PER_ELEMENT.get(self.matrix_dtype, 2.0)
         # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
         # kernel's efficiency, and its block slots (None: the curve is off for this chip or by option).
         self.gdn_rate: float | None = None
@@ -544,6 +578,8 @@ class CostModel:
     def memory_time(self, op: Op, residency: Residency = Residency()) -> tuple[float, str]:
         """Seconds moving the op's bytes, split between SRAM-resident and HBM bytes."""
         hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+        if self.unfused_moe_bw is not None and op.kind == "grouped_gemm":
+            hbm += self.unfused_gemm_bytes(op, _routed(op))
         return self.memory_seconds(op.kind, hbm, sram)
 
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
@@ -603,8 +639,44 @@ class CostModel:
         if op.kind in ("vector", "memory") and self.opts.fuse_elementwise:
             return 0.0
         if op.kind == "grouped_gemm":
-            return self.launch_s * self.opts.grouped_op_kernels + self.grouped_fixed_s
+            return self.grouped_overhead(op, _routed(op))
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
+
+    def grouped_overhead(self, op: Op, routed_tokens: int) -> float:
+        """Fixed seconds of a routed-expert op with `routed_tokens` (token, expert) rows on this
+        chip: its kernels' fixed time, and with `moe_unfused_epilogue` the serial HBM time of the
+        permute, activation and un-permute kernels (`unfused_moe_bytes`)."""
+        o = self.launch_s * self.opts.grouped_op_kernels + self.grouped_fixed_s
+        if self.unfused_moe_bw is not None and routed_tokens > 0:
+            o += self.unfused_moe_bytes(op, routed_tokens) / self.unfused_moe_bw
+        return o
+
+    def unfused_gemm_bytes(self, op: Op, routed_tokens: int) -> float:
+        """HBM bytes the two grouped GEMMs add with `moe_unfused_epilogue`, inside their own kernels
+        (overlapped with their compute like the op's other bytes): per routed row gate/up writes
+        its output, 2 I o, and the down GEMM reads the activation kernel's output, I a, and writes
+        its own, H o (see `unfused_moe_bytes` for the symbols; 0 without the traced weights)."""
+        dims = _expert_dims(op)
+        if dims is None:
+            return 0.0
+        h, i = dims
+        return routed_tokens * (2.0 * i * self.opts.moe_gemm_output_bytes + i * self.matrix_bytes
+                                + h * self.opts.moe_gemm_output_bytes)
+
+    def unfused_moe_bytes(self, op: Op, routed_tokens: int) -> float:
+        """HBM bytes of the MoE runner's non-GEMM kernels for `routed_tokens` routed rows
+        (`CostOptions.moe_unfused_epilogue`), with hidden size H and intermediate size I from the
+        traced expert weights (gate/up (E, 2I, H), down (E, H, I)), a = bytes of the matrix dtype,
+        o = `moe_gemm_output_bytes`, per routed row: permute 2 H a (read the token, write its copy),
+        gated activation 2 I o + I a (read gate/up's output, write the down GEMM's input), un-permute
+        H o (read the down GEMM's row; the combined output is the op's own write). 0 for an op
+        without the traced expert weights (a single grouped GEMM: `codesign kernel`)."""
+        dims = _expert_dims(op)
+        if dims is None:
+            return 0.0
+        h, i = dims
+        a, o = self.matrix_bytes, self.opts.moe_gemm_output_bytes
+        return routed_tokens * (2.0 * h * a + 2.0 * i * o + i * a + h * o)
 
     def collective_time(self, op: Op) -> float:
         c = op.collective
@@ -745,6 +817,8 @@ class CostModel:
             return op, self.gdn_chunk_cost(op), None, 0.0, 0.0, 0.0, 0
         c, unit = self.compute_time(op)
         hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+        if self.unfused_moe_bw is not None and op.kind == "grouped_gemm":
+            hbm += self.unfused_gemm_bytes(op, _routed(op))
         # the HBM bandwidth `memory_seconds` uses for this kind: 0 hbm_bw, 1 matrix_hbm_bw, 2 grouped_hbm_bw
         bw = 2 if op.kind == "grouped_gemm" else (1 if op.kind == "gemm" else 0)
         return op, c, unit, hbm, sram, self.overhead(op), bw

@@ -95,26 +95,33 @@ class RoutedLayers:
         key = (cm.static_key, residency, k_ramp, tuple(parts))
         kept = self._kept.get(key) if cm.static_key is not None else None
         if kept is None:
-            kept = self._bandwidth_free(cm, residency, k_ramp, parts)
+            kept = self._bandwidth_free(cm, residency, k_ramp, parts, expert)
             if cm.static_key is not None:
                 if len(self._kept) >= 8:
                     self._kept.clear()
                 self._kept[key] = kept
+        # each layer's own routed rows where the fixed time depends on them (MoE kernels through
+        # HBM, `CostOptions.moe_unfused_epilogue`)
+        per_layer = [cm.grouped_overhead(expert, r) for r in self.padding(cm)[1]] if cm.unfused_moe_bw else None
         out = []
-        for c, hbm, sram, a2a in kept:
+        for j, (c, hbm, sram, a2a) in enumerate(kept):
             m, level = cm.memory_seconds("grouped_gemm", hbm, sram)
-            out.append((cm.combine(c, "matrix", m, level, overhead), a2a))
+            out.append((cm.combine(c, "matrix", m, level, overhead if per_layer is None else per_layer[j]), a2a))
         return out
 
-    def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list
-                        ) -> list[tuple[float, float, float, list[float]]]:
-        """Per layer: (expert-op compute seconds, HBM bytes, SRAM bytes, the all-to-alls' seconds)."""
+    def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list,
+                        expert: Op | None = None) -> list[tuple[float, float, float, list[float]]]:
+        """Per layer: (expert-op compute seconds, HBM bytes, SRAM bytes, the all-to-alls' seconds);
+        `expert` the template's expert op (its traced weights' shapes)."""
         padding, routing = self.padding(cm)
+        unfused = expert if cm.unfused_moe_bw is not None else None
         out = []
         for padded, routed, imb, flops, rd, wr in zip(padding, routing, self.imbalance, self.flops, self.bytes_read,
                                                       self.bytes_written):
             c = cm.grouped_seconds(flops, padded, routed, k_ramp)
             hbm, sram = cm.byte_split("grouped_gemm", rd, wr, residency)
+            if unfused is not None:  # MoE kernels through HBM: the GEMMs' intermediate buffers
+                hbm += cm.unfused_gemm_bytes(unfused, routed)
             x = float(imb or 1.0)
             out.append((c, hbm, sram, [p[0] * x + p[1] for p in parts]))
         return out

@@ -10,7 +10,7 @@ from codesign.graph import tracing as tr
 from codesign.graph.shape import StepShape
 from codesign.mapping import ParallelPlan, Precision
 from codesign.models import load_model
-from codesign.sim.cost import Residency
+from codesign.sim.cost import CostOptions, Residency
 from codesign.sim.routed import route
 from codesign.sim.stepmodel import StepModel
 from tests.sim.helpers import make_hw
@@ -23,10 +23,10 @@ PLANS = [ParallelPlan(tp=8, ep=8), ParallelPlan(ep=8, attention_dp=8), ParallelP
 @pytest.mark.parametrize("plan", PLANS, ids=str)
 @pytest.mark.parametrize("shape", [StepShape.decode(3, 900), StepShape.decode(150, 9000), StepShape.prefill(1, 700)],
                          ids=lambda s: s.canonical() if hasattr(s, "canonical") else str(s))
-def test_routed_costs_equal_per_layer_ops(plan, shape):
+def test_routed_costs_equal_per_layer_ops(plan, shape, cost=None):
     hw = make_hw(**{"system.chips": 8})
     cfg = load_model("qwen3.5-35b-a3b")
-    model = StepModel(hw, cfg, plan, FP8, cache=False)
+    model = StepModel(hw, cfg, plan, FP8, cost=cost, cache=False)
     skeleton, routing = model._skeleton_graph(shape)
     mapped = mapping.map_step(skeleton, cfg, hw, plan, FP8, **model.options.map_kwargs(),
                               rates=model.cost_model.rank_rates())
@@ -54,6 +54,12 @@ def test_routed_costs_equal_per_layer_ops(plan, shape):
                     assert c == cm.cost(a2a, residency)
                 checked += 1
     assert checked >= len(layers)
+
+
+@pytest.mark.parametrize("plan", PLANS[1:3], ids=str)
+def test_routed_costs_with_moe_kernels_through_hbm(plan):
+    """With `moe_unfused_epilogue` each layer's fixed time follows its own slowest rank's routed rows."""
+    test_routed_costs_equal_per_layer_ops(plan, StepShape.decode(150, 9000), CostOptions(moe_unfused_epilogue=True))
 
 
 def test_route_declines_layouts_it_does_not_cover():
