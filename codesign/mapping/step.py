@@ -248,6 +248,12 @@ class _Context:
         seq_att = math.ceil(B / (self.dp * self.adp))
         self.tok_att = seq_att / B  # share of the step's sequences (and of each group's tokens) on one attention chip
         self.T_att = -(-self.step_tokens * seq_att // B)  # tokens on that chip (ceil)
+        # routed tokens of the whole step: fewer than its tokens in an attention-DP lock step (the
+        # busiest rank's groups on every rank, all ranks' real tokens routed; StepShape.routed)
+        self.routed_tokens = int(attrs.get("routed_tokens") or self.step_tokens)
+        # an attention chip's mean share of them (what it dispatches and gets back)
+        self.T_routed = self.T_att if self.routed_tokens == self.step_tokens else \
+            -(-self.routed_tokens * seq_att // B)
         self.H = config.hidden_size
         self.act_b = precision.bytes_per_element(precision.activations)
         self.reduce_dtype = reduce_dtype
@@ -281,7 +287,7 @@ class _Context:
             # normal kernels across scale-up domains: once per destination node over the NIC
             nodes = len({chip // self.su_size for chip in self.group("ep", 0)})
             self.nic_share = nic_share(slots_total, moe.top_k, self.ep, nodes) if dedup and nodes > 1 else None
-            self.T_disp = math.ceil(self.T_att / self.tp)  # a TP group's ranks each dispatch a slice of its tokens
+            self.T_disp = math.ceil(self.T_routed / self.tp)  # a TP group's ranks each dispatch a slice of its tokens
 
     def stage_of(self, layer: int) -> int:
         if layer < 0:
@@ -406,7 +412,7 @@ def _site_op(ctx: _Context, role: str, block: str, anchor: Op, imbalance: float)
         else:
             kind, nbytes, dtype = "reduce_scatter", recv * ctx.moe_tp * red_b, rdt
     elif role in ("adp_gather", "adp_scatter"):
-        T_rep = -(-ctx.step_tokens * math.ceil(ctx.B / ctx.dp) // ctx.B)
+        T_rep = -(-ctx.routed_tokens * math.ceil(ctx.B / ctx.dp) // ctx.B)
         if role == "adp_gather":
             kind, group, nbytes, dtype = "all_gather", ctx.group("adp", st), T_rep * H * ctx.act_b, prec.activations
         else:

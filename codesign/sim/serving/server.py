@@ -34,6 +34,7 @@ from codesign.scenario import SLO, TokenDist, Workload
 from codesign.sim.serving.arrivals import RequestStream, burst_stream, load_trace, poisson_stream
 from codesign.sim.serving.config import DEFAULT_REQUESTS, ENGINE, SchedulerConfig, scheduler_config
 from codesign.sim.serving.kv import KVCapacity, kv_capacity
+from codesign.sim.serving.lockstep import LockStepTimer, lockstep_ranks, rank_capacity
 from codesign.sim.serving.metrics import ServingMetrics, summarise
 from codesign.sim.serving.ceiling import Ceiling, ceiling_config, steady_state
 from codesign.sim.serving.scheduler import Draft, Recorder, run_stream
@@ -57,6 +58,8 @@ class ServingPoint:
     model: StepTimeModel
     draft: Draft | None
     draft_model: StepTimeModel | None
+    # attention-DP ranks in lock step (codesign.sim.serving.lockstep), or None: one engine
+    lock: LockStepTimer | None = None
     last_sample: list[StepShape] | None = None
     last_iterations: int = 0  # simulated iterations of the last run
 
@@ -81,7 +84,7 @@ class ServingPoint:
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
                          self.draft_time if self.draft_model is not None else None, on_progress,
                          (o.stretch_drift, o.stretch_max), sample_every, timer=self.model,
-                         stop_saturated=stop_saturated)
+                         stop_saturated=stop_saturated, lock=self.lock)
         self.last_sample, self.last_iterations = rec.sample, len(rec.step_end)
         return rec
 
@@ -127,7 +130,14 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
     max_len = st.config.max_position_embeddings
     model = StepTimeModel(st.step, max_len, options)  # verify groups: the core's recurrent GatedDeltaNet path
     draft_model = StepTimeModel(mtp_head_step(st), max_len, options) if mtp else None
-    return ServingPoint(st, sched, cap, model, draft, draft_model)
+    ranks = lockstep_ranks(st.plan, st.config, sched)
+    lock = LockStepTimer(st.step, ranks, max_len, options) if ranks > 1 else None
+    return ServingPoint(st, sched, cap, model, draft, draft_model, lock)
+
+
+def pool_of(pt: ServingPoint) -> KVCapacity:
+    """The KV pool one scheduler allocates from: the deployment's, or one lock-stepped rank's."""
+    return rank_capacity(pt.capacity, pt.lock.ranks) if pt.lock is not None else pt.capacity
 
 
 def stream_of(wl: Workload, rate: float | None = None, max_tokens: int | None = None) -> RequestStream:
@@ -155,10 +165,12 @@ def check_stream(pt: ServingPoint, stream: RequestStream) -> str | None:
         if big.input_tokens > sched.max_num_batched_tokens:
             return (f"request {big.id} has {big.input_tokens} input tokens, above workload.scheduler.max_num_batched_tokens "
                     f"= {sched.max_num_batched_tokens}, and chunked_prefill is false (a prompt is computed in one step)")
-    need = pt.capacity.seq_footprint(total + pt.scheduler.block_size)
-    if need > pt.capacity.free_bytes:
+    pool = pool_of(pt)
+    need = pool.seq_footprint(total + pt.scheduler.block_size)
+    if need > pool.free_bytes:
+        where = f" of one of {pt.lock.ranks} attention-DP ranks" if pt.lock is not None else ""
         return (f"does not fit: request {longest.id} ({total} tokens) needs {need / GiB:.2f} GiB of KV and state per "
-                f"chip, the pool holds {pt.capacity.free_bytes / GiB:.2f} GiB ({pt.capacity.describe()})")
+                f"chip, the pool{where} holds {pool.free_bytes / GiB:.2f} GiB ({pool.describe()})")
     return None
 
 
@@ -374,8 +386,10 @@ def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int
     extra.update({
         "engine": ENGINE, "scheduler": pt.scheduler.model_dump(), "kv_pool_gib": pt.capacity.free_bytes / GiB,
         "kv_blocks": pt.capacity.blocks, "mtp_tokens_per_step": pt.draft.expected_tokens if pt.draft else None,
-        "step_model": {"evaluations": pt.model.evaluations + (pt.draft_model.evaluations if pt.draft_model else 0),
-                       "steps": m.steps},
+        "step_model": {"evaluations": (pt.lock.evaluations if pt.lock is not None else pt.model.evaluations)
+                       + (pt.draft_model.evaluations if pt.draft_model else 0), "steps": m.steps},
+        "attention_dp_lockstep": {"ranks": pt.lock.ranks, "dispatch": pt.scheduler.attention_dp_dispatch}
+        if pt.lock is not None else None,
         **{k: v for k, v in m.to_dict().items() if k not in ("ttft_s", "tpot_s")},
     })
     return Result(
