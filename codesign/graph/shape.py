@@ -16,11 +16,11 @@ L" is ``kv_len = L``.
 Shapes are frozen and hashable (cache keys); `canonical()` merges groups of equal
 (new_tokens, cached_tokens, logits) and sorts them, so two spellings of one step share a key.
 
-**Routed tokens** (`routed`): the new tokens the step's routed experts see, when they are fewer
-than its groups' tokens. An attention-data-parallel step in lock step (docs/mapping.md,
-"Attention-DP lock step") is evaluated as its busiest rank's groups on every rank, while its
-experts and all-to-alls carry all ranks' real tokens; ``routed`` holds those. None (the default,
-and what a value equal to `tokens` becomes) means every new token is routed.
+**Routed tokens** (`routed`): the new tokens the step's routed experts see, when they differ from
+its groups' tokens. An attention-data-parallel step in lock step (docs/mapping.md, "Attention-DP
+lock step") is evaluated as one rank's groups on every rank, while its experts and all-to-alls
+carry all ranks' real tokens; ``routed`` holds those. None (the default, and what a value equal to
+`tokens` becomes) means every new token is routed.
 """
 
 from __future__ import annotations
@@ -86,11 +86,10 @@ class StepShape:
             raise CodesignError("step shape: groups must be Group(seqs, new_tokens, cached_tokens)")
         r = self.routed
         if r is not None:
-            tokens = self.tokens
-            if type(r) is not int or not 1 <= r <= tokens:
-                raise CodesignError(f"step shape: routed: expected an integer from 1 to the step's new tokens "
-                                    f"({tokens}), found {r!r}")
-            if r == tokens:
+            if type(r) is not int or r < 1:
+                raise CodesignError(f"step shape: routed: expected a positive integer (the new tokens the routed "
+                                    f"experts see), found {r!r}")
+            if r == self.tokens:
                 object.__setattr__(self, "routed", None)  # every token routed: the plain step's key
 
     # -- constructors --------------------------------------------------------------------------
@@ -123,7 +122,7 @@ class StepShape:
 
     @property
     def routed_tokens(self) -> int:
-        """New tokens the step's routed experts see (`routed`, else all of `tokens`)."""
+        """New tokens the step's routed experts see (`routed`, else `tokens`)."""
         return self.tokens if self.routed is None else self.routed
 
     @property

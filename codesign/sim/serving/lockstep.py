@@ -30,9 +30,10 @@ busiest rank's attention and dense part, while the routed experts see all ranks'
   batches gave an even share of.
 * **Step-time model.** Each rank's groups are looked up on the serving step-time model's grid
   (`StepTimeModel`, at the rank level: its corners are whole deployment steps R x corner) at the
-  share u = routed / (R x the rank's tokens) of grid points u = ratio^-k (``step_model.
-  routed_ratio``, 1.25; u = 1 is a grid point), interpolated linearly in u between the two
-  neighbouring models; ``step_model.exact`` evaluates every step's candidates exactly.
+  share u = routed / (R x the rank's tokens) of grid points u = ratio^k, k any integer
+  (``step_model.routed_ratio``, 1.25; u = 1, the rank's own tokens on every rank, is one),
+  interpolated linearly in u between the two neighbouring models; ``step_model.exact`` evaluates
+  every step's candidates exactly.
 * **Decode-only stretches** run when every rank with work only decodes, as long as the shortest
   of the ranks' own stretches.
 
@@ -72,10 +73,7 @@ def lockstep_ranks(plan, config, cfg: SchedulerConfig) -> int:
 def deployment_shape(groups: tuple[GroupT, ...] | list[GroupT], ranks: int, routed: int | None = None) -> StepShape:
     """Rank groups on every one of `ranks` ranks: the deployment's step shape (each group's
     sequences x ranks), with `routed` tokens routed (None: all of them)."""
-    shape = StepShape(tuple(Group(s * ranks, n, c, lg) for s, n, c, lg in groups))
-    if routed is None:
-        return shape
-    return StepShape(shape.groups, min(routed, shape.tokens))
+    return StepShape(tuple(Group(s * ranks, n, c, lg) for s, n, c, lg in groups), routed)
 
 
 class LockStepTimer:
@@ -98,10 +96,11 @@ class LockStepTimer:
         return sum(m.evaluations for m in self._models.values()) + self.evaluations_exact
 
     def model(self, k: int) -> StepTimeModel:
-        """The rank-level step-time model at routed share u = ratio^-k (k = 0: every token routed)."""
+        """The rank-level step-time model at routed share u = ratio^k (k = 0: the rank's own tokens
+        routed on every rank; k < 0 fewer, k > 0 more)."""
         m = self._models.get(k)
         if m is None:
-            u, R, core = self.ratio ** -k, self.ranks, self._step
+            u, R, core = self.ratio ** k, self.ranks, self._step
 
             def step(shape: StepShape):
                 full = deployment_shape([(g.seqs, g.new_tokens, g.cached_tokens, g.logits) for g in shape.groups], R)
@@ -122,18 +121,21 @@ class LockStepTimer:
                 self.evaluations_exact += 1
                 t = self._exact[key] = float(self._step(deployment_shape(groups, R, routed)).time_s)
             return t
-        u = routed / tokens
-        if u >= 1.0:
+        if routed == tokens:
             return _time(self.model(0), groups)
-        k = int(math.floor(-math.log(u) / self._log_ratio + 1e-12))
-        u0 = self.ratio ** -k
-        if u > u0:  # rounding: u just above the grid point
+        u = routed / tokens
+        k = math.floor(math.log(u) / self._log_ratio)  # ratio^k <= u < ratio^(k+1), up to rounding
+        u0 = self.ratio ** k
+        if u0 > u:
             k -= 1
-            u0 = self.ratio ** -k
+            u0 = self.ratio ** k
+        u1 = self.ratio ** (k + 1)
+        if u1 <= u:
+            k += 1
+            u0, u1 = u1, self.ratio ** (k + 1)
         if u == u0:
             return _time(self.model(k), groups)
-        u1 = self.ratio ** -(k + 1)
-        w = (u0 - u) / (u0 - u1)
+        w = (u - u0) / (u1 - u0)
         return (1 - w) * _time(self.model(k), groups) + w * _time(self.model(k + 1), groups)
 
     def time(self, ranks: list[list[GroupT]]) -> float:
