@@ -24,6 +24,11 @@ deployment (batch = all concurrent sequences; bytes at the traced dtypes) into w
   does not hold that expert yet. An expert's tokens split evenly over its copies. Loads come from
   ``expert_loads`` (EPLB's history statistics) or, by default, the step's own counts: a named,
   optimistic assumption (placement tuned to exactly this routing; EPLB re-balances on history).
+* **Routed tokens.** A shape that routes other than its groups' tokens (`StepShape.routed`, graph
+  attribute ``routed_tokens``: an attention-DP lock step, one rank's groups on every rank and all
+  ranks' tokens routed) has its expert counts drawn for those tokens, and its EP dispatch/combine
+  carry an attention chip's mean share of them (the attention-DP all-gather all of them); every
+  other op follows the groups.
 * **Precision.** Bytes of each class times ``Precision.scale``.
 * **Collectives** (``Op(kind="collective")``), placed in the dependency graph:
   - TP all-reduce after the exit op of each TP block (attention output projection, MLP down

@@ -137,7 +137,8 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
 
 def pool_of(pt: ServingPoint) -> KVCapacity:
     """The KV pool one scheduler allocates from: the deployment's, or one lock-stepped rank's."""
-    return rank_capacity(pt.capacity, pt.lock.ranks) if pt.lock is not None else pt.capacity
+    lock = getattr(pt, "lock", None)  # a disaggregated pool (its own namespace) runs as one engine
+    return rank_capacity(pt.capacity, lock.ranks) if lock is not None else pt.capacity
 
 
 def stream_of(wl: Workload, rate: float | None = None, max_tokens: int | None = None) -> RequestStream:
@@ -168,7 +169,7 @@ def check_stream(pt: ServingPoint, stream: RequestStream) -> str | None:
     pool = pool_of(pt)
     need = pool.seq_footprint(total + pt.scheduler.block_size)
     if need > pool.free_bytes:
-        where = f" of one of {pt.lock.ranks} attention-DP ranks" if pt.lock is not None else ""
+        where = "" if pool is pt.capacity else f" of one of {pt.lock.ranks} attention-DP ranks"
         return (f"does not fit: request {longest.id} ({total} tokens) needs {need / GiB:.2f} GiB of KV and state per "
                 f"chip, the pool{where} holds {pool.free_bytes / GiB:.2f} GiB ({pool.describe()})")
     return None
@@ -388,10 +389,10 @@ def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int
         "kv_blocks": pt.capacity.blocks, "mtp_tokens_per_step": pt.draft.expected_tokens if pt.draft else None,
         "step_model": {"evaluations": (pt.lock.evaluations if pt.lock is not None else pt.model.evaluations)
                        + (pt.draft_model.evaluations if pt.draft_model else 0), "steps": m.steps},
-        "attention_dp_lockstep": {"ranks": pt.lock.ranks, "dispatch": pt.scheduler.attention_dp_dispatch}
-        if pt.lock is not None else None,
         **{k: v for k, v in m.to_dict().items() if k not in ("ttft_s", "tpot_s")},
     })
+    if pt.lock is not None:  # attention-DP ranks in lock step (codesign.sim.serving.lockstep)
+        extra["attention_dp_lockstep"] = {"ranks": pt.lock.ranks, "dispatch": pt.scheduler.attention_dp_dispatch}
     return Result(
         name=name, feasible=reason is None, reason=reason, hardware=st.hw.name, model=st.config.name, chips=chips,
         plan=plan, output_tokens_per_s=m.output_tokens_per_s, input_tokens_per_s=m.input_tokens_per_s,
