@@ -33,7 +33,9 @@ busiest rank's attention and dense part, while the routed experts see all ranks'
   share u = routed / (R x the rank's tokens) of grid points u = ratio^k, k any integer
   (``step_model.routed_ratio``, 1.25; u = 1, the rank's own tokens on every rank, is one),
   interpolated linearly in u between the two neighbouring models; ``step_model.exact`` evaluates
-  every step's candidates exactly.
+  every step's candidates exactly. A step whose ranks all hold the same groups is the even-share
+  step R x G of the one engine's own model (the same grid, so the same values as without lock
+  step when the schedules agree: fixed-length benchmark runs keep the ranks in phase).
 * **Decode-only stretches** run when every rank with work only decodes, as long as the shortest
   of the ranks' own stretches.
 
@@ -79,11 +81,15 @@ def deployment_shape(groups: tuple[GroupT, ...] | list[GroupT], ranks: int, rout
 class LockStepTimer:
     """Seconds of one lock-stepped step from the ranks' groups (see module docstring)."""
 
-    def __init__(self, step: StepFn, ranks: int, max_len: int, options: StepTimeOptions | None = None) -> None:
+    def __init__(self, step: StepFn, ranks: int, max_len: int, options: StepTimeOptions | None = None,
+                 even: StepTimeModel | None = None) -> None:
         if ranks < 2:
             raise CodesignError(f"lock step: expected at least 2 attention-DP ranks, found {ranks}")
         self._step, self.ranks, self.max_len = step, ranks, max_len
         self.options = options or StepTimeOptions()
+        # the deployment-level model of the same core (the one engine's): steps whose ranks are all
+        # equal are its steps, looked up on its grid (the same values as without lock step)
+        self.even = even
         self.ratio = self.options.routed_ratio
         self._log_ratio = math.log(self.ratio)
         self._models: dict[int, StepTimeModel] = {}
@@ -92,8 +98,9 @@ class LockStepTimer:
 
     @property
     def evaluations(self) -> int:
-        """Core evaluations so far (every grid model's, and the exact steps')."""
-        return sum(m.evaluations for m in self._models.values()) + self.evaluations_exact
+        """Core evaluations so far (every grid model's, the even model's and the exact steps')."""
+        even = self.even.evaluations if self.even is not None else 0
+        return sum(m.evaluations for m in self._models.values()) + self.evaluations_exact + even
 
     def model(self, k: int) -> StepTimeModel:
         """The rank-level step-time model at routed share u = ratio^k (k = 0: the rank's own tokens
@@ -141,6 +148,10 @@ class LockStepTimer:
     def time(self, ranks: list[list[GroupT]]) -> float:
         """The step of every rank's groups (an idle rank: []): the largest of the distinct rank
         group lists' `rank_time`, with all ranks' tokens routed."""
+        first = ranks[0]
+        if self.even is not None and first and all(g == first for g in ranks):
+            # every rank the same: the even share's step, on the deployment-level grid
+            return _time(self.even, tuple((s * self.ranks, n, c, lg) for s, n, c, lg in first))
         routed = sum(s * n for g in ranks for s, n, _, _ in g)
         best = 0.0
         seen: set[tuple[GroupT, ...]] = set()

@@ -131,7 +131,7 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
     model = StepTimeModel(st.step, max_len, options)  # verify groups: the core's recurrent GatedDeltaNet path
     draft_model = StepTimeModel(mtp_head_step(st), max_len, options) if mtp else None
     ranks = lockstep_ranks(st.plan, st.config, sched)
-    lock = LockStepTimer(st.step, ranks, max_len, options) if ranks > 1 else None
+    lock = LockStepTimer(st.step, ranks, max_len, options, even=model) if ranks > 1 else None
     return ServingPoint(st, sched, cap, model, draft, draft_model, lock)
 
 

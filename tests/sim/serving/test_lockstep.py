@@ -18,7 +18,7 @@ from codesign.sim.serving.arrivals import Request, RequestStream
 from codesign.sim.serving.config import SchedulerConfig, scheduler_config
 from codesign.sim.serving.lockstep import LockStepTimer, deployment_shape, lockstep_ranks
 from codesign.sim.serving.scheduler import run_stream
-from codesign.sim.serving.steptime import StepTimeOptions
+from codesign.sim.serving.steptime import StepTimeModel, StepTimeOptions
 from codesign.sim.stepper import Stepper
 from tests.sim.helpers import make_hw
 from tests.sim.serving.helpers import capacity
@@ -165,6 +165,19 @@ def test_balanced_dispatch_picks_the_rank_with_fewest_requests():
     rr, bal = _run(stream, dispatch="round_robin"), _run(stream)
     assert rr.finish[1] == bal.finish[1] < 0.05
     assert rr.first_token[2] - bal.first_token[2] == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_ranks_in_phase_run_as_the_one_engine_bit_for_bit():
+    """Identical requests spread evenly keep the ranks in phase: with the one engine's step-time
+    model as the lock step's even model, the run is the one engine's (limits x ranks), bit for bit."""
+    model = StepTimeModel(_analytic, 1 << 20)
+    stream = _stream(*[(0.0, 50, 5)] * 4, *[(0.01, 30, 7)] * 2)
+    lock = LockStepTimer(_analytic, 2, 1 << 20, even=model)
+    a = run_stream(stream, SchedulerConfig(), capacity(replicas=2), None, lock=lock)
+    b = run_stream(stream, SchedulerConfig(), capacity(replicas=2), model.step_time, timer=model)
+    for f in ("first_token", "finish"):
+        assert np.array_equal(getattr(a, f), getattr(b, f))
+    assert a.step_dt == b.step_dt and a.step_running == b.step_running
 
 
 def test_lockstep_fields_are_validated():
