@@ -24,7 +24,8 @@ busiest rank's attention and dense part, while the routed experts see all ranks'
 * **One step** (`LockStepTimer`): each rank builds its own groups; the step's time is the largest,
   over the ranks' distinct group lists G, of the core's step of G on every rank (the deployment
   shape R x G, so every attention chip runs exactly G) with the step's real routed tokens, all
-  ranks' together (`StepShape.routed`): routed experts and all-to-alls by all ranks' tokens,
+  ranks' together (`StepShape.routed`; `codesign.mapping.lockstep.lockstep_shapes`): routed
+  experts and all-to-alls by all ranks' tokens,
   attention, dense and shared-expert ops by the busiest rank. With every rank's groups equal the
   shape is R x G with nothing left unrouted: the same step as the scheduler before per-rank
   batches gave an even share of.
@@ -56,6 +57,7 @@ import simpy
 
 from codesign.errors import CodesignError
 from codesign.graph.shape import Group, StepShape
+from codesign.mapping.lockstep import rank_shape
 from codesign.sim.serving.config import SchedulerConfig
 from codesign.sim.serving.kv import KVCapacity
 from codesign.sim.serving.scheduler import PROGRESS_STEPS, Draft, Engine, Recorder, _Wake
@@ -73,9 +75,9 @@ def lockstep_ranks(plan, config, cfg: SchedulerConfig) -> int:
 
 
 def deployment_shape(groups: tuple[GroupT, ...] | list[GroupT], ranks: int, routed: int | None = None) -> StepShape:
-    """Rank groups on every one of `ranks` ranks: the deployment's step shape (each group's
-    sequences x ranks), with `routed` tokens routed (None: all of them)."""
-    return StepShape(tuple(Group(s * ranks, n, c, lg) for s, n, c, lg in groups), routed)
+    """Rank groups, as the scheduler's tuples, on every one of `ranks` ranks
+    (`codesign.mapping.lockstep.rank_shape`), with `routed` tokens routed (None: all of them)."""
+    return rank_shape([Group(*g) for g in groups], ranks, routed)
 
 
 class LockStepTimer:

@@ -52,6 +52,9 @@ def test_a_prompt_rank_and_a_decode_rank_step_as_the_prompt_rank(stepper):
     timer = LockStepTimer(stepper.step, 2, stepper.config.max_position_embeddings, EXACT)
     lock = timer.time([[PROMPT], [DECODES]])
     busiest = StepShape((Group(2, 64, 0),), routed=68)
+    shapes = mapping.lockstep_shapes([[Group(1, 64, 0)], [Group(4, 1, 32)]])
+    assert shapes == [busiest, StepShape((Group(8, 1, 32),), routed=68)]
+    assert lock == max(stepper.step(s).time_s for s in shapes)
     assert lock == stepper.full_step(busiest).time_s  # the step-time model's path against the full graph
     decode_rank = stepper.step(StepShape((Group(8, 1, 32),), routed=68)).time_s
     spread = stepper.step(StepShape((Group(4, 1, 32), Group(1, 64, 0)))).time_s  # the old even share
@@ -189,5 +192,7 @@ def test_lockstep_fields_are_validated():
         StepTimeOptions.from_dict({"routed_ratio": 1.0})
     with pytest.raises(CodesignError, match=r"routed: expected a positive integer .*found 0"):
         StepShape((Group(8, 1, 32),), routed=0)
+    with pytest.raises(CodesignError, match="all 2 attention-DP ranks are idle"):
+        mapping.lockstep_shapes([[], None])
     with pytest.raises(CodesignError, match="at least 2 attention-DP ranks"):
         LockStepTimer(_analytic, 1, 1024)
