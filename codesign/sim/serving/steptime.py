@@ -55,11 +55,11 @@ serving benchmark prints it):
    cell's new axis, with the opposite sign (at most (new / length) / 32 of that part between
    chunk-size points at ratio 1.5: 0.3% of it for a 3,326-token last chunk of a 32K prompt).
    The benchmark prints the error of the steps that hold such a chunk with and without it.
-5. **Attention-DP lock step** (codesign.sim.serving.lockstep): each rank's groups on this grid at
-   the rank level, at grid points of the routed share u (``routed_ratio`` 1.25), linear in u.
 4. **Decode-only stretches** (applied by the scheduler, codesign.sim.serving.scheduler): up to
    ``stretch_max`` (256) identical decode-only steps, the mean KV length moving at most
    ``stretch_drift`` (2%), are simulated as one, timed at the stretch's middle.
+5. **Attention-DP lock step** (codesign.sim.serving.lockstep): each rank's groups on this grid at
+   the rank level, at grid points of the routed share u (``routed_ratio`` 1.25), linear in u.
 
 All of these are fields of `StepTimeOptions`, set per scenario as ``workload.step_model``.
 
