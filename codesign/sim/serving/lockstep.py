@@ -29,6 +29,16 @@ busiest rank's attention and dense part, while the routed experts see all ranks'
   attention, dense and shared-expert ops by the busiest rank. With every rank's groups equal the
   shape is R x G with nothing left unrouted: the same step as the scheduler before per-rank
   batches gave an even share of.
+* **The busiest rank.** With ``step_model.exact`` every distinct rank batch is evaluated (those
+  another batch dominates -- as many sequences, new and cached tokens in every group -- left
+  out) and the slowest is the step. Otherwise the busiest is chosen first, as the batch whose own
+  groups on every rank are slowest (the grid of u = 1 below, shared by all ranks' batches), and
+  only it is evaluated at the step's real routed tokens (named assumption: the experts' time
+  depends on the routed tokens alone, which every candidate shares, so the ranks differ by their
+  attention and dense part; the choice leans to the rank with more tokens, whose own routed load
+  is larger). This keeps one evaluation at the real routed share per step: each candidate at its
+  own share would need a grid model for each share (a decode-only rank beside a prefilling one
+  routes up to R times its own tokens).
 * **Step-time model.** Each rank's groups are looked up on the serving step-time model's grid
   (`StepTimeModel`, at the rank level: its corners are whole deployment steps R x corner) at the
   share u = routed / (R x the rank's tokens) of grid points u = ratio^k, k any integer
@@ -148,26 +158,34 @@ class LockStepTimer:
         return (1 - w) * _time(self.model(k), groups) + w * _time(self.model(k + 1), groups)
 
     def time(self, ranks: list[list[GroupT]]) -> float:
-        """The step of every rank's groups (an idle rank: []): the largest of the distinct rank
-        group lists' `rank_time`, with all ranks' tokens routed."""
+        """The step of every rank's groups (an idle rank: []) with all ranks' tokens routed: with
+        ``exact``, the largest `rank_time` of the distinct rank batches (those another batch
+        dominates left out); else the `rank_time` of the busiest batch, the one whose own groups
+        on every rank are slowest on the grid of u = 1 (named assumption, see module docstring)."""
         first = ranks[0]
         if self.even is not None and first and all(g == first for g in ranks):
             # every rank the same: the even share's step, on the deployment-level grid
             return _time(self.even, tuple((s * self.ranks, n, c, lg) for s, n, c, lg in first))
         routed = sum(s * n for g in ranks for s, n, _, _ in g)
-        best = 0.0
-        seen: set[tuple[GroupT, ...]] = set()
-        for g in ranks:
-            if not g:
-                continue
-            key = tuple(g)
-            if key in seen:
-                continue
-            seen.add(key)
-            t = self.rank_time(key, routed)
-            if t > best:
-                best = t
-        return best
+        distinct = list(dict.fromkeys(tuple(g) for g in ranks if g))
+        if len(distinct) == 1:
+            return self.rank_time(distinct[0], routed)
+        if self.options.exact:
+            return max(self.rank_time(g, routed) for g in undominated(distinct))
+        own = self.model(0)
+        busiest = max(distinct, key=lambda g: _time(own, g))  # the first of equal maxima
+        return self.rank_time(busiest, routed)
+
+
+def undominated(batches: list[tuple[GroupT, ...]]) -> list[tuple[GroupT, ...]]:
+    """The rank batches no other batch dominates: b dominates a when they have as many groups, the
+    same decode/chunk pattern and logits, and b has at least a's sequences, new and cached tokens
+    in every group (its step is then at least as long at the same routed tokens), in order."""
+    def dominates(b: tuple[GroupT, ...], a: tuple[GroupT, ...]) -> bool:
+        return len(a) == len(b) and all((x[1] == 1) == (y[1] == 1) and x[3] == y[3] and y[0] >= x[0]
+                                        and y[1] >= x[1] and y[2] >= x[2] for x, y in zip(a, b))
+
+    return [a for a in batches if not any(b != a and dominates(b, a) for b in batches)]
 
 
 def _time(m: StepTimeModel, groups: tuple[GroupT, ...]) -> float:
@@ -316,4 +334,4 @@ def _no_step(shape: StepShape) -> float:
     raise CodesignError("lock step: a rank's steps are timed for all ranks together (LockStepTimer)")
 
 
-__all__ = ["LockStepEngine", "LockStepTimer", "deployment_shape", "lockstep_ranks", "rank_capacity"]
+__all__ = ["LockStepEngine", "LockStepTimer", "deployment_shape", "lockstep_ranks", "rank_capacity", "undominated"]
