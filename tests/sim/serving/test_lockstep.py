@@ -16,7 +16,7 @@ from codesign.models import load_model
 from codesign.sim.engine import StepResult
 from codesign.sim.serving.arrivals import Request, RequestStream
 from codesign.sim.serving.config import SchedulerConfig, scheduler_config
-from codesign.sim.serving.lockstep import LockStepTimer, deployment_shape, lockstep_ranks
+from codesign.sim.serving.lockstep import LockStepTimer, deployment_shape, lockstep_ranks, undominated
 from codesign.sim.serving.scheduler import run_stream
 from codesign.sim.serving.steptime import StepTimeModel, StepTimeOptions
 from codesign.sim.stepper import Stepper
@@ -106,6 +106,18 @@ def test_the_grid_interpolates_in_the_routed_share(stepper):
         assert grid.time(ranks) == pytest.approx(exact.time(ranks), rel=0.03)
     on_grid = [[(4, 1, 32, 1)], [(4, 1, 32, 1)]]
     assert grid.time(on_grid) == exact.time(on_grid) == stepper.step(StepShape((Group(8, 1, 32),))).time_s
+
+
+def test_the_busiest_rank_is_chosen_on_the_shared_grid_and_dominated_batches_are_skipped(stepper):
+    """The step-time model evaluates, at the real routed share, only the batch slowest on its own
+    (u = 1); exact mode evaluates every batch no other dominates."""
+    L = stepper.config.max_position_embeddings
+    grid = LockStepTimer(stepper.step, 2, L)
+    a, b = ((6, 1, 32, 1),), ((4, 1, 300, 1),)
+    own = {g: grid.model(0).time_of(*g[0]) for g in (a, b)}
+    busiest = max((a, b), key=own.get)
+    assert grid.time([list(a), list(b)]) == grid.rank_time(busiest, 6 + 4)
+    assert undominated([a, b, ((4, 1, 30, 1),), ((5, 1, 32, 1), PROMPT)]) == [a, b, ((5, 1, 32, 1), PROMPT)]
 
 
 def test_lockstep_applies_to_moe_attention_dp_only():
