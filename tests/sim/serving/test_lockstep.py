@@ -225,6 +225,14 @@ def test_lockstep_fields_are_validated():
         scheduler_config({"attention_dp_dispatch": "shortest"})
     with pytest.raises(CodesignError, match=r"attention_dp_lockstep"):
         scheduler_config({"attention_dp_lockstep": "sometimes"})
+    from codesign.scenario import parse_scenarios
+
+    row = {"name": "x", "hardware": "h200", "chips": 8, "model": "deepseek-v3", "parallel": {"ep": 8, "attention_dp": 8},
+           "workload": {"mode": "server", "input_tokens": 1024, "output_tokens": 64, "requests": 16,
+                        "scheduler": {"attention_dp_lockstep": True},
+                        "disaggregation": {"prefill": {"chips": 4}, "decode": {"chips": 4}}}}
+    with pytest.raises(CodesignError, match=r"attention_dp_lockstep: true is not yet supported with workload.disagg"):
+        parse_scenarios([row], "f.yaml")
     with pytest.raises(CodesignError, match="routed_ratio: expected a grid ratio above 1"):
         StepTimeOptions.from_dict({"routed_ratio": 1.0})
     with pytest.raises(CodesignError, match=r"routed: expected a positive integer .*found 0"):
