@@ -226,7 +226,6 @@ class LockStepEngine:
         self.all_done: simpy.Event | None = None
         self.stop_at: Callable[[int], float] | None = None
         self.peak = 0
-        self.assigned = [0] * ranks  # requests sent to each rank
 
     @property
     def finished(self) -> int:
@@ -239,7 +238,6 @@ class LockStepEngine:
             self._next = (i + 1) % self.R
         else:  # balanced: fewest requests in the rank's system, the lowest rank on ties
             i = min(range(self.R), key=lambda j: (self.ranks[j].in_system, j))
-        self.assigned[i] += 1
         return self.ranks[i].submit(rid, prompt, out, prefilled)
 
     def _share_wake(self) -> simpy.Event:
@@ -324,7 +322,8 @@ class LockStepEngine:
             finished = self.finished
             if finished == self.expected:
                 done.succeed()
-            elif self.stop_at is not None and any(r.waiting for r in self.ranks) and finished >= self.stop_at(self.peak):
+            elif (self.stop_at is not None and any(r.waiting for r in self.ranks)
+                  and finished >= self.stop_at(self.peak)):
                 done.succeed()  # enough completions while requests still wait (run_stream's stop_saturated)
         if self.on_step is not None and not self.iterations % PROGRESS_STEPS:
             self.on_step(int(np.isfinite(rec.finish).sum()))

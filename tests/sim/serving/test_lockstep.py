@@ -203,7 +203,8 @@ def test_a_lock_stepped_poisson_run_with_preemptions_and_mtp_keeps_littles_law()
     from codesign.sim.serving.metrics import summarise
     from codesign.sim.serving.scheduler import Draft
 
-    s = poisson_stream(600, 150.0, TokenDist(mean=300, dist="lognormal", cv=0.8), TokenDist(mean=60, dist="uniform"), seed=3)
+    s = poisson_stream(600, 150.0, TokenDist(mean=300, dist="lognormal", cv=0.8), TokenDist(mean=60, dist="uniform"),
+                       seed=3)
     cfg = SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=512)
     cap = capacity(tokens=4 * 3000, replicas=4)
     draft = Draft(1, (0.7,))
@@ -227,7 +228,8 @@ def test_lockstep_fields_are_validated():
         scheduler_config({"attention_dp_lockstep": "sometimes"})
     from codesign.scenario import parse_scenarios
 
-    row = {"name": "x", "hardware": "h200", "chips": 8, "model": "deepseek-v3", "parallel": {"ep": 8, "attention_dp": 8},
+    row = {"name": "x", "hardware": "h200", "chips": 8, "model": "deepseek-v3",
+           "parallel": {"ep": 8, "attention_dp": 8},
            "workload": {"mode": "server", "input_tokens": 1024, "output_tokens": 64, "requests": 16,
                         "scheduler": {"attention_dp_lockstep": True},
                         "disaggregation": {"prefill": {"chips": 4}, "decode": {"chips": 4}}}}
