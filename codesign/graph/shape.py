@@ -15,6 +15,12 @@ L" is ``kv_len = L``.
 
 Shapes are frozen and hashable (cache keys); `canonical()` merges groups of equal
 (new_tokens, cached_tokens, logits) and sorts them, so two spellings of one step share a key.
+
+**Routed tokens** (`routed`): the new tokens the step's routed experts see, when they differ from
+its groups' tokens. An attention-data-parallel step in lock step (docs/mapping.md, "Attention-DP
+lock step") is evaluated as one rank's groups on every rank, while its experts and all-to-alls
+carry all ranks' real tokens; ``routed`` holds those. None (the default, and what a value equal to
+`tokens` becomes) means every new token is routed.
 """
 
 from __future__ import annotations
@@ -70,12 +76,21 @@ class StepShape:
     """The groups of one step (see module docstring)."""
 
     groups: tuple[Group, ...]
+    # new tokens the routed experts and all-to-alls see (None: all of `tokens`; see module docstring)
+    routed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
             raise CodesignError("step shape: expected at least one group, found none")
         if not all(isinstance(g, Group) for g in self.groups):
             raise CodesignError("step shape: groups must be Group(seqs, new_tokens, cached_tokens)")
+        r = self.routed
+        if r is not None:
+            if type(r) is not int or r < 1:
+                raise CodesignError(f"step shape: routed: expected a positive integer (the new tokens the routed "
+                                    f"experts see), found {r!r}")
+            if r == self.tokens:
+                object.__setattr__(self, "routed", None)  # every token routed: the plain step's key
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
@@ -106,6 +121,11 @@ class StepShape:
         return sum(g.tokens for g in self.groups)
 
     @property
+    def routed_tokens(self) -> int:
+        """New tokens the step's routed experts see (`routed`, else `tokens`)."""
+        return self.tokens if self.routed is None else self.routed
+
+    @property
     def is_mixed(self) -> bool:
         return len(self.groups) > 1
 
@@ -115,10 +135,11 @@ class StepShape:
         for g in self.groups:
             key = (g.new_tokens, g.cached_tokens, g.logits)
             merged[key] = merged.get(key, 0) + g.seqs
-        return StepShape(tuple(Group(s, n, c, lg) for (n, c, lg), s in sorted(merged.items())))
+        return StepShape(tuple(Group(s, n, c, lg) for (n, c, lg), s in sorted(merged.items())), self.routed)
 
     def __str__(self) -> str:
-        return " + ".join(f"{g.seqs}x(new {g.new_tokens}, cached {g.cached_tokens})" for g in self.groups)
+        text = " + ".join(f"{g.seqs}x(new {g.new_tokens}, cached {g.cached_tokens})" for g in self.groups)
+        return text if self.routed is None else f"{text}, {self.routed} routed"
 
 
 __all__ = ["Group", "StepShape"]

@@ -275,8 +275,9 @@ def weight_bytes_by_layer(config: ModelConfig, disk_cache: bool = True) -> dict[
     return _cached(f"{config.config_hash()}|weight_bytes", lambda: _recording().weight_bytes(config), disk_cache)
 
 
-def _rescale_experts(op: Op, counts) -> Op:
-    """The grouped expert op with this layer's per-expert token counts (same routed total)."""
+def _rescale_experts(op: Op, counts, routed_share: float = 1.0) -> Op:
+    """The grouped expert op with this layer's per-expert token counts (same routed total, or
+    `routed_share` of the traced tokens: `StepShape.routed`, which scales its activation bytes)."""
     if not isinstance(counts, tuple):
         counts = tuple(int(c) for c in counts)
     touched = len(counts) - counts.count(0)
@@ -284,7 +285,20 @@ def _rescale_experts(op: Op, counts) -> Op:
     rd["weight"] = touched * op.expert_weight_bytes
     new = op.clone()
     new.tokens_per_expert, new.flops, new.bytes_read = counts, sum(counts) * op.expert_flops_per_token, rd
+    if routed_share != 1.0:
+        _routed_bytes(new, routed_share)
     return new
+
+
+def _routed_share(shape: StepShape) -> float:
+    """Routed tokens / new tokens of the step (1.0 unless `StepShape.routed` says fewer)."""
+    return 1.0 if shape.routed is None else shape.routed / shape.tokens
+
+
+def _routed_bytes(op: Op, share: float) -> None:
+    """Scale the token-proportional bytes (all but the weights) of expert op `op` in place by `share`."""
+    op.bytes_read = {c: (v if c == "weight" else v * share) for c, v in op.bytes_read.items()}
+    op.bytes_written = {c: (v if c == "weight" else v * share) for c, v in op.bytes_written.items()}
 
 
 def _legacy_shape(config: ModelConfig, phase: str, batch: int, tokens: int | None, context: int) -> StepShape:
@@ -423,8 +437,9 @@ def _router_layers(config: ModelConfig, include_mtp: bool) -> dict[int, int]:
 
 def expert_counts(config: ModelConfig, shape: StepShape, router: RouterModel, layer: int,
                   draw_index: int) -> tuple[int, ...]:
-    """Tokens per expert of one MoE layer for the whole step (all its new tokens are routed)."""
-    return routed_counts(router, draw_index, shape.tokens, config.moe.num_experts, config.moe.top_k)
+    """Tokens per expert of one MoE layer for the whole step (its routed tokens: all its new tokens
+    unless the shape says fewer, `StepShape.routed`)."""
+    return routed_counts(router, draw_index, shape.routed_tokens, config.moe.num_experts, config.moe.top_k)
 
 
 def assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment]], shape: StepShape, router: RouterModel,
@@ -478,6 +493,9 @@ def skeleton_ops(config: ModelConfig, shape: StepShape, layers: set[int], router
             first = next((op for op in s.ops if op.kind == "grouped_gemm"), None)
             if first is not None:
                 traced[i] = first
+                if shape.routed is not None:  # as routed: its activations of the routed tokens
+                    traced[i] = first.clone()
+                    _routed_bytes(traced[i], _routed_share(shape))
             continue
         ops = form.placed_at(g.seqs - 1, g.cached_tokens - CONTEXT_ANCHOR, _prefix(config, i, kind), i, kind)
         pieces.append((i, kind, form.segment, ops))
@@ -485,6 +503,8 @@ def skeleton_ops(config: ModelConfig, shape: StepShape, layers: set[int], router
             if op.kind == "grouped_gemm":  # as the segment at the shape holds it: the recording's name and layer
                 t = op.clone()
                 t.name, t.layer, t.layer_type = a.name, a.layer, a.layer_type
+                if shape.routed is not None:  # as routed: its activations of the routed tokens
+                    _routed_bytes(t, _routed_share(shape))
                 traced[i] = t
                 break
     ops, edges = _assemble(config, pieces, shape, router, False)
@@ -499,6 +519,7 @@ def _assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment, list[Op
     prev_exit: int | None = None
     draws = router_layers(config, include_mtp)
     moe = config.moe is not None
+    share = _routed_share(shape)
     for layer, layer_type, s, placed in pieces:
         base = len(ops)
         counts = None
@@ -507,7 +528,7 @@ def _assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment, list[Op
                 if moe and op.kind == "grouped_gemm":
                     if counts is None:
                         counts = expert_counts(config, shape, router, layer, draws[layer])
-                    op = _rescale_experts(op, counts)
+                    op = _rescale_experts(op, counts, share)
                 ops.append(op)
         else:
             prefix = _prefix(config, layer, layer_type)
@@ -515,7 +536,7 @@ def _assemble(config: ModelConfig, pieces: list[tuple[int, str, Segment, list[Op
                 if moe and op.kind == "grouped_gemm":
                     if counts is None:
                         counts = expert_counts(config, shape, router, layer, draws[layer])
-                    op = _rescale_experts(op, counts)
+                    op = _rescale_experts(op, counts, share)
                 ops.append(Op(prefix + op.name, op.target, op.kind, op.block, layer, layer_type, op.phase,
                               op.in_shapes, op.out_shapes, op.dtype, op.flops, op.bytes_read, op.bytes_written,
                               op.repeat, op.gemm, op.tokens_per_expert, op.expert_weight_bytes,
@@ -532,13 +553,14 @@ def describe_shape(shape: StepShape) -> dict:
     """Graph attributes naming the step: phase, batch, tokens, context in the tracer's convention
     for one group (decode: context = KV length; prefill: context = cached prefix); a mixed step has
     phase "mixed" and no single tokens/context. `step_tokens` = new tokens of the whole step."""
+    routed = {} if shape.routed is None else {"routed_tokens": shape.routed}  # absent: every new token routed
     if shape.is_mixed:
         return {"phase": "mixed", "batch": shape.seqs, "tokens": None, "context": None,
-                "step_tokens": shape.tokens, "shape": shape}
+                "step_tokens": shape.tokens, "shape": shape, **routed}
     g = shape.groups[0]
     context = g.kv_len if g.phase == "decode" else g.cached_tokens
     return {"phase": g.phase, "batch": g.seqs, "tokens": g.new_tokens, "context": context,
-            "step_tokens": shape.tokens, "shape": shape}
+            "step_tokens": shape.tokens, "shape": shape, **routed}
 
 
 def trace(

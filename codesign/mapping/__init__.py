@@ -15,12 +15,13 @@ from codesign.mapping.memory import (
     state_bytes_per_sequence,
 )
 from codesign.mapping.experts import ExpertMapper, expert_placement, rank_loads, replicate_experts, slowest_rank
+from codesign.mapping.lockstep import lockstep_shapes, rank_shape
 from codesign.mapping.options import MappingOptions
 from codesign.mapping.plan import STAGE_SPLIT_RULE, ParallelPlan, Precision, candidate_plans, check_plan, partition_layers
 from codesign.mapping.step import MappedStep, map_step, remap, remap_experts
 
 __all__ = [
-    "remap_experts", "remap",
+    "remap_experts", "remap", "lockstep_shapes", "rank_shape",
     "ParallelPlan", "Precision", "check_plan", "candidate_plans", "partition_layers", "STAGE_SPLIT_RULE",
     "stage_layers",
     "MemoryBreakdown", "memory_per_chip", "max_batch", "model_params", "kv_bytes_per_sequence",

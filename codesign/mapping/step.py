@@ -35,6 +35,11 @@ deployment (batch = all concurrent sequences; bytes at the traced dtypes) into w
   does not hold that expert yet. An expert's tokens split evenly over its copies. Loads come from
   ``expert_loads`` (EPLB's history statistics) or, by default, the step's own counts: a named,
   optimistic assumption (placement tuned to exactly this routing; EPLB re-balances on history).
+* **Routed tokens.** A shape that routes other than its groups' tokens (`StepShape.routed`, graph
+  attribute ``routed_tokens``: an attention-DP lock step, one rank's groups on every rank and all
+  ranks' tokens routed) has its expert counts drawn for those tokens, and its EP dispatch/combine
+  carry an attention chip's mean share of them (the attention-DP all-gather all of them); every
+  other op follows the groups.
 * **Precision.** Bytes of each class times ``Precision.scale``.
 * **Collectives** (``Op(kind="collective")``), placed in the dependency graph:
   - TP all-reduce after the exit op of each TP block (attention output projection, MLP down
@@ -276,6 +281,12 @@ class _Context:
         seq_att = math.ceil(B / (self.dp * self.adp))
         self.tok_att = seq_att / B  # share of the step's sequences (and of each group's tokens) on one attention chip
         self.T_att = -(-self.step_tokens * seq_att // B)  # tokens on that chip (ceil)
+        # routed tokens of the whole step: fewer than its tokens in an attention-DP lock step (the
+        # busiest rank's groups on every rank, all ranks' real tokens routed; StepShape.routed)
+        self.routed_tokens = int(attrs.get("routed_tokens") or self.step_tokens)
+        # an attention chip's mean share of them (what it dispatches and gets back)
+        self.T_routed = self.T_att if self.routed_tokens == self.step_tokens else \
+            -(-self.routed_tokens * seq_att // B)
         self.H = config.hidden_size
         self.act_b = precision.bytes_per_element(precision.activations)
         self.reduce_dtype = reduce_dtype
@@ -309,7 +320,7 @@ class _Context:
             # normal kernels across scale-up domains: once per destination node over the NIC
             nodes = len({chip // self.su_size for chip in self.group("ep", 0)})
             self.nic_share = nic_share(slots_total, moe.top_k, self.ep, nodes) if dedup and nodes > 1 else None
-            self.T_disp = math.ceil(self.T_att / self.tp)  # a TP group's ranks each dispatch a slice of its tokens
+            self.T_disp = math.ceil(self.T_routed / self.tp)  # a TP group's ranks each dispatch a slice of its tokens
 
     def stage_of(self, layer: int) -> int:
         if layer < 0:
@@ -434,7 +445,7 @@ def _site_op(ctx: _Context, role: str, block: str, anchor: Op, imbalance: float)
         else:
             kind, nbytes, dtype = "reduce_scatter", recv * ctx.moe_tp * red_b, rdt
     elif role in ("adp_gather", "adp_scatter"):
-        T_rep = -(-ctx.step_tokens * math.ceil(ctx.B / ctx.dp) // ctx.B)
+        T_rep = -(-ctx.routed_tokens * math.ceil(ctx.B / ctx.dp) // ctx.B)
         if role == "adp_gather":
             kind, group, nbytes, dtype = "all_gather", ctx.group("adp", st), T_rep * H * ctx.act_b, prec.activations
         else:

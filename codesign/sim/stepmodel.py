@@ -226,7 +226,7 @@ class StepModel:
                     groups.setdefault(tmpl, []).append(layer)
             routing: dict[int, tuple[Op, list[int], np.ndarray]] = {}
             for tmpl, layers in groups.items():
-                counts = routed_matrix(self.router, [draws[layer] for layer in layers], shape.tokens,
+                counts = routed_matrix(self.router, [draws[layer] for layer in layers], shape.routed_tokens,
                                        config.moe.num_experts, config.moe.top_k)
                 routing[tmpl] = (experts[tmpl], layers, counts)
             hit = Skeleton(ops, edges, tr.describe_shape(shape), routing)

@@ -36,8 +36,11 @@ Two knobs exist for other engines' settings (named by what they do, validated he
   ``CapacitySchedulerPolicy.GUARANTEED_NO_EVICT``, used by `trtllm-bench` and `trtllm-serve`).
 
 Limits are **per engine** (one per data-parallel / attention-data-parallel replica, as vLLM runs
-one scheduler per DP rank); the simulator schedules the deployment as one engine with the limits
-multiplied by the replica count (named assumption: requests are balanced evenly over replicas).
+one scheduler per DP rank). Attention-DP ranks of a MoE deployment are scheduled each as its own
+engine, stepping in lock step (``attention_dp_lockstep``, on by default;
+`codesign.sim.serving.lockstep`; requests sent to ranks by ``attention_dp_dispatch``); ``dp``
+replicas, and attention-DP ranks with the option off, are one engine with the limits multiplied
+by their count (named assumption: requests are balanced evenly over replicas).
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ class SchedulerConfig(BaseModel):
     prefix_cache_hit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     chunked_prefill: bool = True
     capacity_policy: Literal["max_utilization", "guaranteed_no_evict"] = "max_utilization"
+    # Attention-DP ranks in lock step (codesign.sim.serving.lockstep): None (the default) and true
+    # schedule each attention-DP rank of a MoE deployment as its own engine, stepping together;
+    # false: one engine with the limits x ranks, each step's tokens spread evenly over the ranks.
+    attention_dp_lockstep: bool | None = None
+    # Which rank a request goes to: the fewest requests in its system (TensorRT-LLM, vLLM) or in turn (SGLang).
+    attention_dp_dispatch: Literal["balanced", "round_robin"] = "balanced"
 
     @model_validator(mode="after")
     def _budget_covers_seqs(self) -> "SchedulerConfig":
@@ -152,6 +161,9 @@ def check_workload(w: Any, source: str, slo: Any = None) -> None:
         raise CodesignError(f"{source}: workload.slo_search: only acts in the SLO search (server mode with an slo "
                             "and neither rate_per_s nor trace), found it without one")
     dis = disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
+    if dis is not None and (w.scheduler or {}).get("attention_dp_lockstep") is True:
+        raise CodesignError(f"{source}: workload.scheduler.attention_dp_lockstep: true is not yet supported with "
+                            "workload.disaggregation (its pools run as one engine each); leave it unset or false")
     for name, pool in (("prefill", dis.prefill), ("decode", dis.decode)) if dis is not None else ():
         try:
             if pool.parallel is not None:

@@ -38,7 +38,9 @@ per step (``1 + sum of cumulative acceptance products``; no per-step sampling).
 Named deviation from vLLM V1: its running list is in admission order, so a long prefill chunk ahead
 of a decode in that list could take the whole budget for a step; without preemption FCFS
 admission never puts a still-prefilling request ahead of a decode, so giving decodes their tokens
-first is the same schedule. Data-parallel replicas are one engine with limits x replicas.
+first is the same schedule. Data-parallel replicas are one engine with limits x replicas;
+attention-DP ranks of a MoE deployment each run this scheduler, in lock step
+(`codesign.sim.serving.lockstep`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import simpy
@@ -57,6 +59,9 @@ from codesign.graph.shape import Group, StepShape
 from codesign.sim.serving.arrivals import RequestStream
 from codesign.sim.serving.config import SchedulerConfig
 from codesign.sim.serving.kv import KVCapacity, KVPool
+
+if TYPE_CHECKING:
+    from codesign.sim.serving.lockstep import LockStepTimer
 
 _EPS = 1e-9
 PROGRESS_STEPS = 2000
@@ -449,8 +454,10 @@ class Engine:
         self._nrem_max = None
 
     # -- what a step produced -------------------------------------------------------------------
-    def _apply(self, n: int, dt: float, k: int = 1) -> None:
-        """What `k` steps of `dt` each produced (k > 1: decode-only stretches)."""
+    def _apply(self, n: int, dt: float, k: int = 1, record: bool = True) -> int:
+        """What `k` steps of `dt` each produced (k > 1: decode-only stretches); its prompt tokens.
+        `record`: append the step to the run's series (an attention-DP rank in lock step does not:
+        `codesign.sim.serving.lockstep` records the step of all ranks once)."""
         now, rec = self.env.now, self.rec
         prefill_tokens = 0
         if n:
@@ -487,6 +494,8 @@ class Engine:
                 r.held = new_held
                 if r.computed >= r.target:
                     self._to_decode(r, now)
+        if not record:
+            return prefill_tokens
         rec.step_end.append(now)
         rec.step_dt.append(dt)
         rec.step_count.append(k)
@@ -504,6 +513,7 @@ class Engine:
         self.iterations += 1
         if self.on_step is not None and not self.iterations % PROGRESS_STEPS:
             self.on_step(int(np.isfinite(rec.finish).sum()))
+        return prefill_tokens
 
     def _to_decode(self, r: _Req, now: float) -> None:
         self.prefilling.remove(r)
@@ -665,17 +675,28 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
                draft: Draft | None = None, draft_time: Callable[[int, int], float] | None = None,
                on_progress: Callable[[int], None] | None = None,
                stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0,
-               timer: StepTimer | None = None, stop_saturated: Callable[[int], float] | None = None) -> Recorder:
+               timer: StepTimer | None = None, stop_saturated: Callable[[int], float] | None = None,
+               lock: "LockStepTimer | None" = None) -> Recorder:
     """Simulate `stream` through one engine until every request has finished (`stretch`: the
     decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step;
     `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`;
     `timer`: the step-time model behind `step_time`, whose tuple entry points spare building the
     common steps' shapes; `stop_saturated`: stop early, once stop_saturated(C) requests have
     finished while others still wait, C the most running at once so far; a stream without a
-    client limit only: the records then end there)."""
+    client limit only: the records then end there); `lock`: the attention-DP ranks' lock-step
+    timer, whose ranks then each run their own scheduler (`codesign.sim.serving.lockstep`;
+    `step_time` and `timer` are then unused)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)
-    engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch, timer)
+    if lock is not None:
+        from codesign.sim.serving.lockstep import LockStepEngine
+
+        if sample_every:
+            raise CodesignError("serving: sampling unpooled steps (sample_every) is not yet supported in an "
+                                "attention-DP lock step")
+        engine = LockStepEngine(env, cfg, cap, lock.ranks, lock, rec, draft, draft_time, stretch)
+    else:
+        engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch, timer)
     if stream.concurrency and stop_saturated is not None:
         raise CodesignError("serving: stop_saturated needs a stream without a client concurrency limit")
     if stream.concurrency:  # a client's slots: each request a process that waits for one

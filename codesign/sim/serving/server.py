@@ -34,6 +34,7 @@ from codesign.scenario import SLO, TokenDist, Workload
 from codesign.sim.serving.arrivals import RequestStream, burst_stream, load_trace, poisson_stream
 from codesign.sim.serving.config import DEFAULT_REQUESTS, ENGINE, SchedulerConfig, scheduler_config
 from codesign.sim.serving.kv import KVCapacity, kv_capacity
+from codesign.sim.serving.lockstep import LockStepTimer, lockstep_ranks, rank_capacity
 from codesign.sim.serving.metrics import ServingMetrics, summarise
 from codesign.sim.serving.ceiling import Ceiling, ceiling_config, steady_state
 from codesign.sim.serving.scheduler import Draft, Recorder, run_stream
@@ -58,6 +59,8 @@ class ServingPoint:
     model: StepTimeModel
     draft: Draft | None
     draft_model: StepTimeModel | None
+    # attention-DP ranks in lock step (codesign.sim.serving.lockstep), or None: one engine
+    lock: LockStepTimer | None = None
     last_sample: list[StepShape] | None = None
     last_iterations: int = 0  # simulated iterations of the last run
 
@@ -82,7 +85,7 @@ class ServingPoint:
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
                          self.draft_time if self.draft_model is not None else None, on_progress,
                          (o.stretch_drift, o.stretch_max), sample_every, timer=self.model,
-                         stop_saturated=stop_saturated)
+                         stop_saturated=stop_saturated, lock=self.lock)
         self.last_sample, self.last_iterations = rec.sample, len(rec.step_end)
         return rec
 
@@ -130,7 +133,15 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
     # engine runs their GatedDeltaNet decodes in the chunk kernel (cost.gdn_mixed_decodes)
     model = StepTimeModel(st.step, max_len, options, extra=mixed_gdn(st))
     draft_model = StepTimeModel(mtp_head_step(st), max_len, options) if mtp else None
-    return ServingPoint(st, sched, cap, model, draft, draft_model)
+    ranks = lockstep_ranks(st.plan, st.config, sched)
+    lock = LockStepTimer(st.step, ranks, max_len, options, even=model) if ranks > 1 else None
+    return ServingPoint(st, sched, cap, model, draft, draft_model, lock)
+
+
+def pool_of(pt: ServingPoint) -> KVCapacity:
+    """The KV pool one scheduler allocates from: the deployment's, or one lock-stepped rank's."""
+    lock = getattr(pt, "lock", None)  # a disaggregated pool (its own namespace) runs as one engine
+    return rank_capacity(pt.capacity, lock.ranks) if lock is not None else pt.capacity
 
 
 def stream_of(wl: Workload, rate: float | None = None, max_tokens: int | None = None) -> RequestStream:
@@ -158,10 +169,12 @@ def check_stream(pt: ServingPoint, stream: RequestStream) -> str | None:
         if big.input_tokens > sched.max_num_batched_tokens:
             return (f"request {big.id} has {big.input_tokens} input tokens, above workload.scheduler.max_num_batched_tokens "
                     f"= {sched.max_num_batched_tokens}, and chunked_prefill is false (a prompt is computed in one step)")
-    need = pt.capacity.seq_footprint(total + pt.scheduler.block_size)
-    if need > pt.capacity.free_bytes:
+    pool = pool_of(pt)
+    need = pool.seq_footprint(total + pt.scheduler.block_size)
+    if need > pool.free_bytes:
+        where = "" if pool is pt.capacity else f" of one of {pt.lock.ranks} attention-DP ranks"
         return (f"does not fit: request {longest.id} ({total} tokens) needs {need / GiB:.2f} GiB of KV and state per "
-                f"chip, the pool holds {pt.capacity.free_bytes / GiB:.2f} GiB ({pt.capacity.describe()})")
+                f"chip, the pool{where} holds {pool.free_bytes / GiB:.2f} GiB ({pool.describe()})")
     return None
 
 
@@ -377,10 +390,12 @@ def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int
     extra.update({
         "engine": ENGINE, "scheduler": pt.scheduler.model_dump(), "kv_pool_gib": pt.capacity.free_bytes / GiB,
         "kv_blocks": pt.capacity.blocks, "mtp_tokens_per_step": pt.draft.expected_tokens if pt.draft else None,
-        "step_model": {"evaluations": pt.model.evaluations + (pt.draft_model.evaluations if pt.draft_model else 0),
-                       "steps": m.steps},
+        "step_model": {"evaluations": (pt.lock.evaluations if pt.lock is not None else pt.model.evaluations)
+                       + (pt.draft_model.evaluations if pt.draft_model else 0), "steps": m.steps},
         **{k: v for k, v in m.to_dict().items() if k not in ("ttft_s", "tpot_s")},
     })
+    if pt.lock is not None:  # attention-DP ranks in lock step (codesign.sim.serving.lockstep)
+        extra["attention_dp_lockstep"] = {"ranks": pt.lock.ranks, "dispatch": pt.scheduler.attention_dp_dispatch}
     return Result(
         name=name, feasible=reason is None, reason=reason, hardware=st.hw.name, model=st.config.name, chips=chips,
         plan=plan, output_tokens_per_s=m.output_tokens_per_s, input_tokens_per_s=m.input_tokens_per_s,

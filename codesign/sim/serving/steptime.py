@@ -58,6 +58,8 @@ serving benchmark prints it):
 4. **Decode-only stretches** (applied by the scheduler, codesign.sim.serving.scheduler): up to
    ``stretch_max`` (256) identical decode-only steps, the mean KV length moving at most
    ``stretch_drift`` (2%), are simulated as one, timed at the stretch's middle.
+5. **Attention-DP lock step** (codesign.sim.serving.lockstep): each rank's groups on this grid at
+   the rank level, at grid points of the routed share u (``routed_ratio`` 1.25), linear in u.
 
 All of these are fields of `StepTimeOptions`, set per scenario as ``workload.step_model``.
 
@@ -111,9 +113,13 @@ class StepTimeOptions:
     # relative move of the mean KV length and this many steps; stretch_max 1 simulates every step.
     stretch_drift: float = 0.02
     stretch_max: int = 256
+    # Attention-DP steps in lock step (codesign.sim.serving.lockstep): grid ratio of the routed
+    # share u = routed tokens / (ranks x the busiest rank's tokens), interpolated linearly in u.
+    routed_ratio: float = 1.25
 
     def __post_init__(self) -> None:
-        for name in ("seq_ratio", "token_ratio", "kv_ratio", "prefill_kv_ratio", "mixed_seq_ratio", "mixed_kv_ratio"):
+        for name in ("seq_ratio", "token_ratio", "kv_ratio", "prefill_kv_ratio", "mixed_seq_ratio", "mixed_kv_ratio",
+                     "routed_ratio"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1.0:
                 raise CodesignError(f"workload.step_model: {name}: expected a grid ratio above 1, found {v!r}")
