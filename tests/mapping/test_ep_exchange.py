@@ -64,3 +64,19 @@ def test_option_is_validated_and_passed_to_the_mapping():
     assert MappingOptions.from_dict({"ep_exchange": "all_gather"}).map_kwargs()["ep_exchange"] == "all_gather"
     with pytest.raises(CodesignError, match="ep_exchange"):
         MappingOptions.from_dict({"ep_exchange": "broadcast"})
+
+
+def test_deepseek_all_gather_time_against_nccl_rows():
+    # DeepSeek-V3 at 128 decode tokens on each of 8 H200s: the all-gather output is
+    # 1024 x 7168 x 2 bytes. Independent check: log-log interpolation between NCCL's measured
+    # all-gather kernel times on 8 H100s (same NVLink 4 switch as H200) at 8 MiB (43.4 us) and
+    # 32 MiB (118.9 us) (NVIDIA/Megatron-LM#5596, benchmarks/kernels/collectives.yaml).
+    import math
+
+    from codesign.mapping.collectives import collective_time, make_collective
+
+    nbytes = 1024 * 7168 * 2
+    t = collective_time(make_collective("all_gather", tuple(range(8)), nbytes, 8), cs.load_hw("h200"))
+    slope = math.log(118.9 / 43.4) / math.log(4)
+    measured = 43.4e-6 * (nbytes / 8388608) ** slope  # 65 us
+    assert t == pytest.approx(measured, rel=0.2)
