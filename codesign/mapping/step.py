@@ -278,6 +278,8 @@ class _Context:
                  rates: tuple[float, float], share_bytes: bool = True, all_to_all_mode: str = "normal",
                  ep_exchange: str = "all_to_all") -> None:
         self.config, self.hw, self.plan, self.precision = config, hw, plan, precision
+        if ep_exchange not in ("all_to_all", "all_gather"):
+            raise CodesignError(f"mapping.ep_exchange: expected all_to_all or all_gather, found {ep_exchange!r}")
         self.ep_exchange, self.dispatch_fp8 = ep_exchange, dispatch_fp8
         self.tp, self.adp, self.dp, self.ep, self.moe_tp = plan.tp, plan.attention_dp, plan.dp, plan.ep, plan.moe_tp
         B = self.B = int(attrs.get("batch", 1) or 1)

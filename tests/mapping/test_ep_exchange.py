@@ -80,3 +80,8 @@ def test_deepseek_all_gather_time_against_nccl_rows():
     slope = math.log(118.9 / 43.4) / math.log(4)
     measured = 43.4e-6 * (nbytes / 8388608) ** slope  # 65 us
     assert t == pytest.approx(measured, rel=0.2)
+
+
+def test_unknown_exchange_refused_by_map_step():
+    with pytest.raises(CodesignError, match="mapping.ep_exchange: expected all_to_all or all_gather, found 'ring'"):
+        _moe_collectives(ParallelPlan(ep=2, attention_dp=2), ep_exchange="ring")
