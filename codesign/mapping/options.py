@@ -36,6 +36,15 @@ class MappingOptions(BaseModel):
     # kernels) or "auto" (low-latency for a step that only decodes, normal otherwise: SGLang's
     # `--deepep-mode auto`, its default). docs/mapping.md "Expert-parallel all-to-all".
     all_to_all_mode: Literal["normal", "low_latency", "auto"] = "normal"
+    # How tokens reach their experts at expert parallelism with attention data parallelism:
+    # "all_to_all" (dispatch/combine above: each token to the ranks of its experts) or "all_gather"
+    # (every attention group's tokens all-gathered to every EP rank before the experts and the
+    # outputs reduce-scattered back after them, whatever the routing: TensorRT-LLM's attention-DP
+    # MoE where its one-sided all-to-all is unavailable, i.e. without multi-node NVLink, as on one
+    # 8x H200 node). The all-gather carries the hidden states in BF16 unless `dispatch_fp8` is
+    # True (FP8 with its scales); needs attention_dp > 1 and moe_tp 1. docs/mapping.md
+    # "Expert-parallel all-to-all".
+    ep_exchange: Literal["all_to_all", "all_gather"] = "all_to_all"
     # All-reduce algorithm: None / "auto" = the fastest per message of NCCL's choice (ring, or NVLS
     # where the spec's collective curves have it), two-shot and one-shot (the serving engines'
     # tuners); "nccl" = NCCL's choice only; or force one of codesign.mapping.collectives.ALGORITHMS.
@@ -67,7 +76,7 @@ class MappingOptions(BaseModel):
         """Keyword arguments of `codesign.mapping.map_step`."""
         return {"placement": self.placement, "dispatch_fp8": self.dispatch_fp8, "dispatch_dedup": self.dispatch_dedup,
                 "all_to_all_mode": self.all_to_all_mode, "allreduce_algorithm": self.allreduce_algorithm,
-                "reduce_dtype": self.reduce_dtype}
+                "reduce_dtype": self.reduce_dtype, "ep_exchange": self.ep_exchange}
 
 
 __all__ = ["MappingOptions"]

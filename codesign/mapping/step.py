@@ -50,6 +50,12 @@ deployment (batch = all concurrent sequences; bytes at the traced dtypes) into w
   - experts without EP but with attention_dp > 1: all-gather of the attention groups' tokens
     before the experts and a reduce-scatter after (the attention-DP boundary); pure TP experts:
     an all-reduce after;
+  - EP with attention_dp > 1 and ``ep_exchange="all_gather"`` (TensorRT-LLM's attention-DP MoE
+    without its one-sided all-to-all): in place of dispatch/combine, an all-gather of every
+    attention group's tokens over the EP group (BF16 hidden states, or FP8 with scales when
+    ``dispatch_fp8`` is True) and a reduce-scatter of the experts' outputs (``reduce_dtype``),
+    each carrying all of the replica's tokens whatever the routing; the experts' own work is
+    unchanged (each rank still computes only its experts' routed tokens);
   - PP: a send/recv on every edge that crosses a stage boundary;
   - LM head: a vocab-parallel all-gather of the logits when tp > 1.
 
@@ -184,7 +190,7 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
              dispatch_fp8: bool | None = None, dispatch_dedup: bool = True, all_to_all_mode: str = "normal",
              allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16",
              expert_loads: Sequence[float] | None = None,
-             rates: tuple[float, float] | None = None) -> MappedStep:
+             rates: tuple[float, float] | None = None, ep_exchange: str = "all_to_all") -> MappedStep:
     """The per-chip step of `graph` under `plan` and `precision` (see module docstring).
     `expert_loads`: per-expert load statistics that choose and place redundant copies (default:
     each layer's own routed counts). `rates`: (matrix FLOP/s, HBM bytes/s) at which the cost model
@@ -194,14 +200,15 @@ def map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Par
     rates = rates if rates is not None else _spec_rates(hw, precision)
     with gc_paused():
         return _map_step(graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
-                         allreduce_algorithm, reduce_dtype, expert_loads, rates, all_to_all_mode)
+                         allreduce_algorithm, reduce_dtype, expert_loads, rates, all_to_all_mode, ep_exchange)
 
 
 def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelConfig, hw: HardwareSpec, *,
           placement: str | Sequence[int] = "contiguous", dispatch_fp8: bool | None = None,
           dispatch_dedup: bool = True, allreduce_algorithm: str | None = None, reduce_dtype: str = "bf16",
           expert_loads: Sequence[float] | None = None, rates: tuple[float, float] | None = None,
-          all_to_all_mode: str = "normal") -> tuple[dict[int, Op], dict[int, int], ExpertMapper]:
+          all_to_all_mode: str = "normal", ep_exchange: str = "all_to_all"
+          ) -> tuple[dict[int, Op], dict[int, int], ExpertMapper]:
     """What `map_step` maps a graph to when the graph has the structure of the one `template` was
     mapped from (nodes 0..n-1, the same edges, op kinds, blocks and exit shapes: the same
     collective sites) but other numbers: its traced ops `ops` (node i holds ops[i]) and graph
@@ -215,7 +222,8 @@ def remap(template: MappedStep, ops: Sequence[Op], attrs: dict, config: ModelCon
         raise CodesignError("remap: a pipelined plan places its stage hand-offs from the graph; map the step again")
     rates = rates if rates is not None else _spec_rates(hw, precision)
     ctx = _Context(attrs, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup, allreduce_algorithm,
-                   reduce_dtype, expert_loads, rates, share_bytes=False, all_to_all_mode=all_to_all_mode)
+                   reduce_dtype, expert_loads, rates, share_bytes=False, all_to_all_mode=all_to_all_mode,
+                   ep_exchange=ep_exchange)
     ranks: dict[int, int] = {}
     imbalance: dict[int, float] = {}
     with gc_paused():
@@ -272,8 +280,12 @@ class _Context:
     def __init__(self, attrs: dict, config: ModelConfig, hw: HardwareSpec, plan: ParallelPlan, precision: Precision,
                  placement: str | Sequence[int], dispatch_fp8: bool | None, dispatch_dedup: bool,
                  allreduce_algorithm: str | None, reduce_dtype: str, expert_loads: Sequence[float] | None,
-                 rates: tuple[float, float], share_bytes: bool = True, all_to_all_mode: str = "normal") -> None:
+                 rates: tuple[float, float], share_bytes: bool = True, all_to_all_mode: str = "normal",
+                 ep_exchange: str = "all_to_all") -> None:
         self.config, self.hw, self.plan, self.precision = config, hw, plan, precision
+        if ep_exchange not in ("all_to_all", "all_gather"):
+            raise CodesignError(f"mapping.ep_exchange: expected all_to_all or all_gather, found {ep_exchange!r}")
+        self.ep_exchange, self.dispatch_fp8 = ep_exchange, dispatch_fp8
         self.tp, self.adp, self.dp, self.ep, self.moe_tp = plan.tp, plan.attention_dp, plan.dp, plan.ep, plan.moe_tp
         B = self.B = int(attrs.get("batch", 1) or 1)
         # new tokens of the whole step (a mixed step's groups have different tokens per sequence)
@@ -321,6 +333,10 @@ class _Context:
             nodes = len({chip // self.su_size for chip in self.group("ep", 0)})
             self.nic_share = nic_share(slots_total, moe.top_k, self.ep, nodes) if dedup and nodes > 1 else None
             self.T_disp = math.ceil(self.T_routed / self.tp)  # a TP group's ranks each dispatch a slice of its tokens
+            if ep_exchange == "all_gather" and self.ep > 1 and (self.adp == 1 or self.moe_tp > 1):
+                raise CodesignError(f"mapping.ep_exchange: all_gather needs attention_dp > 1 and moe_tp 1 at "
+                                    f"expert parallelism (found attention_dp {self.adp}, moe_tp {self.moe_tp}); "
+                                    "other plans are not yet supported")
 
     def stage_of(self, layer: int) -> int:
         if layer < 0:
@@ -444,6 +460,15 @@ def _site_op(ctx: _Context, role: str, block: str, anchor: Op, imbalance: float)
             kind, nbytes, dtype = "all_gather", recv * ctx.moe_tp * ctx.disp_b, "fp8" if ctx.disp_fp8 else prec.activations
         else:
             kind, nbytes, dtype = "reduce_scatter", recv * ctx.moe_tp * red_b, rdt
+    elif role in ("ep_gather", "ep_scatter"):
+        T_rep = -(-ctx.routed_tokens * math.ceil(ctx.B / ctx.dp) // ctx.B)  # every attention group's tokens
+        group = ctx.group("ep", st)
+        if role == "ep_gather":
+            gather_dt = "fp8" if ctx.dispatch_fp8 is True else _hidden_dtype(prec)
+            gather_b = (1.0 + FP8_SCALE_OVERHEAD) if gather_dt == "fp8" else BYTES_PER_ELEMENT[gather_dt]
+            kind, nbytes, dtype = "all_gather", T_rep * H * gather_b, gather_dt
+        else:
+            kind, nbytes, dtype = "reduce_scatter", T_rep * H * red_b, rdt
     elif role in ("adp_gather", "adp_scatter"):
         T_rep = -(-ctx.routed_tokens * math.ceil(ctx.B / ctx.dp) // ctx.B)
         if role == "adp_gather":
@@ -458,6 +483,13 @@ def _site_op(ctx: _Context, role: str, block: str, anchor: Op, imbalance: float)
     return Op(name=f"{anchor.name.split('/')[0]}/{kind}", target=f"codesign.collective.{kind}", kind="collective",
               block=block, layer=anchor.layer, layer_type=anchor.layer_type, phase=anchor.phase, in_shapes=(),
               out_shapes=(), dtype=dtype, collective=c)
+
+
+def _hidden_dtype(precision: Precision) -> str:
+    """Dtype of the hidden states between layers: the activation dtype when it is a 16/32-bit one,
+    else BF16 (FP8/FP4 activations are quantised inside each GEMM's kernel, not in the residual
+    stream)."""
+    return precision.activations if precision.activations in ("bf16", "fp16", "fp32") else "bf16"
 
 
 def _tp_sites(graph: nx.DiGraph, ctx: _Context) -> list[tuple[int, str, str]]:
@@ -494,6 +526,8 @@ def _moe_sites(ctx: _Context) -> list[str]:
     if ctx.config.moe is None:
         return []
     if ctx.ep > 1:
+        if ctx.ep_exchange == "all_gather":
+            return ["ep_gather", "ep_scatter"]
         return ["dispatch", "combine"] + (["moe_tp_gather", "moe_tp_scatter"] if ctx.moe_tp > 1 else [])
     if ctx.adp > 1:
         return ["adp_gather", "adp_scatter"]
@@ -506,12 +540,13 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
               precision: Precision, placement: str | Sequence[int], dispatch_fp8: bool | None,
               dispatch_dedup: bool, allreduce_algorithm: str | None, reduce_dtype: str,
               expert_loads: Sequence[float] | None, rates: tuple[float, float],
-              all_to_all_mode: str = "normal") -> MappedStep:
+              all_to_all_mode: str = "normal", ep_exchange: str = "all_to_all") -> MappedStep:
     reason = check_plan(config, plan, plan.chips)
     if reason:
         raise CodesignError(f"parallel: {reason}")
     ctx = _Context(graph.graph, config, hw, plan, precision, placement, dispatch_fp8, dispatch_dedup,
-                   allreduce_algorithm, reduce_dtype, expert_loads, rates, all_to_all_mode=all_to_all_mode)
+                   allreduce_algorithm, reduce_dtype, expert_loads, rates, all_to_all_mode=all_to_all_mode,
+                   ep_exchange=ep_exchange)
     stage_of = ctx.stage_of
 
     # -- 1. shard every op ------------------------------------------------------------------------
@@ -577,6 +612,9 @@ def _map_step(graph: nx.DiGraph, config: ModelConfig, hw: HardwareSpec, plan: Pa
             elif "adp_gather" in made:
                 insert_before(n, made["adp_gather"])
                 insert_after(n, made["adp_scatter"])
+            elif "ep_gather" in made:
+                insert_before(n, made["ep_gather"])
+                insert_after(n, made["ep_scatter"])
             else:
                 insert_after(n, made["moe_allreduce"])
 
