@@ -49,6 +49,22 @@ def test_all_gather_exchange_in_fp8_when_asked():
         assert gathers == [("all_gather", pytest.approx(BATCH * H * (1 + 4 / 128)), "fp8")]
 
 
+def test_all_gather_exchange_under_the_lock_step_moves_all_ranks_tokens():
+    # an attention-DP lock step: rank 0 holds 8 decodes, rank 1 holds 2; the busiest rank's groups
+    # run on both ranks (16 sequences traced), but the all-gather carries the 10 real tokens
+    from codesign.graph.shape import Group
+    from codesign.mapping.lockstep import lockstep_shapes
+
+    busiest = lockstep_shapes([[Group(8, 1, 64)], [Group(2, 1, 64)]])[0]
+    assert (busiest.groups[0].seqs, busiest.routed) == (16, 10)
+    cfg = moe_shared_tiny()
+    g = cs.trace(cfg, shape=busiest)
+    m = map_step(g, cfg, make_hw(), ParallelPlan(ep=2, attention_dp=2), FP8, ep_exchange="all_gather")
+    gathers = {op.collective["bytes"] for _, d in m.graph.nodes(data=True)
+               if (op := d["op"]).kind == "collective" and op.block == "moe_experts"}
+    assert gathers == {10 * H * 2}
+
+
 def test_default_exchange_is_the_all_to_all():
     colls = _moe_collectives(ParallelPlan(ep=2, attention_dp=2))
     for cs_ in colls.values():
