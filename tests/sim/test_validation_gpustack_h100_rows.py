@@ -1,0 +1,100 @@
+"""The GPUStack H100 rows of the public validation file say what their pages say.
+
+Each row's inputs (plan, precision, request count, lengths, client concurrency) are checked against
+the figures quoted from its page -- the `vllm serve` / `vllm bench serve` commands and the result
+blocks' totals -- and each measured figure against the page's result lines: output throughput is
+total generated tokens / benchmark duration, TTFT and TPOT the printed means in seconds. The rows
+set no scheduler option: vLLM v0.11.0's defaults come from codesign.sim.serving.config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codesign.hw import load_hw
+from codesign.mapping import ParallelPlan
+from codesign.scenario import load_scenarios
+from codesign.sim.serving.config import scheduler_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = {s.name: s for s in load_scenarios(ROOT / "benchmarks" / "validation" / "public.yaml")}
+
+# Quoted from the pages' "Baseline benchmark results": (successful requests, total input tokens,
+# total generated tokens, benchmark duration s, page's output token throughput, mean TTFT ms,
+# mean TPOT ms), and the bench command's nominal lengths (input, output).
+Q235 = {  # qwen3-235b-a22b/h100.md, commit 10e9444a, `vllm serve ... -tp 8`
+    "vllm-8xh100-qwen3-235b-a22b-bf16-tp8-32k-100": ((100, 3_200_000, 8_191, 141.60, 57.85, 70_409.55, 132.10), (32_000, 100)),
+    "vllm-8xh100-qwen3-235b-a22b-bf16-tp8-4k-200": ((500, 1_997_942, 92_185, 98.99, 931.21, 47_811.58, 68.94), (4_000, 200)),
+    "vllm-8xh100-qwen3-235b-a22b-bf16-tp8-2k-100": ((500, 998_175, 49_500, 43.91, 1_127.26, 21_313.79, 101.08), (2_000, 100)),
+    "vllm-8xh100-qwen3-235b-a22b-bf16-tp8-128-4": ((984, 125_650, 3_936, 8.83, 445.53, 7_042.17, 212.98), (128, 4)),
+}
+Q32 = {  # qwen3-32b/h100.md, commit 10e9444a, `vllm serve Qwen/Qwen3-32B`
+    "vllm-1xh100-qwen3-32b-bf16-32k-100": ((100, 3_200_000, 7_681, 1_157.25, 6.64, 585_981.22, 43.42), (32_000, 100)),
+    "vllm-1xh100-qwen3-32b-bf16-4k-200": ((500, 1_997_942, 99_790, 976.29, 102.21, 482_284.21, 66.61), (4_000, 200)),
+    "vllm-1xh100-qwen3-32b-bf16-2k-100": ((500, 998_175, 50_000, 328.04, 152.42, 163_909.40, 86.62), (2_000, 100)),
+    "vllm-1xh100-qwen3-32b-bf16-128-4": ((1_000, 127_698, 4_000, 32.88, 121.66, 21_648.67, 1_169.72), (128, 4)),
+}
+Q8 = {  # qwen3-8b/h100-latency.md, commit 1dbc3b81, ShareGPT, --num-prompts 100 --max-concurrency C
+    "vllm-1xh100-qwen3-8b-bf16-sharegpt-c1": ((100, 23_260, 22_061, 166.04, 132.86, 59.01, 7.28), 1),
+    "vllm-1xh100-qwen3-8b-bf16-sharegpt-c2": ((100, 23_260, 22_061, 85.78, 257.19, 63.78, 7.37), 2),
+    "vllm-1xh100-qwen3-8b-bf16-sharegpt-c4": ((100, 23_260, 22_061, 44.40, 496.88, 64.00, 7.38), 4),
+    "vllm-1xh100-qwen3-8b-bf16-sharegpt-c8": ((100, 23_260, 22_061, 24.05, 917.28, 74.57, 7.71), 8),
+}
+ALL = {**{k: v[0] for k, v in Q235.items()}, **{k: v[0] for k, v in Q32.items()}, **{k: v[0] for k, v in Q8.items()}}
+BF16 = {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"}
+
+
+def test_rows_present_with_the_serve_commands_plan_and_checkpoint():
+    for names, model, chips in ((Q235, "qwen3-235b-a22b", 8), (Q32, "qwen3-32b", 1), (Q8, "qwen3-8b", 1)):
+        for name in names:
+            s = ROWS[name]
+            assert (s.hardware, s.model, s.chips) == ("h100", model, chips)
+            assert s.precision == BF16  # BF16 checkpoints (the pages' FP8 runs name the -FP8 repositories)
+            p = ParallelPlan.from_dict(s.parallel)
+            assert (p.tp, p.ep, p.pp, p.dp, p.attention_dp) == (chips, 1, 1, 1, 1)  # -tp 8: experts TP too
+            # no --enable-dbo: the TP8 rows turn two-batch overlap off; TP1 has no collective to hide
+            assert s.mapping == ({"two_batch_overlap": False} if chips > 1 else {})
+            assert s.cost == {}  # MoE and GEMM kernels at their defaults (header)
+
+
+def test_request_counts_and_lengths_are_the_results_totals_over_requests():
+    for name, (n, tin, tout, *_rest) in ALL.items():
+        w = ROWS[name].workload
+        assert w.mode == "server" and w.requests == n
+        assert w.input_tokens == round(tin / n) and w.output_tokens == round(tout / n)
+        assert w.scheduler == {} and w.engine is None and w.rate_per_s is None
+    for name, (_, (nin, nout)) in {**Q235, **Q32}.items():
+        w = ROWS[name].workload
+        assert w.concurrency is None  # all sent at once: "Peak concurrent requests" = requests
+        assert abs(w.input_tokens - nin) <= 0.002 * nin and w.output_tokens <= nout  # early EOS only
+    for name, (_, c) in Q8.items():
+        assert ROWS[name].workload.concurrency == c
+
+
+def test_measured_figures_are_the_pages_result_lines():
+    for name, (_n, _tin, tout, dur, page_tps, ttft_ms, tpot_ms) in ALL.items():
+        m = ROWS[name].measured
+        # generated tokens / benchmark duration, which the page's line matches to the duration's rounding
+        assert m.output_tokens_per_s == page_tps
+        assert m.output_tokens_per_s == pytest.approx(tout / dur, rel=1e-3)
+        assert m.ttft_s == pytest.approx(ttft_ms / 1e3, rel=1e-9)
+        assert m.tpot_s == pytest.approx(tpot_ms / 1e3, rel=1e-9)
+        assert m.e2e_s is None
+
+
+def test_8b_rows_latencies_agree_with_their_durations():
+    """At a fixed client concurrency C, duration ~ requests x mean latency / C, and mean latency
+    ~ TTFT + (output - 1) x TPOT: the pages' TPOT lines are consistent (unlike guidellm's). The
+    duration runs longer by the drain at the end (the last requests run with fewer than C beside them):
+    0.2% at C = 1, 8% at C = 8."""
+    for name, ((n, _tin, tout, dur, _tps, ttft_ms, tpot_ms), c) in Q8.items():
+        latency = ttft_ms / 1e3 + (tout / n - 1) * tpot_ms / 1e3
+        assert 0.9 * dur < n * latency / c <= dur
+
+
+def test_engine_defaults_on_an_80gb_h100_are_vllm_011s():
+    cfg = scheduler_config({}, hw=load_hw("h100"))
+    assert (cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.chunked_prefill) == (1024, 8192, True)
+    assert cfg.prefix_cache_hit_rate == 0.0
