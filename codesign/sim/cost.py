@@ -50,6 +50,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from codesign.errors import CodesignError, format_validation_error
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
+from codesign.mapping.scaling import OP_FIELDS_KNOWN, op_with
 from codesign.units import parse_quantity
 
 # Torch dtype names (as the tracer writes them) -> spec dtype names.
@@ -238,7 +239,8 @@ def network_key(hw: HardwareSpec) -> tuple:
 # CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
 # that are not values (the spec, caches): every other attribute is part of `static_key`.
 _CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
-_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last"})
+_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last",
+                         "_last_half"})
 
 
 def attention_keys_per_row(op: Op) -> float | None:
@@ -259,6 +261,41 @@ def attention_keys_per_row(op: Op) -> float | None:
     if op.target.endswith(".noncausal"):
         return float(s)
     return max(1.0, s - (t - 1) / 2.0)
+
+
+def half_op(op: Op) -> Op:
+    """The op for one of two equal micro-batches: token-proportional work halves, weights do not
+    (each micro-batch streams the weights again: the price of two-batch overlap)."""
+    coll = op.collective
+    if op.kind == "collective" and coll:
+        if "bytes" in coll:
+            coll = dict(coll)
+            coll["bytes"] = coll["bytes"] / 2
+        return op_with(op, op.flops, op.bytes_read, op.bytes_written, op.gemm, collective=coll)
+    br, bw = _halved(op.bytes_read), _halved(op.bytes_written)
+    gemm = op.gemm
+    if gemm is not None:
+        b, m, n, k = gemm
+        gemm = (b, max(1, math.ceil(m / 2)), n, k)
+    tpe = op.tokens_per_expert
+    if tpe is not None:
+        tpe = tuple([(t + 1) // 2 for t in tpe])
+    if OP_FIELDS_KNOWN:  # `op_with` written out
+        return Op(op.name, op.target, op.kind, op.block, op.layer, op.layer_type, op.phase, op.in_shapes,
+                  op.out_shapes, op.dtype, op.flops / 2, br, bw, op.repeat, gemm, tpe, op.expert_weight_bytes,
+                  op.expert_flops_per_token, op.collective)
+    return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
+
+
+def _halved(d: dict[str, float]) -> dict[str, float]:
+    """A byte dict for one of two micro-batches: every class halves but the weights."""
+    if len(d) == 4:
+        try:  # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
+            return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
+                    "state": d["state"] / 2}
+        except KeyError:
+            pass
+    return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
 def _pad(x: int, tile: int) -> int:
@@ -333,8 +370,9 @@ class CostModel:
         # that differ in HBM or SRAM bandwidth only) share those parts of their op costs (`cost`).
         # A subclass (its own rules) shares nothing.
         self.static_key: tuple | None = None
-        self._static: dict[Residency, dict[int, tuple]] = {}
+        self._static: dict[tuple[Residency, bool], dict[int, tuple]] = {}
         self._last: tuple[Residency | None, dict[int, tuple]] = (None, {})
+        self._last_half: tuple[Residency | None, dict[int, tuple]] = (None, {})
         if type(self) is CostModel:
             self.static_key = tuple(sorted((k, v) for k, v in vars(self).items()
                                            if k not in _CALL_TIME and k not in _NOT_KEYED))
@@ -410,9 +448,14 @@ class CostModel:
 
     def gemm_time(self, op: Op) -> float:
         """Matrix-unit seconds of a dense GEMM, with tile padding and the small-M ramp."""
-        if op.gemm is None:
-            return op.flops / (self.matrix_rate * self._ramp(float(self.tile_m)))
-        b, m, n, k = op.gemm
+        return self._gemm_seconds(op.flops, op.gemm)
+
+    def _gemm_seconds(self, op_flops: float, gemm: tuple[int, int, int, int] | None) -> float:
+        """`gemm_time` of an op with these FLOPs and GEMM problem (a half micro-batch's op passes
+        its own: `_half_parts`)."""
+        if gemm is None:
+            return op_flops / (self.matrix_rate * self._ramp(float(self.tile_m)))
+        b, m, n, k = gemm
         if self.opts.tile_quantisation:
             mp, np_ = _pad(m, self.tile_m), _pad(n, self.tile_n)
         else:
@@ -421,7 +464,7 @@ class CostModel:
         # a bias or repeat; scale them rather than recompute).
         useful = 2.0 * b * m * n * k
         padded = 2.0 * b * mp * np_ * k
-        flops = op.flops * (padded / useful) if useful > 0 else op.flops
+        flops = op_flops * (padded / useful) if useful > 0 else op_flops
         return flops / (self.matrix_rate * self._ramp(mp) * self._k_ramp(k))
 
     def grouped_gemm_time(self, op: Op) -> float:
@@ -433,11 +476,14 @@ class CostModel:
         * No small-M ramp per expert: the kernel fills the machine with all experts' tiles
           together, so occupancy follows the whole op's tokens (ramped once, on their sum).
         """
-        tpe = op.tokens_per_expert
+        return self._grouped_op_seconds(op, op.flops, op.tokens_per_expert)
+
+    def _grouped_op_seconds(self, op: Op, flops: float, tpe: tuple[int, ...] | None) -> float:
+        """`grouped_gemm_time` of `op` with these FLOPs and tokens per expert (`_half_parts`)."""
         if not tpe or op.expert_flops_per_token <= 0:
-            return op.flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
+            return flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
         padded, tokens_routed = self.expert_padding(tpe)
-        return self.grouped_seconds(op.flops, padded, tokens_routed, self._grouped_k_ramp(op))
+        return self.grouped_seconds(flops, padded, tokens_routed, self._grouped_k_ramp(op))
 
     def expert_padding(self, tpe: tuple[int, ...]) -> tuple[float, int]:
         """(padded tokens, routed tokens) of a grouped expert op's per-expert token counts. Padded
@@ -484,16 +530,22 @@ class CostModel:
         return _pad(t, self.tile_m)
 
     def compute_time(self, op: Op) -> tuple[float, str]:
-        if op.kind == "gemm":
-            return self.gemm_time(op), "matrix"
-        if op.kind == "grouped_gemm":
-            return self.grouped_gemm_time(op), "matrix"
-        if op.kind == "attention":
+        return self._compute(op, op.kind, op.flops, op.gemm, op.tokens_per_expert)
+
+    def _compute(self, op: Op, kind: str, flops: float, gemm: tuple[int, int, int, int] | None,
+                 tpe: tuple[int, ...] | None) -> tuple[float, str]:
+        """`compute_time` of `op` with these FLOPs, GEMM problem and tokens per expert (its own, or
+        a half micro-batch's: `_half_parts`); everything else is read from `op`."""
+        if kind == "gemm":
+            return self._gemm_seconds(flops, gemm), "matrix"
+        if kind == "grouped_gemm":
+            return self._grouped_op_seconds(op, flops, tpe), "matrix"
+        if kind == "attention":
             if op.phase == "decode":
-                return op.flops / self.decode_attention_rate, "matrix"
-            return op.flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
-        if op.kind == "vector":
-            return op.flops / self.vector_rate, "vector"
+                return flops / self.decode_attention_rate, "matrix"
+            return flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
+        if kind == "vector":
+            return flops / self.vector_rate, "vector"
         return 0.0, "vector"
 
     # -- memory -----------------------------------------------------------------------------
@@ -505,35 +557,37 @@ class CostModel:
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
                    residency: Residency = Residency()) -> tuple[float, float]:
         """(HBM bytes, SRAM bytes) an op of `kind` moves."""
+        rd, wr = bytes_read.get, bytes_written.get
+        return self._split(kind, rd("weight", 0.0) + wr("weight", 0.0), rd("activation", 0.0) + wr("activation", 0.0),
+                           rd("kv_cache", 0.0) + wr("kv_cache", 0.0), rd("state", 0.0) + wr("state", 0.0), residency)
+
+    def _split(self, kind: str, weight: float, activation: float, kv_cache: float, state: float,
+               residency: Residency) -> tuple[float, float]:
+        """(HBM bytes, SRAM bytes) of an op of `kind` moving these bytes per class (read + written)."""
         # Per class (weight, activation, kv_cache, state, in this order), read + written bytes go to
         # SRAM or HBM: weights when resident, activations when fused into an on-chip kernel or
         # small enough for the SRAM budget, the state when resident; the KV cache always to HBM.
         # Classes with no bytes add nothing (each sum in class order).
         hbm = 0.0
         sram = 0.0
-        rd, wr = bytes_read.get, bytes_written.get
-        nbytes = rd("weight", 0.0) + wr("weight", 0.0)
-        if nbytes > 0:
+        if weight > 0:
             if residency.weights:
-                sram += nbytes
+                sram += weight
             else:
-                hbm += nbytes
-        nbytes = rd("activation", 0.0) + wr("activation", 0.0)
-        if nbytes > 0:
+                hbm += weight
+        if activation > 0:
             if (self._fused_elementwise and kind in ("vector", "memory")) or (
-                    self._sram_activations and nbytes <= self.sram_budget):
-                sram += nbytes
+                    self._sram_activations and activation <= self.sram_budget):
+                sram += activation
             else:
-                hbm += nbytes
-        nbytes = rd("kv_cache", 0.0) + wr("kv_cache", 0.0)
-        if nbytes > 0:
-            hbm += nbytes
-        nbytes = rd("state", 0.0) + wr("state", 0.0)
-        if nbytes > 0:
+                hbm += activation
+        if kv_cache > 0:
+            hbm += kv_cache
+        if state > 0:
             if residency.state:
-                sram += nbytes
+                sram += state
             else:
-                hbm += nbytes
+                hbm += state
         return hbm, sram
 
     def memory_seconds(self, kind: str, hbm: float, sram: float) -> tuple[float, str]:
@@ -563,7 +617,10 @@ class CostModel:
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def collective_time(self, op: Op) -> float:
-        c = op.collective
+        return self._collective_seconds(op.collective)
+
+    def _collective_seconds(self, c: dict | None) -> float:
+        """Seconds of the collective `c` (an op's `collective`)."""
         if not c:
             return 0.0
         fn = self._collective_fn
@@ -631,7 +688,12 @@ class CostModel:
             return OpCost(t, 0.0, 0.0, 0.0, "link")
         if self.static_key is None:
             return self.reference_cost(op, residency)
-        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
+        last = self._last  # `_parts` written out: a step costs all its ops at one residency
+        memo = last[1] if residency is last[0] else self._memo_for(residency)
+        hit = memo.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = self._keep(memo, op, self._static_parts(op, residency))
+        _, c, unit, hbm, sram, o, bw = hit
         if unit is None:
             return c
         # memory_seconds, combine and overlap written out (the same operations in the same order)
@@ -642,13 +704,38 @@ class CostModel:
         return self.combine(c, unit, t_sram, "sram", o)
 
     def seconds(self, op: Op, residency: Residency = Residency()) -> float:
-        """`cost(op, residency).time_s`, without the OpCost (the engine's two-batch-overlap half
-        ops need only their seconds): the same operations on the same kept parts."""
+        """`cost(op, residency).time_s`, without the OpCost: the same operations on the same kept
+        parts."""
         if op.kind == "collective":
             return self.collective_time(op)
         if self.static_key is None:  # a subclass: its own rules, wherever they are
             return self.cost(op, residency).time_s
-        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
+        return self._seconds(self._parts(op, residency))
+
+    def half_seconds(self, op: Op, residency: Residency = Residency()) -> float:
+        """`seconds(half_op(op), residency)`: the op of one of two equal micro-batches (the
+        engine's two-batch overlap), from `op` itself. Its kept parts (`_half_parts`, the same
+        functions on the half op's fields) are kept by `op` beside its own, so no half op is built
+        and a hardware variant of the same ops reuses them."""
+        if self.static_key is None:  # a subclass: its own rules, on the half op
+            return self.cost(half_op(op), residency).time_s
+        if op.kind == "collective":
+            c = op.collective
+            if c and "bytes" in c:  # `half_op`'s collective
+                c = dict(c)
+                c["bytes"] = c["bytes"] / 2
+            return self._collective_seconds(c)
+        last = self._last_half
+        memo = last[1] if residency is last[0] else self._memo_for(residency, True)
+        hit = memo.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = self._keep(memo, op, self._half_parts(op, residency))
+        return self._seconds(hit)
+
+    def _seconds(self, parts: tuple) -> float:
+        """An op's seconds from its kept parts (`memory_seconds`, `overlap` and `combine`'s sum
+        written out: the same operations in the same order)."""
+        _, c, unit, hbm, sram, o, bw = parts
         if unit is None:
             return c.time_s
         t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
@@ -669,23 +756,30 @@ class CostModel:
         memo = last[1] if residency is last[0] else self._memo_for(residency)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
-            hit = self._static_parts(op, residency)
-            if len(memo) >= _STATIC_OPS_MAX:
-                memo.clear()
-            memo[id(op)] = hit
+            hit = self._keep(memo, op, self._static_parts(op, residency))
         return hit
 
-    def _memo_for(self, residency: Residency) -> dict[int, tuple]:
-        """The kept parts at `residency`, remembered as the last used (one attribute: a thread
-        never sees one residency with another's parts)."""
-        memo = self._static.get(residency)
+    @staticmethod
+    def _keep(memo: dict[int, tuple], op: Op, parts: tuple) -> tuple:
+        if len(memo) >= _STATIC_OPS_MAX:
+            memo.clear()
+        memo[id(op)] = parts
+        return parts
+
+    def _memo_for(self, residency: Residency, half: bool = False) -> dict[int, tuple]:
+        """The kept parts at `residency` (of the ops, or of their halves), remembered as the last
+        used (one attribute: a thread never sees one residency with another's parts)."""
+        memo = self._static.get((residency, half))
         if memo is None:
-            memo = self._static[residency] = self._static_memo(residency)
-        self._last = (residency, memo)
+            memo = self._static[(residency, half)] = self._static_memo(residency, half)
+        if half:
+            self._last_half = (residency, memo)
+        else:
+            self._last = (residency, memo)
         return memo
 
-    def _static_memo(self, residency: Residency) -> dict[int, tuple]:
-        key = (self.static_key, residency)
+    def _static_memo(self, residency: Residency, half: bool = False) -> dict[int, tuple]:
+        key = (self.static_key, residency, half)
         memo = _STATIC.get(key)
         if memo is None:
             if len(_STATIC) >= _STATIC_KEYS_MAX:
@@ -697,12 +791,41 @@ class CostModel:
         """(op, compute seconds, unit, HBM bytes, SRAM bytes, overhead, HBM bandwidth index) of a
         non-collective op, or (op, its OpCost, None, 0, 0, 0, 0) where the cost reads no bandwidth
         (the fused GatedDeltaNet chunk kernel's ops)."""
+        kind = op.kind
         if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
-            return op, self.gdn_chunk_cost(op), None, 0.0, 0.0, 0.0, 0
-        c, unit = self.compute_time(op)
-        hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
+            return op, self._gdn_cost(op, op.flops, op.gemm), None, 0.0, 0.0, 0.0, 0
+        c, unit = self._compute(op, kind, op.flops, op.gemm, op.tokens_per_expert)
+        rd, wr = op.bytes_read.get, op.bytes_written.get
+        hbm, sram = self._split(kind, rd("weight", 0.0) + wr("weight", 0.0), rd("activation", 0.0) + wr("activation", 0.0),
+                                rd("kv_cache", 0.0) + wr("kv_cache", 0.0), rd("state", 0.0) + wr("state", 0.0), residency)
         # the HBM bandwidth `memory_seconds` uses for this kind: 0 hbm_bw, 1 matrix_hbm_bw, 2 grouped_hbm_bw
-        bw = 2 if op.kind == "grouped_gemm" else (1 if op.kind == "gemm" else 0)
+        bw = 2 if kind == "grouped_gemm" else (1 if kind == "gemm" else 0)
+        return op, c, unit, hbm, sram, self.overhead(op), bw
+
+    def _half_parts(self, op: Op, residency: Residency) -> tuple:
+        """`_static_parts(half_op(op), residency)` with `op` in the first place, from `op`'s fields:
+        the half op's FLOPs, GEMM problem, tokens per expert and bytes as `half_op` makes them,
+        through the same functions (tests/sim/test_cost_parts.py compares the two on every op
+        kind)."""
+        kind = op.kind
+        flops = op.flops / 2
+        gemm = op.gemm
+        if gemm is not None:
+            b, m, n, k = gemm
+            gemm = (b, max(1, math.ceil(m / 2)), n, k)
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return op, self._gdn_cost(op, flops, gemm), None, 0.0, 0.0, 0.0, 0
+        tpe = op.tokens_per_expert
+        if tpe is not None:
+            tpe = tuple([(t + 1) // 2 for t in tpe])
+        c, unit = self._compute(op, kind, flops, gemm, tpe)
+        rd, wr = op.bytes_read.get, op.bytes_written.get
+        # `_halved`'s dicts: every class but the weights halves (a class absent stays absent: 0.0)
+        hbm, sram = self._split(kind, rd("weight", 0.0) + wr("weight", 0.0),
+                                rd("activation", 0.0) / 2 + wr("activation", 0.0) / 2,
+                                rd("kv_cache", 0.0) / 2 + wr("kv_cache", 0.0) / 2,
+                                rd("state", 0.0) / 2 + wr("state", 0.0) / 2, residency)
+        bw = 2 if kind == "grouped_gemm" else (1 if kind == "gemm" else 0)
         return op, c, unit, hbm, sram, self.overhead(op), bw
 
     def reference_cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
@@ -729,12 +852,16 @@ class CostModel:
         measured figure `gdn_chunk` was set from (per recurrence FLOP), and its bytes stay on chip,
         so it costs nothing of its own. The kernel's own HBM traffic (q, k, v and gates in, o out)
         is hidden under its compute (a named simplification, docs/cost-model.md)."""
-        if op.kind != "gemm" or op.gemm is None or op.flops <= 0 or _GDN_RECURRENCE not in op.name:
+        return self._gdn_cost(op, op.flops, op.gemm)
+
+    def _gdn_cost(self, op: Op, flops: float, gemm: tuple[int, int, int, int] | None) -> OpCost:
+        """`gdn_chunk_cost` of `op` with these FLOPs and GEMM problem (`_half_parts`)."""
+        if op.kind != "gemm" or gemm is None or flops <= 0 or _GDN_RECURRENCE not in op.name:
             return OpCost(0.0, 0.0, 0.0, 0.0, "matrix")
-        pairs = max(1, int(op.gemm[0]))
+        pairs = max(1, int(gemm[0]))
         units = self.gdn_units
         occupancy = pairs / (math.ceil(pairs / units) * units)
-        c = op.flops / (self.gdn_rate * occupancy)  # type: ignore[operator]
+        c = flops / (self.gdn_rate * occupancy)  # type: ignore[operator]
         return self.combine(c, "matrix", 0.0, "sram", self.launch_s)
 
     def combine(self, c: float, unit: str, m: float, level: str, o: float) -> OpCost:

@@ -142,13 +142,12 @@ class StepModel:
 
     def _step(self, shape: StepShape) -> StepResult:
         skeleton = self._skeleton(shape)
-        mapped, ops, halves = self._mapped(skeleton)
+        mapped, ops = self._mapped(skeleton)
         virtual, routed = self._virtual(mapped, ops, skeleton.routing)
-        return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops, halves)
+        return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops)
 
-    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op], dict | None]:
-        """(the mapped skeleton, node -> op in place of the mapped graph's, the engine's memo of
-        two-batch-overlap half ops, kept with the mapping for hardware variants). Single-stage plans
+    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op]]:
+        """(the mapped skeleton, node -> op in place of the mapped graph's). Single-stage plans
         map a skeleton once per hardware rates (`MAPPED`: a sweep's variants differ in the rates
         that rank EP ranks, which choose the expert ops, `mapping.remap_experts`) and a skeleton
         of a known structure on that structure's template (`mapping.remap`: a new shape's ops on
@@ -157,14 +156,14 @@ class StepModel:
         rates = self.cost_model.rank_rates()
         if self.plan.pp > 1:
             return mapping.map_step(skeleton.graph(), self.config, self.hw, self.plan, self.precision,
-                                    **self.options.map_kwargs(), rates=rates), {}, None
+                                    **self.options.map_kwargs(), rates=rates), {}
         common = (self.config.config_hash(), self.plan, self.precision, self.options, self.hw.system.scale_up.size)
         key = None
         if self._router_key is not None:
             key = (id(skeleton),) + common
             hit = MAPPED.get(key)
             if hit is not None and hit[0] is skeleton:
-                return self._rerated(hit[1], hit[2], skeleton, rates) + (hit[3],)
+                return self._rerated(hit[1], hit[2], skeleton, rates)
         tkey = (skeleton.structure(),) + common
         template = self._templates.get(tkey)
         if template is not None:
@@ -176,11 +175,9 @@ class StepModel:
                                       **self.options.map_kwargs(), rates=rates)
             ops = {}
             self._templates.put(tkey, mapped)
-        if key is None:
-            return mapped, ops, None  # nothing kept: the engine keeps no half ops either
-        halves: dict = {}
-        MAPPED.put(key, (skeleton, mapped, ops, halves))  # holds the skeleton: its id is not reused meanwhile
-        return mapped, ops, halves
+        if key is not None:
+            MAPPED.put(key, (skeleton, mapped, ops))  # holds the skeleton: its id is not reused meanwhile
+        return mapped, ops
 
     def _rerated(self, mapped: mapping.MappedStep, ops: dict[int, Op], skeleton: Skeleton,
                  rates: tuple[float, float]) -> tuple[mapping.MappedStep, dict[int, Op]]:

@@ -1,9 +1,12 @@
 """The cost model's kept bandwidth-free parts (`CostModel.cost` and `seconds` with `_STATIC`)
 against the cost computed in full (`CostModel.reference_cost`), to the bit: on the models' mapped ops, on every
-shipped spec and on hardware variants that share parts (HBM / SRAM bandwidth) and that do not."""
+shipped spec and on hardware variants that share parts (HBM / SRAM bandwidth) and that do not. The
+two-batch-overlap half ops' seconds from the ops themselves (`CostModel.half_seconds`) against the
+half op built (`half_op`) and costed in full, on the same ops."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -13,7 +16,7 @@ from codesign import mapping
 from codesign.graph.shape import StepShape
 from codesign.mapping import ParallelPlan, Precision
 from codesign.models import load_model
-from codesign.sim.cost import CostModel, CostOptions, Residency
+from codesign.sim.cost import CostModel, CostOptions, Residency, half_op
 from codesign.sim.stepmodel import StepModel
 from tests.sim.helpers import make_hw, op
 
@@ -37,8 +40,16 @@ def _check(cm: CostModel, ops: list) -> int:
             assert cm.cost(o, residency) == want, o.name  # parts computed and kept
             assert cm.cost(o, residency) == want, o.name  # parts reused
             assert cm.seconds(o, residency) == want.time_s, o.name
+            half = cm.reference_cost(half_op(o), residency).time_s
+            assert _same(cm.half_seconds(o, residency), half), o.name  # half parts computed and kept
+            assert _same(cm.half_seconds(o, residency), half), o.name  # half parts reused
             n += 1
     return n
+
+
+def _same(a: float, b: float) -> bool:
+    """The same float, bit for bit (a -0.0 is not a +0.0)."""
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +116,10 @@ def test_kept_parts_on_random_ops():
                       a=rng.choice([0.0, 1e3, 1e6, 1e9]), kv=rng.choice([0.0, 5e7]), state=rng.choice([0.0, 2e6]),
                       gemm=(1, m, n, k) if kind == "gemm" and rng.random() < 0.8 else None, tpe=tpe,
                       efpt=rng.choice([0.0, 1e6]) if tpe else 0.0))
+        if rng.random() < 0.25:  # byte dicts without some classes (`half_op`'s other branch)
+            o = ops[-1]
+            o.bytes_read = {c: v for c, v in o.bytes_read.items() if rng.random() < 0.5}
+            o.bytes_written = {"activation": rng.choice([0.0, -0.0, 3e5])} if rng.random() < 0.5 else {}
     for hw in chips:
         for opts in (CostOptions(), CostOptions(fused_activations_on_chip=False, sram_weights=True),
                      CostOptions(tile_quantisation=False, small_m_ramp=False, sram_activations=False)):
