@@ -240,7 +240,7 @@ def network_key(hw: HardwareSpec) -> tuple:
 # that are not values (the spec, caches): every other attribute is part of `static_key`.
 _CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
 _NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last",
-                         "_last_half"})
+                         "_last_half", "keep_parts"})
 
 
 def attention_keys_per_row(op: Op) -> float | None:
@@ -313,12 +313,17 @@ class CostModel:
         attention_dtype: str = "bf16",
         options: CostOptions | None = None,
         collective_fn: Callable[[dict, HardwareSpec], float] | None = None,
+        keep_parts: bool = True,
     ) -> None:
         self.hw = hw
         self.opts = options or CostOptions()
         self.matrix_dtype = spec_dtype(matrix_dtype)
         self.attention_dtype = spec_dtype(attention_dtype)
         self._collective_fn = collective_fn
+        # keep ops' bandwidth-free parts for later calls on the same ops (`cost`, `half_seconds`);
+        # off where the ops are costed once (a step model that shares nothing: its ops die with
+        # the step, and kept entries would only hold them for the cyclic collector to walk)
+        self.keep_parts = keep_parts
         # collective seconds shared by the cost models of one network (`_NETWORKS`)
         self._a2a, self._collectives = self._network_memo(hw) if collective_fn is None else ({}, {})
         eff = hw.efficiency
@@ -692,7 +697,9 @@ class CostModel:
         memo = last[1] if residency is last[0] else self._memo_for(residency)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
-            hit = self._keep(memo, op, self._static_parts(op, residency))
+            hit = self._static_parts(op, residency)
+            if self.keep_parts:
+                self._keep(memo, op, hit)
         _, c, unit, hbm, sram, o, bw = hit
         if unit is None:
             return c
@@ -729,7 +736,9 @@ class CostModel:
         memo = last[1] if residency is last[0] else self._memo_for(residency, True)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
-            hit = self._keep(memo, op, self._half_parts(op, residency))
+            hit = self._half_parts(op, residency)
+            if self.keep_parts:
+                self._keep(memo, op, hit)
         return self._seconds(hit)
 
     def _seconds(self, parts: tuple) -> float:
@@ -756,15 +765,16 @@ class CostModel:
         memo = last[1] if residency is last[0] else self._memo_for(residency)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
-            hit = self._keep(memo, op, self._static_parts(op, residency))
+            hit = self._static_parts(op, residency)
+            if self.keep_parts:
+                self._keep(memo, op, hit)
         return hit
 
     @staticmethod
-    def _keep(memo: dict[int, tuple], op: Op, parts: tuple) -> tuple:
+    def _keep(memo: dict[int, tuple], op: Op, parts: tuple) -> None:
         if len(memo) >= _STATIC_OPS_MAX:
             memo.clear()
         memo[id(op)] = parts
-        return parts
 
     def _memo_for(self, residency: Residency, half: bool = False) -> dict[int, tuple]:
         """The kept parts at `residency` (of the ops, or of their halves), remembered as the last

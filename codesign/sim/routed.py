@@ -192,9 +192,10 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [tuple(r) for r in rows.tolist()],
                        *_per_layer(traced, tokens, tsum, ranks, tsum if dp == 1 else counts.sum(axis=1),
                                    per - np.count_nonzero(rows, axis=1), per, ep, moe_tp, ewb, scale), rows)
-    if len(_ROUTED) >= _ROUTED_MAX:
-        _ROUTED.clear()
-    _ROUTED[key] = (counts, traced, out)  # holds both: their ids are not reused meanwhile
+    if cm.keep_parts:  # else nothing is shared (a step model with `cache=False`)
+        if len(_ROUTED) >= _ROUTED_MAX:
+            _ROUTED.clear()
+        _ROUTED[key] = (counts, traced, out)  # holds both: their ids are not reused meanwhile
     return out
 
 

@@ -121,7 +121,8 @@ class StepModel:
         self.hw, self.config, self.plan, self.precision = hw, config, plan, precision
         self.options = options or MappingOptions()
         matrix, attn = precision_dtypes(precision, (cost or CostOptions()).attention_dtype)
-        self.cost_model = CostModel(hw, matrix, attn, cost or CostOptions())
+        # nothing shared (`cache=False`): each step's ops are costed once, their parts not kept
+        self.cost_model = CostModel(hw, matrix, attn, cost or CostOptions(), keep_parts=cache)
         self.router = make_router(router)
         self._router_key = router_key(router) if cache else None  # None: nothing shared
         self.keep, self.template = _skeleton(config, plan)

@@ -139,6 +139,28 @@ def test_a_subclass_keeps_no_parts():
     assert cm.cost(o).overhead_s == 1.0 == cm.reference_cost(o).overhead_s
 
 
+def test_a_step_model_that_shares_nothing_keeps_no_parts():
+    """`cache=False` (nothing shared): the cost model keeps no op's parts (`keep_parts`) and the
+    routed layers are not kept (`routed._ROUTED`), so a step's ops die with it; its results are
+    those of a step model that keeps them, field for field."""
+    from codesign.sim import cost as cost_module, routed
+
+    hw = make_hw(**{"system.chips": 8})
+    cfg = load_model("qwen3.5-35b-a3b")
+    plan = ParallelPlan(tp=8, ep=8)
+    kept = StepModel(hw, cfg, plan, FP8)
+    alone = StepModel(hw, cfg, plan, FP8, cache=False)
+    assert kept.cost_model.keep_parts and not alone.cost_model.keep_parts
+    assert alone.cost_model.static_key == kept.cost_model.static_key
+    for shape in (StepShape.decode(37, 9000), StepShape.decode(64, 20_001), StepShape.prefill(1, 3000, cached=2000)):
+        want = kept.step(shape)
+        parts = {k: dict(v) for k, v in cost_module._STATIC.items()}
+        n_routed = len(routed._ROUTED)
+        assert alone.step(shape) == want
+        assert {k: dict(v) for k, v in cost_module._STATIC.items()} == parts
+        assert len(routed._ROUTED) == n_routed
+
+
 def test_padded_tokens_of_many_counts():
     """`padded_tokens` (the routed layers' padding of their distinct counts) against the rule by
     hand (tile M 64: below it, steps of `grouped_min_tokens` 8, or the Triton row block 16; above
