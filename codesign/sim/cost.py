@@ -710,6 +710,48 @@ class CostModel:
             return self.combine(c, unit, t_hbm, "hbm", o)
         return self.combine(c, unit, t_sram, "sram", o)
 
+    def group_costs(self, ops: list[Op], residency: Residency = Residency()) -> tuple[list[OpCost], list]:
+        """(`cost` of each op, each op's `content_key`): ops of equal content share one cost (a
+        layer's norms, copies and element-wise ops repeat the same numbers: about half of a decoder
+        layer's ops), so each distinct one is costed once. The keys serve the half ops
+        (`half_seconds` is a function of the same content)."""
+        if self.static_key is None:  # a subclass: its own rules, op by op
+            return [self.cost(op, residency) for op in ops], [None] * len(ops)
+        seen: dict[tuple, OpCost] = {}
+        out: list[OpCost] = []
+        keys: list = []
+        key_of = self.content_key
+        cost = self.cost
+        for op in ops:
+            k = key_of(op)
+            keys.append(k)
+            if k is None:
+                out.append(cost(op, residency))
+                continue
+            c = seen.get(k)
+            if c is None:
+                c = seen[k] = cost(op, residency)
+            out.append(c)
+        return out, keys
+
+    def content_key(self, op: Op) -> tuple | None:
+        """Everything `cost` and `half_seconds` read of a dense GEMM, vector or memory op (kind,
+        FLOPs, GEMM problem, each class's bytes read and written), or None for an op that is costed
+        by itself: other kinds (attention reads its shapes and phase, grouped GEMMs their tokens per
+        expert), the fused GatedDeltaNet kernel's ops (by name), and a vector or GEMM op of zero
+        FLOPs (a -0.0 and a +0.0 are equal keys but not equal compute seconds)."""
+        kind = op.kind
+        if kind != "vector" and kind != "memory" and kind != "gemm":
+            return None
+        f = op.flops
+        if not f and kind != "memory":
+            return None
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return None
+        r, w = op.bytes_read.get, op.bytes_written.get
+        return (kind, f, op.gemm, r("weight", 0.0), w("weight", 0.0), r("activation", 0.0), w("activation", 0.0),
+                r("kv_cache", 0.0), w("kv_cache", 0.0), r("state", 0.0), w("state", 0.0))
+
     def seconds(self, op: Op, residency: Residency = Residency()) -> float:
         """`cost(op, residency).time_s`, without the OpCost: the same operations on the same kept
         parts."""

@@ -177,13 +177,14 @@ class StepSimulator:
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
     def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency,
-                    layout: "_Layout | None" = None) -> tuple[float, bool]:
+                    layout: "_Layout | None" = None, content: list | None = None) -> tuple[float, bool]:
         """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
         theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
         structure; looked up once per `layout`, a template graph's, when given). The half ops of
         two-batch overlap are costed from the ops themselves (`CostModel.half_seconds`: no half op
         is built; their parts are kept by the cost model with the ops', for hardware variants of
-        the same ops)."""
+        the same ops; ops of equal `content` keys, `CostModel.group_costs`, share their half op's
+        seconds)."""
         kinds = [o.kind for o in ops]
         plan = layout.plan(g, nodes, kinds) if layout is not None else _plan(g, nodes, kinds)
         order = plan.order
@@ -193,7 +194,19 @@ class StepSimulator:
         plain = plan.plain.makespan(secs)
         if self.tbo is False or "collective" not in kinds:
             return plain, False
-        seconds = self.cost.half_seconds  # cost(half_op(op), residency).time_s
+        half_seconds = self.cost.half_seconds  # cost(half_op(op), residency).time_s
+        if content is None:
+            content = [None] * len(ops)
+        shared: dict[tuple, float] = {}
+
+        def seconds(i: int) -> float:
+            k = content[i]
+            if k is None:
+                return half_seconds(ops[i], residency)
+            h = shared.get(k)
+            if h is None:
+                h = shared[k] = half_seconds(ops[i], residency)
+            return h
 
         if self.tbo is None:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
@@ -205,16 +218,16 @@ class StepSimulator:
                 if k == "collective":
                     half.append(-1.0)
                     continue
-                h = seconds(ops[i], residency)
+                h = seconds(i)
                 half.append(h)
                 bound += h
                 if 2 * bound >= plain:
                     return plain, False
             for j, (i, k) in enumerate(zip(order, plan.kinds)):
                 if k == "collective":
-                    half[j] = seconds(ops[i], residency)
+                    half[j] = seconds(i)
         else:
-            half = [seconds(ops[i], residency) for i in order]
+            half = [seconds(i) for i in order]
         one, two = plan.tbo()
         halves = [h for h in half for _ in (0, 1)]
         # Steady-state time per layer of two half micro-batches: the marginal time of a second copy
@@ -368,9 +381,11 @@ class StepSimulator:
             if rep is None:
                 if v is not None:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
-                for n in nodes:
-                    cost_of(n)
-                t, used = self._group_time(g, nodes, ops, costs, residency, layout)
+                group, content = self.cost.group_costs(ops, residency)
+                for n, c in zip(nodes, group):
+                    if n not in costs:
+                        costs[n] = c
+                t, used = self._group_time(g, nodes, ops, costs, residency, layout, content)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))
