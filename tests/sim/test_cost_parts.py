@@ -44,6 +44,13 @@ def _check(cm: CostModel, ops: list) -> int:
             assert _same(cm.half_seconds(o, residency), half), o.name  # half parts computed and kept
             assert _same(cm.half_seconds(o, residency), half), o.name  # half parts reused
             n += 1
+        # ops of equal content share one cost: the same as each op's own, and so do their halves
+        group, keys = cm.group_costs(ops, residency)
+        assert repr(group) == repr([cm.reference_cost(o, residency) for o in ops])  # repr: -0.0 is not 0.0
+        halves = {}
+        for o, k in zip(ops, keys):
+            if k is not None:
+                assert _same(halves.setdefault(k, cm.half_seconds(o, residency)), cm.half_seconds(o, residency)), o.name
     return n
 
 
@@ -120,6 +127,10 @@ def test_kept_parts_on_random_ops():
             o = ops[-1]
             o.bytes_read = {c: v for c, v in o.bytes_read.items() if rng.random() < 0.5}
             o.bytes_written = {"activation": rng.choice([0.0, -0.0, 3e5])} if rng.random() < 0.5 else {}
+    # copies: equal content in other op objects (what `group_costs` shares), with a -0.0 FLOPs one
+    ops += [o.clone() for o in ops[::3]]
+    ops.append(op("neg", "vector", flops=-0.0, a=1e3))
+    ops.append(op("pos", "vector", flops=0.0, a=1e3))
     for hw in chips:
         for opts in (CostOptions(), CostOptions(fused_activations_on_chip=False, sram_weights=True),
                      CostOptions(tile_quantisation=False, small_m_ramp=False, sram_activations=False)):
