@@ -367,6 +367,7 @@ class CostModel:
         self.gdn_units = eff.gdn_chunk_units or 1
         if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
             self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
+        self._overheads()
         # byte_split's flags, read once per op
         self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
         self._sram_activations = self.opts.sram_activations
@@ -621,6 +622,13 @@ class CostModel:
             return self.launch_s * self.opts.grouped_op_kernels + self.grouped_fixed_s
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
+    def _overheads(self) -> None:
+        """`overhead` by kind, computed once (`_parts_of`): a GEMM/attention kernel's, a grouped
+        expert op's and a vector or memory op's (0 when fused)."""
+        self._kernel_overhead = self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
+        self._grouped_overhead = self.launch_s * self.opts.grouped_op_kernels + self.grouped_fixed_s
+        self._elementwise_overhead = 0.0 if self.opts.fuse_elementwise else self._kernel_overhead
+
     def collective_time(self, op: Op) -> float:
         return self._collective_seconds(op.collective)
 
@@ -843,23 +851,18 @@ class CostModel:
         """(op, compute seconds, unit, HBM bytes, SRAM bytes, overhead, HBM bandwidth index) of a
         non-collective op, or (op, its OpCost, None, 0, 0, 0, 0) where the cost reads no bandwidth
         (the fused GatedDeltaNet chunk kernel's ops)."""
-        kind = op.kind
         if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
             return op, self._gdn_cost(op, op.flops, op.gemm), None, 0.0, 0.0, 0.0, 0
-        c, unit = self._compute(op, kind, op.flops, op.gemm, op.tokens_per_expert)
         rd, wr = op.bytes_read.get, op.bytes_written.get
-        hbm, sram = self._split(kind, rd("weight", 0.0) + wr("weight", 0.0), rd("activation", 0.0) + wr("activation", 0.0),
-                                rd("kv_cache", 0.0) + wr("kv_cache", 0.0), rd("state", 0.0) + wr("state", 0.0), residency)
-        # the HBM bandwidth `memory_seconds` uses for this kind: 0 hbm_bw, 1 matrix_hbm_bw, 2 grouped_hbm_bw
-        bw = 2 if kind == "grouped_gemm" else (1 if kind == "gemm" else 0)
-        return op, c, unit, hbm, sram, self.overhead(op), bw
+        return self._parts_of(op, op.kind, op.flops, op.gemm, op.tokens_per_expert,
+                              rd("weight", 0.0) + wr("weight", 0.0), rd("activation", 0.0) + wr("activation", 0.0),
+                              rd("kv_cache", 0.0) + wr("kv_cache", 0.0), rd("state", 0.0) + wr("state", 0.0), residency)
 
     def _half_parts(self, op: Op, residency: Residency) -> tuple:
         """`_static_parts(half_op(op), residency)` with `op` in the first place, from `op`'s fields:
         the half op's FLOPs, GEMM problem, tokens per expert and bytes as `half_op` makes them,
         through the same functions (tests/sim/test_cost_parts.py compares the two on every op
         kind)."""
-        kind = op.kind
         flops = op.flops / 2
         gemm = op.gemm
         if gemm is not None:
@@ -870,15 +873,55 @@ class CostModel:
         tpe = op.tokens_per_expert
         if tpe is not None:
             tpe = tuple([(t + 1) // 2 for t in tpe])
-        c, unit = self._compute(op, kind, flops, gemm, tpe)
         rd, wr = op.bytes_read.get, op.bytes_written.get
         # `_halved`'s dicts: every class but the weights halves (a class absent stays absent: 0.0)
-        hbm, sram = self._split(kind, rd("weight", 0.0) + wr("weight", 0.0),
-                                rd("activation", 0.0) / 2 + wr("activation", 0.0) / 2,
-                                rd("kv_cache", 0.0) / 2 + wr("kv_cache", 0.0) / 2,
-                                rd("state", 0.0) / 2 + wr("state", 0.0) / 2, residency)
-        bw = 2 if kind == "grouped_gemm" else (1 if kind == "gemm" else 0)
-        return op, c, unit, hbm, sram, self.overhead(op), bw
+        return self._parts_of(op, op.kind, flops, gemm, tpe, rd("weight", 0.0) + wr("weight", 0.0),
+                              rd("activation", 0.0) / 2 + wr("activation", 0.0) / 2,
+                              rd("kv_cache", 0.0) / 2 + wr("kv_cache", 0.0) / 2,
+                              rd("state", 0.0) / 2 + wr("state", 0.0) / 2, residency)
+
+    def _parts_of(self, op: Op, kind: str, flops: float, gemm: tuple[int, int, int, int] | None,
+                  tpe: tuple[int, ...] | None, weight: float, activation: float, kv_cache: float, state: float,
+                  residency: Residency) -> tuple:
+        """The kept parts of `op` with these FLOPs, GEMM problem, tokens per expert and bytes per
+        class: `compute_time`, `byte_split` (`_split`) and `overhead` written out for the vector
+        and memory ops (most of a layer's), the same operations in the same order."""
+        if kind == "vector":
+            c, unit = flops / self.vector_rate, "vector"
+        elif kind == "memory":
+            c, unit = 0.0, "vector"
+        else:
+            c, unit = self._compute(op, kind, flops, gemm, tpe)
+        # `_split` written out
+        hbm = 0.0
+        sram = 0.0
+        if weight > 0:
+            if residency.weights:
+                sram += weight
+            else:
+                hbm += weight
+        if activation > 0:
+            if (self._fused_elementwise and kind in ("vector", "memory")) or (
+                    self._sram_activations and activation <= self.sram_budget):
+                sram += activation
+            else:
+                hbm += activation
+        if kv_cache > 0:
+            hbm += kv_cache
+        if state > 0:
+            if residency.state:
+                sram += state
+            else:
+                hbm += state
+        # `overhead` and the HBM bandwidth `memory_seconds` uses for this kind (0 hbm_bw, 1
+        # matrix_hbm_bw, 2 grouped_hbm_bw)
+        if kind == "gemm":
+            return op, c, unit, hbm, sram, self._kernel_overhead, 1
+        if kind == "grouped_gemm":
+            return op, c, unit, hbm, sram, self._grouped_overhead, 2
+        if kind == "vector" or kind == "memory":
+            return op, c, unit, hbm, sram, self._elementwise_overhead, 0
+        return op, c, unit, hbm, sram, self._kernel_overhead, 0
 
     def reference_cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
         """The op's cost computed in full (what `cost` keeps parts of; tests compare the two)."""

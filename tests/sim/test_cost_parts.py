@@ -133,7 +133,9 @@ def test_kept_parts_on_random_ops():
     ops.append(op("pos", "vector", flops=0.0, a=1e3))
     for hw in chips:
         for opts in (CostOptions(), CostOptions(fused_activations_on_chip=False, sram_weights=True),
-                     CostOptions(tile_quantisation=False, small_m_ramp=False, sram_activations=False)):
+                     CostOptions(tile_quantisation=False, small_m_ramp=False, sram_activations=False),
+                     CostOptions(fuse_elementwise=False, elementwise_kernels_per_matrix_kernel=0.0,
+                                 launch_overhead_s=3e-6, grouped_op_kernels=2.0)):
             _check(CostModel(hw, "bf16", "bf16", opts), ops)
 
 
