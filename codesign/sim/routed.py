@@ -101,9 +101,24 @@ class RoutedLayers:
                     self._kept.clear()
                 self._kept[key] = kept
         out = []
+        bw, sram_bw, p = cm.grouped_hbm_bw, cm.sram_bw, cm.overlap_p
         for c, hbm, sram, a2a in kept:
-            m, level = cm.memory_seconds("grouped_gemm", hbm, sram)
-            out.append((cm.combine(c, "matrix", m, level, overhead), a2a))
+            # `cm.memory_seconds("grouped_gemm", hbm, sram)` and `cm.combine(c, "matrix", m, level,
+            # overhead)` written out: the same operations in the same order, once per layer
+            t_hbm = hbm / bw
+            t_sram = sram / sram_bw
+            m, level = (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
+            if c >= m:
+                bound = "matrix" if c > 0 else level
+                hi, lo = c, m
+            else:
+                bound = level
+                hi, lo = m, c
+            if overhead > max(c, m):
+                bound = "overhead"
+            if not (p is None or lo <= 0.0):
+                hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+            out.append((OpCost(hi + overhead, c, m, overhead, bound), a2a))
         return out
 
     def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list
@@ -111,10 +126,17 @@ class RoutedLayers:
         """Per layer: (expert-op compute seconds, HBM bytes, SRAM bytes, the all-to-alls' seconds)."""
         padding, routing = self.padding(cm)
         out = []
+        rate, half, ramped = cm.grouped_rate, cm.grouped_half, cm.opts.small_m_ramp
+        split = cm._split
         for padded, routed, imb, flops, rd, wr in zip(padding, routing, self.imbalance, self.flops, self.bytes_read,
                                                       self.bytes_written):
-            c = cm.grouped_seconds(flops, padded, routed, k_ramp)
-            hbm, sram = cm.byte_split("grouped_gemm", rd, wr, residency)
+            # `cm.grouped_seconds(flops, padded, routed, k_ramp)` written out
+            factor = padded / routed if routed else 1.0
+            ramp = padded / (padded + half) if ramped else 1.0
+            c = flops * factor / (rate * ramp * k_ramp)
+            r, w = rd.get, wr.get  # `cm.byte_split("grouped_gemm", rd, wr, residency)`
+            hbm, sram = split("grouped_gemm", r("weight", 0.0) + w("weight", 0.0), r("activation", 0.0) + w("activation", 0.0),
+                              r("kv_cache", 0.0) + w("kv_cache", 0.0), r("state", 0.0) + w("state", 0.0), residency)
             x = float(imb or 1.0)
             out.append((c, hbm, sram, [p[0] * x + p[1] for p in parts]))
         return out
