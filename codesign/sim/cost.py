@@ -791,6 +791,31 @@ class CostModel:
                 self._keep(memo, op, hit)
         return self._seconds(hit)
 
+    def half_floor(self, op: Op, residency: Residency = Residency()) -> float:
+        """A lower bound of `half_seconds(op, residency)` for a non-collective op, from its weight
+        bytes alone: the half op streams the whole weights, so its memory seconds are at least
+        weight / bandwidth (the other classes only add bytes; the compute-memory overlap is never
+        below the larger part), plus the same fixed overhead; 0 for a fused GatedDeltaNet kernel
+        op. Each step is a rounded operation that is monotone in its operands, so the float is not
+        above `half_seconds`' (tests/sim/test_cost_parts.py checks it on every op kind). The
+        engine's two-batch-overlap bound sums these first: where they already reach the plain
+        layer, no half op is costed."""
+        kind = op.kind
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return 0.0
+        if kind == "gemm":
+            o, bw = self._kernel_overhead, self.matrix_hbm_bw
+        elif kind == "grouped_gemm":
+            o, bw = self._grouped_overhead, self.grouped_hbm_bw
+        elif kind == "vector" or kind == "memory":
+            o, bw = self._elementwise_overhead, self.hbm_bw
+        else:
+            o, bw = self._kernel_overhead, self.hbm_bw
+        w = op.bytes_read.get("weight", 0.0) + op.bytes_written.get("weight", 0.0)
+        if w > 0:
+            return w / (self.sram_bw if residency.weights else bw) + o
+        return o
+
     def _seconds(self, parts: tuple) -> float:
         """An op's seconds from its kept parts (`memory_seconds`, `overlap` and `combine`'s sum
         written out: the same operations in the same order)."""

@@ -212,6 +212,17 @@ class StepSimulator:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
             # terms are not negative, so the half ops are costed only until it reaches `plain`.
             # The collectives do not enter the bound: they are costed only where it is not reached.
+            # First the half ops' floors (`CostModel.half_floor`, their weight streaming and fixed
+            # time: not above their seconds, so a sum of floors that reaches `plain` means the
+            # bound below reaches it too): where they do, no half op is costed.
+            if self.cost.static_key is not None:
+                floor = self.cost.half_floor
+                low = 0.0
+                for i, k in zip(order, plan.kinds):
+                    if k != "collective":
+                        low += floor(ops[i], residency)
+                        if 2 * low >= plain:
+                            return plain, False
             half: list[float] = []
             bound = 0.0
             for i, k in zip(order, plan.kinds):

@@ -41,6 +41,8 @@ def _check(cm: CostModel, ops: list) -> int:
             assert cm.cost(o, residency) == want, o.name  # parts reused
             assert cm.seconds(o, residency) == want.time_s, o.name
             half = cm.reference_cost(half_op(o), residency).time_s
+            if o.kind != "collective":
+                assert cm.half_floor(o, residency) <= half, o.name
             assert _same(cm.half_seconds(o, residency), half), o.name  # half parts computed and kept
             assert _same(cm.half_seconds(o, residency), half), o.name  # half parts reused
             n += 1
