@@ -722,7 +722,8 @@ class CostModel:
         """(`cost` of each op, each op's `content_key`): ops of equal content share one cost (a
         layer's norms, copies and element-wise ops repeat the same numbers: about half of a decoder
         layer's ops), so each distinct one is costed once. The keys serve the half ops
-        (`half_seconds` is a function of the same content)."""
+        (`half_seconds` is a function of the same content). An op whose parts are kept (a hardware
+        variant of the same ops) is costed from them, keyless: cheaper than its key."""
         if self.static_key is None:  # a subclass: its own rules, op by op
             return [self.cost(op, residency) for op in ops], [None] * len(ops)
         seen: dict[tuple, OpCost] = {}
@@ -730,7 +731,17 @@ class CostModel:
         keys: list = []
         key_of = self.content_key
         cost = self.cost
+        kept: dict[int, tuple] = {}
+        if self.keep_parts:
+            last = self._last
+            kept = last[1] if residency is last[0] else self._memo_for(residency)
         for op in ops:
+            if kept:
+                hit = kept.get(id(op))
+                if hit is not None and hit[0] is op:
+                    out.append(cost(op, residency))
+                    keys.append(None)
+                    continue
             k = key_of(op)
             keys.append(k)
             if k is None:
@@ -790,6 +801,16 @@ class CostModel:
             if self.keep_parts:
                 self._keep(memo, op, hit)
         return self._seconds(hit)
+
+    def half_parts_kept(self, op: Op, residency: Residency = Residency()) -> bool:
+        """Whether `half_seconds(op, residency)` finds its parts kept (a hardware variant of ops
+        costed before): then it is cheaper than `half_floor`."""
+        if not self.keep_parts or self.static_key is None:
+            return False
+        last = self._last_half
+        memo = last[1] if residency is last[0] else self._memo_for(residency, True)
+        hit = memo.get(id(op))
+        return hit is not None and hit[0] is op
 
     def half_floor(self, op: Op, residency: Residency = Residency()) -> float:
         """A lower bound of `half_seconds(op, residency)` for a non-collective op, from its weight

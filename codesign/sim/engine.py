@@ -215,7 +215,10 @@ class StepSimulator:
             # First the half ops' floors (`CostModel.half_floor`, their weight streaming and fixed
             # time: not above their seconds, so a sum of floors that reaches `plain` means the
             # bound below reaches it too): where they do, no half op is costed.
-            if self.cost.static_key is not None:
+            # (Skipped where the half ops' parts are kept, a hardware variant of the same ops:
+            # then their seconds cost less than their floors.)
+            first = next((ops[i] for i, k in zip(order, plan.kinds) if k != "collective"), None)
+            if self.cost.static_key is not None and not (first is None or self.cost.half_parts_kept(first, residency)):
                 floor = self.cost.half_floor
                 low = 0.0
                 for i, k in zip(order, plan.kinds):
