@@ -701,13 +701,15 @@ class CostModel:
             return OpCost(t, 0.0, 0.0, 0.0, "link")
         if self.static_key is None:
             return self.reference_cost(op, residency)
-        last = self._last  # `_parts` written out: a step costs all its ops at one residency
-        memo = last[1] if residency is last[0] else self._memo_for(residency)
-        hit = memo.get(id(op))
-        if hit is None or hit[0] is not op:
-            hit = self._static_parts(op, residency)
-            if self.keep_parts:
+        if self.keep_parts:  # `_parts` written out: a step costs all its ops at one residency
+            last = self._last
+            memo = last[1] if residency is last[0] else self._memo_for(residency)
+            hit = memo.get(id(op))
+            if hit is None or hit[0] is not op:
+                hit = self._static_parts(op, residency)
                 self._keep(memo, op, hit)
+        else:
+            hit = self._static_parts(op, residency)
         _, c, unit, hbm, sram, o, bw = hit
         if unit is None:
             return c
@@ -793,13 +795,14 @@ class CostModel:
                 c = dict(c)
                 c["bytes"] = c["bytes"] / 2
             return self._collective_seconds(c)
+        if not self.keep_parts:
+            return self._seconds(self._half_parts(op, residency))
         last = self._last_half
         memo = last[1] if residency is last[0] else self._memo_for(residency, True)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
             hit = self._half_parts(op, residency)
-            if self.keep_parts:
-                self._keep(memo, op, hit)
+            self._keep(memo, op, hit)
         return self._seconds(hit)
 
     def half_parts_kept(self, op: Op, residency: Residency = Residency()) -> bool:
@@ -857,13 +860,14 @@ class CostModel:
 
     def _parts(self, op: Op, residency: Residency) -> tuple:
         """The op's kept parts at `residency` (`_static_parts`), computed on first use."""
+        if not self.keep_parts:
+            return self._static_parts(op, residency)
         last = self._last  # a step costs all its ops at one residency
         memo = last[1] if residency is last[0] else self._memo_for(residency)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
             hit = self._static_parts(op, residency)
-            if self.keep_parts:
-                self._keep(memo, op, hit)
+            self._keep(memo, op, hit)
         return hit
 
     @staticmethod
