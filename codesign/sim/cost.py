@@ -214,11 +214,12 @@ _GDN_RECURRENCE = ".chunk_rule.recurrence/"
 _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 
 # The bandwidth-free part of op costs (`CostModel.cost`): by (the cost model's `static_key`,
-# residency), id(op) -> (op, compute seconds, unit, HBM bytes, SRAM bytes, overhead seconds, HBM
-# bandwidth index), or (op, the whole OpCost, None, ...) where the cost reads no bandwidth; the op is
-# held so that its id is not reused while kept. Bounded: cleared when full.
+# residency, of the op or of its two-batch-overlap half), id(op) -> (op, compute seconds, unit, HBM
+# bytes, SRAM bytes, overhead seconds, HBM bandwidth index), or (op, the whole OpCost, None, ...)
+# where the cost reads no bandwidth; the op is held so that its id is not reused while kept.
+# Bounded: cleared when full (32 keys: 16 (static key, residency) pairs, each with its halves).
 _STATIC: dict[tuple, dict[int, tuple]] = {}
-_STATIC_KEYS_MAX = 16
+_STATIC_KEYS_MAX = 32
 _STATIC_OPS_MAX = 32_768
 # Collective seconds by the spec's network (`network_key`): (all-to-all (slope, fixed) by the
 # collective's items but its imbalance, seconds of any other collective by its items), shared by
