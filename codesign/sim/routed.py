@@ -135,8 +135,9 @@ class RoutedLayers:
             ramp = padded / (padded + half) if ramped else 1.0
             c = flops * factor / (rate * ramp * k_ramp)
             r, w = rd.get, wr.get  # `cm.byte_split("grouped_gemm", rd, wr, residency)`
-            hbm, sram = split("grouped_gemm", r("weight", 0.0) + w("weight", 0.0), r("activation", 0.0) + w("activation", 0.0),
-                              r("kv_cache", 0.0) + w("kv_cache", 0.0), r("state", 0.0) + w("state", 0.0), residency)
+            hbm, sram = split("grouped_gemm", r("weight", 0.0) + w("weight", 0.0),
+                              r("activation", 0.0) + w("activation", 0.0), r("kv_cache", 0.0) + w("kv_cache", 0.0),
+                              r("state", 0.0) + w("state", 0.0), residency)
             x = float(imb or 1.0)
             out.append((c, hbm, sram, [p[0] * x + p[1] for p in parts]))
         return out
