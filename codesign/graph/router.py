@@ -127,17 +127,17 @@ def _power_of_two_picks(seed: int, layers: list[int], slots: int, E: int) -> np.
     """`uniform_picks` where E is a power of two (nothing is rejected: (2^32 - E) mod E = 0, and
     (u32 x E) >> 32 is u32 >> (32 - log2 E)). A layer's counts of its first n picks are those of
     its first m picks plus those of picks m..n-1 (the picks are a prefix of one stream), so a draw
-    near the last one of these layers counts only the picks between (integers: exact). Returns a
-    read-only array."""
+    near the last one of these layers counts only the picks between (integers: exact), added to
+    (or taken from) a copy of the last counts one pick at a time. Returns a read-only array."""
     L = len(layers)
     key = (seed, tuple(layers), E)
     last = _LAST.get(key)
     if last is not None and abs(slots - last[0]) < slots:
         lo, hi = (last[0], slots) if slots > last[0] else (slots, last[0])
-        delta = _counts(seed, layers, lo, hi, E)
-        out = last[1] + delta if slots > last[0] else last[1] - delta
+        out = last[1].copy()
+        (np.add if slots > last[0] else np.subtract).at(out.reshape(-1), _keys(seed, key[1], lo, hi, E).ravel(), 1)
     else:
-        out = _counts(seed, layers, 0, slots, E)
+        out = np.bincount(_keys(seed, key[1], 0, slots, E).ravel(), minlength=L * E).reshape(L, E)
     out.flags.writeable = False
     if len(_LAST) >= 64:  # each a layers x experts array (about 180 KB for 44 layers x 512)
         _LAST.clear()
@@ -145,17 +145,34 @@ def _power_of_two_picks(seed: int, layers: list[int], slots: int, E: int) -> np.
     return out
 
 
-def _counts(seed: int, layers: list[int], lo: int, hi: int, E: int) -> np.ndarray:
-    """Counts per expert (layers x E, int64) of picks lo..hi-1 of each layer's stream, E a power of two."""
+def _keys(seed: int, layers: tuple[int, ...], lo: int, hi: int, E: int) -> np.ndarray:
+    """Picks lo..hi-1 of each layer's stream (layers x (hi - lo), uint32), each offset by its row
+    times E: the flat (layer, expert) cell it counts in, E a power of two."""
     L = len(layers)
     w0, w1 = lo // 2, (hi + 1) // 2  # 64-bit words holding 32-bit outputs lo..hi-1
-    raw = np.empty((L, w1 - w0), dtype=np.uint64)
-    for i, layer in enumerate(layers):
-        raw[i] = _raw(seed, layer, w1)[w0:]
+    raw = np.ascontiguousarray(_stacked(seed, layers, w1)[:, w0:w1])
     u32 = raw.view(np.uint32)[:, lo - 2 * w0: hi - 2 * w0]
     keys = u32 >> np.uint32(33 - E.bit_length())
     keys += (np.arange(L, dtype=np.uint32) * np.uint32(E))[:, None]
-    return np.bincount(keys.ravel(), minlength=L * E).reshape(L, E)
+    return keys
+
+
+# The raw outputs of several layers' streams as one (layers x words) array, by (seed, layers): the
+# rows of `_raw`, kept so that a draw slices them at once. Bounded.
+_STACKS: dict[tuple, np.ndarray] = {}
+
+
+def _stacked(seed: int, layers: tuple[int, ...], words: int) -> np.ndarray:
+    """At least the first `words` raw outputs of each layer's stream (`_raw`), one row per layer."""
+    key = (seed, layers)
+    hit = _STACKS.get(key)
+    if hit is None or hit.shape[1] < words:
+        width = max(words, 256 if hit is None else 2 * hit.shape[1])
+        hit = np.stack([_raw(seed, layer, width) for layer in layers]) if layers else np.zeros((0, width), np.uint64)
+        if len(_STACKS) >= 64:
+            _STACKS.clear()
+        _STACKS[key] = hit
+    return hit
 
 
 def _sample_without_replacement(rng: np.random.Generator, n_tokens: int, top_k: int, logp: np.ndarray) -> np.ndarray:

@@ -54,6 +54,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from codesign.errors import CodesignError, format_validation_error
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
+from codesign.mapping.scaling import OP_FIELDS_KNOWN, op_with
 from codesign.units import parse_quantity
 
 # Torch dtype names (as the tracer writes them) -> spec dtype names.
@@ -250,11 +251,12 @@ _GDN_RECURRENCE = ".chunk_rule.recurrence/"
 _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 
 # The bandwidth-free part of op costs (`CostModel.cost`): by (the cost model's `static_key`,
-# residency), id(op) -> (op, compute seconds, unit, HBM bytes, SRAM bytes, overhead seconds, HBM
-# bandwidth index), or (op, the whole OpCost, None, ...) where the cost reads no bandwidth; the op is
-# held so that its id is not reused while kept. Bounded: cleared when full.
+# residency, of the op or of its two-batch-overlap half), id(op) -> (op, compute seconds, unit, HBM
+# bytes, SRAM bytes, overhead seconds, HBM bandwidth index), or (op, the whole OpCost, None, ...)
+# where the cost reads no bandwidth; the op is held so that its id is not reused while kept.
+# Bounded: cleared when full (32 keys: 16 (static key, residency) pairs, each with its halves).
 _STATIC: dict[tuple, dict[int, tuple]] = {}
-_STATIC_KEYS_MAX = 16
+_STATIC_KEYS_MAX = 32
 _STATIC_OPS_MAX = 32_768
 # Collective seconds by the spec's network (`network_key`): (all-to-all (slope, fixed) by the
 # collective's items but its imbalance, seconds of any other collective by its items), shared by
@@ -275,7 +277,8 @@ def network_key(hw: HardwareSpec) -> tuple:
 # CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
 # that are not values (the spec, caches): every other attribute is part of `static_key`.
 _CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
-_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last"})
+_NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last",
+                         "_last_half", "keep_parts"})
 
 
 def attention_keys_per_row(op: Op) -> float | None:
@@ -312,6 +315,41 @@ def _expert_dims(op: Op) -> tuple[float, float] | None:
     return float(shapes[3][2]), float(shapes[4][2])
 
 
+def half_op(op: Op) -> Op:
+    """The op for one of two equal micro-batches: token-proportional work halves, weights do not
+    (each micro-batch streams the weights again: the price of two-batch overlap)."""
+    coll = op.collective
+    if op.kind == "collective" and coll:
+        if "bytes" in coll:
+            coll = dict(coll)
+            coll["bytes"] = coll["bytes"] / 2
+        return op_with(op, op.flops, op.bytes_read, op.bytes_written, op.gemm, collective=coll)
+    br, bw = _halved(op.bytes_read), _halved(op.bytes_written)
+    gemm = op.gemm
+    if gemm is not None:
+        b, m, n, k = gemm
+        gemm = (b, max(1, math.ceil(m / 2)), n, k)
+    tpe = op.tokens_per_expert
+    if tpe is not None:
+        tpe = tuple([(t + 1) // 2 for t in tpe])
+    if OP_FIELDS_KNOWN:  # `op_with` written out
+        return Op(op.name, op.target, op.kind, op.block, op.layer, op.layer_type, op.phase, op.in_shapes,
+                  op.out_shapes, op.dtype, op.flops / 2, br, bw, op.repeat, gemm, tpe, op.expert_weight_bytes,
+                  op.expert_flops_per_token, op.collective)
+    return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
+
+
+def _halved(d: dict[str, float]) -> dict[str, float]:
+    """A byte dict for one of two micro-batches: every class halves but the weights."""
+    if len(d) == 4:
+        try:  # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
+            return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
+                    "state": d["state"] / 2}
+        except KeyError:
+            pass
+    return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
+
+
 def _pad(x: int, tile: int) -> int:
     return int(math.ceil(x / tile) * tile) if x > 0 else 0
 
@@ -327,12 +365,17 @@ class CostModel:
         attention_dtype: str = "bf16",
         options: CostOptions | None = None,
         collective_fn: Callable[[dict, HardwareSpec], float] | None = None,
+        keep_parts: bool = True,
     ) -> None:
         self.hw = hw
         self.opts = options or CostOptions()
         self.matrix_dtype = spec_dtype(matrix_dtype)
         self.attention_dtype = spec_dtype(attention_dtype)
         self._collective_fn = collective_fn
+        # keep ops' bandwidth-free parts for later calls on the same ops (`cost`, `half_seconds`);
+        # off where the ops are costed once (a step model that shares nothing: its ops die with
+        # the step, and kept entries would only hold them for the cyclic collector to walk)
+        self.keep_parts = keep_parts
         # collective seconds shared by the cost models of one network (`_NETWORKS`)
         self._a2a, self._collectives = self._network_memo(hw) if collective_fn is None else ({}, {})
         eff = hw.efficiency
@@ -382,6 +425,7 @@ class CostModel:
         self.gdn_units = eff.gdn_chunk_units or 1
         if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
             self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
+        self._overheads()
         # byte_split's flags, read once per op
         self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
         self._sram_activations = self.opts.sram_activations
@@ -390,8 +434,9 @@ class CostModel:
         # that differ in HBM or SRAM bandwidth only) share those parts of their op costs (`cost`).
         # A subclass (its own rules) shares nothing.
         self.static_key: tuple | None = None
-        self._static: dict[Residency, dict[int, tuple]] = {}
+        self._static: dict[tuple[Residency, bool], dict[int, tuple]] = {}
         self._last: tuple[Residency | None, dict[int, tuple]] = (None, {})
+        self._last_half: tuple[Residency | None, dict[int, tuple]] = (None, {})
         if type(self) is CostModel:
             self.static_key = tuple(sorted((k, v) for k, v in vars(self).items()
                                            if k not in _CALL_TIME and k not in _NOT_KEYED))
@@ -484,9 +529,14 @@ class CostModel:
 
     def gemm_time(self, op: Op) -> float:
         """Matrix-unit seconds of a dense GEMM, with tile padding and the small-M ramp."""
-        if op.gemm is None:
-            return op.flops / (self.matrix_rate * self._ramp(float(self.tile_m)))
-        b, m, n, k = op.gemm
+        return self._gemm_seconds(op.flops, op.gemm, op.block)
+
+    def _gemm_seconds(self, op_flops: float, gemm: tuple[int, int, int, int] | None, block: str | None) -> float:
+        """`gemm_time` of an op with these FLOPs and GEMM problem (a half micro-batch's op passes
+        its own: `_half_parts`) in `block` (what `CostOptions.gemm_kernel` acts on)."""
+        if gemm is None:
+            return op_flops / (self.matrix_rate * self._ramp(float(self.tile_m)))
+        b, m, n, k = gemm
         if self.opts.tile_quantisation:
             mp, np_ = _pad(m, self.tile_m), _pad(n, self.tile_n)
         else:
@@ -495,8 +545,8 @@ class CostModel:
         # a bias or repeat; scale them rather than recompute).
         useful = 2.0 * b * m * n * k
         padded = 2.0 * b * mp * np_ * k
-        flops = op.flops * (padded / useful) if useful > 0 else op.flops
-        if self.block_fp8 is not None and b == 1 and op.block in BLOCK_FP8_LINEAR_BLOCKS:
+        flops = op_flops * (padded / useful) if useful > 0 else op_flops
+        if self.block_fp8 is not None and b == 1 and block in BLOCK_FP8_LINEAR_BLOCKS:
             rate, half, k_s = self.block_fp8
             ramp = mp / (mp + half) if self.opts.small_m_ramp else 1.0
             return max(flops / (rate * ramp), k * k_s)
@@ -511,11 +561,14 @@ class CostModel:
         * No small-M ramp per expert: the kernel fills the machine with all experts' tiles
           together, so occupancy follows the whole op's tokens (ramped once, on their sum).
         """
-        tpe = op.tokens_per_expert
+        return self._grouped_op_seconds(op, op.flops, op.tokens_per_expert)
+
+    def _grouped_op_seconds(self, op: Op, flops: float, tpe: tuple[int, ...] | None) -> float:
+        """`grouped_gemm_time` of `op` with these FLOPs and tokens per expert (`_half_parts`)."""
         if not tpe or op.expert_flops_per_token <= 0:
-            return op.flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
+            return flops / (self.grouped_rate * self._ramp(float(self.tile_m)))
         padded, tokens_routed = self.expert_padding(tpe)
-        return self.grouped_seconds(op.flops, padded, tokens_routed, self._grouped_k_ramp(op))
+        return self.grouped_seconds(flops, padded, tokens_routed, self._grouped_k_ramp(op))
 
     def expert_padding(self, tpe: tuple[int, ...]) -> tuple[float, int]:
         """(padded tokens, routed tokens) of a grouped expert op's per-expert token counts. Padded
@@ -562,16 +615,22 @@ class CostModel:
         return _pad(t, self.tile_m)
 
     def compute_time(self, op: Op) -> tuple[float, str]:
-        if op.kind == "gemm":
-            return self.gemm_time(op), "matrix"
-        if op.kind == "grouped_gemm":
-            return self.grouped_gemm_time(op), "matrix"
-        if op.kind == "attention":
+        return self._compute(op, op.kind, op.flops, op.gemm, op.tokens_per_expert)
+
+    def _compute(self, op: Op, kind: str, flops: float, gemm: tuple[int, int, int, int] | None,
+                 tpe: tuple[int, ...] | None) -> tuple[float, str]:
+        """`compute_time` of `op` with these FLOPs, GEMM problem and tokens per expert (its own, or
+        a half micro-batch's: `_half_parts`); everything else is read from `op`."""
+        if kind == "gemm":
+            return self._gemm_seconds(flops, gemm, op.block), "matrix"
+        if kind == "grouped_gemm":
+            return self._grouped_op_seconds(op, flops, tpe), "matrix"
+        if kind == "attention":
             if op.phase == "decode":
-                return op.flops / self.decode_attention_rate, "matrix"
-            return op.flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
-        if op.kind == "vector":
-            return op.flops / self.vector_rate, "vector"
+                return flops / self.decode_attention_rate, "matrix"
+            return flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
+        if kind == "vector":
+            return flops / self.vector_rate, "vector"
         return 0.0, "vector"
 
     # -- memory -----------------------------------------------------------------------------
@@ -585,35 +644,37 @@ class CostModel:
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
                    residency: Residency = Residency()) -> tuple[float, float]:
         """(HBM bytes, SRAM bytes) an op of `kind` moves."""
+        rd, wr = bytes_read.get, bytes_written.get
+        return self._split(kind, rd("weight", 0.0) + wr("weight", 0.0), rd("activation", 0.0) + wr("activation", 0.0),
+                           rd("kv_cache", 0.0) + wr("kv_cache", 0.0), rd("state", 0.0) + wr("state", 0.0), residency)
+
+    def _split(self, kind: str, weight: float, activation: float, kv_cache: float, state: float,
+               residency: Residency) -> tuple[float, float]:
+        """(HBM bytes, SRAM bytes) of an op of `kind` moving these bytes per class (read + written)."""
         # Per class (weight, activation, kv_cache, state, in this order), read + written bytes go to
         # SRAM or HBM: weights when resident, activations when fused into an on-chip kernel or
         # small enough for the SRAM budget, the state when resident; the KV cache always to HBM.
         # Classes with no bytes add nothing (each sum in class order).
         hbm = 0.0
         sram = 0.0
-        rd, wr = bytes_read.get, bytes_written.get
-        nbytes = rd("weight", 0.0) + wr("weight", 0.0)
-        if nbytes > 0:
+        if weight > 0:
             if residency.weights:
-                sram += nbytes
+                sram += weight
             else:
-                hbm += nbytes
-        nbytes = rd("activation", 0.0) + wr("activation", 0.0)
-        if nbytes > 0:
+                hbm += weight
+        if activation > 0:
             if (self._fused_elementwise and kind in ("vector", "memory")) or (
-                    self._sram_activations and nbytes <= self.sram_budget):
-                sram += nbytes
+                    self._sram_activations and activation <= self.sram_budget):
+                sram += activation
             else:
-                hbm += nbytes
-        nbytes = rd("kv_cache", 0.0) + wr("kv_cache", 0.0)
-        if nbytes > 0:
-            hbm += nbytes
-        nbytes = rd("state", 0.0) + wr("state", 0.0)
-        if nbytes > 0:
+                hbm += activation
+        if kv_cache > 0:
+            hbm += kv_cache
+        if state > 0:
             if residency.state:
-                sram += nbytes
+                sram += state
             else:
-                hbm += nbytes
+                hbm += state
         return hbm, sram
 
     def memory_seconds(self, kind: str, hbm: float, sram: float) -> tuple[float, str]:
@@ -678,8 +739,18 @@ class CostModel:
         a, o = self.matrix_bytes, self.opts.moe_gemm_output_bytes
         return routed_tokens * (2.0 * h * a + 2.0 * i * o + i * a + h * o)
 
+    def _overheads(self) -> None:
+        """`overhead` by kind, computed once (`_parts_of`): a GEMM/attention kernel's, a grouped
+        expert op's and a vector or memory op's (0 when fused)."""
+        self._kernel_overhead = self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
+        self._grouped_overhead = self.launch_s * self.opts.grouped_op_kernels + self.grouped_fixed_s
+        self._elementwise_overhead = 0.0 if self.opts.fuse_elementwise else self._kernel_overhead
+
     def collective_time(self, op: Op) -> float:
-        c = op.collective
+        return self._collective_seconds(op.collective)
+
+    def _collective_seconds(self, c: dict | None) -> float:
+        """Seconds of the collective `c` (an op's `collective`)."""
         if not c:
             return 0.0
         fn = self._collective_fn
@@ -747,7 +818,16 @@ class CostModel:
             return OpCost(t, 0.0, 0.0, 0.0, "link")
         if self.static_key is None:
             return self.reference_cost(op, residency)
-        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
+        if self.keep_parts:  # `_parts` written out: a step costs all its ops at one residency
+            last = self._last
+            memo = last[1] if residency is last[0] else self._memo_for(residency)
+            hit = memo.get(id(op))
+            if hit is None or hit[0] is not op:
+                hit = self._static_parts(op, residency)
+                self._keep(memo, op, hit)
+        else:
+            hit = self._static_parts(op, residency)
+        _, c, unit, hbm, sram, o, bw = hit
         if unit is None:
             return c
         # memory_seconds, combine and overlap written out (the same operations in the same order)
@@ -757,14 +837,133 @@ class CostModel:
             return self.combine(c, unit, t_hbm, "hbm", o)
         return self.combine(c, unit, t_sram, "sram", o)
 
+    def group_costs(self, ops: list[Op], residency: Residency = Residency()) -> tuple[list[OpCost], list]:
+        """(`cost` of each op, each op's `content_key`): ops of equal content share one cost (a
+        layer's norms, copies and element-wise ops repeat the same numbers: about half of a decoder
+        layer's ops), so each distinct one is costed once. The keys serve the half ops
+        (`half_seconds` is a function of the same content). An op whose parts are kept (a hardware
+        variant of the same ops) is costed from them, keyless: cheaper than its key."""
+        if self.static_key is None:  # a subclass: its own rules, op by op
+            return [self.cost(op, residency) for op in ops], [None] * len(ops)
+        seen: dict[tuple, OpCost] = {}
+        out: list[OpCost] = []
+        keys: list = []
+        key_of = self.content_key
+        cost = self.cost
+        kept: dict[int, tuple] = {}
+        if self.keep_parts:
+            last = self._last
+            kept = last[1] if residency is last[0] else self._memo_for(residency)
+        for op in ops:
+            if kept:
+                hit = kept.get(id(op))
+                if hit is not None and hit[0] is op:
+                    out.append(cost(op, residency))
+                    keys.append(None)
+                    continue
+            k = key_of(op)
+            keys.append(k)
+            if k is None:
+                out.append(cost(op, residency))
+                continue
+            c = seen.get(k)
+            if c is None:
+                c = seen[k] = cost(op, residency)
+            out.append(c)
+        return out, keys
+
+    def content_key(self, op: Op) -> tuple | None:
+        """Everything `cost` and `half_seconds` read of a dense GEMM, vector or memory op (kind,
+        FLOPs, GEMM problem, each class's bytes read and written), or None for an op that is costed
+        by itself: other kinds (attention reads its shapes and phase, grouped GEMMs their tokens per
+        expert), the fused GatedDeltaNet kernel's ops (by name), and a vector or GEMM op of zero
+        FLOPs (a -0.0 and a +0.0 are equal keys but not equal compute seconds)."""
+        kind = op.kind
+        if kind != "vector" and kind != "memory" and kind != "gemm":
+            return None
+        f = op.flops
+        if not f and kind != "memory":
+            return None
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return None
+        r, w = op.bytes_read.get, op.bytes_written.get
+        if kind == "gemm" and self.block_fp8 is not None:  # `gemm_kernel` reads the block
+            return (kind, f, op.gemm, op.block, r("weight", 0.0), w("weight", 0.0), r("activation", 0.0),
+                    w("activation", 0.0), r("kv_cache", 0.0), w("kv_cache", 0.0), r("state", 0.0), w("state", 0.0))
+        return (kind, f, op.gemm, r("weight", 0.0), w("weight", 0.0), r("activation", 0.0), w("activation", 0.0),
+                r("kv_cache", 0.0), w("kv_cache", 0.0), r("state", 0.0), w("state", 0.0))
+
     def seconds(self, op: Op, residency: Residency = Residency()) -> float:
-        """`cost(op, residency).time_s`, without the OpCost (the engine's two-batch-overlap half
-        ops need only their seconds): the same operations on the same kept parts."""
+        """`cost(op, residency).time_s`, without the OpCost: the same operations on the same kept
+        parts."""
         if op.kind == "collective":
             return self.collective_time(op)
         if self.static_key is None:  # a subclass: its own rules, wherever they are
             return self.cost(op, residency).time_s
-        _, c, unit, hbm, sram, o, bw = self._parts(op, residency)
+        return self._seconds(self._parts(op, residency))
+
+    def half_seconds(self, op: Op, residency: Residency = Residency()) -> float:
+        """`seconds(half_op(op), residency)`: the op of one of two equal micro-batches (the
+        engine's two-batch overlap), from `op` itself. Its kept parts (`_half_parts`, the same
+        functions on the half op's fields) are kept by `op` beside its own, so no half op is built
+        and a hardware variant of the same ops reuses them."""
+        if self.static_key is None:  # a subclass: its own rules, on the half op
+            return self.cost(half_op(op), residency).time_s
+        if op.kind == "collective":
+            c = op.collective
+            if c and "bytes" in c:  # `half_op`'s collective
+                c = dict(c)
+                c["bytes"] = c["bytes"] / 2
+            return self._collective_seconds(c)
+        if not self.keep_parts:
+            return self._seconds(self._half_parts(op, residency))
+        last = self._last_half
+        memo = last[1] if residency is last[0] else self._memo_for(residency, True)
+        hit = memo.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = self._half_parts(op, residency)
+            self._keep(memo, op, hit)
+        return self._seconds(hit)
+
+    def half_parts_kept(self, op: Op, residency: Residency = Residency()) -> bool:
+        """Whether `half_seconds(op, residency)` finds its parts kept (a hardware variant of ops
+        costed before): then it is cheaper than `half_floor`."""
+        if not self.keep_parts or self.static_key is None:
+            return False
+        last = self._last_half
+        memo = last[1] if residency is last[0] else self._memo_for(residency, True)
+        hit = memo.get(id(op))
+        return hit is not None and hit[0] is op
+
+    def half_floor(self, op: Op, residency: Residency = Residency()) -> float:
+        """A lower bound of `half_seconds(op, residency)` for a non-collective op, from its weight
+        bytes alone: the half op streams the whole weights, so its memory seconds are at least
+        weight / bandwidth (the other classes only add bytes; the compute-memory overlap is never
+        below the larger part), plus the same fixed overhead; 0 for a fused GatedDeltaNet kernel
+        op. Each step is a rounded operation that is monotone in its operands, so the float is not
+        above `half_seconds`' (tests/sim/test_cost_parts.py checks it on every op kind). The
+        engine's two-batch-overlap bound sums these first: where they already reach the plain
+        layer, no half op is costed."""
+        kind = op.kind
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return 0.0
+        if kind == "gemm":
+            o, bw = self._kernel_overhead, self.matrix_hbm_bw
+        elif kind == "grouped_gemm":
+            o, bw = self._grouped_overhead, self.grouped_hbm_bw
+        elif kind == "vector" or kind == "memory":
+            o, bw = self._elementwise_overhead, self.hbm_bw
+        else:
+            o, bw = self._kernel_overhead, self.hbm_bw
+        w = op.bytes_read.get("weight", 0.0) + op.bytes_written.get("weight", 0.0)
+        if w > 0:
+            return w / (self.sram_bw if residency.weights else bw) + o
+        return o
+
+    def _seconds(self, parts: tuple) -> float:
+        """An op's seconds from its kept parts (`memory_seconds`, `overlap` and `combine`'s sum
+        written out: the same operations in the same order)."""
+        _, c, unit, hbm, sram, o, bw = parts
         if unit is None:
             return c.time_s
         t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
@@ -781,27 +980,36 @@ class CostModel:
 
     def _parts(self, op: Op, residency: Residency) -> tuple:
         """The op's kept parts at `residency` (`_static_parts`), computed on first use."""
+        if not self.keep_parts:
+            return self._static_parts(op, residency)
         last = self._last  # a step costs all its ops at one residency
         memo = last[1] if residency is last[0] else self._memo_for(residency)
         hit = memo.get(id(op))
         if hit is None or hit[0] is not op:
             hit = self._static_parts(op, residency)
-            if len(memo) >= _STATIC_OPS_MAX:
-                memo.clear()
-            memo[id(op)] = hit
+            self._keep(memo, op, hit)
         return hit
 
-    def _memo_for(self, residency: Residency) -> dict[int, tuple]:
-        """The kept parts at `residency`, remembered as the last used (one attribute: a thread
-        never sees one residency with another's parts)."""
-        memo = self._static.get(residency)
+    @staticmethod
+    def _keep(memo: dict[int, tuple], op: Op, parts: tuple) -> None:
+        if len(memo) >= _STATIC_OPS_MAX:
+            memo.clear()
+        memo[id(op)] = parts
+
+    def _memo_for(self, residency: Residency, half: bool = False) -> dict[int, tuple]:
+        """The kept parts at `residency` (of the ops, or of their halves), remembered as the last
+        used (one attribute: a thread never sees one residency with another's parts)."""
+        memo = self._static.get((residency, half))
         if memo is None:
-            memo = self._static[residency] = self._static_memo(residency)
-        self._last = (residency, memo)
+            memo = self._static[(residency, half)] = self._static_memo(residency, half)
+        if half:
+            self._last_half = (residency, memo)
+        else:
+            self._last = (residency, memo)
         return memo
 
-    def _static_memo(self, residency: Residency) -> dict[int, tuple]:
-        key = (self.static_key, residency)
+    def _static_memo(self, residency: Residency, half: bool = False) -> dict[int, tuple]:
+        key = (self.static_key, residency, half)
         memo = _STATIC.get(key)
         if memo is None:
             if len(_STATIC) >= _STATIC_KEYS_MAX:
@@ -814,14 +1022,82 @@ class CostModel:
         non-collective op, or (op, its OpCost, None, 0, 0, 0, 0) where the cost reads no bandwidth
         (the fused GatedDeltaNet chunk kernel's ops)."""
         if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
-            return op, self.gdn_chunk_cost(op), None, 0.0, 0.0, 0.0, 0
-        c, unit = self.compute_time(op)
-        hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
-        if self.unfused_moe_bw is not None and op.kind == "grouped_gemm":
-            hbm += self.unfused_gemm_bytes(op, _routed(op))
-        # the HBM bandwidth `memory_seconds` uses for this kind: 0 hbm_bw, 1 matrix_hbm_bw, 2 grouped_hbm_bw
-        bw = 2 if op.kind == "grouped_gemm" else (1 if op.kind == "gemm" else 0)
-        return op, c, unit, hbm, sram, self.overhead(op), bw
+            return op, self._gdn_cost(op, op.flops, op.gemm), None, 0.0, 0.0, 0.0, 0
+        rd, wr = op.bytes_read.get, op.bytes_written.get
+        return self._parts_of(op, op.kind, op.flops, op.gemm, op.tokens_per_expert,
+                              rd("weight", 0.0) + wr("weight", 0.0), rd("activation", 0.0) + wr("activation", 0.0),
+                              rd("kv_cache", 0.0) + wr("kv_cache", 0.0), rd("state", 0.0) + wr("state", 0.0), residency)
+
+    def _half_parts(self, op: Op, residency: Residency) -> tuple:
+        """`_static_parts(half_op(op), residency)` with `op` in the first place, from `op`'s fields:
+        the half op's FLOPs, GEMM problem, tokens per expert and bytes as `half_op` makes them,
+        through the same functions (tests/sim/test_cost_parts.py compares the two on every op
+        kind)."""
+        flops = op.flops / 2
+        gemm = op.gemm
+        if gemm is not None:
+            b, m, n, k = gemm
+            gemm = (b, max(1, math.ceil(m / 2)), n, k)
+        if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
+            return op, self._gdn_cost(op, flops, gemm), None, 0.0, 0.0, 0.0, 0
+        tpe = op.tokens_per_expert
+        if tpe is not None:
+            tpe = tuple([(t + 1) // 2 for t in tpe])
+        rd, wr = op.bytes_read.get, op.bytes_written.get
+        # `_halved`'s dicts: every class but the weights halves (a class absent stays absent: 0.0)
+        return self._parts_of(op, op.kind, flops, gemm, tpe, rd("weight", 0.0) + wr("weight", 0.0),
+                              rd("activation", 0.0) / 2 + wr("activation", 0.0) / 2,
+                              rd("kv_cache", 0.0) / 2 + wr("kv_cache", 0.0) / 2,
+                              rd("state", 0.0) / 2 + wr("state", 0.0) / 2, residency)
+
+    def _parts_of(self, op: Op, kind: str, flops: float, gemm: tuple[int, int, int, int] | None,
+                  tpe: tuple[int, ...] | None, weight: float, activation: float, kv_cache: float, state: float,
+                  residency: Residency) -> tuple:
+        """The kept parts of `op` with these FLOPs, GEMM problem, tokens per expert and bytes per
+        class: `compute_time`, `byte_split` (`_split`) and `overhead` written out for the vector
+        and memory ops (most of a layer's), the same operations in the same order."""
+        if kind == "vector":
+            c, unit = flops / self.vector_rate, "vector"
+        elif kind == "memory":
+            c, unit = 0.0, "vector"
+        else:
+            c, unit = self._compute(op, kind, flops, gemm, tpe)
+        # `_split` written out
+        hbm = 0.0
+        sram = 0.0
+        if weight > 0:
+            if residency.weights:
+                sram += weight
+            else:
+                hbm += weight
+        if activation > 0:
+            if (self._fused_elementwise and kind in ("vector", "memory")) or (
+                    self._sram_activations and activation <= self.sram_budget):
+                sram += activation
+            else:
+                hbm += activation
+        if kv_cache > 0:
+            hbm += kv_cache
+        if state > 0:
+            if residency.state:
+                sram += state
+            else:
+                hbm += state
+        # `overhead` and the HBM bandwidth `memory_seconds` uses for this kind (0 hbm_bw, 1
+        # matrix_hbm_bw, 2 grouped_hbm_bw)
+        if kind == "gemm":
+            return op, c, unit, hbm, sram, self._kernel_overhead, 1
+        if kind == "grouped_gemm":
+            if self.unfused_moe_bw is None:
+                return op, c, unit, hbm, sram, self._grouped_overhead, 2
+            # MoE kernels through HBM: the GEMMs' intermediate buffers and the serial kernels, by
+            # these routed rows (`memory_time`, `overhead`)
+            routed = sum([t for t in tpe or () if t > 0])
+            hbm += self.unfused_gemm_bytes(op, routed)
+            return op, c, unit, hbm, sram, self.grouped_overhead(op, routed), 2
+        if kind == "vector" or kind == "memory":
+            return op, c, unit, hbm, sram, self._elementwise_overhead, 0
+        return op, c, unit, hbm, sram, self._kernel_overhead, 0
 
     def reference_cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
         """The op's cost computed in full (what `cost` keeps parts of; tests compare the two)."""
@@ -847,12 +1123,16 @@ class CostModel:
         measured figure `gdn_chunk` was set from (per recurrence FLOP), and its bytes stay on chip,
         so it costs nothing of its own. The kernel's own HBM traffic (q, k, v and gates in, o out)
         is hidden under its compute (a named simplification, docs/cost-model.md)."""
-        if op.kind != "gemm" or op.gemm is None or op.flops <= 0 or _GDN_RECURRENCE not in op.name:
+        return self._gdn_cost(op, op.flops, op.gemm)
+
+    def _gdn_cost(self, op: Op, flops: float, gemm: tuple[int, int, int, int] | None) -> OpCost:
+        """`gdn_chunk_cost` of `op` with these FLOPs and GEMM problem (`_half_parts`)."""
+        if op.kind != "gemm" or gemm is None or flops <= 0 or _GDN_RECURRENCE not in op.name:
             return OpCost(0.0, 0.0, 0.0, 0.0, "matrix")
-        pairs = max(1, int(op.gemm[0]))
+        pairs = max(1, int(gemm[0]))
         units = self.gdn_units
         occupancy = pairs / (math.ceil(pairs / units) * units)
-        c = op.flops / (self.gdn_rate * occupancy)  # type: ignore[operator]
+        c = flops / (self.gdn_rate * occupancy)  # type: ignore[operator]
         return self.combine(c, "matrix", 0.0, "sram", self.launch_s)
 
     def combine(self, c: float, unit: str, m: float, level: str, o: float) -> OpCost:

@@ -29,7 +29,6 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
-from codesign.mapping.scaling import OP_FIELDS_KNOWN, op_with
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
@@ -65,41 +64,6 @@ def _not_finite(ops: list[Op], costs: list[OpCost]) -> None:
     raise CodesignError(f"op {ops[i].name}: its time is not finite (compute {c.compute_s:g} s, memory {c.memory_s:g} s, "
                         f"fixed {c.overhead_s:g} s, bound {c.bottleneck}): a rate or efficiency of the spec is too "
                         f"small to mean anything")
-
-
-def _half(op: Op) -> Op:
-    """The op for one of two equal micro-batches: token-proportional work halves, weights do not
-    (each micro-batch streams the weights again: the price of two-batch overlap)."""
-    coll = op.collective
-    if op.kind == "collective" and coll:
-        if "bytes" in coll:
-            coll = dict(coll)
-            coll["bytes"] = coll["bytes"] / 2
-        return op_with(op, op.flops, op.bytes_read, op.bytes_written, op.gemm, collective=coll)
-    br, bw = _halved(op.bytes_read), _halved(op.bytes_written)
-    gemm = op.gemm
-    if gemm is not None:
-        b, m, n, k = gemm
-        gemm = (b, max(1, math.ceil(m / 2)), n, k)
-    tpe = op.tokens_per_expert
-    if tpe is not None:
-        tpe = tuple([(t + 1) // 2 for t in tpe])
-    if OP_FIELDS_KNOWN:  # `op_with` written out
-        return Op(op.name, op.target, op.kind, op.block, op.layer, op.layer_type, op.phase, op.in_shapes,
-                  op.out_shapes, op.dtype, op.flops / 2, br, bw, op.repeat, gemm, tpe, op.expert_weight_bytes,
-                  op.expert_flops_per_token, op.collective)
-    return op_with(op, op.flops / 2, br, bw, gemm, tokens_per_expert=tpe)
-
-
-def _halved(d: dict[str, float]) -> dict[str, float]:
-    """A byte dict for one of two micro-batches: every class halves but the weights."""
-    if len(d) == 4:
-        try:  # the mapping's dicts (every class, in BYTE_CLASSES order): the same values written out
-            return {"weight": d["weight"], "activation": d["activation"] / 2, "kv_cache": d["kv_cache"] / 2,
-                    "state": d["state"] / 2}
-        except KeyError:
-            pass
-    return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
 # Op kinds whose work differs between layers of one kind (per-layer expert routing).
@@ -213,12 +177,14 @@ class StepSimulator:
 
     # -- one group of ops (a layer, or the embedding/head) ---------------------------------------
     def _group_time(self, g: nx.DiGraph, nodes: list, ops: list[Op], costs: dict, residency: Residency,
-                    halves: dict[int, tuple[Op, Op]] | None, layout: "_Layout | None" = None) -> tuple[float, bool]:
+                    layout: "_Layout | None" = None, content: list | None = None) -> tuple[float, bool]:
         """(seconds, two-batch overlap used) for one group of ops (`nodes` in insertion order, `ops`
         theirs); the schedule structure comes from `codesign.sim.layerplan` (built once per layer
-        structure; looked up once per `layout`, a template graph's, when given). `halves`: id(op)
-        -> (op, its half, `_half`), kept by the caller across steps that share op objects
-        (hardware variants of one mapped step); None: the half ops are made and not kept."""
+        structure; looked up once per `layout`, a template graph's, when given). The half ops of
+        two-batch overlap are costed from the ops themselves (`CostModel.half_seconds`: no half op
+        is built; their parts are kept by the cost model with the ops', for hardware variants of
+        the same ops; ops of equal `content` keys, `CostModel.group_costs`, share their half op's
+        seconds)."""
         kinds = [o.kind for o in ops]
         plan = layout.plan(g, nodes, kinds) if layout is not None else _plan(g, nodes, kinds)
         order = plan.order
@@ -228,38 +194,54 @@ class StepSimulator:
         plain = plan.plain.makespan(secs)
         if self.tbo is False or "collective" not in kinds:
             return plain, False
-        seconds = self.cost.seconds  # cost(op, residency).time_s
+        half_seconds = self.cost.half_seconds  # cost(half_op(op), residency).time_s
+        if content is None:
+            content = [None] * len(ops)
+        shared: dict[tuple, float] = {}
 
-        def half_of(op: Op) -> Op:
-            if halves is None:
-                return _half(op)
-            hit = halves.get(id(op))
-            if hit is None or hit[0] is not op:
-                if len(halves) >= 8192:  # a long sweep's remapped expert ops: bounded
-                    halves.clear()
-                hit = halves[id(op)] = (op, _half(op))  # holds op: its id is not reused meanwhile
-            return hit[1]
+        def seconds(i: int) -> float:
+            k = content[i]
+            if k is None:
+                return half_seconds(ops[i], residency)
+            h = shared.get(k)
+            if h is None:
+                h = shared[k] = half_seconds(ops[i], residency)
+            return h
 
         if self.tbo is None:
             # Lower bound of the overlapped layer: both micro-batches' compute, serialised. Its
             # terms are not negative, so the half ops are costed only until it reaches `plain`.
             # The collectives do not enter the bound: they are costed only where it is not reached.
+            # First the half ops' floors (`CostModel.half_floor`, their weight streaming and fixed
+            # time: not above their seconds, so a sum of floors that reaches `plain` means the
+            # bound below reaches it too): where they do, no half op is costed.
+            # (Skipped where the half ops' parts are kept, a hardware variant of the same ops:
+            # then their seconds cost less than their floors.)
+            first = next((ops[i] for i, k in zip(order, plan.kinds) if k != "collective"), None)
+            if self.cost.static_key is not None and not (first is None or self.cost.half_parts_kept(first, residency)):
+                floor = self.cost.half_floor
+                low = 0.0
+                for i, k in zip(order, plan.kinds):
+                    if k != "collective":
+                        low += floor(ops[i], residency)
+                        if 2 * low >= plain:
+                            return plain, False
             half: list[float] = []
             bound = 0.0
             for i, k in zip(order, plan.kinds):
                 if k == "collective":
                     half.append(-1.0)
                     continue
-                h = seconds(half_of(ops[i]), residency)
+                h = seconds(i)
                 half.append(h)
                 bound += h
                 if 2 * bound >= plain:
                     return plain, False
             for j, (i, k) in enumerate(zip(order, plan.kinds)):
                 if k == "collective":
-                    half[j] = seconds(half_of(ops[i]), residency)
+                    half[j] = seconds(i)
         else:
-            half = [seconds(half_of(ops[i]), residency) for i in order]
+            half = [seconds(i) for i in order]
         one, two = plan.tbo()
         halves = [h for h in half for _ in (0, 1)]
         # Steady-state time per layer of two half micro-batches: the marginal time of a second copy
@@ -335,13 +317,11 @@ class StepSimulator:
 
     def simulate(self, g: nx.DiGraph, stage_layers: list[list[int]] | None = None,
                  virtual: dict[int, "VirtualLayer"] | None = None,
-                 routed: list[RoutedLayers] | None = None, ops: dict[Any, Op] | None = None,
-                 halves: dict[int, tuple[Op, Op]] | None = None) -> StepResult:
+                 routed: list[RoutedLayers] | None = None, ops: dict[Any, Op] | None = None) -> StepResult:
         """Simulate the per-chip step `g`. `ops` (optional): node -> op in place of the graph's op
         there (a new shape's ops on a mapping template, `codesign.mapping.remap`, or a hardware
         variant's remapped expert ops, `codesign.mapping.remap_experts`: the graph is shared, not
-        copied). `halves` (optional): the two-batch-overlap half ops by op, kept by a caller that
-        simulates the same op objects again (see `_group_time`). `virtual`: layers not in `g`, each a copy of a layer of
+        copied). `virtual`: layers not in `g`, each a copy of a layer of
         `g` of the same kind (its template) with some ops replaced (its own expert op and
         all-to-alls): they are costed exactly as if they were in the graph (same representative,
         same deltas), without building them (`codesign.sim.stepmodel`). `routed`: such layers given
@@ -415,9 +395,11 @@ class StepSimulator:
             if rep is None:
                 if v is not None:
                     raise RuntimeError(f"layer {layer} has no representative layer of its kind in the graph")
-                for n in nodes:
-                    cost_of(n)
-                t, used = self._group_time(g, nodes, ops, costs, residency, halves, layout)
+                group, content = self.cost.group_costs(ops, residency)
+                for n, c in zip(nodes, group):
+                    if n not in costs:
+                        costs[n] = c
+                t, used = self._group_time(g, nodes, ops, costs, residency, layout, content)
                 tbo_used |= used
                 rep = reps[key] = _Rep(nodes, t, [(i, _signature(ops[i])) for i, o in enumerate(ops) if o.kind in _VARYING],
                                        _totals((op_of[n], costs[n]) for n in nodes))

@@ -104,9 +104,25 @@ class RoutedLayers:
         # HBM, `CostOptions.moe_unfused_epilogue`)
         per_layer = [cm.grouped_overhead(expert, r) for r in self.padding(cm)[1]] if cm.unfused_moe_bw else None
         out = []
+        bw, sram_bw, p = cm.grouped_hbm_bw, cm.sram_bw, cm.overlap_p
         for j, (c, hbm, sram, a2a) in enumerate(kept):
-            m, level = cm.memory_seconds("grouped_gemm", hbm, sram)
-            out.append((cm.combine(c, "matrix", m, level, overhead if per_layer is None else per_layer[j]), a2a))
+            o = overhead if per_layer is None else per_layer[j]
+            # `cm.memory_seconds("grouped_gemm", hbm, sram)` and `cm.combine(c, "matrix", m, level,
+            # o)` written out: the same operations in the same order, once per layer
+            t_hbm = hbm / bw
+            t_sram = sram / sram_bw
+            m, level = (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
+            if c >= m:
+                bound = "matrix" if c > 0 else level
+                hi, lo = c, m
+            else:
+                bound = level
+                hi, lo = m, c
+            if o > max(c, m):
+                bound = "overhead"
+            if not (p is None or lo <= 0.0):
+                hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+            out.append((OpCost(hi + o, c, m, o, bound), a2a))
         return out
 
     def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list,
@@ -116,10 +132,18 @@ class RoutedLayers:
         padding, routing = self.padding(cm)
         unfused = expert if cm.unfused_moe_bw is not None else None
         out = []
+        rate, half, ramped = cm.grouped_rate, cm.grouped_half, cm.opts.small_m_ramp
+        split = cm._split
         for padded, routed, imb, flops, rd, wr in zip(padding, routing, self.imbalance, self.flops, self.bytes_read,
                                                       self.bytes_written):
-            c = cm.grouped_seconds(flops, padded, routed, k_ramp)
-            hbm, sram = cm.byte_split("grouped_gemm", rd, wr, residency)
+            # `cm.grouped_seconds(flops, padded, routed, k_ramp)` written out
+            factor = padded / routed if routed else 1.0
+            ramp = padded / (padded + half) if ramped else 1.0
+            c = flops * factor / (rate * ramp * k_ramp)
+            r, w = rd.get, wr.get  # `cm.byte_split("grouped_gemm", rd, wr, residency)`
+            hbm, sram = split("grouped_gemm", r("weight", 0.0) + w("weight", 0.0),
+                              r("activation", 0.0) + w("activation", 0.0), r("kv_cache", 0.0) + w("kv_cache", 0.0),
+                              r("state", 0.0) + w("state", 0.0), residency)
             if unfused is not None:  # MoE kernels through HBM: the GEMMs' intermediate buffers
                 hbm += cm.unfused_gemm_bytes(unfused, routed)
             x = float(imb or 1.0)
@@ -199,9 +223,10 @@ def route(cm: CostModel, mapper: ExpertMapper, traced: Op, counts: np.ndarray, t
     out = RoutedLayers(template, list(layers), expert_pos, a2a_pos, [tuple(r) for r in rows.tolist()],
                        *_per_layer(traced, tokens, tsum, ranks, tsum if dp == 1 else counts.sum(axis=1),
                                    per - np.count_nonzero(rows, axis=1), per, ep, moe_tp, ewb, scale), rows)
-    if len(_ROUTED) >= _ROUTED_MAX:
-        _ROUTED.clear()
-    _ROUTED[key] = (counts, traced, out)  # holds both: their ids are not reused meanwhile
+    if cm.keep_parts:  # else nothing is shared (a step model with `cache=False`)
+        if len(_ROUTED) >= _ROUTED_MAX:
+            _ROUTED.clear()
+        _ROUTED[key] = (counts, traced, out)  # holds both: their ids are not reused meanwhile
     return out
 
 

@@ -25,6 +25,7 @@ plans and print the largest difference.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +83,16 @@ class Skeleton:
 
     def structure(self) -> tuple:
         """What the mapping's decisions depend on (`mapping.remap`): edges, and per op its layer,
-        kind, block and output width (the TP exits are chosen by it)."""
+        kind, block and output width (the TP exits are chosen by it; None where the op records no
+        output shape). Flat (the edges' node ids in turn, then four entries per op): a new shape
+        hashes and compares it as the mapping templates' key (`TEMPLATES`), about three times
+        faster than nested pairs and 4-tuples."""
         if self._structure is None:
-            self._structure = (tuple(self.edges), tuple([(o.layer, o.kind, o.block, o.out_shapes[0][-1:] if o.out_shapes
-                                                          else ()) for o in self.ops]))
+            per_op: list = []
+            for o in self.ops:
+                s = o.out_shapes
+                per_op += (o.layer, o.kind, o.block, s[0][-1] if s and s[0] else None)
+            self._structure = (tuple(itertools.chain.from_iterable(self.edges)), tuple(per_op))
         return self._structure
 
 
@@ -121,7 +128,8 @@ class StepModel:
         self.hw, self.config, self.plan, self.precision = hw, config, plan, precision
         self.options = options or MappingOptions()
         matrix, attn = precision_dtypes(precision, (cost or CostOptions()).attention_dtype)
-        self.cost_model = CostModel(hw, matrix, attn, cost or CostOptions())
+        # nothing shared (`cache=False`): each step's ops are costed once, their parts not kept
+        self.cost_model = CostModel(hw, matrix, attn, cost or CostOptions(), keep_parts=cache)
         self.router = make_router(router)
         self._router_key = router_key(router) if cache else None  # None: nothing shared
         self.keep, self.template = _skeleton(config, plan)
@@ -142,13 +150,12 @@ class StepModel:
 
     def _step(self, shape: StepShape) -> StepResult:
         skeleton = self._skeleton(shape)
-        mapped, ops, halves = self._mapped(skeleton)
+        mapped, ops = self._mapped(skeleton)
         virtual, routed = self._virtual(mapped, ops, skeleton.routing)
-        return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops, halves)
+        return self._simulator.simulate(mapped.graph, mapped.stage_layers, virtual, routed, ops)
 
-    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op], dict | None]:
-        """(the mapped skeleton, node -> op in place of the mapped graph's, the engine's memo of
-        two-batch-overlap half ops, kept with the mapping for hardware variants). Single-stage plans
+    def _mapped(self, skeleton: Skeleton) -> tuple[mapping.MappedStep, dict[int, Op]]:
+        """(the mapped skeleton, node -> op in place of the mapped graph's). Single-stage plans
         map a skeleton once per hardware rates (`MAPPED`: a sweep's variants differ in the rates
         that rank EP ranks, which choose the expert ops, `mapping.remap_experts`) and a skeleton
         of a known structure on that structure's template (`mapping.remap`: a new shape's ops on
@@ -157,14 +164,14 @@ class StepModel:
         rates = self.cost_model.rank_rates()
         if self.plan.pp > 1:
             return mapping.map_step(skeleton.graph(), self.config, self.hw, self.plan, self.precision,
-                                    **self.options.map_kwargs(), rates=rates), {}, None
+                                    **self.options.map_kwargs(), rates=rates), {}
         common = (self.config.config_hash(), self.plan, self.precision, self.options, self.hw.system.scale_up.size)
         key = None
         if self._router_key is not None:
             key = (id(skeleton),) + common
             hit = MAPPED.get(key)
             if hit is not None and hit[0] is skeleton:
-                return self._rerated(hit[1], hit[2], skeleton, rates) + (hit[3],)
+                return self._rerated(hit[1], hit[2], skeleton, rates)
         tkey = (skeleton.structure(),) + common
         template = self._templates.get(tkey)
         if template is not None:
@@ -176,11 +183,9 @@ class StepModel:
                                       **self.options.map_kwargs(), rates=rates)
             ops = {}
             self._templates.put(tkey, mapped)
-        if key is None:
-            return mapped, ops, None  # nothing kept: the engine keeps no half ops either
-        halves: dict = {}
-        MAPPED.put(key, (skeleton, mapped, ops, halves))  # holds the skeleton: its id is not reused meanwhile
-        return mapped, ops, halves
+        if key is not None:
+            MAPPED.put(key, (skeleton, mapped, ops))  # holds the skeleton: its id is not reused meanwhile
+        return mapped, ops
 
     def _rerated(self, mapped: mapping.MappedStep, ops: dict[int, Op], skeleton: Skeleton,
                  rates: tuple[float, float]) -> tuple[mapping.MappedStep, dict[int, Op]]:

@@ -1,9 +1,12 @@
 """The cost model's kept bandwidth-free parts (`CostModel.cost` and `seconds` with `_STATIC`)
 against the cost computed in full (`CostModel.reference_cost`), to the bit: on the models' mapped ops, on every
-shipped spec and on hardware variants that share parts (HBM / SRAM bandwidth) and that do not."""
+shipped spec and on hardware variants that share parts (HBM / SRAM bandwidth) and that do not. The
+two-batch-overlap half ops' seconds from the ops themselves (`CostModel.half_seconds`) against the
+half op built (`half_op`) and costed in full, on the same ops."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -13,7 +16,7 @@ from codesign import mapping
 from codesign.graph.shape import StepShape
 from codesign.mapping import ParallelPlan, Precision
 from codesign.models import load_model
-from codesign.sim.cost import CostModel, CostOptions, Residency
+from codesign.sim.cost import CostModel, CostOptions, Residency, half_op
 from codesign.sim.stepmodel import StepModel
 from tests.sim.helpers import make_hw, op
 
@@ -37,8 +40,25 @@ def _check(cm: CostModel, ops: list) -> int:
             assert cm.cost(o, residency) == want, o.name  # parts computed and kept
             assert cm.cost(o, residency) == want, o.name  # parts reused
             assert cm.seconds(o, residency) == want.time_s, o.name
+            half = cm.reference_cost(half_op(o), residency).time_s
+            if o.kind != "collective":
+                assert cm.half_floor(o, residency) <= half, o.name
+            assert _same(cm.half_seconds(o, residency), half), o.name  # half parts computed and kept
+            assert _same(cm.half_seconds(o, residency), half), o.name  # half parts reused
             n += 1
+        # ops of equal content share one cost: the same as each op's own, and so do their halves
+        group, keys = cm.group_costs(ops, residency)
+        assert repr(group) == repr([cm.reference_cost(o, residency) for o in ops])  # repr: -0.0 is not 0.0
+        halves = {}
+        for o, k in zip(ops, keys):
+            if k is not None:
+                assert _same(halves.setdefault(k, cm.half_seconds(o, residency)), cm.half_seconds(o, residency)), o.name
     return n
+
+
+def _same(a: float, b: float) -> bool:
+    """The same float, bit for bit (a -0.0 is not a +0.0)."""
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +125,19 @@ def test_kept_parts_on_random_ops():
                       a=rng.choice([0.0, 1e3, 1e6, 1e9]), kv=rng.choice([0.0, 5e7]), state=rng.choice([0.0, 2e6]),
                       gemm=(1, m, n, k) if kind == "gemm" and rng.random() < 0.8 else None, tpe=tpe,
                       efpt=rng.choice([0.0, 1e6]) if tpe else 0.0))
+        if rng.random() < 0.25:  # byte dicts without some classes (`half_op`'s other branch)
+            o = ops[-1]
+            o.bytes_read = {c: v for c, v in o.bytes_read.items() if rng.random() < 0.5}
+            o.bytes_written = {"activation": rng.choice([0.0, -0.0, 3e5])} if rng.random() < 0.5 else {}
+    # copies: equal content in other op objects (what `group_costs` shares), with a -0.0 FLOPs one
+    ops += [o.clone() for o in ops[::3]]
+    ops.append(op("neg", "vector", flops=-0.0, a=1e3))
+    ops.append(op("pos", "vector", flops=0.0, a=1e3))
     for hw in chips:
         for opts in (CostOptions(), CostOptions(fused_activations_on_chip=False, sram_weights=True),
-                     CostOptions(tile_quantisation=False, small_m_ramp=False, sram_activations=False)):
+                     CostOptions(tile_quantisation=False, small_m_ramp=False, sram_activations=False),
+                     CostOptions(fuse_elementwise=False, elementwise_kernels_per_matrix_kernel=0.0,
+                                 launch_overhead_s=3e-6, grouped_op_kernels=2.0)):
             _check(CostModel(hw, "bf16", "bf16", opts), ops)
 
 
@@ -122,6 +152,28 @@ def test_a_subclass_keeps_no_parts():
     assert cm.static_key is None
     o = op("g", "gemm", flops=1e9, w=1e6, gemm=(1, 8, 128, 4096))
     assert cm.cost(o).overhead_s == 1.0 == cm.reference_cost(o).overhead_s
+
+
+def test_a_step_model_that_shares_nothing_keeps_no_parts():
+    """`cache=False` (nothing shared): the cost model keeps no op's parts (`keep_parts`) and the
+    routed layers are not kept (`routed._ROUTED`), so a step's ops die with it; its results are
+    those of a step model that keeps them, field for field."""
+    from codesign.sim import cost as cost_module, routed
+
+    hw = make_hw(**{"system.chips": 8})
+    cfg = load_model("qwen3.5-35b-a3b")
+    plan = ParallelPlan(tp=8, ep=8)
+    kept = StepModel(hw, cfg, plan, FP8)
+    alone = StepModel(hw, cfg, plan, FP8, cache=False)
+    assert kept.cost_model.keep_parts and not alone.cost_model.keep_parts
+    assert alone.cost_model.static_key == kept.cost_model.static_key
+    for shape in (StepShape.decode(37, 9000), StepShape.decode(64, 20_001), StepShape.prefill(1, 3000, cached=2000)):
+        want = kept.step(shape)
+        parts = {k: dict(v) for k, v in cost_module._STATIC.items()}
+        n_routed = len(routed._ROUTED)
+        assert alone.step(shape) == want
+        assert {k: dict(v) for k, v in cost_module._STATIC.items()} == parts
+        assert len(routed._ROUTED) == n_routed
 
 
 def test_padded_tokens_of_many_counts():

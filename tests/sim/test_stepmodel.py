@@ -66,7 +66,7 @@ def test_mapping_reused_across_rates_equals_mapping_again():
         skeleton = sk.graph()
         fresh = mapping.map_step(skeleton, cfg, hw, plan, FP8, **model.options.map_kwargs(),
                                  rates=model.cost_model.rank_rates())
-        reused, replaced, _ = model._mapped(sk)  # the kept mapping, its expert ops remapped
+        reused, replaced = model._mapped(sk)  # the kept mapping, its expert ops remapped
         assert reused is not fresh and reused.expert_ranks == fresh.expert_ranks and replaced
         assert [replaced.get(n, o).to_dict() for n, o in reused.graph.nodes(data="op")] == \
             [o.to_dict() for _, o in fresh.graph.nodes(data="op")]
