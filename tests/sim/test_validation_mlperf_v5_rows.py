@@ -1,0 +1,92 @@
+"""The MLPerf Inference v5.1 rows of the public validation file say what their sources say.
+
+Each row's inputs are checked against the figures its comment quotes from the submission (plan,
+precision, per-engine running-batch cap x engines, vLLM's num_scheduler_steps, the data set's mean
+lengths) and its measured figure against the run's mlperf_log_summary.txt ("Samples per second",
+"Tokens per second"), with the tokens per sample those two imply checked against the output mean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codesign.mapping import ParallelPlan
+from codesign.scenario import load_scenarios
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = {s.name: s for s in load_scenarios(ROOT / "benchmarks" / "validation" / "public.yaml")}
+
+# name: (hardware, model, plan, per-engine max_num_seqs / gpu_batch_size, num_scheduler_steps,
+#        samples/s, tokens/s) as printed in the sources the rows cite
+AMD = {
+    "mlperf-v5.1-8xmi300x-llama2-70b-offline": ("mi300x", "llama-2-70b", 1792, 11, 92.1544, 27803.9),
+    "mlperf-v5.1-8xmi325x-llama2-70b-offline": ("mi325x", "llama-2-70b", 2700, 7, 114.7, 34520.4),
+    "mlperf-v5.1-8xmi300x-mixtral-8x7b-offline": ("mi300x", "mixtral-8x7b", 5000, 9, 369.007, 53017.3),
+    "mlperf-v5.1-8xmi325x-mixtral-8x7b-offline": ("mi325x", "mixtral-8x7b", 4736, 13, 479.775, 68781.4),
+}
+B200_LLAMA2 = "mlperf-v5.1-8xb200-llama2-70b-offline"
+B200_405B = "mlperf-v5.1-8xb200-llama3.1-405b-offline"
+# the data sets' mean lengths (file header; Llama-3.1-405B from its per-sample summary)
+LENGTHS = {"llama-2-70b": (222, 291, 0.79), "mixtral-8x7b": (427, 145, 0.78), "llama-3.1-405b": (9429, 652, 0.38)}
+
+
+def _engines(name: str) -> int:
+    s = ROWS[name]
+    p = ParallelPlan.from_dict(s.parallel)
+    assert p.tp * p.pp * p.dp == s.chips == 8
+    return p.dp
+
+
+@pytest.mark.parametrize("name", sorted(AMD))
+def test_amd_rows_have_the_submitted_plan_caps_and_engine(name):
+    hw, model, seqs, steps, _, _ = AMD[name]
+    s = ROWS[name]
+    assert (s.hardware, s.model, s.chips) == (hw, model, 8)
+    assert s.precision == {"weights": "fp8", "activations": "fp8", "kv_cache": "fp8"}
+    assert s.parallel == {"tp": 1, "dp": 8}  # tensor_parallel_size 1 on each of device_count 8 GPUs
+    w = s.workload
+    assert w.mode == "offline" and w.max_batch == seqs * _engines(name)
+    eng = w.engine
+    assert (eng.name, eng.detokenize, eng.multi_step) == ("vllm-0.5", False, steps)
+
+
+@pytest.mark.parametrize("name", sorted(AMD) + [B200_LLAMA2, B200_405B])
+def test_rows_use_the_data_sets_mean_lengths(name):
+    w = ROWS[name].workload
+    inp, out, cv = LENGTHS[ROWS[name].model]
+    assert w.input_mean == inp
+    assert (w.output_mean, w.output_tokens.cv) == (out, cv)
+
+
+def test_b200_rows_have_nvidias_plans():
+    fp4 = {"weights": "fp4", "activations": "fp8", "kv_cache": "fp8", "compute": "fp4"}
+    llama = ROWS[B200_LLAMA2]
+    assert llama.precision == fp4 and llama.parallel == {"tp": 1, "dp": 8}
+    assert llama.workload.max_batch == 2048 * _engines(B200_LLAMA2)  # gpu_batch_size 2048 per engine
+    big = ROWS[B200_405B]
+    assert big.precision == fp4 and big.parallel == {"tp": 2, "pp": 2, "dp": 2}
+    assert big.workload.max_batch == 128 * _engines(B200_405B) == 256  # two TP2 x PP2 engines
+    assert big.mapping == {"two_batch_overlap": False}
+    for s in (llama, big):
+        assert s.workload.engine is None  # TensorRT-LLM v5.1: no published host figure
+
+
+def test_measured_figures_are_the_run_summaries():
+    for name, (*_, samples, tokens) in AMD.items():
+        assert ROWS[name].measured.output_tokens_per_s == tokens
+        # tokens per sample implied by the summary: the data set's ~291 / ~145 generated tokens
+        per_sample = tokens / samples
+        assert per_sample == pytest.approx(LENGTHS[ROWS[name].model][1], rel=0.05)
+    assert ROWS[B200_LLAMA2].measured.output_tokens_per_s == 101527
+    assert 101527 / 371.423 == pytest.approx(291, rel=0.07)
+    assert ROWS[B200_405B].measured.output_tokens_per_s == 1624.11
+    # the 405B row's output mean is the run's own tokens per sample
+    assert ROWS[B200_405B].workload.output_mean == round(1624.11 / 2.49245)
+
+
+def test_rows_sit_after_the_v41_mi300x_row():
+    names = list(ROWS)
+    i = names.index("mlperf-v4.1-8xmi300x-llama2-70b-offline")
+    assert names[i + 1:i + 7] == [*AMD, B200_LLAMA2, B200_405B]
