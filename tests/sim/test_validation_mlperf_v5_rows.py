@@ -28,6 +28,8 @@ AMD = {
 }
 B200_LLAMA2 = "mlperf-v5.1-8xb200-llama2-70b-offline"
 B200_405B = "mlperf-v5.1-8xb200-llama3.1-405b-offline"
+GB200_LLAMA2 = "mlperf-v5.1-4xgb200-llama2-70b-offline"
+GB200_405B = "mlperf-v5.1-72xgb200-llama3.1-405b-offline"
 # the data sets' mean lengths (file header; Llama-3.1-405B from its per-sample summary)
 LENGTHS = {"llama-2-70b": (222, 291, 0.79), "mixtral-8x7b": (427, 145, 0.78), "llama-3.1-405b": (9429, 652, 0.38)}
 
@@ -35,7 +37,7 @@ LENGTHS = {"llama-2-70b": (222, 291, 0.79), "mixtral-8x7b": (427, 145, 0.78), "l
 def _engines(name: str) -> int:
     s = ROWS[name]
     p = ParallelPlan.from_dict(s.parallel)
-    assert p.tp * p.pp * p.dp == s.chips == 8
+    assert p.tp * p.pp * p.dp == s.chips
     return p.dp
 
 
@@ -52,7 +54,7 @@ def test_amd_rows_have_the_submitted_plan_caps_and_engine(name):
     assert (eng.name, eng.detokenize, eng.multi_step) == ("vllm-0.5", False, steps)
 
 
-@pytest.mark.parametrize("name", sorted(AMD) + [B200_LLAMA2, B200_405B])
+@pytest.mark.parametrize("name", sorted(AMD) + [B200_LLAMA2, B200_405B, GB200_LLAMA2, GB200_405B])
 def test_rows_use_the_data_sets_mean_lengths(name):
     w = ROWS[name].workload
     inp, out, cv = LENGTHS[ROWS[name].model]
@@ -69,7 +71,14 @@ def test_b200_rows_have_nvidias_plans():
     assert big.precision == fp4 and big.parallel == {"tp": 2, "pp": 2, "dp": 2}
     assert big.workload.max_batch == 128 * _engines(B200_405B) == 256  # two TP2 x PP2 engines
     assert big.mapping == {"two_batch_overlap": False}
-    for s in (llama, big):
+    gb = ROWS[GB200_LLAMA2]
+    assert (gb.hardware, gb.chips) == ("gb200-nvl72", 4) and gb.precision == fp4
+    assert gb.parallel == {"tp": 1, "dp": 4} and gb.workload.max_batch == 2048 * 4
+    rack = ROWS[GB200_405B]
+    assert (rack.hardware, rack.chips) == ("gb200-nvl72", 72) and rack.precision == fp4
+    assert rack.parallel == {"tp": 2, "pp": 2, "dp": 18} and _engines(GB200_405B) == 72 // 4
+    assert rack.workload.max_batch == 2048 * 18  # the Custom harness setting's gpu_batch_size
+    for s in (llama, big, gb, rack):
         assert s.workload.engine is None  # TensorRT-LLM v5.1: no published host figure
 
 
@@ -84,9 +93,13 @@ def test_measured_figures_are_the_run_summaries():
     assert ROWS[B200_405B].measured.output_tokens_per_s == 1624.11
     # the 405B row's output mean is the run's own tokens per sample
     assert ROWS[B200_405B].workload.output_mean == round(1624.11 / 2.49245)
+    assert ROWS[GB200_LLAMA2].measured.output_tokens_per_s == 51736.9
+    assert 51736.9 / 187.748 == pytest.approx(291, rel=0.06)
+    assert ROWS[GB200_405B].measured.output_tokens_per_s == 14774.3
+    assert round(14774.3 / 22.6462) == ROWS[GB200_405B].workload.output_mean  # the same 652 tokens
 
 
 def test_rows_sit_after_the_v41_mi300x_row():
     names = list(ROWS)
     i = names.index("mlperf-v4.1-8xmi300x-llama2-70b-offline")
-    assert names[i + 1:i + 7] == [*AMD, B200_LLAMA2, B200_405B]
+    assert names[i + 1:i + 9] == [*AMD, B200_LLAMA2, B200_405B, GB200_LLAMA2, GB200_405B]
