@@ -30,6 +30,12 @@ B200_LLAMA2 = "mlperf-v5.1-8xb200-llama2-70b-offline"
 B200_405B = "mlperf-v5.1-8xb200-llama3.1-405b-offline"
 GB200_LLAMA2 = "mlperf-v5.1-4xgb200-llama2-70b-offline"
 GB200_405B = "mlperf-v5.1-72xgb200-llama3.1-405b-offline"
+# partners' H200 systems: (model, plan, per-engine gpu_batch_size, samples/s, tokens/s)
+H200 = {
+    "mlperf-v5.1-8xh200-llama2-70b-offline": ("llama-2-70b", {"tp": 1, "dp": 8}, 2048, 120.235, 35075.1),
+    "mlperf-v5.1-8xh200-mixtral-8x7b-offline": ("mixtral-8x7b", {"tp": 1, "dp": 8}, 3072, 421.086, 61372.4),
+    "mlperf-v5.1-8xh200-llama3.1-405b-offline": ("llama-3.1-405b", {"tp": 4, "pp": 2}, 512, 0.84408, 547.261),
+}
 # the data sets' mean lengths (file header; Llama-3.1-405B from its per-sample summary)
 LENGTHS = {"llama-2-70b": (222, 291, 0.79), "mixtral-8x7b": (427, 145, 0.78), "llama-3.1-405b": (9429, 652, 0.38)}
 
@@ -54,7 +60,7 @@ def test_amd_rows_have_the_submitted_plan_caps_and_engine(name):
     assert (eng.name, eng.detokenize, eng.multi_step) == ("vllm-0.5", False, steps)
 
 
-@pytest.mark.parametrize("name", sorted(AMD) + [B200_LLAMA2, B200_405B, GB200_LLAMA2, GB200_405B])
+@pytest.mark.parametrize("name", sorted(AMD) + [B200_LLAMA2, B200_405B, GB200_LLAMA2, GB200_405B, *H200])
 def test_rows_use_the_data_sets_mean_lengths(name):
     w = ROWS[name].workload
     inp, out, cv = LENGTHS[ROWS[name].model]
@@ -82,6 +88,18 @@ def test_b200_rows_have_nvidias_plans():
         assert s.workload.engine is None  # TensorRT-LLM v5.1: no published host figure
 
 
+@pytest.mark.parametrize("name", sorted(H200))
+def test_h200_rows_have_the_partners_plans_and_summaries(name):
+    model, plan, batch, samples, tokens = H200[name]
+    s = ROWS[name]
+    assert (s.hardware, s.chips, s.model, s.parallel) == ("h200", 8, model, plan)
+    assert s.precision == {"weights": "fp8", "activations": "fp8", "kv_cache": "fp8"}
+    assert s.workload.max_batch == batch * _engines(name) and s.workload.engine is None
+    assert s.cost == {}  # the 2024 MoE runner's epilogue is not claimed for the 2025 engine
+    assert s.measured.output_tokens_per_s == tokens
+    assert tokens / samples == pytest.approx(s.workload.output_mean, rel=0.05)
+
+
 def test_measured_figures_are_the_run_summaries():
     for name, (*_, samples, tokens) in AMD.items():
         assert ROWS[name].measured.output_tokens_per_s == tokens
@@ -102,4 +120,4 @@ def test_measured_figures_are_the_run_summaries():
 def test_rows_sit_after_the_v41_mi300x_row():
     names = list(ROWS)
     i = names.index("mlperf-v4.1-8xmi300x-llama2-70b-offline")
-    assert names[i + 1:i + 9] == [*AMD, B200_LLAMA2, B200_405B, GB200_LLAMA2, GB200_405B]
+    assert names[i + 1:i + 12] == [*AMD, B200_LLAMA2, B200_405B, GB200_LLAMA2, GB200_405B, *H200]
