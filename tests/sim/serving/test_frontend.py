@@ -109,3 +109,19 @@ def test_frontend_outside_server_mode_or_with_disaggregation_refused():
     dis = {"prefill": {"chips": 1}, "decode": {"chips": 1}}
     with pytest.raises(CodesignError, match="workload.frontend: not yet supported with workload.disaggregation"):
         parse_scenarios(_scenario(frontend={"latency_s": 0.05}, disaggregation=dis), "s.yaml")
+
+
+def test_a_server_row_carries_the_floor_exactly():
+    from codesign.sim import simulate_scenario
+
+    def row(**front):
+        (s,) = parse_scenarios(_scenario(concurrency=1, requests=3, **({"frontend": front} if front else {})), "s.yaml")
+        (r,) = simulate_scenario(s)
+        return r
+
+    base, with_front = row(), row(latency_s=0.047, per_request_s=0.004, processes=2)
+    assert with_front.ttft_s["mean"] == pytest.approx(base.ttft_s["mean"] + 0.051, rel=1e-9)
+    assert with_front.tpot_s["mean"] == pytest.approx(base.tpot_s["mean"], rel=1e-12)
+    assert with_front.serving["frontend"] == {"latency_s": 0.047, "per_request_s": 0.004, "processes": 2,
+                                              "max_rate_per_s": pytest.approx(500.0)}
+    assert "frontend" not in base.serving
