@@ -23,6 +23,7 @@ from codesign.commands.validate import METRICS, predicted  # noqa: E402
 from codesign.errors import CodesignError  # noqa: E402
 from codesign.scenario import load_scenarios  # noqa: E402
 from codesign.sim import simulate_scenario  # noqa: E402
+from codesign.sim.serving.frontend import frontend_config  # noqa: E402
 
 ROWS = ("vllm-1xh100-qwen3-8b-bf16-sharegpt-c1", "vllm-1xh100-qwen3-8b-bf16-sharegpt-c2",
         "vllm-1xh100-qwen3-8b-bf16-sharegpt-c4", "vllm-1xh100-qwen3-8b-bf16-sharegpt-c8",
@@ -38,9 +39,13 @@ def parse_figures(text: str) -> list[dict[str, float | int]]:
         parts = item.split(":")
         if len(parts) not in (2, 3):
             raise CodesignError(f"--figures: expected latency_s:per_request_s[:processes], found {item!r}")
-        f: dict[str, float | int] = {"latency_s": float(parts[0]), "per_request_s": float(parts[1])}
-        if len(parts) == 3:
-            f["processes"] = int(parts[2])
+        try:
+            f: dict[str, float | int] = {"latency_s": float(parts[0]), "per_request_s": float(parts[1])}
+            if len(parts) == 3:
+                f["processes"] = int(parts[2])
+        except ValueError:
+            raise CodesignError(f"--figures: expected numbers latency_s:per_request_s[:processes], found {item!r}") from None
+        frontend_config(f, "--figures")  # refused here, in one line, as in a scenario
         out.append(f)
     return out
 
