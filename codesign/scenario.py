@@ -121,6 +121,7 @@ class Workload(_Strict):
     disaggregation: dict[str, Any] = {}  # prefill/decode pools (codesign.sim.serving.config)
     step_model: dict[str, Any] = {}  # step-time model resolution (codesign.sim.serving.steptime)
     slo_search: dict[str, Any] = {}  # the SLO search's offline ceiling (codesign.sim.serving.ceiling)
+    frontend: dict[str, Any] = {}  # the request path in front of the engine (codesign.sim.serving.frontend)
 
     _tok = field_validator("input_tokens", "output_tokens", mode="before")(_tokens)
 

@@ -144,7 +144,7 @@ def disaggregation_config(data: dict[str, Any] | None, source: str = "workload.d
         raise CodesignError(format_validation_error(source, e)) from None
 
 
-SERVER_ONLY = ("requests", "trace", "scheduler", "disaggregation", "step_model", "slo_search")
+SERVER_ONLY = ("requests", "trace", "scheduler", "disaggregation", "step_model", "slo_search", "frontend")
 
 
 def check_workload(w: Any, source: str, slo: Any = None) -> None:
@@ -152,6 +152,7 @@ def check_workload(w: Any, source: str, slo: Any = None) -> None:
     `codesign.scenario`; `w` is its `Workload`, `slo` its `SLO` or None)."""
     from codesign.mapping.plan import ParallelPlan, Precision
     from codesign.sim.serving.ceiling import ceiling_config
+    from codesign.sim.serving.frontend import frontend_config
     from codesign.sim.serving.steptime import StepTimeOptions
 
     scheduler_config(w.scheduler, f"{source}: workload.scheduler")
@@ -161,6 +162,9 @@ def check_workload(w: Any, source: str, slo: Any = None) -> None:
         raise CodesignError(f"{source}: workload.slo_search: only acts in the SLO search (server mode with an slo "
                             "and neither rate_per_s nor trace), found it without one")
     dis = disaggregation_config(w.disaggregation, f"{source}: workload.disaggregation")
+    if frontend_config(w.frontend, f"{source}: workload.frontend") is not None and dis is not None:
+        raise CodesignError(f"{source}: workload.frontend: not yet supported with workload.disaggregation (its "
+                            "pools' request path is not modelled); leave one of them unset")
     if dis is not None and (w.scheduler or {}).get("attention_dp_lockstep") is True:
         raise CodesignError(f"{source}: workload.scheduler.attention_dp_lockstep: true is not yet supported with "
                             "workload.disaggregation (its pools run as one engine each); leave it unset or false")

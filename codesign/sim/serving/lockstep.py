@@ -231,14 +231,16 @@ class LockStepEngine:
     def finished(self) -> int:
         return sum(r.finished for r in self.ranks)
 
-    def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
-        """Send a request to a rank by the dispatch rule (see module docstring)."""
+    def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False,
+               sent: float | None = None) -> simpy.Event:
+        """Send a request to a rank by the dispatch rule (see module docstring); `sent`: as
+        `Engine.submit`."""
         if self.dispatch == "round_robin":
             i = self._next
             self._next = (i + 1) % self.R
         else:  # balanced: fewest requests in the rank's system, the lowest rank on ties
             i = min(range(self.R), key=lambda j: (self.ranks[j].in_system, j))
-        return self.ranks[i].submit(rid, prompt, out, prefilled)
+        return self.ranks[i].submit(rid, prompt, out, prefilled, sent)
 
     def _share_wake(self) -> simpy.Event:
         wake = self.env.event()

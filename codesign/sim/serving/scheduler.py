@@ -58,6 +58,7 @@ from codesign.gc_pause import gc_paused
 from codesign.graph.shape import Group, StepShape
 from codesign.sim.serving.arrivals import RequestStream
 from codesign.sim.serving.config import SchedulerConfig
+from codesign.sim.serving.frontend import Frontend, FrontendConfig
 from codesign.sim.serving.kv import KVCapacity, KVPool
 
 if TYPE_CHECKING:
@@ -184,15 +185,17 @@ class Engine:
         self.stop_at: Callable[[int], float] | None = None
 
     # -- client side ----------------------------------------------------------------------------
-    def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False) -> simpy.Event:
+    def submit(self, rid: int, prompt: int, out: int, prefilled: bool = False,
+               sent: float | None = None) -> simpy.Event:
         """Queue a request; `prefilled`: its prompt's KV arrives computed, with its first token (a
-        disaggregated decode pool's requests), so it needs pages, not prefill."""
+        disaggregated decode pool's requests), so it needs pages, not prefill; `sent`: when the
+        client sent it (before the frontend; None: now)."""
         done = self.env.event()
         r = _Req(rid, prompt, out, done)
         if prefilled:
             r.computed, r.generated = prompt, 1.0
         self.waiting.append(r)
-        self.rec.sent[rid] = self.env.now
+        self.rec.sent[rid] = self.env.now if sent is None else sent
         self._count(1)
         if not self._wake.triggered:
             self._wake.succeed()
@@ -660,15 +663,26 @@ class _Arrival:
 
 
 def _request(env: simpy.Environment, engine: Engine, rid: int, at: float, prompt: int, out: int,
-             slots: simpy.Resource | None):
+             slots: simpy.Resource | None, front: Frontend | None = None):
+    """One request's process: sent at `at` (a client slot first, if the client limits them), through
+    the frontend (if any), then to the engine until it finishes."""
     if at > env.now:
         yield env.timeout(at - env.now)
     if slots is None:
-        yield engine.submit(rid, prompt, out)
+        yield from _sent(env, engine, rid, prompt, out, front)
         return
     with slots.request() as slot:
         yield slot
+        yield from _sent(env, engine, rid, prompt, out, front)
+
+
+def _sent(env: simpy.Environment, engine: Engine, rid: int, prompt: int, out: int, front: Frontend | None):
+    if front is None:
         yield engine.submit(rid, prompt, out)
+        return
+    sent = env.now
+    yield from front.through()
+    yield engine.submit(rid, prompt, out, sent=sent)
 
 
 def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, step_time: Callable[[StepShape], float],
@@ -676,7 +690,7 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
                on_progress: Callable[[int], None] | None = None,
                stretch: tuple[float, int] = (STRETCH_DRIFT, STRETCH_MAX), sample_every: int = 0,
                timer: StepTimer | None = None, stop_saturated: Callable[[int], float] | None = None,
-               lock: "LockStepTimer | None" = None) -> Recorder:
+               lock: "LockStepTimer | None" = None, frontend: FrontendConfig | None = None) -> Recorder:
     """Simulate `stream` through one engine until every request has finished (`stretch`: the
     decode-only stretch bounds, relative KV drift and steps; (0, 1) simulates every step;
     `sample_every` > 0: every that many iterations the step is kept unpooled in `Recorder.sample`;
@@ -685,7 +699,8 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
     finished while others still wait, C the most running at once so far; a stream without a
     client limit only: the records then end there); `lock`: the attention-DP ranks' lock-step
     timer, whose ranks then each run their own scheduler (`codesign.sim.serving.lockstep`;
-    `step_time` and `timer` are then unused)."""
+    `step_time` and `timer` are then unused); `frontend`: the request path in front of the engine
+    (`codesign.sim.serving.frontend`; None or inactive: requests reach the scheduler when sent)."""
     env = simpy.Environment()
     rec = Recorder(stream.n)
     if lock is not None:
@@ -699,13 +714,17 @@ def run_stream(stream: RequestStream, cfg: SchedulerConfig, cap: KVCapacity, ste
         engine = Engine(env, cfg, cap, step_time, rec, draft, draft_time, stretch, timer)
     if stream.concurrency and stop_saturated is not None:
         raise CodesignError("serving: stop_saturated needs a stream without a client concurrency limit")
+    front = Frontend(env, frontend) if frontend is not None and frontend.active else None
     if stream.concurrency:  # a client's slots: each request a process that waits for one
         slots = simpy.Resource(env, capacity=stream.concurrency)
-        procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots))
+        procs = [env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, slots, front))
                  for r in stream.requests]
         all_done = simpy.AllOf(env, procs)
     else:  # each request sent by its arrival's timeout (in request order, as the processes were)
         for r in stream.requests:
+            if front is not None:  # a process per request, through the frontend
+                env.process(_request(env, engine, r.id, r.arrival_s, r.input_tokens, r.output_tokens, None, front))
+                continue
             ev = env.timeout(r.arrival_s if r.arrival_s > 0 else 0)
             ev.callbacks.append(_Arrival(engine, r.id, r.input_tokens, r.output_tokens))
         all_done = engine.all_done = env.event()

@@ -33,6 +33,7 @@ from codesign.results import Result, infeasible
 from codesign.scenario import SLO, TokenDist, Workload
 from codesign.sim.serving.arrivals import RequestStream, burst_stream, load_trace, poisson_stream
 from codesign.sim.serving.config import DEFAULT_REQUESTS, ENGINE, SchedulerConfig, scheduler_config
+from codesign.sim.serving.frontend import FrontendConfig, frontend_config
 from codesign.sim.serving.kv import KVCapacity, kv_capacity
 from codesign.sim.serving.lockstep import LockStepTimer, lockstep_ranks, rank_capacity
 from codesign.sim.serving.metrics import ServingMetrics, summarise
@@ -61,6 +62,8 @@ class ServingPoint:
     draft_model: StepTimeModel | None
     # attention-DP ranks in lock step (codesign.sim.serving.lockstep), or None: one engine
     lock: LockStepTimer | None = None
+    # the request path in front of the engine (codesign.sim.serving.frontend), or None: none
+    frontend: FrontendConfig | None = None
     last_sample: list[StepShape] | None = None
     last_iterations: int = 0  # simulated iterations of the last run
 
@@ -85,7 +88,7 @@ class ServingPoint:
         rec = run_stream(stream, self.scheduler, self.capacity, self.model.step_time, self.draft,
                          self.draft_time if self.draft_model is not None else None, on_progress,
                          (o.stretch_drift, o.stretch_max), sample_every, timer=self.model,
-                         stop_saturated=stop_saturated, lock=self.lock)
+                         stop_saturated=stop_saturated, lock=self.lock, frontend=self.frontend)
         self.last_sample, self.last_iterations = rec.sample, len(rec.step_end)
         return rec
 
@@ -135,7 +138,7 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
     draft_model = StepTimeModel(mtp_head_step(st), max_len, options) if mtp else None
     ranks = lockstep_ranks(st.plan, st.config, sched)
     lock = LockStepTimer(st.step, ranks, max_len, options, even=model) if ranks > 1 else None
-    return ServingPoint(st, sched, cap, model, draft, draft_model, lock)
+    return ServingPoint(st, sched, cap, model, draft, draft_model, lock, frontend_config(wl.frontend))
 
 
 def pool_of(pt: ServingPoint) -> KVCapacity:
@@ -394,6 +397,8 @@ def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int
                        + (pt.draft_model.evaluations if pt.draft_model else 0), "steps": m.steps},
         **{k: v for k, v in m.to_dict().items() if k not in ("ttft_s", "tpot_s")},
     })
+    if pt.frontend is not None:  # the request path in front of the engine (codesign.sim.serving.frontend)
+        extra["frontend"] = {**pt.frontend.model_dump(), "max_rate_per_s": pt.frontend.max_rate_per_s}
     if pt.lock is not None:  # attention-DP ranks in lock step (codesign.sim.serving.lockstep)
         extra["attention_dp_lockstep"] = {"ranks": pt.lock.ranks, "dispatch": pt.scheduler.attention_dp_dispatch}
     return Result(
