@@ -188,7 +188,7 @@ def _simulate_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ct
                           config.name, chips, context=ctx, mode=wl.mode, reason_code="divisibility")
     if wl.mode == "server":
         if steppers[0].options.pipeline_microbatches:
-            raise CodesignError("mapping.pipeline_microbatches: not yet supported in server mode (its request "
+            raise CodesignError(f"{row_name}: mapping.pipeline_microbatches: not yet supported in server mode (its request "
                                 "streams run one batch through the stages in turn); set it false or use a "
                                 "steady-state mode (decode, offline, batch, prefill)")
         return _server_context(steppers, wl, slo, ctx, row_name, chips, f"{hw.name} {config.name} {_ctx_label(ctx)}")
