@@ -22,6 +22,13 @@ class MappingOptions(BaseModel):
     # under the other's compute; SGLang's and DeepSeek's EP decode run it): True, False, or None =
     # "auto" (per layer kind, used when it is faster; codesign/sim/engine.py).
     two_batch_overlap: bool | None = None
+    # Pipeline micro-batches in flight (steady-state modes: decode, offline, batch, prefill): a plan
+    # of pp > 1 stages runs each step as pp micro-batches of ceil(batch / pp) sequences per engine
+    # instance, one in every stage, and a step takes the pipeline period, pp x the slowest stage at
+    # the micro-batch (TensorRT-LLM's in-flight batching and vLLM's pipeline parallelism). False:
+    # one batch passes the stages in turn (their sum). Server mode refuses True (not yet
+    # supported). docs/mapping.md "Pipeline micro-batches".
+    pipeline_microbatches: bool = False
     # Expert placement over EP ranks: contiguous blocks, round robin, or an explicit rank per expert.
     placement: Literal["contiguous", "round_robin"] | tuple[int, ...] = "contiguous"
     # EP dispatch payload in FP8 (DeepEP's default with FP8 activations). None: FP8 when the

@@ -42,7 +42,8 @@ BOTTLENECK_NAMES = {"matrix": "compute", "vector": "compute", "hbm": "hbm", "sra
 class StepResult:
     """One simulated step: seconds, what limits it, and where the time goes.
 
-    `time_s` is the step's latency on the critical path (all pipeline stages in turn);
+    `time_s` is the step's latency on the critical path (all pipeline stages in turn; a pipelined
+    steady-state step, `codesign.sim.workload.pipelined`, holds its period instead);
     `stage_times_s` one entry per pipeline stage; `breakdown` seconds by block and by resource
     (summed op time, scaled by layer counts; overlapped link time included)."""
 
@@ -584,6 +585,18 @@ def _stage_times(layer_time: dict[int, float], stage_layers: list[list[int]] | N
     return out
 
 
+def pipeline_period(stage_times: list[float], microbatches: int) -> float:
+    """Seconds per steady-state period of a pipeline holding `microbatches` micro-batches, every
+    stage time (its hand-off send included) taken at one micro-batch: each stage serves every
+    micro-batch once per period, and each micro-batch passes every stage once, so the period is
+    ``max(sum(stages), microbatches x max(stages))``; with as many micro-batches as stages that is
+    ``pp x`` the slowest stage (docs/simulator.md, "Pipeline")."""
+    if microbatches < 1 or not stage_times:
+        raise ValueError(f"pipeline period: expected stage times and >= 1 micro-batch, found {stage_times!r}, "
+                         f"{microbatches!r}")
+    return max(sum(stage_times), microbatches * max(stage_times))
+
+
 def precision_dtypes(precision: Any, attention: str = "auto") -> tuple[str, str]:
     """(matrix dtype, attention dtype) of a deployment: GEMMs compute in the wider of weight and
     activation precision (W4A8 runs at the fp8 rate); attention in the wider of activations and KV."""
@@ -613,4 +626,4 @@ def simulate_step(mapped: Any, hw: HardwareSpec, options: CostOptions | None = N
         return StepSimulator(hw, cm, two_batch_overlap).simulate(mapped.graph, stages)
 
 
-__all__ = ["StepResult", "StepSimulator", "VirtualLayer", "simulate_step", "precision_dtypes"]
+__all__ = ["StepResult", "StepSimulator", "VirtualLayer", "simulate_step", "precision_dtypes", "pipeline_period"]

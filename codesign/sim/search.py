@@ -16,7 +16,8 @@ from codesign import mapping, progress
 from codesign.scenario import SLO, Workload
 from codesign.sim.host_overhead import engine_profile
 from codesign.sim.stepper import Stepper
-from codesign.sim.workload import ModeResult, capped_batch, decode_context, decode_mode, prefill_mode, serving_mode
+from codesign.sim.workload import (ModeResult, StepFn, capped_batch, decode_context, decode_mode, pipelined,
+                                   prefill_mode, serving_mode)
 from codesign.units import GiB
 
 
@@ -54,13 +55,14 @@ def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple
     # the engine's host overhead (codesign.sim.host_overhead), per engine instance: one per
     # data-parallel replica of the plan
     host = {"host": engine_profile(wl.engine), "replicas": _replicas(st)}
+    step = _step_fn(st)
     if mode in ("decode", "prefill"):
         mb = capped_batch(st.max_batch(context), wl.max_batch)
         if mb == 0:
             return None, None, context
         if mode == "decode":
-            return decode_mode(st.step, mb, context, context, tpot_slo, **host), None, context
-        return prefill_mode(st.step, mb, context, **host), None, context
+            return decode_mode(step, mb, context, context, tpot_slo, **host), None, context
+        return prefill_mode(step, mb, context, **host), None, context
     fit_ctx = decode_context(context, wl.output_tokens)  # the running batch's mean KV length
     fits = st.max_batch(fit_ctx)
     mb = capped_batch(fits, wl.max_batch)
@@ -72,9 +74,18 @@ def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple
             short = st.memory(want, fit_ctx).short_by / GiB
             return None, (f"concurrency {want} does not fit: short by {short:.2f} GiB per chip "
                           f"(largest batch {fits})"), fit_ctx
-        return serving_mode(st.step, want, context, out_tokens, None, mean_context=fit_ctx, **host), None, fit_ctx
-    return (serving_mode(st.step, mb, context, out_tokens, tpot_slo, max_batch=mb, mean_context=fit_ctx, **host),
+        return serving_mode(step, want, context, out_tokens, None, mean_context=fit_ctx, **host), None, fit_ctx
+    return (serving_mode(step, mb, context, out_tokens, tpot_slo, max_batch=mb, mean_context=fit_ctx, **host),
             None, fit_ctx)
+
+
+def _step_fn(st: Stepper) -> StepFn:
+    """The plan's steady-state step: with `mapping.pipeline_microbatches` and pp > 1 the pipeline
+    period of micro-batches in flight (`codesign.sim.workload.pipelined`), else the step itself."""
+    pp = int(getattr(st.plan, "pp", 1) or 1)
+    if st.options.pipeline_microbatches and pp > 1:
+        return pipelined(st.step, pp, _replicas(st))
+    return st.step
 
 
 def _replicas(st: Stepper) -> int:

@@ -187,6 +187,10 @@ def _simulate_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ct
         return infeasible(row_name, f"no parallel plan of {config.name} divides {chips} chips", hw.name,
                           config.name, chips, context=ctx, mode=wl.mode, reason_code="divisibility")
     if wl.mode == "server":
+        if steppers[0].options.pipeline_microbatches:
+            raise CodesignError(f"{row_name}: mapping.pipeline_microbatches: not yet supported in server mode (its request "
+                                "streams run one batch through the stages in turn); set it false or use a "
+                                "steady-state mode (decode, offline, batch, prefill)")
         return _server_context(steppers, wl, slo, ctx, row_name, chips, f"{hw.name} {config.name} {_ctx_label(ctx)}")
     best, first_bad = best_plan(steppers, wl, ctx, slo, chips, f"{hw.name} {config.name} {_ctx_label(ctx)}")
     wall = time.perf_counter() - t0

@@ -26,6 +26,12 @@ same value.
   whole prompt each.
 * ``server``  -- Poisson arrivals with SLOs: not supported yet (an infeasible row says so).
 
+Pipeline micro-batches (``mapping.pipeline_microbatches``, off by default; `pipelined`): a plan of
+``pp`` > 1 stages runs each step as ``pp`` micro-batches of ``ceil(b / pp)`` sequences per engine
+instance, one per stage, and a step's time is the pipeline period, ``pp x`` the slowest stage at
+the micro-batch (TensorRT-LLM's and vLLM's pipeline parallelism in steady state). Off: one batch
+passes the stages in turn (their sum).
+
 Engine host overhead (``workload.engine``, `codesign.sim.host_overhead`): each mode takes an
 optional `EngineProfile` and the number of engine instances (data-parallel replicas) the batch is
 spread over; every decode step then takes ``profile.step_time(gpu, batch / replicas)`` and a
@@ -43,8 +49,8 @@ from typing import Callable
 
 from typing import TYPE_CHECKING
 
-from codesign.graph.shape import StepShape
-from codesign.sim.engine import StepResult
+from codesign.graph.shape import Group, StepShape
+from codesign.sim.engine import StepResult, pipeline_period
 from codesign.sim.host_overhead import EngineProfile, prefill_iterations
 
 # Prompt tokens batched into one prefill step per engine instance in `prefill` mode and for TTFT:
@@ -112,6 +118,52 @@ class _Host:
         per_replica = prompts / self.replicas
         k = prefill_iterations(math.ceil(per_replica), input_tokens, PREFILL_TOKENS_PER_STEP)
         return p.step_time(gpu_s, per_replica, k)
+
+
+def microbatch_split(seqs: int, pp: int, replicas: int = 1) -> tuple[int, int]:
+    """(sequences per micro-batch of one engine instance, micro-batches in flight) of `seqs`
+    deployment sequences over `replicas` engine instances of `pp` stages: each instance's
+    ``ceil(seqs / replicas)`` sequences split into micro-batches of ``ceil(b / pp)``, as many as
+    that takes (at most `pp`)."""
+    b = -(-seqs // max(1, replicas))
+    m = -(-b // pp)
+    return m, -(-b // m)
+
+
+def pipelined(step: StepFn, pp: int, replicas: int = 1) -> StepFn:
+    """`step` as a pipeline-parallel engine runs it in steady state (`mapping.pipeline_microbatches`,
+    docs/simulator.md "Pipeline"): the batch of each of the `replicas` engine instances splits into
+    micro-batches of ``ceil(b / pp)`` sequences (prompts, for a prefill), one in each of the `pp`
+    stages; each stage's time (its hand-off send included) is evaluated at the micro-batch, and
+    the step's `time_s` is the pipeline period (`engine.pipeline_period`) in which every sequence
+    of the batch advances one step. The breakdown is the micro-batch's times the micro-batches in
+    flight (all work of one period); `stage_times_s` are the micro-batch's. pp 1: `step` itself."""
+    if pp <= 1:
+        return step
+    memo: dict[StepShape, StepResult] = {}
+
+    def run(shape: StepShape) -> StepResult:
+        hit = memo.get(shape)
+        if hit is not None:
+            return hit
+        if shape.is_mixed or shape.routed is not None:
+            from codesign.errors import CodesignError
+
+            raise CodesignError("mapping.pipeline_microbatches: mixed or lock-step steps are not yet supported "
+                                "(steady-state decode, offline, batch and prefill modes only)")
+        g = shape.groups[0]
+        m, n = microbatch_split(g.seqs, pp, replicas)
+        r = step(StepShape((Group(m * max(1, replicas), g.new_tokens, g.cached_tokens, g.logits),)))
+        if math.isnan(r.time_s) or not r.stage_times_s:  # a deferred (unsimulated) step
+            return r
+        hit = memo[shape] = StepResult(
+            time_s=pipeline_period(r.stage_times_s, n), bottleneck=r.bottleneck,
+            breakdown={k: {kk: vv * n for kk, vv in v.items()} for k, v in r.breakdown.items()},
+            stage_times_s=list(r.stage_times_s), residency=dict(r.residency), layers_simulated=r.layers_simulated,
+            two_batch_overlap=r.two_batch_overlap)
+        return hit
+
+    return run
 
 
 def decode_mode(step: StepFn, max_batch: int, context: int, input_tokens: int, tpot_slo: float | None,
@@ -193,4 +245,4 @@ def prefill_mode(step: StepFn, max_batch: int, input_tokens: int, host: EnginePr
     return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / t, t, None, bottleneck, None, p, t - p.time_s)
 
 
-__all__ = ["ModeResult", "capped_batch", "chunk_prompts", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]
+__all__ = ["ModeResult", "microbatch_split", "pipelined", "capped_batch", "chunk_prompts", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]

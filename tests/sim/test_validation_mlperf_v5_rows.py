@@ -76,7 +76,8 @@ def test_b200_rows_have_nvidias_plans():
     big = ROWS[B200_405B]
     assert big.precision == fp4 and big.parallel == {"tp": 2, "pp": 2, "dp": 2}
     assert big.workload.max_batch == 128 * _engines(B200_405B) == 256  # two TP2 x PP2 engines
-    assert big.mapping == {"two_batch_overlap": False}
+    assert big.mapping == {"two_batch_overlap": False, "pipeline_microbatches": True}  # TensorRT-LLM: pp micro-batches
+    assert all(ROWS[n].mapping.get("pipeline_microbatches") is True for n in ROWS if "405b" in n)
     gb = ROWS[GB200_LLAMA2]
     assert (gb.hardware, gb.chips) == ("gb200-nvl72", 4) and gb.precision == fp4
     assert gb.parallel == {"tp": 1, "dp": 4} and gb.workload.max_batch == 2048 * 4
