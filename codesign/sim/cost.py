@@ -41,6 +41,16 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
   kernel in serving engines; its time is charged on the recurrence's matrix ops (the state hand-over,
   scope `chunk_rule.recurrence`) at that kernel's measured rate and occupancy, and the eager decomposition's other
   ops (element-wise, copies, the chunk-parallel products) cost nothing of their own (`gdn_chunk_cost`).
+
+This module holds `CostModel` and its rules (compute, memory, overhead, `reference_cost`,
+`combine`); its parts live in modules of their own, and the names other modules import from here
+are re-exported (`__all__`): `codesign.sim.cost_options` (`CostOptions`, `MoeKernel`, `GemmKernel`,
+`BLOCK_FP8_LINEAR_BLOCKS`), `codesign.sim.op_cost` (`OpCost`, `Residency`),
+`codesign.sim.kept_parts` (`KeptParts`: `cost`, `seconds`, `group_costs`, `content_key`,
+`half_seconds`, `half_floor` from the ops' kept bandwidth-free parts; `half_op`),
+`codesign.sim.collective_cost` (`NetworkCollectives`: collective seconds, memoised per
+`network_key`), `codesign.sim.moe_kernel` (`MoeKernels`: the routed-expert kernel curves and the
+MoE runner's kernels through HBM) and `codesign.sim.gdn_chunk` (`GdnChunkKernel`).
 """
 
 from __future__ import annotations
