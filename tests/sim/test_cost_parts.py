@@ -158,7 +158,7 @@ def test_a_step_model_that_shares_nothing_keeps_no_parts():
     """`cache=False` (nothing shared): the cost model keeps no op's parts (`keep_parts`) and the
     routed layers are not kept (`routed._ROUTED`), so a step's ops die with it; its results are
     those of a step model that keeps them, field for field."""
-    from codesign.sim import cost as cost_module, routed
+    from codesign.sim import kept_parts, routed
 
     hw = make_hw(**{"system.chips": 8})
     cfg = load_model("qwen3.5-35b-a3b")
@@ -169,10 +169,10 @@ def test_a_step_model_that_shares_nothing_keeps_no_parts():
     assert alone.cost_model.static_key == kept.cost_model.static_key
     for shape in (StepShape.decode(37, 9000), StepShape.decode(64, 20_001), StepShape.prefill(1, 3000, cached=2000)):
         want = kept.step(shape)
-        parts = {k: dict(v) for k, v in cost_module._STATIC.items()}
+        parts = {k: dict(v) for k, v in kept_parts._STATIC.items()}
         n_routed = len(routed._ROUTED)
         assert alone.step(shape) == want
-        assert {k: dict(v) for k, v in cost_module._STATIC.items()} == parts
+        assert {k: dict(v) for k, v in kept_parts._STATIC.items()} == parts
         assert len(routed._ROUTED) == n_routed
 
 

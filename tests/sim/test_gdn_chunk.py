@@ -12,7 +12,7 @@ from codesign.errors import CodesignError
 from codesign.hw import load_hw
 from codesign.hw.spec import Efficiency
 from codesign.models.gated_deltanet import CHUNK_RULE_SCOPE, RECURRENCE_SCOPE
-from codesign.sim import cost as cost_mod
+from codesign.sim import gdn_chunk
 from codesign.sim.cost import CostModel, CostOptions
 from codesign.sim.kernel import KernelShape, gdn_chunk_ops, predict
 
@@ -41,8 +41,8 @@ def test_spec_values_are_the_documented_ones():
 
 
 def test_scope_names_agree():
-    assert cost_mod._GDN_SCOPE == f".{CHUNK_RULE_SCOPE}"
-    assert cost_mod._GDN_RECURRENCE == f".{CHUNK_RULE_SCOPE}.{RECURRENCE_SCOPE}/"
+    assert gdn_chunk._GDN_SCOPE == f".{CHUNK_RULE_SCOPE}"
+    assert gdn_chunk._GDN_RECURRENCE == f".{CHUNK_RULE_SCOPE}.{RECURRENCE_SCOPE}/"
 
 
 def test_a_single_chunk_still_pays_its_recurrence():
