@@ -104,25 +104,14 @@ class RoutedLayers:
         # HBM, `CostOptions.moe_unfused_epilogue`)
         per_layer = [cm.grouped_overhead(expert, r) for r in self.padding(cm)[1]] if cm.unfused_moe_bw else None
         out = []
-        bw, sram_bw, p = cm.grouped_hbm_bw, cm.sram_bw, cm.overlap_p
+        bw, sram_bw = cm.grouped_hbm_bw, cm.sram_bw
+        combine = cm.combine
         for j, (c, hbm, sram, a2a) in enumerate(kept):
-            o = overhead if per_layer is None else per_layer[j]
-            # `cm.memory_seconds("grouped_gemm", hbm, sram)` and `cm.combine(c, "matrix", m, level,
-            # o)` written out: the same operations in the same order, once per layer
+            # `cm.memory_seconds("grouped_gemm", hbm, sram)` written out: the same operations, once per layer
             t_hbm = hbm / bw
             t_sram = sram / sram_bw
             m, level = (t_hbm, "hbm") if t_hbm >= t_sram else (t_sram, "sram")
-            if c >= m:
-                bound = "matrix" if c > 0 else level
-                hi, lo = c, m
-            else:
-                bound = level
-                hi, lo = m, c
-            if o > max(c, m):
-                bound = "overhead"
-            if not (p is None or lo <= 0.0):
-                hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-            out.append((OpCost(hi + o, c, m, o, bound), a2a))
+            out.append((combine(c, "matrix", m, level, overhead if per_layer is None else per_layer[j]), a2a))
         return out
 
     def _bandwidth_free(self, cm: CostModel, residency: Residency, k_ramp: float, parts: list,

@@ -70,7 +70,7 @@ from codesign.graph.shape import Group, StepShape
 from codesign.mapping.lockstep import rank_shape
 from codesign.sim.serving.config import SchedulerConfig
 from codesign.sim.serving.kv import KVCapacity
-from codesign.sim.serving.scheduler import PROGRESS_STEPS, Draft, Engine, Recorder, _Wake
+from codesign.sim.serving.scheduler import PROGRESS_STEPS, Draft, Engine, Recorder, hold_steps
 from codesign.sim.serving.steptime import StepFn, StepTimeModel, StepTimeOptions
 
 GroupT = tuple[int, int, int, int]  # (seqs, new, cached, logits), as the scheduler builds them
@@ -270,16 +270,8 @@ class LockStepEngine:
                     dt += self.draft.tokens * max(drafts)
             if k == 1:
                 yield timeout(dt)
-            else:
-                t0 = env.now
-                wake = self._share_wake()  # an arrival ends the wait early
-                timeout(k * dt).callbacks.append(_Wake(wake))
-                yield wake
-                if env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
-                    k = min(k, int((env.now - t0) / dt) + 1)
-                    rest = t0 + k * dt - env.now
-                    if rest > 0:
-                        yield timeout(rest)
+            else:  # an arrival ends the wait early
+                k = yield from hold_steps(env, k, dt, self._share_wake())
             self._apply(plans, dt, k)
 
     def _stretch(self, plans: list[tuple[list[GroupT], int, int]]) -> int:

@@ -233,15 +233,8 @@ class Engine:
             if k == 1:
                 yield timeout(dt)
             else:
-                t0 = env.now
-                wake = self._wake = env.event()  # an arrival ends the wait early (`submit`)
-                timeout(k * dt).callbacks.append(_Wake(wake))
-                yield wake
-                if env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
-                    k = min(k, int((env.now - t0) / dt) + 1)
-                    rest = t0 + k * dt - env.now
-                    if rest > 0:
-                        yield timeout(rest)
+                self._wake = env.event()  # an arrival ends the wait early (`submit`)
+                k = yield from hold_steps(env, k, dt, self._wake)
             apply(n, dt, k)
 
     def _time(self, groups: list[tuple[int, int, int, int]]) -> float:
@@ -633,6 +626,20 @@ class StepTimer(Protocol):
     def time_of(self, seqs: int, new: int, cached: int, logits: int = 1) -> float: ...
 
     def time_two(self, a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float: ...
+
+
+def hold_steps(env: simpy.Environment, k: int, dt: float, wake: simpy.Event):
+    """Wait out `k` identical steps of `dt` seconds (a decode-only stretch), unless `wake` succeeds
+    first (an arrival): then stop after the step under way. Returns the steps taken."""
+    t0 = env.now
+    env.timeout(k * dt).callbacks.append(_Wake(wake))
+    yield wake
+    if env.now < t0 + k * dt * (1 - 1e-12):  # a request arrived: stop after the current step
+        k = min(k, int((env.now - t0) / dt) + 1)
+        rest = t0 + k * dt - env.now
+        if rest > 0:
+            yield env.timeout(rest)
+    return k
 
 
 class _Wake:
