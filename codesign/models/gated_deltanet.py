@@ -312,7 +312,7 @@ class GatedDeltaNet(nn.Module):
             history = cache.conv_state.to(qkv.dtype)
         x = torch.cat([history, qkv], dim=-1)  # (B, C, K-1+T)
         if cache is not None:
-            cache.conv_state.copy_(x[:, :, -(K - 1) :])
+            cache.conv_state.copy_(x[:, :, x.shape[-1] - (K - 1) :])  # the last K-1 (none when K is 1)
         return F.silu(F.conv1d(x, self.conv1d.weight, None, groups=self.conv_dim))
 
     def forward(self, x: torch.Tensor, start_pos: int = 0, cache: GatedDeltaNetCache | None = None) -> torch.Tensor:

@@ -91,10 +91,11 @@ def test_chunked_matches_transformers_reference() -> None:
     torch.testing.assert_close(s_ours, s_ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("prefill", [1, 5, 8, 11])
-def test_prefill_then_decode_equals_full_forward(prefill: int) -> None:
+@pytest.mark.parametrize("prefill,conv_kernel", [(1, 4), (5, 4), (8, 4), (11, 4), (5, 1), (5, 2)])
+def test_prefill_then_decode_equals_full_forward(prefill: int, conv_kernel: int) -> None:
+    # conv_kernel 1 (a pointwise conv) keeps no history: an empty conv state, not the whole input
     torch.manual_seed(0)
-    layer = GatedDeltaNet(_config(chunk_size=4), 0)
+    layer = GatedDeltaNet(_config(chunk_size=4, conv_kernel=conv_kernel), 0)
     with torch.no_grad():
         layer.conv1d.weight.normal_(0, 0.5)  # make the conv history matter
         x = torch.randn(2, prefill + 14, 32)
@@ -111,7 +112,7 @@ def test_prefill_then_decode_equals_full_forward(prefill: int) -> None:
             pos += 1
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.recurrent_state.dtype == torch.float32
-    assert cache.conv_state.shape == (2, layer.conv_dim, 3)
+    assert cache.conv_state.shape == (2, layer.conv_dim, conv_kernel - 1)
     assert cache.recurrent_state.shape == (2, 4, 8, 6)
 
 
