@@ -28,7 +28,7 @@ class Row:
     metric: str | None
     measured: float | None
     predicted: float | None
-    status: str  # "ok" | "infeasible: <reason>" | "no measurement"
+    status: str  # "ok" | "infeasible: <reason>" | "no measurement" | "refused: <error>" | "not predicted: ..."
 
     @property
     def error(self) -> float | None:
@@ -59,6 +59,7 @@ def predicted(result, metric: str) -> float | None:
 def validate_file(path: str) -> list[Row]:
     """Simulate every scenario of `path` and pair each of its measurements with the prediction (one
     `Row` per measured metric)."""
+    from codesign.errors import CodesignError
     from codesign.scenario import load_scenarios
     from codesign.sim import simulate_scenario
 
@@ -66,7 +67,12 @@ def validate_file(path: str) -> list[Row]:
     for s in load_scenarios(path):
         measured = s.measured.model_dump() if s.measured else {}
         metrics = [m for m in METRICS if measured.get(m) is not None]
-        (r,) = simulate_scenario(s)  # server rows: a request stream; with an SLO, the highest rate meeting it
+        try:
+            (r,) = simulate_scenario(s)  # server rows: a request stream; with an SLO, the highest rate meeting it
+        except CodesignError as e:  # a scenario the simulator refuses: reported on its rows, the others still run
+            status = f"{REFUSED}{e}"
+            rows += [Row(s.name, m, measured[m], None, status) for m in metrics] or [Row(s.name, None, None, None, status)]
+            continue
         if not metrics:
             rows.append(Row(s.name, None, None, None, "no measurement"))
             continue
@@ -78,6 +84,14 @@ def validate_file(path: str) -> list[Row]:
             status = "ok" if p is not None else f"not predicted: {metric} needs workload.mode 'server' (a request stream)"
             rows.append(Row(s.name, metric, measured[metric], p, status))
     return rows
+
+
+REFUSED = "refused: "  # the status prefix of a scenario the simulator refused (its error follows)
+
+
+def refused(rows: list[Row]) -> list[str]:
+    """Names of the scenarios the simulator refused (each once, in file order)."""
+    return list(dict.fromkeys(r.name for r in rows if r.status.startswith(REFUSED)))
 
 
 def mape(rows: list[Row]) -> float | None:
@@ -158,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     m = mape(rows)
     if args.json:
         print(json.dumps({"rows": [{**r.__dict__, "error": r.error} for r in rows], "mape": m}, indent=2))
-        return 0
+        return 1 if refused(rows) else 0
     from rich.table import Table
 
     t = Table(title=f"codesign validate {args.file}")
@@ -179,4 +193,8 @@ def run(args: argparse.Namespace) -> int:
         c.print("MAPE: no supported scenario with a measurement")
     else:
         c.print(f"MAPE over {n} comparisons ({scenarios} supported scenarios): {m:.1%} (worst {worst:.1%})")
+    bad = refused(rows)
+    if bad:  # bad input: a non-zero exit, every other scenario still reported
+        c.print(f"{len(bad)} scenario(s) refused, not in the MAPE: {', '.join(bad)}")
+        return 1
     return 0

@@ -293,3 +293,27 @@ def test_a_lax_slo_stops_at_the_offline_rate(st8):
     assert extra["rate_per_s"] == pytest.approx(extra["offline_request_rate_per_s"], rel=1e-12)
     assert extra["sustained_output_tokens_per_s"] == pytest.approx(extra["rate_per_s"] * 16, rel=1e-12)
     assert extra["search_runs"] == 3  # the lowest rate, the ceiling, the check at 1.1x
+
+
+def test_validate_reports_a_refused_scenario_and_runs_the_others(tmp_path, capsys):
+    """A scenario the simulator refuses (here an option server mode does not support) is reported on
+    its own rows with the error, outside the MAPE; the other rows still run; the command exits 1."""
+    import argparse
+
+    from codesign.commands.validate import mape, run, validate_file
+
+    good = ("- name: good\n  hardware: h200\n  chips: 1\n  model: qwen3-8b\n  parallel: {tp: 1}\n"
+            "  workload: {mode: decode, input_tokens: 1024}\n  measured: {output_tokens_per_s: 1000}\n")
+    bad = ("- name: bad\n  hardware: h200\n  chips: 2\n  model: qwen3-8b\n  parallel: {pp: 2}\n"
+           "  mapping: {pipeline_microbatches: true}\n"
+           "  workload: {mode: server, requests: 10, input_tokens: 256, output_tokens: 8}\n"
+           "  measured: {output_tokens_per_s: 100, ttft_s: 0.1}\n")
+    f = tmp_path / "v.yaml"
+    f.write_text(bad + good)
+    rows = validate_file(str(f))
+    assert [(r.name, r.metric) for r in rows] == [("bad", "output_tokens_per_s"), ("bad", "ttft_s"),
+                                                  ("good", "output_tokens_per_s")]
+    assert all(r.status.startswith("refused: ") and "pipeline_microbatches" in r.status for r in rows[:2])
+    assert rows[2].status == "ok" and mape(rows) == pytest.approx(abs(rows[2].error))
+    assert run(argparse.Namespace(kernels=False, file=str(f), json=False)) == 1
+    assert "1 scenario(s) refused, not in the MAPE: bad" in capsys.readouterr().out
