@@ -5,6 +5,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py            # Hopper, from the H800 rows
     python benchmarks/kernels/fit.py --group matrix
     python benchmarks/kernels/fit.py --maf      # CDNA large-GEMM fractions from AMD's MAF rows
+    python benchmarks/kernels/fit.py --group cdna_grouped   # CDNA3 grouped expert GEMMs (AITER fused MoE rows)
     python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
     python benchmarks/kernels/fit.py --group collectives   # all-reduce / all-gather / reduce-scatter curves (H100 NVSwitch)
@@ -72,6 +73,12 @@ GROUPS = {
                            {"moe_triton_default": (0.02, 1.0), "moe_triton_default_tokens_half": (1.0, 65536.0),
                             "moe_triton_default_memory": (0.2, 1.0), "moe_triton_default_overhead": (0.0, 100e-6)},
                            set()),
+    # CDNA3 grouped expert GEMMs (AITER's fused-MoE call on gfx942, benchmarks/kernels/cdna_grouped.yaml)
+    # under the default grouped rule: their fraction of the dtype's peak (`grouped_gemm`). The rows so
+    # far are one tiny-expert shape (GLM-5 TP8); the value is printed, not written into the CDNA
+    # specs (docs/cost-model.md, "CDNA grouped expert GEMMs").
+    "cdna_grouped": (lambda r: r.op == "fused_moe" and r.moe_kernel is None and r.hw in ("mi300x", "mi325x"),
+                     {"grouped_gemm": (0.05, 1.0)}, set()),
     "low_latency": (lambda r: r.op == "all_to_all" and r.algorithm == "low_latency" and r.hw == "h800",
                     {"low_latency_collective": (0.05, 1.0), "low_latency_overhead": (0.0, 200e-6)}, set()),
 }
@@ -257,7 +264,8 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "moe_triton": cur.gemm, "moe_triton_tokens_half": 256.0, "moe_triton_memory": cur.memory,
                  "moe_triton_default": cur.gemm, "moe_triton_default_tokens_half": 256.0,
-                 "moe_triton_default_memory": cur.memory, "cutlass_block_fp8": 0.25}[n]
+                 "moe_triton_default_memory": cur.memory, "cutlass_block_fp8": 0.25,
+                 "grouped_gemm": cur.gemm}[n]
         x0.append((v - bounds[n][0]) / (bounds[n][1] - bounds[n][0]))
     # Nelder-Mead from the current values and from 8 seeded random starts (it stalls on the flat
     # regions that the bounds create); the best end point is restarted once with small steps.
