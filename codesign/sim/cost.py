@@ -50,7 +50,9 @@ are re-exported (`__all__`): `codesign.sim.cost_options` (`CostOptions`, `MoeKer
 `half_seconds`, `half_floor` from the ops' kept bandwidth-free parts; `half_op`),
 `codesign.sim.collective_cost` (`NetworkCollectives`: collective seconds, memoised per
 `network_key`), `codesign.sim.moe_kernel` (`MoeKernels`: the routed-expert kernel curves and the
-MoE runner's kernels through HBM) and `codesign.sim.gdn_chunk` (`GdnChunkKernel`).
+MoE runner's kernels through HBM), `codesign.sim.mlp_activation` (`MlpActivationKernel`: the
+dense MLP's SwiGLU kernel through HBM, `CostOptions.mlp_unfused_activation`) and
+`codesign.sim.gdn_chunk` (`GdnChunkKernel`).
 """
 
 from __future__ import annotations
