@@ -365,3 +365,31 @@ def test_kept_parts_with_the_dense_mlp_activation_kernel():
             ids = {id(o) for o in downs}
             assert all(cm.cost(o).overhead_s > off.cost(o).overhead_s for o in downs)
             assert all(cm.cost(o) == off.cost(o) for o in ops if id(o) not in ids)
+
+
+def test_step_results_with_the_dense_mlp_activation_kernel_equal_the_full_computation():
+    """Llama-2-70B at TP 2 with `mlp_unfused_activation`: every step result (decode, prefill, with
+    two-batch overlap off and on) the same float for float as a step model whose cost model keeps
+    no parts (a subclass: `reference_cost` for every op), and slower than with the option off."""
+    from codesign.mapping.options import MappingOptions
+    from codesign.sim.stepmodel import StepSimulator
+
+    class Full(CostModel):
+        pass
+
+    h100 = cs.load_hw("h100")
+    hw = h100.model_copy(update={"system": h100.system.model_copy(update={"chips": 2})})
+    cfg = load_model("llama-2-70b")
+    on = CostOptions(mlp_unfused_activation=True)
+    for tbo in (False, True, None):
+        opts = MappingOptions(two_batch_overlap=tbo)
+        fast = StepModel(hw, cfg, ParallelPlan(tp=2), FP8, on, opts)
+        full = StepModel(hw, cfg, ParallelPlan(tp=2), FP8, on, opts)
+        full.cost_model = Full(hw, fast.cost_model.matrix_dtype, fast.cost_model.attention_dtype, on)
+        assert full.cost_model.static_key is None
+        full._simulator = StepSimulator(hw, full.cost_model, full.options.two_batch_overlap)
+        off = StepModel(hw, cfg, ParallelPlan(tp=2), FP8, None, opts)
+        for shape in (StepShape.decode(1024, 2100), StepShape.decode(63, 300), StepShape.prefill(4, 2048)):
+            want = full.step(shape)
+            assert repr(fast.step(shape)) == repr(want), (tbo, shape)
+            assert want.time_s > off.step(shape).time_s
