@@ -203,7 +203,8 @@ class KeptParts:
         """A lower bound of `half_seconds(op, residency)` for a non-collective op, from its weight
         bytes alone: the half op streams the whole weights, so its memory seconds are at least
         weight / bandwidth (the other classes only add bytes; the compute-memory overlap is never
-        below the larger part), plus the same fixed overhead; 0 for a fused GatedDeltaNet kernel
+        below the larger part), plus the kind's fixed overhead (a dense MLP's down projection with
+        `mlp_unfused_activation` pays more, never less); 0 for a fused GatedDeltaNet kernel
         op. Each step is a rounded operation that is monotone in its operands, so the float is not
         above `half_seconds`' (tests/sim/test_cost_parts.py checks it on every op kind). The
         engine's two-batch-overlap bound sums these first: where they already reach the plain
