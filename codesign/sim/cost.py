@@ -50,7 +50,9 @@ are re-exported (`__all__`): `codesign.sim.cost_options` (`CostOptions`, `MoeKer
 `half_seconds`, `half_floor` from the ops' kept bandwidth-free parts; `half_op`),
 `codesign.sim.collective_cost` (`NetworkCollectives`: collective seconds, memoised per
 `network_key`), `codesign.sim.moe_kernel` (`MoeKernels`: the routed-expert kernel curves and the
-MoE runner's kernels through HBM) and `codesign.sim.gdn_chunk` (`GdnChunkKernel`).
+MoE runner's kernels through HBM), `codesign.sim.mlp_activation` (`MlpActivationKernel`: the
+dense MLP's SwiGLU kernel through HBM, `CostOptions.mlp_unfused_activation`) and
+`codesign.sim.gdn_chunk` (`GdnChunkKernel`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from codesign.sim.collective_cost import NetworkCollectives, network_key
 from codesign.sim.cost_options import BLOCK_FP8_LINEAR_BLOCKS, CostOptions, GemmKernel, MoeKernel
 from codesign.sim.gdn_chunk import _GDN_SCOPE, GdnChunkKernel
 from codesign.sim.kept_parts import KeptParts, half_op
+from codesign.sim.mlp_activation import MlpActivationKernel, is_mlp_down
 from codesign.sim.moe_kernel import MoeKernels, _routed
 from codesign.sim.op_cost import OpCost, Residency
 
@@ -130,7 +133,7 @@ def _pad(x: int, tile: int) -> int:
     return int(math.ceil(x / tile) * tile) if x > 0 else 0
 
 
-class CostModel(KeptParts, MoeKernels, NetworkCollectives, GdnChunkKernel):
+class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, GdnChunkKernel):
     """Op -> OpCost for one chip. `matrix_dtype` and `attention_dtype` come from the deployment's
     precision; `collective_fn(collective, hw) -> seconds` defaults to the mapping's."""
 
@@ -194,6 +197,9 @@ class CostModel(KeptParts, MoeKernels, NetworkCollectives, GdnChunkKernel):
         # kept as a keyed attribute (not a `_CALL_TIME` one) so that cost models of other HBM
         # bandwidths never share an overhead that depends on it; None when off.
         self.unfused_moe_bw: float | None = self.hbm_bw if self.opts.moe_unfused_epilogue else None
+        # The dense MLP's activation kernel through HBM (`CostOptions.mlp_unfused_activation`),
+        # keyed the same way; None when off.
+        self.unfused_mlp_bw: float | None = self.hbm_bw if self.opts.mlp_unfused_activation else None
         self.matrix_bytes = BYTES_PER_ELEMENT.get(self.matrix_dtype, 2.0)
         # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
         # kernel's efficiency, and its block slots (None: the curve is off for this chip or by option).
@@ -452,6 +458,8 @@ class CostModel(KeptParts, MoeKernels, NetworkCollectives, GdnChunkKernel):
             return 0.0
         if op.kind == "grouped_gemm":
             return self.grouped_overhead(op, _routed(op))
+        if self.unfused_mlp_bw is not None and is_mlp_down(op):
+            return self.mlp_down_overhead(op.gemm)
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def _overheads(self) -> None:

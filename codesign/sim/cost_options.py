@@ -65,6 +65,17 @@ class CostOptions(BaseModel):
     # Bytes per element of the grouped GEMMs' output buffers when `moe_unfused_epilogue` is on:
     # TensorRT-LLM's FP8 MoE writes GEMM outputs in its OutputType (BF16/FP16, 2 bytes).
     moe_gemm_output_bytes: float = Field(default=2.0, gt=0.0)
+    # The engine runs the dense MLP's gated activation as a kernel of its own between the gate/up
+    # and down GEMMs (docs/cost-model.md "Engine effect: dense SwiGLU through HBM"): TensorRT-LLM
+    # v0.9.0's LLaMA GatedMLP with `--use_fused_mlp` runs gate and up as one GEMM "followed by a
+    # separate SwiGLU kernel" (its performance page's Known Issues). When on, per dense-MLP layer
+    # that kernel's bytes (read the 2 x intermediate GEMM output, write the down GEMM's input) are
+    # charged serially at HBM streaming bandwidth (`efficiency.memory`) with one kernel's fixed
+    # time, on the layer's down-projection GEMM; off (the default): fused into the GEMMs.
+    mlp_unfused_activation: bool = False
+    # Bytes per element of the gate/up GEMM output the separate activation kernel reads when
+    # `mlp_unfused_activation` is on: an FP8 GEMM of TensorRT-LLM writes the model dtype (FP16/BF16, 2).
+    mlp_gemm_output_bytes: float = Field(default=2.0, gt=0.0)
     # Which kernel implementation runs the routed experts (`grouped_gemm` ops in the `moe_experts`
     # block), a fact of the deployment's engine and precision (docs/cost-model.md "MoE kernel
     # implementation"): "grouped" -- a DeepGEMM/CUTLASS-class grouped GEMM at `efficiency.grouped_gemm`

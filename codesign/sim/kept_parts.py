@@ -15,6 +15,7 @@ import math
 from codesign.graph.op import Op
 from codesign.mapping.scaling import OP_FIELDS_KNOWN, op_with
 from codesign.sim.gdn_chunk import _GDN_SCOPE
+from codesign.sim.mlp_activation import is_mlp_down
 from codesign.sim.op_cost import OpCost, Residency
 
 # The bandwidth-free part of op costs (`CostModel.cost`): by (the cost model's `static_key`,
@@ -146,6 +147,10 @@ class KeptParts:
         if self.gdn_rate is not None and op.block == "linear_attention" and _GDN_SCOPE in op.name:
             return None
         r, w = op.bytes_read.get, op.bytes_written.get
+        if kind == "gemm" and self.unfused_mlp_bw is not None:  # `overhead` reads the op's name and block
+            return (kind, f, op.gemm, op.block, is_mlp_down(op), r("weight", 0.0), w("weight", 0.0),
+                    r("activation", 0.0), w("activation", 0.0), r("kv_cache", 0.0), w("kv_cache", 0.0),
+                    r("state", 0.0), w("state", 0.0))
         if kind == "gemm" and self.block_fp8 is not None:  # `gemm_kernel` reads the block
             return (kind, f, op.gemm, op.block, r("weight", 0.0), w("weight", 0.0), r("activation", 0.0),
                     w("activation", 0.0), r("kv_cache", 0.0), w("kv_cache", 0.0), r("state", 0.0), w("state", 0.0))
@@ -198,7 +203,8 @@ class KeptParts:
         """A lower bound of `half_seconds(op, residency)` for a non-collective op, from its weight
         bytes alone: the half op streams the whole weights, so its memory seconds are at least
         weight / bandwidth (the other classes only add bytes; the compute-memory overlap is never
-        below the larger part), plus the same fixed overhead; 0 for a fused GatedDeltaNet kernel
+        below the larger part), plus the kind's fixed overhead (a dense MLP's down projection with
+        `mlp_unfused_activation` pays more, never less); 0 for a fused GatedDeltaNet kernel
         op. Each step is a rounded operation that is monotone in its operands, so the float is not
         above `half_seconds`' (tests/sim/test_cost_parts.py checks it on every op kind). The
         engine's two-batch-overlap bound sums these first: where they already reach the plain
@@ -345,6 +351,8 @@ class KeptParts:
         # `overhead` and the HBM bandwidth `memory_seconds` uses for this kind (0 hbm_bw, 1
         # matrix_hbm_bw, 2 grouped_hbm_bw)
         if kind == "gemm":
+            if self.unfused_mlp_bw is not None and is_mlp_down(op):  # the activation kernel (`overhead`)
+                return op, c, unit, hbm, sram, self.mlp_down_overhead(gemm), 1
             return op, c, unit, hbm, sram, self._kernel_overhead, 1
         if kind == "grouped_gemm":
             if self.unfused_moe_bw is None:

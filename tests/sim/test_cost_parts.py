@@ -338,3 +338,58 @@ def test_routed_padding_of_small_and_huge_counts_equals_expert_padding():
                              [{}] * 5, a)
         ref = [cm.expert_padding(tuple(r)) for r in a.tolist()]
         assert group.padding(cm) == ([float(p) for p, _ in ref], [r for _, r in ref]), top
+
+
+def test_kept_parts_with_the_dense_mlp_activation_kernel():
+    """`mlp_unfused_activation` (its serial kernel on each dense MLP's down projection, from the
+    op's GEMM problem and of its half's): the same floats as computed in full, on Llama-2-70B's
+    mapped decode and prefill ops at TP 2, and on copies renamed so that equal content is a down
+    projection in one op and an attention projection in the other."""
+    hw = make_hw(**{"system.chips": 2})
+    plan = ParallelPlan(tp=2)
+    ops = (_mapped_ops(hw, "llama-2-70b", plan, StepShape.decode(1024, 2100))
+           + _mapped_ops(hw, "llama-2-70b", plan, StepShape.decode(63, 2100))
+           + _mapped_ops(hw, "llama-2-70b", plan, StepShape.prefill(3, 2048)))
+    downs = [o for o in ops if o.block == "mlp" and o.name.endswith("down_proj/mm")]
+    assert downs
+    for o in downs:
+        twin = o.clone()
+        twin.name, twin.block = o.name.replace("mlp.down_proj", "self_attn.o_proj"), "attention"
+        ops.append(twin)
+    for spec_hw in (hw, cs.load_hw("h100"), cs.load_hw("h200")):
+        for opts in (CostOptions(mlp_unfused_activation=True),
+                     CostOptions(mlp_unfused_activation=True, mlp_gemm_output_bytes=4.0, launch_overhead_s=2e-6)):
+            cm = CostModel(spec_hw, "fp8", "fp8", opts)
+            assert _check(cm, ops) > 100
+            off = CostModel(spec_hw, "fp8", "fp8", opts.model_copy(update={"mlp_unfused_activation": False}))
+            ids = {id(o) for o in downs}
+            assert all(cm.cost(o).overhead_s > off.cost(o).overhead_s for o in downs)
+            assert all(cm.cost(o) == off.cost(o) for o in ops if id(o) not in ids)
+
+
+def test_step_results_with_the_dense_mlp_activation_kernel_equal_the_full_computation():
+    """Llama-2-70B at TP 2 with `mlp_unfused_activation`: every step result (decode, prefill, with
+    two-batch overlap off and on) the same float for float as a step model whose cost model keeps
+    no parts (a subclass: `reference_cost` for every op), and slower than with the option off."""
+    from codesign.mapping.options import MappingOptions
+    from codesign.sim.stepmodel import StepSimulator
+
+    class Full(CostModel):
+        pass
+
+    h100 = cs.load_hw("h100")
+    hw = h100.model_copy(update={"system": h100.system.model_copy(update={"chips": 2})})
+    cfg = load_model("llama-2-70b")
+    on = CostOptions(mlp_unfused_activation=True)
+    for tbo in (False, True, None):
+        opts = MappingOptions(two_batch_overlap=tbo)
+        fast = StepModel(hw, cfg, ParallelPlan(tp=2), FP8, on, opts)
+        full = StepModel(hw, cfg, ParallelPlan(tp=2), FP8, on, opts)
+        full.cost_model = Full(hw, fast.cost_model.matrix_dtype, fast.cost_model.attention_dtype, on)
+        assert full.cost_model.static_key is None
+        full._simulator = StepSimulator(hw, full.cost_model, full.options.two_batch_overlap)
+        off = StepModel(hw, cfg, ParallelPlan(tp=2), FP8, None, opts)
+        for shape in (StepShape.decode(1024, 2100), StepShape.decode(63, 300), StepShape.prefill(4, 2048)):
+            want = full.step(shape)
+            assert repr(fast.step(shape)) == repr(want), (tbo, shape)
+            assert want.time_s > off.step(shape).time_s
