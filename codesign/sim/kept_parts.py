@@ -16,6 +16,7 @@ from codesign.graph.op import Op
 from codesign.mapping.scaling import OP_FIELDS_KNOWN, op_with
 from codesign.sim.gdn_chunk import _GDN_SCOPE
 from codesign.sim.mlp_activation import is_mlp_down
+from codesign.sim.moe_kernel import routed_rows
 from codesign.sim.op_cost import OpCost, Residency
 
 # The bandwidth-free part of op costs (`CostModel.cost`): by (the cost model's `static_key`,
@@ -319,35 +320,15 @@ class KeptParts:
                   tpe: tuple[int, ...] | None, weight: float, activation: float, kv_cache: float, state: float,
                   residency: Residency) -> tuple:
         """The kept parts of `op` with these FLOPs, GEMM problem, tokens per expert and bytes per
-        class: `compute_time`, `byte_split` (`_split`) and `overhead` written out for the vector
-        and memory ops (most of a layer's), the same operations in the same order."""
+        class: `compute_time` (written out for the vector and memory ops, most of a layer's),
+        `_split` and `overhead`, the same operations in the same order."""
         if kind == "vector":
             c, unit = flops / self.vector_rate, "vector"
         elif kind == "memory":
             c, unit = 0.0, "vector"
         else:
             c, unit = self._compute(op, kind, flops, gemm, tpe)
-        # `_split` written out
-        hbm = 0.0
-        sram = 0.0
-        if weight > 0:
-            if residency.weights:
-                sram += weight
-            else:
-                hbm += weight
-        if activation > 0:
-            if (self._fused_elementwise and kind in ("vector", "memory")) or (
-                    self._sram_activations and activation <= self.sram_budget):
-                sram += activation
-            else:
-                hbm += activation
-        if kv_cache > 0:
-            hbm += kv_cache
-        if state > 0:
-            if residency.state:
-                sram += state
-            else:
-                hbm += state
+        hbm, sram = self._split(kind, weight, activation, kv_cache, state, residency)
         # `overhead` and the HBM bandwidth `memory_seconds` uses for this kind (0 hbm_bw, 1
         # matrix_hbm_bw, 2 grouped_hbm_bw)
         if kind == "gemm":
@@ -359,7 +340,7 @@ class KeptParts:
                 return op, c, unit, hbm, sram, self._grouped_overhead, 2
             # MoE kernels through HBM: the GEMMs' intermediate buffers and the serial kernels, by
             # these routed rows (`memory_time`, `overhead`)
-            routed = sum([t for t in tpe or () if t > 0])
+            routed = routed_rows(tpe)
             hbm += self.unfused_gemm_bytes(op, routed)
             return op, c, unit, hbm, sram, self.grouped_overhead(op, routed), 2
         if kind == "vector" or kind == "memory":

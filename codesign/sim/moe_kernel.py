@@ -12,9 +12,14 @@ from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 
 
-def _routed(op: Op) -> int:
+def routed_rows(tokens_per_expert: tuple[int, ...] | None) -> int:
     """(token, expert) rows of a routed-expert op on its chip: the sum of its tokens per expert."""
-    return sum([t for t in op.tokens_per_expert or () if t > 0])
+    return sum([t for t in tokens_per_expert or () if t > 0])
+
+
+def _routed(op: Op) -> int:
+    """`routed_rows` of the op's own tokens per expert."""
+    return routed_rows(op.tokens_per_expert)
 
 
 def _expert_dims(op: Op) -> tuple[float, float] | None:

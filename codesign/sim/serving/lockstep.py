@@ -70,7 +70,7 @@ from codesign.graph.shape import Group, StepShape
 from codesign.mapping.lockstep import rank_shape
 from codesign.sim.serving.config import SchedulerConfig
 from codesign.sim.serving.kv import KVCapacity
-from codesign.sim.serving.scheduler import PROGRESS_STEPS, Draft, Engine, Recorder, hold_steps
+from codesign.sim.serving.scheduler import PROGRESS_STEPS, Draft, Engine, Recorder, _shape, hold_steps, tuple_time
 from codesign.sim.serving.steptime import StepFn, StepTimeModel, StepTimeOptions
 
 GroupT = tuple[int, int, int, int]  # (seqs, new, cached, logits), as the scheduler builds them
@@ -190,13 +190,8 @@ def undominated(batches: list[tuple[GroupT, ...]]) -> list[tuple[GroupT, ...]]:
 
 def _time(m: StepTimeModel, groups: tuple[GroupT, ...]) -> float:
     """`m.step_time` of the groups, through its tuple entry points for the common steps."""
-    if len(groups) == 1:
-        return m.time_of(*groups[0])
-    if len(groups) == 2:
-        b = groups[1]
-        if b[1] > 1 and b[0] == 1 and b[3] == 1:
-            return m.time_two(groups[0], b)
-    return m.step_time(StepShape(tuple(Group(*g) for g in groups)))
+    t = tuple_time(m, groups)
+    return m.step_time(_shape(groups)) if t is None else t
 
 
 def rank_capacity(cap: KVCapacity, ranks: int) -> KVCapacity:

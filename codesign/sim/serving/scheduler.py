@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 import simpy
@@ -243,12 +243,9 @@ class Engine:
         else `step_time` of the shape; the same value either way."""
         timer = self.timer
         if timer is not None:
-            if len(groups) == 1:
-                return timer.time_of(*groups[0])
-            if len(groups) == 2:
-                b = groups[1]
-                if b[1] > 1 and b[0] == 1 and b[3] == 1:
-                    return timer.time_two(groups[0], b)
+            t = tuple_time(timer, groups)
+            if t is not None:
+                return t
         return self.step_time(_shape(groups))
 
     def _unpooled(self, shape: StepShape, n: int, mean_kv: int) -> StepShape:
@@ -615,8 +612,20 @@ def _merge_equal(chunks: list[tuple[int, int, int, int]]) -> list[tuple[int, int
     return [(k, new, cached, 1) for (new, cached), k in counts.items()]
 
 
-def _shape(groups: list[tuple[int, int, int, int]]) -> StepShape:
+def _shape(groups: Sequence[tuple[int, int, int, int]]) -> StepShape:
     return StepShape(tuple(Group(*g) for g in groups))
+
+
+def tuple_time(timer: StepTimer, groups: Sequence[tuple[int, int, int, int]]) -> float | None:
+    """The step time of `groups` through `timer`'s tuple entry points where one fits (one group;
+    decodes with one prompt chunk), no shape built; None for other steps (`step_time` of the shape)."""
+    if len(groups) == 1:
+        return timer.time_of(*groups[0])
+    if len(groups) == 2:
+        b = groups[1]
+        if b[1] > 1 and b[0] == 1 and b[3] == 1:
+            return timer.time_two(groups[0], b)
+    return None
 
 
 class StepTimer(Protocol):
