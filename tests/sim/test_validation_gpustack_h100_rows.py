@@ -141,3 +141,32 @@ def test_9b_page_names_the_sxm_part_and_its_model_is_the_dense_hybrid():
     assert hw.chip.hbm.bandwidth == pytest.approx(3.35e12)
     m = load_model("qwen3.5-9b")
     assert m.layer_types.count("linear_attention") == 24 and not m.is_moe
+
+
+# The same page's constant-rate profiles (guidellm --profile constant --rate 1): successful requests,
+# maximum request concurrency, total input tokens, total generated tokens, benchmark duration s,
+# mean TTFT ms, mean latency s; the profile's dataset_input_tokens, dataset_output_tokens.
+Q9_RATE1 = {
+    "vllm-1xh100-qwen3.5-9b-bf16-32k-100-rate1": (100, 9, 3_200_993, 10_000, 100.89, 1_021.12, 7.88, (32_000, 100)),
+    "vllm-1xh100-qwen3.5-9b-bf16-1k-2k-rate1": (200, 18, 201_982, 400_000, 214.96, 54.95, 17.48, (1_000, 2_000)),
+}
+
+
+def test_qwen35_9b_constant_rate_rows_send_one_request_a_second():
+    for name, (n, cmax, tin, tout, dur, ttft_ms, e2e_s, (nin, nout)) in Q9_RATE1.items():
+        s = ROWS[name]
+        assert (s.hardware, s.model, s.chips, s.precision) == ("h100", "qwen3.5-9b", 1, BF16)
+        assert s.cost == {"gdn_mixed_decodes": "chunk"}
+        w = s.workload
+        assert (w.mode, w.requests, w.rate_per_s, w.arrival) == ("server", n, 1.0, "constant")
+        assert w.concurrency is None  # no client limit: the reported maximum is what the rate produced
+        assert w.input_tokens == round(tin / n) and abs(w.input_tokens - nin) <= 0.01 * nin
+        assert w.output_tokens == tout / n == nout
+        # Little's law: mean in flight = rate x mean latency, under the reported maximum concurrency
+        assert 1.0 * e2e_s < cmax
+        # the page's duration is shorter than its own send schedule allows (request n sent n s after
+        # the start, then one latency): why throughput is not compared on these rows (header)
+        assert dur < (n - 1) / w.rate_per_s + e2e_s
+        m = s.measured
+        assert m.output_tokens_per_s is None and m.tpot_s is None
+        assert m.ttft_s == pytest.approx(ttft_ms / 1e3, rel=1e-9) and m.e2e_s == e2e_s
