@@ -43,32 +43,26 @@ Q14 = {  # qwen3-14b/h100.md, commit 10e9444a, `vllm serve Qwen/Qwen3-14B`
     "vllm-1xh100-qwen3-14b-bf16-2k-100": ((500, 998_175, 50_000, 98.91, 505.51, 50_716.13, 206.51), (2_000, 100)),
     "vllm-1xh100-qwen3-14b-bf16-128-4": ((1_000, 127_698, 4_000, 22.72, 176.06, 18_282.75, 525.31), (128, 4)),
 }
-GLM = {  # glm-4.5-air/h100.md, commit 1f37f1b8, `vllm serve zai-org/GLM-4.5-Air -tp 4`
-    "vllm-4xh100-glm-4.5-air-bf16-tp4-32k-100": ((100, 3_200_000, 9_987, 498.76, 20.02, 248_013.29, 305.47), (32_000, 100)),
-    "vllm-4xh100-glm-4.5-air-bf16-tp4-4k-200": ((500, 1_999_787, 99_547, 300.98, 330.75, 142_573.31, 267.38), (4_000, 200)),
-    "vllm-4xh100-glm-4.5-air-bf16-tp4-2k-100": ((500, 999_429, 50_000, 121.41, 411.83, 60_300.00, 204.31), (2_000, 100)),
-    "vllm-4xh100-glm-4.5-air-bf16-tp4-128-4": ((1_000, 127_881, 4_000, 21.03, 190.21, 16_583.77, 153.00), (128, 4)),
-}
 Q8 = {  # qwen3-8b/h100-latency.md, commit 1dbc3b81, ShareGPT, --num-prompts 100 --max-concurrency C
     "vllm-1xh100-qwen3-8b-bf16-sharegpt-c1": ((100, 23_260, 22_061, 166.04, 132.86, 59.01, 7.28), 1),
     "vllm-1xh100-qwen3-8b-bf16-sharegpt-c2": ((100, 23_260, 22_061, 85.78, 257.19, 63.78, 7.37), 2),
     "vllm-1xh100-qwen3-8b-bf16-sharegpt-c4": ((100, 23_260, 22_061, 44.40, 496.88, 64.00, 7.38), 4),
     "vllm-1xh100-qwen3-8b-bf16-sharegpt-c8": ((100, 23_260, 22_061, 24.05, 917.28, 74.57, 7.71), 8),
 }
-ALL = {k: v[0] for table in (Q235, Q32, Q14, GLM, Q8) for k, v in table.items()}
+ALL = {k: v[0] for table in (Q235, Q32, Q14, Q8) for k, v in table.items()}
 BF16 = {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"}
 
 
 def test_rows_present_with_the_serve_commands_plan_and_checkpoint():
     for names, model, chips in ((Q235, "qwen3-235b-a22b", 8), (Q32, "qwen3-32b", 1), (Q14, "qwen3-14b", 1),
-                                (GLM, "glm-4.5-air", 4), (Q8, "qwen3-8b", 1)):
+                                (Q8, "qwen3-8b", 1)):
         for name in names:
             s = ROWS[name]
             assert (s.hardware, s.model, s.chips) == ("h100", model, chips)
             assert s.precision == BF16  # BF16 checkpoints (the pages' FP8 runs name the -FP8 repositories)
             p = ParallelPlan.from_dict(s.parallel)
             assert (p.tp, p.ep, p.pp, p.dp, p.attention_dp) == (chips, 1, 1, 1, 1)  # -tp 8: experts TP too
-            # no --enable-dbo: the TP8 and TP4 rows turn two-batch overlap off; TP1 has no collective to hide
+            # no --enable-dbo: the TP8 rows turn two-batch overlap off; TP1 has no collective to hide
             assert s.mapping == ({"two_batch_overlap": False} if chips > 1 else {})
             assert s.cost == {}  # MoE and GEMM kernels at their defaults (header)
 
@@ -79,7 +73,7 @@ def test_request_counts_and_lengths_are_the_results_totals_over_requests():
         assert w.mode == "server" and w.requests == n
         assert w.input_tokens == round(tin / n) and w.output_tokens == round(tout / n)
         assert w.scheduler == {} and w.engine is None and w.rate_per_s is None
-    for name, (_, (nin, nout)) in {**Q235, **Q32, **Q14, **GLM}.items():
+    for name, (_, (nin, nout)) in {**Q235, **Q32, **Q14}.items():
         w = ROWS[name].workload
         assert w.concurrency is None  # all sent at once: "Peak concurrent requests" = requests
         assert abs(w.input_tokens - nin) <= 0.002 * nin and w.output_tokens <= nout  # early EOS only
