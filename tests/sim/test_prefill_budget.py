@@ -69,3 +69,12 @@ def test_accepted_in_offline_mode():
     assert s.workload.prefill_tokens_per_step == 9216
     with pytest.raises(CodesignError, match="prefill_tokens_per_step"):
         parse_scenarios([_scenario("offline", prefill_tokens_per_step=0)], "s.yaml")
+
+
+def test_prefill_mode_steps_hold_the_budget():
+    from codesign.sim.workload import prefill_mode
+
+    r = prefill_mode(_step, 10_000, 400, replicas=4, prefill_budget=8192)  # 20 prompts per engine, 80 a step
+    assert r.batch == 80
+    assert r.input_tokens_per_s == pytest.approx(80 * 400 / (2e-3 + 80 * 400 * 1e-6))
+    assert prefill_mode(_step, 10_000, 400, replicas=4).batch == 4 * (16_384 // 400)  # the default budget
