@@ -111,6 +111,11 @@ class Workload(_Strict):
     # replicas): serving engines bound it (TensorRT-LLM max_batch_size, MLPerf gpu_batch_size, vLLM
     # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
     max_batch: Batch | None = None
+    # Prompt tokens one prefill step of one engine instance holds in offline and batch modes (the
+    # engine's token budget per iteration: TensorRT-LLM max_num_tokens, vLLM max_num_batched_tokens;
+    # whole prompts, at least one a step). None: the prompts of the whole running batch as one step.
+    # Prefill mode and TTFT keep PREFILL_TOKENS_PER_STEP unless it is set (codesign.sim.workload).
+    prefill_tokens_per_step: Tokens | None = None
     mtp: MTP | None = None
     # The serving engine whose per-iteration host overhead applies (codesign.sim.host_overhead):
     # a name from its ENGINES table, or an EngineSpec mapping. None: no host overhead.
@@ -192,6 +197,9 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
     to server mode and are refused elsewhere, never silently dropped."""
     mode = w.mode
     if mode == "server":
+        if w.prefill_tokens_per_step is not None:
+            return ("workload.prefill_tokens_per_step: not yet supported in mode 'server': a request stream's "
+                    "token budget per step is workload.scheduler.max_num_batched_tokens (per engine)")
         if w.engine is not None:
             return ("workload.engine: not yet supported in mode 'server' (the host overhead acts in the "
                     "steady-state modes offline, batch, decode and prefill)")
@@ -230,6 +238,9 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
         return f"workload.rate_per_s: not yet supported {where} (an arrival rate belongs to server mode)"
     if w.arrival != "poisson":
         return f"workload.arrival: not yet supported {where} (an arrival process belongs to server mode)"
+    if w.prefill_tokens_per_step is not None and mode == "decode":
+        return (f"workload.prefill_tokens_per_step: not yet supported {where} (it bounds the prefill steps of "
+                "modes offline, batch and prefill; decode mode prefills one prompt for its TTFT)")
     if w.concurrency is not None and mode != "batch":
         return f"workload.concurrency: not yet supported {where} (a fixed concurrency is mode 'batch')"
     if slo is not None and slo.tpot_s is not None and mode == "prefill":

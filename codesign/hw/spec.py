@@ -159,6 +159,11 @@ class Efficiency(_Strict):
     # MoE kernels (token permutation/gather, per-expert tails, tile scheduling) reach less of peak
     # than a dense GEMM of the same FLOPs. None: same as `gemm` (no evidence either way).
     grouped_gemm: Fraction | None = None
+    # Grouped expert GEMMs per matrix dtype, where the MoE kernel data of a chip cover one dtype only
+    # (AITER's FP8 fused MoE on CDNA3: docs/cost-model.md "CDNA grouped expert GEMMs at a
+    # large-expert shape"). A dtype present here runs at its own fraction; an absent one at
+    # `grouped_gemm`, else at the dense fraction of its dtype (`gemm_for`).
+    grouped_gemm_by_dtype: dict[Dtype, Fraction] | None = None
     # Compute/memory overlap inside one kernel: op time = (compute^p + memory^p)^(1/p). None: perfect
     # overlap, max(compute, memory). A finite p >= 1 charges the prologue/epilogue and the contention
     # that keep a kernel from hiding one term under the other when both are close (p = 1: no overlap).
@@ -275,6 +280,13 @@ class Efficiency(_Strict):
         if self.gemm_by_dtype and dtype in self.gemm_by_dtype:
             return self.gemm_by_dtype[dtype]  # type: ignore[index]
         return self.gemm
+
+    def grouped_gemm_for(self, dtype: str) -> float:
+        """The grouped expert GEMMs' fraction of peak for matrix `dtype`: `grouped_gemm_by_dtype[dtype]`,
+        else `grouped_gemm`, else the dense `gemm_for(dtype)`."""
+        if self.grouped_gemm_by_dtype and dtype in self.grouped_gemm_by_dtype:
+            return self.grouped_gemm_by_dtype[dtype]  # type: ignore[index]
+        return self.grouped_gemm or self.gemm_for(dtype)
 
 
 class ScaleUp(_Strict):

@@ -163,7 +163,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         gemm_eff = eff.gemm_for(self.matrix_dtype)
         self.matrix_rate = chip.matrix.peak(self.matrix_dtype) * gemm_eff
         # Grouped expert GEMMs run at their own fraction of peak where the family declares one.
-        self.grouped_rate = chip.matrix.peak(self.matrix_dtype) * (eff.grouped_gemm or gemm_eff)
+        self.grouped_rate = chip.matrix.peak(self.matrix_dtype) * eff.grouped_gemm_for(self.matrix_dtype)
         self.overlap_p = eff.overlap_exponent
         # Attention: FP8 kernels and decode kernels have their own fractions where the chip has kernel data.
         att = eff.attention_fp8 if (self.attention_dtype == "fp8" and eff.attention_fp8) else eff.attention

@@ -62,7 +62,7 @@ def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple
             return None, None, context
         if mode == "decode":
             return decode_mode(step, mb, context, context, tpot_slo, **host), None, context
-        return prefill_mode(step, mb, context, **host), None, context
+        return prefill_mode(step, mb, context, prefill_budget=wl.prefill_tokens_per_step, **host), None, context
     fit_ctx = decode_context(context, wl.output_tokens)  # the running batch's mean KV length
     fits = st.max_batch(fit_ctx)
     mb = capped_batch(fits, wl.max_batch)
@@ -74,9 +74,10 @@ def _run_mode(st: Stepper, wl: Workload, context: int, slo: SLO | None) -> tuple
             short = st.memory(want, fit_ctx).short_by / GiB
             return None, (f"concurrency {want} does not fit: short by {short:.2f} GiB per chip "
                           f"(largest batch {fits})"), fit_ctx
-        return serving_mode(step, want, context, out_tokens, None, mean_context=fit_ctx, **host), None, fit_ctx
-    return (serving_mode(step, mb, context, out_tokens, tpot_slo, max_batch=mb, mean_context=fit_ctx, **host),
-            None, fit_ctx)
+        return (serving_mode(step, want, context, out_tokens, None, mean_context=fit_ctx,
+                             prefill_budget=wl.prefill_tokens_per_step, **host), None, fit_ctx)
+    return (serving_mode(step, mb, context, out_tokens, tpot_slo, max_batch=mb, mean_context=fit_ctx,
+                         prefill_budget=wl.prefill_tokens_per_step, **host), None, fit_ctx)
 
 
 def _step_fn(st: Stepper) -> StepFn:

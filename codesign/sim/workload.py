@@ -59,10 +59,32 @@ from codesign.sim.host_overhead import EngineProfile, prefill_iterations
 PREFILL_TOKENS_PER_STEP = 16_384
 
 
-def chunk_prompts(input_tokens: int, replicas: int = 1) -> int:
+def chunk_prompts(input_tokens: int, replicas: int = 1, budget: int | None = None) -> int:
     """Whole prompts of `input_tokens` in one prefill step of the deployment: the budget's worth
-    (at least one) on each of its `replicas` engine instances."""
-    return max(1, replicas) * max(1, PREFILL_TOKENS_PER_STEP // max(input_tokens, 1))
+    (at least one) on each of its `replicas` engine instances (`budget`: prompt tokens per step and
+    engine instance, ``workload.prefill_tokens_per_step``; None: `PREFILL_TOKENS_PER_STEP`)."""
+    per_engine = PREFILL_TOKENS_PER_STEP if budget is None else budget
+    return max(1, replicas) * max(1, per_engine // max(input_tokens, 1))
+
+
+def chunked_prefill(step: "StepFn", prompts: int, input_tokens: int, replicas: int, budget: int) -> "StepResult":
+    """The prefill of `prompts` whole prompts as an engine runs it under a token budget per step
+    (``workload.prefill_tokens_per_step``): steps of `chunk_prompts` prompts (the budget's worth on
+    each of the `replicas` engine instances), ``prompts / per_step`` of them (the mean over a
+    steady run, so a fraction counts), each costed as its own step (its weights read again, its
+    kernels at the step's size). The result is one full step times that count (breakdown scaled
+    alike); fewer prompts than a step's worth are one step of them."""
+    per_step = chunk_prompts(input_tokens, replicas, budget)
+    if prompts <= per_step:
+        return step(StepShape.prefill(prompts, input_tokens))
+    r = step(StepShape.prefill(per_step, input_tokens))
+    n = prompts / per_step
+    if math.isnan(r.time_s):
+        return r
+    return StepResult(time_s=r.time_s * n, bottleneck=r.bottleneck,
+                      breakdown={k: {kk: vv * n for kk, vv in v.items()} for k, v in r.breakdown.items()},
+                      stage_times_s=[t * n for t in r.stage_times_s], residency=dict(r.residency),
+                      layers_simulated=r.layers_simulated, two_batch_overlap=r.two_batch_overlap)
 
 if TYPE_CHECKING:
     from codesign.scenario import TokenDist
@@ -104,8 +126,9 @@ def capped_batch(fits: int, cap: int | None) -> int:
 class _Host:
     """An engine profile applied to whole-deployment step shapes (module docstring)."""
 
-    def __init__(self, profile: EngineProfile | None, replicas: int):
+    def __init__(self, profile: EngineProfile | None, replicas: int, budget: int | None = None):
         self.profile, self.replicas = profile, max(1, replicas)
+        self.budget = PREFILL_TOKENS_PER_STEP if budget is None else budget
 
     def decode(self, gpu_s: float, batch: int) -> float:
         p = self.profile
@@ -116,7 +139,7 @@ class _Host:
         if p is None:
             return gpu_s
         per_replica = prompts / self.replicas
-        k = prefill_iterations(math.ceil(per_replica), input_tokens, PREFILL_TOKENS_PER_STEP)
+        k = prefill_iterations(math.ceil(per_replica), input_tokens, self.budget)
         return p.step_time(gpu_s, per_replica, k)
 
 
@@ -202,16 +225,22 @@ def decode_context(input_tokens: int, output: "int | TokenDist") -> int:
 
 def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int, tpot_slo: float | None,
                  max_batch: int | None = None, mean_context: int | None = None,
-                 host: EngineProfile | None = None, replicas: int = 1) -> ModeResult:
+                 host: EngineProfile | None = None, replicas: int = 1,
+                 prefill_budget: int | None = None) -> ModeResult:
     """Offline (batch = the largest that fits) or fixed-concurrency serving with continuous batching.
     `mean_context`: the decode steps' KV length (`decode_context`); None = input + output // 2.
-    `host`: the engine's host overhead over `replicas` engine instances (module docstring)."""
+    `host`: the engine's host overhead over `replicas` engine instances (module docstring).
+    `prefill_budget`: prompt tokens per prefill step and engine instance (`chunked_prefill`); None:
+    the batch's prompts as one step."""
     mean_ctx = mean_context if mean_context is not None else input_tokens + output_tokens // 2
-    h = _Host(host, replicas)
+    h = _Host(host, replicas, prefill_budget)
 
     def costs(b: int) -> tuple[StepResult, StepResult, float, float, float]:
         d = step(StepShape.decode(b, mean_ctx))
-        p = step(StepShape.prefill(b, input_tokens))
+        if prefill_budget is None:
+            p = step(StepShape.prefill(b, input_tokens))
+        else:
+            p = chunked_prefill(step, b, input_tokens, replicas, prefill_budget)
         d_t, p_t = h.decode(d.time_s, b), h.prefill(p.time_s, b, input_tokens)
         return d, p, p_t + output_tokens * d_t, d_t, p_t
 
@@ -222,7 +251,7 @@ def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int
     in_rate = batch * input_tokens / total
     # TTFT: one chunked-prefill step's worth of prompts (every engine instance's) ahead of a
     # request's first token.
-    per_chunk = max(1, min(batch, chunk_prompts(input_tokens, replicas)))
+    per_chunk = max(1, min(batch, chunk_prompts(input_tokens, replicas, prefill_budget)))
     ttft = p_t * per_chunk / batch
     gpu = p.time_s + output_tokens * d.time_s
     if total - gpu > gpu:
@@ -234,15 +263,15 @@ def serving_mode(step: StepFn, batch: int, input_tokens: int, output_tokens: int
 
 
 def prefill_mode(step: StepFn, max_batch: int, input_tokens: int, host: EngineProfile | None = None,
-                 replicas: int = 1) -> ModeResult:
+                 replicas: int = 1, prefill_budget: int | None = None) -> ModeResult:
     """Prompt processing only: as many whole prompts per step as the chunk budget of the
-    `replicas` engine instances allows (`chunk_prompts`; `host`: the engine's host overhead, one
-    scheduler iteration per step)."""
-    batch = max(1, min(max_batch, chunk_prompts(input_tokens, replicas)))
+    `replicas` engine instances allows (`chunk_prompts`, `prefill_budget` tokens per engine instance
+    or `PREFILL_TOKENS_PER_STEP`; `host`: the engine's host overhead, one scheduler iteration per step)."""
+    batch = max(1, min(max_batch, chunk_prompts(input_tokens, replicas, prefill_budget)))
     p = step(StepShape.prefill(batch, input_tokens))
     t = host.step_time(p.time_s, batch / max(1, replicas)) if host is not None else p.time_s
     bottleneck = "host" if t - p.time_s > p.time_s else p.bottleneck
     return ModeResult(batch, input_tokens, 0.0, batch * input_tokens / t, t, None, bottleneck, None, p, t - p.time_s)
 
 
-__all__ = ["ModeResult", "microbatch_split", "pipelined", "capped_batch", "chunk_prompts", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]
+__all__ = ["ModeResult", "microbatch_split", "pipelined", "capped_batch", "chunk_prompts", "chunked_prefill", "decode_context", "decode_mode", "serving_mode", "prefill_mode", "largest_fitting", "PREFILL_TOKENS_PER_STEP"]

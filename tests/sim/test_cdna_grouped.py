@@ -40,6 +40,11 @@ def test_marginal_rate_is_far_below_the_dense_fp8_rate():
 
 
 def test_grouped_rule_is_optimistic_on_these_rows_while_no_cdna_field_is_set_from_them():
-    assert load_hw("mi300x").efficiency.grouped_gemm is None
+    # No field from these tiny-expert rows: MI300X's FP8 grouped fraction comes from the large-expert
+    # rows (cdna_grouped_large.yaml, MI325X) by the MAF ratio, and these rows stay optimistic under
+    # it (-62 to -64% at the dense rate before it; docs/cost-model.md, "CDNA grouped expert GEMMs at a
+    # large-expert shape"): the fraction keeps falling with the expert size.
+    eff = load_hw("mi300x").efficiency
+    assert eff.grouped_gemm is None and eff.grouped_gemm_by_dtype == {"fp8": 0.289}
     errs = [r.error for r in validate_kernels() if r.file == "cdna_grouped.yaml"]
-    assert len(errs) == 3 and all(-0.7 < e < -0.55 for e in errs)
+    assert len(errs) == 3 and all(-0.55 < e < -0.3 for e in errs)

@@ -150,7 +150,9 @@ FAMILIES = {
 # Blackwell: GB200 (1200 W) has its own FP8 fraction from its cuBLASLt row; B200's is CUTLASS's.
 # The CUTLASS blockwise FP8 curve (a K-loop time per tile) holds for the full-rate Hopper parts, not
 # H20 (its tensor rate is cut).
-PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
+# CDNA3's FP8 grouped fraction: MI325X's from its AITER fused-MoE rows, MI300X's by the MAF ratio;
+# MI355X (CDNA4) has none.
+PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
                                                           "cutlass_block_fp8_k_s"),
             "blackwell": ("gemm",)}
@@ -175,6 +177,8 @@ def test_cdna_chips_differ_only_where_a_sustained_measurement_says_so():
     # MI355X (CDNA4) has no MAF row: it keeps the assumed family constant and no per-dtype table
     c = load_hw("mi355x").efficiency
     assert c.gemm == pytest.approx(0.55) and c.gemm_by_dtype is None
+    # the FP8 grouped fraction keeps the MAF ordering of the two CDNA3 parts; CDNA4 has none
+    assert b.grouped_gemm_for("fp8") > a.grouped_gemm_for("fp8") and c.grouped_gemm_by_dtype is None
 
 
 def test_memory_factors_are_raw_streaming_in_every_gpu_family():
@@ -318,8 +322,10 @@ def test_gemm_by_dtype_sets_the_matrix_and_grouped_rates_of_its_dtype_only():
     fp8, bf16 = CostModel(hw, "fp8", "fp8"), CostModel(hw, "bf16", "bf16")
     assert fp8.matrix_rate == pytest.approx(2614.9e12 * e.gemm_by_dtype["fp8"])
     assert bf16.matrix_rate == pytest.approx(1307.4e12 * e.gemm)
-    # no grouped_gemm factor on CDNA: expert GEMMs run at the dtype's own large-GEMM fraction
-    assert fp8.rank_rates()[0] == pytest.approx(fp8.matrix_rate)
+    # no grouped_gemm factor on CDNA: BF16 expert GEMMs run at the dtype's own large-GEMM fraction,
+    # FP8 ones at the FP8 grouped fraction (grouped_gemm_by_dtype, from AITER's fused-MoE rows)
+    assert bf16.rank_rates()[0] == pytest.approx(bf16.matrix_rate)
+    assert fp8.rank_rates()[0] == pytest.approx(2614.9e12 * e.grouped_gemm_by_dtype["fp8"])
     # a spec override of the table acts (dotted path efficiency.gemm_by_dtype)
     hw2 = hw.model_copy(update={"efficiency": e.model_copy(update={"gemm_by_dtype": {"fp8": 0.3}})})
     assert CostModel(hw2, "fp8", "fp8").matrix_rate == pytest.approx(2614.9e12 * 0.3)
