@@ -62,7 +62,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            help="calibrated | cutlass_block_fp8 (default: calibrated, cost.gemm_kernel)")
         if op == "fused_moe":
             q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
-                           help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 (default: grouped, cost.moe_kernel)")
+                           help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 (default: grouped, cost.moe_kernel)")
         if op == "attention":
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")

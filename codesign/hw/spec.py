@@ -244,6 +244,16 @@ class Efficiency(_Strict):
     # K-loop ramp K / (K + k_half) of its two GEMMs (gate/up K = hidden, down K = intermediate per
     # rank), combined as for the grouped rule; none: no K ramp. The other two curves have none.
     moe_triton_block_fp8_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    # TensorRT-LLM's CUTLASS fused MoE on block-scaled FP8 weights on Hopper (`CutlassFusedMoE`:
+    # routing, permute, the fp8_blockscale grouped GEMMs, SwiGLU, finalize), `trtllm_cutlass_block_fp8`:
+    # the same symbols, with the grouped rule's padding (swap-AB below the tile's M) instead of the
+    # Triton row block. Fitted on benchmarks/kernels/trtllm_moe_block_fp8.yaml only.
+    moe_trtllm_block_fp8: Fraction | None = None
+    moe_trtllm_block_fp8_dtypes: tuple[Dtype, ...] = ()
+    moe_trtllm_block_fp8_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    moe_trtllm_block_fp8_memory: Fraction | None = None
+    moe_trtllm_block_fp8_overhead: Seconds = 0.0
+    moe_trtllm_block_fp8_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
 
     # Block-scaled FP8 dense GEMM as vLLM runs it without DeepGEMM on Hopper: CUTLASS's SM90 blockwise
     # kernel (`W8A8BlockFp8LinearOp` -> `cutlass_scaled_mm` with 128 x 128 weight and 1 x 128
@@ -259,7 +269,7 @@ class Efficiency(_Strict):
 
     @model_validator(mode="after")
     def _moe_triton_dtypes(self) -> "Efficiency":
-        for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8"):
+        for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8", "moe_trtllm_block_fp8"):
             if getattr(self, f) is not None and not getattr(self, f + "_dtypes"):
                 raise ValueError(f"{f}_dtypes: expected the matrix dtypes {f} has kernel rows of, found none")
         return self

@@ -185,7 +185,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self.tile_m, self.tile_n = chip.matrix.tile
         # tokens of one expert -> padded tokens, shared by cost models with the same padding rule
         # (below the tile's M: swap-AB steps for grouped kernels, the Triton kernel's row block)
-        self.triton_moe = self.opts.moe_kernel != "grouped"
+        self.triton_moe = self.opts.moe_kernel.startswith("triton")  # Triton's row block (not swap-AB)
         self._min_tokens = self.opts.triton_moe_min_block if self.triton_moe else self.opts.grouped_min_tokens
         # what an expert's padded tokens depend on (`_padded_tokens`): its table's key
         self.padding_rule = (self.opts.tile_quantisation, self.tile_m, self._min_tokens)

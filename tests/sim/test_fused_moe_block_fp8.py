@@ -108,3 +108,50 @@ def test_spec_without_dtypes_for_the_curve_is_refused(tmp_path):
     p.write_text(yaml.safe_dump(spec))
     with pytest.raises(CodesignError, match="moe_triton_block_fp8_dtypes"):
         load(str(p))
+
+
+TRTLLM_EP8 = dict(op="fused_moe", hw="h200", dtype="fp8", groups=256, top_k=8, hidden=7168, n=2048, ranks=8)
+
+
+def test_ep_op_is_rank_zeros_experts_of_the_layers_draw():
+    # With `ranks`, the op holds groups / ranks experts with their counts of the full draw (rank 0's
+    # share of the routed rows); token-proportional bytes scale by that share, weights do not.
+    s = KernelShape(**TRTLLM_EP8, tokens=1024)
+    op = fused_moe_op(s)
+    counts = [int(t) for t in UniformRouter(seed=0).tokens_per_expert(0, 1024, 256, 8)][:32]
+    assert op.tokens_per_expert == tuple(counts)
+    assert op.flops == sum(counts) * 6 * 7168 * 2048
+    assert op.bytes_read["weight"] == 32 * 3 * 7168 * 2048
+    whole = fused_moe_op(s.model_copy(update={"ranks": None, "groups": 256}))
+    share = sum(counts) / (1024 * 8)
+    assert op.bytes_read["activation"] == pytest.approx(whole.bytes_read["activation"] * share, rel=1e-12)
+    with pytest.raises(ValueError, match=r"groups \(256\) must be a multiple of ranks \(3"):
+        KernelShape(**{**TRTLLM_EP8, "ranks": 3}, tokens=8)
+
+
+def test_trtllm_curve_uses_the_grouped_padding_and_its_own_rates():
+    # TensorRT-LLM's kernel swaps A and B below the 64-row tile (the grouped rule's padding to
+    # cost.grouped_min_tokens = 8), not the Triton 16-row block: at 1,024 tokens over EP 8 each local
+    # expert holds ~32 tokens, padded to a multiple of 8. Compute by hand from the curve's fields.
+    hw = load_hw("h200")
+    e = hw.efficiency
+    s = KernelShape(**TRTLLM_EP8, tokens=1024, moe_kernel="trtllm_cutlass_block_fp8")
+    counts = [int(t) for t in UniformRouter(seed=0).tokens_per_expert(0, 1024, 256, 8)][:32]
+    assert max(counts) < 64
+    padded = sum(_pad(t, 8) for t in counts if t > 0)
+    routed = sum(counts)
+    half = e.moe_trtllm_block_fp8_k_half
+    k_ramp = 3.0 / (2.0 / (7168 / (7168 + half)) + 1.0 / (2048 / (2048 + half)))
+    occ = padded / (padded + e.moe_trtllm_block_fp8_tokens_half)
+    compute = routed * 6 * 7168 * 2048 * padded / routed / (1979e12 * e.moe_trtllm_block_fp8 * occ * k_ramp)
+    got = predict(s, hw)
+    assert got.compute_s == pytest.approx(compute, rel=1e-9)
+    assert got.overhead_s == pytest.approx(5 * e.kernel_overhead + e.moe_trtllm_block_fp8_overhead, rel=1e-12)
+
+
+def test_trtllm_table_meets_the_curve_in_the_rows_regime():
+    rows = [r for r in validate_kernels() if r.file == "trtllm_moe_block_fp8.yaml"]
+    assert len(rows) == 100 and sum(abs(r.error) for r in rows) / len(rows) < 0.08
+    # the TensorRT-LLM validation row's steps: 1,024 gathered tokens (decode) to ~9K (prompt steps)
+    ep8 = [r for r in rows if r.row.ranks == 8 and 128 <= r.row.tokens <= 1536]
+    assert ep8 and max(abs(r.error) for r in ep8) < 0.06
