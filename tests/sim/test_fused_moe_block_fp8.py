@@ -155,3 +155,19 @@ def test_trtllm_table_meets_the_curve_in_the_rows_regime():
     # the TensorRT-LLM validation row's steps: 1,024 gathered tokens (decode) to ~9K (prompt steps)
     ep8 = [r for r in rows if r.row.ranks == 8 and 128 <= r.row.tokens <= 1536]
     assert ep8 and max(abs(r.error) for r in ep8) < 0.06
+
+
+def test_cli_fused_moe_takes_the_ep_degree_and_the_kernel(capsys):
+    import json
+
+    from codesign.cli import main
+
+    args = ["kernel", "--hw", "h200", "fused_moe", "--groups", "256", "--top-k", "8", "--hidden", "7168",
+            "--n", "2048", "--tokens", "1024", "--dtype", "fp8"]
+    assert main(args + ["--ranks", "8", "--moe-kernel", "trtllm_cutlass_block_fp8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    want = predict(KernelShape(**TRTLLM_EP8, tokens=1024, moe_kernel="trtllm_cutlass_block_fp8"), load_hw("h200"))
+    assert out["seconds"] == pytest.approx(want.seconds, rel=1e-12) and out["shape"]["ranks"] == 8
+    assert main(args + ["--ranks", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "groups (256) must be a multiple of ranks (3" in err[0]
