@@ -74,6 +74,22 @@ GROUPS = {
                            {"moe_triton_default": (0.02, 1.0), "moe_triton_default_tokens_half": (1.0, 65536.0),
                             "moe_triton_default_memory": (0.2, 1.0), "moe_triton_default_overhead": (0.0, 100e-6)},
                            set()),
+    # The same kernel on block-scaled FP8 weights with vLLM's tuned config (`moe_triton_block_fp8`;
+    # benchmarks/kernels/fused_moe_block_fp8.yaml, H200: the full-rate Hopper parts share it).
+    "moe_triton_block_fp8": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_block_fp8"
+                             and r.hw in FULL_HOPPER,
+                             {"moe_triton_block_fp8": (0.02, 1.0), "moe_triton_block_fp8_tokens_half": (1.0, 65536.0),
+                              "moe_triton_block_fp8_memory": (0.2, 1.0), "moe_triton_block_fp8_overhead": (0.0, 100e-6),
+                              "moe_triton_block_fp8_k_half": (1.0, 8192.0)},
+                             set()),
+    # TensorRT-LLM's CUTLASS fused MoE on block-scaled FP8 weights at EP (`moe_trtllm_block_fp8`;
+    # benchmarks/kernels/trtllm_moe_block_fp8.yaml, H200).
+    "moe_trtllm_block_fp8": (lambda r: r.op == "fused_moe" and r.moe_kernel == "trtllm_cutlass_block_fp8"
+                             and r.hw in FULL_HOPPER,
+                             {"moe_trtllm_block_fp8": (0.02, 1.0), "moe_trtllm_block_fp8_tokens_half": (1.0, 65536.0),
+                              "moe_trtllm_block_fp8_memory": (0.2, 1.0), "moe_trtllm_block_fp8_overhead": (0.0, 100e-6),
+                              "moe_trtllm_block_fp8_k_half": (1.0, 8192.0)},
+                             set()),
     # CDNA3 grouped expert GEMMs (AITER's fused-MoE call on gfx942, benchmarks/kernels/cdna_grouped.yaml)
     # under the default grouped rule: their fraction of the dtype's peak (`grouped_gemm`). The rows so
     # far are one tiny-expert shape (GLM-5 TP8); the value is printed, not written into the CDNA
@@ -272,6 +288,10 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "moe_triton": cur.gemm, "moe_triton_tokens_half": 256.0, "moe_triton_memory": cur.memory,
                  "moe_triton_default": cur.gemm, "moe_triton_default_tokens_half": 256.0,
                  "moe_triton_default_memory": cur.memory, "cutlass_block_fp8": 0.25,
+                 "moe_triton_block_fp8": cur.gemm, "moe_triton_block_fp8_tokens_half": 256.0,
+                 "moe_triton_block_fp8_memory": cur.memory, "moe_triton_block_fp8_k_half": 256.0,
+                 "moe_trtllm_block_fp8": cur.gemm, "moe_trtllm_block_fp8_tokens_half": 256.0,
+                 "moe_trtllm_block_fp8_memory": cur.memory, "moe_trtllm_block_fp8_k_half": 256.0,
                  "grouped_gemm": cur.gemm}[n]
         x0.append((v - bounds[n][0]) / (bounds[n][1] - bounds[n][0]))
     # Nelder-Mead from the current values and from 8 seeded random starts (it stalls on the flat

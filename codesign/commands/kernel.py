@@ -62,7 +62,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            help="calibrated | cutlass_block_fp8 (default: calibrated, cost.gemm_kernel)")
         if op == "fused_moe":
             q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
-                           help="grouped | triton_fused | triton_fused_default (default: grouped, cost.moe_kernel)")
+                           help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 (default: grouped, cost.moe_kernel)")
+            q.add_argument("--ranks", type=int, default=None,
+                           help="expert parallelism: one rank's groups / ranks experts over all the tokens (none: all experts)")
         if op == "attention":
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
@@ -85,7 +87,7 @@ def shape_from_args(args: argparse.Namespace):
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
     for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel",
-                                       "gemm_kernel", "experts", "top_groups"):
+                                       "gemm_kernel", "experts", "top_groups") + (("ranks",) if args.op == "fused_moe" else ()):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v

@@ -236,6 +236,29 @@ class Efficiency(_Strict):
     moe_triton_default_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     moe_triton_default_memory: Fraction | None = None
     moe_triton_default_overhead: Seconds = 0.0
+    # The same Triton kernel on block-scaled FP8 weights (128 x 128 weight blocks, 1 x 128 activation
+    # groups: DeepSeek-V3/R1 and the other block-FP8 checkpoints) with the engine's tuned config file
+    # (`..._dtype=fp8_w8a8,block_shape=[128,128].json`), `triton_fused_block_fp8`: the block scales
+    # are applied per K block inside its loop, a cost the per-tensor curves do not hold, so it is its
+    # own curve (same symbols). Fitted on benchmarks/kernels/fused_moe_block_fp8.yaml only.
+    moe_triton_block_fp8: Fraction | None = None
+    moe_triton_block_fp8_dtypes: tuple[Dtype, ...] = ()
+    moe_triton_block_fp8_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    moe_triton_block_fp8_memory: Fraction | None = None
+    moe_triton_block_fp8_overhead: Seconds = 0.0
+    # K-loop ramp K / (K + k_half) of its two GEMMs (gate/up K = hidden, down K = intermediate per
+    # rank), combined as for the grouped rule; none: no K ramp. The other two curves have none.
+    moe_triton_block_fp8_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    # TensorRT-LLM's CUTLASS fused MoE on block-scaled FP8 weights on Hopper (`CutlassFusedMoE`:
+    # routing, permute, the fp8_blockscale grouped GEMMs, SwiGLU, finalize), `trtllm_cutlass_block_fp8`:
+    # the same symbols, with the grouped rule's padding (swap-AB below the tile's M) instead of the
+    # Triton row block. Fitted on benchmarks/kernels/trtllm_moe_block_fp8.yaml only.
+    moe_trtllm_block_fp8: Fraction | None = None
+    moe_trtllm_block_fp8_dtypes: tuple[Dtype, ...] = ()
+    moe_trtllm_block_fp8_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    moe_trtllm_block_fp8_memory: Fraction | None = None
+    moe_trtllm_block_fp8_overhead: Seconds = 0.0
+    moe_trtllm_block_fp8_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
 
     # Block-scaled FP8 dense GEMM as vLLM runs it without DeepGEMM on Hopper: CUTLASS's SM90 blockwise
     # kernel (`W8A8BlockFp8LinearOp` -> `cutlass_scaled_mm` with 128 x 128 weight and 1 x 128
@@ -251,7 +274,7 @@ class Efficiency(_Strict):
 
     @model_validator(mode="after")
     def _moe_triton_dtypes(self) -> "Efficiency":
-        for f in ("moe_triton", "moe_triton_default"):
+        for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8", "moe_trtllm_block_fp8"):
             if getattr(self, f) is not None and not getattr(self, f + "_dtypes"):
                 raise ValueError(f"{f}_dtypes: expected the matrix dtypes {f} has kernel rows of, found none")
         return self
@@ -262,18 +285,17 @@ class Efficiency(_Strict):
             raise ValueError("gdn_chunk and gdn_chunk_units: expected both or neither, found one")
         return self
 
-    def moe_triton_curve(self, default_config: bool, dtype: str) -> tuple[float, float | None, float | None, float] | None:
-        """(fraction of `dtype`'s peak, tokens_half, memory fraction, fixed seconds) of the Triton
-        fused_moe kernel with a tuned config (or, `default_config`, the engine's default tiles);
-        None where the chip has no such curve or the curve has no rows of `dtype`."""
-        if default_config:
-            if self.moe_triton_default is None or dtype not in self.moe_triton_default_dtypes:
-                return None
-            return (self.moe_triton_default, self.moe_triton_default_tokens_half, self.moe_triton_default_memory,
-                    self.moe_triton_default_overhead)
-        if self.moe_triton is None or dtype not in self.moe_triton_dtypes:
+    def moe_kernel_curve(self, field: str, dtype: str) -> tuple[float, float | None, float | None, float,
+                                                                float | None] | None:
+        """(fraction of `dtype`'s peak, tokens_half, memory fraction, fixed seconds, K half-point)
+        of the Triton fused_moe curve `field` ("moe_triton", "moe_triton_default" or
+        "moe_triton_block_fp8"); None where the chip has no such curve or the curve has no rows of
+        `dtype`. The K half-point is None (no K ramp) for the curves without one."""
+        frac = getattr(self, field)
+        if frac is None or dtype not in getattr(self, field + "_dtypes"):
             return None
-        return self.moe_triton, self.moe_triton_tokens_half, self.moe_triton_memory, self.moe_triton_overhead
+        return (frac, getattr(self, field + "_tokens_half"), getattr(self, field + "_memory"),
+                getattr(self, field + "_overhead"), getattr(self, field + "_k_half", None))
 
     def gemm_for(self, dtype: str) -> float:
         """The large-GEMM fraction of peak for matrix `dtype`: `gemm_by_dtype[dtype]`, else `gemm`."""

@@ -185,7 +185,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self.tile_m, self.tile_n = chip.matrix.tile
         # tokens of one expert -> padded tokens, shared by cost models with the same padding rule
         # (below the tile's M: swap-AB steps for grouped kernels, the Triton kernel's row block)
-        self.triton_moe = self.opts.moe_kernel != "grouped"
+        self.triton_moe = self.opts.moe_kernel.startswith("triton")  # Triton's row block (not swap-AB)
         self._min_tokens = self.opts.triton_moe_min_block if self.triton_moe else self.opts.grouped_min_tokens
         # what an expert's padded tokens depend on (`_padded_tokens`): its table's key
         self.padding_rule = (self.opts.tile_quantisation, self.tile_m, self._min_tokens)
@@ -261,16 +261,21 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         """K ramp of an expert FFN: the kernel command's single grouped GEMM carries `op.gemm`
         (groups, M, N, K); a traced expert block is gate/up (K = hidden, 2/3 of the FLOPs) then
         down (K = intermediate, 1/3), combined as a time-weighted (harmonic) mean."""
-        if self.k_half is None or self.triton_moe:  # the Triton curve is fitted without the K ramp
+        half = self.grouped_k_half  # the family's `gemm_k_half`, or the Triton curve's own (None: none)
+        if half is None:
             return 1.0
+
+        def ramp(k: float) -> float:
+            return 1.0 if k <= 0 else k / (k + half)
+
         if op.gemm is not None:
-            return self._k_ramp(op.gemm[3])
+            return ramp(op.gemm[3])
         shapes = op.in_shapes
         if len(shapes) >= 5 and len(shapes[3]) == 3 and len(shapes[4]) == 3:
             _, two_i, h = shapes[3]
             _, _, i = shapes[4]
             f_gu, f_d = 2.0 * h * two_i, 2.0 * i * h
-            return (f_gu + f_d) / (f_gu / self._k_ramp(h) + f_d / self._k_ramp(i))
+            return (f_gu + f_d) / (f_gu / ramp(h) + f_d / ramp(i))
         return 1.0
 
     def attention_seq_ramp(self, op: Op) -> float:

@@ -13,7 +13,8 @@ from codesign.units import parse_quantity
 
 
 # MoE routed-expert kernel implementations a deployment's engine runs (`CostOptions.moe_kernel`).
-MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default"]
+MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default", "triton_fused_block_fp8",
+                    "trtllm_cutlass_block_fp8"]
 # Dense GEMM kernel implementations (`CostOptions.gemm_kernel`).
 GemmKernel = Literal["calibrated", "cutlass_block_fp8"]
 # Blocks whose dense GEMMs are the checkpoint's quantised linear layers (what `gemm_kernel` acts
@@ -84,7 +85,12 @@ class CostOptions(BaseModel):
     # and device, at the chip's `efficiency.moe_triton*` curve; "triton_fused_default" -- the same
     # kernel where the engine has no tuned config for (experts, N, device, dtype) and falls back to
     # its default tile heuristic, at `efficiency.moe_triton_default*`. Both curves are fitted on that
-    # kernel's published timings only (benchmarks/kernels/fused_moe.yaml).
+    # kernel's published timings only (benchmarks/kernels/fused_moe.yaml); "triton_fused_block_fp8"
+    # -- the same kernel on block-scaled FP8 weights (DeepSeek-V3/R1's 128 x 128 blocks) with the
+    # engine's tuned config file, what vLLM runs for such checkpoints on Hopper without DeepGEMM, at
+    # `efficiency.moe_triton_block_fp8*` (benchmarks/kernels/fused_moe_block_fp8.yaml);
+    # "trtllm_cutlass_block_fp8" -- TensorRT-LLM's CUTLASS fused MoE (`CutlassFusedMoE`) on such
+    # weights on Hopper, at `efficiency.moe_trtllm_block_fp8*` (benchmarks/kernels/trtllm_moe_block_fp8.yaml).
     moe_kernel: MoeKernel = "grouped"
     # Which kernel runs the dense projections (2-D GEMMs of the attention, MLA, MLP and shared-expert
     # blocks), a fact of the deployment's engine and checkpoint (docs/cost-model.md "Block-scaled

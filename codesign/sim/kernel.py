@@ -31,6 +31,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # alignment, gate/up grouped GEMM, activation, down grouped GEMM, weighted sum): `tokens` tokens,
     # each routed to `top_k` of `groups` experts, hidden size `hidden`, per-rank expert intermediate
     # size `n` (moe_intermediate_size / TP, the N of vLLM's tuned-config file names).
+    # With `ranks` (optional): expert parallelism over that many ranks, the op one rank's share --
+    # its groups / ranks local experts over all `tokens` (the all-gather exchange: every rank's MoE
+    # receives every token and computes the rows routed to its own experts).
     "fused_moe": ("groups", "top_k", "hidden", "n", "tokens"),
     "attention": ("batch", "heads", "head_dim", "seq_q", "seq_kv", "phase"),
     # GatedDeltaNet chunked prefill: `batch` sequences of `seq_q` tokens, `heads` value heads
@@ -107,6 +110,8 @@ class KernelShape(BaseModel):
         if self.experts is not None and (self.experts % self.ranks or self.top_k > self.experts):
             raise ValueError(f"experts ({self.experts}) must be a multiple of ranks ({self.ranks}) "
                              f"and at least top_k ({self.top_k})")
+        if self.op == "fused_moe" and self.ranks is not None and self.groups % self.ranks:
+            raise ValueError(f"groups ({self.groups}) must be a multiple of ranks ({self.ranks}, the EP degree)")
         if self.moe_kernel is not None and self.op != "fused_moe":
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
@@ -250,12 +255,14 @@ def fused_moe_op(s: KernelShape) -> Op:
     """The routed-expert op the simulator costs for one MoE layer of `s.tokens` tokens: the tracer's
     `grouped_gemm` op of the model's `moe_experts` call, with the per-expert token counts of the
     default router model (`UniformRouter(seed=0)`, layer 0: the draw a traced layer gets) and its
-    bytes rescaled to the kernel's dtype (weights and activations in `s.dtype`), as the mapping does."""
-    return _fused_moe_op(s.groups, s.top_k, s.hidden, s.n, s.tokens, s.dtype)
+    bytes rescaled to the kernel's dtype (weights and activations in `s.dtype`), as the mapping does.
+    With `s.ranks` (EP): the first groups / ranks experts (rank 0's) with their counts of that draw,
+    the token-proportional bytes scaled to their share of the routed rows."""
+    return _fused_moe_op(s.groups, s.top_k, s.hidden, s.n, s.tokens, s.dtype, s.ranks or 1)
 
 
 @functools.lru_cache(maxsize=256)
-def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str) -> Op:
+def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str, ep: int = 1) -> Op:
     import torch
 
     from codesign.graph.router import UniformRouter, routed_counts
@@ -275,8 +282,8 @@ def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str) -> Op:
 
         def __init__(self) -> None:
             super().__init__()
-            self.gate_up_proj = torch.nn.Parameter(torch.empty(E, 2 * N, H, device=meta, dtype=torch.bfloat16))
-            self.down_proj = torch.nn.Parameter(torch.empty(E, H, N, device=meta, dtype=torch.bfloat16))
+            self.gate_up_proj = torch.nn.Parameter(torch.empty(E // ep, 2 * N, H, device=meta, dtype=torch.bfloat16))
+            self.down_proj = torch.nn.Parameter(torch.empty(E // ep, H, N, device=meta, dtype=torch.bfloat16))
 
         def forward(self, x, ids, w):
             return kernels.moe_experts(x, ids, w, self.gate_up_proj, self.down_proj, None, None, "silu")
@@ -288,7 +295,12 @@ def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str) -> Op:
     w = torch.empty(B, k, device=meta, dtype=torch.bfloat16)
     seg = record(lambda: root.experts(x, ids, w), root, [x, ids, w], {}, "prefill")
     (op,) = [o for o in seg.ops if o.kind == "grouped_gemm"]
-    op = rescale_experts(op, routed_counts(UniformRouter(seed=0), 0, B, E, k))
+    counts = routed_counts(UniformRouter(seed=0), 0, B, E, k)
+    if ep == 1:
+        op = rescale_experts(op, counts)
+    else:
+        local = tuple(int(c) for c in counts[:E // ep])
+        op = rescale_experts(op, local, sum(local) / (B * k))
     scaler = Scaler(Precision(weights=dtype, activations=dtype, kv_cache=dtype))
     ones = {c: 1.0 for c in op.bytes_read}
     return scaler.op(op, 1.0, ones, gemm=None)

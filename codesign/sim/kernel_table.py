@@ -106,7 +106,8 @@ class KernelResult:
             shape = f"{r.groups}x{r.m}x{r.n}x{r.k}"
         elif r.op == "fused_moe":
             kernel = f" {r.moe_kernel}" if r.moe_kernel else ""
-            shape = f"E{r.groups} k{r.top_k} {r.hidden}x{r.n} {r.tokens}tok{kernel}"
+            ep = f" ep{r.ranks}" if r.ranks else ""
+            shape = f"E{r.groups} k{r.top_k} {r.hidden}x{r.n}{ep} {r.tokens}tok{kernel}"
         elif r.op == "attention":
             shape = f"b{r.batch} h{r.heads}/{r.kv_heads or r.heads} d{r.head_dim} q{r.seq_q} kv{r.seq_kv}"
         elif r.op == "gdn_chunk":

@@ -12,6 +12,12 @@ from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 
 
+# The efficiency curve of each Triton `cost.moe_kernel` (docs/cost-model.md "MoE kernel implementation").
+MOE_KERNEL_CURVE = {"triton_fused": "moe_triton", "triton_fused_default": "moe_triton_default",
+                    "triton_fused_block_fp8": "moe_triton_block_fp8",
+                    "trtllm_cutlass_block_fp8": "moe_trtllm_block_fp8"}
+
+
 def routed_rows(tokens_per_expert: tuple[int, ...] | None) -> int:
     """(token, expert) rows of a routed-expert op on its chip: the sum of its tokens per expert."""
     return sum([t for t in tokens_per_expert or () if t > 0])
@@ -37,22 +43,24 @@ class MoeKernels:
 
     def _moe_kernel(self, hw: HardwareSpec) -> None:
         """Rates of the routed-expert kernel implementation (`CostOptions.moe_kernel`): the grouped
-        GEMM's by default; the Triton fused_moe curve's (`efficiency.moe_triton*`) for
-        "triton_fused", refused on a chip without that curve."""
+        GEMM's by default; the Triton fused_moe curve's (`MOE_KERNEL_CURVE`: `efficiency.moe_triton*`
+        for "triton_fused", `moe_triton_default*`, `moe_triton_block_fp8*`, `moe_trtllm_block_fp8*`),
+        refused on a chip or matrix dtype without that curve."""
         eff = hw.efficiency
         self.grouped_half = self.half
         self.grouped_hbm_bw = self.matrix_hbm_bw
         self.grouped_fixed_s = 0.0
-        if not self.triton_moe:
+        self.grouped_k_half = self.k_half  # the K ramp of expert GEMMs (`_grouped_k_ramp`); None: none
+        if self.opts.moe_kernel == "grouped":
             return
-        curve = eff.moe_triton_curve(self.opts.moe_kernel == "triton_fused_default", self.matrix_dtype)
+        field = MOE_KERNEL_CURVE[self.opts.moe_kernel]
+        curve = eff.moe_kernel_curve(field, self.matrix_dtype)
         if curve is None:
-            field = "moe_triton_default" if self.opts.moe_kernel == "triton_fused_default" else "moe_triton"
             have = ", ".join(getattr(eff, field + "_dtypes")) if getattr(eff, field) is not None else "none"
             raise CodesignError(f"cost.moe_kernel: {self.opts.moe_kernel} needs efficiency.{field} of {hw.name} "
-                                f"for {self.matrix_dtype} (a fit on Triton fused_moe kernel rows of that dtype); "
+                                f"for {self.matrix_dtype} (a fit on that kernel's rows of that dtype); "
                                 f"{hw.name}'s {field}_dtypes: {have}")
-        frac, half, memory, fixed = curve
+        frac, half, memory, fixed, self.grouped_k_half = curve
         self.grouped_rate = hw.chip.matrix.peak(self.matrix_dtype) * frac
         if half is not None:
             self.grouped_half = half

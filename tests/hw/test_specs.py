@@ -137,9 +137,13 @@ def test_efficiency_calibration():
     for n in ("h200", "h800"):
         assert load_hw(n).efficiency == h100
     # H20 also has its own prefill-attention fraction (FA3 on H20, benchmarks/kernels/attention.yaml)
-    # and no CUTLASS blockwise FP8 curve (a K-loop time per tile: its tensor rate is cut)
+    # and no CUTLASS blockwise FP8 curve (a K-loop time per tile: its tensor rate is cut), nor the
+    # block-FP8 MoE kernel curves (fitted on H200 rows of the full-rate parts)
     no_gdn = {"gdn_chunk": None, "gdn_chunk_units": None, "attention": 0.851, "cutlass_block_fp8": None,
               "cutlass_block_fp8_m_half": 0.0, "cutlass_block_fp8_k_s": 0.0}
+    for f in ("moe_triton_block_fp8", "moe_trtllm_block_fp8"):
+        no_gdn.update({f: None, f + "_dtypes": (), f + "_tokens_half": None, f + "_memory": None,
+                       f + "_overhead": 0.0, f + "_k_half": None})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 

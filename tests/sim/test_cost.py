@@ -149,12 +149,14 @@ FAMILIES = {
 # measured per chip where a chip has its own FA3 rows (H20: benchmarks/kernels/attention.yaml).
 # Blackwell: GB200 (1200 W) has its own FP8 fraction from its cuBLASLt row; B200's is CUTLASS's.
 # The CUTLASS blockwise FP8 curve (a K-loop time per tile) holds for the full-rate Hopper parts, not
-# H20 (its tensor rate is cut).
+# H20 (its tensor rate is cut), and so do the block-FP8 MoE kernel curves (fitted on H200 rows).
 # CDNA3's FP8 grouped fraction: MI325X's from its AITER fused-MoE rows, MI300X's by the MAF ratio;
 # MI355X (CDNA4) has none.
+_BLOCK_FP8_MOE = tuple(f + s for f in ("moe_triton_block_fp8", "moe_trtllm_block_fp8")
+                       for s in ("", "_dtypes", "_tokens_half", "_memory", "_overhead", "_k_half"))
 PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
-                                                          "cutlass_block_fp8_k_s"),
+                                                          "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE,
             "blackwell": ("gemm",)}
 
 
