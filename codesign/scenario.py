@@ -78,6 +78,12 @@ class EngineSpec(_Strict):
     overlap: bool | None = None
     multi_step: Annotated[Int, Field(ge=1, le=1024)] | None = None
     detokenize: bool | None = None  # the requests are detokenised (None: the engine's default, yes)
+    # What multi-step scheduling amortises (codesign.sim.host_overhead, docs/cost-model.md "AMD
+    # Llama-2-70B rows"): "amortized" (None: the default) divides the whole host time by multi_step;
+    # "per_step" divides only the per-iteration term and pays per_seq_s every forward pass (vLLM V0's
+    # multi-step output processor appends and stop-checks every token of every sequence, and nothing
+    # overlaps it when asynchronous output processing is off).
+    multi_step_outputs: Literal["amortized", "per_step"] | None = None
 
     @field_validator("name")
     @classmethod

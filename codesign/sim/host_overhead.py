@@ -14,7 +14,11 @@ much of it the accelerator waits for depends on the engine:
   scheduler, vLLM V1 ``--async-scheduling``) hide it behind the previous step, except what exceeds
   it: the step takes ``max(gpu, host)``;
 * **multi-step** scheduling (vLLM 0.6 ``num_scheduler_steps``) runs ``n`` forward passes per
-  scheduler call: the host time is divided by ``n`` before the rule above.
+  scheduler call: the host time is divided by ``n`` before the rule above (``multi_step_outputs:
+  amortized``, the default), or only its per-iteration part is, with the per-sequence output
+  processing paid every forward pass (``per_step``: vLLM V0's multi-step output processor appends
+  and stop-checks every token of every sequence, and without asynchronous output processing the
+  GPU waits for it).
 
 ``host = step_s + per_seq_s x (running sequences of one engine instance)``. Each data-parallel
 replica (``parallel.dp`` x ``parallel.attention_dp``) runs its own engine and scheduler on its own
@@ -24,8 +28,8 @@ other. A prefill of ``n`` prompts in ``k`` chunked iterations pays ``k x step_s 
 Each `ENGINES` entry names its figures' sources (docs/cost-model.md, "Engine effect: host
 overhead"); an engine whose per-step host time is not published is **neutral** (zero) and says so.
 A scenario names its engine in ``workload.engine`` (a name, or a mapping with ``name`` and any of
-``step_s``, ``per_seq_s``, ``detokenize_per_seq_s``, ``overlap``, ``multi_step``, ``detokenize`` to
-override its figures; a mapping without a name is a custom engine). ``detokenize: false`` (requests
+``step_s``, ``per_seq_s``, ``detokenize_per_seq_s``, ``overlap``, ``multi_step``, ``detokenize``,
+``multi_step_outputs`` to override its figures; a mapping without a name is a custom engine). ``detokenize: false`` (requests
 that return token ids only) removes the engine's detokenisation share from ``per_seq_s``. No engine:
 no host overhead (the model's kernels back to back).
 """
@@ -55,6 +59,9 @@ class EngineProfile:
     # per_seq_s as measured; requests with detokenize off skip it)
     detokenize_per_seq_s: float = 0.0
     detokenize: bool = True  # whether the requests are detokenised (vLLM's default: yes)
+    # "amortized": multi_step divides the whole host time; "per_step": it divides step_s only and
+    # the per-sequence term is paid every forward pass (module docstring)
+    multi_step_outputs: str = "amortized"
     source: str = ""
 
     @property
@@ -68,7 +75,10 @@ class EngineProfile:
 
     def host_s(self, seqs: float, iterations: int = 1) -> float:
         """Host seconds of `iterations` scheduler iterations over `seqs` running sequences (one
-        engine instance), amortised over `multi_step` forward passes."""
+        engine instance), per forward pass: amortised over `multi_step` forward passes, all of it
+        (`multi_step_outputs` "amortized") or the per-iteration term only ("per_step")."""
+        if self.multi_step_outputs == "per_step":
+            return iterations * self.step_s / self.multi_step + seqs * self.seq_s
         return (iterations * self.step_s + seqs * self.seq_s) / self.multi_step
 
     def step_time(self, gpu_s: float, seqs: float, iterations: int = 1) -> float:
@@ -147,6 +157,7 @@ def engine_profile(spec: str | EngineSpec | dict[str, Any] | None) -> EngineProf
         name=f"{base.name} (overridden)" if (overridden and name is not None) else base.name,
         step_s=pick("step_s"), per_seq_s=pick("per_seq_s"), overlap=pick("overlap"), multi_step=pick("multi_step"),
         detokenize_per_seq_s=pick("detokenize_per_seq_s"), detokenize=pick("detokenize"),
+        multi_step_outputs=pick("multi_step_outputs"),
         source=base.source if name is not None else "scenario",
     )
 

@@ -32,8 +32,8 @@ METRICS = ("seconds", "tflops", "gbps")
 # Kernel libraries a matrix row's source ran (what `library:` may name): DeepGEMM, TileLang,
 # cuBLAS (BF16/FP16 `torch.mm` / `F.linear`), cuBLASLt (per-tensor FP8 `torch._scaled_mm`,
 # TensorRT-LLM's FP8 GEMM plugin), CUTLASS (vLLM's `cutlass_scaled_mm`, FBGEMM's and ATen's
-# row-wise FP8 kernels), hipBLASLt.
-LIBRARIES = ("deepgemm", "tilelang", "cublas", "cublaslt", "cutlass", "hipblaslt")
+# row-wise FP8 kernels), hipBLASLt, CK (AMD's Composable Kernel, as AITER's tuned GEMMs run it).
+LIBRARIES = ("deepgemm", "tilelang", "cublas", "cublaslt", "cutlass", "hipblaslt", "ck")
 
 
 class KernelRow(KernelShape):

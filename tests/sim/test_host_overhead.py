@@ -80,6 +80,29 @@ def test_multi_step_and_detokenize_off_scale_the_host_time():
     assert off.name == "vllm-0.5"  # no figure overridden
 
 
+def test_multi_step_per_step_outputs_pay_the_sequence_term_every_forward_pass():
+    """`multi_step_outputs: per_step` (vLLM V0 multi-step without asynchronous output processing):
+    only the per-iteration term is amortised; the per-sequence term is paid every forward pass. The
+    AMD v5.1 Llama-2-70B MI300X row's figures by hand: 1,687 running sequences per engine, 11 steps."""
+    v0 = ENGINES["vllm-0.5"]
+    e = engine_profile({"name": "vllm-0.5", "detokenize": False, "multi_step": 11, "multi_step_outputs": "per_step"})
+    seq = (3.4e-3 - 0.2e-3) / 31 - v0.detokenize_per_seq_s  # 77 us per sequence, detokenisation off
+    assert e.host_s(1687) == pytest.approx(4e-3 / 11 + 1687 * seq)  # 0.36 ms + 130 ms
+    amortized = engine_profile({"name": "vllm-0.5", "detokenize": False, "multi_step": 11})
+    assert amortized.multi_step_outputs == "amortized"
+    assert amortized.host_s(1687) == pytest.approx((4e-3 + 1687 * seq) / 11)
+    assert e.host_s(1687) / amortized.host_s(1687) == pytest.approx(11 * (4e-3 / 11 + 1687 * seq) / (4e-3 + 1687 * seq))
+    # multi_step 1: the two readings agree
+    one = engine_profile({"name": "vllm-0.5", "multi_step_outputs": "per_step"})
+    assert one.host_s(500, iterations=3) == pytest.approx(v0.host_s(500, iterations=3))
+    # through a simulated decode step: gpu + host, the host term as above
+    ctx = 4096
+    r = decode_mode(step, 100, ctx, ctx, None, host=EngineProfile("p", step_s=8e-3, per_seq_s=1e-4, overlap=False,
+                                                                  multi_step=8, multi_step_outputs="per_step"))
+    assert r.tpot_s == pytest.approx(W + 100 * ctx * KV + 8e-3 / 8 + 100 * 1e-4)
+    assert "multi_step_outputs" in _scenario({"name": "vllm-0.5", "multi_step_outputs": "sometimes"})
+
+
 def test_tpot_slo_search_counts_host_time():
     ctx, slo = 8192, 0.05
     slow = EngineProfile("s", step_s=0.01, per_seq_s=0.0, overlap=False)

@@ -30,9 +30,11 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # cuBLAS BF16 on B200 at 128x28672x4096, +30%: one small-M ramp serves every GEMM library
     # AITER's fused-MoE rows on CDNA3 (cdna_grouped.yaml) are shown, not calibrated: the grouped rule
     # is -62% there and no CDNA field is set from them (docs/cost-model.md, "CDNA grouped expert
-    # GEMMs"); their transcription is checked in tests/sim/test_cdna_grouped.py
+    # GEMMs"); their transcription is checked in tests/sim/test_cdna_grouped.py. Likewise AITER's CK
+    # FP8 GEMM tuning on MI300X at Llama-70B shapes (cdna_llama_gemm.yaml: shown, not fitted; the
+    # CDNA rule is 18-51% faster there; tests/sim/test_cdna_llama_gemm.py)
     bad = [(r.label(), round(r.error, 3)) for r in results
-           if abs(r.error) > 0.35 and r.file != "cdna_grouped.yaml"]
+           if abs(r.error) > 0.35 and r.file not in ("cdna_grouped.yaml", "cdna_llama_gemm.yaml")]
     assert not bad
     assert kernel_mape(results) <= 0.15
 

@@ -58,6 +58,11 @@ def test_amd_rows_have_the_submitted_plan_caps_and_engine(name):
     assert w.mode == "offline" and w.max_batch == seqs * _engines(name)
     eng = w.engine
     assert (eng.name, eng.detokenize, eng.multi_step) == ("vllm-0.5", False, steps)
+    # enforce_eager True in the Llama-2-70B configs: vLLM's ROCm platform then turns asynchronous
+    # output processing off, so those rows pay output processing every forward pass; the Mixtral
+    # configs set enforce_eager False and keep the default (docs/cost-model.md "AMD Llama-2-70B rows")
+    expected = "per_step" if model == "llama-2-70b" else None
+    assert eng.multi_step_outputs == expected
 
 
 @pytest.mark.parametrize("name", sorted(AMD) + [B200_LLAMA2, B200_405B, GB200_LLAMA2, GB200_405B, *H200])
