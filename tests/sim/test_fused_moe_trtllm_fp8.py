@@ -89,3 +89,22 @@ def test_the_curve_is_refused_without_data():
                 load_hw("h100"))
     with pytest.raises(CodesignError, match=r"efficiency\.moe_trtllm_fp8 of h20 for fp8 .*_dtypes: none$"):
         predict(KernelShape(**MIXTRAL, hw="h20", tokens=64, moe_kernel="trtllm_cutlass_fp8"), load_hw("h20"))
+
+
+def test_the_hopper_mixtral_rows_run_the_measured_runner_not_the_unfused_epilogue():
+    from pathlib import Path
+
+    from codesign.scenario import load_scenarios
+    from codesign.sim.cost import CostOptions
+
+    root = Path(__file__).resolve().parents[2]
+    rows = {s.name: s for s in load_scenarios(root / "benchmarks" / "validation" / "public.yaml")}
+    hopper = [n for n, s in rows.items() if s.model == "mixtral-8x7b" and s.hardware in ("h100", "h200")]
+    assert sorted(hopper) == ["mlperf-v4.1-8xh100-mixtral-8x7b-offline", "mlperf-v4.1-8xh100-mixtral-8x7b-server",
+                              "mlperf-v4.1-8xh200-mixtral-8x7b-server", "mlperf-v5.1-8xh200-mixtral-8x7b-offline"]
+    for n in hopper:
+        s = rows[n]
+        assert s.parallel == {"tp": 1, "dp": 8} and s.precision["weights"] == "fp8", n  # the curve's TP1 FP8 shape
+        opts = CostOptions.from_dict(s.cost)
+        # the whole-call timings hold the permute / activation / finalize kernels: not counted twice
+        assert opts.moe_kernel == "trtllm_cutlass_fp8" and not opts.moe_unfused_epilogue, n
