@@ -108,3 +108,18 @@ def test_the_hopper_mixtral_rows_run_the_measured_runner_not_the_unfused_epilogu
         opts = CostOptions.from_dict(s.cost)
         # the whole-call timings hold the permute / activation / finalize kernels: not counted twice
         assert opts.moe_kernel == "trtllm_cutlass_fp8" and not opts.moe_unfused_epilogue, n
+
+
+def test_bf16_rows_are_the_same_call_at_twice_the_bytes_and_half_the_rate():
+    # transcription check of the BF16 rows (shown under the grouped rule, not fitted): against the FP8
+    # row of the same chip and tokens, decode sizes stream twice the weight bytes (ratio near 2, a bit
+    # under: fixed time), prompt sizes run at half the tensor rate (ratio 1.6-2.0)
+    t = load_table(KERNEL_DIR / "trtllm_moe_fp8.yaml")
+    fp8 = {(r.hw, r.tokens): r.seconds for r in t.rows if r.dtype == "fp8"}
+    bf16 = {(r.hw, r.tokens): r.seconds for r in t.rows if r.dtype == "bf16"}
+    assert set(fp8) == set(bf16) and len(bf16) == 50
+    for (hw, tokens), s in bf16.items():
+        ratio = s / fp8[(hw, tokens)]
+        assert 1.6 <= ratio <= 2.0, (hw, tokens, ratio)
+    assert bf16[("h100", 16384)] == pytest.approx(14.516491e-3, rel=1e-6)
+    assert bf16[("h200", 32768)] == pytest.approx(29.175489e-3, rel=1e-6)
