@@ -90,6 +90,12 @@ GROUPS = {
                               "moe_trtllm_block_fp8_memory": (0.2, 1.0), "moe_trtllm_block_fp8_overhead": (0.0, 100e-6),
                               "moe_trtllm_block_fp8_k_half": (1.0, 8192.0)},
                              set()),
+    # The same runner on per-tensor FP8 (`moe_trtllm_fp8`; benchmarks/kernels/trtllm_moe_fp8.yaml,
+    # Mixtral-8x7B's shape at TP1, H100 and H200): no K ramp (one shape).
+    "moe_trtllm_fp8": (lambda r: r.op == "fused_moe" and r.moe_kernel == "trtllm_cutlass_fp8" and r.hw in FULL_HOPPER,
+                       {"moe_trtllm_fp8": (0.02, 1.0), "moe_trtllm_fp8_tokens_half": (1.0, 65536.0),
+                        "moe_trtllm_fp8_memory": (0.2, 1.0), "moe_trtllm_fp8_overhead": (0.0, 100e-6)},
+                       set()),
     # CDNA3 grouped expert GEMMs (AITER's fused-MoE call on gfx942, benchmarks/kernels/cdna_grouped.yaml)
     # under the default grouped rule: their fraction of the dtype's peak (`grouped_gemm`). The rows so
     # far are one tiny-expert shape (GLM-5 TP8); the value is printed, not written into the CDNA
@@ -292,6 +298,8 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "moe_triton_block_fp8_memory": cur.memory, "moe_triton_block_fp8_k_half": 256.0,
                  "moe_trtllm_block_fp8": cur.gemm, "moe_trtllm_block_fp8_tokens_half": 256.0,
                  "moe_trtllm_block_fp8_memory": cur.memory, "moe_trtllm_block_fp8_k_half": 256.0,
+                 "moe_trtllm_fp8": cur.gemm, "moe_trtllm_fp8_tokens_half": 256.0,
+                 "moe_trtllm_fp8_memory": cur.memory,
                  "grouped_gemm": cur.gemm}[n]
         x0.append((v - bounds[n][0]) / (bounds[n][1] - bounds[n][0]))
     # Nelder-Mead from the current values and from 8 seeded random starts (it stalls on the flat

@@ -62,7 +62,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            help="calibrated | cutlass_block_fp8 (default: calibrated, cost.gemm_kernel)")
         if op == "fused_moe":
             q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
-                           help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 (default: grouped, cost.moe_kernel)")
+                           help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 | trtllm_cutlass_fp8 (default: grouped, cost.moe_kernel)")
             q.add_argument("--ranks", type=int, default=None,
                            help="expert parallelism: one rank's groups / ranks experts over all the tokens (none: all experts)")
         if op == "attention":

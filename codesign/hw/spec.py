@@ -259,6 +259,15 @@ class Efficiency(_Strict):
     moe_trtllm_block_fp8_memory: Fraction | None = None
     moe_trtllm_block_fp8_overhead: Seconds = 0.0
     moe_trtllm_block_fp8_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    # TensorRT-LLM's CUTLASS fused MoE on per-tensor FP8 weights and activations on Hopper (the
+    # CutlassMoeFCRunner FP8 path: routing, quantisation, permute, the two grouped GEMMs, SwiGLU,
+    # finalize), `trtllm_cutlass_fp8`: the same symbols and the grouped rule's padding, no K ramp (its
+    # rows are at one shape). Fitted on benchmarks/kernels/trtllm_moe_fp8.yaml only.
+    moe_trtllm_fp8: Fraction | None = None
+    moe_trtllm_fp8_dtypes: tuple[Dtype, ...] = ()
+    moe_trtllm_fp8_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    moe_trtllm_fp8_memory: Fraction | None = None
+    moe_trtllm_fp8_overhead: Seconds = 0.0
 
     # Block-scaled FP8 dense GEMM as vLLM runs it without DeepGEMM on Hopper: CUTLASS's SM90 blockwise
     # kernel (`W8A8BlockFp8LinearOp` -> `cutlass_scaled_mm` with 128 x 128 weight and 1 x 128
@@ -274,7 +283,8 @@ class Efficiency(_Strict):
 
     @model_validator(mode="after")
     def _moe_triton_dtypes(self) -> "Efficiency":
-        for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8", "moe_trtllm_block_fp8"):
+        for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8", "moe_trtllm_block_fp8",
+                  "moe_trtllm_fp8"):
             if getattr(self, f) is not None and not getattr(self, f + "_dtypes"):
                 raise ValueError(f"{f}_dtypes: expected the matrix dtypes {f} has kernel rows of, found none")
         return self
@@ -288,8 +298,8 @@ class Efficiency(_Strict):
     def moe_kernel_curve(self, field: str, dtype: str) -> tuple[float, float | None, float | None, float,
                                                                 float | None] | None:
         """(fraction of `dtype`'s peak, tokens_half, memory fraction, fixed seconds, K half-point)
-        of the Triton fused_moe curve `field` ("moe_triton", "moe_triton_default" or
-        "moe_triton_block_fp8"); None where the chip has no such curve or the curve has no rows of
+        of the fused MoE curve `field` ("moe_triton", "moe_triton_default", "moe_triton_block_fp8",
+        "moe_trtllm_block_fp8" or "moe_trtllm_fp8"); None where the chip has no such curve or the curve has no rows of
         `dtype`. The K half-point is None (no K ramp) for the curves without one."""
         frac = getattr(self, field)
         if frac is None or dtype not in getattr(self, field + "_dtypes"):

@@ -14,7 +14,7 @@ from codesign.units import parse_quantity
 
 # MoE routed-expert kernel implementations a deployment's engine runs (`CostOptions.moe_kernel`).
 MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default", "triton_fused_block_fp8",
-                    "trtllm_cutlass_block_fp8"]
+                    "trtllm_cutlass_block_fp8", "trtllm_cutlass_fp8"]
 # Dense GEMM kernel implementations (`CostOptions.gemm_kernel`).
 GemmKernel = Literal["calibrated", "cutlass_block_fp8"]
 # Blocks whose dense GEMMs are the checkpoint's quantised linear layers (what `gemm_kernel` acts
@@ -90,7 +90,9 @@ class CostOptions(BaseModel):
     # engine's tuned config file, what vLLM runs for such checkpoints on Hopper without DeepGEMM, at
     # `efficiency.moe_triton_block_fp8*` (benchmarks/kernels/fused_moe_block_fp8.yaml);
     # "trtllm_cutlass_block_fp8" -- TensorRT-LLM's CUTLASS fused MoE (`CutlassFusedMoE`) on such
-    # weights on Hopper, at `efficiency.moe_trtllm_block_fp8*` (benchmarks/kernels/trtllm_moe_block_fp8.yaml).
+    # weights on Hopper, at `efficiency.moe_trtllm_block_fp8*` (benchmarks/kernels/trtllm_moe_block_fp8.yaml);
+    # "trtllm_cutlass_fp8" -- the same runner on per-tensor FP8 weights and activations on Hopper, at
+    # `efficiency.moe_trtllm_fp8*` (benchmarks/kernels/trtllm_moe_fp8.yaml).
     moe_kernel: MoeKernel = "grouped"
     # Which kernel runs the dense projections (2-D GEMMs of the attention, MLA, MLP and shared-expert
     # blocks), a fact of the deployment's engine and checkpoint (docs/cost-model.md "Block-scaled

@@ -144,6 +144,8 @@ def test_efficiency_calibration():
     for f in ("moe_triton_block_fp8", "moe_trtllm_block_fp8"):
         no_gdn.update({f: None, f + "_dtypes": (), f + "_tokens_half": None, f + "_memory": None,
                        f + "_overhead": 0.0, f + "_k_half": None})
+    no_gdn.update({"moe_trtllm_fp8": None, "moe_trtllm_fp8_dtypes": (), "moe_trtllm_fp8_tokens_half": None,
+                   "moe_trtllm_fp8_memory": None, "moe_trtllm_fp8_overhead": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 

@@ -55,6 +55,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "efficiency.moe_triton_dtypes": ["bf16", "fp8"], "efficiency.moe_triton_default_dtypes": ["fp8", "bf16"],
         "efficiency.moe_triton_block_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.moe_trtllm_block_fp8_dtypes": ["fp8", "bf16"],
+        "efficiency.moe_trtllm_fp8_dtypes": ["fp8", "bf16"],
     }
     if path in special:
         return special[path]

@@ -154,9 +154,10 @@ FAMILIES = {
 # MI355X (CDNA4) has none.
 _BLOCK_FP8_MOE = tuple(f + s for f in ("moe_triton_block_fp8", "moe_trtllm_block_fp8")
                        for s in ("", "_dtypes", "_tokens_half", "_memory", "_overhead", "_k_half"))
+_PER_TENSOR_FP8_MOE = tuple("moe_trtllm_fp8" + s for s in ("", "_dtypes", "_tokens_half", "_memory", "_overhead"))
 PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
-                                                          "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE,
+                                                          "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE,
             "blackwell": ("gemm",)}
 
 

