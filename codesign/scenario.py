@@ -104,6 +104,9 @@ class Workload(_Strict):
     output_tokens: Tokens | TokenDist = Field(default=1024)
     concurrency: Batch | None = None  # batch mode
     rate_per_s: float | None = Field(default=None, gt=0, le=1e9)  # server mode
+    # How requests at `rate_per_s` arrive (server mode): exponential gaps, or fixed intervals of
+    # 1 / rate (guidellm's constant profile); the SLO search's rates use it too.
+    arrival: Literal["poisson", "constant"] = "poisson"
     # Running-batch cap for the whole deployment (sequences in flight, summed over data-parallel
     # replicas): serving engines bound it (TensorRT-LLM max_batch_size, MLPerf gpu_batch_size, vLLM
     # max_num_seqs), so offline/decode use min(largest that fits, max_batch). None: no cap.
@@ -192,6 +195,14 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
         if w.engine is not None:
             return ("workload.engine: not yet supported in mode 'server' (the host overhead acts in the "
                     "steady-state modes offline, batch, decode and prefill)")
+        if w.arrival != "poisson":
+            if w.trace is not None:
+                return (f"workload.arrival: {w.arrival!r} with workload.trace: a trace gives its own arrival "
+                        "times (expected the default 'poisson', which then does not act, or no trace)")
+            searching = slo is not None and bool(slo.ttft_s or slo.tpot_s)
+            if w.rate_per_s is None and not searching:
+                return (f"workload.arrival: {w.arrival!r} needs workload.rate_per_s (or an SLO search over "
+                        "rates); without either the requests are sent at once")
         if w.max_batch is not None:  # the scheduler's own cap acts there, per engine
             return ("workload.max_batch: not yet supported in mode 'server': the running-batch cap of a request stream "
                     "is workload.scheduler.max_num_seqs (per engine, i.e. per data-parallel replica)")
@@ -217,6 +228,8 @@ def unsupported(w: Workload, slo: SLO | None = None) -> str | None:
                     "acts in offline and batch modes)")
     if w.rate_per_s is not None:
         return f"workload.rate_per_s: not yet supported {where} (an arrival rate belongs to server mode)"
+    if w.arrival != "poisson":
+        return f"workload.arrival: not yet supported {where} (an arrival process belongs to server mode)"
     if w.concurrency is not None and mode != "batch":
         return f"workload.concurrency: not yet supported {where} (a fixed concurrency is mode 'batch')"
     if slo is not None and slo.tpot_s is not None and mode == "prefill":

@@ -27,11 +27,13 @@ FP32 = 4  # bytes per recurrent-state element
 
 SHIPPED = [
     "deepseek-v3",
+    "glm-4.5-air",
     "gpt-oss-120b",
     "llama-2-70b",
     "llama-3.1-405b",
     "llama-3.1-70b",
     "mixtral-8x7b",
+    "qwen3-14b",
     "qwen3-235b-a22b",
     "qwen3-32b",
     "qwen3-8b",
@@ -40,6 +42,7 @@ SHIPPED = [
     "qwen3-next-80b-a3b",
     "qwen3.5-35b-a3b",
     "qwen3.5-397b-a17b",
+    "qwen3.5-9b",
 ]
 
 # Published figures printed coarser than 1% ("A3B"), or counted with another convention than ours.
@@ -52,6 +55,7 @@ PUBLISHED_AS = {
     ("qwen3.5-35b-a3b", "active"): (0.5e9, "all"),  # "A3B": 3.46B
     ("qwen3-next-80b-a3b", "active"): (0.5e9, "non_embedding"),  # "A3B": 3.25B; 3.87B with both tables
     ("deepseek-v3", "active"): (0.5e9, "no_input_embed"),  # "37B": 36.63B; 37.55B with the table
+    ("glm-4.5-air", "active"): (0.5e9, "non_embedding"),  # "12B": 12.18B; 13.42B with both tables
 }
 
 
@@ -211,6 +215,9 @@ def test_gpt_oss_active_matches_model_card_convention() -> None:
         ("qwen3-235b-a22b", 188 * KIB, 0),  # 94 layers x 4 KV heads x 128 x 2 (K, V) x 2 B
         ("deepseek-v3", int(68.625 * KIB), 0),  # 61 x (512 latent + 64 rope) x 2 B
         ("qwen3-max-proxy", 480 * KIB, 0),  # 120 x 8 x 128 x 2 x 2 B: 2.55x Qwen3-235B
+        ("glm-4.5-air", 184 * KIB, 0),  # 46 layers x 8 KV heads x 128 x 2 x 2 B
+        ("qwen3-14b", 160 * KIB, 0),  # 40 layers x 8 KV heads x 128 x 2 (K, V) x 2 B
+        ("qwen3.5-9b", 32 * KIB, 48 * MIB),  # 8 full layers x 4 KV heads x 256 x 2 x 2 B; 24 GDN x 32 x 128 x 128 x 4 B
     ],
 )
 def test_kv_and_state_bytes(name: str, kv_per_token: int, state_per_seq: int) -> None:
@@ -262,6 +269,9 @@ def test_layouts() -> None:
     g = load_model("gpt-oss-120b")
     assert g.layer_types[:2] == ["sliding_attention", "full_attention"]
     assert g.layer_types.count("sliding_attention") == 18
+    n = load_model("qwen3.5-9b")  # transformers' full_attention_interval 4: every fourth layer full
+    assert n.layer_types == ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(32)]
+    assert set(n.mlp_types) == {"dense"} and not n.is_moe
 
 
 # ---- bad input -----------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Request streams: who sends what, when.
 
-Three kinds, as serving benchmarks drive a server:
+Four kinds, as serving benchmarks drive a server:
 
 * ``poisson`` -- N requests with exponential inter-arrival gaps at ``rate_per_s`` (MLPerf Server,
   `vllm bench serve --request-rate R`);
+* ``constant`` -- N requests at fixed intervals of 1 / ``rate_per_s`` (`workload.arrival: constant`;
+  guidellm `--profile constant --rate R`, which sends request i at i / R after its start);
 * ``burst`` -- N requests all sent at t = 0, optionally with at most ``concurrency`` outstanding
   at a time (`vllm bench serve --max-concurrency C`, `trtllm-bench`, MLPerf Offline): the client
   sends the next request when one completes;
@@ -32,7 +34,7 @@ import numpy as np
 from codesign.errors import CodesignError
 from codesign.scenario import TokenDist
 
-Kind = Literal["poisson", "burst", "trace"]
+Kind = Literal["poisson", "constant", "burst", "trace"]
 
 # Coefficient of variation when `cv` is not given (named assumptions, overridable per field):
 # uniform over [1, 2 mean - 1] (`vllm bench serve --random-range-ratio 1`, cv = 1/sqrt(3));
@@ -115,6 +117,20 @@ def poisson_stream(n: int, rate_per_s: float, input_tokens: int | TokenDist, out
     return _make("poisson", times, inp, out, float(rate_per_s), concurrency)
 
 
+def constant_stream(n: int, rate_per_s: float, input_tokens: int | TokenDist, output_tokens: int | TokenDist,
+                    seed: int = 0, max_tokens: int | None = None, concurrency: int | None = None) -> RequestStream:
+    """`n` requests at fixed intervals of 1 / `rate_per_s`, the first after one interval (as the
+    Poisson stream's first arrival after one gap, and guidellm's constant profile: request i at
+    start + i / rate for i = 1..n). Lengths are the Poisson stream's draws at the same seed."""
+    if not (isinstance(rate_per_s, (int, float)) and rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise CodesignError(f"workload.rate_per_s: expected a positive request rate, found {rate_per_s!r}")
+    _check_n(n)
+    times = np.arange(1, n + 1, dtype=np.float64) / float(rate_per_s)
+    inp = draw_lengths(input_tokens, n, rng(seed, _STREAM_INPUT), max_tokens)
+    out = draw_lengths(output_tokens, n, rng(seed, _STREAM_OUTPUT), max_tokens)
+    return _make("constant", times, inp, out, float(rate_per_s), concurrency)
+
+
 def burst_stream(n: int, input_tokens: int | TokenDist, output_tokens: int | TokenDist, seed: int = 0,
                  max_tokens: int | None = None, concurrency: int | None = None) -> RequestStream:
     """`n` requests all sent at t = 0, at most `concurrency` outstanding (None: all at once)."""
@@ -183,4 +199,4 @@ def _parse_row(parts: list[str]) -> tuple[float, int, int] | None:
     return t, a, b
 
 
-__all__ = ["Request", "RequestStream", "poisson_stream", "burst_stream", "load_trace", "draw_lengths", "DEFAULT_CV", "rng"]
+__all__ = ["Request", "RequestStream", "poisson_stream", "constant_stream", "burst_stream", "load_trace", "draw_lengths", "DEFAULT_CV", "rng"]

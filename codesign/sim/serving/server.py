@@ -31,7 +31,7 @@ from codesign.errors import CodesignError
 from codesign.graph.shape import Group, StepShape
 from codesign.results import Result, infeasible
 from codesign.scenario import SLO, TokenDist, Workload
-from codesign.sim.serving.arrivals import RequestStream, burst_stream, load_trace, poisson_stream
+from codesign.sim.serving.arrivals import RequestStream, burst_stream, constant_stream, load_trace, poisson_stream
 from codesign.sim.serving.config import DEFAULT_REQUESTS, ENGINE, SchedulerConfig, scheduler_config
 from codesign.sim.serving.frontend import FrontendConfig, frontend_config
 from codesign.sim.serving.kv import KVCapacity, kv_capacity
@@ -154,7 +154,8 @@ def stream_of(wl: Workload, rate: float | None = None, max_tokens: int | None = 
         return load_trace(wl.trace, wl.concurrency)
     rate = rate if rate is not None else wl.rate_per_s
     if rate is not None:
-        return poisson_stream(n, rate, wl.input_tokens, wl.output_tokens, wl.seed, max_tokens, wl.concurrency)
+        make = constant_stream if wl.arrival == "constant" else poisson_stream
+        return make(n, rate, wl.input_tokens, wl.output_tokens, wl.seed, max_tokens, wl.concurrency)
     return burst_stream(n, wl.input_tokens, wl.output_tokens, wl.seed, max_tokens, wl.concurrency)
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from codesign.errors import CodesignError
 from codesign.scenario import TokenDist
-from codesign.sim.serving.arrivals import burst_stream, draw_lengths, load_trace, poisson_stream, rng
+from codesign.sim.serving.arrivals import (burst_stream, constant_stream, draw_lengths, load_trace, poisson_stream,
+                                           rng)
 
 
 def test_poisson_gaps_have_the_rate_and_scale_exactly():
@@ -23,6 +24,20 @@ def test_poisson_gaps_have_the_rate_and_scale_exactly():
     again = poisson_stream(20_000, 4.0, 100, 10, seed=3)
     assert again == s  # deterministic
     assert poisson_stream(100, 4.0, 100, 10, seed=4).requests[0].arrival_s != s.requests[0].arrival_s
+
+
+def test_constant_stream_sends_request_i_at_i_over_the_rate():
+    """guidellm's constant profile: request i (1..n) at start + i / rate; lengths as the Poisson
+    stream's at the same seed (one independent generator per quantity)."""
+    lengths = TokenDist(mean=1000, dist="lognormal")
+    s = constant_stream(100, 4.0, lengths, 10, seed=3)
+    assert s.kind == "constant" and s.rate_per_s == 4.0 and s.n == 100
+    assert [r.arrival_s for r in s.requests] == [(i + 1) / 4.0 for i in range(100)]
+    p = poisson_stream(100, 4.0, lengths, 10, seed=3)
+    assert [r.input_tokens for r in s.requests] == [r.input_tokens for r in p.requests]
+    assert constant_stream(100, 4.0, lengths, 10, seed=3) == s  # deterministic
+    with pytest.raises(CodesignError, match="workload.rate_per_s: expected a positive request rate"):
+        constant_stream(10, 0.0, 100, 10)
 
 
 @pytest.mark.parametrize("dist,cv", [("uniform", None), ("normal", 0.2), ("lognormal", None), ("lognormal", 0.5),

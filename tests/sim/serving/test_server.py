@@ -121,10 +121,33 @@ def test_request_longer_than_the_model_is_an_infeasible_row(tmp_path):
     ({"mode": "server", "scheduler": {"block_size": 0}}, "workload.scheduler: block_size: Input should be greater than 0"),
     ({"mode": "server", "mtp": {"tokens": 2, "acceptance": [0.5]}}, "workload.mtp.acceptance: expected 2 values"),
     ({"mode": "server", "mtp": {"tokens": 1, "acceptance": 1.5}}, "acceptance: Value error, expected a probability|expected a probability"),
+    ({"mode": "server", "arrival": "uniform", "rate_per_s": 1}, "workload.arrival: Input should be 'poisson' or 'constant'"),
+    ({"mode": "server", "arrival": "constant"}, "workload.arrival: 'constant' needs workload.rate_per_s"),
+    ({"mode": "server", "arrival": "constant", "trace": "t.txt"}, "workload.arrival: 'constant' with workload.trace"),
+    ({"mode": "decode", "arrival": "constant"}, "workload.arrival: not yet supported in steady-state mode 'decode'"),
 ])
 def test_bad_server_workloads(workload, msg):
     with pytest.raises(CodesignError, match=msg):
         parse_scenarios({"name": "x", "hardware": "h200", "model": "qwen3-8b", "workload": workload}, "s.yaml")
+
+
+def test_constant_arrivals_below_saturation_queue_no_request(st8):
+    """At fixed intervals longer than a request's whole life, no request waits for another: every
+    request's latency is the one-request latency and the run ends one latency after the last
+    arrival. Poisson arrivals at the same mean rate bunch up, so some requests queue."""
+    wl = {"mode": "server", "requests": 20, "input_tokens": 512, "output_tokens": 16}
+    (alone,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1}, workload={**wl, "requests": 1})
+    one = alone.serving["e2e_s"]["mean"]
+    rate = 0.5 / one  # one arrival every two request lifetimes
+    (c,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
+                       workload={**wl, "rate_per_s": rate, "arrival": "constant"})
+    sv = c.serving
+    assert sv["stream"] == "constant"
+    assert sv["e2e_s"]["p99"] == pytest.approx(one, rel=1e-6) and sv["e2e_s"]["p50"] == pytest.approx(one, rel=1e-6)
+    assert sv["duration_s"] == pytest.approx(20 / rate + one, rel=1e-6)
+    (p,) = cs.simulate("h200", "qwen3-8b", chips=1, plan={"tp": 1},
+                       workload={**wl, "rate_per_s": rate, "requests": 200, "seed": 1})
+    assert p.serving["stream"] == "poisson" and p.serving["e2e_s"]["p99"] > one * (1 + 1e-3)
 
 
 def test_cli_scenario_with_a_trace(tmp_path, capsys):
