@@ -33,6 +33,11 @@ from codesign.sim.kernel_table import load_table, table_files  # noqa: E402
 
 HOPPER = ("h100", "h200", "h800", "h20")  # one SM design: a fit on any of them holds for the family
 FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate is cut, its clocks and SMs unpublished)
+# Sources shown by `codesign validate --kernels` but read by no fit (docs/cost-model.md "vLLM kernel
+# rows on H100 / H200"): vLLM 0.14's FlashAttention prefill through its paged-KV path (the prefill
+# curve is FlashAttention-3's own benchmark) and vLLM's all-reduce with the algorithm vLLM picked
+# (the collective curves are per named algorithm).
+SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200")
 
 # Parameter groups: (row filter, efficiency fields with bounds, integer fields).
 GROUPS = {
@@ -49,6 +54,7 @@ GROUPS = {
     # half-efficiency keys per query row `attention_seq_half`. Fit this before `attention` (the FP8
     # fraction is read at the curve's value of its row's length).
     "attention_seq": (lambda r: r.op == "attention" and r.hw in FULL_HOPPER and r.phase == "prefill"
+                      and r.source not in SHOWN_NOT_FITTED
                       and r.dtype in ("fp16", "bf16"),
                       {"attention": (0.3, 1.0), "attention_seq_half": (1.0, 8192.0)}, set()),
     # H20: the same SM design with its tensor rate cut to 148 TFLOPS; FA3 on it reaches a larger
@@ -158,7 +164,8 @@ def fit_collectives() -> dict:
     """Least-squares fit of the collective curves on the collective rows (same objective and search
     as `fit`)."""
     rows = [r for f in table_files() for r in load_table(f).rows
-            if r.op in ("all_reduce", "all_gather", "reduce_scatter") and r.hw in COLLECTIVE_HW]
+            if r.op in ("all_reduce", "all_gather", "reduce_scatter") and r.hw in COLLECTIVE_HW
+            and r.source not in SHOWN_NOT_FITTED]
     specs = {h: load_hw(h) for h in {r.hw for r in rows}}
     names = list(COLLECTIVE_PARAMS)
     lo = np.array([COLLECTIVE_PARAMS[n][0] for n in names])
