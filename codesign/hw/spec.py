@@ -226,6 +226,9 @@ class Efficiency(_Strict):
     moe_triton_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)  # none: small_m_half
     moe_triton_memory: Fraction | None = None  # none: matrix_memory (else memory)
     moe_triton_overhead: Seconds = 0.0
+    # K ramp K / (K + half) of the tuned curve's gate/up (K = hidden) and down (K = n) GEMMs: the
+    # small-expert shapes (Qwen3-235B at TP8, n = 192) run their down GEMM at a short K; none: no ramp.
+    moe_triton_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     moe_triton_default: Fraction | None = None
     moe_triton_default_dtypes: tuple[Dtype, ...] = ()
     moe_triton_default_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)

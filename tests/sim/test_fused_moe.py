@@ -26,7 +26,9 @@ def test_triton_fused_prediction_is_an_independent_hand_calculation():
     # Mixtral-8x7B at TP2 on H100, 512 tokens, the tuned Triton curve. By hand from the spec fields
     # and the router's own per-expert counts (the input the simulator uses, seed 0, layer 0):
     # FLOPs = routed x (2 H 2N + 2 N H); each expert's tokens padded to 16 below 64, to 64 above;
-    # compute = FLOPs x padded/routed / (BF16 peak x moe_triton x P / (P + tokens_half)), P = padded;
+    # compute = FLOPs x padded/routed / (BF16 peak x moe_triton x P / (P + tokens_half) x K ramp),
+    # P = padded, K ramp the FLOP-weighted harmonic mean of K / (K + moe_triton_k_half) over gate/up
+    # (K = H, 2/3 of the FLOPs) and down (K = N, 1/3);
     # weights (touched experts x 3 H N x 2 B) stream from HBM at moe_triton_memory; the gathered
     # tokens, routing ids/weights and output (12.6 MB) fit half the L2 and move at L2 x memory;
     # time = p-norm(compute, memory) + 5 kernels x kernel_overhead + moe_triton_overhead.
@@ -39,7 +41,8 @@ def test_triton_fused_prediction_is_an_independent_hand_calculation():
     touched = sum(1 for t in counts if t > 0)
     flops = routed * (2 * H * 2 * N + 2 * N * H)
     half = e.moe_triton_tokens_half
-    compute = flops * padded / routed / (989e12 * e.moe_triton * padded / (padded + half))
+    k_ramp = 3.0 / (2.0 / (H / (H + e.moe_triton_k_half)) + 1.0 / (N / (N + e.moe_triton_k_half)))
+    compute = flops * padded / routed / (989e12 * e.moe_triton * padded / (padded + half) * k_ramp)
     weights = touched * 3 * H * N * 2
     act = routed * H * 2 + B * k * 8 + B * k * 2 + B * H * 2
     assert act <= 0.5 * 50e6  # SRAM-resident (cost.sram_fraction of the 50 MB L2)

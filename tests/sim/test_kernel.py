@@ -31,8 +31,13 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # AITER's fused-MoE rows on CDNA3 (cdna_grouped.yaml) are shown, not calibrated: the grouped rule
     # is -62% there and no CDNA field is set from them (docs/cost-model.md, "CDNA grouped expert
     # GEMMs"); their transcription is checked in tests/sim/test_cdna_grouped.py
+    # vLLM 0.14's BF16 GEMM, FlashAttention and all-reduce rows from aiconfigurator's databases
+    # (aic_vllm_*.yaml except the fitted MoE rows) are shown, not calibrated: the Hopper GEMM curve
+    # is DeepGEMM's, decode attention has no occupancy term (docs/cost-model.md "vLLM kernel rows on
+    # H100 / H200"); their shapes and figures are checked in tests/sim/test_aic_vllm_kernels.py
+    shown = {"cdna_grouped.yaml", "aic_vllm_gemm_bf16.yaml", "aic_vllm_attention.yaml", "aic_vllm_allreduce.yaml"}
     bad = [(r.label(), round(r.error, 3)) for r in results
-           if abs(r.error) > 0.35 and r.file != "cdna_grouped.yaml"]
+           if abs(r.error) > 0.35 and r.file not in shown]
     assert not bad
     assert kernel_mape(results) <= 0.15
 
