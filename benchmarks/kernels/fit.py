@@ -77,7 +77,8 @@ GROUPS = {
                     "moe_triton_memory": (0.2, 1.0), "moe_triton_overhead": (0.0, 100e-6),
                     "moe_triton_k_half": (1.0, 8192.0)}, set()),
     "moe_triton_default": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_default" and r.hw in HOPPER,
-                           {"moe_triton_default": (0.02, 1.0), "moe_triton_default_tokens_half": (1.0, 65536.0),
+                           {"moe_triton_default": (0.02, 1.0), "moe_triton_default_by_dtype.bf16": (0.02, 1.0),
+                            "moe_triton_default_tokens_half": (1.0, 65536.0),
                             "moe_triton_default_memory": (0.2, 1.0), "moe_triton_default_overhead": (0.0, 100e-6)},
                            set()),
     # The same kernel on block-scaled FP8 weights with vLLM's tuned config (`moe_triton_block_fp8`;

@@ -32,7 +32,7 @@ def test_every_source_names_the_database_file_and_commit():
                  "aic_vllm_allreduce.yaml"):
         t = load_table(KERNEL_DIR / name)
         for tag, text in t.sources.items():
-            hw = "h100_sxm" if tag.endswith("h100") else "h200_sxm"
+            hw = "h100_sxm" if "h100" in tag else "h200_sxm"
             assert COMMIT in text and f"systems/data/{hw}/" in text and "/vllm/0.14.0/" in text, tag
         assert {r.hw for r in t.rows} == {"h100", "h200"}
 
@@ -63,21 +63,48 @@ def test_attention_heads_are_the_models_heads_per_rank():
     assert all(r.seq_q == 1 and not r.causal for r in rows if r.phase == "decode")
 
 
-def test_moe_rows_are_qwen3_235b_at_tp8_under_the_tuned_curve():
-    g = _graph("qwen3-235b-a22b")
+def test_moe_rows_are_qwen3_shapes_under_the_curve_of_the_config_vllm_ran():
     rows = _rows("aic_vllm_moe_bf16.yaml")
-    assert len(rows) == 54  # 27 token counts x H100, H200
-    for r in rows:
-        assert (r.groups, r.top_k, r.hidden) == (g["moe"]["num_experts"], g["moe"]["top_k"], g["hidden_size"])
-        assert r.n == g["moe"]["intermediate_size"] // 8 == 192
-        assert r.moe_kernel == "triton_fused"
+    q235, q30 = _graph("qwen3-235b-a22b")["moe"], 768  # Qwen3-30B-A3B: moe_intermediate_size 768
+    tuned = [r for r in rows if r.moe_kernel == "triton_fused"]
+    default = [r for r in rows if r.moe_kernel == "triton_fused_default"]
+    assert len(tuned) == 54 and len(default) == 135 and len(rows) == 189  # 27 token counts per shape
+    for r in tuned:  # TP8: vLLM ships E=128,N=192 for H100 and H200
+        assert (r.groups, r.top_k, r.hidden, r.n) == (q235["num_experts"], q235["top_k"], 4096, q235["intermediate_size"] // 8)
+    # no 16-bit H100 file for these N in vLLM 0.14 (its E=128 files: N = 192, 512, 928, 1856)
+    assert {(r.hidden, r.n) for r in default} == {(4096, 1536), (4096, 768), (4096, 384), (2048, q30), (2048, q30 // 2)}
+    assert all(r.hw == "h100" and r.groups == 128 and r.top_k == 8 for r in default)
+
+
+def test_default_curve_takes_its_16_bit_fraction_by_hand():
+    # the same shape, BF16 against FP8, compute-bound at 16384 tokens: compute time scales by
+    # (FP8 peak x moe_triton_default) / (BF16 peak x moe_triton_default_by_dtype.bf16)
+    hw = load_hw("h100")
+    e = hw.efficiency
+    shape = dict(op="fused_moe", hw="h100", groups=128, top_k=8, hidden=4096, n=384, tokens=16384,
+                 moe_kernel="triton_fused_default")
+    bf16 = predict(KernelShape(dtype="bf16", **shape), hw)
+    fp8 = predict(KernelShape(dtype="fp8", **shape), hw)
+    ratio = (1979e12 * e.moe_triton_default) / (989e12 * e.moe_triton_default_by_dtype["bf16"])
+    assert bf16.compute_s == pytest.approx(fp8.compute_s * ratio, rel=1e-9)
+
+
+def test_a_per_dtype_fraction_outside_the_curves_dtypes_is_refused():
+    from codesign.hw.spec import Efficiency
+
+    e = load_hw("h100").efficiency.model_dump()
+    e["moe_triton_default_by_dtype"] = {"fp16": 0.2}
+    with pytest.raises(ValueError, match=r"moe_triton_default_by_dtype: expected dtypes of moe_triton_default_dtypes \(fp8, bf16\), found fp16"):
+        Efficiency(**e)
 
 
 def test_figures_are_the_databases_latencies():
     # database latency (ms) at a few rows, read from the parquet files at the cited commit
-    moe = {(r.hw, r.tokens): r.seconds for r in _rows("aic_vllm_moe_bf16.yaml")}
+    moe = {(r.hw, r.tokens): r.seconds for r in _rows("aic_vllm_moe_bf16.yaml") if r.n == 192}
     assert moe[("h100", 64)] == pytest.approx(0.230997e-3, rel=1e-5)
     assert moe[("h200", 16384)] == pytest.approx(2.102613e-3, rel=1e-5)
+    tp4 = {r.tokens: r.seconds for r in _rows("aic_vllm_moe_bf16.yaml") if (r.hidden, r.n) == (4096, 384)}
+    assert tp4[16384] == pytest.approx(5.868677e-3, rel=1e-5)
     ar = {(r.hw, r.ranks, r.bytes): r.seconds for r in _rows("aic_vllm_allreduce.yaml")}
     assert ar[("h100", 4, 256)] == pytest.approx(4.577e-6, rel=1e-3)  # message_size 128 elements
     assert all(r.bytes % 2 == 0 and r.algorithm is None for r in _rows("aic_vllm_allreduce.yaml"))
@@ -94,6 +121,8 @@ def test_prefill_and_allreduce_rows_are_shown_not_fitted():
     assert {r.source for r in _rows("aic_vllm_allreduce.yaml")} <= set(fit.SHOWN_NOT_FITTED)
     tuned = fit.GROUPS["moe_triton"][0]
     assert sum(1 for f in ("fused_moe.yaml", "aic_vllm_moe_bf16.yaml") for r in _rows(f) if tuned(r)) == 69
+    default = fit.GROUPS["moe_triton_default"][0]
+    assert sum(1 for f in ("fused_moe.yaml", "aic_vllm_moe_bf16.yaml") for r in _rows(f) if default(r)) == 153
 
 
 def test_tuned_curve_k_ramp_slows_the_short_k_shape_by_hand():

@@ -98,9 +98,9 @@ def test_bad_moe_kernel_is_one_line_naming_the_field():
 
 
 def test_a_curve_without_data_for_the_dtype_or_chip_is_refused():
-    # The default-config curve has FP8 rows only; H20 and B200 have no Triton curve at all.
-    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton_default of h100 for bf16 .*moe_triton_default_dtypes: fp8$"):
-        predict(KernelShape(**MIXTRAL_TP2, tokens=8, moe_kernel="triton_fused_default"), load_hw("h100"))
+    # The tuned curve has BF16 rows only; H20 and B200 have no Triton curve at all.
+    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton of h100 for fp8 .*moe_triton_dtypes: bf16$"):
+        predict(KernelShape(**{**MIXTRAL_TP2, "dtype": "fp8"}, tokens=8, moe_kernel="triton_fused"), load_hw("h100"))
     with pytest.raises(CodesignError, match=r"efficiency\.moe_triton of b200 for bf16 .*moe_triton_dtypes: none$"):
         predict(KernelShape(**{**MIXTRAL_TP2, "hw": "b200"}, tokens=8, moe_kernel="triton_fused"), load_hw("b200"))
 
