@@ -234,10 +234,10 @@ class Efficiency(_Strict):
     moe_triton_default_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     moe_triton_default_memory: Fraction | None = None
     moe_triton_default_overhead: Seconds = 0.0
-    # The default-config curve's fraction per matrix dtype where it differs from `moe_triton_default`
+    # The default-config curve's fraction of the BF16 peak where it differs from `moe_triton_default`
     # (the same tiles run 16-bit and per-tensor FP8 at about one absolute rate, i.e. different
-    # fractions of their peaks); none or a dtype not in it: `moe_triton_default`.
-    moe_triton_default_by_dtype: dict[Dtype, Fraction] | None = None
+    # fractions of their peaks); none: `moe_triton_default`. Read as `<curve>_<dtype>`.
+    moe_triton_default_bf16: Fraction | None = None
     # The same Triton kernel on block-scaled FP8 weights (128 x 128 weight blocks, 1 x 128 activation
     # groups: DeepSeek-V3/R1 and the other block-FP8 checkpoints) with the engine's tuned config file
     # (`..._dtype=fp8_w8a8,block_shape=[128,128].json`), `triton_fused_block_fp8`: the block scales
@@ -279,10 +279,9 @@ class Efficiency(_Strict):
         for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8", "moe_trtllm_block_fp8"):
             if getattr(self, f) is not None and not getattr(self, f + "_dtypes"):
                 raise ValueError(f"{f}_dtypes: expected the matrix dtypes {f} has kernel rows of, found none")
-        extra = sorted(set(self.moe_triton_default_by_dtype or ()) - set(self.moe_triton_default_dtypes))
-        if extra:
-            raise ValueError(f"moe_triton_default_by_dtype: expected dtypes of moe_triton_default_dtypes "
-                             f"({', '.join(self.moe_triton_default_dtypes) or 'none'}), found {', '.join(extra)}")
+        if self.moe_triton_default_bf16 is not None and "bf16" not in self.moe_triton_default_dtypes:
+            raise ValueError(f"moe_triton_default_bf16: expected bf16 among moe_triton_default_dtypes, found "
+                             f"{', '.join(self.moe_triton_default_dtypes) or 'none'}")
         return self
 
     @model_validator(mode="after")
@@ -300,7 +299,8 @@ class Efficiency(_Strict):
         frac = getattr(self, field)
         if frac is None or dtype not in getattr(self, field + "_dtypes"):
             return None
-        frac = (getattr(self, field + "_by_dtype", None) or {}).get(dtype, frac)
+        own = getattr(self, f"{field}_{dtype}", None)  # a per-dtype fraction (`moe_triton_default_bf16`)
+        frac = frac if own is None else own
         return (frac, getattr(self, field + "_tokens_half"), getattr(self, field + "_memory"),
                 getattr(self, field + "_overhead"), getattr(self, field + "_k_half", None))
 

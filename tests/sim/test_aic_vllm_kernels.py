@@ -78,23 +78,23 @@ def test_moe_rows_are_qwen3_shapes_under_the_curve_of_the_config_vllm_ran():
 
 def test_default_curve_takes_its_16_bit_fraction_by_hand():
     # the same shape, BF16 against FP8, compute-bound at 16384 tokens: compute time scales by
-    # (FP8 peak x moe_triton_default) / (BF16 peak x moe_triton_default_by_dtype.bf16)
+    # (FP8 peak x moe_triton_default) / (BF16 peak x moe_triton_default_bf16)
     hw = load_hw("h100")
     e = hw.efficiency
     shape = dict(op="fused_moe", hw="h100", groups=128, top_k=8, hidden=4096, n=384, tokens=16384,
                  moe_kernel="triton_fused_default")
     bf16 = predict(KernelShape(dtype="bf16", **shape), hw)
     fp8 = predict(KernelShape(dtype="fp8", **shape), hw)
-    ratio = (1979e12 * e.moe_triton_default) / (989e12 * e.moe_triton_default_by_dtype["bf16"])
+    ratio = (1979e12 * e.moe_triton_default) / (989e12 * e.moe_triton_default_bf16)
     assert bf16.compute_s == pytest.approx(fp8.compute_s * ratio, rel=1e-9)
 
 
-def test_a_per_dtype_fraction_outside_the_curves_dtypes_is_refused():
+def test_a_bf16_fraction_without_bf16_in_the_curves_dtypes_is_refused():
     from codesign.hw.spec import Efficiency
 
     e = load_hw("h100").efficiency.model_dump()
-    e["moe_triton_default_by_dtype"] = {"fp16": 0.2}
-    with pytest.raises(ValueError, match=r"moe_triton_default_by_dtype: expected dtypes of moe_triton_default_dtypes \(fp8, bf16\), found fp16"):
+    e["moe_triton_default_dtypes"] = ["fp8"]
+    with pytest.raises(ValueError, match=r"moe_triton_default_bf16: expected bf16 among moe_triton_default_dtypes, found fp8"):
         Efficiency(**e)
 
 
