@@ -231,11 +231,18 @@ class Efficiency(_Strict):
     moe_triton_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)  # none: small_m_half
     moe_triton_memory: Fraction | None = None  # none: matrix_memory (else memory)
     moe_triton_overhead: Seconds = 0.0
+    # K ramp K / (K + half) of the tuned curve's gate/up (K = hidden) and down (K = n) GEMMs: the
+    # small-expert shapes (Qwen3-235B at TP8, n = 192) run their down GEMM at a short K; none: no ramp.
+    moe_triton_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     moe_triton_default: Fraction | None = None
     moe_triton_default_dtypes: tuple[Dtype, ...] = ()
     moe_triton_default_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     moe_triton_default_memory: Fraction | None = None
     moe_triton_default_overhead: Seconds = 0.0
+    # The default-config curve's fraction of the BF16 peak where it differs from `moe_triton_default`
+    # (the same tiles run 16-bit and per-tensor FP8 at about one absolute rate, i.e. different
+    # fractions of their peaks); none: `moe_triton_default`. Read as `<curve>_<dtype>`.
+    moe_triton_default_bf16: Fraction | None = None
     # The same Triton kernel on block-scaled FP8 weights (128 x 128 weight blocks, 1 x 128 activation
     # groups: DeepSeek-V3/R1 and the other block-FP8 checkpoints) with the engine's tuned config file
     # (`..._dtype=fp8_w8a8,block_shape=[128,128].json`), `triton_fused_block_fp8`: the block scales
@@ -287,6 +294,9 @@ class Efficiency(_Strict):
                   "moe_trtllm_fp8"):
             if getattr(self, f) is not None and not getattr(self, f + "_dtypes"):
                 raise ValueError(f"{f}_dtypes: expected the matrix dtypes {f} has kernel rows of, found none")
+        if self.moe_triton_default_bf16 is not None and "bf16" not in self.moe_triton_default_dtypes:
+            raise ValueError(f"moe_triton_default_bf16: expected bf16 among moe_triton_default_dtypes, found "
+                             f"{', '.join(self.moe_triton_default_dtypes) or 'none'}")
         return self
 
     @model_validator(mode="after")
@@ -304,6 +314,8 @@ class Efficiency(_Strict):
         frac = getattr(self, field)
         if frac is None or dtype not in getattr(self, field + "_dtypes"):
             return None
+        own = getattr(self, f"{field}_{dtype}", None)  # a per-dtype fraction (`moe_triton_default_bf16`)
+        frac = frac if own is None else own
         return (frac, getattr(self, field + "_tokens_half"), getattr(self, field + "_memory"),
                 getattr(self, field + "_overhead"), getattr(self, field + "_k_half", None))
 

@@ -52,7 +52,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "model.mla": None,
         "model.total_params_reference": 1e9, "model.active_params_reference": 1e8,
         "system.scale_out": None,
-        "efficiency.moe_triton_dtypes": ["bf16", "fp8"], "efficiency.moe_triton_default_dtypes": ["fp8", "bf16"],
+        "efficiency.moe_triton_dtypes": ["bf16", "fp8"], "efficiency.moe_triton_default_dtypes": ["fp8", "bf16", "fp16"],
         "efficiency.moe_triton_block_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.moe_trtllm_block_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.moe_trtllm_fp8_dtypes": ["fp8", "bf16"],

@@ -26,7 +26,9 @@ def test_triton_fused_prediction_is_an_independent_hand_calculation():
     # Mixtral-8x7B at TP2 on H100, 512 tokens, the tuned Triton curve. By hand from the spec fields
     # and the router's own per-expert counts (the input the simulator uses, seed 0, layer 0):
     # FLOPs = routed x (2 H 2N + 2 N H); each expert's tokens padded to 16 below 64, to 64 above;
-    # compute = FLOPs x padded/routed / (BF16 peak x moe_triton x P / (P + tokens_half)), P = padded;
+    # compute = FLOPs x padded/routed / (BF16 peak x moe_triton x P / (P + tokens_half) x K ramp),
+    # P = padded, K ramp the FLOP-weighted harmonic mean of K / (K + moe_triton_k_half) over gate/up
+    # (K = H, 2/3 of the FLOPs) and down (K = N, 1/3);
     # weights (touched experts x 3 H N x 2 B) stream from HBM at moe_triton_memory; the gathered
     # tokens, routing ids/weights and output (12.6 MB) fit half the L2 and move at L2 x memory;
     # time = p-norm(compute, memory) + 5 kernels x kernel_overhead + moe_triton_overhead.
@@ -39,7 +41,8 @@ def test_triton_fused_prediction_is_an_independent_hand_calculation():
     touched = sum(1 for t in counts if t > 0)
     flops = routed * (2 * H * 2 * N + 2 * N * H)
     half = e.moe_triton_tokens_half
-    compute = flops * padded / routed / (989e12 * e.moe_triton * padded / (padded + half))
+    k_ramp = 3.0 / (2.0 / (H / (H + e.moe_triton_k_half)) + 1.0 / (N / (N + e.moe_triton_k_half)))
+    compute = flops * padded / routed / (989e12 * e.moe_triton * padded / (padded + half) * k_ramp)
     weights = touched * 3 * H * N * 2
     act = routed * H * 2 + B * k * 8 + B * k * 2 + B * H * 2
     assert act <= 0.5 * 50e6  # SRAM-resident (cost.sram_fraction of the 50 MB L2)
@@ -95,9 +98,9 @@ def test_bad_moe_kernel_is_one_line_naming_the_field():
 
 
 def test_a_curve_without_data_for_the_dtype_or_chip_is_refused():
-    # The default-config curve has FP8 rows only; H20 and B200 have no Triton curve at all.
-    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton_default of h100 for bf16 .*moe_triton_default_dtypes: fp8$"):
-        predict(KernelShape(**MIXTRAL_TP2, tokens=8, moe_kernel="triton_fused_default"), load_hw("h100"))
+    # The tuned curve has BF16 rows only; H20 and B200 have no Triton curve at all.
+    with pytest.raises(CodesignError, match=r"efficiency\.moe_triton of h100 for fp8 .*moe_triton_dtypes: bf16$"):
+        predict(KernelShape(**{**MIXTRAL_TP2, "dtype": "fp8"}, tokens=8, moe_kernel="triton_fused"), load_hw("h100"))
     with pytest.raises(CodesignError, match=r"efficiency\.moe_triton of b200 for bf16 .*moe_triton_dtypes: none$"):
         predict(KernelShape(**{**MIXTRAL_TP2, "hw": "b200"}, tokens=8, moe_kernel="triton_fused"), load_hw("b200"))
 

@@ -32,11 +32,17 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # is -62% there and no CDNA field is set from them (docs/cost-model.md, "CDNA grouped expert
     # GEMMs"); their transcription is checked in tests/sim/test_cdna_grouped.py. Likewise AITER's CK
     # FP8 GEMM tuning on MI300X at Llama-70B shapes (cdna_llama_gemm.yaml: shown, not fitted; the
-    # CDNA rule is 18-51% faster there; tests/sim/test_cdna_llama_gemm.py), and the BF16 rows of
+    # CDNA rule is 18-51% faster there; tests/sim/test_cdna_llama_gemm.py), the BF16 rows of
     # TensorRT-LLM's MoE at Mixtral's shape (trtllm_moe_fp8.yaml, grouped rule up to +42%; checked in
-    # tests/sim/test_fused_moe_trtllm_fp8.py)
+    # tests/sim/test_fused_moe_trtllm_fp8.py), and vLLM 0.14's BF16 GEMM, FlashAttention and
+    # all-reduce rows from aiconfigurator's databases (aic_vllm_*.yaml except the fitted MoE rows):
+    # the Hopper GEMM curve is DeepGEMM's, decode attention has no occupancy term (docs/cost-model.md
+    # "vLLM kernel rows on H100 / H200"); their shapes and figures are checked in
+    # tests/sim/test_aic_vllm_kernels.py
+    shown = {"cdna_grouped.yaml", "cdna_llama_gemm.yaml", "aic_vllm_gemm_bf16.yaml", "aic_vllm_attention.yaml",
+             "aic_vllm_allreduce.yaml"}
     bad = [(r.label(), round(r.error, 3)) for r in results
-           if abs(r.error) > 0.35 and r.file not in ("cdna_grouped.yaml", "cdna_llama_gemm.yaml")
+           if abs(r.error) > 0.35 and r.file not in shown
            and not (r.file == "trtllm_moe_fp8.yaml" and r.row.dtype == "bf16")]
     assert not bad
     assert kernel_mape(results) <= 0.15
