@@ -58,6 +58,14 @@ GROUPS = {
                       and r.source not in SHOWN_NOT_FITTED
                       and r.dtype in ("fp16", "bf16"),
                       {"attention": (0.3, 1.0), "attention_seq_half": (1.0, 8192.0)}, set()),
+    # GQA decode attention occupancy (vLLM 0.14's FlashAttention decode with a paged 16-bit KV cache
+    # on H100 / H200, aiconfigurator's rows aic_gen_h100 / aic_gen_h200): the memory-rate ramp on the
+    # work units batch x kv_heads x ceil(S / split) and the fixed seconds per call
+    # (docs/cost-model.md "GQA decode attention occupancy").
+    "attention_decode_gqa": (lambda r: r.op == "attention" and r.phase == "decode"
+                             and r.source in ("aic_gen_h100", "aic_gen_h200"),
+                             {"attention_decode_units_half": (1.0, 512.0), "attention_decode_split": (256, 16384),
+                              "attention_decode_fixed_s": (0.0, 30e-6)}, {"attention_decode_split"}),
     # H20: the same SM design with its tensor rate cut to 148 TFLOPS; FA3 on it reaches a larger
     # fraction of its (lower) peak, so it has its own long-sequence fraction on the shared
     # half-length (its rows are at one length only: no half-length of its own can be fitted).
@@ -300,6 +308,7 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
             v = {"gemm_k_half": 512, "matrix_memory": cur.memory, "overlap_exponent": 4.0,
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
+                 "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
                  "moe_triton": cur.gemm, "moe_triton_tokens_half": 256.0, "moe_triton_memory": cur.memory,
                  "moe_triton_k_half": 256.0,
                  "moe_triton_default": cur.gemm, "moe_triton_default_bf16": cur.gemm,

@@ -198,6 +198,16 @@ class Efficiency(_Strict):
     # curve, `attention` is the long-sequence asymptote. None: the curve is off (flat `attention`),
     # the default for chips without per-length kernel data. Decode attention keeps its own rate.
     attention_seq_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    # GQA decode attention occupancy (docs/cost-model.md "GQA decode attention occupancy"): a
+    # decode attention op whose K and V rows have one head dim (GQA / MHA; not MLA's absorbed
+    # latent, V a slice of K) streams its bytes at the memory rate x W / (W + half), W the work units
+    # batch x kv_heads x ceil(S / attention_decode_split) (one unit per sequence, KV head and KV
+    # split of S keys), and pays attention_decode_fixed_s per call on top of `kernel_overhead`
+    # (the split-KV combine kernel, scheduler metadata and block-table walk of paged decode). None
+    # (units half): off, today's rule; split None: no KV split (W = batch x kv_heads).
+    attention_decode_units_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    attention_decode_split: int | None = Field(default=None, gt=0)
+    attention_decode_fixed_s: Seconds = 0.0
     # All-to-all in low-latency mode (DeepEP low-latency kernels: few SMs, per-token messages, no
     # CPU sync): achieved / peak link bandwidth and a fixed time per call, which replaces the link
     # latency (None: the scale-up latency). 0.43 is the EP8 dispatch of DeepEP's README at the link

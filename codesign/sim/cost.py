@@ -172,6 +172,11 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             eff.attention_decode * att / eff.attention if eff.attention_decode else att)
         # Prefill attention vs sequence length (None: flat `attention_rate`).
         self.attention_seq_half = eff.attention_seq_half if self.opts.attention_seq_ramp else None
+        # GQA decode attention occupancy (None / 0: off, the flat memory rate).
+        occ = self.opts.decode_attention_occupancy
+        self.decode_units_half = eff.attention_decode_units_half if occ else None
+        self.decode_split = eff.attention_decode_split
+        self.decode_fixed_s = eff.attention_decode_fixed_s if occ else 0.0
         vec_peak = chip.vector.bf16 or chip.vector.fp32
         self.vector_rate = vec_peak * eff.vector
         self.hbm_bw = chip.hbm.bandwidth * eff.memory
@@ -289,6 +294,26 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             return 1.0
         return keys / (keys + half)
 
+    def decode_attention_occupancy(self, op: Op) -> tuple[float, float]:
+        """(HBM-byte factor, extra seconds per call) of a GQA decode attention op: its bytes stream
+        at the memory rate x W / (W + efficiency.attention_decode_units_half), W = batch x kv_heads
+        x ceil(S / attention_decode_split) from the op's K shape (B, Hkv, S, D), charged as bytes x
+        (W + half) / W; plus efficiency.attention_decode_fixed_s. (1, 0) for other ops: prefill, MLA
+        (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off."""
+        if op.kind != "attention" or op.phase != "decode":
+            return 1.0, 0.0
+        shapes = op.in_shapes
+        if len(shapes) < 3 or len(shapes[1]) != 4 or len(shapes[2]) != 4 or shapes[1][3] != shapes[2][3]:
+            return 1.0, 0.0
+        half = self.decode_units_half
+        if half is None:
+            return 1.0, self.decode_fixed_s
+        b, hkv, s, _ = shapes[1]
+        units = b * hkv * (math.ceil(s / self.decode_split) if self.decode_split else 1)
+        if units <= 0:
+            return 1.0, self.decode_fixed_s
+        return (units + half) / units, self.decode_fixed_s
+
     def gemm_time(self, op: Op) -> float:
         """Matrix-unit seconds of a dense GEMM, with tile padding and the small-M ramp."""
         return self._gemm_seconds(op.flops, op.gemm, op.block)
@@ -401,6 +426,8 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         hbm, sram = self.byte_split(op.kind, op.bytes_read, op.bytes_written, residency)
         if self.unfused_moe_bw is not None and op.kind == "grouped_gemm":
             hbm += self.unfused_gemm_bytes(op, _routed(op))
+        if op.kind == "attention":
+            hbm = hbm * self.decode_attention_occupancy(op)[0]
         return self.memory_seconds(op.kind, hbm, sram)
 
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
@@ -465,6 +492,9 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             return self.grouped_overhead(op, _routed(op))
         if self.unfused_mlp_bw is not None and is_mlp_down(op):
             return self.mlp_down_overhead(op.gemm)
+        if op.kind == "attention":
+            return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel) + \
+                self.decode_attention_occupancy(op)[1]
         return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
 
     def _overheads(self) -> None:

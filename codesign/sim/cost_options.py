@@ -147,6 +147,10 @@ class CostOptions(BaseModel):
     # Prefill attention efficiency ramp L / (L + efficiency.attention_seq_half) on the keys per
     # query row L of one sequence (`attention_keys_per_row`), where the chip has the curve.
     attention_seq_ramp: bool = True
+    # GQA decode attention occupancy (efficiency.attention_decode_units_half, _split, _fixed_s):
+    # the memory-rate ramp on the op's work units and the fixed time per call, where the chip has
+    # them (`CostModel.decode_attention_occupancy`). False: today's rule (flat memory rate).
+    decode_attention_occupancy: bool = True
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"
 
