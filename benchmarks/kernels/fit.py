@@ -9,6 +9,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --group cdna_grouped_large   # the MI325X large-expert rows alone
     python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
+    python benchmarks/kernels/fit.py --group attention_decode_gqa   # GQA decode attention occupancy (vLLM FA3, H100 / H200)
     python benchmarks/kernels/fit.py --group collectives   # all-reduce / all-gather / reduce-scatter curves (H100 NVSwitch)
     python benchmarks/kernels/fit.py --blackwell   # Blackwell: B200 GEMM / MLA decode / prefill, then GB200's FP8 fraction
 
