@@ -146,6 +146,9 @@ def test_efficiency_calibration():
                        f + "_overhead": 0.0, f + "_k_half": None})
     no_gdn.update({"moe_trtllm_fp8": None, "moe_trtllm_fp8_dtypes": (), "moe_trtllm_fp8_tokens_half": None,
                    "moe_trtllm_fp8_memory": None, "moe_trtllm_fp8_overhead": 0.0})
+    # nor the GQA decode attention occupancy (H100 / H200 rows; H20's SM count differs)
+    no_gdn.update({"attention_decode_units_half": None, "attention_decode_split": None,
+                   "attention_decode_fixed_s": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 
