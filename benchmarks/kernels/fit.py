@@ -41,6 +41,18 @@ FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate
 # (the collective curves are per named algorithm).
 SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200")
 
+
+def _moe_curve(field: str, kernel: str, hws: tuple[str, ...], lo: float = 0.02, k_ramp: bool = True) -> tuple:
+    """The fit group of the fused-MoE curve `efficiency.<field>*` on the fused_moe rows of
+    `cost.moe_kernel` `kernel` on chips `hws`: its fraction of peak, occupancy half-tokens,
+    weight-streaming fraction, fixed seconds per call and (`k_ramp`) its K half-point."""
+    bounds = {field: (lo, 1.0), f"{field}_tokens_half": (1.0, 65536.0), f"{field}_memory": (0.2, 1.0),
+              f"{field}_overhead": (0.0, 100e-6)}
+    if k_ramp:
+        bounds[f"{field}_k_half"] = (1.0, 8192.0)
+    return (lambda r: r.op == "fused_moe" and r.moe_kernel == kernel and r.hw in hws, bounds, set())
+
+
 # Parameter groups: (row filter, efficiency fields with bounds, integer fields).
 GROUPS = {
     "matrix": (lambda r: r.op in ("gemm", "grouped_gemm") and r.hw == "h800",
@@ -82,10 +94,7 @@ GROUPS = {
     "cutlass_block_fp8": (lambda r: r.op == "gemm" and r.gemm_kernel == "cutlass_block_fp8" and r.hw in HOPPER,
                           {"cutlass_block_fp8": (0.05, 1.0), "cutlass_block_fp8_m_half": (0.0, 8192.0),
                            "cutlass_block_fp8_k_s": (0.0, 50e-9)}, set()),
-    "moe_triton": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused" and r.hw in HOPPER,
-                   {"moe_triton": (0.05, 1.0), "moe_triton_tokens_half": (1.0, 65536.0),
-                    "moe_triton_memory": (0.2, 1.0), "moe_triton_overhead": (0.0, 100e-6),
-                    "moe_triton_k_half": (1.0, 8192.0)}, set()),
+    "moe_triton": _moe_curve("moe_triton", "triton_fused", HOPPER, lo=0.05),
     "moe_triton_default": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_default" and r.hw in HOPPER,
                            {"moe_triton_default": (0.02, 1.0), "moe_triton_default_bf16": (0.02, 1.0),
                             "moe_triton_default_tokens_half": (1.0, 65536.0),
@@ -93,26 +102,13 @@ GROUPS = {
                            set()),
     # The same kernel on block-scaled FP8 weights with vLLM's tuned config (`moe_triton_block_fp8`;
     # benchmarks/kernels/fused_moe_block_fp8.yaml, H200: the full-rate Hopper parts share it).
-    "moe_triton_block_fp8": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_block_fp8"
-                             and r.hw in FULL_HOPPER,
-                             {"moe_triton_block_fp8": (0.02, 1.0), "moe_triton_block_fp8_tokens_half": (1.0, 65536.0),
-                              "moe_triton_block_fp8_memory": (0.2, 1.0), "moe_triton_block_fp8_overhead": (0.0, 100e-6),
-                              "moe_triton_block_fp8_k_half": (1.0, 8192.0)},
-                             set()),
+    "moe_triton_block_fp8": _moe_curve("moe_triton_block_fp8", "triton_fused_block_fp8", FULL_HOPPER),
     # TensorRT-LLM's CUTLASS fused MoE on block-scaled FP8 weights at EP (`moe_trtllm_block_fp8`;
     # benchmarks/kernels/trtllm_moe_block_fp8.yaml, H200).
-    "moe_trtllm_block_fp8": (lambda r: r.op == "fused_moe" and r.moe_kernel == "trtllm_cutlass_block_fp8"
-                             and r.hw in FULL_HOPPER,
-                             {"moe_trtllm_block_fp8": (0.02, 1.0), "moe_trtllm_block_fp8_tokens_half": (1.0, 65536.0),
-                              "moe_trtllm_block_fp8_memory": (0.2, 1.0), "moe_trtllm_block_fp8_overhead": (0.0, 100e-6),
-                              "moe_trtllm_block_fp8_k_half": (1.0, 8192.0)},
-                             set()),
+    "moe_trtllm_block_fp8": _moe_curve("moe_trtllm_block_fp8", "trtllm_cutlass_block_fp8", FULL_HOPPER),
     # The same runner on per-tensor FP8 (`moe_trtllm_fp8`; benchmarks/kernels/trtllm_moe_fp8.yaml,
     # Mixtral-8x7B's shape at TP1, H100 and H200): no K ramp (one shape).
-    "moe_trtllm_fp8": (lambda r: r.op == "fused_moe" and r.moe_kernel == "trtllm_cutlass_fp8" and r.hw in FULL_HOPPER,
-                       {"moe_trtllm_fp8": (0.02, 1.0), "moe_trtllm_fp8_tokens_half": (1.0, 65536.0),
-                        "moe_trtllm_fp8_memory": (0.2, 1.0), "moe_trtllm_fp8_overhead": (0.0, 100e-6)},
-                       set()),
+    "moe_trtllm_fp8": _moe_curve("moe_trtllm_fp8", "trtllm_cutlass_fp8", FULL_HOPPER, k_ramp=False),
     # CDNA3 grouped expert GEMMs (AITER's fused-MoE call on gfx942, benchmarks/kernels/cdna_grouped.yaml)
     # under the default grouped rule: their fraction of the dtype's peak (`grouped_gemm`). The rows so
     # far are one tiny-expert shape (GLM-5 TP8); the value is printed, not written into the CDNA
@@ -310,18 +306,12 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
-                 "moe_triton": cur.gemm, "moe_triton_tokens_half": 256.0, "moe_triton_memory": cur.memory,
-                 "moe_triton_k_half": 256.0,
-                 "moe_triton_default": cur.gemm, "moe_triton_default_bf16": cur.gemm,
-                 "moe_triton_default_tokens_half": 256.0,
-                 "moe_triton_default_memory": cur.memory, "cutlass_block_fp8": 0.25,
-                 "moe_triton_block_fp8": cur.gemm, "moe_triton_block_fp8_tokens_half": 256.0,
-                 "moe_triton_block_fp8_memory": cur.memory, "moe_triton_block_fp8_k_half": 256.0,
-                 "moe_trtllm_block_fp8": cur.gemm, "moe_trtllm_block_fp8_tokens_half": 256.0,
-                 "moe_trtllm_block_fp8_memory": cur.memory, "moe_trtllm_block_fp8_k_half": 256.0,
-                 "moe_trtllm_fp8": cur.gemm, "moe_trtllm_fp8_tokens_half": 256.0,
-                 "moe_trtllm_fp8_memory": cur.memory,
-                 "grouped_gemm": cur.gemm}[n]
+                 "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm}.get(n)
+        if v is None and n.startswith("moe_"):  # a fused-MoE curve's field (`_moe_curve`)
+            suffix = next((x for x in ("_tokens_half", "_k_half", "_memory") if n.endswith(x)), "")
+            v = {"_tokens_half": 256.0, "_k_half": 256.0, "_memory": cur.memory}.get(suffix, cur.gemm)
+        if v is None:
+            raise KeyError(n)
         x0.append((v - bounds[n][0]) / (bounds[n][1] - bounds[n][0]))
     # Nelder-Mead from the current values and from 8 seeded random starts (it stalls on the flat
     # regions that the bounds create); the best end point is restarted once with small steps.

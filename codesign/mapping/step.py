@@ -181,8 +181,7 @@ def _spec_rates(hw: HardwareSpec, precision: Precision) -> tuple[float, float]:
     """Ranking rates from the spec alone (peak x efficiency.grouped_gemm or gemm, HBM x
     efficiency.memory): the default where the caller passes no cost model's `rank_rates()`."""
     eff = hw.efficiency
-    by_dtype: dict[str, float] = dict(eff.grouped_gemm_by_dtype or {})
-    grouped = by_dtype.get(precision.matrix_dtype) or eff.grouped_gemm or eff.gemm
+    grouped = (eff.grouped_gemm_by_dtype or {}).get(precision.matrix_dtype) or eff.grouped_gemm or eff.gemm
     return (hw.chip.matrix.peak(precision.matrix_dtype) * grouped,
             hw.chip.hbm.bandwidth * eff.memory)
 

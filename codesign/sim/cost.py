@@ -492,10 +492,10 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             return self.grouped_overhead(op, _routed(op))
         if self.unfused_mlp_bw is not None and is_mlp_down(op):
             return self.mlp_down_overhead(op.gemm)
-        if op.kind == "attention":
-            return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel) + \
-                self.decode_attention_occupancy(op)[1]
-        return self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
+        kernel = self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
+        if op.kind == "attention":  # GQA decode occupancy's fixed time per call (0 elsewhere)
+            return kernel + self.decode_attention_occupancy(op)[1]
+        return kernel
 
     def _overheads(self) -> None:
         """`overhead` by kind, computed once (`_parts_of`): a GEMM/attention kernel's, a grouped

@@ -81,9 +81,14 @@ def chunked_prefill(step: "StepFn", prompts: int, input_tokens: int, replicas: i
     n = prompts / per_step
     if math.isnan(r.time_s):
         return r
-    return StepResult(time_s=r.time_s * n, bottleneck=r.bottleneck,
+    return _repeated(r, n, r.time_s * n, [t * n for t in r.stage_times_s])
+
+
+def _repeated(r: "StepResult", n: float, time_s: float, stage_times_s: list[float]) -> "StepResult":
+    """`r` as the work of `n` such steps: its breakdown times `n`, the given time and stage times."""
+    return StepResult(time_s=time_s, bottleneck=r.bottleneck,
                       breakdown={k: {kk: vv * n for kk, vv in v.items()} for k, v in r.breakdown.items()},
-                      stage_times_s=[t * n for t in r.stage_times_s], residency=dict(r.residency),
+                      stage_times_s=stage_times_s, residency=dict(r.residency),
                       layers_simulated=r.layers_simulated, two_batch_overlap=r.two_batch_overlap)
 
 if TYPE_CHECKING:
@@ -179,11 +184,7 @@ def pipelined(step: StepFn, pp: int, replicas: int = 1) -> StepFn:
         r = step(StepShape((Group(m * max(1, replicas), g.new_tokens, g.cached_tokens, g.logits),)))
         if math.isnan(r.time_s) or not r.stage_times_s:  # a deferred (unsimulated) step
             return r
-        hit = memo[shape] = StepResult(
-            time_s=pipeline_period(r.stage_times_s, n), bottleneck=r.bottleneck,
-            breakdown={k: {kk: vv * n for kk, vv in v.items()} for k, v in r.breakdown.items()},
-            stage_times_s=list(r.stage_times_s), residency=dict(r.residency), layers_simulated=r.layers_simulated,
-            two_batch_overlap=r.two_batch_overlap)
+        hit = memo[shape] = _repeated(r, n, pipeline_period(r.stage_times_s, n), list(r.stage_times_s))
         return hit
 
     return run

@@ -105,16 +105,27 @@ def _make(kind: Kind, times: np.ndarray, inp: np.ndarray, out: np.ndarray, rate:
     return RequestStream(kind, reqs, rate, concurrency)
 
 
+def _check_rate(rate_per_s: float) -> None:
+    if not (isinstance(rate_per_s, (int, float)) and rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise CodesignError(f"workload.rate_per_s: expected a positive request rate, found {rate_per_s!r}")
+
+
+def _timed(kind: Kind, times: np.ndarray, rate_per_s: float, input_tokens: int | TokenDist,
+           output_tokens: int | TokenDist, seed: int, max_tokens: int | None, concurrency: int | None) -> RequestStream:
+    """A stream sent at `times` at a nominal `rate_per_s`, its lengths drawn from the seed's streams."""
+    n = len(times)
+    inp = draw_lengths(input_tokens, n, rng(seed, _STREAM_INPUT), max_tokens)
+    out = draw_lengths(output_tokens, n, rng(seed, _STREAM_OUTPUT), max_tokens)
+    return _make(kind, times, inp, out, float(rate_per_s), concurrency)
+
+
 def poisson_stream(n: int, rate_per_s: float, input_tokens: int | TokenDist, output_tokens: int | TokenDist,
                    seed: int = 0, max_tokens: int | None = None, concurrency: int | None = None) -> RequestStream:
     """`n` requests arriving as a Poisson process at `rate_per_s` (first arrival after one gap)."""
-    if not (isinstance(rate_per_s, (int, float)) and rate_per_s > 0 and math.isfinite(rate_per_s)):
-        raise CodesignError(f"workload.rate_per_s: expected a positive request rate, found {rate_per_s!r}")
+    _check_rate(rate_per_s)
     _check_n(n)
     times = np.cumsum(rng(seed, _STREAM_GAPS).exponential(1.0, n)) / float(rate_per_s)
-    inp = draw_lengths(input_tokens, n, rng(seed, _STREAM_INPUT), max_tokens)
-    out = draw_lengths(output_tokens, n, rng(seed, _STREAM_OUTPUT), max_tokens)
-    return _make("poisson", times, inp, out, float(rate_per_s), concurrency)
+    return _timed("poisson", times, rate_per_s, input_tokens, output_tokens, seed, max_tokens, concurrency)
 
 
 def constant_stream(n: int, rate_per_s: float, input_tokens: int | TokenDist, output_tokens: int | TokenDist,
@@ -122,13 +133,10 @@ def constant_stream(n: int, rate_per_s: float, input_tokens: int | TokenDist, ou
     """`n` requests at fixed intervals of 1 / `rate_per_s`, the first after one interval (as the
     Poisson stream's first arrival after one gap, and guidellm's constant profile: request i at
     start + i / rate for i = 1..n). Lengths are the Poisson stream's draws at the same seed."""
-    if not (isinstance(rate_per_s, (int, float)) and rate_per_s > 0 and math.isfinite(rate_per_s)):
-        raise CodesignError(f"workload.rate_per_s: expected a positive request rate, found {rate_per_s!r}")
+    _check_rate(rate_per_s)
     _check_n(n)
     times = np.arange(1, n + 1, dtype=np.float64) / float(rate_per_s)
-    inp = draw_lengths(input_tokens, n, rng(seed, _STREAM_INPUT), max_tokens)
-    out = draw_lengths(output_tokens, n, rng(seed, _STREAM_OUTPUT), max_tokens)
-    return _make("constant", times, inp, out, float(rate_per_s), concurrency)
+    return _timed("constant", times, rate_per_s, input_tokens, output_tokens, seed, max_tokens, concurrency)
 
 
 def burst_stream(n: int, input_tokens: int | TokenDist, output_tokens: int | TokenDist, seed: int = 0,
