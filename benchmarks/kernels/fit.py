@@ -10,6 +10,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
     python benchmarks/kernels/fit.py --group attention_decode_gqa   # GQA decode attention occupancy (vLLM FA3, H100 / H200)
+    python benchmarks/kernels/fit.py --group mla_trtllm --group mla_sglang_fa3   # MLA kernels of TensorRT-LLM / SGLang
     python benchmarks/kernels/fit.py --group collectives   # all-reduce / all-gather / reduce-scatter curves (H100 NVSwitch)
     python benchmarks/kernels/fit.py --blackwell   # Blackwell: B200 GEMM / MLA decode / prefill, then GB200's FP8 fraction
 
@@ -39,7 +40,9 @@ FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate
 # rows on H100 / H200"): vLLM 0.14's FlashAttention prefill through its paged-KV path (the prefill
 # curve is FlashAttention-3's own benchmark) and vLLM's all-reduce with the algorithm vLLM picked
 # (the collective curves are per named algorithm).
-SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200")
+SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200",
+                    # vLLM's MLA calls timed eagerly (benchmarks/kernels/aic_mla.yaml's header)
+                    "aic_mla_vllm_ctx_h100", "aic_mla_vllm_ctx_h200", "aic_mla_vllm_gen_h100", "aic_mla_vllm_gen_h200")
 
 
 def _moe_curve(field: str, kernel: str, hws: tuple[str, ...], lo: float = 0.02, k_ramp: bool = True) -> tuple:
@@ -79,6 +82,15 @@ GROUPS = {
                              and r.source in ("aic_gen_h100", "aic_gen_h200"),
                              {"attention_decode_units_half": (1.0, 512.0), "attention_decode_split": (256, 16384),
                               "attention_decode_fixed_s": (0.0, 30e-6)}, {"attention_decode_split"}),
+    # MLA attention as TensorRT-LLM 1.2.0rc5 runs it (context FMHA, FlashMLA decode; benchmarks/kernels/
+    # aic_mla.yaml, H100 + H200): the prefill curve's rate factor and fixed seconds per prefill call,
+    # and the fixed seconds per decode call (`efficiency.mla_trtllm_*`, `cost.mla_kernel: trtllm`).
+    "mla_trtllm": (lambda r: r.op == "mla" and r.mla_kernel == "trtllm" and r.hw in FULL_HOPPER,
+                   {"mla_trtllm_prefill": (0.3, 2.0), "mla_trtllm_prefill_fixed_s": (0.0, 100e-6),
+                    "mla_trtllm_decode_fixed_s": (0.0, 100e-6)}, set()),
+    # SGLang 0.5.9's FlashAttention-3 MLA decode (same table): fixed seconds per decode call.
+    "mla_sglang_fa3": (lambda r: r.op == "mla" and r.mla_kernel == "sglang_fa3" and r.hw in FULL_HOPPER
+                       and r.phase == "decode", {"mla_sglang_fa3_decode_fixed_s": (0.0, 100e-6)}, set()),
     # H20: the same SM design with its tensor rate cut to 148 TFLOPS; FA3 on it reaches a larger
     # fraction of its (lower) peak, so it has its own long-sequence fraction on the shared
     # half-length (its rows are at one length only: no half-length of its own can be fitted).
@@ -306,7 +318,7 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
-                 "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm}.get(n)
+                 "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm, "mla_trtllm_prefill": 1.0}.get(n)
         if v is None and n.startswith("moe_"):  # a fused-MoE curve's field (`_moe_curve`)
             suffix = next((x for x in ("_tokens_half", "_k_half", "_memory") if n.endswith(x)), "")
             v = {"_tokens_half": 256.0, "_k_half": 256.0, "_memory": cur.memory}.get(suffix, cur.gemm)

@@ -286,6 +286,23 @@ class Efficiency(_Strict):
     moe_trtllm_fp8_memory: Fraction | None = None
     moe_trtllm_fp8_overhead: Seconds = 0.0
 
+    # MLA attention as an engine's own kernels run it (`cost.mla_kernel`; docs/cost-model.md "MLA
+    # attention kernels by engine"), on the attention ops of MLA layers (block "mla"): the prefill
+    # attention curve's rate x `mla_<kernel>_prefill` (None: x 1) plus `mla_<kernel>_prefill_fixed_s`
+    # per prefill call, and `mla_<kernel>_decode_fixed_s` per decode call (RoPE / latent-cache write,
+    # split-KV scheduling metadata and combine kernels around the attention kernel), each on top of
+    # `kernel_overhead`. Kernels: "trtllm" (TensorRT-LLM's attention op: its context FMHA, FlashMLA
+    # decode on SM90), "sglang_fa3" (SGLang's FlashAttention-3 backend). Fitted on
+    # benchmarks/kernels/aic_mla.yaml only; `mla_kernels` names the kernels with rows on this chip's
+    # family (a kernel not named is refused).
+    mla_kernels: tuple[Literal["trtllm", "sglang_fa3"], ...] = ()
+    mla_trtllm_prefill: float | None = Field(default=None, gt=0, le=2)
+    mla_trtllm_prefill_fixed_s: Seconds = 0.0
+    mla_trtllm_decode_fixed_s: Seconds = 0.0
+    mla_sglang_fa3_prefill: float | None = Field(default=None, gt=0, le=2)
+    mla_sglang_fa3_prefill_fixed_s: Seconds = 0.0
+    mla_sglang_fa3_decode_fixed_s: Seconds = 0.0
+
     # Block-scaled FP8 dense GEMM as vLLM runs it without DeepGEMM on Hopper: CUTLASS's SM90 blockwise
     # kernel (`W8A8BlockFp8LinearOp` -> `cutlass_scaled_mm` with 128 x 128 weight and 1 x 128
     # activation scales), used for dense projections where a deployment runs it (`cost.gemm_kernel`;
@@ -328,6 +345,15 @@ class Efficiency(_Strict):
         frac = frac if own is None else own
         return (frac, getattr(self, field + "_tokens_half"), getattr(self, field + "_memory"),
                 getattr(self, field + "_overhead"), getattr(self, field + "_k_half", None))
+
+    def mla_kernel_terms(self, kernel: str) -> tuple[float, float, float] | None:
+        """(prefill rate factor, prefill fixed seconds, decode fixed seconds) of the MLA kernel
+        `kernel` ("trtllm", "sglang_fa3"); None where `mla_kernels` does not name it."""
+        if kernel not in self.mla_kernels:
+            return None
+        f = getattr(self, f"mla_{kernel}_prefill")
+        return (1.0 if f is None else f), getattr(self, f"mla_{kernel}_prefill_fixed_s"), getattr(
+            self, f"mla_{kernel}_decode_fixed_s")
 
     def gemm_for(self, dtype: str) -> float:
         """The large-GEMM fraction of peak for matrix `dtype`: `gemm_by_dtype[dtype]`, else `gemm`."""

@@ -64,7 +64,7 @@ from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
 from codesign.sim.collective_cost import NetworkCollectives, network_key
-from codesign.sim.cost_options import BLOCK_FP8_LINEAR_BLOCKS, CostOptions, GemmKernel, MoeKernel
+from codesign.sim.cost_options import BLOCK_FP8_LINEAR_BLOCKS, CostOptions, GemmKernel, MlaKernel, MoeKernel
 from codesign.sim.gdn_chunk import _GDN_SCOPE, GdnChunkKernel
 from codesign.sim.kept_parts import KeptParts, half_op
 from codesign.sim.mlp_activation import MlpActivationKernel, is_mlp_down
@@ -72,7 +72,8 @@ from codesign.sim.moe_kernel import MoeKernels, _routed
 from codesign.sim.op_cost import OpCost, Residency
 
 # What other modules import from here (the names that live in the parts above among them).
-__all__ = ["BLOCK_FP8_LINEAR_BLOCKS", "CostModel", "CostOptions", "GemmKernel", "MoeKernel", "OpCost", "Residency",
+__all__ = ["BLOCK_FP8_LINEAR_BLOCKS", "CostModel", "CostOptions", "GemmKernel", "MlaKernel", "MoeKernel", "OpCost",
+           "Residency",
            "attention_keys_per_row", "half_op", "network_key", "spec_dtype", "wider"]
 
 # Torch dtype names (as the tracer writes them) -> spec dtype names.
@@ -177,6 +178,15 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self.decode_units_half = eff.attention_decode_units_half if occ else None
         self.decode_split = eff.attention_decode_split
         self.decode_fixed_s = eff.attention_decode_fixed_s if occ else 0.0
+        # MLA attention kernel of the engine (`CostOptions.mla_kernel`): (prefill rate factor,
+        # prefill fixed seconds, decode fixed seconds); None: the calibrated curves as they are.
+        self.mla_terms: tuple[float, float, float] | None = None
+        if self.opts.mla_kernel != "calibrated":
+            self.mla_terms = eff.mla_kernel_terms(self.opts.mla_kernel)
+            if self.mla_terms is None:
+                raise CodesignError(f"cost.mla_kernel: {hw.name} has no kernel rows of {self.opts.mla_kernel!r} "
+                                    f"(its efficiency.mla_kernels: {', '.join(eff.mla_kernels) or 'none'}); "
+                                    f"expected calibrated or one of those")
         vec_peak = chip.vector.bf16 or chip.vector.fp32
         self.vector_rate = vec_peak * eff.vector
         self.hbm_bw = chip.hbm.bandwidth * eff.memory
@@ -299,7 +309,11 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         at the memory rate x W / (W + efficiency.attention_decode_units_half), W = batch x kv_heads
         x ceil(S / attention_decode_split) from the op's K shape (B, Hkv, S, D), charged as bytes x
         (W + half) / W; plus efficiency.attention_decode_fixed_s. (1, 0) for other ops: prefill, MLA
-        (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off."""
+        (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off. An MLA
+        op (block "mla") under `CostOptions.mla_kernel`: (1, that kernel's fixed seconds per call of
+        its phase)."""
+        if self.mla_terms is not None and op.kind == "attention" and op.block == "mla":
+            return 1.0, (self.mla_terms[2] if op.phase == "decode" else self.mla_terms[1])
         if op.kind != "attention" or op.phase != "decode":
             return 1.0, 0.0
         shapes = op.in_shapes
@@ -415,6 +429,8 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         if kind == "attention":
             if op.phase == "decode":
                 return flops / self.decode_attention_rate, "matrix"
+            if self.mla_terms is not None and op.block == "mla":  # the engine's MLA prefill kernel
+                return flops / (self.attention_rate * self.attention_seq_ramp(op) * self.mla_terms[0]), "matrix"
             return flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
         if kind == "vector":
             return flops / self.vector_rate, "vector"

@@ -15,6 +15,8 @@ from codesign.units import parse_quantity
 # MoE routed-expert kernel implementations a deployment's engine runs (`CostOptions.moe_kernel`).
 MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default", "triton_fused_block_fp8",
                     "trtllm_cutlass_block_fp8", "trtllm_cutlass_fp8"]
+# MLA attention kernel implementations (`CostOptions.mla_kernel`).
+MlaKernel = Literal["calibrated", "trtllm", "sglang_fa3"]
 # Dense GEMM kernel implementations (`CostOptions.gemm_kernel`).
 GemmKernel = Literal["calibrated", "cutlass_block_fp8"]
 # Blocks whose dense GEMMs are the checkpoint's quantised linear layers (what `gemm_kernel` acts
@@ -101,6 +103,15 @@ class CostOptions(BaseModel):
     # blockwise FP8 kernel, what vLLM runs for block-scaled FP8 checkpoints (DeepSeek-V3/R1) where
     # DeepGEMM is not installed, at the chip's `efficiency.cutlass_block_fp8*` curve. FP8 only.
     gemm_kernel: GemmKernel = "calibrated"
+    # Which kernels run the attention of MLA layers (DeepSeek-V2/V3; attention ops of block "mla"), a
+    # fact of the deployment's engine (docs/cost-model.md "MLA attention kernels by engine"):
+    # "calibrated" -- the prefill attention curve and the decode attention rate (FlashAttention-3 and
+    # FlashMLA rows; the default); "trtllm" -- TensorRT-LLM's attention op (its context FMHA kernel,
+    # FlashMLA decode on SM90, with the RoPE / latent-cache kernels around them), at the chip's
+    # `efficiency.mla_trtllm_*` terms; "sglang_fa3" -- SGLang's FlashAttention-3 backend, at
+    # `efficiency.mla_sglang_fa3_*`. Both fitted on aiconfigurator's MLA kernel rows only
+    # (benchmarks/kernels/aic_mla.yaml); a chip without the terms refuses the option.
+    mla_kernel: MlaKernel = "calibrated"
     # Row block of the Triton fused_moe kernel for an expert with fewer tokens than the tile's M:
     # `moe_align_block_size` pads every expert's tokens to BLOCK_SIZE_M, 16 in vLLM's decode-size
     # tuned and default configs (no swap-AB: the tokens stay in M). Above the tile's M, the tile's M.

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
-from codesign.sim.cost import CostModel, CostOptions, GemmKernel, MoeKernel
+from codesign.sim.cost import CostModel, CostOptions, GemmKernel, MlaKernel, MoeKernel
+from codesign.sim.kernel_mla import MlaCall, MlaForm, mla_ops
 
-KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "all_to_all", "all_reduce",
+KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "mla", "gdn_chunk", "all_to_all", "all_reduce",
                    "all_gather", "reduce_scatter"]
 Positive = Field(default=None, gt=0)
 
@@ -36,6 +37,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # receives every token and computes the rows routed to its own experts).
     "fused_moe": ("groups", "top_k", "hidden", "n", "tokens"),
     "attention": ("batch", "heads", "head_dim", "seq_q", "seq_kv", "phase"),
+    # One MLA attention call (codesign.sim.kernel_mla): `batch` sequences of `seq_q` new tokens
+    # against `seq_kv` keys, `heads` query heads of one rank, the model's MLA dims; `mla_form`
+    # (none: expanded in prefill, absorbed in decode) and `mla_call` (what the engine's call holds).
+    "mla": ("batch", "heads", "seq_q", "seq_kv", "phase", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+            "v_head_dim"),
     # GatedDeltaNet chunked prefill: `batch` sequences of `seq_q` tokens, `heads` value heads
     # (`kv_heads` key heads, none: = heads), key/value head dims `head_dim` / `head_dim_v`.
     "gdn_chunk": ("batch", "heads", "head_dim", "seq_q"),
@@ -76,6 +82,14 @@ class KernelShape(BaseModel):
     causal: bool = False
     phase: Literal["prefill", "decode"] | None = None
     latent: bool = False  # MLA absorbed: V is the first head_dim_v columns of the cached K latent
+    # MLA call (op "mla"): the model's dims, the form and what the engine's timed call holds.
+    kv_lora_rank: int | None = Positive
+    qk_nope_head_dim: int | None = Positive
+    qk_rope_head_dim: int | None = Positive
+    v_head_dim: int | None = Positive
+    mla_form: MlaForm | None = None
+    mla_call: MlaCall = "attention"
+    mla_kernel: MlaKernel | None = None  # which MLA kernel ran (`CostOptions.mla_kernel`); none: the default
     # Collectives.
     ranks: int | None = Field(default=None, ge=2)
     tokens: int | None = Positive  # all-to-all: tokens per rank
@@ -99,7 +113,7 @@ class KernelShape(BaseModel):
         missing = [f for f in REQUIRED[self.op] if getattr(self, f) is None]
         if missing:
             raise ValueError(f"{self.op} needs {', '.join(missing)}")
-        if self.op == "attention" and self.seq_q > self.seq_kv:
+        if self.op in ("attention", "mla") and self.seq_q > self.seq_kv:
             raise ValueError(f"seq_q ({self.seq_q}) exceeds seq_kv ({self.seq_kv})")
         if self.op == "fused_moe" and self.top_k > self.groups:
             raise ValueError(f"top_k ({self.top_k}) exceeds groups ({self.groups}, the experts)")
@@ -114,6 +128,8 @@ class KernelShape(BaseModel):
             raise ValueError(f"groups ({self.groups}) must be a multiple of ranks ({self.ranks}, the EP degree)")
         if self.moe_kernel is not None and self.op != "fused_moe":
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
+        if (self.mla_form is not None or self.mla_call != "attention" or self.mla_kernel is not None) and self.op != "mla":
+            raise ValueError(f"mla_form / mla_call / mla_kernel apply to mla only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
             raise ValueError(f"gemm_kernel applies to gemm only, found op {self.op}")
         if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
@@ -359,9 +375,13 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
     if s.gemm_kernel is not None:
         opts = opts.model_copy(update={"gemm_kernel": s.gemm_kernel})
+    if s.mla_kernel is not None:
+        opts = opts.model_copy(update={"mla_kernel": s.mla_kernel})
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)
+    if s.op == "mla":
+        return _predict_ops(mla_ops(s), cm, matrix_kinds=("gemm", "attention"))
     if s.op == "fused_moe":
         return _predict_fused_moe(s, hw, options)
     op = build_op(s)
@@ -383,15 +403,15 @@ def _predict_fused_moe(s: KernelShape, hw: HardwareSpec, options: CostOptions | 
                             cost.overhead_s)
 
 
-def _predict_ops(ops: tuple[Op, ...], cm: CostModel) -> KernelPrediction:
-    """A kernel traced as several ops (the GatedDeltaNet chunked prefill): their summed cost; FLOPs
-    are the matrix ops' (what a kernel benchmark counts), bytes all ops'."""
+def _predict_ops(ops: tuple[Op, ...], cm: CostModel, matrix_kinds: tuple[str, ...] = ("gemm",)) -> KernelPrediction:
+    """A kernel traced as several ops (the GatedDeltaNet chunked prefill, an MLA call): their summed
+    cost; FLOPs are the ops' of `matrix_kinds` (what a kernel benchmark counts), bytes all ops'."""
     costs = [cm.cost(op) for op in ops]
     t = sum(c.time_s for c in costs)
     comp = sum(c.compute_s for c in costs)
     mem = sum(c.memory_s for c in costs)
     over = sum(c.overhead_s for c in costs)
-    flops = sum(op.flops for op in ops if op.kind == "gemm")
+    flops = sum(op.flops for op in ops if op.kind in matrix_kinds)
     nbytes = sum(op.bytes_total for op in ops)
     bound = "overhead" if over > max(comp, mem) else ("matrix" if comp >= mem else "hbm")
     return KernelPrediction(t, flops, nbytes, bound, comp, mem, over)

@@ -110,6 +110,9 @@ class KernelResult:
             shape = f"E{r.groups} k{r.top_k} {r.hidden}x{r.n}{ep} {r.tokens}tok{kernel}"
         elif r.op == "attention":
             shape = f"b{r.batch} h{r.heads}/{r.kv_heads or r.heads} d{r.head_dim} q{r.seq_q} kv{r.seq_kv}"
+        elif r.op == "mla":
+            shape = f"b{r.batch} h{r.heads} q{r.seq_q} kv{r.seq_kv} {r.phase} {r.mla_call}" + (
+                f" {r.mla_form}" if r.mla_form else "")
         elif r.op == "gdn_chunk":
             shape = f"b{r.batch} t{r.seq_q} h{r.kv_heads or r.heads}/{r.heads} d{r.head_dim}"
         elif r.op == "all_to_all":
