@@ -7,6 +7,8 @@
     codesign kernel --hw h100 fused_moe --groups 8 --top-k 2 --hidden 4096 --n 7168 --tokens 512 \\
         --moe-kernel triton_fused
     codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
+    codesign kernel --hw h200 mla --phase decode --batch 128 --heads 128 --seq-q 1 --seq-kv 2048 \
+        --kv-lora-rank 512 --qk-nope-head-dim 128 --qk-rope-head-dim 64 --v-head-dim 128 --mla-kernel trtllm
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
     codesign kernel --hw h800 all_to_all --ranks 32 --tokens 4096 --hidden 7168 --top-k 8 --experts 256 \\
@@ -33,6 +35,7 @@ _SHAPE_ARGS = {
     "grouped_gemm": ("groups", "m", "n", "k"),
     "fused_moe": ("groups", "top_k", "hidden", "n", "tokens"),
     "attention": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q", "seq_kv"),
+    "mla": ("batch", "heads", "seq_q", "seq_kv", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
     "gdn_chunk": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks",),
@@ -42,13 +45,14 @@ _SHAPE_ARGS = {
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, GatedDeltaNet chunk, collective) on one chip",
+    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, MLA call, GatedDeltaNet chunk, collective) on one chip",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hw", required=True, help="hardware spec name (hw_specs/) or path")
     p.add_argument("--json", action="store_true", help="print JSON")
     ops = p.add_subparsers(dest="op", required=True, metavar="OP")
     for op, names in _SHAPE_ARGS.items():
         q = ops.add_parser(op, help={"gdn_chunk": "GatedDeltaNet chunked prefill (chunk_gated_delta_rule)",
+                                            "mla": "one MLA attention call (DeepSeek-V2/V3) as an engine's call holds it",
                                             "fused_moe": "one MoE layer's routed experts (tokens routed top-k of groups experts)"
                                             }.get(op, f"{op} kernel"))
         for n in names:
@@ -65,6 +69,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 | trtllm_cutlass_fp8 (default: grouped, cost.moe_kernel)")
             q.add_argument("--ranks", type=int, default=None,
                            help="expert parallelism: one rank's groups / ranks experts over all the tokens (none: all experts)")
+        if op == "mla":
+            q.add_argument("--phase", choices=("prefill", "decode"), required=True)
+            q.add_argument("--mla-form", dest="mla_form", choices=("expanded", "absorbed"), default=None,
+                           help="none: expanded in prefill, absorbed in decode (the model's own choice)")
+            q.add_argument("--mla-call", dest="mla_call", choices=("attention", "vllm_impl"), default=None,
+                           help="what the call holds: the attention kernel (default) or vLLM's MLA impl with its projections")
+            q.add_argument("--mla-kernel", dest="mla_kernel", default=None,
+                           help="calibrated | trtllm | sglang_fa3 (default: calibrated, cost.mla_kernel)")
         if op == "attention":
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
@@ -87,7 +99,7 @@ def shape_from_args(args: argparse.Namespace):
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
     for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel",
-                                       "gemm_kernel", "experts", "top_groups") + (("ranks",) if args.op == "fused_moe" else ()):
+                                       "gemm_kernel", "experts", "top_groups", "mla_form", "mla_call", "mla_kernel") + (("ranks",) if args.op == "fused_moe" else ()):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v
