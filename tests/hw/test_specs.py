@@ -149,6 +149,9 @@ def test_efficiency_calibration():
     # nor the GQA decode attention occupancy (H100 / H200 rows; H20's SM count differs)
     no_gdn.update({"attention_decode_units_half": None, "attention_decode_split": None,
                    "attention_decode_fixed_s": 0.0})
+    # nor the MLA kernels by engine (aiconfigurator's H100 / H200 rows; the full-rate parts)
+    no_gdn.update({"mla_kernels": (), "mla_trtllm_prefill": None, "mla_trtllm_prefill_fixed_s": 0.0,
+                   "mla_trtllm_decode_fixed_s": 0.0, "mla_sglang_fa3_decode_fixed_s": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 
