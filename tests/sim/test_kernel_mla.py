@@ -116,3 +116,25 @@ def test_table_rows_are_dims_of_deepseek_v3_and_every_engine_is_present():
     calls = {(r.source.split("_")[2], r.mla_call, r.mla_kernel) for r in t.rows}
     assert ("vllm", "vllm_impl", None) in calls and ("trtllm", "attention", "trtllm") in calls
     assert ("sglang", "attention", "sglang_fa3") in calls
+
+
+@pytest.mark.parametrize("phase,tokens,context", [("decode", 1, 63), ("prefill", 64, 0)])
+def test_the_terms_act_on_the_traced_mla_attention_ops_and_nothing_else(config_of, phase, tokens, context):
+    from codesign.graph.tracing import trace
+
+    g = trace(config_of("deepseek-mla"), phase=phase, batch=4, tokens=tokens, context=context, disk_cache=False)
+    ops = [d["op"] for _, d in g.nodes(data=True) if "op" in d]
+    hw = load_hw("h200")
+    e = hw.efficiency
+    cal = CostModel(hw, "bf16", "bf16", CostOptions())
+    trt = CostModel(hw, "bf16", "bf16", CostOptions(mla_kernel="trtllm"))
+    att = [op for op in ops if op.kind == "attention"]
+    assert att and all(op.block == "mla" and op.phase == phase for op in att)
+    for op in att:
+        c, t = cal.reference_cost(op), trt.reference_cost(op)
+        fixed = e.mla_trtllm_decode_fixed_s if phase == "decode" else e.mla_trtllm_prefill_fixed_s
+        assert t.overhead_s == pytest.approx(c.overhead_s + fixed, rel=1e-12)
+        want = c.compute_s if phase == "decode" else c.compute_s / e.mla_trtllm_prefill
+        assert t.compute_s == pytest.approx(want, rel=1e-12)
+        assert trt.cost(op) == t  # the kept-parts path agrees with the reference
+    assert all(trt.reference_cost(op) == cal.reference_cost(op) for op in ops if op.kind != "attention")
