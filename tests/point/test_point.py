@@ -56,6 +56,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "efficiency.moe_triton_block_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.moe_trtllm_block_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.moe_trtllm_fp8_dtypes": ["fp8", "bf16"],
+        "efficiency.mla_kernels": ["trtllm"], "cost.mla_kernel": "trtllm",
     }
     if path in special:
         return special[path]
