@@ -22,6 +22,13 @@ least 70 GiB of memory other than A100 (H100, H200, MI300X, B200), from
 * ``capacity_policy`` ``max_utilization``: admit while the pages a request needs *now* fit and
   preempt when a running request cannot grow (vLLM's only policy; TensorRT-LLM's
   ``MAX_UTILIZATION``, which pauses requests).
+* ``admit_after_preemption`` false: an iteration that preempted a running request admits no
+  waiting request (`vllm/v1/core/sched/scheduler.py`, `Scheduler.schedule`: the waiting loop runs
+  under ``if not preempted_reqs:``, v0.11.0 and v0.17.1);
+* ``stalled_prefill`` ``preempt``: a partially prefilled request whose next chunk cannot get
+  pages, with no newer request left to preempt, is itself preempted (pages freed, first in the
+  queue, recomputed when readmitted), as vLLM V1 pops the newest running request, itself
+  included, until the allocation fits.
 
 Two knobs exist for other engines' settings (named by what they do, validated here, acting in
 `codesign.sim.serving.scheduler`):
@@ -72,6 +79,13 @@ class SchedulerConfig(BaseModel):
     attention_dp_lockstep: bool | None = None
     # Which rank a request goes to: the fewest requests in its system (TensorRT-LLM, vLLM) or in turn (SGLang).
     attention_dp_dispatch: Literal["balanced", "round_robin"] = "balanced"
+    # A step that preempted a running request admits no waiting one (vLLM V1: `if not
+    # preempted_reqs:` before its waiting loop); true: admit while budget and pages last anyway.
+    admit_after_preemption: bool = False
+    # A partially prefilled request that cannot get pages for its next chunk, with nothing newer
+    # to preempt: "preempt" frees its pages and queues it first for recompute (vLLM V1 pops it from
+    # its running list like any victim); "wait" keeps its pages and retries next step.
+    stalled_prefill: Literal["preempt", "wait"] = "preempt"
 
     @model_validator(mode="after")
     def _budget_covers_seqs(self) -> "SchedulerConfig":
