@@ -25,10 +25,12 @@ least 70 GiB of memory other than A100 (H100, H200, MI300X, B200), from
 * ``admit_after_preemption`` false: an iteration that preempted a running request admits no
   waiting request (`vllm/v1/core/sched/scheduler.py`, `Scheduler.schedule`: the waiting loop runs
   under ``if not preempted_reqs:``, v0.11.0 and v0.17.1);
-* ``stalled_prefill`` ``preempt``: a partially prefilled request whose next chunk cannot get
-  pages, with no newer request left to preempt, is itself preempted (pages freed, first in the
-  queue, recomputed when readmitted), as vLLM V1 pops the newest running request, itself
-  included, until the allocation fits.
+* ``stalled_prefill`` ``wait``: a partially prefilled request whose next chunk cannot get pages,
+  with no newer request left to preempt, keeps its pages and retries next step. vLLM V1 pops the
+  newest running request, itself included, until the allocation fits; with prefix caching (on by
+  default) its computed pages stay cached and its readmission, first in the queue, cannot be
+  placed until its cached pages and the next chunk fit, so it resumes where it stopped: the same
+  schedule. ``preempt`` frees its pages for a full recompute: vLLM V1 without prefix caching.
 
 Two knobs exist for other engines' settings (named by what they do, validated here, acting in
 `codesign.sim.serving.scheduler`):
@@ -83,9 +85,11 @@ class SchedulerConfig(BaseModel):
     # preempted_reqs:` before its waiting loop); true: admit while budget and pages last anyway.
     admit_after_preemption: bool = False
     # A partially prefilled request that cannot get pages for its next chunk, with nothing newer
-    # to preempt: "preempt" frees its pages and queues it first for recompute (vLLM V1 pops it from
-    # its running list like any victim); "wait" keeps its pages and retries next step.
-    stalled_prefill: Literal["preempt", "wait"] = "preempt"
+    # to preempt: "wait" keeps its pages and retries next step (vLLM V1 with prefix caching, its
+    # default: the request pops itself, but its computed pages stay cached and its readmission
+    # waits at the queue's head until they fit, resuming where it was); "preempt" frees its pages
+    # and queues it first for a full recompute (vLLM V1 without prefix caching).
+    stalled_prefill: Literal["preempt", "wait"] = "wait"
 
     @model_validator(mode="after")
     def _budget_covers_seqs(self) -> "SchedulerConfig":

@@ -14,8 +14,9 @@ One iteration (vLLM V1 `Scheduler.schedule`, FCFS, `SchedulerConfig` knobs):
    prompt and generated tokens, when readmitted), until they fit.
 2. **Partially prefilled** requests, oldest first, get ``min(remaining prompt, budget left)`` of the
    token budget (``max_num_batched_tokens``, chunked prefill); one that cannot get its pages
-   preempts newer requests, and if it is the newest, itself (``stalled_prefill: preempt``, vLLM's
-   pop of its running list's last entry; ``wait``: it keeps its pages for the next step).
+   preempts newer requests; if it is the newest it keeps its pages for the next step
+   (``stalled_prefill: wait``, vLLM with prefix caching, whose self-preempted request resumes from
+   its cached pages) or preempts itself (``preempt``: vLLM without prefix caching).
 3. **Waiting** requests are admitted in order while budget, ``max_num_seqs`` and pages last
    (admission stops at the first that does not fit: FCFS, no skipping), and only in an iteration
    that preempted nothing (vLLM V1's ``if not preempted_reqs:``; ``admit_after_preemption: true``

@@ -280,13 +280,13 @@ def test_a_step_that_preempts_admits_nothing_as_vllm_v1():
 def test_a_prefill_that_cannot_grow_preempts_itself_as_vllm_v1():
     # 32 tokens a step, 6 pages. Step 1: the first prompt (32 tokens, 2 pages). Step 2: its decode
     # (3 pages at 33 tokens) and 31 tokens of the 64-token prompt (2 pages). Step 3: that prompt's
-    # next 31 tokens need 2 more pages (3 + 2 + 2 > 6) and it is the newest: vLLM V1 pops it from
-    # its running list (pages freed, computed tokens lost), so step 3 only decodes and admits
-    # nothing; step 4 prefills its first 31 tokens again, and so on, every other step, until the
+    # next 31 tokens need 2 more pages (3 + 2 + 2 > 6) and it is the newest: vLLM V1 without prefix
+    # caching pops it from its running list (pages freed, computed tokens lost), so step 3 only
+    # decodes and admits nothing; step 4 prefills its first 31 tokens again, and so on, every other step, until the
     # first request finishes (10 tokens: its last at step 10, beside a fresh chunk, which then
     # stays); then the prompt's other 33 tokens in two steps (32, 1) and its second token.
     s = _two((32, 10), (64, 2))
-    cfg = SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32)
+    cfg = SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32, stalled_prefill="preempt")
     shapes: list[StepShape] = []
     rec = run_stream(s, cfg, capacity(tokens=6 * 16), recorded(shapes))
     got = _tokens(shapes)
@@ -300,10 +300,11 @@ def test_a_prefill_that_cannot_grow_preempts_itself_as_vllm_v1():
     assert rec.finish[0] == pytest.approx(t, rel=1e-12)
     t += (A + 32 * B + 31 * C) + (A + B + 63 * C)  # the prompt's last two chunks: its first token
     assert rec.first_token[1] == pytest.approx(t, rel=1e-12)
-    # "wait": it keeps its 31 tokens' pages and resumes when the first request finishes
+    # "wait" (the default; vLLM with prefix caching resumes from its cached pages): it keeps its
+    # 31 tokens' pages and resumes when the first request finishes
     shapes = []
-    run_stream(s, SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32, stalled_prefill="wait"),
-               capacity(tokens=6 * 16), recorded(shapes))
+    run_stream(s, SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32), capacity(tokens=6 * 16),
+               recorded(shapes))
     assert _tokens(shapes)[2:10] == [((1, 1, 33 + i),) for i in range(8)]
     assert _tokens(shapes)[10] == ((1, 32, 31),)
 
@@ -312,4 +313,4 @@ def test_preemption_fields_are_validated():
     with pytest.raises(CodesignError, match="workload.scheduler: stalled_prefill: Input should be 'preempt' or 'wait'"):
         scheduler_config({"stalled_prefill": "retry"})
     d = SchedulerConfig()
-    assert d.admit_after_preemption is False and d.stalled_prefill == "preempt"
+    assert d.admit_after_preemption is False and d.stalled_prefill == "wait"
