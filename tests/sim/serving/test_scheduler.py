@@ -314,3 +314,14 @@ def test_preemption_fields_are_validated():
         scheduler_config({"stalled_prefill": "retry"})
     d = SchedulerConfig()
     assert d.admit_after_preemption is False and d.stalled_prefill == "wait"
+
+
+@pytest.mark.parametrize("n, prompt, out, pages", [(10, 100, 200, 80), (16, 500, 500, 300)])
+def test_preempting_bursts_with_stretches_match_step_by_step(n, prompt, out, pages):
+    # with preemptions and steps that admit nothing after one, decode-only stretches (never
+    # started while requests wait after a preemption) give the finish times of simulating every step
+    s = burst_stream(n, prompt, out, seed=0)
+    fast = run_stream(s, SchedulerConfig(), capacity(tokens=pages * 16), step_time)
+    slow = run_stream(s, SchedulerConfig(), capacity(tokens=pages * 16), step_time, stretch=(0.0, 1))
+    assert fast.preemptions.sum() == slow.preemptions.sum() > 0 and len(fast.step_count) < len(slow.step_count) / 2
+    assert np.allclose(fast.finish, slow.finish, rtol=1e-6) and np.allclose(fast.first_token, slow.first_token, rtol=1e-6)
