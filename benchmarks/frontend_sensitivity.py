@@ -1,11 +1,14 @@
 """What validation rows would read with a request path in front of the engine (`workload.frontend`).
 
     python benchmarks/frontend_sensitivity.py [--rows NAME,...] [--figures L:P[:N],...] [--file YAML]
+                                              [--discipline fifo|shared]
 
 For each row (default: the vLLM rows whose errors docs/cost-model.md attributes to the request
 path, "GPUStack H100 rows") and each stated figure ``latency_s:per_request_s[:processes]`` (default
 ``0.025:0``, ``0.05:0``, ``0:0.005``, ``0:0.01``), prints predicted vs measured output tok/s, mean
-TTFT and mean TPOT, first without a frontend (the row as it is). For reading only: the figures are
+TTFT and mean TPOT, first without a frontend (the row as it is); `--discipline shared` serves the
+per-request cost by processor sharing instead of first come first served (docs/serving.md). For
+reading only: the figures are
 stated, not measured for these rows, and nothing here changes a row.
 """
 
@@ -66,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file", default=str(ROOT / "benchmarks/validation/public.yaml"))
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--figures", default=FIGURES)
+    ap.add_argument("--discipline", choices=("fifo", "shared"), default="fifo")
     a = ap.parse_args(argv)
     try:
-        figures = parse_figures(a.figures)
+        figures = [{**f, "discipline": a.discipline} for f in parse_figures(a.figures)]
         wanted = a.rows.split(",")
         by_name = {s.name: s for s in load_scenarios(a.file)}
         missing = [n for n in wanted if n not in by_name]
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}\n  {'as it is':<34} {errors(s)}")
             for f in figures:
                 wl = s.workload.model_copy(update={"frontend": f})
-                label = f"latency {f['latency_s'] * 1e3:g} ms, ingest {f['per_request_s'] * 1e3:g} ms x{f.get('processes', 1)}"
+                label = f"latency {f['latency_s'] * 1e3:g} ms, ingest {f['per_request_s'] * 1e3:g} ms x{f.get('processes', 1)} {a.discipline}"
                 print(f"  {label:<34} {errors(s.model_copy(update={'workload': wl}))}")
             print(f"  ({time.perf_counter() - t0:.1f} s)")
     except CodesignError as e:

@@ -22,6 +22,15 @@ least 70 GiB of memory other than A100 (H100, H200, MI300X, B200), from
 * ``capacity_policy`` ``max_utilization``: admit while the pages a request needs *now* fit and
   preempt when a running request cannot grow (vLLM's only policy; TensorRT-LLM's
   ``MAX_UTILIZATION``, which pauses requests).
+* ``admit_after_preemption`` false: an iteration that preempted a running request admits no
+  waiting request (`vllm/v1/core/sched/scheduler.py`, `Scheduler.schedule`: the waiting loop runs
+  under ``if not preempted_reqs:``, v0.11.0 and v0.17.1);
+* ``stalled_prefill`` ``wait``: a partially prefilled request whose next chunk cannot get pages,
+  with no newer request left to preempt, keeps its pages and retries next step. vLLM V1 pops the
+  newest running request, itself included, until the allocation fits; with prefix caching (on by
+  default) its computed pages stay cached and its readmission, first in the queue, cannot be
+  placed until its cached pages and the next chunk fit, so it resumes where it stopped: the same
+  schedule. ``preempt`` frees its pages for a full recompute: vLLM V1 without prefix caching.
 
 Two knobs exist for other engines' settings (named by what they do, validated here, acting in
 `codesign.sim.serving.scheduler`):
@@ -72,6 +81,15 @@ class SchedulerConfig(BaseModel):
     attention_dp_lockstep: bool | None = None
     # Which rank a request goes to: the fewest requests in its system (TensorRT-LLM, vLLM) or in turn (SGLang).
     attention_dp_dispatch: Literal["balanced", "round_robin"] = "balanced"
+    # A step that preempted a running request admits no waiting one (vLLM V1: `if not
+    # preempted_reqs:` before its waiting loop); true: admit while budget and pages last anyway.
+    admit_after_preemption: bool = False
+    # A partially prefilled request that cannot get pages for its next chunk, with nothing newer
+    # to preempt: "wait" keeps its pages and retries next step (vLLM V1 with prefix caching, its
+    # default: the request pops itself, but its computed pages stay cached and its readmission
+    # waits at the queue's head until they fit, resuming where it was); "preempt" frees its pages
+    # and queues it first for a full recompute (vLLM V1 without prefix caching).
+    stalled_prefill: Literal["preempt", "wait"] = "wait"
 
     @model_validator(mode="after")
     def _budget_covers_seqs(self) -> "SchedulerConfig":

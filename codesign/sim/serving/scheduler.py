@@ -14,9 +14,13 @@ One iteration (vLLM V1 `Scheduler.schedule`, FCFS, `SchedulerConfig` knobs):
    prompt and generated tokens, when readmitted), until they fit.
 2. **Partially prefilled** requests, oldest first, get ``min(remaining prompt, budget left)`` of the
    token budget (``max_num_batched_tokens``, chunked prefill); one that cannot get its pages
-   preempts newer requests, or waits if it is the newest.
+   preempts newer requests; if it is the newest it keeps its pages for the next step
+   (``stalled_prefill: wait``, vLLM with prefix caching, whose self-preempted request resumes from
+   its cached pages) or preempts itself (``preempt``: vLLM without prefix caching).
 3. **Waiting** requests are admitted in order while budget, ``max_num_seqs`` and pages last
-   (admission stops at the first that does not fit: FCFS, no skipping). A prefix-cache hit rate
+   (admission stops at the first that does not fit: FCFS, no skipping), and only in an iteration
+   that preempted nothing (vLLM V1's ``if not preempted_reqs:``; ``admit_after_preemption: true``
+   admits anyway). A prefix-cache hit rate
    marks that share of a prompt (whole blocks, never the last token) as already cached: held in
    pages, not computed.
 
@@ -166,6 +170,7 @@ class Engine:
         self.waiting: deque[_Req] = deque()
         self.prefilling: list[_Req] = []
         self.prefill_held = 0.0
+        self.held_back = False  # the last iteration admitted nothing because it preempted
         self.no_evict = cfg.capacity_policy == "guaranteed_no_evict"
         self.reserved = 0.0  # guaranteed_no_evict: whole-sequence bytes of every admitted request
         self.counter = 0
@@ -263,8 +268,8 @@ class Engine:
         """How many decode-only steps can run before anything but the decodes' KV changes: up to the
         first completion, while the pages hold, the mean KV length moves at most `STRETCH_DRIFT`
         (step time is linear in it: the middle's time is the stretch's mean) and `STRETCH_MAX`."""
-        if len(groups) != 1 or not n or groups[0][0] != n:
-            return 1
+        if len(groups) != 1 or not n or groups[0][0] != n or (self.held_back and self.waiting):
+            return 1  # (held back after a preemption: the next iteration may admit)
         first_done = int(np.ceil(self._least_rem() / self.emit - _EPS))
         drift = int(max(1.0, self.stretch_drift * mean_kv) / self.emit)
         k = max(1, min(first_done, drift, self.stretch_max))
@@ -322,8 +327,9 @@ class Engine:
         bs, bb, sb = self.bs, self.block_bytes, self.seq_bytes
         chunked, engine_budget = self.cfg.chunked_prefill, self.cfg.max_num_batched_tokens
         dec_b = self._dec_bytes(self.n, width)
+        preempted = False  # whether this iteration preempted a running request
         while self.n and dec_b + self.prefill_held > cap:
-            self._preempt_newest(-1)
+            preempted = self._preempt_newest(-1) or preempted
             dec_b = self._dec_bytes(self.n, width)
         extra = 0.0  # bytes the chunks scheduled so far in this iteration add
         chunks = 0  # their tokens
@@ -342,16 +348,24 @@ class Engine:
             held = r.computed
             cost = (math.ceil((held + chunk) / bs) - math.ceil(held / bs)) * bb  # KVPool.grow_cost
             while dec_b + self.prefill_held + extra + cost > cap and self._preempt_newest(r.order):
+                preempted = True
                 dec_b = self._dec_bytes(self.n, width)
             if dec_b + self.prefill_held + extra + cost > cap:
-                continue  # the newest request: it waits for pages
+                if self.cfg.stalled_prefill == "preempt":  # the newest request: preempted itself
+                    self._preempt_prefill(r)
+                    preempted = True
+                continue  # ("wait": it keeps its pages for the next step)
             chunk = min(chunk, step_budget - self.n * width - chunks)
             r.chunk, extra, chunks = chunk, extra + cost, chunks + chunk
             groups.append((1, chunk, r.computed, 1))
         budget = step_budget - self.n * width - chunks
         n_running = self.n + len(self.prefilling)
         used = dec_b + self.prefill_held + extra
-        while self.waiting and budget > 0 and n_running < self.max_seqs:
+        # vLLM V1 admits none in a step that preempted; a step left with nothing to run would be an
+        # empty one (no forward pass), so its admissions are this iteration's
+        admit = not preempted or self.cfg.admit_after_preemption or not (self.n or groups)
+        self.held_back = not admit
+        while admit and self.waiting and budget > 0 and n_running < self.max_seqs:
             r = self.waiting[0]
             if r.computed == 0:
                 r.computed = self._cached_prefix(r.target)
@@ -420,18 +434,26 @@ class Engine:
             r.generated = float(self.gen[i]) + self._off() if self.blocks is not None else float(self.gen[i])
             r.resumed_from = max(float(self.entered[i]), self.dec_t)
             self._remove(i)
+            self._requeue(r)
         else:
-            self.prefilling.remove(pre)
-            self.prefill_held -= pre.held
-            r = pre
-            r.chunk = 0
+            self._preempt_prefill(pre)
+        return True
+
+    def _preempt_prefill(self, r: _Req) -> None:
+        """Preempt the partially prefilled request `r` (its pages freed, first in the queue)."""
+        self.prefilling.remove(r)
+        self.prefill_held -= r.held
+        r.chunk = 0
+        self._requeue(r)
+
+    def _requeue(self, r: _Req) -> None:
+        """A preempted request back at the front of the queue, to be recomputed from scratch."""
         self.rec.preemptions[r.rid] += 1
         self.reserved -= r.reserve
         r.reserve = 0.0
         r.target = r.prompt + int(r.generated)
         r.computed, r.held = 0, 0.0
         self.waiting.appendleft(r)
-        return True
 
     def _remove(self, i: int) -> None:
         """Drop decoding entry i (the last entry moves into its place)."""

@@ -123,5 +123,52 @@ def test_a_server_row_carries_the_floor_exactly():
     assert with_front.ttft_s["mean"] == pytest.approx(base.ttft_s["mean"] + 0.051, rel=1e-9)
     assert with_front.tpot_s["mean"] == pytest.approx(base.tpot_s["mean"], rel=1e-12)
     assert with_front.serving["frontend"] == {"latency_s": 0.047, "per_request_s": 0.004, "processes": 2,
-                                              "max_rate_per_s": pytest.approx(500.0)}
+                                              "discipline": "fifo", "max_rate_per_s": pytest.approx(500.0)}
     assert "frontend" not in base.serving
+
+
+def _through_at(times: list[float], cfg: FrontendConfig) -> list[float]:
+    """When requests sent at `times` leave the frontend."""
+    env = simpy.Environment()
+    front, out = Frontend(env, cfg), [math.nan] * len(times)
+
+    def req(i: int, at: float):
+        yield env.timeout(at)
+        yield from front.through()
+        out[i] = env.now
+
+    for i, at in enumerate(times):
+        env.process(req(i, at))
+    env.run()
+    return out
+
+
+def test_shared_frontend_serves_a_burst_together():
+    p = 0.009
+    # processor sharing: five requests sent at once each get a fifth of the process, all leave at 5p
+    assert _through(5, FrontendConfig(per_request_s=p, discipline="shared")) == pytest.approx([5 * p] * 5, rel=1e-12)
+    # two processes: each request at rate 2/5 until all leave, at 5p / 2; the latency comes first
+    assert _through(5, FrontendConfig(latency_s=0.047, per_request_s=p, processes=2, discipline="shared")) == \
+        pytest.approx([0.047 + 2.5 * p] * 5, rel=1e-12)
+    # staggered, by hand (1 s each): the first alone for 0.5 s, then both at half rate; the first's
+    # remaining 0.5 s of work takes 1 s (leaves at 1.5), the second has had 0.5 then and runs alone
+    # (leaves at 2.0); the third, sent at 3, finds the process idle (leaves at 4.0)
+    assert _through_at([0.0, 0.5, 3.0], FrontendConfig(per_request_s=1.0, discipline="shared")) == \
+        pytest.approx([1.5, 2.0, 4.0], rel=1e-12)
+    assert _through_at([0.0, 0.5, 3.0], FrontendConfig(per_request_s=1.0)) == pytest.approx([1.0, 2.0, 4.0], rel=1e-12)
+
+
+def test_shared_frontend_hands_a_burst_to_the_scheduler_at_once():
+    # 4 requests of 100 tokens through a shared 1 s frontend: all reach the idle engine at 4 s and
+    # are prefilled together in one step (400 tokens), so each TTFT is 4 s + that step
+    p, n, prompt = 1.0, 4, 100
+    s = burst_stream(n, prompt, 3, seed=0)
+    rec = run_stream(s, SchedulerConfig(), capacity(), step_time,
+                     frontend=FrontendConfig(per_request_s=p, discipline="shared"))
+    assert rec.admitted == pytest.approx([n * p] * n, rel=1e-12)
+    assert rec.first_token - rec.sent == pytest.approx([n * p + A + B * n * prompt] * n, rel=1e-12)
+
+
+def test_frontend_discipline_is_validated():
+    with pytest.raises(CodesignError, match="workload.frontend: discipline: Input should be 'fifo' or 'shared'"):
+        frontend_config({"per_request_s": 0.01, "discipline": "lifo"})

@@ -240,3 +240,88 @@ def test_block_count_and_shared_offset_run_as_the_per_sequence_arrays(monkeypatc
     assert fast.step_dt == slow.step_dt and fast.step_end == slow.step_end and fast.step_kv_use == slow.step_kv_use
     assert np.array_equal(fast.finish, slow.finish) and np.array_equal(fast.first_token, slow.first_token)
     assert fast.resume_gaps == slow.resume_gaps
+
+
+def _two(a: tuple[int, int], b: tuple[int, int]) -> RequestStream:
+    return RequestStream("burst", (Request(0, 0.0, *a), Request(1, 0.0, *b)))
+
+
+def _tokens(shapes: list[StepShape]) -> list[tuple[tuple[int, int, int], ...]]:
+    return [tuple((g.seqs, g.new_tokens, g.cached_tokens) for g in s.groups) for s in shapes]
+
+
+def test_a_step_that_preempts_admits_nothing_as_vllm_v1():
+    # vLLM V1 runs its waiting loop only `if not preempted_reqs`. By hand: 32 tokens a step, 5 pages
+    # of 16 tokens. Step 1 prefills both 16-token prompts; steps 2-17 decode both (2 pages each).
+    # Step 18: both would reach 33 tokens (3 pages each, 6 > 5), so the newer (17 tokens generated)
+    # is preempted; vLLM then admits nothing, the older decodes alone; step 19 readmits the
+    # preempted one (31 of its 33 tokens: 2 pages beside 3), beside the older's last token; step 20
+    # computes its last 2 tokens.
+    s = _two((16, 19), (16, 40))
+    cfg = SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32)
+    shapes: list[StepShape] = []
+    rec = run_stream(s, cfg, capacity(tokens=5 * 16), recorded(shapes))
+    got = _tokens(shapes)
+    assert got[0] == ((2, 16, 0),) and got[1:17] == [((2, 1, 16 + i),) for i in range(16)]
+    assert got[17:20] == [((1, 1, 32),), ((1, 1, 33), (1, 31, 0)), ((1, 2, 31),)]
+    assert rec.preemptions.tolist() == [0, 1]
+    t = A + 32 * B + sum(A + 2 * B + 2 * C * (16 + i) for i in range(16)) + (A + B + 32 * C)
+    t += (A + B + 33 * C) + (A + 31 * B)  # the older's 19th token ends step 19
+    assert rec.finish[0] == pytest.approx(t, rel=1e-12)
+    # admitting after the preemption (the simulator's former schedule): readmitted at once in
+    # step 18, its last 2 tokens then wait for pages while the older finishes (step 19)
+    old = SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32, admit_after_preemption=True,
+                          stalled_prefill="wait")
+    shapes = []
+    run_stream(s, old, capacity(tokens=5 * 16), recorded(shapes))
+    assert _tokens(shapes)[17:20] == [((1, 1, 32), (1, 31, 0)), ((1, 1, 33),), ((1, 2, 31),)]
+
+
+def test_a_prefill_that_cannot_grow_preempts_itself_as_vllm_v1():
+    # 32 tokens a step, 6 pages. Step 1: the first prompt (32 tokens, 2 pages). Step 2: its decode
+    # (3 pages at 33 tokens) and 31 tokens of the 64-token prompt (2 pages). Step 3: that prompt's
+    # next 31 tokens need 2 more pages (3 + 2 + 2 > 6) and it is the newest: vLLM V1 without prefix
+    # caching pops it from its running list (pages freed, computed tokens lost), so step 3 only
+    # decodes and admits nothing; step 4 prefills its first 31 tokens again, and so on, every other step, until the
+    # first request finishes (10 tokens: its last at step 10, beside a fresh chunk, which then
+    # stays); then the prompt's other 33 tokens in two steps (32, 1) and its second token.
+    s = _two((32, 10), (64, 2))
+    cfg = SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32, stalled_prefill="preempt")
+    shapes: list[StepShape] = []
+    rec = run_stream(s, cfg, capacity(tokens=6 * 16), recorded(shapes))
+    got = _tokens(shapes)
+    assert got[:2] == [((1, 32, 0),), ((1, 1, 32), (1, 31, 0))]
+    for step in range(3, 11):  # steps 3..10: decode alone (odd), decode + a fresh 31-token chunk (even)
+        kv = 32 + step - 2
+        assert got[step - 1] == (((1, 1, kv),) if step % 2 else ((1, 1, kv), (1, 31, 0)))
+    assert got[10:] == [((1, 32, 31),), ((1, 1, 63),), ((1, 1, 64),)]
+    assert rec.preemptions.tolist() == [0, 4]  # at steps 3, 5, 7, 9
+    t = A + 32 * B + sum(A + B + C * (32 + i) for i in range(9)) + 5 * (A + 31 * B)
+    assert rec.finish[0] == pytest.approx(t, rel=1e-12)
+    t += (A + 32 * B + 31 * C) + (A + B + 63 * C)  # the prompt's last two chunks: its first token
+    assert rec.first_token[1] == pytest.approx(t, rel=1e-12)
+    # "wait" (the default; vLLM with prefix caching resumes from its cached pages): it keeps its
+    # 31 tokens' pages and resumes when the first request finishes
+    shapes = []
+    run_stream(s, SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=32), capacity(tokens=6 * 16),
+               recorded(shapes))
+    assert _tokens(shapes)[2:10] == [((1, 1, 33 + i),) for i in range(8)]
+    assert _tokens(shapes)[10] == ((1, 32, 31),)
+
+
+def test_preemption_fields_are_validated():
+    with pytest.raises(CodesignError, match="workload.scheduler: stalled_prefill: Input should be 'preempt' or 'wait'"):
+        scheduler_config({"stalled_prefill": "retry"})
+    d = SchedulerConfig()
+    assert d.admit_after_preemption is False and d.stalled_prefill == "wait"
+
+
+@pytest.mark.parametrize("n, prompt, out, pages", [(10, 100, 200, 80), (16, 500, 500, 300)])
+def test_preempting_bursts_with_stretches_match_step_by_step(n, prompt, out, pages):
+    # with preemptions and steps that admit nothing after one, decode-only stretches (never
+    # started while requests wait after a preemption) give the finish times of simulating every step
+    s = burst_stream(n, prompt, out, seed=0)
+    fast = run_stream(s, SchedulerConfig(), capacity(tokens=pages * 16), step_time)
+    slow = run_stream(s, SchedulerConfig(), capacity(tokens=pages * 16), step_time, stretch=(0.0, 1))
+    assert fast.preemptions.sum() == slow.preemptions.sum() > 0 and len(fast.step_count) < len(slow.step_count) / 2
+    assert np.allclose(fast.finish, slow.finish, rtol=1e-6) and np.allclose(fast.first_token, slow.first_token, rtol=1e-6)
