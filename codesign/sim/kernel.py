@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
-from codesign.sim.cost import CostModel, CostOptions, GemmKernel, MoeKernel
+from codesign.sim.cost import AttentionKernel, CostModel, CostOptions, GemmKernel, MoeKernel
 
 KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "all_to_all", "all_reduce",
                    "all_gather", "reduce_scatter"]
@@ -93,6 +93,8 @@ class KernelShape(BaseModel):
     moe_kernel: MoeKernel | None = None
     # gemm: which dense GEMM kernel ran (`CostOptions.gemm_kernel`); none: the default.
     gemm_kernel: GemmKernel | None = None
+    # attention (prefill): which kernel ran (`CostOptions.attention_kernel`); none: the default.
+    attention_kernel: AttentionKernel | None = None
 
     @model_validator(mode="after")
     def _fields_of_op(self) -> "KernelShape":
@@ -116,6 +118,9 @@ class KernelShape(BaseModel):
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
             raise ValueError(f"gemm_kernel applies to gemm only, found op {self.op}")
+        if self.attention_kernel is not None and (self.op != "attention" or self.phase != "prefill"):
+            raise ValueError(f"attention_kernel applies to prefill attention only, found op {self.op} "
+                             f"phase {self.phase}")
         if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
@@ -359,6 +364,8 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
     if s.gemm_kernel is not None:
         opts = opts.model_copy(update={"gemm_kernel": s.gemm_kernel})
+    if s.attention_kernel is not None:
+        opts = opts.model_copy(update={"attention_kernel": s.attention_kernel})
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)
