@@ -149,6 +149,8 @@ def test_efficiency_calibration():
     # nor the GQA decode attention occupancy (H100 / H200 rows; H20's SM count differs)
     no_gdn.update({"attention_decode_units_half": None, "attention_decode_split": None,
                    "attention_decode_fixed_s": 0.0})
+    # nor the paged-KV prefill attention curve (the same rows and reason)
+    no_gdn.update({"attention_paged": None, "attention_paged_seq_half": 0.0, "attention_paged_fixed_s": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 
