@@ -129,3 +129,17 @@ def test_the_curve_meets_its_rows():
     far = sorted((r.hw, r.batch, r.heads, r.seq_q) for r, e in errs if abs(e) > 0.35)
     assert far == [("h100", 1, 8, 16384), ("h100", 2, 24, 16384), ("h100", 4, 64, 12288), ("h100", 8, 8, 16384)]
     assert all(e < 0 for r, e in errs if abs(e) > 0.35)
+
+
+def test_cli_kernel_attention_takes_the_kernel(capsys):
+    import json
+
+    from codesign.cli import main
+
+    args = ["kernel", "--hw", "h100", "attention", "--phase", "prefill", "--batch", "1", "--heads", "64",
+            "--kv-heads", "8", "--head-dim", "128", "--seq-q", "4096", "--seq-kv", "4096", "--causal"]
+    assert main(args + ["--attention-kernel", "vllm_flash_attn", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seconds"] == pytest.approx(predict(_shape(attention_kernel="vllm_flash_attn"), load_hw("h100")).seconds)
+    assert main(args + ["--attention-kernel", "paged"]) == 2
+    assert "attention_kernel" in capsys.readouterr().err
