@@ -11,6 +11,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
     python benchmarks/kernels/fit.py --group attention_decode_gqa   # GQA decode attention occupancy (vLLM FA3, H100 / H200)
     python benchmarks/kernels/fit.py --group mla_trtllm --group mla_sglang_fa3   # MLA kernels of TensorRT-LLM / SGLang
+    python benchmarks/kernels/fit.py --group attention_paged   # paged-KV prefill attention (vLLM FA3, H100 / H200)
     python benchmarks/kernels/fit.py --group collectives   # all-reduce / all-gather / reduce-scatter curves (H100 NVSwitch)
     python benchmarks/kernels/fit.py --blackwell   # Blackwell: B200 GEMM / MLA decode / prefill, then GB200's FP8 fraction
 
@@ -37,10 +38,10 @@ from codesign.sim.kernel_table import load_table, table_files  # noqa: E402
 HOPPER = ("h100", "h200", "h800", "h20")  # one SM design: a fit on any of them holds for the family
 FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate is cut, its clocks and SMs unpublished)
 # Sources shown by `codesign validate --kernels` but read by no fit (docs/cost-model.md "vLLM kernel
-# rows on H100 / H200"): vLLM 0.14's FlashAttention prefill through its paged-KV path (the prefill
-# curve is FlashAttention-3's own benchmark) and vLLM's all-reduce with the algorithm vLLM picked
-# (the collective curves are per named algorithm).
-SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200",
+# rows on H100 / H200"): vLLM's all-reduce with the algorithm vLLM picked (the collective curves are
+# per named algorithm). vLLM 0.14's FlashAttention prefill rows (aic_ctx_*) were here until the
+# paged-KV prefill curve (`attention_paged`) was fitted on them.
+SHOWN_NOT_FITTED = ("aic_ar_h100", "aic_ar_h200",
                     # vLLM's MLA calls timed eagerly (benchmarks/kernels/aic_mla.yaml's header)
                     "aic_mla_vllm_ctx_h100", "aic_mla_vllm_ctx_h200", "aic_mla_vllm_gen_h100", "aic_mla_vllm_gen_h200")
 
@@ -71,9 +72,18 @@ GROUPS = {
     # half-efficiency keys per query row `attention_seq_half`. Fit this before `attention` (the FP8
     # fraction is read at the curve's value of its row's length).
     "attention_seq": (lambda r: r.op == "attention" and r.hw in FULL_HOPPER and r.phase == "prefill"
-                      and r.source not in SHOWN_NOT_FITTED
+                      and r.source not in SHOWN_NOT_FITTED and r.attention_kernel is None
                       and r.dtype in ("fp16", "bf16"),
                       {"attention": (0.3, 1.0), "attention_seq_half": (1.0, 8192.0)}, set()),
+    # Paged-KV prefill attention (`cost.attention_kernel: vllm_flash_attn`: vLLM 0.14's FlashAttention
+    # backend, FA3 through a paged 16-bit KV cache, on H100 / H200; aiconfigurator's rows aic_ctx_h100 /
+    # aic_ctx_h200 in aic_vllm_attention.yaml and aic_vllm_attention_prefill.yaml): the long-sequence
+    # fraction, the half-efficiency keys per query row and the fixed seconds per call
+    # (docs/cost-model.md "Paged-KV prefill attention").
+    "attention_paged": (lambda r: r.op == "attention" and r.phase == "prefill"
+                        and r.attention_kernel == "vllm_flash_attn",
+                        {"attention_paged": (0.2, 1.0), "attention_paged_seq_half": (1.0, 8192.0),
+                         "attention_paged_fixed_s": (0.0, 100e-6)}, set()),
     # GQA decode attention occupancy (vLLM 0.14's FlashAttention decode with a paged 16-bit KV cache
     # on H100 / H200, aiconfigurator's rows aic_gen_h100 / aic_gen_h200): the memory-rate ramp on the
     # work units batch x kv_heads x ceil(S / split) and the fixed seconds per call
@@ -318,6 +328,7 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
+                 "attention_paged": cur.attention, "attention_paged_seq_half": 256.0,
                  "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm, "mla_trtllm_prefill": 1.0}.get(n)
         if v is None and n.startswith("moe_"):  # a fused-MoE curve's field (`_moe_curve`)
             suffix = next((x for x in ("_tokens_half", "_k_half", "_memory") if n.endswith(x)), "")

@@ -4,6 +4,8 @@
     codesign kernel --hw h800 grouped_gemm --groups 4 --m 256 --n 7168 --k 2048 --dtype fp8
     codesign kernel --hw h100 attention --phase prefill --batch 1 --heads 8 --head-dim 256 \\
         --seq-q 16384 --seq-kv 16384 --dtype fp16
+    codesign kernel --hw h100 attention --phase prefill --batch 1 --heads 64 --kv-heads 8 --head-dim 128 \\
+        --seq-q 4096 --seq-kv 4096 --causal --attention-kernel vllm_flash_attn
     codesign kernel --hw h100 fused_moe --groups 8 --top-k 2 --hidden 4096 --n 7168 --tokens 512 \\
         --moe-kernel triton_fused
     codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
@@ -81,6 +83,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
             q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
+            q.add_argument("--attention-kernel", dest="attention_kernel", default=None,
+                           help="prefill: flash_attention | vllm_flash_attn (default: flash_attention, "
+                                "cost.attention_kernel)")
         if op in ("all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--bytes", type=float, required=True, help="message bytes per rank")
         if op == "all_to_all":
@@ -99,7 +104,7 @@ def shape_from_args(args: argparse.Namespace):
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
     for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel",
-                                       "gemm_kernel", "experts", "top_groups", "mla_form", "mla_call", "mla_kernel") + (("ranks",) if args.op == "fused_moe" else ()):
+                                       "gemm_kernel", "attention_kernel", "experts", "top_groups", "mla_form", "mla_call", "mla_kernel") + (("ranks",) if args.op == "fused_moe" else ()):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v

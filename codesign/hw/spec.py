@@ -208,6 +208,18 @@ class Efficiency(_Strict):
     attention_decode_units_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     attention_decode_split: int | None = Field(default=None, gt=0)
     attention_decode_fixed_s: Seconds = 0.0
+    # Prefill attention through a paged KV cache (`cost.attention_kernel: vllm_flash_attn`;
+    # docs/cost-model.md "Paged-KV prefill attention"): vLLM's FlashAttention-3 reads K and V through
+    # its block table, and with a KV block smaller than the kernel's key tile (16 or 64 tokens
+    # against 128 at head dim 128) it gathers them with cp.async instead of TMA (vllm-project/
+    # flash-attention hopper/flash_api.cpp `get_pagedkv_tma`). That kernel runs at
+    # `attention_paged` (16-bit; FP8: x attention_fp8 / attention) x L / (L + attention_paged_seq_half)
+    # and pays attention_paged_fixed_s per call on top of `kernel_overhead` (fitted; it holds the
+    # KV-cache write kernel that the measured forward call runs with the attention). None: the chip
+    # has no such curve, and the option is refused on it.
+    attention_paged: Fraction | None = None
+    attention_paged_seq_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
+    attention_paged_fixed_s: Seconds = 0.0
     # All-to-all in low-latency mode (DeepEP low-latency kernels: few SMs, per-token messages, no
     # CPU sync): achieved / peak link bandwidth and a fixed time per call, which replaces the link
     # latency (None: the scale-up latency). 0.43 is the EP8 dispatch of DeepEP's README at the link

@@ -63,8 +63,10 @@ from typing import Callable
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
+from codesign.sim.attention_kernel import AttentionKernels
 from codesign.sim.collective_cost import NetworkCollectives, network_key
-from codesign.sim.cost_options import BLOCK_FP8_LINEAR_BLOCKS, CostOptions, GemmKernel, MlaKernel, MoeKernel
+from codesign.sim.cost_options import (BLOCK_FP8_LINEAR_BLOCKS, AttentionKernel, CostOptions, GemmKernel, MlaKernel,
+                                     MoeKernel)
 from codesign.sim.gdn_chunk import _GDN_SCOPE, GdnChunkKernel
 from codesign.sim.kept_parts import KeptParts, half_op
 from codesign.sim.mlp_activation import MlpActivationKernel, is_mlp_down
@@ -72,8 +74,8 @@ from codesign.sim.moe_kernel import MoeKernels, _routed
 from codesign.sim.op_cost import OpCost, Residency
 
 # What other modules import from here (the names that live in the parts above among them).
-__all__ = ["BLOCK_FP8_LINEAR_BLOCKS", "CostModel", "CostOptions", "GemmKernel", "MlaKernel", "MoeKernel", "OpCost",
-           "Residency",
+__all__ = ["AttentionKernel", "BLOCK_FP8_LINEAR_BLOCKS", "CostModel", "CostOptions", "GemmKernel", "MlaKernel", "MoeKernel",
+           "OpCost", "Residency",
            "attention_keys_per_row", "half_op", "network_key", "spec_dtype", "wider"]
 
 # Torch dtype names (as the tracer writes them) -> spec dtype names.
@@ -134,7 +136,7 @@ def _pad(x: int, tile: int) -> int:
     return int(math.ceil(x / tile) * tile) if x > 0 else 0
 
 
-class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, GdnChunkKernel):
+class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, GdnChunkKernel, AttentionKernels):
     """Op -> OpCost for one chip. `matrix_dtype` and `attention_dtype` come from the deployment's
     precision; `collective_fn(collective, hw) -> seconds` defaults to the mapping's."""
 
@@ -173,6 +175,9 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             eff.attention_decode * att / eff.attention if eff.attention_decode else att)
         # Prefill attention vs sequence length (None: flat `attention_rate`).
         self.attention_seq_half = eff.attention_seq_half if self.opts.attention_seq_ramp else None
+        # Prefill attention kernel (`CostOptions.attention_kernel`): the paged-KV curve of GQA / MHA
+        # prefill ops where chosen (None: the default kernel above).
+        self._attention_kernel(hw)
         # GQA decode attention occupancy (None / 0: off, the flat memory rate).
         occ = self.opts.decode_attention_occupancy
         self.decode_units_half = eff.attention_decode_units_half if occ else None
@@ -308,14 +313,18 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         """(HBM-byte factor, extra seconds per call) of a GQA decode attention op: its bytes stream
         at the memory rate x W / (W + efficiency.attention_decode_units_half), W = batch x kv_heads
         x ceil(S / attention_decode_split) from the op's K shape (B, Hkv, S, D), charged as bytes x
-        (W + half) / W; plus efficiency.attention_decode_fixed_s. (1, 0) for other ops: prefill, MLA
+        (W + half) / W; plus efficiency.attention_decode_fixed_s. (1, 0) for other decode ops: MLA
         (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off. An MLA
         op (block "mla") under `CostOptions.mla_kernel`: (1, that kernel's fixed seconds per call of
-        its phase)."""
-        if self.mla_terms is not None and op.kind == "attention" and op.block == "mla":
-            return 1.0, (self.mla_terms[2] if op.phase == "decode" else self.mla_terms[1])
-        if op.kind != "attention" or op.phase != "decode":
+        its phase). A prefill attention op gets (1, the prefill kernel's fixed seconds per call: 0 but
+        for `CostOptions.attention_kernel` "vllm_flash_attn")."""
+        if op.kind != "attention":
             return 1.0, 0.0
+        if self.mla_terms is not None and op.block == "mla":
+            return 1.0, (self.mla_terms[2] if op.phase == "decode" else self.mla_terms[1])
+            return 1.0, 0.0
+        if op.phase != "decode":  # prefill: the paged-KV kernel's fixed time per call (`attention_kernel`)
+            return 1.0, self.prefill_fixed_s(op)
         shapes = op.in_shapes
         if len(shapes) < 3 or len(shapes[1]) != 4 or len(shapes[2]) != 4 or shapes[1][3] != shapes[2][3]:
             return 1.0, 0.0
@@ -431,6 +440,9 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
                 return flops / self.decode_attention_rate, "matrix"
             if self.mla_terms is not None and op.block == "mla":  # the engine's MLA prefill kernel
                 return flops / (self.attention_rate * self.attention_seq_ramp(op) * self.mla_terms[0]), "matrix"
+            paged = self.paged_prefill_seconds(op, flops, attention_keys_per_row(op))
+            if paged is not None:  # `CostOptions.attention_kernel` "vllm_flash_attn"
+                return paged, "matrix"
             return flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
         if kind == "vector":
             return flops / self.vector_rate, "vector"

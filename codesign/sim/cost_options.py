@@ -17,6 +17,8 @@ MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default", "triton_f
                     "trtllm_cutlass_block_fp8", "trtllm_cutlass_fp8"]
 # MLA attention kernel implementations (`CostOptions.mla_kernel`).
 MlaKernel = Literal["calibrated", "trtllm", "sglang_fa3"]
+# Prefill attention kernel implementations (`CostOptions.attention_kernel`).
+AttentionKernel = Literal["flash_attention", "vllm_flash_attn"]
 # Dense GEMM kernel implementations (`CostOptions.gemm_kernel`).
 GemmKernel = Literal["calibrated", "cutlass_block_fp8"]
 # Blocks whose dense GEMMs are the checkpoint's quantised linear layers (what `gemm_kernel` acts
@@ -162,6 +164,15 @@ class CostOptions(BaseModel):
     # the memory-rate ramp on the op's work units and the fixed time per call, where the chip has
     # them (`CostModel.decode_attention_occupancy`). False: today's rule (flat memory rate).
     decode_attention_occupancy: bool = True
+    # Which kernel runs prefill attention, a fact of the deployment's engine (docs/cost-model.md
+    # "Paged-KV prefill attention"): "flash_attention" -- FlashAttention-3's forward on contiguous K
+    # and V (TMA loads), as its own benchmarks run it, at `efficiency.attention` and the
+    # `attention_seq_half` curve (the default); "vllm_flash_attn" -- vLLM's FlashAttention backend on
+    # Hopper, FA3 reading K and V through the paged KV cache with blocks smaller than its key tile
+    # (cp.async gathers, PackGQA), at the chip's `efficiency.attention_paged*` curve (fitted on
+    # aiconfigurator's vLLM 0.14 prefill rows); refused on a chip without it. Decode attention keeps
+    # its own rule either way.
+    attention_kernel: AttentionKernel = "flash_attention"
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"
 

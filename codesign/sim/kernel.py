@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
-from codesign.sim.cost import CostModel, CostOptions, GemmKernel, MlaKernel, MoeKernel
+from codesign.sim.cost import AttentionKernel, CostModel, CostOptions, GemmKernel, MlaKernel, MoeKernel
 from codesign.sim.kernel_mla import MlaCall, MlaForm, mla_ops
 
 KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "mla", "gdn_chunk", "all_to_all", "all_reduce",
@@ -107,6 +107,8 @@ class KernelShape(BaseModel):
     moe_kernel: MoeKernel | None = None
     # gemm: which dense GEMM kernel ran (`CostOptions.gemm_kernel`); none: the default.
     gemm_kernel: GemmKernel | None = None
+    # attention (prefill): which kernel ran (`CostOptions.attention_kernel`); none: the default.
+    attention_kernel: AttentionKernel | None = None
 
     @model_validator(mode="after")
     def _fields_of_op(self) -> "KernelShape":
@@ -132,6 +134,9 @@ class KernelShape(BaseModel):
             raise ValueError(f"mla_form / mla_call / mla_kernel apply to mla only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
             raise ValueError(f"gemm_kernel applies to gemm only, found op {self.op}")
+        if self.attention_kernel is not None and (self.op != "attention" or self.phase != "prefill"):
+            raise ValueError(f"attention_kernel applies to prefill attention only, found op {self.op} "
+                             f"phase {self.phase}")
         if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
@@ -377,6 +382,8 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
         opts = opts.model_copy(update={"gemm_kernel": s.gemm_kernel})
     if s.mla_kernel is not None:
         opts = opts.model_copy(update={"mla_kernel": s.mla_kernel})
+    if s.attention_kernel is not None:
+        opts = opts.model_copy(update={"attention_kernel": s.attention_kernel})
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)

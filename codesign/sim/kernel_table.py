@@ -109,7 +109,8 @@ class KernelResult:
             ep = f" ep{r.ranks}" if r.ranks else ""
             shape = f"E{r.groups} k{r.top_k} {r.hidden}x{r.n}{ep} {r.tokens}tok{kernel}"
         elif r.op == "attention":
-            shape = f"b{r.batch} h{r.heads}/{r.kv_heads or r.heads} d{r.head_dim} q{r.seq_q} kv{r.seq_kv}"
+            shape = f"b{r.batch} h{r.heads}/{r.kv_heads or r.heads} d{r.head_dim} q{r.seq_q} kv{r.seq_kv}" + (
+                f" {r.attention_kernel}" if r.attention_kernel else "")
         elif r.op == "mla":
             shape = f"b{r.batch} h{r.heads} q{r.seq_q} kv{r.seq_kv} {r.phase} {r.mla_call}" + (
                 f" {r.mla_form}" if r.mla_form else "")

@@ -152,6 +152,8 @@ def test_efficiency_calibration():
     # nor the MLA kernels by engine (aiconfigurator's H100 / H200 rows; the full-rate parts)
     no_gdn.update({"mla_kernels": (), "mla_trtllm_prefill": None, "mla_trtllm_prefill_fixed_s": 0.0,
                    "mla_trtllm_decode_fixed_s": 0.0, "mla_sglang_fa3_decode_fixed_s": 0.0})
+    # nor the paged-KV prefill attention curve (the same rows and reason)
+    no_gdn.update({"attention_paged": None, "attention_paged_seq_half": 0.0, "attention_paged_fixed_s": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 

@@ -43,7 +43,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "model.moe.softmax_order": "topk_then_softmax",
         "chip.matrix.tile": [128, 128], "system.scale_up.topology": "full_mesh", "system.scale_up.dims": None,
         "mapping.placement": "round_robin", "mapping.allreduce_algorithm": "ring", "mapping.reduce_dtype": "fp32",
-        "cost.attention_dtype": "fp8", "precision.compute": "bf16", "precision.weights": "bf16",
+        "cost.attention_dtype": "fp8", "cost.attention_kernel": "vllm_flash_attn", "precision.compute": "bf16", "precision.weights": "bf16",
         "precision.activations": "bf16", "precision.kv_cache": "fp8", "precision.state": "bf16",
         "system.chips": 4, "hw.sources": ["another source"], "hw.notes": ["a note"], "model.sources": ["s"],
         "model.notes": ["n"], "slo.ttft_s": 1.0, "slo.tpot_s": 0.05, "workload.max_batch": 64,

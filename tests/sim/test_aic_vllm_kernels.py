@@ -29,7 +29,7 @@ def _rows(name: str):
 
 def test_every_source_names_the_database_file_and_commit():
     for name in ("aic_vllm_gemm_bf16.yaml", "aic_vllm_moe_bf16.yaml", "aic_vllm_attention.yaml",
-                 "aic_vllm_allreduce.yaml"):
+                 "aic_vllm_attention_prefill.yaml", "aic_vllm_allreduce.yaml"):
         t = load_table(KERNEL_DIR / name)
         for tag, text in t.sources.items():
             hw = "h100_sxm" if "h100" in tag else "h200_sxm"
@@ -110,13 +110,13 @@ def test_figures_are_the_databases_latencies():
     assert all(r.bytes % 2 == 0 and r.algorithm is None for r in _rows("aic_vllm_allreduce.yaml"))
 
 
-def test_prefill_and_allreduce_rows_are_shown_not_fitted():
+def test_which_rows_each_fit_reads():
     s = importlib.util.spec_from_file_location("fit", spec_files.ROOT / "benchmarks" / "kernels" / "fit.py")
     fit = importlib.util.module_from_spec(s)
     s.loader.exec_module(fit)
     keep = fit.GROUPS["attention_seq"][0]
-    rows = _rows("aic_vllm_attention.yaml")
-    assert not any(keep(r) for r in rows)
+    rows = _rows("aic_vllm_attention.yaml") + _rows("aic_vllm_attention_prefill.yaml")
+    assert not any(keep(r) for r in rows)  # vLLM's paged prefill rows: `attention_paged` (test_attention_kernel.py)
     assert sum(1 for f in ("attention.yaml",) for r in _rows(f) if keep(r)) == 15
     assert {r.source for r in _rows("aic_vllm_allreduce.yaml")} <= set(fit.SHOWN_NOT_FITTED)
     tuned = fit.GROUPS["moe_triton"][0]

@@ -163,6 +163,9 @@ PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper"
                                                           # the same die; H20's SM count differs
                                                           "attention_decode_units_half", "attention_decode_split",
                                                           "attention_decode_fixed_s",
+                                                          # paged-KV prefill: the same rows and reason
+                                                          "attention_paged", "attention_paged_seq_half",
+                                                          "attention_paged_fixed_s",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
                                                           "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
                                                          + _MLA_KERNELS,

@@ -38,12 +38,14 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # all-reduce rows from aiconfigurator's databases (aic_vllm_*.yaml except the fitted MoE rows):
     # the Hopper GEMM curve is DeepGEMM's (docs/cost-model.md "vLLM kernel rows on H100 / H200"); the
     # FlashAttention file's decode rows are fitted (`attention_decode_gqa`, 17.5%) but keep rows up to
-    # -64% (batch vs heads at one unit count: docs "GQA decode attention occupancy") and its prefill
-    # rows are not fitted; their shapes and figures are checked in tests/sim/test_aic_vllm_kernels.py.
+    # -64% (batch vs heads at one unit count: docs "GQA decode attention occupancy"); its prefill rows
+    # and those of aic_vllm_attention_prefill.yaml are fitted (`attention_paged`, 6.4%) but keep four
+    # H100 rows at 12K-16K that are slower than their neighbours in the database itself (-43% to
+    # -73%, the files' headers); their shapes and figures are checked in tests/sim/test_aic_vllm_kernels.py.
     # vLLM 0.14's MLA calls (aic_mla.yaml, `mla_call: vllm_impl`) are timed eagerly by their collector
     # and keep rows near its ~0.15 ms host floor (docs "MLA attention kernels by engine"): shown, not fitted
     shown = {"cdna_grouped.yaml", "cdna_llama_gemm.yaml", "aic_vllm_gemm_bf16.yaml", "aic_vllm_attention.yaml",
-             "aic_vllm_allreduce.yaml"}
+             "aic_vllm_attention_prefill.yaml", "aic_vllm_allreduce.yaml"}
     bad = [(r.label(), round(r.error, 3)) for r in results
            if abs(r.error) > 0.35 and r.file not in shown
            and not (r.file == "trtllm_moe_fp8.yaml" and r.row.dtype == "bf16")

@@ -66,7 +66,8 @@ def test_rows_present_with_the_serve_commands_plan_and_checkpoint():
             assert s.mapping == ({"two_batch_overlap": False} if chips > 1 else {})
             # vLLM v0.11.0 ships the tuned E=128,N=192 H100 file (Qwen3-235B at TP8): its tuned tiles (header)
             moe = {"qwen3-235b-a22b": {"moe_kernel": "triton_fused"}}
-            assert s.cost == moe.get(model, {})
+            # v0.11.0's FlashAttention backend: FA3 through the paged KV cache, 16-token blocks (header)
+            assert s.cost == {**moe.get(model, {}), "attention_kernel": "vllm_flash_attn"}
 
 
 def test_request_counts_and_lengths_are_the_results_totals_over_requests():
