@@ -141,6 +141,23 @@ def _gemm_shape(op: Op, tok: float, tp: int) -> tuple[int, int, int, int] | None
     return (b, m, n, k)
 
 
+def _rank_attention_shapes(op: Op, tok: float, tp: int, kv_div: float) -> tuple:
+    """`op.in_shapes` of a GQA / MHA attention op (Q, K, V as (B, heads, S, D)) as one attention chip
+    holds them: its share `tok` of the sequences, its `tp`-th of the query heads and its share of the
+    KV heads (`kv_div`: `_kv_split`). What shape-dependent kernel terms read (the decode occupancy
+    term's batch x KV heads); FLOPs and bytes are scaled separately. Other ops, MLA's (its latent
+    K / V is one head, never split) and unknown shapes: unchanged."""
+    shapes = op.in_shapes
+    if op.kind != "attention" or op.block == "mla" or len(shapes) < 3 or any(len(x) != 4 for x in shapes[:3]):
+        return shapes
+    if tok == 1.0 and tp == 1:
+        return shapes
+    (b, h, sq, d), (_, hkv, skv, dk), (_, _, sv, dv) = shapes[0], shapes[1], shapes[2]
+    rb = max(1, math.ceil(b * tok - 1e-9))
+    rkv = max(1, int(hkv // kv_div))
+    return ((rb, max(1, h // tp), sq, d), (rb, rkv, skv, dk), (rb, rkv, sv, dv)) + tuple(shapes[3:])
+
+
 _ROW: dict[str, bool] = {}
 
 
@@ -365,8 +382,10 @@ class _Context:
         if op.kind == "grouped_gemm" and op.block == "moe_experts" and self.config.moe is not None:
             return self.experts.map(op)
         if op.block in TP_BLOCKS and not _tp_replicated(op):
-            return self.scaler.op(op, self.flops_tp, self._tp_factors(op), _gemm_shape(op, self.tok_att, self.tp)), \
-                None, None
+            new = self.scaler.op(op, self.flops_tp, self._tp_factors(op), _gemm_shape(op, self.tok_att, self.tp))
+            if op.kind == "attention":
+                new.in_shapes = _rank_attention_shapes(op, self.tok_att, self.tp, _kv_split(self.config, op, self.tp))
+            return new, None, None
         # replicated over tp: norms, router, residual glue
         return self.scaler.op(op, self.tok_att, self.f_rep, _gemm_shape(op, self.tok_att, 1)), None, None
 
@@ -410,7 +429,9 @@ class _Context:
             fw, fa, fk, fs = f
             r, x = op.bytes_read.get, op.bytes_written.get
             # `op_with(op, ..., Scaler.scaled(...) x 2, gemm)` written out: bytes * f[c] * scale(c)
-            out[n] = Op(op.name, op.target, op.kind, block, op.layer, op.layer_type, op.phase, op.in_shapes,
+            shapes = op.in_shapes if op.kind != "attention" or w == 1 and tok == 1.0 else \
+                _rank_attention_shapes(op, tok, w, _kv_split(self.config, op, w))
+            out[n] = Op(op.name, op.target, op.kind, block, op.layer, op.layer_type, op.phase, shapes,
                         op.out_shapes, op.dtype, op.flops * ff,
                         {"weight": r("weight", 0.0) * fw * sw, "activation": r("activation", 0.0) * fa * sa,
                          "kv_cache": r("kv_cache", 0.0) * fk * sk, "state": r("state", 0.0) * fs * ss},

@@ -193,3 +193,36 @@ def test_tp_experts_allreduce_and_dp_attention_gather(hw):
     assert ms2.graph.nodes[ag]["op"].collective["type"] == "all_gather"
     assert ms2.graph.nodes[ag]["op"].collective["group"] == (0, 2, 4, 6)
     assert ms2.graph.nodes[rs]["op"].collective["type"] == "reduce_scatter"
+
+
+def _attention_graph(batch: int, kv_len: int) -> nx.DiGraph:
+    """One GQA decode attention op with the shapes the tracer records: q (B, 64, 1, 128), k and v
+    (B, 8, S, 128) (Llama-2-70B's heads)."""
+    g = nx.DiGraph(batch=batch, tokens=1, phase="decode")
+    shapes = ((batch, 64, 1, 128), (batch, 8, kv_len, 128), (batch, 8, kv_len, 128))
+    op = Op(name="layers.0.self_attn/attention", target="codesign.attention", kind="attention", block="attention",
+            layer=0, layer_type="full_attention+dense", phase="decode", in_shapes=shapes,
+            out_shapes=((batch, 64, 1, 128),), dtype="bfloat16", flops=4.0 * batch * 64 * 128 * kv_len,
+            bytes_read={"weight": 0.0, "activation": 0.0, "kv_cache": batch * kv_len * 2 * 8 * 128 * 2.0,
+                        "state": 0.0},
+            bytes_written={"weight": 0.0, "activation": 0.0, "kv_cache": 0.0, "state": 0.0})
+    g.add_node(0, op=op)
+    return g
+
+
+@pytest.mark.parametrize("plan, rank_batch, q_heads, kv_heads", [
+    (ParallelPlan(tp=8), 16, 8, 1),                   # every rank: all 16 sequences, 64/8 query and 8/8 KV heads
+    (ParallelPlan(tp=2, attention_dp=4), 4, 32, 4),   # 16 / 4 sequences a rank, heads split two ways
+    (ParallelPlan(tp=1, attention_dp=8), 2, 64, 8),   # attention DP only: whole heads, 2 sequences a rank
+])
+def test_attention_shapes_are_one_ranks(hw, plan, rank_batch, q_heads, kv_heads):
+    """A mapped attention op carries the (batch, heads) one attention chip runs, which the shape-read
+    kernel terms use (the GQA decode occupancy term's batch x KV heads), and bytes scaled alike."""
+    g = _attention_graph(16, 1000)
+    ms = map_step(g, llama2_70b(), hw, plan, Precision())
+    (att,) = [o for o in ms.graph.nodes.values() for o in [o["op"]] if o.kind == "attention"]
+    q, k, v = att.in_shapes
+    assert q == (rank_batch, q_heads, 1, 128)
+    assert k == v == (rank_batch, kv_heads, 1000, 128)
+    # the KV bytes a rank streams are those of its own (batch, KV heads) rows
+    assert att.bytes_read["kv_cache"] == pytest.approx(rank_batch * kv_heads * 1000 * 128 * 2 * 2.0)
