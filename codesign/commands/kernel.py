@@ -7,6 +7,7 @@
     codesign kernel --hw h100 fused_moe --groups 8 --top-k 2 --hidden 4096 --n 7168 --tokens 512 \\
         --moe-kernel triton_fused
     codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
+    codesign kernel --hw h100 gdn_recurrent --batch 64 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
     codesign kernel --hw h800 all_to_all --ranks 32 --tokens 4096 --hidden 7168 --top-k 8 --experts 256 \\
@@ -34,6 +35,7 @@ _SHAPE_ARGS = {
     "fused_moe": ("groups", "top_k", "hidden", "n", "tokens"),
     "attention": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q", "seq_kv"),
     "gdn_chunk": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
+    "gdn_recurrent": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks",),
     "all_gather": ("ranks",),
@@ -42,13 +44,14 @@ _SHAPE_ARGS = {
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, GatedDeltaNet chunk, collective) on one chip",
+    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, GatedDeltaNet chunk / decode, collective) on one chip",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hw", required=True, help="hardware spec name (hw_specs/) or path")
     p.add_argument("--json", action="store_true", help="print JSON")
     ops = p.add_subparsers(dest="op", required=True, metavar="OP")
     for op, names in _SHAPE_ARGS.items():
         q = ops.add_parser(op, help={"gdn_chunk": "GatedDeltaNet chunked prefill (chunk_gated_delta_rule)",
+                                            "gdn_recurrent": "GatedDeltaNet decode step (fused recurrent kernel)",
                                             "fused_moe": "one MoE layer's routed experts (tokens routed top-k of groups experts)"
                                             }.get(op, f"{op} kernel"))
         for n in names:

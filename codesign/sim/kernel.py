@@ -19,8 +19,8 @@ from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
 from codesign.sim.cost import CostModel, CostOptions, GemmKernel, MoeKernel
 
-KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "all_to_all", "all_reduce",
-                   "all_gather", "reduce_scatter"]
+KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "gdn_recurrent", "all_to_all",
+                   "all_reduce", "all_gather", "reduce_scatter"]
 Positive = Field(default=None, gt=0)
 
 # Fields each op needs (the rest must stay unset or keep their defaults).
@@ -39,6 +39,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # GatedDeltaNet chunked prefill: `batch` sequences of `seq_q` tokens, `heads` value heads
     # (`kv_heads` key heads, none: = heads), key/value head dims `head_dim` / `head_dim_v`.
     "gdn_chunk": ("batch", "heads", "head_dim", "seq_q"),
+    # GatedDeltaNet decode: `batch` sequences of one new token each through the recurrent kernel
+    # (the traced `gated_delta_rule_step`), heads and head dims as `gdn_chunk`.
+    "gdn_recurrent": ("batch", "heads", "head_dim"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks", "bytes"),
     "all_gather": ("ranks", "bytes"),  # bytes: the gathered output per rank
@@ -116,7 +119,7 @@ class KernelShape(BaseModel):
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
             raise ValueError(f"gemm_kernel applies to gemm only, found op {self.op}")
-        if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
+        if self.op in ("gdn_chunk", "gdn_recurrent") and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
 
@@ -245,6 +248,47 @@ def _gdn_chunk_ops(B: int, T: int, Hk: int, Hv: int, dk: int, dv: int) -> tuple[
     return tuple(seg.ops)
 
 
+def gdn_recurrent_op(s: KernelShape) -> Op:
+    """The op the tracer records for one GatedDeltaNet decode step of this shape: the model's own
+    `gated_delta_rule_step` (one fused kernel: the fp32 state read once and written once in place)
+    traced on the meta device for `batch` sequences of one new token, in the `linear_attention`
+    block. The q/k L2 norms and the gates, which the engine's packed decode kernel also computes,
+    are separate element-wise ops of the trace (B x heads x head dim elements) and are not part of
+    this op."""
+    return _gdn_recurrent_op(s.batch, s.kv_heads or s.heads, s.heads, s.head_dim, s.head_dim_v or s.head_dim)
+
+
+@functools.lru_cache(maxsize=256)
+def _gdn_recurrent_op(B: int, Hk: int, Hv: int, dk: int, dv: int) -> Op:
+    import torch
+
+    from codesign.graph.tracer import record
+    from codesign.models.gated_deltanet import gated_delta_rule_step
+
+    if B * Hv * dk * dv > GDN_MAX_WORK:
+        raise CodesignError(f"gdn_recurrent: batch x heads x head dims = {B * Hv * dk * dv:,} exceeds {GDN_MAX_WORK:,}")
+
+    class LinearAttention(torch.nn.Module):
+        block = "linear_attention"  # what the step inherits from its GatedDeltaNet layer in a model's trace
+
+        def forward(self, q, k, v, g, beta, state):
+            return gated_delta_rule_step(q, k, v, g, beta, state)
+
+    root = torch.nn.Module()
+    root.linear_attn = layer = LinearAttention()
+    meta = torch.device("meta")
+    q = torch.empty(B, 1, Hk, dk, device=meta)  # fp32 after the L2 norm, as in GatedDeltaNet.forward
+    k = torch.empty(B, 1, Hk, dk, device=meta)
+    v = torch.empty(B, 1, Hv, dv, device=meta, dtype=torch.bfloat16)
+    g = torch.empty(B, 1, Hv, device=meta)
+    beta = torch.empty(B, 1, Hv, device=meta, dtype=torch.bfloat16)
+    state = torch.empty(B, Hv, dk, dv, device=meta)  # fp32, as GatedDeltaNetCache keeps it
+    seg = record(lambda: layer(q, k, v, g, beta, state), root, [q, k, v, g, beta, state], {id(state): "state"},
+                 "decode")
+    (op,) = [o for o in seg.ops if o.target.startswith("codesign.gated_delta_rule_step")]
+    return op
+
+
 # Largest routed-expert kernel traced for a prediction (tokens x top_k routed slots; experts x hidden
 # x intermediate weights): the shapes are meta tensors, but a bound keeps a mistyped shape sane.
 MOE_MAX_SLOTS = 1 << 24
@@ -362,6 +406,13 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)
+    if s.op == "gdn_recurrent":
+        # Alone, the fused step is a kernel with its own launch (`kernel_overhead`); inside a step the
+        # element-wise kind's launches are charged through `elementwise_kernels_per_matrix_kernel`.
+        op = gdn_recurrent_op(s)
+        cost = CostModel(hw, dt, dt, opts.model_copy(update={"fuse_elementwise": False})).cost(op)
+        return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s,
+                                cost.memory_s, cost.overhead_s)
     if s.op == "fused_moe":
         return _predict_fused_moe(s, hw, options)
     op = build_op(s)
