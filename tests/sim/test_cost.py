@@ -155,7 +155,7 @@ FAMILIES = {
 _BLOCK_FP8_MOE = tuple(f + s for f in ("moe_triton_block_fp8", "moe_trtllm_block_fp8")
                        for s in ("", "_dtypes", "_tokens_half", "_memory", "_overhead", "_k_half"))
 _PER_TENSOR_FP8_MOE = tuple("moe_trtllm_fp8" + s for s in ("", "_dtypes", "_tokens_half", "_memory", "_overhead"))
-PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
+PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "gdn_chunk_state_s", "gdn_chunk_fixed_s", "attention",
                                                           # GQA decode occupancy: H100 / H200 rows, H800
                                                           # the same die; H20's SM count differs
                                                           "attention_decode_units_half", "attention_decode_split",
