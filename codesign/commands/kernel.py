@@ -8,6 +8,7 @@
         --moe-kernel triton_fused
     codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h100 gdn_recurrent --batch 64 --heads 32 --kv-heads 16 --head-dim 128
+    codesign kernel --hw h100 gdn_conv --phase prefill --batch 1 --seq-q 8192 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
     codesign kernel --hw h800 all_to_all --ranks 32 --tokens 4096 --hidden 7168 --top-k 8 --experts 256 \\
@@ -36,6 +37,7 @@ _SHAPE_ARGS = {
     "attention": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q", "seq_kv"),
     "gdn_chunk": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
     "gdn_recurrent": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v"),
+    "gdn_conv": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks",),
     "all_gather": ("ranks",),
@@ -52,6 +54,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for op, names in _SHAPE_ARGS.items():
         q = ops.add_parser(op, help={"gdn_chunk": "GatedDeltaNet chunked prefill (chunk_gated_delta_rule)",
                                             "gdn_recurrent": "GatedDeltaNet decode step (fused recurrent kernel)",
+                                            "gdn_conv": "GatedDeltaNet causal conv + SiLU (prefill or decode)",
                                             "fused_moe": "one MoE layer's routed experts (tokens routed top-k of groups experts)"
                                             }.get(op, f"{op} kernel"))
         for n in names:
@@ -72,6 +75,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
             q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
+        if op == "gdn_conv":
+            q.add_argument("--phase", choices=("prefill", "decode"), required=True)
         if op in ("all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--bytes", type=float, required=True, help="message bytes per rank")
         if op == "all_to_all":

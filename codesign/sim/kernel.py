@@ -19,8 +19,8 @@ from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
 from codesign.sim.cost import CostModel, CostOptions, GemmKernel, MoeKernel
 
-KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "gdn_recurrent", "all_to_all",
-                   "all_reduce", "all_gather", "reduce_scatter"]
+KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "gdn_chunk", "gdn_recurrent", "gdn_conv",
+                   "all_to_all", "all_reduce", "all_gather", "reduce_scatter"]
 Positive = Field(default=None, gt=0)
 
 # Fields each op needs (the rest must stay unset or keep their defaults).
@@ -42,6 +42,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # GatedDeltaNet decode: `batch` sequences of one new token each through the recurrent kernel
     # (the traced `gated_delta_rule_step`), heads and head dims as `gdn_chunk`.
     "gdn_recurrent": ("batch", "heads", "head_dim"),
+    # GatedDeltaNet causal conv + SiLU over the packed q/k/v (conv dim 2 x kv_heads x head_dim + heads
+    # x head_dim_v, kernel 4): prefill, `batch` fresh prompts of `seq_q` tokens; decode, one token each
+    # after the conv state.
+    "gdn_conv": ("batch", "heads", "head_dim", "seq_q", "phase"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks", "bytes"),
     "all_gather": ("ranks", "bytes"),  # bytes: the gathered output per rank
@@ -102,6 +106,8 @@ class KernelShape(BaseModel):
         missing = [f for f in REQUIRED[self.op] if getattr(self, f) is None]
         if missing:
             raise ValueError(f"{self.op} needs {', '.join(missing)}")
+        if self.op == "gdn_conv" and self.phase == "decode" and self.seq_q != 1:
+            raise ValueError(f"gdn_conv decode: expected seq_q 1 (one token per sequence), found {self.seq_q}")
         if self.op == "attention" and self.seq_q > self.seq_kv:
             raise ValueError(f"seq_q ({self.seq_q}) exceeds seq_kv ({self.seq_kv})")
         if self.op == "fused_moe" and self.top_k > self.groups:
@@ -119,7 +125,7 @@ class KernelShape(BaseModel):
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
             raise ValueError(f"gemm_kernel applies to gemm only, found op {self.op}")
-        if self.op in ("gdn_chunk", "gdn_recurrent") and self.heads % (self.kv_heads or self.heads):
+        if self.op in ("gdn_chunk", "gdn_recurrent", "gdn_conv") and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
 
@@ -289,6 +295,54 @@ def _gdn_recurrent_op(B: int, Hk: int, Hv: int, dk: int, dv: int) -> Op:
     return op
 
 
+# The causal conv's kernel width in every Qwen3.5 / Qwen3-Next checkpoint (`linear_conv_kernel_dim`).
+GDN_CONV_KERNEL = 4
+
+
+def gdn_conv_ops(s: KernelShape) -> tuple[Op, ...]:
+    """The ops the tracer records for a GatedDeltaNet layer's causal conv + SiLU of this shape (the
+    model's own `causal_conv`, traced on the meta device in the `linear_attention` block, as a
+    serving step runs it: a fresh prompt's zero history, or a decode's cached conv state, and the
+    state's refresh)."""
+    dk, dv = s.head_dim, s.head_dim_v or s.head_dim
+    channels = 2 * (s.kv_heads or s.heads) * dk + s.heads * dv
+    return _gdn_conv_ops(s.batch, s.seq_q, channels, s.phase)
+
+
+@functools.lru_cache(maxsize=256)
+def _gdn_conv_ops(B: int, T: int, channels: int, phase: str) -> tuple[Op, ...]:
+    import torch
+
+    from codesign.graph.tracer import record
+    from codesign.models.gated_deltanet import causal_conv
+
+    if B * T * channels > GDN_MAX_WORK:
+        raise CodesignError(f"gdn_conv: batch x seq_q x channels = {B * T * channels:,} exceeds {GDN_MAX_WORK:,}")
+    K = GDN_CONV_KERNEL
+    meta = torch.device("meta")
+
+    class LinearAttention(torch.nn.Module):
+        block = "linear_attention"  # what the conv inherits from its GatedDeltaNet layer in a model's trace
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(channels, 1, K, device=meta, dtype=torch.bfloat16))
+            self.register_buffer("conv_state", torch.empty(B, channels, K - 1, device=meta, dtype=torch.bfloat16))
+
+        def forward(self, qkv):
+            if phase == "prefill":
+                history = qkv.new_zeros(B, channels, K - 1)
+            else:
+                history = self.conv_state.to(qkv.dtype)
+            return causal_conv(qkv, self.weight, history, self.conv_state)
+
+    root = torch.nn.Module()
+    root.linear_attn = layer = LinearAttention()
+    qkv = torch.empty(B, channels, T, device=meta, dtype=torch.bfloat16)
+    seg = record(lambda: layer(qkv), root, [qkv], {id(layer.weight): "weight", id(layer.conv_state): "state"}, phase)
+    return tuple(seg.ops)
+
+
 # Largest routed-expert kernel traced for a prediction (tokens x top_k routed slots; experts x hidden
 # x intermediate weights): the shapes are meta tensors, but a bound keeps a mistyped shape sane.
 MOE_MAX_SLOTS = 1 << 24
@@ -406,6 +460,13 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)
+    if s.op == "gdn_conv":
+        # Alone, the conv is one kernel (vLLM's causal_conv1d_fn / _update) with one launch; its
+        # traced element-wise ops carry none of their own (`elementwise_kernels_per_matrix_kernel`
+        # charges them inside a step).
+        p = _predict_ops(gdn_conv_ops(s), cm)
+        return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
+                                p.overhead_s + cm.launch_s)
     if s.op == "gdn_recurrent":
         # Alone, the fused step is a kernel with its own launch (`kernel_overhead`); inside a step the
         # element-wise kind's launches are charged through `elementwise_kernels_per_matrix_kernel`.
