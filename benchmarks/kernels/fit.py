@@ -7,7 +7,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --maf      # CDNA large-GEMM fractions from AMD's MAF rows
     python benchmarks/kernels/fit.py --group cdna_grouped   # CDNA3 grouped expert GEMMs (AITER fused MoE rows)
     python benchmarks/kernels/fit.py --group cdna_grouped_large   # the MI325X large-expert rows alone
-    python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H200)
+    python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H100 / H200)
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
     python benchmarks/kernels/fit.py --group attention_decode_gqa   # GQA decode attention occupancy (vLLM FA3, H100 / H200)
     python benchmarks/kernels/fit.py --group mla_trtllm --group mla_sglang_fa3   # MLA kernels of TensorRT-LLM / SGLang
@@ -108,7 +108,12 @@ GROUPS = {
                       and r.dtype in ("fp16", "bf16"), {"attention": (0.3, 1.0)}, set()),
     # Fused GatedDeltaNet chunk kernel (FlashInfer SM90 on H200): its fraction of peak per busy SM;
     # the block slots (`gdn_chunk_units`, 132 SMs) are the chip's, not fitted.
-    "gdn_chunk": (lambda r: r.op == "gdn_chunk" and r.hw in HOPPER, {"gdn_chunk": (0.05, 1.0)}, set()),
+    # With the state load/store seconds per wave of blocks and the fixed seconds per call
+    # (`gdn_chunk_state_s`, `gdn_chunk_fixed_s`): FlashQLA's H200 rows and aiconfigurator's vLLM 0.24
+    # rows on H100 and H200 (benchmarks/kernels/aic_vllm_gdn.yaml).
+    "gdn_chunk": (lambda r: r.op == "gdn_chunk" and r.hw in HOPPER,
+                  {"gdn_chunk": (0.05, 1.0), "gdn_chunk_state_s": (0.0, 30e-6), "gdn_chunk_fixed_s": (0.0, 20e-6)},
+                  set()),
     # Triton fused_moe (vLLM's fused_experts, benchmark_moe.py rows on H100): the kernel's fraction of
     # the dtype's peak, its occupancy half-tokens, weight-streaming fraction and fixed time per call,
     # with a tuned config (`moe_triton`) and with vLLM's default tile heuristic (`moe_triton_default`).
@@ -329,7 +334,8 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
                  "attention_paged": cur.attention, "attention_paged_seq_half": 256.0,
-                 "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm, "mla_trtllm_prefill": 1.0}.get(n)
+                 "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm, "mla_trtllm_prefill": 1.0,
+                 "gdn_chunk_state_s": 5e-6, "gdn_chunk_fixed_s": 4 * cur.kernel_overhead}.get(n)
         if v is None and n.startswith("moe_"):  # a fused-MoE curve's field (`_moe_curve`)
             suffix = next((x for x in ("_tokens_half", "_k_half", "_memory") if n.endswith(x)), "")
             v = {"_tokens_half": 256.0, "_k_half": 256.0, "_memory": cur.memory}.get(suffix, cur.gemm)

@@ -11,6 +11,8 @@
     codesign kernel --hw h200 gdn_chunk --batch 1 --seq-q 16384 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h200 mla --phase decode --batch 128 --heads 128 --seq-q 1 --seq-kv 2048 \
         --kv-lora-rank 512 --qk-nope-head-dim 128 --qk-rope-head-dim 64 --v-head-dim 128 --mla-kernel trtllm
+    codesign kernel --hw h100 gdn_recurrent --batch 64 --heads 32 --kv-heads 16 --head-dim 128
+    codesign kernel --hw h100 gdn_conv --phase prefill --batch 1 --seq-q 8192 --heads 32 --kv-heads 16 --head-dim 128
     codesign kernel --hw h800 all_to_all --ranks 8 --tokens 128 --hidden 7168 --top-k 8 --dtype fp8 \\
         --algorithm low_latency
     codesign kernel --hw h800 all_to_all --ranks 32 --tokens 4096 --hidden 7168 --top-k 8 --experts 256 \\
@@ -39,6 +41,8 @@ _SHAPE_ARGS = {
     "attention": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q", "seq_kv"),
     "mla": ("batch", "heads", "seq_q", "seq_kv", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
     "gdn_chunk": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
+    "gdn_recurrent": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v"),
+    "gdn_conv": ("batch", "heads", "kv_heads", "head_dim", "head_dim_v", "seq_q"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks",),
     "all_gather": ("ranks",),
@@ -47,7 +51,7 @@ _SHAPE_ARGS = {
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, MLA call, GatedDeltaNet chunk, collective) on one chip",
+    p = sub.add_parser("kernel", help="predict one kernel (GEMM, grouped GEMM, attention, MLA call, GatedDeltaNet chunk / decode / conv, collective) on one chip",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hw", required=True, help="hardware spec name (hw_specs/) or path")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -55,6 +59,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for op, names in _SHAPE_ARGS.items():
         q = ops.add_parser(op, help={"gdn_chunk": "GatedDeltaNet chunked prefill (chunk_gated_delta_rule)",
                                             "mla": "one MLA attention call (DeepSeek-V2/V3) as an engine's call holds it",
+                                            "gdn_recurrent": "GatedDeltaNet decode step (fused recurrent kernel)",
+                                            "gdn_conv": "GatedDeltaNet causal conv + SiLU (prefill or decode)",
                                             "fused_moe": "one MoE layer's routed experts (tokens routed top-k of groups experts)"
                                             }.get(op, f"{op} kernel"))
         for n in names:
@@ -86,6 +92,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--attention-kernel", dest="attention_kernel", default=None,
                            help="prefill: flash_attention | vllm_flash_attn (default: flash_attention, "
                                 "cost.attention_kernel)")
+        if op == "gdn_conv":
+            q.add_argument("--phase", choices=("prefill", "decode"), required=True)
         if op in ("all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--bytes", type=float, required=True, help="message bytes per rank")
         if op == "all_to_all":

@@ -236,6 +236,14 @@ class Efficiency(_Strict):
     # decomposition is costed op by op (docs/cost-model.md "Fused GatedDeltaNet chunk kernel").
     gdn_chunk: Fraction | None = None
     gdn_chunk_units: Annotated[Int, Field(gt=0, le=MAX_WIDTH)] | None = None
+    # The same kernel's state and fixed time (both or neither; with `gdn_chunk` only): each block
+    # loads its sequence's initial state and stores the final one (dk x dv fp32 per value head),
+    # `gdn_chunk_state_s` seconds per wave of block slots, in series with its chunks' compute, and the
+    # call costs `gdn_chunk_fixed_s` once (in place of one `kernel_overhead` per recurrence product).
+    # Both fitted at head dim 128. None: the rule above alone (docs/cost-model.md "GatedDeltaNet
+    # kernel rows of vLLM 0.24 on H100 / H200").
+    gdn_chunk_state_s: Seconds | None = None
+    gdn_chunk_fixed_s: Seconds | None = None
 
     # Triton fused_moe kernel (vLLM's / SGLang's `fused_experts` for unquantized and per-tensor FP8
     # MoE on Hopper), used for routed-expert ops where a deployment runs it (`cost.moe_kernel`;
@@ -342,6 +350,11 @@ class Efficiency(_Strict):
     def _gdn_chunk_pair(self) -> "Efficiency":
         if (self.gdn_chunk is None) != (self.gdn_chunk_units is None):
             raise ValueError("gdn_chunk and gdn_chunk_units: expected both or neither, found one")
+        if (self.gdn_chunk_state_s is None) != (self.gdn_chunk_fixed_s is None):
+            raise ValueError("gdn_chunk_state_s and gdn_chunk_fixed_s: expected both or neither, found one")
+        if self.gdn_chunk_state_s is not None and self.gdn_chunk is None:
+            raise ValueError("gdn_chunk_state_s: expected gdn_chunk and gdn_chunk_units with it (the chunk "
+                             "kernel's curve), found none")
         return self
 
     def moe_kernel_curve(self, field: str, dtype: str) -> tuple[float, float | None, float | None, float,

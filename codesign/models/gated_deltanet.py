@@ -227,6 +227,19 @@ CHUNK_RULE_SCOPE = "chunk_rule"
 RECURRENCE_SCOPE = "recurrence"
 
 
+def causal_conv(qkv: torch.Tensor, weight: torch.Tensor, history: torch.Tensor,
+                conv_state: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal depthwise conv (kernel K = weight's last dim, no bias) + SiLU over qkv (B, C, T) after
+    `history` (B, C, K-1, the inputs before the first token); the last K-1 inputs are written into
+    `conv_state` when given (none when K is 1). What serving engines run as one kernel
+    (`causal_conv1d_fn` for prompts, `causal_conv1d_update` for decodes)."""
+    K = weight.shape[-1]
+    x = torch.cat([history, qkv], dim=-1)  # (B, C, K-1+T)
+    if conv_state is not None:
+        conv_state.copy_(x[:, :, x.shape[-1] - (K - 1) :])
+    return F.silu(F.conv1d(x, weight, None, groups=qkv.shape[1]))
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm of the delta-rule output times SiLU(z), per value head (`Qwen3_5MoeRMSNormGated`).
 
@@ -310,10 +323,7 @@ class GatedDeltaNet(nn.Module):
             history = qkv.new_zeros(qkv.shape[0], qkv.shape[1], K - 1)  # a fresh sequence has no past
         else:
             history = cache.conv_state.to(qkv.dtype)
-        x = torch.cat([history, qkv], dim=-1)  # (B, C, K-1+T)
-        if cache is not None:
-            cache.conv_state.copy_(x[:, :, x.shape[-1] - (K - 1) :])  # the last K-1 (none when K is 1)
-        return F.silu(F.conv1d(x, self.conv1d.weight, None, groups=self.conv_dim))
+        return causal_conv(qkv, self.conv1d.weight, history, None if cache is None else cache.conv_state)
 
     def forward(self, x: torch.Tensor, start_pos: int = 0, cache: GatedDeltaNetCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape

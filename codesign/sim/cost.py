@@ -227,6 +227,10 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self.gdn_units = eff.gdn_chunk_units or 1
         if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
             self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
+        # Its state load/store seconds per wave and fixed seconds per call (None: one launch per
+        # recurrence product, no state term; `gdn_chunk_cost`).
+        self.gdn_state_s: float | None = eff.gdn_chunk_state_s
+        self.gdn_fixed_s: float | None = eff.gdn_chunk_fixed_s
         self._overheads()
         # byte_split's flags, read once per op
         self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise

@@ -13,11 +13,14 @@ from codesign.sim.op_cost import OpCost
 # (codesign.models.gated_deltanet.CHUNK_RULE_SCOPE, RECURRENCE_SCOPE): the first is a prefix of both.
 _GDN_SCOPE = ".chunk_rule"
 _GDN_RECURRENCE = ".chunk_rule.recurrence/"
+# Matrix products of one chunk of the state hand-over (`codesign.models.gated_deltanet.chunk_recurrence`:
+# w @ S, q @ S, attn @ v_new, k^T @ v_new): a call's state and fixed seconds are spread evenly over them.
+RECURRENCE_PRODUCTS = 4
 
 
 class GdnChunkKernel:
     """`CostModel`'s fused GatedDeltaNet chunk kernel rule; reads the model's `gdn_rate`,
-    `gdn_units`, `launch_s` and `combine`."""
+    `gdn_units`, `gdn_state_s`, `gdn_fixed_s`, `launch_s` and `combine`."""
 
     def gdn_chunk_cost(self, op: Op) -> OpCost:
         """One op of the fused GatedDeltaNet chunk kernel (FlashInfer's / FLA's chunk_gated_delta_rule).
@@ -31,7 +34,12 @@ class GdnChunkKernel:
         and solves, element-wise work, copies) runs inside the same kernel: its work is part of the
         measured figure `gdn_chunk` was set from (per recurrence FLOP), and its bytes stay on chip,
         so it costs nothing of its own. The kernel's own HBM traffic (q, k, v and gates in, o out)
-        is hidden under its compute (a named simplification, docs/cost-model.md)."""
+        is hidden under its compute (a named simplification, docs/cost-model.md).
+
+        With `efficiency.gdn_chunk_state_s` / `gdn_chunk_fixed_s` (`_state_and_fixed`): each block
+        also loads its initial state and stores its final one, `gdn_chunk_state_s` per wave of
+        blocks, in series with the compute, and the call costs `gdn_chunk_fixed_s` once in place of
+        a launch per product."""
         return self._gdn_cost(op, op.flops, op.gemm)
 
     def _gdn_cost(self, op: Op, flops: float, gemm: tuple[int, int, int, int] | None) -> OpCost:
@@ -40,6 +48,18 @@ class GdnChunkKernel:
             return OpCost(0.0, 0.0, 0.0, 0.0, "matrix")
         pairs = max(1, int(gemm[0]))
         units = self.gdn_units
-        occupancy = pairs / (math.ceil(pairs / units) * units)
+        waves = math.ceil(pairs / units)
+        occupancy = pairs / (waves * units)
         c = flops / (self.gdn_rate * occupancy)  # type: ignore[operator]
-        return self.combine(c, "matrix", 0.0, "sram", self.launch_s)
+        if self.gdn_state_s is None:
+            return self.combine(c, "matrix", 0.0, "sram", self.launch_s)
+        return self._state_and_fixed(c, waves)
+
+    def _state_and_fixed(self, c: float, waves: int) -> OpCost:
+        """One recurrence product's share (1 / `RECURRENCE_PRODUCTS`) of the call's state seconds,
+        waves x `gdn_chunk_state_s` (each block's initial-state load and final-state store, not
+        overlapped with its chunks), and of its fixed seconds, added to the product's compute `c`."""
+        m = waves * self.gdn_state_s / RECURRENCE_PRODUCTS  # type: ignore[operator]
+        o = self.gdn_fixed_s / RECURRENCE_PRODUCTS  # type: ignore[operator]
+        bound = "overhead" if o > max(c, m) else ("matrix" if c >= m else "hbm")
+        return OpCost(c + m + o, c, m, o, bound)

@@ -20,8 +20,8 @@ from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
 from codesign.sim.cost import AttentionKernel, CostModel, CostOptions, GemmKernel, MlaKernel, MoeKernel
 from codesign.sim.kernel_mla import MlaCall, MlaForm, mla_ops
 
-KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "mla", "gdn_chunk", "all_to_all", "all_reduce",
-                   "all_gather", "reduce_scatter"]
+KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "mla", "gdn_chunk", "gdn_recurrent",
+                   "gdn_conv", "all_to_all", "all_reduce", "all_gather", "reduce_scatter"]
 Positive = Field(default=None, gt=0)
 
 # Fields each op needs (the rest must stay unset or keep their defaults).
@@ -45,6 +45,13 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # GatedDeltaNet chunked prefill: `batch` sequences of `seq_q` tokens, `heads` value heads
     # (`kv_heads` key heads, none: = heads), key/value head dims `head_dim` / `head_dim_v`.
     "gdn_chunk": ("batch", "heads", "head_dim", "seq_q"),
+    # GatedDeltaNet decode: `batch` sequences of one new token each through the recurrent kernel
+    # (the traced `gated_delta_rule_step`), heads and head dims as `gdn_chunk`.
+    "gdn_recurrent": ("batch", "heads", "head_dim"),
+    # GatedDeltaNet causal conv + SiLU over the packed q/k/v (conv dim 2 x kv_heads x head_dim + heads
+    # x head_dim_v, kernel 4): prefill, `batch` fresh prompts of `seq_q` tokens; decode, one token each
+    # after the conv state.
+    "gdn_conv": ("batch", "heads", "head_dim", "seq_q", "phase"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks", "bytes"),
     "all_gather": ("ranks", "bytes"),  # bytes: the gathered output per rank
@@ -115,6 +122,8 @@ class KernelShape(BaseModel):
         missing = [f for f in REQUIRED[self.op] if getattr(self, f) is None]
         if missing:
             raise ValueError(f"{self.op} needs {', '.join(missing)}")
+        if self.op == "gdn_conv" and self.phase == "decode" and self.seq_q != 1:
+            raise ValueError(f"gdn_conv decode: expected seq_q 1 (one token per sequence), found {self.seq_q}")
         if self.op in ("attention", "mla") and self.seq_q > self.seq_kv:
             raise ValueError(f"seq_q ({self.seq_q}) exceeds seq_kv ({self.seq_kv})")
         if self.op == "fused_moe" and self.top_k > self.groups:
@@ -137,7 +146,7 @@ class KernelShape(BaseModel):
         if self.attention_kernel is not None and (self.op != "attention" or self.phase != "prefill"):
             raise ValueError(f"attention_kernel applies to prefill attention only, found op {self.op} "
                              f"phase {self.phase}")
-        if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
+        if self.op in ("gdn_chunk", "gdn_recurrent", "gdn_conv") and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
 
@@ -266,6 +275,95 @@ def _gdn_chunk_ops(B: int, T: int, Hk: int, Hv: int, dk: int, dv: int) -> tuple[
     return tuple(seg.ops)
 
 
+def gdn_recurrent_op(s: KernelShape) -> Op:
+    """The op the tracer records for one GatedDeltaNet decode step of this shape: the model's own
+    `gated_delta_rule_step` (one fused kernel: the fp32 state read once and written once in place)
+    traced on the meta device for `batch` sequences of one new token, in the `linear_attention`
+    block. The q/k L2 norms and the gates, which the engine's packed decode kernel also computes,
+    are separate element-wise ops of the trace (B x heads x head dim elements) and are not part of
+    this op."""
+    return _gdn_recurrent_op(s.batch, s.kv_heads or s.heads, s.heads, s.head_dim, s.head_dim_v or s.head_dim)
+
+
+@functools.lru_cache(maxsize=256)
+def _gdn_recurrent_op(B: int, Hk: int, Hv: int, dk: int, dv: int) -> Op:
+    import torch
+
+    from codesign.graph.tracer import record
+    from codesign.models.gated_deltanet import gated_delta_rule_step
+
+    if B * Hv * dk * dv > GDN_MAX_WORK:
+        raise CodesignError(f"gdn_recurrent: batch x heads x head dims = {B * Hv * dk * dv:,} exceeds {GDN_MAX_WORK:,}")
+
+    class LinearAttention(torch.nn.Module):
+        block = "linear_attention"  # what the step inherits from its GatedDeltaNet layer in a model's trace
+
+        def forward(self, q, k, v, g, beta, state):
+            return gated_delta_rule_step(q, k, v, g, beta, state)
+
+    root = torch.nn.Module()
+    root.linear_attn = layer = LinearAttention()
+    meta = torch.device("meta")
+    q = torch.empty(B, 1, Hk, dk, device=meta)  # fp32 after the L2 norm, as in GatedDeltaNet.forward
+    k = torch.empty(B, 1, Hk, dk, device=meta)
+    v = torch.empty(B, 1, Hv, dv, device=meta, dtype=torch.bfloat16)
+    g = torch.empty(B, 1, Hv, device=meta)
+    beta = torch.empty(B, 1, Hv, device=meta, dtype=torch.bfloat16)
+    state = torch.empty(B, Hv, dk, dv, device=meta)  # fp32, as GatedDeltaNetCache keeps it
+    seg = record(lambda: layer(q, k, v, g, beta, state), root, [q, k, v, g, beta, state], {id(state): "state"},
+                 "decode")
+    (op,) = [o for o in seg.ops if o.target.startswith("codesign.gated_delta_rule_step")]
+    return op
+
+
+# The causal conv's kernel width in every Qwen3.5 / Qwen3-Next checkpoint (`linear_conv_kernel_dim`).
+GDN_CONV_KERNEL = 4
+
+
+def gdn_conv_ops(s: KernelShape) -> tuple[Op, ...]:
+    """The ops the tracer records for a GatedDeltaNet layer's causal conv + SiLU of this shape (the
+    model's own `causal_conv`, traced on the meta device in the `linear_attention` block, as a
+    serving step runs it: a fresh prompt's zero history, or a decode's cached conv state, and the
+    state's refresh)."""
+    dk, dv = s.head_dim, s.head_dim_v or s.head_dim
+    channels = 2 * (s.kv_heads or s.heads) * dk + s.heads * dv
+    return _gdn_conv_ops(s.batch, s.seq_q, channels, s.phase)
+
+
+@functools.lru_cache(maxsize=256)
+def _gdn_conv_ops(B: int, T: int, channels: int, phase: str) -> tuple[Op, ...]:
+    import torch
+
+    from codesign.graph.tracer import record
+    from codesign.models.gated_deltanet import causal_conv
+
+    if B * T * channels > GDN_MAX_WORK:
+        raise CodesignError(f"gdn_conv: batch x seq_q x channels = {B * T * channels:,} exceeds {GDN_MAX_WORK:,}")
+    K = GDN_CONV_KERNEL
+    meta = torch.device("meta")
+
+    class LinearAttention(torch.nn.Module):
+        block = "linear_attention"  # what the conv inherits from its GatedDeltaNet layer in a model's trace
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(channels, 1, K, device=meta, dtype=torch.bfloat16))
+            self.register_buffer("conv_state", torch.empty(B, channels, K - 1, device=meta, dtype=torch.bfloat16))
+
+        def forward(self, qkv):
+            if phase == "prefill":
+                history = qkv.new_zeros(B, channels, K - 1)
+            else:
+                history = self.conv_state.to(qkv.dtype)
+            return causal_conv(qkv, self.weight, history, self.conv_state)
+
+    root = torch.nn.Module()
+    root.linear_attn = layer = LinearAttention()
+    qkv = torch.empty(B, channels, T, device=meta, dtype=torch.bfloat16)
+    seg = record(lambda: layer(qkv), root, [qkv], {id(layer.weight): "weight", id(layer.conv_state): "state"}, phase)
+    return tuple(seg.ops)
+
+
 # Largest routed-expert kernel traced for a prediction (tokens x top_k routed slots; experts x hidden
 # x intermediate weights): the shapes are meta tensors, but a bound keeps a mistyped shape sane.
 MOE_MAX_SLOTS = 1 << 24
@@ -389,6 +487,20 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
         return _predict_ops(gdn_chunk_ops(s), cm)
     if s.op == "mla":
         return _predict_ops(mla_ops(s), cm, matrix_kinds=("gemm", "attention"))
+    if s.op == "gdn_conv":
+        # Alone, the conv is one kernel (vLLM's causal_conv1d_fn / _update) with one launch; its
+        # traced element-wise ops carry none of their own (`elementwise_kernels_per_matrix_kernel`
+        # charges them inside a step).
+        p = _predict_ops(gdn_conv_ops(s), cm)
+        return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
+                                p.overhead_s + cm.launch_s)
+    if s.op == "gdn_recurrent":
+        # Alone, the fused step is a kernel with its own launch (`kernel_overhead`); inside a step the
+        # element-wise kind's launches are charged through `elementwise_kernels_per_matrix_kernel`.
+        op = gdn_recurrent_op(s)
+        cost = CostModel(hw, dt, dt, opts.model_copy(update={"fuse_elementwise": False})).cost(op)
+        return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s,
+                                cost.memory_s, cost.overhead_s)
     if s.op == "fused_moe":
         return _predict_fused_moe(s, hw, options)
     op = build_op(s)

@@ -116,6 +116,10 @@ class KernelResult:
                 f" {r.mla_form}" if r.mla_form else "")
         elif r.op == "gdn_chunk":
             shape = f"b{r.batch} t{r.seq_q} h{r.kv_heads or r.heads}/{r.heads} d{r.head_dim}"
+        elif r.op == "gdn_recurrent":
+            shape = f"b{r.batch} h{r.kv_heads or r.heads}/{r.heads} d{r.head_dim}"
+        elif r.op == "gdn_conv":
+            shape = f"{r.phase} b{r.batch} t{r.seq_q} h{r.kv_heads or r.heads}/{r.heads} d{r.head_dim}"
         elif r.op == "all_to_all":
             shape = f"ep{r.ranks} {r.tokens}tok {r.algorithm or 'normal'}"
         else:

@@ -139,7 +139,8 @@ def test_efficiency_calibration():
     # H20 also has its own prefill-attention fraction (FA3 on H20, benchmarks/kernels/attention.yaml)
     # and no CUTLASS blockwise FP8 curve (a K-loop time per tile: its tensor rate is cut), nor the
     # block-FP8 MoE kernel curves (fitted on H200 rows of the full-rate parts)
-    no_gdn = {"gdn_chunk": None, "gdn_chunk_units": None, "attention": 0.851, "cutlass_block_fp8": None,
+    no_gdn = {"gdn_chunk": None, "gdn_chunk_units": None, "gdn_chunk_state_s": None, "gdn_chunk_fixed_s": None,
+              "attention": 0.851, "cutlass_block_fp8": None,
               "cutlass_block_fp8_m_half": 0.0, "cutlass_block_fp8_k_s": 0.0}
     for f in ("moe_triton_block_fp8", "moe_trtllm_block_fp8"):
         no_gdn.update({f: None, f + "_dtypes": (), f + "_tokens_half": None, f + "_memory": None,
@@ -155,7 +156,8 @@ def test_efficiency_calibration():
     # nor the paged-KV prefill attention curve (the same rows and reason)
     no_gdn.update({"attention_paged": None, "attention_paged_seq_half": 0.0, "attention_paged_fixed_s": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
-    assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
+    assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.307, 132)
+    assert (h100.gdn_chunk_state_s, h100.gdn_chunk_fixed_s) == pytest.approx((7.9e-6, 1.81e-6), rel=1e-12)
 
 
 # --- bad input: one line naming the file and the field ---------------------------------------

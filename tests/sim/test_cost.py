@@ -158,7 +158,7 @@ _PER_TENSOR_FP8_MOE = tuple("moe_trtllm_fp8" + s for s in ("", "_dtypes", "_toke
 # MLA kernels by engine (aiconfigurator's H100 / H200 rows): the full-rate Hopper parts, not H20.
 _MLA_KERNELS = ("mla_kernels", "mla_trtllm_prefill", "mla_trtllm_prefill_fixed_s", "mla_trtllm_decode_fixed_s",
                 "mla_sglang_fa3_decode_fixed_s")
-PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
+PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "gdn_chunk_state_s", "gdn_chunk_fixed_s", "attention",
                                                           # GQA decode occupancy: H100 / H200 rows, H800
                                                           # the same die; H20's SM count differs
                                                           "attention_decode_units_half", "attention_decode_split",

@@ -18,7 +18,8 @@ from codesign.sim.kernel import KernelShape, gdn_chunk_ops, predict
 
 H200 = load_hw("h200")
 PEAK = 989e12  # H200 dense BF16 (hw_specs/h200.yaml)
-EFF, UNITS, FIXED = 0.313, 132, 2.8e-6  # efficiency.gdn_chunk, gdn_chunk_units, kernel_overhead
+EFF, UNITS, FIXED = 0.307, 132, 2.8e-6  # efficiency.gdn_chunk, gdn_chunk_units, kernel_overhead
+STATE_S, CALL_S = 7.9e-6, 1.81e-6  # efficiency.gdn_chunk_state_s (per wave), gdn_chunk_fixed_s (per call)
 
 
 def recurrence_flops(batch: int, tokens: int, heads: int, dk: int, dv: int, chunk: int = 64) -> float:
@@ -28,15 +29,23 @@ def recurrence_flops(batch: int, tokens: int, heads: int, dk: int, dv: int, chun
     return batch * heads * trips * (6.0 * chunk * dk * dv + 2.0 * chunk * chunk * dv)
 
 
-def expected_seconds(batch: int, tokens: int, heads: int, dk: int = 128, dv: int = 128) -> float:
+def expected_seconds(batch: int, tokens: int, heads: int, dk: int = 128, dv: int = 128, eff: float = EFF,
+                     state: float | None = STATE_S, call: float = CALL_S) -> float:
+    """Compute of the waves, plus (with the state term) each wave's state load/store and the call's
+    fixed time, else one kernel_overhead per recurrence product."""
     pairs = batch * heads
-    occupancy = pairs / (math.ceil(pairs / UNITS) * UNITS)
-    return recurrence_flops(batch, tokens, heads, dk, dv) / (PEAK * EFF * occupancy) + 4 * FIXED
+    waves = math.ceil(pairs / UNITS)
+    occupancy = pairs / (waves * UNITS)
+    compute = recurrence_flops(batch, tokens, heads, dk, dv) / (PEAK * eff * occupancy)
+    if state is None:
+        return compute + 4 * FIXED
+    return compute + waves * state + call
 
 
 def test_spec_values_are_the_documented_ones():
     eff = H200.efficiency
     assert (eff.gdn_chunk, eff.gdn_chunk_units, eff.kernel_overhead) == (EFF, UNITS, FIXED)
+    assert (eff.gdn_chunk_state_s, eff.gdn_chunk_fixed_s) == pytest.approx((STATE_S, CALL_S), rel=1e-12)
     assert H200.chip.matrix.peak("bf16") == PEAK
 
 
@@ -52,7 +61,7 @@ def test_a_single_chunk_still_pays_its_recurrence():
     cm = CostModel(H200, "bf16", "bf16", CostOptions())
     t = sum(cm.cost(o).time_s for _, o in g.nodes(data="op") if o.layer == 0 and f".{CHUNK_RULE_SCOPE}" in o.name)
     assert t == pytest.approx(expected_seconds(16, 12, 32), rel=1e-9)
-    assert t > 4 * FIXED
+    assert t > 4 * STATE_S + CALL_S
 
 
 @pytest.mark.parametrize("batch,tokens,heads", [(1, 16384, 32), (1, 2048, 8), (8, 1024, 32), (4, 8192, 64)])
@@ -61,7 +70,8 @@ def test_kernel_time_is_waves_of_recurrence_work(batch, tokens, heads):
                     heads=heads, head_dim=128)
     p = predict(s, H200)
     assert p.seconds == pytest.approx(expected_seconds(batch, tokens, heads), rel=1e-9)
-    assert p.overhead_s == pytest.approx(4 * FIXED, rel=1e-12)
+    assert p.overhead_s == pytest.approx(CALL_S, rel=1e-12)
+    assert p.memory_s == pytest.approx(math.ceil(batch * heads / UNITS) * STATE_S, rel=1e-12)
 
 
 def test_one_wave_does_not_depend_on_heads_and_a_second_wave_doubles_it():
@@ -70,7 +80,21 @@ def test_one_wave_does_not_depend_on_heads_and_a_second_wave_doubles_it():
          for h in (8, 32, 128)}
     assert t[8] == pytest.approx(t[32], rel=1e-9) == pytest.approx(t[128], rel=1e-9)
     two = predict(KernelShape(op="gdn_chunk", hw="h200", batch=2, seq_q=16384, heads=128, head_dim=128), H200).seconds
-    assert two - 4 * FIXED == pytest.approx(2 * (t[128] - 4 * FIXED), rel=1e-9)
+    assert two - CALL_S == pytest.approx(2 * (t[128] - CALL_S), rel=1e-9)
+
+
+def test_the_state_term_is_per_wave_and_the_old_rule_without_it():
+    """aiconfigurator's one-token rows (vLLM 0.24 on H100): 64 sequences x 32 heads of a single
+    chunk are 16 waves, each paying the state load/store; without the two fields the rule is the
+    compute plus one kernel_overhead per recurrence product."""
+    s = KernelShape(op="gdn_chunk", hw="h200", batch=64, seq_q=1, kv_heads=16, heads=32, head_dim=128)
+    p = predict(s, H200)
+    assert p.seconds == pytest.approx(expected_seconds(64, 1, 32), rel=1e-9)
+    assert p.memory_s == pytest.approx(16 * STATE_S, rel=1e-12) and p.bound == "hbm"
+    eff = H200.efficiency.model_copy(update={"gdn_chunk_state_s": None, "gdn_chunk_fixed_s": None})
+    old = predict(s, H200.model_copy(update={"efficiency": eff}))
+    assert old.seconds == pytest.approx(expected_seconds(64, 1, 32, state=None), rel=1e-9)
+    assert old.overhead_s == pytest.approx(4 * FIXED, rel=1e-12) and old.memory_s == 0.0
 
 
 def test_only_the_recurrence_pays_and_the_rest_of_the_region_is_free():
@@ -119,6 +143,10 @@ def test_efficiency_needs_both_fields():
         Efficiency(gdn_chunk=0.3)
     with pytest.raises(ValueError):
         Efficiency(gdn_chunk=0.3, gdn_chunk_units=0)
+    with pytest.raises(ValueError, match="gdn_chunk_state_s and gdn_chunk_fixed_s"):
+        Efficiency(gdn_chunk=0.3, gdn_chunk_units=132, gdn_chunk_state_s="8 us")
+    with pytest.raises(ValueError, match="expected gdn_chunk and gdn_chunk_units"):
+        Efficiency(gdn_chunk_state_s="8 us", gdn_chunk_fixed_s="2 us")
 
 
 def test_bad_kernel_shapes_are_refused():

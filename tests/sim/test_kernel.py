@@ -43,13 +43,18 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # H100 rows at 12K-16K that are slower than their neighbours in the database itself (-43% to
     # -73%, the files' headers); their shapes and figures are checked in tests/sim/test_aic_vllm_kernels.py.
     # vLLM 0.14's MLA calls (aic_mla.yaml, `mla_call: vllm_impl`) are timed eagerly by their collector
-    # and keep rows near its ~0.15 ms host floor (docs "MLA attention kernels by engine"): shown, not fitted
+    # and keep rows near its ~0.15 ms host floor (docs "MLA attention kernels by engine"): shown, not fitted.
+    # vLLM 0.24's GatedDeltaNet decode and conv rows (aic_vllm_gdn.yaml, gdn_recurrent, gdn_conv) are
+    # shown, not fitted: element-wise ops at the memory rates, up to +39% slow where the states fit in
+    # L2 and +56% at the conv update's 1.9 us floor (docs/cost-model.md "GatedDeltaNet kernel rows of
+    # vLLM 0.24 on H100 / H200"; tests/sim/test_aic_vllm_gdn.py)
     shown = {"cdna_grouped.yaml", "cdna_llama_gemm.yaml", "aic_vllm_gemm_bf16.yaml", "aic_vllm_attention.yaml",
              "aic_vllm_attention_prefill.yaml", "aic_vllm_allreduce.yaml"}
     bad = [(r.label(), round(r.error, 3)) for r in results
            if abs(r.error) > 0.35 and r.file not in shown
            and not (r.file == "trtllm_moe_fp8.yaml" and r.row.dtype == "bf16")
-           and not (r.file == "aic_mla.yaml" and r.row.mla_call == "vllm_impl")]
+           and not (r.file == "aic_mla.yaml" and r.row.mla_call == "vllm_impl")
+           and not (r.file == "aic_vllm_gdn.yaml" and r.row.op in ("gdn_recurrent", "gdn_conv"))]
     assert not bad
     assert kernel_mape(results) <= 0.15
 
