@@ -39,7 +39,12 @@ FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate
 # rows on H100 / H200"): vLLM 0.14's FlashAttention prefill through its paged-KV path (the prefill
 # curve is FlashAttention-3's own benchmark) and vLLM's all-reduce with the algorithm vLLM picked
 # (the collective curves are per named algorithm).
-SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200")
+SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200",
+                    # TensorRT-LLM 1.2.0rc5's attention and all-reduce rows (aic_trtllm_*.yaml): another
+                    # engine's kernels, shown against the FlashAttention-fitted attention curves and the
+                    # per-algorithm collective curves (docs/cost-model.md "TensorRT-LLM kernel rows")
+                    "trtllm_ctx_h100", "trtllm_ctx_h200", "trtllm_gen_h100", "trtllm_gen_h200",
+                    "trtllm_ar_h100", "trtllm_ar_h200")
 
 
 def _moe_curve(field: str, kernel: str, hws: tuple[str, ...], lo: float = 0.02, k_ramp: bool = True) -> tuple:
@@ -61,7 +66,8 @@ GROUPS = {
                {"small_m_half", "gemm_k_half"}),
     # FP8 attention (FlashAttention-3 FP8). `attention` itself is FA3's FP16 740 / 989 directly, and
     # FlashMLA's decode rows are predicted within a few percent at `attention` (no decode factor fitted).
-    "attention": (lambda r: r.op == "attention" and r.hw in HOPPER and r.dtype == "fp8",
+    "attention": (lambda r: r.op == "attention" and r.hw in HOPPER and r.dtype == "fp8"
+                  and r.source not in SHOWN_NOT_FITTED,
                   {"attention_fp8": (0.2, 1.0)}, set()),
     # Prefill attention vs sequence length (16-bit FlashAttention-3 forward on H100: the paper's peak
     # and TritonBench's causal and non-causal tables): the long-sequence fraction `attention` and the
