@@ -100,6 +100,13 @@ GROUPS = {
     "cutlass_block_fp8": (lambda r: r.op == "gemm" and r.gemm_kernel == "cutlass_block_fp8" and r.hw in HOPPER,
                           {"cutlass_block_fp8": (0.05, 1.0), "cutlass_block_fp8_m_half": (0.0, 8192.0),
                            "cutlass_block_fp8_k_s": (0.0, 50e-9)}, set()),
+    # TensorRT-LLM's per-tensor FP8 linear on Hopper (`cublas_scaled_mm`, cuBLASLt; `cost.gemm_kernel:
+    # trtllm_cublaslt_fp8`): the family rule's fraction, M and K half-points and operand streaming
+    # fraction of its own, over aic_trtllm_gemm.yaml's FP8 rows (H100 and H200: one curve for the
+    # full-rate parts); overlap exponent and fixed time the family's.
+    "cublaslt_fp8": (lambda r: r.op == "gemm" and r.gemm_kernel == "trtllm_cublaslt_fp8" and r.hw in FULL_HOPPER,
+                     {"cublaslt_fp8": (0.3, 1.0), "cublaslt_fp8_m_half": (0.0, 512.0),
+                      "cublaslt_fp8_k_half": (1.0, 8192.0), "cublaslt_fp8_memory": (0.3, 1.0)}, set()),
     "moe_triton": _moe_curve("moe_triton", "triton_fused", HOPPER, lo=0.05),
     "moe_triton_default": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_default" and r.hw in HOPPER,
                            {"moe_triton_default": (0.02, 1.0), "moe_triton_default_bf16": (0.02, 1.0),
@@ -312,7 +319,8 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "low_latency_overhead": base.system.scale_up.latency, "attention_fp8": cur.attention,
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
-                 "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm}.get(n)
+                 "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm, "cublaslt_fp8": cur.gemm,
+                 "cublaslt_fp8_k_half": cur.gemm_k_half or 512, "cublaslt_fp8_memory": cur.matrix_memory or cur.memory}.get(n)
         if v is None and n.startswith("moe_"):  # a fused-MoE curve's field (`_moe_curve`)
             suffix = next((x for x in ("_tokens_half", "_k_half", "_memory") if n.endswith(x)), "")
             v = {"_tokens_half": 256.0, "_k_half": 256.0, "_memory": cur.memory}.get(suffix, cur.gemm)

@@ -59,7 +59,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--layout", choices=("contiguous", "masked"), default=None)
         if op == "gemm":
             q.add_argument("--gemm-kernel", dest="gemm_kernel", default=None,
-                           help="calibrated | cutlass_block_fp8 (default: calibrated, cost.gemm_kernel)")
+                           help="calibrated | cutlass_block_fp8 | trtllm_cublaslt_fp8 (default: calibrated, cost.gemm_kernel)")
         if op == "fused_moe":
             q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
                            help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 | trtllm_cutlass_fp8 (default: grouped, cost.moe_kernel)")

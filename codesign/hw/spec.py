@@ -298,6 +298,18 @@ class Efficiency(_Strict):
     cutlass_block_fp8_m_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
     cutlass_block_fp8_k_s: Seconds = 0.0  # seconds per K element of one tile's K loop
 
+    # Per-tensor FP8 dense GEMM as TensorRT-LLM's PyTorch flow runs it on Hopper: `FP8QDQLinearMethod`
+    # -> `cublas_scaled_mm` (cuBLASLt), used for a deployment's dense GEMMs where its engine runs it
+    # (`cost.gemm_kernel: trtllm_cublaslt_fp8`; docs/cost-model.md "TensorRT-LLM kernel rows on H100 /
+    # H200"). The family GEMM rule with its own parameters: matrix seconds = padded FLOPs / (FP8 peak x
+    # `cublaslt_fp8` x M / (M + `cublaslt_fp8_m_half`) x K / (K + `cublaslt_fp8_k_half`)), operands
+    # streamed at HBM x `cublaslt_fp8_memory`; overlap and fixed time the family's. Fitted on
+    # benchmarks/kernels/aic_trtllm_gemm.yaml's FP8 rows only; a chip without it refuses the option.
+    cublaslt_fp8: Fraction | None = None
+    cublaslt_fp8_m_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
+    cublaslt_fp8_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)  # none: no K ramp
+    cublaslt_fp8_memory: Fraction | None = None  # none: the family's matrix_memory
+
     @model_validator(mode="after")
     def _moe_triton_dtypes(self) -> "Efficiency":
         for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8", "moe_trtllm_block_fp8",

@@ -16,7 +16,7 @@ from codesign.units import parse_quantity
 MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default", "triton_fused_block_fp8",
                     "trtllm_cutlass_block_fp8", "trtllm_cutlass_fp8"]
 # Dense GEMM kernel implementations (`CostOptions.gemm_kernel`).
-GemmKernel = Literal["calibrated", "cutlass_block_fp8"]
+GemmKernel = Literal["calibrated", "cutlass_block_fp8", "trtllm_cublaslt_fp8"]
 # Blocks whose dense GEMMs are the checkpoint's quantised linear layers (what `gemm_kernel` acts
 # on); the router, embedding and LM head stay 16-bit in block-FP8 checkpoints and keep the family curve.
 BLOCK_FP8_LINEAR_BLOCKS = frozenset({"attention", "mla", "linear_attention", "mlp", "moe_shared"})
@@ -99,7 +99,10 @@ class CostOptions(BaseModel):
     # FP8 dense GEMM"): "calibrated" -- the family GEMM curve (fitted on DeepGEMM and TileLang; the
     # cuBLAS / cuBLASLt / per-tensor CUTLASS rows meet it); "cutlass_block_fp8" -- CUTLASS's SM90
     # blockwise FP8 kernel, what vLLM runs for block-scaled FP8 checkpoints (DeepSeek-V3/R1) where
-    # DeepGEMM is not installed, at the chip's `efficiency.cutlass_block_fp8*` curve. FP8 only.
+    # DeepGEMM is not installed, at the chip's `efficiency.cutlass_block_fp8*` curve; "trtllm_cublaslt_fp8"
+    # -- TensorRT-LLM's PyTorch-flow per-tensor FP8 linear (`FP8QDQLinearMethod` -> `cublas_scaled_mm`,
+    # cuBLASLt) for every dense GEMM of the deployment, at `efficiency.cublaslt_fp8*`
+    # (docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200"). FP8 only.
     gemm_kernel: GemmKernel = "calibrated"
     # Row block of the Triton fused_moe kernel for an expert with fewer tokens than the tile's M:
     # `moe_align_block_size` pads every expert's tokens to BLOCK_SIZE_M, 16 in vLLM's decode-size

@@ -149,6 +149,9 @@ def test_efficiency_calibration():
     # nor the GQA decode attention occupancy (H100 / H200 rows; H20's SM count differs)
     no_gdn.update({"attention_decode_units_half": None, "attention_decode_split": None,
                    "attention_decode_fixed_s": 0.0})
+    # nor TensorRT-LLM's cuBLASLt FP8 GEMM curve (fitted on H100 / H200 rows of the full-rate parts)
+    no_gdn.update({"cublaslt_fp8": None, "cublaslt_fp8_m_half": 0.0, "cublaslt_fp8_k_half": None,
+                   "cublaslt_fp8_memory": None})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.313, 132)
 

@@ -127,3 +127,91 @@ def test_decode_size_fp8_rows_stream_the_weights_below_the_curves_rate():
         hw = load_hw(r.hw)
         achieved = r.n * r.k / r.seconds
         assert achieved < hw.chip.hbm.bandwidth * hw.efficiency.matrix_memory, (r.hw, r.n, r.k)
+
+
+# -- the fitted curve of these rows: cost.gemm_kernel "trtllm_cublaslt_fp8" -----------------------
+
+
+def _cl_opts():
+    from codesign.sim.cost import CostOptions
+
+    return CostOptions(gemm_kernel="trtllm_cublaslt_fp8")
+
+
+def test_cublaslt_curve_is_the_family_rule_with_its_own_fields_by_hand():
+    # compute = 2MNK / (FP8 peak x cublaslt_fp8 x M/(M+m_half) x K/(K+k_half)) (no padding: multiples of
+    # the 64 x 256 tile), memory = (A + B fp8, C bf16) / (HBM x cublaslt_fp8_memory), time = the
+    # family's p-norm + fixed time per kernel (no element-wise kernels around one kernel alone)
+    from codesign.hw import load_hw
+    from codesign.sim.kernel import KernelShape, predict
+
+    for name, peak, hbm in (("h100", 1979e12, 3.35e12), ("h200", 1979e12, 4.8e12)):
+        hw = load_hw(name)
+        e = hw.efficiency
+        for m, n, k in ((4096, 8192, 8192), (64, 10240, 8192)):
+            compute = 2 * m * n * k / (peak * e.cublaslt_fp8 * m / (m + e.cublaslt_fp8_m_half)
+                                       * k / (k + e.cublaslt_fp8_k_half))
+            # at M = 64 the activations (0.5 MB in, 1.3 MB out) are served from SRAM (`sram_activations`,
+            # under half the 50 MB L2): only the weights stream from HBM
+            streamed = m * k + n * k + 2 * m * n if m == 4096 else n * k
+            memory = streamed / (hbm * e.cublaslt_fp8_memory)
+            hi, lo = max(compute, memory), min(compute, memory)
+            p = e.overlap_exponent
+            expected = hi * (1 + (lo / hi) ** p) ** (1 / p) + e.kernel_overhead
+            got = predict(KernelShape(op="gemm", hw=name, dtype="fp8", m=m, n=n, k=k,
+                                      gemm_kernel="trtllm_cublaslt_fp8"), hw)
+            assert got.seconds == pytest.approx(expected, rel=1e-9), (name, m)
+    # decode sizes stream the weights slower than the family curve, large M computes faster
+    hw = load_hw("h200")
+    small = KernelShape(op="gemm", hw="h200", dtype="fp8", m=8, n=10240, k=8192)
+    large = small.model_copy(update={"m": 8192})
+    for s, slower in ((small, True), (large, False)):
+        cl = predict(s.model_copy(update={"gemm_kernel": "trtllm_cublaslt_fp8"}), hw).seconds
+        assert (cl > predict(s, hw).seconds) is slower
+
+
+def test_cublaslt_curve_acts_on_every_dense_gemm_and_not_on_other_ops():
+    from codesign.hw import load_hw
+    from codesign.sim.cost import CostModel, CostOptions
+
+    hw = load_hw("h100")
+    cl, cal = CostModel(hw, "fp8", "fp8", _cl_opts()), CostModel(hw, "fp8", "fp8", CostOptions())
+    assert cl.matrix_hbm_bw == pytest.approx(3.35e12 * hw.efficiency.cublaslt_fp8_memory, rel=1e-12)
+    assert cal.matrix_hbm_bw == pytest.approx(3.35e12 * hw.efficiency.matrix_memory, rel=1e-12)
+    assert cl.hbm_bw == cal.hbm_bw and cl.grouped_hbm_bw == cal.grouped_hbm_bw
+    assert cl.static_key != cal.static_key  # no shared kept parts between the two
+    for block in ("attention", "mlp", "lm_head"):  # every 2-D GEMM, whatever its block
+        t_cl = cl._gemm_seconds(2.0 * 512 * 8192 * 8192, (1, 512, 8192, 8192), block)
+        assert t_cl == pytest.approx(2.0 * 512 * 8192 * 8192 / (
+            1979e12 * hw.efficiency.cublaslt_fp8 * 512 / (512 + hw.efficiency.cublaslt_fp8_m_half)
+            * 8192 / (8192 + hw.efficiency.cublaslt_fp8_k_half)), rel=1e-12)
+
+
+def test_cublaslt_curve_is_refused_off_fp8_and_on_chips_without_it():
+    from codesign.errors import CodesignError
+    from codesign.hw import load_hw
+    from codesign.sim.cost import CostModel
+
+    with pytest.raises(CodesignError, match="trtllm_cublaslt_fp8 is a per-tensor FP8 kernel; this deployment's GEMMs compute in bf16"):
+        CostModel(load_hw("h200"), "bf16", "bf16", _cl_opts())
+    with pytest.raises(CodesignError, match="needs efficiency.cublaslt_fp8 of h20"):
+        CostModel(load_hw("h20"), "fp8", "bf16", _cl_opts())
+
+
+def test_fit_group_reads_the_fp8_rows_only_and_the_rows_name_the_kernel():
+    fit = _fit()
+    keep = fit.GROUPS["cublaslt_fp8"][0]
+    rows = [r for f in sorted(KERNEL_DIR.glob("*.yaml")) for r in load_table(f).rows if keep(r)]
+    assert len(rows) == 308 and all(r.dtype == "fp8" and r.library == "cublaslt" for r in rows)
+    assert {r.source for r in rows} == {"trtllm_gemm_h100", "trtllm_gemm_h200"}
+    assert all(r.gemm_kernel is None for r in _rows("aic_trtllm_gemm.yaml") if r.dtype == "bf16")
+
+
+def test_validation_rows_set_the_kernel_where_their_engine_states_it():
+    # the trtllm-bench rows (PyTorch backend: FP8QDQLinearMethod -> cublas_scaled_mm) and no other
+    from codesign.scenario import load_scenarios
+
+    set_on = sorted(s.name for s in load_scenarios(spec_files.ROOT / "benchmarks" / "validation" / "public.yaml")
+                    if s.cost.get("gemm_kernel") == "trtllm_cublaslt_fp8")
+    assert set_on == ["trtllm-bench-1xh200-llama3.3-70b-fp8-1000-1000", "trtllm-bench-1xh200-llama3.3-70b-fp8-128-2048",
+                      "trtllm-bench-1xh200-llama3.3-70b-fp8-2048-128", "trtllm-bench-2xh100-llama3.3-70b-fp8-1000-1000"]
