@@ -41,8 +41,9 @@ FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate
 # (the collective curves are per named algorithm).
 SHOWN_NOT_FITTED = ("aic_ctx_h100", "aic_ctx_h200", "aic_ar_h100", "aic_ar_h200",
                     # TensorRT-LLM 1.2.0rc5's attention and all-reduce rows (aic_trtllm_*.yaml): another
-                    # engine's kernels, shown against the FlashAttention-fitted attention curves and the
-                    # per-algorithm collective curves (docs/cost-model.md "TensorRT-LLM kernel rows")
+                    # engine's kernels, read by none of the FlashAttention attention groups nor the
+                    # per-algorithm collective curves (the attention rows set the `trtllm_attention*`
+                    # groups' own curves; docs/cost-model.md "TensorRT-LLM kernel rows")
                     "trtllm_ctx_h100", "trtllm_ctx_h200", "trtllm_gen_h100", "trtllm_gen_h200",
                     "trtllm_ar_h100", "trtllm_ar_h200")
 
@@ -107,6 +108,14 @@ GROUPS = {
     "cublaslt_fp8": (lambda r: r.op == "gemm" and r.gemm_kernel == "trtllm_cublaslt_fp8" and r.hw in FULL_HOPPER,
                      {"cublaslt_fp8": (0.3, 1.0), "cublaslt_fp8_m_half": (0.0, 512.0),
                       "cublaslt_fp8_k_half": (1.0, 8192.0), "cublaslt_fp8_memory": (0.3, 1.0)}, set()),
+    # TensorRT-LLM's context attention (`cost.trtllm_attention`; aic_trtllm_attention.yaml's prefill
+    # rows, BF16 and FP8 context FMHA, H100 and H200): its fractions, half-length and fixed time per
+    # call. Its decode rows are shown only (their timed reads exceed the HBM peak: the file's header).
+    "trtllm_attention": (lambda r: r.op == "attention" and r.trtllm_attention and r.phase == "prefill"
+                         and r.hw in FULL_HOPPER,
+                         {"trtllm_attention": (0.1, 1.0), "trtllm_attention_fp8": (0.1, 1.0),
+                          "trtllm_attention_seq_half": (1.0, 8192.0), "trtllm_attention_fixed_s": (0.0, 50e-6)},
+                         set()),
     "moe_triton": _moe_curve("moe_triton", "triton_fused", HOPPER, lo=0.05),
     "moe_triton_default": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_default" and r.hw in HOPPER,
                            {"moe_triton_default": (0.02, 1.0), "moe_triton_default_bf16": (0.02, 1.0),
@@ -320,7 +329,9 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "attention_decode": cur.attention, "attention_seq_half": 256.0,
                  "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
                  "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm, "cublaslt_fp8": cur.gemm,
-                 "cublaslt_fp8_k_half": cur.gemm_k_half or 512, "cublaslt_fp8_memory": cur.matrix_memory or cur.memory}.get(n)
+                 "cublaslt_fp8_k_half": cur.gemm_k_half or 512, "cublaslt_fp8_memory": cur.matrix_memory or cur.memory,
+                 "trtllm_attention": cur.attention, "trtllm_attention_fp8": cur.attention_fp8 or cur.attention,
+                 "trtllm_attention_seq_half": cur.attention_seq_half or 256.0}.get(n)
         if v is None and n.startswith("moe_"):  # a fused-MoE curve's field (`_moe_curve`)
             suffix = next((x for x in ("_tokens_half", "_k_half", "_memory") if n.endswith(x)), "")
             v = {"_tokens_half": 256.0, "_k_half": 256.0, "_memory": cur.memory}.get(suffix, cur.gemm)

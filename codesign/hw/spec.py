@@ -208,6 +208,17 @@ class Efficiency(_Strict):
     attention_decode_units_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     attention_decode_split: int | None = Field(default=None, gt=0)
     attention_decode_fixed_s: Seconds = 0.0
+    # TensorRT-LLM's context attention (its context FMHA through `AttentionOp`, the GPT attention
+    # plugin's and the PyTorch flow's), used where a scenario sets `cost.trtllm_attention`
+    # (docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200"): the prefill rule at its own
+    # fractions (`trtllm_attention`, FP8: `trtllm_attention_fp8`) and half-length
+    # (`trtllm_attention_seq_half`) plus `trtllm_attention_fixed_s` per prefill call; decode keeps the
+    # family's rule. Fitted on benchmarks/kernels/aic_trtllm_attention.yaml's prefill rows only; a chip
+    # without it refuses the option.
+    trtllm_attention: Fraction | None = None
+    trtllm_attention_fp8: Fraction | None = None
+    trtllm_attention_seq_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    trtllm_attention_fixed_s: Seconds = 0.0
     # All-to-all in low-latency mode (DeepEP low-latency kernels: few SMs, per-token messages, no
     # CPU sync): achieved / peak link bandwidth and a fixed time per call, which replaces the link
     # latency (None: the scale-up latency). 0.43 is the EP8 dispatch of DeepEP's README at the link

@@ -180,6 +180,10 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self.decode_units_half = eff.attention_decode_units_half if occ else None
         self.decode_split = eff.attention_decode_split
         self.decode_fixed_s = eff.attention_decode_fixed_s if occ else 0.0
+        # Fixed seconds per prefill attention call beyond the kernel's launch (TensorRT-LLM's op).
+        self.prefill_attention_fixed_s = 0.0
+        if self.opts.trtllm_attention:
+            self._trtllm_attention(hw)
         vec_peak = chip.vector.bf16 or chip.vector.fp32
         self.vector_rate = vec_peak * eff.vector
         self.hbm_bw = chip.hbm.bandwidth * eff.memory
@@ -230,6 +234,19 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         if type(self) is CostModel:
             self.static_key = tuple(sorted((k, v) for k, v in vars(self).items()
                                            if k not in _CALL_TIME and k not in _NOT_KEYED))
+
+    def _trtllm_attention(self, hw: HardwareSpec) -> None:
+        """TensorRT-LLM's context attention (`CostOptions.trtllm_attention`): the prefill rate,
+        half-length and fixed time per call from `efficiency.trtllm_attention*`; decode unchanged."""
+        eff, chip = hw.efficiency, hw.chip
+        if eff.trtllm_attention is None:
+            raise CodesignError(f"cost.trtllm_attention: needs efficiency.trtllm_attention of {hw.name} "
+                                f"(a fit on that kernel's rows); {hw.name} has none")
+        att = eff.trtllm_attention_fp8 if (self.attention_dtype == "fp8" and eff.trtllm_attention_fp8) \
+            else eff.trtllm_attention
+        self.attention_rate = chip.matrix.peak(self.attention_dtype) * att
+        self.attention_seq_half = eff.trtllm_attention_seq_half if self.opts.attention_seq_ramp else None
+        self.prefill_attention_fixed_s = eff.trtllm_attention_fixed_s
 
     def _gemm_kernel(self, hw: HardwareSpec) -> None:
         """Rate, M half-point and K-loop seconds of the dense projection kernel
@@ -317,10 +334,13 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         """(HBM-byte factor, extra seconds per call) of a GQA decode attention op: its bytes stream
         at the memory rate x W / (W + efficiency.attention_decode_units_half), W = batch x kv_heads
         x ceil(S / attention_decode_split) from the op's K shape (B, Hkv, S, D), charged as bytes x
-        (W + half) / W; plus efficiency.attention_decode_fixed_s. (1, 0) for other ops: prefill, MLA
-        (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off."""
-        if op.kind != "attention" or op.phase != "decode":
+        (W + half) / W; plus efficiency.attention_decode_fixed_s. (1, 0) for other ops: MLA
+        (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off; a
+        prefill attention op (1, `prefill_attention_fixed_s`: TensorRT-LLM's op, 0 elsewhere)."""
+        if op.kind != "attention":
             return 1.0, 0.0
+        if op.phase != "decode":
+            return 1.0, self.prefill_attention_fixed_s
         shapes = op.in_shapes
         if len(shapes) < 3 or len(shapes[1]) != 4 or len(shapes[2]) != 4 or shapes[1][3] != shapes[2][3]:
             return 1.0, 0.0

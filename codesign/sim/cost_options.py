@@ -154,6 +154,12 @@ class CostOptions(BaseModel):
     # the memory-rate ramp on the op's work units and the fixed time per call, where the chip has
     # them (`CostModel.decode_attention_occupancy`). False: today's rule (flat memory rate).
     decode_attention_occupancy: bool = True
+    # TensorRT-LLM's context attention instead of the FlashAttention-fitted prefill curve: prefill
+    # attention at efficiency.trtllm_attention(_fp8) x L / (L + trtllm_attention_seq_half) of peak, +
+    # trtllm_attention_fixed_s per call; decode unchanged (docs/cost-model.md "TensorRT-LLM kernel
+    # rows on H100 / H200"). Set by the scenarios whose engine runs it (TensorRT-LLM's GPT attention
+    # plugin with context FMHA, or the PyTorch flow's TRTLLM attention backend).
+    trtllm_attention: bool = False
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"
 

@@ -93,6 +93,8 @@ class KernelShape(BaseModel):
     moe_kernel: MoeKernel | None = None
     # gemm: which dense GEMM kernel ran (`CostOptions.gemm_kernel`); none: the default.
     gemm_kernel: GemmKernel | None = None
+    # attention: TensorRT-LLM's attention op ran (`CostOptions.trtllm_attention`); false: the default.
+    trtllm_attention: bool = False
 
     @model_validator(mode="after")
     def _fields_of_op(self) -> "KernelShape":
@@ -116,6 +118,8 @@ class KernelShape(BaseModel):
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
             raise ValueError(f"gemm_kernel applies to gemm only, found op {self.op}")
+        if self.trtllm_attention and self.op != "attention":
+            raise ValueError(f"trtllm_attention applies to attention only, found op {self.op}")
         if self.op == "gdn_chunk" and self.heads % (self.kv_heads or self.heads):
             raise ValueError(f"heads ({self.heads}) is not a multiple of kv_heads ({self.kv_heads})")
         return self
@@ -359,6 +363,8 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
     if s.gemm_kernel is not None:
         opts = opts.model_copy(update={"gemm_kernel": s.gemm_kernel})
+    if s.trtllm_attention:
+        opts = opts.model_copy(update={"trtllm_attention": True})
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)

@@ -109,7 +109,8 @@ class KernelResult:
             ep = f" ep{r.ranks}" if r.ranks else ""
             shape = f"E{r.groups} k{r.top_k} {r.hidden}x{r.n}{ep} {r.tokens}tok{kernel}"
         elif r.op == "attention":
-            shape = f"b{r.batch} h{r.heads}/{r.kv_heads or r.heads} d{r.head_dim} q{r.seq_q} kv{r.seq_kv}"
+            shape = f"b{r.batch} h{r.heads}/{r.kv_heads or r.heads} d{r.head_dim} q{r.seq_q} kv{r.seq_kv}" + (
+                " trtllm" if r.trtllm_attention else "")
         elif r.op == "gdn_chunk":
             shape = f"b{r.batch} t{r.seq_q} h{r.kv_heads or r.heads}/{r.heads} d{r.head_dim}"
         elif r.op == "all_to_all":

@@ -106,10 +106,18 @@ def test_attention_heads_are_the_models_heads_per_rank():
 def test_no_fit_reads_the_shown_rows():
     fit = _fit()
     rows = [r for f in FILES for r in _rows(f)]
-    for group in ("attention", "attention_seq", "attention_decode_gqa", "matrix", "cutlass_block_fp8"):
+    # (and the prefill rows as a FlashAttention row would be: without their kernel flag)
+    rows = rows + [r.model_copy(update={"trtllm_attention": False}) for r in rows if r.trtllm_attention]
+    for group in ("attention", "attention_seq", "attention_decode_gqa", "matrix", "cutlass_block_fp8",
+                  "attention_h20"):
         keep = fit.GROUPS[group][0]
         assert not any(keep(r) for r in rows), group
     assert {r.source for r in _rows("aic_trtllm_allreduce.yaml")} <= set(fit.SHOWN_NOT_FITTED)
+    # ... except their own groups: the prefill rows set `trtllm_attention`, no decode row is fitted
+    keep = fit.GROUPS["trtllm_attention"][0]
+    att = _rows("aic_trtllm_attention.yaml")
+    assert sum(keep(r) for r in att) == 140 and all(r.phase == "prefill" for r in att if keep(r))
+    assert not any(r.trtllm_attention for r in att if r.phase == "decode")
     # the FP8 attention fraction is still set from FlashAttention-3's one FP8 row
     keep = fit.GROUPS["attention"][0]
     assert sum(1 for f in sorted(KERNEL_DIR.glob("*.yaml")) for r in load_table(f).rows if keep(r)) == \
@@ -215,3 +223,66 @@ def test_validation_rows_set_the_kernel_where_their_engine_states_it():
                     if s.cost.get("gemm_kernel") == "trtllm_cublaslt_fp8")
     assert set_on == ["trtllm-bench-1xh200-llama3.3-70b-fp8-1000-1000", "trtllm-bench-1xh200-llama3.3-70b-fp8-128-2048",
                       "trtllm-bench-1xh200-llama3.3-70b-fp8-2048-128", "trtllm-bench-2xh100-llama3.3-70b-fp8-1000-1000"]
+
+
+# -- TensorRT-LLM's context attention: cost.trtllm_attention -------------------------------------
+
+def test_trtllm_context_attention_is_the_prefill_rule_with_its_own_fields_by_hand():
+    # compute = causal FLOPs / (peak x trtllm_attention(_fp8) x L / (L + trtllm_attention_seq_half)),
+    # L = (T + 1) / 2 for a fresh prompt; + kernel_overhead + trtllm_attention_fixed_s per call
+    from codesign.hw import load_hw
+    from codesign.sim.kernel import KernelShape, predict
+
+    hw = load_hw("h100")
+    e = hw.efficiency
+    for dtype, peak, frac in (("bf16", 989e12, e.trtllm_attention), ("fp8", 1979e12, e.trtllm_attention_fp8)):
+        b, h, kv, d, t = 16, 64, 8, 128, 4096
+        s = KernelShape(op="attention", hw="h100", dtype=dtype, phase="prefill", causal=True, batch=b, heads=h,
+                        kv_heads=kv, head_dim=d, seq_q=t, seq_kv=t, trtllm_attention=True)
+        flops = 2.0 * b * h * (t * (t + 1) / 2) * 2 * d
+        keys = (t + 1) / 2
+        compute = flops / (peak * frac * keys / (keys + e.trtllm_attention_seq_half))
+        got = predict(s, hw)
+        assert got.compute_s == pytest.approx(compute, rel=1e-9)
+        assert got.overhead_s == pytest.approx(e.kernel_overhead + e.trtllm_attention_fixed_s, rel=1e-12)
+        assert got.bound == "matrix"
+        # the FlashAttention curve (the default) is faster at every length of these rows
+        assert predict(s.model_copy(update={"trtllm_attention": False}), hw).seconds < got.seconds
+
+
+def test_trtllm_attention_leaves_decode_and_other_ops_alone():
+    from codesign.hw import load_hw
+    from codesign.sim.cost import CostModel, CostOptions
+    from codesign.sim.kernel import KernelShape, predict
+
+    hw = load_hw("h200")
+    dec = dict(op="attention", hw="h200", dtype="fp8", phase="decode", causal=True, batch=256, heads=64,
+               kv_heads=8, head_dim=128, seq_q=1, seq_kv=512)
+    assert predict(KernelShape(**dec, trtllm_attention=True), hw) == predict(KernelShape(**dec), hw)
+    g = dict(op="gemm", hw="h200", dtype="fp8", m=512, n=8192, k=8192)
+    on = CostModel(hw, "fp8", "fp8", CostOptions(trtllm_attention=True))
+    off = CostModel(hw, "fp8", "fp8", CostOptions())
+    assert on.matrix_rate == off.matrix_rate and on.decode_fixed_s == off.decode_fixed_s
+    assert on.static_key != off.static_key
+    assert predict(KernelShape(**g), hw).seconds > 0
+    with pytest.raises(ValueError, match="trtllm_attention applies to attention only"):
+        KernelShape(**g, trtllm_attention=True)
+
+
+def test_trtllm_attention_is_refused_on_chips_without_the_curve():
+    from codesign.errors import CodesignError
+    from codesign.hw import load_hw
+    from codesign.sim.cost import CostModel, CostOptions
+
+    with pytest.raises(CodesignError, match="cost.trtllm_attention: needs efficiency.trtllm_attention of h20"):
+        CostModel(load_hw("h20"), "fp8", "fp8", CostOptions(trtllm_attention=True))
+
+
+def test_validation_rows_set_trtllm_attention_where_their_engine_runs_it():
+    from codesign.scenario import load_scenarios
+
+    on = {s.name for s in load_scenarios(spec_files.ROOT / "benchmarks" / "validation" / "public.yaml")
+          if s.cost.get("trtllm_attention")}
+    assert len(on) == 22
+    assert all(n.startswith(("mlperf-v4.1-8xh100-", "mlperf-v4.1-8xh200-", "mlperf-v5.1-8xh200-mixtral",
+                             "trtllm-v0.9-", "trtllm-bench-1xh200-llama", "trtllm-bench-2xh100-llama")) for n in on)
