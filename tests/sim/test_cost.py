@@ -155,13 +155,17 @@ FAMILIES = {
 _BLOCK_FP8_MOE = tuple(f + s for f in ("moe_triton_block_fp8", "moe_trtllm_block_fp8")
                        for s in ("", "_dtypes", "_tokens_half", "_memory", "_overhead", "_k_half"))
 _PER_TENSOR_FP8_MOE = tuple("moe_trtllm_fp8" + s for s in ("", "_dtypes", "_tokens_half", "_memory", "_overhead"))
+# TensorRT-LLM's cuBLASLt FP8 GEMM and context attention curves: H100 / H200 rows, full-rate parts only.
+_TRTLLM_CURVES = tuple("cublaslt_fp8" + s for s in ("", "_m_half", "_k_half", "_memory")) + tuple(
+    "trtllm_attention" + s for s in ("", "_fp8", "_seq_half", "_fixed_s"))
 PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "attention",
                                                           # GQA decode occupancy: H100 / H200 rows, H800
                                                           # the same die; H20's SM count differs
                                                           "attention_decode_units_half", "attention_decode_split",
                                                           "attention_decode_fixed_s",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
-                                                          "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE,
+                                                          "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
+                                                         + _TRTLLM_CURVES,
             "blackwell": ("gemm",)}
 
 
