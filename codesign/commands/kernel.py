@@ -69,6 +69,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
             q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
+            q.add_argument("--trtllm-attention", dest="trtllm_attention", action="store_true",
+                           help="TensorRT-LLM's context attention curve (cost.trtllm_attention; prefill only)")
         if op in ("all_reduce", "all_gather", "reduce_scatter"):
             q.add_argument("--bytes", type=float, required=True, help="message bytes per rank")
         if op == "all_to_all":
@@ -87,7 +89,8 @@ def shape_from_args(args: argparse.Namespace):
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
     for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel",
-                                       "gemm_kernel", "experts", "top_groups") + (("ranks",) if args.op == "fused_moe" else ()):
+                                       "gemm_kernel", "experts", "top_groups", "trtllm_attention") + (
+                                           ("ranks",) if args.op == "fused_moe" else ()):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v

@@ -286,3 +286,23 @@ def test_validation_rows_set_trtllm_attention_where_their_engine_runs_it():
     assert len(on) == 22
     assert all(n.startswith(("mlperf-v4.1-8xh100-", "mlperf-v4.1-8xh200-", "mlperf-v5.1-8xh200-mixtral",
                              "trtllm-v0.9-", "trtllm-bench-1xh200-llama", "trtllm-bench-2xh100-llama")) for n in on)
+
+
+def test_cli_kernel_takes_the_trtllm_flags(capsys):
+    import json
+
+    from codesign.cli import main
+    from codesign.hw import load_hw
+    from codesign.sim.kernel import KernelShape, predict
+
+    args = ["kernel", "--hw", "h100", "attention", "--batch", "16", "--heads", "64", "--kv-heads", "8", "--head-dim",
+            "128", "--seq-q", "256", "--seq-kv", "256", "--phase", "prefill", "--causal", "--dtype", "fp8"]
+    assert main(args + ["--trtllm-attention", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    s = KernelShape(op="attention", hw="h100", dtype="fp8", phase="prefill", causal=True, batch=16, heads=64,
+                    kv_heads=8, head_dim=128, seq_q=256, seq_kv=256, trtllm_attention=True)
+    assert out["seconds"] == pytest.approx(predict(s, load_hw("h100")).seconds, rel=1e-12)
+    assert out["seconds"] == pytest.approx(152.8e-6, rel=0.1)  # the database's row (aic_trtllm_attention.yaml)
+    assert main(["kernel", "--hw", "h200", "gemm", "--m", "64", "--n", "10240", "--k", "8192", "--dtype", "fp8",
+                 "--gemm-kernel", "trtllm_cublaslt_fp8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seconds"] == pytest.approx(26.6e-6, rel=0.1)  # measured, derived
