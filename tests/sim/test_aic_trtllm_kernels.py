@@ -286,6 +286,11 @@ def test_validation_rows_set_trtllm_attention_where_their_engine_runs_it():
     assert len(on) == 22
     assert all(n.startswith(("mlperf-v4.1-8xh100-", "mlperf-v4.1-8xh200-", "mlperf-v5.1-8xh200-mixtral",
                              "trtllm-v0.9-", "trtllm-bench-1xh200-llama", "trtllm-bench-2xh100-llama")) for n in on)
+    # the TensorRT engines' builds have no FP8 context FMHA flag: 16-bit attention on the FP8 cache
+    scen = load_scenarios(spec_files.ROOT / "benchmarks" / "validation" / "public.yaml")
+    bf16 = {s.name for s in scen if s.cost.get("attention_dtype") == "bf16" and s.name in on}
+    assert bf16 == {n for n in on if not n.startswith("trtllm-bench-")} and len(bf16) == 18
+    assert all(s.precision.get("kv_cache") == "fp8" for s in scen if s.name in bf16)
 
 
 def test_cli_kernel_takes_the_trtllm_flags(capsys):
