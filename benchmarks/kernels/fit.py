@@ -43,7 +43,11 @@ FULL_HOPPER = ("h100", "h200", "h800")  # the full-rate parts (H20's tensor rate
 # paged-KV prefill curve (`attention_paged`) was fitted on them.
 SHOWN_NOT_FITTED = ("aic_ar_h100", "aic_ar_h200",
                     # vLLM's MLA calls timed eagerly (benchmarks/kernels/aic_mla.yaml's header)
-                    "aic_mla_vllm_ctx_h100", "aic_mla_vllm_ctx_h200", "aic_mla_vllm_gen_h100", "aic_mla_vllm_gen_h200")
+                    "aic_mla_vllm_ctx_h100", "aic_mla_vllm_ctx_h200", "aic_mla_vllm_gen_h100", "aic_mla_vllm_gen_h200",
+                    # TensorRT-LLM 1.2.0rc5's AUTO all-reduce (aic_trtllm_allreduce.yaml): a mix of
+                    # algorithms, not one per-algorithm collective curve (docs/cost-model.md
+                    # "TensorRT-LLM kernel rows")
+                    "trtllm_ar_h100", "trtllm_ar_h200")
 
 
 def _moe_curve(field: str, kernel: str, hws: tuple[str, ...], lo: float = 0.02, k_ramp: bool = True) -> tuple:
@@ -65,7 +69,8 @@ GROUPS = {
                {"small_m_half", "gemm_k_half"}),
     # FP8 attention (FlashAttention-3 FP8). `attention` itself is FA3's FP16 740 / 989 directly, and
     # FlashMLA's decode rows are predicted within a few percent at `attention` (no decode factor fitted).
-    "attention": (lambda r: r.op == "attention" and r.hw in HOPPER and r.dtype == "fp8",
+    "attention": (lambda r: r.op == "attention" and r.hw in HOPPER and r.dtype == "fp8"
+                  and r.source not in SHOWN_NOT_FITTED and r.attention_kernel is None,
                   {"attention_fp8": (0.2, 1.0)}, set()),
     # Prefill attention vs sequence length (16-bit FlashAttention-3 forward on H100: the paper's peak
     # and TritonBench's causal and non-causal tables): the long-sequence fraction `attention` and the
@@ -121,6 +126,21 @@ GROUPS = {
     "cutlass_block_fp8": (lambda r: r.op == "gemm" and r.gemm_kernel == "cutlass_block_fp8" and r.hw in HOPPER,
                           {"cutlass_block_fp8": (0.05, 1.0), "cutlass_block_fp8_m_half": (0.0, 8192.0),
                            "cutlass_block_fp8_k_s": (0.0, 50e-9)}, set()),
+    # TensorRT-LLM's per-tensor FP8 linear on Hopper (`cublas_scaled_mm`, cuBLASLt; `cost.gemm_kernel:
+    # trtllm_cublaslt_fp8`): the family rule's fraction, M and K half-points and operand streaming
+    # fraction of its own, over aic_trtllm_gemm.yaml's FP8 rows (H100 and H200: one curve for the
+    # full-rate parts); overlap exponent and fixed time the family's.
+    "cublaslt_fp8": (lambda r: r.op == "gemm" and r.gemm_kernel == "trtllm_cublaslt_fp8" and r.hw in FULL_HOPPER,
+                     {"cublaslt_fp8": (0.3, 1.0), "cublaslt_fp8_m_half": (0.0, 512.0),
+                      "cublaslt_fp8_k_half": (1.0, 8192.0), "cublaslt_fp8_memory": (0.3, 1.0)}, set()),
+    # TensorRT-LLM's context attention (`cost.attention_kernel: trtllm`; aic_trtllm_attention.yaml's prefill
+    # rows, BF16 and FP8 context FMHA, H100 and H200): its fractions, half-length and fixed time per
+    # call. Its decode rows are shown only (their timed reads exceed the HBM peak: the file's header).
+    "trtllm_attention": (lambda r: r.op == "attention" and r.attention_kernel == "trtllm" and r.phase == "prefill"
+                         and r.hw in FULL_HOPPER,
+                         {"trtllm_attention": (0.1, 1.0), "trtllm_attention_fp8": (0.1, 1.0),
+                          "trtllm_attention_seq_half": (1.0, 8192.0), "trtllm_attention_fixed_s": (0.0, 50e-6)},
+                         set()),
     "moe_triton": _moe_curve("moe_triton", "triton_fused", HOPPER, lo=0.05),
     "moe_triton_default": (lambda r: r.op == "fused_moe" and r.moe_kernel == "triton_fused_default" and r.hw in HOPPER,
                            {"moe_triton_default": (0.02, 1.0), "moe_triton_default_bf16": (0.02, 1.0),
@@ -335,7 +355,10 @@ def fit(group: str, select=None, bounds=None, ints=None) -> dict:
                  "attention_decode_units_half": 32.0, "attention_decode_split": 4096,
                  "attention_paged": cur.attention, "attention_paged_seq_half": 256.0,
                  "cutlass_block_fp8": 0.25, "grouped_gemm": cur.gemm, "mla_trtllm_prefill": 1.0,
-                 "gdn_chunk_state_s": 5e-6, "gdn_chunk_fixed_s": 4 * cur.kernel_overhead}.get(n)
+                 "gdn_chunk_state_s": 5e-6, "gdn_chunk_fixed_s": 4 * cur.kernel_overhead, "cublaslt_fp8": cur.gemm,
+                 "cublaslt_fp8_k_half": cur.gemm_k_half or 512, "cublaslt_fp8_memory": cur.matrix_memory or cur.memory,
+                 "trtllm_attention": cur.attention, "trtllm_attention_fp8": cur.attention_fp8 or cur.attention,
+                 "trtllm_attention_seq_half": cur.attention_seq_half or 256.0}.get(n)
         if v is None and n.startswith("moe_"):  # a fused-MoE curve's field (`_moe_curve`)
             suffix = next((x for x in ("_tokens_half", "_k_half", "_memory") if n.endswith(x)), "")
             v = {"_tokens_half": 256.0, "_k_half": 256.0, "_memory": cur.memory}.get(suffix, cur.gemm)

@@ -71,7 +71,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--layout", choices=("contiguous", "masked"), default=None)
         if op == "gemm":
             q.add_argument("--gemm-kernel", dest="gemm_kernel", default=None,
-                           help="calibrated | cutlass_block_fp8 (default: calibrated, cost.gemm_kernel)")
+                           help="calibrated | cutlass_block_fp8 | trtllm_cublaslt_fp8 (default: calibrated, cost.gemm_kernel)")
         if op == "fused_moe":
             q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
                            help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 | trtllm_cutlass_fp8 (default: grouped, cost.moe_kernel)")
@@ -90,7 +90,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
             q.add_argument("--causal", action="store_true")
             q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
             q.add_argument("--attention-kernel", dest="attention_kernel", default=None,
-                           help="prefill: flash_attention | vllm_flash_attn (default: flash_attention, "
+                           help="prefill: flash_attention | vllm_flash_attn | trtllm (default: flash_attention, "
                                 "cost.attention_kernel)")
         if op == "gdn_conv":
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
@@ -112,7 +112,8 @@ def shape_from_args(args: argparse.Namespace):
 
     fields = {"op": args.op, "hw": args.hw, "dtype": args.dtype}
     for n in _SHAPE_ARGS[args.op] + ("layout", "phase", "causal", "latent", "bytes", "algorithm", "moe_kernel",
-                                       "gemm_kernel", "attention_kernel", "experts", "top_groups", "mla_form", "mla_call", "mla_kernel") + (("ranks",) if args.op == "fused_moe" else ()):
+                                       "gemm_kernel", "attention_kernel", "experts", "top_groups", "mla_form",
+                                       "mla_call", "mla_kernel") + (("ranks",) if args.op == "fused_moe" else ()):
         v = getattr(args, n, None)
         if v is not None:
             fields[n] = v

@@ -220,6 +220,17 @@ class Efficiency(_Strict):
     attention_paged: Fraction | None = None
     attention_paged_seq_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
     attention_paged_fixed_s: Seconds = 0.0
+    # TensorRT-LLM's context attention (its context FMHA through `AttentionOp`, the GPT attention
+    # plugin's and the PyTorch flow's), used where a scenario sets `cost.attention_kernel: trtllm`
+    # (docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200"): the prefill rule at its own
+    # fractions (`trtllm_attention`, FP8: `trtllm_attention_fp8`) and half-length
+    # (`trtllm_attention_seq_half`) plus `trtllm_attention_fixed_s` per prefill call; decode keeps the
+    # family's rule. Fitted on benchmarks/kernels/aic_trtllm_attention.yaml's prefill rows only; a chip
+    # without it refuses the option.
+    trtllm_attention: Fraction | None = None
+    trtllm_attention_fp8: Fraction | None = None
+    trtllm_attention_seq_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    trtllm_attention_fixed_s: Seconds = 0.0
     # All-to-all in low-latency mode (DeepEP low-latency kernels: few SMs, per-token messages, no
     # CPU sync): achieved / peak link bandwidth and a fixed time per call, which replaces the link
     # latency (None: the scale-up latency). 0.43 is the EP8 dispatch of DeepEP's README at the link
@@ -334,6 +345,18 @@ class Efficiency(_Strict):
     cutlass_block_fp8: Fraction | None = None
     cutlass_block_fp8_m_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
     cutlass_block_fp8_k_s: Seconds = 0.0  # seconds per K element of one tile's K loop
+
+    # Per-tensor FP8 dense GEMM as TensorRT-LLM's PyTorch flow runs it on Hopper: `FP8QDQLinearMethod`
+    # -> `cublas_scaled_mm` (cuBLASLt), used for a deployment's dense GEMMs where its engine runs it
+    # (`cost.gemm_kernel: trtllm_cublaslt_fp8`; docs/cost-model.md "TensorRT-LLM kernel rows on H100 /
+    # H200"). The family GEMM rule with its own parameters: matrix seconds = padded FLOPs / (FP8 peak x
+    # `cublaslt_fp8` x M / (M + `cublaslt_fp8_m_half`) x K / (K + `cublaslt_fp8_k_half`)), operands
+    # streamed at HBM x `cublaslt_fp8_memory`; overlap and fixed time the family's. Fitted on
+    # benchmarks/kernels/aic_trtllm_gemm.yaml's FP8 rows only; a chip without it refuses the option.
+    cublaslt_fp8: Fraction | None = None
+    cublaslt_fp8_m_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
+    cublaslt_fp8_k_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)  # none: no K ramp
+    cublaslt_fp8_memory: Fraction | None = None  # none: the family's matrix_memory
 
     @model_validator(mode="after")
     def _moe_triton_dtypes(self) -> "Efficiency":

@@ -21,7 +21,10 @@ overridable field of `CostOptions`, documented in docs/cost-model.md):
 * **Dense GEMM kernel implementation** (`CostOptions.gemm_kernel`, `_gemm_kernel`): the dense
   projections (2-D GEMMs of `BLOCK_FP8_LINEAR_BLOCKS`) run the family curve above (default) or
   CUTLASS's SM90 blockwise FP8 kernel (`efficiency.cutlass_block_fp8*`): max(padded FLOPs / (FP8
-  peak x fraction x M / (M + m_half)), K x k_s), the second term one output tile's serial K loop.
+  peak x fraction x M / (M + m_half)), K x k_s), the second term one output tile's serial K loop;
+  or TensorRT-LLM's per-tensor FP8 cuBLASLt GEMM (`trtllm_cublaslt_fp8`, `efficiency.cublaslt_fp8*`)
+  for every dense GEMM: the family rule with its own fraction, M and K half-points and operand
+  streaming fraction.
 * **Attention**: FLOPs / (peak x efficiency.attention) (FlashAttention-3 reaches ~75% of H100
   bf16 peak: accelerators.md anchor 40); prefill attention on a chip with
   `efficiency.attention_seq_half` is ramped by L / (L + attention_seq_half), L the keys per query
@@ -175,7 +178,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             eff.attention_decode * att / eff.attention if eff.attention_decode else att)
         # Prefill attention vs sequence length (None: flat `attention_rate`).
         self.attention_seq_half = eff.attention_seq_half if self.opts.attention_seq_ramp else None
-        # Prefill attention kernel (`CostOptions.attention_kernel`): the paged-KV curve of GQA / MHA
+        # Prefill attention kernel (`CostOptions.attention_kernel`): the chosen engine kernel's curve of GQA / MHA
         # prefill ops where chosen (None: the default kernel above).
         self._attention_kernel(hw)
         # GQA decode attention occupancy (None / 0: off, the flat memory rate).
@@ -252,17 +255,33 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         (`CostOptions.gemm_kernel`); None: the family GEMM curve. "cutlass_block_fp8" is refused on
         a deployment whose matrix dtype is not FP8 or on a chip without that curve."""
         self.block_fp8: tuple[float, float, float] | None = None
+        self.cublaslt: tuple[float, float, float | None] | None = None
         if self.opts.gemm_kernel == "calibrated":
             return
         eff = hw.efficiency
         if self.matrix_dtype != "fp8":
-            raise CodesignError(f"cost.gemm_kernel: {self.opts.gemm_kernel} is a block-scaled FP8 kernel; "
+            what = "per-tensor" if self.opts.gemm_kernel == "trtllm_cublaslt_fp8" else "block-scaled"
+            raise CodesignError(f"cost.gemm_kernel: {self.opts.gemm_kernel} is a {what} FP8 kernel; "
                                 f"this deployment's GEMMs compute in {self.matrix_dtype}")
+        if self.opts.gemm_kernel == "trtllm_cublaslt_fp8":
+            self._cublaslt_kernel(hw)
+            return
         if eff.cutlass_block_fp8 is None:
             raise CodesignError(f"cost.gemm_kernel: {self.opts.gemm_kernel} needs efficiency.cutlass_block_fp8 of "
                                 f"{hw.name} (a fit on that kernel's rows); {hw.name} has none")
         self.block_fp8 = (hw.chip.matrix.peak("fp8") * eff.cutlass_block_fp8, eff.cutlass_block_fp8_m_half,
                           eff.cutlass_block_fp8_k_s)
+
+    def _cublaslt_kernel(self, hw: HardwareSpec) -> None:
+        """TensorRT-LLM's per-tensor FP8 GEMM (`cublas_scaled_mm`) for every dense GEMM of the
+        deployment: its rate, M half-point and K half-point (`_gemm_seconds`) and its operand
+        streaming bandwidth (`matrix_hbm_bw`, read at call time like the family's)."""
+        eff = hw.efficiency
+        if eff.cublaslt_fp8 is None:
+            raise CodesignError(f"cost.gemm_kernel: trtllm_cublaslt_fp8 needs efficiency.cublaslt_fp8 of {hw.name} "
+                                f"(a fit on that kernel's rows); {hw.name} has none")
+        self.cublaslt = (hw.chip.matrix.peak("fp8") * eff.cublaslt_fp8, eff.cublaslt_fp8_m_half, eff.cublaslt_fp8_k_half)
+        self.matrix_hbm_bw = hw.chip.hbm.bandwidth * (eff.cublaslt_fp8_memory or eff.matrix_memory or eff.memory)
 
     def rank_rates(self) -> tuple[float, float]:
         """(FLOP/s, bytes/s) of grouped expert GEMMs and HBM: what the mapping ranks EP ranks and
@@ -321,13 +340,12 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off. An MLA
         op (block "mla") under `CostOptions.mla_kernel`: (1, that kernel's fixed seconds per call of
         its phase). A prefill attention op gets (1, the prefill kernel's fixed seconds per call: 0 but
-        for `CostOptions.attention_kernel` "vllm_flash_attn")."""
+        for a `CostOptions.attention_kernel` other than "flash_attention")."""
         if op.kind != "attention":
             return 1.0, 0.0
         if self.mla_terms is not None and op.block == "mla":
             return 1.0, (self.mla_terms[2] if op.phase == "decode" else self.mla_terms[1])
-            return 1.0, 0.0
-        if op.phase != "decode":  # prefill: the paged-KV kernel's fixed time per call (`attention_kernel`)
+        if op.phase != "decode":  # prefill: the chosen kernel's fixed time per call (`attention_kernel`)
             return 1.0, self.prefill_fixed_s(op)
         shapes = op.in_shapes
         if len(shapes) < 3 or len(shapes[1]) != 4 or len(shapes[2]) != 4 or shapes[1][3] != shapes[2][3]:
@@ -364,6 +382,11 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             rate, half, k_s = self.block_fp8
             ramp = mp / (mp + half) if self.opts.small_m_ramp else 1.0
             return max(flops / (rate * ramp), k * k_s)
+        if self.cublaslt is not None:
+            rate, half, k_half = self.cublaslt
+            ramp = mp / (mp + half) if self.opts.small_m_ramp else 1.0
+            k_ramp = k / (k + k_half) if k_half is not None and k > 0 else 1.0
+            return flops / (rate * ramp * k_ramp)
         return flops / (self.matrix_rate * self._ramp(mp) * self._k_ramp(k))
 
     def grouped_gemm_time(self, op: Op) -> float:
@@ -445,7 +468,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             if self.mla_terms is not None and op.block == "mla":  # the engine's MLA prefill kernel
                 return flops / (self.attention_rate * self.attention_seq_ramp(op) * self.mla_terms[0]), "matrix"
             paged = self.paged_prefill_seconds(op, flops, attention_keys_per_row(op))
-            if paged is not None:  # `CostOptions.attention_kernel` "vllm_flash_attn"
+            if paged is not None:  # `CostOptions.attention_kernel` other than "flash_attention"
                 return paged, "matrix"
             return flops / (self.attention_rate * self.attention_seq_ramp(op)), "matrix"
         if kind == "vector":

@@ -18,9 +18,9 @@ MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default", "triton_f
 # MLA attention kernel implementations (`CostOptions.mla_kernel`).
 MlaKernel = Literal["calibrated", "trtllm", "sglang_fa3"]
 # Prefill attention kernel implementations (`CostOptions.attention_kernel`).
-AttentionKernel = Literal["flash_attention", "vllm_flash_attn"]
+AttentionKernel = Literal["flash_attention", "vllm_flash_attn", "trtllm"]
 # Dense GEMM kernel implementations (`CostOptions.gemm_kernel`).
-GemmKernel = Literal["calibrated", "cutlass_block_fp8"]
+GemmKernel = Literal["calibrated", "cutlass_block_fp8", "trtllm_cublaslt_fp8"]
 # Blocks whose dense GEMMs are the checkpoint's quantised linear layers (what `gemm_kernel` acts
 # on); the router, embedding and LM head stay 16-bit in block-FP8 checkpoints and keep the family curve.
 BLOCK_FP8_LINEAR_BLOCKS = frozenset({"attention", "mla", "linear_attention", "mlp", "moe_shared"})
@@ -103,7 +103,10 @@ class CostOptions(BaseModel):
     # FP8 dense GEMM"): "calibrated" -- the family GEMM curve (fitted on DeepGEMM and TileLang; the
     # cuBLAS / cuBLASLt / per-tensor CUTLASS rows meet it); "cutlass_block_fp8" -- CUTLASS's SM90
     # blockwise FP8 kernel, what vLLM runs for block-scaled FP8 checkpoints (DeepSeek-V3/R1) where
-    # DeepGEMM is not installed, at the chip's `efficiency.cutlass_block_fp8*` curve. FP8 only.
+    # DeepGEMM is not installed, at the chip's `efficiency.cutlass_block_fp8*` curve; "trtllm_cublaslt_fp8"
+    # -- TensorRT-LLM's PyTorch-flow per-tensor FP8 linear (`FP8QDQLinearMethod` -> `cublas_scaled_mm`,
+    # cuBLASLt) for every dense GEMM of the deployment, at `efficiency.cublaslt_fp8*`
+    # (docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200"). FP8 only.
     gemm_kernel: GemmKernel = "calibrated"
     # Which kernels run the attention of MLA layers (DeepSeek-V2/V3; attention ops of block "mla"), a
     # fact of the deployment's engine (docs/cost-model.md "MLA attention kernels by engine"):
@@ -170,8 +173,11 @@ class CostOptions(BaseModel):
     # `attention_seq_half` curve (the default); "vllm_flash_attn" -- vLLM's FlashAttention backend on
     # Hopper, FA3 reading K and V through the paged KV cache with blocks smaller than its key tile
     # (cp.async gathers, PackGQA), at the chip's `efficiency.attention_paged*` curve (fitted on
-    # aiconfigurator's vLLM 0.14 prefill rows); refused on a chip without it. Decode attention keeps
-    # its own rule either way.
+    # aiconfigurator's vLLM 0.14 prefill rows); "trtllm" -- TensorRT-LLM's context FMHA (its attention
+    # op, the GPT attention plugin's and the PyTorch flow's `TrtllmAttention`), at the chip's
+    # `efficiency.trtllm_attention*` curve (fitted on aiconfigurator's TensorRT-LLM 1.2.0rc5 prefill
+    # rows: docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200"). A chip without the chosen
+    # curve refuses it. Decode attention keeps its own rule either way.
     attention_kernel: AttentionKernel = "flash_attention"
     # Attention compute dtype: "auto" = the wider of activations and KV-cache precision.
     attention_dtype: Literal["auto", "fp4", "fp8", "int8", "bf16", "fp16", "fp32"] = "auto"

@@ -155,6 +155,12 @@ def test_efficiency_calibration():
                    "mla_trtllm_decode_fixed_s": 0.0, "mla_sglang_fa3_decode_fixed_s": 0.0})
     # nor the paged-KV prefill attention curve (the same rows and reason)
     no_gdn.update({"attention_paged": None, "attention_paged_seq_half": 0.0, "attention_paged_fixed_s": 0.0})
+    # nor TensorRT-LLM's cuBLASLt FP8 GEMM curve (fitted on H100 / H200 rows of the full-rate parts)
+    no_gdn.update({"cublaslt_fp8": None, "cublaslt_fp8_m_half": 0.0, "cublaslt_fp8_k_half": None,
+                   "cublaslt_fp8_memory": None})
+    # nor TensorRT-LLM's context attention curve (H100 / H200 rows likewise)
+    no_gdn.update({"trtllm_attention": None, "trtllm_attention_fp8": None, "trtllm_attention_seq_half": None,
+                   "trtllm_attention_fixed_s": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.307, 132)
     assert (h100.gdn_chunk_state_s, h100.gdn_chunk_fixed_s) == pytest.approx((7.9e-6, 1.81e-6), rel=1e-12)

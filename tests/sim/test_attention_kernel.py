@@ -82,8 +82,8 @@ def test_refused_on_a_chip_without_the_curve_and_a_bad_name_is_named():
     with pytest.raises(CodesignError, match=r"cost.attention_kernel: vllm_flash_attn is not yet supported on .*"
                                             r"expected efficiency.attention_paged"):
         CostModel(load_hw("b200"), options=PAGED)
-    with pytest.raises(CodesignError, match=r"cost: attention_kernel: Input should be 'flash_attention' or "
-                                            r"'vllm_flash_attn' \(found: 'flashinfer'\)"):
+    with pytest.raises(CodesignError, match=r"cost: attention_kernel: Input should be 'flash_attention', "
+                                            r"'vllm_flash_attn' or 'trtllm' \(found: 'flashinfer'\)"):
         CostOptions.from_dict({"attention_kernel": "flashinfer"})
     with pytest.raises(ValueError, match="attention_kernel applies to prefill attention only"):
         _shape(phase="decode", seq_q=1, causal=False, attention_kernel="vllm_flash_attn")

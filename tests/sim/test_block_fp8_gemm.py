@@ -63,7 +63,7 @@ def test_refused_off_fp8_and_on_chips_without_the_curve():
         CostModel(load_hw("h200"), "bf16", "bf16", CB)
     with pytest.raises(CodesignError, match="needs efficiency.cutlass_block_fp8 of h20"):
         CostModel(load_hw("h20"), "fp8", "bf16", CB)
-    with pytest.raises(CodesignError, match="gemm_kernel: Input should be .calibrated. or .cutlass_block_fp8."):
+    with pytest.raises(CodesignError, match="gemm_kernel: Input should be .calibrated., .cutlass_block_fp8. or .trtllm_cublaslt_fp8."):
         CostOptions.from_dict({"gemm_kernel": "deepgemm"})
     with pytest.raises(ValueError, match="gemm_kernel applies to gemm only"):
         KernelShape(op="grouped_gemm", hw="h100", dtype="fp8", groups=2, m=64, n=64, k=64,

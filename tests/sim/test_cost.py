@@ -158,6 +158,9 @@ _PER_TENSOR_FP8_MOE = tuple("moe_trtllm_fp8" + s for s in ("", "_dtypes", "_toke
 # MLA kernels by engine (aiconfigurator's H100 / H200 rows): the full-rate Hopper parts, not H20.
 _MLA_KERNELS = ("mla_kernels", "mla_trtllm_prefill", "mla_trtllm_prefill_fixed_s", "mla_trtllm_decode_fixed_s",
                 "mla_sglang_fa3_decode_fixed_s")
+# TensorRT-LLM's cuBLASLt FP8 GEMM and context attention curves: H100 / H200 rows, full-rate parts only.
+_TRTLLM_CURVES = tuple("cublaslt_fp8" + s for s in ("", "_m_half", "_k_half", "_memory")) + tuple(
+    "trtllm_attention" + s for s in ("", "_fp8", "_seq_half", "_fixed_s"))
 PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper": ("gdn_chunk", "gdn_chunk_units", "gdn_chunk_state_s", "gdn_chunk_fixed_s", "attention",
                                                           # GQA decode occupancy: H100 / H200 rows, H800
                                                           # the same die; H20's SM count differs
@@ -168,7 +171,7 @@ PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper"
                                                           "attention_paged_fixed_s",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
                                                           "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
-                                                         + _MLA_KERNELS,
+                                                         + _MLA_KERNELS + _TRTLLM_CURVES,
             "blackwell": ("gemm",)}
 
 

@@ -98,10 +98,13 @@ def test_validate_kernels_json_carries_library_power_and_the_per_library_gap(cap
     assert {r["power_w"] for r in lib} == {None, 500}
     by = out["by_library"]
     assert set(by) >= {"cublas", "cublaslt", "cutlass", "cublas@500W", "cutlass@500W"}
-    # the finding the docs quote: at TDP every library runs at or above the DeepGEMM-calibrated
-    # Hopper curve (the model is slower than the kernels), the 500 W rows below it
-    assert all(by[k]["mean_time_error"] > 0 for k in ("cublas", "cublaslt", "cutlass"))
-    assert all(by[k]["mean_time_error"] < 0 for k in ("cublas@500W", "cutlass@500W"))
+    # the finding the docs quote for library_gemm.yaml: at TDP every library runs at or above the
+    # DeepGEMM-calibrated Hopper curve on average (the model is slower than the kernels), the 500 W
+    # rows below it. (TensorRT-LLM's cuBLASLt rows at decode sizes, aic_trtllm_gemm.yaml, run slower
+    # than the curve: docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200".)
+    own = library_summary([r for r in validate_kernels() if r.file == "library_gemm.yaml"])
+    assert all(own[k]["mean_time_error"] > 0 for k in ("cublas", "cublaslt", "cutlass"))
+    assert all(own[k]["mean_time_error"] < 0 for k in ("cublas@500W", "cutlass@500W"))
     assert sum(r.row.library is not None for r in validate_kernels()) == sum(v["rows"] for v in by.values())
 
 
@@ -115,9 +118,10 @@ def test_library_gap_report_leaves_capped_rows_out_and_reads_errors_as_time():
     # short-run / sustained pair of max_achievable_gemm.yaml), the power-capped ones left out
     assert len(rows) == sum(r.library == "cublas" and r.power_w is None and r.hw in ("h100", "h200", "h800")
                             for f in sorted(KERNEL_DIR.glob("*.yaml")) for r in load_table(f).rows)
-    # (+ the 154 vLLM BF16 RowParallelLinear rows of aic_vllm_gemm_bf16.yaml, cuBLAS through F.linear)
+    # (+ the 154 vLLM BF16 RowParallelLinear rows of aic_vllm_gemm_bf16.yaml, cuBLAS through F.linear,
+    # and TensorRT-LLM's BF16 Linear rows of aic_trtllm_gemm.yaml)
     assert len(rows) == 1 + sum(r.library == "cublas" and r.power_w is None
-                                for f in ("library_gemm.yaml", "aic_vllm_gemm_bf16.yaml")
+                                for f in ("library_gemm.yaml", "aic_vllm_gemm_bf16.yaml", "aic_trtllm_gemm.yaml")
                                 for r in load_table(KERNEL_DIR / f).rows)
     r = next(r for r in rows if r.metric == "tflops")
     # a TFLOPS row predicted at p TFLOPS against m measured takes m / p of the measured time

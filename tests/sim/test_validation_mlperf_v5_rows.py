@@ -103,7 +103,10 @@ def test_h200_rows_have_the_partners_plans_and_summaries(name):
     assert s.workload.max_batch == batch * _engines(name) and s.workload.engine is None
     # the 2024 MoE runner's epilogue is not claimed for the 2025 engine; the Mixtral row runs the
     # CUTLASS MoE runner's measured curve (its MoE plugin: docs/cost-model.md)
-    want = {"moe_kernel": "trtllm_cutlass_fp8"} if model == "mixtral-8x7b" else {}
+    # and TensorRT-LLM's 16-bit context attention (context_fmha, no FP8 context FMHA flag:
+    # docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200")
+    want = {"moe_kernel": "trtllm_cutlass_fp8", "attention_kernel": "trtllm",
+            "attention_dtype": "bf16"} if model == "mixtral-8x7b" else {}
     assert s.cost == want
     assert s.measured.output_tokens_per_s == tokens
     assert tokens / samples == pytest.approx(s.workload.output_mean, rel=0.05)
