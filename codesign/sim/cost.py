@@ -66,6 +66,7 @@ from typing import Callable
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import BYTES_PER_ELEMENT, HardwareSpec
+from codesign.graph.mixed import causal_keys_per_row
 from codesign.sim.attention_kernel import AttentionKernels
 from codesign.sim.collective_cost import NetworkCollectives, network_key
 from codesign.sim.cost_options import (BLOCK_FP8_LINEAR_BLOCKS, AttentionKernel, CostOptions, GemmKernel, MlaKernel,
@@ -132,7 +133,7 @@ def attention_keys_per_row(op: Op) -> float | None:
         return None
     if op.target.endswith(".noncausal"):
         return float(s)
-    return max(1.0, s - (t - 1) / 2.0)
+    return causal_keys_per_row(t, s)
 
 
 def _pad(x: int, tile: int) -> int:

@@ -48,7 +48,7 @@ def _ops(m, pred):
 def test_a_prompt_rank_and_a_decode_rank_step_as_the_prompt_rank(stepper):
     """Two ranks, one with a prompt and one with decodes: the lock step is the prompt rank's shape
     on both ranks with the step's 68 real tokens routed, which the full-graph evaluation of that
-    shape gives independently; it is slower than the decode rank's and than the even spread."""
+    shape gives independently; it is slower than the decode rank's and about the even spread's."""
     timer = LockStepTimer(stepper.step, 2, stepper.config.max_position_embeddings, EXACT)
     lock = timer.time([[PROMPT], [DECODES]])
     busiest = StepShape((Group(2, 64, 0),), routed=68)
@@ -58,7 +58,10 @@ def test_a_prompt_rank_and_a_decode_rank_step_as_the_prompt_rank(stepper):
     assert lock == stepper.full_step(busiest).time_s  # the step-time model's path against the full graph
     decode_rank = stepper.step(StepShape((Group(8, 1, 32),), routed=68)).time_s
     spread = stepper.step(StepShape((Group(4, 1, 32), Group(1, 64, 0)))).time_s  # the old even share
-    assert lock > decode_rank and lock > spread
+    # and within 1% of the even share's step (0.4% faster: the even share runs its decodes' and its
+    # prompt's attention as two kernels a full-attention layer, codesign.graph.mixed, with their fixed
+    # times; the prompt's 64 tokens carry both steps)
+    assert lock > decode_rank and lock == pytest.approx(spread, rel=0.01)
     assert timer.evaluations == 2  # the two distinct ranks
 
 
