@@ -130,7 +130,7 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
     mtp = draft is not None and st.config.mtp_layers > 0
     if draft is not None and not st.config.mtp_layers:
         raise CodesignError(f"workload.mtp: {st.config.name} has no MTP heads (mtp_layers = 0) to draft with")
-    cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, mtp=mtp)
+    cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, mtp=mtp, max_num_seqs=sched.max_num_seqs)
     max_len = st.config.max_position_embeddings
     # verify groups: the core's recurrent GatedDeltaNet path; `extra`: what mixed steps add where the
     # engine runs their GatedDeltaNet decodes in the chunk kernel (cost.gdn_mixed_decodes)
