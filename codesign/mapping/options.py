@@ -81,12 +81,17 @@ class MappingOptions(BaseModel):
 
     @model_validator(mode="after")
     def _pool_fields_act(self) -> "MappingOptions":
+        # a value other than the default where it does not act is refused (a dumped point re-validates
+        # with every field set, so the test is on the value, not on which fields were given)
+        def moved(name: str) -> bool:
+            return getattr(self, name) != type(self).model_fields[name].default
+
         vllm_only = ("gpu_memory_utilization", "kv_pool_non_torch_gib", "sampler_bytes_per_logit", "max_model_len")
         if self.kv_pool == "reserve":
             for name in vllm_only:
-                if name in self.model_fields_set:
+                if moved(name):
                     raise ValueError(f"{name} acts only with kv_pool 'vllm' (vLLM's pool rule); found kv_pool 'reserve'")
-        elif "reserve_fraction" in self.model_fields_set:
+        elif moved("reserve_fraction"):
             raise ValueError("reserve_fraction acts only with kv_pool 'reserve'; kv_pool 'vllm' holds back "
                              "1 - gpu_memory_utilization instead")
         return self

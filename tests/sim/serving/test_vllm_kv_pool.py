@@ -128,3 +128,26 @@ def test_vllm_pool_refused_outside_server_mode(tmp_path):
     (s,) = load_scenarios(_scenario(tmp_path, "{kv_pool: vllm}", mode="decode"))
     with pytest.raises(CodesignError, match=r"mapping\.kv_pool: 'vllm' is not yet supported in mode 'decode'"):
         simulate_scenario(s)
+
+
+def test_validation_rows_with_vllms_pool_start_and_fit():
+    """Every public validation row that sets `kv_pool: vllm` passes vLLM's start check at its own
+    scheduler values (the page ran it), and the Qwen3-32B rows, which would not, keep `reserve`."""
+    from pathlib import Path
+
+    from codesign.point import Point
+    from codesign.sim.serving.config import scheduler_config
+
+    root = Path(__file__).resolve().parents[3]
+    rows = load_scenarios(root / "benchmarks" / "validation" / "public.yaml")
+    with_vllm = [s for s in rows if s.mapping.get("kv_pool") == "vllm"]
+    assert {s.name.split("-")[0] for s in with_vllm} == {"vllm"} and len(with_vllm) == 20
+    for s in with_vllm:
+        p = Point.from_scenario(s)
+        st = Stepper(p.hw, p.model, ParallelPlan.from_dict(s.parallel), Precision.from_dict(s.precision),
+                     options=p.mapping)
+        sched = scheduler_config(s.workload.scheduler, hw=p.hw)
+        cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs)
+        longest = s.workload.input_tokens + s.workload.output_tokens
+        assert cap.free_bytes / cap.replicas > cap.seq_footprint(longest), s.name
+    assert not any(s.mapping.get("kv_pool") for s in rows if "qwen3-32b" in s.name)
