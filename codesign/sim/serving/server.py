@@ -375,7 +375,10 @@ def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int
     why = mapping.check_plan(st.config, st.plan, chips)
     if why is not None:
         return infeasible(name, why, st.hw.name, st.config.name, chips, plan, context=context, mode="server")
-    pt = serving_point(st, wl, options)
+    try:
+        pt = serving_point(st, wl, options)
+    except CodesignError as e:  # e.g. vLLM's start check (mapping.kv_pool: vllm): name the row
+        raise CodesignError(f"{name}: {e}") from None
     if pt.capacity.free_bytes <= 0:
         mem = pt.capacity.memory
         return infeasible(name, f"does not fit: weights {mem.weights / GiB:.2f} + activations {mem.activations / GiB:.2f} + "

@@ -151,3 +151,15 @@ def test_validation_rows_with_vllms_pool_start_and_fit():
         longest = s.workload.input_tokens + s.workload.output_tokens
         assert cap.free_bytes / cap.replicas > cap.seq_footprint(longest), s.name
     assert not any(s.mapping.get("kv_pool") for s in rows if "qwen3-32b" in s.name)
+
+
+def test_start_refusal_names_the_row(tmp_path):
+    from codesign.sim.simulate import simulate_scenario
+
+    p = tmp_path / "q.yaml"
+    p.write_text("name: q32\nhardware: h100\nchips: 1\nmodel: qwen3-32b\nparallel: {tp: 1}\nmapping: {kv_pool: vllm}\n"
+                 "workload: {mode: server, input_tokens: 128, output_tokens: 4, requests: 4}\n")
+    (s,) = load_scenarios(str(p))
+    with pytest.raises(CodesignError, match=r"^q32: mapping\.kv_pool: vllm: vLLM would refuse to start: one "
+                                            r"max_model_len \(40960\) sequence needs 10\.00 GiB"):
+        simulate_scenario(s)
