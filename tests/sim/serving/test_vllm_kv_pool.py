@@ -158,6 +158,7 @@ def test_start_refusal_names_the_row(tmp_path):
 
     p = tmp_path / "q.yaml"
     p.write_text("name: q32\nhardware: h100\nchips: 1\nmodel: qwen3-32b\nparallel: {tp: 1}\nmapping: {kv_pool: vllm}\n"
+                 "precision: {weights: bf16, activations: bf16, kv_cache: bf16}\n"
                  "workload: {mode: server, input_tokens: 128, output_tokens: 4, requests: 4}\n")
     (s,) = load_scenarios(str(p))
     with pytest.raises(CodesignError, match=r"^q32: mapping\.kv_pool: vllm: vLLM would refuse to start: one "
