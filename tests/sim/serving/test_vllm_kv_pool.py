@@ -164,3 +164,30 @@ def test_start_refusal_names_the_row(tmp_path):
     with pytest.raises(CodesignError, match=r"^q32: mapping\.kv_pool: vllm: vLLM would refuse to start: one "
                                             r"max_model_len \(40960\) sequence needs 10\.00 GiB"):
         simulate_scenario(s)
+
+
+def _block_live_peak(g, layer: int, block: str) -> float:
+    """Peak bytes of activation outputs alive at once inside one block of a traced graph: an op's
+    output lives from the op until its last consumer ran (nodes run in trace order)."""
+    nodes = sorted(n for n, d in g.nodes(data=True) if d["op"].layer == layer and d["op"].block == block)
+    peak = 0.0
+    for i in nodes:
+        live = sum(g.nodes[j]["op"].bytes_written["activation"] for j in nodes
+                   if j <= i and (j == i or any(k >= i for k in g.successors(j))))
+        peak = max(peak, live)
+    return peak
+
+
+def test_mlp_term_against_the_traced_graphs_liveness():
+    """The forward peak's dense-MLP term (vLLM's gate_up_proj output 2 I plus SiluAndMul's I, a
+    token) equals the peak of live tensors in the traced Qwen3-32B MLP at 8,192 tokens (gate, up,
+    silu(gate) and their product: three T x I tensors at once), which runs the projections apart."""
+    from codesign.graph import trace
+    from codesign.graph.shape import StepShape
+    from codesign.mapping.kv_pool import ACTIVATION_BYTES, _block_widths
+
+    cfg = load_model("qwen3-32b")
+    g = trace(cfg, shape=StepShape.prefill(1, 8192))
+    mlp = 3 * 25600
+    assert mlp in _block_widths(cfg, ParallelPlan(tp=1), 8192)
+    assert _block_live_peak(g, 3, "mlp") == pytest.approx(8192 * ACTIVATION_BYTES * mlp)
