@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from codesign.mapping.collectives import ALGORITHMS
 
@@ -60,6 +60,41 @@ class MappingOptions(BaseModel):
     reduce_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     # Fraction of HBM held back for the runtime, CUDA-graph pools and fragmentation.
     reserve_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # How the KV-cache pool of a request stream (server mode) is sized: "reserve" = HBM minus
+    # weights, one step's activations and `reserve_fraction` (the default); "vllm" = vLLM V1's
+    # start-up rule, `gpu_memory_utilization` x HBM - weights - the peak of its profiling pass
+    # (a forward of max_num_batched_tokens tokens and a sampler run of max_num_seqs rows) -
+    # `kv_pool_non_torch_gib`, with vLLM's refusal to start unless one `max_model_len` sequence
+    # fits (codesign/mapping/kv_pool.py; docs/cost-model.md "vLLM's KV pool").
+    kv_pool: Literal["reserve", "vllm"] = "reserve"
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)  # vLLM's default 0.9
+    # Memory outside torch's allocator that appears while vLLM profiles (not computable from the
+    # model; 0 makes the pool an upper bound).
+    kv_pool_non_torch_gib: float = Field(default=0.0, ge=0.0, le=1024.0)
+    # Bytes live per (sampled row, vocabulary entry) at the peak of vLLM's dummy sampler run: 14 =
+    # 16-bit logits + fp32 copy + two fp32 working tensors (FlashInfer top-k/top-p in v0.11.0,
+    # v0.17.1's native path); ~28 for v0.11.0's sort-based path without FlashInfer.
+    sampler_bytes_per_logit: float = Field(default=14.0, ge=0.0, le=1024.0)
+    # vLLM's `--max-model-len` (None: the model's max_position_embeddings, vLLM's default), for
+    # its start check.
+    max_model_len: int | None = Field(default=None, ge=1, le=1 << 24)
+
+    @model_validator(mode="after")
+    def _pool_fields_act(self) -> "MappingOptions":
+        # a value other than the default where it does not act is refused (a dumped point re-validates
+        # with every field set, so the test is on the value, not on which fields were given)
+        def moved(name: str) -> bool:
+            return getattr(self, name) != type(self).model_fields[name].default
+
+        vllm_only = ("gpu_memory_utilization", "kv_pool_non_torch_gib", "sampler_bytes_per_logit", "max_model_len")
+        if self.kv_pool == "reserve":
+            for name in vllm_only:
+                if moved(name):
+                    raise ValueError(f"{name} acts only with kv_pool 'vllm' (vLLM's pool rule); found kv_pool 'reserve'")
+        elif moved("reserve_fraction"):
+            raise ValueError("reserve_fraction acts only with kv_pool 'reserve'; kv_pool 'vllm' holds back "
+                             "1 - gpu_memory_utilization instead")
+        return self
 
     @field_validator("allreduce_algorithm")
     @classmethod

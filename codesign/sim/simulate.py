@@ -186,6 +186,10 @@ def _simulate_context(steppers: list[Stepper], wl: Workload, slo: SLO | None, ct
     if not steppers:
         return infeasible(row_name, f"no parallel plan of {config.name} divides {chips} chips", hw.name,
                           config.name, chips, context=ctx, mode=wl.mode, reason_code="divisibility")
+    if wl.mode != "server" and steppers[0].options.kv_pool != "reserve":
+        raise CodesignError(f"{row_name}: mapping.kv_pool: {steppers[0].options.kv_pool!r} is not yet supported in "
+                            f"mode {wl.mode!r}: it sizes the KV pool of a request stream's scheduler (server mode); "
+                            "expected 'reserve' here")
     if wl.mode == "server":
         if steppers[0].options.pipeline_microbatches:
             raise CodesignError(f"{row_name}: mapping.pipeline_microbatches: not yet supported in server mode (its request "

@@ -130,7 +130,7 @@ def serving_point(st: Stepper, wl: Workload, options: StepTimeOptions | None = N
     mtp = draft is not None and st.config.mtp_layers > 0
     if draft is not None and not st.config.mtp_layers:
         raise CodesignError(f"workload.mtp: {st.config.name} has no MTP heads (mtp_layers = 0) to draft with")
-    cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, mtp=mtp)
+    cap = kv_capacity(st, sched.block_size, sched.max_num_batched_tokens, mtp=mtp, max_num_seqs=sched.max_num_seqs)
     max_len = st.config.max_position_embeddings
     # verify groups: the core's recurrent GatedDeltaNet path; `extra`: what mixed steps add where the
     # engine runs their GatedDeltaNet decodes in the chunk kernel (cost.gdn_mixed_decodes)
@@ -375,7 +375,10 @@ def server_row(name: str, st: Stepper, wl: Workload, slo: SLO | None, chips: int
     why = mapping.check_plan(st.config, st.plan, chips)
     if why is not None:
         return infeasible(name, why, st.hw.name, st.config.name, chips, plan, context=context, mode="server")
-    pt = serving_point(st, wl, options)
+    try:
+        pt = serving_point(st, wl, options)
+    except CodesignError as e:  # e.g. vLLM's start check (mapping.kv_pool: vllm): name the row
+        raise CodesignError(f"{name}: {e}") from None
     if pt.capacity.free_bytes <= 0:
         mem = pt.capacity.memory
         return infeasible(name, f"does not fit: weights {mem.weights / GiB:.2f} + activations {mem.activations / GiB:.2f} + "
