@@ -62,9 +62,9 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
            and not (r.file == "aic_mla.yaml" and r.row.mla_call == "vllm_impl")
            and not (r.file == "aic_vllm_gdn.yaml" and r.row.op in ("gdn_recurrent", "gdn_conv"))]
     assert not bad
-    # the rows the curves answer for (the shown tables' errors are findings, not a guard's business)
+    # every row (the issue's bound), and the rows the curves answer for alone
+    assert kernel_mape(results) <= 0.15
     assert kernel_mape([r for r in results if r.file not in shown]) <= 0.15
-    assert kernel_mape(results) <= 0.20
 
 
 def test_gemm_prediction_is_the_cost_model_rule():
