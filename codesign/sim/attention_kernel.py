@@ -25,7 +25,37 @@ def paged_gqa(op: Op) -> bool:
 
 
 class AttentionKernels:
-    """`CostModel`'s prefill attention kernel curves; reads the model's options and attention dtype."""
+    """`CostModel`'s attention rates and prefill kernel curves; reads the model's options and attention dtype."""
+
+    def _attention_rates(self, hw: HardwareSpec) -> None:
+        """Attention's rates and terms: the prefill and decode fractions of peak (FP8 kernels and
+        decode kernels have their own where the chip has kernel data), the prefill length ramp, the
+        prefill kernel (`_attention_kernel`), the GQA decode occupancy term and the engine's MLA
+        kernel (`CostOptions.mla_kernel`)."""
+        eff, chip = hw.efficiency, hw.chip
+        att = eff.attention_fp8 if (self.attention_dtype == "fp8" and eff.attention_fp8) else eff.attention
+        self.attention_rate = chip.matrix.peak(self.attention_dtype) * att
+        self.decode_attention_rate = chip.matrix.peak(self.attention_dtype) * (
+            eff.attention_decode * att / eff.attention if eff.attention_decode else att)
+        # Prefill attention vs sequence length (None: flat `attention_rate`).
+        self.attention_seq_half = eff.attention_seq_half if self.opts.attention_seq_ramp else None
+        # Prefill attention kernel (`CostOptions.attention_kernel`): the chosen engine kernel's curve of GQA / MHA
+        # prefill ops where chosen (None: the default kernel above).
+        self._attention_kernel(hw)
+        # GQA decode attention occupancy (None / 0: off, the flat memory rate).
+        occ = self.opts.decode_attention_occupancy
+        self.decode_units_half = eff.attention_decode_units_half if occ else None
+        self.decode_split = eff.attention_decode_split
+        self.decode_fixed_s = eff.attention_decode_fixed_s if occ else 0.0
+        # MLA attention kernel of the engine (`CostOptions.mla_kernel`): (prefill rate factor,
+        # prefill fixed seconds, decode fixed seconds); None: the calibrated curves as they are.
+        self.mla_terms: tuple[float, float, float] | None = None
+        if self.opts.mla_kernel != "calibrated":
+            self.mla_terms = eff.mla_kernel_terms(self.opts.mla_kernel)
+            if self.mla_terms is None:
+                raise CodesignError(f"cost.mla_kernel: {hw.name} has no kernel rows of {self.opts.mla_kernel!r} "
+                                    f"(its efficiency.mla_kernels: {', '.join(eff.mla_kernels) or 'none'}); "
+                                    f"expected calibrated or one of those")
 
     def _attention_kernel(self, hw: HardwareSpec) -> None:
         """The curve of `CostOptions.attention_kernel`: (rate, half-length or None) and a fixed time

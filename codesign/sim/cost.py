@@ -172,30 +172,8 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         # Grouped expert GEMMs run at their own fraction of peak where the family declares one.
         self.grouped_rate = chip.matrix.peak(self.matrix_dtype) * eff.grouped_gemm_for(self.matrix_dtype)
         self.overlap_p = eff.overlap_exponent
-        # Attention: FP8 kernels and decode kernels have their own fractions where the chip has kernel data.
-        att = eff.attention_fp8 if (self.attention_dtype == "fp8" and eff.attention_fp8) else eff.attention
-        self.attention_rate = chip.matrix.peak(self.attention_dtype) * att
-        self.decode_attention_rate = chip.matrix.peak(self.attention_dtype) * (
-            eff.attention_decode * att / eff.attention if eff.attention_decode else att)
-        # Prefill attention vs sequence length (None: flat `attention_rate`).
-        self.attention_seq_half = eff.attention_seq_half if self.opts.attention_seq_ramp else None
-        # Prefill attention kernel (`CostOptions.attention_kernel`): the chosen engine kernel's curve of GQA / MHA
-        # prefill ops where chosen (None: the default kernel above).
-        self._attention_kernel(hw)
-        # GQA decode attention occupancy (None / 0: off, the flat memory rate).
-        occ = self.opts.decode_attention_occupancy
-        self.decode_units_half = eff.attention_decode_units_half if occ else None
-        self.decode_split = eff.attention_decode_split
-        self.decode_fixed_s = eff.attention_decode_fixed_s if occ else 0.0
-        # MLA attention kernel of the engine (`CostOptions.mla_kernel`): (prefill rate factor,
-        # prefill fixed seconds, decode fixed seconds); None: the calibrated curves as they are.
-        self.mla_terms: tuple[float, float, float] | None = None
-        if self.opts.mla_kernel != "calibrated":
-            self.mla_terms = eff.mla_kernel_terms(self.opts.mla_kernel)
-            if self.mla_terms is None:
-                raise CodesignError(f"cost.mla_kernel: {hw.name} has no kernel rows of {self.opts.mla_kernel!r} "
-                                    f"(its efficiency.mla_kernels: {', '.join(eff.mla_kernels) or 'none'}); "
-                                    f"expected calibrated or one of those")
+        # Attention rates, the prefill kernel, decode occupancy and the MLA kernel (`AttentionKernels`).
+        self._attention_rates(hw)
         vec_peak = chip.vector.bf16 or chip.vector.fp32
         self.vector_rate = vec_peak * eff.vector
         self.hbm_bw = chip.hbm.bandwidth * eff.memory
@@ -225,16 +203,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         # keyed the same way; None when off.
         self.unfused_mlp_bw: float | None = self.hbm_bw if self.opts.mlp_unfused_activation else None
         self.matrix_bytes = BYTES_PER_ELEMENT.get(self.matrix_dtype, 2.0)
-        # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
-        # kernel's efficiency, and its block slots (None: the curve is off for this chip or by option).
-        self.gdn_rate: float | None = None
-        self.gdn_units = eff.gdn_chunk_units or 1
-        if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
-            self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
-        # Its state load/store seconds per wave and fixed seconds per call (None: one launch per
-        # recurrence product, no state term; `gdn_chunk_cost`).
-        self.gdn_state_s: float | None = eff.gdn_chunk_state_s
-        self.gdn_fixed_s: float | None = eff.gdn_chunk_fixed_s
+        self._gdn_kernel(hw)  # the fused GatedDeltaNet chunk kernel's rate and terms (`GdnChunkKernel`)
         self._overheads()
         # byte_split's flags, read once per op
         self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from codesign.graph.op import Op
+from codesign.hw.spec import HardwareSpec
 from codesign.sim.op_cost import OpCost
 
 # Op-name scopes of the GatedDeltaNet chunked prefill and of its chunk-by-chunk state hand-over
@@ -19,8 +20,22 @@ RECURRENCE_PRODUCTS = 4
 
 
 class GdnChunkKernel:
-    """`CostModel`'s fused GatedDeltaNet chunk kernel rule; reads the model's `gdn_rate`,
-    `gdn_units`, `gdn_state_s`, `gdn_fixed_s`, `launch_s` and `combine`."""
+    """`CostModel`'s fused GatedDeltaNet chunk kernel rule; sets `gdn_rate`, `gdn_units`,
+    `gdn_state_s`, `gdn_fixed_s` (`_gdn_kernel`) and reads the model's `opts`, `launch_s` and `combine`."""
+
+    def _gdn_kernel(self, hw: HardwareSpec) -> None:
+        """The kernel's rate, block slots, state and fixed seconds from the spec (`gdn_chunk_cost`)."""
+        eff, chip = hw.efficiency, hw.chip
+        # Fused GatedDeltaNet chunk kernel: 16-bit tensor-core rate of one fully busy chip at the
+        # kernel's efficiency, and its block slots (None: the curve is off for this chip or by option).
+        self.gdn_rate: float | None = None
+        self.gdn_units = eff.gdn_chunk_units or 1
+        if self.opts.fused_gdn_chunk and eff.gdn_chunk is not None:
+            self.gdn_rate = chip.matrix.peak("bf16") * eff.gdn_chunk
+        # Its state load/store seconds per wave and fixed seconds per call (None: one launch per
+        # recurrence product, no state term; `gdn_chunk_cost`).
+        self.gdn_state_s: float | None = eff.gdn_chunk_state_s
+        self.gdn_fixed_s: float | None = eff.gdn_chunk_fixed_s
 
     def gdn_chunk_cost(self, op: Op) -> OpCost:
         """One op of the fused GatedDeltaNet chunk kernel (FlashInfer's / FLA's chunk_gated_delta_rule).
