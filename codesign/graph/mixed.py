@@ -26,9 +26,11 @@ the first group's op list and adds the other groups' work op by op:
 * GEMM problems: rows (M) add up for token-parallel matmuls (batch 1); batched matmuls of one
   per-instance shape add their batch counts; any other mix keeps the larger problem's shape with the
   summed FLOPs (the cost model scales its padding by the FLOPs);
-* shapes are the first group's (the mapping reads only their last dimension), but for prompt
-  chunks' attention, whose merged op carries one query row over the groups' FLOPs-weighted
-  harmonic mean of keys per row (`_prefill_attention_shapes`: what the prefill length ramp reads);
+* shapes are the first group's (the mapping reads only their last dimension), but for attention:
+  decode groups' merged op carries their summed batch over its mean cached length
+  (`_decode_attention_shapes`: what the decode occupancy term reads), prompt chunks' merged op one
+  query row over the groups' FLOPs-weighted harmonic mean of keys per row
+  (`_prefill_attention_shapes`: what the prefill length ramp reads);
   routed-expert token counts are re-drawn for the whole step by the tracer.
 """
 
@@ -95,6 +97,20 @@ def _prefill_attention_shapes(ops: list[Op]) -> tuple:
     return ((b, h, 1, d), (b, hkv, keys, dk), (b, hkv, keys, dv)) + tuple(shapes[0][3:])
 
 
+def _decode_attention_shapes(ops: list[Op]) -> tuple:
+    """Recorded shapes for decode groups' attention ops merged into one: every group's sequences (the
+    summed batch) over their sequence-weighted mean cached length, the first group's heads and head
+    dims, so that the decode occupancy term (batch x KV heads x KV splits) sees the whole batch, not
+    the first group's. The first group's shapes where any group's are not (Q, K, V) as (B, heads, S, D)."""
+    shapes = [o.in_shapes for o in ops]
+    if any(len(s) < 3 or any(len(x) != 4 for x in s[:3]) for s in shapes):
+        return ops[0].in_shapes
+    batch = sum(s[1][0] for s in shapes)
+    keys = max(1, round(sum(s[1][0] * s[1][2] for s in shapes) / batch))
+    (_, h, t, d), (_, hkv, _, dk), (_, _, _, dv) = shapes[0][:3]
+    return ((batch, h, t, d), (batch, hkv, keys, dk), (batch, hkv, keys, dv)) + tuple(shapes[0][3:])
+
+
 def merge_ops(ops: list[Op], consts: list[Op]) -> Op:
     """Matched ops of several groups as one kernel; `consts` are their batch-independent parts
     (see module docstring)."""
@@ -105,9 +121,8 @@ def merge_ops(ops: list[Op], consts: list[Op]) -> Op:
     if tpe is not None:
         tpe = tuple(sum(t) for t in zip(*(o.tokens_per_expert for o in ops)))
     shapes = a.in_shapes
-    if a.kind == "attention" and a.phase != "decode" and a.block != "mla" \
-            and any(o.in_shapes != shapes for o in ops[1:]):
-        shapes = _prefill_attention_shapes(ops)
+    if a.kind == "attention" and a.block != "mla" and any(o.in_shapes != shapes for o in ops[1:]):
+        shapes = _decode_attention_shapes(ops) if a.phase == "decode" else _prefill_attention_shapes(ops)
     # a new Op positionally: the first group's fields but the merged work
     return Op(a.name, a.target, a.kind, a.block, a.layer, a.layer_type, a.phase, shapes, a.out_shapes, a.dtype,
               _combine([o.flops for o in ops], [k.flops for k in consts]), _bytes(ops, consts, "bytes_read"),

@@ -44,3 +44,18 @@ def test_one_prompt_keeps_its_own_shapes():
     (alone,) = _attention(StepShape((PROMPTS[2],)))
     pre = next(op for op in mixed if op.phase == "prefill")
     assert pre.in_shapes == alone.in_shapes and pre.flops == pytest.approx(alone.flops)
+
+
+def test_decode_groups_attention_is_one_op_over_their_whole_batch():
+    """Decode groups at different cached lengths (a served batch): one attention op whose shapes hold
+    all 3 + 5 sequences over their sequence-weighted mean KV length (what the decode occupancy term
+    reads), with the groups' FLOPs and KV bytes summed."""
+    groups = (Group(3, 1, 100), Group(5, 1, 300))
+    (merged,) = _attention(StepShape(groups))
+    alone = [_attention(StepShape((g,)))[0] for g in groups]
+    q, k, v = merged.in_shapes
+    assert q[0] == k[0] == v[0] == 3 + 5
+    assert k[2] == v[2] == round((3 * 101 + 5 * 301) / 8)  # each group's S = cached + 1
+    assert k[1] == alone[0].in_shapes[1][1] and k[3] == alone[0].in_shapes[1][3]
+    assert merged.flops == pytest.approx(sum(op.flops for op in alone))
+    assert merged.bytes_read["kv_cache"] == pytest.approx(sum(op.bytes_read["kv_cache"] for op in alone))
