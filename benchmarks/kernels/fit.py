@@ -47,7 +47,11 @@ SHOWN_NOT_FITTED = ("aic_ar_h100", "aic_ar_h200",
                     # TensorRT-LLM 1.2.0rc5's AUTO all-reduce (aic_trtllm_allreduce.yaml): a mix of
                     # algorithms, not one per-algorithm collective curve (docs/cost-model.md
                     # "TensorRT-LLM kernel rows")
-                    "trtllm_ar_h100", "trtllm_ar_h200")
+                    "trtllm_ar_h100", "trtllm_ar_h200",
+                    # vLLM 0.24.0's FA3 decode at head dim 256 (aic_vllm_attention_decode_d256.yaml): the
+                    # decode rule checked at Qwen3.5's heads (docs/cost-model.md "Paged-KV prefill
+                    # attention at head dim 256")
+                    "aic_gen024_h100", "aic_gen024_h200")
 
 
 def _moe_curve(field: str, kernel: str, hws: tuple[str, ...], lo: float = 0.02, k_ramp: bool = True) -> tuple:

@@ -101,3 +101,25 @@ def test_the_curve_meets_its_rows_and_misses_them_without_the_term():
     offs = {h: _with(hw, attention_paged_head_dim_exp=0.0) for h, hw in hws.items()}
     slow = [predict(r, offs[r.hw]).seconds / r.seconds - 1 for r in _rows() if r.seq_q >= 1024]
     assert sum(slow) / len(slow) > 0.2
+
+
+def test_decode_rows_at_head_dim_256_are_shown_and_miss_as_head_dim_128_does():
+    # vLLM 0.24.0's FA3 decode at Qwen3.5's heads: seq_kv = the database's step + 1 (the collector's
+    # seq_lens counts the query token); shown, not fitted (no fit group reads them)
+    rows = load_table(KERNEL_DIR / "aic_vllm_attention_decode_d256.yaml").rows
+    assert len(rows) == 136 and all(r.phase == "decode" and r.head_dim == 256 and r.seq_q == 1 for r in rows)
+    assert {r.seq_kv for r in rows} == {2048, 4096, 8192, 16384, 32768}
+    at = {(r.hw, r.kv_heads, r.batch, r.seq_kv): r.seconds for r in rows}
+    assert at[("h100", 2, 1, 16384)] == pytest.approx(0.02680533e-3, rel=1e-4)  # step 16383
+    assert at[("h100", 4, 128, 2048)] == pytest.approx(0.36446933e-3, rel=1e-5)
+    assert at[("h200", 2, 1, 16384)] == pytest.approx(25.973e-6, rel=1e-9)
+    s = importlib.util.spec_from_file_location("fit", spec_files.ROOT / "benchmarks" / "kernels" / "fit.py")
+    fit = importlib.util.module_from_spec(s)
+    s.loader.exec_module(fit)
+    assert not any(select(r) for select, _, _ in fit.GROUPS.values() for r in rows)
+    hws = {h: load_hw(h) for h in ("h100", "h200")}
+    err = {r: predict(r, hws[r.hw]).seconds / r.seconds - 1 for r in rows}
+    many = [e for r, e in err.items() if r.batch >= 16]
+    few = [e for r, e in err.items() if r.batch <= 8]
+    assert len(many) == 56 and sum(abs(e) for e in many) / len(many) < 0.08
+    assert len(few) == 80 and sum(few) / len(few) > 0.2  # too slow at few work units (the file's header)
