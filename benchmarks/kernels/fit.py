@@ -47,7 +47,11 @@ SHOWN_NOT_FITTED = ("aic_ar_h100", "aic_ar_h200",
                     # TensorRT-LLM 1.2.0rc5's AUTO all-reduce (aic_trtllm_allreduce.yaml): a mix of
                     # algorithms, not one per-algorithm collective curve (docs/cost-model.md
                     # "TensorRT-LLM kernel rows")
-                    "trtllm_ar_h100", "trtllm_ar_h200")
+                    "trtllm_ar_h100", "trtllm_ar_h200",
+                    # vLLM 0.24.0's FA3 decode at head dim 256 (aic_vllm_attention_decode_d256.yaml): the
+                    # decode rule checked at Qwen3.5's heads (docs/cost-model.md "Paged-KV prefill
+                    # attention at head dim 256")
+                    "aic_gen024_h100", "aic_gen024_h200")
 
 
 def _moe_curve(field: str, kernel: str, hws: tuple[str, ...], lo: float = 0.02, k_ramp: bool = True) -> tuple:
@@ -84,11 +88,14 @@ GROUPS = {
     # backend, FA3 through a paged 16-bit KV cache, on H100 / H200; aiconfigurator's rows aic_ctx_h100 /
     # aic_ctx_h200 in aic_vllm_attention.yaml and aic_vllm_attention_prefill.yaml): the long-sequence
     # fraction, the half-efficiency keys per query row and the fixed seconds per call
-    # (docs/cost-model.md "Paged-KV prefill attention").
+    # (docs/cost-model.md "Paged-KV prefill attention"); with vLLM 0.24.0's head-dim-256 rows
+    # (aic_ctx024_h100 / aic_ctx024_h200, aic_vllm_attention_prefill_d256.yaml) the head-dim exponent
+    # (docs/cost-model.md "Paged-KV prefill attention at head dim 256"), all four over all the rows.
     "attention_paged": (lambda r: r.op == "attention" and r.phase == "prefill"
                         and r.attention_kernel == "vllm_flash_attn",
                         {"attention_paged": (0.2, 1.0), "attention_paged_seq_half": (1.0, 8192.0),
-                         "attention_paged_fixed_s": (0.0, 100e-6)}, set()),
+                         "attention_paged_fixed_s": (0.0, 100e-6), "attention_paged_head_dim_exp": (-1.0, 1.0)},
+                        set()),
     # GQA decode attention occupancy (vLLM 0.14's FlashAttention decode with a paged 16-bit KV cache
     # on H100 / H200, aiconfigurator's rows aic_gen_h100 / aic_gen_h200): the memory-rate ramp on the
     # work units batch x kv_heads x ceil(S / split) and the fixed seconds per call

@@ -220,6 +220,11 @@ class Efficiency(_Strict):
     attention_paged: Fraction | None = None
     attention_paged_seq_half: float = Field(default=0.0, ge=0, le=MAX_WIDTH)
     attention_paged_fixed_s: Seconds = 0.0
+    # Head-dim term of that curve (docs/cost-model.md "Paged-KV prefill attention at head dim 256"):
+    # the rate x (D / 128) ** attention_paged_head_dim_exp, D the op's head dim (128: the head dim
+    # the curve's first rows are at, factor 1). vLLM 0.24's FA3 runs head dim 256 (Qwen3.5's gated
+    # attention) at a larger fraction of peak. 0: no term.
+    attention_paged_head_dim_exp: float = Field(default=0.0, ge=-2.0, le=2.0)
     # TensorRT-LLM's context attention (its context FMHA through `AttentionOp`, the GPT attention
     # plugin's and the PyTorch flow's), used where a scenario sets `cost.attention_kernel: trtllm`
     # (docs/cost-model.md "TensorRT-LLM kernel rows on H100 / H200"): the prefill rule at its own

@@ -14,6 +14,10 @@ from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 
+# The head dim at which the paged-KV prefill curve's head-dim term is 1: the head dim of the vLLM
+# 0.14 rows its fraction, half-length and fixed time were first fitted on.
+PAGED_REFERENCE_HEAD_DIM = 128
+
 
 def paged_gqa(op: Op) -> bool:
     """A prefill attention op whose K and V rows have one head dim (GQA / MHA, what vLLM's
@@ -61,11 +65,13 @@ class AttentionKernels:
         """The curve of `CostOptions.attention_kernel`: (rate, half-length or None) and a fixed time
         per call. "vllm_flash_attn": peak(attention dtype) x `attention_paged` (FP8: x attention_fp8 /
         attention, the dense kernel's FP8-to-16-bit ratio), `attention_paged_seq_half`,
-        `attention_paged_fixed_s`; "trtllm": peak x `trtllm_attention` (FP8: `trtllm_attention_fp8`
+        `attention_paged_fixed_s`, x (D / 128) ** `attention_paged_head_dim_exp` per op of head dim D
+        (`paged_head_dim_factor`); "trtllm": peak x `trtllm_attention` (FP8: `trtllm_attention_fp8`
         where fitted), `trtllm_attention_seq_half`, `trtllm_attention_fixed_s`. Refused on a chip
         without the chosen curve. None / 0 for "flash_attention"."""
         self.paged_attention: tuple[float, float | None] | None = None
         self.prefill_attention_fixed_s = 0.0
+        self.paged_head_dim_exp = 0.0
         kernel = self.opts.attention_kernel
         if kernel == "flash_attention":
             return
@@ -89,20 +95,30 @@ class AttentionKernels:
             frac = eff.attention_paged * (eff.attention_fp8 / eff.attention if fp8 and eff.attention_fp8 else 1.0)
             half = eff.attention_paged_seq_half
             fixed = eff.attention_paged_fixed_s
+            self.paged_head_dim_exp = eff.attention_paged_head_dim_exp
         self.paged_attention = (hw.chip.matrix.peak(self.attention_dtype) * frac,
                                 half if (self.opts.attention_seq_ramp and half) else None)
         self.prefill_attention_fixed_s = fixed
 
     def paged_prefill_seconds(self, op: Op, flops: float, keys: float | None) -> float | None:
         """Matrix seconds of `flops` of prefill attention op `op` on the chosen kernel's curve,
-        rate x L / (L + half) with L = `keys` (the keys per query row); None where the curve is
+        rate x `paged_head_dim_factor` x L / (L + half) with L = `keys` (the keys per query row); None where the curve is
         off or the op is not a GQA / MHA prefill (`paged_gqa`): the default rule then applies."""
         if self.paged_attention is None or not paged_gqa(op):
             return None
         rate, half = self.paged_attention
+        rate *= self.paged_head_dim_factor(op)
         if half is None or keys is None:
             return flops / rate
         return flops / (rate * keys / (keys + half))
+
+    def paged_head_dim_factor(self, op: Op) -> float:
+        """The chosen kernel's rate factor at the head dim D of GQA / MHA prefill op `op` (K's last
+        dim): (D / `PAGED_REFERENCE_HEAD_DIM`) ** `attention_paged_head_dim_exp` for
+        vllm_flash_attn, 1 for the other kernels and where the exponent is 0."""
+        if not self.paged_head_dim_exp:
+            return 1.0
+        return (op.in_shapes[1][3] / PAGED_REFERENCE_HEAD_DIM) ** self.paged_head_dim_exp
 
     def prefill_fixed_s(self, op: Op) -> float:
         """Fixed seconds per call of prefill attention op `op` beyond `kernel_overhead`: the chosen

@@ -154,7 +154,8 @@ def test_efficiency_calibration():
     no_gdn.update({"mla_kernels": (), "mla_trtllm_prefill": None, "mla_trtllm_prefill_fixed_s": 0.0,
                    "mla_trtllm_decode_fixed_s": 0.0, "mla_sglang_fa3_decode_fixed_s": 0.0})
     # nor the paged-KV prefill attention curve (the same rows and reason)
-    no_gdn.update({"attention_paged": None, "attention_paged_seq_half": 0.0, "attention_paged_fixed_s": 0.0})
+    no_gdn.update({"attention_paged": None, "attention_paged_seq_half": 0.0, "attention_paged_fixed_s": 0.0,
+                   "attention_paged_head_dim_exp": 0.0})
     # nor TensorRT-LLM's cuBLASLt FP8 GEMM curve (fitted on H100 / H200 rows of the full-rate parts)
     no_gdn.update({"cublaslt_fp8": None, "cublaslt_fp8_m_half": 0.0, "cublaslt_fp8_k_half": None,
                    "cublaslt_fp8_memory": None})

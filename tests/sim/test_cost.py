@@ -168,7 +168,7 @@ PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper"
                                                           "attention_decode_fixed_s",
                                                           # paged-KV prefill: the same rows and reason
                                                           "attention_paged", "attention_paged_seq_half",
-                                                          "attention_paged_fixed_s",
+                                                          "attention_paged_fixed_s", "attention_paged_head_dim_exp",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
                                                           "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
                                                          + _MLA_KERNELS + _TRTLLM_CURVES,

@@ -42,6 +42,9 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # and those of aic_vllm_attention_prefill.yaml are fitted (`attention_paged`, 6.4%) but keep four
     # H100 rows at 12K-16K that are slower than their neighbours in the database itself (-43% to
     # -73%, the files' headers); their shapes and figures are checked in tests/sim/test_aic_vllm_kernels.py.
+    # vLLM 0.24.0's head-dim-256 prefill rows are fitted (`attention_paged`, 4.7%); its head-dim-256
+    # decode rows (aic_vllm_attention_decode_d256.yaml) are shown, not fitted: up to +102% at batch 1-8,
+    # as the 0.24.0 head-dim-128 rows of the same heads (tests/sim/test_attention_paged_head_dim.py).
     # vLLM 0.14's MLA calls (aic_mla.yaml, `mla_call: vllm_impl`) are timed eagerly by their collector
     # and keep rows near its ~0.15 ms host floor (docs "MLA attention kernels by engine"): shown, not fitted.
     # vLLM 0.24's GatedDeltaNet decode and conv rows (aic_vllm_gdn.yaml, gdn_recurrent, gdn_conv) are
@@ -55,7 +58,7 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # kernel rows on H100 / H200"); checked in tests/sim/test_aic_trtllm_kernels.py.
     shown = {"cdna_grouped.yaml", "cdna_llama_gemm.yaml", "aic_vllm_gemm_bf16.yaml", "aic_vllm_attention.yaml",
              "aic_vllm_attention_prefill.yaml", "aic_vllm_allreduce.yaml", "aic_trtllm_allreduce.yaml",
-             "aic_trtllm_gemm.yaml"}
+             "aic_trtllm_gemm.yaml", "aic_vllm_attention_decode_d256.yaml"}
     bad = [(r.label(), round(r.error, 3)) for r in results
            if abs(r.error) > 0.35 and r.file not in shown
            and not (r.file == "trtllm_moe_fp8.yaml" and r.row.dtype == "bf16")

@@ -40,9 +40,10 @@ def test_public_validation_file_parses():
     assert caps["mlperf-v4.1-8xh200-llama2-70b-offline"] == 806 * 8
     assert caps["mlperf-v5.0-8xb200-llama2-70b-offline"] == 2048 * 8
     assert caps["h100-qwen3-8b-bf16-concurrency4-tpot"] is None
-    # vLLM v0.17.1 predates vllm PR #44700: its mixed steps run GatedDeltaNet decodes in the chunk kernel
+    # vLLM v0.17.1 predates vllm PR #44700: its mixed steps run GatedDeltaNet decodes in the chunk kernel;
+    # its prefill attention is FlashAttention-3 through the paged KV cache (the rows' header)
     qwen = [s for s in ss if s.name.startswith("vllm-1xh200-qwen3.5-35b-a3b-")]
-    assert len(qwen) == 3 and all(s.cost == {"gdn_mixed_decodes": "chunk"} for s in qwen)
+    assert len(qwen) == 3 and all(s.cost == {"gdn_mixed_decodes": "chunk", "attention_kernel": "vllm_flash_attn"} for s in qwen)
 
 
 def test_one_mapping_and_token_units(tmp_path):

@@ -129,7 +129,7 @@ def test_qwen35_9b_row_is_the_pages_throughput_profile():
     s = ROWS[Q9_NAME]
     assert (s.hardware, s.model, s.chips) == ("h100", "qwen3.5-9b", 1)  # "NVIDIA H100 80GB HBM3": SXM5
     assert s.precision == BF16 and ParallelPlan.from_dict(s.parallel).tp == 1
-    assert s.cost == {"gdn_mixed_decodes": "chunk"}  # v0.17.1 predates vllm PR #44700, as the 35B-A3B rows
+    assert s.cost == {"gdn_mixed_decodes": "chunk", "attention_kernel": "vllm_flash_attn"}  # v0.17.1: PR #44700 not in; FA3 paged prefill, as the 35B-A3B rows
     w = s.workload
     assert (w.mode, w.requests, w.concurrency) == ("server", n, c)
     assert w.input_tokens == round(tin / n) and abs(w.input_tokens - nin) <= 0.02 * nin
@@ -164,7 +164,7 @@ def test_qwen35_9b_constant_rate_rows_send_one_request_a_second():
     for name, (n, cmax, tin, tout, dur, ttft_ms, e2e_s, (nin, nout)) in Q9_RATE1.items():
         s = ROWS[name]
         assert (s.hardware, s.model, s.chips, s.precision) == ("h100", "qwen3.5-9b", 1, BF16)
-        assert s.cost == {"gdn_mixed_decodes": "chunk"}
+        assert s.cost == {"gdn_mixed_decodes": "chunk", "attention_kernel": "vllm_flash_attn"}
         w = s.workload
         assert (w.mode, w.requests, w.rate_per_s, w.arrival) == ("server", n, 1.0, "constant")
         assert w.concurrency is None  # no client limit: the reported maximum is what the rate produced
