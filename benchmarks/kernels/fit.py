@@ -142,7 +142,7 @@ GROUPS = {
                       "cublaslt_fp8_k_half": (1.0, 8192.0), "cublaslt_fp8_memory": (0.3, 1.0)}, set()),
     # TensorRT-LLM's context attention (`cost.attention_kernel: trtllm`; aic_trtllm_attention.yaml's prefill
     # rows, BF16 and FP8 context FMHA, H100 and H200): its fractions, half-length and fixed time per
-    # call. Its decode rows are shown only (their timed reads exceed the HBM peak: the file's header).
+    # call (the database's decode rows are left out of the table: a K-only cache, the file's header).
     "trtllm_attention": (lambda r: r.op == "attention" and r.attention_kernel == "trtllm" and r.phase == "prefill"
                          and r.hw in FULL_HOPPER,
                          {"trtllm_attention": (0.1, 1.0), "trtllm_attention_fp8": (0.1, 1.0),

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import get_args
 
 from pydantic import ValidationError
 
 from codesign.errors import CodesignError, format_validation_error
+from codesign.sim.cost_options import AttentionKernel, GemmKernel, MlaKernel, MoeKernel
 
 _SHAPE_ARGS = {
     "gemm": ("m", "n", "k"),
@@ -48,6 +50,14 @@ _SHAPE_ARGS = {
     "all_gather": ("ranks",),
     "reduce_scatter": ("ranks",),
 }
+
+
+def _kernel_choice(q: argparse.ArgumentParser, what: str, names: object, note: str = "") -> None:
+    """`--<what>-kernel`: the `CostOptions.<what>_kernel` value the kernel ran; its help lists the
+    option type's values, the first of them its default."""
+    values = get_args(names)
+    q.add_argument(f"--{what}-kernel", dest=f"{what}_kernel", default=None,
+                   help=f"{note}{' | '.join(values)} (default: {values[0]}, cost.{what}_kernel)")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -70,11 +80,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         if op == "grouped_gemm":
             q.add_argument("--layout", choices=("contiguous", "masked"), default=None)
         if op == "gemm":
-            q.add_argument("--gemm-kernel", dest="gemm_kernel", default=None,
-                           help="calibrated | cutlass_block_fp8 | trtllm_cublaslt_fp8 (default: calibrated, cost.gemm_kernel)")
+            _kernel_choice(q, "gemm", GemmKernel)
         if op == "fused_moe":
-            q.add_argument("--moe-kernel", dest="moe_kernel", default=None,
-                           help="grouped | triton_fused | triton_fused_default | triton_fused_block_fp8 | trtllm_cutlass_block_fp8 | trtllm_cutlass_fp8 (default: grouped, cost.moe_kernel)")
+            _kernel_choice(q, "moe", MoeKernel)
             q.add_argument("--ranks", type=int, default=None,
                            help="expert parallelism: one rank's groups / ranks experts over all the tokens (none: all experts)")
         if op == "mla":
@@ -83,15 +91,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            help="none: expanded in prefill, absorbed in decode (the model's own choice)")
             q.add_argument("--mla-call", dest="mla_call", choices=("attention", "vllm_impl"), default=None,
                            help="what the call holds: the attention kernel (default) or vLLM's MLA impl with its projections")
-            q.add_argument("--mla-kernel", dest="mla_kernel", default=None,
-                           help="calibrated | trtllm | sglang_fa3 (default: calibrated, cost.mla_kernel)")
+            _kernel_choice(q, "mla", MlaKernel)
         if op == "attention":
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
             q.add_argument("--causal", action="store_true")
             q.add_argument("--latent", action="store_true", help="MLA: V is part of the cached K latent")
-            q.add_argument("--attention-kernel", dest="attention_kernel", default=None,
-                           help="prefill: flash_attention | vllm_flash_attn | trtllm (default: flash_attention, "
-                                "cost.attention_kernel)")
+            _kernel_choice(q, "attention", AttentionKernel, "prefill: ")
         if op == "gdn_conv":
             q.add_argument("--phase", choices=("prefill", "decode"), required=True)
         if op in ("all_reduce", "all_gather", "reduce_scatter"):

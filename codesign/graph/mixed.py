@@ -27,10 +27,9 @@ the first group's op list and adds the other groups' work op by op:
   per-instance shape add their batch counts; any other mix keeps the larger problem's shape with the
   summed FLOPs (the cost model scales its padding by the FLOPs);
 * shapes are the first group's (the mapping reads only their last dimension), but for attention:
-  decode groups' merged op carries their summed batch over its mean cached length
-  (`_decode_attention_shapes`: what the decode occupancy term reads), prompt chunks' merged op one
-  query row over the groups' FLOPs-weighted harmonic mean of keys per row
-  (`_prefill_attention_shapes`: what the prefill length ramp reads);
+  decode groups' merged op carries their summed batch over its mean cached length (what the decode
+  occupancy term reads), prompt chunks' merged op one query row over the groups' FLOPs-weighted
+  harmonic mean of keys per row (what the prefill length ramp reads; `_attention_shapes`);
   routed-expert token counts are re-drawn for the whole step by the tracer.
 """
 
@@ -78,37 +77,32 @@ def causal_keys_per_row(q_len: int, k_len: int) -> float:
     return max(1.0, k_len - (q_len - 1) / 2.0)
 
 
-def _prefill_attention_shapes(ops: list[Op]) -> tuple:
-    """Recorded shapes for prompt chunks' attention ops merged into one: the first group's (B, heads,
-    D) with one query row over L keys, L = sum(FLOPs) / sum(FLOPs_i / L_i) (the FLOPs-weighted
-    harmonic mean of the groups' keys per query row, L_i = `causal_keys_per_row`), so that a length
-    ramp rate x L / (L + half) charges the merged FLOPs what it charges the groups' FLOPs one by one.
+def _attention_shapes(ops: list[Op]) -> tuple:
+    """Recorded shapes for several groups' attention ops of one phase merged into one, the first
+    group's heads and head dims with what the cost model's shape-read terms need of the whole:
+
+    * decodes: every group's sequences (the summed batch) over their sequence-weighted mean cached
+      length, so that the decode occupancy term (batch x KV heads x KV splits) sees the whole batch;
+    * prompt chunks: the first group's batch with one query row over L keys, L = sum(FLOPs) /
+      sum(FLOPs_i / L_i) (the FLOPs-weighted harmonic mean of the groups' keys per query row, L_i =
+      `causal_keys_per_row`), so that a length ramp rate x L / (L + half) charges the merged FLOPs
+      what it charges the groups' FLOPs one by one.
+
     The first group's shapes where any group's are not (Q, K, V) as (B, heads, S, D)."""
     shapes = [o.in_shapes for o in ops]
     if any(len(s) < 3 or any(len(x) != 4 for x in s[:3]) for s in shapes):
         return ops[0].in_shapes
-    lens = [causal_keys_per_row(s[0][2], s[1][2]) for s in shapes]
-    total = sum(o.flops for o in ops)
-    weighted = sum(o.flops / n for o, n in zip(ops, lens))
-    if total <= 0 or weighted <= 0:
-        return ops[0].in_shapes
-    keys = max(1, round(total / weighted))
-    (b, h, _, d), (_, hkv, _, dk), (_, _, _, dv) = shapes[0][:3]
-    return ((b, h, 1, d), (b, hkv, keys, dk), (b, hkv, keys, dv)) + tuple(shapes[0][3:])
-
-
-def _decode_attention_shapes(ops: list[Op]) -> tuple:
-    """Recorded shapes for decode groups' attention ops merged into one: every group's sequences (the
-    summed batch) over their sequence-weighted mean cached length, the first group's heads and head
-    dims, so that the decode occupancy term (batch x KV heads x KV splits) sees the whole batch, not
-    the first group's. The first group's shapes where any group's are not (Q, K, V) as (B, heads, S, D)."""
-    shapes = [o.in_shapes for o in ops]
-    if any(len(s) < 3 or any(len(x) != 4 for x in s[:3]) for s in shapes):
-        return ops[0].in_shapes
-    batch = sum(s[1][0] for s in shapes)
-    keys = max(1, round(sum(s[1][0] * s[1][2] for s in shapes) / batch))
-    (_, h, t, d), (_, hkv, _, dk), (_, _, _, dv) = shapes[0][:3]
-    return ((batch, h, t, d), (batch, hkv, keys, dk), (batch, hkv, keys, dv)) + tuple(shapes[0][3:])
+    (b, h, t, d), (_, hkv, _, dk), (_, _, _, dv) = shapes[0][:3]
+    if ops[0].phase == "decode":
+        b = sum(s[1][0] for s in shapes)
+        keys = max(1, round(sum(s[1][0] * s[1][2] for s in shapes) / b))
+    else:
+        total = sum(o.flops for o in ops)
+        weighted = sum(o.flops / causal_keys_per_row(s[0][2], s[1][2]) for o, s in zip(ops, shapes))
+        if total <= 0 or weighted <= 0:
+            return ops[0].in_shapes
+        t, keys = 1, max(1, round(total / weighted))
+    return ((b, h, t, d), (b, hkv, keys, dk), (b, hkv, keys, dv)) + tuple(shapes[0][3:])
 
 
 def merge_ops(ops: list[Op], consts: list[Op]) -> Op:
@@ -122,7 +116,7 @@ def merge_ops(ops: list[Op], consts: list[Op]) -> Op:
         tpe = tuple(sum(t) for t in zip(*(o.tokens_per_expert for o in ops)))
     shapes = a.in_shapes
     if a.kind == "attention" and a.block != "mla" and any(o.in_shapes != shapes for o in ops[1:]):
-        shapes = _decode_attention_shapes(ops) if a.phase == "decode" else _prefill_attention_shapes(ops)
+        shapes = _attention_shapes(ops)
     # a new Op positionally: the first group's fields but the merged work
     return Op(a.name, a.target, a.kind, a.block, a.layer, a.layer_type, a.phase, shapes, a.out_shapes, a.dtype,
               _combine([o.flops for o in ops], [k.flops for k in consts]), _bytes(ops, consts, "bytes_read"),

@@ -365,8 +365,7 @@ class Efficiency(_Strict):
 
     @model_validator(mode="after")
     def _moe_triton_dtypes(self) -> "Efficiency":
-        for f in ("moe_triton", "moe_triton_default", "moe_triton_block_fp8", "moe_trtllm_block_fp8",
-                  "moe_trtllm_fp8"):
+        for f in FUSED_MOE_CURVES:
             if getattr(self, f) is not None and not getattr(self, f + "_dtypes"):
                 raise ValueError(f"{f}_dtypes: expected the matrix dtypes {f} has kernel rows of, found none")
         if self.moe_triton_default_bf16 is not None and "bf16" not in self.moe_triton_default_dtypes:
@@ -388,9 +387,9 @@ class Efficiency(_Strict):
     def moe_kernel_curve(self, field: str, dtype: str) -> tuple[float, float | None, float | None, float,
                                                                 float | None] | None:
         """(fraction of `dtype`'s peak, tokens_half, memory fraction, fixed seconds, K half-point)
-        of the fused MoE curve `field` ("moe_triton", "moe_triton_default", "moe_triton_block_fp8",
-        "moe_trtllm_block_fp8" or "moe_trtllm_fp8"); None where the chip has no such curve or the curve has no rows of
-        `dtype`. The K half-point is None (no K ramp) for the curves without one."""
+        of the fused MoE curve `field` (one of `FUSED_MOE_CURVES`); None where the chip has no such
+        curve or the curve has no rows of `dtype`. The K half-point is None (no K ramp) for the
+        curves without one."""
         frac = getattr(self, field)
         if frac is None or dtype not in getattr(self, field + "_dtypes"):
             return None
@@ -420,6 +419,11 @@ class Efficiency(_Strict):
         if self.grouped_gemm_by_dtype and dtype in self.grouped_gemm_by_dtype:
             return self.grouped_gemm_by_dtype[dtype]  # type: ignore[index]
         return self.grouped_gemm or self.gemm_for(dtype)
+
+
+# The fused-MoE kernel curves of `Efficiency` (`moe_kernel_curve`): the fields with a `<field>_dtypes`
+# sibling naming the matrix dtypes the curve has kernel rows of.
+FUSED_MOE_CURVES = tuple(f for f in Efficiency.model_fields if f + "_dtypes" in Efficiency.model_fields)
 
 
 class ScaleUp(_Strict):

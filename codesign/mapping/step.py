@@ -148,9 +148,8 @@ def _rank_attention_shapes(op: Op, tok: float, tp: int, kv_div: float) -> tuple:
     term's batch x KV heads); FLOPs and bytes are scaled separately. Other ops, MLA's (its latent
     K / V is one head, never split) and unknown shapes: unchanged."""
     shapes = op.in_shapes
-    if op.kind != "attention" or op.block == "mla" or len(shapes) < 3 or any(len(x) != 4 for x in shapes[:3]):
-        return shapes
-    if tok == 1.0 and tp == 1:
+    if (op.kind != "attention" or op.block == "mla" or (tok == 1.0 and tp == 1) or len(shapes) < 3
+            or any(len(x) != 4 for x in shapes[:3])):
         return shapes
     (b, h, sq, d), (_, hkv, skv, dk), (_, _, sv, dv) = shapes[0], shapes[1], shapes[2]
     rb = max(1, math.ceil(b * tok - 1e-9))
@@ -195,11 +194,10 @@ def _kv_split(config: ModelConfig, op: Op, tp: int) -> float:
 
 
 def _spec_rates(hw: HardwareSpec, precision: Precision) -> tuple[float, float]:
-    """Ranking rates from the spec alone (peak x efficiency.grouped_gemm or gemm, HBM x
-    efficiency.memory): the default where the caller passes no cost model's `rank_rates()`."""
+    """Ranking rates from the spec alone (peak x the grouped GEMM fraction, `Efficiency.grouped_gemm_for`,
+    and HBM x efficiency.memory): the default where the caller passes no cost model's `rank_rates()`."""
     eff = hw.efficiency
-    grouped = (eff.grouped_gemm_by_dtype or {}).get(precision.matrix_dtype) or eff.grouped_gemm or eff.gemm
-    return (hw.chip.matrix.peak(precision.matrix_dtype) * grouped,
+    return (hw.chip.matrix.peak(precision.matrix_dtype) * eff.grouped_gemm_for(precision.matrix_dtype),
             hw.chip.hbm.bandwidth * eff.memory)
 
 
@@ -383,8 +381,7 @@ class _Context:
             return self.experts.map(op)
         if op.block in TP_BLOCKS and not _tp_replicated(op):
             new = self.scaler.op(op, self.flops_tp, self._tp_factors(op), _gemm_shape(op, self.tok_att, self.tp))
-            if op.kind == "attention":
-                new.in_shapes = _rank_attention_shapes(op, self.tok_att, self.tp, _kv_split(self.config, op, self.tp))
+            new.in_shapes = _rank_attention_shapes(op, self.tok_att, self.tp, _kv_split(self.config, op, self.tp))
             return new, None, None
         # replicated over tp: norms, router, residual glue
         return self.scaler.op(op, self.tok_att, self.f_rep, _gemm_shape(op, self.tok_att, 1)), None, None
@@ -429,8 +426,8 @@ class _Context:
             fw, fa, fk, fs = f
             r, x = op.bytes_read.get, op.bytes_written.get
             # `op_with(op, ..., Scaler.scaled(...) x 2, gemm)` written out: bytes * f[c] * scale(c)
-            shapes = op.in_shapes if op.kind != "attention" or w == 1 and tok == 1.0 else \
-                _rank_attention_shapes(op, tok, w, _kv_split(self.config, op, w))
+            shapes = _rank_attention_shapes(op, tok, w, _kv_split(self.config, op, w)) if op.kind == "attention" \
+                else op.in_shapes
             out[n] = Op(op.name, op.target, op.kind, block, op.layer, op.layer_type, op.phase, shapes,
                         op.out_shapes, op.dtype, op.flops * ff,
                         {"weight": r("weight", 0.0) * fw * sw, "activation": r("activation", 0.0) * fa * sa,

@@ -10,6 +10,8 @@ model's own (`attention_seq_ramp`)."""
 
 from __future__ import annotations
 
+import math
+
 from codesign.errors import CodesignError
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
@@ -19,13 +21,19 @@ from codesign.hw.spec import HardwareSpec
 PAGED_REFERENCE_HEAD_DIM = 128
 
 
-def paged_gqa(op: Op) -> bool:
-    """A prefill attention op whose K and V rows have one head dim (GQA / MHA, what vLLM's
-    FlashAttention backend runs through the paged cache); not MLA, whose prefill attends to
-    K and V decompressed from the latent cache (V's head dim differs from K's)."""
+def gqa_shapes(op: Op) -> bool:
+    """Whether attention op `op` records K and V as (B, heads, S, D) with one head dim (GQA / MHA);
+    not MLA, whose V is a slice of the latent K (decode) or whose decompressed V has its own head dim
+    (prefill)."""
     shapes = op.in_shapes
-    return (op.kind == "attention" and op.phase != "decode" and len(shapes) >= 3 and len(shapes[1]) == 4
-            and len(shapes[2]) == 4 and shapes[1][3] == shapes[2][3])
+    return len(shapes) >= 3 and len(shapes[1]) == 4 and len(shapes[2]) == 4 and shapes[1][3] == shapes[2][3]
+
+
+def paged_gqa(op: Op) -> bool:
+    """A GQA / MHA prefill attention op (`gqa_shapes`): what the engines' prefill kernels of
+    `CostOptions.attention_kernel` run (vLLM's FlashAttention through the paged cache, TensorRT-LLM's
+    context FMHA)."""
+    return op.kind == "attention" and op.phase != "decode" and gqa_shapes(op)
 
 
 class AttentionKernels:
@@ -60,6 +68,34 @@ class AttentionKernels:
                 raise CodesignError(f"cost.mla_kernel: {hw.name} has no kernel rows of {self.opts.mla_kernel!r} "
                                     f"(its efficiency.mla_kernels: {', '.join(eff.mla_kernels) or 'none'}); "
                                     f"expected calibrated or one of those")
+
+    def attention_terms(self, op: Op) -> tuple[float, float]:
+        """(HBM-byte factor, extra seconds per call) of attention op `op` (1, 0 for other ops).
+
+        A GQA decode op (`gqa_shapes`): its bytes stream at the memory rate x W / (W +
+        efficiency.attention_decode_units_half), W = batch x kv_heads x ceil(S /
+        attention_decode_split) from its K shape (B, Hkv, S, D), charged as bytes x (W + half) / W,
+        plus efficiency.attention_decode_fixed_s (the occupancy term; factor 1 where it is off). An
+        MLA op (block "mla") under `CostOptions.mla_kernel`: (1, that kernel's fixed seconds per call
+        of its phase); other MLA decode ops and unknown shapes (1, 0). A prefill op: (1, the prefill
+        kernel's fixed seconds per call: 0 but for a `CostOptions.attention_kernel` other than
+        "flash_attention")."""
+        if op.kind != "attention":
+            return 1.0, 0.0
+        if self.mla_terms is not None and op.block == "mla":
+            return 1.0, (self.mla_terms[2] if op.phase == "decode" else self.mla_terms[1])
+        if op.phase != "decode":
+            return 1.0, self.prefill_fixed_s(op)
+        if not gqa_shapes(op):
+            return 1.0, 0.0
+        half = self.decode_units_half
+        if half is None:
+            return 1.0, self.decode_fixed_s
+        b, hkv, s, _ = op.in_shapes[1]
+        units = b * hkv * (math.ceil(s / self.decode_split) if self.decode_split else 1)
+        if units <= 0:
+            return 1.0, self.decode_fixed_s
+        return (units + half) / units, self.decode_fixed_s
 
     def _attention_kernel(self, hw: HardwareSpec) -> None:
         """The curve of `CostOptions.attention_kernel`: (rate, half-length or None) and a fixed time

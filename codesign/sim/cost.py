@@ -302,33 +302,6 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             return 1.0
         return keys / (keys + half)
 
-    def decode_attention_occupancy(self, op: Op) -> tuple[float, float]:
-        """(HBM-byte factor, extra seconds per call) of a GQA decode attention op: its bytes stream
-        at the memory rate x W / (W + efficiency.attention_decode_units_half), W = batch x kv_heads
-        x ceil(S / attention_decode_split) from the op's K shape (B, Hkv, S, D), charged as bytes x
-        (W + half) / W; plus efficiency.attention_decode_fixed_s. (1, 0) for other decode ops: MLA
-        (V's head dim differs from K's: the absorbed latent), unknown shapes, or the term off. An MLA
-        op (block "mla") under `CostOptions.mla_kernel`: (1, that kernel's fixed seconds per call of
-        its phase). A prefill attention op gets (1, the prefill kernel's fixed seconds per call: 0 but
-        for a `CostOptions.attention_kernel` other than "flash_attention")."""
-        if op.kind != "attention":
-            return 1.0, 0.0
-        if self.mla_terms is not None and op.block == "mla":
-            return 1.0, (self.mla_terms[2] if op.phase == "decode" else self.mla_terms[1])
-        if op.phase != "decode":  # prefill: the chosen kernel's fixed time per call (`attention_kernel`)
-            return 1.0, self.prefill_fixed_s(op)
-        shapes = op.in_shapes
-        if len(shapes) < 3 or len(shapes[1]) != 4 or len(shapes[2]) != 4 or shapes[1][3] != shapes[2][3]:
-            return 1.0, 0.0
-        half = self.decode_units_half
-        if half is None:
-            return 1.0, self.decode_fixed_s
-        b, hkv, s, _ = shapes[1]
-        units = b * hkv * (math.ceil(s / self.decode_split) if self.decode_split else 1)
-        if units <= 0:
-            return 1.0, self.decode_fixed_s
-        return (units + half) / units, self.decode_fixed_s
-
     def gemm_time(self, op: Op) -> float:
         """Matrix-unit seconds of a dense GEMM, with tile padding and the small-M ramp."""
         return self._gemm_seconds(op.flops, op.gemm, op.block)
@@ -452,7 +425,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         if self.unfused_moe_bw is not None and op.kind == "grouped_gemm":
             hbm += self.unfused_gemm_bytes(op, _routed(op))
         if op.kind == "attention":
-            hbm = hbm * self.decode_attention_occupancy(op)[0]
+            hbm = hbm * self.attention_terms(op)[0]
         return self.memory_seconds(op.kind, hbm, sram)
 
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
@@ -518,8 +491,8 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         if self.unfused_mlp_bw is not None and is_mlp_down(op):
             return self.mlp_down_overhead(op.gemm)
         kernel = self.launch_s * (1.0 + self.opts.elementwise_kernels_per_matrix_kernel)
-        if op.kind == "attention":  # GQA decode occupancy's fixed time per call (0 elsewhere)
-            return kernel + self.decode_attention_occupancy(op)[1]
+        if op.kind == "attention":  # the attention kernel's fixed time per call (`attention_terms`)
+            return kernel + self.attention_terms(op)[1]
         return kernel
 
     def _overheads(self) -> None:

@@ -165,7 +165,7 @@ class CostOptions(BaseModel):
     attention_seq_ramp: bool = True
     # GQA decode attention occupancy (efficiency.attention_decode_units_half, _split, _fixed_s):
     # the memory-rate ramp on the op's work units and the fixed time per call, where the chip has
-    # them (`CostModel.decode_attention_occupancy`). False: today's rule (flat memory rate).
+    # them (`CostModel.attention_terms`). False: today's rule (flat memory rate).
     decode_attention_occupancy: bool = True
     # Which kernel runs prefill attention, a fact of the deployment's engine (docs/cost-model.md
     # "Paged-KV prefill attention"): "flash_attention" -- FlashAttention-3's forward on contiguous K

@@ -345,7 +345,7 @@ class KeptParts:
             return op, c, unit, hbm, sram, self.grouped_overhead(op, routed), 2
         if kind == "vector" or kind == "memory":
             return op, c, unit, hbm, sram, self._elementwise_overhead, 0
-        if kind == "attention":  # GQA decode occupancy (`memory_time`, `overhead`)
-            f, extra = self.decode_attention_occupancy(op)
+        if kind == "attention":  # occupancy and fixed time of the attention kernel (`memory_time`, `overhead`)
+            f, extra = self.attention_terms(op)
             return op, c, unit, hbm * f, sram, self._kernel_overhead + extra, 0
         return op, c, unit, hbm, sram, self._kernel_overhead, 0

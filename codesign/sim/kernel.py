@@ -476,12 +476,9 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
     dt = s.dtype
     # One kernel alone: no element-wise kernels of a serving engine around it.
     opts = options or CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0)
-    if s.gemm_kernel is not None:
-        opts = opts.model_copy(update={"gemm_kernel": s.gemm_kernel})
-    if s.mla_kernel is not None:
-        opts = opts.model_copy(update={"mla_kernel": s.mla_kernel})
-    if s.attention_kernel is not None:
-        opts = opts.model_copy(update={"attention_kernel": s.attention_kernel})
+    chosen = {f: getattr(s, f) for f in ("gemm_kernel", "mla_kernel", "attention_kernel") if getattr(s, f) is not None}
+    if chosen:  # the kernel the row ran (`CostOptions`' field of the same name)
+        opts = opts.model_copy(update=chosen)
     cm = CostModel(hw, dt, dt, opts)
     if s.op == "gdn_chunk":
         return _predict_ops(gdn_chunk_ops(s), cm)

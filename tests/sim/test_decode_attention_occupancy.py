@@ -64,12 +64,12 @@ def test_scope_prefill_mla_and_other_chips_do_not_move():
     # MLA absorbed decode (FlashMLA: K the 576-wide latent, V its first 512 columns)
     mla = KernelShape(op="attention", hw="h200", dtype="bf16", phase="decode", batch=4, heads=128, kv_heads=1,
                       head_dim=576, head_dim_v=512, latent=True, seq_q=1, seq_kv=4096, causal=True)
-    assert CostModel(hw).decode_attention_occupancy(build_op(mla)) == (1.0, 0.0)
+    assert CostModel(hw).attention_terms(build_op(mla)) == (1.0, 0.0)
     assert predict(mla, hw).seconds == predict(mla, off).seconds
     # a chip without the fields keeps today's rule
     a100 = load_hw("a100")
     assert a100.efficiency.attention_decode_units_half is None
-    assert CostModel(a100).decode_attention_occupancy(build_op(_decode("a100"))) == (1.0, 0.0)
+    assert CostModel(a100).attention_terms(build_op(_decode("a100"))) == (1.0, 0.0)
 
 
 def test_kept_parts_equal_the_full_cost():
@@ -84,15 +84,15 @@ def test_overrides_act():
     hw = load_hw("h100")
     op = build_op(_decode(batch=32, seq_kv=8191))
     cm = CostModel(hw)
-    f, extra = cm.decode_attention_occupancy(op)
+    f, extra = cm.attention_terms(op)
     assert f == pytest.approx((32 + 5.4) / 32) and extra == pytest.approx(10.3e-6)
     # no split: W = batch x kv_heads; a larger half is a slower ramp
     f2, _ = CostModel(_with_eff(hw, attention_decode_split=None, attention_decode_units_half=64.0)) \
-        .decode_attention_occupancy(op)
+        .attention_terms(op)
     assert f2 == pytest.approx((32 + 64) / 32)
     # the cost option switches the term off: today's rule
     off = CostModel(hw, options=CostOptions(decode_attention_occupancy=False))
-    assert off.decode_attention_occupancy(op) == (1.0, 0.0)
+    assert off.attention_terms(op) == (1.0, 0.0)
     flat = CostModel(_with_eff(hw, attention_decode_units_half=None, attention_decode_fixed_s=0.0))
     assert off.cost(op).time_s == flat.cost(op).time_s
 

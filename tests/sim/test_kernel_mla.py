@@ -88,7 +88,7 @@ def test_default_leaves_attention_ops_of_mla_layers_as_before():
              dtype="bf16", flops=1e9, bytes_read={"kv_cache": 1e8}, bytes_written={})
     cal = CostModel(hw, "bf16", "bf16", CostOptions())
     trt = CostModel(hw, "bf16", "bf16", CostOptions(mla_kernel="trtllm"))
-    assert cal.decode_attention_occupancy(op) == (1.0, 0.0)
+    assert cal.attention_terms(op) == (1.0, 0.0)
     assert trt.reference_cost(gqa) == cal.reference_cost(gqa)
     assert trt.cost(op).time_s == pytest.approx(cal.cost(op).time_s + hw.efficiency.mla_trtllm_decode_fixed_s)
 
