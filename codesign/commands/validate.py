@@ -2,14 +2,21 @@
 mean absolute percentage error (MAPE) over the scenarios the simulator supports.
 
     codesign validate benchmarks/validation/public.yaml [--json]
+    codesign validate FILE --only 'vllm-1xh100-qwen3-14b-*'     # the scenarios whose name matches
+    codesign validate FILE --json > before.json; ...; codesign validate FILE --baseline before.json
     codesign validate --kernels [DIR] [--json]     # the kernel tables (benchmarks/kernels/)
+
+`--baseline` reads an earlier `--json` output and prints, after the table, the MAPE then and now
+and every comparison whose error moved (what a change to the model did to the validation rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 # The measured quantities compared, in this order; a row gives one or more. Latencies: `ttft_s`,
@@ -56,15 +63,15 @@ def predicted(result, metric: str) -> float | None:
     return getattr(result, metric)
 
 
-def validate_file(path: str) -> list[Row]:
-    """Simulate every scenario of `path` and pair each of its measurements with the prediction (one
-    `Row` per measured metric)."""
+def validate_file(path: str, only: list[str] | None = None) -> list[Row]:
+    """Simulate every scenario of `path` (with `only`, those whose name matches one of its glob
+    patterns) and pair each of its measurements with the prediction (one `Row` per measured metric)."""
     from codesign.errors import CodesignError
     from codesign.scenario import load_scenarios
     from codesign.sim import simulate_scenario
 
     rows = []
-    for s in load_scenarios(path):
+    for s in selected(load_scenarios(path), only, path):
         measured = s.measured.model_dump() if s.measured else {}
         metrics = [m for m in METRICS if measured.get(m) is not None]
         try:
@@ -84,6 +91,54 @@ def validate_file(path: str) -> list[Row]:
             status = "ok" if p is not None else f"not predicted: {metric} needs workload.mode 'server' (a request stream)"
             rows.append(Row(s.name, metric, measured[metric], p, status))
     return rows
+
+
+def selected(scenarios: list, only: list[str] | None, path: str) -> list:
+    """The scenarios whose name matches one of the glob patterns `only` (all without it); a pattern
+    that matches no scenario is bad input."""
+    if not only:
+        return scenarios
+    from codesign.errors import CodesignError
+
+    for pat in only:
+        if not any(fnmatch.fnmatchcase(s.name, pat) for s in scenarios):
+            raise CodesignError(f"validate --only: no scenario of {path} matches {pat!r} (glob on scenario "
+                                f"names, e.g. 'mlperf-v4.1-*')")
+    return [s for s in scenarios if any(fnmatch.fnmatchcase(s.name, pat) for pat in only)]
+
+
+MOVED = 0.001  # a comparison whose error moved by more than this (0.1 point) is listed against a baseline
+
+
+def load_baseline(path: str) -> dict[tuple[str, str | None], float | None]:
+    """An earlier `codesign validate --json` output: the error of each (scenario, metric)."""
+    from codesign.errors import CodesignError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise CodesignError(f"validate --baseline {path}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CodesignError(f"validate --baseline {path}: expected the JSON of `codesign validate FILE --json`, "
+                            f"found text that is not JSON ({e})") from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r and "error" in r for r in rows):
+        raise CodesignError(f"validate --baseline {path}: expected the JSON of `codesign validate FILE --json` "
+                            "(an object whose rows each have name, metric and error), found another document")
+    return {(r["name"], r.get("metric")): r["error"] for r in rows}
+
+
+def moved(rows: list[Row], base: dict[tuple[str, str | None], float | None]) -> list[tuple[Row, float | None]]:
+    """The comparisons whose error differs from the baseline's by more than `MOVED` (or that are new
+    there), largest move first."""
+    out = []
+    for r in rows:
+        if r.status != "ok" or r.error is None:
+            continue
+        before = base.get((r.name, r.metric))
+        if before is None or abs(r.error - before) > MOVED:
+            out.append((r, before))
+    return sorted(out, key=lambda p: -abs(p[0].error - (p[1] or 0.0)) if p[1] is not None else float("-inf"))
 
 
 REFUSED = "refused: "  # the status prefix of a scenario the simulator refused (its error follows)
@@ -107,6 +162,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--kernels", action="store_true",
                    help="predicted vs measured for every row of the kernel tables, with MAPE")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="only the scenarios whose name matches this glob (repeatable), e.g. 'mlperf-v4.1-*'")
+    p.add_argument("--baseline", metavar="JSON",
+                   help="an earlier `--json` output: print the MAPE then and now and every comparison that moved")
     return p
 
 
@@ -142,6 +201,17 @@ def run_kernels(folder: str | None, as_json: bool) -> int:
     return 0
 
 
+def print_moves(c, rows: list[Row], base: dict, path: str) -> None:
+    """The baseline's MAPE over the same comparisons, and each comparison that moved."""
+    same = [abs(base[(r.name, r.metric)]) for r in rows
+            if r.status == "ok" and r.error is not None and base.get((r.name, r.metric)) is not None]
+    then = f"{sum(same) / len(same):.1%} over the {len(same)} comparisons it shares" if same else "no shared comparison"
+    c.print(f"baseline {path}: {then}")
+    for r, before in moved(rows, base):
+        was = "new" if before is None else f"{before:+.1%}"
+        c.print(f"  {was:>8} -> {r.error:+.1%}  {r.name} {r.metric}")
+
+
 def library_summary(results) -> dict[str, dict]:
     """Per kernel library (`library:` of the rows; rows of a named GEMM kernel apart, as `<library>
     <gemm_kernel>`, and power-capped rows, as `<library>@<W>W`): rows,
@@ -168,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
         from codesign.errors import CodesignError
 
         raise CodesignError("validate: expected a validation file (or --kernels)")
-    rows = validate_file(args.file)
+    base = load_baseline(args.baseline) if args.baseline else None  # bad input before the two-minute run
+    rows = validate_file(args.file, args.only)
     m = mape(rows)
     if args.json:
         print(json.dumps({"rows": [{**r.__dict__, "error": r.error} for r in rows], "mape": m}, indent=2))
@@ -193,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         c.print("MAPE: no supported scenario with a measurement")
     else:
         c.print(f"MAPE over {n} comparisons ({scenarios} supported scenarios): {m:.1%} (worst {worst:.1%})")
+    if base is not None:
+        print_moves(c, rows, base, args.baseline)
     bad = refused(rows)
     if bad:  # bad input: a non-zero exit, every other scenario still reported
         c.print(f"{len(bad)} scenario(s) refused, not in the MAPE: {', '.join(bad)}")
