@@ -238,8 +238,9 @@ def run(args: argparse.Namespace) -> int:
         from codesign.errors import CodesignError
 
         raise CodesignError("validate: expected a validation file (or --kernels)")
-    base = load_baseline(args.baseline) if args.baseline else None  # bad input before the two-minute run
-    rows = validate_file(args.file, args.only)
+    baseline, only = getattr(args, "baseline", None), getattr(args, "only", None)  # callers may omit them
+    base = load_baseline(baseline) if baseline else None  # bad input before the two-minute run
+    rows = validate_file(args.file, only)
     m = mape(rows)
     if args.json:
         print(json.dumps({"rows": [{**r.__dict__, "error": r.error} for r in rows], "mape": m}, indent=2))
@@ -265,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         c.print(f"MAPE over {n} comparisons ({scenarios} supported scenarios): {m:.1%} (worst {worst:.1%})")
     if base is not None:
-        print_moves(c, rows, base, args.baseline)
+        print_moves(c, rows, base, baseline)
     bad = refused(rows)
     if bad:  # bad input: a non-zero exit, every other scenario still reported
         c.print(f"{len(bad)} scenario(s) refused, not in the MAPE: {', '.join(bad)}")
