@@ -206,7 +206,10 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self._gdn_kernel(hw)  # the fused GatedDeltaNet chunk kernel's rate and terms (`GdnChunkKernel`)
         self._overheads()
         # byte_split's flags, read once per op
-        self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
+        # (with `elementwise_model: regions` the element-wise ops carry their regions' external
+        # bytes, `codesign.sim.elementwise_regions`, split like any op's)
+        self._fused_elementwise = (self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
+                                   and self.opts.elementwise_model == "sram_per_op")
         self._sram_activations = self.opts.sram_activations
         # Everything an op's compute seconds, byte split and overhead depend on: all attributes set
         # above but the bandwidths (`_CALL_TIME`). Cost models with the same key (hardware variants
