@@ -70,7 +70,8 @@ def test_swiglu_region_reads_gate_and_up_and_writes_once(graph):
 
 def test_region_bytes_cost_at_hbm_streaming_bandwidth(graph):
     # The SwiGLU region at 8,192 tokens is far above the SRAM budget: its ops' bytes stream from HBM
-    # (3.35 TB/s x efficiency.memory 0.90 on H100), not at the SRAM rate of the per-op rule.
+    # at the fused element-wise kernels' rate (3.35 TB/s x efficiency.elementwise_memory 0.65 on
+    # H100), not at the SRAM rate of the per-op rule.
     g = trace("qwen3-8b", phase="prefill", batch=1, tokens=8192)
     by_layer, op_of, charged = _regions(g)
     region = _between(by_layer[1], op_of, "layers.1.mlp.up_proj/mm", "layers.1.mlp.down_proj/mm")
@@ -78,12 +79,26 @@ def test_region_bytes_cost_at_hbm_streaming_bandwidth(graph):
     regions = CostModel(hw, options=CostOptions(elementwise_model="regions"))
     per_op = CostModel(hw)
     mem = sum(regions.cost(charged[n]).memory_s for n in region)
-    assert mem == pytest.approx(3 * 8192 * I * BF16 / (3.35e12 * 0.90), rel=1e-9)
+    assert mem == pytest.approx(3 * 8192 * I * BF16 / (3.35e12 * 0.65), rel=1e-9)
     assert {regions.cost(charged[n]).bottleneck for n in region} == {"hbm"}
     assert {per_op.cost(op_of[n]).bottleneck for n in region} == {"sram"}
     # the option changes nothing for the ops the per-op rule already charges to HBM (the GEMMs)
     gemm = next(n for n in by_layer[1] if op_of[n].kind == "gemm")
     assert regions.cost(op_of[gemm]) == per_op.cost(op_of[gemm])
+    # and the kept parts agree with the full computation
+    assert all(regions.cost(charged[n]) == regions.reference_cost(charged[n]) for n in region)
+
+
+def test_cache_writes_stream_at_the_hbm_rate(graph):
+    # A KV-cache write (copy_ into the cache, a memory op) is not an element-wise kernel's
+    # activation traffic: it streams at efficiency.memory whatever the element-wise model.
+    by_layer, op_of, charged = _regions(graph)
+    (write, *_) = [n for n in by_layer[1] if charged[n].bytes_written.get("kv_cache", 0.0) > 0]
+    hw = load_hw("h100")
+    c = CostModel(hw, options=CostOptions(elementwise_model="regions", sram_activations=False)).cost(charged[write])
+    o = charged[write]
+    moved = sum(o.bytes_read.values()) + sum(o.bytes_written.values())
+    assert c.memory_s == pytest.approx(moved / (3.35e12 * 0.90), rel=1e-9)
 
 
 def test_default_is_the_per_op_rule():
