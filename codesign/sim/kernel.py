@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
+import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from codesign.errors import CodesignError
@@ -376,11 +377,26 @@ FP8_E4M3_MAX = 448.0
 
 def rmsnorm_ops(s: KernelShape) -> tuple[Op, ...]:
     """The ops the tracer records for an RMSNorm of this shape (`rmsnorm` in `REQUIRED`)."""
-    return _rmsnorm_ops(s.tokens, s.hidden, s.dtype == "fp8")
+    return _rmsnorm_segment(s.tokens, s.hidden, s.dtype == "fp8")[0]
+
+
+def rmsnorm_region_ops(s: KernelShape) -> tuple[Op, ...]:
+    """Those ops as `elementwise_model: regions` charges them: one region (all of them element-wise,
+    between no matrix ops), each op with its bytes across the region's boundary only
+    (`codesign.sim.elementwise_regions.region_ops`)."""
+    from codesign.sim.elementwise_regions import region_ops
+
+    ops, edges = _rmsnorm_segment(s.tokens, s.hidden, s.dtype == "fp8")
+    g = nx.DiGraph()
+    g.add_nodes_from((i, {"op": o}) for i, o in enumerate(ops))
+    g.add_edges_from(edges)
+    op_of = dict(enumerate(ops))
+    charged = region_ops(g, [list(range(len(ops)))], op_of)
+    return tuple(charged.get(i, o) for i, o in enumerate(ops))
 
 
 @functools.lru_cache(maxsize=64)
-def _rmsnorm_ops(T: int, H: int, quant: bool) -> tuple[Op, ...]:
+def _rmsnorm_segment(T: int, H: int, quant: bool) -> tuple[tuple[Op, ...], tuple[tuple[int, int], ...]]:
     import torch
 
     from codesign.graph.tracer import record
@@ -400,7 +416,7 @@ def _rmsnorm_ops(T: int, H: int, quant: bool) -> tuple[Op, ...]:
         return y
 
     seg = record(run, root, [x], {id(norm.weight): "weight"}, "prefill")
-    return tuple(seg.ops)
+    return tuple(seg.ops), tuple(seg.edges)
 
 
 def rmsnorm_pass_bytes(s: KernelShape) -> float:
@@ -548,9 +564,10 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
                                 p.overhead_s + cm.launch_s)
     if s.op == "rmsnorm":
         # The traced decomposition costed as a step costs it (its element-wise ops at the step's
-        # rules, `fuse_elementwise` / `fused_activations_on_chip`), plus one launch: alone, the norm
-        # is a kernel of its own.
-        p = _predict_ops(rmsnorm_ops(s), cm)
+        # rules: `elementwise_model`, `fuse_elementwise` / `fused_activations_on_chip`), plus one
+        # launch: alone, the norm is a kernel of its own.
+        ops = rmsnorm_region_ops(s) if cm.opts.elementwise_model == "regions" else rmsnorm_ops(s)
+        p = _predict_ops(ops, cm)
         return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
                                 p.overhead_s + cm.launch_s)
     if s.op == "gdn_recurrent":
