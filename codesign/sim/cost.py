@@ -183,6 +183,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         # kernels' own fraction (efficiency.elementwise_memory; none = memory); else `hbm_bw`.
         regions = self.opts.elementwise_model == "regions"
         self.elementwise_hbm_bw = chip.hbm.bandwidth * (eff.elementwise_memory or eff.memory) if regions else self.hbm_bw
+        self._elementwise_bw_code = 3 if regions else 0  # the kept parts' bandwidth selector (`_parts_of`)
         self.k_half = eff.gemm_k_half
         self.launch_s = self.opts.launch_overhead_s if self.opts.launch_overhead_s is not None else eff.kernel_overhead
         # SRAM streams at its own peak; efficiency.memory applies to it too (same access patterns).

@@ -350,7 +350,7 @@ class KeptParts:
             hbm += self.unfused_gemm_bytes(op, routed)
             return op, c, unit, hbm, sram, self.grouped_overhead(op, routed), 2
         if kind == "vector" or kind == "memory":  # KV-cache and state bytes stream at hbm_bw (`memory_seconds`)
-            return op, c, unit, hbm, sram, self._elementwise_overhead, 0 if kv_cache > 0 or state > 0 else 3
+            return op, c, unit, hbm, sram, self._elementwise_overhead, 0 if kv_cache > 0 or state > 0 else self._elementwise_bw_code
         if kind == "attention":  # occupancy and fixed time of the attention kernel (`memory_time`, `overhead`)
             f, extra = self.attention_terms(op)
             return op, c, unit, hbm * f, sram, self._kernel_overhead + extra, 0
