@@ -103,3 +103,26 @@ def test_cache_writes_stream_at_the_hbm_rate(graph):
 
 def test_default_is_the_per_op_rule():
     assert CostOptions().elementwise_model == "sram_per_op"
+
+
+@pytest.mark.parametrize("model,chips,plan", [("qwen3.5-35b-a3b", 8, "tp8ep8"), ("qwen3-8b", 4, "tp2pp2")])
+def test_step_model_equals_full_evaluation_with_regions(model, chips, plan):
+    # The step model's templates, remapped ops and virtual layers charge the same regions as the
+    # whole traced graph.
+    from codesign.graph.shape import Group, StepShape
+    from codesign.mapping import ParallelPlan, Precision
+    from codesign.models import load_model
+    from codesign.sim.stepper import Stepper
+    from tests.sim.helpers import make_hw
+
+    plans = {"tp8ep8": ParallelPlan(tp=8, ep=8), "tp2pp2": ParallelPlan(tp=2, pp=2)}
+    hw = make_hw(**{"system.chips": chips, "system.scale_up.size": max(8, chips)})
+    opts = CostOptions(elementwise_model="regions")
+    st = Stepper(hw, load_model(model), plans[plan], Precision(weights="fp8", activations="fp8"), opts, cache=False)
+    base = Stepper(hw, load_model(model), plans[plan], Precision(weights="fp8", activations="fp8"), cache=False)
+    for shape in (StepShape.decode(37, 20_000), StepShape.prefill(1, 2048, cached=1024),
+                  StepShape((Group(12, 1, 5000), Group(1, 256, 700)))):
+        a, b = st.step(shape), st.full_step(shape)
+        assert a.time_s == pytest.approx(b.time_s, rel=1e-12, abs=0)
+        assert a.breakdown["resource"] == pytest.approx(b.breakdown["resource"], rel=1e-9, abs=1e-15)
+        assert a.time_s != base.step(shape).time_s
