@@ -216,6 +216,9 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self._fused_elementwise = (self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
                                    and self.opts.elementwise_model == "sram_per_op")
         self._sram_activations = self.opts.sram_activations
+        # whether vector/memory ops' activations may take the SRAM split (`elementwise_sram_split`)
+        self._sram_elementwise = self._sram_activations and (self.opts.elementwise_model == "sram_per_op"
+                                                             or self.opts.elementwise_sram_split)
         # Everything an op's compute seconds, byte split and overhead depend on: all attributes set
         # above but the bandwidths (`_CALL_TIME`). Cost models with the same key (hardware variants
         # that differ in HBM or SRAM bandwidth only) share those parts of their op costs (`cost`).
@@ -458,8 +461,10 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             else:
                 hbm += weight
         if activation > 0:
-            if (self._fused_elementwise and kind in ("vector", "memory")) or (
-                    self._sram_activations and activation <= self.sram_budget):
+            elementwise = kind == "vector" or kind == "memory"
+            if (self._fused_elementwise and elementwise) or (
+                    (self._sram_elementwise if elementwise else self._sram_activations)
+                    and activation <= self.sram_budget):
                 sram += activation
             else:
                 hbm += activation

@@ -70,10 +70,13 @@ def test_regions_rule_charges_one_pass_of_the_norm():
     alone = dict(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0, elementwise_model="regions")
     # All bytes through HBM (no SRAM split): the fused kernel's rows from 1,024 tokens within 13%
     # (x efficiency.elementwise_memory; the 512-token row, +56%, is below the kernel's fixed time).
+    # `elementwise_sram_split: false` is that rule for the element-wise ops alone.
     hbm = CostOptions(**alone, sram_activations=False)
+    hbm_elementwise = CostOptions(**alone, elementwise_sram_split=False)
     for r in _rows():
         err = predict(r, hw, hbm).seconds / r.seconds - 1.0
         assert (abs(err) < 0.13) if r.tokens >= 1024 else err > 0.5
+        assert predict(r, hw, hbm_elementwise).seconds == predict(r, hw, hbm).seconds
     # With the ordinary split (`sram_activations`), ops whose bytes fit sram_fraction x SRAM are
     # served at the SRAM rate: the 1,024- and 2,048-token rows, whose tensors fit the L2 but which
     # the kernel streams at 1.6-1.9 TB/s, come out 35-45% fast.
@@ -81,3 +84,18 @@ def test_regions_rule_charges_one_pass_of_the_norm():
     for r in _rows():
         if r.tokens in (1024, 2048):
             assert -0.45 < predict(r, hw, split).seconds / r.seconds - 1.0 < -0.35
+
+
+def test_elementwise_sram_split_leaves_matrix_operands_and_the_default_alone():
+    # A GEMM whose activation operand fits the SRAM budget keeps it there under the option; the
+    # option means nothing under the default rule (same costs).
+    from codesign.sim.cost import CostModel
+
+    hw = load_hw("h100")
+    gemm = KernelShape(op="gemm", hw="h100", m=512, n=4096, k=4096)
+    base = CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0, elementwise_model="regions")
+    assert predict(gemm, hw, base) == predict(gemm, hw, base.model_copy(update={"elementwise_sram_split": False}))
+    default = CostModel(hw)
+    flagged = CostModel(hw, options=CostOptions(elementwise_sram_split=False))
+    op = rmsnorm_ops(KernelShape(op="rmsnorm", hw="h100", tokens=512, hidden=4096))[1]
+    assert default.cost(op) == flagged.cost(op)
