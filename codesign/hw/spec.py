@@ -178,6 +178,11 @@ class Efficiency(_Strict):
     # (TMA tile loads competing with the MMA pipeline reach less than a pure copy kernel).
     # None: `memory`.
     matrix_memory: Fraction | None = None
+    # Achieved / peak HBM bandwidth of the fused element-wise kernels (RMSNorm, SiLU-and-mul, ...)
+    # that `cost.elementwise_model: regions` charges the traced element-wise ops as: one pass over
+    # a few tensors of an LLM's activation size, one thread block per row, reaches less than a copy
+    # kernel over a large buffer. None: `memory`.
+    elementwise_memory: Fraction | None = None
     # Fixed seconds per GEMM/attention/grouped kernel: pipeline fill and drain, the tail wave and the
     # launch inside a CUDA graph; the intercept of kernel time vs work. A scenario's
     # `cost: {launch_overhead_s: ...}` overrides it. Default 2 us: assumed for chips without kernel

@@ -72,7 +72,7 @@ from codesign.sim.collective_cost import NetworkCollectives, network_key
 from codesign.sim.cost_options import (BLOCK_FP8_LINEAR_BLOCKS, AttentionKernel, CostOptions, GemmKernel, MlaKernel,
                                      MoeKernel)
 from codesign.sim.gdn_chunk import _GDN_SCOPE, GdnChunkKernel
-from codesign.sim.kept_parts import KeptParts, half_op
+from codesign.sim.kept_parts import KeptParts, _cache_or_state, half_op
 from codesign.sim.mlp_activation import MlpActivationKernel, is_mlp_down
 from codesign.sim.moe_kernel import MoeKernels, _routed
 from codesign.sim.op_cost import OpCost, Residency
@@ -111,7 +111,7 @@ _PAD_TABLES: dict[tuple[bool, int, int], dict[int, int]] = {}
 
 # CostModel attributes a cost reads at call time (the memory seconds and the overlap), and those
 # that are not values (the spec, caches): every other attribute is part of `static_key`.
-_CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "sram_bw", "overlap_p"})
+_CALL_TIME = frozenset({"hbm_bw", "matrix_hbm_bw", "grouped_hbm_bw", "elementwise_hbm_bw", "sram_bw", "overlap_p"})
 _NOT_KEYED = frozenset({"hw", "_collective_fn", "_a2a", "_collectives", "_expert_pad", "_static", "static_key", "_last",
                          "_last_half", "keep_parts"})
 
@@ -179,6 +179,11 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self.hbm_bw = chip.hbm.bandwidth * eff.memory
         # Operand streaming inside matrix kernels (efficiency.matrix_memory; none = memory).
         self.matrix_hbm_bw = chip.hbm.bandwidth * (eff.matrix_memory or eff.memory)
+        # HBM streaming of the element-wise ops: with `elementwise_model: regions`, the fused
+        # kernels' own fraction (efficiency.elementwise_memory; none = memory); else `hbm_bw`.
+        regions = self.opts.elementwise_model == "regions"
+        self.elementwise_hbm_bw = chip.hbm.bandwidth * (eff.elementwise_memory or eff.memory) if regions else self.hbm_bw
+        self._elementwise_bw_code = 3 if regions else 0  # the kept parts' bandwidth selector (`_parts_of`)
         self.k_half = eff.gemm_k_half
         self.launch_s = self.opts.launch_overhead_s if self.opts.launch_overhead_s is not None else eff.kernel_overhead
         # SRAM streams at its own peak; efficiency.memory applies to it too (same access patterns).
@@ -206,8 +211,14 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self._gdn_kernel(hw)  # the fused GatedDeltaNet chunk kernel's rate and terms (`GdnChunkKernel`)
         self._overheads()
         # byte_split's flags, read once per op
-        self._fused_elementwise = self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
+        # (with `elementwise_model: regions` the element-wise ops carry their regions' external
+        # bytes, `codesign.sim.elementwise_regions`, split like any op's)
+        self._fused_elementwise = (self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
+                                   and self.opts.elementwise_model == "sram_per_op")
         self._sram_activations = self.opts.sram_activations
+        # whether vector/memory ops' activations may take the SRAM split (`elementwise_sram_split`)
+        self._sram_elementwise = self._sram_activations and (self.opts.elementwise_model == "sram_per_op"
+                                                             or self.opts.elementwise_sram_split)
         # Everything an op's compute seconds, byte split and overhead depend on: all attributes set
         # above but the bandwidths (`_CALL_TIME`). Cost models with the same key (hardware variants
         # that differ in HBM or SRAM bandwidth only) share those parts of their op costs (`cost`).
@@ -426,7 +437,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             hbm += self.unfused_gemm_bytes(op, _routed(op))
         if op.kind == "attention":
             hbm = hbm * self.attention_terms(op)[0]
-        return self.memory_seconds(op.kind, hbm, sram)
+        return self.memory_seconds(op.kind, hbm, sram, not _cache_or_state(op))
 
     def byte_split(self, kind: str, bytes_read: dict[str, float], bytes_written: dict[str, float],
                    residency: Residency = Residency()) -> tuple[float, float]:
@@ -450,8 +461,10 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
             else:
                 hbm += weight
         if activation > 0:
-            if (self._fused_elementwise and kind in ("vector", "memory")) or (
-                    self._sram_activations and activation <= self.sram_budget):
+            elementwise = kind == "vector" or kind == "memory"
+            if (self._fused_elementwise and elementwise) or (
+                    (self._sram_elementwise if elementwise else self._sram_activations)
+                    and activation <= self.sram_budget):
                 sram += activation
             else:
                 hbm += activation
@@ -464,9 +477,16 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
                 hbm += state
         return hbm, sram
 
-    def memory_seconds(self, kind: str, hbm: float, sram: float) -> tuple[float, str]:
-        """(seconds, level) of moving these HBM and SRAM bytes for an op of `kind`."""
-        bw = self.grouped_hbm_bw if kind == "grouped_gemm" else (self.matrix_hbm_bw if kind == "gemm" else self.hbm_bw)
+    def memory_seconds(self, kind: str, hbm: float, sram: float, elementwise: bool = True) -> tuple[float, str]:
+        """(seconds, level) of moving these HBM and SRAM bytes for an op of `kind`; a vector or memory
+        op streams at the element-wise kernels' rate (`elementwise_hbm_bw`) unless `elementwise` is
+        False (an op moving KV-cache or recurrent-state bytes: a cache write, a recurrent kernel)."""
+        if kind == "grouped_gemm":
+            bw = self.grouped_hbm_bw
+        elif kind == "gemm":
+            bw = self.matrix_hbm_bw
+        else:
+            bw = self.elementwise_hbm_bw if elementwise and (kind == "vector" or kind == "memory") else self.hbm_bw
         t_hbm = hbm / bw
         t_sram = sram / self.sram_bw
         # HBM and SRAM stream concurrently; the slower one rules.

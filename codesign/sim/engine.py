@@ -29,12 +29,15 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
+from codesign.sim.elementwise_regions import region_ops
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
 # Names of limiting resources as results report them.
+# Element-wise region ops per graph (`StepSimulator._regions`): id -> (graph, nodes, node -> op).
+_REGIONS: dict[int, tuple[nx.DiGraph, int, dict[Any, Op]]] = {}
 BOTTLENECK_NAMES = {"matrix": "compute", "vector": "compute", "hbm": "hbm", "sram": "sram", "link": "link", "overhead": "overhead"}
 
 
@@ -262,6 +265,19 @@ class StepSimulator:
         return hit
 
     # -- the whole step ---------------------------------------------------------------------------
+    def _regions(self, g: nx.DiGraph, by_layer: dict[int, list], op_of: dict[Any, Op], remapped: bool) -> dict[Any, Op]:
+        """The element-wise ops of `g` charged as their regions' kernels
+        (`codesign.sim.elementwise_regions.region_ops`), kept per graph where its own ops are
+        simulated (the same op objects on every call, so their kept cost parts serve again)."""
+        if remapped:
+            return region_ops(g, by_layer.values(), op_of)
+        hit = _REGIONS.get(id(g))
+        if hit is None or hit[0] is not g or hit[1] != g.number_of_nodes():
+            if len(_REGIONS) >= 16:
+                _REGIONS.clear()
+            hit = _REGIONS[id(g)] = (g, g.number_of_nodes(), region_ops(g, by_layer.values(), op_of))
+        return hit[2]
+
     def residency(self, g: nx.DiGraph) -> Residency:
         """State (then weights) stay SRAM-resident when a whole step's worth fits this chip's budget."""
         state = weights = 0.0
@@ -342,6 +358,8 @@ class StepSimulator:
                 op_of[n] = o
         if ops:
             op_of.update(ops)
+        if self.cost.opts.elementwise_model == "regions":  # each run of element-wise ops as one kernel
+            op_of.update(self._regions(g, by_layer, op_of, bool(ops)))
         virtual = virtual or {}
         for layer, v in virtual.items():
             tmpl = by_layer[v.template]

@@ -64,6 +64,12 @@ def _halved(d: dict[str, float]) -> dict[str, float]:
     return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
+
+def _cache_or_state(op: Op) -> bool:
+    """Whether `op` moves KV-cache or recurrent-state bytes (streamed at `hbm_bw` whatever its kind)."""
+    rd, wr = op.bytes_read.get, op.bytes_written.get
+    return rd("kv_cache", 0.0) + wr("kv_cache", 0.0) + rd("state", 0.0) + wr("state", 0.0) > 0
+
 class KeptParts:
     """`CostModel`'s costs from kept parts; reads the model's rates, bandwidths, overheads and
     `static_key` (None: a subclass with its own rules, which keeps nothing)."""
@@ -92,7 +98,7 @@ class KeptParts:
         if unit is None:
             return c
         # memory_seconds, combine and overlap written out (the same operations in the same order)
-        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else (self.grouped_hbm_bw if bw == 2 else self.elementwise_hbm_bw)))
         t_sram = sram / self.sram_bw
         if t_hbm >= t_sram:
             return self.combine(c, unit, t_hbm, "hbm", o)
@@ -218,7 +224,7 @@ class KeptParts:
         elif kind == "grouped_gemm":
             o, bw = self._grouped_overhead, self.grouped_hbm_bw
         elif kind == "vector" or kind == "memory":
-            o, bw = self._elementwise_overhead, self.hbm_bw
+            o, bw = self._elementwise_overhead, self.hbm_bw if _cache_or_state(op) else self.elementwise_hbm_bw
         else:
             o, bw = self._kernel_overhead, self.hbm_bw
         w = op.bytes_read.get("weight", 0.0) + op.bytes_written.get("weight", 0.0)
@@ -232,7 +238,7 @@ class KeptParts:
         _, c, unit, hbm, sram, o, bw = parts
         if unit is None:
             return c.time_s
-        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else self.grouped_hbm_bw))
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else (self.grouped_hbm_bw if bw == 2 else self.elementwise_hbm_bw)))
         t_sram = sram / self.sram_bw
         m = t_hbm if t_hbm >= t_sram else t_sram
         if c >= m:
@@ -330,7 +336,7 @@ class KeptParts:
             c, unit = self._compute(op, kind, flops, gemm, tpe)
         hbm, sram = self._split(kind, weight, activation, kv_cache, state, residency)
         # `overhead` and the HBM bandwidth `memory_seconds` uses for this kind (0 hbm_bw, 1
-        # matrix_hbm_bw, 2 grouped_hbm_bw)
+        # matrix_hbm_bw, 2 grouped_hbm_bw, 3 elementwise_hbm_bw)
         if kind == "gemm":
             if self.unfused_mlp_bw is not None and is_mlp_down(op):  # the activation kernel (`overhead`)
                 return op, c, unit, hbm, sram, self.mlp_down_overhead(gemm), 1
@@ -343,8 +349,8 @@ class KeptParts:
             routed = routed_rows(tpe)
             hbm += self.unfused_gemm_bytes(op, routed)
             return op, c, unit, hbm, sram, self.grouped_overhead(op, routed), 2
-        if kind == "vector" or kind == "memory":
-            return op, c, unit, hbm, sram, self._elementwise_overhead, 0
+        if kind == "vector" or kind == "memory":  # KV-cache and state bytes stream at hbm_bw (`memory_seconds`)
+            return op, c, unit, hbm, sram, self._elementwise_overhead, 0 if kv_cache > 0 or state > 0 else self._elementwise_bw_code
         if kind == "attention":  # occupancy and fixed time of the attention kernel (`memory_time`, `overhead`)
             f, extra = self.attention_terms(op)
             return op, c, unit, hbm * f, sram, self._kernel_overhead + extra, 0

@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
+import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from codesign.errors import CodesignError
@@ -21,7 +22,7 @@ from codesign.sim.cost import AttentionKernel, CostModel, CostOptions, GemmKerne
 from codesign.sim.kernel_mla import MlaCall, MlaForm, mla_ops
 
 KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "mla", "gdn_chunk", "gdn_recurrent",
-                   "gdn_conv", "all_to_all", "all_reduce", "all_gather", "reduce_scatter"]
+                   "gdn_conv", "rmsnorm", "all_to_all", "all_reduce", "all_gather", "reduce_scatter"]
 Positive = Field(default=None, gt=0)
 
 # Fields each op needs (the rest must stay unset or keep their defaults).
@@ -52,6 +53,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # x head_dim_v, kernel 4): prefill, `batch` fresh prompts of `seq_q` tokens; decode, one token each
     # after the conv state.
     "gdn_conv": ("batch", "heads", "head_dim", "seq_q", "phase"),
+    # One RMSNorm over `tokens` rows of `hidden` (no residual add): the model's own `RMSNorm` as the
+    # tracer records it (bf16 in, fp32 compute, bf16 out); `dtype` fp8: the output statically
+    # quantised to FP8 (the eager `/ scale`, clamp and cast after it), as a fused norm + quant kernel writes.
+    "rmsnorm": ("tokens", "hidden"),
     "all_to_all": ("ranks", "tokens", "hidden", "top_k"),
     "all_reduce": ("ranks", "bytes"),
     "all_gather": ("ranks", "bytes"),  # bytes: the gathered output per rank
@@ -364,6 +369,72 @@ def _gdn_conv_ops(B: int, T: int, channels: int, phase: str) -> tuple[Op, ...]:
     return tuple(seg.ops)
 
 
+# Largest RMSNorm traced for a prediction (tokens x hidden elements; meta tensors, a sanity bound).
+NORM_MAX_WORK = 1 << 34
+# Largest magnitude of FP8 e4m3 (the static quantisation's clamp).
+FP8_E4M3_MAX = 448.0
+
+
+def rmsnorm_ops(s: KernelShape) -> tuple[Op, ...]:
+    """The ops the tracer records for an RMSNorm of this shape (`rmsnorm` in `REQUIRED`)."""
+    return _rmsnorm_segment(s.tokens, s.hidden, s.dtype == "fp8")[0]
+
+
+def rmsnorm_region_ops(s: KernelShape) -> tuple[Op, ...]:
+    """Those ops as `elementwise_model: regions` charges them: one region (all of them element-wise,
+    between no matrix ops), each op with its bytes across the region's boundary only
+    (`codesign.sim.elementwise_regions.region_ops`)."""
+    from codesign.sim.elementwise_regions import region_ops
+
+    ops, edges = _rmsnorm_segment(s.tokens, s.hidden, s.dtype == "fp8")
+    g = nx.DiGraph()
+    g.add_nodes_from((i, {"op": o}) for i, o in enumerate(ops))
+    g.add_edges_from(edges)
+    op_of = dict(enumerate(ops))
+    charged = region_ops(g, [list(range(len(ops)))], op_of)
+    return tuple(charged.get(i, o) for i, o in enumerate(ops))
+
+
+@functools.lru_cache(maxsize=64)
+def _rmsnorm_segment(T: int, H: int, quant: bool) -> tuple[tuple[Op, ...], tuple[tuple[int, int], ...]]:
+    import torch
+
+    from codesign.graph.tracer import record
+    from codesign.models.norms import BlockNorm
+
+    if T * H > NORM_MAX_WORK:
+        raise CodesignError(f"rmsnorm: tokens x hidden = {T * H:,} exceeds {NORM_MAX_WORK:,}")
+    meta = torch.device("meta")
+    root = torch.nn.Module()
+    root.norm = norm = BlockNorm(H).to(device=meta, dtype=torch.bfloat16)
+    x = torch.empty(T, H, device=meta, dtype=torch.bfloat16)
+
+    def run():
+        y = norm(x)
+        if quant:
+            y = (y / 1.0).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+        return y
+
+    seg = record(run, root, [x], {id(norm.weight): "weight"}, "prefill")
+    return tuple(seg.ops), tuple(seg.edges)
+
+
+def rmsnorm_pass_bytes(s: KernelShape) -> float:
+    """HBM bytes of an RMSNorm run as one fused kernel (what vLLM's `rms_norm` and FlashInfer's
+    `rmsnorm` / `rmsnorm_quant` do): the input read once (bf16), the output written once (bf16, or
+    FP8 with `dtype` fp8) and the weight read once (bf16); the fp32 intermediates stay in registers."""
+    out = 1.0 if s.dtype == "fp8" else 2.0
+    return float(s.tokens) * s.hidden * (2.0 + out) + 2.0 * s.hidden
+
+
+def rmsnorm_pass_seconds(s: KernelShape, hw: HardwareSpec) -> float:
+    """Seconds of that one kernel at the chip's HBM streaming rate (HBM x efficiency.memory) plus one
+    kernel's fixed time (efficiency.kernel_overhead): the one-pass figure the traced decomposition
+    (`rmsnorm_ops`, what `predict` charges) is compared with (docs/cost-model.md "Element-wise
+    kernel rows")."""
+    return rmsnorm_pass_bytes(s) / (hw.chip.hbm.bandwidth * hw.efficiency.memory) + hw.efficiency.kernel_overhead
+
+
 # Largest routed-expert kernel traced for a prediction (tokens x top_k routed slots; experts x hidden
 # x intermediate weights): the shapes are meta tensors, but a bound keeps a mistyped shape sane.
 MOE_MAX_SLOTS = 1 << 24
@@ -489,6 +560,14 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
         # traced element-wise ops carry none of their own (`elementwise_kernels_per_matrix_kernel`
         # charges them inside a step).
         p = _predict_ops(gdn_conv_ops(s), cm)
+        return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
+                                p.overhead_s + cm.launch_s)
+    if s.op == "rmsnorm":
+        # The traced decomposition costed as a step costs it (its element-wise ops at the step's
+        # rules: `elementwise_model`, `fuse_elementwise` / `fused_activations_on_chip`), plus one
+        # launch: alone, the norm is a kernel of its own.
+        ops = rmsnorm_region_ops(s) if cm.opts.elementwise_model == "regions" else rmsnorm_ops(s)
+        p = _predict_ops(ops, cm)
         return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
                                 p.overhead_s + cm.launch_s)
     if s.op == "gdn_recurrent":

@@ -120,6 +120,8 @@ class KernelResult:
             shape = f"b{r.batch} h{r.kv_heads or r.heads}/{r.heads} d{r.head_dim}"
         elif r.op == "gdn_conv":
             shape = f"{r.phase} b{r.batch} t{r.seq_q} h{r.kv_heads or r.heads}/{r.heads} d{r.head_dim}"
+        elif r.op == "rmsnorm":
+            shape = f"{r.tokens}x{r.hidden}"
         elif r.op == "all_to_all":
             shape = f"ep{r.ranks} {r.tokens}tok {r.algorithm or 'normal'}"
         else:

@@ -38,10 +38,11 @@ TRACE_CACHE = BoundedCache("traces", 32)
 
 def clear_caches() -> None:
     """Forget memoised steps and traces (e.g. after editing a cost model or tracer in place)."""
+    from codesign.sim.engine import _REGIONS
     from codesign.sim.layerplan import PLANS
     from codesign.sim.stepmodel import MAPPED, SKELETONS, TEMPLATES
 
-    for c in (STEP_CACHE, TRACE_CACHE, SKELETONS, MAPPED, TEMPLATES, PLANS):
+    for c in (STEP_CACHE, TRACE_CACHE, SKELETONS, MAPPED, TEMPLATES, PLANS, _REGIONS):
         c.clear()
 
 

@@ -58,6 +58,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "efficiency.moe_trtllm_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.mla_kernels": ["trtllm"], "cost.mla_kernel": "trtllm",
         "mapping.kv_pool": "vllm",
+        "cost.elementwise_model": "regions",
     }
     if path in special:
         return special[path]

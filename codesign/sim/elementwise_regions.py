@@ -1,0 +1,91 @@
+"""Element-wise work as the kernels serving engines run (`CostOptions.elementwise_model: regions`,
+docs/cost-model.md "Element-wise regions").
+
+The tracer records the eager torch decomposition of element-wise code: an RMSNorm is _to_copy,
+pow, mean, add, rsqrt, mul, mul, _to_copy, each op reading and writing the whole activation;
+SwiGLU is silu then mul. Engines run each such stretch as one fused kernel that streams its inputs
+from HBM once and writes its outputs once (vLLM's fused_add_rms_norm reads x and the residual and
+writes both; silu_and_mul reads the gate/up output and writes the down projection's input).
+
+A **region** is a maximal run of consecutive element-wise ops (kinds "vector" and "memory") of one
+layer in the graph's insertion order (trace order): the ops between two matrix, attention or
+collective ops. Each region is charged its external bytes once, split over its ops:
+
+* an op reads from outside its region the output of each producer not in the region (the
+  producer's written activation and KV-cache bytes, at most the op's own activation reads: a view
+  of part of a larger output reads that part); an op without producers reads its own bytes;
+* an op writes to outside its region its whole output where any consumer is outside the region
+  (or it has none): the region's results, and the residual stream a fused add writes beside its norm;
+* bytes passed between two ops of the region stay in the kernel: they cost nothing.
+
+The ops keep their FLOPs (vector rate) and their bytes' classes (KV-cache writes stay KV-cache
+bytes); the fixed time of the region's kernel is the step's element-wise kernel count
+(`elementwise_kernels_per_matrix_kernel`), unchanged. Simplifications, named: a region does not
+cross a layer boundary (the last residual add of a layer and the next layer's first norm are two
+regions, one tensor pass more than vLLM's fused_add_rms_norm); a region is one kernel even where
+an engine runs two back to back (vLLM's q/k norm, rotary embedding and KV-cache write between the
+QKV projection and attention), which moves the same external bytes but for their intermediates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import networkx as nx
+
+from codesign.graph.op import Op
+
+ELEMENTWISE_KINDS = ("vector", "memory")
+
+
+def _out_bytes(op: Op) -> float:
+    w = op.bytes_written
+    return w.get("activation", 0.0) + w.get("kv_cache", 0.0)
+
+
+def region_ops(g: nx.DiGraph, layers: Iterable[list], op_of: dict[Any, Op]) -> dict[Any, Op]:
+    """node -> the op of that node charged as part of its region (only element-wise nodes whose
+    bytes change). `layers`: each layer's nodes in insertion order; `op_of`: node -> op."""
+    out: dict[Any, Op] = {}
+    for nodes in layers:
+        region: list = []
+        for n in nodes:
+            if op_of[n].kind in ELEMENTWISE_KINDS:
+                region.append(n)
+                continue
+            if region:
+                out.update(_region(g, region, op_of))
+                region = []
+        if region:
+            out.update(_region(g, region, op_of))
+    return out
+
+
+def _region(g: nx.DiGraph, region: list, op_of: dict[Any, Op]) -> dict[Any, Op]:
+    members = set(region)
+    out: dict[Any, Op] = {}
+    for n in region:
+        op = op_of[n]
+        read_act, wrote_act = external_bytes(op, [op_of[p] for p in g.predecessors(n) if p not in members],
+                                             g.in_degree(n) == 0,
+                                             g.out_degree(n) == 0 or any(s not in members for s in g.successors(n)))
+        if read_act == op.bytes_read.get("activation", 0.0) and wrote_act == op.bytes_written.get("activation", 0.0):
+            continue
+        out[n] = dataclasses.replace(op, bytes_read={**op.bytes_read, "activation": read_act},
+                                     bytes_written={**op.bytes_written, "activation": wrote_act})
+    return out
+
+
+def external_bytes(op: Op, outside_producers: list[Op], no_producers: bool, writes_out: bool) -> tuple[float, float]:
+    """(activation bytes read, activation bytes written) that `op` moves through HBM as a member of
+    its region: what it reads from `outside_producers` (each one's output, capped at the op's own
+    activation reads; all its reads where it has no producers at all) and its output where
+    `writes_out` (a consumer outside the region, or none)."""
+    own = op.bytes_read.get("activation", 0.0)
+    if no_producers:
+        read = own
+    else:
+        read = min(own, sum(_out_bytes(p) for p in outside_producers))
+    wrote = op.bytes_written.get("activation", 0.0) if writes_out else 0.0
+    return read, wrote
