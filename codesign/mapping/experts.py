@@ -135,6 +135,19 @@ def slowest_rank(tokens_per_expert: Sequence[int], ranks: Sequence[int], ep: int
     return _slowest(rank_loads(tokens_per_expert, ranks, ep), flops_per_token, weight_bytes, flop_rate, byte_rate)
 
 
+def moe_tp_expert_shapes(shapes: tuple, moe_tp: int) -> tuple:
+    """The traced expert block's shapes as one chip of a `moe_tp`-wide expert tensor-parallel group
+    holds them: each expert's intermediate dimension I split `moe_tp` ways (gate/up (E, 2I, H) ->
+    (E, 2I / moe_tp, H), down (E, H, I) -> (E, H, I / moe_tp)), as the FLOPs and weight bytes
+    already are. The cost model reads I from these shapes (the down GEMM's K ramp, the unfused
+    epilogue's bytes), so a shard is costed at its own width: the width the kernel tables time
+    (e.g. vLLM's fused_moe at TP 8, N = 2048 / 8 = 256). Shapes of another form pass unchanged."""
+    if moe_tp <= 1 or len(shapes) < 5 or len(shapes[3]) != 3 or len(shapes[4]) != 3:
+        return shapes
+    (e1, two_i, h1), (e2, h2, i) = shapes[3], shapes[4]
+    return (*shapes[:3], (e1, two_i // moe_tp, h1), (e2, h2, i // moe_tp), *shapes[5:])
+
+
 def _slowest(loads: Sequence[tuple[int, int]], flops_per_token: float, weight_bytes: float, flop_rate: float,
              byte_rate: float) -> int:
     """`slowest_rank` on precomputed `rank_loads`."""
@@ -216,7 +229,9 @@ class ExpertMapper:
         if not tpe:  # no routing detail: an even share (a rank holds (E + r) / ep of the E experts' weights)
             f = {"weight": (E + r_extra) / E / (ep * moe_tp), "activation": 1.0 / (dp * ep), "state": 1.0,
                  "kv_cache": 1.0}
-            return self.scaler.op(op, 1.0 / (dp * ep * moe_tp), f), 0, 1.0
+            even = self.scaler.op(op, 1.0 / (dp * ep * moe_tp), f)
+            even.in_shapes = moe_tp_expert_shapes(op.in_shapes, moe_tp)
+            return even, 0, 1.0
         # the busiest replica's share: ceil(c / dp) (integer ceiling: the same value as the float one
         # for any count a step holds)
         counts = tuple(tpe) if dp == 1 else tuple((-(-np.asarray(tpe, dtype=np.int64) // dp)).tolist())
@@ -263,4 +278,5 @@ class ExpertMapper:
         new.tokens_per_expert = mine
         new.expert_flops_per_token = op.expert_flops_per_token / moe_tp
         new.expert_weight_bytes = ewb / moe_tp
+        new.in_shapes = moe_tp_expert_shapes(op.in_shapes, moe_tp)
         return new, rank, imbalance
