@@ -182,6 +182,7 @@ def op_table(mapped: Any, point: DesignPoint) -> pd.DataFrame:
     import re
 
     from codesign.sim.cost import CostModel
+    from codesign.sim.elementwise_regions import charged_ops
     from codesign.sim.engine import StepSimulator, precision_dtypes
 
     opts = point.point.cost
@@ -189,7 +190,8 @@ def op_table(mapped: Any, point: DesignPoint) -> pd.DataFrame:
     cm = CostModel(point.hw, matrix, attn, opts)
     residency = StepSimulator(point.hw, cm).residency(mapped.graph)
     rows = []
-    for _, op in mapped.graph.nodes(data="op"):
+    # each op as the step charges it (element-wise ops as their regions', `charged_ops`)
+    for op in charged_ops(mapped.graph, opts.elementwise_regions).values():
         c = cm.cost(op, residency)
         rows.append({"name": re.sub(r"layers\.\d+\.", "layers.*.", op.name), "kind": op.kind, "block": op.block,
                      "layer_type": op.layer_type, "flops": float(op.flops), "bytes": float(op.bytes_total),

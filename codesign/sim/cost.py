@@ -181,7 +181,7 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         self.matrix_hbm_bw = chip.hbm.bandwidth * (eff.matrix_memory or eff.memory)
         # HBM streaming of the element-wise ops: with `elementwise_model: regions`, the fused
         # kernels' own fraction (efficiency.elementwise_memory; none = memory); else `hbm_bw`.
-        regions = self.opts.elementwise_model == "regions"
+        regions = self.opts.elementwise_regions
         self.elementwise_hbm_bw = chip.hbm.bandwidth * (eff.elementwise_memory or eff.memory) if regions else self.hbm_bw
         self._elementwise_bw_code = 3 if regions else 0  # the kept parts' bandwidth selector (`_parts_of`)
         self.k_half = eff.gemm_k_half
@@ -214,10 +214,10 @@ class CostModel(KeptParts, MoeKernels, MlpActivationKernel, NetworkCollectives, 
         # (with `elementwise_model: regions` the element-wise ops carry their regions' external
         # bytes, `codesign.sim.elementwise_regions`, split like any op's)
         self._fused_elementwise = (self.opts.fused_activations_on_chip and self.opts.fuse_elementwise
-                                   and self.opts.elementwise_model == "sram_per_op")
+                                   and not self.opts.elementwise_regions)
         self._sram_activations = self.opts.sram_activations
         # whether vector/memory ops' activations may take the SRAM split (`elementwise_sram_split`)
-        self._sram_elementwise = self._sram_activations and (self.opts.elementwise_model == "sram_per_op"
+        self._sram_elementwise = self._sram_activations and (not self.opts.elementwise_regions
                                                              or self.opts.elementwise_sram_split)
         # Everything an op's compute seconds, byte split and overhead depend on: all attributes set
         # above but the bandwidths (`_CALL_TIME`). Cost models with the same key (hardware variants

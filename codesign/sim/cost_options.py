@@ -138,6 +138,8 @@ class CostOptions(BaseModel):
     # for `sram_activations`); the bytes passed inside the run cost nothing
     # (`codesign.sim.elementwise_regions`). The regions' fixed time stays
     # `elementwise_kernels_per_matrix_kernel`'s.
+    # Applies where element-wise work runs fused (`fuse_elementwise` and `fused_activations_on_chip`,
+    # `elementwise_regions`); an eager device (the native calibration's overlays) keeps per-op bytes.
     elementwise_model: Literal["sram_per_op", "regions"] = "sram_per_op"
     # With `elementwise_model: regions`: whether a region op's activation bytes small enough for
     # `sram_activations` are served at SRAM bandwidth (True) or every region byte streams from HBM
@@ -199,6 +201,12 @@ class CostOptions(BaseModel):
 
     # validation of user overrides (`from_dict`, through pydantic): no NaN or infinity
     __pydantic_config__ = {"allow_inf_nan": False}
+
+    @property
+    def elementwise_regions(self) -> bool:
+        """Whether the traced element-wise ops are charged as their regions' fused kernels
+        (`elementwise_model: regions` where element-wise work runs fused at all)."""
+        return self.elementwise_model == "regions" and self.fuse_elementwise and self.fused_activations_on_chip
 
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "cost") -> "CostOptions":

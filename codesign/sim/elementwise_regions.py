@@ -89,3 +89,16 @@ def external_bytes(op: Op, outside_producers: list[Op], no_producers: bool, writ
         read = min(own, sum(_out_bytes(p) for p in outside_producers))
     wrote = op.bytes_written.get("activation", 0.0) if writes_out else 0.0
     return read, wrote
+
+
+def charged_ops(g: nx.DiGraph, regions: bool) -> dict[Any, Op]:
+    """node -> the op as a step charges it: the graph's own ops, with `regions`
+    (`CostOptions.elementwise_regions`) the element-wise ones rewritten as their regions' (what the
+    report's op table and timeline cost one by one, so that they add up to the step)."""
+    op_of: dict[Any, Op] = dict(g.nodes(data="op"))
+    if regions:
+        by_layer: dict[int, list] = {}
+        for n, o in op_of.items():
+            by_layer.setdefault(o.layer, []).append(n)
+        op_of.update(region_ops(g, by_layer.values(), op_of))
+    return op_of

@@ -358,7 +358,7 @@ class StepSimulator:
                 op_of[n] = o
         if ops:
             op_of.update(ops)
-        if self.cost.opts.elementwise_model == "regions":  # each run of element-wise ops as one kernel
+        if self.cost.opts.elementwise_regions:  # each run of element-wise ops as one kernel
             op_of.update(self._regions(g, by_layer, op_of, bool(ops)))
         virtual = virtual or {}
         for layer, v in virtual.items():

@@ -566,7 +566,7 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
         # The traced decomposition costed as a step costs it (its element-wise ops at the step's
         # rules: `elementwise_model`, `fuse_elementwise` / `fused_activations_on_chip`), plus one
         # launch: alone, the norm is a kernel of its own.
-        ops = rmsnorm_region_ops(s) if cm.opts.elementwise_model == "regions" else rmsnorm_ops(s)
+        ops = rmsnorm_region_ops(s) if cm.opts.elementwise_regions else rmsnorm_ops(s)
         p = _predict_ops(ops, cm)
         return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
                                 p.overhead_s + cm.launch_s)

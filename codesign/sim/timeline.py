@@ -27,6 +27,7 @@ import networkx as nx
 from codesign.gc_pause import gc_paused
 from codesign.hw.spec import HardwareSpec
 from codesign.sim.cost import CostModel, CostOptions
+from codesign.sim.elementwise_regions import charged_ops
 from codesign.sim.engine import StepSimulator, _contract, _SimpySchedule, _topological, precision_dtypes, simulate_step
 from codesign.sim.layerplan import KIND_UNITS as _UNITS
 
@@ -107,7 +108,8 @@ def step_timeline(mapped: Any, hw: HardwareSpec, options: CostOptions | None = N
         by_layer: dict[int, list] = defaultdict(list)
         for n, o in g.nodes(data="op"):
             by_layer[o.layer].append(n)
-        costs = {n: cm.cost(o, residency) for n, o in g.nodes(data="op")}
+        # element-wise ops as their regions' kernels, as the step charges them
+        costs = {n: cm.cost(o, residency) for n, o in charged_ops(g, opts.elementwise_regions).items()}
         spans: list[Span] = []
         starts: dict[int, float] = {}
         t = 0.0

@@ -10,6 +10,7 @@ import pytest
 
 from codesign.report.perfetto import trace_events, write_trace
 from codesign.sim.cost import CostModel, CostOptions
+from codesign.sim.elementwise_regions import charged_ops
 from codesign.sim.engine import _contract, _SimpySchedule, simulate_step
 from codesign.sim.schedule import list_schedule
 from codesign.sim.timeline import step_timeline
@@ -75,26 +76,30 @@ def test_recorded_schedule_is_the_engines():
     assert rec.run(_contract(items, rec.members)) == list_schedule(_contract(items))
 
 
-def _timeline(g: nx.DiGraph):
+def _timeline(g: nx.DiGraph, opts: CostOptions | None = None):
     m = FakeMapped(g, plan=FakePlan(two_batch_overlap=False))
-    return step_timeline(m, HW, CostOptions(), simple_collective_time), simulate_step(m, HW, CostOptions(),
-                                                                                       simple_collective_time)
+    opts = opts or CostOptions()
+    return step_timeline(m, HW, opts, simple_collective_time), simulate_step(m, HW, opts, simple_collective_time)
 
 
-def test_timeline_matches_the_step_and_each_op_cost():
+@pytest.mark.parametrize("model", ["sram_per_op", "regions"])
+def test_timeline_matches_the_step_and_each_op_cost(model):
+    # under either element-wise rule: with regions each element-wise op's span is its region op's cost
     layers = [branchy_layer(i) for i in range(4)]
     g = graph_of(layers)
-    tl, step = _timeline(g)
+    opts = CostOptions(elementwise_model=model)
+    tl, step = _timeline(g, opts)
     assert tl.time_s == pytest.approx(step.time_s, rel=1e-12)
     assert tl.step_time_s == step.time_s
-    cm = CostModel(HW, "bf16", "bf16", CostOptions(), simple_collective_time)
+    cm = CostModel(HW, "bf16", "bf16", opts, simple_collective_time)
+    charged = charged_ops(g, opts.elementwise_regions)  # element-wise ops as their regions'
     # every op once on each unit it holds, for exactly its own cost
     for n, o in g.nodes(data="op"):
         spans = [s for s in tl.spans if s.name == o.name]
         units = {"gemm": 2, "grouped_gemm": 2, "attention": 2, "vector": 2, "collective": 1}[o.kind]
         assert len(spans) == units
         for s in spans:
-            assert s.end_s - s.start_s == pytest.approx(cm.cost(o).time_s, rel=1e-9)
+            assert s.end_s - s.start_s == pytest.approx(cm.cost(charged[n]).time_s, rel=1e-9)
     # dependencies hold: an op starts after each predecessor ends
     end = {s.name: s.end_s for s in tl.spans}
     start = {s.name: s.start_s for s in tl.spans}

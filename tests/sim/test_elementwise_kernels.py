@@ -43,10 +43,13 @@ def test_decomposition_bytes_are_the_eager_ops():
 
 
 def test_prediction_is_the_element_wise_rule_and_misses_the_fused_kernel():
+    # The former default rule (`elementwise_model: sram_per_op`) on these rows.
     hw = load_hw("h100")
     sram = hw.chip.sram.bandwidth * hw.efficiency.memory
+    per_op = CostOptions(elementwise_kernels_per_matrix_kernel=0.0, grouped_op_kernels=1.0,
+                         elementwise_model="sram_per_op")
     for r in _rows():
-        p = predict(r, hw)
+        p = predict(r, hw, per_op)
         n = r.tokens * r.hidden
         # every op's activation bytes at SRAM (the vector compute adds under 1%), one launch
         floor = (51 * n + 24 * r.tokens + 4 * r.hidden) / sram + hw.efficiency.kernel_overhead
@@ -80,7 +83,7 @@ def test_regions_rule_charges_one_pass_of_the_norm():
     # With the ordinary split (`sram_activations`), ops whose bytes fit sram_fraction x SRAM are
     # served at the SRAM rate: the 1,024- and 2,048-token rows, whose tensors fit the L2 but which
     # the kernel streams at 1.6-1.9 TB/s, come out 35-45% fast.
-    split = CostOptions(**alone)
+    split = CostOptions(**alone, elementwise_sram_split=True)
     for r in _rows():
         if r.tokens in (1024, 2048):
             assert -0.45 < predict(r, hw, split).seconds / r.seconds - 1.0 < -0.35

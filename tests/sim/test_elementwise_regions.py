@@ -77,7 +77,7 @@ def test_region_bytes_cost_at_hbm_streaming_bandwidth(graph):
     region = _between(by_layer[1], op_of, "layers.1.mlp.up_proj/mm", "layers.1.mlp.down_proj/mm")
     hw = load_hw("h100")
     regions = CostModel(hw, options=CostOptions(elementwise_model="regions"))
-    per_op = CostModel(hw)
+    per_op = CostModel(hw, options=CostOptions(elementwise_model="sram_per_op"))
     mem = sum(regions.cost(charged[n]).memory_s for n in region)
     assert mem == pytest.approx(3 * 8192 * I * BF16 / (3.35e12 * 0.65), rel=1e-9)
     assert {regions.cost(charged[n]).bottleneck for n in region} == {"hbm"}
@@ -101,8 +101,13 @@ def test_cache_writes_stream_at_the_hbm_rate(graph):
     assert c.memory_s == pytest.approx(moved / (3.35e12 * 0.90), rel=1e-9)
 
 
-def test_default_is_the_per_op_rule():
-    assert CostOptions().elementwise_model == "sram_per_op"
+def test_default_is_the_per_op_rule_and_eager_devices_never_take_regions():
+    # The default stays per-op (docs/cost-model/elementwise-regions.md says why); regions act only
+    # where element-wise work runs fused (the native overlays turn fused_activations_on_chip off).
+    assert CostOptions().elementwise_model == "sram_per_op" and not CostOptions().elementwise_regions
+    assert CostOptions(elementwise_model="regions").elementwise_regions
+    assert not CostOptions(elementwise_model="regions", fused_activations_on_chip=False).elementwise_regions
+    assert not CostOptions(elementwise_model="regions", fuse_elementwise=False).elementwise_regions
 
 
 @pytest.mark.parametrize("model,chips,plan", [("qwen3.5-35b-a3b", 8, "tp8ep8"), ("qwen3-8b", 4, "tp2pp2")])
@@ -119,7 +124,8 @@ def test_step_model_equals_full_evaluation_with_regions(model, chips, plan):
     hw = make_hw(**{"system.chips": chips, "system.scale_up.size": max(8, chips)})
     opts = CostOptions(elementwise_model="regions")
     st = Stepper(hw, load_model(model), plans[plan], Precision(weights="fp8", activations="fp8"), opts, cache=False)
-    base = Stepper(hw, load_model(model), plans[plan], Precision(weights="fp8", activations="fp8"), cache=False)
+    base = Stepper(hw, load_model(model), plans[plan], Precision(weights="fp8", activations="fp8"),
+                   CostOptions(elementwise_model="sram_per_op"), cache=False)
     for shape in (StepShape.decode(37, 20_000), StepShape.prefill(1, 2048, cached=1024),
                   StepShape((Group(12, 1, 5000), Group(1, 256, 700)))):
         a, b = st.step(shape), st.full_step(shape)

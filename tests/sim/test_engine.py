@@ -10,11 +10,15 @@ from codesign.sim.engine import simulate_step
 from tests.sim.helpers import FakeMapped, FakePlan, chain_graph, layer_ops, make_hw, op, simple_collective_time
 
 HW = make_hw()
+# These tests check the engine's own mechanics (chain contraction, overlap, layer deltas) against
+# per-op costs, so they charge element-wise ops one by one (`elementwise_model: sram_per_op`); the
+# default's region rewrite is checked against the full evaluation in test_elementwise_regions.py.
+PER_OP = {"elementwise_model": "sram_per_op"}
 
 
 def run(g, hw=HW, tbo=False, stage_layers=None, **opts):
     m = FakeMapped(g, plan=FakePlan(two_batch_overlap=tbo), stage_layers=stage_layers)
-    return simulate_step(m, hw, CostOptions(**opts), simple_collective_time)
+    return simulate_step(m, hw, CostOptions(**{**PER_OP, **opts}), simple_collective_time)
 
 
 def tpe_for(layer: int, batch: int = 64) -> tuple[int, ...]:
@@ -28,7 +32,7 @@ def tpe_for(layer: int, batch: int = 64) -> tuple[int, ...]:
 def test_chain_time_is_sum_of_op_costs():
     ops = layer_ops(0, 64, tpe_for(0))
     g = chain_graph([ops])
-    cm = CostModel(HW, "bf16", "bf16", CostOptions(), simple_collective_time)
+    cm = CostModel(HW, "bf16", "bf16", CostOptions(**PER_OP), simple_collective_time)
     want = sum(cm.cost(o).time_s for o in ops)
     assert run(g).time_s == pytest.approx(want, rel=1e-12)
 
@@ -40,7 +44,7 @@ def test_parallel_branch_overlaps_compute_and_link():
     coll = op("c", "collective", collective={"type": "all_to_all", "bytes": 1e8})
     g.add_node(0, op=gemm)
     g.add_node(1, op=coll)
-    cm = CostModel(HW, "bf16", "bf16", CostOptions(), simple_collective_time)
+    cm = CostModel(HW, "bf16", "bf16", CostOptions(**PER_OP), simple_collective_time)
     r = run(g)
     assert r.time_s == pytest.approx(max(cm.cost(gemm).time_s, cm.cost(coll).time_s), rel=1e-12)
     # two GEMMs with no dependency still share the matrix unit: they serialise
@@ -55,7 +59,7 @@ def test_distinct_layers_simulated_once_and_deltas_exact():
     g = chain_graph(layers)
     r = run(g)
     assert r.layers_simulated == 1
-    cm = CostModel(HW, "bf16", "bf16", CostOptions(), simple_collective_time)
+    cm = CostModel(HW, "bf16", "bf16", CostOptions(**PER_OP), simple_collective_time)
     want = sum(cm.cost(o).time_s for ops in layers for o in ops)
     assert r.time_s == pytest.approx(want, rel=1e-12)
 
@@ -74,7 +78,7 @@ def test_two_batch_overlap_hides_all_to_all():
     # "auto" keeps the faster of the two, on fast and slow links alike
     for h in (hw, HW):
         m = FakeMapped(g, plan=FakePlan(two_batch_overlap=None))
-        auto = simulate_step(m, h, CostOptions(), simple_collective_time).time_s
+        auto = simulate_step(m, h, CostOptions(**PER_OP), simple_collective_time).time_s
         assert auto == min(run(g, hw=h).time_s, run(g, hw=h, tbo=True).time_s)
 
 
