@@ -29,15 +29,16 @@ import simpy
 from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
+from codesign.sim.cache import BoundedCache
 from codesign.sim.elementwise_regions import region_ops
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
+# Element-wise region ops per graph (`StepSimulator._regions`): id -> (graph, node count, node -> op).
+_REGIONS = BoundedCache("element-wise regions", 16)
 # Names of limiting resources as results report them.
-# Element-wise region ops per graph (`StepSimulator._regions`): id -> (graph, nodes, node -> op).
-_REGIONS: dict[int, tuple[nx.DiGraph, int, dict[Any, Op]]] = {}
 BOTTLENECK_NAMES = {"matrix": "compute", "vector": "compute", "hbm": "hbm", "sram": "sram", "link": "link", "overhead": "overhead"}
 
 
@@ -273,9 +274,8 @@ class StepSimulator:
             return region_ops(g, by_layer.values(), op_of)
         hit = _REGIONS.get(id(g))
         if hit is None or hit[0] is not g or hit[1] != g.number_of_nodes():
-            if len(_REGIONS) >= 16:
-                _REGIONS.clear()
-            hit = _REGIONS[id(g)] = (g, g.number_of_nodes(), region_ops(g, by_layer.values(), op_of))
+            hit = (g, g.number_of_nodes(), region_ops(g, by_layer.values(), op_of))
+            _REGIONS.put(id(g), hit)
         return hit[2]
 
     def residency(self, g: nx.DiGraph) -> Residency:

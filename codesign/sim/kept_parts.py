@@ -64,11 +64,11 @@ def _halved(d: dict[str, float]) -> dict[str, float]:
     return {k: (v if k == "weight" else v / 2) for k, v in d.items()}
 
 
-
 def _cache_or_state(op: Op) -> bool:
     """Whether `op` moves KV-cache or recurrent-state bytes (streamed at `hbm_bw` whatever its kind)."""
     rd, wr = op.bytes_read.get, op.bytes_written.get
     return rd("kv_cache", 0.0) + wr("kv_cache", 0.0) + rd("state", 0.0) + wr("state", 0.0) > 0
+
 
 class KeptParts:
     """`CostModel`'s costs from kept parts; reads the model's rates, bandwidths, overheads and
@@ -98,7 +98,8 @@ class KeptParts:
         if unit is None:
             return c
         # memory_seconds, combine and overlap written out (the same operations in the same order)
-        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else (self.grouped_hbm_bw if bw == 2 else self.elementwise_hbm_bw)))
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else self.matrix_hbm_bw if bw == 1
+                       else self.grouped_hbm_bw if bw == 2 else self.elementwise_hbm_bw)
         t_sram = sram / self.sram_bw
         if t_hbm >= t_sram:
             return self.combine(c, unit, t_hbm, "hbm", o)
@@ -238,7 +239,8 @@ class KeptParts:
         _, c, unit, hbm, sram, o, bw = parts
         if unit is None:
             return c.time_s
-        t_hbm = hbm / (self.hbm_bw if bw == 0 else (self.matrix_hbm_bw if bw == 1 else (self.grouped_hbm_bw if bw == 2 else self.elementwise_hbm_bw)))
+        t_hbm = hbm / (self.hbm_bw if bw == 0 else self.matrix_hbm_bw if bw == 1
+                       else self.grouped_hbm_bw if bw == 2 else self.elementwise_hbm_bw)
         t_sram = sram / self.sram_bw
         m = t_hbm if t_hbm >= t_sram else t_sram
         if c >= m:
@@ -350,7 +352,8 @@ class KeptParts:
             hbm += self.unfused_gemm_bytes(op, routed)
             return op, c, unit, hbm, sram, self.grouped_overhead(op, routed), 2
         if kind == "vector" or kind == "memory":  # KV-cache and state bytes stream at hbm_bw (`memory_seconds`)
-            return op, c, unit, hbm, sram, self._elementwise_overhead, 0 if kv_cache > 0 or state > 0 else self._elementwise_bw_code
+            bw_code = 0 if kv_cache > 0 or state > 0 else self._elementwise_bw_code
+            return op, c, unit, hbm, sram, self._elementwise_overhead, bw_code
         if kind == "attention":  # occupancy and fixed time of the attention kernel (`memory_time`, `overhead`)
             f, extra = self.attention_terms(op)
             return op, c, unit, hbm * f, sram, self._kernel_overhead + extra, 0

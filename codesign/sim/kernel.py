@@ -384,15 +384,13 @@ def rmsnorm_region_ops(s: KernelShape) -> tuple[Op, ...]:
     """Those ops as `elementwise_model: regions` charges them: one region (all of them element-wise,
     between no matrix ops), each op with its bytes across the region's boundary only
     (`codesign.sim.elementwise_regions.region_ops`)."""
-    from codesign.sim.elementwise_regions import region_ops
+    from codesign.sim.elementwise_regions import charged_ops
 
     ops, edges = _rmsnorm_segment(s.tokens, s.hidden, s.dtype == "fp8")
     g = nx.DiGraph()
     g.add_nodes_from((i, {"op": o}) for i, o in enumerate(ops))
     g.add_edges_from(edges)
-    op_of = dict(enumerate(ops))
-    charged = region_ops(g, [list(range(len(ops)))], op_of)
-    return tuple(charged.get(i, o) for i, o in enumerate(ops))
+    return tuple(charged_ops(g, True).values())
 
 
 @functools.lru_cache(maxsize=64)
@@ -431,7 +429,7 @@ def rmsnorm_pass_seconds(s: KernelShape, hw: HardwareSpec) -> float:
     """Seconds of that one kernel at the chip's HBM streaming rate (HBM x efficiency.memory) plus one
     kernel's fixed time (efficiency.kernel_overhead): the one-pass figure the traced decomposition
     (`rmsnorm_ops`, what `predict` charges) is compared with (docs/cost-model.md "Element-wise
-    kernel rows")."""
+    regions")."""
     return rmsnorm_pass_bytes(s) / (hw.chip.hbm.bandwidth * hw.efficiency.memory) + hw.efficiency.kernel_overhead
 
 
@@ -559,17 +557,13 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
         # Alone, the conv is one kernel (vLLM's causal_conv1d_fn / _update) with one launch; its
         # traced element-wise ops carry none of their own (`elementwise_kernels_per_matrix_kernel`
         # charges them inside a step).
-        p = _predict_ops(gdn_conv_ops(s), cm)
-        return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
-                                p.overhead_s + cm.launch_s)
+        return _with_launch(_predict_ops(gdn_conv_ops(s), cm), cm.launch_s)
     if s.op == "rmsnorm":
         # The traced decomposition costed as a step costs it (its element-wise ops at the step's
         # rules: `elementwise_model`, `fuse_elementwise` / `fused_activations_on_chip`), plus one
         # launch: alone, the norm is a kernel of its own.
         ops = rmsnorm_region_ops(s) if cm.opts.elementwise_regions else rmsnorm_ops(s)
-        p = _predict_ops(ops, cm)
-        return KernelPrediction(p.seconds + cm.launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
-                                p.overhead_s + cm.launch_s)
+        return _with_launch(_predict_ops(ops, cm), cm.launch_s)
     if s.op == "gdn_recurrent":
         # Alone, the fused step is a kernel with its own launch (`kernel_overhead`); inside a step the
         # element-wise kind's launches are charged through `elementwise_kernels_per_matrix_kernel`.
@@ -596,6 +590,13 @@ def _predict_fused_moe(s: KernelShape, hw: HardwareSpec, options: CostOptions | 
     cost = CostModel(hw, s.dtype, s.dtype, opts).cost(op)
     return KernelPrediction(cost.time_s, op.flops, op.bytes_total, cost.bottleneck, cost.compute_s, cost.memory_s,
                             cost.overhead_s)
+
+
+def _with_launch(p: KernelPrediction, launch_s: float) -> KernelPrediction:
+    """`p` run as a kernel of its own: one launch's fixed time added (inside a step the element-wise
+    kind's launches are `elementwise_kernels_per_matrix_kernel`'s)."""
+    return KernelPrediction(p.seconds + launch_s, p.flops, p.bytes, p.bound, p.compute_s, p.memory_s,
+                            p.overhead_s + launch_s)
 
 
 def _predict_ops(ops: tuple[Op, ...], cm: CostModel, matrix_kinds: tuple[str, ...] = ("gemm",)) -> KernelPrediction:

@@ -58,7 +58,7 @@ def test_every_row_predicts_within_a_loose_bound_and_the_table_within_target():
     # kernel rows on H100 / H200"); checked in tests/sim/test_aic_trtllm_kernels.py.
     # FlashInfer's fused RMSNorm + FP8 quant on H100 (elementwise.yaml) is shown, not fitted: the
     # traced decomposition at the element-wise rule is +360% to +480% (docs/cost-model.md
-    # "Element-wise kernel rows"; tests/sim/test_elementwise_kernels.py).
+    # "Element-wise regions"; tests/sim/test_elementwise_kernels.py).
     shown = {"elementwise.yaml", "cdna_grouped.yaml", "cdna_llama_gemm.yaml", "aic_vllm_gemm_bf16.yaml", "aic_vllm_attention.yaml",
              "aic_vllm_attention_prefill.yaml", "aic_vllm_allreduce.yaml", "aic_trtllm_allreduce.yaml",
              "aic_trtllm_gemm.yaml", "aic_vllm_attention_decode_d256.yaml"}
