@@ -131,22 +131,22 @@ class CostOptions(BaseModel):
     # is ~8 ops each reading and writing the activations); production kernels do it in one pass.
     fused_activations_on_chip: bool = True
     # How the traced element-wise ops' bytes are charged (docs/cost-model.md "Element-wise
-    # regions"): "sram_per_op" -- each op's activation bytes at SRAM bandwidth (with
-    # `fused_activations_on_chip`), as above; "regions" -- each run of consecutive element-wise ops
-    # of a layer is one fused kernel that moves its external bytes once (its inputs from outside the
-    # run, its outputs consumed outside it) under the ordinary byte split (HBM unless small enough
-    # for `sram_activations`); the bytes passed inside the run cost nothing
-    # (`codesign.sim.elementwise_regions`). The regions' fixed time stays
-    # `elementwise_kernels_per_matrix_kernel`'s.
+    # regions"): "regions" (the default) -- each run of consecutive element-wise ops of a layer is
+    # one fused kernel that moves its external bytes once (its inputs from outside the run, its
+    # outputs consumed outside it) from HBM (`elementwise_sram_split` below); the bytes passed
+    # inside the run cost nothing (`codesign.sim.elementwise_regions`); "sram_per_op" -- each op's
+    # activation bytes at SRAM bandwidth (with `fused_activations_on_chip`), as above, which costs
+    # a traced RMSNorm 4.6-5.8x FlashInfer's fused kernel on H100 (the kernel table's norm rows).
+    # The regions' fixed time stays `elementwise_kernels_per_matrix_kernel`'s.
     # Applies where element-wise work runs fused (`fuse_elementwise` and `fused_activations_on_chip`,
     # `elementwise_regions`); an eager device (the native calibration's overlays) keeps per-op bytes.
-    elementwise_model: Literal["sram_per_op", "regions"] = "sram_per_op"
+    elementwise_model: Literal["sram_per_op", "regions"] = "regions"
     # With `elementwise_model: regions`: whether a region op's activation bytes small enough for
     # `sram_activations` are served at SRAM bandwidth (True) or every region byte streams from HBM
     # at `efficiency.elementwise_memory` (False). FlashInfer's fused RMSNorm on H100 streams at
     # 1.6-1.9 TB/s at 1K-2K tokens although its tensors fit the SRAM budget (docs/cost-model.md
     # "Element-wise regions"). GEMM and attention operands keep `sram_activations` either way.
-    elementwise_sram_split: bool = True
+    elementwise_sram_split: bool = False
     # Pad GEMM M and N to the matrix unit tile (hw.chip.matrix.tile).
     tile_quantisation: bool = True
     # Small-M efficiency ramp M / (M + efficiency.small_m_half) on the padded M.

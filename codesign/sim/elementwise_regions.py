@@ -13,7 +13,9 @@ collective ops. Each region is charged its external bytes once, split over its o
 
 * an op reads from outside its region the output of each producer not in the region (the
   producer's written activation and KV-cache bytes, at most the op's own activation reads: a view
-  of part of a larger output reads that part); an op without producers reads its own bytes;
+  of part of a larger output reads that part); an op without producers reads its own bytes, and so
+  does an entry of a traced segment (node attribute `entry`: it reads the segment's input, which no
+  op of the graph produced) but for what its producers in the region hand it;
 * an op writes to outside its region its whole output where any consumer is outside the region
   (or it has none): the region's results, and the residual stream a fused add writes beside its norm;
 * bytes passed between two ops of the region stay in the kernel: they cost nothing.
@@ -67,14 +69,23 @@ def _region(g: nx.DiGraph, region: list, op_of: dict[Any, Op]) -> dict[Any, Op]:
     out: dict[Any, Op] = {}
     for n in region:
         op = op_of[n]
-        read_act, wrote_act = external_bytes(op, [op_of[p] for p in g.predecessors(n) if p not in members],
-                                             g.in_degree(n) == 0,
-                                             g.out_degree(n) == 0 or any(s not in members for s in g.successors(n)))
+        inside, outside = [], []
+        for p in g.predecessors(n):
+            (inside if p in members else outside).append(op_of[p])
+        if g.nodes[n].get("entry"):  # reads the segment's input: all but what the region hands it
+            read_act = max(0.0, op.bytes_read.get("activation", 0.0) - sum(_out_bytes(p) for p in inside))
+            wrote_act = external_bytes(op, outside, True, _writes_out(g, n, members))[1]
+        else:
+            read_act, wrote_act = external_bytes(op, outside, g.in_degree(n) == 0, _writes_out(g, n, members))
         if read_act == op.bytes_read.get("activation", 0.0) and wrote_act == op.bytes_written.get("activation", 0.0):
             continue
         out[n] = dataclasses.replace(op, bytes_read={**op.bytes_read, "activation": read_act},
                                      bytes_written={**op.bytes_written, "activation": wrote_act})
     return out
+
+
+def _writes_out(g: nx.DiGraph, n: Any, members: set) -> bool:
+    return g.out_degree(n) == 0 or any(s not in members for s in g.successors(n))
 
 
 def external_bytes(op: Op, outside_producers: list[Op], no_producers: bool, writes_out: bool) -> tuple[float, float]:
@@ -89,6 +100,18 @@ def external_bytes(op: Op, outside_producers: list[Op], no_producers: bool, writ
         read = min(own, sum(_out_bytes(p) for p in outside_producers))
     wrote = op.bytes_written.get("activation", 0.0) if writes_out else 0.0
     return read, wrote
+
+
+def segment_charged_ops(ops: tuple[Op, ...], edges: Iterable[tuple[int, int]], entries: Iterable[int]) -> tuple[Op, ...]:
+    """A traced segment's ops (`codesign.graph.tracer.record`: `ops`, `edges` between their
+    indices, `entries` the ops reading its inputs) charged as `elementwise_model: regions` charges
+    them in a step (what a kernel run alone, `codesign kernel`, costs)."""
+    g = nx.DiGraph()
+    g.add_nodes_from((i, {"op": o}) for i, o in enumerate(ops))
+    g.add_edges_from(edges)
+    for i in entries:
+        g.nodes[i]["entry"] = True
+    return tuple(charged_ops(g, True).values())
 
 
 def charged_ops(g: nx.DiGraph, regions: bool) -> dict[Any, Op]:

@@ -21,6 +21,10 @@ from codesign.hw.spec import BYTES_PER_ELEMENT, Dtype, HardwareSpec
 from codesign.sim.cost import AttentionKernel, CostModel, CostOptions, GemmKernel, MlaKernel, MoeKernel
 from codesign.sim.kernel_mla import MlaCall, MlaForm, mla_ops
 
+# A segment traced for one kernel, hashable for the caches: (ops, edges between their indices, the
+# indices of the ops reading its inputs), as `codesign.graph.tracer.record` returns them.
+TracedSegment = tuple[tuple[Op, ...], tuple[tuple[int, int], ...], tuple[int, ...]]
+
 KernelOp = Literal["gemm", "grouped_gemm", "fused_moe", "attention", "mla", "gdn_chunk", "gdn_recurrent",
                    "gdn_conv", "rmsnorm", "all_to_all", "all_reduce", "all_gather", "reduce_scatter"]
 Positive = Field(default=None, gt=0)
@@ -330,13 +334,27 @@ def gdn_conv_ops(s: KernelShape) -> tuple[Op, ...]:
     model's own `causal_conv`, traced on the meta device in the `linear_attention` block, as a
     serving step runs it: a fresh prompt's zero history, or a decode's cached conv state, and the
     state's refresh)."""
+    return _gdn_conv_segment(s)[0]
+
+
+def gdn_conv_region_ops(s: KernelShape) -> tuple[Op, ...]:
+    """Those ops as `elementwise_model: regions` charges them: one region (the history, the
+    concatenation, the state's refresh, the conv and the SiLU; no matrix op between them), each op
+    with its bytes across the region's boundary only: the input read once, the output and the
+    state written once."""
+    from codesign.sim.elementwise_regions import segment_charged_ops
+
+    return segment_charged_ops(*_gdn_conv_segment(s))
+
+
+def _gdn_conv_segment(s: KernelShape) -> TracedSegment:
     dk, dv = s.head_dim, s.head_dim_v or s.head_dim
     channels = 2 * (s.kv_heads or s.heads) * dk + s.heads * dv
-    return _gdn_conv_ops(s.batch, s.seq_q, channels, s.phase)
+    return _gdn_conv_trace(s.batch, s.seq_q, channels, s.phase)
 
 
 @functools.lru_cache(maxsize=256)
-def _gdn_conv_ops(B: int, T: int, channels: int, phase: str) -> tuple[Op, ...]:
+def _gdn_conv_trace(B: int, T: int, channels: int, phase: str) -> TracedSegment:
     import torch
 
     from codesign.graph.tracer import record
@@ -366,7 +384,7 @@ def _gdn_conv_ops(B: int, T: int, channels: int, phase: str) -> tuple[Op, ...]:
     root.linear_attn = layer = LinearAttention()
     qkv = torch.empty(B, channels, T, device=meta, dtype=torch.bfloat16)
     seg = record(lambda: layer(qkv), root, [qkv], {id(layer.weight): "weight", id(layer.conv_state): "state"}, phase)
-    return tuple(seg.ops)
+    return tuple(seg.ops), tuple(seg.edges), tuple(seg.entries)
 
 
 # Largest RMSNorm traced for a prediction (tokens x hidden elements; meta tensors, a sanity bound).
@@ -384,17 +402,13 @@ def rmsnorm_region_ops(s: KernelShape) -> tuple[Op, ...]:
     """Those ops as `elementwise_model: regions` charges them: one region (all of them element-wise,
     between no matrix ops), each op with its bytes across the region's boundary only
     (`codesign.sim.elementwise_regions.region_ops`)."""
-    from codesign.sim.elementwise_regions import charged_ops
+    from codesign.sim.elementwise_regions import segment_charged_ops
 
-    ops, edges = _rmsnorm_segment(s.tokens, s.hidden, s.dtype == "fp8")
-    g = nx.DiGraph()
-    g.add_nodes_from((i, {"op": o}) for i, o in enumerate(ops))
-    g.add_edges_from(edges)
-    return tuple(charged_ops(g, True).values())
+    return segment_charged_ops(*_rmsnorm_segment(s.tokens, s.hidden, s.dtype == "fp8"))
 
 
 @functools.lru_cache(maxsize=64)
-def _rmsnorm_segment(T: int, H: int, quant: bool) -> tuple[tuple[Op, ...], tuple[tuple[int, int], ...]]:
+def _rmsnorm_segment(T: int, H: int, quant: bool) -> TracedSegment:
     import torch
 
     from codesign.graph.tracer import record
@@ -414,7 +428,7 @@ def _rmsnorm_segment(T: int, H: int, quant: bool) -> tuple[tuple[Op, ...], tuple
         return y
 
     seg = record(run, root, [x], {id(norm.weight): "weight"}, "prefill")
-    return tuple(seg.ops), tuple(seg.edges)
+    return tuple(seg.ops), tuple(seg.edges), tuple(seg.entries)
 
 
 def rmsnorm_pass_bytes(s: KernelShape) -> float:
@@ -557,7 +571,8 @@ def predict(s: KernelShape, hw: HardwareSpec, options: CostOptions | None = None
         # Alone, the conv is one kernel (vLLM's causal_conv1d_fn / _update) with one launch; its
         # traced element-wise ops carry none of their own (`elementwise_kernels_per_matrix_kernel`
         # charges them inside a step).
-        return _with_launch(_predict_ops(gdn_conv_ops(s), cm), cm.launch_s)
+        ops = gdn_conv_region_ops(s) if cm.opts.elementwise_regions else gdn_conv_ops(s)
+        return _with_launch(_predict_ops(ops, cm), cm.launch_s)
     if s.op == "rmsnorm":
         # The traced decomposition costed as a step costs it (its element-wise ops at the step's
         # rules: `elementwise_model`, `fuse_elementwise` / `fused_activations_on_chip`), plus one

@@ -99,13 +99,13 @@ def test_sram_activation_threshold():
     assert model().memory_time(small) == (pytest.approx(1e6 / (12e12 * 0.85), rel=1e-12), "sram")
     assert model().memory_time(big) == (pytest.approx(1e9 / HBM, rel=1e-12), "hbm")
     assert model(sram_activations=False).memory_time(small)[1] == "hbm"
-    # the per-op element-wise rule (the default): fused element-wise ops keep activations on chip
-    # whatever their size; `regions` without the SRAM split streams a region's bytes from HBM
+    # the per-op element-wise rule: fused element-wise ops keep activations on chip whatever their
+    # size; `regions` without the SRAM split (the default) streams a region's bytes from HBM
     fused = op("v", "vector", a=1e9)
-    assert model().memory_time(fused) == (pytest.approx(1e9 / (12e12 * 0.85), rel=1e-12), "sram")
-    assert model(elementwise_model="regions", elementwise_sram_split=False).memory_time(fused) == (
-        pytest.approx(1e9 / HBM, rel=1e-12), "hbm")
-    assert model(fused_activations_on_chip=False).memory_time(fused)[1] == "hbm"
+    assert model(elementwise_model="sram_per_op").memory_time(fused) == (
+        pytest.approx(1e9 / (12e12 * 0.85), rel=1e-12), "sram")
+    assert model().memory_time(fused) == (pytest.approx(1e9 / HBM, rel=1e-12), "hbm")
+    assert model(elementwise_model="sram_per_op", fused_activations_on_chip=False).memory_time(fused)[1] == "hbm"
 
 
 def test_state_residency_serves_state_from_sram():

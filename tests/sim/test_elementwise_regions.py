@@ -11,7 +11,8 @@ import pytest
 from codesign.graph.tracing import trace
 from codesign.hw import load_hw
 from codesign.sim.cost import CostModel, CostOptions
-from codesign.sim.elementwise_regions import region_ops
+from codesign.sim.elementwise_regions import region_ops, segment_charged_ops
+from tests.sim.helpers import op
 
 T, H, I = 256, 4096, 12288  # prompt tokens; Qwen3-8B hidden and intermediate sizes
 BF16 = 2
@@ -101,10 +102,31 @@ def test_cache_writes_stream_at_the_hbm_rate(graph):
     assert c.memory_s == pytest.approx(moved / (3.35e12 * 0.90), rel=1e-9)
 
 
-def test_default_is_the_per_op_rule_and_eager_devices_never_take_regions():
-    # The default stays per-op (docs/cost-model/elementwise-regions.md says why); regions act only
-    # where element-wise work runs fused (the native overlays turn fused_activations_on_chip off).
-    assert CostOptions().elementwise_model == "sram_per_op" and not CostOptions().elementwise_regions
+def test_an_entry_reads_the_segments_input_but_not_what_the_region_hands_it():
+    # A traced kernel segment (the GatedDeltaNet conv): a zero history (Z bytes), the concatenation
+    # of the segment's input (X bytes) with it, then the SiLU. The concatenation has a producer in
+    # the region (the zeros), so without the `entry` mark it would read nothing from outside; as an
+    # entry it reads its own reads (X + Z) less what the region hands it (Z): the input, once.
+    X, Z = 1000.0, 30.0
+    zeros = op("zeros", "memory")
+    zeros.bytes_written = {**zeros.bytes_written, "activation": Z}
+    cat = op("cat", "memory", a=X + Z)
+    cat.bytes_written = {**cat.bytes_written, "activation": X + Z}
+    silu = op("silu", "vector", a=X + Z)
+    silu.bytes_written = {**silu.bytes_written, "activation": X + Z}
+    edges = ((0, 1), (1, 2))
+    moved = lambda ops: [(o.bytes_read["activation"], o.bytes_written["activation"]) for o in ops]  # noqa: E731
+    assert moved(segment_charged_ops((zeros, cat, silu), edges, (1,))) == [(0.0, 0.0), (X, 0.0), (0.0, X + Z)]
+    assert moved(segment_charged_ops((zeros, cat, silu), edges, ()))[1] == (0.0, 0.0)
+
+
+def test_default_is_regions_and_eager_devices_never_take_them():
+    # The default is regions without the SRAM split (docs/cost-model/elementwise-regions.md gives
+    # the kernel table's figures); regions act only where element-wise work runs fused (the native
+    # overlays turn fused_activations_on_chip off).
+    assert CostOptions().elementwise_model == "regions" and CostOptions().elementwise_regions
+    assert not CostOptions().elementwise_sram_split
+    assert not CostOptions(elementwise_model="sram_per_op").elementwise_regions
     assert CostOptions(elementwise_model="regions").elementwise_regions
     assert not CostOptions(elementwise_model="regions", fused_activations_on_chip=False).elementwise_regions
     assert not CostOptions(elementwise_model="regions", fuse_elementwise=False).elementwise_regions
