@@ -32,7 +32,7 @@ QKV projection and attention), which moves the same external bytes but for their
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import networkx as nx
 
@@ -49,7 +49,29 @@ def _out_bytes(op: Op) -> float:
 def region_ops(g: nx.DiGraph, layers: Iterable[list], op_of: dict[Any, Op]) -> dict[Any, Op]:
     """node -> the op of that node charged as part of its region (only element-wise nodes whose
     bytes change). `layers`: each layer's nodes in insertion order; `op_of`: node -> op."""
-    out: dict[Any, Op] = {}
+    return charge(region_plan(g, layers, op_of), op_of)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Member:
+    """One element-wise node of a region, as the graph places it: its producers inside and outside
+    the region (in the graph's predecessor order), whether it is a traced segment's entry, has no
+    producers at all, and writes to outside the region."""
+
+    node: Any
+    inside: tuple
+    outside: tuple
+    entry: bool
+    no_producers: bool
+    writes_out: bool
+
+
+def region_plan(g: nx.DiGraph, layers: Iterable[list], op_of: dict[Any, Op]) -> tuple[Member, ...]:
+    """The regions of `g` (by the ops' kinds in `op_of`) as their members, in layer and node
+    order: what `charge` needs of the graph. It depends on the graph and the ops' kinds only, so
+    one plan serves every remapping of a template graph (a remap keeps each node's kind:
+    `codesign.mapping.step`)."""
+    members: list[Member] = []
     for nodes in layers:
         region: list = []
         for n in nodes:
@@ -57,49 +79,48 @@ def region_ops(g: nx.DiGraph, layers: Iterable[list], op_of: dict[Any, Op]) -> d
                 region.append(n)
                 continue
             if region:
-                out.update(_region(g, region, op_of))
+                members.extend(_members(g, region))
                 region = []
         if region:
-            out.update(_region(g, region, op_of))
-    return out
+            members.extend(_members(g, region))
+    return tuple(members)
 
 
-def _region(g: nx.DiGraph, region: list, op_of: dict[Any, Op]) -> dict[Any, Op]:
-    members = set(region)
-    out: dict[Any, Op] = {}
+def _members(g: nx.DiGraph, region: list) -> Iterator[Member]:
+    in_region = set(region)
     for n in region:
-        op = op_of[n]
         inside, outside = [], []
         for p in g.predecessors(n):
-            (inside if p in members else outside).append(op_of[p])
-        if g.nodes[n].get("entry"):  # reads the segment's input: all but what the region hands it
-            read_act = max(0.0, op.bytes_read.get("activation", 0.0) - sum(_out_bytes(p) for p in inside))
-            wrote_act = external_bytes(op, outside, True, _writes_out(g, n, members))[1]
+            (inside if p in in_region else outside).append(p)
+        writes_out = g.out_degree(n) == 0 or any(s not in in_region for s in g.successors(n))
+        yield Member(n, tuple(inside), tuple(outside), bool(g.nodes[n].get("entry")), g.in_degree(n) == 0,
+                     writes_out)
+
+
+def charge(plan: tuple[Member, ...], op_of: dict[Any, Op]) -> dict[Any, Op]:
+    """node -> the op of each member whose bytes change, charged its bytes across the region's
+    boundary (the module's rules): it reads the outputs of its producers outside the region (at
+    most its own activation reads; all of them without producers; an entry: its own reads less
+    what producers inside hand it) and writes its output where it writes out, else nothing."""
+    out: dict[Any, Op] = {}
+    for m in plan:
+        op = op_of[m.node]
+        rd, wr = op.bytes_read, op.bytes_written
+        own_read, own_written = rd.get("activation", 0.0), wr.get("activation", 0.0)
+        if m.entry:  # reads the segment's input: all but what the region hands it
+            read = max(0.0, own_read - sum(_out_bytes(op_of[p]) for p in m.inside))
+        elif m.no_producers:
+            read = own_read
         else:
-            read_act, wrote_act = external_bytes(op, outside, g.in_degree(n) == 0, _writes_out(g, n, members))
-        if read_act == op.bytes_read.get("activation", 0.0) and wrote_act == op.bytes_written.get("activation", 0.0):
+            read = min(own_read, sum(_out_bytes(op_of[p]) for p in m.outside))
+        wrote = own_written if m.writes_out else 0.0
+        if read == own_read and wrote == own_written:
             continue
-        out[n] = dataclasses.replace(op, bytes_read={**op.bytes_read, "activation": read_act},
-                                     bytes_written={**op.bytes_written, "activation": wrote_act})
+        charged = op.clone()
+        charged.bytes_read = {**rd, "activation": read}
+        charged.bytes_written = {**wr, "activation": wrote}
+        out[m.node] = charged
     return out
-
-
-def _writes_out(g: nx.DiGraph, n: Any, members: set) -> bool:
-    return g.out_degree(n) == 0 or any(s not in members for s in g.successors(n))
-
-
-def external_bytes(op: Op, outside_producers: list[Op], no_producers: bool, writes_out: bool) -> tuple[float, float]:
-    """(activation bytes read, activation bytes written) that `op` moves through HBM as a member of
-    its region: what it reads from `outside_producers` (each one's output, capped at the op's own
-    activation reads; all its reads where it has no producers at all) and its output where
-    `writes_out` (a consumer outside the region, or none)."""
-    own = op.bytes_read.get("activation", 0.0)
-    if no_producers:
-        read = own
-    else:
-        read = min(own, sum(_out_bytes(p) for p in outside_producers))
-    wrote = op.bytes_written.get("activation", 0.0) if writes_out else 0.0
-    return read, wrote
 
 
 def segment_charged_ops(ops: tuple[Op, ...], edges: Iterable[tuple[int, int]], entries: Iterable[int]) -> tuple[Op, ...]:

@@ -30,13 +30,14 @@ from codesign.gc_pause import gc_paused
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 from codesign.sim.cache import BoundedCache
-from codesign.sim.elementwise_regions import region_ops
+from codesign.sim.elementwise_regions import Member, charge, region_plan
 from codesign.sim.layerplan import contract, layer_plan, topological_order
 from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
-# Element-wise region ops per graph (`StepSimulator._regions`): id -> (graph, node count, node -> op).
+# Element-wise regions per graph (`StepSimulator._regions`): id -> (graph, node count, plan, node ->
+# op charged with the graph's own ops).
 _REGIONS = BoundedCache("element-wise regions", 16)
 # Names of limiting resources as results report them.
 BOTTLENECK_NAMES = {"matrix": "compute", "vector": "compute", "hbm": "hbm", "sram": "sram", "link": "link", "overhead": "overhead"}
@@ -268,15 +269,20 @@ class StepSimulator:
     # -- the whole step ---------------------------------------------------------------------------
     def _regions(self, g: nx.DiGraph, by_layer: dict[int, list], op_of: dict[Any, Op], remapped: bool) -> dict[Any, Op]:
         """The element-wise ops of `g` charged as their regions' kernels
-        (`codesign.sim.elementwise_regions.region_ops`), kept per graph where its own ops are
-        simulated (the same op objects on every call, so their kept cost parts serve again)."""
-        if remapped:
-            return region_ops(g, by_layer.values(), op_of)
+        (`codesign.sim.elementwise_regions`): the graph's region plan is kept per graph, and so are
+        its own ops' charged ops where they are simulated (the same op objects on every call, so
+        their kept cost parts serve again); a remapping's ops are charged on the kept plan."""
         hit = _REGIONS.get(id(g))
         if hit is None or hit[0] is not g or hit[1] != g.number_of_nodes():
-            hit = (g, g.number_of_nodes(), region_ops(g, by_layer.values(), op_of))
+            plan: tuple[Member, ...] = region_plan(g, by_layer.values(), op_of)
+            hit = (g, g.number_of_nodes(), plan, None if remapped else charge(plan, op_of))
             _REGIONS.put(id(g), hit)
-        return hit[2]
+        if remapped:
+            return charge(hit[2], op_of)
+        if hit[3] is None:
+            hit = (*hit[:3], charge(hit[2], op_of))
+            _REGIONS.put(id(g), hit)
+        return hit[3]
 
     def residency(self, g: nx.DiGraph) -> Residency:
         """State (then weights) stay SRAM-resident when a whole step's worth fits this chip's budget."""
