@@ -8,6 +8,7 @@ then written by hand into the family's `efficiency:` sections (hw_specs/*.yaml),
     python benchmarks/kernels/fit.py --group cdna_grouped   # CDNA3 grouped expert GEMMs (AITER fused MoE rows)
     python benchmarks/kernels/fit.py --group cdna_grouped_large   # the MI325X large-expert rows alone
     python benchmarks/kernels/fit.py --group gdn_chunk   # GatedDeltaNet chunk kernel (FlashInfer, H100 / H200)
+    python benchmarks/kernels/fit.py --group elementwise_h200   # fused element-wise streaming on H200 (vLLM causal conv rows)
     python benchmarks/kernels/fit.py --group attention_seq --group attention   # prefill attention vs length, then FP8
     python benchmarks/kernels/fit.py --group attention_decode_gqa   # GQA decode attention occupancy (vLLM FA3, H100 / H200)
     python benchmarks/kernels/fit.py --group mla_trtllm --group mla_sglang_fa3   # MLA kernels of TensorRT-LLM / SGLang
@@ -126,6 +127,12 @@ GROUPS = {
     "gdn_chunk": (lambda r: r.op == "gdn_chunk" and r.hw in HOPPER,
                   {"gdn_chunk": (0.05, 1.0), "gdn_chunk_state_s": (0.0, 30e-6), "gdn_chunk_fixed_s": (0.0, 20e-6)},
                   set()),
+    # Fused element-wise kernels' HBM streaming fraction on H200 (`elementwise_memory`, read by the
+    # element-wise regions): vLLM 0.24's causal_conv1d prefill rows (benchmarks/kernels/
+    # aic_vllm_gdn.yaml), a kernel that reads its input and writes its output once. On H100 the same
+    # rows give 0.68 and FlashInfer's fused RMSNorm rows 0.65-0.70, the value the H100 spec carries.
+    "elementwise_h200": (lambda r: r.op == "gdn_conv" and r.phase == "prefill" and r.hw == "h200",
+                         {"elementwise_memory": (0.2, 1.0)}, set()),
     # Triton fused_moe (vLLM's fused_experts, benchmark_moe.py rows on H100): the kernel's fraction of
     # the dtype's peak, its occupancy half-tokens, weight-streaming fraction and fixed time per call,
     # with a tuned config (`moe_triton`) and with vLLM's default tile heuristic (`moe_triton_default`).

@@ -134,8 +134,12 @@ def test_efficiency_calibration():
     # constants per family: every Hopper file carries the same factors; the fused GatedDeltaNet chunk
     # kernel's curve only where its block slots (132 SMs) are known: H20's SM count and per-SM
     # tensor rate are not published, so it has no curve (docs/cost-model.md)
-    for n in ("h200", "h800"):
-        assert load_hw(n).efficiency == h100
+    assert load_hw("h800").efficiency == h100
+    # but for the fused element-wise kernels' streaming fraction, which H200 has from its own kernel
+    # rows (vLLM's causal conv on H200: benchmarks/kernels/fit.py --group elementwise_h200)
+    h200 = load_hw("h200").efficiency
+    assert h200.elementwise_memory == pytest.approx(0.51) and h100.elementwise_memory == pytest.approx(0.65)
+    assert h200.model_copy(update={"elementwise_memory": h100.elementwise_memory}) == h100
     # H20 also has its own prefill-attention fraction (FA3 on H20, benchmarks/kernels/attention.yaml)
     # and no CUTLASS blockwise FP8 curve (a K-loop time per tile: its tensor rate is cut), nor the
     # block-FP8 MoE kernel curves (fitted on H200 rows of the full-rate parts)

@@ -173,7 +173,10 @@ PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper"
                                                           "attention_paged", "attention_paged_seq_half",
                                                           "attention_paged_fixed_s", "attention_paged_head_dim_exp",
                                                           "cutlass_block_fp8", "cutlass_block_fp8_m_half",
-                                                          "cutlass_block_fp8_k_s") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
+                                                          "cutlass_block_fp8_k_s",
+                                                          # fused element-wise streaming: H200 from its
+                                                          # own causal-conv rows (0.51; H100 0.65)
+                                                          "elementwise_memory") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
                                                          + _MLA_KERNELS + _TRTLLM_CURVES,
             "blackwell": ("gemm",)}
 
