@@ -66,6 +66,19 @@ def _check_fits(config, batch: int, max_len: int, device) -> None:
                         f"is {lo} tokens")
 
 
+def _other_host(cal, device) -> str | None:
+    """A warning where a CPU overlay was measured on another CPU model than this host's (its
+    efficiencies and per-op costs are that machine's), else None."""
+    from codesign.native.calibrate import cpu_name
+    from codesign.native.overlay import calibrated_host
+
+    measured_on = calibrated_host(cal.calibration)
+    if device.type != "cpu" or measured_on is None or measured_on == cpu_name():
+        return None
+    return (f"{cal.path} was measured on {measured_on}, this host is {cpu_name()}: its figures are another "
+            "CPU's; run with --recalibrate (or `codesign calibrate --device cpu`) on this host")
+
+
 def _recalibrate(path, device, threads: int) -> None:
     """`codesign calibrate` for cpu-host into `path`, at `threads` threads."""
     import torch
@@ -123,12 +136,15 @@ def run(args: argparse.Namespace) -> int:
     warnings = []
     if threads != cal.calibration.threads:
         warnings.append(f"{threads} threads, calibrated at {cal.calibration.threads}")
-    if r.contention_pct is not None and r.contention_pct > CONTENDED_PCT:
+    other_host = _other_host(cal, device)
+    if other_host:  # the probe's ratio then measures the two CPUs, not contention
+        warnings.append(other_host)
+    elif r.contention_pct is not None and r.contention_pct > CONTENDED_PCT:
         warnings.append(f"the machine was contended while measuring: the calibration's module-block benchmark "
                         f"ran {r.contention_pct:.0f}% slower between most rounds than when calibrated; each segment "
                         "is measured in its quietest round, which may still have been contended (other jobs "
                         "running; retry when the machine is quieter)")
-    if r.contention_pct is not None and r.contention_pct < -CONTENDED_PCT:
+    if not other_host and r.contention_pct is not None and r.contention_pct < -CONTENDED_PCT:
         warnings.append(f"the calibration was contended: its module-block benchmark ran {-r.contention_pct:.0f}% "
                         "faster between most rounds than when calibrated (other jobs were running during "
                         "`codesign calibrate`; recalibrate when the machine is quieter)")

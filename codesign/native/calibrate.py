@@ -85,7 +85,8 @@ FUSED_TARGETS = ("codesign.attention", "codesign.gated_delta_rule_step", "codesi
 CALIBRATION_PASSES = 8
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The host CPU's model name (what an overlay's `measured` names)."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -303,7 +304,7 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
     eff, cost, eager = derive(hw, bench, notes)
     cal = Calibration(
         base=hw.name, device=device.type, threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0],
-        measured=f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ} on {_cpu_name()}",
+        measured=f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ} on {cpu_name()}",
         efficiency=eff, cost={**cost, "fused_activations_on_chip": False},
         eager=EagerCosts(**eager, ops={k: _g(v) for k, v in sorted(op_costs.items())},
                          heavy_ops=heavy, heavy_rewarm_s=_g(rewarm_s)),

@@ -24,6 +24,7 @@ cost options and the eager costs (`codesign.native.eager`). Only microbenchmarks
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -93,6 +94,13 @@ class Calibrated:
 
 
 DEFAULT_FOLDER = spec_files.folder("hw_specs") / "calibration"
+
+
+def calibrated_host(cal: Calibration) -> str | None:
+    """The CPU an overlay was measured on, as `codesign calibrate` writes it in `measured`
+    ("<UTC time> on <CPU model name> (<n> passes, ...)"); None where `measured` does not say."""
+    m = re.match(r"\S+ on (.+?)(?: \(\d+ passes\b.*)?$", " ".join(cal.measured.split()))
+    return m.group(1) if m else None
 
 
 def default_path(spec: str) -> Path:

@@ -454,6 +454,28 @@ def test_contention_is_the_probe_against_the_calibrations_figure(tmp_path, monke
     assert plain.contention_pct is None
 
 
+def test_an_overlay_from_another_cpu_is_named_not_read_as_contention(tmp_path, monkeypatch, capsys):
+    from codesign.native import calibrate as calib
+    from codesign.native import check
+    from codesign.native.overlay import calibrated_host
+
+    measured = "2026-12-01T21:57Z on Intel(R) Xeon(R) Processor (8 passes, least-contended\n  figures)"
+    path = _write(tmp_path, {**OVERLAY, "measured": measured, "benchmarks": {"module_block_s": 50e-6}})
+    assert calibrated_host(load_calibrated(path).calibration) == "Intel(R) Xeon(R) Processor"
+    (tmp_path / "plain").mkdir()
+    assert calibrated_host(load_calibrated(_write(tmp_path / "plain", OVERLAY)).calibration) is None  # says no host
+    slow = check.Measured(3e-3, 1e-3, 0.1, 0.1, 3.5e-3, 1.2e-3, 7, probe_s=300e-6)  # the probe 6x slower
+    monkeypatch.setattr(check, "measure", lambda *a, **k: slow)
+    monkeypatch.setattr(calib, "cpu_name", lambda: "AMD EPYC")
+    assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
+    warning = json.loads(capsys.readouterr().out)["warning"]
+    assert "measured on Intel(R) Xeon(R) Processor, this host is AMD EPYC" in warning and "--recalibrate" in warning
+    assert "contended" not in warning
+    monkeypatch.setattr(calib, "cpu_name", lambda: "Intel(R) Xeon(R) Processor")  # the same CPU: contention
+    assert main(["native-check", "--model", "llama-2-70b", "--tiny", "--calibration", str(path), "--json"]) == 0
+    assert "the machine was contended while measuring" in json.loads(capsys.readouterr().out)["warning"]
+
+
 @pytest.mark.parametrize("name", ["llama-2-70b", "qwen3.5-397b-a17b"])
 def test_the_segmented_step_is_the_models_own(name):
     """native-check times a step in parts; the parts compute what the model's forward computes."""
