@@ -104,10 +104,12 @@ def _capped(name: str, value: float, notes: list[str]) -> float:
 
 
 def tiny_op_shapes() -> dict[str, object]:
-    """aten target -> its smallest traced op over every tiny config (prefill of 16 tokens, decode
-    at batch 1): the shapes the per-op costs are measured at."""
+    """Per-call cost key (`codesign.native.replay.cost_key`: the aten target, a binary op with a
+    scalar operand apart) -> its smallest traced op over every tiny config (prefill of 16 tokens,
+    decode at batch 1): the shapes the per-op costs are measured at."""
     from codesign.graph import trace
     from codesign.models import load_model
+    from codesign.native.replay import cost_key
     from codesign.spec_files import available
 
     smallest: dict[str, object] = {}
@@ -117,9 +119,10 @@ def tiny_op_shapes() -> dict[str, object]:
             for _, op in trace(cfg, **kw).nodes(data="op"):
                 if op.target.startswith("codesign."):
                     continue
-                best = smallest.get(op.target)
+                key = cost_key(op)
+                best = smallest.get(key)
                 if best is None or op.bytes_total / max(op.repeat, 1) < best.bytes_total / max(best.repeat, 1):
-                    smallest[op.target] = op
+                    smallest[key] = op
     return smallest
 
 

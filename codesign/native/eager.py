@@ -8,9 +8,11 @@ replaces its per-kernel overhead by the eager one (each a named, calibrated assu
 calibration overlay, `codesign.native.overlay`):
 
 * eager torch dispatches every op the tracer records, element-wise and data movement included:
-  each pays its own per-call cost, `eager.ops[target]` (measured cold at a tiny shape, so a oneDNN
-  convolution or a triangular solve pays what it costs to set up), or `CostOptions.launch_overhead_s`
-  for a target not measured;
+  each pays its own per-call cost, `eager.ops[key]` (measured cold at a tiny shape, so a oneDNN
+  convolution or a triangular solve pays what it costs to set up; the key is the target, and a
+  binary element-wise op with a Python-scalar operand has its own, `codesign.native.replay.cost_key`,
+  falling back to the target's in an overlay without it), or `CostOptions.launch_overhead_s` for a
+  target not measured;
 * it also dispatches the views and reshapes between them that the tracer does not record: each
   recorded aten op pays `view_ratio` view dispatches at `eager.view_s` (a view makes no kernel and
   allocates no storage: calibrated on Python-level view ops) and `dispatch_ratio - 1 - view_ratio`
@@ -38,6 +40,7 @@ from __future__ import annotations
 from codesign.graph.op import Op
 from codesign.hw.spec import HardwareSpec
 from codesign.native.overlay import EagerCosts
+from codesign.native.replay import cost_key
 from codesign.sim.cost import CostModel, CostOptions
 
 
@@ -69,8 +72,10 @@ class EagerCostModel(CostModel):
             launch = self.launch_s  # the options value, else the chip's efficiency.kernel_overhead
             view = self.eager.view_s or launch
             others = max(self.dispatch_ratio - 1.0 - self.view_ratio, 0.0)
-            per_call = self.eager.ops.get(op.target, launch) + self.view_ratio * view + others * launch
-            if op.target in self.heavy:
+            key = cost_key(op)  # an overlay without the key's own entry (older ones): the target's
+            per_call = self.eager.ops.get(key, self.eager.ops.get(op.target, launch)) + self.view_ratio * view \
+                + others * launch
+            if key in self.heavy or op.target in self.heavy:
                 per_call += rewarm
         return per_call * max(op.repeat, 1)
 

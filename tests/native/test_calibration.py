@@ -81,6 +81,27 @@ def test_eager_overheads_per_op():
     assert recorded_dispatches([_op("aten.add.Tensor", "vector", 3), moe, _op("aten.mm.default", "gemm")]) == 4
 
 
+def test_a_scalar_operand_has_its_own_per_call_cost():
+    import dataclasses
+
+    from codesign.native.calibrate import tiny_op_shapes
+    from codesign.native.replay import cost_key
+
+    scalar = _op("aten.add.Tensor", "vector")  # one recorded tensor: the other operand a Python scalar
+    tensors = dataclasses.replace(scalar, in_shapes=((1, 64), (1, 64)))
+    assert cost_key(scalar) == "aten.add.Tensor[scalar]" and cost_key(tensors) == "aten.add.Tensor"
+    assert cost_key(_op("aten.rsqrt.default", "vector")) == "aten.rsqrt.default"  # unary: its target
+    both = EagerCosts(**EAGER, ops={"aten.add.Tensor": 10e-6, "aten.add.Tensor[scalar]": 25e-6})
+    cm = EagerCostModel(cs.load_hw("cpu-host"), both, options=None)
+    assert cm.overhead(scalar) == pytest.approx(25e-6) and cm.overhead(tensors) == pytest.approx(10e-6)
+    older = EagerCostModel(cs.load_hw("cpu-host"), EagerCosts(**EAGER, ops={"aten.add.Tensor": 25e-6}), options=None)
+    assert older.overhead(scalar) == older.overhead(tensors) == pytest.approx(25e-6)  # an overlay without the key
+    # the calibration measures both variants, each at an op of its own arity
+    shapes = tiny_op_shapes()
+    assert len(shapes["aten.add.Tensor[scalar]"].in_shapes) == 1 and len(shapes["aten.add.Tensor"].in_shapes) == 2
+    assert all(cost_key(op) == key for key, op in shapes.items())
+
+
 def test_views_pay_the_view_cost_and_other_unrecorded_dispatches_the_launch():
     costs = EagerCosts(**EAGER, view_s=1e-6)
     cm = EagerCostModel(cs.load_hw("cpu-host"), costs, options=None, dispatch_ratio=2.0, view_ratio=0.6)
