@@ -73,9 +73,12 @@ def _other_host(cal, device) -> str | None:
     from codesign.native.overlay import calibrated_host
 
     measured_on = calibrated_host(cal.calibration)
-    if device.type != "cpu" or measured_on is None or measured_on == cpu_name():
+    if device.type != "cpu" or measured_on is None:
         return None
-    return (f"{cal.path} was measured on {measured_on}, this host is {cpu_name()}: its figures are another "
+    host = cpu_name()
+    if measured_on == host:
+        return None
+    return (f"{cal.path} was measured on {measured_on}, this host is {host}: its figures are another "
             "CPU's; run with --recalibrate (or `codesign calibrate --device cpu`) on this host")
 
 

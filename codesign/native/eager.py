@@ -72,10 +72,11 @@ class EagerCostModel(CostModel):
             launch = self.launch_s  # the options value, else the chip's efficiency.kernel_overhead
             view = self.eager.view_s or launch
             others = max(self.dispatch_ratio - 1.0 - self.view_ratio, 0.0)
-            key = cost_key(op)  # an overlay without the key's own entry (older ones): the target's
-            per_call = self.eager.ops.get(key, self.eager.ops.get(op.target, launch)) + self.view_ratio * view \
-                + others * launch
-            if key in self.heavy or op.target in self.heavy:
+            key = cost_key(op)
+            if key not in self.eager.ops:  # an overlay without the key's own entry (older ones): the target's
+                key = op.target
+            per_call = self.eager.ops.get(key, launch) + self.view_ratio * view + others * launch
+            if key in self.heavy:
                 per_call += rewarm
         return per_call * max(op.repeat, 1)
 

@@ -36,9 +36,18 @@ from codesign.sim.schedule import _UNITS as _UNIT_ORDER
 from codesign.sim.routed import RoutedLayers
 from codesign.sim.cost import CostModel, CostOptions, OpCost, Residency, wider, spec_dtype
 
-# Element-wise regions per graph (`StepSimulator._regions`): id -> (graph, node count, plan, node ->
-# op charged with the graph's own ops).
+# Element-wise regions per graph (`StepSimulator._regions`): id -> `_KeptRegions`.
 _REGIONS = BoundedCache("element-wise regions", 16)
+
+
+@dataclass(slots=True)
+class _KeptRegions:
+    """A graph's region plan, and its own ops as charged on it once they have been simulated."""
+
+    graph: nx.DiGraph
+    nodes: int
+    plan: tuple[Member, ...]
+    own: dict[Any, Op] | None = None
 # Names of limiting resources as results report them.
 BOTTLENECK_NAMES = {"matrix": "compute", "vector": "compute", "hbm": "hbm", "sram": "sram", "link": "link", "overhead": "overhead"}
 
@@ -272,17 +281,15 @@ class StepSimulator:
         (`codesign.sim.elementwise_regions`): the graph's region plan is kept per graph, and so are
         its own ops' charged ops where they are simulated (the same op objects on every call, so
         their kept cost parts serve again); a remapping's ops are charged on the kept plan."""
-        hit = _REGIONS.get(id(g))
-        if hit is None or hit[0] is not g or hit[1] != g.number_of_nodes():
-            plan: tuple[Member, ...] = region_plan(g, by_layer.values(), op_of)
-            hit = (g, g.number_of_nodes(), plan, None if remapped else charge(plan, op_of))
-            _REGIONS.put(id(g), hit)
+        kept = _REGIONS.get(id(g))
+        if kept is None or kept.graph is not g or kept.nodes != g.number_of_nodes():
+            kept = _KeptRegions(g, g.number_of_nodes(), region_plan(g, by_layer.values(), op_of))
+            _REGIONS.put(id(g), kept)
         if remapped:
-            return charge(hit[2], op_of)
-        if hit[3] is None:
-            hit = (*hit[:3], charge(hit[2], op_of))
-            _REGIONS.put(id(g), hit)
-        return hit[3]
+            return charge(kept.plan, op_of)
+        if kept.own is None:
+            kept.own = charge(kept.plan, op_of)
+        return kept.own
 
     def residency(self, g: nx.DiGraph) -> Residency:
         """State (then weights) stay SRAM-resident when a whole step's worth fits this chip's budget."""
