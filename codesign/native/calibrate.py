@@ -16,6 +16,7 @@ with the cost model's own formulas so that the model reproduces the benchmark it
 | `eager.moe_experts_s`, `moe_expert_s`, `moe_route_s` | `codesign::moe_experts`, 8 tokens top-1 over 1 and over 8 experts, and 256 tokens top-4 over 8 experts (hidden 64, width 32), heavy-cold | per route = (t256 - FLOPs at the GEMM rate - t8) / 1016; per expert = (t8 - t1) / 7; per call = t1 - per expert - 8 routes |
 | `eager.gated_delta_rule_step_s` | the fused decode step, 2 key heads and 4 value heads of 16 x 16, heavy-cold | t |
 | `eager.ops` | every aten target the tracer emits for the tiny configs, replayed (`codesign.native.replay`) cold at its smallest traced shape (heavy-cold where heavy) | t per target |
+| `eager.op_views`, `eager.op_others` | the same calls, counted (`dispatch.count_call`), not timed | views and other dispatches beyond the op itself |
 | `eager.heavy_ops`, `eager.heavy_rewarm_s` | the RMSNorm + MLP block after one call of each heavy kernel vs after the light scrub | aten targets timed heavy; median excess |
 
 **Cold regimes** (a named assumption; `heavy_dispatches` overrides it, `codesign calibrate
@@ -140,6 +141,22 @@ def vocabulary(device: torch.device, shapes: dict) -> dict[str, Callable[[], obj
     return calls
 
 
+def held_dispatches(shapes: dict | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """(views, other dispatches) that the timed call of each per-call cost key dispatches beyond the
+    op itself, where it dispatches any (`eager.op_views`, `op_others`): structural counts of the
+    calls `per_target_costs` times, on the CPU at their tiny shapes (no timing)."""
+    from codesign.native.replay import build
+
+    views, others = {}, {}
+    for target, op in sorted((shapes or tiny_op_shapes()).items()):
+        n, v = count_call(build(op, torch.device("cpu"), torch.float32))
+        if v:
+            views[target] = v
+        if n - v > 1:
+            others[target] = n - v - 1
+    return views, others
+
+
 def per_target_costs(device: torch.device, repeats: int, shapes: dict | None = None, heavy_s: float = math.inf,
                      calls: dict | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Cold seconds of one call of each aten target at its smallest tiny-config shape, and the light
@@ -225,7 +242,8 @@ def merge(passes: list[Calibration]) -> Calibration:
     return first.model_copy(update={
         "measured": f"{first.measured} ({len(passes)} passes, least-contended figures)",
         "efficiency": eff, "cost": cost, "benchmarks": bench,
-        "eager": EagerCosts(**e, ops=ops, heavy_ops=heavy),
+        "eager": EagerCosts(**e, ops=ops, heavy_ops=heavy, op_views=first.eager.op_views,
+                            op_others=first.eager.op_others),  # structural: the same in every pass
     })
 
 
@@ -297,6 +315,7 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
     say("per-op costs")
     op_costs, light = per_target_costs(device, repeats, shapes, heavy_dispatches * op_s, calls)
     bench.update({f"{target}_light_s": t for target, t in light.items()})
+    held = held_dispatches(shapes)
     say("re-warm after heavy kernels")
     heavy = sorted(light)
     block, _ = mb.module_block(64, 128, device, f32)
@@ -310,7 +329,7 @@ def _calibrate(hw: HardwareSpec, device: torch.device, repeats: int, say: Callab
         measured=f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ} on {cpu_name()}",
         efficiency=eff, cost={**cost, "fused_activations_on_chip": False},
         eager=EagerCosts(**eager, ops={k: _g(v) for k, v in sorted(op_costs.items())},
-                         heavy_ops=heavy, heavy_rewarm_s=_g(rewarm_s)),
+                         heavy_ops=heavy, heavy_rewarm_s=_g(rewarm_s), op_views=held[0], op_others=held[1]),
         benchmarks=bench,
     )
     return cal, notes

@@ -206,12 +206,11 @@ def eager_model(cal: Calibrated, config: ModelConfig, phase: str, batch: int, to
     """The `EagerCostModel` of one step whose recorded ops are `ops`: its dispatch and view ratios
     from the step's dispatches counted on the meta device (`codesign.native.dispatch.counts`)."""
     from codesign.native import dispatch
-    from codesign.native.eager import EagerCostModel, recorded_dispatches
+    from codesign.native.eager import EagerCostModel, step_ratios
 
-    recorded = max(recorded_dispatches(ops), 1)
     n, views = dispatch.counts(config, phase, batch, tokens, context)
-    return EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, dispatch_ratio=n / recorded,
-                          view_ratio=views / recorded)
+    ratio, view_ratio = step_ratios(cal.eager, ops, n, views)
+    return EagerCostModel(cal.hw, cal.eager, "fp32", "fp32", cal.options, dispatch_ratio=ratio, view_ratio=view_ratio)
 
 
 def predict(config: ModelConfig, cal: Calibrated, batch: int, prompt_tokens: int, decode_steps: int

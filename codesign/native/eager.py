@@ -32,7 +32,15 @@ calibration overlay, `codesign.native.overlay`):
   pays `eager.heavy_rewarm_s`, what a block of light ops costs more right after one heavy kernel
   than after light ops (`codesign.native.microbench.rewarm`; docs/native.md "Cold regimes");
 * a loop recorded once for `repeat` trips (the GatedDeltaNet chunk recurrence) pays its overhead
-  `repeat` times: eager torch dispatches the body on every trip.
+  `repeat` times: eager torch dispatches the body on every trip;
+* a cast between two floating dtypes that the trace records (the bf16 model's casts to fp32 and
+  back, in every norm and in the GatedDeltaNet kernel) costs nothing in an fp32 run: `Tensor.to` of
+  a tensor already of that dtype returns it, no dispatch (`is_native_identity`; the native run casts
+  every floating tensor to fp32);
+* the step's unrecorded dispatches (`step_ratios`) are counted without those that a per-call figure
+  already covers: `eager.ops` times an op through the call the model makes (a batched GEMM through
+  `torch.matmul`, with its four views and `_unsafe_view`), and `eager.op_views` / `op_others` say
+  how many such dispatches each figure holds.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from codesign.hw.spec import HardwareSpec
 from codesign.native.overlay import EagerCosts
 from codesign.native.replay import cost_key
 from codesign.sim.cost import CostModel, CostOptions
+from codesign.sim.op_cost import OpCost, Residency
 
 
 class EagerCostModel(CostModel):
@@ -52,6 +61,11 @@ class EagerCostModel(CostModel):
         self.dispatch_ratio = dispatch_ratio
         self.view_ratio = view_ratio
         self.heavy = frozenset(eager.heavy_ops)
+
+    def cost(self, op: Op, residency: Residency = Residency()) -> OpCost:
+        if is_native_identity(op):
+            return OpCost(0.0, 0.0, 0.0, 0.0, "overhead")
+        return super().cost(op, residency)
 
     def overhead(self, op: Op) -> float:
         if op.kind == "collective":
@@ -85,6 +99,48 @@ def is_fused(op: Op) -> bool:
     return op.target.startswith("codesign.")
 
 
+# floating dtypes as the tracer names an op's output (`Op.dtype`), and those of two bytes
+_FLOATS = frozenset({"float32", "bfloat16", "float16", "float64"})
+_HALVES = frozenset({"bfloat16", "float16"})
+
+
+def is_native_identity(op: Op) -> bool:
+    """Whether `op` is a cast between two floating dtypes, which an fp32 native run does not dispatch
+    (every floating tensor is fp32 there, and `Tensor.to` of a tensor already of the dtype returns it).
+    The source dtype is read from the op's bytes per input element: 2 (bf16 / fp16) to any float, or
+    4 (fp32) to a half type; a cast from 4 bytes to fp32 is taken for int32 -> fp32 (the trace records
+    only casts that dispatch, and fp32 -> fp32 does not), from 8 bytes for int64 / fp64 -> float: real."""
+    if not op.target.startswith("aten._to_copy") or op.dtype not in _FLOATS or not op.in_shapes:
+        return False
+    n = 1
+    for d in op.in_shapes[0]:
+        n *= d
+    per = sum(op.bytes_read.values()) / (n * max(op.repeat, 1)) if n else 0.0
+    return per == 2.0 or (per == 4.0 and op.dtype in _HALVES)
+
+
+def _dispatched(ops) -> list[Op]:
+    """The recorded aten ops an eager fp32 run dispatches (not the fused kernels, collectives or the
+    identity casts)."""
+    return [op for op in ops if not is_fused(op) and op.kind != "collective" and not is_native_identity(op)]
+
+
 def recorded_dispatches(ops) -> int:
     """Aten dispatches the recorded ops stand for (loop bodies count once per trip)."""
-    return sum(max(op.repeat, 1) for op in ops if not is_fused(op) and op.kind != "collective")
+    return sum(max(op.repeat, 1) for op in _dispatched(ops))
+
+
+def step_ratios(eager: EagerCosts, ops, dispatches: int, views: int) -> tuple[float, float]:
+    """(dispatch_ratio, view_ratio) of a step whose recorded ops are `ops` and whose native run
+    dispatches `dispatches` aten ops, `views` of them views (`codesign.native.dispatch.counts`):
+    per recorded dispatch, all its dispatches and its unrecorded views, less the views and other
+    dispatches that the recorded ops' per-call figures already hold (`eager.op_views`, `op_others`)."""
+    own = _dispatched(ops)
+    recorded = max(sum(max(op.repeat, 1) for op in own), 1)
+
+    def held(table: dict[str, int]) -> int:
+        return sum(max(op.repeat, 1) * table.get(cost_key(op), table.get(op.target, 0)) for op in own)
+
+    free_views = max(views - held(eager.op_views), 0)
+    others = max(dispatches - views - recorded - held(eager.op_others), 0)
+    return 1.0 + (free_views + others) / recorded, free_views / recorded

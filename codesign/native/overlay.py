@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from codesign import spec_files
 from codesign.errors import CodesignError
@@ -66,6 +66,13 @@ class EagerCosts(BaseModel):
     # ...and codesign::moe_experts this per routed (token, expert) pair beyond its FLOPs at the GEMM
     # rate (its gathers, gated activation, weighted index_add, the small GEMMs' shortfall; 0: not modelled)
     moe_route_s: Seconds = 0.0
+    # Per-call cost key -> the views and the other dispatches its `ops` figure was timed with beyond
+    # the op itself (structural counts of the timed call, `dispatch.count_call`: torch.matmul wraps a
+    # batched GEMM in four views and an _unsafe_view). The model's own calls of that op dispatch the
+    # same ones, which the figure already covers, so the step's unrecorded dispatches are counted
+    # without them (`codesign.native.eager.step_ratios`); an absent key: the op alone
+    op_views: dict[str, NonNegativeInt] = {}
+    op_others: dict[str, NonNegativeInt] = {}
 
 
 class Calibration(BaseModel):

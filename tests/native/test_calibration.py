@@ -117,6 +117,72 @@ def test_views_pay_the_view_cost_and_other_unrecorded_dispatches_the_launch():
     assert old.overhead(_op("aten.mul.Tensor", "vector")) == pytest.approx(2.0 * launch)
 
 
+def _cast(src_bytes: int, out: str, numel: int = 64) -> Op:
+    return Op("x", "aten._to_copy.default", "memory", "other", 0, "t", "decode", ((1, numel),), ((1, numel),), out,
+              bytes_read={"activation": float(src_bytes * numel)})
+
+
+def test_float_casts_are_not_dispatched_in_an_fp32_run():
+    from codesign.native.eager import is_native_identity
+
+    assert is_native_identity(_cast(2, "float32")) and is_native_identity(_cast(4, "bfloat16"))  # bf16 <-> fp32
+    assert not is_native_identity(_cast(8, "float32"))  # int64 positions -> fp32: a real cast
+    assert not is_native_identity(_cast(4, "float32"))  # int32 -> fp32
+    cm = EagerCostModel(cs.load_hw("cpu-host"), EagerCosts(**EAGER), options=None)
+    assert cm.cost(_cast(2, "float32")).time_s == 0.0 and cm.cost(_cast(8, "float32")).time_s > 0
+    assert recorded_dispatches([_cast(2, "float32"), _cast(8, "float32"), _op("aten.mm.default", "gemm")]) == 2
+
+
+@pytest.mark.parametrize("model", ["qwen3.5-35b-a3b", "llama-2-70b", "deepseek-v3"])
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_the_casts_charged_are_those_the_fp32_run_dispatches(model, phase):
+    """Independent check of the rule: the traced casts it keeps are as many as the casts the model's
+    own fp32 forward dispatches (counted on the meta device)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from codesign.native.eager import is_native_identity
+
+    class Casts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += str(func) == "aten._to_copy.default"
+            return func(*args, **(kwargs or {}))
+
+    cfg = without_mtp(cs.load_model(model).tiny())
+    m = cs.models.decoder.CausalLM(cfg, dtype=torch.float32, device="meta")
+    T, ctx = (16, 0) if phase == "prefill" else (1, 17)
+    caches = m.make_caches(1, ctx + T, device="meta", dtype=torch.float32)
+    ids = torch.zeros(1, T, dtype=torch.long, device="meta")
+    with torch.no_grad(), Casts() as c:
+        if phase == "prefill":
+            m.lm_head(m.norm(m.hidden_states(ids, 0, caches)[:, -1:]))
+        else:
+            m(ids, ctx - 1, caches)
+    kw = dict(tokens=16, context=0) if phase == "prefill" else dict(context=18)
+    ops = [op for _, op in cs.trace(cfg, phase=phase, batch=1, **kw).nodes(data="op")]
+    traced = [op for op in ops if op.target == "aten._to_copy.default"]
+    kept = sum(op.repeat for op in traced if not is_native_identity(op))
+    assert len(traced) > kept and kept == c.n
+
+
+def test_dispatches_a_per_call_figure_holds_are_not_charged_again():
+    from codesign.native.calibrate import held_dispatches
+    from codesign.native.eager import step_ratios
+
+    # the batched GEMM's figure is timed through torch.matmul: four views and an _unsafe_view around it
+    views, others = held_dispatches()
+    a, b = torch.randn(4, 8, 16), torch.randn(4, 16, 8)
+    n, v = dispatch.count_call(lambda: torch.matmul(a, b))
+    assert (views, others) == ({"aten.bmm.default": v}, {"aten.bmm.default": n - v - 1}) and (n, v) == (6, 4)
+    costs = EagerCosts(**EAGER, op_views=views, op_others=others)
+    ops = [_op("aten.bmm.default", "gemm", repeat=3), _op("aten.mul.Tensor", "vector")]
+    # by hand: 4 recorded dispatches; 30 dispatches, 20 views; the bmm trips hold 12 views and 3 others
+    ratio, view_ratio = step_ratios(costs, ops, 30, 20)
+    assert view_ratio == pytest.approx((20 - 12) / 4) and ratio == pytest.approx(1 + (8 + (30 - 20 - 4 - 3)) / 4)
+    assert step_ratios(EagerCosts(**EAGER), ops, 30, 20) == pytest.approx((30 / 4, 20 / 4))  # an older overlay
+
+
 def test_moe_pays_per_call_per_active_expert_and_per_route():
     costs = EagerCosts(**{**EAGER, "moe_route_s": 0.5e-6})
     cm = EagerCostModel(cs.load_hw("cpu-host"), costs, options=None)
