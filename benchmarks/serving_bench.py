@@ -23,6 +23,7 @@ import sys
 import time
 
 from codesign import mapping
+from codesign.graph import tracing
 from codesign.hw import load_hw
 from codesign.models import load_model
 from codesign.scenario import SLO, Workload
@@ -36,6 +37,25 @@ PREC = mapping.Precision.from_dict({"weights": "fp8", "activations": "fp8", "kv_
 
 def stepper(hw: str, model: str, plan: dict) -> Stepper:
     return Stepper(load_hw(hw), load_model(model), mapping.ParallelPlan.from_dict(plan), PREC)
+
+
+class _count_recordings:
+    """Counts the segments recorded under torch (trace-cache misses) until `stop()`."""
+
+    def __init__(self) -> None:
+        from codesign.graph import recording
+
+        self.module, self.original, self.n = recording, recording.record_segment, 0
+
+        def counted(*args, **kwargs):
+            self.n += 1
+            return self.original(*args, **kwargs)
+
+        recording.record_segment = counted
+
+    def stop(self) -> int:
+        self.module.record_segment = self.original
+        return self.n
 
 
 def long_run() -> None:
@@ -54,14 +74,20 @@ def long_run() -> None:
         return r
 
     pt.model._step = timed_core
+    recorded = _count_recordings()
     t0, c0 = time.perf_counter(), time.process_time()
     m = pt.run(S.stream_of(wl), sample_every=SAMPLE_EVERY)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     pt.model._step, iterations = core, pt.last_iterations
+    fresh = recorded.stop()
     print("== long run: Qwen3.5-397B-A17B, 8x H200 tp8/ep8, 10,000 Poisson requests at 0.8/s, 32K in / 1K out ==")
     print(f"wall {wall:.2f} s (CPU {cpu:.2f} s) = core step evaluations {eval_s:.2f} s (CPU {eval_cpu:.2f} s, "
           f"{pt.model.evaluations} grid shapes) + event loop {wall - eval_s:.2f} s (CPU {cpu - eval_cpu:.2f} s); "
           f"{m.steps} engine steps in {iterations} simulated iterations")
+    print(f"trace cache: {fresh} segments recorded under torch during the run "
+          + ("(a warm cache: every recording was kept from an earlier run)" if fresh == 0 else
+             f"(a cold cache, {tracing.cache_dir()}: the first run on a machine or after a code change records "
+             "them and keeps them; run again for the warm figure)"))
     print(f"simulated {m.duration_s:.0f} s: {m.output_tokens_per_s:,.0f} output tok/s, {m.request_rate_per_s:.3f} req/s, "
           f"TTFT p50/p99 {m.ttft_s['p50']:.3f}/{m.ttft_s['p99']:.3f} s, TPOT p50/p99 "
           f"{m.tpot_s['p50'] * 1e3:.1f}/{m.tpot_s['p99'] * 1e3:.1f} ms, mean running {m.mean_running:.1f}, "
