@@ -170,6 +170,11 @@ GROUPS = {
     # The same runner on per-tensor FP8 (`moe_trtllm_fp8`; benchmarks/kernels/trtllm_moe_fp8.yaml,
     # Mixtral-8x7B's shape at TP1, H100 and H200): no K ramp (one shape).
     "moe_trtllm_fp8": _moe_curve("moe_trtllm_fp8", "trtllm_cutlass_fp8", FULL_HOPPER, k_ramp=False),
+    # vLLM's MXFP4 (W4A16) MoE at gpt-oss-120b's shape, one curve per chip: the weight-streaming
+    # floor (0.69 ms on H100, 0.66 on H200 at 32-512 tokens) does not follow HBM bandwidth, so a
+    # shared memory fraction cannot hold both (benchmarks/kernels/aic_vllm_moe_mxfp4.yaml).
+    "moe_triton_mxfp4_h100": _moe_curve("moe_triton_mxfp4", "triton_mxfp4", ("h100",), k_ramp=False),
+    "moe_triton_mxfp4_h200": _moe_curve("moe_triton_mxfp4", "triton_mxfp4", ("h200",), k_ramp=False),
     # CDNA3 grouped expert GEMMs (AITER's fused-MoE call on gfx942, benchmarks/kernels/cdna_grouped.yaml)
     # under the default grouped rule: their fraction of the dtype's peak (`grouped_gemm`). The rows so
     # far are one tiny-expert shape (GLM-5 TP8); the value is printed, not written into the CDNA

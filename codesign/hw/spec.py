@@ -326,6 +326,15 @@ class Efficiency(_Strict):
     moe_trtllm_fp8_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     moe_trtllm_fp8_memory: Fraction | None = None
     moe_trtllm_fp8_overhead: Seconds = 0.0
+    # vLLM's MXFP4 MoE on Hopper (gpt-oss checkpoints: `Mxfp4MoEMethod` with OpenAI's Triton
+    # `matmul_ogs` kernels, weights MXFP4 dequantised in the kernel, BF16 activations: W4A16),
+    # `triton_mxfp4`: the same symbols, its dtype the matrix (compute) dtype; the weight bytes are the
+    # experts' own (`precision.expert_weights`). Fitted on benchmarks/kernels/aic_vllm_moe_mxfp4.yaml only.
+    moe_triton_mxfp4: Fraction | None = None
+    moe_triton_mxfp4_dtypes: tuple[Dtype, ...] = ()
+    moe_triton_mxfp4_tokens_half: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
+    moe_triton_mxfp4_memory: Fraction | None = None
+    moe_triton_mxfp4_overhead: Seconds = 0.0
 
     # MLA attention as an engine's own kernels run it (`cost.mla_kernel`; docs/cost-model.md "MLA
     # attention kernels by engine"), on the attention ops of MLA layers (block "mla"): the prefill

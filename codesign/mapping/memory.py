@@ -256,6 +256,7 @@ def _weights_per_chip(config: ModelConfig, source: nx.DiGraph | dict | None, pla
                       precision: Precision, layers: list[int], first: bool, last: bool, mtp: bool) -> float:
     """Weight bytes on one chip of the stage holding `layers`."""
     wscale = precision.scale("weight")
+    expert_ratio = precision.for_experts().scale("weight") / wscale  # routed experts at their own dtype
     moe_div = plan.ep * plan.moe_tp if plan.moe_tp else plan.stage_chips
     if config.moe is not None:
         # redundant expert copies: each rank holds (E + r) / ep expert slots, not E / ep
@@ -267,7 +268,7 @@ def _weights_per_chip(config: ModelConfig, source: nx.DiGraph | dict | None, pla
 
     def shard(block: str, nbytes: float) -> float:
         if block == "moe_experts":
-            return nbytes / moe_div
+            return nbytes * expert_ratio / moe_div
         if block == "mla" and mla_whole:
             return nbytes * (mla_whole + (1.0 - mla_whole) / plan.tp)
         if block in TP_BLOCKS:

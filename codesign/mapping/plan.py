@@ -192,6 +192,11 @@ class Precision:
     * ``fp4_scale_block`` -- block-scaled FP4 stores one 1-byte scale per this many values (NVFP4:
       16, E4M3 scales; MXFP4: 32), so fp4 costs 0.5 + 1/16 bytes per value. FP8 per-tensor or
       128x128-block scales are negligible and not counted.
+    * ``expert_weights`` -- the routed experts' weights (`block: moe_experts`), where a checkpoint
+      quantises them apart from the rest (gpt-oss: MXFP4 experts, BF16 attention, router and
+      embeddings). Default (None): ``weights``. They are stored and streamed at this dtype (memory,
+      expert weight reads); their GEMMs compute in the deployment's matrix dtype, so a dtype whose
+      own matrix dtype would differ (experts wider than the other weights) is refused.
     """
 
     weights: str = "bf16"
@@ -200,6 +205,7 @@ class Precision:
     compute: str | None = None
     state: str = "fp32"
     fp4_scale_block: int = 16
+    expert_weights: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("weights", "activations", "kv_cache", "state"):
@@ -209,6 +215,27 @@ class Precision:
         b = self.fp4_scale_block
         if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 1024:
             raise CodesignError(f"precision.fp4_scale_block: expected an integer from 1 to 1,024, found {show(b)}")
+        if self.expert_weights is not None:
+            _check_dtype("expert_weights", self.expert_weights)
+            own = Precision(self.expert_weights, self.activations, compute=self.compute).matrix_dtype
+            if own != self.matrix_dtype:
+                raise CodesignError(f"precision.expert_weights: {self.expert_weights} experts would compute in {own}, "
+                                    f"the other GEMMs in {self.matrix_dtype}; experts with their own matrix dtype are "
+                                    "not yet supported (set compute, or expert weights no wider than weights)")
+
+    @property
+    def routed_weights(self) -> str:
+        """The routed experts' weight dtype (``expert_weights``, else ``weights``)."""
+        return self.expert_weights or self.weights
+
+    def for_experts(self) -> "Precision":
+        """This precision with the routed experts' weight dtype as ``weights``: what the expert
+        mapping scales their weight bytes with."""
+        if self.expert_weights is None:
+            return self
+        return Precision(self.expert_weights, self.activations, self.kv_cache,
+                         self.compute if self.compute is not None else self.matrix_dtype, self.state,
+                         self.fp4_scale_block)
 
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "precision") -> "Precision":
@@ -249,7 +276,10 @@ class Precision:
         return self.bytes_per_element(self.dtype_of(byte_class)) / BYTES_PER_ELEMENT[TRACED_DTYPE[byte_class]]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["expert_weights"] is None:
+            del d["expert_weights"]  # results written before the field stay the same
+        return d
 
 
 # ---- validity ------------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ def remap_experts(mapped: MappedStep, traced: Iterable[tuple[int, Op]], config: 
     old = mapped.experts
     if old is None or (old.flop_rate, old.byte_rate) == tuple(rates):
         return None
-    mapper = ExpertMapper(config, mapped.plan, mapped.precision, old.placement, old.dp, rates[0], rates[1],
+    mapper = ExpertMapper(config, mapped.plan, mapped.precision.for_experts(), old.placement, old.dp, rates[0], rates[1],
                           old.expert_loads)
     ops: dict[int, Op] = {}
     ranks = dict(mapped.expert_ranks)
@@ -332,8 +332,8 @@ class _Context:
         self.f_rep = {"weight": 1.0, "activation": self.tok_att, "state": self.tok_att, "kv_cache": self.tok_att}
         self.f_tp: dict[str, dict[str, float]] = {}
         self.flops_tp = self.tok_att / self.tp
-        self.experts = ExpertMapper(config, plan, precision, placement, self.dp, self.matrix_rate, self.hbm_rate,
-                                    expert_loads)
+        self.experts = ExpertMapper(config, plan, precision.for_experts(), placement, self.dp, self.matrix_rate,
+                                    self.hbm_rate, expert_loads)
         if config.moe is not None:
             moe = config.moe
             self.disp_fp8 = dispatch_fp8 if dispatch_fp8 is not None else precision.activations in ("fp8", "fp4")

@@ -14,7 +14,7 @@ from codesign.units import parse_quantity
 
 # MoE routed-expert kernel implementations a deployment's engine runs (`CostOptions.moe_kernel`).
 MoeKernel = Literal["grouped", "triton_fused", "triton_fused_default", "triton_fused_block_fp8",
-                    "trtllm_cutlass_block_fp8", "trtllm_cutlass_fp8"]
+                    "trtllm_cutlass_block_fp8", "trtllm_cutlass_fp8", "triton_mxfp4"]
 # MLA attention kernel implementations (`CostOptions.mla_kernel`).
 MlaKernel = Literal["calibrated", "trtllm", "sglang_fa3"]
 # Prefill attention kernel implementations (`CostOptions.attention_kernel`).
@@ -96,7 +96,10 @@ class CostOptions(BaseModel):
     # "trtllm_cutlass_block_fp8" -- TensorRT-LLM's CUTLASS fused MoE (`CutlassFusedMoE`) on such
     # weights on Hopper, at `efficiency.moe_trtllm_block_fp8*` (benchmarks/kernels/trtllm_moe_block_fp8.yaml);
     # "trtllm_cutlass_fp8" -- the same runner on per-tensor FP8 weights and activations on Hopper, at
-    # `efficiency.moe_trtllm_fp8*` (benchmarks/kernels/trtllm_moe_fp8.yaml).
+    # `efficiency.moe_trtllm_fp8*` (benchmarks/kernels/trtllm_moe_fp8.yaml); "triton_mxfp4" -- vLLM's
+    # MXFP4 MoE on Hopper (gpt-oss: OpenAI's Triton `matmul_ogs`, MXFP4 weights dequantised in the
+    # kernel, 16-bit activations), at `efficiency.moe_triton_mxfp4*` (benchmarks/kernels/aic_vllm_moe_mxfp4.yaml;
+    # the experts' weight bytes at `precision.expert_weights`).
     moe_kernel: MoeKernel = "grouped"
     # Which kernel runs the dense projections (2-D GEMMs of the attention, MLA, MLP and shared-expert
     # blocks), a fact of the deployment's engine and checkpoint (docs/cost-model.md "Block-scaled

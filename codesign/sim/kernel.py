@@ -121,6 +121,11 @@ class KernelShape(BaseModel):
     algorithm: str | None = None  # collective algorithm (codesign.mapping.collectives.ALGORITHMS)
     # fused_moe: which MoE kernel implementation ran (`CostOptions.moe_kernel`); none: the default.
     moe_kernel: MoeKernel | None = None
+    # fused_moe: the experts' weight storage dtype where it is not `dtype` (weight-only quantised
+    # experts: MXFP4 weights with 16-bit activations and compute), and fp4's values per scale byte
+    # (`Precision.fp4_scale_block`: MXFP4 32); none: `dtype`, and the precision's default block.
+    weight_dtype: Dtype | None = None
+    fp4_scale_block: int | None = Field(default=None, ge=1, le=1024)
     # gemm: which dense GEMM kernel ran (`CostOptions.gemm_kernel`); none: the default.
     gemm_kernel: GemmKernel | None = None
     # attention (prefill): which kernel ran (`CostOptions.attention_kernel`); none: the default.
@@ -148,6 +153,8 @@ class KernelShape(BaseModel):
             raise ValueError(f"groups ({self.groups}) must be a multiple of ranks ({self.ranks}, the EP degree)")
         if self.moe_kernel is not None and self.op != "fused_moe":
             raise ValueError(f"moe_kernel applies to fused_moe only, found op {self.op}")
+        if (self.weight_dtype is not None or self.fp4_scale_block is not None) and self.op != "fused_moe":
+            raise ValueError(f"weight_dtype / fp4_scale_block apply to fused_moe only, found op {self.op}")
         if (self.mla_form is not None or self.mla_call != "attention" or self.mla_kernel is not None) and self.op != "mla":
             raise ValueError(f"mla_form / mla_call / mla_kernel apply to mla only, found op {self.op}")
         if self.gemm_kernel is not None and self.op != "gemm":
@@ -460,11 +467,13 @@ def fused_moe_op(s: KernelShape) -> Op:
     bytes rescaled to the kernel's dtype (weights and activations in `s.dtype`), as the mapping does.
     With `s.ranks` (EP): the first groups / ranks experts (rank 0's) with their counts of that draw,
     the token-proportional bytes scaled to their share of the routed rows."""
-    return _fused_moe_op(s.groups, s.top_k, s.hidden, s.n, s.tokens, s.dtype, s.ranks or 1)
+    return _fused_moe_op(s.groups, s.top_k, s.hidden, s.n, s.tokens, s.dtype, s.ranks or 1, s.weight_dtype,
+                         s.fp4_scale_block)
 
 
 @functools.lru_cache(maxsize=256)
-def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str, ep: int = 1) -> Op:
+def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str, ep: int = 1, weight_dtype: str | None = None,
+                  fp4_scale_block: int | None = None) -> Op:
     import torch
 
     from codesign.graph.router import UniformRouter, routed_counts
@@ -503,7 +512,8 @@ def _fused_moe_op(E: int, k: int, H: int, N: int, B: int, dtype: str, ep: int = 
     else:
         local = tuple(int(c) for c in counts[:E // ep])
         op = rescale_experts(op, local, sum(local) / (B * k))
-    scaler = Scaler(Precision(weights=dtype, activations=dtype, kv_cache=dtype))
+    block = {} if fp4_scale_block is None else {"fp4_scale_block": fp4_scale_block}
+    scaler = Scaler(Precision(weights=weight_dtype or dtype, activations=dtype, kv_cache=dtype, compute=dtype, **block))
     ones = {c: 1.0 for c in op.bytes_read}
     return scaler.op(op, 1.0, ones, gemm=None)
 

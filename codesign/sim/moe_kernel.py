@@ -16,7 +16,7 @@ from codesign.hw.spec import HardwareSpec
 MOE_KERNEL_CURVE = {"triton_fused": "moe_triton", "triton_fused_default": "moe_triton_default",
                     "triton_fused_block_fp8": "moe_triton_block_fp8",
                     "trtllm_cutlass_block_fp8": "moe_trtllm_block_fp8",
-                    "trtllm_cutlass_fp8": "moe_trtllm_fp8"}
+                    "trtllm_cutlass_fp8": "moe_trtllm_fp8", "triton_mxfp4": "moe_triton_mxfp4"}
 
 
 def routed_rows(tokens_per_expert: tuple[int, ...] | None) -> int:
@@ -46,7 +46,7 @@ class MoeKernels:
         """Rates of the routed-expert kernel implementation (`CostOptions.moe_kernel`): the grouped
         GEMM's by default; the Triton fused_moe curve's (`MOE_KERNEL_CURVE`: `efficiency.moe_triton*`
         for "triton_fused", `moe_triton_default*`, `moe_triton_block_fp8*`, `moe_trtllm_block_fp8*`,
-        `moe_trtllm_fp8*`),
+        `moe_trtllm_fp8*`, `moe_triton_mxfp4*`),
         refused on a chip or matrix dtype without that curve."""
         eff = hw.efficiency
         self.grouped_half = self.half

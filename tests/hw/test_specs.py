@@ -139,7 +139,11 @@ def test_efficiency_calibration():
     # rows (vLLM's causal conv on H200: benchmarks/kernels/fit.py --group elementwise_h200)
     h200 = load_hw("h200").efficiency
     assert h200.elementwise_memory == pytest.approx(0.51) and h100.elementwise_memory == pytest.approx(0.65)
-    assert h200.model_copy(update={"elementwise_memory": h100.elementwise_memory}) == h100
+    # and for vLLM's MXFP4 MoE curve, fitted per chip (its weight streaming is dequantisation-bound,
+    # not HBM-bound: benchmarks/kernels/fit.py --group moe_triton_mxfp4_h200)
+    mxfp4 = ("moe_triton_mxfp4", "moe_triton_mxfp4_memory", "moe_triton_mxfp4_overhead")
+    assert h200.model_copy(update={"elementwise_memory": h100.elementwise_memory,
+                                   **{f: getattr(h100, f) for f in mxfp4}}) == h100
     # H20 also has its own prefill-attention fraction (FA3 on H20, benchmarks/kernels/attention.yaml)
     # and no CUTLASS blockwise FP8 curve (a K-loop time per tile: its tensor rate is cut), nor the
     # block-FP8 MoE kernel curves (fitted on H200 rows of the full-rate parts)
@@ -166,6 +170,9 @@ def test_efficiency_calibration():
     # nor TensorRT-LLM's context attention curve (H100 / H200 rows likewise)
     no_gdn.update({"trtllm_attention": None, "trtllm_attention_fp8": None, "trtllm_attention_seq_half": None,
                    "trtllm_attention_fixed_s": 0.0})
+    # nor vLLM's MXFP4 MoE curve (H100 / H200 rows)
+    no_gdn.update({"moe_triton_mxfp4": None, "moe_triton_mxfp4_dtypes": (), "moe_triton_mxfp4_tokens_half": None,
+                   "moe_triton_mxfp4_memory": None, "moe_triton_mxfp4_overhead": 0.0})
     assert load_hw("h20").efficiency == h100.model_copy(update=no_gdn)
     assert (h100.gdn_chunk, h100.gdn_chunk_units) == (0.307, 132)
     assert (h100.gdn_chunk_state_s, h100.gdn_chunk_fixed_s) == pytest.approx((7.9e-6, 1.81e-6), rel=1e-12)

@@ -56,6 +56,7 @@ def other_value(p: Point, path: str, value: typing.Any) -> typing.Any:
         "efficiency.moe_triton_block_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.moe_trtllm_block_fp8_dtypes": ["fp8", "bf16"],
         "efficiency.moe_trtllm_fp8_dtypes": ["fp8", "bf16"],
+        "efficiency.moe_triton_mxfp4_dtypes": ["bf16", "fp8"],
         "efficiency.mla_kernels": ["trtllm"], "cost.mla_kernel": "trtllm",
         "mapping.kv_pool": "vllm",
         "cost.elementwise_model": "regions",

@@ -176,7 +176,12 @@ PER_CHIP = {"cdna": ("gemm", "gemm_by_dtype", "grouped_gemm_by_dtype"), "hopper"
                                                           "cutlass_block_fp8_k_s",
                                                           # fused element-wise streaming: H200 from its
                                                           # own causal-conv rows (0.51; H100 0.65)
-                                                          "elementwise_memory") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
+                                                          "elementwise_memory",
+                                                          # vLLM's MXFP4 MoE: fitted per chip (H100 / H200;
+                                                          # H800 H100's by assumption, H20 none)
+                                                          "moe_triton_mxfp4", "moe_triton_mxfp4_dtypes",
+                                                          "moe_triton_mxfp4_tokens_half", "moe_triton_mxfp4_memory",
+                                                          "moe_triton_mxfp4_overhead") + _BLOCK_FP8_MOE + _PER_TENSOR_FP8_MOE
                                                          + _MLA_KERNELS + _TRTLLM_CURVES,
             "blackwell": ("gemm",)}
 

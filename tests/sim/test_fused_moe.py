@@ -90,7 +90,7 @@ def test_moe_kernel_option_acts_in_a_simulation():
 
 
 def test_bad_moe_kernel_is_one_line_naming_the_field():
-    with pytest.raises(CodesignError, match=r"^cost: moe_kernel: .*'grouped', 'triton_fused', 'triton_fused_default', 'triton_fused_block_fp8', 'trtllm_cutlass_block_fp8' or 'trtllm_cutlass_fp8'"):
+    with pytest.raises(CodesignError, match=r"^cost: moe_kernel: .*'grouped', 'triton_fused', 'triton_fused_default', 'triton_fused_block_fp8', 'trtllm_cutlass_block_fp8', 'trtllm_cutlass_fp8' or 'triton_mxfp4'"):
         CostOptions.from_dict({"moe_kernel": "cutlass"})
     with pytest.raises(CodesignError) as e:
         cs.simulate(load_hw("h200"), "qwen3.5-35b-a3b", chips=1, plan={"tp": 1}, cost={"moe_kernel": "x"})
