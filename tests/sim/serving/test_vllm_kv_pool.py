@@ -141,7 +141,7 @@ def test_validation_rows_with_vllms_pool_start_and_fit():
     root = Path(__file__).resolve().parents[3]
     rows = load_scenarios(root / "benchmarks" / "validation" / "public.yaml")
     with_vllm = [s for s in rows if s.mapping.get("kv_pool") == "vllm"]
-    assert {s.name.split("-")[0] for s in with_vllm} == {"vllm"} and len(with_vllm) == 20
+    assert {s.name.split("-")[0] for s in with_vllm} == {"vllm"} and len(with_vllm) == 25
     for s in with_vllm:
         p = Point.from_scenario(s)
         st = Stepper(p.hw, p.model, ParallelPlan.from_dict(s.parallel), Precision.from_dict(s.precision),
